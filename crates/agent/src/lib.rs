@@ -1,1 +1,169 @@
-//! placeholder
+//! ragmesh node agent: serves its local tantivy index (`AgentService`) to the master, and keeps
+//! itself registered with the master over a bidirectional health stream. `main.rs` only parses
+//! config and calls [`start`]; tests call [`start`] with a listener bound to `127.0.0.1:0`.
+
+pub mod error;
+pub mod link;
+pub mod service;
+
+use std::net::SocketAddr;
+use std::sync::atomic::AtomicU32;
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use ragmesh_config::AgentConfig;
+use ragmesh_index::DocumentIndex;
+use ragmesh_proto::v1::agent_service_server::AgentServiceServer;
+use ragmesh_tls::LoadedTls;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tonic::transport::Server;
+use tonic::transport::server::TcpIncoming;
+
+pub use link::LinkStatus;
+use service::{AgentApi, AgentState};
+
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+
+/// Why the agent could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// TLS files are unusable.
+    #[error("{0}")]
+    Tls(#[from] ragmesh_tls::TlsError),
+    /// The node name is missing or contradicts the certificate.
+    #[error("{0}")]
+    Identity(String),
+    /// The listener is unusable.
+    #[error("listener: {0}")]
+    Io(#[from] std::io::Error),
+    /// The server could not be configured.
+    #[error("server setup: {0}")]
+    Server(#[from] tonic::transport::Error),
+}
+
+/// A running agent.
+#[derive(Debug)]
+pub struct AgentHandle {
+    local_addr: SocketAddr,
+    name: String,
+    link: watch::Receiver<LinkStatus>,
+    shutdown: CancellationToken,
+    task: JoinHandle<anyhow::Result<()>>,
+}
+
+impl AgentHandle {
+    /// Address the agent serves on.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// The node name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Status of the link to the master.
+    pub fn link_status(&self) -> watch::Receiver<LinkStatus> {
+        self.link.clone()
+    }
+
+    /// Token that stops the agent when cancelled.
+    pub fn shutdown_token(&self) -> CancellationToken {
+        self.shutdown.clone()
+    }
+
+    /// Stops the agent: closes the health stream (the master marks it down at once), drains, exits.
+    pub async fn shutdown(self) -> anyhow::Result<()> {
+        self.shutdown.cancel();
+        self.wait().await
+    }
+
+    /// Waits until the agent stops.
+    pub async fn wait(self) -> anyhow::Result<()> {
+        self.task.await.map_err(|e| anyhow::anyhow!("agent task failed: {e}"))?
+    }
+}
+
+/// Loads TLS material (validated) and settles the node name: the flag, else the certificate's name.
+pub fn identity(config: &AgentConfig) -> Result<(String, Option<Arc<LoadedTls>>), StartError> {
+    let tls = config.tls.as_ref().map(|files| files.load().map(Arc::new)).transpose()?;
+    let name = match (&config.name, &tls) {
+        (Some(name), _) => name.clone(),
+        (None, Some(tls)) => tls.identity_name(),
+        (None, None) => return Err(StartError::Identity("--name is required with --insecure".to_owned())),
+    };
+    Ok((name, tls))
+}
+
+/// Starts serving on `listener` and attaching to the master. Health reports NOT_SERVING until
+/// the index is open.
+pub async fn start(config: AgentConfig, listener: TcpListener) -> Result<AgentHandle, StartError> {
+    let local_addr = listener.local_addr()?;
+    let (name, tls) = identity(&config)?;
+    let shutdown = CancellationToken::new();
+    let state = AgentState { name: name.clone(), index: Arc::new(OnceLock::new()), in_flight: Arc::new(AtomicU32::new(0)) };
+
+    let (health, health_service) = tonic_health::server::health_reporter();
+    health.set_not_serving::<AgentServiceServer<AgentApi>>().await;
+    health.set_service_status("", tonic_health::ServingStatus::NotServing).await;
+    let (reflection_v1, reflection_v1alpha) = ragmesh_proto::reflection::services();
+    let mut builder = Server::builder()
+        .http2_keepalive_interval(Some(Duration::from_secs(10)))
+        .http2_keepalive_timeout(Some(Duration::from_secs(5)));
+    match &tls {
+        Some(tls) => builder = builder.tls_config(tls.server_config())?,
+        None => tracing::warn!(listen = %local_addr, "plaintext mode (--insecure): no TLS, no client authentication"),
+    }
+    let router = builder
+        .add_service(health_service)
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha)
+        .add_service(AgentServiceServer::new(AgentApi(state.clone())));
+
+    let advertise = config.advertise.clone().unwrap_or_else(|| local_addr.to_string());
+    let (status_tx, status_rx) = watch::channel(LinkStatus::Connecting(None));
+    let link = link::Link {
+        state: state.clone(),
+        master: config.master.clone(),
+        advertise,
+        labels: config.labels.clone(),
+        interval: config.heartbeat_interval,
+        tls: tls.clone(),
+        status: status_tx,
+        shutdown: shutdown.clone(),
+    };
+
+    let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
+    let stop = shutdown.clone();
+    let data_dir = config.data_dir.clone();
+    let task = tokio::spawn(async move {
+        let server = tokio::spawn(router.serve_with_incoming_shutdown(incoming, stop.clone().cancelled_owned()));
+        let opened = tokio::task::spawn_blocking(move || DocumentIndex::open(&data_dir.join("index"))).await?;
+        match opened {
+            Ok(index) => {
+                tracing::info!(documents = index.doc_count(), generation = index.generation(), "index open");
+                let _ = state.index.set(Arc::new(index));
+                health.set_serving::<AgentServiceServer<AgentApi>>().await;
+                health.set_service_status("", tonic_health::ServingStatus::Serving).await;
+            }
+            Err(err) => {
+                stop.cancel();
+                return Err(anyhow::Error::new(err).context("cannot open the local index"));
+            }
+        }
+        let link = tokio::spawn(link.run());
+        stop.cancelled().await;
+        tracing::info!("agent shutting down");
+        let _ = link.await;
+        match tokio::time::timeout(SHUTDOWN_GRACE, server).await {
+            Ok(joined) => joined??,
+            Err(_) => tracing::warn!("connections did not drain in time; closing them"),
+        }
+        Ok(())
+    });
+    tracing::info!(listen = %local_addr, node.id = %name, tls = tls.is_some(), "agent serving");
+    Ok(AgentHandle { local_addr, name, link: status_rx, shutdown, task })
+}

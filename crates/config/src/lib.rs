@@ -1,1 +1,86 @@
-//! placeholder
+//! Typed configuration of the two daemons. Each value comes from, in rising precedence: a
+//! built-in default, the optional TOML file (`--config`), a `RAGMESH_*` environment variable, a
+//! flag. [`MasterArgs::resolve`] and [`AgentArgs::resolve`] validate everything at once and
+//! return every problem, so an operator fixes a bad config in one go.
+
+mod agent;
+mod errors;
+mod master;
+
+pub use agent::{AgentArgs, AgentConfig, valid_node_name};
+pub use errors::{ConfigErrors, EXIT_CONFIG};
+pub use master::{MasterArgs, MasterConfig};
+
+use std::path::{Path, PathBuf};
+
+use errors::Problems;
+use ragmesh_tls::TlsFiles;
+
+/// Reads and parses the optional TOML file; a missing or malformed file is a problem, not a panic.
+fn read_file<T: serde::de::DeserializeOwned + Default>(path: Option<&Path>, problems: &mut Problems) -> T {
+    let Some(path) = path else {
+        return T::default();
+    };
+    let text = match std::fs::read_to_string(path) {
+        Ok(text) => text,
+        Err(err) => {
+            problems.push(format!("cannot read config file {}: {err}", path.display()));
+            return T::default();
+        }
+    };
+    match toml::from_str(&text) {
+        Ok(file) => file,
+        Err(err) => {
+            let message = err.message().to_owned();
+            problems.push(format!("config file {}: {message}", path.display()));
+            T::default()
+        }
+    }
+}
+
+/// Resolves the TLS file paths: all three are needed unless the operator explicitly chose plaintext.
+fn resolve_tls(
+    insecure: bool,
+    ca: Option<PathBuf>,
+    cert: Option<PathBuf>,
+    key: Option<PathBuf>,
+    problems: &mut Problems,
+) -> Option<TlsFiles> {
+    if insecure {
+        return None;
+    }
+    let mut need = |value: Option<PathBuf>, flag: &str, env: &str| match value {
+        Some(path) if path.is_file() => Some(path),
+        Some(path) => {
+            problems.push(format!("--{flag} {}: no such file", path.display()));
+            None
+        }
+        None => {
+            problems.push(format!(
+                "--{flag} is required (or {env}): mTLS is on by default; create files with `ragmeshctl certs`, or pass --insecure for plaintext"
+            ));
+            None
+        }
+    };
+    let ca = need(ca, "ca", "RAGMESH_CA");
+    let cert = need(cert, "cert", "RAGMESH_CERT");
+    let key = need(key, "key", "RAGMESH_KEY");
+    Some(TlsFiles { ca: ca?, cert: cert?, key: key? })
+}
+
+/// Checks that a millisecond setting lies in `[min, max]`.
+fn check_range(name: &str, value: u64, min: u64, max: u64, problems: &mut Problems) {
+    if !(min..=max).contains(&value) {
+        problems.push(format!("--{name} {value} is out of range: use {min}..={max}"));
+    }
+}
+
+/// Parses a listen address (`host:port`, IP literal only, so nothing is resolved at start).
+fn parse_listen(flag: &str, value: &str, problems: &mut Problems) -> std::net::SocketAddr {
+    value.parse().unwrap_or_else(|_| {
+        problems.push(format!(
+            "--{flag} {value:?} is not a socket address: use IP:PORT, e.g. 0.0.0.0:7400 (port 0 picks a free port)"
+        ));
+        std::net::SocketAddr::from(([127, 0, 0, 1], 0))
+    })
+}

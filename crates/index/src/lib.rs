@@ -1,1 +1,18 @@
-//! placeholder
+//! ragmesh-index: the node-local tantivy BM25 index and the parsers that turn files into documents.
+//!
+//! [`DocumentIndex`] owns one index directory: it validates and writes batches of
+//! [`Document`]s, deletes by [`DocRef`], counts a monotonically increasing generation stored
+//! atomically with the data, and answers [`SearchQuery`]s with scored, snippeted [`SearchHit`]s.
+//! The [`ingest`] module parses TREC, JSON lines and plain-text files into documents.
+
+mod document;
+mod error;
+mod index;
+pub mod ingest;
+
+pub use document::{
+    CollectionCount, DocRef, Document, MAX_BATCH, MAX_COLLECTION_CHARS, MAX_ID_BYTES,
+    MAX_TEXT_BYTES, SearchHit, SearchQuery, SearchResults,
+};
+pub use error::IndexError;
+pub use index::{DEFAULT_LIMIT, DocumentIndex, MAX_LIMIT, MAX_QUERY_BYTES};

@@ -17,3 +17,24 @@ pub const FILE_DESCRIPTOR_SET: &[u8] = include_bytes!("gen/ragmesh_descriptor.bi
 pub const PROTOCOL_MAJOR: u32 = 1;
 /// Wire protocol minor version. Minor versions are backwards compatible within a major.
 pub const PROTOCOL_MINOR: u32 = 0;
+
+/// gRPC server reflection for ragmesh and grpc.health.v1, in both protocol versions: v1 for
+/// current tools, v1alpha for grpcurl 1.8 and other older clients.
+pub mod reflection {
+    use tonic_reflection::server::{v1, v1alpha};
+
+    /// Builds the v1 and v1alpha reflection services.
+    pub fn services() -> (
+        v1::ServerReflectionServer<impl v1::ServerReflection>,
+        v1alpha::ServerReflectionServer<impl v1alpha::ServerReflection>,
+    ) {
+        let configure = || {
+            tonic_reflection::server::Builder::configure()
+                .register_encoded_file_descriptor_set(crate::FILE_DESCRIPTOR_SET)
+                .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        };
+        let v1 = configure().build_v1().expect("the checked-in descriptor set is valid");
+        let v1alpha = configure().build_v1alpha().expect("the checked-in descriptor set is valid");
+        (v1, v1alpha)
+    }
+}

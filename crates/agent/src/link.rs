@@ -1,0 +1,254 @@
+//! The agent's link to the master: register, then hold the bidirectional health stream, sending
+//! a heartbeat every interval. When anything breaks (master restart, refused registration,
+//! network) the link reconnects with capped, jittered exponential backoff; it never gives up and
+//! never takes the agent's data plane down with it.
+
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use ragmesh_proto::v1::{self, membership_service_client::MembershipServiceClient};
+use ragmesh_proto::{PROTOCOL_MAJOR, PROTOCOL_MINOR};
+use ragmesh_tls::LoadedTls;
+use tokio::sync::{mpsc, watch};
+use tokio::time::{Instant, MissedTickBehavior};
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_util::sync::CancellationToken;
+use tonic::transport::{Channel, Endpoint};
+
+use crate::service::AgentState;
+
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+const REGISTER_TIMEOUT: Duration = Duration::from_secs(5);
+const BACKOFF_MIN: Duration = Duration::from_millis(100);
+const BACKOFF_MAX: Duration = Duration::from_secs(5);
+
+/// What the link is doing, for health reporting and tests.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LinkStatus {
+    /// Not connected yet, or reconnecting; carries the last error if any.
+    Connecting(Option<String>),
+    /// Registered and holding the health stream.
+    Attached {
+        /// Session id from the master.
+        session: String,
+    },
+}
+
+/// Everything the link needs.
+#[derive(Debug)]
+pub(crate) struct Link {
+    pub(crate) state: AgentState,
+    pub(crate) master: String,
+    pub(crate) advertise: String,
+    pub(crate) labels: std::collections::BTreeMap<String, String>,
+    pub(crate) interval: Duration,
+    pub(crate) tls: Option<std::sync::Arc<LoadedTls>>,
+    pub(crate) status: watch::Sender<LinkStatus>,
+    pub(crate) shutdown: CancellationToken,
+}
+
+/// How one attached session ended.
+enum SessionEnd {
+    Shutdown,
+    Lost(String),
+}
+
+/// Exponential backoff with full jitter between `BACKOFF_MIN` and `BACKOFF_MAX`.
+#[derive(Debug)]
+struct Backoff {
+    attempt: u32,
+}
+
+impl Backoff {
+    fn next(&mut self) -> Duration {
+        let ceiling = BACKOFF_MIN.saturating_mul(1 << self.attempt.min(6)).min(BACKOFF_MAX);
+        self.attempt = self.attempt.saturating_add(1);
+        let jitter: f64 = rand::random_range(0.5..=1.0);
+        ceiling.mul_f64(jitter)
+    }
+
+    fn reset(&mut self) {
+        self.attempt = 0;
+    }
+}
+
+impl Link {
+    /// Runs until shutdown.
+    pub(crate) async fn run(self) {
+        let mut backoff = Backoff { attempt: 0 };
+        loop {
+            let outcome = tokio::select! {
+                () = self.shutdown.cancelled() => return,
+                outcome = self.attach(&mut backoff) => outcome,
+            };
+            let error = match outcome {
+                Ok(SessionEnd::Shutdown) => return,
+                Ok(SessionEnd::Lost(reason)) => {
+                    tracing::warn!(master = %self.master, reason = %reason, "lost the master; reconnecting");
+                    reason
+                }
+                Err(err) => {
+                    tracing::warn!(master = %self.master, error = %err, "cannot attach to the master; retrying");
+                    err
+                }
+            };
+            self.status.send_replace(LinkStatus::Connecting(Some(error)));
+            let pause = backoff.next();
+            tokio::select! {
+                () = self.shutdown.cancelled() => return,
+                () = tokio::time::sleep(pause) => {}
+            }
+        }
+    }
+
+    fn endpoint(&self) -> Result<Endpoint, String> {
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        let mut endpoint = Endpoint::from_shared(format!("{scheme}://{}", self.master))
+            .map_err(|e| format!("master address {:?} is invalid: {e}", self.master))?
+            .connect_timeout(CONNECT_TIMEOUT)
+            .tcp_nodelay(true)
+            .http2_keep_alive_interval(Duration::from_secs(10))
+            .keep_alive_timeout(Duration::from_secs(5));
+        if let Some(tls) = &self.tls {
+            let host = self.master.rsplit_once(':').map_or(self.master.as_str(), |(host, _)| host);
+            let host = host.trim_start_matches('[').trim_end_matches(']');
+            endpoint = endpoint.tls_config(tls.client_config(host)).map_err(|e| format!("tls setup: {e}"))?;
+        }
+        Ok(endpoint)
+    }
+
+    async fn collections(&self) -> Vec<v1::CollectionStats> {
+        let Some(index) = self.state.index.get().cloned() else { return Vec::new() };
+        let counted = tokio::task::spawn_blocking(move || index.collections()).await;
+        match counted {
+            Ok(Ok(list)) => list.into_iter().map(|c| v1::CollectionStats { name: c.name, doc_count: c.doc_count }).collect(),
+            Ok(Err(err)) => {
+                tracing::warn!(error = %err, "cannot count documents per collection");
+                Vec::new()
+            }
+            Err(err) => {
+                tracing::warn!(error = %err, "collection count task failed");
+                Vec::new()
+            }
+        }
+    }
+
+    fn generation(&self) -> u64 {
+        self.state.index.get().map_or(0, |index| index.generation())
+    }
+
+    /// Registers and holds the health stream until it ends.
+    async fn attach(&self, backoff: &mut Backoff) -> Result<SessionEnd, String> {
+        let channel: Channel = self.endpoint()?.connect().await.map_err(|e| ragmesh_tls::explain_error(&e))?;
+        let mut client = MembershipServiceClient::new(channel);
+
+        let mut register = tonic::Request::new(v1::RegisterRequest {
+            node_name: self.state.name.clone(),
+            advertised_address: self.advertise.clone(),
+            version: env!("CARGO_PKG_VERSION").to_owned(),
+            protocol_major: PROTOCOL_MAJOR,
+            protocol_minor: PROTOCOL_MINOR,
+            collections: self.collections().await,
+            labels: self.labels.clone().into_iter().collect(),
+            generation: self.generation(),
+            heartbeat_interval_ms: u32::try_from(self.interval.as_millis()).unwrap_or(u32::MAX),
+        });
+        register.set_timeout(REGISTER_TIMEOUT);
+        let registered = client.register(register).await.map_err(|status| describe_status("registration refused", &status))?;
+        let registered = registered.into_inner();
+        let interval = Duration::from_millis(u64::from(registered.heartbeat_interval_ms.max(10)));
+        tracing::info!(
+            master = %self.master,
+            session = %registered.session_id,
+            heartbeat_interval_ms = registered.heartbeat_interval_ms,
+            master_version = %registered.master_version,
+            "registered with the master"
+        );
+
+        let (tx, rx) = mpsc::channel::<v1::HealthStreamRequest>(4);
+        let mut seq = 0u64;
+        let beat = |seq: u64, collections: Vec<v1::CollectionStats>| v1::HealthStreamRequest {
+            node_name: self.state.name.clone(),
+            session_id: registered.session_id.clone(),
+            heartbeat: Some(v1::Heartbeat {
+                seq,
+                in_flight: self.state.in_flight.load(Ordering::Relaxed),
+                collections,
+                generation: self.generation(),
+            }),
+        };
+        // The master waits for the first heartbeat before it answers the stream, so queue it first.
+        let mut counted_generation = self.generation();
+        let mut collections = self.collections().await;
+        tx.send(beat(seq, collections.clone())).await.map_err(|_| "health stream closed".to_owned())?;
+        let mut inbound = client
+            .health_stream(ReceiverStream::new(rx))
+            .await
+            .map_err(|status| describe_status("health stream refused", &status))?
+            .into_inner();
+
+        self.status.send_replace(LinkStatus::Attached { session: registered.session_id.clone() });
+        backoff.reset();
+        let ack_timeout = (interval * 3).max(Duration::from_secs(5));
+        let mut last_ack = Instant::now();
+        let mut ticker = tokio::time::interval_at(Instant::now() + interval, interval);
+        ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                // Dropping `tx` on return closes our half of the stream: the master marks us down at once.
+                () = self.shutdown.cancelled() => return Ok(SessionEnd::Shutdown),
+                _ = ticker.tick() => {
+                    if last_ack.elapsed() > ack_timeout {
+                        return Ok(SessionEnd::Lost(format!("master sent no acknowledgement for {} ms", ack_timeout.as_millis())));
+                    }
+                    seq += 1;
+                    let generation = self.generation();
+                    if generation != counted_generation {
+                        counted_generation = generation;
+                        collections = self.collections().await;
+                    }
+                    if tx.send(beat(seq, collections.clone())).await.is_err() {
+                        return Ok(SessionEnd::Lost("health stream closed".to_owned()));
+                    }
+                }
+                message = inbound.message() => match message {
+                    Ok(Some(v1::HealthStreamResponse { body: Some(v1::health_stream_response::Body::Ack(_)) })) => {
+                        last_ack = Instant::now();
+                    }
+                    Ok(Some(v1::HealthStreamResponse { body: None })) => {}
+                    Ok(None) => return Ok(SessionEnd::Lost("master closed the health stream".to_owned())),
+                    Err(status) => return Ok(SessionEnd::Lost(describe_status("health stream ended", &status))),
+                },
+            }
+        }
+    }
+}
+
+/// A status from the master, with transport failures explained.
+fn describe_status(what: &str, status: &tonic::Status) -> String {
+    use std::error::Error as _;
+    match (status.code(), status.source()) {
+        (tonic::Code::Unavailable | tonic::Code::Unknown, Some(source)) => {
+            format!("{what}: {}", ragmesh_tls::explain_error(source))
+        }
+        (code, _) => format!("{what}: {code:?}: {}", status.message()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_to_its_cap_and_resets() {
+        let mut backoff = Backoff { attempt: 0 };
+        let first = backoff.next();
+        assert!(first >= BACKOFF_MIN / 2 && first <= BACKOFF_MIN);
+        for _ in 0..20 {
+            assert!(backoff.next() <= BACKOFF_MAX);
+        }
+        assert!(backoff.next() >= BACKOFF_MAX / 2);
+        backoff.reset();
+        assert!(backoff.next() <= BACKOFF_MIN);
+    }
+}

@@ -1,0 +1,221 @@
+//! Configuration of `ragmesh-agent`.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Parser;
+use ragmesh_tls::TlsFiles;
+use serde::Deserialize;
+
+use crate::errors::Problems;
+use crate::{ConfigErrors, check_range, parse_listen, read_file, resolve_tls};
+
+/// Command line of `ragmesh-agent`. Every flag also reads a `RAGMESH_*` variable, and every
+/// flag but --config can be set in the TOML file under its name with `_` for `-`.
+#[derive(Debug, Clone, Default, Parser)]
+#[command(name = "ragmesh-agent", version, about = "ragmesh node agent: local BM25 index, registers with the master over mTLS")]
+pub struct AgentArgs {
+    /// TOML config file (keys: name, listen, advertise, master, data_dir, ca, cert, key, insecure, heartbeat_interval_ms, labels = { k = "v" }, log)
+    #[arg(long, env = "RAGMESH_CONFIG", value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Node name [default: the name in --cert]; must match the certificate
+    #[arg(long, env = "RAGMESH_NODE_NAME", value_name = "NAME")]
+    pub name: Option<String>,
+    /// Address to serve the agent API on [default: 127.0.0.1:7401]
+    #[arg(long, env = "RAGMESH_LISTEN", value_name = "IP:PORT")]
+    pub listen: Option<String>,
+    /// host:port the master should dial [default: the bound listen address]
+    #[arg(long, env = "RAGMESH_ADVERTISE", value_name = "HOST:PORT")]
+    pub advertise: Option<String>,
+    /// host:port of the master (required)
+    #[arg(long, env = "RAGMESH_MASTER", value_name = "HOST:PORT")]
+    pub master: Option<String>,
+    /// Directory of the local index [default: ./ragmesh-agent-data]
+    #[arg(long, env = "RAGMESH_DATA_DIR", value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// PEM bundle of the mesh CA
+    #[arg(long, env = "RAGMESH_CA", value_name = "FILE")]
+    pub ca: Option<PathBuf>,
+    /// PEM certificate of this node (its name is the node's identity)
+    #[arg(long, env = "RAGMESH_CERT", value_name = "FILE")]
+    pub cert: Option<PathBuf>,
+    /// PEM private key of this node
+    #[arg(long, env = "RAGMESH_KEY", value_name = "FILE")]
+    pub key: Option<PathBuf>,
+    /// Plaintext to and from the master (development only; logs a warning)
+    #[arg(long, env = "RAGMESH_INSECURE")]
+    pub insecure: bool,
+    /// Heartbeat interval on the health stream [default: 1000]
+    #[arg(long, env = "RAGMESH_HEARTBEAT_INTERVAL_MS", value_name = "MS")]
+    pub heartbeat_interval_ms: Option<u64>,
+    /// Label reported to the master, repeatable (e.g. --label zone=eu-1)
+    #[arg(long = "label", env = "RAGMESH_LABELS", value_name = "KEY=VALUE", value_delimiter = ',')]
+    pub labels: Vec<String>,
+    /// Log filter, tracing-subscriber syntax [default: info]
+    #[arg(long, env = "RAGMESH_LOG", value_name = "FILTER")]
+    pub log: Option<String>,
+}
+
+/// The TOML file of the agent: the same names as the flags.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AgentFile {
+    name: Option<String>,
+    listen: Option<String>,
+    advertise: Option<String>,
+    master: Option<String>,
+    data_dir: Option<PathBuf>,
+    ca: Option<PathBuf>,
+    cert: Option<PathBuf>,
+    key: Option<PathBuf>,
+    insecure: Option<bool>,
+    heartbeat_interval_ms: Option<u64>,
+    labels: Option<BTreeMap<String, String>>,
+    log: Option<String>,
+}
+
+/// Validated configuration of an agent.
+#[derive(Debug, Clone)]
+pub struct AgentConfig {
+    /// Node name; `None` means "take it from the certificate".
+    pub name: Option<String>,
+    /// Address to serve on.
+    pub listen: SocketAddr,
+    /// Address to advertise; `None` means the bound address.
+    pub advertise: Option<String>,
+    /// Master address, `host:port`.
+    pub master: String,
+    /// Directory of the local index and state.
+    pub data_dir: PathBuf,
+    /// TLS files; `None` means plaintext (`--insecure`).
+    pub tls: Option<TlsFiles>,
+    /// Heartbeat interval.
+    pub heartbeat_interval: Duration,
+    /// Labels reported at registration.
+    pub labels: BTreeMap<String, String>,
+    /// Log filter.
+    pub log: String,
+}
+
+/// A node name is a DNS label, so it can appear in certificates: 1-63 of `[a-z0-9-]`.
+pub fn valid_node_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 63
+        && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !name.starts_with('-')
+        && !name.ends_with('-')
+}
+
+/// Checks a `host:port` the way the transport will use it, without resolving the host.
+fn check_host_port(flag: &str, value: &str, problems: &mut Problems) {
+    let ok = value
+        .rsplit_once(':')
+        .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p != 0));
+    if !ok {
+        problems.push(format!("--{flag} {value:?} is not HOST:PORT (e.g. master.internal:7400)"));
+    }
+}
+
+impl AgentArgs {
+    /// Merges flags/env over the file over defaults and validates the result.
+    pub fn resolve(self) -> Result<AgentConfig, ConfigErrors> {
+        let mut problems = Problems::default();
+        let file: AgentFile = read_file(self.config.as_deref(), &mut problems);
+
+        let name = self.name.or(file.name);
+        if let Some(name) = &name
+            && !valid_node_name(name)
+        {
+            problems.push(format!("--name {name:?} is invalid: use 1-63 characters of a-z, 0-9 and '-'"));
+        }
+        let listen = self.listen.or(file.listen).unwrap_or_else(|| "127.0.0.1:7401".to_owned());
+        let listen = parse_listen("listen", &listen, &mut problems);
+        let advertise = self.advertise.or(file.advertise);
+        if let Some(advertise) = &advertise {
+            check_host_port("advertise", advertise, &mut problems);
+        }
+        let master = self.master.or(file.master).unwrap_or_default();
+        if master.is_empty() {
+            problems.push("--master is required (or RAGMESH_MASTER): the master's HOST:PORT".to_owned());
+        } else {
+            check_host_port("master", &master, &mut problems);
+        }
+        let data_dir = self.data_dir.or(file.data_dir).unwrap_or_else(|| PathBuf::from("ragmesh-agent-data"));
+        let insecure = self.insecure || file.insecure.unwrap_or(false);
+        let tls = resolve_tls(
+            insecure,
+            self.ca.or(file.ca),
+            self.cert.or(file.cert),
+            self.key.or(file.key),
+            &mut problems,
+        );
+        if insecure && name.is_none() {
+            problems.push("--name is required with --insecure: there is no certificate to take it from".to_owned());
+        }
+        let heartbeat_interval_ms = self.heartbeat_interval_ms.or(file.heartbeat_interval_ms).unwrap_or(1000);
+        check_range("heartbeat-interval-ms", heartbeat_interval_ms, 50, 60_000, &mut problems);
+
+        let mut labels = file.labels.unwrap_or_default();
+        for label in self.labels {
+            match label.split_once('=') {
+                Some((key, value)) if !key.is_empty() => {
+                    labels.insert(key.to_owned(), value.to_owned());
+                }
+                _ => problems.push(format!("--label {label:?} is not KEY=VALUE")),
+            }
+        }
+        let log = self.log.or(file.log).unwrap_or_else(|| "info".to_owned());
+
+        problems.finish(AgentConfig {
+            name,
+            listen,
+            advertise,
+            master,
+            data_dir,
+            tls,
+            heartbeat_interval: Duration::from_millis(heartbeat_interval_ms),
+            labels,
+            log,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(list: &[&str]) -> AgentArgs {
+        AgentArgs::try_parse_from(std::iter::once("ragmesh-agent").chain(list.iter().copied())).expect("parse")
+    }
+
+    #[test]
+    fn minimal_insecure_agent_resolves() {
+        let config = args(&["--insecure", "--name", "n1", "--master", "127.0.0.1:7400", "--label", "zone=a"])
+            .resolve()
+            .expect("valid");
+        assert_eq!(config.name.as_deref(), Some("n1"));
+        assert_eq!(config.labels.get("zone").map(String::as_str), Some("a"));
+        assert_eq!(config.heartbeat_interval, Duration::from_millis(1000));
+    }
+
+    #[test]
+    fn every_problem_is_listed_at_once() {
+        let errors = args(&["--name", "Bad Name", "--label", "novalue", "--heartbeat-interval-ms", "1"])
+            .resolve()
+            .expect_err("invalid");
+        let text = errors.to_string();
+        for needle in ["--name \"Bad Name\"", "--master is required", "--label \"novalue\"", "--heartbeat-interval-ms 1", "--ca is required"] {
+            assert!(text.contains(needle), "missing {needle:?} in {text}");
+        }
+    }
+
+    #[test]
+    fn node_names_are_dns_labels() {
+        assert!(valid_node_name("agent-1"));
+        assert!(!valid_node_name("Agent"));
+        assert!(!valid_node_name("-a"));
+        assert!(!valid_node_name(&"a".repeat(64)));
+    }
+}

@@ -1,0 +1,79 @@
+//! Error type of the index: what went wrong, on which document or directory, and what to do.
+
+use std::path::PathBuf;
+
+/// Everything that can go wrong while opening, writing or searching a [`crate::DocumentIndex`].
+#[derive(Debug, thiserror::Error)]
+pub enum IndexError {
+    /// One document of a write batch failed validation; nothing of the batch was written.
+    ///
+    /// `position` is the zero-based index of the document in the batch.
+    #[error("document {position} (id {id:?}): {reason}")]
+    InvalidDocument {
+        /// Zero-based position of the offending document in the batch.
+        position: usize,
+        /// The document id (shortened when very long).
+        id: String,
+        /// What is wrong and how to fix it.
+        reason: String,
+    },
+    /// The write batch itself is unacceptable (empty or too large); nothing was written.
+    #[error("{0}")]
+    InvalidBatch(String),
+    /// The search request cannot be run as given.
+    #[error("invalid query: {0}")]
+    InvalidQuery(String),
+    /// The index directory could not be created or inspected.
+    #[error("cannot create index directory {path}: {source}")]
+    CreateDir {
+        /// The data directory.
+        path: PathBuf,
+        /// The underlying I/O error.
+        source: std::io::Error,
+    },
+    /// Another writer holds the index lock.
+    #[error(
+        "cannot open index at {path}: the index is locked (is another agent using this data directory?)"
+    )]
+    Locked {
+        /// The data directory.
+        path: PathBuf,
+        /// The underlying tantivy error.
+        source: tantivy::TantivyError,
+    },
+    /// The index exists but cannot be opened (corrupt, incompatible schema, permissions...).
+    #[error("cannot open index at {path}: {source}")]
+    Open {
+        /// The data directory.
+        path: PathBuf,
+        /// The underlying tantivy error.
+        source: tantivy::TantivyError,
+    },
+    /// The commit payload holding the index generation is unreadable.
+    #[error(
+        "cannot open index at {path}: commit payload {payload:?} is not a ragmesh generation record ({reason}); was this directory written by another program?"
+    )]
+    BadPayload {
+        /// The data directory.
+        path: PathBuf,
+        /// The payload found in the index metadata.
+        payload: String,
+        /// Why it could not be decoded.
+        reason: String,
+    },
+    /// A tantivy operation failed.
+    #[error("{context}: {source}")]
+    Tantivy {
+        /// What the index was doing.
+        context: &'static str,
+        /// The underlying tantivy error.
+        source: tantivy::TantivyError,
+    },
+}
+
+impl IndexError {
+    /// Builds a closure that wraps a tantivy error with a description of the failed operation.
+    pub(crate) fn tantivy(context: &'static str) -> impl FnOnce(tantivy::TantivyError) -> Self {
+        move |source| Self::Tantivy { context, source }
+    }
+}

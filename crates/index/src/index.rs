@@ -1,0 +1,1183 @@
+//! The node-local tantivy index: schema, batched upserts and deletes, generations and BM25 search.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::sync::{Mutex, MutexGuard, PoisonError, RwLock};
+
+use serde::{Deserialize, Serialize};
+use tantivy::collector::{Count, TopDocs};
+use tantivy::directory::MmapDirectory;
+use tantivy::query::{BooleanQuery, Occur, Query, QueryParser, TermQuery};
+use tantivy::schema::{Field, IndexRecordOption, STORED, STRING, Schema, TEXT, Value};
+use tantivy::snippet::SnippetGenerator;
+use tantivy::{
+    DocAddress, Index, IndexReader, IndexWriter, ReloadPolicy, Score, Searcher, TantivyDocument,
+    TantivyError, Term,
+};
+
+use crate::document::{collection_problem, validate_batch_len, validate_document, validate_ref};
+use crate::{CollectionCount, DocRef, Document, IndexError, SearchHit, SearchQuery, SearchResults};
+
+/// Memory budget of the single index writer, shared by its indexing threads.
+const WRITER_HEAP_BYTES: usize = 50_000_000;
+/// Hits returned when the query asks for 0.
+pub const DEFAULT_LIMIT: usize = 10;
+/// Most hits one search returns.
+pub const MAX_LIMIT: usize = 1000;
+/// Longest accepted query text, in bytes.
+pub const MAX_QUERY_BYTES: usize = 4096;
+/// Title matches weigh this much more than body matches.
+const TITLE_BOOST: Score = 2.0;
+/// Approximate snippet length, in characters.
+const SNIPPET_CHARS: usize = 200;
+/// Most candidates fetched to break score ties at the `limit` boundary by `(collection, id)`.
+/// Past this, ties among the remaining equal scores fall back to tantivy's internal order.
+const TIE_FETCH_CAP: usize = 10_000;
+/// Separates collection and id in the unique key; collection names cannot contain it.
+const KEY_SEPARATOR: char = '\u{1f}';
+
+/// What is stored in tantivy's commit payload, next to the data it describes.
+#[derive(Debug, Serialize, Deserialize)]
+struct CommitPayload {
+    generation: u64,
+}
+
+/// Handles to the schema fields.
+#[derive(Debug, Clone, Copy)]
+struct Fields {
+    key: Field,
+    id: Field,
+    collection: Field,
+    title: Field,
+    body: Field,
+    metadata: Field,
+}
+
+impl Fields {
+    fn schema() -> (Schema, Fields) {
+        let mut builder = Schema::builder();
+        let fields = Fields {
+            key: builder.add_text_field("key", STRING),
+            id: builder.add_text_field("id", STRING | STORED),
+            collection: builder.add_text_field("collection", STRING | STORED),
+            title: builder.add_text_field("title", TEXT | STORED),
+            body: builder.add_text_field("body", TEXT | STORED),
+            metadata: builder.add_text_field("metadata", STORED),
+        };
+        (builder.build(), fields)
+    }
+
+    fn key_term(&self, collection: &str, id: &str) -> Term {
+        Term::from_field_text(self.key, &unique_key(collection, id))
+    }
+}
+
+fn unique_key(collection: &str, id: &str) -> String {
+    let mut key = String::with_capacity(collection.len() + 1 + id.len());
+    key.push_str(collection);
+    key.push(KEY_SEPARATOR);
+    key.push_str(id);
+    key
+}
+
+/// The writer and the generation of its last commit; only touched under one lock.
+struct WriterState {
+    writer: IndexWriter,
+    generation: u64,
+}
+
+/// A searcher together with the generation it reflects, swapped as one value after each commit.
+#[derive(Clone)]
+struct Snapshot {
+    searcher: Searcher,
+    generation: u64,
+}
+
+/// A document index stored in one directory, with one writer and a reader refreshed per commit.
+///
+/// All methods block (tantivy does disk I/O and runs its own threads); async callers should use
+/// `spawn_blocking`. The value is `Send + Sync` and is meant to be shared behind an `Arc`.
+pub struct DocumentIndex {
+    path: PathBuf,
+    fields: Fields,
+    reader: IndexReader,
+    parser: QueryParser,
+    writer: Mutex<WriterState>,
+    snapshot: RwLock<Snapshot>,
+}
+
+impl fmt::Debug for DocumentIndex {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("DocumentIndex")
+            .field("path", &self.path)
+            .field("generation", &self.generation())
+            .finish_non_exhaustive()
+    }
+}
+
+impl DocumentIndex {
+    /// Opens the index in `dir`, creating the directory and an empty index if missing.
+    ///
+    /// Fails with [`IndexError::Locked`] when another process (or another `DocumentIndex`)
+    /// already holds the writer lock of this directory.
+    pub fn open(dir: &Path) -> Result<Self, IndexError> {
+        let _span = tracing::info_span!("index.open", index.path = %dir.display()).entered();
+        let path = dir.to_path_buf();
+        std::fs::create_dir_all(dir).map_err(|source| IndexError::CreateDir {
+            path: path.clone(),
+            source,
+        })?;
+        let open_error = |source| IndexError::Open {
+            path: path.clone(),
+            source,
+        };
+        let (schema, fields) = Fields::schema();
+        let directory = MmapDirectory::open(dir)
+            .map_err(TantivyError::from)
+            .map_err(open_error)?;
+        let index = Index::open_or_create(directory, schema).map_err(open_error)?;
+        let writer: IndexWriter = index.writer(WRITER_HEAP_BYTES).map_err(|source| {
+            if matches!(source, TantivyError::LockFailure(..)) {
+                IndexError::Locked {
+                    path: path.clone(),
+                    source,
+                }
+            } else {
+                open_error(source)
+            }
+        })?;
+        // Read the generation after taking the writer lock so no other writer can move it.
+        let metas = index.load_metas().map_err(open_error)?;
+        let generation = match metas.payload.as_deref() {
+            None => 0,
+            Some(payload) => decode_payload(payload).map_err(|reason| IndexError::BadPayload {
+                path: path.clone(),
+                payload: payload.to_owned(),
+                reason,
+            })?,
+        };
+        let reader = index
+            .reader_builder()
+            .reload_policy(ReloadPolicy::Manual)
+            .try_into()
+            .map_err(open_error)?;
+        let mut parser = QueryParser::for_index(&index, vec![fields.title, fields.body]);
+        parser.set_field_boost(fields.title, TITLE_BOOST);
+        let snapshot = Snapshot {
+            searcher: reader.searcher(),
+            generation,
+        };
+        tracing::info!(
+            index.generation = generation,
+            index.docs = snapshot.searcher.num_docs(),
+            "index opened"
+        );
+        Ok(DocumentIndex {
+            path,
+            fields,
+            reader,
+            parser,
+            writer: Mutex::new(WriterState { writer, generation }),
+            snapshot: RwLock::new(snapshot),
+        })
+    }
+
+    /// The directory this index lives in.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The generation of the last commit: 0 for a fresh index, +1 per successful write call.
+    pub fn generation(&self) -> u64 {
+        self.snapshot().generation
+    }
+
+    /// Number of live (not deleted) documents.
+    pub fn doc_count(&self) -> u64 {
+        self.snapshot().searcher.num_docs()
+    }
+
+    /// Inserts or replaces documents, keyed by `(collection, id)`, in one commit.
+    ///
+    /// Every document is validated first; if one is invalid nothing is written and the error
+    /// names its zero-based position. When the batch repeats a key, the last occurrence wins.
+    /// Returns the new generation.
+    pub fn upsert(&self, docs: Vec<Document>) -> Result<u64, IndexError> {
+        let _span = tracing::debug_span!("index.upsert", index.batch = docs.len()).entered();
+        validate_batch_len(docs.len(), "upsert")?;
+        for (position, doc) in docs.iter().enumerate() {
+            validate_document(position, doc)?;
+        }
+        let docs = keep_last_per_key(docs);
+        let mut tantivy_docs = Vec::with_capacity(docs.len());
+        for doc in &docs {
+            tantivy_docs.push((
+                self.fields.key_term(&doc.collection, &doc.id),
+                self.to_tantivy(doc),
+            ));
+        }
+
+        let mut state = self.lock_writer();
+        for (key, doc) in tantivy_docs {
+            state.writer.delete_term(key);
+            if let Err(source) = state.writer.add_document(doc) {
+                rollback(&mut state);
+                return Err(IndexError::Tantivy {
+                    context: "add document",
+                    source,
+                });
+            }
+        }
+        self.commit(&mut state)
+    }
+
+    /// Deletes documents by `(collection, id)` in one commit; unknown documents are ignored.
+    ///
+    /// References are validated like documents (non-empty id, valid collection name).
+    /// Returns the new generation.
+    pub fn delete(&self, refs: Vec<DocRef>) -> Result<u64, IndexError> {
+        let _span = tracing::debug_span!("index.delete", index.batch = refs.len()).entered();
+        validate_batch_len(refs.len(), "delete")?;
+        for (position, doc_ref) in refs.iter().enumerate() {
+            validate_ref(position, doc_ref)?;
+        }
+        let mut state = self.lock_writer();
+        for doc_ref in &refs {
+            state
+                .writer
+                .delete_term(self.fields.key_term(&doc_ref.collection, &doc_ref.id));
+        }
+        self.commit(&mut state)
+    }
+
+    /// Runs a BM25 search over titles and bodies.
+    pub fn search(&self, q: &SearchQuery) -> Result<SearchResults, IndexError> {
+        let _span = tracing::debug_span!("index.search", index.limit = q.limit).entered();
+        let text = q.query.trim();
+        if text.is_empty() {
+            return Err(IndexError::InvalidQuery(
+                "query is empty: type one or more words to search for".to_owned(),
+            ));
+        }
+        if q.query.len() > MAX_QUERY_BYTES {
+            return Err(IndexError::InvalidQuery(format!(
+                "query is {} bytes, longer than the {MAX_QUERY_BYTES}-byte limit: shorten it",
+                q.query.len()
+            )));
+        }
+        for name in &q.collections {
+            if let Some(problem) = collection_problem(name) {
+                return Err(IndexError::InvalidQuery(problem));
+            }
+        }
+        let limit = match q.limit {
+            0 => DEFAULT_LIMIT,
+            n => n.min(MAX_LIMIT),
+        };
+
+        let (parsed, parse_errors) = self.parser.parse_query_lenient(text);
+        if !parse_errors.is_empty() {
+            tracing::debug!(errors = ?parse_errors, "query parsed leniently");
+        }
+        let query = self.with_collection_filter(parsed, &q.collections);
+
+        let snapshot = self.snapshot();
+        let searcher = &snapshot.searcher;
+        let (total_matches, top) = searcher
+            .search(
+                &query,
+                &(Count, TopDocs::with_limit(limit + 1).order_by_score()),
+            )
+            .map_err(IndexError::tantivy("run search"))?;
+        let top = self.widen_for_ties(searcher, &query, top, limit)?;
+
+        let mut candidates = Vec::with_capacity(top.len());
+        for (score, address) in top {
+            // Written as `score < min` so that a NaN min_score filters nothing.
+            if score < q.min_score {
+                continue;
+            }
+            let doc: TantivyDocument = searcher
+                .doc(address)
+                .map_err(IndexError::tantivy("load stored document"))?;
+            candidates.push((score, doc));
+        }
+        let mut keyed: Vec<(Score, String, String, TantivyDocument)> = candidates
+            .into_iter()
+            .map(|(score, doc)| {
+                let collection = self.text_of(&doc, self.fields.collection);
+                let id = self.text_of(&doc, self.fields.id);
+                (score, collection, id, doc)
+            })
+            .collect();
+        keyed.sort_by(|a, b| {
+            b.0.total_cmp(&a.0)
+                .then_with(|| a.1.cmp(&b.1))
+                .then_with(|| a.2.cmp(&b.2))
+        });
+        keyed.truncate(limit);
+
+        let mut snippets = SnippetGenerator::create(searcher, &*query, self.fields.body)
+            .map_err(IndexError::tantivy("prepare snippets"))?;
+        snippets.set_max_num_chars(SNIPPET_CHARS);
+        let mut hits = Vec::with_capacity(keyed.len());
+        for (score, collection, id, doc) in keyed {
+            let snippet = snippets.snippet_from_doc(&doc);
+            let snippet = if snippet.fragment().is_empty() {
+                let body = self.text_of(&doc, self.fields.body);
+                escape_html(prefix_chars(body.trim(), SNIPPET_CHARS))
+            } else {
+                snippet.to_html()
+            };
+            hits.push(SearchHit {
+                title: self.text_of(&doc, self.fields.title),
+                metadata: self.metadata_of(&doc),
+                id,
+                collection,
+                snippet,
+                score,
+            });
+        }
+        Ok(SearchResults {
+            hits,
+            total_matches: total_matches as u64,
+            generation: snapshot.generation,
+        })
+    }
+
+    /// Live document counts per collection, sorted by name; collections with none are omitted.
+    pub fn collections(&self) -> Result<Vec<CollectionCount>, IndexError> {
+        let snapshot = self.snapshot();
+        let searcher = &snapshot.searcher;
+        // Term dictionaries still list collections whose documents were all deleted but not yet
+        // merged away, so they only give candidate names; counts come from a live-doc query.
+        let mut names = BTreeSet::new();
+        for segment in searcher.segment_readers() {
+            let inverted = segment
+                .inverted_index(self.fields.collection)
+                .map_err(IndexError::tantivy("read collection terms"))?;
+            let mut terms = inverted
+                .terms()
+                .stream()
+                .map_err(|err| IndexError::Tantivy {
+                    context: "read collection terms",
+                    source: TantivyError::from(err),
+                })?;
+            while terms.advance() {
+                names.insert(String::from_utf8_lossy(terms.key()).into_owned());
+            }
+        }
+        let mut counts = Vec::with_capacity(names.len());
+        for name in names {
+            let query = TermQuery::new(
+                Term::from_field_text(self.fields.collection, &name),
+                IndexRecordOption::Basic,
+            );
+            let doc_count = searcher
+                .search(&query, &Count)
+                .map_err(IndexError::tantivy("count collection documents"))?;
+            if doc_count > 0 {
+                counts.push(CollectionCount {
+                    name,
+                    doc_count: doc_count as u64,
+                });
+            }
+        }
+        Ok(counts)
+    }
+
+    fn snapshot(&self) -> Snapshot {
+        // The snapshot is replaced whole, so a panic elsewhere cannot leave it half-written.
+        self.snapshot
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    fn lock_writer(&self) -> MutexGuard<'_, WriterState> {
+        match self.writer.lock() {
+            Ok(guard) => guard,
+            Err(poisoned) => {
+                // A panic mid-batch may have left uncommitted operations queued: drop them so
+                // they are not committed by the next, unrelated, call.
+                let mut guard = poisoned.into_inner();
+                tracing::warn!("index writer lock was poisoned; rolling back pending operations");
+                rollback(&mut guard);
+                guard
+            }
+        }
+    }
+
+    /// Commits pending operations with generation + 1 in the payload and publishes a new searcher.
+    fn commit(&self, state: &mut WriterState) -> Result<u64, IndexError> {
+        let next = state.generation + 1;
+        let payload = encode_payload(next);
+        let committed = state.writer.prepare_commit().and_then(|mut prepared| {
+            prepared.set_payload(&payload);
+            prepared.commit()
+        });
+        if let Err(source) = committed {
+            rollback(state);
+            return Err(IndexError::Tantivy {
+                context: "commit",
+                source,
+            });
+        }
+        // The commit is durable from here on, whatever happens to the reader.
+        state.generation = next;
+        self.reader
+            .reload()
+            .map_err(IndexError::tantivy("reload reader after commit"))?;
+        let snapshot = Snapshot {
+            searcher: self.reader.searcher(),
+            generation: next,
+        };
+        tracing::debug!(
+            index.generation = next,
+            index.docs = snapshot.searcher.num_docs(),
+            "index committed"
+        );
+        *self
+            .snapshot
+            .write()
+            .unwrap_or_else(PoisonError::into_inner) = snapshot;
+        Ok(next)
+    }
+
+    fn to_tantivy(&self, doc: &Document) -> TantivyDocument {
+        let mut out = TantivyDocument::default();
+        out.add_text(self.fields.key, unique_key(&doc.collection, &doc.id));
+        out.add_text(self.fields.id, &doc.id);
+        out.add_text(self.fields.collection, &doc.collection);
+        out.add_text(self.fields.title, &doc.title);
+        out.add_text(self.fields.body, &doc.body);
+        if !doc.metadata.is_empty() {
+            let metadata = serde_json::to_string(&doc.metadata)
+                .expect("a map of strings always serializes to JSON");
+            out.add_text(self.fields.metadata, metadata);
+        }
+        out
+    }
+
+    fn text_of(&self, doc: &TantivyDocument, field: Field) -> String {
+        doc.get_first(field)
+            .and_then(|value| value.as_str())
+            .unwrap_or_default()
+            .to_owned()
+    }
+
+    fn metadata_of(&self, doc: &TantivyDocument) -> BTreeMap<String, String> {
+        let Some(text) = doc.get_first(self.fields.metadata).and_then(|v| v.as_str()) else {
+            return BTreeMap::new();
+        };
+        serde_json::from_str(text).unwrap_or_else(|err| {
+            tracing::warn!(error = %err, "stored metadata is not a JSON object of strings");
+            BTreeMap::new()
+        })
+    }
+
+    fn with_collection_filter(
+        &self,
+        query: Box<dyn Query>,
+        collections: &[String],
+    ) -> Box<dyn Query> {
+        if collections.is_empty() {
+            return query;
+        }
+        let mut any_collection: Vec<(Occur, Box<dyn Query>)> = Vec::new();
+        for name in collections {
+            let term = Term::from_field_text(self.fields.collection, name);
+            any_collection.push((
+                Occur::Should,
+                Box::new(TermQuery::new(term, IndexRecordOption::Basic)),
+            ));
+        }
+        Box::new(BooleanQuery::new(vec![
+            (Occur::Must, query),
+            (Occur::Must, Box::new(BooleanQuery::new(any_collection))),
+        ]))
+    }
+
+    /// Fetches more candidates while documents scoring exactly like the last one kept may have
+    /// been cut off, so ties at the `limit` boundary can be broken by `(collection, id)`.
+    fn widen_for_ties(
+        &self,
+        searcher: &Searcher,
+        query: &dyn Query,
+        mut top: Vec<(Score, DocAddress)>,
+        limit: usize,
+    ) -> Result<Vec<(Score, DocAddress)>, IndexError> {
+        let mut fetched = limit + 1;
+        loop {
+            let cut_off_possible = top.len() == fetched;
+            let boundary_tied = match (top.get(limit - 1), top.last()) {
+                (Some(boundary), Some(last)) => boundary.0 == last.0,
+                _ => false,
+            };
+            if !cut_off_possible || !boundary_tied || fetched >= TIE_FETCH_CAP {
+                return Ok(top);
+            }
+            fetched = (fetched * 2).min(TIE_FETCH_CAP);
+            top = searcher
+                .search(query, &TopDocs::with_limit(fetched).order_by_score())
+                .map_err(IndexError::tantivy("run search"))?;
+        }
+    }
+}
+
+fn rollback(state: &mut WriterState) {
+    if let Err(err) = state.writer.rollback() {
+        tracing::error!(error = %err, "index writer rollback failed");
+    }
+}
+
+fn encode_payload(generation: u64) -> String {
+    serde_json::to_string(&CommitPayload { generation })
+        .expect("a struct with one integer always serializes to JSON")
+}
+
+fn decode_payload(payload: &str) -> Result<u64, String> {
+    serde_json::from_str::<CommitPayload>(payload)
+        .map(|p| p.generation)
+        .map_err(|err| err.to_string())
+}
+
+/// Drops earlier occurrences of a repeated `(collection, id)`, keeping batch order otherwise.
+fn keep_last_per_key(docs: Vec<Document>) -> Vec<Document> {
+    let mut last_position = HashMap::with_capacity(docs.len());
+    for (position, doc) in docs.iter().enumerate() {
+        last_position.insert((doc.collection.clone(), doc.id.clone()), position);
+    }
+    if last_position.len() == docs.len() {
+        return docs;
+    }
+    docs.into_iter()
+        .enumerate()
+        .filter(|(position, doc)| {
+            last_position.get(&(doc.collection.clone(), doc.id.clone())) == Some(position)
+        })
+        .map(|(_, doc)| doc)
+        .collect()
+}
+
+/// The longest prefix of `text` with at most `max_chars` characters.
+fn prefix_chars(text: &str, max_chars: usize) -> &str {
+    match text.char_indices().nth(max_chars) {
+        Some((end, _)) => &text[..end],
+        None => text,
+    }
+}
+
+/// Escapes like tantivy's snippet HTML so fallback snippets are HTML too.
+fn escape_html(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        match c {
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '&' => out.push_str("&amp;"),
+            '"' => out.push_str("&quot;"),
+            '\'' => out.push_str("&#x27;"),
+            _ => out.push(c),
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeSet;
+    use std::sync::Arc;
+
+    use proptest::prelude::*;
+
+    use super::*;
+
+    fn doc(collection: &str, id: &str, title: &str, body: &str) -> Document {
+        Document {
+            id: id.to_owned(),
+            collection: collection.to_owned(),
+            title: title.to_owned(),
+            body: body.to_owned(),
+            metadata: BTreeMap::new(),
+        }
+    }
+
+    fn doc_ref(collection: &str, id: &str) -> DocRef {
+        DocRef {
+            collection: collection.to_owned(),
+            id: id.to_owned(),
+        }
+    }
+
+    fn query(text: &str) -> SearchQuery {
+        SearchQuery {
+            query: text.to_owned(),
+            ..SearchQuery::default()
+        }
+    }
+
+    fn open_temp() -> (tempfile::TempDir, DocumentIndex) {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let index = DocumentIndex::open(dir.path()).expect("open fresh index");
+        (dir, index)
+    }
+
+    fn ids(results: &SearchResults) -> Vec<(String, String)> {
+        results
+            .hits
+            .iter()
+            .map(|hit| (hit.collection.clone(), hit.id.clone()))
+            .collect()
+    }
+
+    #[test]
+    fn index_is_send_and_sync() {
+        fn assert_send_sync<T: Send + Sync>() {}
+        assert_send_sync::<DocumentIndex>();
+        assert_send_sync::<Arc<DocumentIndex>>();
+    }
+
+    #[test]
+    fn fresh_index_is_empty_at_generation_zero() {
+        let (_dir, index) = open_temp();
+        assert_eq!(index.generation(), 0);
+        assert_eq!(index.doc_count(), 0);
+        assert_eq!(index.collections().expect("collections"), vec![]);
+        let results = index.search(&query("anything")).expect("search");
+        assert_eq!(results.hits, vec![]);
+        assert_eq!(results.total_matches, 0);
+    }
+
+    #[test]
+    fn creates_missing_nested_directory() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let nested = dir.path().join("a/b/index");
+        let index = DocumentIndex::open(&nested).expect("open creates directories");
+        assert_eq!(index.path(), nested.as_path());
+        assert!(nested.is_dir());
+    }
+
+    #[test]
+    fn upsert_then_search_finds_the_document() {
+        let (_dir, index) = open_temp();
+        let mut with_meta = doc(
+            "papers",
+            "p1",
+            "Rust ownership",
+            "Borrowing rules keep memory safe without a garbage collector.",
+        );
+        with_meta
+            .metadata
+            .insert("author".to_owned(), "ferris".to_owned());
+        let generation = index
+            .upsert(vec![
+                with_meta,
+                doc("papers", "p2", "Gardening", "Tomatoes need sun."),
+            ])
+            .expect("upsert");
+        assert_eq!(generation, 1);
+
+        let results = index.search(&query("garbage collector")).expect("search");
+        assert_eq!(results.total_matches, 1);
+        assert_eq!(results.generation, 1);
+        let hit = &results.hits[0];
+        assert_eq!((hit.collection.as_str(), hit.id.as_str()), ("papers", "p1"));
+        assert_eq!(hit.title, "Rust ownership");
+        assert_eq!(
+            hit.metadata.get("author").map(String::as_str),
+            Some("ferris")
+        );
+        assert!(hit.score > 0.0);
+        assert!(hit.snippet.contains("<b>garbage</b>"), "{}", hit.snippet);
+        assert!(hit.snippet.contains("<b>collector</b>"), "{}", hit.snippet);
+    }
+
+    #[test]
+    fn title_matches_outrank_body_matches() {
+        let (_dir, index) = open_temp();
+        index
+            .upsert(vec![
+                doc("c", "body", "something else", "a note about falcons"),
+                doc("c", "title", "falcons", "a note about something else"),
+            ])
+            .expect("upsert");
+        let results = index.search(&query("falcons")).expect("search");
+        assert_eq!(ids(&results)[0].1, "title");
+        // No body term matched, so the snippet falls back to the start of the body.
+        assert_eq!(results.hits[0].snippet, "a note about something else");
+    }
+
+    #[test]
+    fn fallback_snippet_is_escaped_and_bounded() {
+        let (_dir, index) = open_temp();
+        let body = format!("<script> & {}", "word ".repeat(200));
+        index
+            .upsert(vec![doc("c", "1", "unique", &body)])
+            .expect("upsert");
+        let results = index.search(&query("unique")).expect("search");
+        let snippet = &results.hits[0].snippet;
+        assert!(
+            snippet.starts_with("&lt;script&gt; &amp; word"),
+            "{snippet}"
+        );
+        assert!(snippet.chars().count() <= SNIPPET_CHARS + 20, "{snippet}");
+    }
+
+    #[test]
+    fn upserting_the_same_key_twice_leaves_one_document() {
+        let (_dir, index) = open_temp();
+        index
+            .upsert(vec![doc("c", "1", "old", "version one")])
+            .expect("first");
+        index
+            .upsert(vec![doc("c", "1", "new", "version two")])
+            .expect("second");
+        assert_eq!(index.doc_count(), 1);
+        let results = index.search(&query("version")).expect("search");
+        assert_eq!(results.total_matches, 1);
+        assert_eq!(results.hits[0].title, "new");
+    }
+
+    #[test]
+    fn same_id_in_different_collections_are_different_documents() {
+        let (_dir, index) = open_temp();
+        index
+            .upsert(vec![
+                doc("a", "1", "t", "shared words"),
+                doc("b", "1", "t", "shared words"),
+            ])
+            .expect("upsert");
+        assert_eq!(index.doc_count(), 2);
+    }
+
+    #[test]
+    fn repeated_key_in_one_batch_keeps_the_last() {
+        let (_dir, index) = open_temp();
+        index
+            .upsert(vec![
+                doc("c", "1", "first", "alpha"),
+                doc("c", "2", "other", "alpha"),
+                doc("c", "1", "last", "alpha"),
+            ])
+            .expect("upsert");
+        assert_eq!(index.doc_count(), 2);
+        let results = index.search(&query("first last")).expect("search");
+        assert_eq!(results.hits.len(), 1);
+        assert_eq!(results.hits[0].title, "last");
+    }
+
+    #[test]
+    fn delete_removes_documents_and_ignores_missing_ones() {
+        let (_dir, index) = open_temp();
+        index
+            .upsert(vec![
+                doc("c", "1", "t", "apples"),
+                doc("c", "2", "t", "apples"),
+            ])
+            .expect("upsert");
+        let generation = index
+            .delete(vec![
+                doc_ref("c", "1"),
+                doc_ref("c", "missing"),
+                doc_ref("other", "2"),
+            ])
+            .expect("delete");
+        assert_eq!(generation, 2);
+        assert_eq!(index.doc_count(), 1);
+        let results = index.search(&query("apples")).expect("search");
+        assert_eq!(ids(&results), vec![("c".to_owned(), "2".to_owned())]);
+        assert_eq!(results.total_matches, 1);
+    }
+
+    #[test]
+    fn generation_counts_writes_and_survives_reopen() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        {
+            let index = DocumentIndex::open(dir.path()).expect("open");
+            assert_eq!(index.upsert(vec![doc("c", "1", "t", "b")]).expect("w1"), 1);
+            assert_eq!(index.upsert(vec![doc("c", "2", "t", "b")]).expect("w2"), 2);
+            assert_eq!(index.delete(vec![doc_ref("c", "nope")]).expect("w3"), 3);
+            assert_eq!(index.generation(), 3);
+        }
+        let index = DocumentIndex::open(dir.path()).expect("reopen");
+        assert_eq!(index.generation(), 3);
+        assert_eq!(index.doc_count(), 2);
+        assert_eq!(index.upsert(vec![doc("c", "3", "t", "b")]).expect("w4"), 4);
+    }
+
+    #[test]
+    fn invalid_batch_writes_nothing_and_keeps_the_generation() {
+        let (_dir, index) = open_temp();
+        index
+            .upsert(vec![doc("c", "0", "t", "kept")])
+            .expect("valid");
+        let err = index
+            .upsert(vec![
+                doc("c", "1", "t", "new"),
+                doc("c", "2", "t", "new"),
+                doc("c", "3", "t", "new"),
+                doc("a b", "x", "t", "new"),
+            ])
+            .expect_err("invalid collection");
+        assert_eq!(
+            err.to_string(),
+            r#"document 3 (id "x"): collection "a b" is invalid: use 1-64 characters from A-Z a-z 0-9 _ . -"#
+        );
+        assert!(matches!(
+            err,
+            IndexError::InvalidDocument { position: 3, .. }
+        ));
+        assert_eq!(index.generation(), 1);
+        assert_eq!(index.doc_count(), 1);
+
+        // The rejected documents must not sneak into a later commit either.
+        index
+            .delete(vec![doc_ref("c", "nope")])
+            .expect("unrelated write");
+        assert_eq!(index.doc_count(), 1);
+        assert_eq!(
+            index.search(&query("new")).expect("search").total_matches,
+            0
+        );
+    }
+
+    #[test]
+    fn empty_and_oversized_batches_are_rejected() {
+        let (_dir, index) = open_temp();
+        let empty = index.upsert(vec![]).expect_err("empty upsert");
+        assert!(empty.to_string().contains("empty"), "{empty}");
+        assert!(index.delete(vec![]).is_err());
+        let too_many = (0..=crate::MAX_BATCH)
+            .map(|i| doc("c", &i.to_string(), "", ""))
+            .collect();
+        let err = index.upsert(too_many).expect_err("too large");
+        assert!(
+            err.to_string().contains("split it into smaller batches"),
+            "{err}"
+        );
+        let bad_ref = index.delete(vec![doc_ref("c", "")]).expect_err("empty id");
+        assert!(matches!(
+            bad_ref,
+            IndexError::InvalidDocument { position: 0, .. }
+        ));
+        assert_eq!(index.generation(), 0);
+    }
+
+    #[test]
+    fn second_open_of_the_same_directory_reports_the_lock() {
+        let (dir, _index) = open_temp();
+        let err = DocumentIndex::open(dir.path()).expect_err("writer lock is held");
+        assert!(matches!(err, IndexError::Locked { .. }), "{err:?}");
+        let message = err.to_string();
+        assert!(message.starts_with(&format!("cannot open index at {}", dir.path().display())));
+        assert!(
+            message.contains("is another agent using this data directory?"),
+            "{message}"
+        );
+    }
+
+    #[test]
+    fn foreign_payload_is_reported() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        {
+            let (schema, _) = Fields::schema();
+            let index = Index::create_in_dir(dir.path(), schema).expect("create");
+            let mut writer: IndexWriter = index.writer(WRITER_HEAP_BYTES).expect("writer");
+            let mut prepared = writer.prepare_commit().expect("prepare");
+            prepared.set_payload("not json");
+            prepared.commit().expect("commit");
+        }
+        let err = DocumentIndex::open(dir.path()).expect_err("foreign payload");
+        assert!(matches!(err, IndexError::BadPayload { .. }), "{err:?}");
+    }
+
+    #[test]
+    fn bad_queries_are_invalid_query_errors() {
+        let (_dir, index) = open_temp();
+        for text in ["", "   \n\t"] {
+            let err = index.search(&query(text)).expect_err("empty query");
+            assert!(matches!(err, IndexError::InvalidQuery(_)), "{err:?}");
+            assert!(err.to_string().contains("query is empty"), "{err}");
+        }
+        let long = "a ".repeat(MAX_QUERY_BYTES);
+        let err = index.search(&query(&long)).expect_err("too long");
+        assert!(err.to_string().contains("4096-byte limit"), "{err}");
+        let mut bad_filter = query("x");
+        bad_filter.collections = vec!["no spaces".to_owned()];
+        assert!(matches!(
+            index.search(&bad_filter),
+            Err(IndexError::InvalidQuery(_))
+        ));
+    }
+
+    #[test]
+    fn natural_language_with_stray_syntax_does_not_error() {
+        let (_dir, index) = open_temp();
+        index
+            .upsert(vec![doc(
+                "c",
+                "1",
+                "colons",
+                "what is a colon: punctuation",
+            )])
+            .expect("upsert");
+        for text in [
+            "what is a \"colon: ",
+            "title: AND OR NOT ( [ {",
+            "nosuchfield:colon",
+            "+ - ! ^ ~ * ?",
+            "colon)",
+        ] {
+            index
+                .search(&query(text))
+                .unwrap_or_else(|err| panic!("{text:?}: {err}"));
+        }
+        let results = index
+            .search(&query("what is a \"colon: "))
+            .expect("lenient");
+        assert_eq!(results.total_matches, 1);
+    }
+
+    #[test]
+    fn collections_filter_excludes_other_collections() {
+        let (_dir, index) = open_temp();
+        index
+            .upsert(vec![
+                doc("a", "1", "t", "shared term"),
+                doc("b", "1", "t", "shared term"),
+                doc("c", "1", "t", "shared term"),
+            ])
+            .expect("upsert");
+        let mut q = query("shared");
+        q.collections = vec!["a".to_owned(), "c".to_owned(), "absent".to_owned()];
+        let results = index.search(&q).expect("search");
+        assert_eq!(results.total_matches, 2);
+        assert_eq!(
+            ids(&results),
+            vec![
+                ("a".to_owned(), "1".to_owned()),
+                ("c".to_owned(), "1".to_owned())
+            ]
+        );
+    }
+
+    #[test]
+    fn collections_counts_respect_deletes() {
+        let (_dir, index) = open_temp();
+        index
+            .upsert(vec![
+                doc("zeta", "1", "", "x"),
+                doc("alpha", "1", "", "x"),
+                doc("alpha", "2", "", "x"),
+                doc("gone", "1", "", "x"),
+            ])
+            .expect("upsert");
+        index
+            .delete(vec![doc_ref("alpha", "2"), doc_ref("gone", "1")])
+            .expect("delete");
+        let counts = index.collections().expect("collections");
+        let counts: Vec<(&str, u64)> = counts
+            .iter()
+            .map(|c| (c.name.as_str(), c.doc_count))
+            .collect();
+        assert_eq!(counts, vec![("alpha", 1), ("zeta", 1)]);
+        assert_eq!(index.doc_count(), 2);
+    }
+
+    #[test]
+    fn min_score_drops_weak_hits_but_not_total_matches() {
+        let (_dir, index) = open_temp();
+        index
+            .upsert(vec![
+                doc("c", "strong", "rare rare", "rare rare rare"),
+                doc(
+                    "c",
+                    "weak",
+                    "",
+                    "rare filler filler filler filler filler filler filler",
+                ),
+            ])
+            .expect("upsert");
+        let all = index.search(&query("rare")).expect("search");
+        assert_eq!(all.hits.len(), 2);
+        let threshold = (all.hits[0].score + all.hits[1].score) / 2.0;
+        let mut q = query("rare");
+        q.min_score = threshold;
+        let filtered = index.search(&q).expect("search");
+        assert_eq!(filtered.total_matches, 2);
+        assert_eq!(ids(&filtered), vec![("c".to_owned(), "strong".to_owned())]);
+        q.min_score = f32::NAN;
+        assert_eq!(index.search(&q).expect("nan filters nothing").hits.len(), 2);
+    }
+
+    #[test]
+    fn limit_defaults_and_clamps() {
+        let (_dir, index) = open_temp();
+        let docs = (0..1005)
+            .map(|i| doc("c", &format!("{i:04}"), "", "same words"))
+            .collect();
+        index.upsert(docs).expect("upsert");
+        let mut q = query("same");
+        assert_eq!(index.search(&q).expect("default").hits.len(), DEFAULT_LIMIT);
+        q.limit = 3;
+        assert_eq!(index.search(&q).expect("three").hits.len(), 3);
+        q.limit = 5000;
+        let clamped = index.search(&q).expect("clamped");
+        assert_eq!(clamped.hits.len(), MAX_LIMIT);
+        assert_eq!(clamped.total_matches, 1005);
+    }
+
+    #[test]
+    fn equal_scores_are_ordered_by_collection_then_id_across_segments() {
+        let (_dir, index) = open_temp();
+        // Several commits make several segments, inserted in an order unrelated to the keys.
+        for (collection, id) in [("b", "2"), ("a", "9"), ("b", "1"), ("a", "10"), ("c", "0")] {
+            index
+                .upsert(vec![doc(collection, id, "", "identical text")])
+                .expect("upsert");
+        }
+        let expected = [("a", "10"), ("a", "9"), ("b", "1"), ("b", "2"), ("c", "0")];
+        let expected: Vec<(String, String)> = expected
+            .iter()
+            .map(|(c, i)| ((*c).to_owned(), (*i).to_owned()))
+            .collect();
+        let mut q = query("identical");
+        assert_eq!(ids(&index.search(&q).expect("search")), expected);
+        // The tie also decides which documents make the cut at a small limit.
+        for limit in 1..=5 {
+            q.limit = limit;
+            assert_eq!(
+                ids(&index.search(&q).expect("search")),
+                expected[..limit].to_vec()
+            );
+        }
+    }
+
+    #[test]
+    fn searches_see_a_consistent_generation_under_concurrent_writes() {
+        let (_dir, index) = open_temp();
+        let index = Arc::new(index);
+        let writer = {
+            let index = Arc::clone(&index);
+            std::thread::spawn(move || {
+                for i in 0..20 {
+                    index
+                        .upsert(vec![doc("c", &i.to_string(), "", "counted")])
+                        .expect("upsert");
+                }
+            })
+        };
+        for _ in 0..50 {
+            let results = index.search(&query("counted")).expect("search");
+            // Each write adds one distinct document, so generation and matches move together.
+            assert_eq!(results.total_matches, results.generation);
+        }
+        writer.join().expect("writer thread");
+        assert_eq!(index.generation(), 20);
+    }
+
+    #[test]
+    fn vaswani_end_to_end_if_present() {
+        let data = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+            .join("../../../shared/data/vaswani");
+        let Ok(text) = std::fs::read_to_string(data.join("doc-text.trec")) else {
+            println!("skipped: ../shared/data/vaswani not present");
+            return;
+        };
+        let qrels = std::fs::read_to_string(data.join("qrels")).expect("qrels beside the docs");
+        let relevant_to_query_1: BTreeSet<&str> = qrels
+            .lines()
+            .filter_map(
+                |line| match line.split_whitespace().collect::<Vec<_>>()[..] {
+                    ["1", _, doc, _] => Some(doc),
+                    _ => None,
+                },
+            )
+            .collect();
+        let mut docs = crate::ingest::parse_trec(&text, "vaswani").expect("parse");
+        for d in &mut docs { d.title.clear(); }
+        let (_dir, index) = open_temp();
+        let started = std::time::Instant::now();
+        for batch in docs.chunks(crate::MAX_BATCH) {
+            index.upsert(batch.to_vec()).expect("upsert vaswani");
+        }
+        println!("indexed {} docs in {:?}", docs.len(), started.elapsed());
+        assert_eq!(index.doc_count(), 11_429);
+        assert_eq!(
+            index.collections().expect("collections")[0].doc_count,
+            11_429
+        );
+
+        let mut q = query(
+            "MEASUREMENT OF DIELECTRIC CONSTANT OF LIQUIDS BY THE USE OF MICROWAVE TECHNIQUES",
+        );
+        q.limit = 10;
+        let results = index.search(&q).expect("search");
+        let found = results
+            .hits
+            .iter()
+            .filter(|hit| relevant_to_query_1.contains(hit.id.as_str()))
+            .count();
+        println!("query 1: {found} of the top 10 are relevant");
+        assert!(
+            found >= 3,
+            "BM25 should find relevant documents for query 1, found {found}"
+        );
+    }
+
+    #[derive(Debug, Clone)]
+    enum Op {
+        Upsert(Vec<(u8, u8)>),
+        Delete(Vec<(u8, u8)>),
+    }
+
+    fn op() -> impl Strategy<Value = Op> {
+        let keys = proptest::collection::vec((0u8..3, 0u8..6), 1..6);
+        prop_oneof![keys.clone().prop_map(Op::Upsert), keys.prop_map(Op::Delete)]
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(16))]
+
+        #[test]
+        fn generation_and_doc_count_follow_a_model(ops in proptest::collection::vec(op(), 0..8)) {
+            let dir = tempfile::tempdir().expect("tempdir");
+            let mut model = BTreeSet::new();
+            {
+                let index = DocumentIndex::open(dir.path()).expect("open");
+                for (k, op) in ops.iter().enumerate() {
+                    let generation = match op {
+                        Op::Upsert(keys) => {
+                            let docs = keys
+                                .iter()
+                                .map(|(c, i)| doc(&format!("c{c}"), &i.to_string(), "t", "word"))
+                                .collect();
+                            model.extend(keys.iter().copied());
+                            index.upsert(docs).expect("upsert")
+                        }
+                        Op::Delete(keys) => {
+                            let refs = keys
+                                .iter()
+                                .map(|(c, i)| doc_ref(&format!("c{c}"), &i.to_string()))
+                                .collect();
+                            for key in keys {
+                                model.remove(key);
+                            }
+                            index.delete(refs).expect("delete")
+                        }
+                    };
+                    prop_assert_eq!(generation, k as u64 + 1);
+                    prop_assert_eq!(index.doc_count(), model.len() as u64);
+                }
+                let per_collection: u64 =
+                    index.collections().expect("collections").iter().map(|c| c.doc_count).sum();
+                prop_assert_eq!(per_collection, model.len() as u64);
+            }
+            let reopened = DocumentIndex::open(dir.path()).expect("reopen");
+            prop_assert_eq!(reopened.generation(), ops.len() as u64);
+            prop_assert_eq!(reopened.doc_count(), model.len() as u64);
+        }
+    }
+}

@@ -1,0 +1,471 @@
+//! The master's gRPC services: `MasterService` for clients, `MembershipService` for agents.
+//! Handlers validate, call the domain code and map `MasterError` to `Status` via `?`.
+
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use ragmesh_config::MasterConfig;
+use ragmesh_proto::v1::{self, master_service_server::MasterService, membership_service_server::MembershipService};
+use ragmesh_proto::{PROTOCOL_MAJOR, PROTOCOL_MINOR};
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_util::sync::CancellationToken;
+use tonic::{Request, Response, Status, Streaming};
+
+use crate::clients::NodeClients;
+use crate::convert;
+use crate::error::MasterError;
+use crate::federation::{self, NodeQuery, NodeResult, Outcome};
+use crate::merge;
+use crate::node::{LivenessEvent, SessionId};
+use crate::registry::{HeartbeatInfo, NodeRecord, Registry};
+
+/// Longest query string accepted.
+pub const MAX_QUERY_BYTES: usize = 4096;
+/// Most hits a search may ask for.
+pub const MAX_LIMIT: u32 = 1000;
+/// Most documents in one ingest call.
+pub const MAX_BATCH: usize = 10_000;
+/// Deadline of a write forwarded to a node.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// State shared by the master's services.
+#[derive(Debug, Clone)]
+pub(crate) struct Context {
+    pub(crate) registry: Arc<OnceLock<Registry>>,
+    pub(crate) clients: NodeClients,
+    pub(crate) config: Arc<MasterConfig>,
+    pub(crate) shutdown: CancellationToken,
+}
+
+impl Context {
+    fn registry(&self) -> Result<&Registry, MasterError> {
+        self.registry.get().ok_or(MasterError::NotReady)
+    }
+
+    /// In mTLS mode, the caller's certificate must name `claimed`.
+    fn check_identity<T>(&self, request: &Request<T>, claimed: &str) -> Result<(), MasterError> {
+        if self.config.tls.is_none() {
+            return Ok(());
+        }
+        let identity = ragmesh_tls::peer_identity_of(request).ok_or(MasterError::NoPeerIdentity)?;
+        if identity.is(claimed) {
+            Ok(())
+        } else {
+            Err(MasterError::IdentityMismatch { cert_name: identity.name, claimed: claimed.to_owned() })
+        }
+    }
+}
+
+/// Client-facing API.
+#[derive(Debug, Clone)]
+pub(crate) struct MasterApi(pub(crate) Context);
+
+/// Agent-facing API.
+#[derive(Debug, Clone)]
+pub(crate) struct MembershipApi(pub(crate) Context);
+
+/// Parses a `grpc-timeout` header value (`<digits><H|M|S|m|u|n>`).
+pub(crate) fn parse_grpc_timeout(value: &str) -> Option<Duration> {
+    let (digits, unit) = value.split_at(value.len().checked_sub(1)?);
+    let n: u64 = digits.parse().ok()?;
+    Some(match unit {
+        "H" => Duration::from_secs(n.saturating_mul(3600)),
+        "M" => Duration::from_secs(n.saturating_mul(60)),
+        "S" => Duration::from_secs(n),
+        "m" => Duration::from_millis(n),
+        "u" => Duration::from_micros(n),
+        "n" => Duration::from_nanos(n),
+        _ => return None,
+    })
+}
+
+/// Time kept back from the node deadline to merge and answer before the caller's deadline.
+fn merge_margin(budget: Duration) -> Duration {
+    (budget / 10).clamp(Duration::from_millis(2), Duration::from_millis(50))
+}
+
+impl MasterApi {
+    fn search_budget(&self, request: &Request<v1::SearchRequest>) -> Result<Duration, MasterError> {
+        let config = &self.0.config;
+        let asked = request.get_ref().timeout_ms;
+        if Duration::from_millis(u64::from(asked)) > config.max_search_timeout {
+            return Err(MasterError::InvalidArgument(format!(
+                "timeout_ms {asked} exceeds the master's maximum {} ms",
+                config.max_search_timeout.as_millis()
+            )));
+        }
+        let mut budget = if asked == 0 { config.search_timeout } else { Duration::from_millis(u64::from(asked)) };
+        let header = request.metadata().get("grpc-timeout").and_then(|v| v.to_str().ok());
+        if let Some(caller) = header.and_then(parse_grpc_timeout) {
+            budget = budget.min(caller);
+        }
+        Ok(budget)
+    }
+}
+
+fn validate_search(req: &v1::SearchRequest) -> Result<(), MasterError> {
+    if req.query.trim().is_empty() {
+        return Err(MasterError::InvalidArgument("query is empty: pass the words to search for".into()));
+    }
+    if req.query.len() > MAX_QUERY_BYTES {
+        return Err(MasterError::InvalidArgument(format!(
+            "query is {} bytes long; the maximum is {MAX_QUERY_BYTES}",
+            req.query.len()
+        )));
+    }
+    if req.limit > MAX_LIMIT {
+        return Err(MasterError::InvalidArgument(format!("limit {} exceeds the maximum {MAX_LIMIT}", req.limit)));
+    }
+    if !req.min_score.is_finite() {
+        return Err(MasterError::InvalidArgument("min_score must be a finite number".into()));
+    }
+    Ok(())
+}
+
+#[tonic::async_trait]
+impl MasterService for MasterApi {
+    async fn search(&self, request: Request<v1::SearchRequest>) -> Result<Response<v1::SearchResponse>, Status> {
+        let started = Instant::now();
+        let registry = self.0.registry()?;
+        validate_search(request.get_ref())?;
+        let budget = self.search_budget(&request)?;
+        let req = request.into_inner();
+        let deadline = started + budget.saturating_sub(merge_margin(budget));
+
+        let nodes = registry.snapshot();
+        let plan = federation::plan(&nodes, &req.collections, &req.nodes).map_err(|unknown| MasterError::UnknownNodes {
+            unknown,
+            known: nodes.iter().map(|n| n.record.name.clone()).collect(),
+        })?;
+        let limit = if req.limit == 0 { 10 } else { req.limit };
+        let query = NodeQuery { query: req.query, collections: req.collections, limit, min_score: req.min_score };
+        let mut results = federation::fan_out(&self.0.clients, &plan.targets, &query, deadline).await;
+        for (node, reason) in plan.skipped {
+            results.push(NodeResult { node, outcome: Outcome::Skipped(reason), took: Duration::ZERO });
+        }
+        results.sort_by(|a, b| a.node.cmp(&b.node));
+
+        let outcomes = results.iter().map(convert::outcome).collect();
+        let lists = results
+            .into_iter()
+            .filter_map(|r| match r.outcome {
+                Outcome::Ok { hits, .. } => Some(hits),
+                _ => None,
+            })
+            .collect();
+        let hits = merge::merge_rrf(lists, limit as usize).into_iter().map(convert::hit).collect();
+        Ok(Response::new(v1::SearchResponse {
+            hits,
+            nodes: outcomes,
+            took_ms: u32::try_from(started.elapsed().as_millis()).unwrap_or(u32::MAX),
+            merge_strategy: "rrf".to_owned(),
+        }))
+    }
+
+    async fn list_nodes(&self, _request: Request<v1::ListNodesRequest>) -> Result<Response<v1::ListNodesResponse>, Status> {
+        let nodes = self.0.registry()?.snapshot().into_iter().map(convert::node_info).collect();
+        Ok(Response::new(v1::ListNodesResponse { nodes }))
+    }
+
+    async fn get_node(&self, request: Request<v1::GetNodeRequest>) -> Result<Response<v1::GetNodeResponse>, Status> {
+        let registry = self.0.registry()?;
+        let name = request.into_inner().name;
+        let view = registry.get(&name).ok_or_else(|| MasterError::UnknownNodes {
+            unknown: vec![name],
+            known: registry.snapshot().into_iter().map(|n| n.record.name).collect(),
+        })?;
+        Ok(Response::new(v1::GetNodeResponse { node: Some(convert::node_info(view)) }))
+    }
+
+    async fn ingest_documents(
+        &self,
+        request: Request<v1::IngestDocumentsRequest>,
+    ) -> Result<Response<v1::IngestDocumentsResponse>, Status> {
+        let req = request.into_inner();
+        if req.documents.is_empty() {
+            return Err(MasterError::InvalidArgument("no documents in the request".into()).into());
+        }
+        if req.documents.len() > MAX_BATCH {
+            return Err(MasterError::InvalidArgument(format!(
+                "{} documents in one request; send at most {MAX_BATCH} per call",
+                req.documents.len()
+            ))
+            .into());
+        }
+        let mut client = self.writable_node(&req.node)?;
+        let mut call = Request::new(v1::UpsertDocumentsRequest { documents: req.documents });
+        call.set_timeout(WRITE_TIMEOUT);
+        let response = client.upsert_documents(call).await.map_err(|s| node_call_error(&req.node, &s))?.into_inner();
+        Ok(Response::new(v1::IngestDocumentsResponse { upserted: response.upserted, generation: response.generation }))
+    }
+
+    async fn remove_documents(
+        &self,
+        request: Request<v1::RemoveDocumentsRequest>,
+    ) -> Result<Response<v1::RemoveDocumentsResponse>, Status> {
+        let req = request.into_inner();
+        if req.refs.is_empty() {
+            return Err(MasterError::InvalidArgument("no document references in the request".into()).into());
+        }
+        let mut client = self.writable_node(&req.node)?;
+        let mut call = Request::new(v1::DeleteDocumentsRequest { refs: req.refs });
+        call.set_timeout(WRITE_TIMEOUT);
+        let response = client.delete_documents(call).await.map_err(|s| node_call_error(&req.node, &s))?.into_inner();
+        Ok(Response::new(v1::RemoveDocumentsResponse { removed: response.deleted, generation: response.generation }))
+    }
+}
+
+impl MasterApi {
+    fn writable_node(&self, name: &str) -> Result<crate::clients::NodeClient, MasterError> {
+        let registry = self.0.registry()?;
+        if name.is_empty() {
+            return Err(MasterError::InvalidArgument("node is empty: name the node to write to (see `ragmeshctl nodes`)".into()));
+        }
+        let view = registry.get(name).ok_or_else(|| MasterError::UnknownNodes {
+            unknown: vec![name.to_owned()],
+            known: registry.snapshot().into_iter().map(|n| n.record.name).collect(),
+        })?;
+        if !view.state.is_searchable() {
+            return Err(MasterError::NodeDown { node: name.to_owned(), reason: view.down_reason.unwrap_or_default() });
+        }
+        self.0
+            .clients
+            .client(name, &view.record.address)
+            .map_err(|message| MasterError::NodeCall { node: name.to_owned(), code: tonic::Code::Unavailable, message })
+    }
+}
+
+fn node_call_error(node: &str, status: &Status) -> MasterError {
+    let message = if status.code() == tonic::Code::Unavailable {
+        crate::error::transport_message(status)
+    } else {
+        status.message().to_owned()
+    };
+    MasterError::NodeCall { node: node.to_owned(), code: status.code(), message }
+}
+
+/// Bounds on the heartbeat interval an agent may ask for.
+fn agreed_interval(proposed_ms: u32, timeout: Duration) -> Duration {
+    let proposed = if proposed_ms == 0 { Duration::from_secs(1) } else { Duration::from_millis(u64::from(proposed_ms)) };
+    // At least two heartbeats must fit in the timeout, or one lost heartbeat would mark the node down.
+    proposed.clamp(Duration::from_millis(50), timeout / 2)
+}
+
+#[tonic::async_trait]
+impl MembershipService for MembershipApi {
+    async fn register(&self, request: Request<v1::RegisterRequest>) -> Result<Response<v1::RegisterResponse>, Status> {
+        let registry = self.0.registry()?.clone();
+        let claimed = request.get_ref().node_name.clone();
+        if !ragmesh_config::valid_node_name(&claimed) {
+            return Err(MasterError::InvalidArgument(format!(
+                "node name {claimed:?} is invalid: use 1-63 characters of a-z, 0-9 and '-'"
+            ))
+            .into());
+        }
+        self.0.check_identity(&request, &claimed)?;
+        let req = request.into_inner();
+        if req.protocol_major != PROTOCOL_MAJOR {
+            return Err(MasterError::ProtocolMismatch {
+                node: claimed,
+                agent_major: req.protocol_major,
+                agent_minor: req.protocol_minor,
+                master_major: PROTOCOL_MAJOR,
+                master_minor: PROTOCOL_MINOR,
+            }
+            .into());
+        }
+        if req.advertised_address.rsplit_once(':').is_none_or(|(host, port)| host.is_empty() || port.parse::<u16>().is_err()) {
+            return Err(MasterError::InvalidArgument(format!(
+                "advertised address {:?} is not HOST:PORT",
+                req.advertised_address
+            ))
+            .into());
+        }
+        let interval = agreed_interval(req.heartbeat_interval_ms, self.0.config.heartbeat_timeout);
+        let record = NodeRecord {
+            name: claimed.clone(),
+            address: req.advertised_address,
+            version: req.version,
+            protocol_major: req.protocol_major,
+            protocol_minor: req.protocol_minor,
+            collections: convert::collections_from_wire(req.collections),
+            labels: req.labels.into_iter().collect(),
+            generation: req.generation,
+            registered_at_ms: convert::now_ms(),
+            heartbeat_interval_ms: u64::try_from(interval.as_millis()).unwrap_or(u64::MAX),
+        };
+        let address = record.address.clone();
+        let session = tokio::task::spawn_blocking(move || registry.register(record))
+            .await
+            .map_err(|e| Status::internal(format!("registration task failed: {e}")))?
+            .map_err(MasterError::from)?;
+        tracing::info!(node.id = %claimed, node.address = %address, session = %session, "node registered");
+        Ok(Response::new(v1::RegisterResponse {
+            session_id: session.0,
+            heartbeat_interval_ms: u32::try_from(interval.as_millis()).unwrap_or(u32::MAX),
+            master_version: env!("CARGO_PKG_VERSION").to_owned(),
+            protocol_major: PROTOCOL_MAJOR,
+            protocol_minor: PROTOCOL_MINOR,
+        }))
+    }
+
+    type HealthStreamStream = ReceiverStream<Result<v1::HealthStreamResponse, Status>>;
+
+    async fn health_stream(
+        &self,
+        request: Request<Streaming<v1::HealthStreamRequest>>,
+    ) -> Result<Response<Self::HealthStreamStream>, Status> {
+        let registry = self.0.registry()?.clone();
+        let timeout = self.0.config.heartbeat_timeout;
+        let identity_check = self.0.config.tls.is_some().then(|| ragmesh_tls::peer_identity_of(&request));
+        let mut inbound = request.into_inner();
+        let first = match tokio::time::timeout(timeout, inbound.message()).await {
+            Ok(Ok(Some(message))) => message,
+            Ok(Ok(None)) => return Err(Status::invalid_argument("health stream closed before its first heartbeat")),
+            Ok(Err(status)) => return Err(status),
+            Err(_) => {
+                return Err(Status::deadline_exceeded(format!(
+                    "no heartbeat within {} ms of opening the health stream",
+                    timeout.as_millis()
+                )));
+            }
+        };
+        if let Some(identity) = identity_check {
+            let identity = identity.ok_or(MasterError::NoPeerIdentity)?;
+            if !identity.is(&first.node_name) {
+                return Err(MasterError::IdentityMismatch { cert_name: identity.name, claimed: first.node_name }.into());
+            }
+        }
+        let session = SessionId(first.session_id.clone());
+        if registry.session(&first.node_name).as_ref() != Some(&session) {
+            return Err(MasterError::UnknownSession { node: first.node_name }.into());
+        }
+        let interval = registry
+            .get(&first.node_name)
+            .map_or(Duration::from_secs(1), |v| Duration::from_millis(v.record.heartbeat_interval_ms));
+        let (tx, rx) = mpsc::channel(16);
+        let watcher = StreamWatcher {
+            registry,
+            node: first.node_name.clone(),
+            session,
+            suspect_after: (interval * 3 / 2).min(timeout / 2),
+            timeout,
+            tx,
+            shutdown: self.0.shutdown.clone(),
+        };
+        let span = tracing::info_span!("membership.health_stream", node.id = %first.node_name);
+        tokio::spawn(tracing::Instrument::instrument(watcher.run(first, inbound), span));
+        Ok(Response::new(ReceiverStream::new(rx)))
+    }
+}
+
+/// Watches one health stream: applies heartbeats, acknowledges them, and turns silence or the
+/// end of the stream into liveness events.
+struct StreamWatcher {
+    registry: Registry,
+    node: String,
+    session: SessionId,
+    suspect_after: Duration,
+    timeout: Duration,
+    tx: mpsc::Sender<Result<v1::HealthStreamResponse, Status>>,
+    shutdown: CancellationToken,
+}
+
+impl StreamWatcher {
+    async fn run(self, first: v1::HealthStreamRequest, mut inbound: Streaming<v1::HealthStreamRequest>) {
+        let mut pending = Some(first);
+        let mut late = false;
+        loop {
+            if let Some(message) = pending.take() {
+                if !self.on_heartbeat(message) {
+                    self.end(Status::failed_precondition("session superseded by a newer registration: register again"));
+                    return;
+                }
+                late = false;
+            }
+            let wait = if late { self.timeout.saturating_sub(self.suspect_after) } else { self.suspect_after };
+            tokio::select! {
+                () = self.shutdown.cancelled() => {
+                    self.down("master shutting down");
+                    self.end(Status::unavailable("master is shutting down: reconnect"));
+                    return;
+                }
+                next = tokio::time::timeout(wait, inbound.message()) => match next {
+                    Ok(Ok(Some(message))) => pending = Some(message),
+                    Ok(Ok(None)) => {
+                        self.down("health stream closed by the agent");
+                        return;
+                    }
+                    Ok(Err(status)) => {
+                        self.down(&format!("health stream broke: {}", status.message()));
+                        return;
+                    }
+                    Err(_elapsed) if !late => {
+                        late = true;
+                        self.registry.apply(&self.node, LivenessEvent::Late(self.session.clone()), "");
+                    }
+                    Err(_elapsed) => {
+                        let reason = format!("no heartbeat for {} ms", self.timeout.as_millis());
+                        self.down(&reason);
+                        self.end(Status::deadline_exceeded(format!("{reason}: reconnect")));
+                        return;
+                    }
+                },
+            }
+        }
+    }
+
+    /// Applies a heartbeat; false when this stream's session was superseded.
+    fn on_heartbeat(&self, message: v1::HealthStreamRequest) -> bool {
+        let heartbeat = message.heartbeat.unwrap_or_default();
+        let info = HeartbeatInfo {
+            in_flight: heartbeat.in_flight,
+            collections: convert::collections_from_wire(heartbeat.collections),
+            generation: heartbeat.generation,
+        };
+        if !self.registry.heartbeat(&self.node, &self.session, info) {
+            return false;
+        }
+        let ack = v1::HealthStreamResponse {
+            body: Some(v1::health_stream_response::Body::Ack(v1::HeartbeatAck { seq: heartbeat.seq })),
+        };
+        // A full queue means the agent is not reading acks; liveness is judged on heartbeats alone.
+        let _ = self.tx.try_send(Ok(ack));
+        true
+    }
+
+    fn down(&self, reason: &str) {
+        self.registry.apply(&self.node, LivenessEvent::StreamEnded(self.session.clone()), reason);
+    }
+
+    fn end(&self, status: Status) {
+        let _ = self.tx.try_send(Err(status));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn grpc_timeout_header_parses_every_unit() {
+        assert_eq!(parse_grpc_timeout("250m"), Some(Duration::from_millis(250)));
+        assert_eq!(parse_grpc_timeout("2S"), Some(Duration::from_secs(2)));
+        assert_eq!(parse_grpc_timeout("1H"), Some(Duration::from_secs(3600)));
+        assert_eq!(parse_grpc_timeout("5u"), Some(Duration::from_micros(5)));
+        assert_eq!(parse_grpc_timeout(""), None);
+        assert_eq!(parse_grpc_timeout("m"), None);
+        assert_eq!(parse_grpc_timeout("10x"), None);
+    }
+
+    #[test]
+    fn heartbeat_interval_is_clamped_so_two_fit_in_the_timeout() {
+        let timeout = Duration::from_millis(2500);
+        assert_eq!(agreed_interval(1000, timeout), Duration::from_millis(1000));
+        assert_eq!(agreed_interval(10_000, timeout), Duration::from_millis(1250));
+        assert_eq!(agreed_interval(1, timeout), Duration::from_millis(50));
+        assert_eq!(agreed_interval(0, timeout), Duration::from_millis(1000));
+    }
+}

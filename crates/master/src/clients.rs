@@ -1,0 +1,87 @@
+//! One client stack per node, built in one place. The master dials each agent at its advertised
+//! address over mTLS and verifies that the agent's certificate names the node, so an address
+//! that now belongs to another machine cannot answer for the node.
+//!
+//! ```text
+//! caller ─► ConcurrencyLimit ─► Timeout ─► tonic Channel (mTLS, lazy connect) ─► agent
+//! ```
+//! * `ConcurrencyLimit` sits outside so that waiting for a slot counts against the caller's
+//!   deadline (enforced by the fan-out's `timeout_at`), and a slow node can hold at most
+//!   `MAX_IN_FLIGHT_PER_NODE` of the master's requests.
+//! * `Timeout` is a ceiling for any single call, a backstop should a caller forget its deadline.
+//! * The channel connects lazily and keeps the HTTP/2 connection alive with pings, so a dead
+//!   connection is noticed even when no request is in flight.
+//!
+//! Later issues add retry, circuit breaker and p2c balancing layers here without touching callers.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use ragmesh_proto::v1::agent_service_client::AgentServiceClient;
+use ragmesh_tls::LoadedTls;
+use tonic::transport::{Channel, Endpoint};
+use tower::ServiceBuilder;
+use tower::limit::ConcurrencyLimit;
+use tower::timeout::Timeout;
+
+/// Most requests the master keeps in flight to one node.
+pub const MAX_IN_FLIGHT_PER_NODE: usize = 256;
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(10);
+const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The per-node service stack.
+pub type NodeStack = ConcurrencyLimit<Timeout<Channel>>;
+/// A typed client over the per-node stack.
+pub type NodeClient = AgentServiceClient<NodeStack>;
+
+/// Per-node clients, created on first use and rebuilt when a node's address changes.
+#[derive(Debug, Clone)]
+pub struct NodeClients {
+    tls: Option<Arc<LoadedTls>>,
+    ceiling: Duration,
+    clients: Arc<Mutex<HashMap<String, (String, NodeClient)>>>,
+}
+
+impl NodeClients {
+    /// Clients that use `tls` (None = plaintext) and cap every call at `ceiling`.
+    pub fn new(tls: Option<Arc<LoadedTls>>, ceiling: Duration) -> Self {
+        NodeClients { tls, ceiling, clients: Arc::default() }
+    }
+
+    /// The client of node `name` at `address`; cheap to clone, shares the connection.
+    pub fn client(&self, name: &str, address: &str) -> Result<NodeClient, String> {
+        let mut clients = self.clients.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((known_address, client)) = clients.get(name)
+            && known_address == address
+        {
+            return Ok(client.clone());
+        }
+        let client = self.build(name, address)?;
+        clients.insert(name.to_owned(), (address.to_owned(), client.clone()));
+        Ok(client)
+    }
+
+    fn build(&self, name: &str, address: &str) -> Result<NodeClient, String> {
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        let mut endpoint = Endpoint::from_shared(format!("{scheme}://{address}"))
+            .map_err(|e| format!("node {name} advertises an invalid address {address:?}: {e}"))?
+            .connect_timeout(CONNECT_TIMEOUT)
+            .tcp_nodelay(true)
+            .http2_keep_alive_interval(KEEPALIVE_INTERVAL)
+            .keep_alive_timeout(KEEPALIVE_TIMEOUT)
+            .keep_alive_while_idle(true);
+        if let Some(tls) = &self.tls {
+            endpoint = endpoint
+                .tls_config(tls.client_config(name))
+                .map_err(|e| format!("tls setup for node {name}: {e}"))?;
+        }
+        let channel = endpoint.connect_lazy();
+        let stack = ServiceBuilder::new()
+            .concurrency_limit(MAX_IN_FLIGHT_PER_NODE)
+            .timeout(self.ceiling)
+            .service(channel);
+        Ok(AgentServiceClient::new(stack))
+    }
+}

@@ -1,0 +1,109 @@
+//! Wire <-> domain conversions of the master: prost types stop here.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use ragmesh_proto::v1;
+
+use crate::federation::{NodeResult, Outcome, SkipReason};
+use crate::merge::MergedHit;
+use crate::node::NodeState;
+use crate::registry::NodeView;
+
+pub(crate) fn collections_from_wire(list: Vec<v1::CollectionStats>) -> BTreeMap<String, u64> {
+    list.into_iter().map(|c| (c.name, c.doc_count)).collect()
+}
+
+fn collections_to_wire(map: &BTreeMap<String, u64>) -> Vec<v1::CollectionStats> {
+    map.iter().map(|(name, count)| v1::CollectionStats { name: name.clone(), doc_count: *count }).collect()
+}
+
+fn timestamp(time: SystemTime) -> prost_types::Timestamp {
+    prost_types::Timestamp::from(time)
+}
+
+pub(crate) fn now_ms() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+pub(crate) fn node_state(state: NodeState) -> v1::NodeState {
+    match state {
+        NodeState::Joining => v1::NodeState::Joining,
+        NodeState::Up => v1::NodeState::Up,
+        NodeState::Suspect => v1::NodeState::Suspect,
+        NodeState::Down => v1::NodeState::Down,
+    }
+}
+
+pub(crate) fn node_info(view: NodeView) -> v1::NodeInfo {
+    let record = view.record;
+    v1::NodeInfo {
+        collections: collections_to_wire(&record.collections),
+        name: record.name,
+        state: node_state(view.state).into(),
+        address: record.address,
+        version: record.version,
+        protocol_major: record.protocol_major,
+        protocol_minor: record.protocol_minor,
+        generation: record.generation,
+        labels: record.labels.into_iter().collect(),
+        last_heartbeat: view.last_heartbeat.map(timestamp),
+        registered_at: Some(timestamp(UNIX_EPOCH + Duration::from_millis(record.registered_at_ms))),
+        in_flight: view.in_flight,
+        down_reason: view.down_reason.unwrap_or_default(),
+    }
+}
+
+pub(crate) fn hit(merged: MergedHit) -> v1::Hit {
+    let MergedHit { hit, score, also_on } = merged;
+    v1::Hit {
+        node: hit.node,
+        doc_id: hit.doc_id,
+        collection: hit.collection,
+        title: hit.payload.title,
+        snippet: hit.payload.snippet,
+        score,
+        node_score: hit.node_score,
+        node_rank: hit.node_rank,
+        also_on,
+        metadata: hit.payload.metadata,
+    }
+}
+
+fn millis(d: Duration) -> u32 {
+    u32::try_from(d.as_millis()).unwrap_or(u32::MAX)
+}
+
+pub(crate) fn outcome(result: &NodeResult) -> v1::NodeOutcome {
+    let mut out = v1::NodeOutcome { node: result.node.clone(), took_ms: millis(result.took), ..Default::default() };
+    let status = match &result.outcome {
+        Outcome::Ok { hits, generation } => {
+            out.hit_count = u32::try_from(hits.len()).unwrap_or(u32::MAX);
+            out.generation = *generation;
+            v1::OutcomeStatus::Ok
+        }
+        Outcome::Timeout => {
+            out.message = format!("no answer within {} ms", out.took_ms);
+            v1::OutcomeStatus::Timeout
+        }
+        Outcome::Unavailable(message) => {
+            out.message = message.clone();
+            v1::OutcomeStatus::Unavailable
+        }
+        Outcome::Error(message) => {
+            out.message = message.clone();
+            v1::OutcomeStatus::Error
+        }
+        Outcome::Skipped(reason) => {
+            let (reason, message) = match reason {
+                SkipReason::Down => (v1::SkipReason::Down, "node is down"),
+                SkipReason::NotRouted => (v1::SkipReason::NotRouted, "node holds none of the requested collections"),
+            };
+            out.skip_reason = reason.into();
+            out.message = message.to_owned();
+            v1::OutcomeStatus::Skipped
+        }
+    };
+    out.status = status.into();
+    out
+}

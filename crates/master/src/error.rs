@@ -1,0 +1,108 @@
+//! Errors of the master's services and their one mapping to `tonic::Status`.
+
+use tonic::{Code, Status};
+
+use crate::registry::RegistryError;
+
+/// Everything a master RPC can fail with.
+#[derive(Debug, thiserror::Error)]
+pub enum MasterError {
+    /// The request is malformed; the message says what to change.
+    #[error("{0}")]
+    InvalidArgument(String),
+    /// Named nodes are not in the registry.
+    #[error("unknown node(s) {unknown:?}: known nodes are {known:?} (see `ragmeshctl nodes`)")]
+    UnknownNodes {
+        /// Names not found.
+        unknown: Vec<String>,
+        /// Names that exist.
+        known: Vec<String>,
+    },
+    /// The node a write targets is down.
+    #[error("node {node} is down ({reason}): writes need a live node; check the agent and retry")]
+    NodeDown {
+        /// Node name.
+        node: String,
+        /// Why it is down.
+        reason: String,
+    },
+    /// The node answered a forwarded call with an error.
+    #[error("node {node}: {message}")]
+    NodeCall {
+        /// Node name.
+        node: String,
+        /// Code the node answered with.
+        code: Code,
+        /// Its message.
+        message: String,
+    },
+    /// The agent speaks another protocol major version.
+    #[error(
+        "agent {node} speaks protocol {agent_major}.{agent_minor} but this master speaks {master_major}.{master_minor}: run agent and master releases with the same protocol major version"
+    )]
+    ProtocolMismatch {
+        /// Node name.
+        node: String,
+        /// Agent's major.
+        agent_major: u32,
+        /// Agent's minor.
+        agent_minor: u32,
+        /// Master's major.
+        master_major: u32,
+        /// Master's minor.
+        master_minor: u32,
+    },
+    /// The caller's certificate names another node.
+    #[error(
+        "certificate names {cert_name:?} but the agent registers as {claimed:?}: start the agent with --name {cert_name} or issue it a certificate for {claimed}"
+    )]
+    IdentityMismatch {
+        /// Name in the certificate.
+        cert_name: String,
+        /// Name claimed in the request.
+        claimed: String,
+    },
+    /// No usable client certificate.
+    #[error("no client certificate: connect with a certificate issued by the mesh CA")]
+    NoPeerIdentity,
+    /// The health stream quotes a session this master does not know (for example after a restart).
+    #[error("unknown session for node {node}: register again")]
+    UnknownSession {
+        /// Node name.
+        node: String,
+    },
+    /// The master is still starting.
+    #[error("master is still loading its registry: retry shortly")]
+    NotReady,
+    /// The registry store failed.
+    #[error("registry: {0}")]
+    Registry(#[from] RegistryError),
+}
+
+impl From<MasterError> for Status {
+    fn from(err: MasterError) -> Status {
+        let code = match &err {
+            MasterError::InvalidArgument(_) => Code::InvalidArgument,
+            MasterError::UnknownNodes { .. } => Code::NotFound,
+            MasterError::NodeDown { .. } | MasterError::NotReady => Code::Unavailable,
+            MasterError::NodeCall { code, .. } => *code,
+            MasterError::ProtocolMismatch { .. } | MasterError::UnknownSession { .. } => Code::FailedPrecondition,
+            MasterError::IdentityMismatch { .. } => Code::PermissionDenied,
+            MasterError::NoPeerIdentity => Code::Unauthenticated,
+            MasterError::Registry(_) => Code::Internal,
+        };
+        if code == Code::Internal {
+            tracing::error!(error = %err, "internal error");
+        }
+        Status::new(code, err.to_string())
+    }
+}
+
+/// A readable message for a transport-level failure reaching a node (TLS, refused, reset).
+pub(crate) fn transport_message(status: &Status) -> String {
+    use std::error::Error as _;
+    match status.source() {
+        Some(source) => ragmesh_tls::explain_error(source),
+        None => status.message().to_owned(),
+    }
+}
