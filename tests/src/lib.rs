@@ -1,1 +1,351 @@
-//! e2e
+//! The end-to-end harness: `Mesh::builder().agents(3).start()` runs a real master and real
+//! agents on loopback ephemeral ports with real mTLS (a CA made at test time), real sled and
+//! real tantivy. Each agent runs on its own OS thread with its own runtime, so a test can
+//! *kill* it (the runtime is dropped: every socket closes, as when a process dies) or *freeze*
+//! it (its only thread blocks: sockets stay open but nothing answers, as under SIGSTOP).
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use ragmesh_agent::LinkStatus;
+use ragmesh_config::{AgentConfig, MasterConfig};
+use ragmesh_master::MasterHandle;
+use ragmesh_master::node::NodeState;
+use ragmesh_proto::v1::{self, master_service_client::MasterServiceClient};
+use ragmesh_test_util::TestPki;
+use ragmesh_tls::TlsFiles;
+use tokio::sync::{mpsc, watch};
+use tonic::transport::{Channel, Endpoint};
+
+pub use ragmesh_test_util::{trace_init, wait_for};
+
+/// Heartbeat interval of test agents (the product default).
+pub const HEARTBEAT_INTERVAL: Duration = Duration::from_millis(1000);
+/// Heartbeat timeout of the test master (the product default).
+pub const HEARTBEAT_TIMEOUT: Duration = Duration::from_millis(2500);
+
+/// Configures a [`Mesh`].
+#[derive(Debug, Clone)]
+pub struct MeshBuilder {
+    agents: usize,
+}
+
+impl MeshBuilder {
+    /// Number of agents (named `agent-1` ...).
+    pub fn agents(mut self, n: usize) -> Self {
+        self.agents = n;
+        self
+    }
+
+    /// Starts the master and the agents and waits until every agent is up.
+    pub async fn start(self) -> Mesh {
+        let pki = TestPki::new();
+        let master_dir = tempfile::tempdir().expect("master tempdir");
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind master");
+        let master_addr = listener.local_addr().expect("master addr");
+        let master_config = MasterConfig {
+            listen: master_addr,
+            data_dir: master_dir.path().to_owned(),
+            tls: Some(pki.issue("master")),
+            heartbeat_timeout: HEARTBEAT_TIMEOUT,
+            search_timeout: Duration::from_secs(2),
+            max_search_timeout: Duration::from_secs(30),
+            log: "info".into(),
+        };
+        let master = ragmesh_master::start(master_config.clone(), listener).await.expect("master starts");
+        let mut mesh = Mesh { pki, master: Some(master), master_addr, master_config, _master_dir: master_dir, agents: Vec::new() };
+        for i in 1..=self.agents {
+            let name = format!("agent-{i}");
+            let data_dir = tempfile::tempdir().expect("agent tempdir");
+            let config = mesh.agent_config(&name, data_dir.path().to_owned());
+            let process = AgentProcess::spawn(config.clone());
+            mesh.agents.push(AgentSlot { name, config, _data_dir: data_dir, process: Some(process) });
+        }
+        for i in 0..mesh.agents.len() {
+            mesh.wait_state(&mesh.agents[i].name.clone(), NodeState::Up, Duration::from_secs(15)).await;
+        }
+        mesh
+    }
+}
+
+/// A running test mesh.
+#[derive(Debug)]
+pub struct Mesh {
+    /// The mesh CA and its certificates.
+    pub pki: TestPki,
+    master: Option<MasterHandle>,
+    master_addr: SocketAddr,
+    master_config: MasterConfig,
+    _master_dir: tempfile::TempDir,
+    agents: Vec<AgentSlot>,
+}
+
+#[derive(Debug)]
+struct AgentSlot {
+    name: String,
+    config: AgentConfig,
+    _data_dir: tempfile::TempDir,
+    process: Option<AgentProcess>,
+}
+
+impl Mesh {
+    /// A builder with one agent.
+    pub fn builder() -> MeshBuilder {
+        MeshBuilder { agents: 1 }
+    }
+
+    /// An agent config for `name` pointing at this mesh's master.
+    pub fn agent_config(&self, name: &str, data_dir: std::path::PathBuf) -> AgentConfig {
+        AgentConfig {
+            name: Some(name.to_owned()),
+            listen: "127.0.0.1:0".parse().expect("addr"),
+            advertise: None,
+            master: self.master_addr.to_string(),
+            data_dir,
+            tls: Some(self.pki.issue(name)),
+            heartbeat_interval: HEARTBEAT_INTERVAL,
+            labels: BTreeMap::from([("test".to_owned(), "e2e".to_owned())]),
+            log: "info".into(),
+        }
+    }
+
+    /// The master's address.
+    pub fn master_addr(&self) -> SocketAddr {
+        self.master_addr
+    }
+
+    /// The running master.
+    pub fn master(&self) -> &MasterHandle {
+        self.master.as_ref().expect("master is running")
+    }
+
+    /// Name of agent `i` (0-based).
+    pub fn agent_name(&self, i: usize) -> &str {
+        &self.agents[i].name
+    }
+
+    /// Address of agent `i` (0-based), while it runs.
+    pub fn agent_addr(&self, i: usize) -> SocketAddr {
+        self.agents[i].process.as_ref().expect("agent is running").addr
+    }
+
+    /// Link status of agent `i`.
+    pub fn agent_link(&self, i: usize) -> watch::Receiver<LinkStatus> {
+        self.agents[i].process.as_ref().expect("agent is running").link.clone()
+    }
+
+    /// TLS files of a client certificate named `client`.
+    pub fn client_tls(&self) -> TlsFiles {
+        self.pki.issue("client")
+    }
+
+    /// A client of the master authenticated as `client`.
+    pub async fn client(&self) -> MasterServiceClient<Channel> {
+        MasterServiceClient::new(self.channel_with(&self.client_tls()).await.expect("client connects"))
+    }
+
+    /// A channel to the master with the given TLS files; the error is the readable explanation.
+    pub async fn channel_with(&self, tls: &TlsFiles) -> Result<Channel, String> {
+        let loaded = tls.load().map_err(|e| e.to_string())?;
+        let endpoint = Endpoint::from_shared(format!("https://{}", self.master_addr))
+            .map_err(|e| e.to_string())?
+            .tls_config(loaded.client_config("127.0.0.1"))
+            .map_err(|e| e.to_string())?;
+        endpoint.connect().await.map_err(|e| ragmesh_tls::explain_error(&e))
+    }
+
+    /// Waits until node `name` reaches `state`; returns how long it took.
+    pub async fn wait_state(&self, name: &str, state: NodeState, timeout: Duration) -> Duration {
+        let started = tokio::time::Instant::now();
+        let registry = wait_for("master registry loaded", Duration::from_secs(10), || async {
+            self.master().registry().cloned()
+        })
+        .await
+        .0;
+        let mut membership = registry.subscribe();
+        let reached = tokio::time::timeout(timeout, membership.wait_for(|m| m.get(name).is_some_and(|n| n.state == state))).await;
+        match reached {
+            Ok(Ok(_)) => started.elapsed(),
+            _ => panic!(
+                "node {name} did not reach {state} within {timeout:?}; it is {:?}",
+                registry.get(name).map(|n| (n.state, n.down_reason))
+            ),
+        }
+    }
+
+    /// Upserts documents into agent `i` through the master.
+    pub async fn ingest(&self, i: usize, documents: Vec<v1::Document>) -> v1::IngestDocumentsResponse {
+        let node = self.agents[i].name.clone();
+        self.client()
+            .await
+            .ingest_documents(v1::IngestDocumentsRequest { node, documents })
+            .await
+            .expect("ingest succeeds")
+            .into_inner()
+    }
+
+    /// Runs a federated search.
+    pub async fn search(&self, request: v1::SearchRequest) -> v1::SearchResponse {
+        self.client().await.search(request).await.expect("search succeeds").into_inner()
+    }
+
+    /// Kills agent `i` abruptly: all its sockets close at once, as when its process dies.
+    pub fn kill_agent(&mut self, i: usize) {
+        let process = self.agents[i].process.take().expect("agent is running");
+        process.kill();
+    }
+
+    /// Freezes agent `i` until the returned guard is dropped: its sockets stay open but nothing
+    /// it runs makes progress, as under SIGSTOP or a partition that drops packets.
+    pub fn freeze_agent(&self, i: usize) -> Thaw {
+        self.agents[i].process.as_ref().expect("agent is running").freeze()
+    }
+
+    /// Starts agent `i` again on its data directory (after [`Mesh::kill_agent`]).
+    pub fn restart_agent(&mut self, i: usize) {
+        assert!(self.agents[i].process.is_none(), "kill the agent first");
+        let config = self.agents[i].config.clone();
+        self.agents[i].process = Some(AgentProcess::spawn(config));
+    }
+
+    /// Stops the master gracefully and starts a new one on the same address and data directory.
+    pub async fn restart_master(&mut self) {
+        let master = self.master.take().expect("master is running");
+        master.shutdown().await.expect("master stops cleanly");
+        let listener = tokio::net::TcpListener::bind(self.master_addr).await.expect("rebind the master's port");
+        self.master = Some(ragmesh_master::start(self.master_config.clone(), listener).await.expect("master restarts"));
+    }
+
+    /// Stops everything gracefully.
+    pub async fn shutdown(mut self) {
+        for slot in &mut self.agents {
+            if let Some(process) = slot.process.take() {
+                process.stop();
+            }
+        }
+        if let Some(master) = self.master.take() {
+            master.shutdown().await.expect("master stops cleanly");
+        }
+    }
+}
+
+/// Dropping it resumes a frozen agent.
+#[derive(Debug)]
+pub struct Thaw(Option<std::sync::mpsc::Sender<()>>);
+
+impl Drop for Thaw {
+    fn drop(&mut self) {
+        if let Some(tx) = self.0.take() {
+            let _ = tx.send(());
+        }
+    }
+}
+
+enum Control {
+    Freeze(std::sync::mpsc::Receiver<()>),
+    Kill,
+    Stop,
+}
+
+/// An agent on its own thread and runtime.
+#[derive(Debug)]
+struct AgentProcess {
+    addr: SocketAddr,
+    link: watch::Receiver<LinkStatus>,
+    control: mpsc::UnboundedSender<Control>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl std::fmt::Debug for Control {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Control::Freeze(_) => "Freeze",
+            Control::Kill => "Kill",
+            Control::Stop => "Stop",
+        })
+    }
+}
+
+impl AgentProcess {
+    fn spawn(config: AgentConfig) -> Self {
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+        let thread = std::thread::Builder::new()
+            .name(format!("agent-{}", config.name.clone().unwrap_or_default()))
+            .spawn(move || {
+                let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("agent runtime");
+                let graceful = runtime.block_on(async move {
+                    let listener = tokio::net::TcpListener::bind(config.listen).await.expect("bind agent");
+                    let handle = ragmesh_agent::start(config, listener).await.expect("agent starts");
+                    let (control_tx, mut control_rx) = mpsc::unbounded_channel();
+                    ready_tx.send((handle.local_addr(), handle.link_status(), control_tx)).expect("test waits for the agent");
+                    while let Some(command) = control_rx.recv().await {
+                        match command {
+                            // Blocking the runtime's only thread is the point: everything in it stops.
+                            Control::Freeze(thaw) => {
+                                let _ = thaw.recv();
+                            }
+                            Control::Kill => return None,
+                            Control::Stop => return Some(handle),
+                        }
+                    }
+                    None
+                });
+                if let Some(handle) = graceful {
+                    let _ = runtime.block_on(handle.shutdown());
+                }
+                // Drops every task and socket of the agent without running anything further.
+                runtime.shutdown_background();
+            })
+            .expect("spawn agent thread");
+        let (addr, link, control) = ready_rx.recv_timeout(Duration::from_secs(10)).expect("agent starts within 10 s");
+        AgentProcess { addr, link, control, thread: Some(thread) }
+    }
+
+    fn kill(mut self) {
+        let _ = self.control.send(Control::Kill);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+
+    fn stop(mut self) {
+        let _ = self.control.send(Control::Stop);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+
+    fn freeze(&self) -> Thaw {
+        let (tx, rx) = std::sync::mpsc::channel();
+        self.control.send(Control::Freeze(rx)).expect("agent is running");
+        Thaw(Some(tx))
+    }
+}
+
+impl Drop for AgentProcess {
+    fn drop(&mut self) {
+        let _ = self.control.send(Control::Kill);
+    }
+}
+
+/// `n` documents for agent `agent` in collection `docs`: all mention "mesh", each also a word
+/// unique to its agent (`alpha`, `beta`, `gamma`, ...) so tests can tell where hits came from.
+pub fn docs_for(agent: usize, n: usize) -> Vec<v1::Document> {
+    const WORDS: [&str; 6] = ["alpha", "beta", "gamma", "delta", "epsilon", "zeta"];
+    let word = WORDS[agent % WORDS.len()];
+    (0..n)
+        .map(|j| v1::Document {
+            id: format!("{word}-{j}"),
+            collection: "docs".into(),
+            title: format!("{word} document {j}"),
+            body: format!("the mesh federates search; this {word} text is number {j} about {word} things"),
+            metadata: [("agent".to_owned(), word.to_owned())].into(),
+        })
+        .collect()
+}
+
+/// Status of node `name` in a search response.
+pub fn outcome_of<'a>(response: &'a v1::SearchResponse, name: &str) -> &'a v1::NodeOutcome {
+    response.nodes.iter().find(|n| n.node == name).unwrap_or_else(|| panic!("no outcome for {name} in {:?}", response.nodes))
+}

@@ -140,7 +140,7 @@ pub async fn start(config: AgentConfig, listener: TcpListener) -> Result<AgentHa
     let stop = shutdown.clone();
     let data_dir = config.data_dir.clone();
     let task = tokio::spawn(async move {
-        let server = tokio::spawn(router.serve_with_incoming_shutdown(incoming, stop.clone().cancelled_owned()));
+        let mut server = tokio::spawn(router.serve_with_incoming_shutdown(incoming, stop.clone().cancelled_owned()));
         let opened = tokio::task::spawn_blocking(move || DocumentIndex::open(&data_dir.join("index"))).await?;
         match opened {
             Ok(index) => {
@@ -158,9 +158,12 @@ pub async fn start(config: AgentConfig, listener: TcpListener) -> Result<AgentHa
         stop.cancelled().await;
         tracing::info!("agent shutting down");
         let _ = link.await;
-        match tokio::time::timeout(SHUTDOWN_GRACE, server).await {
+        match tokio::time::timeout(SHUTDOWN_GRACE, &mut server).await {
             Ok(joined) => joined??,
-            Err(_) => tracing::warn!("connections did not drain in time; closing them"),
+            Err(_) => {
+                tracing::warn!("connections did not drain in time; closing them");
+                server.abort();
+            }
         }
         Ok(())
     });

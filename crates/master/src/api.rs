@@ -37,6 +37,8 @@ pub(crate) struct Context {
     pub(crate) clients: NodeClients,
     pub(crate) config: Arc<MasterConfig>,
     pub(crate) shutdown: CancellationToken,
+    /// Health-stream watchers, drained on shutdown so no task outlives the master.
+    pub(crate) tasks: tokio_util::task::TaskTracker,
 }
 
 impl Context {
@@ -356,7 +358,7 @@ impl MembershipService for MembershipApi {
             shutdown: self.0.shutdown.clone(),
         };
         let span = tracing::info_span!("membership.health_stream", node.id = %first.node_name);
-        tokio::spawn(tracing::Instrument::instrument(watcher.run(first, inbound), span));
+        self.0.tasks.spawn(tracing::Instrument::instrument(watcher.run(first, inbound), span));
         Ok(Response::new(ReceiverStream::new(rx)))
     }
 }

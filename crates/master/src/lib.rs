@@ -93,7 +93,9 @@ pub async fn start(config: MasterConfig, listener: TcpListener) -> Result<Master
     let config = Arc::new(config);
     let shutdown = CancellationToken::new();
     let registry = Arc::new(OnceLock::new());
+    let tasks = tokio_util::task::TaskTracker::new();
     let context = api::Context {
+        tasks: tasks.clone(),
         registry: registry.clone(),
         clients: clients::NodeClients::new(tls.clone(), config.max_search_timeout.max(Duration::from_secs(60))),
         config: config.clone(),
@@ -127,7 +129,7 @@ pub async fn start(config: MasterConfig, listener: TcpListener) -> Result<Master
     let data_dir = config.data_dir.clone();
     let loaded = registry.clone();
     let task = tokio::spawn(async move {
-        let server = tokio::spawn(router.serve_with_incoming_shutdown(incoming, serve_stop.cancelled_owned()));
+        let mut server = tokio::spawn(router.serve_with_incoming_shutdown(incoming, serve_stop.cancelled_owned()));
         let store = tokio::task::spawn_blocking(move || -> anyhow::Result<Registry> {
             let store = SledStore::open(&data_dir.join("registry"))?;
             Ok(Registry::load(Arc::new(store))?)
@@ -148,9 +150,17 @@ pub async fn start(config: MasterConfig, listener: TcpListener) -> Result<Master
         }
         stop.cancelled().await;
         tracing::info!("master shutting down");
-        match tokio::time::timeout(SHUTDOWN_GRACE, server).await {
+        tasks.close();
+        let drained = async {
+            tasks.wait().await;
+            (&mut server).await
+        };
+        match tokio::time::timeout(SHUTDOWN_GRACE, drained).await {
             Ok(joined) => joined??,
-            Err(_) => tracing::warn!(grace_ms = SHUTDOWN_GRACE.as_millis() as u64, "connections did not drain in time; closing them"),
+            Err(_) => {
+                tracing::warn!(grace_ms = SHUTDOWN_GRACE.as_millis() as u64, "connections did not drain in time; closing them");
+                server.abort();
+            }
         }
         Ok(())
     });

@@ -1,1 +1,79 @@
-//! placeholder
+//! Test fixtures shared by the integration tests: a mesh CA created at test time (plus unrelated
+//! CAs for negative tests), waiting on a condition with a deadline instead of sleeping, and a
+//! log subscriber that writes through the test harness's capture.
+
+use std::future::Future;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use ragmesh_tls::{DevCa, TlsFiles};
+use tokio::time::Instant;
+
+/// A throwaway certificate authority and the certificates it issued, in a temporary directory.
+#[derive(Debug)]
+pub struct TestPki {
+    dir: tempfile::TempDir,
+    ca: DevCa,
+}
+
+impl TestPki {
+    /// A fresh CA.
+    pub fn new() -> Self {
+        let dir = tempfile::tempdir().expect("tempdir for the test CA");
+        let ca = DevCa::generate().expect("generate a test CA");
+        ca.write(dir.path(), false).expect("write the test CA");
+        TestPki { dir, ca }
+    }
+
+    /// Directory holding `ca.pem` and issued certificates.
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// Path of the CA certificate.
+    pub fn ca_pem(&self) -> PathBuf {
+        self.dir.path().join("ca.pem")
+    }
+
+    /// Issues (or re-uses) a certificate for `name`, valid for loopback, and returns TLS files
+    /// trusting this CA.
+    pub fn issue(&self, name: &str) -> TlsFiles {
+        let paths = ragmesh_tls::devca::issue_with_ca(&self.ca, name, &[], self.dir.path(), 30)
+            .expect("issue a test certificate");
+        paths.tls_files(self.ca_pem())
+    }
+}
+
+impl Default for TestPki {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// Installs a compact log subscriber once per test binary (`RUST_LOG` overrides the default).
+pub fn trace_init() {
+    let filter = std::env::var("RUST_LOG").unwrap_or_else(|_| "warn,ragmesh_master=info,ragmesh_agent=info".into());
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+        .with_test_writer()
+        .try_init();
+}
+
+/// Polls `check` every 10 ms until it returns `Some`, or panics after `timeout` naming `what`.
+/// Returns the value and how long it took.
+pub async fn wait_for<T, F, Fut>(what: &str, timeout: Duration, mut check: F) -> (T, Duration)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let started = Instant::now();
+    loop {
+        if let Some(value) = check().await {
+            return (value, started.elapsed());
+        }
+        if started.elapsed() > timeout {
+            panic!("timed out after {timeout:?} waiting for {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}

@@ -12,8 +12,8 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use rcgen::{
-    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose,
-    IsCa, Issuer, KeyPair, KeyUsagePurpose, PublicKeyData as _,
+    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
+    Issuer, KeyPair, KeyUsagePurpose, PublicKeyData as _,
 };
 use rustls::pki_types::pem::PemObject as _;
 use rustls::pki_types::{CertificateDer, ServerName};
@@ -162,7 +162,7 @@ impl DevCa {
         let cert_path = dir.join(CA_CERT_FILE);
         let key_path = dir.join(CA_KEY_FILE);
         let cert_pem = read_ca_file(crate::FileRole::Ca, &cert_path)?;
-        let key_pem = read_ca_file(crate::FileRole::Key, &key_path)?;
+        let key_pem = read_ca_file(crate::FileRole::CaKey, &key_path)?;
 
         let key = KeyPair::from_pem(&key_pem).map_err(|source| TlsError::Generate {
             action: format!("parse CA key {}", key_path.display()),
@@ -182,7 +182,9 @@ impl DevCa {
             }
         };
         let spki_matches = match x509_parser::parse_x509_certificate(&cert_der) {
-            Ok((_rest, cert)) => cert.tbs_certificate.subject_pki.raw == key.subject_public_key_info(),
+            Ok((_rest, cert)) => {
+                cert.tbs_certificate.subject_pki.raw == key.subject_public_key_info()
+            }
             Err(err) => {
                 return Err(TlsError::CertParse {
                     role: crate::FileRole::Ca,
@@ -542,7 +544,10 @@ mod tests {
 
         let validity = cert.validity();
         let days = (validity.not_after.timestamp() - validity.not_before.timestamp()) / 86_400;
-        assert_eq!(days, 30, "30 days plus the clock-skew allowance, rounded down");
+        assert_eq!(
+            days, 30,
+            "30 days plus the clock-skew allowance, rounded down"
+        );
 
         let issuer_cn: Vec<_> = cert
             .issuer()
@@ -565,8 +570,8 @@ mod tests {
             .expect("present");
         assert!(basic.value.ca);
         let validity = cert.validity();
-        let years = (validity.not_after.timestamp() - validity.not_before.timestamp())
-            / (365 * 86_400);
+        let years =
+            (validity.not_after.timestamp() - validity.not_before.timestamp()) / (365 * 86_400);
         assert_eq!(years, 10);
         Ok(())
     }

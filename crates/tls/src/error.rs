@@ -19,6 +19,8 @@ pub enum FileRole {
     Cert,
     /// The private key of our own certificate (`--key`).
     Key,
+    /// The development CA's private key (`ca.key`), read only to issue certificates.
+    CaKey,
 }
 
 impl FileRole {
@@ -29,6 +31,9 @@ impl FileRole {
                 format!("copy the mesh CA (ca.pem) here or create one with {INIT_CA_HINT}")
             }
             FileRole::Cert | FileRole::Key => format!("create one with {ISSUE_HINT}"),
+            FileRole::CaKey => format!(
+                "issue certificates where the CA key is kept, or create a CA with {INIT_CA_HINT}"
+            ),
         }
     }
 }
@@ -39,6 +44,7 @@ impl fmt::Display for FileRole {
             FileRole::Ca => "CA certificate",
             FileRole::Cert => "certificate",
             FileRole::Key => "private key",
+            FileRole::CaKey => "CA private key",
         })
     }
 }
@@ -192,7 +198,9 @@ pub enum TlsError {
     },
 
     /// A certificate names no identity: no common name and no DNS subject alternative name.
-    #[error("certificate {what} names no identity (no CN and no DNS SAN): reissue it with {ISSUE_HINT}")]
+    #[error(
+        "certificate {what} names no identity (no CN and no DNS SAN): reissue it with {ISSUE_HINT}"
+    )]
     NoIdentity {
         /// The certificate (a path, or "peer certificate").
         what: String,

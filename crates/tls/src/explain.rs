@@ -56,7 +56,11 @@ pub fn error_chain(err: &(dyn Error + 'static)) -> String {
             Some(status) => format!("{:?}: {}", status.code(), status.message()),
             None => link.to_string(),
         };
-        if parts.last() != Some(&text) {
+        // Wrappers often repeat their source's text, or end with it ("code: message").
+        let repeated = parts
+            .last()
+            .is_some_and(|last| *last == text || last.ends_with(&format!(": {text}")));
+        if !repeated {
             parts.push(text);
         }
         next = link.source();
@@ -396,9 +400,14 @@ fn unwrap_name(name: &str) -> String {
         .strip_prefix("DnsName(")
         .or_else(|| name.strip_prefix("IpAddress("))
         .and_then(|rest| rest.strip_suffix(')'));
-    match inner {
-        Some(inner) => inner.trim_matches('"').to_owned(),
-        None => name.to_owned(),
+    let Some(inner) = inner else {
+        return name.to_owned();
+    };
+    let inner = inner.trim_matches('"');
+    // rustls prints IPv6 addresses unusually (`0::1`); show them the usual way.
+    match inner.parse::<std::net::IpAddr>() {
+        Ok(ip) => ip.to_string(),
+        Err(_) => inner.to_owned(),
     }
 }
 
@@ -476,7 +485,17 @@ mod tests {
         assert!(explain_error_in(&err, &tls).contains("refused our client certificate"));
         let unknown = explain_error(&err);
         assert!(unknown.contains("the server speaks TLS"), "{unknown}");
-        assert!(unknown.contains("refused our client certificate"), "{unknown}");
+        assert!(
+            unknown.contains("refused our client certificate"),
+            "{unknown}"
+        );
+    }
+
+    #[test]
+    fn chain_drops_links_that_repeat_the_previous_one() {
+        let status =
+            tonic::Status::from_error(Box::new(Wrapper(Box::new(io::Error::other("odd")))));
+        assert_eq!(error_chain(&status), "Unknown: transport error: odd");
     }
 
     #[test]
@@ -506,6 +525,7 @@ mod tests {
         );
         assert_eq!(unwrap_name("DnsName(\"master\")"), "master");
         assert_eq!(unwrap_name("IpAddress(127.0.0.1)"), "127.0.0.1");
+        assert_eq!(unwrap_name("IpAddress(0::1)"), "::1");
         assert_eq!(unwrap_name("URI"), "URI");
     }
 }

@@ -202,10 +202,7 @@ fn certificates(
 }
 
 /// The first private key in the key file, checked to be usable by rustls.
-fn private_key(
-    path: &Path,
-    pem: &[u8],
-) -> Result<Arc<dyn rustls::sign::SigningKey>, TlsError> {
+fn private_key(path: &Path, pem: &[u8]) -> Result<Arc<dyn rustls::sign::SigningKey>, TlsError> {
     let mut key_der = None;
     for (kind, der) in sections(FileRole::Key, path, pem)? {
         if let Some(key) = PrivateKeyDer::from_pem(kind, der) {
