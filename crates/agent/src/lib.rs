@@ -98,6 +98,33 @@ pub fn identity(config: &AgentConfig) -> Result<(String, Option<Arc<LoadedTls>>)
     Ok((name, tls))
 }
 
+/// How often a locked index is tried again.
+const LOCK_RETRY: Duration = Duration::from_millis(200);
+
+/// Opens the local index. While another process holds it (a previous agent still shutting
+/// down), waits and retries, serving NOT_SERVING meanwhile; returns `None` if shut down first.
+async fn open_index(data_dir: &std::path::Path, stop: &CancellationToken) -> anyhow::Result<Option<DocumentIndex>> {
+    let path = data_dir.join("index");
+    let mut warned = false;
+    loop {
+        let attempt_path = path.clone();
+        match tokio::task::spawn_blocking(move || DocumentIndex::open(&attempt_path)).await? {
+            Ok(index) => return Ok(Some(index)),
+            Err(err @ ragmesh_index::IndexError::Locked { .. }) => {
+                if !warned {
+                    tracing::warn!(error = %err, "waiting for the index; serving NOT_SERVING until it is free");
+                    warned = true;
+                }
+            }
+            Err(err) => return Err(anyhow::Error::new(err).context("cannot open the local index")),
+        }
+        tokio::select! {
+            () = stop.cancelled() => return Ok(None),
+            () = tokio::time::sleep(LOCK_RETRY) => {}
+        }
+    }
+}
+
 /// Starts serving on `listener` and attaching to the master. Health reports NOT_SERVING until
 /// the index is open.
 pub async fn start(config: AgentConfig, listener: TcpListener) -> Result<AgentHandle, StartError> {
@@ -109,7 +136,7 @@ pub async fn start(config: AgentConfig, listener: TcpListener) -> Result<AgentHa
     let (health, health_service) = tonic_health::server::health_reporter();
     health.set_not_serving::<AgentServiceServer<AgentApi>>().await;
     health.set_service_status("", tonic_health::ServingStatus::NotServing).await;
-    let (reflection_v1, reflection_v1alpha) = ragmesh_proto::reflection::services();
+    let (reflection_v1, reflection_v1alpha) = ragmesh_proto::reflection::services(&["ragmesh.v1.AgentService"]);
     let mut builder = Server::builder()
         .http2_keepalive_interval(Some(Duration::from_secs(10)))
         .http2_keepalive_timeout(Some(Duration::from_secs(5)));
@@ -141,19 +168,13 @@ pub async fn start(config: AgentConfig, listener: TcpListener) -> Result<AgentHa
     let data_dir = config.data_dir.clone();
     let task = tokio::spawn(async move {
         let mut server = tokio::spawn(router.serve_with_incoming_shutdown(incoming, stop.clone().cancelled_owned()));
-        let opened = tokio::task::spawn_blocking(move || DocumentIndex::open(&data_dir.join("index"))).await?;
-        match opened {
-            Ok(index) => {
-                tracing::info!(documents = index.doc_count(), generation = index.generation(), "index open");
-                let _ = state.index.set(Arc::new(index));
-                health.set_serving::<AgentServiceServer<AgentApi>>().await;
-                health.set_service_status("", tonic_health::ServingStatus::Serving).await;
-            }
-            Err(err) => {
-                stop.cancel();
-                return Err(anyhow::Error::new(err).context("cannot open the local index"));
-            }
-        }
+        let Some(index) = open_index(&data_dir, &stop).await? else {
+            return Ok(()); // shut down while waiting for the index
+        };
+        tracing::info!(documents = index.doc_count(), generation = index.generation(), "index open");
+        let _ = state.index.set(Arc::new(index));
+        health.set_serving::<AgentServiceServer<AgentApi>>().await;
+        health.set_service_status("", tonic_health::ServingStatus::Serving).await;
         let link = tokio::spawn(link.run());
         stop.cancelled().await;
         tracing::info!("agent shutting down");

@@ -133,13 +133,32 @@ impl Link {
         }
     }
 
+    /// A transport failure in words an operator can act on.
+    fn explain(&self, err: &(dyn std::error::Error + 'static)) -> String {
+        let context = ragmesh_tls::ErrorContext {
+            addr: Some(self.master.clone()),
+            ca: self.tls.as_ref().map(|tls| tls.files().ca.clone()),
+            tls: Some(self.tls.is_some()),
+        };
+        ragmesh_tls::explain_error_in(err, &context)
+    }
+
+    /// A status from the master, with transport failures explained.
+    fn describe_status(&self, what: &str, status: &tonic::Status) -> String {
+        use std::error::Error as _;
+        match (status.code(), status.source()) {
+            (tonic::Code::Unavailable | tonic::Code::Unknown, Some(source)) => format!("{what}: {}", self.explain(source)),
+            (code, _) => format!("{what}: {code:?}: {}", status.message()),
+        }
+    }
+
     fn generation(&self) -> u64 {
         self.state.index.get().map_or(0, |index| index.generation())
     }
 
     /// Registers and holds the health stream until it ends.
     async fn attach(&self, backoff: &mut Backoff) -> Result<SessionEnd, String> {
-        let channel: Channel = self.endpoint()?.connect().await.map_err(|e| ragmesh_tls::explain_error(&e))?;
+        let channel: Channel = self.endpoint()?.connect().await.map_err(|e| self.explain(&e))?;
         let mut client = MembershipServiceClient::new(channel);
 
         let mut register = tonic::Request::new(v1::RegisterRequest {
@@ -154,7 +173,7 @@ impl Link {
             heartbeat_interval_ms: u32::try_from(self.interval.as_millis()).unwrap_or(u32::MAX),
         });
         register.set_timeout(REGISTER_TIMEOUT);
-        let registered = client.register(register).await.map_err(|status| describe_status("registration refused", &status))?;
+        let registered = client.register(register).await.map_err(|status| self.describe_status("registration refused", &status))?;
         let registered = registered.into_inner();
         let interval = Duration::from_millis(u64::from(registered.heartbeat_interval_ms.max(10)));
         tracing::info!(
@@ -184,7 +203,7 @@ impl Link {
         let mut inbound = client
             .health_stream(ReceiverStream::new(rx))
             .await
-            .map_err(|status| describe_status("health stream refused", &status))?
+            .map_err(|status| self.describe_status("health stream refused", &status))?
             .into_inner();
 
         self.status.send_replace(LinkStatus::Attached { session: registered.session_id.clone() });
@@ -217,21 +236,10 @@ impl Link {
                     }
                     Ok(Some(v1::HealthStreamResponse { body: None })) => {}
                     Ok(None) => return Ok(SessionEnd::Lost("master closed the health stream".to_owned())),
-                    Err(status) => return Ok(SessionEnd::Lost(describe_status("health stream ended", &status))),
+                    Err(status) => return Ok(SessionEnd::Lost(self.describe_status("health stream ended", &status))),
                 },
             }
         }
-    }
-}
-
-/// A status from the master, with transport failures explained.
-fn describe_status(what: &str, status: &tonic::Status) -> String {
-    use std::error::Error as _;
-    match (status.code(), status.source()) {
-        (tonic::Code::Unavailable | tonic::Code::Unknown, Some(source)) => {
-            format!("{what}: {}", ragmesh_tls::explain_error(source))
-        }
-        (code, _) => format!("{what}: {code:?}: {}", status.message()),
     }
 }
 

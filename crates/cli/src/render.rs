@@ -120,14 +120,46 @@ impl Table {
 
     /// The table as text, one line per row, each ending in a newline.
     pub fn render(&self) -> String {
+        self.render_with(self.columns.iter().map(|c| c.max_width).collect())
+    }
+
+    /// [`Table::render`] with the last column cut so that lines fit in `width` characters; the
+    /// last column keeps at least `min_last` characters even when that overflows.
+    pub fn render_within(&self, width: usize, min_last: usize) -> String {
+        let mut limits: Vec<Option<usize>> = self.columns.iter().map(|c| c.max_width).collect();
+        let Some(last) = limits.len().checked_sub(1) else {
+            return self.render();
+        };
+        let used: usize = (0..last)
+            .map(|i| self.column_width(i, limits[i]) + GUTTER.len())
+            .sum();
+        let room = width.saturating_sub(used).max(min_last);
+        limits[last] = Some(limits[last].map_or(room, |max| max.min(room)));
+        self.render_with(limits)
+    }
+
+    /// Width of column `i` once its cells are cut to `limit`.
+    fn column_width(&self, i: usize, limit: Option<usize>) -> usize {
+        self.rows
+            .iter()
+            .map(|row| match limit {
+                Some(max) => visible_width(&row[i]).min(max),
+                None => visible_width(&row[i]),
+            })
+            .chain(std::iter::once(visible_width(&self.columns[i].header)))
+            .max()
+            .unwrap_or(0)
+    }
+
+    fn render_with(&self, limits: Vec<Option<usize>>) -> String {
         let cells: Vec<Vec<String>> = self
             .rows
             .iter()
             .map(|row| {
                 row.iter()
-                    .zip(&self.columns)
-                    .map(|(cell, column)| match column.max_width {
-                        Some(max) => truncate(cell, max),
+                    .zip(&limits)
+                    .map(|(cell, limit)| match limit {
+                        Some(max) => truncate(cell, *max),
                         None => cell.clone(),
                     })
                     .collect()
@@ -403,6 +435,20 @@ mod tests {
         assert_eq!(lines[1], "a very lo…  x");
         assert_eq!(lines[2], "short       y");
         assert!(lines.iter().all(|l| !l.ends_with(' ')));
+    }
+
+    #[test]
+    fn render_within_cuts_the_last_column_to_fit() {
+        let mut table = Table::new(vec![Column::left("ID"), Column::left("SNIPPET")]);
+        table.push(vec!["a-1".into(), "one two three four five six seven".into()]);
+        let rendered = table.render_within(20, 5);
+        for line in rendered.lines() {
+            assert!(line.chars().count() <= 20, "{line:?}");
+        }
+        assert_eq!(rendered.lines().nth(1), Some("a-1  one two three…"));
+        // Too narrow: the last column keeps its minimum.
+        let narrow = table.render_within(4, 5);
+        assert_eq!(narrow.lines().nth(1), Some("a-1  one…"));
     }
 
     #[test]

@@ -199,7 +199,7 @@ impl MasterService for MasterApi {
         let mut client = self.writable_node(&req.node)?;
         let mut call = Request::new(v1::UpsertDocumentsRequest { documents: req.documents });
         call.set_timeout(WRITE_TIMEOUT);
-        let response = client.upsert_documents(call).await.map_err(|s| node_call_error(&req.node, &s))?.into_inner();
+        let response = client.upsert_documents(call).await.map_err(|s| node_call_error(&req.node, &s, self.0.config.tls.is_some()))?.into_inner();
         Ok(Response::new(v1::IngestDocumentsResponse { upserted: response.upserted, generation: response.generation }))
     }
 
@@ -214,7 +214,7 @@ impl MasterService for MasterApi {
         let mut client = self.writable_node(&req.node)?;
         let mut call = Request::new(v1::DeleteDocumentsRequest { refs: req.refs });
         call.set_timeout(WRITE_TIMEOUT);
-        let response = client.delete_documents(call).await.map_err(|s| node_call_error(&req.node, &s))?.into_inner();
+        let response = client.delete_documents(call).await.map_err(|s| node_call_error(&req.node, &s, self.0.config.tls.is_some()))?.into_inner();
         Ok(Response::new(v1::RemoveDocumentsResponse { removed: response.deleted, generation: response.generation }))
     }
 }
@@ -239,9 +239,9 @@ impl MasterApi {
     }
 }
 
-fn node_call_error(node: &str, status: &Status) -> MasterError {
+fn node_call_error(node: &str, status: &Status, tls: bool) -> MasterError {
     let message = if status.code() == tonic::Code::Unavailable {
-        crate::error::transport_message(status)
+        crate::error::transport_message(status, tls)
     } else {
         status.message().to_owned()
     };

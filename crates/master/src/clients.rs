@@ -50,6 +50,11 @@ impl NodeClients {
         NodeClients { tls, ceiling, clients: Arc::default() }
     }
 
+    /// Whether the clients use mTLS.
+    pub fn uses_tls(&self) -> bool {
+        self.tls.is_some()
+    }
+
     /// The client of node `name` at `address`; cheap to clone, shares the connection.
     pub fn client(&self, name: &str, address: &str) -> Result<NodeClient, String> {
         let mut clients = self.clients.lock().unwrap_or_else(|p| p.into_inner());

@@ -99,10 +99,13 @@ impl From<MasterError> for Status {
 }
 
 /// A readable message for a transport-level failure reaching a node (TLS, refused, reset).
-pub(crate) fn transport_message(status: &Status) -> String {
+pub(crate) fn transport_message(status: &Status, tls: bool) -> String {
     use std::error::Error as _;
     match status.source() {
-        Some(source) => ragmesh_tls::explain_error(source),
+        Some(source) => {
+            let context = ragmesh_tls::ErrorContext { tls: Some(tls), ..Default::default() };
+            ragmesh_tls::explain_error_in(source, &context)
+        }
         None => status.message().to_owned(),
     }
 }

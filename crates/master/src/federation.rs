@@ -133,18 +133,18 @@ async fn ask_node(clients: &NodeClients, node: &NodeView, query: &NodeQuery, dea
             let response = response.into_inner();
             Outcome::Ok { hits: to_node_hits(&name, response.hits), generation: response.generation }
         }
-        Ok(Err(status)) => classify(&status),
+        Ok(Err(status)) => classify(&status, clients.uses_tls()),
     };
     tracing::debug!(node.id = %name, took_ms = started.elapsed().as_millis() as u64, ?outcome, "node answered");
     finish(outcome)
 }
 
 /// Maps a node's gRPC status to an outcome of the shared vocabulary.
-fn classify(status: &tonic::Status) -> Outcome {
+fn classify(status: &tonic::Status, tls: bool) -> Outcome {
     use tonic::Code;
     match status.code() {
         Code::DeadlineExceeded | Code::Cancelled => Outcome::Timeout,
-        Code::Unavailable => Outcome::Unavailable(crate::error::transport_message(status)),
+        Code::Unavailable => Outcome::Unavailable(crate::error::transport_message(status, tls)),
         _ => Outcome::Error(format!("{:?}: {}", status.code(), status.message())),
     }
 }

@@ -15,6 +15,8 @@ use std::net::SocketAddr;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
+use anyhow::Context as _;
+
 use ragmesh_config::MasterConfig;
 use ragmesh_proto::v1::{master_service_server::MasterServiceServer, membership_service_server::MembershipServiceServer};
 use ragmesh_store::SledStore;
@@ -86,6 +88,38 @@ pub fn load_tls(config: &MasterConfig) -> Result<Option<Arc<LoadedTls>>, ragmesh
     config.tls.as_ref().map(|files| files.load().map(Arc::new)).transpose()
 }
 
+/// How often a locked registry store is tried again.
+const LOCK_RETRY: Duration = Duration::from_millis(200);
+
+/// Opens the registry store and loads it. While another process holds the store (a previous
+/// master still shutting down), waits and retries, serving NOT_SERVING meanwhile; returns
+/// `None` if shut down first. Any other failure is fatal.
+async fn load_registry(data_dir: &std::path::Path, stop: &CancellationToken) -> anyhow::Result<Option<Registry>> {
+    let path = data_dir.join("registry");
+    let mut warned = false;
+    loop {
+        let attempt_path = path.clone();
+        let opened = tokio::task::spawn_blocking(move || SledStore::open(&attempt_path)).await?;
+        match opened {
+            Ok(store) => {
+                let registry = tokio::task::spawn_blocking(move || Registry::load(Arc::new(store))).await?;
+                return Ok(Some(registry.context("cannot load the node registry")?));
+            }
+            Err(err @ ragmesh_store::StoreError::Locked { .. }) => {
+                if !warned {
+                    tracing::warn!(error = %err, "waiting for the registry store; serving NOT_SERVING until it is free");
+                    warned = true;
+                }
+            }
+            Err(err) => return Err(anyhow::Error::new(err).context("cannot open the node registry")),
+        }
+        tokio::select! {
+            () = stop.cancelled() => return Ok(None),
+            () = tokio::time::sleep(LOCK_RETRY) => {}
+        }
+    }
+}
+
 /// Starts serving on `listener`. Health reports NOT_SERVING until the registry is loaded.
 pub async fn start(config: MasterConfig, listener: TcpListener) -> Result<MasterHandle, StartError> {
     let local_addr = listener.local_addr()?;
@@ -106,7 +140,7 @@ pub async fn start(config: MasterConfig, listener: TcpListener) -> Result<Master
     health.set_not_serving::<MasterServiceServer<api::MasterApi>>().await;
     health.set_not_serving::<MembershipServiceServer<api::MembershipApi>>().await;
     health.set_service_status("", tonic_health::ServingStatus::NotServing).await;
-    let (reflection_v1, reflection_v1alpha) = ragmesh_proto::reflection::services();
+    let (reflection_v1, reflection_v1alpha) = ragmesh_proto::reflection::services(&["ragmesh.v1.MasterService", "ragmesh.v1.MembershipService"]);
 
     let mut builder = Server::builder().http2_keepalive_interval(Some(Duration::from_secs(10))).http2_keepalive_timeout(Some(Duration::from_secs(5)));
     match &tls {
@@ -130,24 +164,14 @@ pub async fn start(config: MasterConfig, listener: TcpListener) -> Result<Master
     let loaded = registry.clone();
     let task = tokio::spawn(async move {
         let mut server = tokio::spawn(router.serve_with_incoming_shutdown(incoming, serve_stop.cancelled_owned()));
-        let store = tokio::task::spawn_blocking(move || -> anyhow::Result<Registry> {
-            let store = SledStore::open(&data_dir.join("registry"))?;
-            Ok(Registry::load(Arc::new(store))?)
-        })
-        .await?;
-        match store {
-            Ok(registry) => {
-                tracing::info!(nodes = registry.snapshot().len(), "registry loaded");
-                let _ = loaded.set(registry);
-                health.set_serving::<MasterServiceServer<api::MasterApi>>().await;
-                health.set_serving::<MembershipServiceServer<api::MembershipApi>>().await;
-                health.set_service_status("", tonic_health::ServingStatus::Serving).await;
-            }
-            Err(err) => {
-                stop.cancel();
-                return Err(err.context("cannot load the node registry"));
-            }
-        }
+        let Some(loaded_registry) = load_registry(&data_dir, &stop).await? else {
+            return Ok(()); // shut down while waiting for the store
+        };
+        tracing::info!(nodes = loaded_registry.snapshot().len(), "registry loaded");
+        let _ = loaded.set(loaded_registry);
+        health.set_serving::<MasterServiceServer<api::MasterApi>>().await;
+        health.set_serving::<MembershipServiceServer<api::MembershipApi>>().await;
+        health.set_service_status("", tonic_health::ServingStatus::Serving).await;
         stop.cancelled().await;
         tracing::info!("master shutting down");
         tasks.close();

@@ -23,18 +23,34 @@ pub const PROTOCOL_MINOR: u32 = 0;
 pub mod reflection {
     use tonic_reflection::server::{v1, v1alpha};
 
-    /// Builds the v1 and v1alpha reflection services.
-    pub fn services() -> (
-        v1::ServerReflectionServer<impl v1::ServerReflection>,
-        v1alpha::ServerReflectionServer<impl v1alpha::ServerReflection>,
-    ) {
+    /// Services every ragmesh server offers besides its own.
+    const COMMON: [&str; 3] = [
+        "grpc.health.v1.Health",
+        "grpc.reflection.v1.ServerReflection",
+        "grpc.reflection.v1alpha.ServerReflection",
+    ];
+
+    /// Builds the v1 and v1alpha reflection services listing exactly `served` (fully qualified
+    /// names, e.g. `ragmesh.v1.MasterService`) plus health and reflection itself, so a tool never
+    /// sees a service the server does not answer.
+    pub fn services(
+        served: &[&str],
+    ) -> (v1::ServerReflectionServer<impl v1::ServerReflection>, v1alpha::ServerReflectionServer<impl v1alpha::ServerReflection>)
+    {
         let configure = || {
-            tonic_reflection::server::Builder::configure()
+            let mut builder = tonic_reflection::server::Builder::configure()
+                .include_reflection_service(false)
                 .register_encoded_file_descriptor_set(crate::FILE_DESCRIPTOR_SET)
                 .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+                .register_encoded_file_descriptor_set(tonic_reflection::pb::v1::FILE_DESCRIPTOR_SET)
+                .register_encoded_file_descriptor_set(tonic_reflection::pb::v1alpha::FILE_DESCRIPTOR_SET);
+            for name in COMMON.iter().chain(served) {
+                builder = builder.with_service_name(*name);
+            }
+            builder
         };
-        let v1 = configure().build_v1().expect("the checked-in descriptor set is valid");
-        let v1alpha = configure().build_v1alpha().expect("the checked-in descriptor set is valid");
+        let v1 = configure().build_v1().expect("the checked-in descriptor sets are valid");
+        let v1alpha = configure().build_v1alpha().expect("the checked-in descriptor sets are valid");
         (v1, v1alpha)
     }
 }

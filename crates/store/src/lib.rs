@@ -20,8 +20,14 @@ pub enum StoreError {
         /// Backend's message.
         message: String,
     },
+    /// Another process (or handle) holds the store's lock.
+    #[error("cannot open state store at {path}: it is locked (is another master using this data directory?)")]
+    Locked {
+        /// Directory of the store.
+        path: String,
+    },
     /// The store could not be opened.
-    #[error("cannot open state store at {path}: {message} (is another master using this data directory?)")]
+    #[error("cannot open state store at {path}: {message}")]
     Open {
         /// Directory of the store.
         path: String,

@@ -15,10 +15,12 @@ impl SledStore {
     pub fn open(dir: &Path) -> Result<Self, StoreError> {
         let open_error = |message: String| StoreError::Open { path: dir.display().to_string(), message };
         std::fs::create_dir_all(dir).map_err(|e| open_error(e.to_string()))?;
-        let db = sled::Config::new()
-            .path(dir)
-            .open()
-            .map_err(|e| open_error(e.to_string()))?;
+        let db = sled::Config::new().path(dir).open().map_err(|e| match e {
+            sled::Error::Io(io) if io.kind() == std::io::ErrorKind::WouldBlock || io.to_string().contains("lock") => {
+                StoreError::Locked { path: dir.display().to_string() }
+            }
+            other => open_error(other.to_string()),
+        })?;
         Ok(Self { db })
     }
 
@@ -84,6 +86,7 @@ impl StateStore for SledStore {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::StoreError;
 
     #[test]
     fn sled_store_passes_the_conformance_suite() {
@@ -108,6 +111,7 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let _first = SledStore::open(dir.path()).expect("open");
         let err = SledStore::open(dir.path()).expect_err("locked");
+        assert!(matches!(err, StoreError::Locked { .. }), "{err:?}");
         assert!(err.to_string().contains("another master"), "{err}");
     }
 }

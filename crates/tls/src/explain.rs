@@ -185,6 +185,7 @@ fn diagnose(facts: &Facts, ctx: &ErrorContext) -> Diagnosis {
             "broken pipe",
             "connection reset",
             "connection closed before message completed",
+            "connection closed",
             "tls handshake eof",
         ])
     {

@@ -1,0 +1,324 @@
+//! Talking to the master: TLS settings from the global flags, one tonic channel, typed calls
+//! bounded by a deadline, and the one place where gRPC failures become messages that say what
+//! to do (transport and TLS failures through [`ragmesh_tls::explain_error_in`]).
+
+use std::error::Error as _;
+use std::future::Future;
+use std::time::Duration;
+
+use ragmesh_proto::v1::{self, master_service_client::MasterServiceClient};
+use ragmesh_tls::{ErrorContext, LoadedTls, TlsFiles};
+use tonic::transport::{Channel, Endpoint};
+use tonic::{Code, Request, Response, Status};
+
+use crate::args::GlobalArgs;
+use crate::error::usage;
+
+/// Deadline of an RPC when `--timeout-ms` is not given.
+pub const DEFAULT_RPC_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Where the master is and how to authenticate to it, validated.
+#[derive(Debug)]
+pub struct Target {
+    /// `host:port` as given.
+    pub addr: String,
+    /// The host part: the name the master's certificate must hold.
+    pub host: String,
+    /// Client TLS; `None` with `--insecure`.
+    pub tls: Option<LoadedTls>,
+    /// Deadline of every RPC unless the caller picks its own.
+    pub timeout: Duration,
+}
+
+impl Target {
+    /// Validates the global flags: the address must be HOST:PORT, and without `--insecure` all
+    /// three TLS files must be given and valid. Problems are usage errors naming every missing
+    /// flag and the command that creates the files.
+    pub fn from_args(global: &GlobalArgs) -> anyhow::Result<Target> {
+        let (host, _port) = split_host_port(&global.master).map_err(usage)?;
+        let timeout = global
+            .timeout_ms
+            .map_or(DEFAULT_RPC_TIMEOUT, |ms| Duration::from_millis(u64::from(ms)));
+        let tls = if global.insecure {
+            None
+        } else {
+            let files = tls_files(global).map_err(usage)?;
+            Some(files.load().map_err(|err| usage(err.to_string()))?)
+        };
+        Ok(Target {
+            addr: global.master.clone(),
+            host,
+            tls,
+            timeout,
+        })
+    }
+
+    /// What `explain_error_in` should know about this connection.
+    fn error_context(&self) -> ErrorContext {
+        ErrorContext {
+            addr: Some(self.addr.clone()),
+            ca: self.tls.as_ref().map(|tls| tls.files().ca.clone()),
+            tls: Some(self.tls.is_some()),
+        }
+    }
+}
+
+/// The three TLS paths, or a message naming each missing one.
+fn tls_files(global: &GlobalArgs) -> Result<TlsFiles, String> {
+    let flags = [
+        ("--ca", "RAGMESH_CA", &global.ca),
+        ("--cert", "RAGMESH_CERT", &global.cert),
+        ("--key", "RAGMESH_KEY", &global.key),
+    ];
+    let missing: Vec<String> = flags
+        .iter()
+        .filter(|(_, _, value)| value.is_none())
+        .map(|(flag, env, _)| format!("{flag} (or {env})"))
+        .collect();
+    match (&global.ca, &global.cert, &global.key) {
+        (Some(ca), Some(cert), Some(key)) => Ok(TlsFiles {
+            ca: ca.clone(),
+            cert: cert.clone(),
+            key: key.clone(),
+        }),
+        _ => Err(format!(
+            "missing {}: the master is reached over mutual TLS; create a CA and a client \
+             certificate with `ragmeshctl certs init --dir certs` and `ragmeshctl certs issue \
+             --dir certs client`, then pass --ca certs/ca.pem --cert certs/client.pem --key \
+             certs/client.key (or pass --insecure for a master started with --insecure)",
+            missing.join(", ")
+        )),
+    }
+}
+
+/// Splits `host:port` (`[v6]:port` too) into the host, without brackets, and the port.
+pub fn split_host_port(addr: &str) -> Result<(String, u16), String> {
+    let invalid = || format!("--master {addr:?} is not HOST:PORT: use e.g. 127.0.0.1:7400 or master.internal:7400");
+    let (host, port) = addr.rsplit_once(':').ok_or_else(invalid)?;
+    let host = match host.strip_prefix('[') {
+        Some(inner) => inner.strip_suffix(']').ok_or_else(invalid)?,
+        None if host.contains(':') => return Err(invalid()),
+        None => host,
+    };
+    let port: u16 = port.parse().map_err(|_| invalid())?;
+    if host.is_empty() || port == 0 {
+        return Err(invalid());
+    }
+    Ok((host.to_owned(), port))
+}
+
+/// A connected client of the master's `MasterService`.
+#[derive(Debug)]
+pub struct Master {
+    client: MasterServiceClient<Channel>,
+    target: Target,
+}
+
+impl Master {
+    /// Connects (TCP and, with TLS, the handshake) within the target's timeout. A failure is
+    /// explained: nothing listening, untrusted certificate, plaintext/TLS mismatch, ...
+    pub async fn connect(target: Target) -> anyhow::Result<Master> {
+        let scheme = if target.tls.is_some() { "https" } else { "http" };
+        let mut endpoint = Endpoint::from_shared(format!("{scheme}://{}", target.addr))
+            .map_err(|err| usage(format!("--master {:?} is not a usable address: {err}", target.addr)))?
+            .connect_timeout(target.timeout)
+            .tcp_nodelay(true);
+        if let Some(tls) = &target.tls {
+            endpoint = endpoint
+                .tls_config(tls.client_config(&target.host))
+                .map_err(|err| usage(format!("cannot use the TLS files: {err}")))?;
+        }
+        let channel = match endpoint.connect().await {
+            Ok(channel) => channel,
+            Err(err) => {
+                let explanation = ragmesh_tls::explain_error_in(&err, &target.error_context());
+                anyhow::bail!("cannot reach the master at {}: {explanation}", target.addr);
+            }
+        };
+        Ok(Master {
+            client: MasterServiceClient::new(channel),
+            target,
+        })
+    }
+
+    /// The master's address, as given.
+    pub fn addr(&self) -> &str {
+        &self.target.addr
+    }
+
+    /// The default deadline of calls.
+    pub fn timeout(&self) -> Duration {
+        self.target.timeout
+    }
+
+    /// `ListNodes`, within the default deadline.
+    pub async fn list_nodes(&self) -> anyhow::Result<Vec<v1::NodeInfo>> {
+        let mut client = self.client.clone();
+        let timeout = self.target.timeout;
+        let response = self
+            .invoke(timeout, client.list_nodes(request(v1::ListNodesRequest {}, timeout)))
+            .await
+            .map_err(|status| self.describe("list nodes", &status))?;
+        Ok(response.nodes)
+    }
+
+    /// `GetNode`, within the default deadline.
+    pub async fn get_node(&self, name: &str) -> anyhow::Result<v1::NodeInfo> {
+        let mut client = self.client.clone();
+        let timeout = self.target.timeout;
+        let message = v1::GetNodeRequest {
+            name: name.to_owned(),
+        };
+        let response = self
+            .invoke(timeout, client.get_node(request(message, timeout)))
+            .await
+            .map_err(|status| self.describe("get node", &status))?;
+        response
+            .node
+            .ok_or_else(|| anyhow::anyhow!("the master answered GetNode without a node: upgrade the master"))
+    }
+
+    /// `Search` with a gRPC deadline of `deadline`.
+    pub async fn search(
+        &self,
+        message: v1::SearchRequest,
+        deadline: Duration,
+    ) -> anyhow::Result<v1::SearchResponse> {
+        let mut client = self.client.clone();
+        self.invoke(deadline, client.search(request(message, deadline)))
+            .await
+            .map_err(|status| self.describe("search", &status))
+    }
+
+    /// `IngestDocuments` with a gRPC deadline of `deadline`. The raw status is returned so the
+    /// caller can tell rejected documents (`InvalidArgument`) from other failures; pass it to
+    /// [`Master::describe`] for a message.
+    pub async fn ingest(
+        &self,
+        message: v1::IngestDocumentsRequest,
+        deadline: Duration,
+    ) -> Result<v1::IngestDocumentsResponse, Status> {
+        let mut client = self.client.clone();
+        self.invoke(deadline, client.ingest_documents(request(message, deadline)))
+            .await
+    }
+
+    /// Runs one call, turning a missed deadline into `DEADLINE_EXCEEDED` even when the network
+    /// swallows the server's answer.
+    async fn invoke<T>(
+        &self,
+        deadline: Duration,
+        call: impl Future<Output = Result<Response<T>, Status>>,
+    ) -> Result<T, Status> {
+        match tokio::time::timeout(deadline, call).await {
+            Ok(Ok(response)) => Ok(response.into_inner()),
+            Ok(Err(status)) => Err(status),
+            Err(_elapsed) => Err(Status::deadline_exceeded(format!(
+                "no answer within {} ms",
+                deadline.as_millis()
+            ))),
+        }
+    }
+
+    /// A message for a failed call (`what` names it: "search", "list nodes"), saying what to do.
+    pub fn describe(&self, what: &str, status: &Status) -> anyhow::Error {
+        let addr = &self.target.addr;
+        // Transport failures (TLS refused, connection reset) carry their cause as the source.
+        if status.source().is_some() {
+            let explanation = ragmesh_tls::explain_error_in(status, &self.target.error_context());
+            return anyhow::anyhow!("{what}: cannot talk to the master at {addr}: {explanation}");
+        }
+        let message = status.message();
+        match status.code() {
+            Code::DeadlineExceeded => anyhow::anyhow!(
+                "{what}: the master at {addr} did not answer in time ({message}): raise \
+                 --timeout-ms, or look at the master's log"
+            ),
+            Code::Unimplemented => anyhow::anyhow!(
+                "{what}: {addr} does not serve ragmesh.v1.MasterService: point --master at the \
+                 master (not at an agent)"
+            ),
+            Code::Unauthenticated | Code::PermissionDenied => anyhow::anyhow!(
+                "{what}: the master refused this client ({message}): use a certificate issued \
+                 by the mesh CA"
+            ),
+            code => anyhow::anyhow!("{what}: the master answered {code:?}: {message}"),
+        }
+    }
+}
+
+/// A request carrying `deadline` as its `grpc-timeout`, so the master stops working when we
+/// stop waiting.
+fn request<T>(message: T, deadline: Duration) -> Request<T> {
+    let mut request = Request::new(message);
+    request.set_timeout(deadline);
+    request
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn global(list: &[&str]) -> GlobalArgs {
+        use clap::Parser as _;
+        let cli = crate::args::Cli::try_parse_from(
+            ["ragmeshctl"].iter().chain(list).chain(&["nodes"]).copied(),
+        )
+        .expect("parses");
+        cli.global
+    }
+
+    #[test]
+    fn host_and_port_are_split_including_ipv6() {
+        assert_eq!(split_host_port("127.0.0.1:7400"), Ok(("127.0.0.1".to_owned(), 7400)));
+        assert_eq!(split_host_port("master.internal:1"), Ok(("master.internal".to_owned(), 1)));
+        assert_eq!(split_host_port("[::1]:7400"), Ok(("::1".to_owned(), 7400)));
+        for bad in ["7400", "host:", ":7400", "host:0", "host:99999", "::1:7400", "[::1:7400"] {
+            let err = split_host_port(bad).expect_err(bad);
+            assert!(err.contains("HOST:PORT"), "{bad}: {err}");
+        }
+    }
+
+    #[test]
+    fn missing_tls_flags_are_all_named_with_the_fix() {
+        let args = global(&["--cert", "client.pem"]);
+        let err = Target::from_args(&args).expect_err("ca and key missing");
+        assert_eq!(crate::error::exit_code(&err), crate::error::EXIT_USAGE);
+        let message = err.to_string();
+        assert!(message.starts_with("missing --ca (or RAGMESH_CA), --key (or RAGMESH_KEY):"), "{message}");
+        assert!(message.contains("ragmeshctl certs issue"), "{message}");
+        assert!(message.contains("--insecure"), "{message}");
+    }
+
+    #[test]
+    fn unreadable_tls_files_are_usage_errors() {
+        let args = global(&["--ca", "/nonexistent/ca.pem", "--cert", "/nonexistent/c.pem", "--key", "/nonexistent/c.key"]);
+        let err = Target::from_args(&args).expect_err("files missing");
+        assert_eq!(crate::error::exit_code(&err), crate::error::EXIT_USAGE);
+        assert!(err.to_string().contains("/nonexistent/ca.pem"), "{err}");
+    }
+
+    #[test]
+    fn insecure_needs_no_files() {
+        let target = Target::from_args(&global(&["--insecure", "--master", "[::1]:9", "--timeout-ms", "250"]))
+            .expect("valid");
+        assert!(target.tls.is_none());
+        assert_eq!(target.host, "::1");
+        assert_eq!(target.timeout, Duration::from_millis(250));
+    }
+
+    #[tokio::test]
+    async fn nothing_listening_is_explained() {
+        // Bind and drop to get a port nobody listens on.
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("bind")
+            .port();
+        let addr = format!("127.0.0.1:{port}");
+        let target = Target::from_args(&global(&["--insecure", "--master", &addr])).expect("valid");
+        let err = Master::connect(target).await.expect_err("refused");
+        let message = err.to_string();
+        assert!(message.contains("nothing is listening"), "{message}");
+        assert!(message.contains(&addr), "{message}");
+    }
+}

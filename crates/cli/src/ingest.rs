@@ -1,0 +1,234 @@
+//! `ragmeshctl ingest`: load documents from files (`ragmesh_index::ingest`) and write them into
+//! one node's index through the master, batch by batch, with a progress bar on a terminal.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressState, ProgressStyle};
+use ragmesh_index::ingest::{Format, IngestError, load_path};
+use ragmesh_index::{Document, MAX_COLLECTION_CHARS};
+use ragmesh_proto::v1;
+use tonic::Code;
+
+use crate::args::{FormatArg, IngestArgs};
+use crate::client::Master;
+use crate::error::usage;
+
+/// Deadline of one batch when `--timeout-ms` is not given: the master allows a node 60 s per
+/// write, plus slack for the hop.
+pub const DEFAULT_BATCH_TIMEOUT: Duration = Duration::from_secs(70);
+
+/// What one ingest wrote.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IngestSummary {
+    /// Documents written.
+    pub documents: usize,
+    /// The node's index generation after the last batch.
+    pub generation: u64,
+}
+
+impl From<FormatArg> for Format {
+    fn from(format: FormatArg) -> Self {
+        match format {
+            FormatArg::Auto => Format::Auto,
+            FormatArg::Trec => Format::Trec,
+            FormatArg::Jsonl => Format::Jsonl,
+            FormatArg::Text => Format::Text,
+        }
+    }
+}
+
+/// Why a collection name would be refused by the node, checked before reading any file.
+pub fn collection_problem(name: &str) -> Option<String> {
+    let valid_chars = name
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'));
+    if !name.is_empty() && name.len() <= MAX_COLLECTION_CHARS && valid_chars {
+        return None;
+    }
+    Some(format!(
+        "--collection {name:?} is invalid: use 1-{MAX_COLLECTION_CHARS} characters from A-Z a-z 0-9 _ . -"
+    ))
+}
+
+/// The wire form of a document.
+pub fn to_wire(doc: Document) -> v1::Document {
+    v1::Document {
+        id: doc.id,
+        collection: doc.collection,
+        title: doc.title,
+        body: doc.body,
+        metadata: doc.metadata.into_iter().collect(),
+    }
+}
+
+/// Runs `ingest`: load, send in batches, print one summary line.
+pub async fn run(master: &Master, args: &IngestArgs, timeout_ms: Option<u32>) -> anyhow::Result<()> {
+    if args.node.trim().is_empty() {
+        return Err(usage("--node is empty: name the node to write to (see `ragmeshctl nodes`)"));
+    }
+    if let Some(problem) = collection_problem(&args.collection) {
+        return Err(usage(problem));
+    }
+    let docs = load(&args.path, &args.collection, args.format.into()).await?;
+    let deadline = timeout_ms.map_or(DEFAULT_BATCH_TIMEOUT, |ms| Duration::from_millis(u64::from(ms)));
+    let batch = usize::try_from(args.batch).unwrap_or(usize::MAX);
+
+    let started = Instant::now();
+    let bar = progress_bar(docs.len() as u64, &args.node);
+    let result = send(master, &args.node, docs, batch, deadline, &bar).await;
+    bar.finish_and_clear();
+    let summary = result?;
+
+    let elapsed = started.elapsed();
+    let rate = summary.documents as f64 / elapsed.as_secs_f64().max(0.001);
+    println!(
+        "ingested {} documents into node {} in {:.1} s ({rate:.0} docs/s); generation {}",
+        summary.documents,
+        args.node,
+        elapsed.as_secs_f64(),
+        summary.generation
+    );
+    Ok(())
+}
+
+/// Loads the documents on the blocking pool (a large tree takes a while to read).
+async fn load(path: &Path, collection: &str, format: Format) -> anyhow::Result<Vec<Document>> {
+    let owned_path = path.to_path_buf();
+    let owned_collection = collection.to_owned();
+    let loaded = tokio::task::spawn_blocking(move || load_path(&owned_path, &owned_collection, format))
+        .await
+        .map_err(|err| anyhow::anyhow!("reading {} failed: {err}", path.display()))?;
+    let docs = loaded.map_err(|err| match err {
+        // A missing path or a file that does not parse: the user fixes the input.
+        IngestError::Read { .. } | IngestError::UnknownFormat { .. } | IngestError::File { .. } => {
+            usage(err.to_string())
+        }
+        other => usage(format!("{}: {other}", path.display())),
+    })?;
+    if docs.is_empty() {
+        return Err(usage(format!(
+            "no documents found in {}: with --format auto only .trec, .jsonl, .ndjson, .txt, .md \
+             and .markdown files are read; pick a --format to read other files",
+            path.display()
+        )));
+    }
+    Ok(docs)
+}
+
+/// A bar with docs/s and ETA on a terminal; hidden (drawing nothing) when stderr is not one.
+fn progress_bar(total: u64, node: &str) -> ProgressBar {
+    let bar = ProgressBar::with_draw_target(Some(total), ProgressDrawTarget::stderr());
+    let template = "ingest into {msg} [{bar:30}] {pos}/{len} docs  {rate}  ETA {eta}";
+    if let Ok(style) = ProgressStyle::with_template(template) {
+        let style = style
+            .with_key("rate", |state: &ProgressState, w: &mut dyn std::fmt::Write| {
+                let _ = write!(w, "{:.0} docs/s", state.per_sec());
+            })
+            .progress_chars("=> ");
+        bar.set_style(style);
+    }
+    bar.set_message(node.to_owned());
+    bar
+}
+
+/// Sends `docs` in batches of `batch`, stopping at the first failure with a message that names
+/// the batch and how much was written before it.
+async fn send(
+    master: &Master,
+    node: &str,
+    docs: Vec<Document>,
+    batch: usize,
+    deadline: Duration,
+    bar: &ProgressBar,
+) -> anyhow::Result<IngestSummary> {
+    let total = docs.len();
+    let mut written = 0;
+    let mut generation = 0;
+    let mut remaining = docs.into_iter().peekable();
+    while remaining.peek().is_some() {
+        let chunk: Vec<v1::Document> = remaining.by_ref().take(batch).map(to_wire).collect();
+        let first = written + 1;
+        let last = written + chunk.len();
+        let ids = format!(
+            "ids {:?} to {:?}",
+            chunk.first().map_or("", |d| d.id.as_str()),
+            chunk.last().map_or("", |d| d.id.as_str())
+        );
+        let count = chunk.len();
+        let request = v1::IngestDocumentsRequest {
+            node: node.to_owned(),
+            documents: chunk,
+        };
+        match master.ingest(request, deadline).await {
+            Ok(response) => {
+                written += count;
+                generation = response.generation;
+                bar.inc(count as u64);
+            }
+            Err(status) if status.code() == Code::InvalidArgument => {
+                anyhow::bail!(
+                    "node {node} rejected documents {first}-{last} of {total} ({ids}): {}; fix \
+                     the input and ingest again ({written} documents before them were written)",
+                    status.message()
+                );
+            }
+            Err(status) => {
+                let err = master.describe(&format!("ingest documents {first}-{last} of {total}"), &status);
+                return Err(err.context(format!(
+                    "{written} of {total} documents were written to node {node} before the failure"
+                )));
+            }
+        }
+    }
+    Ok(IngestSummary {
+        documents: written,
+        generation,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn collection_names_are_checked_like_the_index_does() {
+        assert!(collection_problem("docs").is_none());
+        assert!(collection_problem("a.b_c-1").is_none());
+        assert!(collection_problem("").is_some());
+        assert!(collection_problem("has space").is_some());
+        assert!(collection_problem(&"x".repeat(MAX_COLLECTION_CHARS + 1)).is_some());
+    }
+
+    #[test]
+    fn documents_keep_every_field_on_the_wire() {
+        let doc = Document {
+            id: "1".into(),
+            collection: "c".into(),
+            title: "t".into(),
+            body: "b".into(),
+            metadata: [("topic".to_owned(), "tls".to_owned())].into(),
+        };
+        let wire = to_wire(doc);
+        assert_eq!((wire.id.as_str(), wire.collection.as_str()), ("1", "c"));
+        assert_eq!(wire.metadata.get("topic").map(String::as_str), Some("tls"));
+    }
+
+    #[tokio::test]
+    async fn an_empty_directory_is_a_usage_error_that_names_the_formats() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        std::fs::write(dir.path().join("image.png"), "x").expect("write");
+        let err = load(dir.path(), "docs", Format::Auto).await.expect_err("nothing to load");
+        assert_eq!(crate::error::exit_code(&err), crate::error::EXIT_USAGE);
+        assert!(err.to_string().contains(".jsonl"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn a_missing_path_is_a_usage_error() {
+        let err = load(Path::new("/nonexistent/corpus"), "docs", Format::Auto)
+            .await
+            .expect_err("missing");
+        assert_eq!(crate::error::exit_code(&err), crate::error::EXIT_USAGE);
+        assert!(err.to_string().contains("/nonexistent/corpus"), "{err}");
+    }
+}

@@ -1,0 +1,241 @@
+//! `ragmeshctl nodes` and `ragmeshctl node NAME`: what the master knows about its nodes, as a
+//! table, a detailed view or JSON.
+
+use std::fmt::Write as _;
+use std::time::{Duration, SystemTime};
+
+use ragmesh_proto::v1;
+use serde_json::{Value, json};
+
+use crate::render::{self, Column, Table, clean};
+
+/// Lowercase name of a node state, as shown in tables and JSON.
+pub fn state_name(state: i32) -> &'static str {
+    match v1::NodeState::try_from(state) {
+        Ok(v1::NodeState::Joining) => "joining",
+        Ok(v1::NodeState::Up) => "up",
+        Ok(v1::NodeState::Suspect) => "suspect",
+        Ok(v1::NodeState::Down) => "down",
+        Ok(v1::NodeState::Unspecified) | Err(_) => "unknown",
+    }
+}
+
+/// Live documents over all collections of a node.
+pub fn doc_count(node: &v1::NodeInfo) -> u64 {
+    node.collections.iter().map(|c| c.doc_count).sum()
+}
+
+/// Time since `timestamp`, or `None` without one; a timestamp in the future (clock skew) is now.
+fn since(timestamp: Option<&prost_types::Timestamp>, now: SystemTime) -> Option<Duration> {
+    let time = SystemTime::try_from(*timestamp?).ok()?;
+    Some(now.duration_since(time).unwrap_or(Duration::ZERO))
+}
+
+/// The `nodes` table: NAME STATE ADDRESS DOCS GEN LAST-HEARTBEAT VERSION, and REASON when a
+/// node is down. `now` is a parameter so the ages are testable.
+pub fn table(nodes: &[v1::NodeInfo], now: SystemTime) -> String {
+    if nodes.is_empty() {
+        return "no nodes have registered yet: start an agent with --master pointing at this \
+                master (see `ragmesh-agent --help`)\n"
+            .to_owned();
+    }
+    let mut table = Table::new(vec![
+        Column::left("NAME"),
+        Column::left("STATE"),
+        Column::left("ADDRESS"),
+        Column::right("DOCS"),
+        Column::right("GEN"),
+        Column::left("LAST-HEARTBEAT"),
+        Column::left("VERSION"),
+        Column::left("REASON").max_width(60),
+    ]);
+    for node in nodes {
+        let heartbeat = since(node.last_heartbeat.as_ref(), now).map_or_else(|| "never".to_owned(), render::age);
+        table.push(vec![
+            clean(&node.name),
+            state_name(node.state).to_owned(),
+            clean(&node.address),
+            doc_count(node).to_string(),
+            node.generation.to_string(),
+            heartbeat,
+            clean(&node.version),
+            clean(&node.down_reason),
+        ]);
+    }
+    table.drop_empty_columns();
+    let mut out = table.render();
+    let up = nodes
+        .iter()
+        .filter(|n| n.state == v1::NodeState::Up as i32)
+        .count();
+    let _ = writeln!(out, "{up} of {} nodes up", nodes.len());
+    out
+}
+
+/// One node as a JSON object: numbers stay numbers, timestamps are RFC 3339 strings, an empty
+/// down reason is null.
+pub fn to_json(node: &v1::NodeInfo, now: SystemTime) -> Value {
+    let collections: Vec<Value> = node
+        .collections
+        .iter()
+        .map(|c| json!({"name": c.name, "doc_count": c.doc_count}))
+        .collect();
+    let mut labels: Vec<(&String, &String)> = node.labels.iter().collect();
+    labels.sort();
+    let labels: serde_json::Map<String, Value> = labels
+        .into_iter()
+        .map(|(k, v)| (k.clone(), Value::String(v.clone())))
+        .collect();
+    let age_ms = since(node.last_heartbeat.as_ref(), now)
+        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+    json!({
+        "name": node.name,
+        "state": state_name(node.state),
+        "address": node.address,
+        "version": node.version,
+        "protocol": format!("{}.{}", node.protocol_major, node.protocol_minor),
+        "docs": doc_count(node),
+        "collections": collections,
+        "generation": node.generation,
+        "labels": labels,
+        "last_heartbeat": node.last_heartbeat.as_ref().map(ToString::to_string),
+        "last_heartbeat_age_ms": age_ms,
+        "registered_at": node.registered_at.as_ref().map(ToString::to_string),
+        "in_flight": node.in_flight,
+        "down_reason": (!node.down_reason.is_empty()).then(|| node.down_reason.clone()),
+    })
+}
+
+/// Every node as a JSON array.
+pub fn list_json(nodes: &[v1::NodeInfo], now: SystemTime) -> Value {
+    Value::Array(nodes.iter().map(|n| to_json(n, now)).collect())
+}
+
+/// The detailed view of one node, one `key: value` per line.
+pub fn detail(node: &v1::NodeInfo, now: SystemTime) -> String {
+    let mut rows: Vec<(&str, String)> = vec![
+        ("name", clean(&node.name)),
+        ("state", state_name(node.state).to_owned()),
+    ];
+    if !node.down_reason.is_empty() {
+        rows.push(("down reason", clean(&node.down_reason)));
+    }
+    let when = |ts: Option<&prost_types::Timestamp>| match (ts, since(ts, now)) {
+        (Some(ts), Some(age)) => format!("{ts} ({})", render::age(age)),
+        _ => "never".to_owned(),
+    };
+    rows.extend([
+        ("address", clean(&node.address)),
+        ("version", clean(&node.version)),
+        ("protocol", format!("{}.{}", node.protocol_major, node.protocol_minor)),
+        ("generation", node.generation.to_string()),
+        ("documents", doc_count(node).to_string()),
+        ("in flight", node.in_flight.to_string()),
+        ("last heartbeat", when(node.last_heartbeat.as_ref())),
+        ("registered", when(node.registered_at.as_ref())),
+    ]);
+    let mut out = String::new();
+    for (key, value) in rows {
+        let _ = writeln!(out, "{:<15} {value}", format!("{key}:"));
+    }
+    let _ = writeln!(out, "collections:");
+    if node.collections.is_empty() {
+        let _ = writeln!(out, "  (none yet: ingest documents with `ragmeshctl ingest PATH --node {}`)", clean(&node.name));
+    }
+    for collection in &node.collections {
+        let _ = writeln!(out, "  {:<20} {} documents", clean(&collection.name), collection.doc_count);
+    }
+    let _ = writeln!(out, "labels:");
+    let mut labels: Vec<_> = node.labels.iter().collect();
+    labels.sort();
+    if labels.is_empty() {
+        let _ = writeln!(out, "  (none)");
+    }
+    for (key, value) in labels {
+        let _ = writeln!(out, "  {}={}", clean(key), clean(value));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn at(secs: i64, nanos: i32) -> prost_types::Timestamp {
+        prost_types::Timestamp { seconds: secs, nanos }
+    }
+
+    fn node(name: &str, state: v1::NodeState, docs: &[(&str, u64)]) -> v1::NodeInfo {
+        v1::NodeInfo {
+            name: name.to_owned(),
+            state: state as i32,
+            address: "127.0.0.1:7401".to_owned(),
+            version: "0.1.0".to_owned(),
+            protocol_major: 1,
+            protocol_minor: 0,
+            collections: docs
+                .iter()
+                .map(|(c, n)| v1::CollectionStats { name: (*c).to_owned(), doc_count: *n })
+                .collect(),
+            generation: 7,
+            last_heartbeat: Some(at(1_000, 0)),
+            registered_at: Some(at(900, 0)),
+            ..Default::default()
+        }
+    }
+
+    fn now() -> SystemTime {
+        SystemTime::UNIX_EPOCH + Duration::from_millis(1_000_400)
+    }
+
+    #[test]
+    fn table_shows_ages_doc_sums_and_reasons_only_when_down() {
+        let up = node("agent-1", v1::NodeState::Up, &[("guides", 12), ("faq", 8)]);
+        let out = table(std::slice::from_ref(&up), now());
+        assert_eq!(
+            out,
+            "NAME     STATE  ADDRESS         DOCS  GEN  LAST-HEARTBEAT  VERSION\n\
+             agent-1  up     127.0.0.1:7401    20    7  0.4s ago        0.1.0\n\
+             1 of 1 nodes up\n"
+        );
+
+        let mut down = node("agent-2", v1::NodeState::Down, &[]);
+        down.down_reason = "health stream closed by the agent".to_owned();
+        down.last_heartbeat = None;
+        let out = table(&[up, down], now());
+        let lines: Vec<&str> = out.lines().collect();
+        assert!(lines[0].ends_with("VERSION  REASON"), "{out}");
+        assert!(lines[2].contains("never"), "{out}");
+        assert!(lines[2].ends_with("health stream closed by the agent"), "{out}");
+        assert_eq!(lines[3], "1 of 2 nodes up");
+    }
+
+    #[test]
+    fn empty_registry_says_what_to_do() {
+        assert!(table(&[], now()).contains("start an agent"));
+    }
+
+    #[test]
+    fn json_keeps_numbers_as_numbers() {
+        let value = list_json(&[node("agent-1", v1::NodeState::Up, &[("docs", 3)])], now());
+        let first = &value[0];
+        assert_eq!(first["name"], "agent-1");
+        assert_eq!(first["state"], "up");
+        assert_eq!(first["docs"], 3);
+        assert_eq!(first["generation"], 7);
+        assert_eq!(first["collections"][0]["doc_count"], 3);
+        assert_eq!(first["last_heartbeat"], "1970-01-01T00:16:40Z");
+        assert_eq!(first["last_heartbeat_age_ms"], 400);
+        assert!(first["down_reason"].is_null());
+    }
+
+    #[test]
+    fn detail_lists_collections_and_labels() {
+        let mut info = node("agent-1", v1::NodeState::Up, &[("guides", 2)]);
+        info.labels.insert("zone".to_owned(), "eu-1".to_owned());
+        let out = detail(&info, now());
+        assert!(out.contains("state:          up\n"), "{out}");
+        assert!(out.contains("  guides               2 documents\n"), "{out}");
+        assert!(out.contains("  zone=eu-1\n"), "{out}");
+    }
+}

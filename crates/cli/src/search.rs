@@ -1,0 +1,430 @@
+//! `ragmeshctl search`: one federated search through the master, shown as the merged hits and
+//! what every node did (ok, timeout, unavailable, error, skipped), or as JSON.
+
+use std::fmt::Write as _;
+use std::time::Duration;
+
+use ragmesh_proto::v1;
+use serde_json::{Value, json};
+
+use crate::args::SearchArgs;
+use crate::client::Master;
+use crate::render::{self, Column, Table, clean};
+
+/// Deadline the master applies when the request sets none is its `--search-timeout-ms`; the
+/// gRPC deadline must then cover the largest value the master accepts (its default maximum).
+const UNSET_TIMEOUT_GRPC_DEADLINE: Duration = Duration::from_secs(30);
+/// Longest title shown in the hits table.
+const TITLE_WIDTH: usize = 40;
+/// Longest `collection/id` shown in the hits table.
+const DOCUMENT_WIDTH: usize = 36;
+/// Snippet width when stdout is not a terminal (pipes, files).
+const PIPE_SNIPPET_WIDTH: usize = 100;
+/// The snippet column never shrinks below this, even on a narrow terminal.
+const MIN_SNIPPET_WIDTH: usize = 24;
+
+/// How the output is decorated.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Style {
+    /// Bold highlights (only on a terminal).
+    pub ansi: bool,
+    /// Terminal width, when stdout is one.
+    pub width: Option<usize>,
+}
+
+impl Style {
+    /// The style for the current stdout.
+    pub fn for_stdout() -> Self {
+        let term = console::Term::stdout();
+        let width = term
+            .is_term()
+            .then(|| term.size_checked())
+            .flatten()
+            .map(|(_rows, cols)| usize::from(cols));
+        Style {
+            ansi: render::stdout_supports_ansi(),
+            width,
+        }
+    }
+
+    /// No decoration, fixed widths: for tests and logs.
+    pub fn plain() -> Self {
+        Style {
+            ansi: false,
+            width: None,
+        }
+    }
+}
+
+/// The `timeout_ms` to send and the gRPC deadline to set. The deadline sits slightly above the
+/// search timeout, so the master's partial answer (every node's status) arrives before the
+/// client gives up.
+pub fn deadlines(timeout_ms: Option<u32>) -> (u32, Duration) {
+    match timeout_ms {
+        None => (0, UNSET_TIMEOUT_GRPC_DEADLINE),
+        Some(ms) => {
+            let budget = Duration::from_millis(u64::from(ms));
+            let slack = (budget / 10).clamp(Duration::from_millis(200), Duration::from_secs(2));
+            (ms, budget + slack)
+        }
+    }
+}
+
+/// The wire request for `args`.
+pub fn request(args: &SearchArgs, timeout_ms: u32) -> v1::SearchRequest {
+    v1::SearchRequest {
+        query: args.query.clone(),
+        collections: args.collections.clone(),
+        limit: args.limit,
+        nodes: args.nodes.clone(),
+        timeout_ms,
+        min_score: args.min_score,
+    }
+}
+
+/// Runs `search` and prints the result.
+pub async fn run(master: &Master, args: &SearchArgs, timeout_ms: Option<u32>) -> anyhow::Result<()> {
+    if args.query.trim().is_empty() {
+        return Err(crate::error::usage("the query is empty: pass the words to search for"));
+    }
+    if !args.min_score.is_finite() {
+        return Err(crate::error::usage("--min-score must be a finite number"));
+    }
+    let (timeout_ms, deadline) = deadlines(timeout_ms);
+    let response = master.search(request(args, timeout_ms), deadline).await?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&to_json(&response))?);
+    } else {
+        print!("{}", render(&response, &args.query, Style::for_stdout()));
+    }
+    Ok(())
+}
+
+/// The status word of a node outcome: `ok`, `timeout`, `unavailable`, `error`,
+/// `skipped (down)`, `skipped (not routed)`.
+pub fn status_label(outcome: &v1::NodeOutcome) -> String {
+    match v1::OutcomeStatus::try_from(outcome.status) {
+        Ok(v1::OutcomeStatus::Ok) => "ok".to_owned(),
+        Ok(v1::OutcomeStatus::Timeout) => "timeout".to_owned(),
+        Ok(v1::OutcomeStatus::Unavailable) => "unavailable".to_owned(),
+        Ok(v1::OutcomeStatus::Error) => "error".to_owned(),
+        Ok(v1::OutcomeStatus::Skipped) => format!("skipped ({})", skip_reason(outcome).replace('_', " ")),
+        Ok(v1::OutcomeStatus::Unspecified) | Err(_) => "unknown".to_owned(),
+    }
+}
+
+fn status_word(outcome: &v1::NodeOutcome) -> &'static str {
+    match v1::OutcomeStatus::try_from(outcome.status) {
+        Ok(v1::OutcomeStatus::Ok) => "ok",
+        Ok(v1::OutcomeStatus::Timeout) => "timeout",
+        Ok(v1::OutcomeStatus::Unavailable) => "unavailable",
+        Ok(v1::OutcomeStatus::Error) => "error",
+        Ok(v1::OutcomeStatus::Skipped) => "skipped",
+        Ok(v1::OutcomeStatus::Unspecified) | Err(_) => "unknown",
+    }
+}
+
+fn skip_reason(outcome: &v1::NodeOutcome) -> &'static str {
+    match v1::SkipReason::try_from(outcome.skip_reason) {
+        Ok(v1::SkipReason::Down) => "down",
+        Ok(v1::SkipReason::NotRouted) => "not_routed",
+        Ok(v1::SkipReason::Unspecified) | Err(_) => "unknown",
+    }
+}
+
+fn is_ok(outcome: &v1::NodeOutcome) -> bool {
+    outcome.status == v1::OutcomeStatus::Ok as i32
+}
+
+fn is_skipped(outcome: &v1::NodeOutcome) -> bool {
+    outcome.status == v1::OutcomeStatus::Skipped as i32
+}
+
+/// The readable result: hits table, node status table, and a summary that says plainly when
+/// the results may be incomplete.
+pub fn render(response: &v1::SearchResponse, query: &str, style: Style) -> String {
+    let mut out = String::new();
+    if response.hits.is_empty() {
+        let _ = writeln!(out, "no hits for {:?}", clean(query));
+    } else {
+        out.push_str(&hits_table(&response.hits, style));
+    }
+    out.push('\n');
+    out.push_str(&nodes_table(&response.nodes));
+    out.push('\n');
+    out.push_str(&summary(response));
+    out
+}
+
+/// The merged hits: # SCORE NODE DOCUMENT TITLE SNIPPET.
+pub fn hits_table(hits: &[v1::Hit], style: Style) -> String {
+    let mut table = Table::new(vec![
+        Column::right("#"),
+        Column::right("SCORE"),
+        Column::left("NODE"),
+        Column::left("DOCUMENT").max_width(DOCUMENT_WIDTH),
+        Column::left("TITLE").max_width(TITLE_WIDTH),
+        match style.width {
+            Some(_) => Column::left("SNIPPET"),
+            None => Column::left("SNIPPET").max_width(PIPE_SNIPPET_WIDTH),
+        },
+    ]);
+    for (rank, hit) in hits.iter().enumerate() {
+        let node = match hit.also_on.len() {
+            0 => clean(&hit.node),
+            n => format!("{} (+{n})", clean(&hit.node)),
+        };
+        table.push(vec![
+            (rank + 1).to_string(),
+            format!("{:.4}", hit.score),
+            node,
+            format!("{}/{}", clean(&hit.collection), clean(&hit.doc_id)),
+            clean(&hit.title),
+            render::snippet(&hit.snippet, style.ansi),
+        ]);
+    }
+    match style.width {
+        Some(width) => table.render_within(width, MIN_SNIPPET_WIDTH),
+        None => table.render(),
+    }
+}
+
+/// What every node did: NODE STATUS TOOK HITS GEN MESSAGE.
+pub fn nodes_table(nodes: &[v1::NodeOutcome]) -> String {
+    if nodes.is_empty() {
+        return "no nodes were considered: no agent has registered with the master (see \
+                `ragmeshctl nodes`)\n"
+            .to_owned();
+    }
+    let mut table = Table::new(vec![
+        Column::left("NODE"),
+        Column::left("STATUS"),
+        Column::right("TOOK"),
+        Column::right("HITS"),
+        Column::right("GEN"),
+        Column::left("MESSAGE"),
+    ]);
+    for outcome in nodes {
+        let answered = is_ok(outcome);
+        table.push(vec![
+            clean(&outcome.node),
+            status_label(outcome),
+            if is_skipped(outcome) { "-".to_owned() } else { render::millis(u64::from(outcome.took_ms)) },
+            if answered { outcome.hit_count.to_string() } else { "-".to_owned() },
+            if answered { outcome.generation.to_string() } else { "-".to_owned() },
+            clean(&outcome.message),
+        ]);
+    }
+    table.drop_empty_columns();
+    table.render()
+}
+
+/// One line of counts, plus a second naming the nodes whose results are missing.
+fn summary(response: &v1::SearchResponse) -> String {
+    let asked: Vec<&v1::NodeOutcome> = response.nodes.iter().filter(|n| !is_skipped(n)).collect();
+    let answered = asked.iter().filter(|n| is_ok(n)).count();
+    let skipped = response.nodes.len() - asked.len();
+    let mut out = format!(
+        "{} hits from {answered} of {} nodes asked",
+        response.hits.len(),
+        asked.len()
+    );
+    if skipped > 0 {
+        let _ = write!(out, " ({skipped} skipped)");
+    }
+    let _ = writeln!(
+        out,
+        " in {} (merge: {})",
+        render::millis(u64::from(response.took_ms)),
+        clean(&response.merge_strategy)
+    );
+    // Nodes holding none of the requested collections cannot have missed hits; all others can.
+    let missing: Vec<String> = response
+        .nodes
+        .iter()
+        .filter(|n| !is_ok(n) && !(is_skipped(n) && skip_reason(n) == "not_routed"))
+        .map(|n| format!("{} {}", clean(&n.node), status_label(n)))
+        .collect();
+    if !missing.is_empty() {
+        let _ = writeln!(out, "results may be incomplete: {}", missing.join(", "));
+    }
+    out
+}
+
+/// The whole response as JSON: the snippet keeps its `<b>` markup, numbers stay numbers.
+pub fn to_json(response: &v1::SearchResponse) -> Value {
+    let hits: Vec<Value> = response
+        .hits
+        .iter()
+        .enumerate()
+        .map(|(rank, hit)| {
+            let mut metadata: Vec<(&String, &String)> = hit.metadata.iter().collect();
+            metadata.sort();
+            let metadata: serde_json::Map<String, Value> = metadata
+                .into_iter()
+                .map(|(k, v)| (k.clone(), Value::String(v.clone())))
+                .collect();
+            json!({
+                "rank": rank + 1,
+                "score": hit.score,
+                "node": hit.node,
+                "collection": hit.collection,
+                "doc_id": hit.doc_id,
+                "title": hit.title,
+                "snippet": hit.snippet,
+                "node_score": hit.node_score,
+                "node_rank": hit.node_rank,
+                "also_on": hit.also_on,
+                "metadata": metadata,
+            })
+        })
+        .collect();
+    let nodes: Vec<Value> = response
+        .nodes
+        .iter()
+        .map(|n| {
+            json!({
+                "node": n.node,
+                "status": status_word(n),
+                "skip_reason": is_skipped(n).then(|| skip_reason(n)),
+                "message": n.message,
+                "took_ms": n.took_ms,
+                "hit_count": n.hit_count,
+                "generation": n.generation,
+            })
+        })
+        .collect();
+    json!({
+        "hits": hits,
+        "nodes": nodes,
+        "took_ms": response.took_ms,
+        "merge_strategy": response.merge_strategy,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn hit(node: &str, id: &str, title: &str, snippet: &str, score: f64) -> v1::Hit {
+        v1::Hit {
+            node: node.to_owned(),
+            doc_id: id.to_owned(),
+            collection: "guides".to_owned(),
+            title: title.to_owned(),
+            snippet: snippet.to_owned(),
+            score,
+            node_score: score * 100.0,
+            node_rank: 1,
+            ..Default::default()
+        }
+    }
+
+    fn outcome(node: &str, status: v1::OutcomeStatus, hits: u32) -> v1::NodeOutcome {
+        v1::NodeOutcome {
+            node: node.to_owned(),
+            status: status as i32,
+            took_ms: 3,
+            hit_count: hits,
+            generation: 2,
+            ..Default::default()
+        }
+    }
+
+    fn response() -> v1::SearchResponse {
+        let mut timeout = outcome("agent-3", v1::OutcomeStatus::Timeout, 0);
+        timeout.message = "no answer within 2000 ms".to_owned();
+        let mut down = outcome("agent-4", v1::OutcomeStatus::Skipped, 0);
+        down.skip_reason = v1::SkipReason::Down as i32;
+        down.message = "node is down".to_owned();
+        down.took_ms = 0;
+        v1::SearchResponse {
+            hits: vec![
+                hit("agent-1", "rotate", "Rotating certificates", "the <b>certificate</b> rotation", 0.0328),
+                hit("agent-2", "renew", &"A very long title ".repeat(5), &"word ".repeat(60), 0.0161),
+            ],
+            nodes: vec![
+                outcome("agent-1", v1::OutcomeStatus::Ok, 1),
+                outcome("agent-2", v1::OutcomeStatus::Ok, 1),
+                timeout,
+                down,
+            ],
+            took_ms: 12,
+            merge_strategy: "rrf".to_owned(),
+        }
+    }
+
+    #[test]
+    fn deadline_sits_slightly_above_the_search_timeout() {
+        assert_eq!(deadlines(Some(2000)), (2000, Duration::from_millis(2200)));
+        assert_eq!(deadlines(Some(100)), (100, Duration::from_millis(300)));
+        assert_eq!(deadlines(Some(60_000)), (60_000, Duration::from_secs(62)));
+        assert_eq!(deadlines(None), (0, UNSET_TIMEOUT_GRPC_DEADLINE));
+    }
+
+    #[test]
+    fn rendered_result_is_aligned_truncated_and_honest() {
+        let out = render(&response(), "certificate rotation", Style::plain());
+        let lines: Vec<&str> = out.lines().collect();
+        assert!(lines[0].starts_with("#   SCORE  NODE     DOCUMENT       TITLE "), "{out}");
+        assert!(lines[1].starts_with("1  0.0328  agent-1  guides/rotate  Rotating certificates "), "{out}");
+        assert!(lines[1].ends_with("the certificate rotation"), "{out}");
+        // Columns line up: every row's snippet starts under the header.
+        let snippet_col = lines[0].find("SNIPPET").expect("header");
+        assert_eq!(lines[1].find("the certificate"), Some(snippet_col), "{out}");
+        // The long title is cut to 40 characters, the snippet to the pipe width.
+        let long_title = render::truncate(&clean(&"A very long title ".repeat(5)), TITLE_WIDTH);
+        assert_eq!(long_title.chars().count(), TITLE_WIDTH);
+        assert!(lines[2].contains(&long_title), "{out}");
+        assert_eq!(lines[2].chars().skip(snippet_col).count(), PIPE_SNIPPET_WIDTH, "{out}");
+        assert!(out.lines().all(|l| !l.contains("<b>")), "{out}");
+
+        assert!(out.contains("agent-3  timeout"), "{out}");
+        assert!(out.contains("agent-4  skipped (down)"), "{out}");
+        assert!(out.contains("no answer within 2000 ms"), "{out}");
+        assert!(out.contains("2 hits from 2 of 3 nodes asked (1 skipped) in 12 ms (merge: rrf)"), "{out}");
+        assert!(out.contains("results may be incomplete: agent-3 timeout, agent-4 skipped (down)"), "{out}");
+    }
+
+    #[test]
+    fn terminal_style_fits_the_width_and_highlights_in_bold() {
+        let style = Style { ansi: true, width: Some(90) };
+        let out = hits_table(&response().hits, style);
+        for line in out.lines() {
+            assert!(render::visible_width(line) <= 90, "{line:?}");
+        }
+        assert!(out.contains("\x1b[1mcertificate\x1b[0m"), "{out:?}");
+    }
+
+    #[test]
+    fn status_labels_use_the_shared_vocabulary() {
+        let mut skipped = outcome("n", v1::OutcomeStatus::Skipped, 0);
+        skipped.skip_reason = v1::SkipReason::NotRouted as i32;
+        assert_eq!(status_label(&skipped), "skipped (not routed)");
+        assert_eq!(status_label(&outcome("n", v1::OutcomeStatus::Unavailable, 0)), "unavailable");
+        assert_eq!(status_label(&outcome("n", v1::OutcomeStatus::Error, 0)), "error");
+    }
+
+    #[test]
+    fn not_routed_nodes_do_not_make_results_incomplete() {
+        let mut response = response();
+        response.nodes.truncate(2);
+        let mut skipped = outcome("agent-9", v1::OutcomeStatus::Skipped, 0);
+        skipped.skip_reason = v1::SkipReason::NotRouted as i32;
+        response.nodes.push(skipped);
+        let out = render(&response, "q", Style::plain());
+        assert!(!out.contains("incomplete"), "{out}");
+    }
+
+    #[test]
+    fn json_has_hits_nodes_took_and_strategy() {
+        let value = to_json(&response());
+        assert_eq!(value["hits"][0]["rank"], 1);
+        assert_eq!(value["hits"][0]["snippet"], "the <b>certificate</b> rotation");
+        assert_eq!(value["nodes"][2]["status"], "timeout");
+        assert!(value["nodes"][2]["skip_reason"].is_null());
+        assert_eq!(value["nodes"][3]["skip_reason"], "down");
+        assert_eq!(value["took_ms"], 12);
+        assert_eq!(value["merge_strategy"], "rrf");
+    }
+}
