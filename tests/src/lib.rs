@@ -54,7 +54,8 @@ impl MeshBuilder {
             log: "info".into(),
         };
         let master = ragmesh_master::start(master_config.clone(), listener).await.expect("master starts");
-        let mut mesh = Mesh { pki, master: Some(master), master_addr, master_config, _master_dir: master_dir, agents: Vec::new() };
+        let mut mesh =
+            Mesh { pki, master: Some(master), master_addr, master_config, _master_dir: master_dir, agents: Vec::new() };
         for i in 1..=self.agents {
             let name = format!("agent-{i}");
             let data_dir = tempfile::tempdir().expect("agent tempdir");
@@ -63,7 +64,7 @@ impl MeshBuilder {
             mesh.agents.push(AgentSlot { name, config, _data_dir: data_dir, process: Some(process) });
         }
         for i in 0..mesh.agents.len() {
-            mesh.wait_state(&mesh.agents[i].name.clone(), NodeState::Up, Duration::from_secs(15)).await;
+            mesh.wait_state(&mesh.agents[i].name, NodeState::Up, Duration::from_secs(15)).await;
         }
         mesh
     }
@@ -158,13 +159,13 @@ impl Mesh {
     /// Waits until node `name` reaches `state`; returns how long it took.
     pub async fn wait_state(&self, name: &str, state: NodeState, timeout: Duration) -> Duration {
         let started = tokio::time::Instant::now();
-        let registry = wait_for("master registry loaded", Duration::from_secs(10), || async {
-            self.master().registry().cloned()
-        })
-        .await
-        .0;
+        let registry =
+            wait_for("master registry loaded", Duration::from_secs(10), || async { self.master().registry().cloned() })
+                .await
+                .0;
         let mut membership = registry.subscribe();
-        let reached = tokio::time::timeout(timeout, membership.wait_for(|m| m.get(name).is_some_and(|n| n.state == state))).await;
+        let reached =
+            tokio::time::timeout(timeout, membership.wait_for(|m| m.get(name).is_some_and(|n| n.state == state))).await;
         match reached {
             Ok(Ok(_)) => started.elapsed(),
             _ => panic!(
@@ -273,12 +274,15 @@ impl AgentProcess {
         let thread = std::thread::Builder::new()
             .name(format!("agent-{}", config.name.clone().unwrap_or_default()))
             .spawn(move || {
-                let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("agent runtime");
+                let runtime =
+                    tokio::runtime::Builder::new_current_thread().enable_all().build().expect("agent runtime");
                 let graceful = runtime.block_on(async move {
                     let listener = tokio::net::TcpListener::bind(config.listen).await.expect("bind agent");
                     let handle = ragmesh_agent::start(config, listener).await.expect("agent starts");
                     let (control_tx, mut control_rx) = mpsc::unbounded_channel();
-                    ready_tx.send((handle.local_addr(), handle.link_status(), control_tx)).expect("test waits for the agent");
+                    ready_tx
+                        .send((handle.local_addr(), handle.link_status(), control_tx))
+                        .expect("test waits for the agent");
                     while let Some(command) = control_rx.recv().await {
                         match command {
                             // Blocking the runtime's only thread is the point: everything in it stops.
@@ -347,5 +351,9 @@ pub fn docs_for(agent: usize, n: usize) -> Vec<v1::Document> {
 
 /// Status of node `name` in a search response.
 pub fn outcome_of<'a>(response: &'a v1::SearchResponse, name: &str) -> &'a v1::NodeOutcome {
-    response.nodes.iter().find(|n| n.node == name).unwrap_or_else(|| panic!("no outcome for {name} in {:?}", response.nodes))
+    response
+        .nodes
+        .iter()
+        .find(|n| n.node == name)
+        .unwrap_or_else(|| panic!("no outcome for {name} in {:?}", response.nodes))
 }

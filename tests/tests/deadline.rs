@@ -37,7 +37,8 @@ async fn a_slow_node_is_reported_timeout_and_the_answer_arrives_on_time() {
 
     // The gRPC deadline of the caller wins when it is shorter than timeout_ms.
     let thaw = mesh.freeze_agent(2);
-    let mut request = tonic::Request::new(v1::SearchRequest { query: "mesh".into(), timeout_ms: 5000, ..Default::default() });
+    let mut request =
+        tonic::Request::new(v1::SearchRequest { query: "mesh".into(), timeout_ms: 5000, ..Default::default() });
     request.set_timeout(Duration::from_millis(300));
     let started = Instant::now();
     let response = client.search(request).await.expect("answers within the grpc deadline").into_inner();

@@ -30,7 +30,8 @@ async fn killed_agent_is_down_within_a_second_and_skipped_then_rejoins() {
     assert_eq!(outcome_of(&response, "agent-1").status(), OutcomeStatus::Ok);
     assert_eq!(outcome_of(&response, "agent-3").status(), OutcomeStatus::Ok);
     assert_eq!(response.hits.len(), 6, "the survivors' hits still come back");
-    let reason = mesh.master().registry().expect("registry").get("agent-2").expect("known").down_reason.expect("reason");
+    let reason =
+        mesh.master().registry().expect("registry").get("agent-2").expect("known").down_reason.expect("reason");
     assert!(reason.contains("health stream"), "{reason}");
 
     // Restart on the same data directory: it re-registers and its documents are searched again.
@@ -81,7 +82,7 @@ async fn restarted_master_reloads_its_registry_and_agents_reattach() {
     assert_eq!(names, ["agent-1", "agent-2", "agent-3"]);
 
     for i in 0..3 {
-        mesh.wait_state(&mesh.agent_name(i).to_owned(), NodeState::Up, Duration::from_secs(15)).await;
+        mesh.wait_state(mesh.agent_name(i), NodeState::Up, Duration::from_secs(15)).await;
     }
     let response = mesh.search(v1::SearchRequest { query: "mesh".into(), limit: 20, ..Default::default() }).await;
     assert_eq!(response.hits.len(), 6);

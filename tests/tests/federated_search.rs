@@ -91,8 +91,9 @@ async fn collections_route_the_search_and_unrouted_nodes_are_reported_skipped() 
     assert_eq!(skipped.skip_reason(), SkipReason::NotRouted);
 
     // Node selection: only agent-1 is considered.
-    let response =
-        mesh.search(v1::SearchRequest { query: "mesh".into(), nodes: vec!["agent-1".into()], ..Default::default() }).await;
+    let response = mesh
+        .search(v1::SearchRequest { query: "mesh".into(), nodes: vec!["agent-1".into()], ..Default::default() })
+        .await;
     assert_eq!(response.nodes.len(), 1);
     assert!(response.hits.iter().all(|h| h.node == "agent-1"));
     mesh.shutdown().await;
@@ -115,7 +116,10 @@ async fn bad_requests_get_errors_that_say_what_to_do() {
     assert_eq!(unknown.code(), tonic::Code::NotFound);
     assert!(unknown.message().contains("nope") && unknown.message().contains("agent-1"), "{}", unknown.message());
 
-    let limit = client.search(v1::SearchRequest { query: "x".into(), limit: 5000, ..Default::default() }).await.expect_err("limit");
+    let limit = client
+        .search(v1::SearchRequest { query: "x".into(), limit: 5000, ..Default::default() })
+        .await
+        .expect_err("limit");
     assert_eq!(limit.code(), tonic::Code::InvalidArgument);
 
     let bad_doc = client

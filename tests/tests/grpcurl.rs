@@ -66,11 +66,17 @@ async fn grpcurl_lists_describes_checks_and_searches_over_mtls() {
             &master,
             &["-d", r#"{"service":"ragmesh.v1.MasterService"}"#, "@", "grpc.health.v1.Health/Check"],
         );
-        let search = run(&bin, Some(&tls2), &master, &["-d", r#"{"query":"mesh","limit":10}"#, "@", "ragmesh.v1.MasterService/Search"]);
+        let search = run(
+            &bin,
+            Some(&tls2),
+            &master,
+            &["-d", r#"{"query":"mesh","limit":10}"#, "@", "ragmesh.v1.MasterService/Search"],
+        );
         let agent_list = run(&bin, Some(&tls2), &agent, &["list"]);
         let agent_health = run(&bin, Some(&tls2), &agent, &["grpc.health.v1.Health/Check"]);
         let ca = tls2.ca.to_string_lossy().into_owned();
-        let no_cert = run(&bin, None, &master, &["-cacert", &ca, "@", "list"]);
+        // gRPC-go may keep redialling a refused connection until its connect timeout: bound it.
+        let no_cert = run(&bin, None, &master, &["-connect-timeout", "2", "-cacert", &ca, "@", "list"]);
         (list, describe, health, service_health, search, agent_list, agent_health, no_cert)
     })
     .await
@@ -87,7 +93,12 @@ async fn grpcurl_lists_describes_checks_and_searches_over_mtls() {
     ] {
         assert!(list.1.contains(service), "{service} missing from {}", list.1);
     }
-    assert!(describe.0 && describe.1.contains("rpc Search ( .ragmesh.v1.SearchRequest ) returns ( .ragmesh.v1.SearchResponse )"), "{}", describe.1);
+    assert!(
+        describe.0
+            && describe.1.contains("rpc Search ( .ragmesh.v1.SearchRequest ) returns ( .ragmesh.v1.SearchResponse )"),
+        "{}",
+        describe.1
+    );
     assert!(health.0 && health.1.contains("\"SERVING\""), "{}", health.1);
     assert!(service_health.0 && service_health.1.contains("\"SERVING\""), "{}", service_health.1);
     assert!(search.0, "{}", search.1);

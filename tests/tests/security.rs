@@ -6,7 +6,9 @@ use std::time::Duration;
 
 use ragmesh_agent::LinkStatus;
 use ragmesh_e2e::{Mesh, trace_init};
-use ragmesh_proto::v1::{self, master_service_client::MasterServiceClient, membership_service_client::MembershipServiceClient};
+use ragmesh_proto::v1::{
+    self, master_service_client::MasterServiceClient, membership_service_client::MembershipServiceClient,
+};
 use ragmesh_test_util::TestPki;
 use ragmesh_tls::TlsFiles;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
@@ -63,18 +65,18 @@ async fn clients_without_a_mesh_certificate_are_refused_with_a_clear_reason() {
     let local = foreign.load().expect_err("loader checks the chain");
     assert!(local.to_string().contains("is not signed by the CA"), "{local}");
     // ...so present it with a hand-built config, as a foreign client would.
-    let identity = Identity::from_pem(
-        std::fs::read(&foreign.cert).expect("cert"),
-        std::fs::read(&foreign.key).expect("key"),
-    );
-    let foreign_tls = ClientTlsConfig::new().ca_certificate(mesh_ca.clone()).identity(identity).domain_name("127.0.0.1");
+    let identity =
+        Identity::from_pem(std::fs::read(&foreign.cert).expect("cert"), std::fs::read(&foreign.key).expect("key"));
+    let foreign_tls =
+        ClientTlsConfig::new().ca_certificate(mesh_ca.clone()).identity(identity).domain_name("127.0.0.1");
     let reason = refused(connect(&mesh, foreign_tls).await, true).await;
     println!("certificate from another CA: {reason}");
     assert!(reason.contains("refused our client certificate"), "{reason}");
 
     // A client that does not trust the mesh CA (it would talk to an impostor master otherwise).
     let client = mesh.client_tls();
-    let identity = Identity::from_pem(std::fs::read(&client.cert).expect("cert"), std::fs::read(&client.key).expect("key"));
+    let identity =
+        Identity::from_pem(std::fs::read(&client.cert).expect("cert"), std::fs::read(&client.key).expect("key"));
     let other_ca = Certificate::from_pem(std::fs::read(other.ca_pem()).expect("other ca"));
     let distrust = ClientTlsConfig::new().ca_certificate(other_ca).identity(identity).domain_name("127.0.0.1");
     let reason = refused(connect(&mesh, distrust).await, true).await;
@@ -119,7 +121,11 @@ async fn an_agent_cannot_register_under_another_name_or_protocol() {
     let status = membership.register(register_request("agent-1")).await.expect_err("name mismatch");
     println!("name mismatch: {:?}: {}", status.code(), status.message());
     assert_eq!(status.code(), tonic::Code::PermissionDenied);
-    assert!(status.message().contains("\"agent-7\"") && status.message().contains("\"agent-1\""), "{}", status.message());
+    assert!(
+        status.message().contains("\"agent-7\"") && status.message().contains("\"agent-1\""),
+        "{}",
+        status.message()
+    );
 
     let mut future = register_request("agent-7");
     future.protocol_major = ragmesh_proto::PROTOCOL_MAJOR + 1;
@@ -128,11 +134,19 @@ async fn an_agent_cannot_register_under_another_name_or_protocol() {
     assert_eq!(status.code(), tonic::Code::FailedPrecondition);
     let agent_version = format!("{}.{}", ragmesh_proto::PROTOCOL_MAJOR + 1, ragmesh_proto::PROTOCOL_MINOR);
     let master_version = format!("{}.{}", ragmesh_proto::PROTOCOL_MAJOR, ragmesh_proto::PROTOCOL_MINOR);
-    assert!(status.message().contains(&agent_version) && status.message().contains(&master_version), "{}", status.message());
+    assert!(
+        status.message().contains(&agent_version) && status.message().contains(&master_version),
+        "{}",
+        status.message()
+    );
 
     // A health stream cannot be opened for another node's session either.
     let session = membership.register(register_request("agent-7")).await.expect("own name").into_inner().session_id;
-    let hijack = v1::HealthStreamRequest { node_name: "agent-1".into(), session_id: session, heartbeat: Some(v1::Heartbeat::default()) };
+    let hijack = v1::HealthStreamRequest {
+        node_name: "agent-1".into(),
+        session_id: session,
+        heartbeat: Some(v1::Heartbeat::default()),
+    };
     let status = membership.health_stream(tokio_stream::iter(vec![hijack])).await.expect_err("hijack refused");
     assert_eq!(status.code(), tonic::Code::PermissionDenied);
 

@@ -21,9 +21,9 @@ impl From<AgentError> for Status {
     fn from(err: AgentError) -> Status {
         let code = match &err {
             AgentError::NotReady => Code::Unavailable,
-            AgentError::Index(IndexError::InvalidDocument { .. } | IndexError::InvalidBatch(_) | IndexError::InvalidQuery(_)) => {
-                Code::InvalidArgument
-            }
+            AgentError::Index(
+                IndexError::InvalidDocument { .. } | IndexError::InvalidBatch(_) | IndexError::InvalidQuery(_),
+            ) => Code::InvalidArgument,
             AgentError::Index(_) | AgentError::Task(_) => Code::Internal,
         };
         if code == Code::Internal {

@@ -131,7 +131,8 @@ pub async fn start(config: AgentConfig, listener: TcpListener) -> Result<AgentHa
     let local_addr = listener.local_addr()?;
     let (name, tls) = identity(&config)?;
     let shutdown = CancellationToken::new();
-    let state = AgentState { name: name.clone(), index: Arc::new(OnceLock::new()), in_flight: Arc::new(AtomicU32::new(0)) };
+    let state =
+        AgentState { name: name.clone(), index: Arc::new(OnceLock::new()), in_flight: Arc::new(AtomicU32::new(0)) };
 
     let (health, health_service) = tonic_health::server::health_reporter();
     health.set_not_serving::<AgentServiceServer<AgentApi>>().await;

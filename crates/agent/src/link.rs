@@ -121,7 +121,9 @@ impl Link {
         let Some(index) = self.state.index.get().cloned() else { return Vec::new() };
         let counted = tokio::task::spawn_blocking(move || index.collections()).await;
         match counted {
-            Ok(Ok(list)) => list.into_iter().map(|c| v1::CollectionStats { name: c.name, doc_count: c.doc_count }).collect(),
+            Ok(Ok(list)) => {
+                list.into_iter().map(|c| v1::CollectionStats { name: c.name, doc_count: c.doc_count }).collect()
+            }
             Ok(Err(err)) => {
                 tracing::warn!(error = %err, "cannot count documents per collection");
                 Vec::new()
@@ -147,7 +149,9 @@ impl Link {
     fn describe_status(&self, what: &str, status: &tonic::Status) -> String {
         use std::error::Error as _;
         match (status.code(), status.source()) {
-            (tonic::Code::Unavailable | tonic::Code::Unknown, Some(source)) => format!("{what}: {}", self.explain(source)),
+            (tonic::Code::Unavailable | tonic::Code::Unknown, Some(source)) => {
+                format!("{what}: {}", self.explain(source))
+            }
             (code, _) => format!("{what}: {code:?}: {}", status.message()),
         }
     }
@@ -173,7 +177,8 @@ impl Link {
             heartbeat_interval_ms: u32::try_from(self.interval.as_millis()).unwrap_or(u32::MAX),
         });
         register.set_timeout(REGISTER_TIMEOUT);
-        let registered = client.register(register).await.map_err(|status| self.describe_status("registration refused", &status))?;
+        let registered =
+            client.register(register).await.map_err(|status| self.describe_status("registration refused", &status))?;
         let registered = registered.into_inner();
         let interval = Duration::from_millis(u64::from(registered.heartbeat_interval_ms.max(10)));
         tracing::info!(

@@ -96,7 +96,10 @@ impl AgentService for AgentApi {
         Ok(Response::new(v1::DeleteDocumentsResponse { deleted: count, generation }))
     }
 
-    async fn node_search(&self, request: Request<v1::NodeSearchRequest>) -> Result<Response<v1::NodeSearchResponse>, Status> {
+    async fn node_search(
+        &self,
+        request: Request<v1::NodeSearchRequest>,
+    ) -> Result<Response<v1::NodeSearchResponse>, Status> {
         let req = request.into_inner();
         let query = SearchQuery {
             query: req.query,

@@ -4,6 +4,7 @@
 
 use std::error::Error as _;
 use std::future::Future;
+use std::sync::Arc;
 use std::time::Duration;
 
 use ragmesh_proto::v1::{self, master_service_client::MasterServiceClient};
@@ -18,14 +19,14 @@ use crate::error::usage;
 pub const DEFAULT_RPC_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Where the master is and how to authenticate to it, validated.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct Target {
     /// `host:port` as given.
     pub addr: String,
     /// The host part: the name the master's certificate must hold.
     pub host: String,
     /// Client TLS; `None` with `--insecure`.
-    pub tls: Option<LoadedTls>,
+    pub tls: Option<Arc<LoadedTls>>,
     /// Deadline of every RPC unless the caller picks its own.
     pub timeout: Duration,
 }
@@ -43,7 +44,7 @@ impl Target {
             None
         } else {
             let files = tls_files(global).map_err(usage)?;
-            Some(files.load().map_err(|err| usage(err.to_string()))?)
+            Some(Arc::new(files.load().map_err(|err| usage(err.to_string()))?))
         };
         Ok(Target {
             addr: global.master.clone(),

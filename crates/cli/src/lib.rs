@@ -1,1 +1,66 @@
-//! placeholder
+//! ragmeshctl, the operator CLI of a ragmesh mesh, as a library: `main.rs` only parses the
+//! command line and maps the result to an exit code; everything else lives in one module per
+//! subcommand, with the pure parts (rendering, argument handling) unit-tested.
+//!
+//! Errors are `anyhow::Error`s with messages that say what to do; [`error::UsageError`] marks
+//! the ones caused by the command line (exit status 64).
+
+pub mod args;
+pub mod certs;
+pub mod client;
+pub mod demo;
+pub mod error;
+pub mod ingest;
+pub mod nodes;
+pub mod render;
+pub mod samples;
+pub mod search;
+
+use std::time::SystemTime;
+
+use args::{Cli, Command};
+use client::{Master, Target};
+
+/// Runs one parsed command line.
+pub async fn run(cli: Cli) -> anyhow::Result<()> {
+    let global = &cli.global;
+    match &cli.command {
+        Command::Certs(command) => certs::run(command, &mut std::io::stdout().lock()),
+        Command::Demo(args) => demo::run(args).await,
+        Command::Nodes(args) => {
+            let master = connect(global).await?;
+            let nodes = master.list_nodes().await?;
+            let now = SystemTime::now();
+            if args.json {
+                println!("{}", serde_json::to_string_pretty(&nodes::list_json(&nodes, now))?);
+            } else {
+                print!("{}", nodes::table(&nodes, now));
+            }
+            Ok(())
+        }
+        Command::Node(args) => {
+            let master = connect(global).await?;
+            let node = master.get_node(&args.name).await?;
+            let now = SystemTime::now();
+            if args.json {
+                println!("{}", serde_json::to_string_pretty(&nodes::to_json(&node, now))?);
+            } else {
+                print!("{}", nodes::detail(&node, now));
+            }
+            Ok(())
+        }
+        Command::Search(args) => {
+            let master = connect(global).await?;
+            search::run(&master, args, global.timeout_ms).await
+        }
+        Command::Ingest(args) => {
+            let master = connect(global).await?;
+            ingest::run(&master, args, global.timeout_ms).await
+        }
+    }
+}
+
+/// Validates the connection flags and connects to the master.
+async fn connect(global: &args::GlobalArgs) -> anyhow::Result<Master> {
+    Master::connect(Target::from_args(global)?).await
+}

@@ -15,7 +15,11 @@ use crate::{ConfigErrors, check_range, parse_listen, read_file, resolve_tls};
 /// Command line of `ragmesh-agent`. Every flag also reads a `RAGMESH_*` variable, and every
 /// flag but --config can be set in the TOML file under its name with `_` for `-`.
 #[derive(Debug, Clone, Default, Parser)]
-#[command(name = "ragmesh-agent", version, about = "ragmesh node agent: local BM25 index, registers with the master over mTLS")]
+#[command(
+    name = "ragmesh-agent",
+    version,
+    about = "ragmesh node agent: local BM25 index, registers with the master over mTLS"
+)]
 pub struct AgentArgs {
     /// TOML config file (keys: name, listen, advertise, master, data_dir, ca, cert, key, insecure, heartbeat_interval_ms, labels = { k = "v" }, log)
     #[arg(long, env = "RAGMESH_CONFIG", value_name = "FILE")]
@@ -144,13 +148,8 @@ impl AgentArgs {
         }
         let data_dir = self.data_dir.or(file.data_dir).unwrap_or_else(|| PathBuf::from("ragmesh-agent-data"));
         let insecure = self.insecure || file.insecure.unwrap_or(false);
-        let tls = resolve_tls(
-            insecure,
-            self.ca.or(file.ca),
-            self.cert.or(file.cert),
-            self.key.or(file.key),
-            &mut problems,
-        );
+        let tls =
+            resolve_tls(insecure, self.ca.or(file.ca), self.cert.or(file.cert), self.key.or(file.key), &mut problems);
         if insecure && name.is_none() {
             problems.push("--name is required with --insecure: there is no certificate to take it from".to_owned());
         }
@@ -206,7 +205,13 @@ mod tests {
             .resolve()
             .expect_err("invalid");
         let text = errors.to_string();
-        for needle in ["--name \"Bad Name\"", "--master is required", "--label \"novalue\"", "--heartbeat-interval-ms 1", "--ca is required"] {
+        for needle in [
+            "--name \"Bad Name\"",
+            "--master is required",
+            "--label \"novalue\"",
+            "--heartbeat-interval-ms 1",
+            "--ca is required",
+        ] {
             assert!(text.contains(needle), "missing {needle:?} in {text}");
         }
     }

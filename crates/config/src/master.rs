@@ -96,13 +96,8 @@ impl MasterArgs {
         let listen = parse_listen("listen", &listen, &mut problems);
         let data_dir = self.data_dir.or(file.data_dir).unwrap_or_else(|| PathBuf::from("ragmesh-master-data"));
         let insecure = self.insecure || file.insecure.unwrap_or(false);
-        let tls = resolve_tls(
-            insecure,
-            self.ca.or(file.ca),
-            self.cert.or(file.cert),
-            self.key.or(file.key),
-            &mut problems,
-        );
+        let tls =
+            resolve_tls(insecure, self.ca.or(file.ca), self.cert.or(file.cert), self.key.or(file.key), &mut problems);
         let heartbeat_timeout_ms = self.heartbeat_timeout_ms.or(file.heartbeat_timeout_ms).unwrap_or(2500);
         check_range("heartbeat-timeout-ms", heartbeat_timeout_ms, 100, 600_000, &mut problems);
         let search_timeout_ms = self.search_timeout_ms.or(file.search_timeout_ms).unwrap_or(2000);
@@ -162,10 +157,10 @@ mod tests {
     fn flags_override_file_and_file_overrides_defaults() {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("master.toml");
-        std::fs::write(&path, "listen = \"127.0.0.1:9000\"\ninsecure = true\nsearch_timeout_ms = 500\n").expect("write");
-        let config = args(&["--config", path.to_str().expect("utf8"), "--search-timeout-ms", "700"])
-            .resolve()
-            .expect("valid");
+        std::fs::write(&path, "listen = \"127.0.0.1:9000\"\ninsecure = true\nsearch_timeout_ms = 500\n")
+            .expect("write");
+        let config =
+            args(&["--config", path.to_str().expect("utf8"), "--search-timeout-ms", "700"]).resolve().expect("valid");
         assert_eq!(config.listen.port(), 9000);
         assert_eq!(config.search_timeout, Duration::from_millis(700));
     }

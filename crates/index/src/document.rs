@@ -92,15 +92,11 @@ pub struct CollectionCount {
 
 /// Returns why `name` is not an acceptable collection name, if it is not.
 pub(crate) fn collection_problem(name: &str) -> Option<String> {
-    let valid_chars = name
-        .bytes()
-        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'));
+    let valid_chars = name.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'));
     if !name.is_empty() && name.len() <= MAX_COLLECTION_CHARS && valid_chars {
         return None;
     }
-    Some(format!(
-        "collection {name:?} is invalid: use 1-{MAX_COLLECTION_CHARS} characters from A-Z a-z 0-9 _ . -"
-    ))
+    Some(format!("collection {name:?} is invalid: use 1-{MAX_COLLECTION_CHARS} characters from A-Z a-z 0-9 _ . -"))
 }
 
 fn id_problem(id: &str) -> Option<String> {
@@ -108,10 +104,7 @@ fn id_problem(id: &str) -> Option<String> {
         return Some("id is empty: give every document a non-empty id".to_owned());
     }
     if id.len() > MAX_ID_BYTES {
-        return Some(format!(
-            "id is {} bytes, longer than the {MAX_ID_BYTES}-byte limit: use a shorter id",
-            id.len()
-        ));
+        return Some(format!("id is {} bytes, longer than the {MAX_ID_BYTES}-byte limit: use a shorter id", id.len()));
     }
     None
 }
@@ -140,19 +133,13 @@ fn id_for_message(id: &str) -> String {
 }
 
 fn invalid(position: usize, id: &str, reason: String) -> IndexError {
-    IndexError::InvalidDocument {
-        position,
-        id: id_for_message(id),
-        reason,
-    }
+    IndexError::InvalidDocument { position, id: id_for_message(id), reason }
 }
 
 /// Rejects empty and oversized batches.
 pub(crate) fn validate_batch_len(len: usize, what: &str) -> Result<(), IndexError> {
     if len == 0 {
-        return Err(IndexError::InvalidBatch(format!(
-            "{what} batch is empty: send at least one document"
-        )));
+        return Err(IndexError::InvalidBatch(format!("{what} batch is empty: send at least one document")));
     }
     if len > MAX_BATCH {
         return Err(IndexError::InvalidBatch(format!(
@@ -248,9 +235,8 @@ mod tests {
 
     #[test]
     fn document_serde_round_trip_and_default_metadata() {
-        let parsed: Document =
-            serde_json::from_str(r#"{"id":"1","collection":"c","title":"t","body":"b"}"#)
-                .expect("metadata is optional");
+        let parsed: Document = serde_json::from_str(r#"{"id":"1","collection":"c","title":"t","body":"b"}"#)
+            .expect("metadata is optional");
         assert!(parsed.metadata.is_empty());
         let text = serde_json::to_string(&parsed).expect("serializable");
         let back: Document = serde_json::from_str(&text).expect("round trip");

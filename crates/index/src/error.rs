@@ -32,9 +32,7 @@ pub enum IndexError {
         source: std::io::Error,
     },
     /// Another writer holds the index lock.
-    #[error(
-        "cannot open index at {path}: the index is locked (is another agent using this data directory?)"
-    )]
+    #[error("cannot open index at {path}: the index is locked (is another agent using this data directory?)")]
     Locked {
         /// The data directory.
         path: PathBuf,

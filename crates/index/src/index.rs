@@ -12,8 +12,7 @@ use tantivy::query::{BooleanQuery, Occur, Query, QueryParser, TermQuery};
 use tantivy::schema::{Field, IndexRecordOption, STORED, STRING, Schema, TextFieldIndexing, TextOptions, Value};
 use tantivy::snippet::SnippetGenerator;
 use tantivy::{
-    DocAddress, Index, IndexReader, IndexWriter, ReloadPolicy, Score, Searcher, TantivyDocument,
-    TantivyError, Term,
+    DocAddress, Index, IndexReader, IndexWriter, ReloadPolicy, Score, Searcher, TantivyDocument, TantivyError, Term,
 };
 
 use crate::document::{collection_problem, validate_batch_len, validate_document, validate_ref};
@@ -139,25 +138,14 @@ impl DocumentIndex {
     pub fn open(dir: &Path) -> Result<Self, IndexError> {
         let _span = tracing::info_span!("index.open", index.path = %dir.display()).entered();
         let path = dir.to_path_buf();
-        std::fs::create_dir_all(dir).map_err(|source| IndexError::CreateDir {
-            path: path.clone(),
-            source,
-        })?;
-        let open_error = |source| IndexError::Open {
-            path: path.clone(),
-            source,
-        };
+        std::fs::create_dir_all(dir).map_err(|source| IndexError::CreateDir { path: path.clone(), source })?;
+        let open_error = |source| IndexError::Open { path: path.clone(), source };
         let (schema, fields) = Fields::schema();
-        let directory = MmapDirectory::open(dir)
-            .map_err(TantivyError::from)
-            .map_err(open_error)?;
+        let directory = MmapDirectory::open(dir).map_err(TantivyError::from).map_err(open_error)?;
         let index = Index::open_or_create(directory, schema).map_err(open_error)?;
         let writer: IndexWriter = index.writer(WRITER_HEAP_BYTES).map_err(|source| {
             if matches!(source, TantivyError::LockFailure(..)) {
-                IndexError::Locked {
-                    path: path.clone(),
-                    source,
-                }
+                IndexError::Locked { path: path.clone(), source }
             } else {
                 open_error(source)
             }
@@ -172,22 +160,11 @@ impl DocumentIndex {
                 reason,
             })?,
         };
-        let reader = index
-            .reader_builder()
-            .reload_policy(ReloadPolicy::Manual)
-            .try_into()
-            .map_err(open_error)?;
+        let reader = index.reader_builder().reload_policy(ReloadPolicy::Manual).try_into().map_err(open_error)?;
         let mut parser = QueryParser::for_index(&index, vec![fields.title, fields.body]);
         parser.set_field_boost(fields.title, TITLE_BOOST);
-        let snapshot = Snapshot {
-            searcher: reader.searcher(),
-            generation,
-        };
-        tracing::info!(
-            index.generation = generation,
-            index.docs = snapshot.searcher.num_docs(),
-            "index opened"
-        );
+        let snapshot = Snapshot { searcher: reader.searcher(), generation };
+        tracing::info!(index.generation = generation, index.docs = snapshot.searcher.num_docs(), "index opened");
         Ok(DocumentIndex {
             path,
             fields,
@@ -227,10 +204,7 @@ impl DocumentIndex {
         let docs = keep_last_per_key(docs);
         let mut tantivy_docs = Vec::with_capacity(docs.len());
         for doc in &docs {
-            tantivy_docs.push((
-                self.fields.key_term(&doc.collection, &doc.id),
-                self.to_tantivy(doc),
-            ));
+            tantivy_docs.push((self.fields.key_term(&doc.collection, &doc.id), self.to_tantivy(doc)));
         }
 
         let mut state = self.lock_writer();
@@ -238,10 +212,7 @@ impl DocumentIndex {
             state.writer.delete_term(key);
             if let Err(source) = state.writer.add_document(doc) {
                 rollback(&mut state);
-                return Err(IndexError::Tantivy {
-                    context: "add document",
-                    source,
-                });
+                return Err(IndexError::Tantivy { context: "add document", source });
             }
         }
         self.commit(&mut state)
@@ -259,9 +230,7 @@ impl DocumentIndex {
         }
         let mut state = self.lock_writer();
         for doc_ref in &refs {
-            state
-                .writer
-                .delete_term(self.fields.key_term(&doc_ref.collection, &doc_ref.id));
+            state.writer.delete_term(self.fields.key_term(&doc_ref.collection, &doc_ref.id));
         }
         self.commit(&mut state)
     }
@@ -271,9 +240,7 @@ impl DocumentIndex {
         let _span = tracing::debug_span!("index.search", index.limit = q.limit).entered();
         let text = q.query.trim();
         if text.is_empty() {
-            return Err(IndexError::InvalidQuery(
-                "query is empty: type one or more words to search for".to_owned(),
-            ));
+            return Err(IndexError::InvalidQuery("query is empty: type one or more words to search for".to_owned()));
         }
         if q.query.len() > MAX_QUERY_BYTES {
             return Err(IndexError::InvalidQuery(format!(
@@ -300,10 +267,7 @@ impl DocumentIndex {
         let snapshot = self.snapshot();
         let searcher = &snapshot.searcher;
         let (total_matches, top) = searcher
-            .search(
-                &query,
-                &(Count, TopDocs::with_limit(limit + 1).order_by_score()),
-            )
+            .search(&query, &(Count, TopDocs::with_limit(limit + 1).order_by_score()))
             .map_err(IndexError::tantivy("run search"))?;
         let top = self.widen_for_ties(searcher, &query, top, limit)?;
 
@@ -313,9 +277,7 @@ impl DocumentIndex {
             if score < q.min_score {
                 continue;
             }
-            let doc: TantivyDocument = searcher
-                .doc(address)
-                .map_err(IndexError::tantivy("load stored document"))?;
+            let doc: TantivyDocument = searcher.doc(address).map_err(IndexError::tantivy("load stored document"))?;
             candidates.push(Candidate {
                 score,
                 collection: self.text_of(&doc, self.fields.collection),
@@ -324,10 +286,7 @@ impl DocumentIndex {
             });
         }
         candidates.sort_by(|a, b| {
-            b.score
-                .total_cmp(&a.score)
-                .then_with(|| a.collection.cmp(&b.collection))
-                .then_with(|| a.id.cmp(&b.id))
+            b.score.total_cmp(&a.score).then_with(|| a.collection.cmp(&b.collection)).then_with(|| a.id.cmp(&b.id))
         });
         candidates.truncate(limit);
 
@@ -335,13 +294,7 @@ impl DocumentIndex {
             .map_err(IndexError::tantivy("prepare snippets"))?;
         snippets.set_max_num_chars(SNIPPET_CHARS);
         let mut hits = Vec::with_capacity(candidates.len());
-        for Candidate {
-            score,
-            collection,
-            id,
-            doc,
-        } in candidates
-        {
+        for Candidate { score, collection, id, doc } in candidates {
             let snippet = snippets.snippet_from_doc(&doc);
             let snippet = if snippet.fragment().is_empty() {
                 let body = self.text_of(&doc, self.fields.body);
@@ -358,11 +311,7 @@ impl DocumentIndex {
                 score,
             });
         }
-        Ok(SearchResults {
-            hits,
-            total_matches: total_matches as u64,
-            generation: snapshot.generation,
-        })
+        Ok(SearchResults { hits, total_matches: total_matches as u64, generation: snapshot.generation })
     }
 
     /// Live document counts per collection, sorted by name; collections with none are omitted.
@@ -373,34 +322,23 @@ impl DocumentIndex {
         // merged away, so they only give candidate names; counts come from a live-doc query.
         let mut names = BTreeSet::new();
         for segment in searcher.segment_readers() {
-            let inverted = segment
-                .inverted_index(self.fields.collection)
-                .map_err(IndexError::tantivy("read collection terms"))?;
-            let mut terms = inverted
-                .terms()
-                .stream()
-                .map_err(|err| IndexError::Tantivy {
-                    context: "read collection terms",
-                    source: TantivyError::from(err),
-                })?;
+            let inverted =
+                segment.inverted_index(self.fields.collection).map_err(IndexError::tantivy("read collection terms"))?;
+            let mut terms = inverted.terms().stream().map_err(|err| IndexError::Tantivy {
+                context: "read collection terms",
+                source: TantivyError::from(err),
+            })?;
             while terms.advance() {
                 names.insert(String::from_utf8_lossy(terms.key()).into_owned());
             }
         }
         let mut counts = Vec::with_capacity(names.len());
         for name in names {
-            let query = TermQuery::new(
-                Term::from_field_text(self.fields.collection, &name),
-                IndexRecordOption::Basic,
-            );
-            let doc_count = searcher
-                .search(&query, &Count)
-                .map_err(IndexError::tantivy("count collection documents"))?;
+            let query = TermQuery::new(Term::from_field_text(self.fields.collection, &name), IndexRecordOption::Basic);
+            let doc_count =
+                searcher.search(&query, &Count).map_err(IndexError::tantivy("count collection documents"))?;
             if doc_count > 0 {
-                counts.push(CollectionCount {
-                    name,
-                    doc_count: doc_count as u64,
-                });
+                counts.push(CollectionCount { name, doc_count: doc_count as u64 });
             }
         }
         Ok(counts)
@@ -408,10 +346,7 @@ impl DocumentIndex {
 
     fn snapshot(&self) -> Snapshot {
         // The snapshot is replaced whole, so a panic elsewhere cannot leave it half-written.
-        self.snapshot
-            .read()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clone()
+        self.snapshot.read().unwrap_or_else(PoisonError::into_inner).clone()
     }
 
     fn lock_writer(&self) -> MutexGuard<'_, WriterState> {
@@ -439,29 +374,14 @@ impl DocumentIndex {
         });
         if let Err(source) = committed {
             rollback(state);
-            return Err(IndexError::Tantivy {
-                context: "commit",
-                source,
-            });
+            return Err(IndexError::Tantivy { context: "commit", source });
         }
         // The commit is durable from here on, whatever happens to the reader.
         state.generation = next;
-        self.reader
-            .reload()
-            .map_err(IndexError::tantivy("reload reader after commit"))?;
-        let snapshot = Snapshot {
-            searcher: self.reader.searcher(),
-            generation: next,
-        };
-        tracing::debug!(
-            index.generation = next,
-            index.docs = snapshot.searcher.num_docs(),
-            "index committed"
-        );
-        *self
-            .snapshot
-            .write()
-            .unwrap_or_else(PoisonError::into_inner) = snapshot;
+        self.reader.reload().map_err(IndexError::tantivy("reload reader after commit"))?;
+        let snapshot = Snapshot { searcher: self.reader.searcher(), generation: next };
+        tracing::debug!(index.generation = next, index.docs = snapshot.searcher.num_docs(), "index committed");
+        *self.snapshot.write().unwrap_or_else(PoisonError::into_inner) = snapshot;
         Ok(next)
     }
 
@@ -473,18 +393,14 @@ impl DocumentIndex {
         out.add_text(self.fields.title, &doc.title);
         out.add_text(self.fields.body, &doc.body);
         if !doc.metadata.is_empty() {
-            let metadata = serde_json::to_string(&doc.metadata)
-                .expect("a map of strings always serializes to JSON");
+            let metadata = serde_json::to_string(&doc.metadata).expect("a map of strings always serializes to JSON");
             out.add_text(self.fields.metadata, metadata);
         }
         out
     }
 
     fn text_of(&self, doc: &TantivyDocument, field: Field) -> String {
-        doc.get_first(field)
-            .and_then(|value| value.as_str())
-            .unwrap_or_default()
-            .to_owned()
+        doc.get_first(field).and_then(|value| value.as_str()).unwrap_or_default().to_owned()
     }
 
     fn metadata_of(&self, doc: &TantivyDocument) -> BTreeMap<String, String> {
@@ -497,21 +413,14 @@ impl DocumentIndex {
         })
     }
 
-    fn with_collection_filter(
-        &self,
-        query: Box<dyn Query>,
-        collections: &[String],
-    ) -> Box<dyn Query> {
+    fn with_collection_filter(&self, query: Box<dyn Query>, collections: &[String]) -> Box<dyn Query> {
         if collections.is_empty() {
             return query;
         }
         let mut any_collection: Vec<(Occur, Box<dyn Query>)> = Vec::new();
         for name in collections {
             let term = Term::from_field_text(self.fields.collection, name);
-            any_collection.push((
-                Occur::Should,
-                Box::new(TermQuery::new(term, IndexRecordOption::Basic)),
-            ));
+            any_collection.push((Occur::Should, Box::new(TermQuery::new(term, IndexRecordOption::Basic))));
         }
         Box::new(BooleanQuery::new(vec![
             (Occur::Must, query),
@@ -553,14 +462,11 @@ fn rollback(state: &mut WriterState) {
 }
 
 fn encode_payload(generation: u64) -> String {
-    serde_json::to_string(&CommitPayload { generation })
-        .expect("a struct with one integer always serializes to JSON")
+    serde_json::to_string(&CommitPayload { generation }).expect("a struct with one integer always serializes to JSON")
 }
 
 fn decode_payload(payload: &str) -> Result<u64, String> {
-    serde_json::from_str::<CommitPayload>(payload)
-        .map(|p| p.generation)
-        .map_err(|err| err.to_string())
+    serde_json::from_str::<CommitPayload>(payload).map(|p| p.generation).map_err(|err| err.to_string())
 }
 
 /// Drops earlier occurrences of a repeated `(collection, id)`, keeping batch order otherwise.
@@ -574,9 +480,7 @@ fn keep_last_per_key(docs: Vec<Document>) -> Vec<Document> {
     }
     docs.into_iter()
         .enumerate()
-        .filter(|(position, doc)| {
-            last_position.get(&(doc.collection.clone(), doc.id.clone())) == Some(position)
-        })
+        .filter(|(position, doc)| last_position.get(&(doc.collection.clone(), doc.id.clone())) == Some(position))
         .map(|(_, doc)| doc)
         .collect()
 }
@@ -625,17 +529,11 @@ mod tests {
     }
 
     fn doc_ref(collection: &str, id: &str) -> DocRef {
-        DocRef {
-            collection: collection.to_owned(),
-            id: id.to_owned(),
-        }
+        DocRef { collection: collection.to_owned(), id: id.to_owned() }
     }
 
     fn query(text: &str) -> SearchQuery {
-        SearchQuery {
-            query: text.to_owned(),
-            ..SearchQuery::default()
-        }
+        SearchQuery { query: text.to_owned(), ..SearchQuery::default() }
     }
 
     fn open_temp() -> (tempfile::TempDir, DocumentIndex) {
@@ -645,11 +543,7 @@ mod tests {
     }
 
     fn ids(results: &SearchResults) -> Vec<(String, String)> {
-        results
-            .hits
-            .iter()
-            .map(|hit| (hit.collection.clone(), hit.id.clone()))
-            .collect()
+        results.hits.iter().map(|hit| (hit.collection.clone(), hit.id.clone())).collect()
     }
 
     #[test]
@@ -682,21 +576,11 @@ mod tests {
     #[test]
     fn upsert_then_search_finds_the_document() {
         let (_dir, index) = open_temp();
-        let mut with_meta = doc(
-            "papers",
-            "p1",
-            "Rust ownership",
-            "Borrowing rules keep memory safe without a garbage collector.",
-        );
-        with_meta
-            .metadata
-            .insert("author".to_owned(), "ferris".to_owned());
-        let generation = index
-            .upsert(vec![
-                with_meta,
-                doc("papers", "p2", "Gardening", "Tomatoes need sun."),
-            ])
-            .expect("upsert");
+        let mut with_meta =
+            doc("papers", "p1", "Rust ownership", "Borrowing rules keep memory safe without a garbage collector.");
+        with_meta.metadata.insert("author".to_owned(), "ferris".to_owned());
+        let generation =
+            index.upsert(vec![with_meta, doc("papers", "p2", "Gardening", "Tomatoes need sun.")]).expect("upsert");
         assert_eq!(generation, 1);
 
         let results = index.search(&query("garbage collector")).expect("search");
@@ -705,10 +589,7 @@ mod tests {
         let hit = &results.hits[0];
         assert_eq!((hit.collection.as_str(), hit.id.as_str()), ("papers", "p1"));
         assert_eq!(hit.title, "Rust ownership");
-        assert_eq!(
-            hit.metadata.get("author").map(String::as_str),
-            Some("ferris")
-        );
+        assert_eq!(hit.metadata.get("author").map(String::as_str), Some("ferris"));
         assert!(hit.score > 0.0);
         assert!(hit.snippet.contains("<b>garbage</b>"), "{}", hit.snippet);
         assert!(hit.snippet.contains("<b>collector</b>"), "{}", hit.snippet);
@@ -733,27 +614,18 @@ mod tests {
     fn fallback_snippet_is_escaped_and_bounded() {
         let (_dir, index) = open_temp();
         let body = format!("<script> & {}", "word ".repeat(200));
-        index
-            .upsert(vec![doc("c", "1", "unique", &body)])
-            .expect("upsert");
+        index.upsert(vec![doc("c", "1", "unique", &body)]).expect("upsert");
         let results = index.search(&query("unique")).expect("search");
         let snippet = &results.hits[0].snippet;
-        assert!(
-            snippet.starts_with("&lt;script&gt; &amp; word"),
-            "{snippet}"
-        );
+        assert!(snippet.starts_with("&lt;script&gt; &amp; word"), "{snippet}");
         assert!(snippet.chars().count() <= SNIPPET_CHARS + 20, "{snippet}");
     }
 
     #[test]
     fn upserting_the_same_key_twice_leaves_one_document() {
         let (_dir, index) = open_temp();
-        index
-            .upsert(vec![doc("c", "1", "old", "version one")])
-            .expect("first");
-        index
-            .upsert(vec![doc("c", "1", "new", "version two")])
-            .expect("second");
+        index.upsert(vec![doc("c", "1", "old", "version one")]).expect("first");
+        index.upsert(vec![doc("c", "1", "new", "version two")]).expect("second");
         assert_eq!(index.doc_count(), 1);
         let results = index.search(&query("version")).expect("search");
         assert_eq!(results.total_matches, 1);
@@ -763,12 +635,7 @@ mod tests {
     #[test]
     fn same_id_in_different_collections_are_different_documents() {
         let (_dir, index) = open_temp();
-        index
-            .upsert(vec![
-                doc("a", "1", "t", "shared words"),
-                doc("b", "1", "t", "shared words"),
-            ])
-            .expect("upsert");
+        index.upsert(vec![doc("a", "1", "t", "shared words"), doc("b", "1", "t", "shared words")]).expect("upsert");
         assert_eq!(index.doc_count(), 2);
     }
 
@@ -791,19 +658,9 @@ mod tests {
     #[test]
     fn delete_removes_documents_and_ignores_missing_ones() {
         let (_dir, index) = open_temp();
-        index
-            .upsert(vec![
-                doc("c", "1", "t", "apples"),
-                doc("c", "2", "t", "apples"),
-            ])
-            .expect("upsert");
-        let generation = index
-            .delete(vec![
-                doc_ref("c", "1"),
-                doc_ref("c", "missing"),
-                doc_ref("other", "2"),
-            ])
-            .expect("delete");
+        index.upsert(vec![doc("c", "1", "t", "apples"), doc("c", "2", "t", "apples")]).expect("upsert");
+        let generation =
+            index.delete(vec![doc_ref("c", "1"), doc_ref("c", "missing"), doc_ref("other", "2")]).expect("delete");
         assert_eq!(generation, 2);
         assert_eq!(index.doc_count(), 1);
         let results = index.search(&query("apples")).expect("search");
@@ -830,9 +687,7 @@ mod tests {
     #[test]
     fn invalid_batch_writes_nothing_and_keeps_the_generation() {
         let (_dir, index) = open_temp();
-        index
-            .upsert(vec![doc("c", "0", "t", "kept")])
-            .expect("valid");
+        index.upsert(vec![doc("c", "0", "t", "kept")]).expect("valid");
         let err = index
             .upsert(vec![
                 doc("c", "1", "t", "new"),
@@ -845,22 +700,14 @@ mod tests {
             err.to_string(),
             r#"document 3 (id "x"): collection "a b" is invalid: use 1-64 characters from A-Z a-z 0-9 _ . -"#
         );
-        assert!(matches!(
-            err,
-            IndexError::InvalidDocument { position: 3, .. }
-        ));
+        assert!(matches!(err, IndexError::InvalidDocument { position: 3, .. }));
         assert_eq!(index.generation(), 1);
         assert_eq!(index.doc_count(), 1);
 
         // The rejected documents must not sneak into a later commit either.
-        index
-            .delete(vec![doc_ref("c", "nope")])
-            .expect("unrelated write");
+        index.delete(vec![doc_ref("c", "nope")]).expect("unrelated write");
         assert_eq!(index.doc_count(), 1);
-        assert_eq!(
-            index.search(&query("new")).expect("search").total_matches,
-            0
-        );
+        assert_eq!(index.search(&query("new")).expect("search").total_matches, 0);
     }
 
     #[test]
@@ -869,19 +716,11 @@ mod tests {
         let empty = index.upsert(vec![]).expect_err("empty upsert");
         assert!(empty.to_string().contains("empty"), "{empty}");
         assert!(index.delete(vec![]).is_err());
-        let too_many = (0..=crate::MAX_BATCH)
-            .map(|i| doc("c", &i.to_string(), "", ""))
-            .collect();
+        let too_many = (0..=crate::MAX_BATCH).map(|i| doc("c", &i.to_string(), "", "")).collect();
         let err = index.upsert(too_many).expect_err("too large");
-        assert!(
-            err.to_string().contains("split it into smaller batches"),
-            "{err}"
-        );
+        assert!(err.to_string().contains("split it into smaller batches"), "{err}");
         let bad_ref = index.delete(vec![doc_ref("c", "")]).expect_err("empty id");
-        assert!(matches!(
-            bad_ref,
-            IndexError::InvalidDocument { position: 0, .. }
-        ));
+        assert!(matches!(bad_ref, IndexError::InvalidDocument { position: 0, .. }));
         assert_eq!(index.generation(), 0);
     }
 
@@ -893,28 +732,17 @@ mod tests {
             scope
                 .spawn(|| {
                     let state = index.writer.lock().expect("not yet poisoned");
-                    state
-                        .writer
-                        .add_document(pending)
-                        .expect("queue a document");
+                    state.writer.add_document(pending).expect("queue a document");
                     panic!("simulated panic mid-batch");
                 })
                 .join()
         });
         assert!(outcome.is_err());
         assert!(index.writer.is_poisoned());
-        index
-            .upsert(vec![doc("c", "real", "", "kept")])
-            .expect("write after poison");
+        index.upsert(vec![doc("c", "real", "", "kept")]).expect("write after poison");
         assert!(!index.writer.is_poisoned());
         assert_eq!(index.doc_count(), 1);
-        assert_eq!(
-            index
-                .search(&query("orphan"))
-                .expect("search")
-                .total_matches,
-            0
-        );
+        assert_eq!(index.search(&query("orphan")).expect("search").total_matches, 0);
     }
 
     #[test]
@@ -924,10 +752,7 @@ mod tests {
         assert!(matches!(err, IndexError::Locked { .. }), "{err:?}");
         let message = err.to_string();
         assert!(message.starts_with(&format!("cannot open index at {}", dir.path().display())));
-        assert!(
-            message.contains("is another agent using this data directory?"),
-            "{message}"
-        );
+        assert!(message.contains("is another agent using this data directory?"), "{message}");
     }
 
     #[test]
@@ -958,37 +783,17 @@ mod tests {
         assert!(err.to_string().contains("4096-byte limit"), "{err}");
         let mut bad_filter = query("x");
         bad_filter.collections = vec!["no spaces".to_owned()];
-        assert!(matches!(
-            index.search(&bad_filter),
-            Err(IndexError::InvalidQuery(_))
-        ));
+        assert!(matches!(index.search(&bad_filter), Err(IndexError::InvalidQuery(_))));
     }
 
     #[test]
     fn natural_language_with_stray_syntax_does_not_error() {
         let (_dir, index) = open_temp();
-        index
-            .upsert(vec![doc(
-                "c",
-                "1",
-                "colons",
-                "what is a colon: punctuation",
-            )])
-            .expect("upsert");
-        for text in [
-            "what is a \"colon: ",
-            "title: AND OR NOT ( [ {",
-            "nosuchfield:colon",
-            "+ - ! ^ ~ * ?",
-            "colon)",
-        ] {
-            index
-                .search(&query(text))
-                .unwrap_or_else(|err| panic!("{text:?}: {err}"));
+        index.upsert(vec![doc("c", "1", "colons", "what is a colon: punctuation")]).expect("upsert");
+        for text in ["what is a \"colon: ", "title: AND OR NOT ( [ {", "nosuchfield:colon", "+ - ! ^ ~ * ?", "colon)"] {
+            index.search(&query(text)).unwrap_or_else(|err| panic!("{text:?}: {err}"));
         }
-        let results = index
-            .search(&query("what is a \"colon: "))
-            .expect("lenient");
+        let results = index.search(&query("what is a \"colon: ")).expect("lenient");
         assert_eq!(results.total_matches, 1);
     }
 
@@ -1006,13 +811,7 @@ mod tests {
         q.collections = vec!["a".to_owned(), "c".to_owned(), "absent".to_owned()];
         let results = index.search(&q).expect("search");
         assert_eq!(results.total_matches, 2);
-        assert_eq!(
-            ids(&results),
-            vec![
-                ("a".to_owned(), "1".to_owned()),
-                ("c".to_owned(), "1".to_owned())
-            ]
-        );
+        assert_eq!(ids(&results), vec![("a".to_owned(), "1".to_owned()), ("c".to_owned(), "1".to_owned())]);
     }
 
     #[test]
@@ -1026,14 +825,9 @@ mod tests {
                 doc("gone", "1", "", "x"),
             ])
             .expect("upsert");
-        index
-            .delete(vec![doc_ref("alpha", "2"), doc_ref("gone", "1")])
-            .expect("delete");
+        index.delete(vec![doc_ref("alpha", "2"), doc_ref("gone", "1")]).expect("delete");
         let counts = index.collections().expect("collections");
-        let counts: Vec<(&str, u64)> = counts
-            .iter()
-            .map(|c| (c.name.as_str(), c.doc_count))
-            .collect();
+        let counts: Vec<(&str, u64)> = counts.iter().map(|c| (c.name.as_str(), c.doc_count)).collect();
         assert_eq!(counts, vec![("alpha", 1), ("zeta", 1)]);
         assert_eq!(index.doc_count(), 2);
     }
@@ -1044,12 +838,7 @@ mod tests {
         index
             .upsert(vec![
                 doc("c", "strong", "rare rare", "rare rare rare"),
-                doc(
-                    "c",
-                    "weak",
-                    "",
-                    "rare filler filler filler filler filler filler filler",
-                ),
+                doc("c", "weak", "", "rare filler filler filler filler filler filler filler"),
             ])
             .expect("upsert");
         let all = index.search(&query("rare")).expect("search");
@@ -1067,9 +856,7 @@ mod tests {
     #[test]
     fn limit_defaults_and_clamps() {
         let (_dir, index) = open_temp();
-        let docs = (0..1005)
-            .map(|i| doc("c", &format!("{i:04}"), "", "same words"))
-            .collect();
+        let docs = (0..1005).map(|i| doc("c", &format!("{i:04}"), "", "same words")).collect();
         index.upsert(docs).expect("upsert");
         let mut q = query("same");
         assert_eq!(index.search(&q).expect("default").hits.len(), DEFAULT_LIMIT);
@@ -1086,24 +873,17 @@ mod tests {
         let (_dir, index) = open_temp();
         // Several commits make several segments, inserted in an order unrelated to the keys.
         for (collection, id) in [("b", "2"), ("a", "9"), ("b", "1"), ("a", "10"), ("c", "0")] {
-            index
-                .upsert(vec![doc(collection, id, "", "identical text")])
-                .expect("upsert");
+            index.upsert(vec![doc(collection, id, "", "identical text")]).expect("upsert");
         }
         let expected = [("a", "10"), ("a", "9"), ("b", "1"), ("b", "2"), ("c", "0")];
-        let expected: Vec<(String, String)> = expected
-            .iter()
-            .map(|(c, i)| ((*c).to_owned(), (*i).to_owned()))
-            .collect();
+        let expected: Vec<(String, String)> =
+            expected.iter().map(|(c, i)| ((*c).to_owned(), (*i).to_owned())).collect();
         let mut q = query("identical");
         assert_eq!(ids(&index.search(&q).expect("search")), expected);
         // The tie also decides which documents make the cut at a small limit.
         for limit in 1..=5 {
             q.limit = limit;
-            assert_eq!(
-                ids(&index.search(&q).expect("search")),
-                expected[..limit].to_vec()
-            );
+            assert_eq!(ids(&index.search(&q).expect("search")), expected[..limit].to_vec());
         }
     }
 
@@ -1115,9 +895,7 @@ mod tests {
             let index = Arc::clone(&index);
             std::thread::spawn(move || {
                 for i in 0..20 {
-                    index
-                        .upsert(vec![doc("c", &i.to_string(), "", "counted")])
-                        .expect("upsert");
+                    index.upsert(vec![doc("c", &i.to_string(), "", "counted")]).expect("upsert");
                 }
             })
         };
@@ -1132,8 +910,7 @@ mod tests {
 
     #[test]
     fn vaswani_end_to_end_if_present() {
-        let data = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-            .join("../../../shared/data/vaswani");
+        let data = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/data/vaswani");
         let Ok(text) = std::fs::read_to_string(data.join("doc-text.trec")) else {
             println!("skipped: ../shared/data/vaswani not present");
             return;
@@ -1141,12 +918,10 @@ mod tests {
         let qrels = std::fs::read_to_string(data.join("qrels")).expect("qrels beside the docs");
         let relevant_to_query_1: BTreeSet<&str> = qrels
             .lines()
-            .filter_map(
-                |line| match line.split_whitespace().collect::<Vec<_>>()[..] {
-                    ["1", _, doc, _] => Some(doc),
-                    _ => None,
-                },
-            )
+            .filter_map(|line| match line.split_whitespace().collect::<Vec<_>>()[..] {
+                ["1", _, doc, _] => Some(doc),
+                _ => None,
+            })
             .collect();
         let docs = crate::ingest::parse_trec(&text, "vaswani").expect("parse");
 
@@ -1157,26 +932,14 @@ mod tests {
         }
         println!("indexed {} docs in {:?}", docs.len(), started.elapsed());
         assert_eq!(index.doc_count(), 11_429);
-        assert_eq!(
-            index.collections().expect("collections")[0].doc_count,
-            11_429
-        );
+        assert_eq!(index.collections().expect("collections")[0].doc_count, 11_429);
 
-        let mut q = query(
-            "MEASUREMENT OF DIELECTRIC CONSTANT OF LIQUIDS BY THE USE OF MICROWAVE TECHNIQUES",
-        );
+        let mut q = query("MEASUREMENT OF DIELECTRIC CONSTANT OF LIQUIDS BY THE USE OF MICROWAVE TECHNIQUES");
         q.limit = 10;
         let results = index.search(&q).expect("search");
-        let found = results
-            .hits
-            .iter()
-            .filter(|hit| relevant_to_query_1.contains(hit.id.as_str()))
-            .count();
+        let found = results.hits.iter().filter(|hit| relevant_to_query_1.contains(hit.id.as_str())).count();
         println!("query 1: {found} of the top 10 are relevant");
-        assert!(
-            found >= 2,
-            "BM25 should find relevant documents for query 1, found {found}"
-        );
+        assert!(found >= 2, "BM25 should find relevant documents for query 1, found {found}");
     }
 
     #[derive(Debug, Clone)]

@@ -11,8 +11,8 @@ mod index;
 pub mod ingest;
 
 pub use document::{
-    CollectionCount, DocRef, Document, MAX_BATCH, MAX_COLLECTION_CHARS, MAX_ID_BYTES,
-    MAX_TEXT_BYTES, SearchHit, SearchQuery, SearchResults,
+    CollectionCount, DocRef, Document, MAX_BATCH, MAX_COLLECTION_CHARS, MAX_ID_BYTES, MAX_TEXT_BYTES, SearchHit,
+    SearchQuery, SearchResults,
 };
 pub use error::IndexError;
 pub use index::{DEFAULT_LIMIT, DocumentIndex, MAX_LIMIT, MAX_QUERY_BYTES};

@@ -137,9 +137,8 @@ impl MasterService for MasterApi {
         let deadline = started + budget.saturating_sub(merge_margin(budget));
 
         let nodes = registry.snapshot();
-        let plan = federation::plan(&nodes, &req.collections, &req.nodes).map_err(|unknown| MasterError::UnknownNodes {
-            unknown,
-            known: nodes.iter().map(|n| n.record.name.clone()).collect(),
+        let plan = federation::plan(&nodes, &req.collections, &req.nodes).map_err(|unknown| {
+            MasterError::UnknownNodes { unknown, known: nodes.iter().map(|n| n.record.name.clone()).collect() }
         })?;
         let limit = if req.limit == 0 { 10 } else { req.limit };
         let query = NodeQuery { query: req.query, collections: req.collections, limit, min_score: req.min_score };
@@ -166,7 +165,10 @@ impl MasterService for MasterApi {
         }))
     }
 
-    async fn list_nodes(&self, _request: Request<v1::ListNodesRequest>) -> Result<Response<v1::ListNodesResponse>, Status> {
+    async fn list_nodes(
+        &self,
+        _request: Request<v1::ListNodesRequest>,
+    ) -> Result<Response<v1::ListNodesResponse>, Status> {
         let nodes = self.0.registry()?.snapshot().into_iter().map(convert::node_info).collect();
         Ok(Response::new(v1::ListNodesResponse { nodes }))
     }
@@ -199,7 +201,11 @@ impl MasterService for MasterApi {
         let mut client = self.writable_node(&req.node)?;
         let mut call = Request::new(v1::UpsertDocumentsRequest { documents: req.documents });
         call.set_timeout(WRITE_TIMEOUT);
-        let response = client.upsert_documents(call).await.map_err(|s| node_call_error(&req.node, &s, self.0.config.tls.is_some()))?.into_inner();
+        let response = client
+            .upsert_documents(call)
+            .await
+            .map_err(|s| node_call_error(&req.node, &s, self.0.config.tls.is_some()))?
+            .into_inner();
         Ok(Response::new(v1::IngestDocumentsResponse { upserted: response.upserted, generation: response.generation }))
     }
 
@@ -214,7 +220,11 @@ impl MasterService for MasterApi {
         let mut client = self.writable_node(&req.node)?;
         let mut call = Request::new(v1::DeleteDocumentsRequest { refs: req.refs });
         call.set_timeout(WRITE_TIMEOUT);
-        let response = client.delete_documents(call).await.map_err(|s| node_call_error(&req.node, &s, self.0.config.tls.is_some()))?.into_inner();
+        let response = client
+            .delete_documents(call)
+            .await
+            .map_err(|s| node_call_error(&req.node, &s, self.0.config.tls.is_some()))?
+            .into_inner();
         Ok(Response::new(v1::RemoveDocumentsResponse { removed: response.deleted, generation: response.generation }))
     }
 }
@@ -223,7 +233,9 @@ impl MasterApi {
     fn writable_node(&self, name: &str) -> Result<crate::clients::NodeClient, MasterError> {
         let registry = self.0.registry()?;
         if name.is_empty() {
-            return Err(MasterError::InvalidArgument("node is empty: name the node to write to (see `ragmeshctl nodes`)".into()));
+            return Err(MasterError::InvalidArgument(
+                "node is empty: name the node to write to (see `ragmeshctl nodes`)".into(),
+            ));
         }
         let view = registry.get(name).ok_or_else(|| MasterError::UnknownNodes {
             unknown: vec![name.to_owned()],
@@ -232,10 +244,11 @@ impl MasterApi {
         if !view.state.is_searchable() {
             return Err(MasterError::NodeDown { node: name.to_owned(), reason: view.down_reason.unwrap_or_default() });
         }
-        self.0
-            .clients
-            .client(name, &view.record.address)
-            .map_err(|message| MasterError::NodeCall { node: name.to_owned(), code: tonic::Code::Unavailable, message })
+        self.0.clients.client(name, &view.record.address).map_err(|message| MasterError::NodeCall {
+            node: name.to_owned(),
+            code: tonic::Code::Unavailable,
+            message,
+        })
     }
 }
 
@@ -250,7 +263,8 @@ fn node_call_error(node: &str, status: &Status, tls: bool) -> MasterError {
 
 /// Bounds on the heartbeat interval an agent may ask for.
 fn agreed_interval(proposed_ms: u32, timeout: Duration) -> Duration {
-    let proposed = if proposed_ms == 0 { Duration::from_secs(1) } else { Duration::from_millis(u64::from(proposed_ms)) };
+    let proposed =
+        if proposed_ms == 0 { Duration::from_secs(1) } else { Duration::from_millis(u64::from(proposed_ms)) };
     // At least two heartbeats must fit in the timeout, or one lost heartbeat would mark the node down.
     proposed.clamp(Duration::from_millis(50), timeout / 2)
 }
@@ -278,7 +292,11 @@ impl MembershipService for MembershipApi {
             }
             .into());
         }
-        if req.advertised_address.rsplit_once(':').is_none_or(|(host, port)| host.is_empty() || port.parse::<u16>().is_err()) {
+        if req
+            .advertised_address
+            .rsplit_once(':')
+            .is_none_or(|(host, port)| host.is_empty() || port.parse::<u16>().is_err())
+        {
             return Err(MasterError::InvalidArgument(format!(
                 "advertised address {:?} is not HOST:PORT",
                 req.advertised_address

@@ -78,15 +78,12 @@ impl NodeClients {
             .keep_alive_timeout(KEEPALIVE_TIMEOUT)
             .keep_alive_while_idle(true);
         if let Some(tls) = &self.tls {
-            endpoint = endpoint
-                .tls_config(tls.client_config(name))
-                .map_err(|e| format!("tls setup for node {name}: {e}"))?;
+            endpoint =
+                endpoint.tls_config(tls.client_config(name)).map_err(|e| format!("tls setup for node {name}: {e}"))?;
         }
         let channel = endpoint.connect_lazy();
-        let stack = ServiceBuilder::new()
-            .concurrency_limit(MAX_IN_FLIGHT_PER_NODE)
-            .timeout(self.ceiling)
-            .service(channel);
+        let stack =
+            ServiceBuilder::new().concurrency_limit(MAX_IN_FLIGHT_PER_NODE).timeout(self.ceiling).service(channel);
         Ok(AgentServiceClient::new(stack))
     }
 }

@@ -103,9 +103,15 @@ pub struct NodeQuery {
 }
 
 /// Asks every target concurrently; each call ends by `deadline` at the latest.
-pub async fn fan_out(clients: &NodeClients, targets: &[NodeView], query: &NodeQuery, deadline: Instant) -> Vec<NodeResult> {
+pub async fn fan_out(
+    clients: &NodeClients,
+    targets: &[NodeView],
+    query: &NodeQuery,
+    deadline: Instant,
+) -> Vec<NodeResult> {
     let calls = targets.iter().map(|node| {
-        let span = tracing::info_span!("federation.node_search", node.id = %node.record.name, rpc.method = "NodeSearch");
+        let span =
+            tracing::info_span!("federation.node_search", node.id = %node.record.name, rpc.method = "NodeSearch");
         ask_node(clients, node, query, deadline).instrument(span)
     });
     join_all(calls).await

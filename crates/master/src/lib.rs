@@ -18,7 +18,9 @@ use std::time::Duration;
 use anyhow::Context as _;
 
 use ragmesh_config::MasterConfig;
-use ragmesh_proto::v1::{master_service_server::MasterServiceServer, membership_service_server::MembershipServiceServer};
+use ragmesh_proto::v1::{
+    master_service_server::MasterServiceServer, membership_service_server::MembershipServiceServer,
+};
 use ragmesh_store::SledStore;
 use ragmesh_tls::LoadedTls;
 use tokio::net::TcpListener;
@@ -140,9 +142,12 @@ pub async fn start(config: MasterConfig, listener: TcpListener) -> Result<Master
     health.set_not_serving::<MasterServiceServer<api::MasterApi>>().await;
     health.set_not_serving::<MembershipServiceServer<api::MembershipApi>>().await;
     health.set_service_status("", tonic_health::ServingStatus::NotServing).await;
-    let (reflection_v1, reflection_v1alpha) = ragmesh_proto::reflection::services(&["ragmesh.v1.MasterService", "ragmesh.v1.MembershipService"]);
+    let (reflection_v1, reflection_v1alpha) =
+        ragmesh_proto::reflection::services(&["ragmesh.v1.MasterService", "ragmesh.v1.MembershipService"]);
 
-    let mut builder = Server::builder().http2_keepalive_interval(Some(Duration::from_secs(10))).http2_keepalive_timeout(Some(Duration::from_secs(5)));
+    let mut builder = Server::builder()
+        .http2_keepalive_interval(Some(Duration::from_secs(10)))
+        .http2_keepalive_timeout(Some(Duration::from_secs(5)));
     match &tls {
         Some(tls) => builder = builder.tls_config(tls.server_config())?,
         None => tracing::warn!(
@@ -182,7 +187,10 @@ pub async fn start(config: MasterConfig, listener: TcpListener) -> Result<Master
         match tokio::time::timeout(SHUTDOWN_GRACE, drained).await {
             Ok(joined) => joined??,
             Err(_) => {
-                tracing::warn!(grace_ms = SHUTDOWN_GRACE.as_millis() as u64, "connections did not drain in time; closing them");
+                tracing::warn!(
+                    grace_ms = SHUTDOWN_GRACE.as_millis() as u64,
+                    "connections did not drain in time; closing them"
+                );
                 server.abort();
             }
         }

@@ -149,10 +149,8 @@ mod tests {
 
     #[test]
     fn a_replicated_document_appears_once_with_provenance_and_no_boost() {
-        let merged = merge_rrf(
-            vec![vec![hit("a", "x", 2, 5.0), hit("a", "y", 1, 6.0)], vec![hit("b", "x", 1, 4.0)]],
-            10,
-        );
+        let merged =
+            merge_rrf(vec![vec![hit("a", "x", 2, 5.0), hit("a", "y", 1, 6.0)], vec![hit("b", "x", 1, 4.0)]], 10);
         assert_eq!(merged.len(), 2);
         let x = merged.iter().find(|m| m.hit.doc_id == "x").expect("x kept");
         assert_eq!(x.hit.node, "b", "the better-ranked copy wins");

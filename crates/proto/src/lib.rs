@@ -24,19 +24,18 @@ pub mod reflection {
     use tonic_reflection::server::{v1, v1alpha};
 
     /// Services every ragmesh server offers besides its own.
-    const COMMON: [&str; 3] = [
-        "grpc.health.v1.Health",
-        "grpc.reflection.v1.ServerReflection",
-        "grpc.reflection.v1alpha.ServerReflection",
-    ];
+    const COMMON: [&str; 3] =
+        ["grpc.health.v1.Health", "grpc.reflection.v1.ServerReflection", "grpc.reflection.v1alpha.ServerReflection"];
 
     /// Builds the v1 and v1alpha reflection services listing exactly `served` (fully qualified
     /// names, e.g. `ragmesh.v1.MasterService`) plus health and reflection itself, so a tool never
     /// sees a service the server does not answer.
     pub fn services(
         served: &[&str],
-    ) -> (v1::ServerReflectionServer<impl v1::ServerReflection>, v1alpha::ServerReflectionServer<impl v1alpha::ServerReflection>)
-    {
+    ) -> (
+        v1::ServerReflectionServer<impl v1::ServerReflection>,
+        v1alpha::ServerReflectionServer<impl v1alpha::ServerReflection>,
+    ) {
         let configure = || {
             let mut builder = tonic_reflection::server::Builder::configure()
                 .include_reflection_service(false)

@@ -35,9 +35,7 @@ pub fn run(store: &dyn StateStore) {
     std::thread::scope(|scope| {
         for _ in 0..8 {
             scope.spawn(|| {
-                let outcome = store
-                    .compare_and_swap(tree, b"token", Some(b"unused"), Some(b"used"))
-                    .expect("cas");
+                let outcome = store.compare_and_swap(tree, b"token", Some(b"unused"), Some(b"used")).expect("cas");
                 if outcome.is_ok() {
                     winners.fetch_add(1, Ordering::SeqCst);
                 }

@@ -43,6 +43,9 @@ pub struct CasConflict {
     pub current: Option<Vec<u8>>,
 }
 
+/// One key-value entry.
+pub type Entry = (Vec<u8>, Vec<u8>);
+
 /// Ordered byte-keyed trees with atomic single-key operations. Writes are durable when the call
 /// returns (a crash afterwards does not lose them).
 pub trait StateStore: Send + Sync + std::fmt::Debug + 'static {
@@ -53,7 +56,7 @@ pub trait StateStore: Send + Sync + std::fmt::Debug + 'static {
     /// Removes one key; removing a missing key is not an error.
     fn remove(&self, tree: &str, key: &[u8]) -> Result<(), StoreError>;
     /// Every entry of a tree in key order.
-    fn scan(&self, tree: &str) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StoreError>;
+    fn scan(&self, tree: &str) -> Result<Vec<Entry>, StoreError>;
     /// Atomically replaces `expected` by `new` (`None` = absent); reports the current value on conflict.
     fn compare_and_swap(
         &self,

@@ -2,7 +2,7 @@
 
 use std::path::Path;
 
-use crate::{CasConflict, StateStore, StoreError};
+use crate::{CasConflict, Entry, StateStore, StoreError};
 
 /// A sled database in a directory.
 #[derive(Debug, Clone)]
@@ -53,7 +53,7 @@ impl StateStore for SledStore {
         self.flush("remove", tree)
     }
 
-    fn scan(&self, tree: &str) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StoreError> {
+    fn scan(&self, tree: &str) -> Result<Vec<Entry>, StoreError> {
         let mut entries = Vec::new();
         for entry in self.tree("scan", tree)?.iter() {
             let (key, value) = entry.map_err(|e| backend("scan", tree, e))?;

@@ -11,7 +11,11 @@ pub fn init(filter: &str) {
         Ok(f) => (f, None),
         Err(err) => (EnvFilter::new("info"), Some(err)),
     };
-    let _ = tracing_subscriber::fmt().with_env_filter(env_filter).with_writer(std::io::stderr).with_target(false).try_init();
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(env_filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .try_init();
     if let Some(err) = bad {
         eprintln!("warning: log filter {filter:?} is invalid ({err}); using \"info\"");
     }

@@ -22,10 +22,7 @@ impl LoadedTls {
     /// verifying that the server's certificate is valid for `server_name` (a DNS SAN or an IP
     /// SAN such as `127.0.0.1`); for `tonic::transport::Endpoint::tls_config`.
     pub fn client_config(&self, server_name: &str) -> ClientTlsConfig {
-        ClientTlsConfig::new()
-            .ca_certificate(self.tonic_ca())
-            .identity(self.tonic_identity())
-            .domain_name(server_name)
+        ClientTlsConfig::new().ca_certificate(self.tonic_ca()).identity(self.tonic_identity()).domain_name(server_name)
     }
 
     fn tonic_identity(&self) -> Identity {

@@ -12,8 +12,8 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use rcgen::{
-    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
-    Issuer, KeyPair, KeyUsagePurpose, PublicKeyData as _,
+    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
+    KeyUsagePurpose, PublicKeyData as _,
 };
 use rustls::pki_types::pem::PemObject as _;
 use rustls::pki_types::{CertificateDer, ServerName};
@@ -62,11 +62,7 @@ pub struct IssuedPaths {
 impl IssuedPaths {
     /// The three files a party loads, given the CA certificate's path.
     pub fn tls_files(&self, ca: impl Into<PathBuf>) -> crate::TlsFiles {
-        crate::TlsFiles {
-            ca: ca.into(),
-            cert: self.cert.clone(),
-            key: self.key.clone(),
-        }
+        crate::TlsFiles { ca: ca.into(), cert: self.cert.clone(), key: self.key.clone() }
     }
 }
 
@@ -81,10 +77,7 @@ pub struct IssuedCert {
 
 impl fmt::Debug for IssuedCert {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("IssuedCert")
-            .field("cert_pem", &self.cert_pem)
-            .field("key_pem", &"[secret]")
-            .finish()
+        f.debug_struct("IssuedCert").field("cert_pem", &self.cert_pem).field("key_pem", &"[secret]").finish()
     }
 }
 
@@ -93,10 +86,7 @@ impl IssuedCert {
     /// and creating `out_dir` if needed.
     pub fn write(&self, out_dir: &Path, name: &str) -> Result<IssuedPaths, TlsError> {
         create_dir(out_dir)?;
-        let paths = IssuedPaths {
-            cert: out_dir.join(format!("{name}.pem")),
-            key: out_dir.join(format!("{name}.key")),
-        };
+        let paths = IssuedPaths { cert: out_dir.join(format!("{name}.pem")), key: out_dir.join(format!("{name}.key")) };
         write_file(&paths.cert, self.cert_pem.as_bytes(), false)?;
         write_file(&paths.key, self.key_pem.as_bytes(), true)?;
         Ok(paths)
@@ -113,20 +103,15 @@ pub struct DevCa {
 
 impl fmt::Debug for DevCa {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("DevCa")
-            .field("issuer", &self.issuer)
-            .field("cert_pem", &self.cert_pem)
-            .finish_non_exhaustive()
+        f.debug_struct("DevCa").field("issuer", &self.issuer).field("cert_pem", &self.cert_pem).finish_non_exhaustive()
     }
 }
 
 impl DevCa {
     /// A new CA with a fresh P-256 key, CN "ragmesh development CA", valid for 10 years.
     pub fn generate() -> Result<Self, TlsError> {
-        let key = KeyPair::generate().map_err(|source| TlsError::Generate {
-            action: "generate the CA key".to_owned(),
-            source,
-        })?;
+        let key = KeyPair::generate()
+            .map_err(|source| TlsError::Generate { action: "generate the CA key".to_owned(), source })?;
 
         let mut params = CertificateParams::default();
         let mut subject = DistinguishedName::new();
@@ -135,26 +120,16 @@ impl DevCa {
         params.distinguished_name = subject;
         // Path length 0: this CA signs leaves only, never another CA.
         params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
-        params.key_usages = vec![
-            KeyUsagePurpose::KeyCertSign,
-            KeyUsagePurpose::CrlSign,
-            KeyUsagePurpose::DigitalSignature,
-        ];
+        params.key_usages =
+            vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
         set_validity(&mut params, CA_VALIDITY_DAYS);
 
         let cert = params
             .self_signed(&key)
-            .map_err(|source| TlsError::Generate {
-                action: "sign the CA certificate".to_owned(),
-                source,
-            })?;
+            .map_err(|source| TlsError::Generate { action: "sign the CA certificate".to_owned(), source })?;
         let cert_pem = cert.pem();
         let key_pem = key.serialize_pem();
-        Ok(Self {
-            issuer: Issuer::new(params, key),
-            cert_pem,
-            key_pem,
-        })
+        Ok(Self { issuer: Issuer::new(params, key), cert_pem, key_pem })
     }
 
     /// Reads `dir/ca.pem` and `dir/ca.key`, checking that the key belongs to the certificate.
@@ -164,27 +139,19 @@ impl DevCa {
         let cert_pem = read_ca_file(crate::FileRole::Ca, &cert_path)?;
         let key_pem = read_ca_file(crate::FileRole::CaKey, &key_path)?;
 
-        let key = KeyPair::from_pem(&key_pem).map_err(|source| TlsError::Generate {
-            action: format!("parse CA key {}", key_path.display()),
-            source,
-        })?;
+        let key = KeyPair::from_pem(&key_pem)
+            .map_err(|source| TlsError::Generate { action: format!("parse CA key {}", key_path.display()), source })?;
         let cert_der = match CertificateDer::from_pem_slice(cert_pem.as_bytes()) {
             Ok(der) => der,
             Err(rustls::pki_types::pem::Error::NoItemsFound) => {
                 return Err(TlsError::NoCaCertificate { path: cert_path });
             }
             Err(err) => {
-                return Err(TlsError::BadPem {
-                    role: crate::FileRole::Ca,
-                    path: cert_path,
-                    detail: err.to_string(),
-                });
+                return Err(TlsError::BadPem { role: crate::FileRole::Ca, path: cert_path, detail: err.to_string() });
             }
         };
         let spki_matches = match x509_parser::parse_x509_certificate(&cert_der) {
-            Ok((_rest, cert)) => {
-                cert.tbs_certificate.subject_pki.raw == key.subject_public_key_info()
-            }
+            Ok((_rest, cert)) => cert.tbs_certificate.subject_pki.raw == key.subject_public_key_info(),
             Err(err) => {
                 return Err(TlsError::CertParse {
                     role: crate::FileRole::Ca,
@@ -194,21 +161,11 @@ impl DevCa {
             }
         };
         if !spki_matches {
-            return Err(TlsError::CaKeyMismatch {
-                key: key_path,
-                cert: cert_path,
-            });
+            return Err(TlsError::CaKeyMismatch { key: key_path, cert: cert_path });
         }
-        let issuer =
-            Issuer::from_ca_cert_der(&cert_der, key).map_err(|source| TlsError::Generate {
-                action: format!("use {} as a CA", cert_path.display()),
-                source,
-            })?;
-        Ok(Self {
-            issuer,
-            cert_pem,
-            key_pem,
-        })
+        let issuer = Issuer::from_ca_cert_der(&cert_der, key)
+            .map_err(|source| TlsError::Generate { action: format!("use {} as a CA", cert_path.display()), source })?;
+        Ok(Self { issuer, cert_pem, key_pem })
     }
 
     /// The CA certificate, PEM: what every party trusts (`ca.pem`).
@@ -224,16 +181,11 @@ impl DevCa {
     /// Writes `dir/ca.pem` and `dir/ca.key` (mode 0600), creating `dir` if needed. Refuses to
     /// replace an existing CA unless `force`: every certificate it issued would stop working.
     pub fn write(&self, dir: &Path, force: bool) -> Result<CaPaths, TlsError> {
-        let paths = CaPaths {
-            cert: dir.join(CA_CERT_FILE),
-            key: dir.join(CA_KEY_FILE),
-        };
+        let paths = CaPaths { cert: dir.join(CA_CERT_FILE), key: dir.join(CA_KEY_FILE) };
         if !force {
             for existing in [&paths.cert, &paths.key] {
                 if existing.exists() {
-                    return Err(TlsError::CaExists {
-                        path: existing.clone(),
-                    });
+                    return Err(TlsError::CaExists { path: existing.clone() });
                 }
             }
         }
@@ -246,12 +198,7 @@ impl DevCa {
     /// A certificate for `name` valid for `days`: CN = name; SANs = name, localhost, 127.0.0.1,
     /// ::1 and `extra_hosts` (IP strings become IP SANs, others DNS SANs); usable as TLS server
     /// and TLS client.
-    pub fn issue(
-        &self,
-        name: &str,
-        extra_hosts: &[String],
-        days: u32,
-    ) -> Result<IssuedCert, TlsError> {
+    pub fn issue(&self, name: &str, extra_hosts: &[String], days: u32) -> Result<IssuedCert, TlsError> {
         validate_name(name)?;
         if days == 0 {
             return Err(TlsError::InvalidDays { days });
@@ -262,9 +209,7 @@ impl DevCa {
 
         let mut hosts: Vec<String> = Vec::new();
         let mut seen = HashSet::new();
-        let all_hosts = std::iter::once(name)
-            .chain(LOOPBACK_HOSTS)
-            .chain(extra_hosts.iter().map(String::as_str));
+        let all_hosts = std::iter::once(name).chain(LOOPBACK_HOSTS).chain(extra_hosts.iter().map(String::as_str));
         for host in all_hosts {
             if seen.insert(host) {
                 hosts.push(host.to_owned());
@@ -272,19 +217,14 @@ impl DevCa {
         }
 
         // CertificateParams::new makes IP SANs from IP strings and DNS SANs from the rest.
-        let mut params = CertificateParams::new(hosts).map_err(|source| TlsError::Generate {
-            action: format!("build the certificate for {name}"),
-            source,
-        })?;
+        let mut params = CertificateParams::new(hosts)
+            .map_err(|source| TlsError::Generate { action: format!("build the certificate for {name}"), source })?;
         let mut subject = DistinguishedName::new();
         subject.push(DnType::CommonName, name);
         params.distinguished_name = subject;
         params.is_ca = IsCa::ExplicitNoCa;
         params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
-        params.extended_key_usages = vec![
-            ExtendedKeyUsagePurpose::ServerAuth,
-            ExtendedKeyUsagePurpose::ClientAuth,
-        ];
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth, ExtendedKeyUsagePurpose::ClientAuth];
         set_validity(&mut params, days);
         self.sign(params)
     }
@@ -292,21 +232,13 @@ impl DevCa {
     /// Signs arbitrary `params` with a fresh key: for certificates `issue` will not make, such
     /// as already-expired ones in tests. The authority key identifier is always set.
     pub fn sign(&self, mut params: CertificateParams) -> Result<IssuedCert, TlsError> {
-        let key = KeyPair::generate().map_err(|source| TlsError::Generate {
-            action: "generate a certificate key".to_owned(),
-            source,
-        })?;
+        let key = KeyPair::generate()
+            .map_err(|source| TlsError::Generate { action: "generate a certificate key".to_owned(), source })?;
         params.use_authority_key_identifier_extension = true;
         let cert = params
             .signed_by(&key, &self.issuer)
-            .map_err(|source| TlsError::Generate {
-                action: "sign the certificate".to_owned(),
-                source,
-            })?;
-        Ok(IssuedCert {
-            cert_pem: cert.pem(),
-            key_pem: key.serialize_pem(),
-        })
+            .map_err(|source| TlsError::Generate { action: "sign the certificate".to_owned(), source })?;
+        Ok(IssuedCert { cert_pem: cert.pem(), key_pem: key.serialize_pem() })
     }
 }
 
@@ -320,12 +252,7 @@ pub fn init_ca(dir: &Path, force: bool) -> Result<CaPaths, TlsError> {
 
 /// Issues a 1-year certificate for `name` from the CA in `ca_dir`, writing
 /// `out_dir/<name>.pem` and `out_dir/<name>.key`. See [`DevCa::issue`] for its contents.
-pub fn issue(
-    ca_dir: &Path,
-    name: &str,
-    extra_hosts: &[String],
-    out_dir: &Path,
-) -> Result<IssuedPaths, TlsError> {
+pub fn issue(ca_dir: &Path, name: &str, extra_hosts: &[String], out_dir: &Path) -> Result<IssuedPaths, TlsError> {
     issue_for_days(ca_dir, name, extra_hosts, out_dir, DEFAULT_LEAF_DAYS)
 }
 
@@ -359,12 +286,7 @@ pub fn issue_with_ca(
 /// A certificate name is also a file name and a DNS label: 1-63 characters of `a-z`, `0-9` and
 /// `-`, not starting or ending with `-`.
 pub fn validate_name(name: &str) -> Result<(), TlsError> {
-    let invalid = |reason| {
-        Err(TlsError::InvalidName {
-            name: name.to_owned(),
-            reason,
-        })
-    };
+    let invalid = |reason| Err(TlsError::InvalidName { name: name.to_owned(), reason });
     if name.is_empty() {
         return invalid("it is empty: use 1-63 characters of a-z, 0-9 and -");
     }
@@ -387,9 +309,7 @@ fn validate_host(host: &str) -> Result<(), TlsError> {
     if host.parse::<IpAddr>().is_ok() || ServerName::try_from(host).is_ok() {
         return Ok(());
     }
-    Err(TlsError::InvalidHost {
-        host: host.to_owned(),
-    })
+    Err(TlsError::InvalidHost { host: host.to_owned() })
 }
 
 fn set_validity(params: &mut CertificateParams, days: u32) {
@@ -399,26 +319,16 @@ fn set_validity(params: &mut CertificateParams, days: u32) {
 }
 
 fn read_ca_file(role: crate::FileRole, path: &Path) -> Result<String, TlsError> {
-    fs::read_to_string(path).map_err(|source| TlsError::Read {
-        role,
-        path: path.to_path_buf(),
-        source,
-    })
+    fs::read_to_string(path).map_err(|source| TlsError::Read { role, path: path.to_path_buf(), source })
 }
 
 fn create_dir(dir: &Path) -> Result<(), TlsError> {
-    fs::create_dir_all(dir).map_err(|source| TlsError::Write {
-        path: dir.to_path_buf(),
-        source,
-    })
+    fs::create_dir_all(dir).map_err(|source| TlsError::Write { path: dir.to_path_buf(), source })
 }
 
 /// Writes `contents` to `path`; a secret file is made owner-only before anything is written.
 fn write_file(path: &Path, contents: &[u8], secret: bool) -> Result<(), TlsError> {
-    let write_err = |source| TlsError::Write {
-        path: path.to_path_buf(),
-        source,
-    };
+    let write_err = |source| TlsError::Write { path: path.to_path_buf(), source };
     let mut options = OpenOptions::new();
     options.write(true).create(true).truncate(true);
     #[cfg(unix)]
@@ -431,8 +341,7 @@ fn write_file(path: &Path, contents: &[u8], secret: bool) -> Result<(), TlsError
     if secret {
         // `mode` only applies to new files: tighten a pre-existing one too.
         use std::os::unix::fs::PermissionsExt as _;
-        file.set_permissions(fs::Permissions::from_mode(0o600))
-            .map_err(write_err)?;
+        file.set_permissions(fs::Permissions::from_mode(0o600)).map_err(write_err)?;
     }
     #[cfg(not(unix))]
     let _ = secret;
@@ -476,18 +385,9 @@ mod tests {
     #[test]
     fn issue_refuses_bad_names_hosts_and_days() -> Result<(), TlsError> {
         let ca = DevCa::generate()?;
-        assert!(matches!(
-            ca.issue("Bad Name", &[], 1),
-            Err(TlsError::InvalidName { .. })
-        ));
-        assert!(matches!(
-            ca.issue("node-1", &["not a host".to_owned()], 1),
-            Err(TlsError::InvalidHost { .. })
-        ));
-        assert!(matches!(
-            ca.issue("node-1", &[], 0),
-            Err(TlsError::InvalidDays { days: 0 })
-        ));
+        assert!(matches!(ca.issue("Bad Name", &[], 1), Err(TlsError::InvalidName { .. })));
+        assert!(matches!(ca.issue("node-1", &["not a host".to_owned()], 1), Err(TlsError::InvalidHost { .. })));
+        assert!(matches!(ca.issue("node-1", &[], 0), Err(TlsError::InvalidDays { days: 0 })));
         Ok(())
     }
 
@@ -500,21 +400,13 @@ mod tests {
             "localhost".to_owned(), // already there: must not be duplicated
         ];
         let issued = ca.issue("node-1", &extra, 30)?;
-        let der = CertificateDer::from_pem_slice(issued.cert_pem.as_bytes())
-            .expect("issued PEM holds a certificate");
+        let der = CertificateDer::from_pem_slice(issued.cert_pem.as_bytes()).expect("issued PEM holds a certificate");
         let (_, cert) = x509_parser::parse_x509_certificate(&der).expect("issued cert parses");
 
-        let cn: Vec<_> = cert
-            .subject()
-            .iter_common_name()
-            .map(|cn| cn.as_str().expect("utf-8 CN"))
-            .collect();
+        let cn: Vec<_> = cert.subject().iter_common_name().map(|cn| cn.as_str().expect("utf-8 CN")).collect();
         assert_eq!(cn, ["node-1"]);
 
-        let san = cert
-            .subject_alternative_name()
-            .expect("one SAN extension")
-            .expect("SAN present");
+        let san = cert.subject_alternative_name().expect("one SAN extension").expect("SAN present");
         let mut dns = Vec::new();
         let mut ips = Vec::new();
         for name in &san.value.general_names {
@@ -525,17 +417,11 @@ mod tests {
             }
         }
         assert_eq!(dns, ["node-1", "localhost", "node-1.example"]);
-        let expected_ips: Vec<IpAddr> = ["127.0.0.1", "::1", "10.1.2.3"]
-            .iter()
-            .map(|ip| ip.parse().expect("literal IP"))
-            .collect();
+        let expected_ips: Vec<IpAddr> =
+            ["127.0.0.1", "::1", "10.1.2.3"].iter().map(|ip| ip.parse().expect("literal IP")).collect();
         assert_eq!(ips, expected_ips);
 
-        let eku = cert
-            .extended_key_usage()
-            .expect("one EKU extension")
-            .expect("EKU present")
-            .value;
+        let eku = cert.extended_key_usage().expect("one EKU extension").expect("EKU present").value;
         assert!(eku.server_auth, "serverAuth");
         assert!(eku.client_auth, "clientAuth");
 
@@ -544,16 +430,9 @@ mod tests {
 
         let validity = cert.validity();
         let days = (validity.not_after.timestamp() - validity.not_before.timestamp()) / 86_400;
-        assert_eq!(
-            days, 30,
-            "30 days plus the clock-skew allowance, rounded down"
-        );
+        assert_eq!(days, 30, "30 days plus the clock-skew allowance, rounded down");
 
-        let issuer_cn: Vec<_> = cert
-            .issuer()
-            .iter_common_name()
-            .map(|cn| cn.as_str().expect("utf-8 CN"))
-            .collect();
+        let issuer_cn: Vec<_> = cert.issuer().iter_common_name().map(|cn| cn.as_str().expect("utf-8 CN")).collect();
         assert_eq!(issuer_cn, [CA_COMMON_NAME]);
         Ok(())
     }
@@ -561,17 +440,12 @@ mod tests {
     #[test]
     fn ca_certificate_is_a_ten_year_ca() -> Result<(), TlsError> {
         let ca = DevCa::generate()?;
-        let der = CertificateDer::from_pem_slice(ca.cert_pem().as_bytes())
-            .expect("CA PEM holds a certificate");
+        let der = CertificateDer::from_pem_slice(ca.cert_pem().as_bytes()).expect("CA PEM holds a certificate");
         let (_, cert) = x509_parser::parse_x509_certificate(&der).expect("CA cert parses");
-        let basic = cert
-            .basic_constraints()
-            .expect("one basic constraints")
-            .expect("present");
+        let basic = cert.basic_constraints().expect("one basic constraints").expect("present");
         assert!(basic.value.ca);
         let validity = cert.validity();
-        let years =
-            (validity.not_after.timestamp() - validity.not_before.timestamp()) / (365 * 86_400);
+        let years = (validity.not_after.timestamp() - validity.not_before.timestamp()) / (365 * 86_400);
         assert_eq!(years, 10);
         Ok(())
     }
@@ -602,10 +476,7 @@ mod tests {
         }
 
         let replaced = init_ca(dir.path(), true)?;
-        assert_ne!(
-            fs::read_to_string(&replaced.cert).expect("ca.pem rewritten"),
-            first
-        );
+        assert_ne!(fs::read_to_string(&replaced.cert).expect("ca.pem rewritten"), first);
         Ok(())
     }
 

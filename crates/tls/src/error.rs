@@ -31,9 +31,9 @@ impl FileRole {
                 format!("copy the mesh CA (ca.pem) here or create one with {INIT_CA_HINT}")
             }
             FileRole::Cert | FileRole::Key => format!("create one with {ISSUE_HINT}"),
-            FileRole::CaKey => format!(
-                "issue certificates where the CA key is kept, or create a CA with {INIT_CA_HINT}"
-            ),
+            FileRole::CaKey => {
+                format!("issue certificates where the CA key is kept, or create a CA with {INIT_CA_HINT}")
+            }
         }
     }
 }
@@ -198,9 +198,7 @@ pub enum TlsError {
     },
 
     /// A certificate names no identity: no common name and no DNS subject alternative name.
-    #[error(
-        "certificate {what} names no identity (no CN and no DNS SAN): reissue it with {ISSUE_HINT}"
-    )]
+    #[error("certificate {what} names no identity (no CN and no DNS SAN): reissue it with {ISSUE_HINT}")]
     NoIdentity {
         /// The certificate (a path, or "peer certificate").
         what: String,

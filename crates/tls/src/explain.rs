@@ -57,9 +57,7 @@ pub fn error_chain(err: &(dyn Error + 'static)) -> String {
             None => link.to_string(),
         };
         // Wrappers often repeat their source's text, or end with it ("code: message").
-        let repeated = parts
-            .last()
-            .is_some_and(|last| *last == text || last.ends_with(&format!(": {text}")));
+        let repeated = parts.last().is_some_and(|last| *last == text || last.ends_with(&format!(": {text}")));
         if !repeated {
             parts.push(text);
         }
@@ -89,9 +87,7 @@ impl Facts {
             }
             if let Some(io_err) = link.downcast_ref::<io::Error>() {
                 facts.io_kinds.push(io_err.kind());
-                let inner = io_err
-                    .get_ref()
-                    .and_then(|inner| inner.downcast_ref::<rustls::Error>());
+                let inner = io_err.get_ref().and_then(|inner| inner.downcast_ref::<rustls::Error>());
                 if facts.rustls.is_none() {
                     facts.rustls = inner.cloned();
                 }
@@ -108,9 +104,7 @@ impl Facts {
 
     fn mentions(&self, needles: &[&str]) -> bool {
         let text = self.text.to_ascii_lowercase();
-        needles
-            .iter()
-            .any(|needle| text.contains(&needle.to_ascii_lowercase()))
+        needles.iter().any(|needle| text.contains(&needle.to_ascii_lowercase()))
     }
 }
 
@@ -158,18 +152,11 @@ fn diagnose(facts: &Facts, ctx: &ErrorContext) -> Diagnosis {
     }
     // A TLS alert read as an HTTP/2 frame header announces a huge frame; a TLS record read as
     // HTTP/1 has no version.
-    if facts.mentions(&[
-        "FRAME_SIZE_ERROR",
-        "frame with invalid size",
-        "invalid HTTP version",
-    ]) {
+    if facts.mentions(&["FRAME_SIZE_ERROR", "frame with invalid size", "invalid HTTP version"]) {
         return Diagnosis::ServerIsTls;
     }
-    if facts.has_io(&[io::ErrorKind::ConnectionRefused]) || facts.mentions(&["connection refused"])
-    {
-        return Diagnosis::Refused {
-            addr: ctx.addr.clone().or_else(|| connect_addr(&facts.text)),
-        };
+    if facts.has_io(&[io::ErrorKind::ConnectionRefused]) || facts.mentions(&["connection refused"]) {
+        return Diagnosis::Refused { addr: ctx.addr.clone().or_else(|| connect_addr(&facts.text)) };
     }
     if facts.has_io(&[io::ErrorKind::TimedOut]) || facts.mentions(&["timed out", "Elapsed"]) {
         return Diagnosis::TimedOut;
@@ -198,9 +185,7 @@ fn diagnose_rustls(err: &rustls::Error) -> Option<Diagnosis> {
     let diagnosis = match err {
         rustls::Error::InvalidCertificate(cert_err) => diagnose_certificate(cert_err)?,
         rustls::Error::AlertReceived(alert) => diagnose_alert(&format!("{alert:?}")),
-        rustls::Error::InvalidMessage(rustls::InvalidMessage::InvalidContentType) => {
-            Diagnosis::ServerNotTls
-        }
+        rustls::Error::InvalidMessage(rustls::InvalidMessage::InvalidContentType) => Diagnosis::ServerNotTls,
         _ => return None,
     };
     Some(diagnosis)
@@ -208,17 +193,9 @@ fn diagnose_rustls(err: &rustls::Error) -> Option<Diagnosis> {
 
 fn diagnose_certificate(err: &CertificateError) -> Option<Diagnosis> {
     let diagnosis = match err {
-        CertificateError::UnknownIssuer | CertificateError::BadSignature => {
-            Diagnosis::ServerCertUntrusted
-        }
-        CertificateError::NotValidForName => Diagnosis::ServerCertWrongName {
-            expected: None,
-            presented: Vec::new(),
-        },
-        CertificateError::NotValidForNameContext {
-            expected,
-            presented,
-        } => Diagnosis::ServerCertWrongName {
+        CertificateError::UnknownIssuer | CertificateError::BadSignature => Diagnosis::ServerCertUntrusted,
+        CertificateError::NotValidForName => Diagnosis::ServerCertWrongName { expected: None, presented: Vec::new() },
+        CertificateError::NotValidForNameContext { expected, presented } => Diagnosis::ServerCertWrongName {
             expected: Some(expected.to_str().into_owned()),
             presented: presented.iter().map(|name| unwrap_name(name)).collect(),
         },
@@ -229,9 +206,7 @@ fn diagnose_certificate(err: &CertificateError) -> Option<Diagnosis> {
                 .and_then(|secs| ASN1Time::from_timestamp(secs).ok())
                 .map(format_time),
         },
-        CertificateError::NotValidYet | CertificateError::NotValidYetContext { .. } => {
-            Diagnosis::ServerCertNotYetValid
-        }
+        CertificateError::NotValidYet | CertificateError::NotValidYetContext { .. } => Diagnosis::ServerCertNotYetValid,
         CertificateError::InvalidPurpose | CertificateError::InvalidPurposeContext { .. } => {
             Diagnosis::ServerCertWrongPurpose
         }
@@ -287,10 +262,7 @@ fn render(diagnosis: Diagnosis, ctx: &ErrorContext) -> String {
                  (ca.pem) the server's certificate was issued by"
             )
         }
-        Diagnosis::ServerCertWrongName {
-            expected,
-            presented,
-        } => {
+        Diagnosis::ServerCertWrongName { expected, presented } => {
             let expected = expected.unwrap_or_else(|| "the name we connected to".to_owned());
             if presented.is_empty() {
                 format!(
@@ -320,9 +292,7 @@ fn render(diagnosis: Diagnosis, ctx: &ErrorContext) -> String {
             "the server's certificate is not meant for TLS servers (no serverAuth usage): \
              reissue it with {ISSUE_HINT}"
         ),
-        Diagnosis::ClientCertRequired => {
-            "the server requires a client certificate: pass --cert and --key".to_owned()
-        }
+        Diagnosis::ClientCertRequired => "the server requires a client certificate: pass --cert and --key".to_owned(),
         Diagnosis::ClientCertRefused => "the server refused our client certificate: present a \
              certificate issued by the mesh CA (--cert/--key)"
             .to_owned(),
@@ -370,20 +340,14 @@ fn server_is_tls() -> &'static str {
 /// The alert name in rustls' "received fatal alert: CertificateRequired".
 fn received_alert(text: &str) -> Option<String> {
     let (_, rest) = text.split_once("received fatal alert: ")?;
-    let name: String = rest
-        .chars()
-        .take_while(|c| c.is_ascii_alphanumeric())
-        .collect();
+    let name: String = rest.chars().take_while(|c| c.is_ascii_alphanumeric()).collect();
     (!name.is_empty()).then_some(name)
 }
 
 /// The address in hyper-util's `ConnectError("tcp connect error", 127.0.0.1:7400, Os { .. })`.
 fn connect_addr(text: &str) -> Option<String> {
     let (_, rest) = text.split_once("ConnectError(\"tcp connect error\", ")?;
-    let addr: String = rest
-        .chars()
-        .take_while(|c| *c != ',' && *c != ')')
-        .collect();
+    let addr: String = rest.chars().take_while(|c| *c != ',' && *c != ')').collect();
     (!addr.is_empty()).then_some(addr)
 }
 
@@ -438,13 +402,8 @@ mod tests {
 
     #[test]
     fn unknown_issuer_inside_io_error_is_found_by_downcast() {
-        let err = Wrapper(Box::new(io_wrapping(rustls::Error::InvalidCertificate(
-            CertificateError::UnknownIssuer,
-        ))));
-        let ctx = ErrorContext {
-            ca: Some(PathBuf::from("/etc/ragmesh/ca.pem")),
-            ..ErrorContext::default()
-        };
+        let err = Wrapper(Box::new(io_wrapping(rustls::Error::InvalidCertificate(CertificateError::UnknownIssuer))));
+        let ctx = ErrorContext { ca: Some(PathBuf::from("/etc/ragmesh/ca.pem")), ..ErrorContext::default() };
         assert_eq!(
             explain_error_in(&err, &ctx),
             "the server's certificate is not signed by the CA in /etc/ragmesh/ca.pem: use the \
@@ -454,10 +413,7 @@ mod tests {
 
     #[test]
     fn alert_text_without_a_typed_error_is_found() {
-        let err = Wrapper(Box::new(io::Error::new(
-            io::ErrorKind::InvalidData,
-            "received fatal alert: UnknownCA",
-        )));
+        let err = Wrapper(Box::new(io::Error::new(io::ErrorKind::InvalidData, "received fatal alert: UnknownCA")));
         assert!(
             explain_error(&err).starts_with("the server refused our client certificate"),
             "{}",
@@ -474,28 +430,18 @@ mod tests {
     #[test]
     fn silent_close_depends_on_our_tls_mode() {
         let err = Wrapper(Box::new(io::Error::from(io::ErrorKind::ConnectionReset)));
-        let plain = ErrorContext {
-            tls: Some(false),
-            ..ErrorContext::default()
-        };
-        let tls = ErrorContext {
-            tls: Some(true),
-            ..ErrorContext::default()
-        };
+        let plain = ErrorContext { tls: Some(false), ..ErrorContext::default() };
+        let tls = ErrorContext { tls: Some(true), ..ErrorContext::default() };
         assert_eq!(explain_error_in(&err, &plain), server_is_tls());
         assert!(explain_error_in(&err, &tls).contains("refused our client certificate"));
         let unknown = explain_error(&err);
         assert!(unknown.contains("the server speaks TLS"), "{unknown}");
-        assert!(
-            unknown.contains("refused our client certificate"),
-            "{unknown}"
-        );
+        assert!(unknown.contains("refused our client certificate"), "{unknown}");
     }
 
     #[test]
     fn chain_drops_links_that_repeat_the_previous_one() {
-        let status =
-            tonic::Status::from_error(Box::new(Wrapper(Box::new(io::Error::other("odd")))));
+        let status = tonic::Status::from_error(Box::new(Wrapper(Box::new(io::Error::other("odd")))));
         assert_eq!(error_chain(&status), "Unknown: transport error: odd");
     }
 
@@ -507,13 +453,9 @@ mod tests {
 
     #[test]
     fn helpers_parse_rustls_and_hyper_text() {
+        assert_eq!(received_alert("x: received fatal alert: DecryptError\" }").as_deref(), Some("DecryptError"));
         assert_eq!(
-            received_alert("x: received fatal alert: DecryptError\" }").as_deref(),
-            Some("DecryptError")
-        );
-        assert_eq!(
-            connect_addr("ConnectError(\"tcp connect error\", [::1]:7400, Os { code: 111 })")
-                .as_deref(),
+            connect_addr("ConnectError(\"tcp connect error\", [::1]:7400, Os { code: 111 })").as_deref(),
             Some("[::1]:7400")
         );
         assert_eq!(

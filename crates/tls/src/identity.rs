@@ -31,16 +31,12 @@ pub fn peer_identity(certs: &[CertificateDer<'_>]) -> Result<PeerIdentity, TlsEr
     let cert = match x509_parser::parse_x509_certificate(leaf) {
         Ok((_rest, cert)) => cert,
         Err(err) => {
-            return Err(TlsError::PeerCertParse {
-                detail: err.to_string(),
-            });
+            return Err(TlsError::PeerCertParse { detail: err.to_string() });
         }
     };
     let (common_name, dns_names) = names_of(&cert);
     let Some(name) = common_name.or_else(|| dns_names.first().cloned()) else {
-        return Err(TlsError::NoIdentity {
-            what: "presented by the peer".to_owned(),
-        });
+        return Err(TlsError::NoIdentity { what: "presented by the peer".to_owned() });
     };
     Ok(PeerIdentity { name, dns_names })
 }
@@ -85,10 +81,8 @@ mod tests {
 
     #[test]
     fn is_matches_name_and_dns_names_only() {
-        let identity = PeerIdentity {
-            name: "node-1".to_owned(),
-            dns_names: vec!["node-1".to_owned(), "localhost".to_owned()],
-        };
+        let identity =
+            PeerIdentity { name: "node-1".to_owned(), dns_names: vec!["node-1".to_owned(), "localhost".to_owned()] };
         assert!(identity.is("node-1"));
         assert!(identity.is("localhost"));
         assert!(!identity.is("node-2"));

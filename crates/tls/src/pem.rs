@@ -103,29 +103,18 @@ impl LoadedTls {
         &self.key_pem
     }
 
-    fn validate(
-        files: TlsFiles,
-        ca_pem: Vec<u8>,
-        cert_pem: Vec<u8>,
-        key_pem: Vec<u8>,
-    ) -> Result<Self, TlsError> {
+    fn validate(files: TlsFiles, ca_pem: Vec<u8>, cert_pem: Vec<u8>, key_pem: Vec<u8>) -> Result<Self, TlsError> {
         let now = ASN1Time::now();
 
         let ca_certs = certificates(FileRole::Ca, &files.ca, &ca_pem)?;
         if ca_certs.is_empty() {
-            return Err(TlsError::NoCaCertificate {
-                path: files.ca.clone(),
-            });
+            return Err(TlsError::NoCaCertificate { path: files.ca.clone() });
         }
         check_ca_validity(&files.ca, &ca_certs, now)?;
 
         let chain = certificates(FileRole::Cert, &files.cert, &cert_pem)?;
         let Some(leaf_der) = chain.first() else {
-            return Err(TlsError::NoPem {
-                role: FileRole::Cert,
-                path: files.cert.clone(),
-                label: "CERTIFICATE",
-            });
+            return Err(TlsError::NoPem { role: FileRole::Cert, path: files.cert.clone(), label: "CERTIFICATE" });
         };
         let leaf = parse_cert(FileRole::Cert, &files.cert, leaf_der)?;
         check_validity(FileRole::Cert, &files.cert, &leaf, now)?;
@@ -136,9 +125,7 @@ impl LoadedTls {
 
         let (common_name, dns_names) = names_of(&leaf);
         let Some(name) = common_name.or_else(|| dns_names.first().cloned()) else {
-            return Err(TlsError::NoIdentity {
-                what: files.cert.display().to_string(),
-            });
+            return Err(TlsError::NoIdentity { what: files.cert.display().to_string() });
         };
         let validity = leaf.validity();
         let not_before = system_time(validity.not_before);
@@ -148,50 +135,27 @@ impl LoadedTls {
             tls.cert = %files.cert.display(),
             "tls files loaded"
         );
-        Ok(Self {
-            files,
-            ca_pem,
-            cert_pem,
-            key_pem,
-            identity: PeerIdentity { name, dns_names },
-            not_before,
-            not_after,
-        })
+        Ok(Self { files, ca_pem, cert_pem, key_pem, identity: PeerIdentity { name, dns_names }, not_before, not_after })
     }
 }
 
 fn read(role: FileRole, path: &Path) -> Result<Vec<u8>, TlsError> {
-    std::fs::read(path).map_err(|source| TlsError::Read {
-        role,
-        path: path.to_path_buf(),
-        source,
-    })
+    std::fs::read(path).map_err(|source| TlsError::Read { role, path: path.to_path_buf(), source })
 }
 
 /// All PEM sections of a file, in order.
-fn sections(
-    role: FileRole,
-    path: &Path,
-    pem: &[u8],
-) -> Result<Vec<(SectionKind, Vec<u8>)>, TlsError> {
+fn sections(role: FileRole, path: &Path, pem: &[u8]) -> Result<Vec<(SectionKind, Vec<u8>)>, TlsError> {
     let mut found = Vec::new();
     for section in <(SectionKind, Vec<u8>)>::pem_slice_iter(pem) {
-        let section = section.map_err(|err| TlsError::BadPem {
-            role,
-            path: path.to_path_buf(),
-            detail: err.to_string(),
-        })?;
+        let section =
+            section.map_err(|err| TlsError::BadPem { role, path: path.to_path_buf(), detail: err.to_string() })?;
         found.push(section);
     }
     Ok(found)
 }
 
 /// The CERTIFICATE sections of a file, in order; empty if it has none.
-fn certificates(
-    role: FileRole,
-    path: &Path,
-    pem: &[u8],
-) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+fn certificates(role: FileRole, path: &Path, pem: &[u8]) -> Result<Vec<CertificateDer<'static>>, TlsError> {
     let mut certs = Vec::new();
     for (kind, der) in sections(role, path, pem)? {
         if kind == SectionKind::Certificate {
@@ -211,39 +175,20 @@ fn private_key(path: &Path, pem: &[u8]) -> Result<Arc<dyn rustls::sign::SigningK
         }
     }
     let Some(key_der) = key_der else {
-        return Err(TlsError::NoPem {
-            role: FileRole::Key,
-            path: path.to_path_buf(),
-            label: "PRIVATE KEY",
-        });
+        return Err(TlsError::NoPem { role: FileRole::Key, path: path.to_path_buf(), label: "PRIVATE KEY" });
     };
-    rustls::crypto::ring::sign::any_supported_type(&key_der).map_err(|err| TlsError::KeyParse {
-        path: path.to_path_buf(),
-        detail: err.to_string(),
-    })
+    rustls::crypto::ring::sign::any_supported_type(&key_der)
+        .map_err(|err| TlsError::KeyParse { path: path.to_path_buf(), detail: err.to_string() })
 }
 
-fn parse_cert<'a>(
-    role: FileRole,
-    path: &Path,
-    der: &'a CertificateDer<'_>,
-) -> Result<X509Certificate<'a>, TlsError> {
+fn parse_cert<'a>(role: FileRole, path: &Path, der: &'a CertificateDer<'_>) -> Result<X509Certificate<'a>, TlsError> {
     match x509_parser::parse_x509_certificate(der) {
         Ok((_rest, cert)) => Ok(cert),
-        Err(err) => Err(TlsError::CertParse {
-            role,
-            path: path.to_path_buf(),
-            detail: err.to_string(),
-        }),
+        Err(err) => Err(TlsError::CertParse { role, path: path.to_path_buf(), detail: err.to_string() }),
     }
 }
 
-fn check_validity(
-    role: FileRole,
-    path: &Path,
-    cert: &X509Certificate<'_>,
-    now: ASN1Time,
-) -> Result<(), TlsError> {
+fn check_validity(role: FileRole, path: &Path, cert: &X509Certificate<'_>, now: ASN1Time) -> Result<(), TlsError> {
     let validity = cert.validity();
     if now > validity.not_after {
         return Err(TlsError::Expired {
@@ -267,11 +212,7 @@ fn check_validity(
 }
 
 /// A CA file may hold several CAs during a rotation; it is usable while one of them is valid.
-fn check_ca_validity(
-    path: &Path,
-    ca_certs: &[CertificateDer<'static>],
-    now: ASN1Time,
-) -> Result<(), TlsError> {
+fn check_ca_validity(path: &Path, ca_certs: &[CertificateDer<'static>], now: ASN1Time) -> Result<(), TlsError> {
     let mut first_error = None;
     for der in ca_certs {
         let cert = parse_cert(FileRole::Ca, path, der)?;
@@ -299,10 +240,7 @@ fn check_key_matches(
         return Ok(());
     };
     if key_spki.as_ref() != leaf.tbs_certificate.subject_pki.raw {
-        return Err(TlsError::KeyMismatch {
-            key: files.key.clone(),
-            cert: files.cert.clone(),
-        });
+        return Err(TlsError::KeyMismatch { key: files.key.clone(), cert: files.cert.clone() });
     }
     Ok(())
 }
@@ -325,11 +263,7 @@ fn check_issued_by(
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider)
         .build()
-        .map_err(|err| TlsError::CertParse {
-            role: FileRole::Ca,
-            path: files.ca.clone(),
-            detail: err.to_string(),
-        })?;
+        .map_err(|err| TlsError::CertParse { role: FileRole::Ca, path: files.ca.clone(), detail: err.to_string() })?;
     let Some((leaf, intermediates)) = chain.split_first() else {
         return Ok(());
     };
@@ -337,13 +271,9 @@ fn check_issued_by(
         return Ok(());
     };
     match err {
-        rustls::Error::InvalidCertificate(
-            CertificateError::UnknownIssuer | CertificateError::BadSignature,
-        ) => Err(TlsError::NotIssuedByCa {
-            cert: files.cert.clone(),
-            ca: files.ca.clone(),
-            detail: err.to_string(),
-        }),
+        rustls::Error::InvalidCertificate(CertificateError::UnknownIssuer | CertificateError::BadSignature) => {
+            Err(TlsError::NotIssuedByCa { cert: files.cert.clone(), ca: files.ca.clone(), detail: err.to_string() })
+        }
         other => {
             // E.g. a certificate without the clientAuth usage: it can still serve, so this is
             // the peer's call, not a startup failure.
@@ -374,9 +304,5 @@ pub(crate) fn format_time(time: ASN1Time) -> String {
 fn system_time(time: ASN1Time) -> SystemTime {
     let secs = time.timestamp();
     let magnitude = Duration::from_secs(secs.unsigned_abs());
-    if secs >= 0 {
-        UNIX_EPOCH + magnitude
-    } else {
-        UNIX_EPOCH - magnitude
-    }
+    if secs >= 0 { UNIX_EPOCH + magnitude } else { UNIX_EPOCH - magnitude }
 }

@@ -48,9 +48,7 @@ impl Fixture {
         let ca = DevCa::load(&self.dir.path().join("ca"))?;
         let mut params = rcgen::CertificateParams::new(vec![name.to_owned()])?;
         params.distinguished_name = rcgen::DistinguishedName::new();
-        params
-            .distinguished_name
-            .push(rcgen::DnType::CommonName, name);
+        params.distinguished_name.push(rcgen::DnType::CommonName, name);
         params.not_before = rcgen::date_time_ymd(not_before.0, not_before.1, not_before.2);
         params.not_after = rcgen::date_time_ymd(not_after.0, not_after.1, not_after.2);
         let issued = ca.sign(params)?.write(self.dir.path(), name)?;
@@ -79,10 +77,7 @@ fn good_files_load_with_identity_and_expiry() -> Result<(), BoxError> {
     let slack = Duration::from_secs(3_600);
     assert!(loaded.not_after() < in_a_year + slack);
     assert!(loaded.not_after() > in_a_year - slack);
-    assert!(
-        !format!("{loaded:?}").contains("PRIVATE KEY"),
-        "Debug hides the key"
-    );
+    assert!(!format!("{loaded:?}").contains("PRIVATE KEY"), "Debug hides the key");
     Ok(())
 }
 
@@ -90,10 +85,7 @@ fn good_files_load_with_identity_and_expiry() -> Result<(), BoxError> {
 fn missing_certificate_says_how_to_create_one() -> Result<(), BoxError> {
     let fixture = Fixture::new()?;
     let missing = fixture.path("nowhere/node.pem");
-    let files = TlsFiles {
-        cert: missing.clone(),
-        ..fixture.files()
-    };
+    let files = TlsFiles { cert: missing.clone(), ..fixture.files() };
     assert_eq!(
         load_err(&files).to_string(),
         format!(
@@ -108,15 +100,9 @@ fn missing_certificate_says_how_to_create_one() -> Result<(), BoxError> {
 #[test]
 fn missing_ca_says_where_a_ca_comes_from() -> Result<(), BoxError> {
     let fixture = Fixture::new()?;
-    let files = TlsFiles {
-        ca: fixture.path("ca.pem"),
-        ..fixture.files()
-    };
+    let files = TlsFiles { ca: fixture.path("ca.pem"), ..fixture.files() };
     let message = load_err(&files).to_string();
-    assert!(
-        message.starts_with("cannot read CA certificate "),
-        "{message}"
-    );
+    assert!(message.starts_with("cannot read CA certificate "), "{message}");
     assert!(message.ends_with("`ragmeshctl certs init`"), "{message}");
     Ok(())
 }
@@ -125,10 +111,7 @@ fn missing_ca_says_where_a_ca_comes_from() -> Result<(), BoxError> {
 fn certificate_without_pem_is_named() -> Result<(), BoxError> {
     let fixture = Fixture::new()?;
     let not_pem = fixture.write("not-pem.pem", "hello, I am not a certificate\n")?;
-    let files = TlsFiles {
-        cert: not_pem.clone(),
-        ..fixture.files()
-    };
+    let files = TlsFiles { cert: not_pem.clone(), ..fixture.files() };
     let message = load_err(&files).to_string();
     assert!(
         message.starts_with(&format!(
@@ -144,10 +127,7 @@ fn certificate_without_pem_is_named() -> Result<(), BoxError> {
 fn ca_file_without_certificate_is_named() -> Result<(), BoxError> {
     let fixture = Fixture::new()?;
     // The classic mix-up: the CA key passed as the CA certificate.
-    let files = TlsFiles {
-        ca: fixture.ca.key.clone(),
-        ..fixture.files()
-    };
+    let files = TlsFiles { ca: fixture.ca.key.clone(), ..fixture.files() };
     assert_eq!(
         load_err(&files).to_string(),
         format!(
@@ -165,52 +145,29 @@ fn truncated_pem_is_reported() -> Result<(), BoxError> {
     let full = std::fs::read_to_string(&fixture.node.cert)?;
     let truncated = full.replace("-----END CERTIFICATE-----", "");
     let path = fixture.write("truncated.pem", &truncated)?;
-    let files = TlsFiles {
-        cert: path.clone(),
-        ..fixture.files()
-    };
+    let files = TlsFiles { cert: path.clone(), ..fixture.files() };
     let err = load_err(&files);
     assert!(matches!(err, TlsError::BadPem { .. }), "{err:?}");
-    assert!(
-        err.to_string()
-            .starts_with(&format!("certificate {} is not valid PEM", display(&path))),
-        "{err}"
-    );
+    assert!(err.to_string().starts_with(&format!("certificate {} is not valid PEM", display(&path))), "{err}");
     Ok(())
 }
 
 #[test]
 fn key_that_does_not_parse_is_named() -> Result<(), BoxError> {
     let fixture = Fixture::new()?;
-    let path = fixture.write(
-        "garbage.key",
-        "-----BEGIN PRIVATE KEY-----\nAAECAwQFBgcICQ==\n-----END PRIVATE KEY-----\n",
-    )?;
-    let files = TlsFiles {
-        key: path.clone(),
-        ..fixture.files()
-    };
+    let path =
+        fixture.write("garbage.key", "-----BEGIN PRIVATE KEY-----\nAAECAwQFBgcICQ==\n-----END PRIVATE KEY-----\n")?;
+    let files = TlsFiles { key: path.clone(), ..fixture.files() };
     let message = load_err(&files).to_string();
-    assert!(
-        message.starts_with(&format!("private key {} does not parse: ", display(&path))),
-        "{message}"
-    );
+    assert!(message.starts_with(&format!("private key {} does not parse: ", display(&path))), "{message}");
     Ok(())
 }
 
 #[test]
 fn key_of_another_certificate_is_a_mismatch() -> Result<(), BoxError> {
     let fixture = Fixture::new()?;
-    let other = devca::issue(
-        &fixture.dir.path().join("ca"),
-        "node-2",
-        &[],
-        fixture.dir.path(),
-    )?;
-    let files = TlsFiles {
-        key: other.key.clone(),
-        ..fixture.files()
-    };
+    let other = devca::issue(&fixture.dir.path().join("ca"), "node-2", &[], fixture.dir.path())?;
+    let files = TlsFiles { key: other.key.clone(), ..fixture.files() };
     assert_eq!(
         load_err(&files).to_string(),
         format!(
@@ -236,10 +193,7 @@ fn expired_certificate_is_reported_with_its_dates() -> Result<(), BoxError> {
         )),
         "{message}"
     );
-    assert!(
-        message.ends_with("issue a new one with `ragmeshctl certs issue`"),
-        "{message}"
-    );
+    assert!(message.ends_with("issue a new one with `ragmeshctl certs issue`"), "{message}");
     Ok(())
 }
 
@@ -249,10 +203,8 @@ fn certificate_not_yet_valid_is_reported() -> Result<(), BoxError> {
     let files = fixture.signed_with_validity("future", (2200, 1, 1), (2201, 1, 1))?;
     let message = load_err(&files).to_string();
     assert!(
-        message.starts_with(&format!(
-            "certificate {} is not valid until 2200-01-01 00:00:00 UTC",
-            display(&files.cert)
-        )),
+        message
+            .starts_with(&format!("certificate {} is not valid until 2200-01-01 00:00:00 UTC", display(&files.cert))),
         "{message}"
     );
     Ok(())
@@ -262,10 +214,7 @@ fn certificate_not_yet_valid_is_reported() -> Result<(), BoxError> {
 fn certificate_from_another_ca_is_refused_at_load() -> Result<(), BoxError> {
     let fixture = Fixture::new()?;
     let other_ca = devca::init_ca(&fixture.path("other-ca"), false)?;
-    let files = TlsFiles {
-        ca: other_ca.cert.clone(),
-        ..fixture.files()
-    };
+    let files = TlsFiles { ca: other_ca.cert.clone(), ..fixture.files() };
     let message = load_err(&files).to_string();
     assert!(
         message.starts_with(&format!(
@@ -291,13 +240,7 @@ fn issuing_without_a_ca_says_how_to_create_one() -> Result<(), BoxError> {
     let err = devca::issue(dir.path(), "node-1", &[], dir.path()).expect_err("no CA there");
     let message = err.to_string();
     let ca_pem = dir.path().join("ca.pem");
-    assert!(
-        message.starts_with(&format!("cannot read CA certificate {}", display(&ca_pem))),
-        "{message}"
-    );
-    assert!(
-        message.ends_with("create one with `ragmeshctl certs init`"),
-        "{message}"
-    );
+    assert!(message.starts_with(&format!("cannot read CA certificate {}", display(&ca_pem))), "{message}");
+    assert!(message.ends_with("create one with `ragmeshctl certs init`"), "{message}");
     Ok(())
 }

@@ -42,23 +42,10 @@ impl Pki {
         let certs = dir.path().join("certs");
         let ca = devca::init_ca(&ca_dir, false)?;
         let other_ca = devca::init_ca(&other_dir, false)?;
-        let server = devca::issue(&ca_dir, "master", &[], &certs)?
-            .tls_files(&ca.cert)
-            .load()?;
-        let client = devca::issue(&ca_dir, "client-1", &[], &certs)?
-            .tls_files(&ca.cert)
-            .load()?;
-        let other_client = devca::issue(&other_dir, "rogue", &[], &certs)?
-            .tls_files(&other_ca.cert)
-            .load()?;
-        Ok(Self {
-            dir,
-            ca,
-            other_ca,
-            server,
-            client,
-            other_client,
-        })
+        let server = devca::issue(&ca_dir, "master", &[], &certs)?.tls_files(&ca.cert).load()?;
+        let client = devca::issue(&ca_dir, "client-1", &[], &certs)?.tls_files(&ca.cert).load()?;
+        let other_client = devca::issue(&other_dir, "rogue", &[], &certs)?.tls_files(&other_ca.cert).load()?;
+        Ok(Self { dir, ca, other_ca, server, client, other_client })
     }
 
     fn ca_certificate(&self) -> Result<Certificate, BoxError> {
@@ -68,16 +55,11 @@ impl Pki {
     /// A certificate from the mesh CA that expired in 2021.
     fn expired(&self, name: &str) -> Result<IssuedCert, BoxError> {
         let ca = DevCa::load(self.ca_dir())?;
-        let mut params =
-            rcgen::CertificateParams::new(vec![name.to_owned(), "127.0.0.1".to_owned()])?;
+        let mut params = rcgen::CertificateParams::new(vec![name.to_owned(), "127.0.0.1".to_owned()])?;
         params.distinguished_name = rcgen::DistinguishedName::new();
-        params
-            .distinguished_name
-            .push(rcgen::DnType::CommonName, name);
-        params.extended_key_usages = vec![
-            rcgen::ExtendedKeyUsagePurpose::ServerAuth,
-            rcgen::ExtendedKeyUsagePurpose::ClientAuth,
-        ];
+        params.distinguished_name.push(rcgen::DnType::CommonName, name);
+        params.extended_key_usages =
+            vec![rcgen::ExtendedKeyUsagePurpose::ServerAuth, rcgen::ExtendedKeyUsagePurpose::ClientAuth];
         params.not_before = rcgen::date_time_ymd(2020, 1, 1);
         params.not_after = rcgen::date_time_ymd(2021, 1, 1);
         Ok(ca.sign(params)?)
@@ -115,39 +97,25 @@ async fn start_server(tls: Option<ServerTlsConfig>) -> Result<TestServer, BoxErr
     if let Some(tls) = tls {
         builder = builder.tls_config(tls)?;
     }
-    let router = builder
-        .layer(tonic::service::InterceptorLayer::new(record_identity))
-        .add_service(health);
+    let router = builder.layer(tonic::service::InterceptorLayer::new(record_identity)).add_service(health);
     let task = tokio::spawn(async move {
-        if let Err(err) = router
-            .serve_with_incoming(TcpIncoming::from(listener))
-            .await
-        {
+        if let Err(err) = router.serve_with_incoming(TcpIncoming::from(listener)).await {
             panic!("test server failed: {err}");
         }
     });
-    Ok(TestServer {
-        addr,
-        identities,
-        task,
-    })
+    Ok(TestServer { addr, identities, task })
 }
 
 /// Connects and calls Health/Check once; the error is whichever step failed first.
 async fn check(uri: String, tls: Option<ClientTlsConfig>) -> Result<ServingStatus, BoxError> {
     let attempt = async move {
-        let mut endpoint = Endpoint::from_shared(uri)?
-            .connect_timeout(Duration::from_secs(10))
-            .timeout(Duration::from_secs(10));
+        let mut endpoint =
+            Endpoint::from_shared(uri)?.connect_timeout(Duration::from_secs(10)).timeout(Duration::from_secs(10));
         if let Some(tls) = tls {
             endpoint = endpoint.tls_config(tls)?;
         }
         let channel = endpoint.connect().await?;
-        let response = HealthClient::new(channel)
-            .check(HealthCheckRequest {
-                service: String::new(),
-            })
-            .await?;
+        let response = HealthClient::new(channel).check(HealthCheckRequest { service: String::new() }).await?;
         Ok::<_, BoxError>(response.into_inner().status())
     };
     tokio::time::timeout(ATTEMPT_TIMEOUT, attempt).await?
@@ -165,10 +133,7 @@ fn https(addr: SocketAddr) -> String {
 }
 
 fn plain_ctx() -> ErrorContext {
-    ErrorContext {
-        tls: Some(false),
-        ..ErrorContext::default()
-    }
+    ErrorContext { tls: Some(false), ..ErrorContext::default() }
 }
 
 #[tokio::test]
@@ -197,11 +162,7 @@ async fn mutual_tls_call_succeeds_and_server_sees_the_client_identity() -> Resul
 async fn server_name_may_be_an_ip_san() -> Result<(), BoxError> {
     let pki = Pki::new()?;
     let server = start_server(Some(pki.server.server_config())).await?;
-    let status = check(
-        https(server.addr),
-        Some(pki.client.client_config("127.0.0.1")),
-    )
-    .await?;
+    let status = check(https(server.addr), Some(pki.client.client_config("127.0.0.1"))).await?;
     assert_eq!(status, ServingStatus::Serving);
     Ok(())
 }
@@ -210,19 +171,11 @@ async fn server_name_may_be_an_ip_san() -> Result<(), BoxError> {
 async fn client_without_a_certificate_is_told_to_present_one() -> Result<(), BoxError> {
     let pki = Pki::new()?;
     let mut server = start_server(Some(pki.server.server_config())).await?;
-    let no_identity = ClientTlsConfig::new()
-        .ca_certificate(pki.ca_certificate()?)
-        .domain_name("master");
+    let no_identity = ClientTlsConfig::new().ca_certificate(pki.ca_certificate()?).domain_name("master");
 
     let err = expect_failure(https(server.addr), Some(no_identity)).await;
-    assert_eq!(
-        explain_error(&*err),
-        "the server requires a client certificate: pass --cert and --key"
-    );
-    assert!(
-        server.identities.try_recv().is_err(),
-        "no request reached the service"
-    );
+    assert_eq!(explain_error(&*err), "the server requires a client certificate: pass --cert and --key");
+    assert!(server.identities.try_recv().is_err(), "no request reached the service");
     Ok(())
 }
 
@@ -233,10 +186,7 @@ async fn client_certificate_from_another_ca_is_refused() -> Result<(), BoxError>
     let rogue_files = pki.other_client.files();
     let rogue = ClientTlsConfig::new()
         .ca_certificate(pki.ca_certificate()?)
-        .identity(Identity::from_pem(
-            std::fs::read(&rogue_files.cert)?,
-            std::fs::read(&rogue_files.key)?,
-        ))
+        .identity(Identity::from_pem(std::fs::read(&rogue_files.cert)?, std::fs::read(&rogue_files.key)?))
         .domain_name("master");
 
     let err = expect_failure(https(server.addr), Some(rogue)).await;
@@ -253,15 +203,8 @@ async fn client_trusting_another_ca_rejects_the_server() -> Result<(), BoxError>
     let pki = Pki::new()?;
     let server = start_server(Some(pki.server.server_config())).await?;
 
-    let err = expect_failure(
-        https(server.addr),
-        Some(pki.other_client.client_config("master")),
-    )
-    .await;
-    let ctx = ErrorContext {
-        ca: Some(pki.other_ca.cert.clone()),
-        ..ErrorContext::default()
-    };
+    let err = expect_failure(https(server.addr), Some(pki.other_client.client_config("master"))).await;
+    let ctx = ErrorContext { ca: Some(pki.other_ca.cert.clone()), ..ErrorContext::default() };
     assert_eq!(
         explain_error_in(&*err, &ctx),
         format!(
@@ -326,10 +269,7 @@ async fn connection_refused_names_the_address() -> Result<(), BoxError> {
     let addr = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?;
 
     let err = expect_failure(https(addr), Some(pki.client.client_config("master"))).await;
-    assert_eq!(
-        explain_error(&*err),
-        format!("nothing is listening at {addr}: start the server or check the address")
-    );
+    assert_eq!(explain_error(&*err), format!("nothing is listening at {addr}: start the server or check the address"));
     Ok(())
 }
 

@@ -20,11 +20,8 @@ pub fn parse_jsonl(text: &str, default_collection: &str) -> Result<Vec<Document>
             continue;
         }
         let line_number = index + 1;
-        let record =
-            parse_record(line, default_collection).map_err(|reason| IngestError::Jsonl {
-                line: line_number,
-                reason,
-            })?;
+        let record = parse_record(line, default_collection)
+            .map_err(|reason| IngestError::Jsonl { line: line_number, reason })?;
         docs.push(record);
     }
     Ok(docs)
@@ -51,12 +48,8 @@ fn parse_record(line: &str, default_collection: &str) -> Result<Document, String
         Some(other) => return Err(format!("\"id\" must be a string, found {}", kind(other))),
         None => return Err("missing \"id\": every record needs one".to_owned()),
     };
-    let collection =
-        optional_string(&object, "collection")?.unwrap_or_else(|| default_collection.to_owned());
-    let body = match (
-        optional_string(&object, "body")?,
-        optional_string(&object, "text")?,
-    ) {
+    let collection = optional_string(&object, "collection")?.unwrap_or_else(|| default_collection.to_owned());
+    let body = match (optional_string(&object, "body")?, optional_string(&object, "text")?) {
         (Some(body), None) | (None, Some(body)) => body,
         (Some(_), Some(_)) => {
             return Err("record has both \"body\" and \"text\": keep only one".to_owned());
@@ -70,19 +63,10 @@ fn parse_record(line: &str, default_collection: &str) -> Result<Document, String
         None | Some(Value::Null) => BTreeMap::new(),
         Some(Value::Object(entries)) => metadata_from(entries)?,
         Some(other) => {
-            return Err(format!(
-                "\"metadata\" must be an object of strings, found {}",
-                kind(other)
-            ));
+            return Err(format!("\"metadata\" must be an object of strings, found {}", kind(other)));
         }
     };
-    Ok(Document {
-        id,
-        collection,
-        title,
-        body,
-        metadata,
-    })
+    Ok(Document { id, collection, title, body, metadata })
 }
 
 fn optional_string(object: &Map<String, Value>, key: &str) -> Result<Option<String>, String> {
@@ -163,27 +147,12 @@ mod tests {
             ("{not json}", "invalid JSON at column 2"),
             ("[1, 2]", "expected a JSON object"),
             ("{\"body\": \"b\"}", "missing \"id\""),
-            (
-                "{\"id\": [1], \"body\": \"b\"}",
-                "\"id\" must be a string, found an array",
-            ),
+            ("{\"id\": [1], \"body\": \"b\"}", "\"id\" must be a string, found an array"),
             ("{\"id\": \"1\"}", "no \"body\""),
-            (
-                "{\"id\": \"1\", \"body\": \"b\", \"text\": \"t\"}",
-                "both \"body\" and \"text\"",
-            ),
-            (
-                "{\"id\": \"1\", \"body\": 5}",
-                "\"body\" must be a string, found a number",
-            ),
-            (
-                "{\"id\": \"1\", \"body\": \"b\", \"metadata\": {\"k\": {}}}",
-                "metadata value \"k\"",
-            ),
-            (
-                "{\"id\": \"1\", \"body\": \"b\", \"metadata\": \"x\"}",
-                "\"metadata\" must be an object",
-            ),
+            ("{\"id\": \"1\", \"body\": \"b\", \"text\": \"t\"}", "both \"body\" and \"text\""),
+            ("{\"id\": \"1\", \"body\": 5}", "\"body\" must be a string, found a number"),
+            ("{\"id\": \"1\", \"body\": \"b\", \"metadata\": {\"k\": {}}}", "metadata value \"k\""),
+            ("{\"id\": \"1\", \"body\": \"b\", \"metadata\": \"x\"}", "\"metadata\" must be an object"),
         ];
         for (bad, expected) in cases {
             let text = format!("{good}\n{good}{bad}\n{good}");
@@ -193,10 +162,7 @@ mod tests {
             assert!(!reason.contains("at line 1"), "{reason}");
         }
         let err = parse_jsonl("{\"id\": 1.5, \"body\": \"b\"}", "c").expect_err("fractional id");
-        assert_eq!(
-            err.to_string(),
-            "line 1: \"id\" must be a string, found a number"
-        );
+        assert_eq!(err.to_string(), "line 1: \"id\" must be a string, found a number");
     }
 
     proptest! {

@@ -85,21 +85,12 @@ pub enum IngestError {
 /// and symlinked directories. With [`Format::Auto`] files are chosen by extension and others
 /// skipped; with an explicit format every file is read in that format. Text documents get the
 /// path relative to `path` (or the file name, for a single file) as their id.
-pub fn load_path(
-    path: &Path,
-    collection: &str,
-    format: Format,
-) -> Result<Vec<Document>, IngestError> {
-    let metadata = fs::metadata(path).map_err(|source| IngestError::Read {
-        path: path.to_path_buf(),
-        source,
-    })?;
+pub fn load_path(path: &Path, collection: &str, format: Format) -> Result<Vec<Document>, IngestError> {
+    let metadata = fs::metadata(path).map_err(|source| IngestError::Read { path: path.to_path_buf(), source })?;
     if !metadata.is_dir() {
         let format = match format {
             Format::Auto => {
-                format_from_extension(path).ok_or_else(|| IngestError::UnknownFormat {
-                    path: path.to_path_buf(),
-                })?
+                format_from_extension(path).ok_or_else(|| IngestError::UnknownFormat { path: path.to_path_buf() })?
             }
             explicit => explicit,
         };
@@ -130,26 +121,13 @@ pub fn load_path(
     Ok(docs)
 }
 
-fn load_file(
-    path: &Path,
-    relative: &str,
-    collection: &str,
-    format: Format,
-) -> Result<Vec<Document>, IngestError> {
-    let text = fs::read_to_string(path).map_err(|source| IngestError::Read {
-        path: path.to_path_buf(),
-        source,
-    })?;
-    let in_file = |source| IngestError::File {
-        path: path.to_path_buf(),
-        source: Box::new(source),
-    };
+fn load_file(path: &Path, relative: &str, collection: &str, format: Format) -> Result<Vec<Document>, IngestError> {
+    let text = fs::read_to_string(path).map_err(|source| IngestError::Read { path: path.to_path_buf(), source })?;
+    let in_file = |source| IngestError::File { path: path.to_path_buf(), source: Box::new(source) };
     match format {
         Format::Trec => parse_trec(&text, collection).map_err(in_file),
         Format::Jsonl => parse_jsonl(&text, collection).map_err(in_file),
-        Format::Text | Format::Auto => {
-            Ok(vec![document_from_text_file(relative, &text, collection)])
-        }
+        Format::Text | Format::Auto => Ok(vec![document_from_text_file(relative, &text, collection)]),
     }
 }
 
@@ -169,10 +147,7 @@ fn is_hidden(name: &std::ffi::OsStr) -> bool {
 
 /// Appends the non-hidden files under `dir` to `out`, depth first, in name order.
 fn collect_files(dir: &Path, out: &mut Vec<PathBuf>) -> Result<(), IngestError> {
-    let read_error = |source| IngestError::Read {
-        path: dir.to_path_buf(),
-        source,
-    };
+    let read_error = |source| IngestError::Read { path: dir.to_path_buf(), source };
     let mut entries = Vec::new();
     for entry in fs::read_dir(dir).map_err(read_error)? {
         entries.push(entry.map_err(read_error)?);
@@ -183,10 +158,7 @@ fn collect_files(dir: &Path, out: &mut Vec<PathBuf>) -> Result<(), IngestError> 
             continue;
         }
         let path = entry.path();
-        let file_type = entry.file_type().map_err(|source| IngestError::Read {
-            path: path.clone(),
-            source,
-        })?;
+        let file_type = entry.file_type().map_err(|source| IngestError::Read { path: path.clone(), source })?;
         if file_type.is_dir() {
             collect_files(&path, out)?;
         } else if file_type.is_symlink() {
@@ -208,10 +180,8 @@ fn collect_files(dir: &Path, out: &mut Vec<PathBuf>) -> Result<(), IngestError> 
 /// `file` relative to `root`, with `/` separators whatever the platform.
 fn relative_id(root: &Path, file: &Path) -> String {
     let relative = file.strip_prefix(root).unwrap_or(file);
-    let parts: Vec<String> = relative
-        .components()
-        .map(|part| part.as_os_str().to_string_lossy().into_owned())
-        .collect();
+    let parts: Vec<String> =
+        relative.components().map(|part| part.as_os_str().to_string_lossy().into_owned()).collect();
     parts.join("/")
 }
 
@@ -251,14 +221,8 @@ mod tests {
         write(&root.join("b.md"), "# Bee\nbuzz");
         write(&root.join("a.txt"), "first line\nrest");
         write(&root.join("sub/c.markdown"), "\n\n## Sea\nwaves");
-        write(
-            &root.join("sub/d.jsonl"),
-            "{\"id\":\"j1\",\"text\":\"json body\"}\n",
-        );
-        write(
-            &root.join("sub/e.trec"),
-            "<DOC><DOCNO>t1</DOCNO>trec body</DOC>",
-        );
+        write(&root.join("sub/d.jsonl"), "{\"id\":\"j1\",\"text\":\"json body\"}\n");
+        write(&root.join("sub/e.trec"), "<DOC><DOCNO>t1</DOCNO>trec body</DOC>");
         write(&root.join(".hidden.txt"), "secret");
         write(&root.join(".git/config.txt"), "secret");
         write(&root.join("image.png"), "not text");
@@ -267,10 +231,7 @@ mod tests {
         let ids: Vec<&str> = docs.iter().map(|d| d.id.as_str()).collect();
         assert_eq!(ids, ["a.txt", "b.md", "sub/c.markdown", "j1", "t1"]);
         let titles: Vec<&str> = docs.iter().map(|d| d.title.as_str()).collect();
-        assert_eq!(
-            titles,
-            ["first line", "Bee", "Sea", "json body", "trec body"]
-        );
+        assert_eq!(titles, ["first line", "Bee", "Sea", "json body", "trec body"]);
         assert!(docs.iter().all(|d| d.collection == "c"));
     }
 
@@ -302,13 +263,8 @@ mod tests {
 
     #[test]
     fn missing_path_is_a_read_error_with_the_path() {
-        let err =
-            load_path(Path::new("/definitely/not/here"), "c", Format::Auto).expect_err("missing");
-        assert!(
-            err.to_string()
-                .starts_with("cannot read /definitely/not/here"),
-            "{err}"
-        );
+        let err = load_path(Path::new("/definitely/not/here"), "c", Format::Auto).expect_err("missing");
+        assert!(err.to_string().starts_with("cannot read /definitely/not/here"), "{err}");
     }
 
     #[test]

@@ -17,9 +17,8 @@ pub fn document_from_text_file(path_relative: &str, text: &str, collection: &str
     } else {
         path_relative.replace(std::path::MAIN_SEPARATOR, "/")
     };
-    let title = first_heading(text)
-        .or_else(|| text.lines().map(str::trim).find(|line| !line.is_empty()))
-        .unwrap_or_default();
+    let title =
+        first_heading(text).or_else(|| text.lines().map(str::trim).find(|line| !line.is_empty())).unwrap_or_default();
     Document {
         id,
         collection: collection.to_owned(),
@@ -87,10 +86,7 @@ mod tests {
     #[test]
     fn ignores_hashtags_and_fenced_comments() {
         let text = "```sh\n# not a title\n```\n#hashtag\nReal first line\n# Real Heading\n";
-        assert_eq!(
-            document_from_text_file("x.md", text, "c").title,
-            "Real Heading"
-        );
+        assert_eq!(document_from_text_file("x.md", text, "c").title, "Real Heading");
     }
 
     #[test]

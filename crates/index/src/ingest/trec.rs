@@ -21,10 +21,7 @@ pub fn parse_trec(text: &str, collection: &str) -> Result<Vec<Document>, IngestE
         let line = lines.line_at(text, start);
         let content_start = start + "<DOC>".len();
         let Some(end) = find_tag(text, content_start, "</DOC>") else {
-            return Err(trec_error(
-                line,
-                "<DOC> is never closed: add </DOC> at the end of the document",
-            ));
+            return Err(trec_error(line, "<DOC> is never closed: add </DOC> at the end of the document"));
         };
         let block = &text[content_start..end];
         if let Some(nested) = find_tag(block, 0, "<DOC>") {
@@ -38,27 +35,18 @@ pub fn parse_trec(text: &str, collection: &str) -> Result<Vec<Document>, IngestE
         pos = end + "</DOC>".len();
     }
     if docs.is_empty() && !text.trim().is_empty() {
-        return Err(trec_error(
-            1,
-            "no <DOC> blocks found: is this really a TREC file?",
-        ));
+        return Err(trec_error(1, "no <DOC> blocks found: is this really a TREC file?"));
     }
     Ok(docs)
 }
 
 fn parse_block(block: &str, line: usize, collection: &str) -> Result<Document, IngestError> {
     let Some(docno) = element(block, "DOCNO", line)? else {
-        return Err(trec_error(
-            line,
-            "document has no <DOCNO>: add <DOCNO>id</DOCNO> inside <DOC>",
-        ));
+        return Err(trec_error(line, "document has no <DOCNO>: add <DOCNO>id</DOCNO> inside <DOC>"));
     };
     let id = block[docno.inner.clone()].trim().to_owned();
     if id.is_empty() {
-        return Err(trec_error(
-            line,
-            "document has an empty <DOCNO>: put its id between the tags",
-        ));
+        return Err(trec_error(line, "document has an empty <DOCNO>: put its id between the tags"));
     }
 
     let mut title_element = element(block, "TITLE", line)?;
@@ -86,20 +74,11 @@ fn parse_block(block: &str, line: usize, collection: &str) -> Result<Document, I
         Some(title) => normalize_whitespace(&strip_tags(&block[title.inner.clone()])),
         None => title_from_body(&body),
     };
-    Ok(Document {
-        id,
-        collection: collection.to_owned(),
-        title,
-        body,
-        metadata: BTreeMap::new(),
-    })
+    Ok(Document { id, collection: collection.to_owned(), title, body, metadata: BTreeMap::new() })
 }
 
 fn trec_error(line: usize, reason: &str) -> IngestError {
-    IngestError::Trec {
-        line,
-        reason: reason.to_owned(),
-    }
+    IngestError::Trec { line, reason: reason.to_owned() }
 }
 
 /// Byte ranges of one `<NAME>...</NAME>` element: all of it, and its content.
@@ -123,10 +102,7 @@ fn element(block: &str, name: &str, line: usize) -> Result<Option<Element>, Inge
             reason: format!("{open} is never closed in this document: add {close}"),
         });
     };
-    Ok(Some(Element {
-        outer: start..inner_end + close.len(),
-        inner: inner_start..inner_end,
-    }))
+    Ok(Some(Element { outer: start..inner_end + close.len(), inner: inner_start..inner_end }))
 }
 
 /// Byte offset of the first ASCII-case-insensitive occurrence of `tag` in `text[from..]`.
@@ -194,19 +170,14 @@ fn tag_len(text: &str) -> Option<usize> {
     if !bytes.get(i)?.is_ascii_alphabetic() {
         return None;
     }
-    while bytes
-        .get(i)
-        .is_some_and(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'))
-    {
+    while bytes.get(i).is_some_and(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.')) {
         i += 1;
     }
     match bytes.get(i)? {
         b'>' => Some(i + 1),
         b' ' => {
             // Attributes: up to the next `>` on the same line, with no other `<` in between.
-            let close = bytes[i..]
-                .iter()
-                .position(|&b| matches!(b, b'>' | b'<' | b'\n'))?;
+            let close = bytes[i..].iter().position(|&b| matches!(b, b'>' | b'<' | b'\n'))?;
             (bytes[i + close] == b'>').then_some(i + close + 1)
         }
         _ => None,
@@ -227,10 +198,7 @@ impl LineCounter {
             self.offset = 0;
             self.line = 0;
         }
-        let newlines = text.as_bytes()[self.offset..offset]
-            .iter()
-            .filter(|&&b| b == b'\n')
-            .count();
+        let newlines = text.as_bytes()[self.offset..offset].iter().filter(|&&b| b == b'\n').count();
         self.line += newlines;
         self.offset = offset;
         self.line + 1
@@ -268,10 +236,7 @@ an electronic analogue computer
             docs[0].body,
             "compact memories have flexible capacities a digital data storage system with capacity up to bits and random and or sequential access is described"
         );
-        assert_eq!(
-            docs[0].title,
-            "compact memories have flexible capacities a digital data"
-        );
+        assert_eq!(docs[0].title, "compact memories have flexible capacities a digital data");
         assert_eq!(docs[1].title, "an electronic analogue computer");
     }
 
@@ -291,23 +256,15 @@ an electronic analogue computer
         let text = "<DOC>\n<DOCNO>1</DOCNO>\nok\n</DOC>\n\n<DOC>\nno number\n</DOC>\n";
         let err = parse_trec(text, "c").expect_err("second doc has no DOCNO");
         assert!(matches!(err, IngestError::Trec { line: 6, .. }), "{err:?}");
-        assert!(
-            err.to_string()
-                .starts_with("line 6: document has no <DOCNO>"),
-            "{err}"
-        );
+        assert!(err.to_string().starts_with("line 6: document has no <DOCNO>"), "{err}");
     }
 
     #[test]
     fn structural_errors() {
         let unclosed = parse_trec("<DOC><DOCNO>1</DOCNO>x\n", "c").expect_err("unclosed");
         assert!(unclosed.to_string().contains("never closed"), "{unclosed}");
-        let nested = parse_trec("<DOC><DOCNO>1</DOCNO>\n<DOC><DOCNO>2</DOCNO></DOC>", "c")
-            .expect_err("nested");
-        assert!(
-            matches!(nested, IngestError::Trec { line: 2, .. }),
-            "{nested:?}"
-        );
+        let nested = parse_trec("<DOC><DOCNO>1</DOCNO>\n<DOC><DOCNO>2</DOCNO></DOC>", "c").expect_err("nested");
+        assert!(matches!(nested, IngestError::Trec { line: 2, .. }), "{nested:?}");
         let empty_no = parse_trec("<DOC><DOCNO> </DOCNO>x</DOC>", "c").expect_err("empty");
         assert!(empty_no.to_string().contains("empty <DOCNO>"), "{empty_no}");
         assert!(parse_trec("just some prose", "c").is_err());
@@ -322,8 +279,7 @@ an electronic analogue computer
 
     #[test]
     fn vaswani_collection_if_present() {
-        let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-            .join("../../../shared/data/vaswani/doc-text.trec");
+        let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/data/vaswani/doc-text.trec");
         let Ok(text) = std::fs::read_to_string(&path) else {
             println!("skipped: ../shared/data/vaswani not present");
             return;
@@ -333,10 +289,7 @@ an electronic analogue computer
         let elapsed = started.elapsed();
         assert_eq!(docs.len(), 11_429);
         assert_eq!(docs[0].id, "1");
-        assert!(
-            docs.iter()
-                .all(|d| !d.id.is_empty() && !d.body.contains("  "))
-        );
+        assert!(docs.iter().all(|d| !d.id.is_empty() && !d.body.contains("  ")));
         println!("parsed {} vaswani docs in {elapsed:?}", docs.len());
     }
 

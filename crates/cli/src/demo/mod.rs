@@ -1,0 +1,544 @@
+//! `ragmeshctl demo`: a whole mesh on this machine. Makes a dev CA and certificates, starts
+//! `ragmesh-master` and N `ragmesh-agent`s as child processes, waits until every agent is up,
+//! loads the sample corpus round-robin, runs one federated search, prints how to talk to the
+//! mesh, and stops everything on Ctrl-C/SIGTERM (or at once with `--no-wait`).
+
+pub mod daemons;
+pub mod workdir;
+
+use std::ffi::OsString;
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use ragmesh_proto::v1;
+use ragmesh_tls::TlsFiles;
+use ragmesh_tls::devca::{self, DevCa};
+
+use crate::args::DemoArgs;
+use crate::client::{Master, Target};
+use crate::render::{Column, Table};
+use crate::samples;
+use crate::search::{self, Style};
+use daemons::{DaemonSpec, Supervisor};
+use workdir::Workdir;
+
+/// Executable of the master, looked for next to `ragmeshctl`.
+pub const MASTER_BIN: &str = "ragmesh-master";
+/// Executable of an agent, looked for next to `ragmeshctl`.
+pub const AGENT_BIN: &str = "ragmesh-agent";
+/// How long the master may take to answer its first RPC.
+const MASTER_READY_TIMEOUT: Duration = Duration::from_secs(20);
+/// How long the agents may take to register and come up.
+const AGENTS_UP_TIMEOUT: Duration = Duration::from_secs(30);
+/// Between two looks at the daemons while waiting.
+const POLL: Duration = Duration::from_millis(100);
+/// A short heartbeat, so the master notices state changes quickly in a demo.
+const HEARTBEAT_INTERVAL_MS: &str = "500";
+/// Deadline of the demo's RPCs.
+const RPC_TIMEOUT: Duration = Duration::from_secs(10);
+/// Search deadline of the demo's federated search.
+const SEARCH_TIMEOUT_MS: u32 = 5000;
+/// Documents per ingest call of the demo.
+const INGEST_BATCH: usize = 500;
+
+/// Runs the demo. Daemons are always stopped before this returns, error or not.
+pub async fn run(args: &DemoArgs) -> anyhow::Result<()> {
+    let binaries = Binaries::locate()?;
+    let workdir = match &args.dir {
+        Some(dir) => Workdir::keep(dir)?,
+        None => Workdir::temporary()?,
+    };
+    let agents = usize::try_from(args.agents).unwrap_or(1);
+    let mut supervisor = Supervisor::new();
+
+    let outcome = run_mesh(args, agents, &binaries, &workdir, &mut supervisor).await;
+
+    println!();
+    println!("Stopping the mesh ...");
+    let report = supervisor.stop().await;
+    if !report.stopped.is_empty() {
+        println!("  stopped {}", report.stopped.join(", "));
+    }
+    for problem in &report.problems {
+        println!("  warning: {problem}");
+    }
+    let kept = workdir.path().to_path_buf();
+    match workdir.remove()? {
+        Some(removed) => println!("  removed {}", removed.display()),
+        None => println!("  kept {} (certs, data, logs)", kept.display()),
+    }
+    outcome
+}
+
+/// Everything between "directory ready" and "stop": any error ends the demo.
+async fn run_mesh(
+    args: &DemoArgs,
+    agents: usize,
+    binaries: &Binaries,
+    workdir: &Workdir,
+    supervisor: &mut Supervisor,
+) -> anyhow::Result<()> {
+    let agent_names: Vec<String> = (1..=agents).map(|i| format!("agent-{i}")).collect();
+    println!(
+        "ragmesh demo: 1 master and {agents} agent{} on 127.0.0.1, mutual TLS everywhere",
+        plural(agents)
+    );
+    let removal = if workdir.is_temporary() {
+        "removed at exit; pass --dir to keep it"
+    } else {
+        "kept after exit"
+    };
+    println!("directory: {} ({removal})", workdir.path().display());
+    println!();
+
+    let client_tls = make_certs(workdir, &agent_names)?;
+    println!(
+        "Certificates: a development CA and certificates for master, {} and client in {}",
+        agent_names.join(", "),
+        workdir.certs().display()
+    );
+
+    let master = start_master(binaries, workdir, supervisor, client_tls).await?;
+    start_agents(binaries, workdir, supervisor, &agent_names, master.addr())?;
+    print_daemons(workdir, supervisor);
+
+    print!("Waiting for {agents} agent{} to join ... ", plural(agents));
+    flush_stdout();
+    let waited = wait_for_agents(&master, supervisor, &agent_names, workdir).await?;
+    println!("all up after {:.1} s", waited.as_secs_f64());
+    println!();
+
+    ingest_samples(&master, &agent_names).await?;
+
+    println!();
+    println!("Federated search for {:?} over all agents:", samples::DEMO_QUERY);
+    println!();
+    let all_answered = search_once(&master, &agent_names).await?;
+
+    println!();
+    print!("{}", usage_hints(workdir, master.addr(), args.no_wait)?);
+    if args.no_wait {
+        if !all_answered {
+            anyhow::bail!(
+                "not every agent answered the demo search (see the node table above and the logs in {})",
+                workdir.path().join("logs").display()
+            );
+        }
+        return Ok(());
+    }
+    wait_for_stop(supervisor).await
+}
+
+/// The daemon executables next to the running `ragmeshctl`.
+#[derive(Debug)]
+struct Binaries {
+    master: PathBuf,
+    agent: PathBuf,
+}
+
+impl Binaries {
+    fn locate() -> anyhow::Result<Binaries> {
+        let exe = std::env::current_exe()
+            .map_err(|err| anyhow::anyhow!("cannot find the ragmeshctl executable: {err}"))?;
+        let dir = exe.parent().map(Path::to_path_buf).unwrap_or_default();
+        let binaries = Binaries {
+            master: dir.join(MASTER_BIN),
+            agent: dir.join(AGENT_BIN),
+        };
+        let missing: Vec<String> = [&binaries.master, &binaries.agent]
+            .into_iter()
+            .filter(|path| !path.is_file())
+            .map(|path| path.display().to_string())
+            .collect();
+        if !missing.is_empty() {
+            anyhow::bail!(
+                "build the daemons first: cargo build --bins ({} not found next to {})",
+                missing.join(" and "),
+                exe.display()
+            );
+        }
+        Ok(binaries)
+    }
+}
+
+/// Writes the CA and the certificates of master, agents and client into `DIR/certs`, and
+/// returns the client's files.
+fn make_certs(workdir: &Workdir, agent_names: &[String]) -> anyhow::Result<TlsFiles> {
+    let dir = workdir.certs();
+    let ca = DevCa::generate()?;
+    let ca_paths = ca.write(&dir, true)?;
+    let names = std::iter::once("master")
+        .chain(agent_names.iter().map(String::as_str))
+        .chain(std::iter::once("client"));
+    let mut client = None;
+    for name in names {
+        let issued = devca::issue_with_ca(&ca, name, &[], &dir, devca::DEFAULT_LEAF_DAYS)?;
+        if name == "client" {
+            client = Some(issued.tls_files(&ca_paths.cert));
+        }
+    }
+    client.ok_or_else(|| anyhow::anyhow!("the client certificate was not issued"))
+}
+
+/// The TLS flags of a daemon whose certificate is `name`.
+fn tls_args(workdir: &Workdir, name: &str) -> Vec<OsString> {
+    let certs = workdir.certs();
+    vec![
+        "--ca".into(),
+        certs.join("ca.pem").into(),
+        "--cert".into(),
+        certs.join(format!("{name}.pem")).into(),
+        "--key".into(),
+        certs.join(format!("{name}.key")).into(),
+    ]
+}
+
+fn spec(workdir: &Workdir, name: &str, program: &Path, mut args: Vec<OsString>) -> DaemonSpec {
+    args.push("--data-dir".into());
+    args.push(workdir.data(name).into());
+    args.extend(tls_args(workdir, name));
+    DaemonSpec {
+        name: name.to_owned(),
+        program: program.to_path_buf(),
+        args,
+        log: workdir.log(name),
+        pid_file: workdir.pid_file(name),
+    }
+}
+
+/// Starts the master and waits until it answers `ListNodes`; writes `DIR/master.addr`.
+async fn start_master(
+    binaries: &Binaries,
+    workdir: &Workdir,
+    supervisor: &mut Supervisor,
+    client_tls: TlsFiles,
+) -> anyhow::Result<Master> {
+    let port = first_free_port()?;
+    let index = supervisor.spawn(spec(workdir, "master", &binaries.master, Vec::new()), port)?;
+    let target = Target {
+        addr: String::new(),
+        host: "127.0.0.1".to_owned(),
+        tls: Some(Arc::new(client_tls.load()?)),
+        timeout: RPC_TIMEOUT,
+    };
+    let started = Instant::now();
+    loop {
+        supervisor.check(true)?;
+        // The address changes if the master had to be restarted on another port.
+        let addr = supervisor.daemons()[index].addr();
+        let attempt = Target { addr: addr.clone(), ..target.clone() };
+        let error = match Master::connect(attempt).await {
+            Ok(master) => match master.list_nodes().await {
+                Ok(_) => {
+                    std::fs::write(workdir.master_addr_file(), format!("{addr}\n"))?;
+                    return Ok(master);
+                }
+                Err(err) => err,
+            },
+            Err(err) => err,
+        };
+        if started.elapsed() > MASTER_READY_TIMEOUT {
+            anyhow::bail!(
+                "the master did not become ready within {} s ({error:#}); see {}",
+                MASTER_READY_TIMEOUT.as_secs(),
+                workdir.log("master").display()
+            );
+        }
+        tokio::time::sleep(POLL).await;
+    }
+}
+
+fn first_free_port() -> anyhow::Result<u16> {
+    daemons::free_ports(1)?
+        .first()
+        .copied()
+        .ok_or_else(|| anyhow::anyhow!("no free port on 127.0.0.1"))
+}
+
+/// Starts one agent per name, registering with the master at `master_addr`.
+fn start_agents(
+    binaries: &Binaries,
+    workdir: &Workdir,
+    supervisor: &mut Supervisor,
+    names: &[String],
+    master_addr: &str,
+) -> anyhow::Result<()> {
+    let ports = daemons::free_ports(names.len())?;
+    for (name, port) in names.iter().zip(ports) {
+        let args: Vec<OsString> = vec![
+            "--name".into(),
+            name.into(),
+            "--master".into(),
+            master_addr.into(),
+            "--heartbeat-interval-ms".into(),
+            HEARTBEAT_INTERVAL_MS.into(),
+            "--label".into(),
+            "started-by=ragmeshctl-demo".into(),
+        ];
+        supervisor.spawn(spec(workdir, name, &binaries.agent, args), port)?;
+    }
+    Ok(())
+}
+
+fn print_daemons(workdir: &Workdir, supervisor: &Supervisor) {
+    println!("Started (logs in {}):", workdir.path().join("logs").display());
+    let mut table = Table::new(vec![Column::left("NAME"), Column::left("ADDRESS"), Column::right("PID")]);
+    for daemon in supervisor.daemons() {
+        table.push(vec![daemon.name().to_owned(), daemon.addr(), daemon.pid().to_string()]);
+    }
+    print!("{}", indent(&table.render()));
+}
+
+/// Polls `ListNodes` until every agent is up, failing early when a daemon dies.
+async fn wait_for_agents(
+    master: &Master,
+    supervisor: &mut Supervisor,
+    names: &[String],
+    workdir: &Workdir,
+) -> anyhow::Result<Duration> {
+    let started = Instant::now();
+    loop {
+        supervisor.check(true)?;
+        let nodes = master.list_nodes().await?;
+        let pending: Vec<String> = names
+            .iter()
+            .filter_map(|name| match nodes.iter().find(|n| &n.name == name) {
+                Some(node) if node.state == v1::NodeState::Up as i32 => None,
+                Some(node) => Some(format!("{name} is {}", crate::nodes::state_name(node.state))),
+                None => Some(format!("{name} has not registered")),
+            })
+            .collect();
+        if pending.is_empty() {
+            return Ok(started.elapsed());
+        }
+        if started.elapsed() > AGENTS_UP_TIMEOUT {
+            println!();
+            let logs: Vec<String> = names.iter().map(|name| workdir.log(name).display().to_string()).collect();
+            anyhow::bail!(
+                "agents not up after {} s: {}; look at {} and {}",
+                AGENTS_UP_TIMEOUT.as_secs(),
+                pending.join(", "),
+                logs.join(", "),
+                workdir.log("master").display()
+            );
+        }
+        tokio::time::sleep(POLL).await;
+    }
+}
+
+/// Splits the sample corpus round-robin over the agents and writes each share through the
+/// master.
+async fn ingest_samples(master: &Master, names: &[String]) -> anyhow::Result<()> {
+    let docs = samples::documents()
+        .map_err(|err| anyhow::anyhow!("the built-in sample corpus does not parse: {err}"))?;
+    let total = docs.len();
+    println!("Loading {total} sample documents round-robin:");
+    let mut table = Table::new(vec![Column::left("NODE"), Column::right("DOCUMENTS"), Column::right("GENERATION")]);
+    for (name, share) in names.iter().zip(samples::round_robin(docs, names.len())) {
+        let count = share.len();
+        let mut generation = 0;
+        let mut remaining = share.into_iter().peekable();
+        while remaining.peek().is_some() {
+            let documents: Vec<v1::Document> = remaining
+                .by_ref()
+                .take(INGEST_BATCH)
+                .map(crate::ingest::to_wire)
+                .collect();
+            let request = v1::IngestDocumentsRequest {
+                node: name.clone(),
+                documents,
+            };
+            let response = master
+                .ingest(request, RPC_TIMEOUT)
+                .await
+                .map_err(|status| master.describe(&format!("ingest into {name}"), &status))?;
+            generation = response.generation;
+        }
+        table.push(vec![name.clone(), count.to_string(), generation.to_string()]);
+    }
+    print!("{}", indent(&table.render()));
+    Ok(())
+}
+
+/// Runs the demo query and prints the result; true when every agent answered.
+async fn search_once(master: &Master, names: &[String]) -> anyhow::Result<bool> {
+    let (timeout_ms, deadline) = search::deadlines(Some(SEARCH_TIMEOUT_MS));
+    let request = v1::SearchRequest {
+        query: samples::DEMO_QUERY.to_owned(),
+        limit: 10,
+        timeout_ms,
+        ..Default::default()
+    };
+    let response = master.search(request, deadline).await?;
+    print!("{}", search::render(&response, samples::DEMO_QUERY, Style::for_stdout()));
+    let answered = names.iter().all(|name| {
+        response
+            .nodes
+            .iter()
+            .any(|n| &n.node == name && n.status == v1::OutcomeStatus::Ok as i32)
+    });
+    Ok(answered)
+}
+
+/// The commands to try, with absolute paths that can be pasted as they are.
+fn usage_hints(workdir: &Workdir, master_addr: &str, no_wait: bool) -> anyhow::Result<String> {
+    let certs = workdir.certs();
+    let ca = quote(&certs.join("ca.pem"));
+    let cert = quote(&certs.join("client.pem"));
+    let key = quote(&certs.join("client.key"));
+    let exe = std::env::current_exe().map(|p| quote(&p)).unwrap_or_else(|_| "ragmeshctl".to_owned());
+    let query = "index replication";
+    let tls = format!("-cacert {ca} -cert {cert} -key {key}");
+
+    let mut out = String::new();
+    if no_wait {
+        let _ = writeln!(out, "--no-wait: the mesh stops now. Without it, the demo keeps running and you can try:");
+    } else {
+        let _ = writeln!(out, "The mesh is running. In another terminal, try:");
+    }
+    let _ = writeln!(out);
+    let _ = writeln!(out, "  # ragmeshctl (the flags can also come from the environment)");
+    let _ = writeln!(out, "  {exe} --master {master_addr} --ca {ca} --cert {cert} --key {key} nodes");
+    let _ = writeln!(
+        out,
+        "  export RAGMESH_MASTER={master_addr} RAGMESH_CA={ca} RAGMESH_CERT={cert} RAGMESH_KEY={key}"
+    );
+    let _ = writeln!(out, "  {exe} search {}", quote_str(query));
+    let _ = writeln!(out, "  {exe} node agent-1");
+    let _ = writeln!(out);
+    let _ = writeln!(out, "  # grpcurl (over the same mutual TLS)");
+    let _ = writeln!(out, "  grpcurl {tls} {master_addr} list");
+    let _ = writeln!(out, "  grpcurl {tls} {master_addr} ragmesh.v1.MasterService/ListNodes");
+    let _ = writeln!(
+        out,
+        "  grpcurl {tls} -d '{{\"query\":\"{query}\"}}' {master_addr} ragmesh.v1.MasterService/Search"
+    );
+    if !no_wait {
+        let _ = writeln!(out);
+        let what = if workdir.is_temporary() {
+            format!("stop the daemons and remove {}", workdir.path().display())
+        } else {
+            "stop the daemons".to_owned()
+        };
+        let _ = writeln!(out, "Press Ctrl-C to {what}.");
+    }
+    Ok(out)
+}
+
+/// Runs until Ctrl-C, SIGTERM or SIGHUP; fails if a daemon dies meanwhile.
+async fn wait_for_stop(supervisor: &mut Supervisor) -> anyhow::Result<()> {
+    let mut signals = StopSignals::new()?;
+    let mut check = tokio::time::interval(Duration::from_millis(500));
+    loop {
+        tokio::select! {
+            signal = signals.next() => {
+                println!();
+                println!("{signal}: stopping");
+                return Ok(());
+            }
+            _ = check.tick() => supervisor.check(false)?,
+        }
+    }
+}
+
+/// The signals that end the demo.
+struct StopSignals {
+    #[cfg(unix)]
+    term: tokio::signal::unix::Signal,
+    #[cfg(unix)]
+    hup: tokio::signal::unix::Signal,
+}
+
+impl StopSignals {
+    fn new() -> anyhow::Result<Self> {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{SignalKind, signal};
+            Ok(StopSignals {
+                term: signal(SignalKind::terminate())?,
+                hup: signal(SignalKind::hangup())?,
+            })
+        }
+        #[cfg(not(unix))]
+        Ok(StopSignals {})
+    }
+
+    /// The name of the next signal received.
+    async fn next(&mut self) -> &'static str {
+        #[cfg(unix)]
+        {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => "interrupted",
+                _ = self.term.recv() => "SIGTERM received",
+                _ = self.hup.recv() => "SIGHUP received",
+            }
+        }
+        #[cfg(not(unix))]
+        {
+            let _ = tokio::signal::ctrl_c().await;
+            "interrupted"
+        }
+    }
+}
+
+fn plural(n: usize) -> &'static str {
+    if n == 1 { "" } else { "s" }
+}
+
+fn indent(text: &str) -> String {
+    text.lines().map(|line| format!("  {line}\n")).collect()
+}
+
+fn flush_stdout() {
+    use std::io::Write as _;
+    let _ = std::io::stdout().flush();
+}
+
+/// `path` quoted for a POSIX shell when it needs to be.
+fn quote(path: &Path) -> String {
+    quote_str(&path.to_string_lossy())
+}
+
+/// `text` quoted for a POSIX shell when it holds anything but `[A-Za-z0-9/._:=@+,-]`.
+pub fn quote_str(text: &str) -> String {
+    let safe = |c: char| c.is_ascii_alphanumeric() || "/._:=@+,-".contains(c);
+    if !text.is_empty() && text.chars().all(safe) {
+        return text.to_owned();
+    }
+    format!("'{}'", text.replace('\'', r"'\''"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shell_quoting_only_when_needed() {
+        assert_eq!(quote_str("/tmp/demo/certs/ca.pem"), "/tmp/demo/certs/ca.pem");
+        assert_eq!(quote_str("/tmp/my demo/ca.pem"), "'/tmp/my demo/ca.pem'");
+        assert_eq!(quote_str("it's"), r"'it'\''s'");
+        assert_eq!(quote_str("index replication"), "'index replication'");
+        assert_eq!(quote_str(""), "''");
+    }
+
+    #[test]
+    fn hints_use_absolute_paths_and_the_master_address() {
+        let workdir = Workdir::temporary().expect("temp");
+        let hints = usage_hints(&workdir, "127.0.0.1:40001", false).expect("hints");
+        let ca = workdir.certs().join("ca.pem");
+        let expected = format!(
+            "grpcurl -cacert {} -cert {} -key {} 127.0.0.1:40001 list",
+            ca.display(),
+            workdir.certs().join("client.pem").display(),
+            workdir.certs().join("client.key").display()
+        );
+        assert!(hints.contains(&expected), "{hints}");
+        assert!(hints.contains("-d '{\"query\":\"index replication\"}' 127.0.0.1:40001 ragmesh.v1.MasterService/Search"), "{hints}");
+        assert!(hints.contains("Press Ctrl-C"), "{hints}");
+        let no_wait = usage_hints(&workdir, "127.0.0.1:40001", true).expect("hints");
+        assert!(no_wait.contains("the mesh stops now"), "{no_wait}");
+        assert!(!no_wait.contains("Press Ctrl-C"), "{no_wait}");
+    }
+}
