@@ -137,8 +137,12 @@ impl AgentArgs {
         let listen = self.listen.or(file.listen).unwrap_or_else(|| "127.0.0.1:7401".to_owned());
         let listen = parse_listen("listen", &listen, &mut problems);
         let advertise = self.advertise.or(file.advertise);
-        if let Some(advertise) = &advertise {
-            check_host_port("advertise", advertise, &mut problems);
+        match &advertise {
+            Some(advertise) => check_host_port("advertise", advertise, &mut problems),
+            None if listen.ip().is_unspecified() => problems.push(format!(
+                "--advertise is required when --listen is {listen}: give the HOST:PORT the master should dial"
+            )),
+            None => {}
         }
         let master = self.master.or(file.master).unwrap_or_default();
         if master.is_empty() {
@@ -214,6 +218,16 @@ mod tests {
         ] {
             assert!(text.contains(needle), "missing {needle:?} in {text}");
         }
+    }
+
+    #[test]
+    fn a_wildcard_listen_address_needs_an_advertised_address() {
+        let base = ["--insecure", "--name", "n1", "--master", "m:7400", "--listen", "0.0.0.0:7401"];
+        let errors = args(&base).resolve().expect_err("needs --advertise");
+        assert!(errors.to_string().contains("--advertise is required"), "{errors}");
+        let mut with = base.to_vec();
+        with.extend(["--advertise", "node1.internal:7401"]);
+        assert!(args(&with).resolve().is_ok());
     }
 
     #[test]
