@@ -140,3 +140,31 @@ async fn bad_requests_get_errors_that_say_what_to_do() {
     assert!(node.last_heartbeat.is_some());
     mesh.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_that_cannot_be_reached_is_reported_unavailable_with_the_reason() {
+    trace_init();
+    let mesh = Mesh::builder().agents(1).start().await;
+    mesh.ingest(0, docs_for(0, 2)).await;
+    // An agent that advertises an address where nothing listens: registered and up (its health
+    // stream works), but the master cannot reach its data plane.
+    let unreachable = std::net::TcpListener::bind("127.0.0.1:0").expect("reserve a port");
+    let dead_address = unreachable.local_addr().expect("addr").to_string();
+    drop(unreachable);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut config = mesh.agent_config("agent-9", dir.path().to_owned());
+    config.advertise = Some(dead_address.clone());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let agent = ragmesh_agent::start(config, listener).await.expect("agent starts");
+    mesh.wait_state("agent-9", ragmesh_master::node::NodeState::Up, Duration::from_secs(10)).await;
+
+    let response = mesh.search(v1::SearchRequest { query: "mesh".into(), ..Default::default() }).await;
+    let outcome = outcome_of(&response, "agent-9");
+    assert_eq!(outcome.status(), OutcomeStatus::Unavailable, "{outcome:?}");
+    assert!(outcome.message.contains(&dead_address), "{}", outcome.message);
+    println!("unreachable node: {}", outcome.message);
+    assert_eq!(outcome_of(&response, "agent-1").status(), OutcomeStatus::Ok);
+    assert_eq!(response.hits.len(), 2);
+    agent.shutdown().await.expect("agent stops");
+    mesh.shutdown().await;
+}

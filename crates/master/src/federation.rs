@@ -213,6 +213,17 @@ mod tests {
     }
 
     #[test]
+    fn node_statuses_map_to_the_shared_vocabulary() {
+        assert_eq!(classify(&tonic::Status::deadline_exceeded("late"), true), Outcome::Timeout);
+        assert_eq!(classify(&tonic::Status::cancelled("gone"), true), Outcome::Timeout);
+        assert!(matches!(classify(&tonic::Status::unavailable("down"), true), Outcome::Unavailable(m) if m == "down"));
+        let Outcome::Error(message) = classify(&tonic::Status::invalid_argument("bad query"), true) else {
+            panic!("an application error is an error outcome");
+        };
+        assert!(message.contains("InvalidArgument") && message.contains("bad query"), "{message}");
+    }
+
+    #[test]
     fn plan_restricts_to_selected_nodes_and_names_unknown_ones() {
         let nodes = [view("a", NodeState::Up, &["docs"]), view("b", NodeState::Up, &["docs"])];
         let plan = plan(&nodes, &[], &["b".to_owned()]).expect("plan");
