@@ -53,7 +53,8 @@ fn precision_at_10(ranked: &[String], relevant: &HashSet<String>) -> f64 {
 async fn federated_search_over_three_agents_stays_close_to_one_index() {
     trace_init();
     let Some(dir) = collection_dir() else { return };
-    let docs = ingest::parse_trec(&std::fs::read_to_string(dir.join("doc-text.trec")).expect("docs"), "npl").expect("parse");
+    let docs =
+        ingest::parse_trec(&std::fs::read_to_string(dir.join("doc-text.trec")).expect("docs"), "npl").expect("parse");
     let topics = topics(&std::fs::read_to_string(dir.join("query-text.trec")).expect("topics"));
     let qrels = qrels(&std::fs::read_to_string(dir.join("qrels")).expect("qrels"));
     assert_eq!(docs.len(), 11_429);
@@ -88,16 +89,22 @@ async fn federated_search_over_three_agents_stays_close_to_one_index() {
     for (id, text) in &topics {
         let Some(relevant) = qrels.get(id) else { continue };
         judged += 1;
-        let local = single.search(&SearchQuery { query: text.clone(), limit: 10, ..Default::default() }).expect("search");
+        let local =
+            single.search(&SearchQuery { query: text.clone(), limit: 10, ..Default::default() }).expect("search");
         let local: Vec<String> = local.hits.into_iter().map(|h| h.id).collect();
-        let federated = mesh.search(v1::SearchRequest { query: text.clone(), limit: 10, timeout_ms: 10_000, ..Default::default() }).await;
+        let federated = mesh
+            .search(v1::SearchRequest { query: text.clone(), limit: 10, timeout_ms: 10_000, ..Default::default() })
+            .await;
         assert!(federated.nodes.iter().all(|n| n.status() == OutcomeStatus::Ok), "{:?}", federated.nodes);
         let federated: Vec<String> = federated.hits.into_iter().map(|h| h.doc_id).collect();
         p_single += precision_at_10(&local, relevant);
         p_mesh += precision_at_10(&federated, relevant);
     }
     let (p_single, p_mesh) = (p_single / f64::from(judged), p_mesh / f64::from(judged));
-    println!("vaswani P@10 over {judged} queries: single index {p_single:.3}, 3-agent mesh (RRF) {p_mesh:.3}, ratio {:.3}", p_mesh / p_single);
+    println!(
+        "vaswani P@10 over {judged} queries: single index {p_single:.3}, 3-agent mesh (RRF) {p_mesh:.3}, ratio {:.3}",
+        p_mesh / p_single
+    );
     assert!(p_single > 0.2, "the single index itself must work: {p_single}");
     assert!(p_mesh >= 0.8 * p_single, "federated P@10 {p_mesh:.3} fell below 80% of the single index's {p_single:.3}");
     mesh.shutdown().await;

@@ -17,8 +17,8 @@ pub const DEFAULT_MASTER: &str = "127.0.0.1:7400";
     long_about = "Operate a ragmesh mesh: certificates, nodes, federated search, ingest, a local demo.\n\n\
         Every command that talks to the master uses mutual TLS: pass the mesh CA and a client \
         certificate with --ca/--cert/--key (or RAGMESH_CA/RAGMESH_CERT/RAGMESH_KEY). Create them \
-        with `ragmeshctl certs init` and `ragmeshctl certs issue client`. To see a whole mesh on \
-        this machine, run `ragmeshctl demo`.",
+        with `ragmeshctl certs init --dir certs` and `ragmeshctl certs issue --dir certs client`. \
+        To see a whole mesh on this machine, run `ragmeshctl demo`.",
     after_help = "Exit status: 0 success, 1 runtime failure, 64 usage or configuration error."
 )]
 pub struct Cli {
@@ -32,6 +32,7 @@ pub struct Cli {
 
 /// Flags every subcommand accepts: where the master is and how to authenticate to it.
 #[derive(Debug, Clone, Args)]
+#[command(next_help_heading = "Connection to the master")]
 pub struct GlobalArgs {
     /// Address of the master's gRPC API
     #[arg(
@@ -54,10 +55,8 @@ pub struct GlobalArgs {
     /// Talk plaintext to a master started with --insecure (no TLS, no client certificate)
     #[arg(long, global = true, env = "RAGMESH_INSECURE")]
     pub insecure: bool,
-    /// RPC deadline in milliseconds [default: 10000; for search: the master's search timeout]
-    ///
-    /// For `search` it is the federated search deadline sent to the master (which rejects values
-    /// above its --max-search-timeout-ms); the gRPC deadline is set slightly above it.
+    /// RPC deadline [default: 10000; ingest: 70000 per batch]; for search, the search deadline
+    /// sent to the master [default: the master's own], with the gRPC deadline slightly above
     #[arg(
         long,
         global = true,
@@ -83,6 +82,16 @@ pub enum Command {
     /// Load documents from files and write them into one node's index through the master
     Ingest(IngestArgs),
     /// Start a master and agents on this machine with mTLS, load a sample corpus and search it
+    ///
+    /// Starts ragmesh-master and N ragmesh-agent processes (found next to this executable: build
+    /// them with `cargo build --bins`), loads the built-in sample corpus round-robin across the
+    /// agents, runs one federated search and prints how to talk to the mesh with ragmeshctl and
+    /// grpcurl. Runs until Ctrl-C or SIGTERM, then stops the daemons (agents first).
+    ///
+    /// Without --dir everything lives in a temporary directory, removed at exit (kept if the demo
+    /// fails, for its logs). With --dir, DIR keeps certs/ (ca.pem, ca.key, and master, agent-N,
+    /// client certificates), data/, logs/NAME.log, master.addr and NAME.pid. The connection
+    /// flags below are ignored: the demo makes its own.
     Demo(DemoArgs),
 }
 
@@ -183,7 +192,7 @@ pub enum FormatArg {
     /// By extension: .trec; .jsonl/.ndjson; .txt/.md/.markdown (others are skipped)
     #[default]
     Auto,
-    /// TREC <DOC> blocks with <DOCNO>
+    /// TREC `<DOC>` blocks with `<DOCNO>`
     Trec,
     /// One JSON object per line: {"id", "collection"?, "title"?, "body" or "text", "metadata"?}
     Jsonl,
@@ -214,15 +223,6 @@ pub struct IngestArgs {
 
 /// `ragmeshctl demo`
 #[derive(Debug, Args)]
-#[command(long_about = "Start a master and N agents on this machine with mTLS, load the built-in \
-    sample corpus round-robin across the agents, run one federated search and print how to talk \
-    to the mesh with ragmeshctl and grpcurl. Runs until Ctrl-C (or SIGTERM), then stops the \
-    daemons.\n\n\
-    The daemons ragmesh-master and ragmesh-agent must sit next to this executable (cargo build \
-    --bins). Without --dir everything lives in a temporary directory removed at exit. With \
-    --dir, DIR keeps certs/ (ca.pem, ca.key, master, agent-N and client certificates), data/, \
-    logs/<name>.log, master.addr and <name>.pid. The global --master/--ca/--cert/--key/\
-    --insecure flags are ignored: the demo makes its own.")]
 pub struct DemoArgs {
     /// Number of agents to start (1-16)
     #[arg(long, value_name = "N", default_value_t = 3,
@@ -253,8 +253,7 @@ mod tests {
 
     #[test]
     fn global_flags_are_accepted_after_the_subcommand() {
-        let cli = parse(&["search", "tls", "--master", "m:1", "--insecure", "--timeout-ms", "50"])
-            .expect("parses");
+        let cli = parse(&["search", "tls", "--master", "m:1", "--insecure", "--timeout-ms", "50"]).expect("parses");
         assert_eq!(cli.global.master, "m:1");
         assert!(cli.global.insecure);
         assert_eq!(cli.global.timeout_ms, Some(50));
@@ -318,10 +317,8 @@ mod tests {
 
     #[test]
     fn certs_issue_collects_hosts() {
-        let cli = parse(&[
-            "certs", "issue", "--dir", "ca", "master", "--host", "m.example", "--host", "10.0.0.1",
-        ])
-        .expect("parses");
+        let cli = parse(&["certs", "issue", "--dir", "ca", "master", "--host", "m.example", "--host", "10.0.0.1"])
+            .expect("parses");
         let Command::Certs(CertsCommand::Issue(issue)) = cli.command else {
             panic!("expected certs issue");
         };

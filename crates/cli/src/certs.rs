@@ -1,8 +1,6 @@
 //! `ragmeshctl certs`: a development CA (`init`) and certificates signed by it (`issue`),
 //! through `ragmesh_tls::devca`.
 
-use std::io::Write as _;
-
 use ragmesh_tls::TlsError;
 
 use crate::args::{CertsCommand, CertsInitArgs, CertsIssueArgs};
@@ -20,18 +18,14 @@ fn init(args: &CertsInitArgs, out: &mut impl std::io::Write) -> anyhow::Result<(
     let paths = ragmesh_tls::devca::init_ca(&args.dir, args.force).map_err(classify)?;
     writeln!(out, "wrote {}  (the mesh CA certificate: give it to every party as --ca)", paths.cert.display())?;
     writeln!(out, "wrote {}  (the CA key: keep it here, it signs certificates)", paths.key.display())?;
-    writeln!(
-        out,
-        "next: ragmeshctl certs issue --dir {} master   (then agent names, and client)",
-        args.dir.display()
-    )?;
+    writeln!(out, "next: ragmeshctl certs issue --dir {} master   (then agent names, and client)", args.dir.display())?;
     Ok(())
 }
 
 fn issue(args: &CertsIssueArgs, out: &mut impl std::io::Write) -> anyhow::Result<()> {
     let out_dir = args.out.as_deref().unwrap_or(&args.dir);
-    let paths = ragmesh_tls::devca::issue_for_days(&args.dir, &args.name, &args.hosts, out_dir, args.days)
-        .map_err(classify)?;
+    let paths =
+        ragmesh_tls::devca::issue_for_days(&args.dir, &args.name, &args.hosts, out_dir, args.days).map_err(classify)?;
     writeln!(out, "wrote {}  (certificate for {}, valid {} days: --cert)", paths.cert.display(), args.name, args.days)?;
     writeln!(out, "wrote {}  (its private key: --key)", paths.key.display())?;
     Ok(())

@@ -37,21 +37,14 @@ impl Target {
     /// flag and the command that creates the files.
     pub fn from_args(global: &GlobalArgs) -> anyhow::Result<Target> {
         let (host, _port) = split_host_port(&global.master).map_err(usage)?;
-        let timeout = global
-            .timeout_ms
-            .map_or(DEFAULT_RPC_TIMEOUT, |ms| Duration::from_millis(u64::from(ms)));
+        let timeout = global.timeout_ms.map_or(DEFAULT_RPC_TIMEOUT, |ms| Duration::from_millis(u64::from(ms)));
         let tls = if global.insecure {
             None
         } else {
             let files = tls_files(global).map_err(usage)?;
             Some(Arc::new(files.load().map_err(|err| usage(err.to_string()))?))
         };
-        Ok(Target {
-            addr: global.master.clone(),
-            host,
-            tls,
-            timeout,
-        })
+        Ok(Target { addr: global.master.clone(), host, tls, timeout })
     }
 
     /// What `explain_error_in` should know about this connection.
@@ -77,11 +70,7 @@ fn tls_files(global: &GlobalArgs) -> Result<TlsFiles, String> {
         .map(|(flag, env, _)| format!("{flag} (or {env})"))
         .collect();
     match (&global.ca, &global.cert, &global.key) {
-        (Some(ca), Some(cert), Some(key)) => Ok(TlsFiles {
-            ca: ca.clone(),
-            cert: cert.clone(),
-            key: key.clone(),
-        }),
+        (Some(ca), Some(cert), Some(key)) => Ok(TlsFiles { ca: ca.clone(), cert: cert.clone(), key: key.clone() }),
         _ => Err(format!(
             "missing {}: the master is reached over mutual TLS; create a CA and a client \
              certificate with `ragmeshctl certs init --dir certs` and `ragmeshctl certs issue \
@@ -136,10 +125,7 @@ impl Master {
                 anyhow::bail!("cannot reach the master at {}: {explanation}", target.addr);
             }
         };
-        Ok(Master {
-            client: MasterServiceClient::new(channel),
-            target,
-        })
+        Ok(Master { client: MasterServiceClient::new(channel), target })
     }
 
     /// The master's address, as given.
@@ -167,24 +153,16 @@ impl Master {
     pub async fn get_node(&self, name: &str) -> anyhow::Result<v1::NodeInfo> {
         let mut client = self.client.clone();
         let timeout = self.target.timeout;
-        let message = v1::GetNodeRequest {
-            name: name.to_owned(),
-        };
+        let message = v1::GetNodeRequest { name: name.to_owned() };
         let response = self
             .invoke(timeout, client.get_node(request(message, timeout)))
             .await
             .map_err(|status| self.describe("get node", &status))?;
-        response
-            .node
-            .ok_or_else(|| anyhow::anyhow!("the master answered GetNode without a node: upgrade the master"))
+        response.node.ok_or_else(|| anyhow::anyhow!("the master answered GetNode without a node: upgrade the master"))
     }
 
     /// `Search` with a gRPC deadline of `deadline`.
-    pub async fn search(
-        &self,
-        message: v1::SearchRequest,
-        deadline: Duration,
-    ) -> anyhow::Result<v1::SearchResponse> {
+    pub async fn search(&self, message: v1::SearchRequest, deadline: Duration) -> anyhow::Result<v1::SearchResponse> {
         let mut client = self.client.clone();
         self.invoke(deadline, client.search(request(message, deadline)))
             .await
@@ -200,8 +178,7 @@ impl Master {
         deadline: Duration,
     ) -> Result<v1::IngestDocumentsResponse, Status> {
         let mut client = self.client.clone();
-        self.invoke(deadline, client.ingest_documents(request(message, deadline)))
-            .await
+        self.invoke(deadline, client.ingest_documents(request(message, deadline))).await
     }
 
     /// Runs one call, turning a missed deadline into `DEADLINE_EXCEEDED` even when the network
@@ -214,10 +191,7 @@ impl Master {
         match tokio::time::timeout(deadline, call).await {
             Ok(Ok(response)) => Ok(response.into_inner()),
             Ok(Err(status)) => Err(status),
-            Err(_elapsed) => Err(Status::deadline_exceeded(format!(
-                "no answer within {} ms",
-                deadline.as_millis()
-            ))),
+            Err(_elapsed) => Err(Status::deadline_exceeded(format!("no answer within {} ms", deadline.as_millis()))),
         }
     }
 
@@ -262,10 +236,8 @@ mod tests {
 
     fn global(list: &[&str]) -> GlobalArgs {
         use clap::Parser as _;
-        let cli = crate::args::Cli::try_parse_from(
-            ["ragmeshctl"].iter().chain(list).chain(&["nodes"]).copied(),
-        )
-        .expect("parses");
+        let cli = crate::args::Cli::try_parse_from(["ragmeshctl"].iter().chain(list).chain(&["nodes"]).copied())
+            .expect("parses");
         cli.global
     }
 
@@ -293,7 +265,8 @@ mod tests {
 
     #[test]
     fn unreadable_tls_files_are_usage_errors() {
-        let args = global(&["--ca", "/nonexistent/ca.pem", "--cert", "/nonexistent/c.pem", "--key", "/nonexistent/c.key"]);
+        let args =
+            global(&["--ca", "/nonexistent/ca.pem", "--cert", "/nonexistent/c.pem", "--key", "/nonexistent/c.key"]);
         let err = Target::from_args(&args).expect_err("files missing");
         assert_eq!(crate::error::exit_code(&err), crate::error::EXIT_USAGE);
         assert!(err.to_string().contains("/nonexistent/ca.pem"), "{err}");
@@ -301,8 +274,8 @@ mod tests {
 
     #[test]
     fn insecure_needs_no_files() {
-        let target = Target::from_args(&global(&["--insecure", "--master", "[::1]:9", "--timeout-ms", "250"]))
-            .expect("valid");
+        let target =
+            Target::from_args(&global(&["--insecure", "--master", "[::1]:9", "--timeout-ms", "250"])).expect("valid");
         assert!(target.tls.is_none());
         assert_eq!(target.host, "::1");
         assert_eq!(target.timeout, Duration::from_millis(250));
@@ -311,10 +284,7 @@ mod tests {
     #[tokio::test]
     async fn nothing_listening_is_explained() {
         // Bind and drop to get a port nobody listens on.
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .expect("bind")
-            .port();
+        let port = std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("bind").port();
         let addr = format!("127.0.0.1:{port}");
         let target = Target::from_args(&global(&["--insecure", "--master", &addr])).expect("valid");
         let err = Master::connect(target).await.expect_err("refused");

@@ -25,11 +25,7 @@ pub fn usage(message: impl Into<String>) -> anyhow::Error {
 /// The exit status for `err`: [`EXIT_USAGE`] if any link of its chain is a [`UsageError`],
 /// else [`EXIT_FAILURE`].
 pub fn exit_code(err: &anyhow::Error) -> u8 {
-    if err.chain().any(|link| link.is::<UsageError>()) {
-        EXIT_USAGE
-    } else {
-        EXIT_FAILURE
-    }
+    if err.chain().any(|link| link.is::<UsageError>()) { EXIT_USAGE } else { EXIT_FAILURE }
 }
 
 #[cfg(test)]

@@ -40,15 +40,11 @@ impl From<FormatArg> for Format {
 
 /// Why a collection name would be refused by the node, checked before reading any file.
 pub fn collection_problem(name: &str) -> Option<String> {
-    let valid_chars = name
-        .bytes()
-        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'));
+    let valid_chars = name.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'));
     if !name.is_empty() && name.len() <= MAX_COLLECTION_CHARS && valid_chars {
         return None;
     }
-    Some(format!(
-        "--collection {name:?} is invalid: use 1-{MAX_COLLECTION_CHARS} characters from A-Z a-z 0-9 _ . -"
-    ))
+    Some(format!("--collection {name:?} is invalid: use 1-{MAX_COLLECTION_CHARS} characters from A-Z a-z 0-9 _ . -"))
 }
 
 /// The wire form of a document.
@@ -83,8 +79,8 @@ pub async fn run(master: &Master, args: &IngestArgs, timeout_ms: Option<u32>) ->
     let elapsed = started.elapsed();
     let rate = summary.documents as f64 / elapsed.as_secs_f64().max(0.001);
     println!(
-        "ingested {} documents into node {} in {:.1} s ({rate:.0} docs/s); generation {}",
-        summary.documents,
+        "ingested {} into node {} in {:.1} s ({rate:.0} docs/s); generation {}",
+        documents(summary.documents),
         args.node,
         elapsed.as_secs_f64(),
         summary.generation
@@ -101,9 +97,8 @@ async fn load(path: &Path, collection: &str, format: Format) -> anyhow::Result<V
         .map_err(|err| anyhow::anyhow!("reading {} failed: {err}", path.display()))?;
     let docs = loaded.map_err(|err| match err {
         // A missing path or a file that does not parse: the user fixes the input.
-        IngestError::Read { .. } | IngestError::UnknownFormat { .. } | IngestError::File { .. } => {
-            usage(err.to_string())
-        }
+        IngestError::Read { .. } => usage(format!("{err}: check the path and its permissions")),
+        IngestError::UnknownFormat { .. } | IngestError::File { .. } => usage(err.to_string()),
         other => usage(format!("{}: {other}", path.display())),
     })?;
     if docs.is_empty() {
@@ -148,18 +143,9 @@ async fn send(
     let mut remaining = docs.into_iter().peekable();
     while remaining.peek().is_some() {
         let chunk: Vec<v1::Document> = remaining.by_ref().take(batch).map(to_wire).collect();
-        let first = written + 1;
-        let last = written + chunk.len();
-        let ids = format!(
-            "ids {:?} to {:?}",
-            chunk.first().map_or("", |d| d.id.as_str()),
-            chunk.last().map_or("", |d| d.id.as_str())
-        );
+        let batch_label = describe_batch(&chunk, written, total);
         let count = chunk.len();
-        let request = v1::IngestDocumentsRequest {
-            node: node.to_owned(),
-            documents: chunk,
-        };
+        let request = v1::IngestDocumentsRequest { node: node.to_owned(), documents: chunk };
         match master.ingest(request, deadline).await {
             Ok(response) => {
                 written += count;
@@ -168,23 +154,41 @@ async fn send(
             }
             Err(status) if status.code() == Code::InvalidArgument => {
                 anyhow::bail!(
-                    "node {node} rejected documents {first}-{last} of {total} ({ids}): {}; fix \
-                     the input and ingest again ({written} documents before them were written)",
-                    status.message()
+                    "node {node} rejected {batch_label}: {}; fix the input and ingest again \
+                     ({} written before this batch)",
+                    status.message(),
+                    documents(written)
                 );
             }
             Err(status) => {
-                let err = master.describe(&format!("ingest documents {first}-{last} of {total}"), &status);
-                return Err(err.context(format!(
-                    "{written} of {total} documents were written to node {node} before the failure"
-                )));
+                let err = master.describe(&format!("ingest of {batch_label} into node {node}"), &status);
+                if written == 0 {
+                    return Err(err);
+                }
+                anyhow::bail!("{err:#} ({} of {total} had been written)", documents(written));
             }
         }
     }
-    Ok(IngestSummary {
-        documents: written,
-        generation,
-    })
+    Ok(IngestSummary { documents: written, generation })
+}
+
+/// `1 document`, `3 documents`.
+fn documents(n: usize) -> String {
+    if n == 1 { "1 document".to_owned() } else { format!("{n} documents") }
+}
+
+/// Which part of the input a batch is, for messages: `documents 501-1000 of 1234 (ids "a" to
+/// "b")`, or `document 7 of 9 (id "x")`.
+fn describe_batch(chunk: &[v1::Document], written: usize, total: usize) -> String {
+    let first = written + 1;
+    let last = written + chunk.len();
+    let first_id = chunk.first().map_or("", |d| d.id.as_str());
+    let last_id = chunk.last().map_or("", |d| d.id.as_str());
+    if chunk.len() == 1 {
+        format!("document {first} of {total} (id {first_id:?})")
+    } else {
+        format!("documents {first}-{last} of {total} (ids {first_id:?} to {last_id:?})")
+    }
 }
 
 #[cfg(test)]
@@ -198,6 +202,15 @@ mod tests {
         assert!(collection_problem("").is_some());
         assert!(collection_problem("has space").is_some());
         assert!(collection_problem(&"x".repeat(MAX_COLLECTION_CHARS + 1)).is_some());
+    }
+
+    #[test]
+    fn batches_are_described_by_their_place_in_the_input() {
+        let doc = |id: &str| v1::Document { id: id.to_owned(), ..Default::default() };
+        assert_eq!(describe_batch(&[doc("a"), doc("b")], 500, 1234), "documents 501-502 of 1234 (ids \"a\" to \"b\")");
+        assert_eq!(describe_batch(&[doc("x")], 6, 9), "document 7 of 9 (id \"x\")");
+        assert_eq!(documents(1), "1 document");
+        assert_eq!(documents(0), "0 documents");
     }
 
     #[test]
@@ -225,9 +238,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_missing_path_is_a_usage_error() {
-        let err = load(Path::new("/nonexistent/corpus"), "docs", Format::Auto)
-            .await
-            .expect_err("missing");
+        let err = load(Path::new("/nonexistent/corpus"), "docs", Format::Auto).await.expect_err("missing");
         assert_eq!(crate::error::exit_code(&err), crate::error::EXIT_USAGE);
         assert!(err.to_string().contains("/nonexistent/corpus"), "{err}");
     }

@@ -64,10 +64,7 @@ pub fn table(nodes: &[v1::NodeInfo], now: SystemTime) -> String {
     }
     table.drop_empty_columns();
     let mut out = table.render();
-    let up = nodes
-        .iter()
-        .filter(|n| n.state == v1::NodeState::Up as i32)
-        .count();
+    let up = nodes.iter().filter(|n| n.state == v1::NodeState::Up as i32).count();
     let _ = writeln!(out, "{up} of {} nodes up", nodes.len());
     out
 }
@@ -75,19 +72,13 @@ pub fn table(nodes: &[v1::NodeInfo], now: SystemTime) -> String {
 /// One node as a JSON object: numbers stay numbers, timestamps are RFC 3339 strings, an empty
 /// down reason is null.
 pub fn to_json(node: &v1::NodeInfo, now: SystemTime) -> Value {
-    let collections: Vec<Value> = node
-        .collections
-        .iter()
-        .map(|c| json!({"name": c.name, "doc_count": c.doc_count}))
-        .collect();
+    let collections: Vec<Value> =
+        node.collections.iter().map(|c| json!({"name": c.name, "doc_count": c.doc_count})).collect();
     let mut labels: Vec<(&String, &String)> = node.labels.iter().collect();
     labels.sort();
-    let labels: serde_json::Map<String, Value> = labels
-        .into_iter()
-        .map(|(k, v)| (k.clone(), Value::String(v.clone())))
-        .collect();
-    let age_ms = since(node.last_heartbeat.as_ref(), now)
-        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+    let labels: serde_json::Map<String, Value> =
+        labels.into_iter().map(|(k, v)| (k.clone(), Value::String(v.clone()))).collect();
+    let age_ms = since(node.last_heartbeat.as_ref(), now).map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
     json!({
         "name": node.name,
         "state": state_name(node.state),
@@ -113,10 +104,7 @@ pub fn list_json(nodes: &[v1::NodeInfo], now: SystemTime) -> Value {
 
 /// The detailed view of one node, one `key: value` per line.
 pub fn detail(node: &v1::NodeInfo, now: SystemTime) -> String {
-    let mut rows: Vec<(&str, String)> = vec![
-        ("name", clean(&node.name)),
-        ("state", state_name(node.state).to_owned()),
-    ];
+    let mut rows: Vec<(&str, String)> = vec![("name", clean(&node.name)), ("state", state_name(node.state).to_owned())];
     if !node.down_reason.is_empty() {
         rows.push(("down reason", clean(&node.down_reason)));
     }
@@ -140,10 +128,12 @@ pub fn detail(node: &v1::NodeInfo, now: SystemTime) -> String {
     }
     let _ = writeln!(out, "collections:");
     if node.collections.is_empty() {
-        let _ = writeln!(out, "  (none yet: ingest documents with `ragmeshctl ingest PATH --node {}`)", clean(&node.name));
+        let _ =
+            writeln!(out, "  (none yet: ingest documents with `ragmeshctl ingest PATH --node {}`)", clean(&node.name));
     }
     for collection in &node.collections {
-        let _ = writeln!(out, "  {:<20} {} documents", clean(&collection.name), collection.doc_count);
+        let unit = if collection.doc_count == 1 { "document" } else { "documents" };
+        let _ = writeln!(out, "  {:<20} {} {unit}", clean(&collection.name), collection.doc_count);
     }
     let _ = writeln!(out, "labels:");
     let mut labels: Vec<_> = node.labels.iter().collect();

@@ -17,6 +17,8 @@ const RESET: &str = "\x1b[0m";
 const ELLIPSIS: char = '…';
 /// Space between table columns.
 const GUTTER: &str = "  ";
+/// Columns with a maximum width are not shrunk below this to fit a narrow terminal.
+pub const MIN_SHRUNK_WIDTH: usize = 12;
 
 /// Whether to decorate stdout with ANSI bold: only on a terminal, and never with `NO_COLOR` set.
 pub fn stdout_supports_ansi() -> bool {
@@ -43,19 +45,12 @@ pub struct Column {
 impl Column {
     /// A left-aligned column without a width limit.
     pub fn left(header: &str) -> Self {
-        Column {
-            header: header.to_owned(),
-            align: Align::Left,
-            max_width: None,
-        }
+        Column { header: header.to_owned(), align: Align::Left, max_width: None }
     }
 
     /// A right-aligned column without a width limit.
     pub fn right(header: &str) -> Self {
-        Column {
-            align: Align::Right,
-            ..Column::left(header)
-        }
+        Column { align: Align::Right, ..Column::left(header) }
     }
 
     /// Cuts longer cells to `width` characters, ending them with `…`.
@@ -75,10 +70,7 @@ pub struct Table {
 impl Table {
     /// An empty table with these columns.
     pub fn new(columns: Vec<Column>) -> Self {
-        Table {
-            columns,
-            rows: Vec::new(),
-        }
+        Table { columns, rows: Vec::new() }
     }
 
     /// Appends a row; missing cells are empty and extra cells are ignored. Cells may hold ANSI
@@ -99,11 +91,17 @@ impl Table {
         self.rows.is_empty()
     }
 
+    /// Drops the last column.
+    pub fn drop_last_column(&mut self) {
+        self.columns.pop();
+        for row in &mut self.rows {
+            row.truncate(self.columns.len());
+        }
+    }
+
     /// Drops the columns in which every cell is empty (the header alone does not keep one).
     pub fn drop_empty_columns(&mut self) {
-        let keep: Vec<bool> = (0..self.columns.len())
-            .map(|i| self.rows.iter().any(|row| !row[i].is_empty()))
-            .collect();
+        let keep: Vec<bool> = (0..self.columns.len()).map(|i| self.rows.iter().any(|row| !row[i].is_empty())).collect();
         let mut index = 0;
         self.columns.retain(|_| {
             index += 1;
@@ -123,19 +121,52 @@ impl Table {
         self.render_with(self.columns.iter().map(|c| c.max_width).collect())
     }
 
-    /// [`Table::render`] with the last column cut so that lines fit in `width` characters; the
-    /// last column keeps at least `min_last` characters even when that overflows.
+    /// [`Table::render`] fitted into `width` characters: the last column gets the room left,
+    /// at least `min_last`; when that is not enough, columns with a maximum width give up
+    /// characters first (widest first, down to [`MIN_SHRUNK_WIDTH`]). A table that still does
+    /// not fit overflows rather than losing its last column.
     pub fn render_within(&self, width: usize, min_last: usize) -> String {
+        self.render_with(self.fit(width, min_last))
+    }
+
+    /// The characters the last column gets in [`Table::render_within`].
+    pub fn last_column_room(&self, width: usize, min_last: usize) -> usize {
+        self.fit(width, min_last).last().copied().flatten().unwrap_or(width)
+    }
+
+    /// Replaces one cell (row and column counted from 0, header excluded); out of range is a
+    /// no-op.
+    pub fn set_cell(&mut self, row: usize, column: usize, value: String) {
+        if let Some(cell) = self.rows.get_mut(row).and_then(|r| r.get_mut(column)) {
+            *cell = value;
+        }
+    }
+
+    /// Per-column limits that fit `width`, see [`Table::render_within`].
+    fn fit(&self, width: usize, min_last: usize) -> Vec<Option<usize>> {
         let mut limits: Vec<Option<usize>> = self.columns.iter().map(|c| c.max_width).collect();
         let Some(last) = limits.len().checked_sub(1) else {
-            return self.render();
+            return limits;
         };
-        let used: usize = (0..last)
-            .map(|i| self.column_width(i, limits[i]) + GUTTER.len())
-            .sum();
-        let room = width.saturating_sub(used).max(min_last);
-        limits[last] = Some(limits[last].map_or(room, |max| max.min(room)));
-        self.render_with(limits)
+        loop {
+            let widths: Vec<usize> = (0..last).map(|i| self.column_width(i, limits[i])).collect();
+            let used: usize = widths.iter().map(|w| w + GUTTER.len()).sum();
+            if used + min_last >= width {
+                // Shrink the widest column that may be cut, if any is still above the floor.
+                let shrinkable = (0..last)
+                    .filter(|&i| self.columns[i].max_width.is_some() && widths[i] > MIN_SHRUNK_WIDTH)
+                    .max_by_key(|&i| widths[i]);
+                if let Some(i) = shrinkable
+                    && used + min_last > width
+                {
+                    limits[i] = Some(widths[i] - 1);
+                    continue;
+                }
+            }
+            let room = width.saturating_sub(used).max(min_last);
+            limits[last] = Some(limits[last].map_or(room, |max| max.min(room)));
+            return limits;
+        }
     }
 
     /// Width of column `i` once its cells are cut to `limit`.
@@ -308,7 +339,40 @@ pub fn clean(text: &str) -> String {
 /// Renders a snippet from the index (HTML-escaped text, matched terms in `<b>…</b>`) for a
 /// terminal: entities decoded, text [`clean`]ed, highlights in ANSI bold when `ansi`, else plain.
 pub fn snippet(html: &str, ansi: bool) -> String {
-    let mut out = String::new();
+    render_segments(&snippet_segments(html), ansi)
+}
+
+/// [`snippet`] for a column of `room` characters: when the first highlight would be cut off,
+/// leading text is dropped (marked with `…`) so the highlight shows with some context before it.
+pub fn snippet_within(html: &str, ansi: bool, room: usize) -> String {
+    let segments = snippet_segments(html);
+    let total: usize = segments.iter().map(|(text, _)| text.chars().count()).sum();
+    let mut offset = 0;
+    let mut first_highlight = None;
+    for (text, bold) in &segments {
+        if *bold {
+            first_highlight = Some((offset, text.chars().count()));
+            break;
+        }
+        offset += text.chars().count();
+    }
+    let Some((start, len)) = first_highlight else {
+        return render_segments(&segments, ansi);
+    };
+    // Visible as it is: the whole snippet fits, or the highlight ends before the cut (`…`).
+    if total <= room || start + len < room.saturating_sub(1) {
+        return render_segments(&segments, ansi);
+    }
+    let context = room / 4;
+    let cut = drop_chars_to_word(&segments, start.saturating_sub(context));
+    let mut focused = vec![(ELLIPSIS.to_string(), false)];
+    focused.extend(cut);
+    render_segments(&focused, ansi)
+}
+
+/// Snippet HTML as cleaned `(text, highlighted)` pieces, whitespace collapsed across pieces.
+fn snippet_segments(html: &str) -> Vec<(String, bool)> {
+    let mut segments: Vec<(String, bool)> = Vec::new();
     let mut rest = html;
     let mut bold = false;
     loop {
@@ -317,11 +381,14 @@ pub fn snippet(html: &str, ansi: bool) -> String {
             Some(at) => (&rest[..at], Some(&rest[at + next_tag.len()..])),
             None => (rest, None),
         };
-        let text = decode_entities(text);
-        if bold && ansi && !text.is_empty() {
-            let _ = write!(out, "{BOLD}{text}{RESET}");
-        } else {
-            out.push_str(&text);
+        let mut text = decode_entities(text);
+        // One space between pieces, none at the very start.
+        let previous_ends_in_space = segments.last().is_none_or(|(t, _)| t.ends_with(' '));
+        if previous_ends_in_space {
+            text = text.trim_start().to_owned();
+        }
+        if !text.is_empty() {
+            segments.push((text, bold));
         }
         match after {
             Some(after) => {
@@ -331,9 +398,56 @@ pub fn snippet(html: &str, ansi: bool) -> String {
             None => break,
         }
     }
-    // Clean after joining so whitespace around highlights collapses; ESC from the document was
-    // already turned into a space by decode_entities' cleaning of each piece.
-    collapse_spaces_keeping_ansi(&out)
+    if let Some((last, _)) = segments.last_mut() {
+        let kept = last.trim_end().len();
+        last.truncate(kept);
+    }
+    segments.retain(|(text, _)| !text.is_empty());
+    segments
+}
+
+fn render_segments(segments: &[(String, bool)], ansi: bool) -> String {
+    let mut out = String::new();
+    for (text, bold) in segments {
+        if *bold && ansi {
+            let _ = write!(out, "{BOLD}{text}{RESET}");
+        } else {
+            out.push_str(text);
+        }
+    }
+    out
+}
+
+/// `segments` without their first `skip` characters, then up to the next word start.
+fn drop_chars_to_word(segments: &[(String, bool)], skip: usize) -> Vec<(String, bool)> {
+    let mut out = Vec::new();
+    let mut to_skip = skip;
+    let mut seeking_word = skip > 0;
+    for (text, bold) in segments {
+        let mut kept = String::new();
+        for c in text.chars() {
+            if to_skip > 0 {
+                to_skip -= 1;
+                continue;
+            }
+            if seeking_word {
+                // Inside a highlight, stop at once: never cut the highlight itself.
+                if c == ' ' || *bold {
+                    seeking_word = false;
+                    if c == ' ' {
+                        continue;
+                    }
+                } else {
+                    continue;
+                }
+            }
+            kept.push(c);
+        }
+        if !kept.is_empty() {
+            out.push((kept, *bold));
+        }
+    }
+    out
 }
 
 /// Decodes the entities tantivy's snippet HTML uses and cleans the result.
@@ -359,26 +473,6 @@ fn decode_entities(text: &str) -> String {
     out
 }
 
-/// Collapses runs of spaces and trims, leaving ANSI sequences alone (they hold no spaces).
-fn collapse_spaces_keeping_ansi(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    let mut previous_space = true;
-    for c in text.chars() {
-        if c == ' ' {
-            if !previous_space {
-                out.push(' ');
-            }
-            previous_space = true;
-        } else {
-            out.push(c);
-            previous_space = false;
-        }
-    }
-    let kept = out.trim_end_matches(' ').len();
-    out.truncate(kept);
-    out
-}
-
 /// An age like `0.4s ago`, `12s ago`, `3m ago`, `5h ago` or `2d ago`.
 pub fn age(elapsed: Duration) -> String {
     let secs = elapsed.as_secs_f64();
@@ -397,11 +491,7 @@ pub fn age(elapsed: Duration) -> String {
 
 /// A duration in milliseconds for people: `7 ms`, `1.2 s`.
 pub fn millis(ms: u64) -> String {
-    if ms < 1000 {
-        format!("{ms} ms")
-    } else {
-        format!("{:.1} s", ms as f64 / 1000.0)
-    }
+    if ms < 1000 { format!("{ms} ms") } else { format!("{:.1} s", ms as f64 / 1000.0) }
 }
 
 #[cfg(test)]
@@ -410,11 +500,7 @@ mod tests {
 
     #[test]
     fn table_aligns_columns_and_has_no_trailing_spaces() {
-        let mut table = Table::new(vec![
-            Column::left("NAME"),
-            Column::right("DOCS"),
-            Column::left("NOTE"),
-        ]);
+        let mut table = Table::new(vec![Column::left("NAME"), Column::right("DOCS"), Column::left("NOTE")]);
         table.push(vec!["agent-1".into(), "20".into(), String::new()]);
         table.push(vec!["a".into(), "1234".into(), "down".into()]);
         assert_eq!(
@@ -495,19 +581,13 @@ mod tests {
     #[test]
     fn snippet_plain_strips_tags_and_decodes_entities() {
         let html = "rotate the <b>certificate</b> &amp; its key; a &lt;b&gt; tag is text";
-        assert_eq!(
-            snippet(html, false),
-            "rotate the certificate & its key; a <b> tag is text"
-        );
+        assert_eq!(snippet(html, false), "rotate the certificate & its key; a <b> tag is text");
     }
 
     #[test]
     fn snippet_ansi_renders_highlights_bold() {
         let html = "the <b>health</b> <b>check</b> fails";
-        assert_eq!(
-            snippet(html, true),
-            format!("the {BOLD}health{RESET} {BOLD}check{RESET} fails")
-        );
+        assert_eq!(snippet(html, true), format!("the {BOLD}health{RESET} {BOLD}check{RESET} fails"));
         assert_eq!(strip_ansi(&snippet(html, true)), snippet(html, false));
     }
 
@@ -515,6 +595,39 @@ mod tests {
     fn snippet_neutralises_escapes_in_documents() {
         let html = "evil \x1b[31m red\nnext line";
         assert_eq!(snippet(html, true), "evil [31m red next line");
+    }
+
+    #[test]
+    fn snippet_within_keeps_the_first_highlight_visible() {
+        let html = "one two three four five six seven eight nine ten <b>target</b> after words";
+        // Fits: unchanged.
+        assert_eq!(snippet_within(html, false, 200), snippet(html, false));
+        // Would be cut before the highlight: leading words give way, marked with an ellipsis.
+        let focused = snippet_within(html, false, 24);
+        assert!(focused.starts_with('…'), "{focused}");
+        assert!(focused.contains("target"), "{focused}");
+        assert!(!focused.starts_with("… "), "starts at a word: {focused}");
+        let cut = truncate(&focused, 24);
+        assert!(cut.contains("target"), "{cut}");
+        // A highlight early enough is left alone.
+        let early = "<b>target</b> then a long tail of many other words";
+        assert_eq!(snippet_within(early, true, 12), snippet(early, true));
+    }
+
+    #[test]
+    fn render_within_shrinks_cuttable_columns_before_overflowing() {
+        let mut table =
+            Table::new(vec![Column::left("ID"), Column::left("TITLE").max_width(40), Column::left("SNIPPET")]);
+        table.push(vec!["a".into(), "t".repeat(40), "s".repeat(80)]);
+        // 2 ("ID") + 2 + 40 + 2 = 46 used; 60 columns leave 14 < 20, so the title gives 6 up.
+        let rendered = table.render_within(60, 20);
+        let row = rendered.lines().nth(1).expect("row");
+        assert_eq!(row.chars().count(), 60, "{row}");
+        assert_eq!(table.last_column_room(60, 20), 20);
+        // Too narrow even at the floor: the title stops at MIN_SHRUNK_WIDTH and lines overflow.
+        let narrow = table.render_within(20, 20);
+        let row = narrow.lines().nth(1).expect("row");
+        assert_eq!(row.chars().count(), 2 + 2 + MIN_SHRUNK_WIDTH + 2 + 20, "{row}");
     }
 
     #[test]

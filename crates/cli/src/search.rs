@@ -20,8 +20,12 @@ const TITLE_WIDTH: usize = 40;
 const DOCUMENT_WIDTH: usize = 36;
 /// Snippet width when stdout is not a terminal (pipes, files).
 const PIPE_SNIPPET_WIDTH: usize = 100;
-/// The snippet column never shrinks below this, even on a narrow terminal.
-const MIN_SNIPPET_WIDTH: usize = 24;
+/// Narrowest useful snippet column; on a narrower terminal snippets get their own lines.
+const MIN_SNIPPET_COLUMN: usize = 40;
+/// Narrowest title column when snippets have their own lines.
+const MIN_TITLE_WIDTH: usize = 20;
+/// Index of the snippet column in the hits table.
+const SNIPPET_COLUMN: usize = 6;
 
 /// How the output is decorated.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -36,23 +40,13 @@ impl Style {
     /// The style for the current stdout.
     pub fn for_stdout() -> Self {
         let term = console::Term::stdout();
-        let width = term
-            .is_term()
-            .then(|| term.size_checked())
-            .flatten()
-            .map(|(_rows, cols)| usize::from(cols));
-        Style {
-            ansi: render::stdout_supports_ansi(),
-            width,
-        }
+        let width = term.is_term().then(|| term.size_checked()).flatten().map(|(_rows, cols)| usize::from(cols));
+        Style { ansi: render::stdout_supports_ansi(), width }
     }
 
     /// No decoration, fixed widths: for tests and logs.
     pub fn plain() -> Self {
-        Style {
-            ansi: false,
-            width: None,
-        }
+        Style { ansi: false, width: None }
     }
 }
 
@@ -156,18 +150,60 @@ pub fn render(response: &v1::SearchResponse, query: &str, style: Style) -> Strin
     out
 }
 
-/// The merged hits: # SCORE NODE DOCUMENT TITLE SNIPPET.
+/// The merged hits: # SCORE (merged) BM25 (the node's own score) NODE DOCUMENT TITLE SNIPPET.
+///
+/// On a terminal too narrow for a useful snippet column, each snippet goes on its own indented
+/// line under its hit instead.
 pub fn hits_table(hits: &[v1::Hit], style: Style) -> String {
+    let Some(width) = style.width else {
+        // Not a terminal: one line per hit, snippets cut at a fixed width.
+        let mut table = hits_columns(hits, Some(PIPE_SNIPPET_WIDTH));
+        fill_snippets(&mut table, hits, style.ansi, PIPE_SNIPPET_WIDTH);
+        return table.render();
+    };
+    let mut table = hits_columns(hits, None);
+    if table.last_column_room(width, 0) >= MIN_SNIPPET_COLUMN {
+        let room = table.last_column_room(width, MIN_SNIPPET_COLUMN);
+        fill_snippets(&mut table, hits, style.ansi, room);
+        return table.render_within(width, MIN_SNIPPET_COLUMN);
+    }
+    table.drop_last_column();
+    let rendered = table.render_within(width, MIN_TITLE_WIDTH);
+    let indent = " ".repeat(hits.len().to_string().len() + 2);
+    let room = width.saturating_sub(indent.len()).max(MIN_SNIPPET_COLUMN);
+    let mut out = String::new();
+    let mut lines = rendered.lines();
+    if let Some(header) = lines.next() {
+        out.push_str(header);
+        out.push('\n');
+    }
+    for (line, hit) in lines.zip(hits) {
+        out.push_str(line);
+        out.push('\n');
+        let snippet = render::snippet_within(&hit.snippet, style.ansi, room);
+        if !snippet.is_empty() {
+            out.push_str(&indent);
+            out.push_str(&render::truncate(&snippet, room));
+            out.push('\n');
+        }
+    }
+    out
+}
+
+/// The hits table with an empty SNIPPET column (cut at `snippet_max` when given).
+fn hits_columns(hits: &[v1::Hit], snippet_max: Option<usize>) -> Table {
+    let snippet = match snippet_max {
+        Some(max) => Column::left("SNIPPET").max_width(max),
+        None => Column::left("SNIPPET"),
+    };
     let mut table = Table::new(vec![
         Column::right("#"),
         Column::right("SCORE"),
+        Column::right("BM25"),
         Column::left("NODE"),
         Column::left("DOCUMENT").max_width(DOCUMENT_WIDTH),
         Column::left("TITLE").max_width(TITLE_WIDTH),
-        match style.width {
-            Some(_) => Column::left("SNIPPET"),
-            None => Column::left("SNIPPET").max_width(PIPE_SNIPPET_WIDTH),
-        },
+        snippet,
     ]);
     for (rank, hit) in hits.iter().enumerate() {
         let node = match hit.also_on.len() {
@@ -177,15 +213,20 @@ pub fn hits_table(hits: &[v1::Hit], style: Style) -> String {
         table.push(vec![
             (rank + 1).to_string(),
             format!("{:.4}", hit.score),
+            format!("{:.2}", hit.node_score),
             node,
             format!("{}/{}", clean(&hit.collection), clean(&hit.doc_id)),
             clean(&hit.title),
-            render::snippet(&hit.snippet, style.ansi),
+            String::new(),
         ]);
     }
-    match style.width {
-        Some(width) => table.render_within(width, MIN_SNIPPET_WIDTH),
-        None => table.render(),
+    table
+}
+
+/// Snippets go in once their room is known, so each can show its first highlight.
+fn fill_snippets(table: &mut Table, hits: &[v1::Hit], ansi: bool, room: usize) {
+    for (row, hit) in hits.iter().enumerate() {
+        table.set_cell(row, SNIPPET_COLUMN, render::snippet_within(&hit.snippet, ansi, room));
     }
 }
 
@@ -224,25 +265,24 @@ fn summary(response: &v1::SearchResponse) -> String {
     let asked: Vec<&v1::NodeOutcome> = response.nodes.iter().filter(|n| !is_skipped(n)).collect();
     let answered = asked.iter().filter(|n| is_ok(n)).count();
     let skipped = response.nodes.len() - asked.len();
-    let mut out = format!(
-        "{} hits from {answered} of {} nodes asked",
-        response.hits.len(),
-        asked.len()
-    );
+    let mut out = format!("{} hits from {answered} of {} nodes asked", response.hits.len(), asked.len());
     if skipped > 0 {
         let _ = write!(out, " ({skipped} skipped)");
     }
-    let _ = writeln!(
-        out,
-        " in {} (merge: {})",
-        render::millis(u64::from(response.took_ms)),
-        clean(&response.merge_strategy)
-    );
+    let _ = write!(out, " in {}", render::millis(u64::from(response.took_ms)));
+    if response.hits.is_empty() {
+        out.push('\n');
+    } else {
+        let _ = writeln!(out, "; SCORE = {} merge score, BM25 = score on its node", clean(&response.merge_strategy));
+    }
     // Nodes holding none of the requested collections cannot have missed hits; all others can.
     let missing: Vec<String> = response
         .nodes
         .iter()
-        .filter(|n| !is_ok(n) && !(is_skipped(n) && skip_reason(n) == "not_routed"))
+        .filter(|n| {
+            let not_routed = is_skipped(n) && skip_reason(n) == "not_routed";
+            !is_ok(n) && !not_routed
+        })
         .map(|n| format!("{} {}", clean(&n.node), status_label(n)))
         .collect();
     if !missing.is_empty() {
@@ -260,10 +300,8 @@ pub fn to_json(response: &v1::SearchResponse) -> Value {
         .map(|(rank, hit)| {
             let mut metadata: Vec<(&String, &String)> = hit.metadata.iter().collect();
             metadata.sort();
-            let metadata: serde_json::Map<String, Value> = metadata
-                .into_iter()
-                .map(|(k, v)| (k.clone(), Value::String(v.clone())))
-                .collect();
+            let metadata: serde_json::Map<String, Value> =
+                metadata.into_iter().map(|(k, v)| (k.clone(), Value::String(v.clone()))).collect();
             json!({
                 "rank": rank + 1,
                 "score": hit.score,
@@ -366,8 +404,8 @@ mod tests {
     fn rendered_result_is_aligned_truncated_and_honest() {
         let out = render(&response(), "certificate rotation", Style::plain());
         let lines: Vec<&str> = out.lines().collect();
-        assert!(lines[0].starts_with("#   SCORE  NODE     DOCUMENT       TITLE "), "{out}");
-        assert!(lines[1].starts_with("1  0.0328  agent-1  guides/rotate  Rotating certificates "), "{out}");
+        assert!(lines[0].starts_with("#   SCORE  BM25  NODE     DOCUMENT       TITLE "), "{out}");
+        assert!(lines[1].starts_with("1  0.0328  3.28  agent-1  guides/rotate  Rotating certificates "), "{out}");
         assert!(lines[1].ends_with("the certificate rotation"), "{out}");
         // Columns line up: every row's snippet starts under the header.
         let snippet_col = lines[0].find("SNIPPET").expect("header");
@@ -382,18 +420,36 @@ mod tests {
         assert!(out.contains("agent-3  timeout"), "{out}");
         assert!(out.contains("agent-4  skipped (down)"), "{out}");
         assert!(out.contains("no answer within 2000 ms"), "{out}");
-        assert!(out.contains("2 hits from 2 of 3 nodes asked (1 skipped) in 12 ms (merge: rrf)"), "{out}");
+        assert!(out.contains("2 hits from 2 of 3 nodes asked (1 skipped) in 12 ms; SCORE = rrf merge score"), "{out}");
         assert!(out.contains("results may be incomplete: agent-3 timeout, agent-4 skipped (down)"), "{out}");
     }
 
     #[test]
-    fn terminal_style_fits_the_width_and_highlights_in_bold() {
-        let style = Style { ansi: true, width: Some(90) };
+    fn wide_terminal_gets_a_snippet_column_in_bold() {
+        let style = Style { ansi: true, width: Some(160) };
         let out = hits_table(&response().hits, style);
         for line in out.lines() {
-            assert!(render::visible_width(line) <= 90, "{line:?}");
+            assert!(render::visible_width(line) <= 160, "{line:?}");
         }
+        assert_eq!(out.lines().count(), 3, "one line per hit:\n{out}");
+        assert!(out.lines().next().is_some_and(|h| h.ends_with("SNIPPET")), "{out}");
+        // The long snippet was cut to the room left.
+        assert!(out.lines().nth(2).is_some_and(|l| l.ends_with('…')), "{out}");
         assert!(out.contains("\x1b[1mcertificate\x1b[0m"), "{out:?}");
+    }
+
+    #[test]
+    fn narrow_terminal_puts_snippets_on_their_own_lines() {
+        let style = Style { ansi: false, width: Some(80) };
+        let out = hits_table(&response().hits, style);
+        let lines: Vec<&str> = out.lines().collect();
+        assert_eq!(lines.len(), 5, "header, then hit and snippet lines:\n{out}");
+        assert!(lines[0].ends_with("TITLE"), "{out}");
+        assert_eq!(lines[2], "   the certificate rotation");
+        assert!(lines[4].starts_with("   word word"), "{out}");
+        for line in &lines {
+            assert!(line.chars().count() <= 80, "{line:?}");
+        }
     }
 
     #[test]

@@ -164,7 +164,7 @@ impl DocumentIndex {
         let mut parser = QueryParser::for_index(&index, vec![fields.title, fields.body]);
         parser.set_field_boost(fields.title, TITLE_BOOST);
         let snapshot = Snapshot { searcher: reader.searcher(), generation };
-        tracing::info!(index.generation = generation, index.docs = snapshot.searcher.num_docs(), "index opened");
+        tracing::debug!(index.generation = generation, index.docs = snapshot.searcher.num_docs(), "index opened");
         Ok(DocumentIndex {
             path,
             fields,

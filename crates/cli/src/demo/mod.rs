@@ -53,7 +53,17 @@ pub async fn run(args: &DemoArgs) -> anyhow::Result<()> {
     let agents = usize::try_from(args.agents).unwrap_or(1);
     let mut supervisor = Supervisor::new();
 
-    let outcome = run_mesh(args, agents, &binaries, &workdir, &mut supervisor).await;
+    // Listen from the start: the daemons run in their own process group, so a Ctrl-C during
+    // start-up must reach this process and end in an orderly stop too.
+    let mut signals = StopSignals::new()?;
+    let outcome = tokio::select! {
+        outcome = run_mesh(args, agents, &binaries, &workdir, &mut supervisor) => outcome,
+        signal = signals.next() => {
+            println!();
+            println!("{signal}: stopping");
+            Ok(())
+        }
+    };
 
     println!();
     println!("Stopping the mesh ...");
@@ -63,6 +73,11 @@ pub async fn run(args: &DemoArgs) -> anyhow::Result<()> {
     }
     for problem in &report.problems {
         println!("  warning: {problem}");
+    }
+    if outcome.is_err() && workdir.is_temporary() {
+        let kept = workdir.keep_for_inspection();
+        println!("  kept {} because the demo failed: read its logs, then delete it", kept.display());
+        return outcome;
     }
     let kept = workdir.path().to_path_buf();
     match workdir.remove()? {
@@ -81,15 +96,8 @@ async fn run_mesh(
     supervisor: &mut Supervisor,
 ) -> anyhow::Result<()> {
     let agent_names: Vec<String> = (1..=agents).map(|i| format!("agent-{i}")).collect();
-    println!(
-        "ragmesh demo: 1 master and {agents} agent{} on 127.0.0.1, mutual TLS everywhere",
-        plural(agents)
-    );
-    let removal = if workdir.is_temporary() {
-        "removed at exit; pass --dir to keep it"
-    } else {
-        "kept after exit"
-    };
+    println!("ragmesh demo: 1 master and {agents} agent{} on 127.0.0.1, mutual TLS everywhere", plural(agents));
+    let removal = if workdir.is_temporary() { "removed at exit; pass --dir to keep it" } else { "kept after exit" };
     println!("directory: {} ({removal})", workdir.path().display());
     println!();
 
@@ -106,8 +114,13 @@ async fn run_mesh(
 
     print!("Waiting for {agents} agent{} to join ... ", plural(agents));
     flush_stdout();
-    let waited = wait_for_agents(&master, supervisor, &agent_names, workdir).await?;
-    println!("all up after {:.1} s", waited.as_secs_f64());
+    match wait_for_agents(&master, supervisor, &agent_names, workdir).await {
+        Ok(waited) => println!("all up after {:.1} s", waited.as_secs_f64()),
+        Err(err) => {
+            println!("failed");
+            return Err(err);
+        }
+    }
     println!();
 
     ingest_samples(&master, &agent_names).await?;
@@ -118,7 +131,7 @@ async fn run_mesh(
     let all_answered = search_once(&master, &agent_names).await?;
 
     println!();
-    print!("{}", usage_hints(workdir, master.addr(), args.no_wait)?);
+    print!("{}", usage_hints(workdir, master.addr(), args.no_wait));
     if args.no_wait {
         if !all_answered {
             anyhow::bail!(
@@ -128,7 +141,7 @@ async fn run_mesh(
         }
         return Ok(());
     }
-    wait_for_stop(supervisor).await
+    watch_daemons(supervisor).await
 }
 
 /// The daemon executables next to the running `ragmeshctl`.
@@ -140,13 +153,10 @@ struct Binaries {
 
 impl Binaries {
     fn locate() -> anyhow::Result<Binaries> {
-        let exe = std::env::current_exe()
-            .map_err(|err| anyhow::anyhow!("cannot find the ragmeshctl executable: {err}"))?;
+        let exe =
+            std::env::current_exe().map_err(|err| anyhow::anyhow!("cannot find the ragmeshctl executable: {err}"))?;
         let dir = exe.parent().map(Path::to_path_buf).unwrap_or_default();
-        let binaries = Binaries {
-            master: dir.join(MASTER_BIN),
-            agent: dir.join(AGENT_BIN),
-        };
+        let binaries = Binaries { master: dir.join(MASTER_BIN), agent: dir.join(AGENT_BIN) };
         let missing: Vec<String> = [&binaries.master, &binaries.agent]
             .into_iter()
             .filter(|path| !path.is_file())
@@ -169,9 +179,8 @@ fn make_certs(workdir: &Workdir, agent_names: &[String]) -> anyhow::Result<TlsFi
     let dir = workdir.certs();
     let ca = DevCa::generate()?;
     let ca_paths = ca.write(&dir, true)?;
-    let names = std::iter::once("master")
-        .chain(agent_names.iter().map(String::as_str))
-        .chain(std::iter::once("client"));
+    let names =
+        std::iter::once("master").chain(agent_names.iter().map(String::as_str)).chain(std::iter::once("client"));
     let mut client = None;
     for name in names {
         let issued = devca::issue_with_ca(&ca, name, &[], &dir, devca::DEFAULT_LEAF_DAYS)?;
@@ -232,7 +241,9 @@ async fn start_master(
         let error = match Master::connect(attempt).await {
             Ok(master) => match master.list_nodes().await {
                 Ok(_) => {
-                    std::fs::write(workdir.master_addr_file(), format!("{addr}\n"))?;
+                    let file = workdir.master_addr_file();
+                    std::fs::write(&file, format!("{addr}\n"))
+                        .map_err(|err| anyhow::anyhow!("cannot write {}: {err}", file.display()))?;
                     return Ok(master);
                 }
                 Err(err) => err,
@@ -251,10 +262,7 @@ async fn start_master(
 }
 
 fn first_free_port() -> anyhow::Result<u16> {
-    daemons::free_ports(1)?
-        .first()
-        .copied()
-        .ok_or_else(|| anyhow::anyhow!("no free port on 127.0.0.1"))
+    daemons::free_ports(1)?.first().copied().ok_or_else(|| anyhow::anyhow!("no free port on 127.0.0.1"))
 }
 
 /// Starts one agent per name, registering with the master at `master_addr`.
@@ -314,7 +322,6 @@ async fn wait_for_agents(
             return Ok(started.elapsed());
         }
         if started.elapsed() > AGENTS_UP_TIMEOUT {
-            println!();
             let logs: Vec<String> = names.iter().map(|name| workdir.log(name).display().to_string()).collect();
             anyhow::bail!(
                 "agents not up after {} s: {}; look at {} and {}",
@@ -331,8 +338,8 @@ async fn wait_for_agents(
 /// Splits the sample corpus round-robin over the agents and writes each share through the
 /// master.
 async fn ingest_samples(master: &Master, names: &[String]) -> anyhow::Result<()> {
-    let docs = samples::documents()
-        .map_err(|err| anyhow::anyhow!("the built-in sample corpus does not parse: {err}"))?;
+    let docs =
+        samples::documents().map_err(|err| anyhow::anyhow!("the built-in sample corpus does not parse: {err}"))?;
     let total = docs.len();
     println!("Loading {total} sample documents round-robin:");
     let mut table = Table::new(vec![Column::left("NODE"), Column::right("DOCUMENTS"), Column::right("GENERATION")]);
@@ -341,15 +348,9 @@ async fn ingest_samples(master: &Master, names: &[String]) -> anyhow::Result<()>
         let mut generation = 0;
         let mut remaining = share.into_iter().peekable();
         while remaining.peek().is_some() {
-            let documents: Vec<v1::Document> = remaining
-                .by_ref()
-                .take(INGEST_BATCH)
-                .map(crate::ingest::to_wire)
-                .collect();
-            let request = v1::IngestDocumentsRequest {
-                node: name.clone(),
-                documents,
-            };
+            let documents: Vec<v1::Document> =
+                remaining.by_ref().take(INGEST_BATCH).map(crate::ingest::to_wire).collect();
+            let request = v1::IngestDocumentsRequest { node: name.clone(), documents };
             let response = master
                 .ingest(request, RPC_TIMEOUT)
                 .await
@@ -365,25 +366,18 @@ async fn ingest_samples(master: &Master, names: &[String]) -> anyhow::Result<()>
 /// Runs the demo query and prints the result; true when every agent answered.
 async fn search_once(master: &Master, names: &[String]) -> anyhow::Result<bool> {
     let (timeout_ms, deadline) = search::deadlines(Some(SEARCH_TIMEOUT_MS));
-    let request = v1::SearchRequest {
-        query: samples::DEMO_QUERY.to_owned(),
-        limit: 10,
-        timeout_ms,
-        ..Default::default()
-    };
+    let request =
+        v1::SearchRequest { query: samples::DEMO_QUERY.to_owned(), limit: 10, timeout_ms, ..Default::default() };
     let response = master.search(request, deadline).await?;
     print!("{}", search::render(&response, samples::DEMO_QUERY, Style::for_stdout()));
-    let answered = names.iter().all(|name| {
-        response
-            .nodes
-            .iter()
-            .any(|n| &n.node == name && n.status == v1::OutcomeStatus::Ok as i32)
-    });
+    let answered = names
+        .iter()
+        .all(|name| response.nodes.iter().any(|n| &n.node == name && n.status == v1::OutcomeStatus::Ok as i32));
     Ok(answered)
 }
 
 /// The commands to try, with absolute paths that can be pasted as they are.
-fn usage_hints(workdir: &Workdir, master_addr: &str, no_wait: bool) -> anyhow::Result<String> {
+fn usage_hints(workdir: &Workdir, master_addr: &str, no_wait: bool) -> String {
     let certs = workdir.certs();
     let ca = quote(&certs.join("ca.pem"));
     let cert = quote(&certs.join("client.pem"));
@@ -401,20 +395,16 @@ fn usage_hints(workdir: &Workdir, master_addr: &str, no_wait: bool) -> anyhow::R
     let _ = writeln!(out);
     let _ = writeln!(out, "  # ragmeshctl (the flags can also come from the environment)");
     let _ = writeln!(out, "  {exe} --master {master_addr} --ca {ca} --cert {cert} --key {key} nodes");
-    let _ = writeln!(
-        out,
-        "  export RAGMESH_MASTER={master_addr} RAGMESH_CA={ca} RAGMESH_CERT={cert} RAGMESH_KEY={key}"
-    );
+    let _ =
+        writeln!(out, "  export RAGMESH_MASTER={master_addr} RAGMESH_CA={ca} RAGMESH_CERT={cert} RAGMESH_KEY={key}");
     let _ = writeln!(out, "  {exe} search {}", quote_str(query));
     let _ = writeln!(out, "  {exe} node agent-1");
     let _ = writeln!(out);
     let _ = writeln!(out, "  # grpcurl (over the same mutual TLS)");
     let _ = writeln!(out, "  grpcurl {tls} {master_addr} list");
     let _ = writeln!(out, "  grpcurl {tls} {master_addr} ragmesh.v1.MasterService/ListNodes");
-    let _ = writeln!(
-        out,
-        "  grpcurl {tls} -d '{{\"query\":\"{query}\"}}' {master_addr} ragmesh.v1.MasterService/Search"
-    );
+    let _ =
+        writeln!(out, "  grpcurl {tls} -d '{{\"query\":\"{query}\"}}' {master_addr} ragmesh.v1.MasterService/Search");
     if !no_wait {
         let _ = writeln!(out);
         let what = if workdir.is_temporary() {
@@ -424,22 +414,15 @@ fn usage_hints(workdir: &Workdir, master_addr: &str, no_wait: bool) -> anyhow::R
         };
         let _ = writeln!(out, "Press Ctrl-C to {what}.");
     }
-    Ok(out)
+    out
 }
 
-/// Runs until Ctrl-C, SIGTERM or SIGHUP; fails if a daemon dies meanwhile.
-async fn wait_for_stop(supervisor: &mut Supervisor) -> anyhow::Result<()> {
-    let mut signals = StopSignals::new()?;
+/// Watches the daemons until a stop signal ends the demo (see [`run`]); fails if one dies.
+async fn watch_daemons(supervisor: &mut Supervisor) -> anyhow::Result<()> {
     let mut check = tokio::time::interval(Duration::from_millis(500));
     loop {
-        tokio::select! {
-            signal = signals.next() => {
-                println!();
-                println!("{signal}: stopping");
-                return Ok(());
-            }
-            _ = check.tick() => supervisor.check(false)?,
-        }
+        check.tick().await;
+        supervisor.check(false)?;
     }
 }
 
@@ -456,10 +439,7 @@ impl StopSignals {
         #[cfg(unix)]
         {
             use tokio::signal::unix::{SignalKind, signal};
-            Ok(StopSignals {
-                term: signal(SignalKind::terminate())?,
-                hup: signal(SignalKind::hangup())?,
-            })
+            Ok(StopSignals { term: signal(SignalKind::terminate())?, hup: signal(SignalKind::hangup())? })
         }
         #[cfg(not(unix))]
         Ok(StopSignals {})
@@ -526,7 +506,7 @@ mod tests {
     #[test]
     fn hints_use_absolute_paths_and_the_master_address() {
         let workdir = Workdir::temporary().expect("temp");
-        let hints = usage_hints(&workdir, "127.0.0.1:40001", false).expect("hints");
+        let hints = usage_hints(&workdir, "127.0.0.1:40001", false);
         let ca = workdir.certs().join("ca.pem");
         let expected = format!(
             "grpcurl -cacert {} -cert {} -key {} 127.0.0.1:40001 list",
@@ -535,9 +515,12 @@ mod tests {
             workdir.certs().join("client.key").display()
         );
         assert!(hints.contains(&expected), "{hints}");
-        assert!(hints.contains("-d '{\"query\":\"index replication\"}' 127.0.0.1:40001 ragmesh.v1.MasterService/Search"), "{hints}");
+        assert!(
+            hints.contains("-d '{\"query\":\"index replication\"}' 127.0.0.1:40001 ragmesh.v1.MasterService/Search"),
+            "{hints}"
+        );
         assert!(hints.contains("Press Ctrl-C"), "{hints}");
-        let no_wait = usage_hints(&workdir, "127.0.0.1:40001", true).expect("hints");
+        let no_wait = usage_hints(&workdir, "127.0.0.1:40001", true);
         assert!(no_wait.contains("the mesh stops now"), "{no_wait}");
         assert!(!no_wait.contains("Press Ctrl-C"), "{no_wait}");
     }

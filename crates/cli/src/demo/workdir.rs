@@ -22,15 +22,13 @@ pub struct Workdir {
 impl Workdir {
     /// A new temporary directory, removed when this is dropped.
     pub fn temporary() -> anyhow::Result<Workdir> {
-        let temp = tempfile::Builder::new()
-            .prefix("ragmesh-demo-")
-            .tempdir()
-            .map_err(|err| anyhow::anyhow!("cannot create a temporary directory: {err}: set TMPDIR to a writable directory, or pass --dir"))?;
+        let temp = tempfile::Builder::new().prefix("ragmesh-demo-").tempdir().map_err(|err| {
+            anyhow::anyhow!(
+                "cannot create a temporary directory: {err}: set TMPDIR to a writable directory, or pass --dir"
+            )
+        })?;
         let path = temp.path().to_path_buf();
-        let workdir = Workdir {
-            path,
-            temp: Some(temp),
-        };
+        let workdir = Workdir { path, temp: Some(temp) };
         workdir.create_layout()?;
         Ok(workdir)
     }
@@ -38,10 +36,8 @@ impl Workdir {
     /// `dir`, created if missing. An existing directory must be empty or an earlier demo's,
     /// whose files are then replaced.
     pub fn keep(dir: &Path) -> anyhow::Result<Workdir> {
-        fs::create_dir_all(dir)
-            .map_err(|err| usage(format!("cannot create --dir {}: {err}", dir.display())))?;
-        let path = fs::canonicalize(dir)
-            .map_err(|err| usage(format!("cannot use --dir {}: {err}", dir.display())))?;
+        fs::create_dir_all(dir).map_err(|err| usage(format!("cannot create --dir {}: {err}", dir.display())))?;
+        let path = fs::canonicalize(dir).map_err(|err| usage(format!("cannot use --dir {}: {err}", dir.display())))?;
         let entries: Vec<_> = fs::read_dir(&path)
             .map_err(|err| usage(format!("cannot read --dir {}: {err}", path.display())))?
             .filter_map(Result::ok)
@@ -67,8 +63,7 @@ impl Workdir {
             .map_err(|err| anyhow::anyhow!("cannot write into {}: {err}", self.path.display()))?;
         for sub in ["certs", "logs", "data"] {
             let dir = self.path.join(sub);
-            fs::create_dir_all(&dir)
-                .map_err(|err| anyhow::anyhow!("cannot create {}: {err}", dir.display()))?;
+            fs::create_dir_all(&dir).map_err(|err| anyhow::anyhow!("cannot create {}: {err}", dir.display()))?;
         }
         Ok(())
     }
@@ -106,6 +101,14 @@ impl Workdir {
     /// `DIR/master.addr`.
     pub fn master_addr_file(&self) -> PathBuf {
         self.path.join("master.addr")
+    }
+
+    /// Turns a temporary directory into a kept one (after a failure, its logs explain why).
+    pub fn keep_for_inspection(mut self) -> PathBuf {
+        if let Some(temp) = self.temp.take() {
+            return temp.keep();
+        }
+        self.path
     }
 
     /// Removes a temporary directory now (rather than at drop) and reports failures.
@@ -150,7 +153,9 @@ fn refuse_if_running(dir: &Path) -> anyhow::Result<()> {
 }
 
 fn clear_previous_demo(dir: &Path, entries: &[fs::DirEntry]) -> anyhow::Result<()> {
-    let remove_err = |path: &Path, err: std::io::Error| anyhow::anyhow!("cannot clear {} of the earlier demo: {err}", path.display());
+    let remove_err = |path: &Path, err: std::io::Error| {
+        anyhow::anyhow!("cannot clear {} of the earlier demo: {err}", path.display())
+    };
     for sub in DEMO_DIRS {
         let path = dir.join(sub);
         if path.exists() {
@@ -159,7 +164,8 @@ fn clear_previous_demo(dir: &Path, entries: &[fs::DirEntry]) -> anyhow::Result<(
     }
     for entry in entries {
         let path = entry.path();
-        let ours = path.extension().is_some_and(|ext| ext == "pid") || path.file_name().is_some_and(|n| n == "master.addr");
+        let ours =
+            path.extension().is_some_and(|ext| ext == "pid") || path.file_name().is_some_and(|n| n == "master.addr");
         if ours {
             fs::remove_file(&path).map_err(|err| remove_err(&path, err))?;
         }

@@ -1,0 +1,204 @@
+//! Runs the built `ragmeshctl` binary: certificates end to end, help texts, and the exit codes
+//! and messages of usage errors.
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+use ragmesh_tls::TlsFiles;
+
+fn ragmeshctl(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_ragmeshctl"))
+        .args(args)
+        // The caller's settings must not change what the tests see.
+        .env_remove("RAGMESH_MASTER")
+        .env_remove("RAGMESH_CA")
+        .env_remove("RAGMESH_CERT")
+        .env_remove("RAGMESH_KEY")
+        .env_remove("RAGMESH_INSECURE")
+        .env_remove("RAGMESH_TIMEOUT_MS")
+        .output()
+        .expect("run ragmeshctl")
+}
+
+fn stdout(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+fn stderr(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
+fn path(p: &Path) -> &str {
+    p.to_str().expect("utf-8 temp path")
+}
+
+#[test]
+fn certs_init_and_issue_write_a_usable_ca_and_certificates() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let ca_dir = dir.path().join("ca");
+    let out_dir = dir.path().join("issued");
+
+    let init = ragmeshctl(&["certs", "init", "--dir", path(&ca_dir)]);
+    assert_eq!(init.status.code(), Some(0), "{}", stderr(&init));
+    assert!(stdout(&init).contains(&format!("wrote {}", ca_dir.join("ca.pem").display())));
+    assert!(ca_dir.join("ca.pem").is_file() && ca_dir.join("ca.key").is_file());
+
+    let issue = ragmeshctl(&[
+        "certs",
+        "issue",
+        "--dir",
+        path(&ca_dir),
+        "master",
+        "--host",
+        "master.example",
+        "--out",
+        path(&out_dir),
+        "--days",
+        "30",
+    ]);
+    assert_eq!(issue.status.code(), Some(0), "{}", stderr(&issue));
+    let printed = stdout(&issue);
+    assert!(printed.contains(&format!("wrote {}", out_dir.join("master.pem").display())), "{printed}");
+    assert!(printed.contains(&format!("wrote {}", out_dir.join("master.key").display())), "{printed}");
+
+    // Without --out the files land next to the CA.
+    let client = ragmeshctl(&["certs", "issue", "--dir", path(&ca_dir), "client"]);
+    assert_eq!(client.status.code(), Some(0), "{}", stderr(&client));
+
+    for (dir, name) in [(&out_dir, "master"), (&ca_dir, "client")] {
+        let loaded = TlsFiles {
+            ca: ca_dir.join("ca.pem"),
+            cert: dir.join(format!("{name}.pem")),
+            key: dir.join(format!("{name}.key")),
+        }
+        .load()
+        .expect("issued files load and chain to the CA");
+        assert_eq!(loaded.identity_name(), name);
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt as _;
+            let mode = std::fs::metadata(dir.join(format!("{name}.key"))).expect("key").permissions().mode();
+            assert_eq!(mode & 0o777, 0o600, "{name}.key is private");
+        }
+    }
+    let master =
+        TlsFiles { ca: ca_dir.join("ca.pem"), cert: out_dir.join("master.pem"), key: out_dir.join("master.key") }
+            .load()
+            .expect("master loads");
+    assert!(master.identity().is("master.example"), "extra --host is a SAN");
+    assert!(master.identity().is("localhost"), "loopback names are always there");
+}
+
+#[test]
+fn certs_refuse_to_overwrite_a_ca_and_reject_bad_names_with_exit_64() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let first = ragmeshctl(&["certs", "init", "--dir", path(dir.path())]);
+    assert_eq!(first.status.code(), Some(0));
+    let ca_before = std::fs::read(dir.path().join("ca.pem")).expect("ca.pem");
+
+    let again = ragmeshctl(&["certs", "init", "--dir", path(dir.path())]);
+    assert_eq!(again.status.code(), Some(64));
+    assert!(stderr(&again).contains("--force"), "{}", stderr(&again));
+    assert_eq!(std::fs::read(dir.path().join("ca.pem")).expect("ca.pem"), ca_before);
+
+    let bad = ragmeshctl(&["certs", "issue", "--dir", path(dir.path()), "Bad_Name"]);
+    assert_eq!(bad.status.code(), Some(64));
+    assert!(stderr(&bad).contains("invalid certificate name"), "{}", stderr(&bad));
+
+    let no_ca = ragmeshctl(&["certs", "issue", "--dir", path(&dir.path().join("none")), "client"]);
+    assert_eq!(no_ca.status.code(), Some(64));
+    assert!(stderr(&no_ca).contains("ragmeshctl certs init"), "{}", stderr(&no_ca));
+}
+
+#[test]
+fn help_lists_every_subcommand_and_global_flag() {
+    let help = ragmeshctl(&["--help"]);
+    assert_eq!(help.status.code(), Some(0));
+    let text = stdout(&help);
+    for needle in [
+        "certs",
+        "nodes",
+        "node",
+        "search",
+        "ingest",
+        "demo",
+        "--master",
+        "--ca",
+        "--cert",
+        "--key",
+        "--insecure",
+        "--timeout-ms",
+        "RAGMESH_MASTER",
+        "Exit status",
+    ] {
+        assert!(text.contains(needle), "--help lacks {needle:?}:\n{text}");
+    }
+}
+
+#[test]
+fn search_help_documents_its_flags() {
+    let help = ragmeshctl(&["search", "--help"]);
+    assert_eq!(help.status.code(), Some(0));
+    let text = stdout(&help);
+    for needle in [
+        "<QUERY>",
+        "--collection",
+        "--node",
+        "--limit",
+        "--min-score",
+        "--json",
+        "--timeout-ms",
+        "[default: 10]",
+        "Examples:",
+    ] {
+        assert!(text.contains(needle), "search --help lacks {needle:?}:\n{text}");
+    }
+}
+
+#[test]
+fn every_subcommand_has_help() {
+    for args in [
+        &["certs", "--help"][..],
+        &["certs", "init", "--help"],
+        &["certs", "issue", "--help"],
+        &["nodes", "--help"],
+        &["node", "--help"],
+        &["ingest", "--help"],
+        &["demo", "--help"],
+    ] {
+        let help = ragmeshctl(args);
+        assert_eq!(help.status.code(), Some(0), "{args:?}");
+        assert!(stdout(&help).contains("Usage: ragmeshctl"), "{args:?}: {}", stdout(&help));
+    }
+}
+
+#[test]
+fn usage_errors_exit_64() {
+    let none = ragmeshctl(&[]);
+    assert_eq!(none.status.code(), Some(64));
+    let unknown = ragmeshctl(&["frobnicate"]);
+    assert_eq!(unknown.status.code(), Some(64));
+
+    let no_tls = ragmeshctl(&["nodes"]);
+    assert_eq!(no_tls.status.code(), Some(64));
+    let message = stderr(&no_tls);
+    assert!(
+        message.contains("missing --ca (or RAGMESH_CA), --cert (or RAGMESH_CERT), --key (or RAGMESH_KEY)"),
+        "{message}"
+    );
+    assert!(message.contains("ragmeshctl certs"), "{message}");
+
+    let bad_master = ragmeshctl(&["--master", "nowhere", "--insecure", "nodes"]);
+    assert_eq!(bad_master.status.code(), Some(64));
+    assert!(stderr(&bad_master).contains("HOST:PORT"), "{}", stderr(&bad_master));
+}
+
+#[test]
+fn an_unreachable_master_is_a_runtime_failure_with_advice() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("bind").port();
+    let addr = format!("127.0.0.1:{port}");
+    let output = ragmeshctl(&["--master", &addr, "--insecure", "nodes"]);
+    assert_eq!(output.status.code(), Some(1));
+    let message = stderr(&output);
+    assert!(message.contains(&format!("nothing is listening at {addr}")), "{message}");
+}
