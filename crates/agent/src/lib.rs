@@ -9,7 +9,6 @@ pub mod service;
 use std::net::SocketAddr;
 use std::sync::atomic::AtomicU32;
 use std::sync::{Arc, OnceLock};
-use std::time::Duration;
 
 use ragmesh_config::AgentConfig;
 use ragmesh_index::DocumentIndex;
@@ -19,13 +18,10 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
-use tonic::transport::Server;
 use tonic::transport::server::TcpIncoming;
 
 pub use link::LinkStatus;
 use service::{AgentApi, AgentState};
-
-const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 
 /// Why the agent could not start.
 #[derive(Debug, thiserror::Error)]
@@ -98,33 +94,6 @@ pub fn identity(config: &AgentConfig) -> Result<(String, Option<Arc<LoadedTls>>)
     Ok((name, tls))
 }
 
-/// How often a locked index is tried again.
-const LOCK_RETRY: Duration = Duration::from_millis(200);
-
-/// Opens the local index. While another process holds it (a previous agent still shutting
-/// down), waits and retries, serving NOT_SERVING meanwhile; returns `None` if shut down first.
-async fn open_index(data_dir: &std::path::Path, stop: &CancellationToken) -> anyhow::Result<Option<DocumentIndex>> {
-    let path = data_dir.join("index");
-    let mut warned = false;
-    loop {
-        let attempt_path = path.clone();
-        match tokio::task::spawn_blocking(move || DocumentIndex::open(&attempt_path)).await? {
-            Ok(index) => return Ok(Some(index)),
-            Err(err @ ragmesh_index::IndexError::Locked { .. }) => {
-                if !warned {
-                    tracing::warn!(error = %err, "waiting for the index; serving NOT_SERVING until it is free");
-                    warned = true;
-                }
-            }
-            Err(err) => return Err(anyhow::Error::new(err).context("cannot open the local index")),
-        }
-        tokio::select! {
-            () = stop.cancelled() => return Ok(None),
-            () = tokio::time::sleep(LOCK_RETRY) => {}
-        }
-    }
-}
-
 /// Starts serving on `listener` and attaching to the master. Health reports NOT_SERVING until
 /// the index is open.
 pub async fn start(config: AgentConfig, listener: TcpListener) -> Result<AgentHandle, StartError> {
@@ -138,13 +107,7 @@ pub async fn start(config: AgentConfig, listener: TcpListener) -> Result<AgentHa
     health.set_not_serving::<AgentServiceServer<AgentApi>>().await;
     health.set_service_status("", tonic_health::ServingStatus::NotServing).await;
     let (reflection_v1, reflection_v1alpha) = ragmesh_proto::reflection::services(&["ragmesh.v1.AgentService"]);
-    let mut builder = Server::builder()
-        .http2_keepalive_interval(Some(Duration::from_secs(10)))
-        .http2_keepalive_timeout(Some(Duration::from_secs(5)));
-    match &tls {
-        Some(tls) => builder = builder.tls_config(tls.server_config())?,
-        None => tracing::warn!(listen = %local_addr, "plaintext mode (--insecure): no TLS, no client authentication"),
-    }
+    let mut builder = ragmesh_server::builder(tls.as_deref(), local_addr)?;
     let router = builder
         .add_service(health_service)
         .add_service(reflection_v1)
@@ -168,9 +131,24 @@ pub async fn start(config: AgentConfig, listener: TcpListener) -> Result<AgentHa
     let stop = shutdown.clone();
     let data_dir = config.data_dir.clone();
     let task = tokio::spawn(async move {
-        let mut server = tokio::spawn(router.serve_with_incoming_shutdown(incoming, stop.clone().cancelled_owned()));
-        let Some(index) = open_index(&data_dir, &stop).await? else {
-            return Ok(()); // shut down while waiting for the index
+        let server = tokio::spawn(router.serve_with_incoming_shutdown(incoming, stop.clone().cancelled_owned()));
+        let index_dir = data_dir.join("index");
+        let opened = ragmesh_server::open_when_free(
+            "local index",
+            &stop,
+            move || DocumentIndex::open(&index_dir),
+            |err| matches!(err, ragmesh_index::IndexError::Locked { .. }),
+        )
+        .await;
+        let index = match opened {
+            Ok(Some(index)) => index,
+            Ok(None) => return ragmesh_server::drain(server).await, // stopped while waiting
+            Err(err) => {
+                // An agent without its index must not linger half-alive: stop serving, report why.
+                stop.cancel();
+                let _ = ragmesh_server::drain(server).await;
+                return Err(err);
+            }
         };
         tracing::info!(documents = index.doc_count(), generation = index.generation(), "index open");
         let _ = state.index.set(Arc::new(index));
@@ -180,13 +158,7 @@ pub async fn start(config: AgentConfig, listener: TcpListener) -> Result<AgentHa
         stop.cancelled().await;
         tracing::info!("agent shutting down");
         let _ = link.await;
-        match tokio::time::timeout(SHUTDOWN_GRACE, &mut server).await {
-            Ok(joined) => joined??,
-            Err(_) => {
-                tracing::warn!("connections did not drain in time; closing them");
-                server.abort();
-            }
-        }
+        ragmesh_server::drain(server).await?;
         Ok(())
     });
     tracing::info!(listen = %local_addr, node.id = %name, tls = tls.is_some(), "agent serving");

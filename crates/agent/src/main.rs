@@ -1,58 +1,41 @@
-//! `ragmesh-agent`: parse and validate config (exit 64 on any problem), bind, run until
-//! SIGINT/SIGTERM.
+//! `ragmesh-agent`: parse and validate config (exit 64 on any problem, before binding
+//! anything), bind, serve and stay attached to the master until SIGINT/SIGTERM.
+
+use std::process::ExitCode;
 
 use clap::Parser as _;
-use ragmesh_config::{AgentArgs, EXIT_CONFIG};
+use ragmesh_config::AgentArgs;
+use ragmesh_server::daemon;
+
+const PROGRAM: &str = "ragmesh-agent";
 
 #[tokio::main]
-async fn main() -> std::process::ExitCode {
+async fn main() -> ExitCode {
     let config = match AgentArgs::parse().resolve() {
         Ok(config) => config,
-        Err(errors) => {
-            eprint!("ragmesh-agent: {errors}");
-            return std::process::ExitCode::from(EXIT_CONFIG as u8);
-        }
+        Err(errors) => return daemon::config_error(PROGRAM, errors),
     };
     ragmesh_telemetry::init(&config.log);
     // Validate TLS material and the name before binding anything.
     match ragmesh_agent::identity(&config) {
         Ok((name, Some(tls))) if !tls.identity().is(&name) => {
-            eprintln!(
-                "ragmesh-agent: --name {name} does not match the certificate, which names {:?}: drop --name or issue a certificate for {name}",
+            let problem = format!(
+                "--name {name} does not match the certificate, which names {:?}: drop --name or issue a certificate for {name}",
                 tls.identity_name()
             );
-            return std::process::ExitCode::from(EXIT_CONFIG as u8);
+            return daemon::config_error(PROGRAM, problem);
         }
         Ok(_) => {}
-        Err(err) => {
-            eprintln!("ragmesh-agent: {err}");
-            return std::process::ExitCode::from(EXIT_CONFIG as u8);
-        }
+        Err(err) => return daemon::config_error(PROGRAM, err),
     }
-    let listener = match tokio::net::TcpListener::bind(config.listen).await {
+    let listener = match daemon::bind(PROGRAM, config.listen).await {
         Ok(listener) => listener,
-        Err(err) => {
-            eprintln!("ragmesh-agent: cannot listen on {}: {err} (is another process using the port?)", config.listen);
-            return std::process::ExitCode::FAILURE;
-        }
+        Err(code) => return code,
     };
     let handle = match ragmesh_agent::start(config, listener).await {
         Ok(handle) => handle,
-        Err(err) => {
-            eprintln!("ragmesh-agent: {err}");
-            return std::process::ExitCode::FAILURE;
-        }
+        Err(err) => return daemon::exit(PROGRAM, Err(err.into())),
     };
-    let token = handle.shutdown_token();
-    tokio::spawn(async move {
-        ragmesh_telemetry::shutdown_signal().await;
-        token.cancel();
-    });
-    match handle.wait().await {
-        Ok(()) => std::process::ExitCode::SUCCESS,
-        Err(err) => {
-            eprintln!("ragmesh-agent: {err:#}");
-            std::process::ExitCode::FAILURE
-        }
-    }
+    daemon::stop_on_signal(handle.shutdown_token());
+    daemon::exit(PROGRAM, handle.wait().await)
 }

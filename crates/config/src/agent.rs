@@ -10,7 +10,7 @@ use ragmesh_tls::TlsFiles;
 use serde::Deserialize;
 
 use crate::errors::Problems;
-use crate::{ConfigErrors, check_range, parse_listen, read_file, resolve_tls};
+use crate::{ConfigErrors, TlsArgs, TlsFileKeys, check_range, parse_listen, read_file};
 
 /// Command line of `ragmesh-agent`. Every flag also reads a `RAGMESH_*` variable, and every
 /// flag but --config can be set in the TOML file under its name with `_` for `-`.
@@ -39,18 +39,9 @@ pub struct AgentArgs {
     /// Directory of the local index [default: ./ragmesh-agent-data]
     #[arg(long, env = "RAGMESH_DATA_DIR", value_name = "DIR")]
     pub data_dir: Option<PathBuf>,
-    /// PEM bundle of the mesh CA
-    #[arg(long, env = "RAGMESH_CA", value_name = "FILE")]
-    pub ca: Option<PathBuf>,
-    /// PEM certificate of this node (its name is the node's identity)
-    #[arg(long, env = "RAGMESH_CERT", value_name = "FILE")]
-    pub cert: Option<PathBuf>,
-    /// PEM private key of this node
-    #[arg(long, env = "RAGMESH_KEY", value_name = "FILE")]
-    pub key: Option<PathBuf>,
-    /// Plaintext to and from the master (development only; logs a warning)
-    #[arg(long, env = "RAGMESH_INSECURE")]
-    pub insecure: bool,
+    /// mTLS files, or --insecure
+    #[command(flatten)]
+    pub tls: TlsArgs,
     /// Heartbeat interval on the health stream [default: 1000]
     #[arg(long, env = "RAGMESH_HEARTBEAT_INTERVAL_MS", value_name = "MS")]
     pub heartbeat_interval_ms: Option<u64>,
@@ -151,9 +142,9 @@ impl AgentArgs {
             check_host_port("master", &master, &mut problems);
         }
         let data_dir = self.data_dir.or(file.data_dir).unwrap_or_else(|| PathBuf::from("ragmesh-agent-data"));
-        let insecure = self.insecure || file.insecure.unwrap_or(false);
-        let tls =
-            resolve_tls(insecure, self.ca.or(file.ca), self.cert.or(file.cert), self.key.or(file.key), &mut problems);
+        let insecure = self.tls.insecure || file.insecure.unwrap_or(false);
+        let file_tls = TlsFileKeys { ca: file.ca, cert: file.cert, key: file.key, insecure: file.insecure };
+        let tls = self.tls.resolve(file_tls, &mut problems);
         if insecure && name.is_none() {
             problems.push("--name is required with --insecure: there is no certificate to take it from".to_owned());
         }

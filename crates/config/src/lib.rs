@@ -38,7 +38,42 @@ fn read_file<T: serde::de::DeserializeOwned + Default>(path: Option<&Path>, prob
     }
 }
 
-/// Resolves the TLS file paths: all three are needed unless the operator explicitly chose plaintext.
+/// The TLS flags both daemons share.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct TlsArgs {
+    /// PEM bundle of the mesh CA; peers must present certificates it issued
+    #[arg(long, env = "RAGMESH_CA", value_name = "FILE")]
+    pub ca: Option<PathBuf>,
+    /// PEM certificate of this process (its name is its identity in the mesh)
+    #[arg(long, env = "RAGMESH_CERT", value_name = "FILE")]
+    pub cert: Option<PathBuf>,
+    /// PEM private key of this process
+    #[arg(long, env = "RAGMESH_KEY", value_name = "FILE")]
+    pub key: Option<PathBuf>,
+    /// Plaintext without client authentication (development only; logs a warning)
+    #[arg(long, env = "RAGMESH_INSECURE")]
+    pub insecure: bool,
+}
+
+/// The TLS keys of a daemon's TOML file.
+#[derive(Debug, Clone, Default)]
+struct TlsFileKeys {
+    ca: Option<PathBuf>,
+    cert: Option<PathBuf>,
+    key: Option<PathBuf>,
+    insecure: Option<bool>,
+}
+
+impl TlsArgs {
+    /// Resolves the TLS file paths (flags over file): all three are needed unless the operator
+    /// explicitly chose plaintext.
+    fn resolve(self, file: TlsFileKeys, problems: &mut Problems) -> Option<TlsFiles> {
+        let insecure = self.insecure || file.insecure.unwrap_or(false);
+        resolve_tls(insecure, self.ca.or(file.ca), self.cert.or(file.cert), self.key.or(file.key), problems)
+    }
+}
+
+/// Checks the three TLS files exist: all are needed unless the operator explicitly chose plaintext.
 fn resolve_tls(
     insecure: bool,
     ca: Option<PathBuf>,

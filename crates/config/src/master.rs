@@ -9,7 +9,7 @@ use ragmesh_tls::TlsFiles;
 use serde::Deserialize;
 
 use crate::errors::Problems;
-use crate::{ConfigErrors, check_range, parse_listen, read_file, resolve_tls};
+use crate::{ConfigErrors, TlsArgs, TlsFileKeys, check_range, parse_listen, read_file};
 
 /// Command line of `ragmesh-master`. Every flag also reads a `RAGMESH_*` variable, and every
 /// flag but --config can be set in the TOML file under its name with `_` for `-`.
@@ -25,18 +25,9 @@ pub struct MasterArgs {
     /// Directory for the node registry (sled) [default: ./ragmesh-master-data]
     #[arg(long, env = "RAGMESH_DATA_DIR", value_name = "DIR")]
     pub data_dir: Option<PathBuf>,
-    /// PEM bundle of the mesh CA; clients and agents must present certificates it issued
-    #[arg(long, env = "RAGMESH_CA", value_name = "FILE")]
-    pub ca: Option<PathBuf>,
-    /// PEM certificate of this master
-    #[arg(long, env = "RAGMESH_CERT", value_name = "FILE")]
-    pub cert: Option<PathBuf>,
-    /// PEM private key of this master
-    #[arg(long, env = "RAGMESH_KEY", value_name = "FILE")]
-    pub key: Option<PathBuf>,
-    /// Serve plaintext without client authentication (development only; logs a warning)
-    #[arg(long, env = "RAGMESH_INSECURE")]
-    pub insecure: bool,
+    /// mTLS files, or --insecure
+    #[command(flatten)]
+    pub tls: TlsArgs,
     /// A node whose heartbeats stop for this long is marked down [default: 2500]
     #[arg(long, env = "RAGMESH_HEARTBEAT_TIMEOUT_MS", value_name = "MS")]
     pub heartbeat_timeout_ms: Option<u64>,
@@ -95,9 +86,8 @@ impl MasterArgs {
         let listen = self.listen.or(file.listen).unwrap_or_else(|| "127.0.0.1:7400".to_owned());
         let listen = parse_listen("listen", &listen, &mut problems);
         let data_dir = self.data_dir.or(file.data_dir).unwrap_or_else(|| PathBuf::from("ragmesh-master-data"));
-        let insecure = self.insecure || file.insecure.unwrap_or(false);
-        let tls =
-            resolve_tls(insecure, self.ca.or(file.ca), self.cert.or(file.cert), self.key.or(file.key), &mut problems);
+        let file_tls = TlsFileKeys { ca: file.ca, cert: file.cert, key: file.key, insecure: file.insecure };
+        let tls = self.tls.resolve(file_tls, &mut problems);
         let heartbeat_timeout_ms = self.heartbeat_timeout_ms.or(file.heartbeat_timeout_ms).unwrap_or(2500);
         check_range("heartbeat-timeout-ms", heartbeat_timeout_ms, 100, 600_000, &mut problems);
         let search_timeout_ms = self.search_timeout_ms.or(file.search_timeout_ms).unwrap_or(2000);

@@ -26,13 +26,9 @@ use ragmesh_tls::LoadedTls;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
-use tonic::transport::Server;
 use tonic::transport::server::TcpIncoming;
 
 pub use registry::Registry;
-
-/// How long shutdown waits for connections to drain before giving up on them.
-const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 
 /// Why the master could not start.
 #[derive(Debug, thiserror::Error)]
@@ -90,38 +86,6 @@ pub fn load_tls(config: &MasterConfig) -> Result<Option<Arc<LoadedTls>>, ragmesh
     config.tls.as_ref().map(|files| files.load().map(Arc::new)).transpose()
 }
 
-/// How often a locked registry store is tried again.
-const LOCK_RETRY: Duration = Duration::from_millis(200);
-
-/// Opens the registry store and loads it. While another process holds the store (a previous
-/// master still shutting down), waits and retries, serving NOT_SERVING meanwhile; returns
-/// `None` if shut down first. Any other failure is fatal.
-async fn load_registry(data_dir: &std::path::Path, stop: &CancellationToken) -> anyhow::Result<Option<Registry>> {
-    let path = data_dir.join("registry");
-    let mut warned = false;
-    loop {
-        let attempt_path = path.clone();
-        let opened = tokio::task::spawn_blocking(move || SledStore::open(&attempt_path)).await?;
-        match opened {
-            Ok(store) => {
-                let registry = tokio::task::spawn_blocking(move || Registry::load(Arc::new(store))).await?;
-                return Ok(Some(registry.context("cannot load the node registry")?));
-            }
-            Err(err @ ragmesh_store::StoreError::Locked { .. }) => {
-                if !warned {
-                    tracing::warn!(error = %err, "waiting for the registry store; serving NOT_SERVING until it is free");
-                    warned = true;
-                }
-            }
-            Err(err) => return Err(anyhow::Error::new(err).context("cannot open the node registry")),
-        }
-        tokio::select! {
-            () = stop.cancelled() => return Ok(None),
-            () = tokio::time::sleep(LOCK_RETRY) => {}
-        }
-    }
-}
-
 /// Starts serving on `listener`. Health reports NOT_SERVING until the registry is loaded.
 pub async fn start(config: MasterConfig, listener: TcpListener) -> Result<MasterHandle, StartError> {
     let local_addr = listener.local_addr()?;
@@ -145,16 +109,7 @@ pub async fn start(config: MasterConfig, listener: TcpListener) -> Result<Master
     let (reflection_v1, reflection_v1alpha) =
         ragmesh_proto::reflection::services(&["ragmesh.v1.MasterService", "ragmesh.v1.MembershipService"]);
 
-    let mut builder = Server::builder()
-        .http2_keepalive_interval(Some(Duration::from_secs(10)))
-        .http2_keepalive_timeout(Some(Duration::from_secs(5)));
-    match &tls {
-        Some(tls) => builder = builder.tls_config(tls.server_config())?,
-        None => tracing::warn!(
-            listen = %local_addr,
-            "plaintext mode (--insecure): no TLS, no client authentication; anyone who can reach this port can register nodes and search"
-        ),
-    }
+    let mut builder = ragmesh_server::builder(tls.as_deref(), local_addr)?;
     let router = builder
         .add_service(health_service)
         .add_service(reflection_v1)
@@ -168,32 +123,43 @@ pub async fn start(config: MasterConfig, listener: TcpListener) -> Result<Master
     let data_dir = config.data_dir.clone();
     let loaded = registry.clone();
     let task = tokio::spawn(async move {
-        let mut server = tokio::spawn(router.serve_with_incoming_shutdown(incoming, serve_stop.cancelled_owned()));
-        let Some(loaded_registry) = load_registry(&data_dir, &stop).await? else {
-            return Ok(()); // shut down while waiting for the store
+        let server = tokio::spawn(router.serve_with_incoming_shutdown(incoming, serve_stop.cancelled_owned()));
+        let store_dir = data_dir.join("registry");
+        let ready = async {
+            let opened = ragmesh_server::open_when_free(
+                "registry store",
+                &stop,
+                move || SledStore::open(&store_dir),
+                |err| matches!(err, ragmesh_store::StoreError::Locked { .. }),
+            )
+            .await?;
+            let Some(store) = opened else {
+                return anyhow::Ok(()); // shut down while waiting for the store
+            };
+            let loaded_registry = tokio::task::spawn_blocking(move || Registry::load(Arc::new(store)))
+                .await?
+                .context("cannot load the node registry")?;
+            tracing::info!(nodes = loaded_registry.snapshot().len(), "registry loaded");
+            let _ = loaded.set(loaded_registry);
+            health.set_serving::<MasterServiceServer<api::MasterApi>>().await;
+            health.set_serving::<MembershipServiceServer<api::MembershipApi>>().await;
+            health.set_service_status("", tonic_health::ServingStatus::Serving).await;
+            Ok(())
         };
-        tracing::info!(nodes = loaded_registry.snapshot().len(), "registry loaded");
-        let _ = loaded.set(loaded_registry);
-        health.set_serving::<MasterServiceServer<api::MasterApi>>().await;
-        health.set_serving::<MembershipServiceServer<api::MembershipApi>>().await;
-        health.set_service_status("", tonic_health::ServingStatus::Serving).await;
+        if let Err(err) = ready.await {
+            // A master without its registry must not linger half-alive: stop serving, report why.
+            stop.cancel();
+            let _ = ragmesh_server::drain(server).await;
+            return Err(err);
+        }
         stop.cancelled().await;
         tracing::info!("master shutting down");
         tasks.close();
-        let drained = async {
-            tasks.wait().await;
-            (&mut server).await
-        };
-        match tokio::time::timeout(SHUTDOWN_GRACE, drained).await {
-            Ok(joined) => joined??,
-            Err(_) => {
-                tracing::warn!(
-                    grace_ms = SHUTDOWN_GRACE.as_millis() as u64,
-                    "connections did not drain in time; closing them"
-                );
-                server.abort();
-            }
+        // Health streams end on the shutdown token; wait for them before draining connections.
+        if tokio::time::timeout(ragmesh_server::SHUTDOWN_GRACE, tasks.wait()).await.is_err() {
+            tracing::warn!("health streams did not end in time");
         }
+        ragmesh_server::drain(server).await?;
         Ok(())
     });
     tracing::info!(listen = %local_addr, tls = tls.is_some(), "master serving");

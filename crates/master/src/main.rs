@@ -1,47 +1,32 @@
-//! `ragmesh-master`: parse and validate config (exit 64 on any problem), bind, run until
-//! SIGINT/SIGTERM.
+//! `ragmesh-master`: parse and validate config (exit 64 on any problem, before binding
+//! anything), bind, serve until SIGINT/SIGTERM.
+
+use std::process::ExitCode;
 
 use clap::Parser as _;
-use ragmesh_config::{EXIT_CONFIG, MasterArgs};
+use ragmesh_config::MasterArgs;
+use ragmesh_server::daemon;
+
+const PROGRAM: &str = "ragmesh-master";
 
 #[tokio::main]
-async fn main() -> std::process::ExitCode {
+async fn main() -> ExitCode {
     let config = match MasterArgs::parse().resolve() {
         Ok(config) => config,
-        Err(errors) => {
-            eprint!("ragmesh-master: {errors}");
-            return std::process::ExitCode::from(EXIT_CONFIG as u8);
-        }
+        Err(errors) => return daemon::config_error(PROGRAM, errors),
     };
     ragmesh_telemetry::init(&config.log);
     if let Err(err) = ragmesh_master::load_tls(&config) {
-        eprintln!("ragmesh-master: {err}");
-        return std::process::ExitCode::from(EXIT_CONFIG as u8);
+        return daemon::config_error(PROGRAM, err);
     }
-    let listener = match tokio::net::TcpListener::bind(config.listen).await {
+    let listener = match daemon::bind(PROGRAM, config.listen).await {
         Ok(listener) => listener,
-        Err(err) => {
-            eprintln!("ragmesh-master: cannot listen on {}: {err} (is another process using the port?)", config.listen);
-            return std::process::ExitCode::FAILURE;
-        }
+        Err(code) => return code,
     };
     let handle = match ragmesh_master::start(config, listener).await {
         Ok(handle) => handle,
-        Err(err) => {
-            eprintln!("ragmesh-master: {err}");
-            return std::process::ExitCode::FAILURE;
-        }
+        Err(err) => return daemon::exit(PROGRAM, Err(err.into())),
     };
-    let token = handle.shutdown_token();
-    tokio::spawn(async move {
-        ragmesh_telemetry::shutdown_signal().await;
-        token.cancel();
-    });
-    match handle.wait().await {
-        Ok(()) => std::process::ExitCode::SUCCESS,
-        Err(err) => {
-            eprintln!("ragmesh-master: {err:#}");
-            std::process::ExitCode::FAILURE
-        }
-    }
+    daemon::stop_on_signal(handle.shutdown_token());
+    daemon::exit(PROGRAM, handle.wait().await)
 }

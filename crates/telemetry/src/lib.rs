@@ -1,5 +1,4 @@
-//! Process plumbing shared by the ragmesh binaries: a structured `tracing` subscriber writing to
-//! stderr, and the shutdown signal.
+//! Telemetry of the ragmesh binaries: a structured `tracing` subscriber writing to stderr.
 //! The OTLP exporter and W3C trace-context propagation join here in a later issue.
 
 use tracing_subscriber::EnvFilter;
@@ -18,28 +17,5 @@ pub fn init(filter: &str) {
         .try_init();
     if let Some(err) = bad {
         eprintln!("warning: log filter {filter:?} is invalid ({err}); using \"info\"");
-    }
-}
-
-/// Resolves on SIGINT (Ctrl-C) or SIGTERM.
-pub async fn shutdown_signal() {
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{SignalKind, signal};
-        match signal(SignalKind::terminate()) {
-            Ok(mut term) => {
-                tokio::select! {
-                    _ = tokio::signal::ctrl_c() => {}
-                    _ = term.recv() => {}
-                }
-            }
-            Err(_) => {
-                let _ = tokio::signal::ctrl_c().await;
-            }
-        }
-    }
-    #[cfg(not(unix))]
-    {
-        let _ = tokio::signal::ctrl_c().await;
     }
 }
