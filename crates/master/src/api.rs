@@ -419,7 +419,7 @@ impl StreamWatcher {
                         return;
                     }
                     Ok(Err(status)) => {
-                        self.down(&format!("health stream broke: {}", status.message()));
+                        self.down(&format!("health stream broke (connection lost): {}", status.message()));
                         return;
                     }
                     Err(_elapsed) if !late => {

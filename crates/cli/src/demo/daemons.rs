@@ -212,6 +212,23 @@ impl Supervisor {
         Ok(())
     }
 
+    /// Daemons that exited since the last call, with their status, each reported once: what the
+    /// running demo prints while it keeps going (an operator may kill an agent on purpose, to
+    /// watch the mesh handle it).
+    pub fn newly_exited(&mut self) -> anyhow::Result<Vec<(String, ExitStatus)>> {
+        let mut exited = Vec::new();
+        for daemon in &mut self.daemons {
+            if daemon.reported {
+                continue;
+            }
+            if let Some(status) = daemon.poll_exit()? {
+                daemon.reported = true;
+                exited.push((daemon.spec.name.clone(), status));
+            }
+        }
+        Ok(exited)
+    }
+
     /// Stops every daemon: agents first (SIGTERM, so they close their health streams), then
     /// the others; SIGKILL after the grace period.
     pub async fn stop(&mut self) -> StopReport {

@@ -417,12 +417,21 @@ fn usage_hints(workdir: &Workdir, master_addr: &str, no_wait: bool) -> String {
     out
 }
 
-/// Watches the daemons until a stop signal ends the demo (see [`run`]); fails if one dies.
+/// Watches the daemons until a stop signal ends the demo (see [`run`]). An agent that exits
+/// (perhaps killed on purpose to watch the mesh cope) is reported and the demo goes on; the
+/// master exiting ends it.
 async fn watch_daemons(supervisor: &mut Supervisor) -> anyhow::Result<()> {
     let mut check = tokio::time::interval(Duration::from_millis(500));
     loop {
         check.tick().await;
-        supervisor.check(false)?;
+        for (name, status) in supervisor.newly_exited()? {
+            if name == "master" {
+                anyhow::bail!("the master exited ({status}); see its log in the logs directory");
+            }
+            println!(
+                "{name} exited ({status}): the master marks it down and searches report it skipped; `ragmeshctl nodes` shows it"
+            );
+        }
     }
 }
 
