@@ -345,6 +345,7 @@ pub fn docs_for(agent: usize, n: usize) -> Vec<v1::Document> {
             title: format!("{word} document {j}"),
             body: format!("the mesh federates search; this {word} text is number {j} about {word} things"),
             metadata: [("agent".to_owned(), word.to_owned())].into(),
+            acl: Some(v1::DocumentAcl { public: true, ..Default::default() }),
         })
         .collect()
 }

@@ -7,7 +7,7 @@ use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 
 use ragmesh_e2e::{Mesh, trace_init};
-use ragmesh_index::{DocumentIndex, SearchQuery, ingest};
+use ragmesh_index::{DocumentIndex, SearchQuery, Viewer, ingest};
 use ragmesh_proto::v1::{self, OutcomeStatus};
 
 fn collection_dir() -> Option<PathBuf> {
@@ -77,6 +77,7 @@ async fn federated_search_over_three_agents_stays_close_to_one_index() {
             title: doc.title,
             body: doc.body,
             metadata: doc.metadata.into_iter().collect(),
+            acl: None, // operators only, like the single index's documents
         });
     }
     for (i, shard) in shards.into_iter().enumerate() {
@@ -89,8 +90,9 @@ async fn federated_search_over_three_agents_stays_close_to_one_index() {
     for (id, text) in &topics {
         let Some(relevant) = qrels.get(id) else { continue };
         judged += 1;
-        let local =
-            single.search(&SearchQuery { query: text.clone(), limit: 10, ..Default::default() }).expect("search");
+        let local = single
+            .search(&SearchQuery { query: text.clone(), limit: 10, viewer: Viewer::Unrestricted, ..Default::default() })
+            .expect("search");
         let local: Vec<String> = local.hits.into_iter().map(|h| h.id).collect();
         let federated = mesh
             .search(v1::SearchRequest { query: text.clone(), limit: 10, timeout_ms: 10_000, ..Default::default() })

@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, OnceLock};
 
-use ragmesh_index::{DocRef, Document, DocumentIndex, SearchQuery};
+use ragmesh_index::{Acl, DocRef, Document, DocumentIndex, SearchQuery, SubjectRef, Viewer};
 use ragmesh_proto::v1::{self, agent_service_server::AgentService};
 use tonic::{Request, Response, Status};
 
@@ -62,12 +62,18 @@ impl Drop for InFlight<'_> {
 pub struct AgentApi(pub AgentState);
 
 fn document_from_wire(doc: v1::Document) -> Document {
+    let acl = doc.acl.unwrap_or_default();
     Document {
         id: doc.id,
         collection: doc.collection,
         title: doc.title,
         body: doc.body,
         metadata: doc.metadata.into_iter().collect::<BTreeMap<_, _>>(),
+        acl: Acl {
+            public: acl.public,
+            tenants: acl.tenants.into_iter().collect(),
+            subjects: acl.subjects.into_iter().map(|s| SubjectRef { tenant: s.tenant, subject: s.subject }).collect(),
+        },
     }
 }
 
@@ -106,6 +112,9 @@ impl AgentService for AgentApi {
             collections: req.collections,
             limit: req.limit as usize,
             min_score: req.min_score as f32,
+            // Every caller today is a certificate-authenticated mesh member (the master). Per-caller
+            // viewers arrive with the signed request context of the access-token work (issue 3).
+            viewer: Viewer::Unrestricted,
         };
         let results = self.0.with_index(move |index| index.search(&query)).await?;
         let node = self.0.name.clone();

@@ -55,6 +55,16 @@ pub fn to_wire(doc: Document) -> v1::Document {
         title: doc.title,
         body: doc.body,
         metadata: doc.metadata.into_iter().collect(),
+        acl: Some(v1::DocumentAcl {
+            public: doc.acl.public,
+            tenants: doc.acl.tenants.into_iter().collect(),
+            subjects: doc
+                .acl
+                .subjects
+                .into_iter()
+                .map(|s| v1::SubjectRef { tenant: s.tenant, subject: s.subject })
+                .collect(),
+        }),
     }
 }
 
@@ -221,10 +231,12 @@ mod tests {
             title: "t".into(),
             body: "b".into(),
             metadata: [("topic".to_owned(), "tls".to_owned())].into(),
+            acl: ragmesh_index::Acl::tenant("acme"),
         };
         let wire = to_wire(doc);
         assert_eq!((wire.id.as_str(), wire.collection.as_str()), ("1", "c"));
         assert_eq!(wire.metadata.get("topic").map(String::as_str), Some("tls"));
+        assert_eq!(wire.acl.map(|acl| acl.tenants), Some(vec!["acme".to_owned()]));
     }
 
     #[tokio::test]

@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 use crate::IndexError;
+use crate::access::{Acl, Viewer};
 
 /// Longest accepted document id, in bytes.
 pub const MAX_ID_BYTES: usize = 512;
@@ -29,6 +30,9 @@ pub struct Document {
     /// Free-form key/value pairs, stored and returned with hits but not searched.
     #[serde(default)]
     pub metadata: BTreeMap<String, String>,
+    /// Who may read the document; empty means operators only.
+    #[serde(default)]
+    pub acl: Acl,
 }
 
 /// Names one document for deletion.
@@ -51,6 +55,8 @@ pub struct SearchQuery {
     pub limit: usize,
     /// Hits scoring below this are dropped.
     pub min_score: f32,
+    /// Who is searching: hits are limited to documents whose ACL admits them.
+    pub viewer: Viewer,
 }
 
 /// One matching document.
@@ -153,6 +159,7 @@ pub(crate) fn validate_batch_len(len: usize, what: &str) -> Result<(), IndexErro
 pub(crate) fn validate_document(position: usize, doc: &Document) -> Result<(), IndexError> {
     let problem = id_problem(&doc.id)
         .or_else(|| collection_problem(&doc.collection))
+        .or_else(|| doc.acl.problem())
         .or_else(|| text_problem("title", &doc.title))
         .or_else(|| text_problem("body", &doc.body));
     match problem {
@@ -181,6 +188,7 @@ mod tests {
             title: String::new(),
             body: String::new(),
             metadata: BTreeMap::new(),
+            acl: Acl::default(),
         }
     }
 

@@ -51,6 +51,8 @@ struct Fields {
     title: Field,
     body: Field,
     metadata: Field,
+    /// Access terms (see `access.rs`): indexed, not stored.
+    acl: Field,
 }
 
 impl Fields {
@@ -70,6 +72,7 @@ impl Fields {
             title: builder.add_text_field("title", text.clone()),
             body: builder.add_text_field("body", text),
             metadata: builder.add_text_field("metadata", STORED),
+            acl: builder.add_text_field("acl", STRING),
         };
         (builder.build(), fields)
     }
@@ -263,6 +266,7 @@ impl DocumentIndex {
             tracing::debug!(errors = ?parse_errors, "query parsed leniently");
         }
         let query = self.with_collection_filter(parsed, &q.collections);
+        let query = self.with_access_filter(query, &q.viewer);
 
         let snapshot = self.snapshot();
         let searcher = &snapshot.searcher;
@@ -392,6 +396,9 @@ impl DocumentIndex {
         out.add_text(self.fields.collection, &doc.collection);
         out.add_text(self.fields.title, &doc.title);
         out.add_text(self.fields.body, &doc.body);
+        for term in doc.acl.terms() {
+            out.add_text(self.fields.acl, term);
+        }
         if !doc.metadata.is_empty() {
             let metadata = serde_json::to_string(&doc.metadata).expect("a map of strings always serializes to JSON");
             out.add_text(self.fields.metadata, metadata);
@@ -426,6 +433,20 @@ impl DocumentIndex {
             (Occur::Must, query),
             (Occur::Must, Box::new(BooleanQuery::new(any_collection))),
         ]))
+    }
+
+    /// Restricts `query` to documents the viewer may read: one of the viewer's granting terms
+    /// must be among the document's ACL terms. Counts and snippets then never see other documents.
+    fn with_access_filter(&self, query: Box<dyn Query>, viewer: &crate::Viewer) -> Box<dyn Query> {
+        let Some(terms) = viewer.granting_terms() else {
+            return query;
+        };
+        let mut any_grant: Vec<(Occur, Box<dyn Query>)> = Vec::new();
+        for term in terms {
+            let term = Term::from_field_text(self.fields.acl, &term);
+            any_grant.push((Occur::Should, Box::new(TermQuery::new(term, IndexRecordOption::Basic))));
+        }
+        Box::new(BooleanQuery::new(vec![(Occur::Must, query), (Occur::Must, Box::new(BooleanQuery::new(any_grant)))]))
     }
 
     /// Fetches more candidates while documents scoring exactly like the last one kept may have
@@ -525,6 +546,8 @@ mod tests {
             title: title.to_owned(),
             body: body.to_owned(),
             metadata: BTreeMap::new(),
+            // Public, so the anonymous default viewer of `query()` sees it; ACL tests set their own.
+            acl: crate::Acl::public(),
         }
     }
 
@@ -936,6 +959,7 @@ mod tests {
 
         let mut q = query("MEASUREMENT OF DIELECTRIC CONSTANT OF LIQUIDS BY THE USE OF MICROWAVE TECHNIQUES");
         q.limit = 10;
+        q.viewer = crate::Viewer::Unrestricted; // TREC documents carry no ACL: operators only
         let results = index.search(&q).expect("search");
         let found = results.hits.iter().filter(|hit| relevant_to_query_1.contains(hit.id.as_str())).count();
         println!("query 1: {found} of the top 10 are relevant");
@@ -993,6 +1017,91 @@ mod tests {
             let reopened = DocumentIndex::open(dir.path()).expect("reopen");
             prop_assert_eq!(reopened.generation(), ops.len() as u64);
             prop_assert_eq!(reopened.doc_count(), model.len() as u64);
+        }
+    }
+
+    fn principal(tenant: &str, subject: &str) -> crate::Viewer {
+        crate::Viewer::Principal(crate::SubjectRef { tenant: tenant.to_owned(), subject: subject.to_owned() })
+    }
+
+    fn visible_ids(index: &DocumentIndex, viewer: crate::Viewer) -> Vec<String> {
+        let q = SearchQuery { query: "shared".to_owned(), limit: 100, viewer, ..SearchQuery::default() };
+        let mut ids: Vec<String> = index.search(&q).expect("search").hits.into_iter().map(|h| h.id).collect();
+        ids.sort();
+        ids
+    }
+
+    #[test]
+    fn acl_limits_what_each_viewer_sees_and_counts() {
+        let (_dir, index) = open_temp();
+        let with = |id: &str, acl: crate::Acl| Document { acl, ..doc("c", id, "", "shared words") };
+        let alice = crate::SubjectRef { tenant: "acme".into(), subject: "alice".into() };
+        index
+            .upsert(vec![
+                with("pub", crate::Acl::public()),
+                with("acme", crate::Acl::tenant("acme")),
+                with("globex", crate::Acl::tenant("globex")),
+                with("alice", crate::Acl { subjects: BTreeSet::from([alice]), ..crate::Acl::default() }),
+                with("nobody", crate::Acl::default()),
+            ])
+            .expect("upsert");
+        assert_eq!(visible_ids(&index, crate::Viewer::Anonymous), ["pub"]);
+        assert_eq!(visible_ids(&index, principal("acme", "alice")), ["acme", "alice", "pub"]);
+        assert_eq!(visible_ids(&index, principal("acme", "bob")), ["acme", "pub"]);
+        // Same subject name in another tenant is another subject.
+        assert_eq!(visible_ids(&index, principal("globex", "alice")), ["globex", "pub"]);
+        assert_eq!(visible_ids(&index, crate::Viewer::Unrestricted), ["acme", "alice", "globex", "nobody", "pub"]);
+        let q = SearchQuery { query: "shared".to_owned(), viewer: principal("globex", "x"), ..SearchQuery::default() };
+        assert_eq!(index.search(&q).expect("search").total_matches, 2, "counts never include hidden documents");
+    }
+
+    #[test]
+    fn invalid_acl_names_reject_the_batch() {
+        let (_dir, index) = open_temp();
+        let bad = Document { acl: crate::Acl::tenant(""), ..doc("c", "x", "", "body") };
+        let err = index.upsert(vec![bad]).expect_err("empty tenant");
+        assert!(err.to_string().contains("empty tenant"), "{err}");
+        assert_eq!(index.generation(), 0);
+    }
+
+    fn arb_acl() -> impl Strategy<Value = crate::Acl> {
+        let tenant = prop::sample::select(vec!["t1", "t2", "t3"]);
+        let subject = (prop::sample::select(vec!["t1", "t2"]), prop::sample::select(vec!["s1", "s2"]))
+            .prop_map(|(t, s)| crate::SubjectRef { tenant: t.to_owned(), subject: s.to_owned() });
+        (any::<bool>(), prop::collection::btree_set(tenant, 0..3), prop::collection::btree_set(subject, 0..3)).prop_map(
+            |(public, tenants, subjects)| crate::Acl {
+                public,
+                tenants: tenants.into_iter().map(str::to_owned).collect(),
+                subjects,
+            },
+        )
+    }
+
+    fn arb_viewer() -> impl Strategy<Value = crate::Viewer> {
+        prop_oneof![
+            Just(crate::Viewer::Anonymous),
+            Just(crate::Viewer::Unrestricted),
+            (prop::sample::select(vec!["t1", "t2", "t3"]), prop::sample::select(vec!["s1", "s2", "s3"]))
+                .prop_map(|(t, s)| principal(t, s)),
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 16, ..ProptestConfig::default() })]
+
+        #[test]
+        fn index_filter_agrees_with_the_acl_reference(acls in prop::collection::vec(arb_acl(), 1..8), viewers in prop::collection::vec(arb_viewer(), 1..5)) {
+            let (_dir, index) = open_temp();
+            let docs: Vec<Document> = acls.iter().enumerate()
+                .map(|(i, acl)| Document { acl: acl.clone(), ..doc("c", &format!("d{i}"), "", "shared") })
+                .collect();
+            index.upsert(docs).expect("upsert");
+            for viewer in viewers {
+                let mut expected: Vec<String> = acls.iter().enumerate()
+                    .filter(|(_, acl)| acl.allows(&viewer)).map(|(i, _)| format!("d{i}")).collect();
+                expected.sort();
+                prop_assert_eq!(visible_ids(&index, viewer.clone()), expected, "viewer {:?}", viewer);
+            }
         }
     }
 }

@@ -5,11 +5,13 @@
 //! atomically with the data, and answers [`SearchQuery`]s with scored, snippeted [`SearchHit`]s.
 //! The [`ingest`] module parses TREC, JSON lines and plain-text files into documents.
 
+mod access;
 mod document;
 mod error;
 mod index;
 pub mod ingest;
 
+pub use access::{Acl, MAX_PRINCIPAL_BYTES, SubjectRef, Viewer};
 pub use document::{
     CollectionCount, DocRef, Document, MAX_BATCH, MAX_COLLECTION_CHARS, MAX_ID_BYTES, MAX_TEXT_BYTES, SearchHit,
     SearchQuery, SearchResults,

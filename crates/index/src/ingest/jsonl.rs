@@ -66,7 +66,13 @@ fn parse_record(line: &str, default_collection: &str) -> Result<Document, String
             return Err(format!("\"metadata\" must be an object of strings, found {}", kind(other)));
         }
     };
-    Ok(Document { id, collection, title, body, metadata })
+    let acl = match object.get("acl") {
+        None | Some(Value::Null) => crate::Acl::default(),
+        Some(value) => serde_json::from_value(value.clone()).map_err(|err| {
+            format!("\"acl\" must look like {{\"public\": true, \"tenants\": [\"acme\"], \"subjects\": [{{\"tenant\": \"acme\", \"subject\": \"alice\"}}]}}: {err}")
+        })?,
+    };
+    Ok(Document { id, collection, title, body, metadata, acl })
 }
 
 fn optional_string(object: &Map<String, Value>, key: &str) -> Result<Option<String>, String> {
@@ -179,7 +185,7 @@ mod tests {
             let mut text = String::new();
             let mut expected = Vec::new();
             for (id, collection, title, body, metadata) in docs {
-                let doc = Document { id, collection, title, body, metadata };
+                let doc = Document { id, collection, title, body, metadata, acl: crate::Acl::default() };
                 text.push_str(&serde_json::to_string(&doc).expect("serializable"));
                 text.push('\n');
                 expected.push(doc);

@@ -25,6 +25,7 @@ pub fn document_from_text_file(path_relative: &str, text: &str, collection: &str
         title: shorten(title, MAX_TITLE_CHARS),
         body: text.to_owned(),
         metadata: BTreeMap::new(),
+        acl: crate::Acl::default(),
     }
 }
 

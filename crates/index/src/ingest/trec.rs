@@ -74,7 +74,14 @@ fn parse_block(block: &str, line: usize, collection: &str) -> Result<Document, I
         Some(title) => normalize_whitespace(&strip_tags(&block[title.inner.clone()])),
         None => title_from_body(&body),
     };
-    Ok(Document { id, collection: collection.to_owned(), title, body, metadata: BTreeMap::new() })
+    Ok(Document {
+        id,
+        collection: collection.to_owned(),
+        title,
+        body,
+        metadata: BTreeMap::new(),
+        acl: crate::Acl::default(),
+    })
 }
 
 fn trec_error(line: usize, reason: &str) -> IngestError {

@@ -20,6 +20,33 @@ pub struct Document {
         ::prost::alloc::string::String,
         ::prost::alloc::string::String,
     >,
+    /// Who may read the document. An empty ACL means operators only (secure by default).
+    #[prost(message, optional, tag = "6")]
+    pub acl: ::core::option::Option<DocumentAcl>,
+}
+/// Who may read a document. A reader's tenant and subject come from its verified token, never
+/// from request fields.
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct DocumentAcl {
+    /// Readable by every caller, anonymous ones included.
+    #[prost(bool, tag = "1")]
+    pub public: bool,
+    /// Readable by every subject of these tenants.
+    #[prost(string, repeated, tag = "2")]
+    pub tenants: ::prost::alloc::vec::Vec<::prost::alloc::string::String>,
+    /// Readable by these subjects.
+    #[prost(message, repeated, tag = "3")]
+    pub subjects: ::prost::alloc::vec::Vec<SubjectRef>,
+}
+/// A subject (user or service) within its tenant.
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct SubjectRef {
+    /// Tenant of the subject.
+    #[prost(string, tag = "1")]
+    pub tenant: ::prost::alloc::string::String,
+    /// Subject name.
+    #[prost(string, tag = "2")]
+    pub subject: ::prost::alloc::string::String,
 }
 /// Identifies one document: the pair (collection, id) is unique on a node.
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]

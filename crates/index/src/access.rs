@@ -1,0 +1,141 @@
+//! Who may read a document ([`Acl`]) and who is searching ([`Viewer`]), and their encoding as
+//! index terms. Secure by default: a document with an empty ACL is visible only to an
+//! unrestricted (operator) viewer, and an anonymous viewer sees only public documents.
+
+use std::collections::BTreeSet;
+
+use serde::{Deserialize, Serialize};
+
+/// Longest tenant or subject name, in bytes.
+pub const MAX_PRINCIPAL_BYTES: usize = 256;
+
+/// A subject within its tenant: subjects of different tenants never match each other.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct SubjectRef {
+    /// Tenant of the subject.
+    pub tenant: String,
+    /// Subject (user or service) name.
+    pub subject: String,
+}
+
+/// Who may read a document.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct Acl {
+    /// Readable by every viewer, anonymous ones included.
+    #[serde(default)]
+    pub public: bool,
+    /// Readable by every subject of these tenants.
+    #[serde(default)]
+    pub tenants: BTreeSet<String>,
+    /// Readable by these subjects.
+    #[serde(default)]
+    pub subjects: BTreeSet<SubjectRef>,
+}
+
+/// The reader of a search, from a verified token (never from request fields).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum Viewer {
+    /// No identity: sees public documents only.
+    #[default]
+    Anonymous,
+    /// A subject of a tenant: sees public documents, its tenant's and its own.
+    Principal(SubjectRef),
+    /// An operator (admin capability or a trusted mesh component): sees everything.
+    Unrestricted,
+}
+
+const PUBLIC_TERM: &str = "public";
+/// Separates tenant and subject inside a term; principal names cannot contain it.
+const SEPARATOR: char = '\u{1f}';
+
+fn tenant_term(tenant: &str) -> String {
+    format!("tenant:{tenant}")
+}
+
+fn subject_term(subject: &SubjectRef) -> String {
+    format!("subject:{}{SEPARATOR}{}", subject.tenant, subject.subject)
+}
+
+impl Acl {
+    /// A public ACL.
+    pub fn public() -> Self {
+        Acl { public: true, ..Acl::default() }
+    }
+
+    /// An ACL granting one tenant.
+    pub fn tenant(tenant: impl Into<String>) -> Self {
+        Acl { tenants: BTreeSet::from([tenant.into()]), ..Acl::default() }
+    }
+
+    /// The index terms that grant access to this document.
+    pub(crate) fn terms(&self) -> Vec<String> {
+        let mut terms = Vec::new();
+        if self.public {
+            terms.push(PUBLIC_TERM.to_owned());
+        }
+        terms.extend(self.tenants.iter().map(|t| tenant_term(t)));
+        terms.extend(self.subjects.iter().map(subject_term));
+        terms
+    }
+
+    /// Why this ACL is invalid, if it is.
+    pub(crate) fn problem(&self) -> Option<String> {
+        let names = self.tenants.iter().chain(self.subjects.iter().flat_map(|s| [&s.tenant, &s.subject]));
+        names.filter_map(|name| principal_problem(name)).next()
+    }
+
+    /// Whether `viewer` may read a document with this ACL (the reference the index filter
+    /// must agree with).
+    pub fn allows(&self, viewer: &Viewer) -> bool {
+        match viewer {
+            Viewer::Unrestricted => true,
+            Viewer::Anonymous => self.public,
+            Viewer::Principal(who) => self.public || self.tenants.contains(&who.tenant) || self.subjects.contains(who),
+        }
+    }
+}
+
+impl Viewer {
+    /// The index terms any one of which grants this viewer access; `None` means no filter.
+    pub(crate) fn granting_terms(&self) -> Option<Vec<String>> {
+        match self {
+            Viewer::Unrestricted => None,
+            Viewer::Anonymous => Some(vec![PUBLIC_TERM.to_owned()]),
+            Viewer::Principal(who) => Some(vec![PUBLIC_TERM.to_owned(), tenant_term(&who.tenant), subject_term(who)]),
+        }
+    }
+}
+
+/// Why a tenant or subject name is invalid, if it is.
+pub(crate) fn principal_problem(name: &str) -> Option<String> {
+    if name.is_empty() {
+        return Some("acl names an empty tenant or subject: remove it or give a name".to_owned());
+    }
+    if name.len() > MAX_PRINCIPAL_BYTES {
+        return Some(format!("acl name of {} bytes exceeds the {MAX_PRINCIPAL_BYTES}-byte limit", name.len()));
+    }
+    if name.chars().any(char::is_control) {
+        return Some(format!("acl name {name:?} contains control characters: use printable names"));
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn subject_terms_do_not_collide_across_tenants() {
+        let a = SubjectRef { tenant: "ab".into(), subject: "c".into() };
+        let b = SubjectRef { tenant: "a".into(), subject: "bc".into() };
+        assert_ne!(subject_term(&a), subject_term(&b));
+    }
+
+    #[test]
+    fn invalid_names_are_named() {
+        let acl = Acl { tenants: BTreeSet::from(["bad\u{1f}name".to_owned()]), ..Acl::default() };
+        assert!(acl.problem().expect("invalid").contains("control characters"));
+        assert!(Acl::tenant("").problem().is_some());
+        assert!(Acl::tenant("acme").problem().is_none());
+    }
+}
