@@ -12,7 +12,7 @@ use ragmesh_agent::LinkStatus;
 use ragmesh_config::{AgentConfig, MasterConfig};
 use ragmesh_master::MasterHandle;
 use ragmesh_master::node::NodeState;
-use ragmesh_proto::v1::{self, master_service_client::MasterServiceClient};
+use ragmesh_proto::v1::{self, auth_service_client::AuthServiceClient, master_service_client::MasterServiceClient};
 use ragmesh_test_util::TestPki;
 use ragmesh_tls::TlsFiles;
 use tokio::sync::{mpsc, watch};
@@ -51,11 +51,25 @@ impl MeshBuilder {
             heartbeat_timeout: HEARTBEAT_TIMEOUT,
             search_timeout: Duration::from_secs(2),
             max_search_timeout: Duration::from_secs(30),
+            access: ragmesh_config::AccessConfig {
+                // The harness's `client` certificate is an operator, as in `ragmeshctl demo`.
+                operators: ["client".to_owned()].into(),
+                ..ragmesh_config::AccessConfig::default()
+            },
             log: "info".into(),
         };
         let master = ragmesh_master::start(master_config.clone(), listener).await.expect("master starts");
-        let mut mesh =
-            Mesh { pki, master: Some(master), master_addr, master_config, _master_dir: master_dir, agents: Vec::new() };
+        let mut mesh = Mesh {
+            pki,
+            master: Some(master),
+            master_addr,
+            master_config,
+            _master_dir: master_dir,
+            agents: Vec::new(),
+            join_token: String::new(),
+        };
+        // One multi-use join token admits every agent the test starts.
+        mesh.join_token = mesh.create_join_token(1000).await;
         for i in 1..=self.agents {
             let name = format!("agent-{i}");
             let data_dir = tempfile::tempdir().expect("agent tempdir");
@@ -80,6 +94,7 @@ pub struct Mesh {
     master_config: MasterConfig,
     _master_dir: tempfile::TempDir,
     agents: Vec<AgentSlot>,
+    join_token: String,
 }
 
 #[derive(Debug)]
@@ -107,8 +122,23 @@ impl Mesh {
             tls: Some(self.pki.issue(name)),
             heartbeat_interval: HEARTBEAT_INTERVAL,
             labels: BTreeMap::from([("test".to_owned(), "e2e".to_owned())]),
+            join_token: Some(ragmesh_config::Secret(self.join_token.clone())),
+            max_message_bytes: 4 * 1024 * 1024,
             log: "info".into(),
         }
+    }
+
+    /// Creates a join token admitting `uses` agents (as the `client` operator).
+    pub async fn create_join_token(&self, uses: u32) -> String {
+        wait_for("master ready", Duration::from_secs(10), || async { self.master().registry().map(drop) }).await;
+        let channel = self.channel_with(&self.client_tls()).await.expect("operator connects");
+        let request = v1::CreateJoinTokenRequest { ttl_seconds: 3600, uses, note: "e2e".into() };
+        AuthServiceClient::new(channel).create_join_token(request).await.expect("join token").into_inner().token
+    }
+
+    /// A client of the master's AuthService authenticated as the `client` operator.
+    pub async fn auth_client(&self) -> AuthServiceClient<Channel> {
+        AuthServiceClient::new(self.channel_with(&self.client_tls()).await.expect("operator connects"))
     }
 
     /// The master's address.

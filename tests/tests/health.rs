@@ -47,7 +47,7 @@ async fn master_is_not_serving_until_its_registry_loads() {
     let mesh = Mesh::builder().agents(0).start().await;
     // A second master on a fresh data directory whose registry store is held by "another process".
     let dir = tempfile::tempdir().expect("tempdir");
-    let held = ragmesh_store::SledStore::open(&dir.path().join("registry")).expect("hold the store");
+    let held = ragmesh_store::SledStore::open(&dir.path().join("state")).expect("hold the store");
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let addr = listener.local_addr().expect("addr");
     let config = ragmesh_config::MasterConfig {
@@ -57,6 +57,7 @@ async fn master_is_not_serving_until_its_registry_loads() {
         heartbeat_timeout: Duration::from_millis(2500),
         search_timeout: Duration::from_secs(2),
         max_search_timeout: Duration::from_secs(30),
+        access: ragmesh_config::AccessConfig::default(),
         log: "info".into(),
     };
     let master = ragmesh_master::start(config, listener).await.expect("starts");

@@ -141,7 +141,9 @@ async fn an_agent_cannot_register_under_another_name_or_protocol() {
     );
 
     // A health stream cannot be opened for another node's session either.
-    let session = membership.register(register_request("agent-7")).await.expect("own name").into_inner().session_id;
+    let mut admitted = register_request("agent-7");
+    admitted.join_token = mesh.create_join_token(1).await;
+    let session = membership.register(admitted).await.expect("own name").into_inner().session_id;
     let hijack = v1::HealthStreamRequest {
         node_name: "agent-1".into(),
         session_id: session,

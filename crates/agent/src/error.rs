@@ -12,6 +12,15 @@ pub enum AgentError {
     /// The index refused or failed the operation.
     #[error(transparent)]
     Index(#[from] IndexError),
+    /// The request carries no signed context from the master.
+    #[error("missing request context: agents answer only the master, which signs each request (x-ragmesh-context)")]
+    NoContext,
+    /// The master's verification keys have not arrived yet.
+    #[error("not yet attached to the master (no verification keys): retry shortly")]
+    NoKeys,
+    /// The context was refused (bad signature, expired, missing capability...).
+    #[error("request context refused: {0}")]
+    Auth(#[from] ragmesh_auth::AuthError),
     /// A blocking index task panicked or was cancelled.
     #[error("index task failed: {0}")]
     Task(String),
@@ -20,10 +29,17 @@ pub enum AgentError {
 impl From<AgentError> for Status {
     fn from(err: AgentError) -> Status {
         let code = match &err {
-            AgentError::NotReady => Code::Unavailable,
+            AgentError::NotReady | AgentError::NoKeys => Code::Unavailable,
+            AgentError::NoContext => Code::Unauthenticated,
+            AgentError::Auth(auth) => match auth.category() {
+                ragmesh_auth::ErrorCategory::PermissionDenied => Code::PermissionDenied,
+                ragmesh_auth::ErrorCategory::Internal => Code::Internal,
+                _ => Code::Unauthenticated,
+            },
             AgentError::Index(
                 IndexError::InvalidDocument { .. } | IndexError::InvalidBatch(_) | IndexError::InvalidQuery(_),
             ) => Code::InvalidArgument,
+            AgentError::Index(IndexError::Forbidden { .. }) => Code::PermissionDenied,
             AgentError::Index(_) | AgentError::Task(_) => Code::Internal,
         };
         if code == Code::Internal {

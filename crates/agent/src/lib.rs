@@ -13,12 +13,11 @@ use std::sync::{Arc, OnceLock};
 use ragmesh_config::AgentConfig;
 use ragmesh_index::DocumentIndex;
 use ragmesh_proto::v1::agent_service_server::AgentServiceServer;
-use ragmesh_tls::LoadedTls;
+use ragmesh_tls::{LoadedTls, ReloadableTls};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
-use tonic::transport::server::TcpIncoming;
 
 pub use link::LinkStatus;
 use service::{AgentApi, AgentState};
@@ -99,15 +98,21 @@ pub fn identity(config: &AgentConfig) -> Result<(String, Option<Arc<LoadedTls>>)
 pub async fn start(config: AgentConfig, listener: TcpListener) -> Result<AgentHandle, StartError> {
     let local_addr = listener.local_addr()?;
     let (name, tls) = identity(&config)?;
+    let tls = tls.map(ReloadableTls::new).transpose()?;
     let shutdown = CancellationToken::new();
-    let state =
-        AgentState { name: name.clone(), index: Arc::new(OnceLock::new()), in_flight: Arc::new(AtomicU32::new(0)) };
+    ragmesh_server::watch_tls(tls.as_ref(), &shutdown);
+    let state = AgentState {
+        name: name.clone(),
+        index: Arc::new(OnceLock::new()),
+        in_flight: Arc::new(AtomicU32::new(0)),
+        verifier: Arc::default(),
+    };
 
     let (health, health_service) = tonic_health::server::health_reporter();
     health.set_not_serving::<AgentServiceServer<AgentApi>>().await;
     health.set_service_status("", tonic_health::ServingStatus::NotServing).await;
     let (reflection_v1, reflection_v1alpha) = ragmesh_proto::reflection::services(&["ragmesh.v1.AgentService"]);
-    let mut builder = ragmesh_server::builder(tls.as_deref(), local_addr)?;
+    let mut builder = ragmesh_server::builder(tls.as_ref(), local_addr);
     let router = builder
         .add_service(health_service)
         .add_service(reflection_v1)
@@ -121,17 +126,18 @@ pub async fn start(config: AgentConfig, listener: TcpListener) -> Result<AgentHa
         master: config.master.clone(),
         advertise,
         labels: config.labels.clone(),
+        join_token: config.join_token.clone(),
         interval: config.heartbeat_interval,
         tls: tls.clone(),
         status: status_tx,
         shutdown: shutdown.clone(),
     };
 
-    let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
+    let serve_tls = tls.clone();
     let stop = shutdown.clone();
     let data_dir = config.data_dir.clone();
     let task = tokio::spawn(async move {
-        let server = tokio::spawn(router.serve_with_incoming_shutdown(incoming, stop.clone().cancelled_owned()));
+        let server = tokio::spawn(ragmesh_server::serve(router, listener, serve_tls, stop.clone().cancelled_owned()));
         let index_dir = data_dir.join("index");
         let opened = ragmesh_server::open_when_free(
             "local index",

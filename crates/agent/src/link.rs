@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use ragmesh_proto::v1::{self, membership_service_client::MembershipServiceClient};
 use ragmesh_proto::{PROTOCOL_MAJOR, PROTOCOL_MINOR};
-use ragmesh_tls::LoadedTls;
+use ragmesh_tls::ReloadableTls;
 use tokio::sync::{mpsc, watch};
 use tokio::time::{Instant, MissedTickBehavior};
 use tokio_stream::wrappers::ReceiverStream;
@@ -41,8 +41,11 @@ pub(crate) struct Link {
     pub(crate) master: String,
     pub(crate) advertise: String,
     pub(crate) labels: std::collections::BTreeMap<String, String>,
+    /// Spent at the first admission; re-registrations of an admitted node ignore it.
+    pub(crate) join_token: Option<ragmesh_config::Secret>,
     pub(crate) interval: Duration,
-    pub(crate) tls: Option<std::sync::Arc<LoadedTls>>,
+    /// Read at every (re)attach, so a reloaded certificate is used from the next attach on.
+    pub(crate) tls: Option<ReloadableTls>,
     pub(crate) status: watch::Sender<LinkStatus>,
     pub(crate) shutdown: CancellationToken,
 }
@@ -112,7 +115,7 @@ impl Link {
         if let Some(tls) = &self.tls {
             let host = self.master.rsplit_once(':').map_or(self.master.as_str(), |(host, _)| host);
             let host = host.trim_start_matches('[').trim_end_matches(']');
-            endpoint = endpoint.tls_config(tls.client_config(host)).map_err(|e| format!("tls setup: {e}"))?;
+            endpoint = endpoint.tls_config(tls.current().client_config(host)).map_err(|e| format!("tls setup: {e}"))?;
         }
         Ok(endpoint)
     }
@@ -175,11 +178,15 @@ impl Link {
             labels: self.labels.clone().into_iter().collect(),
             generation: self.generation(),
             heartbeat_interval_ms: u32::try_from(self.interval.as_millis()).unwrap_or(u32::MAX),
+            join_token: self.join_token.as_ref().map(|t| t.0.clone()).unwrap_or_default(),
         });
         register.set_timeout(REGISTER_TIMEOUT);
         let registered =
             client.register(register).await.map_err(|status| self.describe_status("registration refused", &status))?;
         let registered = registered.into_inner();
+        self.state
+            .set_keys(&registered.verification_keys)
+            .map_err(|e| format!("the master sent unusable verification keys: {e}"))?;
         let interval = Duration::from_millis(u64::from(registered.heartbeat_interval_ms.max(10)));
         tracing::info!(
             master = %self.master,
@@ -238,6 +245,12 @@ impl Link {
                 message = inbound.message() => match message {
                     Ok(Some(v1::HealthStreamResponse { body: Some(v1::health_stream_response::Body::Ack(_)) })) => {
                         last_ack = Instant::now();
+                    }
+                    Ok(Some(v1::HealthStreamResponse { body: Some(v1::health_stream_response::Body::Keys(keys)) })) => {
+                        match self.state.set_keys(&keys.keys) {
+                            Ok(()) => tracing::info!(keys = keys.keys.len(), "verification keys updated"),
+                            Err(err) => tracing::error!(error = %err, "the master sent unusable verification keys"),
+                        }
                     }
                     Ok(Some(v1::HealthStreamResponse { body: None })) => {}
                     Ok(None) => return Ok(SessionEnd::Lost("master closed the health stream".to_owned())),

@@ -3,13 +3,19 @@
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, OnceLock, RwLock};
 
-use ragmesh_index::{Acl, DocRef, Document, DocumentIndex, SearchQuery, SubjectRef, Viewer};
+use ragmesh_auth::{AuthError, CONTEXT_AUDIENCE, Capability, Principal, PublicKey, Verifier, VerifierConfig, unix_now};
+use ragmesh_index::{Acl, DocRef, Document, DocumentIndex, SearchQuery, SubjectRef, Viewer, Writer};
 use ragmesh_proto::v1::{self, agent_service_server::AgentService};
 use tonic::{Request, Response, Status};
 
 use crate::error::AgentError;
+
+/// Metadata key of the master's signed request context (see ragmesh-master's access module).
+pub const CONTEXT_METADATA: &str = "x-ragmesh-context";
+/// `iss` of the master's tokens.
+pub const MASTER_ISSUER: &str = "ragmesh-master";
 
 /// State shared by the agent's service and its master link.
 #[derive(Debug, Clone)]
@@ -20,9 +26,35 @@ pub struct AgentState {
     pub index: Arc<OnceLock<Arc<DocumentIndex>>>,
     /// Requests being served now (reported in heartbeats).
     pub in_flight: Arc<AtomicU32>,
+    /// Verifies the master's signed request contexts; `None` until the master sent its keys.
+    pub verifier: Arc<RwLock<Option<Verifier>>>,
 }
 
 impl AgentState {
+    /// Installs the master's verification keys (at registration and after a key rotation).
+    pub fn set_keys(&self, keys: &[v1::VerificationKey]) -> Result<(), AuthError> {
+        let mut verified = Vec::with_capacity(keys.len());
+        for key in keys {
+            let until = (key.verify_until > 0).then_some(key.verify_until);
+            verified.push(PublicKey::new(&key.kid, &key.algorithm, &key.public_key, until)?);
+        }
+        let verifier = Verifier::new(verified, VerifierConfig::new(MASTER_ISSUER, CONTEXT_AUDIENCE));
+        *self.verifier.write().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(verifier);
+        Ok(())
+    }
+
+    /// The caller the master vouches for, from the signed `x-ragmesh-context` metadata.
+    /// Requests without a valid context are refused: only the master calls agents.
+    fn caller<T>(&self, request: &Request<T>, capability: Capability) -> Result<Principal, AgentError> {
+        let token =
+            request.metadata().get(CONTEXT_METADATA).and_then(|v| v.to_str().ok()).ok_or(AgentError::NoContext)?;
+        let guard = self.verifier.read().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let verifier = guard.as_ref().ok_or(AgentError::NoKeys)?;
+        let principal = verifier.verify(token, unix_now())?;
+        principal.require(capability)?;
+        Ok(principal)
+    }
+
     fn index(&self) -> Result<Arc<DocumentIndex>, AgentError> {
         self.index.get().cloned().ok_or(AgentError::NotReady)
     }
@@ -61,6 +93,20 @@ impl Drop for InFlight<'_> {
 #[derive(Debug, Clone)]
 pub struct AgentApi(pub AgentState);
 
+/// Operators (admin capability) read everything; anyone else reads what their tenant may.
+fn viewer_of(principal: &Principal) -> Viewer {
+    if principal.has(Capability::Admin) {
+        Viewer::Unrestricted
+    } else {
+        Viewer::Principal(SubjectRef { tenant: principal.tenant.clone(), subject: principal.subject.clone() })
+    }
+}
+
+/// Operators write anywhere; anyone else writes for its tenant only.
+fn writer_of(principal: &Principal) -> Writer {
+    if principal.has(Capability::Admin) { Writer::Operator } else { Writer::Tenant(principal.tenant.clone()) }
+}
+
 fn document_from_wire(doc: v1::Document) -> Document {
     let acl = doc.acl.unwrap_or_default();
     Document {
@@ -83,9 +129,10 @@ impl AgentService for AgentApi {
         &self,
         request: Request<v1::UpsertDocumentsRequest>,
     ) -> Result<Response<v1::UpsertDocumentsResponse>, Status> {
+        let writer = writer_of(&self.0.caller(&request, Capability::Ingest)?);
         let docs: Vec<Document> = request.into_inner().documents.into_iter().map(document_from_wire).collect();
         let count = u32::try_from(docs.len()).unwrap_or(u32::MAX);
-        let generation = self.0.with_index(move |index| index.upsert(docs)).await?;
+        let generation = self.0.with_index(move |index| index.upsert_as(docs, &writer)).await?;
         tracing::info!(documents = count, generation, "documents upserted");
         Ok(Response::new(v1::UpsertDocumentsResponse { upserted: count, generation }))
     }
@@ -94,10 +141,11 @@ impl AgentService for AgentApi {
         &self,
         request: Request<v1::DeleteDocumentsRequest>,
     ) -> Result<Response<v1::DeleteDocumentsResponse>, Status> {
+        let writer = writer_of(&self.0.caller(&request, Capability::Ingest)?);
         let refs: Vec<DocRef> =
             request.into_inner().refs.into_iter().map(|r| DocRef { collection: r.collection, id: r.id }).collect();
         let count = u32::try_from(refs.len()).unwrap_or(u32::MAX);
-        let generation = self.0.with_index(move |index| index.delete(refs)).await?;
+        let generation = self.0.with_index(move |index| index.delete_as(refs, &writer)).await?;
         tracing::info!(documents = count, generation, "documents deleted");
         Ok(Response::new(v1::DeleteDocumentsResponse { deleted: count, generation }))
     }
@@ -106,15 +154,14 @@ impl AgentService for AgentApi {
         &self,
         request: Request<v1::NodeSearchRequest>,
     ) -> Result<Response<v1::NodeSearchResponse>, Status> {
+        let viewer = viewer_of(&self.0.caller(&request, Capability::Search)?);
         let req = request.into_inner();
         let query = SearchQuery {
             query: req.query,
             collections: req.collections,
             limit: req.limit as usize,
             min_score: req.min_score as f32,
-            // Every caller today is a certificate-authenticated mesh member (the master). Per-caller
-            // viewers arrive with the signed request context of the access-token work (issue 3).
-            viewer: Viewer::Unrestricted,
+            viewer,
         };
         let results = self.0.with_index(move |index| index.search(&query)).await?;
         let node = self.0.name.clone();

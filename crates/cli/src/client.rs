@@ -7,7 +7,7 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
-use ragmesh_proto::v1::{self, master_service_client::MasterServiceClient};
+use ragmesh_proto::v1::{self, auth_service_client::AuthServiceClient, master_service_client::MasterServiceClient};
 use ragmesh_tls::{ErrorContext, LoadedTls, TlsFiles};
 use tonic::transport::{Channel, Endpoint};
 use tonic::{Code, Request, Response, Status};
@@ -101,6 +101,7 @@ pub fn split_host_port(addr: &str) -> Result<(String, u16), String> {
 #[derive(Debug)]
 pub struct Master {
     client: MasterServiceClient<Channel>,
+    auth: AuthServiceClient<Channel>,
     target: Target,
 }
 
@@ -125,7 +126,7 @@ impl Master {
                 anyhow::bail!("cannot reach the master at {}: {explanation}", target.addr);
             }
         };
-        Ok(Master { client: MasterServiceClient::new(channel), target })
+        Ok(Master { client: MasterServiceClient::new(channel.clone()), auth: AuthServiceClient::new(channel), target })
     }
 
     /// The master's address, as given.
@@ -159,6 +160,18 @@ impl Master {
             .await
             .map_err(|status| self.describe("get node", &status))?;
         response.node.ok_or_else(|| anyhow::anyhow!("the master answered GetNode without a node: upgrade the master"))
+    }
+
+    /// `CreateJoinToken`, within the default deadline.
+    pub async fn create_join_token(
+        &self,
+        message: v1::CreateJoinTokenRequest,
+    ) -> anyhow::Result<v1::CreateJoinTokenResponse> {
+        let mut client = self.auth.clone();
+        let timeout = self.target.timeout;
+        self.invoke(timeout, client.create_join_token(request(message, timeout)))
+            .await
+            .map_err(|status| self.describe("create join token", &status))
     }
 
     /// `Search` with a gRPC deadline of `deadline`.

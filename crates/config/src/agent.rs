@@ -21,7 +21,7 @@ use crate::{ConfigErrors, TlsArgs, TlsFileKeys, check_range, parse_listen, read_
     about = "ragmesh node agent: local BM25 index, registers with the master over mTLS"
 )]
 pub struct AgentArgs {
-    /// TOML config file (keys: name, listen, advertise, master, data_dir, ca, cert, key, insecure, heartbeat_interval_ms, labels = { k = "v" }, log)
+    /// TOML config file (keys: the long flag names with `_` for `-`, e.g. name, master, data_dir, join_token, labels = { k = "v" })
     #[arg(long, env = "RAGMESH_CONFIG", value_name = "FILE")]
     pub config: Option<PathBuf>,
     /// Node name [default: the name in --cert]; must match the certificate
@@ -48,9 +48,25 @@ pub struct AgentArgs {
     /// Label reported to the master, repeatable (e.g. --label zone=eu-1)
     #[arg(long = "label", env = "RAGMESH_LABELS", value_name = "KEY=VALUE", value_delimiter = ',')]
     pub labels: Vec<String>,
+    /// Join token from an operator (`ragmeshctl token join`); needed until the node is admitted
+    #[arg(long, env = "RAGMESH_JOIN_TOKEN", value_name = "TOKEN", hide_env_values = true)]
+    pub join_token: Option<String>,
+    /// Largest gRPC message accepted, bytes [default: 4194304]
+    #[arg(long, env = "RAGMESH_MAX_MESSAGE_BYTES", value_name = "BYTES")]
+    pub max_message_bytes: Option<usize>,
     /// Log filter, tracing-subscriber syntax [default: info]
     #[arg(long, env = "RAGMESH_LOG", value_name = "FILTER")]
     pub log: Option<String>,
+}
+
+/// A secret string whose Debug output never shows it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(pub String);
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Secret(<redacted>)")
+    }
 }
 
 /// The TOML file of the agent: the same names as the flags.
@@ -68,6 +84,8 @@ struct AgentFile {
     insecure: Option<bool>,
     heartbeat_interval_ms: Option<u64>,
     labels: Option<BTreeMap<String, String>>,
+    join_token: Option<String>,
+    max_message_bytes: Option<usize>,
     log: Option<String>,
 }
 
@@ -90,6 +108,10 @@ pub struct AgentConfig {
     pub heartbeat_interval: Duration,
     /// Labels reported at registration.
     pub labels: BTreeMap<String, String>,
+    /// Join token for the first admission.
+    pub join_token: Option<Secret>,
+    /// Largest message accepted.
+    pub max_message_bytes: usize,
     /// Log filter.
     pub log: String,
 }
@@ -160,9 +182,14 @@ impl AgentArgs {
                 _ => problems.push(format!("--label {label:?} is not KEY=VALUE")),
             }
         }
+        let join_token = self.join_token.or(file.join_token).filter(|t| !t.is_empty()).map(Secret);
+        let max_message_bytes = self.max_message_bytes.or(file.max_message_bytes).unwrap_or(4 * 1024 * 1024);
+        check_range("max-message-bytes", max_message_bytes as u64, 1024, 256 * 1024 * 1024, &mut problems);
         let log = self.log.or(file.log).unwrap_or_else(|| "info".to_owned());
 
         problems.finish(AgentConfig {
+            join_token,
+            max_message_bytes,
             name,
             listen,
             advertise,

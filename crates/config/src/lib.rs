@@ -7,9 +7,9 @@ mod agent;
 mod errors;
 mod master;
 
-pub use agent::{AgentArgs, AgentConfig, valid_node_name};
+pub use agent::{AgentArgs, AgentConfig, Secret, valid_node_name};
 pub use errors::{ConfigErrors, EXIT_CONFIG};
-pub use master::{MasterArgs, MasterConfig};
+pub use master::{AccessConfig, MasterArgs, MasterConfig};
 
 use std::path::{Path, PathBuf};
 

@@ -16,7 +16,7 @@ use crate::{ConfigErrors, TlsArgs, TlsFileKeys, check_range, parse_listen, read_
 #[derive(Debug, Clone, Default, Parser)]
 #[command(name = "ragmesh-master", version, about = "ragmesh master: node registry and federated search over mTLS")]
 pub struct MasterArgs {
-    /// TOML config file (keys: listen, data_dir, ca, cert, key, insecure, heartbeat_timeout_ms, search_timeout_ms, max_search_timeout_ms, log)
+    /// TOML config file (keys: the long flag names with `_` for `-`, e.g. listen, data_dir, ca, operators = ["client"], rate_limit_rps)
     #[arg(long, env = "RAGMESH_CONFIG", value_name = "FILE")]
     pub config: Option<PathBuf>,
     /// Address to serve gRPC on (clients and agents) [default: 127.0.0.1:7400]
@@ -37,9 +37,70 @@ pub struct MasterArgs {
     /// Upper bound on any caller-supplied search deadline [default: 30000]
     #[arg(long, env = "RAGMESH_MAX_SEARCH_TIMEOUT_MS", value_name = "MS")]
     pub max_search_timeout_ms: Option<u64>,
+    /// Certificate names (CN) that are operators: full access without a token, e.g. `client`
+    /// [default: none]
+    #[arg(long, env = "RAGMESH_OPERATORS", value_name = "NAME", value_delimiter = ',')]
+    pub operators: Vec<String>,
+    /// Lifetime of access tokens issued without an explicit ttl, seconds [default: 900]
+    #[arg(long, env = "RAGMESH_ACCESS_TOKEN_TTL_S", value_name = "S")]
+    pub access_token_ttl_s: Option<u64>,
+    /// Longest access-token lifetime anyone may ask for, seconds [default: 86400]
+    #[arg(long, env = "RAGMESH_MAX_ACCESS_TOKEN_TTL_S", value_name = "S")]
+    pub max_access_token_ttl_s: Option<u64>,
+    /// Lifetime of refresh tokens, seconds [default: 604800 (7 days)]
+    #[arg(long, env = "RAGMESH_REFRESH_TOKEN_TTL_S", value_name = "S")]
+    pub refresh_token_ttl_s: Option<u64>,
+    /// Requests per second allowed per principal (token subject, operator or node) [default: 200]
+    #[arg(long, env = "RAGMESH_RATE_LIMIT_RPS", value_name = "N")]
+    pub rate_limit_rps: Option<u32>,
+    /// Burst allowed per principal above the steady rate [default: 400]
+    #[arg(long, env = "RAGMESH_RATE_LIMIT_BURST", value_name = "N")]
+    pub rate_limit_burst: Option<u32>,
+    /// Largest gRPC message accepted, bytes [default: 4194304]
+    #[arg(long, env = "RAGMESH_MAX_MESSAGE_BYTES", value_name = "BYTES")]
+    pub max_message_bytes: Option<usize>,
+    /// Concurrent HTTP/2 streams per connection [default: 256]
+    #[arg(long, env = "RAGMESH_MAX_STREAMS_PER_CONNECTION", value_name = "N")]
+    pub max_streams_per_connection: Option<u32>,
     /// Log filter, tracing-subscriber syntax [default: info]
     #[arg(long, env = "RAGMESH_LOG", value_name = "FILTER")]
     pub log: Option<String>,
+}
+
+/// Identity, access and abuse limits of the master.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AccessConfig {
+    /// Certificate names with operator (admin) rights.
+    pub operators: std::collections::BTreeSet<String>,
+    /// Default access-token lifetime.
+    pub access_token_ttl: Duration,
+    /// Longest access-token lifetime.
+    pub max_access_token_ttl: Duration,
+    /// Refresh-token lifetime.
+    pub refresh_token_ttl: Duration,
+    /// Steady requests per second per principal.
+    pub rate_limit_rps: u32,
+    /// Burst per principal.
+    pub rate_limit_burst: u32,
+    /// Largest message accepted.
+    pub max_message_bytes: usize,
+    /// Concurrent streams per connection.
+    pub max_streams_per_connection: u32,
+}
+
+impl Default for AccessConfig {
+    fn default() -> Self {
+        AccessConfig {
+            operators: std::collections::BTreeSet::new(),
+            access_token_ttl: Duration::from_secs(900),
+            max_access_token_ttl: Duration::from_secs(86_400),
+            refresh_token_ttl: Duration::from_secs(7 * 86_400),
+            rate_limit_rps: 200,
+            rate_limit_burst: 400,
+            max_message_bytes: 4 * 1024 * 1024,
+            max_streams_per_connection: 256,
+        }
+    }
 }
 
 /// The TOML file of the master: the same names as the flags.
@@ -55,6 +116,14 @@ struct MasterFile {
     heartbeat_timeout_ms: Option<u64>,
     search_timeout_ms: Option<u64>,
     max_search_timeout_ms: Option<u64>,
+    operators: Option<Vec<String>>,
+    access_token_ttl_s: Option<u64>,
+    max_access_token_ttl_s: Option<u64>,
+    refresh_token_ttl_s: Option<u64>,
+    rate_limit_rps: Option<u32>,
+    rate_limit_burst: Option<u32>,
+    max_message_bytes: Option<usize>,
+    max_streams_per_connection: Option<u32>,
     log: Option<String>,
 }
 
@@ -73,6 +142,8 @@ pub struct MasterConfig {
     pub search_timeout: Duration,
     /// Upper bound on a caller-supplied deadline.
     pub max_search_timeout: Duration,
+    /// Identity, access and abuse limits.
+    pub access: AccessConfig,
     /// Log filter.
     pub log: String,
 }
@@ -82,6 +153,7 @@ impl MasterArgs {
     pub fn resolve(self) -> Result<MasterConfig, ConfigErrors> {
         let mut problems = Problems::default();
         let file: MasterFile = read_file(self.config.as_deref(), &mut problems);
+        let access = resolve_access(&self, file_access(&file), &mut problems);
 
         let listen = self.listen.or(file.listen).unwrap_or_else(|| "127.0.0.1:7400".to_owned());
         let listen = parse_listen("listen", &listen, &mut problems);
@@ -108,8 +180,70 @@ impl MasterArgs {
             heartbeat_timeout: Duration::from_millis(heartbeat_timeout_ms),
             search_timeout: Duration::from_millis(search_timeout_ms),
             max_search_timeout: Duration::from_millis(max_search_timeout_ms),
+            access,
             log,
         })
+    }
+}
+
+/// The access-related keys of the file, taken before the file is consumed.
+fn file_access(file: &MasterFile) -> MasterFile {
+    MasterFile {
+        operators: file.operators.clone(),
+        access_token_ttl_s: file.access_token_ttl_s,
+        max_access_token_ttl_s: file.max_access_token_ttl_s,
+        refresh_token_ttl_s: file.refresh_token_ttl_s,
+        rate_limit_rps: file.rate_limit_rps,
+        rate_limit_burst: file.rate_limit_burst,
+        max_message_bytes: file.max_message_bytes,
+        max_streams_per_connection: file.max_streams_per_connection,
+        ..MasterFile::default()
+    }
+}
+
+fn resolve_access(args: &MasterArgs, file: MasterFile, problems: &mut Problems) -> AccessConfig {
+    let defaults = AccessConfig::default();
+    let mut operators: std::collections::BTreeSet<String> = file.operators.unwrap_or_default().into_iter().collect();
+    operators.extend(args.operators.iter().cloned());
+    for name in &operators {
+        if !crate::valid_node_name(name) {
+            problems.push(format!(
+                "--operators {name:?} is not a certificate name: use 1-63 characters of a-z, 0-9 and '-'"
+            ));
+        }
+    }
+    let secs = |flag: Option<u64>, file: Option<u64>, default: Duration| flag.or(file).unwrap_or(default.as_secs());
+    let access_ttl = secs(args.access_token_ttl_s, file.access_token_ttl_s, defaults.access_token_ttl);
+    let max_access_ttl = secs(args.max_access_token_ttl_s, file.max_access_token_ttl_s, defaults.max_access_token_ttl);
+    let refresh_ttl = secs(args.refresh_token_ttl_s, file.refresh_token_ttl_s, defaults.refresh_token_ttl);
+    check_range("access-token-ttl-s", access_ttl, 10, 86_400 * 30, problems);
+    check_range("max-access-token-ttl-s", max_access_ttl, 10, 86_400 * 30, problems);
+    check_range("refresh-token-ttl-s", refresh_ttl, 60, 86_400 * 365, problems);
+    if access_ttl > max_access_ttl {
+        problems.push(format!(
+            "--access-token-ttl-s {access_ttl} exceeds --max-access-token-ttl-s {max_access_ttl}: lower the first or raise the second"
+        ));
+    }
+    let rps = args.rate_limit_rps.or(file.rate_limit_rps).unwrap_or(defaults.rate_limit_rps);
+    let burst = args.rate_limit_burst.or(file.rate_limit_burst).unwrap_or(defaults.rate_limit_burst);
+    check_range("rate-limit-rps", u64::from(rps), 1, 1_000_000, problems);
+    check_range("rate-limit-burst", u64::from(burst), 1, 1_000_000, problems);
+    let max_message_bytes = args.max_message_bytes.or(file.max_message_bytes).unwrap_or(defaults.max_message_bytes);
+    check_range("max-message-bytes", max_message_bytes as u64, 1024, 256 * 1024 * 1024, problems);
+    let streams = args
+        .max_streams_per_connection
+        .or(file.max_streams_per_connection)
+        .unwrap_or(defaults.max_streams_per_connection);
+    check_range("max-streams-per-connection", u64::from(streams), 1, 65_536, problems);
+    AccessConfig {
+        operators,
+        access_token_ttl: Duration::from_secs(access_ttl),
+        max_access_token_ttl: Duration::from_secs(max_access_ttl),
+        refresh_token_ttl: Duration::from_secs(refresh_ttl),
+        rate_limit_rps: rps,
+        rate_limit_burst: burst,
+        max_message_bytes,
+        max_streams_per_connection: streams,
     }
 }
 
@@ -153,6 +287,29 @@ mod tests {
             args(&["--config", path.to_str().expect("utf8"), "--search-timeout-ms", "700"]).resolve().expect("valid");
         assert_eq!(config.listen.port(), 9000);
         assert_eq!(config.search_timeout, Duration::from_millis(700));
+    }
+
+    #[test]
+    fn access_settings_resolve_and_are_checked() {
+        let config =
+            args(&["--insecure", "--operators", "client,ops-1", "--rate-limit-rps", "5"]).resolve().expect("valid");
+        assert!(config.access.operators.contains("client") && config.access.operators.contains("ops-1"));
+        assert_eq!(config.access.rate_limit_rps, 5);
+        let errors = args(&[
+            "--insecure",
+            "--operators",
+            "Bad Name",
+            "--access-token-ttl-s",
+            "999999",
+            "--rate-limit-burst",
+            "0",
+        ])
+        .resolve()
+        .expect_err("invalid");
+        let text = errors.to_string();
+        for needle in ["--operators \"Bad Name\"", "--access-token-ttl-s 999999", "--rate-limit-burst 0"] {
+            assert!(text.contains(needle), "missing {needle:?} in {text}");
+        }
     }
 
     #[test]

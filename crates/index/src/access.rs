@@ -106,6 +106,58 @@ impl Viewer {
     }
 }
 
+/// Who is writing: operators may write anything; a tenant only documents it owns, readable
+/// within the tenant (never public, never granting another tenant).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Writer {
+    /// An operator (admin capability): owns nothing, may overwrite and delete anything.
+    Operator,
+    /// A subject writing for its tenant.
+    Tenant(String),
+}
+
+impl Writer {
+    /// The owner recorded on documents this writer stores ("" for operators).
+    pub(crate) fn owner(&self) -> &str {
+        match self {
+            Writer::Operator => "",
+            Writer::Tenant(tenant) => tenant,
+        }
+    }
+
+    /// Fills in an empty ACL (the writer's tenant) and checks the writer may grant this ACL.
+    pub(crate) fn settle_acl(&self, acl: &mut Acl) -> Result<(), String> {
+        let Writer::Tenant(tenant) = self else {
+            return Ok(());
+        };
+        if *acl == Acl::default() {
+            acl.tenants.insert(tenant.clone());
+            return Ok(());
+        }
+        if acl.public {
+            return Err(format!("tenant {tenant:?} cannot make documents public: ask an operator (admin capability)"));
+        }
+        if let Some(other) = acl.tenants.iter().find(|t| *t != tenant) {
+            return Err(format!("tenant {tenant:?} cannot grant access to tenant {other:?}"));
+        }
+        if let Some(other) = acl.subjects.iter().find(|s| s.tenant != *tenant) {
+            return Err(format!(
+                "tenant {tenant:?} cannot grant access to subject {:?} of tenant {:?}",
+                other.subject, other.tenant
+            ));
+        }
+        Ok(())
+    }
+
+    /// Whether this writer may replace or delete a document owned by `owner`.
+    pub(crate) fn may_replace(&self, owner: &str) -> bool {
+        match self {
+            Writer::Operator => true,
+            Writer::Tenant(tenant) => owner == tenant,
+        }
+    }
+}
+
 /// Why a tenant or subject name is invalid, if it is.
 pub(crate) fn principal_problem(name: &str) -> Option<String> {
     if name.is_empty() {
@@ -129,6 +181,24 @@ mod tests {
         let a = SubjectRef { tenant: "ab".into(), subject: "c".into() };
         let b = SubjectRef { tenant: "a".into(), subject: "bc".into() };
         assert_ne!(subject_term(&a), subject_term(&b));
+    }
+
+    #[test]
+    fn tenants_write_only_within_themselves() {
+        let writer = Writer::Tenant("acme".into());
+        let mut empty = Acl::default();
+        writer.settle_acl(&mut empty).expect("empty becomes the tenant");
+        assert_eq!(empty, Acl::tenant("acme"));
+        assert!(writer.settle_acl(&mut Acl::public()).expect_err("public").contains("public"));
+        assert!(writer.settle_acl(&mut Acl::tenant("globex")).expect_err("other tenant").contains("globex"));
+        let mut other_subject = Acl {
+            subjects: BTreeSet::from([SubjectRef { tenant: "globex".into(), subject: "x".into() }]),
+            ..Acl::default()
+        };
+        assert!(writer.settle_acl(&mut other_subject).is_err());
+        assert!(Writer::Operator.settle_acl(&mut Acl::public()).is_ok());
+        assert!(writer.may_replace("acme") && !writer.may_replace("") && !writer.may_replace("globex"));
+        assert!(Writer::Operator.may_replace("acme"));
     }
 
     #[test]

@@ -17,6 +17,17 @@ pub enum IndexError {
         /// What is wrong and how to fix it.
         reason: String,
     },
+    /// The writer may not write or delete this document (another tenant's, or an ACL it may not
+    /// grant); nothing of the batch was written.
+    #[error("document {position} (id {id:?}): {reason}")]
+    Forbidden {
+        /// Zero-based position in the batch.
+        position: usize,
+        /// The document id.
+        id: String,
+        /// Why.
+        reason: String,
+    },
     /// The write batch itself is unacceptable (empty or too large); nothing was written.
     #[error("{0}")]
     InvalidBatch(String),

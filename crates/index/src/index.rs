@@ -16,7 +16,7 @@ use tantivy::{
 };
 
 use crate::document::{collection_problem, validate_batch_len, validate_document, validate_ref};
-use crate::{CollectionCount, DocRef, Document, IndexError, SearchHit, SearchQuery, SearchResults};
+use crate::{CollectionCount, DocRef, Document, IndexError, SearchHit, SearchQuery, SearchResults, Writer};
 
 /// Memory budget of the single index writer, shared by its indexing threads.
 const WRITER_HEAP_BYTES: usize = 50_000_000;
@@ -53,6 +53,8 @@ struct Fields {
     metadata: Field,
     /// Access terms (see `access.rs`): indexed, not stored.
     acl: Field,
+    /// Tenant that wrote the document ("" for operators): who may replace or delete it.
+    owner: Field,
 }
 
 impl Fields {
@@ -73,6 +75,7 @@ impl Fields {
             body: builder.add_text_field("body", text),
             metadata: builder.add_text_field("metadata", STORED),
             acl: builder.add_text_field("acl", STRING),
+            owner: builder.add_text_field("owner", STRING | STORED),
         };
         (builder.build(), fields)
     }
@@ -199,18 +202,34 @@ impl DocumentIndex {
     /// names its zero-based position. When the batch repeats a key, the last occurrence wins.
     /// Returns the new generation.
     pub fn upsert(&self, docs: Vec<Document>) -> Result<u64, IndexError> {
+        self.upsert_as(docs, &Writer::Operator)
+    }
+
+    /// [`DocumentIndex::upsert`] on behalf of `writer`: a tenant's documents get its tenant as
+    /// ACL when they carry none, may not grant other tenants or the public, and may not replace
+    /// a document another tenant (or an operator) owns. Checked under the writer lock, so no
+    /// concurrent write slips between check and commit.
+    pub fn upsert_as(&self, docs: Vec<Document>, writer: &Writer) -> Result<u64, IndexError> {
         let _span = tracing::debug_span!("index.upsert", index.batch = docs.len()).entered();
         validate_batch_len(docs.len(), "upsert")?;
-        for (position, doc) in docs.iter().enumerate() {
+        let mut docs = docs;
+        for (position, doc) in docs.iter_mut().enumerate() {
             validate_document(position, doc)?;
+            writer.settle_acl(&mut doc.acl).map_err(|reason| IndexError::Forbidden {
+                position,
+                id: doc.id.clone(),
+                reason,
+            })?;
         }
         let docs = keep_last_per_key(docs);
         let mut tantivy_docs = Vec::with_capacity(docs.len());
         for doc in &docs {
-            tantivy_docs.push((self.fields.key_term(&doc.collection, &doc.id), self.to_tantivy(doc)));
+            tantivy_docs.push((self.fields.key_term(&doc.collection, &doc.id), self.to_tantivy(doc, writer.owner())));
         }
 
         let mut state = self.lock_writer();
+        let keys: Vec<(&str, &str)> = docs.iter().map(|d| (d.collection.as_str(), d.id.as_str())).collect();
+        self.check_owners(&keys, writer)?;
         for (key, doc) in tantivy_docs {
             state.writer.delete_term(key);
             if let Err(source) = state.writer.add_document(doc) {
@@ -221,17 +240,52 @@ impl DocumentIndex {
         self.commit(&mut state)
     }
 
+    /// Fails on the first existing document among `keys` that `writer` may not replace.
+    /// Call with the writer lock held: the snapshot then shows every committed write.
+    fn check_owners(&self, keys: &[(&str, &str)], writer: &Writer) -> Result<(), IndexError> {
+        if *writer == Writer::Operator {
+            return Ok(());
+        }
+        let snapshot = self.snapshot();
+        for (position, (collection, id)) in keys.iter().enumerate() {
+            let query = TermQuery::new(self.fields.key_term(collection, id), IndexRecordOption::Basic);
+            let found = snapshot.searcher.search(&query, &TopDocs::with_limit(1).order_by_score());
+            let found = found.map_err(IndexError::tantivy("look up document owner"))?;
+            let Some((_, address)) = found.first() else { continue };
+            let doc: TantivyDocument =
+                snapshot.searcher.doc(*address).map_err(IndexError::tantivy("load document owner"))?;
+            let owner = self.text_of(&doc, self.fields.owner);
+            if !writer.may_replace(&owner) {
+                let whose = if owner.is_empty() { "operators".to_owned() } else { format!("tenant {owner:?}") };
+                return Err(IndexError::Forbidden {
+                    position,
+                    id: (*id).to_owned(),
+                    reason: format!("document {collection}/{id} belongs to {whose}: choose another id"),
+                });
+            }
+        }
+        Ok(())
+    }
+
     /// Deletes documents by `(collection, id)` in one commit; unknown documents are ignored.
     ///
     /// References are validated like documents (non-empty id, valid collection name).
     /// Returns the new generation.
     pub fn delete(&self, refs: Vec<DocRef>) -> Result<u64, IndexError> {
+        self.delete_as(refs, &Writer::Operator)
+    }
+
+    /// [`DocumentIndex::delete`] on behalf of `writer`: a tenant may delete only documents it
+    /// owns (unknown documents are still fine).
+    pub fn delete_as(&self, refs: Vec<DocRef>, writer: &Writer) -> Result<u64, IndexError> {
         let _span = tracing::debug_span!("index.delete", index.batch = refs.len()).entered();
         validate_batch_len(refs.len(), "delete")?;
         for (position, doc_ref) in refs.iter().enumerate() {
             validate_ref(position, doc_ref)?;
         }
         let mut state = self.lock_writer();
+        let keys: Vec<(&str, &str)> = refs.iter().map(|r| (r.collection.as_str(), r.id.as_str())).collect();
+        self.check_owners(&keys, writer)?;
         for doc_ref in &refs {
             state.writer.delete_term(self.fields.key_term(&doc_ref.collection, &doc_ref.id));
         }
@@ -389,8 +443,9 @@ impl DocumentIndex {
         Ok(next)
     }
 
-    fn to_tantivy(&self, doc: &Document) -> TantivyDocument {
+    fn to_tantivy(&self, doc: &Document, owner: &str) -> TantivyDocument {
         let mut out = TantivyDocument::default();
+        out.add_text(self.fields.owner, owner);
         out.add_text(self.fields.key, unique_key(&doc.collection, &doc.id));
         out.add_text(self.fields.id, &doc.id);
         out.add_text(self.fields.collection, &doc.collection);
@@ -750,7 +805,7 @@ mod tests {
     #[test]
     fn poisoned_writer_drops_pending_operations() {
         let (_dir, index) = open_temp();
-        let pending = index.to_tantivy(&doc("c", "pending", "", "orphan"));
+        let pending = index.to_tantivy(&doc("c", "pending", "", "orphan"), "");
         let outcome = std::thread::scope(|scope| {
             scope
                 .spawn(|| {
@@ -1053,6 +1108,33 @@ mod tests {
         assert_eq!(visible_ids(&index, crate::Viewer::Unrestricted), ["acme", "alice", "globex", "nobody", "pub"]);
         let q = SearchQuery { query: "shared".to_owned(), viewer: principal("globex", "x"), ..SearchQuery::default() };
         assert_eq!(index.search(&q).expect("search").total_matches, 2, "counts never include hidden documents");
+    }
+
+    #[test]
+    fn tenants_cannot_overwrite_or_delete_each_others_documents() {
+        let (_dir, index) = open_temp();
+        let acme = Writer::Tenant("acme".into());
+        let globex = Writer::Tenant("globex".into());
+        let plain = |id: &str| Document { acl: crate::Acl::default(), ..doc("c", id, "", "shared") };
+        index.upsert_as(vec![plain("a1")], &acme).expect("acme writes");
+        index.upsert(vec![plain("op")]).expect("operator writes");
+        let generation = index.generation();
+
+        let err = index.upsert_as(vec![plain("a1")], &globex).expect_err("globex may not replace acme's document");
+        assert!(matches!(err, IndexError::Forbidden { .. }) && err.to_string().contains("tenant \"acme\""), "{err}");
+        let err = index.delete_as(vec![doc_ref("c", "a1")], &globex).expect_err("nor delete it");
+        assert!(matches!(err, IndexError::Forbidden { .. }), "{err}");
+        let err = index.upsert_as(vec![plain("op")], &acme).expect_err("nor replace an operator's document");
+        assert!(err.to_string().contains("operators"), "{err}");
+        assert_eq!(index.generation(), generation, "refused writes change nothing");
+
+        // The owner may replace and delete; an empty ACL became the owner's tenant.
+        assert_eq!(visible_ids(&index, principal("acme", "bob")), ["a1"]);
+        assert_eq!(visible_ids(&index, principal("globex", "x")), Vec::<String>::new());
+        index.upsert_as(vec![plain("a1")], &acme).expect("owner replaces");
+        index.delete_as(vec![doc_ref("c", "a1"), doc_ref("c", "missing")], &acme).expect("owner deletes");
+        index.delete(vec![doc_ref("c", "op")]).expect("operators delete anything");
+        assert_eq!(visible_ids(&index, crate::Viewer::Unrestricted), Vec::<String>::new());
     }
 
     #[test]

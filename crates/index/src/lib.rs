@@ -11,7 +11,7 @@ mod error;
 mod index;
 pub mod ingest;
 
-pub use access::{Acl, MAX_PRINCIPAL_BYTES, SubjectRef, Viewer};
+pub use access::{Acl, MAX_PRINCIPAL_BYTES, SubjectRef, Viewer, Writer};
 pub use document::{
     CollectionCount, DocRef, Document, MAX_BATCH, MAX_COLLECTION_CHARS, MAX_ID_BYTES, MAX_TEXT_BYTES, SearchHit,
     SearchQuery, SearchResults,

@@ -13,6 +13,9 @@ use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status, Streaming};
 
+use ragmesh_auth::{Capability, Principal};
+
+use crate::access::{AccessControl, CONTEXT_METADATA};
 use crate::clients::NodeClients;
 use crate::convert;
 use crate::error::MasterError;
@@ -34,6 +37,7 @@ const WRITE_TIMEOUT: Duration = Duration::from_secs(60);
 #[derive(Debug, Clone)]
 pub(crate) struct Context {
     pub(crate) registry: Arc<OnceLock<Registry>>,
+    pub(crate) access: Arc<OnceLock<Arc<AccessControl>>>,
     pub(crate) clients: NodeClients,
     pub(crate) config: Arc<MasterConfig>,
     pub(crate) shutdown: CancellationToken,
@@ -42,8 +46,17 @@ pub(crate) struct Context {
 }
 
 impl Context {
-    fn registry(&self) -> Result<&Registry, MasterError> {
+    pub(crate) fn registry(&self) -> Result<&Registry, MasterError> {
         self.registry.get().ok_or(MasterError::NotReady)
+    }
+
+    pub(crate) fn access(&self) -> Result<&Arc<AccessControl>, MasterError> {
+        self.access.get().ok_or(MasterError::NotReady)
+    }
+
+    /// Authenticates the caller and checks the capability the RPC needs.
+    pub(crate) fn require<T>(&self, request: &Request<T>, capability: Capability) -> Result<Principal, MasterError> {
+        self.access()?.require(request, capability)
     }
 
     /// In mTLS mode, the caller's certificate must name `claimed`.
@@ -131,6 +144,7 @@ impl MasterService for MasterApi {
     async fn search(&self, request: Request<v1::SearchRequest>) -> Result<Response<v1::SearchResponse>, Status> {
         let started = Instant::now();
         let registry = self.0.registry()?;
+        let principal = self.0.require(&request, Capability::Search)?;
         validate_search(request.get_ref())?;
         let budget = self.search_budget(&request)?;
         let req = request.into_inner();
@@ -141,7 +155,9 @@ impl MasterService for MasterApi {
             MasterError::UnknownNodes { unknown, known: nodes.iter().map(|n| n.record.name.clone()).collect() }
         })?;
         let limit = if req.limit == 0 { 10 } else { req.limit };
-        let query = NodeQuery { query: req.query, collections: req.collections, limit, min_score: req.min_score };
+        let context = self.0.access()?.context(&principal, budget)?;
+        let query =
+            NodeQuery { query: req.query, collections: req.collections, limit, min_score: req.min_score, context };
         let mut results = federation::fan_out(&self.0.clients, &plan.targets, &query, deadline).await;
         for (node, reason) in plan.skipped {
             results.push(NodeResult { node, outcome: Outcome::Skipped(reason), took: Duration::ZERO });
@@ -175,6 +191,7 @@ impl MasterService for MasterApi {
 
     async fn get_node(&self, request: Request<v1::GetNodeRequest>) -> Result<Response<v1::GetNodeResponse>, Status> {
         let registry = self.0.registry()?;
+        self.0.require(&request, Capability::Admin)?;
         let name = request.into_inner().name;
         let view = registry.get(&name).ok_or_else(|| MasterError::UnknownNodes {
             unknown: vec![name],
@@ -187,6 +204,7 @@ impl MasterService for MasterApi {
         &self,
         request: Request<v1::IngestDocumentsRequest>,
     ) -> Result<Response<v1::IngestDocumentsResponse>, Status> {
+        let principal = self.0.require(&request, Capability::Ingest)?;
         let req = request.into_inner();
         if req.documents.is_empty() {
             return Err(MasterError::InvalidArgument("no documents in the request".into()).into());
@@ -201,6 +219,7 @@ impl MasterService for MasterApi {
         let mut client = self.writable_node(&req.node)?;
         let mut call = Request::new(v1::UpsertDocumentsRequest { documents: req.documents });
         call.set_timeout(WRITE_TIMEOUT);
+        self.attach_context(&mut call, &principal)?;
         let response = client
             .upsert_documents(call)
             .await
@@ -213,6 +232,7 @@ impl MasterService for MasterApi {
         &self,
         request: Request<v1::RemoveDocumentsRequest>,
     ) -> Result<Response<v1::RemoveDocumentsResponse>, Status> {
+        let principal = self.0.require(&request, Capability::Ingest)?;
         let req = request.into_inner();
         if req.refs.is_empty() {
             return Err(MasterError::InvalidArgument("no document references in the request".into()).into());
@@ -220,6 +240,7 @@ impl MasterService for MasterApi {
         let mut client = self.writable_node(&req.node)?;
         let mut call = Request::new(v1::DeleteDocumentsRequest { refs: req.refs });
         call.set_timeout(WRITE_TIMEOUT);
+        self.attach_context(&mut call, &principal)?;
         let response = client
             .delete_documents(call)
             .await
@@ -230,6 +251,14 @@ impl MasterService for MasterApi {
 }
 
 impl MasterApi {
+    /// Carries the caller to the agent as a signed context token.
+    fn attach_context<T>(&self, call: &mut Request<T>, principal: &Principal) -> Result<(), MasterError> {
+        let context = self.0.access()?.context(principal, WRITE_TIMEOUT)?;
+        let value = context.parse().map_err(|_| MasterError::BadCredentials("context token is not ASCII".into()))?;
+        call.metadata_mut().insert(CONTEXT_METADATA, value);
+        Ok(())
+    }
+
     fn writable_node(&self, name: &str) -> Result<crate::clients::NodeClient, MasterError> {
         let registry = self.0.registry()?;
         if name.is_empty() {
@@ -259,6 +288,44 @@ fn node_call_error(node: &str, status: &Status, tls: bool) -> MasterError {
         status.message().to_owned()
     };
     MasterError::NodeCall { node: node.to_owned(), code: status.code(), message }
+}
+
+impl MembershipApi {
+    /// A node joins once, with a join token; after that it is known (persisted) and re-registers
+    /// freely until evicted. Refused attempts are listed for operators (`ListPendingNodes`).
+    async fn admit(
+        &self,
+        registry: &Registry,
+        access: &Arc<AccessControl>,
+        node: &str,
+        address: &str,
+        join_token: &str,
+    ) -> Result<(), MasterError> {
+        if registry.get(node).is_some() || !access.admission_required() {
+            return Ok(());
+        }
+        let refuse = |reason: String| {
+            access.record_pending(node, address, &reason);
+            tracing::warn!(node.id = node, node.address = address, reason = %reason, "join refused");
+            MasterError::NotAdmitted { node: node.to_owned(), reason }
+        };
+        if join_token.is_empty() {
+            return Err(refuse("it presented no join token".to_owned()));
+        }
+        let (access2, token, name) = (access.clone(), join_token.to_owned(), node.to_owned());
+        let consumed =
+            tokio::task::spawn_blocking(move || access2.joins.consume(&token, &name, ragmesh_auth::unix_now()))
+                .await
+                .map_err(|e| MasterError::InvalidArgument(format!("join check failed: {e}")))?;
+        match consumed {
+            Ok(info) => {
+                access.clear_pending(node);
+                tracing::info!(node.id = node, join_token.id = %info.id, "node admitted");
+                Ok(())
+            }
+            Err(err) => Err(refuse(err.to_string())),
+        }
+    }
 }
 
 /// Bounds on the heartbeat interval an agent may ask for.
@@ -303,6 +370,8 @@ impl MembershipService for MembershipApi {
             ))
             .into());
         }
+        let access = self.0.access()?.clone();
+        self.admit(&registry, &access, &claimed, &req.advertised_address, &req.join_token).await?;
         let interval = agreed_interval(req.heartbeat_interval_ms, self.0.config.heartbeat_timeout);
         let record = NodeRecord {
             name: claimed.clone(),
@@ -328,6 +397,7 @@ impl MembershipService for MembershipApi {
             master_version: env!("CARGO_PKG_VERSION").to_owned(),
             protocol_major: PROTOCOL_MAJOR,
             protocol_minor: PROTOCOL_MINOR,
+            verification_keys: access.public_keys(),
         }))
     }
 
@@ -374,6 +444,7 @@ impl MembershipService for MembershipApi {
             timeout,
             tx,
             shutdown: self.0.shutdown.clone(),
+            keys: self.0.access()?.subscribe_keys(),
         };
         let span = tracing::info_span!("membership.health_stream", node.id = %first.node_name);
         self.0.tasks.spawn(tracing::Instrument::instrument(watcher.run(first, inbound), span));
@@ -391,28 +462,41 @@ struct StreamWatcher {
     timeout: Duration,
     tx: mpsc::Sender<Result<v1::HealthStreamResponse, Status>>,
     shutdown: CancellationToken,
+    keys: tokio::sync::watch::Receiver<Vec<ragmesh_auth::PublicKey>>,
 }
 
 impl StreamWatcher {
-    async fn run(self, first: v1::HealthStreamRequest, mut inbound: Streaming<v1::HealthStreamRequest>) {
+    async fn run(mut self, first: v1::HealthStreamRequest, mut inbound: Streaming<v1::HealthStreamRequest>) {
         let mut pending = Some(first);
         let mut late = false;
+        let mut last_heartbeat = Instant::now();
         loop {
             if let Some(message) = pending.take() {
                 if !self.on_heartbeat(message) {
-                    self.end(Status::failed_precondition("session superseded by a newer registration: register again"));
+                    self.end(Status::failed_precondition(
+                        "session is no longer valid (superseded by a newer registration, or the node was evicted): register again",
+                    ));
                     return;
                 }
                 late = false;
+                last_heartbeat = Instant::now();
             }
-            let wait = if late { self.timeout.saturating_sub(self.suspect_after) } else { self.suspect_after };
+            // Deadlines count from the last heartbeat, so other events never extend the silence.
+            let deadline = last_heartbeat + if late { self.timeout } else { self.suspect_after };
             tokio::select! {
                 () = self.shutdown.cancelled() => {
                     self.down("master shutting down");
                     self.end(Status::unavailable("master is shutting down: reconnect"));
                     return;
                 }
-                next = tokio::time::timeout(wait, inbound.message()) => match next {
+                Ok(()) = self.keys.changed() => {
+                    let keys = self.keys.borrow_and_update().iter().map(crate::access::verification_key).collect();
+                    let message = v1::HealthStreamResponse {
+                        body: Some(v1::health_stream_response::Body::Keys(v1::VerificationKeys { keys })),
+                    };
+                    let _ = self.tx.try_send(Ok(message));
+                }
+                next = tokio::time::timeout_at(deadline, inbound.message()) => match next {
                     Ok(Ok(Some(message))) => pending = Some(message),
                     Ok(Ok(None)) => {
                         self.down("health stream closed by the agent");

@@ -12,6 +12,10 @@
 //! * The channel connects lazily and keeps the HTTP/2 connection alive with pings, so a dead
 //!   connection is noticed even when no request is in flight.
 //!
+//! After a certificate reload a node's client is rebuilt on its next use, so new connections
+//! present the new certificate; the old channel keeps serving calls already made with it until
+//! the last clone of it is dropped.
+//!
 //! Later issues add retry, circuit breaker and p2c balancing layers here without touching callers.
 
 use std::collections::HashMap;
@@ -19,7 +23,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use ragmesh_proto::v1::agent_service_client::AgentServiceClient;
-use ragmesh_tls::LoadedTls;
+use ragmesh_tls::ReloadableTls;
 use tonic::transport::{Channel, Endpoint};
 use tower::ServiceBuilder;
 use tower::limit::ConcurrencyLimit;
@@ -36,17 +40,27 @@ pub type NodeStack = ConcurrencyLimit<Timeout<Channel>>;
 /// A typed client over the per-node stack.
 pub type NodeClient = AgentServiceClient<NodeStack>;
 
-/// Per-node clients, created on first use and rebuilt when a node's address changes.
+/// Per-node clients, created on first use and rebuilt when a node's address changes or the TLS
+/// material is reloaded.
 #[derive(Debug, Clone)]
 pub struct NodeClients {
-    tls: Option<Arc<LoadedTls>>,
+    tls: Option<ReloadableTls>,
     ceiling: Duration,
-    clients: Arc<Mutex<HashMap<String, (String, NodeClient)>>>,
+    clients: Arc<Mutex<HashMap<String, CachedClient>>>,
+}
+
+/// A node's client and what it was built from.
+#[derive(Debug)]
+struct CachedClient {
+    address: String,
+    /// [`ReloadableTls::generation`] of the material it was built with (0 without TLS).
+    tls_generation: u64,
+    client: NodeClient,
 }
 
 impl NodeClients {
     /// Clients that use `tls` (None = plaintext) and cap every call at `ceiling`.
-    pub fn new(tls: Option<Arc<LoadedTls>>, ceiling: Duration) -> Self {
+    pub fn new(tls: Option<ReloadableTls>, ceiling: Duration) -> Self {
         NodeClients { tls, ceiling, clients: Arc::default() }
     }
 
@@ -57,14 +71,17 @@ impl NodeClients {
 
     /// The client of node `name` at `address`; cheap to clone, shares the connection.
     pub fn client(&self, name: &str, address: &str) -> Result<NodeClient, String> {
+        let tls_generation = self.tls.as_ref().map_or(0, ReloadableTls::generation);
         let mut clients = self.clients.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some((known_address, client)) = clients.get(name)
-            && known_address == address
+        if let Some(cached) = clients.get(name)
+            && cached.address == address
+            && cached.tls_generation == tls_generation
         {
-            return Ok(client.clone());
+            return Ok(cached.client.clone());
         }
         let client = self.build(name, address)?;
-        clients.insert(name.to_owned(), (address.to_owned(), client.clone()));
+        let cached = CachedClient { address: address.to_owned(), tls_generation, client: client.clone() };
+        clients.insert(name.to_owned(), cached);
         Ok(client)
     }
 
@@ -78,8 +95,9 @@ impl NodeClients {
             .keep_alive_timeout(KEEPALIVE_TIMEOUT)
             .keep_alive_while_idle(true);
         if let Some(tls) = &self.tls {
-            endpoint =
-                endpoint.tls_config(tls.client_config(name)).map_err(|e| format!("tls setup for node {name}: {e}"))?;
+            endpoint = endpoint
+                .tls_config(tls.current().client_config(name))
+                .map_err(|e| format!("tls setup for node {name}: {e}"))?;
         }
         let channel = endpoint.connect_lazy();
         let stack =

@@ -71,6 +71,28 @@ pub enum MasterError {
         /// Node name.
         node: String,
     },
+    /// A credential was presented and refused (bad token, missing capability, used refresh token...).
+    #[error("{0}")]
+    Auth(#[from] ragmesh_auth::AuthError),
+    /// The `authorization` header is malformed.
+    #[error("{0}")]
+    BadCredentials(String),
+    /// No acceptable credential at all.
+    #[error("{}", no_credentials(certificate.as_deref()))]
+    NoCredentials {
+        /// Name in the caller's certificate, when it has one.
+        certificate: Option<String>,
+    },
+    /// An agent that is not (or no longer) admitted tried to register.
+    #[error(
+        "node {node} is not admitted: {reason}; create a join token with `ragmeshctl token join` and start the agent with --join-token"
+    )]
+    NotAdmitted {
+        /// Node name.
+        node: String,
+        /// Why its join token (if any) was refused.
+        reason: String,
+    },
     /// The master is still starting.
     #[error("master is still loading its registry: retry shortly")]
     NotReady,
@@ -90,11 +112,30 @@ impl From<MasterError> for Status {
             MasterError::IdentityMismatch { .. } => Code::PermissionDenied,
             MasterError::NoPeerIdentity => Code::Unauthenticated,
             MasterError::Registry(_) => Code::Internal,
+            MasterError::Auth(auth) => match auth.category() {
+                ragmesh_auth::ErrorCategory::Unauthenticated => Code::Unauthenticated,
+                ragmesh_auth::ErrorCategory::PermissionDenied => Code::PermissionDenied,
+                ragmesh_auth::ErrorCategory::InvalidArgument => Code::InvalidArgument,
+                ragmesh_auth::ErrorCategory::Internal => Code::Internal,
+            },
+            MasterError::BadCredentials(_) | MasterError::NoCredentials { .. } => Code::Unauthenticated,
+            MasterError::NotAdmitted { .. } => Code::PermissionDenied,
         };
         if code == Code::Internal {
             tracing::error!(error = %err, "internal error");
         }
         Status::new(code, err.to_string())
+    }
+}
+
+fn no_credentials(certificate: Option<&str>) -> String {
+    match certificate {
+        Some(name) => format!(
+            "no access token, and certificate {name:?} is not an operator: send `authorization: Bearer <token>` (get one with `ragmeshctl token issue`) or add {name} to the master's --operators"
+        ),
+        None => {
+            "no credentials: send `authorization: Bearer <token>` (get one with `ragmeshctl token issue`)".to_owned()
+        }
     }
 }
 

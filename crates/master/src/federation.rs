@@ -100,6 +100,8 @@ pub struct NodeQuery {
     pub limit: u32,
     /// Minimum node score.
     pub min_score: f64,
+    /// The caller, signed for the agents (`x-ragmesh-context`).
+    pub context: String,
 }
 
 /// Asks every target concurrently; each call ends by `deadline` at the latest.
@@ -133,6 +135,12 @@ async fn ask_node(clients: &NodeClients, node: &NodeView, query: &NodeQuery, dea
         min_score: query.min_score,
     });
     request.set_timeout(deadline.saturating_duration_since(started));
+    match query.context.parse() {
+        Ok(value) => {
+            request.metadata_mut().insert(crate::access::CONTEXT_METADATA, value);
+        }
+        Err(_) => return finish(Outcome::Error("request context is not valid metadata".to_owned())),
+    }
     let outcome = match tokio::time::timeout_at(deadline, client.node_search(request)).await {
         Err(_elapsed) => Outcome::Timeout,
         Ok(Ok(response)) => {

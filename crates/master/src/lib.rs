@@ -2,7 +2,9 @@
 //! federated search with an honest per-node status. `main.rs` only parses config and calls
 //! [`start`]; tests call [`start`] with a listener bound to `127.0.0.1:0`.
 
+pub mod access;
 pub mod api;
+mod auth_api;
 pub mod clients;
 mod convert;
 pub mod error;
@@ -19,14 +21,14 @@ use anyhow::Context as _;
 
 use ragmesh_config::MasterConfig;
 use ragmesh_proto::v1::{
-    master_service_server::MasterServiceServer, membership_service_server::MembershipServiceServer,
+    auth_service_server::AuthServiceServer, master_service_server::MasterServiceServer,
+    membership_service_server::MembershipServiceServer,
 };
 use ragmesh_store::SledStore;
-use ragmesh_tls::LoadedTls;
+use ragmesh_tls::{LoadedTls, ReloadableTls};
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
-use tonic::transport::server::TcpIncoming;
 
 pub use registry::Registry;
 
@@ -86,17 +88,41 @@ pub fn load_tls(config: &MasterConfig) -> Result<Option<Arc<LoadedTls>>, ragmesh
     config.tls.as_ref().map(|files| files.load().map(Arc::new)).transpose()
 }
 
+/// The message-size limits every service gets (requests larger than `max_message_bytes` are
+/// refused with RESOURCE_EXHAUSTED before they are decoded).
+trait Limits {
+    fn with_limits(self, max: usize) -> Self;
+}
+
+macro_rules! impl_limits {
+    ($($server:ident),*) => {$(
+        impl<T> Limits for $server<T> {
+            fn with_limits(self, max: usize) -> Self {
+                self.max_decoding_message_size(max).max_encoding_message_size(max)
+            }
+        }
+    )*};
+}
+impl_limits!(MasterServiceServer, MembershipServiceServer, AuthServiceServer);
+
+fn limits<S: Limits>(service: S, config: &MasterConfig) -> S {
+    service.with_limits(config.access.max_message_bytes)
+}
+
 /// Starts serving on `listener`. Health reports NOT_SERVING until the registry is loaded.
 pub async fn start(config: MasterConfig, listener: TcpListener) -> Result<MasterHandle, StartError> {
     let local_addr = listener.local_addr()?;
-    let tls = load_tls(&config)?;
+    let tls = load_tls(&config)?.map(ReloadableTls::new).transpose()?;
     let config = Arc::new(config);
     let shutdown = CancellationToken::new();
+    ragmesh_server::watch_tls(tls.as_ref(), &shutdown);
     let registry = Arc::new(OnceLock::new());
+    let access = Arc::new(OnceLock::new());
     let tasks = tokio_util::task::TaskTracker::new();
     let context = api::Context {
         tasks: tasks.clone(),
         registry: registry.clone(),
+        access: access.clone(),
         clients: clients::NodeClients::new(tls.clone(), config.max_search_timeout.max(Duration::from_secs(60))),
         config: config.clone(),
         shutdown: shutdown.clone(),
@@ -106,28 +132,36 @@ pub async fn start(config: MasterConfig, listener: TcpListener) -> Result<Master
     health.set_not_serving::<MasterServiceServer<api::MasterApi>>().await;
     health.set_not_serving::<MembershipServiceServer<api::MembershipApi>>().await;
     health.set_service_status("", tonic_health::ServingStatus::NotServing).await;
-    let (reflection_v1, reflection_v1alpha) =
-        ragmesh_proto::reflection::services(&["ragmesh.v1.MasterService", "ragmesh.v1.MembershipService"]);
+    let (reflection_v1, reflection_v1alpha) = ragmesh_proto::reflection::services(&[
+        "ragmesh.v1.MasterService",
+        "ragmesh.v1.MembershipService",
+        "ragmesh.v1.AuthService",
+    ]);
 
-    let mut builder = ragmesh_server::builder(tls.as_deref(), local_addr)?;
+    let mut builder = ragmesh_server::builder(tls.as_ref(), local_addr)
+        .max_concurrent_streams(config.access.max_streams_per_connection);
     let router = builder
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
-        .add_service(MasterServiceServer::new(api::MasterApi(context.clone())))
-        .add_service(MembershipServiceServer::new(api::MembershipApi(context)));
+        .add_service(limits(MasterServiceServer::new(api::MasterApi(context.clone())), &config))
+        .add_service(limits(MembershipServiceServer::new(api::MembershipApi(context.clone())), &config))
+        .add_service(limits(AuthServiceServer::new(auth_api::AuthApi(context.clone())), &config));
 
-    let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
+    let serve_tls = tls.clone();
     let stop = shutdown.clone();
     let serve_stop = shutdown.clone();
     let data_dir = config.data_dir.clone();
     let loaded = registry.clone();
+    let loaded_access = access.clone();
+    let access_config = config.access.clone();
+    let tls_on = tls.is_some();
     let task = tokio::spawn(async move {
-        let server = tokio::spawn(router.serve_with_incoming_shutdown(incoming, serve_stop.cancelled_owned()));
-        let store_dir = data_dir.join("registry");
+        let server = tokio::spawn(ragmesh_server::serve(router, listener, serve_tls, serve_stop.cancelled_owned()));
+        let store_dir = data_dir.join("state");
         let ready = async {
             let opened = ragmesh_server::open_when_free(
-                "registry store",
+                "state store",
                 &stop,
                 move || SledStore::open(&store_dir),
                 |err| matches!(err, ragmesh_store::StoreError::Locked { .. }),
@@ -136,9 +170,15 @@ pub async fn start(config: MasterConfig, listener: TcpListener) -> Result<Master
             let Some(store) = opened else {
                 return anyhow::Ok(()); // shut down while waiting for the store
             };
-            let loaded_registry = tokio::task::spawn_blocking(move || Registry::load(Arc::new(store)))
-                .await?
-                .context("cannot load the node registry")?;
+            let store: Arc<dyn ragmesh_store::StateStore> = Arc::new(store);
+            let (loaded_registry, access_control) = tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
+                let registry = Registry::load(store.clone()).context("cannot load the node registry")?;
+                let access = access::AccessControl::load(store, access_config, tls_on)
+                    .context("cannot load the signing keys")?;
+                Ok((registry, access))
+            })
+            .await??;
+            let _ = loaded_access.set(Arc::new(access_control));
             tracing::info!(nodes = loaded_registry.snapshot().len(), "registry loaded");
             let _ = loaded.set(loaded_registry);
             health.set_serving::<MasterServiceServer<api::MasterApi>>().await;

@@ -197,6 +197,19 @@ impl Registry {
         changed
     }
 
+    /// Forgets a node (eviction): its record is deleted durably, its health stream's next
+    /// heartbeat is refused, and it must be admitted again to rejoin. Returns whether it existed.
+    /// Blocking (writes the store).
+    pub fn remove(&self, name: &str) -> Result<bool, RegistryError> {
+        self.shared.store.remove(NODES_TREE, name.as_bytes())?;
+        let mut nodes = self.lock();
+        let existed = nodes.remove(name).is_some();
+        if existed {
+            self.publish(&nodes);
+        }
+        Ok(existed)
+    }
+
     /// The node's current session, if it registered with this master process.
     pub fn session(&self, name: &str) -> Option<SessionId> {
         self.lock().get(name).and_then(|e| e.liveness.session.clone())

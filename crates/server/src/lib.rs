@@ -1,19 +1,29 @@
 //! Serving plumbing shared by both daemons, so master and agent start, wait and stop alike:
-//! the tonic server builder (mTLS unless `--insecure`, HTTP/2 keepalives), waiting for state that
-//! a previous process still holds, draining on shutdown, and the pieces of a thin `main`.
+//! the tonic server builder (HTTP/2 keepalives), serving over reloadable mTLS unless
+//! `--insecure`, waiting for state that a previous process still holds, draining on shutdown,
+//! and the pieces of a thin `main`.
 
+use std::future::Future;
 use std::net::SocketAddr;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use ragmesh_tls::LoadedTls;
+use ragmesh_tls::ReloadableTls;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
+use tonic::body::Body;
+use tonic::codegen::http::{Request, Response};
+use tonic::codegen::{Bytes, Service};
+use tonic::service::Routes;
 use tonic::transport::Server;
+use tonic::transport::server::{Router, TcpIncoming};
+use tower::Layer;
 
 /// How long shutdown waits for connections to drain before closing them.
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+/// How long the daemons wait between looks at their TLS files for changes.
+pub const TLS_RELOAD_INTERVAL: Duration = ragmesh_tls::DEFAULT_RELOAD_INTERVAL;
 /// How often state held by another process is tried again.
 const LOCK_RETRY: Duration = Duration::from_millis(200);
 /// HTTP/2 ping interval: a dead peer is noticed even on an idle connection.
@@ -21,20 +31,77 @@ const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(10);
 /// How long an HTTP/2 ping may go unanswered.
 const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// A server builder: mTLS with required client certificates when `tls` is given, else plaintext
-/// with a loud warning.
-pub fn builder(tls: Option<&LoadedTls>, listen: SocketAddr) -> Result<Server, tonic::transport::Error> {
-    let builder = Server::builder()
+/// A server builder with HTTP/2 keepalives. TLS is not configured here: [`serve`] terminates it,
+/// so certificates can be reloaded while serving. Without `tls` (plaintext) it warns loudly.
+pub fn builder(tls: Option<&ReloadableTls>, listen: SocketAddr) -> Server {
+    if tls.is_none() {
+        tracing::warn!(
+            %listen,
+            "plaintext mode (--insecure): no TLS and no client authentication; anyone who can reach this port is trusted"
+        );
+    }
+    Server::builder()
         .http2_keepalive_interval(Some(KEEPALIVE_INTERVAL))
-        .http2_keepalive_timeout(Some(KEEPALIVE_TIMEOUT));
+        .http2_keepalive_timeout(Some(KEEPALIVE_TIMEOUT))
+}
+
+/// Serves `router` on `listener` until `shutdown` resolves, then drains.
+///
+/// With `tls`, every connection is mutual TLS with the certificate `tls` holds when it is
+/// accepted ([`ragmesh_tls::tls_incoming`]): a reload changes what new connections get and
+/// leaves established ones, and their open streams, alone. Without it, plaintext TCP.
+pub async fn serve<L, ResBody>(
+    router: Router<L>,
+    listener: TcpListener,
+    tls: Option<ReloadableTls>,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), tonic::transport::Error>
+where
+    L: Layer<Routes>,
+    L::Service: Service<Request<Body>, Response = Response<ResBody>> + Clone + Send + 'static,
+    <<L as Layer<Routes>>::Service as Service<Request<Body>>>::Future: Send,
+    <<L as Layer<Routes>>::Service as Service<Request<Body>>>::Error: Into<tonic::codegen::StdError> + Send,
+    ResBody: tonic::codegen::Body<Data = Bytes> + Send + 'static,
+    ResBody::Error: Into<tonic::codegen::StdError>,
+{
     match tls {
-        Some(tls) => builder.tls_config(tls.server_config()),
+        Some(tls) => router.serve_with_incoming_shutdown(ragmesh_tls::tls_incoming(listener, tls), shutdown).await,
         None => {
-            tracing::warn!(
-                %listen,
-                "plaintext mode (--insecure): no TLS and no client authentication; anyone who can reach this port is trusted"
-            );
-            Ok(builder)
+            let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
+            router.serve_with_incoming_shutdown(incoming, shutdown).await
+        }
+    }
+}
+
+/// Keeps `tls` current while the daemon runs ([`ragmesh_tls::spawn_reloader`]: file changes and
+/// SIGHUP) until `shutdown`. In plaintext mode SIGHUP is only logged, so that a reload request
+/// (`systemctl reload`) never ends the process by the signal's default action.
+pub fn watch_tls(tls: Option<&ReloadableTls>, shutdown: &CancellationToken) {
+    // Both tasks end with the shutdown token and hold nothing to drain.
+    match tls {
+        Some(tls) => {
+            ragmesh_tls::spawn_reloader(tls.clone(), TLS_RELOAD_INTERVAL, shutdown.clone());
+        }
+        None => {
+            #[cfg(unix)]
+            {
+                use tokio::signal::unix::{SignalKind, signal};
+                let Ok(mut hangup) = signal(SignalKind::hangup()) else { return };
+                let shutdown = shutdown.clone();
+                tokio::spawn(async move {
+                    loop {
+                        tokio::select! {
+                            () = shutdown.cancelled() => return,
+                            received = hangup.recv() => {
+                                if received.is_none() {
+                                    return;
+                                }
+                                tracing::info!("SIGHUP ignored: plaintext mode (--insecure) has no certificates to reload");
+                            }
+                        }
+                    }
+                });
+            }
         }
     }
 }

@@ -204,6 +204,22 @@ pub enum TlsError {
         what: String,
     },
 
+    /// Validated files still could not become a TLS server configuration.
+    #[error(
+        "cannot build the TLS server configuration from {} and {}: {detail}: reissue the \
+         certificate with {ISSUE_HINT}",
+        cert.display(),
+        key.display()
+    )]
+    ServerConfig {
+        /// Our certificate.
+        cert: PathBuf,
+        /// Our key.
+        key: PathBuf,
+        /// What rustls said.
+        detail: String,
+    },
+
     /// The peer presented no certificate.
     #[error("the peer presented no certificate")]
     NoPeerCertificate,

@@ -83,6 +83,16 @@ impl LoadedTls {
         self.not_after
     }
 
+    /// How long our certificate stays valid from now; `None` once it has expired.
+    pub fn expires_in(&self) -> Option<Duration> {
+        self.not_after.duration_since(SystemTime::now()).ok()
+    }
+
+    /// Where our certificate stands against [`crate::EXPIRY_WARNING`] right now.
+    pub fn expiry(&self) -> crate::Expiry {
+        crate::Expiry::of(self.not_after, SystemTime::now())
+    }
+
     /// The files this was loaded from.
     pub fn files(&self) -> &TlsFiles {
         &self.files
@@ -101,6 +111,11 @@ impl LoadedTls {
     /// Our key's PEM, as read.
     pub(crate) fn key_pem(&self) -> &[u8] {
         &self.key_pem
+    }
+
+    /// True if both were read from identical file contents (a reload found nothing new).
+    pub(crate) fn same_contents(&self, other: &LoadedTls) -> bool {
+        self.ca_pem == other.ca_pem && self.cert_pem == other.cert_pem && self.key_pem == other.key_pem
     }
 
     fn validate(files: TlsFiles, ca_pem: Vec<u8>, cert_pem: Vec<u8>, key_pem: Vec<u8>) -> Result<Self, TlsError> {
@@ -155,7 +170,7 @@ fn sections(role: FileRole, path: &Path, pem: &[u8]) -> Result<Vec<(SectionKind,
 }
 
 /// The CERTIFICATE sections of a file, in order; empty if it has none.
-fn certificates(role: FileRole, path: &Path, pem: &[u8]) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+pub(crate) fn certificates(role: FileRole, path: &Path, pem: &[u8]) -> Result<Vec<CertificateDer<'static>>, TlsError> {
     let mut certs = Vec::new();
     for (kind, der) in sections(role, path, pem)? {
         if kind == SectionKind::Certificate {
@@ -165,18 +180,19 @@ fn certificates(role: FileRole, path: &Path, pem: &[u8]) -> Result<Vec<Certifica
     Ok(certs)
 }
 
-/// The first private key in the key file, checked to be usable by rustls.
-fn private_key(path: &Path, pem: &[u8]) -> Result<Arc<dyn rustls::sign::SigningKey>, TlsError> {
-    let mut key_der = None;
+/// The first private key in the key file, as DER.
+pub(crate) fn private_key_der(path: &Path, pem: &[u8]) -> Result<PrivateKeyDer<'static>, TlsError> {
     for (kind, der) in sections(FileRole::Key, path, pem)? {
         if let Some(key) = PrivateKeyDer::from_pem(kind, der) {
-            key_der = Some(key);
-            break;
+            return Ok(key);
         }
     }
-    let Some(key_der) = key_der else {
-        return Err(TlsError::NoPem { role: FileRole::Key, path: path.to_path_buf(), label: "PRIVATE KEY" });
-    };
+    Err(TlsError::NoPem { role: FileRole::Key, path: path.to_path_buf(), label: "PRIVATE KEY" })
+}
+
+/// The first private key in the key file, checked to be usable by rustls.
+fn private_key(path: &Path, pem: &[u8]) -> Result<Arc<dyn rustls::sign::SigningKey>, TlsError> {
+    let key_der = private_key_der(path, pem)?;
     rustls::crypto::ring::sign::any_supported_type(&key_der)
         .map_err(|err| TlsError::KeyParse { path: path.to_path_buf(), detail: err.to_string() })
 }
@@ -299,6 +315,18 @@ pub(crate) fn format_time(time: ASN1Time) -> String {
         t.minute(),
         t.second()
     )
+}
+
+/// [`format_time`] for a `SystemTime`; times outside X.509's range print as seconds since 1970.
+pub(crate) fn format_system_time(time: SystemTime) -> String {
+    let secs = match time.duration_since(UNIX_EPOCH) {
+        Ok(after) => i64::try_from(after.as_secs()).unwrap_or(i64::MAX),
+        Err(before) => i64::try_from(before.duration().as_secs()).map_or(i64::MIN, |secs| -secs),
+    };
+    match ASN1Time::from_timestamp(secs) {
+        Ok(asn1) => format_time(asn1),
+        Err(_) => format!("{secs} s after 1970-01-01 UTC"),
+    }
 }
 
 fn system_time(time: ASN1Time) -> SystemTime {

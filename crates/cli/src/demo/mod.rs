@@ -109,7 +109,14 @@ async fn run_mesh(
     );
 
     let master = start_master(binaries, workdir, supervisor, client_tls).await?;
-    start_agents(binaries, workdir, supervisor, &agent_names, master.addr())?;
+    let join = master
+        .create_join_token(v1::CreateJoinTokenRequest {
+            ttl_seconds: 600,
+            uses: u32::try_from(agent_names.len()).unwrap_or(u32::MAX),
+            note: "ragmeshctl demo".to_owned(),
+        })
+        .await?;
+    start_agents(binaries, workdir, supervisor, &agent_names, master.addr(), &join.token)?;
     print_daemons(workdir, supervisor);
 
     print!("Waiting for {agents} agent{} to join ... ", plural(agents));
@@ -225,7 +232,9 @@ async fn start_master(
     client_tls: TlsFiles,
 ) -> anyhow::Result<Master> {
     let port = first_free_port()?;
-    let index = supervisor.spawn(spec(workdir, "master", &binaries.master, Vec::new()), port)?;
+    // The demo's `client` certificate is the operator: it creates the join token and searches.
+    let master_args = vec!["--operators".into(), "client".into()];
+    let index = supervisor.spawn(spec(workdir, "master", &binaries.master, master_args), port)?;
     let target = Target {
         addr: String::new(),
         host: "127.0.0.1".to_owned(),
@@ -272,6 +281,7 @@ fn start_agents(
     supervisor: &mut Supervisor,
     names: &[String],
     master_addr: &str,
+    join_token: &str,
 ) -> anyhow::Result<()> {
     let ports = daemons::free_ports(names.len())?;
     for (name, port) in names.iter().zip(ports) {
@@ -284,6 +294,8 @@ fn start_agents(
             HEARTBEAT_INTERVAL_MS.into(),
             "--label".into(),
             "started-by=ragmeshctl-demo".into(),
+            "--join-token".into(),
+            join_token.into(),
         ];
         supervisor.spawn(spec(workdir, name, &binaries.agent, args), port)?;
     }

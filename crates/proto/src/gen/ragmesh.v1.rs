@@ -627,6 +627,1240 @@ pub mod agent_service_server {
         const NAME: &'static str = SERVICE_NAME;
     }
 }
+/// Asks for tokens.
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct IssueTokenRequest {
+    /// Subject (user or service) the token identifies.
+    #[prost(string, tag = "1")]
+    pub subject: ::prost::alloc::string::String,
+    /// Tenant the subject belongs to; its documents are the ones it may read.
+    #[prost(string, tag = "2")]
+    pub tenant: ::prost::alloc::string::String,
+    /// Capabilities: "search", "ingest", "actions", "admin".
+    #[prost(string, repeated, tag = "3")]
+    pub capabilities: ::prost::alloc::vec::Vec<::prost::alloc::string::String>,
+    /// Access-token lifetime in seconds (default and maximum set by the master).
+    #[prost(uint32, tag = "4")]
+    pub ttl_seconds: u32,
+}
+/// Fresh tokens.
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct IssueTokenResponse {
+    /// The access token: send it as `authorization: Bearer <token>`.
+    #[prost(string, tag = "1")]
+    pub access_token: ::prost::alloc::string::String,
+    /// When the access token expires.
+    #[prost(message, optional, tag = "2")]
+    pub expires_at: ::core::option::Option<::prost_types::Timestamp>,
+    /// The refresh token (opaque, single use: each refresh returns a new one).
+    #[prost(string, tag = "3")]
+    pub refresh_token: ::prost::alloc::string::String,
+    /// Identifier (jti) of the access token.
+    #[prost(string, tag = "4")]
+    pub token_id: ::prost::alloc::string::String,
+    /// Refresh-token family, for revocation.
+    #[prost(string, tag = "5")]
+    pub family: ::prost::alloc::string::String,
+}
+/// Trades a refresh token.
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct RefreshTokenRequest {
+    /// The refresh token from the last issue or refresh.
+    #[prost(string, tag = "1")]
+    pub refresh_token: ::prost::alloc::string::String,
+}
+/// Rotated tokens.
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct RefreshTokenResponse {
+    /// New access token.
+    #[prost(string, tag = "1")]
+    pub access_token: ::prost::alloc::string::String,
+    /// When it expires.
+    #[prost(message, optional, tag = "2")]
+    pub expires_at: ::core::option::Option<::prost_types::Timestamp>,
+    /// New refresh token; the presented one is now used up.
+    #[prost(string, tag = "3")]
+    pub refresh_token: ::prost::alloc::string::String,
+}
+/// What to revoke.
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct RevokeTokensRequest {
+    /// Exactly one target.
+    #[prost(oneof = "revoke_tokens_request::Target", tags = "1, 2")]
+    pub target: ::core::option::Option<revoke_tokens_request::Target>,
+}
+/// Nested message and enum types in `RevokeTokensRequest`.
+pub mod revoke_tokens_request {
+    /// Exactly one target.
+    #[derive(Clone, PartialEq, Eq, Hash, ::prost::Oneof)]
+    pub enum Target {
+        /// A refresh-token family.
+        #[prost(string, tag = "1")]
+        Family(::prost::alloc::string::String),
+        /// Every token family of this subject.
+        #[prost(string, tag = "2")]
+        Subject(::prost::alloc::string::String),
+    }
+}
+/// Result of a revocation.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct RevokeTokensResponse {
+    /// Families revoked.
+    #[prost(uint32, tag = "1")]
+    pub revoked: u32,
+}
+/// Asks for a join token.
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct CreateJoinTokenRequest {
+    /// Lifetime in seconds (default 3600).
+    #[prost(uint32, tag = "1")]
+    pub ttl_seconds: u32,
+    /// How many agents it may admit (0 means 1).
+    #[prost(uint32, tag = "2")]
+    pub uses: u32,
+    /// Free text for operators (e.g. which servers it is for).
+    #[prost(string, tag = "3")]
+    pub note: ::prost::alloc::string::String,
+}
+/// A new join token.
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct CreateJoinTokenResponse {
+    /// The secret: give it to the agent (--join-token). It is shown only once.
+    #[prost(string, tag = "1")]
+    pub token: ::prost::alloc::string::String,
+    /// Its public identifier, for listing and revocation.
+    #[prost(string, tag = "2")]
+    pub id: ::prost::alloc::string::String,
+    /// When it expires.
+    #[prost(message, optional, tag = "3")]
+    pub expires_at: ::core::option::Option<::prost_types::Timestamp>,
+    /// Admissions it allows.
+    #[prost(uint32, tag = "4")]
+    pub uses: u32,
+}
+/// Lists join tokens.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct ListJoinTokensRequest {}
+/// Join tokens without their secret.
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct ListJoinTokensResponse {
+    /// Tokens, newest first.
+    #[prost(message, repeated, tag = "1")]
+    pub tokens: ::prost::alloc::vec::Vec<JoinTokenInfo>,
+}
+/// A join token as operators see it.
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct JoinTokenInfo {
+    /// Identifier.
+    #[prost(string, tag = "1")]
+    pub id: ::prost::alloc::string::String,
+    /// Expiry.
+    #[prost(message, optional, tag = "2")]
+    pub expires_at: ::core::option::Option<::prost_types::Timestamp>,
+    /// Admissions left.
+    #[prost(uint32, tag = "3")]
+    pub uses_left: u32,
+    /// Nodes it admitted.
+    #[prost(string, repeated, tag = "4")]
+    pub used_by: ::prost::alloc::vec::Vec<::prost::alloc::string::String>,
+    /// Operator note.
+    #[prost(string, tag = "5")]
+    pub note: ::prost::alloc::string::String,
+}
+/// Revokes a join token.
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct RevokeJoinTokenRequest {
+    /// Identifier of the token.
+    #[prost(string, tag = "1")]
+    pub id: ::prost::alloc::string::String,
+}
+/// Result of a join-token revocation.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct RevokeJoinTokenResponse {}
+/// Removes a node.
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct EvictNodeRequest {
+    /// Node name.
+    #[prost(string, tag = "1")]
+    pub name: ::prost::alloc::string::String,
+}
+/// Result of an eviction.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct EvictNodeResponse {}
+/// Lists refused join attempts.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct ListPendingNodesRequest {}
+/// Agents that tried to join without a valid join token.
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct ListPendingNodesResponse {
+    /// Most recent attempt per node name.
+    #[prost(message, repeated, tag = "1")]
+    pub nodes: ::prost::alloc::vec::Vec<PendingNode>,
+}
+/// A refused join attempt.
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct PendingNode {
+    /// Node name from its certificate.
+    #[prost(string, tag = "1")]
+    pub name: ::prost::alloc::string::String,
+    /// Address it advertised.
+    #[prost(string, tag = "2")]
+    pub address: ::prost::alloc::string::String,
+    /// When it last tried.
+    #[prost(message, optional, tag = "3")]
+    pub last_attempt: ::core::option::Option<::prost_types::Timestamp>,
+    /// Why it was refused.
+    #[prost(string, tag = "4")]
+    pub reason: ::prost::alloc::string::String,
+}
+/// Rotates the signing key.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct RotateSigningKeyRequest {}
+/// Result of a rotation.
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct RotateSigningKeyResponse {
+    /// Key id now used for signing.
+    #[prost(string, tag = "1")]
+    pub kid: ::prost::alloc::string::String,
+}
+/// Asks for verification keys.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct GetVerificationKeysRequest {}
+/// Public keys that verify tokens signed by the master.
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct GetVerificationKeysResponse {
+    /// Current and retired keys still accepted.
+    #[prost(message, repeated, tag = "1")]
+    pub keys: ::prost::alloc::vec::Vec<VerificationKey>,
+}
+/// A public key that verifies the master's tokens.
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct VerificationKey {
+    /// Key id (the JWT `kid` header).
+    #[prost(string, tag = "1")]
+    pub kid: ::prost::alloc::string::String,
+    /// Algorithm: "EdDSA" (Ed25519).
+    #[prost(string, tag = "2")]
+    pub algorithm: ::prost::alloc::string::String,
+    /// The raw public key (32 bytes for Ed25519).
+    #[prost(bytes = "vec", tag = "3")]
+    pub public_key: ::prost::alloc::vec::Vec<u8>,
+    /// Unix seconds after which a retired key no longer verifies; 0 for the current key.
+    #[prost(uint64, tag = "4")]
+    pub verify_until: u64,
+}
+/// Generated client implementations.
+pub mod auth_service_client {
+    #![allow(
+        unused_variables,
+        dead_code,
+        missing_docs,
+        clippy::wildcard_imports,
+        clippy::let_unit_value,
+    )]
+    use tonic::codegen::*;
+    use tonic::codegen::http::Uri;
+    /// Served by the master. Every call is over mTLS; all but RefreshToken need the admin capability.
+    #[derive(Debug, Clone)]
+    pub struct AuthServiceClient<T> {
+        inner: tonic::client::Grpc<T>,
+    }
+    impl AuthServiceClient<tonic::transport::Channel> {
+        /// Attempt to create a new client by connecting to a given endpoint.
+        pub async fn connect<D>(dst: D) -> Result<Self, tonic::transport::Error>
+        where
+            D: TryInto<tonic::transport::Endpoint>,
+            D::Error: Into<StdError>,
+        {
+            let conn = tonic::transport::Endpoint::new(dst)?.connect().await?;
+            Ok(Self::new(conn))
+        }
+    }
+    impl<T> AuthServiceClient<T>
+    where
+        T: tonic::client::GrpcService<tonic::body::Body>,
+        T::Error: Into<StdError>,
+        T::ResponseBody: Body<Data = Bytes> + std::marker::Send + 'static,
+        <T::ResponseBody as Body>::Error: Into<StdError> + std::marker::Send,
+    {
+        pub fn new(inner: T) -> Self {
+            let inner = tonic::client::Grpc::new(inner);
+            Self { inner }
+        }
+        pub fn with_origin(inner: T, origin: Uri) -> Self {
+            let inner = tonic::client::Grpc::with_origin(inner, origin);
+            Self { inner }
+        }
+        pub fn with_interceptor<F>(
+            inner: T,
+            interceptor: F,
+        ) -> AuthServiceClient<InterceptedService<T, F>>
+        where
+            F: tonic::service::Interceptor,
+            T::ResponseBody: Default,
+            T: tonic::codegen::Service<
+                http::Request<tonic::body::Body>,
+                Response = http::Response<
+                    <T as tonic::client::GrpcService<tonic::body::Body>>::ResponseBody,
+                >,
+            >,
+            <T as tonic::codegen::Service<
+                http::Request<tonic::body::Body>,
+            >>::Error: Into<StdError> + std::marker::Send + std::marker::Sync,
+        {
+            AuthServiceClient::new(InterceptedService::new(inner, interceptor))
+        }
+        /// Compress requests with the given encoding.
+        ///
+        /// This requires the server to support it otherwise it might respond with an
+        /// error.
+        #[must_use]
+        pub fn send_compressed(mut self, encoding: CompressionEncoding) -> Self {
+            self.inner = self.inner.send_compressed(encoding);
+            self
+        }
+        /// Enable decompressing responses.
+        #[must_use]
+        pub fn accept_compressed(mut self, encoding: CompressionEncoding) -> Self {
+            self.inner = self.inner.accept_compressed(encoding);
+            self
+        }
+        /// Limits the maximum size of a decoded message.
+        ///
+        /// Default: `4MB`
+        #[must_use]
+        pub fn max_decoding_message_size(mut self, limit: usize) -> Self {
+            self.inner = self.inner.max_decoding_message_size(limit);
+            self
+        }
+        /// Limits the maximum size of an encoded message.
+        ///
+        /// Default: `usize::MAX`
+        #[must_use]
+        pub fn max_encoding_message_size(mut self, limit: usize) -> Self {
+            self.inner = self.inner.max_encoding_message_size(limit);
+            self
+        }
+        /// Issues an access token (JWT, EdDSA) and a refresh token for a subject of a tenant.
+        pub async fn issue_token(
+            &mut self,
+            request: impl tonic::IntoRequest<super::IssueTokenRequest>,
+        ) -> std::result::Result<
+            tonic::Response<super::IssueTokenResponse>,
+            tonic::Status,
+        > {
+            self.inner
+                .ready()
+                .await
+                .map_err(|e| {
+                    tonic::Status::unknown(
+                        format!("Service was not ready: {}", e.into()),
+                    )
+                })?;
+            let codec = tonic_prost::ProstCodec::default();
+            let path = http::uri::PathAndQuery::from_static(
+                "/ragmesh.v1.AuthService/IssueToken",
+            );
+            let mut req = request.into_request();
+            req.extensions_mut()
+                .insert(GrpcMethod::new("ragmesh.v1.AuthService", "IssueToken"));
+            self.inner.unary(req, path, codec).await
+        }
+        /// Trades a refresh token for a new access token and a new refresh token (rotation).
+        /// Presenting an already used refresh token revokes its whole family.
+        pub async fn refresh_token(
+            &mut self,
+            request: impl tonic::IntoRequest<super::RefreshTokenRequest>,
+        ) -> std::result::Result<
+            tonic::Response<super::RefreshTokenResponse>,
+            tonic::Status,
+        > {
+            self.inner
+                .ready()
+                .await
+                .map_err(|e| {
+                    tonic::Status::unknown(
+                        format!("Service was not ready: {}", e.into()),
+                    )
+                })?;
+            let codec = tonic_prost::ProstCodec::default();
+            let path = http::uri::PathAndQuery::from_static(
+                "/ragmesh.v1.AuthService/RefreshToken",
+            );
+            let mut req = request.into_request();
+            req.extensions_mut()
+                .insert(GrpcMethod::new("ragmesh.v1.AuthService", "RefreshToken"));
+            self.inner.unary(req, path, codec).await
+        }
+        /// Revokes a refresh-token family, or every token family of a subject.
+        pub async fn revoke_tokens(
+            &mut self,
+            request: impl tonic::IntoRequest<super::RevokeTokensRequest>,
+        ) -> std::result::Result<
+            tonic::Response<super::RevokeTokensResponse>,
+            tonic::Status,
+        > {
+            self.inner
+                .ready()
+                .await
+                .map_err(|e| {
+                    tonic::Status::unknown(
+                        format!("Service was not ready: {}", e.into()),
+                    )
+                })?;
+            let codec = tonic_prost::ProstCodec::default();
+            let path = http::uri::PathAndQuery::from_static(
+                "/ragmesh.v1.AuthService/RevokeTokens",
+            );
+            let mut req = request.into_request();
+            req.extensions_mut()
+                .insert(GrpcMethod::new("ragmesh.v1.AuthService", "RevokeTokens"));
+            self.inner.unary(req, path, codec).await
+        }
+        /// Creates a join token that admits agents (single use unless uses is set).
+        pub async fn create_join_token(
+            &mut self,
+            request: impl tonic::IntoRequest<super::CreateJoinTokenRequest>,
+        ) -> std::result::Result<
+            tonic::Response<super::CreateJoinTokenResponse>,
+            tonic::Status,
+        > {
+            self.inner
+                .ready()
+                .await
+                .map_err(|e| {
+                    tonic::Status::unknown(
+                        format!("Service was not ready: {}", e.into()),
+                    )
+                })?;
+            let codec = tonic_prost::ProstCodec::default();
+            let path = http::uri::PathAndQuery::from_static(
+                "/ragmesh.v1.AuthService/CreateJoinToken",
+            );
+            let mut req = request.into_request();
+            req.extensions_mut()
+                .insert(GrpcMethod::new("ragmesh.v1.AuthService", "CreateJoinToken"));
+            self.inner.unary(req, path, codec).await
+        }
+        /// Lists join tokens (never their secret part).
+        pub async fn list_join_tokens(
+            &mut self,
+            request: impl tonic::IntoRequest<super::ListJoinTokensRequest>,
+        ) -> std::result::Result<
+            tonic::Response<super::ListJoinTokensResponse>,
+            tonic::Status,
+        > {
+            self.inner
+                .ready()
+                .await
+                .map_err(|e| {
+                    tonic::Status::unknown(
+                        format!("Service was not ready: {}", e.into()),
+                    )
+                })?;
+            let codec = tonic_prost::ProstCodec::default();
+            let path = http::uri::PathAndQuery::from_static(
+                "/ragmesh.v1.AuthService/ListJoinTokens",
+            );
+            let mut req = request.into_request();
+            req.extensions_mut()
+                .insert(GrpcMethod::new("ragmesh.v1.AuthService", "ListJoinTokens"));
+            self.inner.unary(req, path, codec).await
+        }
+        /// Revokes a join token.
+        pub async fn revoke_join_token(
+            &mut self,
+            request: impl tonic::IntoRequest<super::RevokeJoinTokenRequest>,
+        ) -> std::result::Result<
+            tonic::Response<super::RevokeJoinTokenResponse>,
+            tonic::Status,
+        > {
+            self.inner
+                .ready()
+                .await
+                .map_err(|e| {
+                    tonic::Status::unknown(
+                        format!("Service was not ready: {}", e.into()),
+                    )
+                })?;
+            let codec = tonic_prost::ProstCodec::default();
+            let path = http::uri::PathAndQuery::from_static(
+                "/ragmesh.v1.AuthService/RevokeJoinToken",
+            );
+            let mut req = request.into_request();
+            req.extensions_mut()
+                .insert(GrpcMethod::new("ragmesh.v1.AuthService", "RevokeJoinToken"));
+            self.inner.unary(req, path, codec).await
+        }
+        /// Removes a node: ends its health stream and refuses its reconnection until it is admitted again.
+        pub async fn evict_node(
+            &mut self,
+            request: impl tonic::IntoRequest<super::EvictNodeRequest>,
+        ) -> std::result::Result<
+            tonic::Response<super::EvictNodeResponse>,
+            tonic::Status,
+        > {
+            self.inner
+                .ready()
+                .await
+                .map_err(|e| {
+                    tonic::Status::unknown(
+                        format!("Service was not ready: {}", e.into()),
+                    )
+                })?;
+            let codec = tonic_prost::ProstCodec::default();
+            let path = http::uri::PathAndQuery::from_static(
+                "/ragmesh.v1.AuthService/EvictNode",
+            );
+            let mut req = request.into_request();
+            req.extensions_mut()
+                .insert(GrpcMethod::new("ragmesh.v1.AuthService", "EvictNode"));
+            self.inner.unary(req, path, codec).await
+        }
+        /// Lists agents that tried to join without a valid join token.
+        pub async fn list_pending_nodes(
+            &mut self,
+            request: impl tonic::IntoRequest<super::ListPendingNodesRequest>,
+        ) -> std::result::Result<
+            tonic::Response<super::ListPendingNodesResponse>,
+            tonic::Status,
+        > {
+            self.inner
+                .ready()
+                .await
+                .map_err(|e| {
+                    tonic::Status::unknown(
+                        format!("Service was not ready: {}", e.into()),
+                    )
+                })?;
+            let codec = tonic_prost::ProstCodec::default();
+            let path = http::uri::PathAndQuery::from_static(
+                "/ragmesh.v1.AuthService/ListPendingNodes",
+            );
+            let mut req = request.into_request();
+            req.extensions_mut()
+                .insert(GrpcMethod::new("ragmesh.v1.AuthService", "ListPendingNodes"));
+            self.inner.unary(req, path, codec).await
+        }
+        /// Starts signing with a new key; the old one keeps verifying until its tokens expire.
+        pub async fn rotate_signing_key(
+            &mut self,
+            request: impl tonic::IntoRequest<super::RotateSigningKeyRequest>,
+        ) -> std::result::Result<
+            tonic::Response<super::RotateSigningKeyResponse>,
+            tonic::Status,
+        > {
+            self.inner
+                .ready()
+                .await
+                .map_err(|e| {
+                    tonic::Status::unknown(
+                        format!("Service was not ready: {}", e.into()),
+                    )
+                })?;
+            let codec = tonic_prost::ProstCodec::default();
+            let path = http::uri::PathAndQuery::from_static(
+                "/ragmesh.v1.AuthService/RotateSigningKey",
+            );
+            let mut req = request.into_request();
+            req.extensions_mut()
+                .insert(GrpcMethod::new("ragmesh.v1.AuthService", "RotateSigningKey"));
+            self.inner.unary(req, path, codec).await
+        }
+        /// The public keys that verify the master's tokens (no capability needed).
+        pub async fn get_verification_keys(
+            &mut self,
+            request: impl tonic::IntoRequest<super::GetVerificationKeysRequest>,
+        ) -> std::result::Result<
+            tonic::Response<super::GetVerificationKeysResponse>,
+            tonic::Status,
+        > {
+            self.inner
+                .ready()
+                .await
+                .map_err(|e| {
+                    tonic::Status::unknown(
+                        format!("Service was not ready: {}", e.into()),
+                    )
+                })?;
+            let codec = tonic_prost::ProstCodec::default();
+            let path = http::uri::PathAndQuery::from_static(
+                "/ragmesh.v1.AuthService/GetVerificationKeys",
+            );
+            let mut req = request.into_request();
+            req.extensions_mut()
+                .insert(
+                    GrpcMethod::new("ragmesh.v1.AuthService", "GetVerificationKeys"),
+                );
+            self.inner.unary(req, path, codec).await
+        }
+    }
+}
+/// Generated server implementations.
+pub mod auth_service_server {
+    #![allow(
+        unused_variables,
+        dead_code,
+        missing_docs,
+        clippy::wildcard_imports,
+        clippy::let_unit_value,
+    )]
+    use tonic::codegen::*;
+    /// Generated trait containing gRPC methods that should be implemented for use with AuthServiceServer.
+    #[async_trait]
+    pub trait AuthService: std::marker::Send + std::marker::Sync + 'static {
+        /// Issues an access token (JWT, EdDSA) and a refresh token for a subject of a tenant.
+        async fn issue_token(
+            &self,
+            request: tonic::Request<super::IssueTokenRequest>,
+        ) -> std::result::Result<
+            tonic::Response<super::IssueTokenResponse>,
+            tonic::Status,
+        >;
+        /// Trades a refresh token for a new access token and a new refresh token (rotation).
+        /// Presenting an already used refresh token revokes its whole family.
+        async fn refresh_token(
+            &self,
+            request: tonic::Request<super::RefreshTokenRequest>,
+        ) -> std::result::Result<
+            tonic::Response<super::RefreshTokenResponse>,
+            tonic::Status,
+        >;
+        /// Revokes a refresh-token family, or every token family of a subject.
+        async fn revoke_tokens(
+            &self,
+            request: tonic::Request<super::RevokeTokensRequest>,
+        ) -> std::result::Result<
+            tonic::Response<super::RevokeTokensResponse>,
+            tonic::Status,
+        >;
+        /// Creates a join token that admits agents (single use unless uses is set).
+        async fn create_join_token(
+            &self,
+            request: tonic::Request<super::CreateJoinTokenRequest>,
+        ) -> std::result::Result<
+            tonic::Response<super::CreateJoinTokenResponse>,
+            tonic::Status,
+        >;
+        /// Lists join tokens (never their secret part).
+        async fn list_join_tokens(
+            &self,
+            request: tonic::Request<super::ListJoinTokensRequest>,
+        ) -> std::result::Result<
+            tonic::Response<super::ListJoinTokensResponse>,
+            tonic::Status,
+        >;
+        /// Revokes a join token.
+        async fn revoke_join_token(
+            &self,
+            request: tonic::Request<super::RevokeJoinTokenRequest>,
+        ) -> std::result::Result<
+            tonic::Response<super::RevokeJoinTokenResponse>,
+            tonic::Status,
+        >;
+        /// Removes a node: ends its health stream and refuses its reconnection until it is admitted again.
+        async fn evict_node(
+            &self,
+            request: tonic::Request<super::EvictNodeRequest>,
+        ) -> std::result::Result<
+            tonic::Response<super::EvictNodeResponse>,
+            tonic::Status,
+        >;
+        /// Lists agents that tried to join without a valid join token.
+        async fn list_pending_nodes(
+            &self,
+            request: tonic::Request<super::ListPendingNodesRequest>,
+        ) -> std::result::Result<
+            tonic::Response<super::ListPendingNodesResponse>,
+            tonic::Status,
+        >;
+        /// Starts signing with a new key; the old one keeps verifying until its tokens expire.
+        async fn rotate_signing_key(
+            &self,
+            request: tonic::Request<super::RotateSigningKeyRequest>,
+        ) -> std::result::Result<
+            tonic::Response<super::RotateSigningKeyResponse>,
+            tonic::Status,
+        >;
+        /// The public keys that verify the master's tokens (no capability needed).
+        async fn get_verification_keys(
+            &self,
+            request: tonic::Request<super::GetVerificationKeysRequest>,
+        ) -> std::result::Result<
+            tonic::Response<super::GetVerificationKeysResponse>,
+            tonic::Status,
+        >;
+    }
+    /// Served by the master. Every call is over mTLS; all but RefreshToken need the admin capability.
+    #[derive(Debug)]
+    pub struct AuthServiceServer<T> {
+        inner: Arc<T>,
+        accept_compression_encodings: EnabledCompressionEncodings,
+        send_compression_encodings: EnabledCompressionEncodings,
+        max_decoding_message_size: Option<usize>,
+        max_encoding_message_size: Option<usize>,
+    }
+    impl<T> AuthServiceServer<T> {
+        pub fn new(inner: T) -> Self {
+            Self::from_arc(Arc::new(inner))
+        }
+        pub fn from_arc(inner: Arc<T>) -> Self {
+            Self {
+                inner,
+                accept_compression_encodings: Default::default(),
+                send_compression_encodings: Default::default(),
+                max_decoding_message_size: None,
+                max_encoding_message_size: None,
+            }
+        }
+        pub fn with_interceptor<F>(
+            inner: T,
+            interceptor: F,
+        ) -> InterceptedService<Self, F>
+        where
+            F: tonic::service::Interceptor,
+        {
+            InterceptedService::new(Self::new(inner), interceptor)
+        }
+        /// Enable decompressing requests with the given encoding.
+        #[must_use]
+        pub fn accept_compressed(mut self, encoding: CompressionEncoding) -> Self {
+            self.accept_compression_encodings.enable(encoding);
+            self
+        }
+        /// Compress responses with the given encoding, if the client supports it.
+        #[must_use]
+        pub fn send_compressed(mut self, encoding: CompressionEncoding) -> Self {
+            self.send_compression_encodings.enable(encoding);
+            self
+        }
+        /// Limits the maximum size of a decoded message.
+        ///
+        /// Default: `4MB`
+        #[must_use]
+        pub fn max_decoding_message_size(mut self, limit: usize) -> Self {
+            self.max_decoding_message_size = Some(limit);
+            self
+        }
+        /// Limits the maximum size of an encoded message.
+        ///
+        /// Default: `usize::MAX`
+        #[must_use]
+        pub fn max_encoding_message_size(mut self, limit: usize) -> Self {
+            self.max_encoding_message_size = Some(limit);
+            self
+        }
+    }
+    impl<T, B> tonic::codegen::Service<http::Request<B>> for AuthServiceServer<T>
+    where
+        T: AuthService,
+        B: Body + std::marker::Send + 'static,
+        B::Error: Into<StdError> + std::marker::Send + 'static,
+    {
+        type Response = http::Response<tonic::body::Body>;
+        type Error = std::convert::Infallible;
+        type Future = BoxFuture<Self::Response, Self::Error>;
+        fn poll_ready(
+            &mut self,
+            _cx: &mut Context<'_>,
+        ) -> Poll<std::result::Result<(), Self::Error>> {
+            Poll::Ready(Ok(()))
+        }
+        fn call(&mut self, req: http::Request<B>) -> Self::Future {
+            match req.uri().path() {
+                "/ragmesh.v1.AuthService/IssueToken" => {
+                    #[allow(non_camel_case_types)]
+                    struct IssueTokenSvc<T: AuthService>(pub Arc<T>);
+                    impl<
+                        T: AuthService,
+                    > tonic::server::UnaryService<super::IssueTokenRequest>
+                    for IssueTokenSvc<T> {
+                        type Response = super::IssueTokenResponse;
+                        type Future = BoxFuture<
+                            tonic::Response<Self::Response>,
+                            tonic::Status,
+                        >;
+                        fn call(
+                            &mut self,
+                            request: tonic::Request<super::IssueTokenRequest>,
+                        ) -> Self::Future {
+                            let inner = Arc::clone(&self.0);
+                            let fut = async move {
+                                <T as AuthService>::issue_token(&inner, request).await
+                            };
+                            Box::pin(fut)
+                        }
+                    }
+                    let accept_compression_encodings = self.accept_compression_encodings;
+                    let send_compression_encodings = self.send_compression_encodings;
+                    let max_decoding_message_size = self.max_decoding_message_size;
+                    let max_encoding_message_size = self.max_encoding_message_size;
+                    let inner = self.inner.clone();
+                    let fut = async move {
+                        let method = IssueTokenSvc(inner);
+                        let codec = tonic_prost::ProstCodec::default();
+                        let mut grpc = tonic::server::Grpc::new(codec)
+                            .apply_compression_config(
+                                accept_compression_encodings,
+                                send_compression_encodings,
+                            )
+                            .apply_max_message_size_config(
+                                max_decoding_message_size,
+                                max_encoding_message_size,
+                            );
+                        let res = grpc.unary(method, req).await;
+                        Ok(res)
+                    };
+                    Box::pin(fut)
+                }
+                "/ragmesh.v1.AuthService/RefreshToken" => {
+                    #[allow(non_camel_case_types)]
+                    struct RefreshTokenSvc<T: AuthService>(pub Arc<T>);
+                    impl<
+                        T: AuthService,
+                    > tonic::server::UnaryService<super::RefreshTokenRequest>
+                    for RefreshTokenSvc<T> {
+                        type Response = super::RefreshTokenResponse;
+                        type Future = BoxFuture<
+                            tonic::Response<Self::Response>,
+                            tonic::Status,
+                        >;
+                        fn call(
+                            &mut self,
+                            request: tonic::Request<super::RefreshTokenRequest>,
+                        ) -> Self::Future {
+                            let inner = Arc::clone(&self.0);
+                            let fut = async move {
+                                <T as AuthService>::refresh_token(&inner, request).await
+                            };
+                            Box::pin(fut)
+                        }
+                    }
+                    let accept_compression_encodings = self.accept_compression_encodings;
+                    let send_compression_encodings = self.send_compression_encodings;
+                    let max_decoding_message_size = self.max_decoding_message_size;
+                    let max_encoding_message_size = self.max_encoding_message_size;
+                    let inner = self.inner.clone();
+                    let fut = async move {
+                        let method = RefreshTokenSvc(inner);
+                        let codec = tonic_prost::ProstCodec::default();
+                        let mut grpc = tonic::server::Grpc::new(codec)
+                            .apply_compression_config(
+                                accept_compression_encodings,
+                                send_compression_encodings,
+                            )
+                            .apply_max_message_size_config(
+                                max_decoding_message_size,
+                                max_encoding_message_size,
+                            );
+                        let res = grpc.unary(method, req).await;
+                        Ok(res)
+                    };
+                    Box::pin(fut)
+                }
+                "/ragmesh.v1.AuthService/RevokeTokens" => {
+                    #[allow(non_camel_case_types)]
+                    struct RevokeTokensSvc<T: AuthService>(pub Arc<T>);
+                    impl<
+                        T: AuthService,
+                    > tonic::server::UnaryService<super::RevokeTokensRequest>
+                    for RevokeTokensSvc<T> {
+                        type Response = super::RevokeTokensResponse;
+                        type Future = BoxFuture<
+                            tonic::Response<Self::Response>,
+                            tonic::Status,
+                        >;
+                        fn call(
+                            &mut self,
+                            request: tonic::Request<super::RevokeTokensRequest>,
+                        ) -> Self::Future {
+                            let inner = Arc::clone(&self.0);
+                            let fut = async move {
+                                <T as AuthService>::revoke_tokens(&inner, request).await
+                            };
+                            Box::pin(fut)
+                        }
+                    }
+                    let accept_compression_encodings = self.accept_compression_encodings;
+                    let send_compression_encodings = self.send_compression_encodings;
+                    let max_decoding_message_size = self.max_decoding_message_size;
+                    let max_encoding_message_size = self.max_encoding_message_size;
+                    let inner = self.inner.clone();
+                    let fut = async move {
+                        let method = RevokeTokensSvc(inner);
+                        let codec = tonic_prost::ProstCodec::default();
+                        let mut grpc = tonic::server::Grpc::new(codec)
+                            .apply_compression_config(
+                                accept_compression_encodings,
+                                send_compression_encodings,
+                            )
+                            .apply_max_message_size_config(
+                                max_decoding_message_size,
+                                max_encoding_message_size,
+                            );
+                        let res = grpc.unary(method, req).await;
+                        Ok(res)
+                    };
+                    Box::pin(fut)
+                }
+                "/ragmesh.v1.AuthService/CreateJoinToken" => {
+                    #[allow(non_camel_case_types)]
+                    struct CreateJoinTokenSvc<T: AuthService>(pub Arc<T>);
+                    impl<
+                        T: AuthService,
+                    > tonic::server::UnaryService<super::CreateJoinTokenRequest>
+                    for CreateJoinTokenSvc<T> {
+                        type Response = super::CreateJoinTokenResponse;
+                        type Future = BoxFuture<
+                            tonic::Response<Self::Response>,
+                            tonic::Status,
+                        >;
+                        fn call(
+                            &mut self,
+                            request: tonic::Request<super::CreateJoinTokenRequest>,
+                        ) -> Self::Future {
+                            let inner = Arc::clone(&self.0);
+                            let fut = async move {
+                                <T as AuthService>::create_join_token(&inner, request).await
+                            };
+                            Box::pin(fut)
+                        }
+                    }
+                    let accept_compression_encodings = self.accept_compression_encodings;
+                    let send_compression_encodings = self.send_compression_encodings;
+                    let max_decoding_message_size = self.max_decoding_message_size;
+                    let max_encoding_message_size = self.max_encoding_message_size;
+                    let inner = self.inner.clone();
+                    let fut = async move {
+                        let method = CreateJoinTokenSvc(inner);
+                        let codec = tonic_prost::ProstCodec::default();
+                        let mut grpc = tonic::server::Grpc::new(codec)
+                            .apply_compression_config(
+                                accept_compression_encodings,
+                                send_compression_encodings,
+                            )
+                            .apply_max_message_size_config(
+                                max_decoding_message_size,
+                                max_encoding_message_size,
+                            );
+                        let res = grpc.unary(method, req).await;
+                        Ok(res)
+                    };
+                    Box::pin(fut)
+                }
+                "/ragmesh.v1.AuthService/ListJoinTokens" => {
+                    #[allow(non_camel_case_types)]
+                    struct ListJoinTokensSvc<T: AuthService>(pub Arc<T>);
+                    impl<
+                        T: AuthService,
+                    > tonic::server::UnaryService<super::ListJoinTokensRequest>
+                    for ListJoinTokensSvc<T> {
+                        type Response = super::ListJoinTokensResponse;
+                        type Future = BoxFuture<
+                            tonic::Response<Self::Response>,
+                            tonic::Status,
+                        >;
+                        fn call(
+                            &mut self,
+                            request: tonic::Request<super::ListJoinTokensRequest>,
+                        ) -> Self::Future {
+                            let inner = Arc::clone(&self.0);
+                            let fut = async move {
+                                <T as AuthService>::list_join_tokens(&inner, request).await
+                            };
+                            Box::pin(fut)
+                        }
+                    }
+                    let accept_compression_encodings = self.accept_compression_encodings;
+                    let send_compression_encodings = self.send_compression_encodings;
+                    let max_decoding_message_size = self.max_decoding_message_size;
+                    let max_encoding_message_size = self.max_encoding_message_size;
+                    let inner = self.inner.clone();
+                    let fut = async move {
+                        let method = ListJoinTokensSvc(inner);
+                        let codec = tonic_prost::ProstCodec::default();
+                        let mut grpc = tonic::server::Grpc::new(codec)
+                            .apply_compression_config(
+                                accept_compression_encodings,
+                                send_compression_encodings,
+                            )
+                            .apply_max_message_size_config(
+                                max_decoding_message_size,
+                                max_encoding_message_size,
+                            );
+                        let res = grpc.unary(method, req).await;
+                        Ok(res)
+                    };
+                    Box::pin(fut)
+                }
+                "/ragmesh.v1.AuthService/RevokeJoinToken" => {
+                    #[allow(non_camel_case_types)]
+                    struct RevokeJoinTokenSvc<T: AuthService>(pub Arc<T>);
+                    impl<
+                        T: AuthService,
+                    > tonic::server::UnaryService<super::RevokeJoinTokenRequest>
+                    for RevokeJoinTokenSvc<T> {
+                        type Response = super::RevokeJoinTokenResponse;
+                        type Future = BoxFuture<
+                            tonic::Response<Self::Response>,
+                            tonic::Status,
+                        >;
+                        fn call(
+                            &mut self,
+                            request: tonic::Request<super::RevokeJoinTokenRequest>,
+                        ) -> Self::Future {
+                            let inner = Arc::clone(&self.0);
+                            let fut = async move {
+                                <T as AuthService>::revoke_join_token(&inner, request).await
+                            };
+                            Box::pin(fut)
+                        }
+                    }
+                    let accept_compression_encodings = self.accept_compression_encodings;
+                    let send_compression_encodings = self.send_compression_encodings;
+                    let max_decoding_message_size = self.max_decoding_message_size;
+                    let max_encoding_message_size = self.max_encoding_message_size;
+                    let inner = self.inner.clone();
+                    let fut = async move {
+                        let method = RevokeJoinTokenSvc(inner);
+                        let codec = tonic_prost::ProstCodec::default();
+                        let mut grpc = tonic::server::Grpc::new(codec)
+                            .apply_compression_config(
+                                accept_compression_encodings,
+                                send_compression_encodings,
+                            )
+                            .apply_max_message_size_config(
+                                max_decoding_message_size,
+                                max_encoding_message_size,
+                            );
+                        let res = grpc.unary(method, req).await;
+                        Ok(res)
+                    };
+                    Box::pin(fut)
+                }
+                "/ragmesh.v1.AuthService/EvictNode" => {
+                    #[allow(non_camel_case_types)]
+                    struct EvictNodeSvc<T: AuthService>(pub Arc<T>);
+                    impl<
+                        T: AuthService,
+                    > tonic::server::UnaryService<super::EvictNodeRequest>
+                    for EvictNodeSvc<T> {
+                        type Response = super::EvictNodeResponse;
+                        type Future = BoxFuture<
+                            tonic::Response<Self::Response>,
+                            tonic::Status,
+                        >;
+                        fn call(
+                            &mut self,
+                            request: tonic::Request<super::EvictNodeRequest>,
+                        ) -> Self::Future {
+                            let inner = Arc::clone(&self.0);
+                            let fut = async move {
+                                <T as AuthService>::evict_node(&inner, request).await
+                            };
+                            Box::pin(fut)
+                        }
+                    }
+                    let accept_compression_encodings = self.accept_compression_encodings;
+                    let send_compression_encodings = self.send_compression_encodings;
+                    let max_decoding_message_size = self.max_decoding_message_size;
+                    let max_encoding_message_size = self.max_encoding_message_size;
+                    let inner = self.inner.clone();
+                    let fut = async move {
+                        let method = EvictNodeSvc(inner);
+                        let codec = tonic_prost::ProstCodec::default();
+                        let mut grpc = tonic::server::Grpc::new(codec)
+                            .apply_compression_config(
+                                accept_compression_encodings,
+                                send_compression_encodings,
+                            )
+                            .apply_max_message_size_config(
+                                max_decoding_message_size,
+                                max_encoding_message_size,
+                            );
+                        let res = grpc.unary(method, req).await;
+                        Ok(res)
+                    };
+                    Box::pin(fut)
+                }
+                "/ragmesh.v1.AuthService/ListPendingNodes" => {
+                    #[allow(non_camel_case_types)]
+                    struct ListPendingNodesSvc<T: AuthService>(pub Arc<T>);
+                    impl<
+                        T: AuthService,
+                    > tonic::server::UnaryService<super::ListPendingNodesRequest>
+                    for ListPendingNodesSvc<T> {
+                        type Response = super::ListPendingNodesResponse;
+                        type Future = BoxFuture<
+                            tonic::Response<Self::Response>,
+                            tonic::Status,
+                        >;
+                        fn call(
+                            &mut self,
+                            request: tonic::Request<super::ListPendingNodesRequest>,
+                        ) -> Self::Future {
+                            let inner = Arc::clone(&self.0);
+                            let fut = async move {
+                                <T as AuthService>::list_pending_nodes(&inner, request)
+                                    .await
+                            };
+                            Box::pin(fut)
+                        }
+                    }
+                    let accept_compression_encodings = self.accept_compression_encodings;
+                    let send_compression_encodings = self.send_compression_encodings;
+                    let max_decoding_message_size = self.max_decoding_message_size;
+                    let max_encoding_message_size = self.max_encoding_message_size;
+                    let inner = self.inner.clone();
+                    let fut = async move {
+                        let method = ListPendingNodesSvc(inner);
+                        let codec = tonic_prost::ProstCodec::default();
+                        let mut grpc = tonic::server::Grpc::new(codec)
+                            .apply_compression_config(
+                                accept_compression_encodings,
+                                send_compression_encodings,
+                            )
+                            .apply_max_message_size_config(
+                                max_decoding_message_size,
+                                max_encoding_message_size,
+                            );
+                        let res = grpc.unary(method, req).await;
+                        Ok(res)
+                    };
+                    Box::pin(fut)
+                }
+                "/ragmesh.v1.AuthService/RotateSigningKey" => {
+                    #[allow(non_camel_case_types)]
+                    struct RotateSigningKeySvc<T: AuthService>(pub Arc<T>);
+                    impl<
+                        T: AuthService,
+                    > tonic::server::UnaryService<super::RotateSigningKeyRequest>
+                    for RotateSigningKeySvc<T> {
+                        type Response = super::RotateSigningKeyResponse;
+                        type Future = BoxFuture<
+                            tonic::Response<Self::Response>,
+                            tonic::Status,
+                        >;
+                        fn call(
+                            &mut self,
+                            request: tonic::Request<super::RotateSigningKeyRequest>,
+                        ) -> Self::Future {
+                            let inner = Arc::clone(&self.0);
+                            let fut = async move {
+                                <T as AuthService>::rotate_signing_key(&inner, request)
+                                    .await
+                            };
+                            Box::pin(fut)
+                        }
+                    }
+                    let accept_compression_encodings = self.accept_compression_encodings;
+                    let send_compression_encodings = self.send_compression_encodings;
+                    let max_decoding_message_size = self.max_decoding_message_size;
+                    let max_encoding_message_size = self.max_encoding_message_size;
+                    let inner = self.inner.clone();
+                    let fut = async move {
+                        let method = RotateSigningKeySvc(inner);
+                        let codec = tonic_prost::ProstCodec::default();
+                        let mut grpc = tonic::server::Grpc::new(codec)
+                            .apply_compression_config(
+                                accept_compression_encodings,
+                                send_compression_encodings,
+                            )
+                            .apply_max_message_size_config(
+                                max_decoding_message_size,
+                                max_encoding_message_size,
+                            );
+                        let res = grpc.unary(method, req).await;
+                        Ok(res)
+                    };
+                    Box::pin(fut)
+                }
+                "/ragmesh.v1.AuthService/GetVerificationKeys" => {
+                    #[allow(non_camel_case_types)]
+                    struct GetVerificationKeysSvc<T: AuthService>(pub Arc<T>);
+                    impl<
+                        T: AuthService,
+                    > tonic::server::UnaryService<super::GetVerificationKeysRequest>
+                    for GetVerificationKeysSvc<T> {
+                        type Response = super::GetVerificationKeysResponse;
+                        type Future = BoxFuture<
+                            tonic::Response<Self::Response>,
+                            tonic::Status,
+                        >;
+                        fn call(
+                            &mut self,
+                            request: tonic::Request<super::GetVerificationKeysRequest>,
+                        ) -> Self::Future {
+                            let inner = Arc::clone(&self.0);
+                            let fut = async move {
+                                <T as AuthService>::get_verification_keys(&inner, request)
+                                    .await
+                            };
+                            Box::pin(fut)
+                        }
+                    }
+                    let accept_compression_encodings = self.accept_compression_encodings;
+                    let send_compression_encodings = self.send_compression_encodings;
+                    let max_decoding_message_size = self.max_decoding_message_size;
+                    let max_encoding_message_size = self.max_encoding_message_size;
+                    let inner = self.inner.clone();
+                    let fut = async move {
+                        let method = GetVerificationKeysSvc(inner);
+                        let codec = tonic_prost::ProstCodec::default();
+                        let mut grpc = tonic::server::Grpc::new(codec)
+                            .apply_compression_config(
+                                accept_compression_encodings,
+                                send_compression_encodings,
+                            )
+                            .apply_max_message_size_config(
+                                max_decoding_message_size,
+                                max_encoding_message_size,
+                            );
+                        let res = grpc.unary(method, req).await;
+                        Ok(res)
+                    };
+                    Box::pin(fut)
+                }
+                _ => {
+                    Box::pin(async move {
+                        let mut response = http::Response::new(
+                            tonic::body::Body::default(),
+                        );
+                        let headers = response.headers_mut();
+                        headers
+                            .insert(
+                                tonic::Status::GRPC_STATUS,
+                                (tonic::Code::Unimplemented as i32).into(),
+                            );
+                        headers
+                            .insert(
+                                http::header::CONTENT_TYPE,
+                                tonic::metadata::GRPC_CONTENT_TYPE,
+                            );
+                        Ok(response)
+                    })
+                }
+            }
+        }
+    }
+    impl<T> Clone for AuthServiceServer<T> {
+        fn clone(&self) -> Self {
+            let inner = self.inner.clone();
+            Self {
+                inner,
+                accept_compression_encodings: self.accept_compression_encodings,
+                send_compression_encodings: self.send_compression_encodings,
+                max_decoding_message_size: self.max_decoding_message_size,
+                max_encoding_message_size: self.max_encoding_message_size,
+            }
+        }
+    }
+    /// Generated gRPC service name
+    pub const SERVICE_NAME: &str = "ragmesh.v1.AuthService";
+    impl<T> tonic::server::NamedService for AuthServiceServer<T> {
+        const NAME: &'static str = SERVICE_NAME;
+    }
+}
 /// An agent's announcement of itself.
 #[derive(Clone, PartialEq, ::prost::Message)]
 pub struct RegisterRequest {
@@ -660,9 +1894,12 @@ pub struct RegisterRequest {
     /// How often the agent will send heartbeats.
     #[prost(uint32, tag = "9")]
     pub heartbeat_interval_ms: u32,
+    /// One-time (or limited-use) join token from an operator; needed until the node is admitted.
+    #[prost(string, tag = "10")]
+    pub join_token: ::prost::alloc::string::String,
 }
 /// The master's answer to a registration.
-#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+#[derive(Clone, PartialEq, ::prost::Message)]
 pub struct RegisterResponse {
     /// Identifies this registration; the health stream quotes it. A newer registration supersedes older streams.
     #[prost(string, tag = "1")]
@@ -679,6 +1916,9 @@ pub struct RegisterResponse {
     /// Master wire protocol minor version.
     #[prost(uint32, tag = "5")]
     pub protocol_minor: u32,
+    /// Keys that verify the request context the master attaches to calls to this agent.
+    #[prost(message, repeated, tag = "6")]
+    pub verification_keys: ::prost::alloc::vec::Vec<VerificationKey>,
 }
 /// A message from agent to master on the health stream.
 #[derive(Clone, PartialEq, ::prost::Message)]
@@ -710,21 +1950,31 @@ pub struct Heartbeat {
     pub generation: u64,
 }
 /// A message from master to agent on the health stream.
-#[derive(Clone, Copy, PartialEq, Eq, Hash, ::prost::Message)]
+#[derive(Clone, PartialEq, ::prost::Message)]
 pub struct HealthStreamResponse {
-    /// What the master says. Instructions (new verification keys, drain, config) join this oneof later.
-    #[prost(oneof = "health_stream_response::Body", tags = "1")]
+    /// What the master says. More instructions (drain, config) join this oneof later.
+    #[prost(oneof = "health_stream_response::Body", tags = "1, 2")]
     pub body: ::core::option::Option<health_stream_response::Body>,
 }
 /// Nested message and enum types in `HealthStreamResponse`.
 pub mod health_stream_response {
-    /// What the master says. Instructions (new verification keys, drain, config) join this oneof later.
-    #[derive(Clone, Copy, PartialEq, Eq, Hash, ::prost::Oneof)]
+    /// What the master says. More instructions (drain, config) join this oneof later.
+    #[derive(Clone, PartialEq, ::prost::Oneof)]
     pub enum Body {
         /// Acknowledges a heartbeat.
         #[prost(message, tag = "1")]
         Ack(super::HeartbeatAck),
+        /// The current set of verification keys (sent after a key rotation).
+        #[prost(message, tag = "2")]
+        Keys(super::VerificationKeys),
     }
+}
+/// Keys that verify the master's signatures.
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct VerificationKeys {
+    /// Current and retired keys still accepted.
+    #[prost(message, repeated, tag = "1")]
+    pub keys: ::prost::alloc::vec::Vec<VerificationKey>,
 }
 /// Acknowledgement of one heartbeat.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, ::prost::Message)]
