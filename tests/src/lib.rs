@@ -29,12 +29,26 @@ pub const HEARTBEAT_TIMEOUT: Duration = Duration::from_millis(2500);
 #[derive(Debug, Clone)]
 pub struct MeshBuilder {
     agents: usize,
+    access: ragmesh_config::AccessConfig,
 }
 
 impl MeshBuilder {
     /// Number of agents (named `agent-1` ...).
     pub fn agents(mut self, n: usize) -> Self {
         self.agents = n;
+        self
+    }
+
+    /// Per-principal rate limit of the master.
+    pub fn rate_limit(mut self, rps: u32, burst: u32) -> Self {
+        self.access.rate_limit_rps = rps;
+        self.access.rate_limit_burst = burst;
+        self
+    }
+
+    /// Largest message the master accepts.
+    pub fn max_message_bytes(mut self, bytes: usize) -> Self {
+        self.access.max_message_bytes = bytes;
         self
     }
 
@@ -54,7 +68,7 @@ impl MeshBuilder {
             access: ragmesh_config::AccessConfig {
                 // The harness's `client` certificate is an operator, as in `ragmeshctl demo`.
                 operators: ["client".to_owned()].into(),
-                ..ragmesh_config::AccessConfig::default()
+                ..self.access
             },
             log: "info".into(),
         };
@@ -108,7 +122,7 @@ struct AgentSlot {
 impl Mesh {
     /// A builder with one agent.
     pub fn builder() -> MeshBuilder {
-        MeshBuilder { agents: 1 }
+        MeshBuilder { agents: 1, access: ragmesh_config::AccessConfig::default() }
     }
 
     /// An agent config for `name` pointing at this mesh's master.
@@ -169,6 +183,26 @@ impl Mesh {
     /// TLS files of a client certificate named `client`.
     pub fn client_tls(&self) -> TlsFiles {
         self.pki.issue("client")
+    }
+
+    /// A client of the master that presents `token` as its bearer token (over mTLS with a
+    /// non-operator certificate, so the token is the only credential).
+    pub async fn client_with_token(&self, token: &str) -> MasterServiceClient<WithToken> {
+        let channel = self.channel_with(&self.pki.issue("app")).await.expect("app connects");
+        let value: tonic::metadata::MetadataValue<tonic::metadata::Ascii> =
+            format!("Bearer {token}").parse().expect("token is ASCII");
+        MasterServiceClient::with_interceptor(channel, BearerToken(value))
+    }
+
+    /// Issues an access token (and refresh token) as the `client` operator.
+    pub async fn issue_token(&self, subject: &str, tenant: &str, caps: &[&str]) -> v1::IssueTokenResponse {
+        let request = v1::IssueTokenRequest {
+            subject: subject.into(),
+            tenant: tenant.into(),
+            capabilities: caps.iter().map(|c| (*c).to_owned()).collect(),
+            ttl_seconds: 0,
+        };
+        self.auth_client().await.issue_token(request).await.expect("issue token").into_inner()
     }
 
     /// A client of the master authenticated as `client`.
@@ -260,6 +294,20 @@ impl Mesh {
         }
     }
 }
+
+/// Adds `authorization: Bearer <token>` to every call.
+#[derive(Debug, Clone)]
+pub struct BearerToken(tonic::metadata::MetadataValue<tonic::metadata::Ascii>);
+
+impl tonic::service::Interceptor for BearerToken {
+    fn call(&mut self, mut request: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+        request.metadata_mut().insert("authorization", self.0.clone());
+        Ok(request)
+    }
+}
+
+/// A channel that sends a bearer token.
+pub type WithToken = tonic::service::interceptor::InterceptedService<Channel, BearerToken>;
 
 /// Dropping it resumes a frozen agent.
 #[derive(Debug)]

@@ -34,6 +34,11 @@ pub const CONTEXT_METADATA: &str = "x-ragmesh-context";
 /// Tenant recorded for operators (they read every tenant's documents).
 const OPERATOR_TENANT: &str = "operators";
 
+/// The outcome of authentication, left in the request extensions by [`crate::auth_layer`] so
+/// that it runs once per call (and before the rate limiter, which keys on it).
+#[derive(Debug, Clone)]
+pub(crate) struct Caller(pub(crate) Result<Principal, tonic::Status>);
+
 /// A refused join attempt, kept in memory for `ListPendingNodes`.
 #[derive(Debug, Clone)]
 pub(crate) struct Pending {
@@ -79,7 +84,19 @@ impl AccessControl {
 
     /// Who is calling. See the module docs for the order of credentials.
     pub(crate) fn authenticate<T>(&self, request: &tonic::Request<T>) -> Result<Principal, MasterError> {
-        if let Some(value) = request.metadata().get("authorization") {
+        if let Some(caller) = request.extensions().get::<Caller>() {
+            return caller.0.clone().map_err(MasterError::Refused);
+        }
+        self.authenticate_parts(request.metadata().get("authorization"), ragmesh_tls::peer_identity_of(request))
+    }
+
+    /// [`AccessControl::authenticate`] over the parts of a request.
+    pub(crate) fn authenticate_parts(
+        &self,
+        authorization: Option<&tonic::metadata::MetadataValue<tonic::metadata::Ascii>>,
+        peer: Option<ragmesh_tls::PeerIdentity>,
+    ) -> Result<Principal, MasterError> {
+        if let Some(value) = authorization {
             let token =
                 value.to_str().ok().and_then(|v| v.strip_prefix("Bearer ")).ok_or_else(|| {
                     MasterError::BadCredentials("authorization must be `Bearer <access token>`".into())
@@ -87,7 +104,7 @@ impl AccessControl {
             let now = unix_now();
             return Ok(self.keyring().verifier(AUDIENCE, now).verify(token.trim(), now)?);
         }
-        if let Some(identity) = ragmesh_tls::peer_identity_of(request) {
+        if let Some(identity) = peer {
             if self.config.operators.contains(&identity.name) {
                 return Ok(operator(&identity.name));
             }
@@ -97,6 +114,11 @@ impl AccessControl {
             return Ok(operator("insecure"));
         }
         Err(MasterError::NoCredentials { certificate: None })
+    }
+
+    /// Whether `name` is an operator certificate.
+    pub(crate) fn is_operator(&self, name: &str) -> bool {
+        self.config.operators.contains(name)
     }
 
     /// Authenticates and checks one capability.

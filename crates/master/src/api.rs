@@ -183,8 +183,9 @@ impl MasterService for MasterApi {
 
     async fn list_nodes(
         &self,
-        _request: Request<v1::ListNodesRequest>,
+        request: Request<v1::ListNodesRequest>,
     ) -> Result<Response<v1::ListNodesResponse>, Status> {
+        self.0.require(&request, Capability::Admin)?;
         let nodes = self.0.registry()?.snapshot().into_iter().map(convert::node_info).collect();
         Ok(Response::new(v1::ListNodesResponse { nodes }))
     }
@@ -318,6 +319,12 @@ impl MembershipApi {
                 .await
                 .map_err(|e| MasterError::InvalidArgument(format!("join check failed: {e}")))?;
         match consumed {
+            Ok(info) if registry.evicted_at(node).is_some_and(|evicted| info.created_at <= evicted) => {
+                Err(refuse(format!(
+                    "it was evicted by an operator, and join tokens created before the eviction cannot readmit it (token {})",
+                    info.id
+                )))
+            }
             Ok(info) => {
                 access.clear_pending(node);
                 tracing::info!(node.id = node, join_token.id = %info.id, "node admitted");

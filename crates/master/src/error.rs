@@ -93,6 +93,9 @@ pub enum MasterError {
         /// Why its join token (if any) was refused.
         reason: String,
     },
+    /// Authentication already failed in the auth layer; this is its answer.
+    #[error("{}", .0.message())]
+    Refused(tonic::Status),
     /// The master is still starting.
     #[error("master is still loading its registry: retry shortly")]
     NotReady,
@@ -103,6 +106,9 @@ pub enum MasterError {
 
 impl From<MasterError> for Status {
     fn from(err: MasterError) -> Status {
+        if let MasterError::Refused(status) = err {
+            return status;
+        }
         let code = match &err {
             MasterError::InvalidArgument(_) => Code::InvalidArgument,
             MasterError::UnknownNodes { .. } => Code::NotFound,
@@ -120,6 +126,7 @@ impl From<MasterError> for Status {
             },
             MasterError::BadCredentials(_) | MasterError::NoCredentials { .. } => Code::Unauthenticated,
             MasterError::NotAdmitted { .. } => Code::PermissionDenied,
+            MasterError::Refused(status) => status.code(),
         };
         if code == Code::Internal {
             tracing::error!(error = %err, "internal error");

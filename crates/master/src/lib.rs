@@ -5,6 +5,7 @@
 pub mod access;
 pub mod api;
 mod auth_api;
+pub mod auth_layer;
 pub mod clients;
 mod convert;
 pub mod error;
@@ -24,6 +25,7 @@ use ragmesh_proto::v1::{
     auth_service_server::AuthServiceServer, master_service_server::MasterServiceServer,
     membership_service_server::MembershipServiceServer,
 };
+use ragmesh_stack::rate_limit::{KeyExtractor as _, RateLimitLayer, RateLimits, key_from_extension, key_from_peer_ip};
 use ragmesh_store::SledStore;
 use ragmesh_tls::{LoadedTls, ReloadableTls};
 use tokio::net::TcpListener;
@@ -38,6 +40,9 @@ pub enum StartError {
     /// TLS files are unusable.
     #[error("{0}")]
     Tls(#[from] ragmesh_tls::TlsError),
+    /// A setting is unusable.
+    #[error("{0}")]
+    Config(String),
     /// The listener is unusable.
     #[error("listener: {0}")]
     Io(#[from] std::io::Error),
@@ -138,8 +143,13 @@ pub async fn start(config: MasterConfig, listener: TcpListener) -> Result<Master
         "ragmesh.v1.AuthService",
     ]);
 
+    let rate_limits = RateLimits::from_config(config.access.rate_limit_rps, config.access.rate_limit_burst)
+        .map_err(|e| StartError::Config(e.to_string()))?;
+    // Authentication runs first (outermost) so the rate limiter keys on the verified caller.
     let mut builder = ragmesh_server::builder(tls.as_ref(), local_addr)
-        .max_concurrent_streams(config.access.max_streams_per_connection);
+        .max_concurrent_streams(config.access.max_streams_per_connection)
+        .layer(auth_layer::AuthLayer::new(access.clone()))
+        .layer(RateLimitLayer::new(rate_limits, key_from_extension().or(key_from_peer_ip())));
     let router = builder
         .add_service(health_service)
         .add_service(reflection_v1)

@@ -14,6 +14,8 @@ use tokio::sync::watch;
 use crate::node::{Liveness, LivenessEvent, NodeState, SessionId};
 
 const NODES_TREE: &str = "nodes";
+/// Evicted node names and when (unix seconds), so their old join tokens cannot readmit them.
+const EVICTED_TREE: &str = "evicted_nodes";
 
 /// What a node told the master about itself; persisted.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -201,6 +203,8 @@ impl Registry {
     /// heartbeat is refused, and it must be admitted again to rejoin. Returns whether it existed.
     /// Blocking (writes the store).
     pub fn remove(&self, name: &str) -> Result<bool, RegistryError> {
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+        self.shared.store.put(EVICTED_TREE, name.as_bytes(), &now.to_be_bytes())?;
         self.shared.store.remove(NODES_TREE, name.as_bytes())?;
         let mut nodes = self.lock();
         let existed = nodes.remove(name).is_some();
@@ -208,6 +212,12 @@ impl Registry {
             self.publish(&nodes);
         }
         Ok(existed)
+    }
+
+    /// When `name` was last evicted (unix seconds), if ever.
+    pub fn evicted_at(&self, name: &str) -> Option<u64> {
+        let bytes = self.shared.store.get(EVICTED_TREE, name.as_bytes()).ok()??;
+        Some(u64::from_be_bytes(bytes.try_into().ok()?))
     }
 
     /// The node's current session, if it registered with this master process.
