@@ -102,3 +102,23 @@ async fn agent_is_not_serving_until_its_index_opens() {
     agent.shutdown().await.expect("stops");
     mesh.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_certificate_near_expiry_is_reported_in_health_without_taking_the_node_out() {
+    trace_init();
+    let mesh = Mesh::builder().agents(0).start().await;
+    let mut master_health = HealthClient::new(channel(mesh.master_addr(), &mesh.client_tls()).await);
+    assert_eq!(check(&mut master_health, ragmesh_server::CERTIFICATE_HEALTH).await, ServingStatus::Serving);
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut config = mesh.agent_config("agent-6", dir.path().to_owned());
+    config.tls = Some(mesh.pki.issue_for_days("agent-6", 7));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let agent = ragmesh_agent::start(config, listener).await.expect("starts");
+    mesh.wait_state("agent-6", ragmesh_master::node::NodeState::Up, Duration::from_secs(10)).await;
+    let mut agent_health = HealthClient::new(channel(agent.local_addr(), &mesh.client_tls()).await);
+    assert_eq!(check(&mut agent_health, ragmesh_server::CERTIFICATE_HEALTH).await, ServingStatus::NotServing);
+    assert_eq!(check(&mut agent_health, "ragmesh.v1.AgentService").await, ServingStatus::Serving);
+    agent.shutdown().await.expect("stops");
+    mesh.shutdown().await;
+}

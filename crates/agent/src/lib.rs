@@ -111,6 +111,7 @@ pub async fn start(config: AgentConfig, listener: TcpListener) -> Result<AgentHa
     let (health, health_service) = tonic_health::server::health_reporter();
     health.set_not_serving::<AgentServiceServer<AgentApi>>().await;
     health.set_service_status("", tonic_health::ServingStatus::NotServing).await;
+    ragmesh_server::report_certificate_health(tls.as_ref(), health.clone(), &shutdown);
     let (reflection_v1, reflection_v1alpha) = ragmesh_proto::reflection::services(&["ragmesh.v1.AgentService"]);
     let mut builder = ragmesh_server::builder(tls.as_ref(), local_addr);
     let router = builder

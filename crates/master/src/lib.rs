@@ -137,6 +137,7 @@ pub async fn start(config: MasterConfig, listener: TcpListener) -> Result<Master
     health.set_not_serving::<MasterServiceServer<api::MasterApi>>().await;
     health.set_not_serving::<MembershipServiceServer<api::MembershipApi>>().await;
     health.set_service_status("", tonic_health::ServingStatus::NotServing).await;
+    ragmesh_server::report_certificate_health(tls.as_ref(), health.clone(), &shutdown);
     let (reflection_v1, reflection_v1alpha) = ragmesh_proto::reflection::services(&[
         "ragmesh.v1.MasterService",
         "ragmesh.v1.MembershipService",

@@ -155,6 +155,44 @@ pub async fn drain(mut server: JoinHandle<Result<(), tonic::transport::Error>>) 
     }
 }
 
+/// grpc.health.v1 service name that reports this process's own certificate.
+pub const CERTIFICATE_HEALTH: &str = "ragmesh.v1.Certificate";
+/// How often the certificate health is re-evaluated (it also follows every reload).
+const CERTIFICATE_CHECK: Duration = Duration::from_secs(60);
+
+/// Reports the process's certificate under the health service name [`CERTIFICATE_HEALTH`]:
+/// SERVING while it is valid for more than [`ragmesh_tls::EXPIRY_WARNING`], NOT_SERVING when it
+/// expires within that window or has expired, so an ordinary gRPC health probe can alert before
+/// the mesh breaks. The daemon's own services keep their status: an expiring certificate must
+/// not take a node out of search by itself. Without TLS nothing is reported.
+pub fn report_certificate_health(
+    tls: Option<&ReloadableTls>,
+    health: tonic_health::server::HealthReporter,
+    shutdown: &CancellationToken,
+) {
+    let Some(tls) = tls.cloned() else { return };
+    let shutdown = shutdown.clone();
+    tokio::spawn(async move {
+        let mut reloads = tls.subscribe();
+        let mut tick = tokio::time::interval(CERTIFICATE_CHECK);
+        loop {
+            let expiry = tls.current().expiry();
+            let status = match expiry {
+                ragmesh_tls::Expiry::Valid { .. } => tonic_health::ServingStatus::Serving,
+                ragmesh_tls::Expiry::ExpiresSoon { .. } | ragmesh_tls::Expiry::Expired { .. } => {
+                    tonic_health::ServingStatus::NotServing
+                }
+            };
+            health.set_service_status(CERTIFICATE_HEALTH, status).await;
+            tokio::select! {
+                () = shutdown.cancelled() => return,
+                _ = tick.tick() => {}
+                changed = reloads.changed() => if changed.is_err() { return },
+            }
+        }
+    });
+}
+
 /// Resolves on SIGINT (Ctrl-C) or SIGTERM.
 pub async fn shutdown_signal() {
     #[cfg(unix)]

@@ -38,8 +38,15 @@ impl TestPki {
     /// Issues (or re-uses) a certificate for `name`, valid for loopback, and returns TLS files
     /// trusting this CA.
     pub fn issue(&self, name: &str) -> TlsFiles {
-        let paths = ragmesh_tls::devca::issue_with_ca(&self.ca, name, &[], self.dir.path(), 30)
-            .expect("issue a test certificate");
+        self.issue_for_days(name, 30)
+    }
+
+    /// Like [`TestPki::issue`] with a validity of `days`, in a directory of its own.
+    pub fn issue_for_days(&self, name: &str, days: u32) -> TlsFiles {
+        let out = if days == 30 { self.dir.path().to_owned() } else { self.dir.path().join(format!("{days}d")) };
+        std::fs::create_dir_all(&out).expect("certificate directory");
+        let paths =
+            ragmesh_tls::devca::issue_with_ca(&self.ca, name, &[], &out, days).expect("issue a test certificate");
         paths.tls_files(self.ca_pem())
     }
 }
