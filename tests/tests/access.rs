@@ -381,3 +381,29 @@ async fn an_oversized_message_is_refused_without_harm() {
     mesh.search(v1::SearchRequest { query: "x".into(), ..Default::default() }).await;
     mesh.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn credentials_survive_a_master_restart() {
+    trace_init();
+    let mut mesh = Mesh::builder().agents(1).start().await;
+    let issued = mesh.issue_token("alice", "acme", &["search"]).await;
+    mesh.restart_master().await;
+    mesh.wait_state("agent-1", NodeState::Up, Duration::from_secs(15)).await;
+    // The signing key came back from sled: the old access token still verifies, and agents
+    // (re-registered, keys delivered again) accept the master's contexts.
+    let response = mesh
+        .client_with_token(&issued.access_token)
+        .await
+        .search(v1::SearchRequest { query: "x".into(), ..Default::default() })
+        .await
+        .expect("old token accepted after restart")
+        .into_inner();
+    assert_eq!(response.nodes[0].status(), OutcomeStatus::Ok, "{:?}", response.nodes);
+    // The refresh family came back too.
+    mesh.auth_client()
+        .await
+        .refresh_token(v1::RefreshTokenRequest { refresh_token: issued.refresh_token })
+        .await
+        .expect("refresh after restart");
+    mesh.shutdown().await;
+}
