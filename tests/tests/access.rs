@@ -163,8 +163,27 @@ async fn refresh_rotates_and_reuse_revokes_the_whole_family() {
         .expect_err("the family is revoked");
     assert!(after_theft.message().contains("revoked"), "{}", after_theft.message());
 
-    // Revoking a subject kills its live families.
-    let live = mesh.issue_token("bob", "acme", &["search"]).await.refresh_token;
+    // Revoking a family by its id (returned at issue time).
+    let carol = mesh.issue_token("carol", "acme", &["search"]).await;
+    assert!(!carol.family.is_empty());
+    let revoked = auth
+        .revoke_tokens(v1::RevokeTokensRequest {
+            target: Some(v1::revoke_tokens_request::Target::Family(carol.family)),
+        })
+        .await
+        .expect("revoke family")
+        .into_inner()
+        .revoked;
+    assert_eq!(revoked, 1);
+    auth.refresh_token(v1::RefreshTokenRequest { refresh_token: carol.refresh_token })
+        .await
+        .expect_err("family revoked");
+
+    // Revoking a subject kills its live families and its access tokens issued so far.
+    let bob = mesh.issue_token("bob", "acme", &["search"]).await;
+    let live = bob.refresh_token;
+    let mut bob_client = mesh.client_with_token(&bob.access_token).await;
+    bob_client.search(v1::SearchRequest { query: "x".into(), ..Default::default() }).await.expect("bob works");
     let revoked = auth
         .revoke_tokens(v1::RevokeTokensRequest {
             target: Some(v1::revoke_tokens_request::Target::Subject("bob".into())),
@@ -175,6 +194,12 @@ async fn refresh_rotates_and_reuse_revokes_the_whole_family() {
         .revoked;
     assert_eq!(revoked, 1);
     auth.refresh_token(v1::RefreshTokenRequest { refresh_token: live }).await.expect_err("revoked subject");
+    let refused = bob_client
+        .search(v1::SearchRequest { query: "x".into(), ..Default::default() })
+        .await
+        .expect_err("bob's access token is revoked too");
+    assert_eq!(refused.code(), Code::Unauthenticated);
+    assert!(refused.message().contains("revoked"), "{}", refused.message());
     mesh.shutdown().await;
 }
 

@@ -95,6 +95,8 @@ pub struct Principal {
     pub token_id: String,
     /// The token's `exp`, unix seconds.
     pub expires_at: u64,
+    /// The token's `iat`, unix seconds (revocations apply to tokens issued before them).
+    pub issued_at: u64,
 }
 
 impl Principal {
@@ -179,6 +181,7 @@ mod tests {
             capabilities: [Capability::Search].into_iter().collect(),
             token_id: "j".into(),
             expires_at: 10,
+            issued_at: 0,
         };
         assert!(principal.require(Capability::Search).is_ok());
         let err = principal.require(Capability::Ingest).expect_err("lacks ingest");

@@ -88,14 +88,14 @@ impl RefreshStore {
         Self { store, config }
     }
 
-    /// Starts a new family for a sign-in and returns its first token.
-    pub fn issue(
+    /// Like [`RefreshStore::issue`], also returning the new family id (for revocation).
+    pub fn issue_with_family(
         &self,
         subject: &str,
         tenant: &str,
         caps: impl IntoIterator<Item = Capability>,
         now: u64,
-    ) -> Result<RefreshToken, AuthError> {
+    ) -> Result<(RefreshToken, String), AuthError> {
         check_name("subject", subject)?;
         check_name("tenant", tenant)?;
         let caps: BTreeSet<Capability> = caps.into_iter().collect();
@@ -108,7 +108,19 @@ impl RefreshStore {
             revoked_because: None,
         };
         self.store.put(FAMILIES_TREE, family.as_bytes(), &encode(FAMILIES_TREE, &record)?)?;
-        self.insert_token(&family, subject, tenant, &caps, now)
+        let token = self.insert_token(&family, subject, tenant, &caps, now)?;
+        Ok((token, family))
+    }
+
+    /// Starts a new token family for `subject` of `tenant` and returns its first refresh token.
+    pub fn issue(
+        &self,
+        subject: &str,
+        tenant: &str,
+        caps: impl IntoIterator<Item = Capability>,
+        now: u64,
+    ) -> Result<RefreshToken, AuthError> {
+        Ok(self.issue_with_family(subject, tenant, caps, now)?.0)
     }
 
     /// Exchanges `token` for the next token of its family and the identity it stands for.

@@ -183,5 +183,5 @@ fn validate_claims(raw: RawClaims, config: &VerifierConfig, now: u64) -> Result<
             .map_err(|_| AuthError::UnknownTokenCapability { value: truncate_for_message(&name) })?;
         capabilities.insert(capability);
     }
-    Ok(Principal { subject: sub, tenant, capabilities, token_id: jti, expires_at: exp })
+    Ok(Principal { subject: sub, tenant, capabilities, token_id: jti, expires_at: exp, issued_at: iat })
 }

@@ -2,8 +2,9 @@
 //! Only definitions live here; each subcommand's module interprets its own arguments.
 
 use std::path::PathBuf;
+use std::str::FromStr;
 
-use clap::{Args, Parser, Subcommand, ValueEnum};
+use clap::{ArgGroup, Args, Parser, Subcommand, ValueEnum};
 
 /// Default master address, the same as `ragmesh-master --listen`.
 pub const DEFAULT_MASTER: &str = "127.0.0.1:7400";
@@ -18,7 +19,10 @@ pub const DEFAULT_MASTER: &str = "127.0.0.1:7400";
         Every command that talks to the master uses mutual TLS: pass the mesh CA and a client \
         certificate with --ca/--cert/--key (or RAGMESH_CA/RAGMESH_CERT/RAGMESH_KEY). Create them \
         with `ragmeshctl certs init --dir certs` and `ragmeshctl certs issue --dir certs client`. \
-        To see a whole mesh on this machine, run `ragmeshctl demo`.",
+        With --token (or RAGMESH_TOKEN) every call also carries `authorization: Bearer <token>` \
+        and the master acts for the token's subject and tenant instead of the certificate; get \
+        tokens with `ragmeshctl token issue`. To see a whole mesh on this machine, run \
+        `ragmeshctl demo`.",
     after_help = "Exit status: 0 success, 1 runtime failure, 64 usage or configuration error."
 )]
 pub struct Cli {
@@ -65,6 +69,37 @@ pub struct GlobalArgs {
         value_parser = clap::value_parser!(u32).range(1..=600_000)
     )]
     pub timeout_ms: Option<u32>,
+    /// Access token: every call carries `authorization: Bearer TOKEN` and the master acts for
+    /// the token's subject and tenant (see `ragmeshctl token issue`); without it, the client
+    /// certificate is the identity (an operator when listed in the master's --operators)
+    #[arg(long, global = true, env = "RAGMESH_TOKEN", hide_env_values = true, value_name = "TOKEN")]
+    pub token: Option<Secret>,
+}
+
+/// A credential from the command line. `Debug` never shows it, so a logged or printed argument
+/// struct cannot leak it; [`Secret::expose`] is the one way to read it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    /// The secret text, for the one place that sends it.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl FromStr for Secret {
+    type Err = std::convert::Infallible;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        Ok(Secret(text.to_owned()))
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Secret(<redacted>)")
+    }
 }
 
 /// The subcommands.
@@ -73,7 +108,12 @@ pub enum Command {
     /// Create a development CA and issue certificates for the master, agents and operators
     #[command(subcommand)]
     Certs(CertsCommand),
-    /// List the nodes the master knows, with their state and last heartbeat
+    /// List the nodes the master knows (--pending: refused join attempts); `nodes evict NAME`
+    /// removes one
+    ///
+    /// `ragmeshctl nodes` lists the admitted nodes with their state and last heartbeat;
+    /// `ragmeshctl nodes --pending` lists agents the master refused because they presented no
+    /// valid join token; `ragmeshctl nodes evict NAME` removes an admitted node.
     Nodes(NodesArgs),
     /// Show everything the master knows about one node
     Node(NodeArgs),
@@ -81,6 +121,12 @@ pub enum Command {
     Search(SearchArgs),
     /// Load documents from files and write them into one node's index through the master
     Ingest(IngestArgs),
+    /// Access tokens for clients, join tokens for agents, and the master's signing keys
+    ///
+    /// Needs an operator: a client certificate listed in the master's --operators, or --token
+    /// with the admin capability (`token refresh` needs neither).
+    #[command(subcommand)]
+    Token(TokenCommand),
     /// Start a master and agents on this machine with mTLS, load a sample corpus and search it
     ///
     /// Starts ragmesh-master and N ragmesh-agent processes (found next to this executable: build
@@ -140,12 +186,39 @@ pub struct CertsIssueArgs {
     pub days: u32,
 }
 
-/// `ragmeshctl nodes`
+/// `ragmeshctl nodes [--pending] [--json]` and `ragmeshctl nodes evict NAME`
 #[derive(Debug, Args)]
+#[command(args_conflicts_with_subcommands = true)]
 pub struct NodesArgs {
+    /// List agents refused admission (no valid join token) instead of admitted nodes
+    #[arg(long)]
+    pub pending: bool,
     /// Print a JSON array instead of a table
     #[arg(long)]
     pub json: bool,
+    /// Act on one node instead of listing
+    #[command(subcommand)]
+    pub command: Option<NodesCommand>,
+}
+
+/// `ragmeshctl nodes ...` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum NodesCommand {
+    /// Remove a node: its health stream ends and it cannot register again without a new join token
+    ///
+    /// The master forgets the node and refuses its reconnection until it is admitted again with
+    /// a join token. The agent process keeps running and keeps retrying: stop it on its server.
+    /// If the join token that admitted it still has uses left, revoke that token too
+    /// (`ragmeshctl token join --list`, then `--revoke ID`), or the agent's next retry rejoins.
+    Evict(EvictArgs),
+}
+
+/// `ragmeshctl nodes evict NAME`
+#[derive(Debug, Args)]
+pub struct EvictArgs {
+    /// Node name (see `ragmeshctl nodes`)
+    #[arg(value_name = "NAME")]
+    pub name: String,
 }
 
 /// `ragmeshctl node NAME`
@@ -219,6 +292,154 @@ pub struct IngestArgs {
     #[arg(long, value_name = "N", default_value_t = 500,
           value_parser = clap::value_parser!(u32).range(1..=10_000))]
     pub batch: u32,
+}
+
+/// `ragmeshctl token ...`
+#[derive(Debug, Subcommand)]
+pub enum TokenCommand {
+    /// Issue an access token and a refresh token for a subject of a tenant
+    ///
+    /// The access token (a JWT signed by the master) goes into `--token` or RAGMESH_TOKEN of
+    /// the client; the refresh token trades for new tokens with `ragmeshctl token refresh`.
+    /// Both are printed to stdout only, and only here: store them like passwords.
+    ///
+    /// A token without `admin` reads only documents its tenant or subject may read, and writes
+    /// documents readable by its tenant. `admin` reads and writes every tenant's documents and
+    /// can issue further tokens: give it to operators only.
+    #[command(after_help = "Examples:\n  \
+        ragmeshctl token issue --subject alice --tenant acme --cap search\n  \
+        export RAGMESH_TOKEN=$(ragmeshctl token issue --subject loader --tenant acme --cap ingest --json | jq -r .access_token)")]
+    Issue(TokenIssueArgs),
+    /// Trade a refresh token for a new access token and a new refresh token
+    ///
+    /// The refresh token presented is used up: keep the new one for the next refresh.
+    /// Presenting a used refresh token again is treated as theft: the master revokes the whole
+    /// token family (every refresh token descending from the same `token issue`), so the
+    /// newest refresh token stops working too, and the subject must be issued new tokens.
+    /// Access tokens already issued stay valid until they expire.
+    Refresh(TokenRefreshArgs),
+    /// Revoke refresh-token families: one family, or every family of a subject
+    ///
+    /// Revoked refresh tokens no longer refresh. With --subject, every access token issued to the
+    /// subject so far is refused at once as well; with --family, access tokens already issued
+    /// stay valid until they expire (the master's --access-token-ttl-s, 15 minutes unless changed).
+    Revoke(TokenRevokeArgs),
+    /// Create a join token that admits agents (or --list, or --revoke ID)
+    ///
+    /// An agent registers for the first time only with a certificate from the mesh CA and a
+    /// join token: pass it as `ragmesh-agent --join-token TOKEN` or RAGMESH_JOIN_TOKEN. The
+    /// token is shown once (the master keeps only its hash) and admits --uses agents before
+    /// --ttl runs out. Once admitted, a node re-registers without a token until it is evicted.
+    Join(TokenJoinArgs),
+    /// Start signing with a new key; tokens signed with the old one verify until they expire
+    RotateKey,
+    /// List the public keys that verify the master's tokens
+    Keys(TokenKeysArgs),
+}
+
+/// A token capability, as `token issue --cap` takes it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum CapabilityArg {
+    /// Search (read documents the token's tenant or subject may read)
+    Search,
+    /// Ingest and remove documents of the token's tenant
+    Ingest,
+    /// Run actions on nodes
+    Actions,
+    /// Everything, across every tenant: tokens, nodes, join tokens, keys
+    Admin,
+}
+
+impl CapabilityArg {
+    /// The name on the wire.
+    pub fn name(self) -> &'static str {
+        match self {
+            CapabilityArg::Search => "search",
+            CapabilityArg::Ingest => "ingest",
+            CapabilityArg::Actions => "actions",
+            CapabilityArg::Admin => "admin",
+        }
+    }
+}
+
+/// `ragmeshctl token issue`
+#[derive(Debug, Args)]
+pub struct TokenIssueArgs {
+    /// Who the token identifies (a user or service name)
+    #[arg(long, value_name = "S")]
+    pub subject: String,
+    /// Tenant of the subject: the token reads that tenant's documents
+    #[arg(long, value_name = "T")]
+    pub tenant: String,
+    /// Capability (repeatable, or comma-separated)
+    #[arg(long = "cap", value_name = "CAP", value_enum, required = true, value_delimiter = ',')]
+    pub caps: Vec<CapabilityArg>,
+    /// Access-token lifetime in seconds [default: the master's --access-token-ttl-s, 900 unless
+    /// changed; at most its --max-access-token-ttl-s, 86400 unless changed]
+    #[arg(long, value_name = "SECONDS", value_parser = clap::value_parser!(u32).range(1..))]
+    pub ttl: Option<u32>,
+    /// Print a JSON object (access_token, expires_at, token_id, refresh_token, family)
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `ragmeshctl token refresh`
+#[derive(Debug, Args)]
+pub struct TokenRefreshArgs {
+    /// The refresh token from the last `token issue` or `token refresh`
+    #[arg(value_name = "REFRESH_TOKEN", env = "RAGMESH_REFRESH_TOKEN", hide_env_values = true)]
+    pub refresh_token: Secret,
+    /// Print a JSON object (access_token, expires_at, refresh_token)
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `ragmeshctl token revoke`
+#[derive(Debug, Args)]
+#[command(group(ArgGroup::new("target").required(true).args(["family", "subject"])))]
+pub struct TokenRevokeArgs {
+    /// Revoke this refresh-token family
+    #[arg(long, value_name = "F")]
+    pub family: Option<String>,
+    /// Revoke every refresh-token family of this subject
+    #[arg(long, value_name = "S")]
+    pub subject: Option<String>,
+}
+
+/// Longest join-token lifetime the CLI asks for: 30 days.
+pub const MAX_JOIN_TTL_SECONDS: u32 = 30 * 86_400;
+
+/// `ragmeshctl token join`
+#[derive(Debug, Args)]
+pub struct TokenJoinArgs {
+    /// How many agents the token admits
+    #[arg(long, value_name = "N", default_value_t = 1,
+          value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    pub uses: u32,
+    /// Lifetime in seconds (at most 30 days)
+    #[arg(long, value_name = "SECONDS", default_value_t = 3600,
+          value_parser = clap::value_parser!(u32).range(1..=i64::from(MAX_JOIN_TTL_SECONDS)))]
+    pub ttl: u32,
+    /// Free text for operators, shown by --list (e.g. which servers it is for)
+    #[arg(long, value_name = "TEXT", default_value = "")]
+    pub note: String,
+    /// List join tokens (id, expiry, uses left, nodes admitted, note) instead of creating one
+    #[arg(long, conflicts_with_all = ["uses", "ttl", "note", "revoke"])]
+    pub list: bool,
+    /// Revoke the join token with this id (see --list) instead of creating one
+    #[arg(long, value_name = "ID", conflicts_with_all = ["uses", "ttl", "note", "json"])]
+    pub revoke: Option<String>,
+    /// Print JSON instead of text
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `ragmeshctl token keys`
+#[derive(Debug, Args)]
+pub struct TokenKeysArgs {
+    /// Print a JSON array instead of a table
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// `ragmeshctl demo`
@@ -313,6 +534,156 @@ mod tests {
     fn ingest_requires_a_node() {
         let err = parse(&["ingest", "corpus/"]).expect_err("node missing");
         assert!(err.to_string().contains("--node"), "{err}");
+    }
+
+    #[test]
+    fn token_is_global_and_never_shown_by_debug() {
+        let cli = parse(&["search", "q", "--token", "eyJ.secret.sig"]).expect("parses");
+        let token = cli.global.token.as_ref().expect("token");
+        assert_eq!(token.expose(), "eyJ.secret.sig");
+        let debug = format!("{cli:?}");
+        assert!(!debug.contains("secret"), "{debug}");
+        assert!(debug.contains("Secret(<redacted>)"), "{debug}");
+    }
+
+    #[test]
+    fn token_issue_takes_repeated_and_comma_separated_capabilities() {
+        let cli = parse(&[
+            "token",
+            "issue",
+            "--subject",
+            "alice",
+            "--tenant",
+            "acme",
+            "--cap",
+            "search,ingest",
+            "--cap",
+            "admin",
+            "--ttl",
+            "60",
+            "--json",
+        ])
+        .expect("parses");
+        let Command::Token(TokenCommand::Issue(issue)) = cli.command else {
+            panic!("expected token issue");
+        };
+        assert_eq!(issue.subject, "alice");
+        assert_eq!(issue.tenant, "acme");
+        assert_eq!(issue.caps, [CapabilityArg::Search, CapabilityArg::Ingest, CapabilityArg::Admin]);
+        assert_eq!(issue.ttl, Some(60));
+        assert!(issue.json);
+    }
+
+    #[test]
+    fn token_issue_needs_subject_tenant_and_a_known_capability() {
+        for args in [
+            &["token", "issue", "--subject", "a", "--tenant", "t"][..],
+            &["token", "issue", "--subject", "a", "--cap", "search"],
+            &["token", "issue", "--tenant", "t", "--cap", "search"],
+            &["token", "issue", "--subject", "a", "--tenant", "t", "--cap", "root"],
+            &["token", "issue", "--subject", "a", "--tenant", "t", "--cap", "search", "--ttl", "0"],
+        ] {
+            let err = parse(args).expect_err("incomplete");
+            assert!(err.use_stderr(), "{args:?}: {err}");
+        }
+    }
+
+    #[test]
+    fn token_refresh_takes_the_token_as_an_argument() {
+        let cli = parse(&["token", "refresh", "rmr_abc", "--json"]).expect("parses");
+        let Command::Token(TokenCommand::Refresh(refresh)) = cli.command else {
+            panic!("expected token refresh");
+        };
+        assert_eq!(refresh.refresh_token.expose(), "rmr_abc");
+        assert!(refresh.json);
+        assert!(!format!("{refresh:?}").contains("rmr_abc"));
+    }
+
+    #[test]
+    fn token_revoke_needs_exactly_one_target() {
+        let cli = parse(&["token", "revoke", "--subject", "alice"]).expect("parses");
+        let Command::Token(TokenCommand::Revoke(revoke)) = cli.command else {
+            panic!("expected token revoke");
+        };
+        assert_eq!(revoke.subject.as_deref(), Some("alice"));
+        assert!(revoke.family.is_none());
+        assert!(parse(&["token", "revoke", "--family", "f"]).is_ok());
+        assert!(parse(&["token", "revoke"]).is_err());
+        assert!(parse(&["token", "revoke", "--family", "f", "--subject", "s"]).is_err());
+    }
+
+    #[test]
+    fn token_join_defaults_and_modes() {
+        let cli = parse(&["token", "join"]).expect("parses");
+        let Command::Token(TokenCommand::Join(join)) = cli.command else {
+            panic!("expected token join");
+        };
+        assert_eq!((join.uses, join.ttl, join.note.as_str()), (1, 3600, ""));
+        assert!(!join.list && join.revoke.is_none());
+
+        let cli = parse(&["token", "join", "--uses", "3", "--ttl", "600", "--note", "rack 4"]).expect("parses");
+        let Command::Token(TokenCommand::Join(join)) = cli.command else {
+            panic!("expected token join");
+        };
+        assert_eq!((join.uses, join.ttl, join.note.as_str()), (3, 600, "rack 4"));
+
+        let cli = parse(&["token", "join", "--list", "--json"]).expect("--list with defaults parses");
+        let Command::Token(TokenCommand::Join(join)) = cli.command else {
+            panic!("expected token join");
+        };
+        assert!(join.list && join.json);
+
+        let cli = parse(&["token", "join", "--revoke", "a1b2"]).expect("parses");
+        let Command::Token(TokenCommand::Join(join)) = cli.command else {
+            panic!("expected token join");
+        };
+        assert_eq!(join.revoke.as_deref(), Some("a1b2"));
+
+        for args in [
+            &["token", "join", "--list", "--uses", "2"][..],
+            &["token", "join", "--list", "--revoke", "x"],
+            &["token", "join", "--revoke", "x", "--ttl", "5"],
+            &["token", "join", "--uses", "0"],
+            &["token", "join", "--ttl", "2592001"],
+        ] {
+            let err = parse(args).expect_err("conflicting or out of range");
+            assert!(err.use_stderr(), "{args:?}: {err}");
+        }
+    }
+
+    #[test]
+    fn token_key_commands_parse() {
+        assert!(matches!(
+            parse(&["token", "rotate-key"]).expect("parses").command,
+            Command::Token(TokenCommand::RotateKey)
+        ));
+        let cli = parse(&["token", "keys", "--json"]).expect("parses");
+        assert!(matches!(cli.command, Command::Token(TokenCommand::Keys(TokenKeysArgs { json: true }))));
+    }
+
+    #[test]
+    fn nodes_lists_pending_and_evicts() {
+        let cli = parse(&["nodes"]).expect("plain nodes still parses");
+        let Command::Nodes(nodes) = cli.command else {
+            panic!("expected nodes");
+        };
+        assert!(!nodes.pending && !nodes.json && nodes.command.is_none());
+
+        let cli = parse(&["nodes", "--pending", "--json"]).expect("parses");
+        let Command::Nodes(nodes) = cli.command else {
+            panic!("expected nodes");
+        };
+        assert!(nodes.pending && nodes.json);
+
+        let cli = parse(&["nodes", "evict", "agent-2", "--master", "m:1"]).expect("parses");
+        assert_eq!(cli.global.master, "m:1");
+        let Command::Nodes(NodesArgs { command: Some(NodesCommand::Evict(evict)), .. }) = cli.command else {
+            panic!("expected nodes evict");
+        };
+        assert_eq!(evict.name, "agent-2");
+
+        assert!(parse(&["nodes", "evict"]).is_err(), "evict needs a name");
+        assert!(parse(&["nodes", "--pending", "evict", "x"]).is_err(), "listing flags do not mix with evict");
     }
 
     #[test]

@@ -1,6 +1,7 @@
-//! Talking to the master: TLS settings from the global flags, one tonic channel, typed calls
-//! bounded by a deadline, and the one place where gRPC failures become messages that say what
-//! to do (transport and TLS failures through [`ragmesh_tls::explain_error_in`]).
+//! Talking to the master: TLS settings and the optional bearer token from the global flags, one
+//! tonic channel, typed calls bounded by a deadline, and the one place where gRPC failures
+//! become messages that say what to do (transport and TLS failures through
+//! [`ragmesh_tls::explain_error_in`]).
 
 use std::error::Error as _;
 use std::future::Future;
@@ -9,6 +10,7 @@ use std::time::Duration;
 
 use ragmesh_proto::v1::{self, auth_service_client::AuthServiceClient, master_service_client::MasterServiceClient};
 use ragmesh_tls::{ErrorContext, LoadedTls, TlsFiles};
+use tonic::metadata::{AsciiMetadataValue, MetadataValue};
 use tonic::transport::{Channel, Endpoint};
 use tonic::{Code, Request, Response, Status};
 
@@ -29,6 +31,43 @@ pub struct Target {
     pub tls: Option<Arc<LoadedTls>>,
     /// Deadline of every RPC unless the caller picks its own.
     pub timeout: Duration,
+    /// Access token sent with every call (`--token`); `None`: the certificate is the identity.
+    pub bearer: Option<Bearer>,
+}
+
+/// The `authorization: Bearer <token>` value sent with every call. `Debug` never shows it.
+#[derive(Clone)]
+pub struct Bearer(AsciiMetadataValue);
+
+impl Bearer {
+    /// Validates an access token as given on the command line: a pasted `Bearer ` prefix and
+    /// surrounding whitespace are dropped; an empty token or one with characters a JWT never
+    /// holds is refused with a message naming the flag.
+    pub fn new(token: &str) -> Result<Bearer, String> {
+        let trimmed = token.trim();
+        let token = if trimmed == "Bearer" { "" } else { trimmed.strip_prefix("Bearer ").unwrap_or(trimmed).trim() };
+        if token.is_empty() {
+            return Err("--token (or RAGMESH_TOKEN) is empty: pass the access_token printed by \
+                        `ragmeshctl token issue`, or unset it to use the client certificate"
+                .to_owned());
+        }
+        if !token.chars().all(|c| c.is_ascii_graphic()) {
+            return Err("--token (or RAGMESH_TOKEN) holds spaces or characters a token never has: \
+                        pass the access_token exactly as `ragmeshctl token issue` printed it"
+                .to_owned());
+        }
+        let mut value = MetadataValue::try_from(format!("Bearer {token}"))
+            .map_err(|_| "--token (or RAGMESH_TOKEN) is not a valid header value".to_owned())?;
+        // Keeps the token out of HPACK tables (and any debug output of the header map).
+        value.set_sensitive(true);
+        Ok(Bearer(value))
+    }
+}
+
+impl std::fmt::Debug for Bearer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Bearer(<redacted>)")
+    }
 }
 
 impl Target {
@@ -44,7 +83,11 @@ impl Target {
             let files = tls_files(global).map_err(usage)?;
             Some(Arc::new(files.load().map_err(|err| usage(err.to_string()))?))
         };
-        Ok(Target { addr: global.master.clone(), host, tls, timeout })
+        let bearer = match &global.token {
+            Some(token) => Some(Bearer::new(token.expose()).map_err(usage)?),
+            None => None,
+        };
+        Ok(Target { addr: global.master.clone(), host, tls, timeout, bearer })
     }
 
     /// What `explain_error_in` should know about this connection.
@@ -97,7 +140,7 @@ pub fn split_host_port(addr: &str) -> Result<(String, u16), String> {
     Ok((host.to_owned(), port))
 }
 
-/// A connected client of the master's `MasterService`.
+/// A connected client of the master's `MasterService` and `AuthService`.
 #[derive(Debug)]
 pub struct Master {
     client: MasterServiceClient<Channel>,
@@ -144,7 +187,7 @@ impl Master {
         let mut client = self.client.clone();
         let timeout = self.target.timeout;
         let response = self
-            .invoke(timeout, client.list_nodes(request(v1::ListNodesRequest {}, timeout)))
+            .invoke(timeout, client.list_nodes(self.request(v1::ListNodesRequest {}, timeout)))
             .await
             .map_err(|status| self.describe("list nodes", &status))?;
         Ok(response.nodes)
@@ -156,10 +199,31 @@ impl Master {
         let timeout = self.target.timeout;
         let message = v1::GetNodeRequest { name: name.to_owned() };
         let response = self
-            .invoke(timeout, client.get_node(request(message, timeout)))
+            .invoke(timeout, client.get_node(self.request(message, timeout)))
             .await
             .map_err(|status| self.describe("get node", &status))?;
         response.node.ok_or_else(|| anyhow::anyhow!("the master answered GetNode without a node: upgrade the master"))
+    }
+
+    /// `IssueToken`, within the default deadline.
+    pub async fn issue_token(&self, message: v1::IssueTokenRequest) -> anyhow::Result<v1::IssueTokenResponse> {
+        let mut client = self.auth.clone();
+        let call = client.issue_token(self.request(message, self.target.timeout));
+        self.unary("issue token", call).await
+    }
+
+    /// `RefreshToken`, within the default deadline.
+    pub async fn refresh_token(&self, message: v1::RefreshTokenRequest) -> anyhow::Result<v1::RefreshTokenResponse> {
+        let mut client = self.auth.clone();
+        let call = client.refresh_token(self.request(message, self.target.timeout));
+        self.unary("refresh token", call).await
+    }
+
+    /// `RevokeTokens`, within the default deadline.
+    pub async fn revoke_tokens(&self, message: v1::RevokeTokensRequest) -> anyhow::Result<v1::RevokeTokensResponse> {
+        let mut client = self.auth.clone();
+        let call = client.revoke_tokens(self.request(message, self.target.timeout));
+        self.unary("revoke tokens", call).await
     }
 
     /// `CreateJoinToken`, within the default deadline.
@@ -168,16 +232,58 @@ impl Master {
         message: v1::CreateJoinTokenRequest,
     ) -> anyhow::Result<v1::CreateJoinTokenResponse> {
         let mut client = self.auth.clone();
-        let timeout = self.target.timeout;
-        self.invoke(timeout, client.create_join_token(request(message, timeout)))
-            .await
-            .map_err(|status| self.describe("create join token", &status))
+        let call = client.create_join_token(self.request(message, self.target.timeout));
+        self.unary("create join token", call).await
+    }
+
+    /// `ListJoinTokens`, within the default deadline.
+    pub async fn list_join_tokens(&self) -> anyhow::Result<Vec<v1::JoinTokenInfo>> {
+        let mut client = self.auth.clone();
+        let call = client.list_join_tokens(self.request(v1::ListJoinTokensRequest {}, self.target.timeout));
+        Ok(self.unary("list join tokens", call).await?.tokens)
+    }
+
+    /// `RevokeJoinToken`, within the default deadline.
+    pub async fn revoke_join_token(&self, id: &str) -> anyhow::Result<()> {
+        let mut client = self.auth.clone();
+        let message = v1::RevokeJoinTokenRequest { id: id.to_owned() };
+        let call = client.revoke_join_token(self.request(message, self.target.timeout));
+        self.unary("revoke join token", call).await.map(|_| ())
+    }
+
+    /// `EvictNode`, within the default deadline.
+    pub async fn evict_node(&self, name: &str) -> anyhow::Result<()> {
+        let mut client = self.auth.clone();
+        let message = v1::EvictNodeRequest { name: name.to_owned() };
+        let call = client.evict_node(self.request(message, self.target.timeout));
+        self.unary("evict node", call).await.map(|_| ())
+    }
+
+    /// `ListPendingNodes`, within the default deadline.
+    pub async fn list_pending_nodes(&self) -> anyhow::Result<Vec<v1::PendingNode>> {
+        let mut client = self.auth.clone();
+        let call = client.list_pending_nodes(self.request(v1::ListPendingNodesRequest {}, self.target.timeout));
+        Ok(self.unary("list pending nodes", call).await?.nodes)
+    }
+
+    /// `RotateSigningKey`, within the default deadline; returns the new key id.
+    pub async fn rotate_signing_key(&self) -> anyhow::Result<String> {
+        let mut client = self.auth.clone();
+        let call = client.rotate_signing_key(self.request(v1::RotateSigningKeyRequest {}, self.target.timeout));
+        Ok(self.unary("rotate signing key", call).await?.kid)
+    }
+
+    /// `GetVerificationKeys`, within the default deadline.
+    pub async fn verification_keys(&self) -> anyhow::Result<Vec<v1::VerificationKey>> {
+        let mut client = self.auth.clone();
+        let call = client.get_verification_keys(self.request(v1::GetVerificationKeysRequest {}, self.target.timeout));
+        Ok(self.unary("get verification keys", call).await?.keys)
     }
 
     /// `Search` with a gRPC deadline of `deadline`.
     pub async fn search(&self, message: v1::SearchRequest, deadline: Duration) -> anyhow::Result<v1::SearchResponse> {
         let mut client = self.client.clone();
-        self.invoke(deadline, client.search(request(message, deadline)))
+        self.invoke(deadline, client.search(self.request(message, deadline)))
             .await
             .map_err(|status| self.describe("search", &status))
     }
@@ -191,7 +297,24 @@ impl Master {
         deadline: Duration,
     ) -> Result<v1::IngestDocumentsResponse, Status> {
         let mut client = self.client.clone();
-        self.invoke(deadline, client.ingest_documents(request(message, deadline))).await
+        self.invoke(deadline, client.ingest_documents(self.request(message, deadline))).await
+    }
+
+    /// Runs one call within the default deadline; a failure becomes a message saying what to do
+    /// (`what` names the call).
+    async fn unary<T>(&self, what: &str, call: impl Future<Output = Result<Response<T>, Status>>) -> anyhow::Result<T> {
+        self.invoke(self.target.timeout, call).await.map_err(|status| self.describe(what, &status))
+    }
+
+    /// A request carrying `deadline` as its `grpc-timeout`, so the master stops working when we
+    /// stop waiting, and the bearer token when there is one.
+    fn request<T>(&self, message: T, deadline: Duration) -> Request<T> {
+        let mut request = Request::new(message);
+        request.set_timeout(deadline);
+        if let Some(Bearer(value)) = &self.target.bearer {
+            request.metadata_mut().insert("authorization", value.clone());
+        }
+        request
     }
 
     /// Runs one call, turning a missed deadline into `DEADLINE_EXCEEDED` even when the network
@@ -223,24 +346,16 @@ impl Master {
                  --timeout-ms, or look at the master's log"
             ),
             Code::Unimplemented => anyhow::anyhow!(
-                "{what}: {addr} does not serve ragmesh.v1.MasterService: point --master at the \
-                 master (not at an agent)"
+                "{what}: {addr} does not serve this call ({message}): point --master at the \
+                 master (not at an agent), and run a master as new as this ragmeshctl"
             ),
-            Code::Unauthenticated | Code::PermissionDenied => anyhow::anyhow!(
-                "{what}: the master refused this client ({message}): use a certificate issued \
-                 by the mesh CA"
-            ),
+            // The master's message names the credential it refused and what to do about it.
+            Code::Unauthenticated | Code::PermissionDenied => {
+                anyhow::anyhow!("{what}: the master refused the call: {message}")
+            }
             code => anyhow::anyhow!("{what}: the master answered {code:?}: {message}"),
         }
     }
-}
-
-/// A request carrying `deadline` as its `grpc-timeout`, so the master stops working when we
-/// stop waiting.
-fn request<T>(message: T, deadline: Duration) -> Request<T> {
-    let mut request = Request::new(message);
-    request.set_timeout(deadline);
-    request
 }
 
 #[cfg(test)]
@@ -292,6 +407,60 @@ mod tests {
         assert!(target.tls.is_none());
         assert_eq!(target.host, "::1");
         assert_eq!(target.timeout, Duration::from_millis(250));
+    }
+
+    #[test]
+    fn bearer_tokens_are_validated_and_never_debug_printed() {
+        let target = Target::from_args(&global(&["--insecure", "--token", "  Bearer eyJ.a.b \n"])).expect("valid");
+        let bearer = target.bearer.as_ref().expect("bearer");
+        assert_eq!(bearer.0.to_str().expect("ascii"), "Bearer eyJ.a.b");
+        assert!(bearer.0.is_sensitive());
+        assert_eq!(format!("{bearer:?}"), "Bearer(<redacted>)");
+        assert!(!format!("{target:?}").contains("eyJ"), "{target:?}");
+
+        for bad in ["", "   ", "Bearer ", "two words", "caf\u{e9}"] {
+            let err = Target::from_args(&global(&["--insecure", "--token", bad])).expect_err(bad);
+            assert_eq!(crate::error::exit_code(&err), crate::error::EXIT_USAGE, "{bad:?}");
+            assert!(err.to_string().starts_with("--token (or RAGMESH_TOKEN)"), "{bad:?}: {err}");
+        }
+        let without = Target::from_args(&global(&["--insecure"])).expect("valid");
+        assert!(without.bearer.is_none());
+    }
+
+    fn lazy_master(bearer: Option<&str>) -> Master {
+        let mut args = vec!["--insecure"];
+        if let Some(token) = bearer {
+            args.extend(["--token", token]);
+        }
+        let target = Target::from_args(&global(&args)).expect("valid");
+        let channel = Endpoint::from_static("http://127.0.0.1:9").connect_lazy();
+        Master { client: MasterServiceClient::new(channel.clone()), auth: AuthServiceClient::new(channel), target }
+    }
+
+    #[tokio::test]
+    async fn requests_carry_the_bearer_token_only_when_given() {
+        let with = lazy_master(Some("eyJ.a.b"));
+        let request = with.request(v1::ListNodesRequest {}, Duration::from_secs(1));
+        let header = request.metadata().get("authorization").expect("authorization header");
+        assert_eq!(header.to_str().expect("ascii"), "Bearer eyJ.a.b");
+        assert!(request.metadata().get("grpc-timeout").is_some());
+
+        let without = lazy_master(None);
+        let request = without.request(v1::ListNodesRequest {}, Duration::from_secs(1));
+        assert!(request.metadata().get("authorization").is_none());
+    }
+
+    #[tokio::test]
+    async fn refusals_show_the_masters_own_advice() {
+        let master = lazy_master(None);
+        let status = Status::permission_denied("token lacks capability \"admin\": ask an operator");
+        let message = master.describe("list nodes", &status).to_string();
+        assert_eq!(
+            message,
+            "list nodes: the master refused the call: token lacks capability \"admin\": ask an operator"
+        );
+        let err = master.describe("refresh token", &Status::unauthenticated("refresh token was already used"));
+        assert_eq!(crate::error::exit_code(&err), crate::error::EXIT_FAILURE);
     }
 
     #[tokio::test]

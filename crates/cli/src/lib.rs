@@ -15,10 +15,11 @@ pub mod nodes;
 pub mod render;
 pub mod samples;
 pub mod search;
+pub mod token;
 
 use std::time::SystemTime;
 
-use args::{Cli, Command};
+use args::{Cli, Command, NodesArgs, NodesCommand};
 use client::{Master, Target};
 
 /// Runs one parsed command line.
@@ -29,14 +30,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Demo(args) => demo::run(args).await,
         Command::Nodes(args) => {
             let master = connect(global).await?;
-            let nodes = master.list_nodes().await?;
-            let now = SystemTime::now();
-            if args.json {
-                println!("{}", serde_json::to_string_pretty(&nodes::list_json(&nodes, now))?);
-            } else {
-                print!("{}", nodes::table(&nodes, now));
-            }
-            Ok(())
+            nodes(&master, args).await
         }
         Command::Node(args) => {
             let master = connect(global).await?;
@@ -57,7 +51,38 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             let master = connect(global).await?;
             ingest::run(&master, args, global.timeout_ms).await
         }
+        Command::Token(command) => {
+            let master = connect(global).await?;
+            token::run(&master, command).await
+        }
     }
+}
+
+/// `nodes`, `nodes --pending` and `nodes evict NAME`.
+async fn nodes(master: &Master, args: &NodesArgs) -> anyhow::Result<()> {
+    if let Some(NodesCommand::Evict(evict)) = &args.command {
+        master.evict_node(&evict.name).await?;
+        print!("{}", nodes::evicted(&evict.name));
+        return Ok(());
+    }
+    if args.pending {
+        let pending = master.list_pending_nodes().await?;
+        let now = SystemTime::now();
+        if args.json {
+            println!("{}", serde_json::to_string_pretty(&nodes::pending_json(&pending, now))?);
+        } else {
+            print!("{}", nodes::pending_table(&pending, now));
+        }
+        return Ok(());
+    }
+    let list = master.list_nodes().await?;
+    let now = SystemTime::now();
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&nodes::list_json(&list, now))?);
+    } else {
+        print!("{}", nodes::table(&list, now));
+    }
+    Ok(())
 }
 
 /// Validates the connection flags and connects to the master.

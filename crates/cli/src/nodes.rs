@@ -1,5 +1,6 @@
-//! `ragmeshctl nodes` and `ragmeshctl node NAME`: what the master knows about its nodes, as a
-//! table, a detailed view or JSON.
+//! `ragmeshctl nodes`, `nodes --pending`, `nodes evict NAME` and `ragmeshctl node NAME`: what
+//! the master knows about its nodes and the agents it refused, as tables, a detailed view or
+//! JSON, and eviction.
 
 use std::fmt::Write as _;
 use std::time::{Duration, SystemTime};
@@ -100,6 +101,61 @@ pub fn to_json(node: &v1::NodeInfo, now: SystemTime) -> Value {
 /// Every node as a JSON array.
 pub fn list_json(nodes: &[v1::NodeInfo], now: SystemTime) -> Value {
     Value::Array(nodes.iter().map(|n| to_json(n, now)).collect())
+}
+
+/// The `nodes --pending` table: NAME ADDRESS LAST-ATTEMPT REASON, with what to do about them.
+pub fn pending_table(nodes: &[v1::PendingNode], now: SystemTime) -> String {
+    if nodes.is_empty() {
+        return "no pending nodes: no agent has been refused admission since the master started\n".to_owned();
+    }
+    let mut table = Table::new(vec![
+        Column::left("NAME"),
+        Column::left("ADDRESS"),
+        Column::left("LAST-ATTEMPT"),
+        Column::left("REASON").max_width(160),
+    ]);
+    for node in nodes {
+        let attempt = since(node.last_attempt.as_ref(), now).map_or_else(|| "unknown".to_owned(), render::age);
+        table.push(vec![clean(&node.name), clean(&node.address), attempt, clean(&node.reason)]);
+    }
+    let mut out = table.render();
+    let agents = if nodes.len() == 1 { "1 agent was".to_owned() } else { format!("{} agents were", nodes.len()) };
+    let _ = writeln!(
+        out,
+        "{agents} refused: to admit, create a join token with `ragmeshctl token join` and restart \
+         the agent with --join-token TOKEN"
+    );
+    out
+}
+
+/// Refused join attempts as a JSON array.
+pub fn pending_json(nodes: &[v1::PendingNode], now: SystemTime) -> Value {
+    let list = nodes
+        .iter()
+        .map(|node| {
+            let age_ms =
+                since(node.last_attempt.as_ref(), now).map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+            json!({
+                "name": node.name,
+                "address": node.address,
+                "last_attempt": render::timestamp_json(node.last_attempt.as_ref()),
+                "last_attempt_age_ms": age_ms,
+                "reason": node.reason,
+            })
+        })
+        .collect();
+    Value::Array(list)
+}
+
+/// What `nodes evict NAME` did, and what is left to do.
+pub fn evicted(name: &str) -> String {
+    let name = clean(name);
+    format!(
+        "evicted {name}: its health stream is closed and it cannot register again without a new \
+         join token\n\
+         stop the agent on its server; if the join token that admitted it has uses left, revoke \
+         it too (`ragmeshctl token join --list`, then `ragmeshctl token join --revoke ID`)\n"
+    )
 }
 
 /// The detailed view of one node, one `key: value` per line.
@@ -217,6 +273,47 @@ mod tests {
         assert_eq!(first["last_heartbeat"], "1970-01-01T00:16:40Z");
         assert_eq!(first["last_heartbeat_age_ms"], 400);
         assert!(first["down_reason"].is_null());
+    }
+
+    fn pending(name: &str, reason: &str) -> v1::PendingNode {
+        v1::PendingNode {
+            name: name.to_owned(),
+            address: "10.0.0.7:7401".to_owned(),
+            last_attempt: Some(at(990, 0)),
+            reason: reason.to_owned(),
+        }
+    }
+
+    #[test]
+    fn pending_table_shows_attempt_ages_and_how_to_admit() {
+        let out = pending_table(&[pending("app-9", "it presented no join token")], now());
+        assert_eq!(
+            out,
+            "NAME   ADDRESS        LAST-ATTEMPT  REASON\n\
+             app-9  10.0.0.7:7401  10s ago       it presented no join token\n\
+             1 agent was refused: to admit, create a join token with `ragmeshctl token join` and \
+             restart the agent with --join-token TOKEN\n"
+        );
+        let two = pending_table(&[pending("a", "x"), pending("b", "y\x1b[2J")], now());
+        assert!(two.contains("2 agents were refused"), "{two}");
+        assert!(!two.contains('\x1b'), "escapes from the wire are neutralised: {two:?}");
+        assert!(pending_table(&[], now()).starts_with("no pending nodes"));
+    }
+
+    #[test]
+    fn pending_json_keeps_reason_and_age() {
+        let value = pending_json(&[pending("app-9", "join token expired")], now());
+        assert_eq!(value[0]["name"], "app-9");
+        assert_eq!(value[0]["reason"], "join token expired");
+        assert_eq!(value[0]["last_attempt"], "1970-01-01T00:16:30Z");
+        assert_eq!(value[0]["last_attempt_age_ms"], 10_400);
+    }
+
+    #[test]
+    fn eviction_message_says_what_is_left_to_do() {
+        let out = evicted("agent-2");
+        assert!(out.starts_with("evicted agent-2: "), "{out}");
+        assert!(out.contains("--revoke ID"), "{out}");
     }
 
     #[test]

@@ -7,7 +7,7 @@
 
 use std::fmt::Write as _;
 use std::io::IsTerminal as _;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 /// Starts bold text on an ANSI terminal.
 const BOLD: &str = "\x1b[1m";
@@ -475,18 +475,48 @@ fn decode_entities(text: &str) -> String {
 
 /// An age like `0.4s ago`, `12s ago`, `3m ago`, `5h ago` or `2d ago`.
 pub fn age(elapsed: Duration) -> String {
-    let secs = elapsed.as_secs_f64();
+    format!("{} ago", span(elapsed))
+}
+
+/// A duration in its largest whole unit: `0.4s`, `12s`, `3m`, `5h`, `2d`.
+pub fn span(duration: Duration) -> String {
+    let secs = duration.as_secs_f64();
     if secs < 10.0 {
-        format!("{secs:.1}s ago")
+        format!("{secs:.1}s")
     } else if secs < 60.0 {
-        format!("{}s ago", elapsed.as_secs())
+        format!("{}s", duration.as_secs())
     } else if secs < 3600.0 {
-        format!("{}m ago", elapsed.as_secs() / 60)
+        format!("{}m", duration.as_secs() / 60)
     } else if secs < 86_400.0 {
-        format!("{}h ago", elapsed.as_secs() / 3600)
+        format!("{}h", duration.as_secs() / 3600)
     } else {
-        format!("{}d ago", elapsed.as_secs() / 86_400)
+        format!("{}d", duration.as_secs() / 86_400)
     }
+}
+
+/// `time` relative to `now`: `in 15m` for the future, `3m ago` for the past.
+pub fn relative(time: SystemTime, now: SystemTime) -> String {
+    match time.duration_since(now) {
+        Ok(ahead) => format!("in {}", span(ahead)),
+        Err(behind) => age(behind.duration()),
+    }
+}
+
+/// A wire timestamp as RFC 3339 with its distance from `now` (`2025-06-01T12:15:00Z (in 15m)`),
+/// or `-` without one.
+pub fn timestamp(time: Option<&prost_types::Timestamp>, now: SystemTime) -> String {
+    let Some(time) = time else {
+        return "-".to_owned();
+    };
+    match SystemTime::try_from(*time) {
+        Ok(system) => format!("{time} ({})", relative(system, now)),
+        Err(_) => time.to_string(),
+    }
+}
+
+/// A wire timestamp as RFC 3339 for JSON output (`null` without one).
+pub fn timestamp_json(time: Option<&prost_types::Timestamp>) -> serde_json::Value {
+    time.map_or(serde_json::Value::Null, |t| serde_json::Value::String(t.to_string()))
 }
 
 /// A duration in milliseconds for people: `7 ms`, `1.2 s`.
@@ -631,12 +661,25 @@ mod tests {
     }
 
     #[test]
+    fn timestamps_show_rfc3339_and_distance_both_ways() {
+        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000);
+        let later = prost_types::Timestamp { seconds: 1_000_900, nanos: 0 };
+        let earlier = prost_types::Timestamp { seconds: 999_820, nanos: 0 };
+        assert_eq!(timestamp(Some(&later), now), "1970-01-12T14:01:40Z (in 15m)");
+        assert_eq!(timestamp(Some(&earlier), now), format!("{earlier} (3m ago)"));
+        assert_eq!(timestamp(None, now), "-");
+        assert_eq!(timestamp_json(Some(&later)), serde_json::json!(later.to_string()));
+        assert!(timestamp_json(None).is_null());
+    }
+
+    #[test]
     fn ages_read_naturally() {
         assert_eq!(age(Duration::from_millis(420)), "0.4s ago");
         assert_eq!(age(Duration::from_secs(12)), "12s ago");
         assert_eq!(age(Duration::from_secs(190)), "3m ago");
         assert_eq!(age(Duration::from_secs(3 * 3600 + 5)), "3h ago");
         assert_eq!(age(Duration::from_secs(2 * 86_400)), "2d ago");
+        assert_eq!(span(Duration::from_secs(59 * 60)), "59m");
         assert_eq!(millis(7), "7 ms");
         assert_eq!(millis(1234), "1.2 s");
     }

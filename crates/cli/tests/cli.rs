@@ -16,6 +16,8 @@ fn ragmeshctl(args: &[&str]) -> Output {
         .env_remove("RAGMESH_KEY")
         .env_remove("RAGMESH_INSECURE")
         .env_remove("RAGMESH_TIMEOUT_MS")
+        .env_remove("RAGMESH_TOKEN")
+        .env_remove("RAGMESH_REFRESH_TOKEN")
         .output()
         .expect("run ragmeshctl")
 }
@@ -128,7 +130,10 @@ fn help_lists_every_subcommand_and_global_flag() {
         "--key",
         "--insecure",
         "--timeout-ms",
+        "--token",
         "RAGMESH_MASTER",
+        "RAGMESH_TOKEN",
+        "token",
         "Exit status",
     ] {
         assert!(text.contains(needle), "--help lacks {needle:?}:\n{text}");
@@ -165,6 +170,14 @@ fn every_subcommand_has_help() {
         &["node", "--help"],
         &["ingest", "--help"],
         &["demo", "--help"],
+        &["nodes", "evict", "--help"],
+        &["token", "--help"],
+        &["token", "issue", "--help"],
+        &["token", "refresh", "--help"],
+        &["token", "revoke", "--help"],
+        &["token", "join", "--help"],
+        &["token", "rotate-key", "--help"],
+        &["token", "keys", "--help"],
     ] {
         let help = ragmeshctl(args);
         assert_eq!(help.status.code(), Some(0), "{args:?}");
@@ -201,4 +214,55 @@ fn an_unreachable_master_is_a_runtime_failure_with_advice() {
     assert_eq!(output.status.code(), Some(1));
     let message = stderr(&output);
     assert!(message.contains(&format!("nothing is listening at {addr}")), "{message}");
+}
+
+#[test]
+fn token_help_explains_rotation_and_never_shows_secrets_from_the_environment() {
+    let help = Command::new(env!("CARGO_BIN_EXE_ragmeshctl"))
+        .args(["token", "refresh", "--help"])
+        .env("RAGMESH_TOKEN", "access-secret-value")
+        .env("RAGMESH_REFRESH_TOKEN", "refresh-secret-value")
+        .output()
+        .expect("run ragmeshctl");
+    assert_eq!(help.status.code(), Some(0));
+    let text = stdout(&help);
+    assert!(text.contains("RAGMESH_REFRESH_TOKEN"), "{text}");
+    assert!(text.contains("revokes the whole token family"), "{text}");
+    assert!(!text.contains("secret-value"), "env values are hidden:\n{text}");
+
+    let nodes = ragmeshctl(&["nodes", "--help"]);
+    assert!(stdout(&nodes).contains("--pending"), "{}", stdout(&nodes));
+    assert!(stdout(&nodes).contains("evict"), "{}", stdout(&nodes));
+}
+
+#[test]
+fn the_refresh_token_can_come_from_the_environment() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("bind").port();
+    let addr = format!("127.0.0.1:{port}");
+    let without = ragmeshctl(&["--master", &addr, "--insecure", "token", "refresh"]);
+    assert_eq!(without.status.code(), Some(64), "the token is required: {}", stderr(&without));
+    assert!(stderr(&without).contains("REFRESH_TOKEN"), "{}", stderr(&without));
+
+    // With the variable set, parsing succeeds and the run fails only at the connection.
+    let with = Command::new(env!("CARGO_BIN_EXE_ragmeshctl"))
+        .args(["--master", &addr, "--insecure", "token", "refresh"])
+        .env("RAGMESH_REFRESH_TOKEN", "rmr_from_env")
+        .env_remove("RAGMESH_TOKEN")
+        .output()
+        .expect("run ragmeshctl");
+    assert_eq!(with.status.code(), Some(1), "{}", stderr(&with));
+    assert!(stderr(&with).contains("nothing is listening"), "{}", stderr(&with));
+    assert!(!stderr(&with).contains("rmr_from_env"), "{}", stderr(&with));
+}
+
+#[test]
+fn token_flags_are_checked_before_connecting() {
+    let empty = ragmeshctl(&["--insecure", "--token", " ", "nodes"]);
+    assert_eq!(empty.status.code(), Some(64));
+    assert!(stderr(&empty).contains("--token (or RAGMESH_TOKEN) is empty"), "{}", stderr(&empty));
+
+    let conflicting = ragmeshctl(&["--insecure", "token", "join", "--list", "--uses", "2"]);
+    assert_eq!(conflicting.status.code(), Some(64), "{}", stderr(&conflicting));
+    let no_target = ragmeshctl(&["--insecure", "token", "revoke"]);
+    assert_eq!(no_target.status.code(), Some(64), "{}", stderr(&no_target));
 }

@@ -58,7 +58,12 @@ pub struct AccessControl {
     tls: bool,
     keys: watch::Sender<Vec<PublicKey>>,
     pending: Mutex<BTreeMap<String, Pending>>,
+    /// Subjects revoked by an operator, and when: their tokens issued until then are refused.
+    revoked: RwLock<BTreeMap<String, u64>>,
 }
+
+/// Tree of revoked subjects (subject -> unix seconds, big-endian).
+const REVOKED_TREE: &str = "revoked_subjects";
 
 impl AccessControl {
     /// Loads (or creates, on first start) the signing keys from `store`. Blocking.
@@ -66,7 +71,13 @@ impl AccessControl {
         let now = unix_now();
         let keyring = KeyRing::load_or_generate(store.as_ref(), keyring_config(&config), now)?;
         let keys = watch::Sender::new(keyring.public_keys(now));
+        let mut revoked = BTreeMap::new();
+        for (subject, at) in store.scan(REVOKED_TREE)? {
+            let at = <[u8; 8]>::try_from(at.as_slice()).map(u64::from_be_bytes).unwrap_or(u64::MAX);
+            revoked.insert(String::from_utf8_lossy(&subject).into_owned(), at);
+        }
         Ok(AccessControl {
+            revoked: RwLock::new(revoked),
             refresh: RefreshStore::new(store.clone(), RefreshConfig { ttl: config.refresh_token_ttl }),
             joins: JoinTokenStore::new(store.clone()),
             keyring: RwLock::new(keyring),
@@ -102,7 +113,14 @@ impl AccessControl {
                     MasterError::BadCredentials("authorization must be `Bearer <access token>`".into())
                 })?;
             let now = unix_now();
-            return Ok(self.keyring().verifier(AUDIENCE, now).verify(token.trim(), now)?);
+            let principal = self.keyring().verifier(AUDIENCE, now).verify(token.trim(), now)?;
+            let revoked = self.revoked.read().unwrap_or_else(std::sync::PoisonError::into_inner);
+            if let Some(&revoked_at) = revoked.get(&principal.subject)
+                && principal.issued_at <= revoked_at
+            {
+                return Err(MasterError::Revoked { subject: principal.subject, revoked_at });
+            }
+            return Ok(principal);
         }
         if let Some(identity) = peer {
             if self.config.operators.contains(&identity.name) {
@@ -114,6 +132,15 @@ impl AccessControl {
             return Ok(operator("insecure"));
         }
         Err(MasterError::NoCredentials { certificate: None })
+    }
+
+    /// Refuses every access token of `subject` issued until now (persisted). Blocking.
+    pub(crate) fn revoke_subject_tokens(&self, subject: &str) -> Result<(), MasterError> {
+        let now = unix_now();
+        self.store.put(REVOKED_TREE, subject.as_bytes(), &now.to_be_bytes()).map_err(AuthError::from)?;
+        self.revoked.write().unwrap_or_else(std::sync::PoisonError::into_inner).insert(subject.to_owned(), now);
+        tracing::warn!(security_event = "subject_revoked", subject, "access tokens of subject revoked");
+        Ok(())
     }
 
     /// Whether `name` is an operator certificate.
@@ -222,6 +249,7 @@ fn operator(name: &str) -> Principal {
         token_id: String::new(),
         // Bounds the context tokens derived from this principal.
         expires_at: unix_now().saturating_add(3600),
+        issued_at: unix_now(),
     }
 }
 

@@ -72,13 +72,13 @@ impl AuthService for AuthApi {
         }
         let response = blocking(&access, move |access| {
             let (token, claims) = access.issue(&req.subject, &req.tenant, caps.clone(), ttl)?;
-            let refresh = access.refresh.issue(&req.subject, &req.tenant, caps, unix_now())?;
+            let (refresh, family) = access.refresh.issue_with_family(&req.subject, &req.tenant, caps, unix_now())?;
             Ok(v1::IssueTokenResponse {
                 access_token: token,
                 expires_at: Some(timestamp(claims.exp)),
                 refresh_token: refresh.into_string(),
                 token_id: claims.jti,
-                family: String::new(),
+                family,
             })
         })
         .await?;
@@ -118,6 +118,8 @@ impl AuthService for AuthApi {
                 Ok(u32::from(access.refresh.revoke_family(&family, unix_now())?))
             }
             Some(v1::revoke_tokens_request::Target::Subject(subject)) => {
+                // Access tokens of the subject issued until now stop working too, not only refreshes.
+                access.revoke_subject_tokens(&subject)?;
                 let count = access.refresh.revoke_subject(&subject, unix_now())?;
                 Ok(u32::try_from(count).unwrap_or(u32::MAX))
             }
@@ -154,7 +156,8 @@ impl AuthService for AuthApi {
     ) -> Result<Response<v1::ListJoinTokensResponse>, Status> {
         self.0.require(&request, Capability::Admin)?;
         let access = self.0.access()?.clone();
-        let tokens = blocking(&access, |access| Ok(access.joins.list(unix_now())?)).await?;
+        let mut tokens = blocking(&access, |access| Ok(access.joins.list(unix_now())?)).await?;
+        tokens.sort_by_key(|t| std::cmp::Reverse(t.created_at)); // newest first, as the contract says
         let tokens = tokens
             .into_iter()
             .map(|info| v1::JoinTokenInfo {

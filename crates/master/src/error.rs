@@ -96,6 +96,17 @@ pub enum MasterError {
     /// Authentication already failed in the auth layer; this is its answer.
     #[error("{}", .0.message())]
     Refused(tonic::Status),
+    /// No join token has this id.
+    #[error("no join token with id {0:?}: see `ragmeshctl token join --list`")]
+    UnknownJoinToken(String),
+    /// The token's subject was revoked after the token was issued.
+    #[error("token of subject {subject:?} was revoked by an operator at {revoked_at} (unix seconds): get a new token")]
+    Revoked {
+        /// Subject.
+        subject: String,
+        /// When it was revoked.
+        revoked_at: u64,
+    },
     /// The master is still starting.
     #[error("master is still loading its registry: retry shortly")]
     NotReady,
@@ -126,6 +137,8 @@ impl From<MasterError> for Status {
             },
             MasterError::BadCredentials(_) | MasterError::NoCredentials { .. } => Code::Unauthenticated,
             MasterError::NotAdmitted { .. } => Code::PermissionDenied,
+            MasterError::UnknownJoinToken(_) => Code::NotFound,
+            MasterError::Revoked { .. } => Code::Unauthenticated,
             MasterError::Refused(status) => status.code(),
         };
         if code == Code::Internal {

@@ -41,6 +41,8 @@ pub struct DaemonSpec {
     pub program: PathBuf,
     /// Arguments besides `--listen`.
     pub args: Vec<OsString>,
+    /// Environment variables to set (secrets go here, out of sight of `ps`).
+    pub env: Vec<(OsString, OsString)>,
     /// File receiving stdout and stderr.
     pub log: PathBuf,
     /// File receiving the pid.
@@ -315,7 +317,7 @@ fn stopped_cleanly(status: ExitStatus) -> bool {
 
 /// Starts one process with `--listen 127.0.0.1:port`, its output appended to its log, in its
 /// own process group, without the caller's `RAGMESH_*` settings (the demo passes everything
-/// as flags), and writes its pid file.
+/// as flags, and secrets in `spec.env`), and writes its pid file.
 fn start(spec: &DaemonSpec, port: u16) -> anyhow::Result<Child> {
     let log = open_log(&spec.log)?;
     let log_err =
@@ -336,6 +338,7 @@ fn start(spec: &DaemonSpec, port: u16) -> anyhow::Result<Child> {
             command.env_remove(key);
         }
     }
+    command.envs(spec.env.iter().map(|(key, value)| (key, value)));
     #[cfg(unix)]
     {
         use std::os::unix::process::CommandExt as _;
@@ -389,6 +392,7 @@ mod tests {
             args: vec!["-c".into(), script.into()],
             log: dir.path().join("agent-1.log"),
             pid_file: dir.path().join("agent-1.pid"),
+            env: Vec::new(),
         };
         let mut supervisor = Supervisor::new();
         supervisor.spawn(spec, 1).expect("spawn");
@@ -415,6 +419,7 @@ mod tests {
             args: vec!["-c".into(), script.into()],
             log: dir.path().join(format!("{name}.log")),
             pid_file: dir.path().join(format!("{name}.pid")),
+            env: Vec::new(),
         };
         let mut supervisor = Supervisor::new();
         supervisor.spawn(spec("agent-1", "echo started on $1; exec sleep 30"), 1).expect("spawn sleeper");

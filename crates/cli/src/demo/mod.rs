@@ -221,6 +221,7 @@ fn spec(workdir: &Workdir, name: &str, program: &Path, mut args: Vec<OsString>) 
         args,
         log: workdir.log(name),
         pid_file: workdir.pid_file(name),
+        env: Vec::new(),
     }
 }
 
@@ -240,6 +241,7 @@ async fn start_master(
         host: "127.0.0.1".to_owned(),
         tls: Some(Arc::new(client_tls.load()?)),
         timeout: RPC_TIMEOUT,
+        bearer: None,
     };
     let started = Instant::now();
     loop {
@@ -294,10 +296,11 @@ fn start_agents(
             HEARTBEAT_INTERVAL_MS.into(),
             "--label".into(),
             "started-by=ragmeshctl-demo".into(),
-            "--join-token".into(),
-            join_token.into(),
         ];
-        supervisor.spawn(spec(workdir, name, &binaries.agent, args), port)?;
+        let mut agent = spec(workdir, name, &binaries.agent, args);
+        // In the environment rather than on the command line, where `ps` would show it.
+        agent.env.push(("RAGMESH_JOIN_TOKEN".into(), join_token.into()));
+        supervisor.spawn(agent, port)?;
     }
     Ok(())
 }
@@ -411,6 +414,7 @@ fn usage_hints(workdir: &Workdir, master_addr: &str, no_wait: bool) -> String {
         writeln!(out, "  export RAGMESH_MASTER={master_addr} RAGMESH_CA={ca} RAGMESH_CERT={cert} RAGMESH_KEY={key}");
     let _ = writeln!(out, "  {exe} search {}", quote_str(query));
     let _ = writeln!(out, "  {exe} node agent-1");
+    let _ = writeln!(out, "  {exe} token issue --subject alice --tenant acme --cap search   # a tenant's token");
     let _ = writeln!(out);
     let _ = writeln!(out, "  # grpcurl (over the same mutual TLS)");
     let _ = writeln!(out, "  grpcurl {tls} {master_addr} list");
