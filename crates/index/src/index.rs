@@ -324,9 +324,21 @@ impl DocumentIndex {
 
         let snapshot = self.snapshot();
         let searcher = &snapshot.searcher;
-        let (total_matches, top) = searcher
-            .search(&query, &(Count, TopDocs::with_limit(limit + 1).order_by_score()))
-            .map_err(IndexError::tantivy("run search"))?;
+        // tantivy 0.27 can panic on some parsed queries (found by fuzzing: `-2(2`, an excluded
+        // phrase trips a debug assertion in PhraseScorer::seek_danger). A query must never take
+        // the agent down, so a panic inside the search becomes a clear error instead.
+        let collector = (Count, TopDocs::with_limit(limit + 1).order_by_score());
+        let run = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| searcher.search(&query, &collector)));
+        let (total_matches, top) = match run {
+            Ok(result) => result.map_err(IndexError::tantivy("run search"))?,
+            Err(_) => {
+                tracing::warn!(query = text, "the search engine could not run this query");
+                return Err(IndexError::InvalidQuery(
+                    "the search engine could not run this query: rephrase it (for example without `-` or parentheses)"
+                        .to_owned(),
+                ));
+            }
+        };
         let top = self.widen_for_ties(searcher, &query, top, limit)?;
 
         let mut candidates = Vec::with_capacity(top.len());
@@ -1135,6 +1147,26 @@ mod tests {
         index.delete_as(vec![doc_ref("c", "a1"), doc_ref("c", "missing")], &acme).expect("owner deletes");
         index.delete(vec![doc_ref("c", "op")]).expect("operators delete anything");
         assert_eq!(visible_ids(&index, crate::Viewer::Unrestricted), Vec::<String>::new());
+    }
+
+    #[test]
+    fn regression_fuzz_excluded_phrase_query_does_not_panic() {
+        // Fuzzer input that made tantivy 0.27 panic (debug builds) inside PhraseScorer::seek_danger.
+        let (_dir, index) = open_temp();
+        index
+            .upsert(vec![
+                doc("c", "a", "two", "2 2 digits"),
+                doc("c", "b", "x", "2 alone"),
+                doc("c", "c", "y", "other"),
+            ])
+            .expect("upsert");
+        for text in ["-2(2", "-\"2 2\" 2", "2 -(2 2)"] {
+            match index.search(&query(text)) {
+                Ok(_) => {}
+                Err(IndexError::InvalidQuery(message)) => assert!(message.contains("rephrase"), "{message}"),
+                Err(other) => panic!("unexpected error for {text:?}: {other}"),
+            }
+        }
     }
 
     #[test]
