@@ -14,6 +14,10 @@ use ragmesh_index::{Acl, Document, DocumentIndex, SearchQuery, SubjectRef, Viewe
 fn index() -> &'static DocumentIndex {
     static INDEX: OnceLock<(tempfile::TempDir, DocumentIndex)> = OnceLock::new();
     let (_, index) = INDEX.get_or_init(|| {
+        // libfuzzer-sys aborts on every panic, even one `DocumentIndex::search` catches on
+        // purpose (tantivy's known excluded-phrase panic). Restore the default hook: a panic
+        // that escapes our code still aborts through libfuzzer-sys's own catch_unwind.
+        drop(std::panic::take_hook());
         let dir = tempfile::tempdir().expect("tempdir");
         let index = DocumentIndex::open(dir.path()).expect("open");
         let docs = ["alpha beta", "gamma \"delta\" epsilon", "title:zeta AND eta", "naïve café 東京"]
