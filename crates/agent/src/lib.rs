@@ -22,22 +22,7 @@ use tokio_util::sync::CancellationToken;
 pub use link::LinkStatus;
 use service::{AgentApi, AgentState};
 
-/// Why the agent could not start.
-#[derive(Debug, thiserror::Error)]
-pub enum StartError {
-    /// TLS files are unusable.
-    #[error("{0}")]
-    Tls(#[from] ragmesh_tls::TlsError),
-    /// The node name is missing or contradicts the certificate.
-    #[error("{0}")]
-    Identity(String),
-    /// The listener is unusable.
-    #[error("listener: {0}")]
-    Io(#[from] std::io::Error),
-    /// The server could not be configured.
-    #[error("server setup: {0}")]
-    Server(#[from] tonic::transport::Error),
-}
+pub use ragmesh_server::StartError;
 
 /// A running agent.
 #[derive(Debug)]
@@ -88,7 +73,7 @@ pub fn identity(config: &AgentConfig) -> Result<(String, Option<Arc<LoadedTls>>)
     let name = match (&config.name, &tls) {
         (Some(name), _) => name.clone(),
         (None, Some(tls)) => tls.identity_name(),
-        (None, None) => return Err(StartError::Identity("--name is required with --insecure".to_owned())),
+        (None, None) => return Err(StartError::Config("--name is required with --insecure".to_owned())),
     };
     Ok((name, tls))
 }

@@ -98,20 +98,22 @@ impl AccessControl {
         if let Some(caller) = request.extensions().get::<Caller>() {
             return caller.0.clone().map_err(MasterError::Refused);
         }
-        self.authenticate_parts(request.metadata().get("authorization"), ragmesh_tls::peer_identity_of(request))
+        let authorization = request.metadata().get("authorization").map(|v| v.to_str().map_err(drop));
+        self.authenticate_parts(authorization, ragmesh_tls::peer_identity_of(request))
     }
 
-    /// [`AccessControl::authenticate`] over the parts of a request.
+    /// [`AccessControl::authenticate`] over the parts of a request: the `authorization` header
+    /// (`Err` when it is not visible ASCII) and the peer certificate's identity.
     pub(crate) fn authenticate_parts(
         &self,
-        authorization: Option<&tonic::metadata::MetadataValue<tonic::metadata::Ascii>>,
+        authorization: Option<Result<&str, ()>>,
         peer: Option<ragmesh_tls::PeerIdentity>,
     ) -> Result<Principal, MasterError> {
         if let Some(value) = authorization {
-            let token =
-                value.to_str().ok().and_then(|v| v.strip_prefix("Bearer ")).ok_or_else(|| {
-                    MasterError::BadCredentials("authorization must be `Bearer <access token>`".into())
-                })?;
+            let token = value
+                .ok()
+                .and_then(|v| v.strip_prefix("Bearer "))
+                .ok_or_else(|| MasterError::BadCredentials("authorization must be `Bearer <access token>`".into()))?;
             let now = unix_now();
             let principal = self.keyring().verifier(AUDIENCE, now).verify(token.trim(), now)?;
             let revoked = self.revoked.read().unwrap_or_else(std::sync::PoisonError::into_inner);

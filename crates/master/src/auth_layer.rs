@@ -11,7 +11,6 @@ use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll};
 
 use ragmesh_stack::rate_limit::RateKey;
-use tonic::metadata::MetadataMap;
 use tonic::transport::server::{TcpConnectInfo, TlsConnectInfo};
 
 use crate::access::{AccessControl, Caller};
@@ -70,9 +69,9 @@ where
 }
 
 fn authenticate<B>(access: &AccessControl, request: &http::Request<B>) -> (Caller, Option<RateKey>) {
-    let metadata = MetadataMap::from_headers(request.headers().clone());
+    let authorization = request.headers().get(http::header::AUTHORIZATION).map(|v| v.to_str().map_err(drop));
     let peer = peer_identity(request);
-    let outcome = access.authenticate_parts(metadata.get("authorization"), peer.clone());
+    let outcome = access.authenticate_parts(authorization, peer.clone());
     let key = match (&outcome, &peer) {
         (Ok(principal), _) if !principal.token_id.is_empty() => {
             Some(RateKey::subject(&format!("{}/{}", principal.tenant, principal.subject)))

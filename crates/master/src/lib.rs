@@ -34,22 +34,7 @@ use tokio_util::sync::CancellationToken;
 
 pub use registry::Registry;
 
-/// Why the master could not start.
-#[derive(Debug, thiserror::Error)]
-pub enum StartError {
-    /// TLS files are unusable.
-    #[error("{0}")]
-    Tls(#[from] ragmesh_tls::TlsError),
-    /// A setting is unusable.
-    #[error("{0}")]
-    Config(String),
-    /// The listener is unusable.
-    #[error("listener: {0}")]
-    Io(#[from] std::io::Error),
-    /// The server could not be configured.
-    #[error("server setup: {0}")]
-    Server(#[from] tonic::transport::Error),
-}
+pub use ragmesh_server::StartError;
 
 /// A running master.
 #[derive(Debug)]

@@ -20,6 +20,20 @@ use tonic::transport::Server;
 use tonic::transport::server::{Router, TcpIncoming};
 use tower::Layer;
 
+/// Why a daemon could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// TLS files are unusable.
+    #[error("{0}")]
+    Tls(#[from] ragmesh_tls::TlsError),
+    /// A setting is unusable (a node name that contradicts its certificate, a zero rate limit...).
+    #[error("{0}")]
+    Config(String),
+    /// The listener is unusable.
+    #[error("listener: {0}")]
+    Io(#[from] std::io::Error),
+}
+
 /// How long shutdown waits for connections to drain before closing them.
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 /// How long the daemons wait between looks at their TLS files for changes.
