@@ -1,7 +1,8 @@
 //! Errors of the agent's service and their one mapping to `tonic::Status`.
 
 use ragmesh_index::IndexError;
-use tonic::{Code, Status};
+use ragmesh_proto::ErrorKind;
+use tonic::Status;
 
 /// Everything an agent RPC can fail with.
 #[derive(Debug, thiserror::Error)]
@@ -26,25 +27,36 @@ pub enum AgentError {
     Task(String),
 }
 
-impl From<AgentError> for Status {
-    fn from(err: AgentError) -> Status {
-        let code = match &err {
-            AgentError::NotReady | AgentError::NoKeys => Code::Unavailable,
-            AgentError::NoContext => Code::Unauthenticated,
+impl AgentError {
+    /// The kind of this error; [`ErrorKind::code`] turns it into the gRPC code.
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            AgentError::NotReady | AgentError::NoKeys => ErrorKind::Unavailable,
+            AgentError::NoContext => ErrorKind::Unauthenticated,
+            // A context the master signed is never the end caller's to fix: anything wrong with
+            // it (bad signature, expired, unknown key) is an authentication failure.
             AgentError::Auth(auth) => match auth.category() {
-                ragmesh_auth::ErrorCategory::PermissionDenied => Code::PermissionDenied,
-                ragmesh_auth::ErrorCategory::Internal => Code::Internal,
-                _ => Code::Unauthenticated,
+                ragmesh_auth::ErrorCategory::PermissionDenied => ErrorKind::PermissionDenied,
+                ragmesh_auth::ErrorCategory::Internal => ErrorKind::Internal,
+                ragmesh_auth::ErrorCategory::Unauthenticated | ragmesh_auth::ErrorCategory::InvalidArgument => {
+                    ErrorKind::Unauthenticated
+                }
             },
             AgentError::Index(
                 IndexError::InvalidDocument { .. } | IndexError::InvalidBatch(_) | IndexError::InvalidQuery(_),
-            ) => Code::InvalidArgument,
-            AgentError::Index(IndexError::Forbidden { .. }) => Code::PermissionDenied,
-            AgentError::Index(_) | AgentError::Task(_) => Code::Internal,
-        };
-        if code == Code::Internal {
+            ) => ErrorKind::InvalidArgument,
+            AgentError::Index(IndexError::Forbidden { .. }) => ErrorKind::PermissionDenied,
+            AgentError::Index(_) | AgentError::Task(_) => ErrorKind::Internal,
+        }
+    }
+}
+
+impl From<AgentError> for Status {
+    fn from(err: AgentError) -> Status {
+        let kind = err.kind();
+        if kind == ErrorKind::Internal {
             tracing::error!(error = %err, "internal error");
         }
-        Status::new(code, err.to_string())
+        kind.status(err.to_string())
     }
 }

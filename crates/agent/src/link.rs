@@ -120,20 +120,20 @@ impl Link {
         Ok(endpoint)
     }
 
-    async fn collections(&self) -> Vec<v1::CollectionStats> {
-        let Some(index) = self.state.index.get().cloned() else { return Vec::new() };
-        let counted = tokio::task::spawn_blocking(move || index.collections()).await;
+    /// The index generation and the live documents per collection at that generation.
+    async fn collections(&self) -> (u64, Vec<v1::CollectionStats>) {
+        let Some(index) = self.state.index.get().cloned() else { return (0, Vec::new()) };
+        let fallback = index.generation();
+        let counted = tokio::task::spawn_blocking(move || index.collections_at_generation()).await;
         match counted {
-            Ok(Ok(list)) => {
-                list.into_iter().map(|c| v1::CollectionStats { name: c.name, doc_count: c.doc_count }).collect()
-            }
+            Ok(Ok((generation, list))) => (generation, crate::service::collection_stats(list)),
             Ok(Err(err)) => {
                 tracing::warn!(error = %err, "cannot count documents per collection");
-                Vec::new()
+                (fallback, Vec::new())
             }
             Err(err) => {
                 tracing::warn!(error = %err, "collection count task failed");
-                Vec::new()
+                (fallback, Vec::new())
             }
         }
     }
@@ -168,15 +168,16 @@ impl Link {
         let channel: Channel = self.endpoint()?.connect().await.map_err(|e| self.explain(&e))?;
         let mut client = MembershipServiceClient::new(channel);
 
+        let (generation, collections) = self.collections().await;
         let mut register = tonic::Request::new(v1::RegisterRequest {
             node_name: self.state.name.clone(),
             advertised_address: self.advertise.clone(),
             version: env!("CARGO_PKG_VERSION").to_owned(),
             protocol_major: PROTOCOL_MAJOR,
             protocol_minor: PROTOCOL_MINOR,
-            collections: self.collections().await,
+            collections,
             labels: self.labels.clone().into_iter().collect(),
-            generation: self.generation(),
+            generation,
             heartbeat_interval_ms: u32::try_from(self.interval.as_millis()).unwrap_or(u32::MAX),
             join_token: self.join_token.as_ref().map(|t| t.0.clone()).unwrap_or_default(),
         });
@@ -198,20 +199,23 @@ impl Link {
 
         let (tx, rx) = mpsc::channel::<v1::HealthStreamRequest>(4);
         let mut seq = 0u64;
-        let beat = |seq: u64, collections: Vec<v1::CollectionStats>| v1::HealthStreamRequest {
+        // A heartbeat reports the collections counted at `generation`, never a newer generation
+        // with older counts: the master takes the pair as one fact.
+        let beat = |seq: u64, generation: u64, collections: Vec<v1::CollectionStats>| v1::HealthStreamRequest {
             node_name: self.state.name.clone(),
             session_id: registered.session_id.clone(),
             heartbeat: Some(v1::Heartbeat {
                 seq,
                 in_flight: self.state.in_flight.load(Ordering::Relaxed),
                 collections,
-                generation: self.generation(),
+                generation,
             }),
         };
         // The master waits for the first heartbeat before it answers the stream, so queue it first.
-        let mut counted_generation = self.generation();
-        let mut collections = self.collections().await;
-        tx.send(beat(seq, collections.clone())).await.map_err(|_| "health stream closed".to_owned())?;
+        let (mut counted_generation, mut collections) = self.collections().await;
+        tx.send(beat(seq, counted_generation, collections.clone()))
+            .await
+            .map_err(|_| "health stream closed".to_owned())?;
         let mut inbound = client
             .health_stream(ReceiverStream::new(rx))
             .await
@@ -233,12 +237,10 @@ impl Link {
                         return Ok(SessionEnd::Lost(format!("master sent no acknowledgement for {} ms", ack_timeout.as_millis())));
                     }
                     seq += 1;
-                    let generation = self.generation();
-                    if generation != counted_generation {
-                        counted_generation = generation;
-                        collections = self.collections().await;
+                    if self.generation() != counted_generation {
+                        (counted_generation, collections) = self.collections().await;
                     }
-                    if tx.send(beat(seq, collections.clone())).await.is_err() {
+                    if tx.send(beat(seq, counted_generation, collections.clone())).await.is_err() {
                         return Ok(SessionEnd::Lost("health stream closed".to_owned()));
                     }
                 }

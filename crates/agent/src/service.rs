@@ -123,6 +123,11 @@ fn document_from_wire(doc: v1::Document) -> Document {
     }
 }
 
+/// Collection counts on the wire (in write answers and heartbeats).
+pub(crate) fn collection_stats(counts: Vec<ragmesh_index::CollectionCount>) -> Vec<v1::CollectionStats> {
+    counts.into_iter().map(|c| v1::CollectionStats { name: c.name, doc_count: c.doc_count }).collect()
+}
+
 #[tonic::async_trait]
 impl AgentService for AgentApi {
     async fn upsert_documents(
@@ -132,9 +137,19 @@ impl AgentService for AgentApi {
         let writer = writer_of(&self.0.caller(&request, Capability::Ingest)?);
         let docs: Vec<Document> = request.into_inner().documents.into_iter().map(document_from_wire).collect();
         let count = u32::try_from(docs.len()).unwrap_or(u32::MAX);
-        let generation = self.0.with_index(move |index| index.upsert_as(docs, &writer)).await?;
+        let (generation, collections) = self
+            .0
+            .with_index(move |index| {
+                index.upsert_as(docs, &writer)?;
+                index.collections_at_generation()
+            })
+            .await?;
         tracing::info!(documents = count, generation, "documents upserted");
-        Ok(Response::new(v1::UpsertDocumentsResponse { upserted: count, generation }))
+        Ok(Response::new(v1::UpsertDocumentsResponse {
+            upserted: count,
+            generation,
+            collections: collection_stats(collections),
+        }))
     }
 
     async fn delete_documents(
@@ -145,9 +160,19 @@ impl AgentService for AgentApi {
         let refs: Vec<DocRef> =
             request.into_inner().refs.into_iter().map(|r| DocRef { collection: r.collection, id: r.id }).collect();
         let count = u32::try_from(refs.len()).unwrap_or(u32::MAX);
-        let generation = self.0.with_index(move |index| index.delete_as(refs, &writer)).await?;
+        let (generation, collections) = self
+            .0
+            .with_index(move |index| {
+                index.delete_as(refs, &writer)?;
+                index.collections_at_generation()
+            })
+            .await?;
         tracing::info!(documents = count, generation, "documents deleted");
-        Ok(Response::new(v1::DeleteDocumentsResponse { deleted: count, generation }))
+        Ok(Response::new(v1::DeleteDocumentsResponse {
+            deleted: count,
+            generation,
+            collections: collection_stats(collections),
+        }))
     }
 
     async fn node_search(

@@ -8,11 +8,12 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
+use ragmesh_proto::ErrorKind;
 use ragmesh_proto::v1::{self, auth_service_client::AuthServiceClient, master_service_client::MasterServiceClient};
 use ragmesh_tls::{ErrorContext, LoadedTls, TlsFiles};
 use tonic::metadata::{AsciiMetadataValue, MetadataValue};
 use tonic::transport::{Channel, Endpoint};
-use tonic::{Code, Request, Response, Status};
+use tonic::{Request, Response, Status};
 
 use crate::args::GlobalArgs;
 use crate::error::usage;
@@ -340,20 +341,20 @@ impl Master {
             return anyhow::anyhow!("{what}: cannot talk to the master at {addr}: {explanation}");
         }
         let message = status.message();
-        match status.code() {
-            Code::DeadlineExceeded => anyhow::anyhow!(
+        match ErrorKind::of(status) {
+            ErrorKind::DeadlineExceeded => anyhow::anyhow!(
                 "{what}: the master at {addr} did not answer in time ({message}): raise \
                  --timeout-ms, or look at the master's log"
             ),
-            Code::Unimplemented => anyhow::anyhow!(
+            ErrorKind::Unimplemented => anyhow::anyhow!(
                 "{what}: {addr} does not serve this call ({message}): point --master at the \
                  master (not at an agent), and run a master as new as this ragmeshctl"
             ),
             // The master's message names the credential it refused and what to do about it.
-            Code::Unauthenticated | Code::PermissionDenied => {
+            ErrorKind::Unauthenticated | ErrorKind::PermissionDenied => {
                 anyhow::anyhow!("{what}: the master refused the call: {message}")
             }
-            code => anyhow::anyhow!("{what}: the master answered {code:?}: {message}"),
+            kind => anyhow::anyhow!("{what}: the master answered {kind}: {message}"),
         }
     }
 }

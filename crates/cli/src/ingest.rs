@@ -7,8 +7,8 @@ use std::time::{Duration, Instant};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressState, ProgressStyle};
 use ragmesh_index::ingest::{Format, IngestError, load_path};
 use ragmesh_index::{Document, MAX_COLLECTION_CHARS};
+use ragmesh_proto::ErrorKind;
 use ragmesh_proto::v1;
-use tonic::Code;
 
 use crate::args::{FormatArg, IngestArgs};
 use crate::client::Master;
@@ -162,7 +162,7 @@ async fn send(
                 generation = response.generation;
                 bar.inc(count as u64);
             }
-            Err(status) if status.code() == Code::InvalidArgument => {
+            Err(status) if ErrorKind::of(&status) == ErrorKind::InvalidArgument => {
                 anyhow::bail!(
                     "node {node} rejected {batch_label}: {}; fix the input and ingest again \
                      ({} written before this batch)",

@@ -386,8 +386,18 @@ impl DocumentIndex {
 
     /// Live document counts per collection, sorted by name; collections with none are omitted.
     pub fn collections(&self) -> Result<Vec<CollectionCount>, IndexError> {
+        Ok(self.collections_at_generation()?.1)
+    }
+
+    /// The generation of the current snapshot and its live document counts per collection,
+    /// read from the same snapshot so the two always agree.
+    pub fn collections_at_generation(&self) -> Result<(u64, Vec<CollectionCount>), IndexError> {
         let snapshot = self.snapshot();
-        let searcher = &snapshot.searcher;
+        let counts = self.count_collections(&snapshot.searcher)?;
+        Ok((snapshot.generation, counts))
+    }
+
+    fn count_collections(&self, searcher: &Searcher) -> Result<Vec<CollectionCount>, IndexError> {
         // Term dictionaries still list collections whose documents were all deleted but not yet
         // merged away, so they only give candidate names; counts come from a live-doc query.
         let mut names = BTreeSet::new();

@@ -77,6 +77,20 @@ struct Entry {
 }
 
 impl Entry {
+    /// Takes the node's collections as of `generation`, unless the master already knows a newer
+    /// generation: a heartbeat counted before a write may arrive after the write's answer.
+    /// (A node whose index was reset starts from a lower generation, but it re-registers, and
+    /// registration replaces the record whole.)
+    fn observe_index(&mut self, generation: u64, collections: BTreeMap<String, u64>) -> bool {
+        if generation < self.record.generation {
+            return false;
+        }
+        let changed = self.record.generation != generation || self.record.collections != collections;
+        self.record.generation = generation;
+        self.record.collections = collections;
+        changed
+    }
+
     fn view(&self) -> NodeView {
         NodeView {
             record: self.record.clone(),
@@ -176,15 +190,26 @@ impl Registry {
             return false;
         }
         let changed_state = entry.liveness.apply(&LivenessEvent::Heartbeat(session.clone()), "");
-        let changed_record = entry.record.collections != info.collections || entry.record.generation != info.generation;
-        entry.record.collections = info.collections;
-        entry.record.generation = info.generation;
+        let changed_record = entry.observe_index(info.generation, info.collections);
         entry.last_heartbeat = Some(SystemTime::now());
         entry.in_flight = info.in_flight;
         if changed_state || changed_record {
             self.publish(&nodes);
         }
         true
+    }
+
+    /// Records what a node answered to an acknowledged write (its generation and collections
+    /// after it), so the next search routes to a collection the write created and `ListNodes`
+    /// counts it, without waiting for the next heartbeat. Returns whether the view changed.
+    pub fn observe_write(&self, name: &str, generation: u64, collections: BTreeMap<String, u64>) -> bool {
+        let mut nodes = self.lock();
+        let Some(entry) = nodes.get_mut(name) else { return false };
+        let changed = entry.observe_index(generation, collections);
+        if changed {
+            self.publish(&nodes);
+        }
+        changed
     }
 
     /// Applies a liveness event; `reason` explains a move to down. Returns whether the state changed.
@@ -279,6 +304,24 @@ mod tests {
         assert_eq!(a.state, NodeState::Down);
         assert_eq!(a.record.address, "127.0.0.1:1");
         assert!(a.down_reason.expect("reason").contains("master restarted"));
+    }
+
+    #[test]
+    fn a_heartbeat_counted_before_a_write_does_not_undo_the_write() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let registry = Registry::load(Arc::new(SledStore::open(dir.path()).expect("open"))).expect("load");
+        let session = registry.register(record("a")).expect("register");
+        let after_write = BTreeMap::from([("docs".to_owned(), 3), ("new".to_owned(), 5)]);
+        assert!(registry.observe_write("a", 2, after_write.clone()));
+        let stale =
+            HeartbeatInfo { in_flight: 0, collections: BTreeMap::from([("docs".to_owned(), 3)]), generation: 1 };
+        assert!(registry.heartbeat("a", &session, stale));
+        let a = registry.get("a").expect("a");
+        assert_eq!((a.record.generation, a.record.collections), (2, after_write));
+        let newer = HeartbeatInfo { in_flight: 0, collections: BTreeMap::new(), generation: 3 };
+        assert!(registry.heartbeat("a", &session, newer));
+        assert!(registry.get("a").expect("a").record.collections.is_empty(), "a newer count wins");
+        assert!(!registry.observe_write("nobody", 9, BTreeMap::new()), "unknown nodes are ignored");
     }
 
     #[test]

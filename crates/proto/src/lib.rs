@@ -10,6 +10,9 @@ pub mod v1 {
     include!("gen/ragmesh.v1.rs");
 }
 
+pub mod error;
+pub use error::ErrorKind;
+
 /// Encoded `FileDescriptorSet` of every ragmesh proto file and its imports, for server reflection.
 pub const FILE_DESCRIPTOR_SET: &[u8] = include_bytes!("gen/ragmesh_descriptor.bin");
 

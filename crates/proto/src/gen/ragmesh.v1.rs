@@ -113,7 +113,7 @@ pub struct UpsertDocumentsRequest {
     pub documents: ::prost::alloc::vec::Vec<Document>,
 }
 /// Result of an upsert.
-#[derive(Clone, Copy, PartialEq, Eq, Hash, ::prost::Message)]
+#[derive(Clone, PartialEq, ::prost::Message)]
 pub struct UpsertDocumentsResponse {
     /// Number of documents written.
     #[prost(uint32, tag = "1")]
@@ -121,6 +121,10 @@ pub struct UpsertDocumentsResponse {
     /// Index generation after the write.
     #[prost(uint64, tag = "2")]
     pub generation: u64,
+    /// Live documents per collection at that generation, so the master's view of the node is
+    /// current as soon as the write is acknowledged.
+    #[prost(message, repeated, tag = "3")]
+    pub collections: ::prost::alloc::vec::Vec<CollectionStats>,
 }
 /// Documents to delete.
 #[derive(Clone, PartialEq, ::prost::Message)]
@@ -130,7 +134,7 @@ pub struct DeleteDocumentsRequest {
     pub refs: ::prost::alloc::vec::Vec<DocumentRef>,
 }
 /// Result of a delete.
-#[derive(Clone, Copy, PartialEq, Eq, Hash, ::prost::Message)]
+#[derive(Clone, PartialEq, ::prost::Message)]
 pub struct DeleteDocumentsResponse {
     /// Number of references processed (documents that did not exist count too).
     #[prost(uint32, tag = "1")]
@@ -138,6 +142,9 @@ pub struct DeleteDocumentsResponse {
     /// Index generation after the write.
     #[prost(uint64, tag = "2")]
     pub generation: u64,
+    /// Live documents per collection at that generation.
+    #[prost(message, repeated, tag = "3")]
+    pub collections: ::prost::alloc::vec::Vec<CollectionStats>,
 }
 /// A search over one node's index.
 #[derive(Clone, PartialEq, ::prost::Message)]
