@@ -183,7 +183,13 @@ async fn refresh_rotates_and_reuse_revokes_the_whole_family() {
     let bob = mesh.issue_token("bob", "acme", &["search"]).await;
     let live = bob.refresh_token;
     let mut bob_client = mesh.client_with_token(&bob.access_token).await;
-    bob_client.search(v1::SearchRequest { query: "x".into(), ..Default::default() }).await.expect("bob works");
+    // This mesh has no agents: a search that passes authentication fails as unavailable.
+    let no_agents = bob_client
+        .search(v1::SearchRequest { query: "x".into(), ..Default::default() })
+        .await
+        .expect_err("no agent to answer");
+    assert_eq!(no_agents.code(), tonic::Code::Unavailable, "bob's token works: {no_agents:?}");
+    assert!(no_agents.message().contains("no agent has registered"), "{no_agents:?}");
     let revoked = auth
         .revoke_tokens(v1::RevokeTokensRequest {
             target: Some(v1::revoke_tokens_request::Target::Subject("bob".into())),

@@ -6,10 +6,8 @@ use std::time::Duration;
 
 use ragmesh_config::MasterConfig;
 use ragmesh_proto::v1::{self, master_service_server::MasterService, membership_service_server::MembershipService};
-use ragmesh_proto::{PROTOCOL_MAJOR, PROTOCOL_MINOR};
-use tokio::sync::mpsc;
+use ragmesh_proto::{ErrorKind, PROTOCOL_MAJOR, PROTOCOL_MINOR};
 use tokio::time::Instant;
-use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status, Streaming};
 
@@ -19,10 +17,11 @@ use crate::access::{AccessControl, CONTEXT_METADATA};
 use crate::clients::NodeClients;
 use crate::convert;
 use crate::error::MasterError;
-use crate::federation::{self, NodeQuery, NodeResult, Outcome};
+use crate::federation::{self, NoAnswer, NodeQuery, NodeResult, Outcome};
+use crate::membership::{self, Outbound, StreamWatcher};
 use crate::merge;
-use crate::node::{LivenessEvent, SessionId};
-use crate::registry::{HeartbeatInfo, NodeRecord, Registry};
+use crate::node::SessionId;
+use crate::registry::{NodeRecord, Registry};
 
 /// Longest query string accepted.
 pub const MAX_QUERY_BYTES: usize = 4096;
@@ -96,9 +95,11 @@ pub(crate) fn parse_grpc_timeout(value: &str) -> Option<Duration> {
     })
 }
 
-/// Time kept back from the node deadline to merge and answer before the caller's deadline.
+/// Time kept back from the node deadline to merge and answer before the caller's deadline:
+/// a tenth of the budget within 2..50 ms, but never more than half, so nodes always get most of
+/// even a 1 ms budget.
 fn merge_margin(budget: Duration) -> Duration {
-    (budget / 10).clamp(Duration::from_millis(2), Duration::from_millis(50))
+    (budget / 10).clamp(Duration::from_millis(2), Duration::from_millis(50)).min(budget / 2)
 }
 
 impl MasterApi {
@@ -163,6 +164,16 @@ impl MasterService for MasterApi {
             results.push(NodeResult { node, outcome: Outcome::Skipped(reason), took: Duration::ZERO });
         }
         results.sort_by(|a, b| a.node.cmp(&b.node));
+        // An answer no node gave is an error, never "OK, zero hits".
+        let considered: Vec<_> =
+            nodes.into_iter().filter(|n| req.nodes.is_empty() || req.nodes.contains(&n.record.name)).collect();
+        federation::verdict(&results, &considered, &query.collections).map_err(|failure| match failure {
+            NoAnswer::NoNodes => MasterError::NoNodes,
+            NoAnswer::NoSuchCollections { requested, existing } => {
+                MasterError::NoSuchCollections { requested, existing }
+            }
+            NoAnswer::NoneAnswered { kind, summary } => MasterError::NoAnswer { kind, summary },
+        })?;
 
         let outcomes = results.iter().map(convert::outcome).collect();
         let lists = results
@@ -226,6 +237,7 @@ impl MasterService for MasterApi {
             .await
             .map_err(|s| node_call_error(&req.node, &s, self.0.config.tls.is_some()))?
             .into_inner();
+        self.observe_write(&req.node, response.generation, response.collections)?;
         Ok(Response::new(v1::IngestDocumentsResponse { upserted: response.upserted, generation: response.generation }))
     }
 
@@ -247,11 +259,24 @@ impl MasterService for MasterApi {
             .await
             .map_err(|s| node_call_error(&req.node, &s, self.0.config.tls.is_some()))?
             .into_inner();
+        self.observe_write(&req.node, response.generation, response.collections)?;
         Ok(Response::new(v1::RemoveDocumentsResponse { removed: response.deleted, generation: response.generation }))
     }
 }
 
 impl MasterApi {
+    /// An acknowledged write is visible at once: the node's answer (generation and collections
+    /// after the write) updates the registry before the caller hears OK.
+    fn observe_write(
+        &self,
+        node: &str,
+        generation: u64,
+        collections: Vec<v1::CollectionStats>,
+    ) -> Result<(), MasterError> {
+        self.0.registry()?.observe_write(node, generation, convert::collections_from_wire(collections));
+        Ok(())
+    }
+
     /// Carries the caller to the agent as a signed context token.
     fn attach_context<T>(&self, call: &mut Request<T>, principal: &Principal) -> Result<(), MasterError> {
         let context = self.0.access()?.context(principal, WRITE_TIMEOUT)?;
@@ -276,19 +301,20 @@ impl MasterApi {
         }
         self.0.clients.client(name, &view.record.address).map_err(|message| MasterError::NodeCall {
             node: name.to_owned(),
-            code: tonic::Code::Unavailable,
+            kind: ErrorKind::Unavailable,
             message,
         })
     }
 }
 
 fn node_call_error(node: &str, status: &Status, tls: bool) -> MasterError {
-    let message = if status.code() == tonic::Code::Unavailable {
+    let kind = ErrorKind::of(status);
+    let message = if kind == ErrorKind::Unavailable {
         crate::error::transport_message(status, tls)
     } else {
         status.message().to_owned()
     };
-    MasterError::NodeCall { node: node.to_owned(), code: status.code(), message }
+    MasterError::NodeCall { node: node.to_owned(), kind, message }
 }
 
 impl MembershipApi {
@@ -408,7 +434,7 @@ impl MembershipService for MembershipApi {
         }))
     }
 
-    type HealthStreamStream = ReceiverStream<Result<v1::HealthStreamResponse, Status>>;
+    type HealthStreamStream = Outbound;
 
     async fn health_stream(
         &self,
@@ -416,7 +442,20 @@ impl MembershipService for MembershipApi {
     ) -> Result<Response<Self::HealthStreamStream>, Status> {
         let registry = self.0.registry()?.clone();
         let timeout = self.0.config.heartbeat_timeout;
-        let identity_check = self.0.config.tls.is_some().then(|| ragmesh_tls::peer_identity_of(&request));
+        // Identity is checked before anything is read: a certificate that is not a registered
+        // agent cannot hold a stream open, not even until the first-heartbeat timeout.
+        let identity = match self.0.config.tls {
+            Some(_) => Some(ragmesh_tls::peer_identity_of(&request).ok_or(MasterError::NoPeerIdentity)?),
+            None => None,
+        };
+        if let Some(identity) = &identity {
+            if registry.get(&identity.name).is_none() {
+                return Err(MasterError::NotAnAgent { name: identity.name.clone() }.into());
+            }
+            if registry.session(&identity.name).is_none() {
+                return Err(MasterError::UnknownSession { node: identity.name.clone() }.into());
+            }
+        }
         let mut inbound = request.into_inner();
         let first = match tokio::time::timeout(timeout, inbound.message()).await {
             Ok(Ok(Some(message))) => message,
@@ -429,11 +468,10 @@ impl MembershipService for MembershipApi {
                 )));
             }
         };
-        if let Some(identity) = identity_check {
-            let identity = identity.ok_or(MasterError::NoPeerIdentity)?;
-            if !identity.is(&first.node_name) {
-                return Err(MasterError::IdentityMismatch { cert_name: identity.name, claimed: first.node_name }.into());
-            }
+        if let Some(identity) = identity
+            && !identity.is(&first.node_name)
+        {
+            return Err(MasterError::IdentityMismatch { cert_name: identity.name, claimed: first.node_name }.into());
         }
         let session = SessionId(first.session_id.clone());
         if registry.session(&first.node_name).as_ref() != Some(&session) {
@@ -442,7 +480,7 @@ impl MembershipService for MembershipApi {
         let interval = registry
             .get(&first.node_name)
             .map_or(Duration::from_secs(1), |v| Duration::from_millis(v.record.heartbeat_interval_ms));
-        let (tx, rx) = mpsc::channel(16);
+        let (tx, done, outbound) = membership::outbound(self.0.access()?.subscribe_keys());
         let watcher = StreamWatcher {
             registry,
             node: first.node_name.clone(),
@@ -450,109 +488,12 @@ impl MembershipService for MembershipApi {
             suspect_after: (interval * 3 / 2).min(timeout / 2),
             timeout,
             tx,
+            done,
             shutdown: self.0.shutdown.clone(),
-            keys: self.0.access()?.subscribe_keys(),
         };
         let span = tracing::info_span!("membership.health_stream", node.id = %first.node_name);
         self.0.tasks.spawn(tracing::Instrument::instrument(watcher.run(first, inbound), span));
-        Ok(Response::new(ReceiverStream::new(rx)))
-    }
-}
-
-/// Watches one health stream: applies heartbeats, acknowledges them, and turns silence or the
-/// end of the stream into liveness events.
-struct StreamWatcher {
-    registry: Registry,
-    node: String,
-    session: SessionId,
-    suspect_after: Duration,
-    timeout: Duration,
-    tx: mpsc::Sender<Result<v1::HealthStreamResponse, Status>>,
-    shutdown: CancellationToken,
-    keys: tokio::sync::watch::Receiver<Vec<ragmesh_auth::PublicKey>>,
-}
-
-impl StreamWatcher {
-    async fn run(mut self, first: v1::HealthStreamRequest, mut inbound: Streaming<v1::HealthStreamRequest>) {
-        let mut pending = Some(first);
-        let mut late = false;
-        let mut last_heartbeat = Instant::now();
-        loop {
-            if let Some(message) = pending.take() {
-                if !self.on_heartbeat(message) {
-                    self.end(Status::failed_precondition(
-                        "session is no longer valid (superseded by a newer registration, or the node was evicted): register again",
-                    ));
-                    return;
-                }
-                late = false;
-                last_heartbeat = Instant::now();
-            }
-            // Deadlines count from the last heartbeat, so other events never extend the silence.
-            let deadline = last_heartbeat + if late { self.timeout } else { self.suspect_after };
-            tokio::select! {
-                () = self.shutdown.cancelled() => {
-                    self.down("master shutting down");
-                    self.end(Status::unavailable("master is shutting down: reconnect"));
-                    return;
-                }
-                Ok(()) = self.keys.changed() => {
-                    let keys = self.keys.borrow_and_update().iter().map(crate::access::verification_key).collect();
-                    let message = v1::HealthStreamResponse {
-                        body: Some(v1::health_stream_response::Body::Keys(v1::VerificationKeys { keys })),
-                    };
-                    let _ = self.tx.try_send(Ok(message));
-                }
-                next = tokio::time::timeout_at(deadline, inbound.message()) => match next {
-                    Ok(Ok(Some(message))) => pending = Some(message),
-                    Ok(Ok(None)) => {
-                        self.down("health stream closed by the agent");
-                        return;
-                    }
-                    Ok(Err(status)) => {
-                        self.down(&format!("health stream broke (connection lost): {}", status.message()));
-                        return;
-                    }
-                    Err(_elapsed) if !late => {
-                        late = true;
-                        self.registry.apply(&self.node, LivenessEvent::Late(self.session.clone()), "");
-                    }
-                    Err(_elapsed) => {
-                        let reason = format!("no heartbeat for {} ms", self.timeout.as_millis());
-                        self.down(&reason);
-                        self.end(Status::deadline_exceeded(format!("{reason}: reconnect")));
-                        return;
-                    }
-                },
-            }
-        }
-    }
-
-    /// Applies a heartbeat; false when this stream's session was superseded.
-    fn on_heartbeat(&self, message: v1::HealthStreamRequest) -> bool {
-        let heartbeat = message.heartbeat.unwrap_or_default();
-        let info = HeartbeatInfo {
-            in_flight: heartbeat.in_flight,
-            collections: convert::collections_from_wire(heartbeat.collections),
-            generation: heartbeat.generation,
-        };
-        if !self.registry.heartbeat(&self.node, &self.session, info) {
-            return false;
-        }
-        let ack = v1::HealthStreamResponse {
-            body: Some(v1::health_stream_response::Body::Ack(v1::HeartbeatAck { seq: heartbeat.seq })),
-        };
-        // A full queue means the agent is not reading acks; liveness is judged on heartbeats alone.
-        let _ = self.tx.try_send(Ok(ack));
-        true
-    }
-
-    fn down(&self, reason: &str) {
-        self.registry.apply(&self.node, LivenessEvent::StreamEnded(self.session.clone()), reason);
-    }
-
-    fn end(&self, status: Status) {
-        let _ = self.tx.try_send(Err(status));
+        Ok(Response::new(outbound))
     }
 }
 

@@ -181,10 +181,7 @@ impl AuthService for AuthApi {
         let shown = id.clone();
         let existed = blocking(&access, move |access| Ok(access.joins.revoke(&id)?)).await?;
         if !existed {
-            return Err(MasterError::InvalidArgument(format!(
-                "no join token with id {shown:?} (see `ragmeshctl token join --list`)"
-            ))
-            .into());
+            return Err(MasterError::UnknownJoinToken(shown).into());
         }
         Ok(Response::new(v1::RevokeJoinTokenResponse {}))
     }

@@ -16,6 +16,10 @@
 //! present the new certificate; the old channel keeps serving calls already made with it until
 //! the last clone of it is dropped.
 //!
+//! The cache holds clients of live nodes only: when a node is evicted or goes down, its client
+//! (and with it the channel's connection and keep-alive pings) is dropped; a node that comes
+//! back gets a new client on first use. So the cache never outgrows the set of live nodes.
+//!
 //! Later issues add retry, circuit breaker and p2c balancing layers here without touching callers.
 
 use std::collections::HashMap;
@@ -23,6 +27,11 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use ragmesh_proto::v1::agent_service_client::AgentServiceClient;
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+use crate::node::NodeState;
+use crate::registry::Membership;
 use ragmesh_tls::ReloadableTls;
 use tonic::transport::{Channel, Endpoint};
 use tower::ServiceBuilder;
@@ -85,6 +94,29 @@ impl NodeClients {
         Ok(client)
     }
 
+    /// Drops the clients of nodes that are not in `membership` or are down.
+    pub fn retain_live(&self, membership: &Membership) {
+        let mut clients = self.clients.lock().unwrap_or_else(|p| p.into_inner());
+        clients.retain(|name, _| membership.get(name).is_some_and(|view| view.state != NodeState::Down));
+    }
+
+    /// Number of cached clients.
+    pub fn cached(&self) -> usize {
+        self.clients.lock().unwrap_or_else(|p| p.into_inner()).len()
+    }
+
+    /// Keeps the cache to live nodes as membership changes, until `shutdown`.
+    pub async fn follow(self, mut membership: watch::Receiver<Membership>, shutdown: CancellationToken) {
+        loop {
+            let current = membership.borrow_and_update().clone();
+            self.retain_live(&current);
+            tokio::select! {
+                () = shutdown.cancelled() => return,
+                changed = membership.changed() => if changed.is_err() { return },
+            }
+        }
+    }
+
     fn build(&self, name: &str, address: &str) -> Result<NodeClient, String> {
         let scheme = if self.tls.is_some() { "https" } else { "http" };
         let mut endpoint = Endpoint::from_shared(format!("{scheme}://{address}"))
@@ -103,5 +135,53 @@ impl NodeClients {
         let stack =
             ServiceBuilder::new().concurrency_limit(MAX_IN_FLIGHT_PER_NODE).timeout(self.ceiling).service(channel);
         Ok(AgentServiceClient::new(stack))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::registry::{NodeRecord, NodeView};
+
+    fn view(name: &str, state: NodeState) -> NodeView {
+        NodeView {
+            record: NodeRecord {
+                name: name.into(),
+                address: "127.0.0.1:1".into(),
+                version: String::new(),
+                protocol_major: 1,
+                protocol_minor: 0,
+                collections: BTreeMap::new(),
+                labels: BTreeMap::new(),
+                generation: 0,
+                registered_at_ms: 0,
+                heartbeat_interval_ms: 1000,
+            },
+            state,
+            down_reason: None,
+            last_heartbeat: None,
+            in_flight: 0,
+        }
+    }
+
+    #[tokio::test]
+    async fn regression_clients_of_evicted_or_down_nodes_are_dropped() {
+        let clients = NodeClients::new(None, Duration::from_secs(1));
+        for name in ["a", "b", "c"] {
+            clients.client(name, "127.0.0.1:1").expect("lazy client");
+        }
+        assert_eq!(clients.cached(), 3);
+        // "c" was evicted (gone from membership), "b" is down.
+        let membership: Membership = Arc::new(BTreeMap::from([
+            ("a".to_owned(), view("a", NodeState::Up)),
+            ("b".to_owned(), view("b", NodeState::Down)),
+        ]));
+        clients.retain_live(&membership);
+        assert_eq!(clients.cached(), 1, "only the live node keeps its client");
+        clients.client("b", "127.0.0.1:1").expect("a node that is back gets a new client");
+        assert_eq!(clients.cached(), 2);
     }
 }

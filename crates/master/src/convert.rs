@@ -82,16 +82,16 @@ pub(crate) fn outcome(result: &NodeResult) -> v1::NodeOutcome {
             out.generation = *generation;
             v1::OutcomeStatus::Ok
         }
-        Outcome::Timeout => {
-            out.message = format!("no answer within {} ms", out.took_ms);
+        Outcome::Timeout { budget } => {
+            out.message = crate::federation::timeout_message(*budget);
             v1::OutcomeStatus::Timeout
         }
         Outcome::Unavailable(message) => {
             out.message = message.clone();
             v1::OutcomeStatus::Unavailable
         }
-        Outcome::Error(message) => {
-            out.message = message.clone();
+        Outcome::Error { kind, message } => {
+            out.message = format!("{kind}: {message}");
             v1::OutcomeStatus::Error
         }
         Outcome::Skipped(reason) => {

@@ -1,6 +1,9 @@
 //! Errors of the master's services and their one mapping to `tonic::Status`.
 
-use tonic::{Code, Status};
+use std::collections::BTreeSet;
+
+use ragmesh_proto::ErrorKind;
+use tonic::Status;
 
 use crate::registry::RegistryError;
 
@@ -26,15 +29,36 @@ pub enum MasterError {
         /// Why it is down.
         reason: String,
     },
-    /// The node answered a forwarded call with an error.
+    /// The node answered a forwarded call with an error, or could not be reached.
     #[error("node {node}: {message}")]
     NodeCall {
         /// Node name.
         node: String,
-        /// Code the node answered with.
-        code: Code,
+        /// What kind of failure (from the node's status, or unavailable for a transport failure).
+        kind: ErrorKind,
         /// Its message.
         message: String,
+    },
+    /// No agent has registered with this master yet.
+    #[error(
+        "no agent has registered with this master yet: start agents with --master pointing here (see `ragmeshctl nodes`)"
+    )]
+    NoNodes,
+    /// No node, up or down, holds any of the requested collections.
+    #[error("{}", no_such_collections(requested, existing))]
+    NoSuchCollections {
+        /// Collections asked for.
+        requested: Vec<String>,
+        /// Collections that exist.
+        existing: BTreeSet<String>,
+    },
+    /// Nodes were asked but none answered.
+    #[error("no node answered the search: {summary}")]
+    NoAnswer {
+        /// How the search failed.
+        kind: ErrorKind,
+        /// Each node's outcome.
+        summary: String,
     },
     /// The agent speaks another protocol major version.
     #[error(
@@ -61,6 +85,14 @@ pub enum MasterError {
         cert_name: String,
         /// Name claimed in the request.
         claimed: String,
+    },
+    /// A certificate that names no admitted agent opened a health stream.
+    #[error(
+        "certificate {name:?} does not belong to an admitted agent: only agents open health streams, after they Register"
+    )]
+    NotAnAgent {
+        /// Name in the certificate.
+        name: String,
     },
     /// No usable client certificate.
     #[error("no client certificate: connect with a certificate issued by the mesh CA")]
@@ -115,37 +147,55 @@ pub enum MasterError {
     Registry(#[from] RegistryError),
 }
 
+impl MasterError {
+    /// The kind of this error; [`ErrorKind::code`] turns it into the gRPC code.
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            MasterError::InvalidArgument(_) => ErrorKind::InvalidArgument,
+            MasterError::UnknownNodes { .. } | MasterError::UnknownJoinToken(_) => ErrorKind::NotFound,
+            MasterError::NoSuchCollections { .. } => ErrorKind::NotFound,
+            MasterError::NodeDown { .. } | MasterError::NotReady | MasterError::NoNodes => ErrorKind::Unavailable,
+            MasterError::NodeCall { kind, .. } | MasterError::NoAnswer { kind, .. } => *kind,
+            MasterError::ProtocolMismatch { .. } | MasterError::UnknownSession { .. } => ErrorKind::FailedPrecondition,
+            MasterError::IdentityMismatch { .. } | MasterError::NotAdmitted { .. } | MasterError::NotAnAgent { .. } => {
+                ErrorKind::PermissionDenied
+            }
+            MasterError::NoPeerIdentity
+            | MasterError::BadCredentials(_)
+            | MasterError::NoCredentials { .. }
+            | MasterError::Revoked { .. } => ErrorKind::Unauthenticated,
+            MasterError::Registry(_) => ErrorKind::Internal,
+            MasterError::Auth(auth) => match auth.category() {
+                ragmesh_auth::ErrorCategory::Unauthenticated => ErrorKind::Unauthenticated,
+                ragmesh_auth::ErrorCategory::PermissionDenied => ErrorKind::PermissionDenied,
+                ragmesh_auth::ErrorCategory::InvalidArgument => ErrorKind::InvalidArgument,
+                ragmesh_auth::ErrorCategory::Internal => ErrorKind::Internal,
+            },
+            MasterError::Refused(status) => ErrorKind::of(status),
+        }
+    }
+}
+
 impl From<MasterError> for Status {
     fn from(err: MasterError) -> Status {
         if let MasterError::Refused(status) = err {
             return status;
         }
-        let code = match &err {
-            MasterError::InvalidArgument(_) => Code::InvalidArgument,
-            MasterError::UnknownNodes { .. } => Code::NotFound,
-            MasterError::NodeDown { .. } | MasterError::NotReady => Code::Unavailable,
-            MasterError::NodeCall { code, .. } => *code,
-            MasterError::ProtocolMismatch { .. } | MasterError::UnknownSession { .. } => Code::FailedPrecondition,
-            MasterError::IdentityMismatch { .. } => Code::PermissionDenied,
-            MasterError::NoPeerIdentity => Code::Unauthenticated,
-            MasterError::Registry(_) => Code::Internal,
-            MasterError::Auth(auth) => match auth.category() {
-                ragmesh_auth::ErrorCategory::Unauthenticated => Code::Unauthenticated,
-                ragmesh_auth::ErrorCategory::PermissionDenied => Code::PermissionDenied,
-                ragmesh_auth::ErrorCategory::InvalidArgument => Code::InvalidArgument,
-                ragmesh_auth::ErrorCategory::Internal => Code::Internal,
-            },
-            MasterError::BadCredentials(_) | MasterError::NoCredentials { .. } => Code::Unauthenticated,
-            MasterError::NotAdmitted { .. } => Code::PermissionDenied,
-            MasterError::UnknownJoinToken(_) => Code::NotFound,
-            MasterError::Revoked { .. } => Code::Unauthenticated,
-            MasterError::Refused(status) => status.code(),
-        };
-        if code == Code::Internal {
+        let kind = err.kind();
+        if kind == ErrorKind::Internal {
             tracing::error!(error = %err, "internal error");
         }
-        Status::new(code, err.to_string())
+        kind.status(err.to_string())
     }
+}
+
+fn no_such_collections(requested: &[String], existing: &BTreeSet<String>) -> String {
+    let existing = if existing.is_empty() {
+        "no node holds any collection yet (ingest documents first)".to_owned()
+    } else {
+        format!("collections that exist: {}", existing.iter().cloned().collect::<Vec<_>>().join(", "))
+    };
+    format!("no node holds collection(s) {}: {existing}", requested.join(", "))
 }
 
 fn no_credentials(certificate: Option<&str>) -> String {

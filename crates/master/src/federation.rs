@@ -7,7 +7,7 @@ use std::collections::BTreeSet;
 use std::time::Duration;
 
 use futures::future::join_all;
-use ragmesh_proto::v1;
+use ragmesh_proto::{ErrorKind, v1};
 use tokio::time::Instant;
 use tracing::Instrument as _;
 
@@ -35,11 +35,19 @@ pub enum Outcome {
         generation: u64,
     },
     /// The node did not answer in time.
-    Timeout,
-    /// The node could not be reached.
+    Timeout {
+        /// The time it was given (what was left of the search's deadline when it was asked).
+        budget: Duration,
+    },
+    /// The node could not be reached, or the connection to it broke mid-call.
     Unavailable(String),
     /// The node answered with an error.
-    Error(String),
+    Error {
+        /// What kind of error (from the node's status code).
+        kind: ErrorKind,
+        /// The node's message.
+        message: String,
+    },
     /// The node was not asked.
     Skipped(SkipReason),
 }
@@ -128,39 +136,126 @@ async fn ask_node(clients: &NodeClients, node: &NodeView, query: &NodeQuery, dea
         Ok(client) => client,
         Err(message) => return finish(Outcome::Unavailable(message)),
     };
+    let budget = deadline.saturating_duration_since(started);
     let mut request = tonic::Request::new(v1::NodeSearchRequest {
         query: query.query.clone(),
         collections: query.collections.clone(),
         limit: query.limit,
         min_score: query.min_score,
     });
-    request.set_timeout(deadline.saturating_duration_since(started));
+    request.set_timeout(budget);
     match query.context.parse() {
         Ok(value) => {
             request.metadata_mut().insert(crate::access::CONTEXT_METADATA, value);
         }
-        Err(_) => return finish(Outcome::Error("request context is not valid metadata".to_owned())),
+        Err(_) => {
+            let message = "request context is not valid metadata".to_owned();
+            return finish(Outcome::Error { kind: ErrorKind::Internal, message });
+        }
     }
     let outcome = match tokio::time::timeout_at(deadline, client.node_search(request)).await {
-        Err(_elapsed) => Outcome::Timeout,
+        Err(_elapsed) => Outcome::Timeout { budget },
         Ok(Ok(response)) => {
             let response = response.into_inner();
             Outcome::Ok { hits: to_node_hits(&name, response.hits), generation: response.generation }
         }
-        Ok(Err(status)) => classify(&status, clients.uses_tls()),
+        Ok(Err(status)) => {
+            let past_deadline = Instant::now() >= deadline;
+            classify(&status, clients.uses_tls(), past_deadline, budget)
+        }
     };
     tracing::debug!(node.id = %name, took_ms = started.elapsed().as_millis() as u64, ?outcome, "node answered");
     finish(outcome)
 }
 
-/// Maps a node's gRPC status to an outcome of the shared vocabulary.
-fn classify(status: &tonic::Status, tls: bool) -> Outcome {
-    use tonic::Code;
-    match status.code() {
-        Code::DeadlineExceeded | Code::Cancelled => Outcome::Timeout,
-        Code::Unavailable => Outcome::Unavailable(crate::error::transport_message(status, tls)),
-        _ => Outcome::Error(format!("{:?}: {}", status.code(), status.message())),
+/// Maps a node's gRPC status to an outcome of the shared vocabulary. Only a missed deadline is a
+/// timeout: a call cancelled or reset before the deadline (the agent was killed, its connection
+/// dropped) means the node became unreachable, whatever code the transport chose for it.
+fn classify(status: &tonic::Status, tls: bool, past_deadline: bool, budget: Duration) -> Outcome {
+    // Transport failures include the channel's own enforcement of `grpc-timeout`, which fails
+    // the call (with a source error) just as the deadline passes.
+    match ErrorKind::of(status) {
+        ErrorKind::DeadlineExceeded => Outcome::Timeout { budget },
+        ErrorKind::Unavailable | ErrorKind::Cancelled if past_deadline => Outcome::Timeout { budget },
+        ErrorKind::Unavailable | ErrorKind::Cancelled => {
+            Outcome::Unavailable(crate::error::transport_message(status, tls))
+        }
+        kind => Outcome::Error { kind, message: status.message().to_owned() },
     }
+}
+
+/// Why a search has no answer to give, when no node answered.
+#[derive(Debug, Clone, PartialEq)]
+pub enum NoAnswer {
+    /// No agent has ever registered.
+    NoNodes,
+    /// No node considered, up or down, holds any requested collection.
+    NoSuchCollections {
+        /// Collections the caller asked for.
+        requested: Vec<String>,
+        /// Collections that exist on the considered nodes.
+        existing: BTreeSet<String>,
+    },
+    /// Nodes were considered but none answered; `kind` says how the search failed.
+    NoneAnswered {
+        /// The kind of failure to report.
+        kind: ErrorKind,
+        /// One line per node: name and outcome.
+        summary: String,
+    },
+}
+
+/// Decides whether a search has an answer: `Ok` when at least one node answered (even with no
+/// hits); otherwise why not. `considered` are the nodes the plan looked at (asked or skipped),
+/// `collections` the requested collections (empty = all).
+pub fn verdict(results: &[NodeResult], considered: &[NodeView], collections: &[String]) -> Result<(), NoAnswer> {
+    if results.iter().any(|r| matches!(r.outcome, Outcome::Ok { .. })) {
+        return Ok(());
+    }
+    if considered.is_empty() {
+        return Err(NoAnswer::NoNodes);
+    }
+    let holds_any = |node: &NodeView| collections.iter().any(|c| node.record.collections.contains_key(c));
+    if !collections.is_empty() && !considered.iter().any(holds_any) {
+        let existing = considered.iter().flat_map(|n| n.record.collections.keys().cloned()).collect();
+        return Err(NoAnswer::NoSuchCollections { requested: collections.to_vec(), existing });
+    }
+    let asked: Vec<&Outcome> =
+        results.iter().map(|r| &r.outcome).filter(|o| !matches!(o, Outcome::Skipped(_))).collect();
+    let all = |f: fn(&Outcome) -> bool| !asked.is_empty() && asked.iter().all(|o| f(o));
+    let kind = if all(|o| matches!(o, Outcome::Timeout { .. })) {
+        ErrorKind::DeadlineExceeded
+    } else if let Some(Outcome::Error { kind, .. }) = asked.first()
+        && kind.is_callers_fault()
+        && asked.iter().all(|o| matches!(o, Outcome::Error { kind: k, .. } if k == kind))
+    {
+        // Every node refused the request for the same reason the caller can fix: say so.
+        *kind
+    } else {
+        ErrorKind::Unavailable
+    };
+    let summary = results.iter().map(describe).collect::<Vec<_>>().join("; ");
+    Err(NoAnswer::NoneAnswered { kind, summary })
+}
+
+/// `node: outcome (detail)`, for error messages.
+fn describe(result: &NodeResult) -> String {
+    let node = &result.node;
+    match &result.outcome {
+        Outcome::Ok { hits, .. } => format!("{node}: ok ({} hits)", hits.len()),
+        Outcome::Timeout { budget } => format!("{node}: timeout ({})", timeout_message(*budget)),
+        Outcome::Unavailable(message) => format!("{node}: unavailable ({message})"),
+        Outcome::Error { kind, message } => format!("{node}: error ({kind}: {message})"),
+        Outcome::Skipped(SkipReason::Down) => format!("{node}: skipped (down)"),
+        Outcome::Skipped(SkipReason::NotRouted) => format!("{node}: skipped (holds none of the collections)"),
+    }
+}
+
+/// The message of a timeout outcome. Sub-millisecond budgets round up, so a search with
+/// `timeout_ms=1` never claims a node had 0 ms.
+pub fn timeout_message(budget: Duration) -> String {
+    let millis = budget.as_micros().div_ceil(1000).max(1);
+    format!("no answer within {millis} ms")
 }
 
 fn to_node_hits(node: &str, hits: Vec<v1::Hit>) -> Vec<NodeHit> {
@@ -222,13 +317,109 @@ mod tests {
 
     #[test]
     fn node_statuses_map_to_the_shared_vocabulary() {
-        assert_eq!(classify(&tonic::Status::deadline_exceeded("late"), true), Outcome::Timeout);
-        assert_eq!(classify(&tonic::Status::cancelled("gone"), true), Outcome::Timeout);
-        assert!(matches!(classify(&tonic::Status::unavailable("down"), true), Outcome::Unavailable(m) if m == "down"));
-        let Outcome::Error(message) = classify(&tonic::Status::invalid_argument("bad query"), true) else {
+        let budget = Duration::from_millis(500);
+        let timeout = Outcome::Timeout { budget };
+        assert_eq!(classify(&tonic::Status::deadline_exceeded("late"), true, false, budget), timeout);
+        assert_eq!(classify(&tonic::Status::cancelled("gone"), true, true, budget), timeout);
+        assert!(matches!(
+            classify(&tonic::Status::unavailable("down"), true, false, budget),
+            Outcome::Unavailable(m) if m == "down"
+        ));
+        let Outcome::Error { kind, message } =
+            classify(&tonic::Status::invalid_argument("bad query"), true, false, budget)
+        else {
             panic!("an application error is an error outcome");
         };
-        assert!(message.contains("InvalidArgument") && message.contains("bad query"), "{message}");
+        assert_eq!((kind, message.as_str()), (ErrorKind::InvalidArgument, "bad query"));
+    }
+
+    #[test]
+    fn regression_a_node_killed_mid_search_is_unavailable_not_timeout_or_error() {
+        let budget = Duration::from_secs(2);
+        // The connection was reset: tonic reports Unknown "transport error" with the io error as source.
+        let mut reset = tonic::Status::unknown("transport error");
+        reset.set_source(std::sync::Arc::new(std::io::Error::from(std::io::ErrorKind::ConnectionReset)));
+        assert!(matches!(classify(&reset, true, false, budget), Outcome::Unavailable(_)));
+        // The stream was cancelled long before the deadline: not a timeout.
+        assert!(matches!(
+            classify(&tonic::Status::cancelled("h2 reset"), true, false, budget),
+            Outcome::Unavailable(_)
+        ));
+        // The channel enforcing grpc-timeout at the deadline: a timeout.
+        let mut expired = tonic::Status::cancelled("Timeout expired");
+        expired.set_source(std::sync::Arc::new(std::io::Error::from(std::io::ErrorKind::TimedOut)));
+        assert_eq!(classify(&expired, true, true, budget), Outcome::Timeout { budget });
+    }
+
+    #[test]
+    fn regression_a_1_ms_timeout_never_reports_0_ms() {
+        assert_eq!(timeout_message(Duration::ZERO), "no answer within 1 ms");
+        assert_eq!(timeout_message(Duration::from_micros(500)), "no answer within 1 ms");
+        assert_eq!(timeout_message(Duration::from_millis(2000)), "no answer within 2000 ms");
+    }
+
+    fn result(node: &str, outcome: Outcome) -> NodeResult {
+        NodeResult { node: node.to_owned(), outcome, took: Duration::ZERO }
+    }
+
+    #[test]
+    fn regression_a_search_no_node_answered_is_an_error_not_zero_hits() {
+        let nodes = [view("a", NodeState::Up, &["docs"]), view("b", NodeState::Down, &["docs"])];
+        let timeout = Outcome::Timeout { budget: Duration::from_millis(100) };
+        let results = [result("a", timeout.clone()), result("b", Outcome::Skipped(SkipReason::Down))];
+        let Err(NoAnswer::NoneAnswered { kind, summary }) = verdict(&results, &nodes, &[]) else {
+            panic!("no answer");
+        };
+        assert_eq!(kind, ErrorKind::DeadlineExceeded);
+        assert_eq!(summary, "a: timeout (no answer within 100 ms); b: skipped (down)");
+
+        let results = [result("a", timeout), result("b", Outcome::Unavailable("connection refused".into()))];
+        let Err(NoAnswer::NoneAnswered { kind, summary }) = verdict(&results, &nodes, &[]) else {
+            panic!("no answer");
+        };
+        assert_eq!(kind, ErrorKind::Unavailable);
+        assert!(summary.contains("b: unavailable (connection refused)"), "{summary}");
+
+        let bad = |n: &str| result(n, Outcome::Error { kind: ErrorKind::InvalidArgument, message: "bad".into() });
+        let Err(NoAnswer::NoneAnswered { kind, .. }) = verdict(&[bad("a"), bad("b")], &nodes, &[]) else {
+            panic!("no answer");
+        };
+        assert_eq!(kind, ErrorKind::InvalidArgument, "every node refused the query for the same reason");
+
+        let only_down = [result("b", Outcome::Skipped(SkipReason::Down))];
+        let Err(NoAnswer::NoneAnswered { kind, .. }) = verdict(&only_down, &nodes[1..], &[]) else {
+            panic!("no answer");
+        };
+        assert_eq!(kind, ErrorKind::Unavailable);
+    }
+
+    #[test]
+    fn one_answer_even_without_hits_is_an_answer() {
+        let nodes = [view("a", NodeState::Up, &["docs"]), view("b", NodeState::Up, &["docs"])];
+        let results = [
+            result("a", Outcome::Ok { hits: Vec::new(), generation: 1 }),
+            result("b", Outcome::Unavailable("refused".into())),
+        ];
+        assert_eq!(verdict(&results, &nodes, &[]), Ok(()));
+    }
+
+    #[test]
+    fn regression_collections_no_node_holds_are_not_found() {
+        let nodes = [view("a", NodeState::Up, &["docs"]), view("b", NodeState::Down, &["faq"])];
+        let results =
+            [result("a", Outcome::Skipped(SkipReason::NotRouted)), result("b", Outcome::Skipped(SkipReason::Down))];
+        let Err(NoAnswer::NoSuchCollections { requested, existing }) = verdict(&results, &nodes, &["nope".to_owned()])
+        else {
+            panic!("not found");
+        };
+        assert_eq!(requested, ["nope"]);
+        assert_eq!(existing.into_iter().collect::<Vec<_>>(), ["docs", "faq"]);
+        // A collection only a down node holds exists: the search is unavailable, not not-found.
+        let Err(NoAnswer::NoneAnswered { kind, .. }) = verdict(&results, &nodes, &["faq".to_owned()]) else {
+            panic!("unavailable");
+        };
+        assert_eq!(kind, ErrorKind::Unavailable);
+        assert_eq!(verdict(&[], &[], &[]), Err(NoAnswer::NoNodes));
     }
 
     #[test]

@@ -10,6 +10,7 @@ pub mod clients;
 mod convert;
 pub mod error;
 pub mod federation;
+mod membership;
 pub mod merge;
 pub mod node;
 pub mod registry;
@@ -152,6 +153,7 @@ pub async fn start(config: MasterConfig, listener: TcpListener) -> Result<Master
     let loaded_access = access.clone();
     let access_config = config.access.clone();
     let tls_on = tls.is_some();
+    let follow_clients = context.clients.clone();
     let task = tokio::spawn(async move {
         let server = tokio::spawn(ragmesh_server::serve(router, listener, serve_tls, serve_stop.cancelled_owned()));
         let store_dir = data_dir.join("state");
@@ -175,6 +177,7 @@ pub async fn start(config: MasterConfig, listener: TcpListener) -> Result<Master
             })
             .await??;
             let _ = loaded_access.set(Arc::new(access_control));
+            tokio::spawn(follow_clients.follow(loaded_registry.subscribe(), stop.clone()));
             tracing::info!(nodes = loaded_registry.snapshot().len(), "registry loaded");
             let _ = loaded.set(loaded_registry);
             health.set_serving::<MasterServiceServer<api::MasterApi>>().await;

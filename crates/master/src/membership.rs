@@ -1,0 +1,324 @@
+//! One agent's health stream on the master: the watcher that turns heartbeats, silence and the
+//! end of the stream into liveness events, and the outbound half that carries acknowledgements
+//! and verification keys down to the agent.
+//!
+//! Acknowledgements may be dropped when the agent does not read them (liveness is judged on
+//! heartbeats alone), but keys may not: an agent that misses a rotation refuses the master's
+//! calls. So keys do not share the bounded acknowledgement queue: the outbound stream merges that
+//! queue with the key `watch`, which always holds the complete current key set. The agent gets
+//! the current set when the stream opens and after every change, however full the queue is.
+
+use std::pin::Pin;
+use std::time::Duration;
+
+use futures::{Stream, StreamExt as _};
+use ragmesh_proto::v1;
+use tokio::sync::{mpsc, watch};
+use tokio::time::Instant;
+use tokio_stream::wrappers::{ReceiverStream, WatchStream};
+use tokio_util::sync::CancellationToken;
+use tonic::Status;
+
+use crate::convert;
+use crate::node::{LivenessEvent, SessionId};
+use crate::registry::{HeartbeatInfo, Registry};
+
+/// Acknowledgements queued for one agent before new ones are dropped.
+const ACK_QUEUE: usize = 16;
+/// How long the watcher tries to deliver the status that ends a stream.
+const END_DELIVERY: Duration = Duration::from_secs(1);
+
+/// What the master sends down one health stream.
+pub(crate) type Outbound = Pin<Box<dyn Stream<Item = Result<v1::HealthStreamResponse, Status>> + Send>>;
+
+/// The master's half of a health stream: the sender the watcher writes acknowledgements and the
+/// final status to, and the stream tonic sends to the agent.
+pub(crate) fn outbound(
+    keys: watch::Receiver<Vec<ragmesh_auth::PublicKey>>,
+) -> (mpsc::Sender<Result<v1::HealthStreamResponse, Status>>, CancellationToken, Outbound) {
+    let (tx, rx) = mpsc::channel(ACK_QUEUE);
+    let done = CancellationToken::new();
+    // `WatchStream::new` yields the current keys first, so a rotation between the agent's
+    // registration and this stream opening is not missed either.
+    let keys = WatchStream::new(keys).map(|keys| Ok(keys_message(&keys))).take_until(done.clone().cancelled_owned());
+    let merged = futures::stream::select(ReceiverStream::new(rx), keys);
+    (tx, done, Box::pin(merged))
+}
+
+fn keys_message(keys: &[ragmesh_auth::PublicKey]) -> v1::HealthStreamResponse {
+    let keys = keys.iter().map(crate::access::verification_key).collect();
+    v1::HealthStreamResponse { body: Some(v1::health_stream_response::Body::Keys(v1::VerificationKeys { keys })) }
+}
+
+/// Watches one health stream: applies heartbeats, acknowledges them, and turns silence or the
+/// end of the stream into liveness events.
+#[derive(Debug)]
+pub(crate) struct StreamWatcher {
+    pub(crate) registry: Registry,
+    pub(crate) node: String,
+    pub(crate) session: SessionId,
+    /// Silence after which the node is suspect.
+    pub(crate) suspect_after: Duration,
+    /// Silence after which the node is down and the stream ends.
+    pub(crate) timeout: Duration,
+    pub(crate) tx: mpsc::Sender<Result<v1::HealthStreamResponse, Status>>,
+    /// Cancelled when the watcher ends, which ends the outbound stream's key half.
+    pub(crate) done: CancellationToken,
+    pub(crate) shutdown: CancellationToken,
+}
+
+impl StreamWatcher {
+    /// Runs until the stream ends, the node falls silent, or the master shuts down.
+    pub(crate) async fn run<S>(self, first: v1::HealthStreamRequest, mut inbound: S)
+    where
+        S: Stream<Item = Result<v1::HealthStreamRequest, Status>> + Unpin + Send,
+    {
+        let _end_outbound = self.done.clone().drop_guard();
+        let mut pending = Some(first);
+        let mut late = false;
+        let mut last_heartbeat = Instant::now();
+        loop {
+            if let Some(message) = pending.take() {
+                if !self.on_heartbeat(message) {
+                    self.end(Status::failed_precondition(
+                        "session is no longer valid (superseded by a newer registration, or the node was evicted): register again",
+                    ))
+                    .await;
+                    return;
+                }
+                late = false;
+                last_heartbeat = Instant::now();
+            }
+            // Deadlines count from the last heartbeat, so other events never extend the silence.
+            let deadline = last_heartbeat + if late { self.timeout } else { self.suspect_after };
+            tokio::select! {
+                () = self.shutdown.cancelled() => {
+                    self.down("master shutting down");
+                    self.end(Status::unavailable("master is shutting down: reconnect")).await;
+                    return;
+                }
+                next = tokio::time::timeout_at(deadline, inbound.next()) => match next {
+                    Ok(Some(Ok(message))) => pending = Some(message),
+                    Ok(None) => {
+                        self.down("health stream closed by the agent");
+                        return;
+                    }
+                    Ok(Some(Err(status))) => {
+                        self.down(&format!("health stream broke (connection lost): {}", status.message()));
+                        return;
+                    }
+                    Err(_elapsed) if !late => {
+                        late = true;
+                        self.registry.apply(&self.node, LivenessEvent::Late(self.session.clone()), "");
+                    }
+                    Err(_elapsed) => {
+                        let reason = format!("no heartbeat for {} ms", self.timeout.as_millis());
+                        self.down(&reason);
+                        self.end(Status::deadline_exceeded(format!("{reason}: reconnect"))).await;
+                        return;
+                    }
+                },
+            }
+        }
+    }
+
+    /// Applies a heartbeat; false when this stream's session was superseded.
+    fn on_heartbeat(&self, message: v1::HealthStreamRequest) -> bool {
+        let heartbeat = message.heartbeat.unwrap_or_default();
+        let info = HeartbeatInfo {
+            in_flight: heartbeat.in_flight,
+            collections: convert::collections_from_wire(heartbeat.collections),
+            generation: heartbeat.generation,
+        };
+        if !self.registry.heartbeat(&self.node, &self.session, info) {
+            return false;
+        }
+        let ack = v1::HealthStreamResponse {
+            body: Some(v1::health_stream_response::Body::Ack(v1::HeartbeatAck { seq: heartbeat.seq })),
+        };
+        // A full queue means the agent is not reading acks; liveness is judged on heartbeats alone.
+        let _ = self.tx.try_send(Ok(ack));
+        true
+    }
+
+    fn down(&self, reason: &str) {
+        self.registry.apply(&self.node, LivenessEvent::StreamEnded(self.session.clone()), reason);
+    }
+
+    /// Ends the stream with `status`, waiting a little for room in a full queue.
+    async fn end(&self, status: Status) {
+        let _ = tokio::time::timeout(END_DELIVERY, self.tx.send(Err(status))).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+    use std::sync::Arc;
+
+    use ragmesh_store::SledStore;
+
+    use super::*;
+    use crate::node::NodeState;
+    use crate::registry::NodeRecord;
+
+    const SUSPECT_AFTER: Duration = Duration::from_millis(150);
+    const TIMEOUT: Duration = Duration::from_secs(1);
+
+    struct Fixture {
+        _dir: tempfile::TempDir,
+        registry: Registry,
+        heartbeats: mpsc::Sender<Result<v1::HealthStreamRequest, Status>>,
+        outbound: Outbound,
+        shutdown: CancellationToken,
+        keys: watch::Sender<Vec<ragmesh_auth::PublicKey>>,
+        session: SessionId,
+    }
+
+    fn heartbeat(session: &SessionId, seq: u64) -> v1::HealthStreamRequest {
+        v1::HealthStreamRequest {
+            node_name: "a".into(),
+            session_id: session.0.clone(),
+            heartbeat: Some(v1::Heartbeat { seq, ..Default::default() }),
+        }
+    }
+
+    /// A registered node "a" whose watcher runs on the (paused) test clock.
+    fn start() -> Fixture {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let registry = Registry::load(Arc::new(SledStore::open(dir.path()).expect("open"))).expect("load");
+        let record = NodeRecord {
+            name: "a".into(),
+            address: "127.0.0.1:1".into(),
+            version: String::new(),
+            protocol_major: 1,
+            protocol_minor: 0,
+            collections: BTreeMap::new(),
+            labels: BTreeMap::new(),
+            generation: 0,
+            registered_at_ms: 0,
+            heartbeat_interval_ms: 100,
+        };
+        let session = registry.register(record).expect("register");
+        let keys = watch::Sender::new(Vec::new());
+        let (tx, done, outbound) = super::outbound(keys.subscribe());
+        let (heartbeats, inbound) = mpsc::channel(8);
+        let shutdown = CancellationToken::new();
+        let watcher = StreamWatcher {
+            registry: registry.clone(),
+            node: "a".into(),
+            session: session.clone(),
+            suspect_after: SUSPECT_AFTER,
+            timeout: TIMEOUT,
+            tx,
+            done,
+            shutdown: shutdown.clone(),
+        };
+        tokio::spawn(watcher.run(heartbeat(&session, 0), ReceiverStream::new(inbound)));
+        Fixture { _dir: dir, registry, heartbeats, outbound, shutdown, keys, session }
+    }
+
+    fn state(registry: &Registry) -> NodeState {
+        registry.get("a").expect("a").state
+    }
+
+    /// Advances the paused clock by `d`, letting every task run at each step.
+    async fn advance(d: Duration) {
+        tokio::time::sleep(d).await;
+        tokio::task::yield_now().await;
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn silence_makes_a_node_suspect_then_down_exactly_at_the_configured_thresholds() {
+        let f = start();
+        advance(Duration::from_millis(1)).await;
+        assert_eq!(state(&f.registry), NodeState::Up, "the first heartbeat brings the node up");
+
+        advance(SUSPECT_AFTER - Duration::from_millis(2)).await;
+        assert_eq!(state(&f.registry), NodeState::Up, "not suspect before the threshold");
+        advance(Duration::from_millis(2)).await;
+        assert_eq!(state(&f.registry), NodeState::Suspect, "suspect once the threshold passes");
+
+        f.heartbeats.send(Ok(heartbeat(&f.session, 1))).await.expect("send");
+        advance(Duration::from_millis(1)).await;
+        assert_eq!(state(&f.registry), NodeState::Up, "a heartbeat clears suspicion");
+
+        // Silence again: suspect after SUSPECT_AFTER, down after TIMEOUT, both from the last heartbeat.
+        advance(SUSPECT_AFTER + Duration::from_millis(1)).await;
+        assert_eq!(state(&f.registry), NodeState::Suspect);
+        advance(TIMEOUT - SUSPECT_AFTER - Duration::from_millis(10)).await;
+        assert_eq!(state(&f.registry), NodeState::Suspect, "not down before the timeout");
+        advance(Duration::from_millis(20)).await;
+        let a = f.registry.get("a").expect("a");
+        assert_eq!(a.state, NodeState::Down);
+        assert_eq!(a.down_reason.as_deref(), Some("no heartbeat for 1000 ms"));
+
+        let statuses: Vec<_> = f.outbound.filter_map(|m| async move { m.err() }).collect().await;
+        assert_eq!(statuses.len(), 1, "the stream ends with one status");
+        assert_eq!(statuses[0].code(), tonic::Code::DeadlineExceeded);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn heartbeats_on_time_keep_a_node_up_indefinitely() {
+        let f = start();
+        for seq in 1..50 {
+            advance(SUSPECT_AFTER / 2).await;
+            f.heartbeats.send(Ok(heartbeat(&f.session, seq))).await.expect("send");
+            advance(Duration::ZERO).await;
+            assert_eq!(state(&f.registry), NodeState::Up, "heartbeat {seq}");
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_stream_ending_or_breaking_takes_the_node_down_at_once() {
+        let f = start();
+        advance(Duration::from_millis(1)).await;
+        drop(f.heartbeats);
+        advance(Duration::ZERO).await;
+        let a = f.registry.get("a").expect("a");
+        assert_eq!(a.state, NodeState::Down);
+        assert_eq!(a.down_reason.as_deref(), Some("health stream closed by the agent"));
+
+        let g = start();
+        advance(Duration::from_millis(1)).await;
+        g.heartbeats.send(Err(Status::unknown("connection reset"))).await.expect("send");
+        advance(Duration::ZERO).await;
+        let a = g.registry.get("a").expect("a");
+        assert_eq!(a.state, NodeState::Down);
+        assert!(a.down_reason.expect("reason").contains("connection lost"));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn master_shutdown_takes_the_node_down_and_tells_the_agent() {
+        let f = start();
+        advance(Duration::from_millis(1)).await;
+        f.shutdown.cancel();
+        advance(Duration::ZERO).await;
+        assert_eq!(state(&f.registry), NodeState::Down);
+        let statuses: Vec<_> = f.outbound.filter_map(|m| async move { m.err() }).collect().await;
+        assert_eq!(statuses.iter().map(Status::code).collect::<Vec<_>>(), [tonic::Code::Unavailable]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn regression_key_rotation_is_delivered_when_the_ack_queue_is_full() {
+        let mut f = start();
+        // The agent reads nothing while far more heartbeats than the queue holds are acknowledged.
+        for seq in 1..=(ACK_QUEUE as u64 * 3) {
+            f.heartbeats.send(Ok(heartbeat(&f.session, seq))).await.expect("send");
+            advance(Duration::ZERO).await;
+        }
+        let rotated = ragmesh_auth::PublicKey::from_raw(&[7; 32], None).expect("32 bytes");
+        f.keys.send_replace(vec![rotated.clone()]);
+        advance(Duration::ZERO).await;
+
+        let mut last_keys = None;
+        for _ in 0..(ACK_QUEUE * 4) {
+            let next = tokio::time::timeout(Duration::from_millis(10), f.outbound.next()).await;
+            let Ok(Some(Ok(message))) = next else { break };
+            if let Some(v1::health_stream_response::Body::Keys(keys)) = message.body {
+                last_keys = Some(keys.keys.into_iter().map(|k| k.kid).collect::<Vec<_>>());
+            }
+        }
+        assert_eq!(last_keys, Some(vec![rotated.kid().to_owned()]), "the agent ends up with the current keys");
+    }
+}
