@@ -2,6 +2,8 @@
 //! over mTLS; each round kills one agent with SIGKILL (the kernel closes its sockets) or stops
 //! it with SIGSTOP (sockets stay open, nothing answers), and measures how long the master takes
 //! to report it down. Prints min/median/max next to the limits (1 s and 3 s) as ratios.
+//! Every daemon listens on a port the kernel picks (`--listen 127.0.0.1:0`); the master's
+//! address is read from its log, so no port is reserved, released and rebound.
 //!
 //! `cargo build --release --bins && cargo bench -p ragmesh-e2e --bench detection`
 //! (RAGMESH_BIN_DIR overrides where the daemons are looked for; ROUNDS sets the rounds, default 7).
@@ -27,8 +29,24 @@ fn bin_dir() -> PathBuf {
     panic!("build the daemons first: cargo build --release --bins");
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port()
+/// The address in the master's `master serving listen=ADDR` log line, once it is written.
+async fn served_address(log: &Path, master: &mut Child) -> String {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let text = std::fs::read_to_string(log).unwrap_or_default();
+        let serving = text.lines().filter(|line| line.contains("master serving")).find_map(|line| {
+            let value = line.split_whitespace().find_map(|field| field.strip_prefix("listen="))?;
+            Some(value.to_owned())
+        });
+        if let Some(addr) = serving {
+            return addr;
+        }
+        if let Some(status) = master.try_wait().expect("poll the master") {
+            panic!("the master exited ({status}):\n{text}");
+        }
+        assert!(Instant::now() < deadline, "the master did not log its address:\n{text}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
 
 fn signal(child: &Child, sig: &str) {
@@ -56,6 +74,8 @@ impl Daemons {
         let log = std::fs::File::create(self.dir.join(log)).expect("log file");
         Command::new(self.bin.join(program))
             .args(args)
+            // Plain log lines: the master's address is read from its log.
+            .env("NO_COLOR", "1")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log)
@@ -77,8 +97,9 @@ impl Daemons {
 
     fn spawn_agent(&self, name: &str) -> Child {
         let mut args = vec![
+            // The agent advertises the address it bound.
             "--listen".into(),
-            format!("127.0.0.1:{}", free_port()),
+            "127.0.0.1:0".into(),
             "--master".into(),
             self.master_addr.clone(),
             "--data-dir".into(),
@@ -133,18 +154,21 @@ async fn main() {
     for name in ["master", "client", "agent-1", "agent-2"] {
         ragmesh_tls::devca::issue(&certs, name, &[], &certs).expect("cert");
     }
-    let daemons =
-        Daemons { bin: bin_dir(), dir: tmp.path().to_owned(), master_addr: format!("127.0.0.1:{}", free_port()) };
+    let mut daemons = Daemons { bin: bin_dir(), dir: tmp.path().to_owned(), master_addr: String::new() };
     println!("daemons from {}", daemons.bin.display());
 
     let mut master_args = vec![
         "--listen".into(),
-        daemons.master_addr.clone(),
+        "127.0.0.1:0".into(),
         "--data-dir".into(),
         tmp.path().join("master").display().to_string(),
+        // The "master serving" line, which names the bound address, is logged at info.
+        "--log".into(),
+        "info".into(),
     ];
     master_args.extend(daemons.tls_args("master"));
     let mut master = daemons.spawn("ragmesh-master", &master_args, "master.log");
+    daemons.master_addr = served_address(&tmp.path().join("master.log"), &mut master).await;
     let mut survivor = daemons.spawn_agent("agent-1");
 
     let client_tls = daemons.tls("client").load().expect("client tls");
