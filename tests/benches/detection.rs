@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use ragmesh_proto::v1::{self, master_service_client::MasterServiceClient};
+use ragmesh_proto::v1::{self, auth_service_client::AuthServiceClient, master_service_client::MasterServiceClient};
 use ragmesh_tls::TlsFiles;
 use tonic::transport::{Channel, Endpoint};
 
@@ -49,6 +49,31 @@ async fn served_address(log: &Path, master: &mut Child) -> String {
     }
 }
 
+/// A daemon that is killed when dropped, so a failed run leaves no process behind.
+struct Running(Child);
+
+impl std::ops::Deref for Running {
+    type Target = Child;
+    fn deref(&self) -> &Child {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Running {
+    fn deref_mut(&mut self) -> &mut Child {
+        &mut self.0
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        if matches!(self.0.try_wait(), Ok(None)) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+}
+
 fn signal(child: &Child, sig: &str) {
     let status = Command::new("kill").arg(format!("-{sig}")).arg(child.id().to_string()).status().expect("kill runs");
     assert!(status.success(), "kill -{sig} failed");
@@ -58,6 +83,8 @@ struct Daemons {
     bin: PathBuf,
     dir: PathBuf,
     master_addr: String,
+    /// Admits the agents (created by the `client` operator once the master runs).
+    join_token: String,
 }
 
 impl Daemons {
@@ -70,17 +97,19 @@ impl Daemons {
         }
     }
 
-    fn spawn(&self, program: &str, args: &[String], log: &str) -> Child {
+    fn spawn(&self, program: &str, args: &[String], env: &[(&str, &str)], log: &str) -> Running {
         let log = std::fs::File::create(self.dir.join(log)).expect("log file");
-        Command::new(self.bin.join(program))
+        let child = Command::new(self.bin.join(program))
             .args(args)
+            .envs(env.iter().copied())
             // Plain log lines: the master's address is read from its log.
             .env("NO_COLOR", "1")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
-            .expect("spawn daemon")
+            .expect("spawn daemon");
+        Running(child)
     }
 
     fn tls_args(&self, name: &str) -> Vec<String> {
@@ -95,7 +124,7 @@ impl Daemons {
         ]
     }
 
-    fn spawn_agent(&self, name: &str) -> Child {
+    fn spawn_agent(&self, name: &str) -> Running {
         let mut args = vec![
             // The agent advertises the address it bound.
             "--listen".into(),
@@ -106,7 +135,8 @@ impl Daemons {
             self.dir.join(name).display().to_string(),
         ];
         args.extend(self.tls_args(name));
-        self.spawn("ragmesh-agent", &args, &format!("{name}.log"))
+        let env = [("RAGMESH_JOIN_TOKEN", self.join_token.as_str())];
+        self.spawn("ragmesh-agent", &args, &env, &format!("{name}.log"))
     }
 }
 
@@ -154,7 +184,8 @@ async fn main() {
     for name in ["master", "client", "agent-1", "agent-2"] {
         ragmesh_tls::devca::issue(&certs, name, &[], &certs).expect("cert");
     }
-    let mut daemons = Daemons { bin: bin_dir(), dir: tmp.path().to_owned(), master_addr: String::new() };
+    let mut daemons =
+        Daemons { bin: bin_dir(), dir: tmp.path().to_owned(), master_addr: String::new(), join_token: String::new() };
     println!("daemons from {}", daemons.bin.display());
 
     let mut master_args = vec![
@@ -165,11 +196,13 @@ async fn main() {
         // The "master serving" line, which names the bound address, is logged at info.
         "--log".into(),
         "info".into(),
+        // The client lists nodes and creates the agents' join token.
+        "--operators".into(),
+        "client".into(),
     ];
     master_args.extend(daemons.tls_args("master"));
-    let mut master = daemons.spawn("ragmesh-master", &master_args, "master.log");
+    let mut master = daemons.spawn("ragmesh-master", &master_args, &[], "master.log");
     daemons.master_addr = served_address(&tmp.path().join("master.log"), &mut master).await;
-    let mut survivor = daemons.spawn_agent("agent-1");
 
     let client_tls = daemons.tls("client").load().expect("client tls");
     let endpoint = Endpoint::from_shared(format!("https://{}", daemons.master_addr))
@@ -182,7 +215,19 @@ async fn main() {
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     };
-    let mut client = MasterServiceClient::new(channel);
+    let mut client = MasterServiceClient::new(channel.clone());
+    let mut auth = AuthServiceClient::new(channel);
+    // The master answers UNAVAILABLE until its registry is loaded.
+    let loaded_by = Instant::now() + Duration::from_secs(20);
+    daemons.join_token = loop {
+        let request = v1::CreateJoinTokenRequest { ttl_seconds: 3600, uses: 1000, note: "detection bench".into() };
+        match auth.create_join_token(request).await {
+            Ok(response) => break response.into_inner().token,
+            Err(status) => assert!(Instant::now() < loaded_by, "cannot create a join token: {status:?}"),
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let mut survivor = daemons.spawn_agent("agent-1");
 
     let mut killed = Vec::new();
     let mut stopped = Vec::new();
