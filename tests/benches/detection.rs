@@ -2,6 +2,8 @@
 //! over mTLS; each round kills one agent with SIGKILL (the kernel closes its sockets) or stops
 //! it with SIGSTOP (sockets stay open, nothing answers), and measures how long the master takes
 //! to report it down. Prints min/median/max next to the limits (1 s and 3 s) as ratios.
+//! Every daemon listens on a port the kernel picks (`--listen 127.0.0.1:0`); the master's
+//! address is read from its log, so no port is reserved, released and rebound.
 //!
 //! `cargo build --release --bins && cargo bench -p ragmesh-e2e --bench detection`
 //! (RAGMESH_BIN_DIR overrides where the daemons are looked for; ROUNDS sets the rounds, default 7).
@@ -10,7 +12,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use ragmesh_proto::v1::{self, master_service_client::MasterServiceClient};
+use ragmesh_proto::v1::{self, auth_service_client::AuthServiceClient, master_service_client::MasterServiceClient};
 use ragmesh_tls::TlsFiles;
 use tonic::transport::{Channel, Endpoint};
 
@@ -27,8 +29,49 @@ fn bin_dir() -> PathBuf {
     panic!("build the daemons first: cargo build --release --bins");
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port()
+/// The address in the master's `master serving listen=ADDR` log line, once it is written.
+async fn served_address(log: &Path, master: &mut Child) -> String {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let text = std::fs::read_to_string(log).unwrap_or_default();
+        let serving = text.lines().filter(|line| line.contains("master serving")).find_map(|line| {
+            let value = line.split_whitespace().find_map(|field| field.strip_prefix("listen="))?;
+            Some(value.to_owned())
+        });
+        if let Some(addr) = serving {
+            return addr;
+        }
+        if let Some(status) = master.try_wait().expect("poll the master") {
+            panic!("the master exited ({status}):\n{text}");
+        }
+        assert!(Instant::now() < deadline, "the master did not log its address:\n{text}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// A daemon that is killed when dropped, so a failed run leaves no process behind.
+struct Running(Child);
+
+impl std::ops::Deref for Running {
+    type Target = Child;
+    fn deref(&self) -> &Child {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Running {
+    fn deref_mut(&mut self) -> &mut Child {
+        &mut self.0
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        if matches!(self.0.try_wait(), Ok(None)) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
 }
 
 fn signal(child: &Child, sig: &str) {
@@ -40,6 +83,8 @@ struct Daemons {
     bin: PathBuf,
     dir: PathBuf,
     master_addr: String,
+    /// Admits the agents (created by the `client` operator once the master runs).
+    join_token: String,
 }
 
 impl Daemons {
@@ -52,15 +97,19 @@ impl Daemons {
         }
     }
 
-    fn spawn(&self, program: &str, args: &[String], log: &str) -> Child {
+    fn spawn(&self, program: &str, args: &[String], env: &[(&str, &str)], log: &str) -> Running {
         let log = std::fs::File::create(self.dir.join(log)).expect("log file");
-        Command::new(self.bin.join(program))
+        let child = Command::new(self.bin.join(program))
             .args(args)
+            .envs(env.iter().copied())
+            // Plain log lines: the master's address is read from its log.
+            .env("NO_COLOR", "1")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
-            .expect("spawn daemon")
+            .expect("spawn daemon");
+        Running(child)
     }
 
     fn tls_args(&self, name: &str) -> Vec<String> {
@@ -75,17 +124,19 @@ impl Daemons {
         ]
     }
 
-    fn spawn_agent(&self, name: &str) -> Child {
+    fn spawn_agent(&self, name: &str) -> Running {
         let mut args = vec![
+            // The agent advertises the address it bound.
             "--listen".into(),
-            format!("127.0.0.1:{}", free_port()),
+            "127.0.0.1:0".into(),
             "--master".into(),
             self.master_addr.clone(),
             "--data-dir".into(),
             self.dir.join(name).display().to_string(),
         ];
         args.extend(self.tls_args(name));
-        self.spawn("ragmesh-agent", &args, &format!("{name}.log"))
+        let env = [("RAGMESH_JOIN_TOKEN", self.join_token.as_str())];
+        self.spawn("ragmesh-agent", &args, &env, &format!("{name}.log"))
     }
 }
 
@@ -133,19 +184,25 @@ async fn main() {
     for name in ["master", "client", "agent-1", "agent-2"] {
         ragmesh_tls::devca::issue(&certs, name, &[], &certs).expect("cert");
     }
-    let daemons =
-        Daemons { bin: bin_dir(), dir: tmp.path().to_owned(), master_addr: format!("127.0.0.1:{}", free_port()) };
+    let mut daemons =
+        Daemons { bin: bin_dir(), dir: tmp.path().to_owned(), master_addr: String::new(), join_token: String::new() };
     println!("daemons from {}", daemons.bin.display());
 
     let mut master_args = vec![
         "--listen".into(),
-        daemons.master_addr.clone(),
+        "127.0.0.1:0".into(),
         "--data-dir".into(),
         tmp.path().join("master").display().to_string(),
+        // The "master serving" line, which names the bound address, is logged at info.
+        "--log".into(),
+        "info".into(),
+        // The client lists nodes and creates the agents' join token.
+        "--operators".into(),
+        "client".into(),
     ];
     master_args.extend(daemons.tls_args("master"));
-    let mut master = daemons.spawn("ragmesh-master", &master_args, "master.log");
-    let mut survivor = daemons.spawn_agent("agent-1");
+    let mut master = daemons.spawn("ragmesh-master", &master_args, &[], "master.log");
+    daemons.master_addr = served_address(&tmp.path().join("master.log"), &mut master).await;
 
     let client_tls = daemons.tls("client").load().expect("client tls");
     let endpoint = Endpoint::from_shared(format!("https://{}", daemons.master_addr))
@@ -158,7 +215,19 @@ async fn main() {
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     };
-    let mut client = MasterServiceClient::new(channel);
+    let mut client = MasterServiceClient::new(channel.clone());
+    let mut auth = AuthServiceClient::new(channel);
+    // The master answers UNAVAILABLE until its registry is loaded.
+    let loaded_by = Instant::now() + Duration::from_secs(20);
+    daemons.join_token = loop {
+        let request = v1::CreateJoinTokenRequest { ttl_seconds: 3600, uses: 1000, note: "detection bench".into() };
+        match auth.create_join_token(request).await {
+            Ok(response) => break response.into_inner().token,
+            Err(status) => assert!(Instant::now() < loaded_by, "cannot create a join token: {status:?}"),
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let mut survivor = daemons.spawn_agent("agent-1");
 
     let mut killed = Vec::new();
     let mut stopped = Vec::new();

@@ -3,6 +3,8 @@
 //! real tantivy. Each agent runs on its own OS thread with its own runtime, so a test can
 //! *kill* it (the runtime is dropped: every socket closes, as when a process dies) or *freeze*
 //! it (its only thread blocks: sockets stay open but nothing answers, as under SIGSTOP).
+//! [`assert_outcomes`] checks every node's outcome of a search, so a test that concludes
+//! something from the hits (or from their absence) knows each node it counts on searched.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -12,7 +14,9 @@ use ragmesh_agent::LinkStatus;
 use ragmesh_config::{AgentConfig, MasterConfig};
 use ragmesh_master::MasterHandle;
 use ragmesh_master::node::NodeState;
-use ragmesh_proto::v1::{self, auth_service_client::AuthServiceClient, master_service_client::MasterServiceClient};
+use ragmesh_proto::v1::{
+    self, OutcomeStatus, SkipReason, auth_service_client::AuthServiceClient, master_service_client::MasterServiceClient,
+};
 use ragmesh_test_util::TestPki;
 use ragmesh_tls::TlsFiles;
 use tokio::sync::{mpsc, watch};
@@ -24,6 +28,12 @@ pub use ragmesh_test_util::{trace_init, wait_for};
 pub const HEARTBEAT_INTERVAL: Duration = Duration::from_millis(1000);
 /// Heartbeat timeout of the test master (the product default).
 pub const HEARTBEAT_TIMEOUT: Duration = Duration::from_millis(2500);
+/// Search deadline of the test master when a request sets no `timeout_ms`: longer than the
+/// product default (2 s), so that a healthy node on a loaded test machine is never reported
+/// `timeout`; tests about deadlines set `timeout_ms` (or a gRPC deadline) well below it.
+pub const SEARCH_TIMEOUT: Duration = Duration::from_secs(10);
+/// Largest `timeout_ms` the test master accepts.
+pub const MAX_SEARCH_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Configures a [`Mesh`].
 #[derive(Debug, Clone)]
@@ -56,15 +66,19 @@ impl MeshBuilder {
     pub async fn start(self) -> Mesh {
         let pki = TestPki::new();
         let master_dir = tempfile::tempdir().expect("master tempdir");
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind master");
-        let master_addr = listener.local_addr().expect("master addr");
+        // The mesh owns the master's socket for its whole life: a restarted master is handed
+        // the same socket again, so no other process can take the port in between.
+        let master_socket = std::net::TcpListener::bind("127.0.0.1:0").expect("bind master");
+        master_socket.set_nonblocking(true).expect("non-blocking master socket");
+        let master_addr = master_socket.local_addr().expect("master addr");
+        let listener = listener_for(&master_socket);
         let master_config = MasterConfig {
             listen: master_addr,
             data_dir: master_dir.path().to_owned(),
             tls: Some(pki.issue("master")),
             heartbeat_timeout: HEARTBEAT_TIMEOUT,
-            search_timeout: Duration::from_secs(2),
-            max_search_timeout: Duration::from_secs(30),
+            search_timeout: SEARCH_TIMEOUT,
+            max_search_timeout: MAX_SEARCH_TIMEOUT,
             access: ragmesh_config::AccessConfig {
                 // The harness's `client` certificate is an operator, as in `ragmeshctl demo`.
                 operators: ["client".to_owned()].into(),
@@ -76,6 +90,7 @@ impl MeshBuilder {
         let mut mesh = Mesh {
             pki,
             master: Some(master),
+            master_socket,
             master_addr,
             master_config,
             _master_dir: master_dir,
@@ -104,11 +119,20 @@ pub struct Mesh {
     /// The mesh CA and its certificates.
     pub pki: TestPki,
     master: Option<MasterHandle>,
+    /// The master's listening socket; each master serves on a duplicate of it.
+    master_socket: std::net::TcpListener,
     master_addr: SocketAddr,
     master_config: MasterConfig,
     _master_dir: tempfile::TempDir,
     agents: Vec<AgentSlot>,
     join_token: String,
+}
+
+/// A tokio listener on a duplicate of `socket` (which stays open, and keeps the port, when the
+/// master drops its listener).
+fn listener_for(socket: &std::net::TcpListener) -> tokio::net::TcpListener {
+    let duplicate = socket.try_clone().expect("duplicate the master's socket");
+    tokio::net::TcpListener::from_std(duplicate).expect("master listener")
 }
 
 #[derive(Debug)]
@@ -158,6 +182,21 @@ impl Mesh {
     /// The master's address.
     pub fn master_addr(&self) -> SocketAddr {
         self.master_addr
+    }
+
+    /// Heartbeat interval the agents are configured with.
+    pub fn heartbeat_interval(&self) -> Duration {
+        HEARTBEAT_INTERVAL
+    }
+
+    /// Silence after which the master marks a node down.
+    pub fn heartbeat_timeout(&self) -> Duration {
+        self.master_config.heartbeat_timeout
+    }
+
+    /// The master's search deadline for requests without `timeout_ms`.
+    pub fn search_timeout(&self) -> Duration {
+        self.master_config.search_timeout
     }
 
     /// The running master.
@@ -239,6 +278,18 @@ impl Mesh {
         }
     }
 
+    /// Waits until the master's registry shows node `name` at index generation `generation` or
+    /// later (agents report it, with their collections, in their heartbeats), so that routing
+    /// by collection knows what the node holds.
+    pub async fn wait_generation(&self, name: &str, generation: u64) {
+        let what = format!("{name} to report generation {generation}");
+        wait_for(&what, Duration::from_secs(15), || async {
+            let node = self.master().registry()?.get(name)?;
+            (node.record.generation >= generation).then_some(())
+        })
+        .await;
+    }
+
     /// Upserts documents into agent `i` through the master.
     pub async fn ingest(&self, i: usize, documents: Vec<v1::Document>) -> v1::IngestDocumentsResponse {
         let node = self.agents[i].name.clone();
@@ -274,11 +325,14 @@ impl Mesh {
         self.agents[i].process = Some(AgentProcess::spawn(config));
     }
 
-    /// Stops the master gracefully and starts a new one on the same address and data directory.
+    /// Stops the master gracefully and starts a new one on the same socket and data directory.
+    /// The socket stays open in between (as with systemd socket activation): connections made
+    /// meanwhile wait in its backlog for the new master instead of being refused, and no other
+    /// process can take the port.
     pub async fn restart_master(&mut self) {
         let master = self.master.take().expect("master is running");
         master.shutdown().await.expect("master stops cleanly");
-        let listener = tokio::net::TcpListener::bind(self.master_addr).await.expect("rebind the master's port");
+        let listener = listener_for(&self.master_socket);
         self.master = Some(ragmesh_master::start(self.master_config.clone(), listener).await.expect("master restarts"));
     }
 
@@ -435,4 +489,76 @@ pub fn outcome_of<'a>(response: &'a v1::SearchResponse, name: &str) -> &'a v1::N
         .iter()
         .find(|n| n.node == name)
         .unwrap_or_else(|| panic!("no outcome for {name} in {:?}", response.nodes))
+}
+
+/// What a test expects of one node's outcome in a search response.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Expect {
+    /// The node answered from index generation `generation` with `hits` hits.
+    Ok {
+        /// Index generation the node searched.
+        generation: u64,
+        /// Hits it returned.
+        hits: u32,
+    },
+    /// The node was not asked, for this reason.
+    Skipped(SkipReason),
+    /// The node was asked and did not answer before the deadline.
+    Timeout,
+    /// The node was asked and could not be reached.
+    Unavailable,
+    /// The node answered with an error.
+    Error,
+}
+
+impl Expect {
+    fn of(outcome: &v1::NodeOutcome) -> Option<Expect> {
+        Some(match outcome.status() {
+            OutcomeStatus::Ok => Expect::Ok { generation: outcome.generation, hits: outcome.hit_count },
+            OutcomeStatus::Skipped => Expect::Skipped(outcome.skip_reason()),
+            OutcomeStatus::Timeout => Expect::Timeout,
+            OutcomeStatus::Unavailable => Expect::Unavailable,
+            OutcomeStatus::Error => Expect::Error,
+            OutcomeStatus::Unspecified => return None,
+        })
+    }
+}
+
+/// Asserts that `response` reports exactly the nodes of `expected`, each with its expected
+/// outcome. An empty or partial hit list proves something only when every node that could have
+/// contributed really searched the index the test means (its generation) and returned what the
+/// test expects; a node that failed or was skipped returns no hits either.
+pub fn assert_outcomes(response: &v1::SearchResponse, expected: &[(&str, Expect)]) {
+    let mut reported: Vec<&str> = response.nodes.iter().map(|n| n.node.as_str()).collect();
+    let mut wanted: Vec<&str> = expected.iter().map(|(name, _)| *name).collect();
+    reported.sort_unstable();
+    wanted.sort_unstable();
+    assert_eq!(reported, wanted, "the nodes reported are not the nodes expected: {:?}", response.nodes);
+    for (name, expect) in expected {
+        let outcome = outcome_of(response, name);
+        assert_eq!(Expect::of(outcome), Some(*expect), "outcome of {name}: {outcome:?}");
+    }
+}
+
+/// A loopback address where nothing answers: its port stays bound, so no other socket can take
+/// it while this value lives, but it never listens, so every connection to it is refused.
+#[derive(Debug)]
+pub struct ClosedPort {
+    _socket: tokio::net::TcpSocket,
+    addr: SocketAddr,
+}
+
+impl ClosedPort {
+    /// Binds a fresh loopback port without listening on it.
+    pub fn bind() -> ClosedPort {
+        let socket = tokio::net::TcpSocket::new_v4().expect("create a socket");
+        socket.bind("127.0.0.1:0".parse().expect("loopback address")).expect("bind a loopback port");
+        let addr = socket.local_addr().expect("bound address");
+        ClosedPort { _socket: socket, addr }
+    }
+
+    /// The address that refuses connections.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
 }

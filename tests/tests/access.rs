@@ -9,7 +9,7 @@ use std::time::Duration;
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
 use ragmesh_agent::LinkStatus;
-use ragmesh_e2e::{Mesh, trace_init};
+use ragmesh_e2e::{Expect, Mesh, assert_outcomes, trace_init};
 use ragmesh_master::node::NodeState;
 use ragmesh_proto::v1::{self, OutcomeStatus};
 use tonic::Code;
@@ -46,7 +46,9 @@ async fn every_forged_or_wrong_token_is_refused_with_a_clear_reason() {
     let good = issued.access_token.clone();
     let ok =
         mesh.client_with_token(&good).await.search(v1::SearchRequest { query: "x".into(), ..Default::default() }).await;
-    assert!(ok.is_ok(), "a genuine token works: {ok:?}");
+    let ok = ok.expect("a genuine token works").into_inner();
+    // The agent accepted the master's context for this caller too: it searched, and had nothing.
+    assert_outcomes(&ok, &[("agent-1", Expect::Ok { generation: 0, hits: 0 })]);
 
     let (header, payload, signature) = parts(&good);
     let keys = mesh.auth_client().await.get_verification_keys(v1::GetVerificationKeysRequest {}).await.expect("keys");
@@ -142,7 +144,7 @@ async fn key_rotation_keeps_old_tokens_working_and_agents_learn_the_new_key() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn refresh_rotates_and_reuse_revokes_the_whole_family() {
     trace_init();
-    let mesh = Mesh::builder().agents(0).start().await;
+    let mesh = Mesh::builder().agents(1).start().await;
     let mut auth = mesh.auth_client().await;
     let first = mesh.issue_token("alice", "acme", &["search"]).await.refresh_token;
     let second = auth
@@ -183,13 +185,8 @@ async fn refresh_rotates_and_reuse_revokes_the_whole_family() {
     let bob = mesh.issue_token("bob", "acme", &["search"]).await;
     let live = bob.refresh_token;
     let mut bob_client = mesh.client_with_token(&bob.access_token).await;
-    // This mesh has no agents: a search that passes authentication fails as unavailable.
-    let no_agents = bob_client
-        .search(v1::SearchRequest { query: "x".into(), ..Default::default() })
-        .await
-        .expect_err("no agent to answer");
-    assert_eq!(no_agents.code(), tonic::Code::Unavailable, "bob's token works: {no_agents:?}");
-    assert!(no_agents.message().contains("no agent has registered"), "{no_agents:?}");
+    let works = bob_client.search(v1::SearchRequest { query: "x".into(), ..Default::default() }).await;
+    assert_outcomes(&works.expect("bob works").into_inner(), &[("agent-1", Expect::Ok { generation: 0, hits: 0 })]);
     let revoked = auth
         .revoke_tokens(v1::RevokeTokensRequest {
             target: Some(v1::revoke_tokens_request::Target::Subject("bob".into())),
@@ -218,39 +215,65 @@ async fn tenants_cannot_read_or_touch_each_others_documents_through_any_field() 
     let mut acme_client = mesh.client_with_token(&acme).await;
     let mut globex_client = mesh.client_with_token(&globex).await;
 
-    acme_client
+    let written = acme_client
         .ingest_documents(v1::IngestDocumentsRequest {
             node: "agent-1".into(),
             documents: vec![doc("secret-1", "quarterly merger plans", None)],
         })
         .await
-        .expect("acme writes");
+        .expect("acme writes")
+        .into_inner()
+        .generation;
+    // Routing by collection must know agent-1 holds "docs", or a search naming the collection
+    // would skip it and find nothing for the wrong reason.
+    mesh.wait_generation("agent-1", written).await;
     let found = acme_client
         .search(v1::SearchRequest { query: "merger".into(), ..Default::default() })
         .await
         .expect("search")
         .into_inner();
+    // Every node searched: agent-1 the index holding the document, agent-2 its empty one.
+    let with_the_document = Expect::Ok { generation: written, hits: 1 };
+    let empty = Expect::Ok { generation: 0, hits: 0 };
+    assert_outcomes(&found, &[("agent-1", with_the_document), ("agent-2", empty)]);
     assert_eq!(found.hits.len(), 1, "acme reads its own document");
 
     // globex tries every request field: plain query, the id, collections, node selection, limits.
+    // Each must be answered by agent-1 from the generation holding the document, with no hits:
+    // an empty answer from a node that failed, was skipped or searched an older index proves
+    // nothing.
+    let hidden = Expect::Ok { generation: written, hits: 0 };
     let attempts = [
-        v1::SearchRequest { query: "merger".into(), ..Default::default() },
-        v1::SearchRequest { query: "secret-1".into(), ..Default::default() },
-        v1::SearchRequest {
-            query: "quarterly merger plans".into(),
-            collections: vec!["docs".into()],
-            ..Default::default()
-        },
-        v1::SearchRequest {
-            query: "merger".into(),
-            nodes: vec!["agent-1".into()],
-            limit: 1000,
-            min_score: -1.0,
-            ..Default::default()
-        },
+        (
+            v1::SearchRequest { query: "merger".into(), ..Default::default() },
+            vec![("agent-1", hidden), ("agent-2", empty)],
+        ),
+        (
+            v1::SearchRequest { query: "secret-1".into(), ..Default::default() },
+            vec![("agent-1", hidden), ("agent-2", empty)],
+        ),
+        (
+            v1::SearchRequest {
+                query: "quarterly merger plans".into(),
+                collections: vec!["docs".into()],
+                ..Default::default()
+            },
+            vec![("agent-1", hidden), ("agent-2", Expect::Skipped(v1::SkipReason::NotRouted))],
+        ),
+        (
+            v1::SearchRequest {
+                query: "merger".into(),
+                nodes: vec!["agent-1".into()],
+                limit: 1000,
+                min_score: -1.0,
+                ..Default::default()
+            },
+            vec![("agent-1", hidden)],
+        ),
     ];
-    for attempt in attempts {
+    for (attempt, expected) in attempts {
         let response = globex_client.search(attempt.clone()).await.expect("search runs").into_inner();
+        assert_outcomes(&response, &expected);
         assert!(response.hits.is_empty(), "globex must not see acme's document via {attempt:?}: {:?}", response.hits);
     }
 
@@ -285,8 +308,9 @@ async fn tenants_cannot_read_or_touch_each_others_documents_through_any_field() 
             .expect_err("grant");
         assert_eq!(grant.code(), Code::PermissionDenied, "{grant:?}");
     }
-    // Operators still see everything.
+    // Operators still see everything, and the refused writes changed nothing.
     let all = mesh.search(v1::SearchRequest { query: "merger".into(), ..Default::default() }).await;
+    assert_outcomes(&all, &[("agent-1", with_the_document), ("agent-2", empty)]);
     assert_eq!(all.hits.len(), 1);
     mesh.shutdown().await;
 }
@@ -408,8 +432,9 @@ async fn an_oversized_message_is_refused_without_harm() {
     // tonic refuses it before decoding; the message names the size and the limit.
     assert_eq!(status.code(), Code::OutOfRange);
     assert!(status.message().contains("65536"), "{}", status.message());
-    // The master keeps serving.
-    mesh.search(v1::SearchRequest { query: "x".into(), ..Default::default() }).await;
+    // The master keeps serving, and so does the agent.
+    let after = mesh.search(v1::SearchRequest { query: "x".into(), ..Default::default() }).await;
+    assert_outcomes(&after, &[("agent-1", Expect::Ok { generation: 0, hits: 0 })]);
     mesh.shutdown().await;
 }
 
@@ -429,7 +454,7 @@ async fn credentials_survive_a_master_restart() {
         .await
         .expect("old token accepted after restart")
         .into_inner();
-    assert_eq!(response.nodes[0].status(), OutcomeStatus::Ok, "{:?}", response.nodes);
+    assert_outcomes(&response, &[("agent-1", Expect::Ok { generation: 0, hits: 0 })]);
     // The refresh family came back too.
     mesh.auth_client()
         .await

@@ -3,28 +3,30 @@
 
 use std::time::Duration;
 
-use ragmesh_e2e::{Mesh, docs_for, outcome_of, trace_init};
+use ragmesh_e2e::{ClosedPort, Expect, Mesh, assert_outcomes, docs_for, outcome_of, trace_init};
 use ragmesh_proto::v1::{self, OutcomeStatus, SkipReason};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn search_returns_hits_from_every_agent_with_per_node_status() {
     trace_init();
     let mesh = Mesh::builder().agents(3).start().await;
+    let mut generations = Vec::new();
     for i in 0..3 {
         let written = mesh.ingest(i, docs_for(i, 5)).await;
         assert_eq!(written.upserted, 5);
         assert!(written.generation >= 1);
+        generations.push(written.generation);
     }
 
     let response = mesh.search(v1::SearchRequest { query: "mesh".into(), limit: 30, ..Default::default() }).await;
     assert_eq!(response.merge_strategy, "rrf");
     assert_eq!(response.hits.len(), 15, "every document of every agent matches");
-    for i in 0..3 {
+    for (i, generation) in generations.iter().enumerate() {
         let name = mesh.agent_name(i);
         let outcome = outcome_of(&response, name);
         assert_eq!(outcome.status(), OutcomeStatus::Ok, "{outcome:?}");
         assert_eq!(outcome.hit_count, 5);
-        assert!(outcome.generation >= 1);
+        assert_eq!(outcome.generation, *generation, "{name} searched the index it was written to");
         assert_eq!(response.hits.iter().filter(|h| h.node == name).count(), 5);
     }
     // RRF interleaves the nodes: the top three hits come from three different nodes.
@@ -34,11 +36,18 @@ async fn search_returns_hits_from_every_agent_with_per_node_status() {
     assert!(response.hits.windows(2).all(|w| w[0].score >= w[1].score), "hits sorted by merged score");
     assert!(response.hits.iter().all(|h| h.node_rank >= 1 && h.snippet.contains("<b>mesh</b>")));
 
-    // A word only agent-2 has: hits only from agent-2, but all three report ok.
+    // A word only agent-2 has: hits only from agent-2, but all three searched and report ok.
     let response = mesh.search(v1::SearchRequest { query: "beta".into(), limit: 10, ..Default::default() }).await;
-    assert!(!response.hits.is_empty());
+    assert_outcomes(
+        &response,
+        &[
+            ("agent-1", Expect::Ok { generation: generations[0], hits: 0 }),
+            ("agent-2", Expect::Ok { generation: generations[1], hits: 5 }),
+            ("agent-3", Expect::Ok { generation: generations[2], hits: 0 }),
+        ],
+    );
+    assert_eq!(response.hits.len(), 5);
     assert!(response.hits.iter().all(|h| h.node == "agent-2"));
-    assert_eq!(outcome_of(&response, "agent-1").hit_count, 0);
     mesh.shutdown().await;
 }
 
@@ -53,9 +62,17 @@ async fn a_replicated_document_is_returned_once_with_provenance() {
         body: "a replicated mesh document".into(),
         ..Default::default()
     };
-    mesh.ingest(0, vec![shared.clone()]).await;
-    mesh.ingest(1, vec![shared]).await;
+    let first = mesh.ingest(0, vec![shared.clone()]).await.generation;
+    let second = mesh.ingest(1, vec![shared]).await.generation;
     let response = mesh.search(v1::SearchRequest { query: "replicated".into(), ..Default::default() }).await;
+    // Both nodes found it: one merged hit is deduplication, not a node that failed.
+    assert_outcomes(
+        &response,
+        &[
+            ("agent-1", Expect::Ok { generation: first, hits: 1 }),
+            ("agent-2", Expect::Ok { generation: second, hits: 1 }),
+        ],
+    );
     assert_eq!(response.hits.len(), 1, "{:?}", response.hits);
     let hit = &response.hits[0];
     let mut holders = vec![hit.node.clone()];
@@ -69,12 +86,12 @@ async fn a_replicated_document_is_returned_once_with_provenance() {
 async fn collections_route_the_search_and_unrouted_nodes_are_reported_skipped() {
     trace_init();
     let mesh = Mesh::builder().agents(2).start().await;
-    mesh.ingest(0, docs_for(0, 2)).await;
+    let docs = mesh.ingest(0, docs_for(0, 2)).await.generation;
     let mut tickets = docs_for(1, 2);
     for doc in &mut tickets {
         doc.collection = "tickets".into();
     }
-    mesh.ingest(1, tickets).await;
+    let tickets = mesh.ingest(1, tickets).await.generation;
     // The collection counts reach the master with the next heartbeat.
     ragmesh_e2e::wait_for("agent-2 reports its tickets collection", Duration::from_secs(5), || async {
         let node = mesh.master().registry()?.get("agent-2")?;
@@ -85,16 +102,22 @@ async fn collections_route_the_search_and_unrouted_nodes_are_reported_skipped() 
     let response = mesh
         .search(v1::SearchRequest { query: "mesh".into(), collections: vec!["tickets".into()], ..Default::default() })
         .await;
+    assert_outcomes(
+        &response,
+        &[
+            ("agent-1", Expect::Skipped(SkipReason::NotRouted)),
+            ("agent-2", Expect::Ok { generation: tickets, hits: 2 }),
+        ],
+    );
+    assert_eq!(response.hits.len(), 2);
     assert!(response.hits.iter().all(|h| h.collection == "tickets" && h.node == "agent-2"));
-    let skipped = outcome_of(&response, "agent-1");
-    assert_eq!(skipped.status(), OutcomeStatus::Skipped);
-    assert_eq!(skipped.skip_reason(), SkipReason::NotRouted);
 
     // Node selection: only agent-1 is considered.
     let response = mesh
         .search(v1::SearchRequest { query: "mesh".into(), nodes: vec!["agent-1".into()], ..Default::default() })
         .await;
-    assert_eq!(response.nodes.len(), 1);
+    assert_outcomes(&response, &[("agent-1", Expect::Ok { generation: docs, hits: 2 })]);
+    assert_eq!(response.hits.len(), 2);
     assert!(response.hits.iter().all(|h| h.node == "agent-1"));
     mesh.shutdown().await;
 }
@@ -145,12 +168,12 @@ async fn bad_requests_get_errors_that_say_what_to_do() {
 async fn a_node_that_cannot_be_reached_is_reported_unavailable_with_the_reason() {
     trace_init();
     let mesh = Mesh::builder().agents(1).start().await;
-    mesh.ingest(0, docs_for(0, 2)).await;
+    let generation = mesh.ingest(0, docs_for(0, 2)).await.generation;
     // An agent that advertises an address where nothing listens: registered and up (its health
-    // stream works), but the master cannot reach its data plane.
-    let unreachable = std::net::TcpListener::bind("127.0.0.1:0").expect("reserve a port");
-    let dead_address = unreachable.local_addr().expect("addr").to_string();
-    drop(unreachable);
+    // stream works), but the master cannot reach its data plane. The port stays bound (never
+    // listening) until the end of the test, so nothing else can start answering there.
+    let unreachable = ClosedPort::bind();
+    let dead_address = unreachable.addr().to_string();
     let dir = tempfile::tempdir().expect("tempdir");
     let mut config = mesh.agent_config("agent-9", dir.path().to_owned());
     config.advertise = Some(dead_address.clone());
@@ -163,8 +186,9 @@ async fn a_node_that_cannot_be_reached_is_reported_unavailable_with_the_reason()
     assert_eq!(outcome.status(), OutcomeStatus::Unavailable, "{outcome:?}");
     assert!(outcome.message.contains(&dead_address), "{}", outcome.message);
     println!("unreachable node: {}", outcome.message);
-    assert_eq!(outcome_of(&response, "agent-1").status(), OutcomeStatus::Ok);
+    assert_outcomes(&response, &[("agent-1", Expect::Ok { generation, hits: 2 }), ("agent-9", Expect::Unavailable)]);
     assert_eq!(response.hits.len(), 2);
     agent.shutdown().await.expect("agent stops");
+    drop(unreachable);
     mesh.shutdown().await;
 }

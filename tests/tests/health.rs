@@ -54,9 +54,9 @@ async fn master_is_not_serving_until_its_registry_loads() {
         listen: addr,
         data_dir: dir.path().to_owned(),
         tls: Some(mesh.pki.issue("master")),
-        heartbeat_timeout: Duration::from_millis(2500),
-        search_timeout: Duration::from_secs(2),
-        max_search_timeout: Duration::from_secs(30),
+        heartbeat_timeout: ragmesh_e2e::HEARTBEAT_TIMEOUT,
+        search_timeout: ragmesh_e2e::SEARCH_TIMEOUT,
+        max_search_timeout: ragmesh_e2e::MAX_SEARCH_TIMEOUT,
         access: ragmesh_config::AccessConfig::default(),
         log: "info".into(),
     };

@@ -466,9 +466,11 @@ mod tests {
 
     #[tokio::test]
     async fn nothing_listening_is_explained() {
-        // Bind and drop to get a port nobody listens on.
-        let port = std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("bind").port();
-        let addr = format!("127.0.0.1:{port}");
+        // A port that stays bound for the whole test but never listens: connections are refused,
+        // and no other program can start listening there meanwhile.
+        let closed = tokio::net::TcpSocket::new_v4().expect("socket");
+        closed.bind("127.0.0.1:0".parse().expect("loopback address")).expect("bind");
+        let addr = closed.local_addr().expect("bound address").to_string();
         let target = Target::from_args(&global(&["--insecure", "--master", &addr])).expect("valid");
         let err = Master::connect(target).await.expect_err("refused");
         let message = err.to_string();

@@ -34,6 +34,16 @@ fn path(p: &Path) -> &str {
     p.to_str().expect("utf-8 temp path")
 }
 
+/// A loopback `HOST:PORT` where nothing answers for as long as the returned socket lives: the
+/// port stays bound, so no other program can take it, but never listens, so every connection
+/// is refused.
+fn refusing_address() -> (tokio::net::TcpSocket, String) {
+    let socket = tokio::net::TcpSocket::new_v4().expect("create a socket");
+    socket.bind("127.0.0.1:0".parse().expect("loopback address")).expect("bind a loopback port");
+    let addr = socket.local_addr().expect("bound address").to_string();
+    (socket, addr)
+}
+
 #[test]
 fn certs_init_and_issue_write_a_usable_ca_and_certificates() {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -208,8 +218,7 @@ fn usage_errors_exit_64() {
 
 #[test]
 fn an_unreachable_master_is_a_runtime_failure_with_advice() {
-    let port = std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("bind").port();
-    let addr = format!("127.0.0.1:{port}");
+    let (_closed, addr) = refusing_address();
     let output = ragmeshctl(&["--master", &addr, "--insecure", "nodes"]);
     assert_eq!(output.status.code(), Some(1));
     let message = stderr(&output);
@@ -237,8 +246,7 @@ fn token_help_explains_rotation_and_never_shows_secrets_from_the_environment() {
 
 #[test]
 fn the_refresh_token_can_come_from_the_environment() {
-    let port = std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("bind").port();
-    let addr = format!("127.0.0.1:{port}");
+    let (_closed, addr) = refusing_address();
     let without = ragmeshctl(&["--master", &addr, "--insecure", "token", "refresh"]);
     assert_eq!(without.status.code(), Some(64), "the token is required: {}", stderr(&without));
     assert!(stderr(&without).contains("REFRESH_TOKEN"), "{}", stderr(&without));

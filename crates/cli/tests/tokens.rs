@@ -181,6 +181,14 @@ fn hit_ids(search: &Value) -> Vec<String> {
     search["hits"].as_array().expect("hits").iter().map(|hit| text(hit, "doc_id")).collect()
 }
 
+/// The `hit_count` and `generation` node `name` reported in a `search --json` answer.
+fn node_counts(search: &Value, name: &str) -> (u64, u64) {
+    let nodes = search["nodes"].as_array().expect("nodes");
+    let node = nodes.iter().find(|n| n["node"] == name).unwrap_or_else(|| panic!("no outcome for {name}: {search}"));
+    let number = |key: &str| node[key].as_u64().unwrap_or_else(|| panic!("no number {key:?} for {name}: {search}"));
+    (number("hit_count"), number("generation"))
+}
+
 #[test]
 fn tokens_scope_search_to_the_tenant_and_refresh_reuse_revokes_the_family() {
     let bin_dir = exe().parent().expect("the binary lives in a directory");
@@ -219,6 +227,8 @@ fn tokens_scope_search_to_the_tenant_and_refresh_reuse_revokes_the_family() {
 
     let found = run_json(&demo, &["search", SECRET_WORD, "--json", "--token", &acme_token]);
     assert_eq!(hit_ids(&found), ["acme-plan"], "acme finds its own document: {found}");
+    let (hits, generation_with_plan) = node_counts(&found, "agent-1");
+    assert_eq!(hits, 1, "{found}");
 
     // Another tenant searches the same nodes and sees nothing of acme's.
     let globex =
@@ -226,6 +236,9 @@ fn tokens_scope_search_to_the_tenant_and_refresh_reuse_revokes_the_family() {
     let globex_token = text(&globex, "access_token");
     let hidden = run_json(&demo, &["search", SECRET_WORD, "--json", "--token", &globex_token]);
     assert_eq!(hit_ids(&hidden), Vec::<String>::new(), "globex must not see acme's document: {hidden}");
+    // agent-1 searched the very index generation that holds acme's plan, and found nothing.
+    assert_eq!(node_counts(&hidden, "agent-1"), (0, generation_with_plan), "{hidden}");
+    assert_eq!(node_counts(&hidden, "agent-2").0, 0, "{hidden}");
 
     // A search token cannot administer the mesh; the master's message says what is missing.
     let refused = run(&demo, &["nodes", "--token", &globex_token]);

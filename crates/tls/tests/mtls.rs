@@ -265,8 +265,11 @@ async fn tls_client_to_plaintext_server_is_told_the_server_has_no_tls() -> Resul
 #[tokio::test]
 async fn connection_refused_names_the_address() -> Result<(), BoxError> {
     let pki = Pki::new()?;
-    // Bind and release a port so that nothing listens on it.
-    let addr = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?;
+    // A port that stays bound for the whole test but never listens: connections are refused,
+    // and no other program can start listening there meanwhile.
+    let closed = tokio::net::TcpSocket::new_v4()?;
+    closed.bind("127.0.0.1:0".parse()?)?;
+    let addr = closed.local_addr()?;
 
     let err = expect_failure(https(addr), Some(pki.client.client_config("master"))).await;
     assert_eq!(explain_error(&*err), format!("nothing is listening at {addr}: start the server or check the address"));
