@@ -13,11 +13,13 @@ use std::sync::{Arc, OnceLock};
 use ragmesh_config::AgentConfig;
 use ragmesh_index::DocumentIndex;
 use ragmesh_proto::v1::agent_service_server::AgentServiceServer;
+use ragmesh_stack::overload::{Overload, OverloadLayer};
 use ragmesh_tls::{LoadedTls, ReloadableTls};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
+use tower::Layer as _;
 
 pub use link::LinkStatus;
 use service::{AgentApi, AgentState};
@@ -78,6 +80,15 @@ pub fn identity(config: &AgentConfig) -> Result<(String, Option<Arc<LoadedTls>>)
     Ok((name, tls))
 }
 
+/// The agent API as served. Overload protection wraps this service only: grpc.health.v1 and
+/// reflection sit beside it in the router, unwrapped, so probes keep answering while searches
+/// are shed; the health stream to the master is a call the agent makes (see [`link`]), not one
+/// it serves, so the limit cannot shed it either.
+fn agent_api(state: AgentState, config: &AgentConfig) -> Overload<AgentServiceServer<AgentApi>> {
+    OverloadLayer::new(config.max_concurrent_requests, "--max-concurrent-requests")
+        .layer(AgentServiceServer::new(AgentApi(state)))
+}
+
 /// Starts serving on `listener` and attaching to the master. Health reports NOT_SERVING until
 /// the index is open.
 pub async fn start(config: AgentConfig, listener: TcpListener) -> Result<AgentHandle, StartError> {
@@ -103,7 +114,7 @@ pub async fn start(config: AgentConfig, listener: TcpListener) -> Result<AgentHa
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
-        .add_service(AgentServiceServer::new(AgentApi(state.clone())));
+        .add_service(agent_api(state.clone(), &config));
 
     let advertise = config.advertise.clone().unwrap_or_else(|| local_addr.to_string());
     let (status_tx, status_rx) = watch::channel(LinkStatus::Connecting(None));
