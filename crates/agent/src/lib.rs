@@ -80,13 +80,17 @@ pub fn identity(config: &AgentConfig) -> Result<(String, Option<Arc<LoadedTls>>)
     Ok((name, tls))
 }
 
-/// The agent API as served. Overload protection wraps this service only: grpc.health.v1 and
-/// reflection sit beside it in the router, unwrapped, so probes keep answering while searches
-/// are shed; the health stream to the master is a call the agent makes (see [`link`]), not one
-/// it serves, so the limit cannot shed it either.
+/// The agent API as served: messages up to `--max-message-bytes` each way, at most
+/// `--max-concurrent-requests` calls at once. Overload protection wraps this service only:
+/// grpc.health.v1 and reflection sit beside it in the router, unwrapped, so probes keep answering
+/// while searches are shed; the health stream to the master is a call the agent makes (see
+/// [`link`]), not one it serves, so the limit cannot shed it either. The limit sits outside the
+/// service, so a shed request is refused before its body is read or decoded.
 fn agent_api(state: AgentState, config: &AgentConfig) -> Overload<AgentServiceServer<AgentApi>> {
-    OverloadLayer::new(config.max_concurrent_requests, "--max-concurrent-requests")
-        .layer(AgentServiceServer::new(AgentApi(state)))
+    let service = AgentServiceServer::new(AgentApi(state))
+        .max_decoding_message_size(config.max_message_bytes)
+        .max_encoding_message_size(config.max_message_bytes);
+    OverloadLayer::new(config.max_concurrent_requests, "--max-concurrent-requests").layer(service)
 }
 
 /// Starts serving on `listener` and attaching to the master. Health reports NOT_SERVING until
@@ -109,11 +113,13 @@ pub async fn start(config: AgentConfig, listener: TcpListener) -> Result<AgentHa
     health.set_service_status("", tonic_health::ServingStatus::NotServing).await;
     ragmesh_server::report_certificate_health(tls.as_ref(), health.clone(), &shutdown);
     let (reflection_v1, reflection_v1alpha) = ragmesh_proto::reflection::services(&["ragmesh.v1.AgentService"]);
+    // Every service decodes at most --max-message-bytes, so a refusal names the limit that applied.
+    let max = config.max_message_bytes;
     let mut builder = ragmesh_server::builder(tls.as_ref(), local_addr);
     let router = builder
-        .add_service(health_service)
-        .add_service(reflection_v1)
-        .add_service(reflection_v1alpha)
+        .add_service(health_service.max_decoding_message_size(max))
+        .add_service(reflection_v1.max_decoding_message_size(max))
+        .add_service(reflection_v1alpha.max_decoding_message_size(max))
         .add_service(agent_api(state.clone(), &config));
 
     let advertise = config.advertise.clone().unwrap_or_else(|| local_addr.to_string());
