@@ -107,23 +107,22 @@ struct CallInfo {
 }
 
 impl CallInfo {
-    /// Rewrites the status in `headers` (response headers or trailers) if tonic's codec made it.
-    fn rewrite(&self, headers: &mut HeaderMap) {
-        let Some(status) = Status::from_header_map(headers) else { return };
-        let Some(rewritten) =
-            rewrite(&status, self.request_ended.load(Ordering::Acquire), self.uri.path(), self.setting)
-        else {
-            return;
-        };
+    /// Rewrites the status in `headers` (response headers or trailers) if tonic's codec made it;
+    /// returns the new status then.
+    fn rewrite(&self, headers: &mut HeaderMap) -> Option<Status> {
+        let status = Status::from_header_map(headers)?;
+        let ended = self.request_ended.load(Ordering::Acquire);
+        let rewritten = rewrite(&status, ended, self.uri.path(), self.setting)?;
         tracing::debug!(rpc.method = %self.uri.path(), from = ?status.code(), to = ?rewritten.code(), "request decoding status rewritten");
         let mut replaced = HeaderMap::new();
         if rewritten.add_header(&mut replaced).is_err() {
-            return; // cannot happen for a status without metadata; keep tonic's answer then
+            return None; // cannot happen for a status without metadata; keep tonic's answer then
         }
         for name in [Status::GRPC_STATUS, Status::GRPC_MESSAGE, Status::GRPC_STATUS_DETAILS] {
             headers.remove(name);
         }
         headers.extend(replaced);
+        Some(rewritten)
     }
 }
 
@@ -221,12 +220,9 @@ where
         let mut response = ready!(this.inner.poll(cx))?;
         let call = this.call.take().expect("a response future is polled only until it is ready");
         let trailers_only = response.headers().contains_key(Status::GRPC_STATUS);
-        if trailers_only {
-            call.rewrite(response.headers_mut());
-            if let Some(status) = Status::from_header_map(response.headers()) {
-                // Keep the in-process copy tonic attaches in step with the headers.
-                response.extensions_mut().insert(status);
-            }
+        if trailers_only && let Some(rewritten) = call.rewrite(response.headers_mut()) {
+            // Keep the in-process copy of the status tonic attaches in step with the headers.
+            response.extensions_mut().insert(rewritten);
         }
         // A trailers-only response has no status to come; otherwise watch its trailers.
         let call = (!trailers_only).then_some(call);
@@ -259,7 +255,7 @@ impl<B: HttpBody> HttpBody for WireErrorsBody<B> {
         if let (Some(call), Some(Ok(frame))) = (this.call.as_ref(), frame.as_mut())
             && let Some(trailers) = frame.trailers_mut()
         {
-            call.rewrite(trailers);
+            let _rewritten = call.rewrite(trailers);
         }
         Poll::Ready(frame)
     }
