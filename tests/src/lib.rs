@@ -162,6 +162,7 @@ impl Mesh {
             labels: BTreeMap::from([("test".to_owned(), "e2e".to_owned())]),
             join_token: Some(ragmesh_config::Secret(self.join_token.clone())),
             max_message_bytes: 4 * 1024 * 1024,
+            max_concurrent_requests: ragmesh_config::DEFAULT_MAX_CONCURRENT_REQUESTS,
             log: "info".into(),
         }
     }

@@ -13,11 +13,13 @@ use std::sync::{Arc, OnceLock};
 use ragmesh_config::AgentConfig;
 use ragmesh_index::DocumentIndex;
 use ragmesh_proto::v1::agent_service_server::AgentServiceServer;
+use ragmesh_stack::overload::{Overload, OverloadLayer};
 use ragmesh_tls::{LoadedTls, ReloadableTls};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
+use tower::Layer as _;
 
 pub use link::LinkStatus;
 use service::{AgentApi, AgentState};
@@ -78,6 +80,19 @@ pub fn identity(config: &AgentConfig) -> Result<(String, Option<Arc<LoadedTls>>)
     Ok((name, tls))
 }
 
+/// The agent API as served: messages up to `--max-message-bytes` each way, at most
+/// `--max-concurrent-requests` calls at once. Overload protection wraps this service only:
+/// grpc.health.v1 and reflection sit beside it in the router, unwrapped, so probes keep answering
+/// while searches are shed; the health stream to the master is a call the agent makes (see
+/// [`link`]), not one it serves, so the limit cannot shed it either. The limit sits outside the
+/// service, so a shed request is refused before its body is read or decoded.
+fn agent_api(state: AgentState, config: &AgentConfig) -> Overload<AgentServiceServer<AgentApi>> {
+    let service = AgentServiceServer::new(AgentApi(state))
+        .max_decoding_message_size(config.max_message_bytes)
+        .max_encoding_message_size(config.max_message_bytes);
+    OverloadLayer::new(config.max_concurrent_requests, "--max-concurrent-requests").layer(service)
+}
+
 /// Starts serving on `listener` and attaching to the master. Health reports NOT_SERVING until
 /// the index is open.
 pub async fn start(config: AgentConfig, listener: TcpListener) -> Result<AgentHandle, StartError> {
@@ -98,12 +113,14 @@ pub async fn start(config: AgentConfig, listener: TcpListener) -> Result<AgentHa
     health.set_service_status("", tonic_health::ServingStatus::NotServing).await;
     ragmesh_server::report_certificate_health(tls.as_ref(), health.clone(), &shutdown);
     let (reflection_v1, reflection_v1alpha) = ragmesh_proto::reflection::services(&["ragmesh.v1.AgentService"]);
+    // Every service decodes at most --max-message-bytes, so a refusal names the limit that applied.
+    let max = config.max_message_bytes;
     let mut builder = ragmesh_server::builder(tls.as_ref(), local_addr);
     let router = builder
-        .add_service(health_service)
-        .add_service(reflection_v1)
-        .add_service(reflection_v1alpha)
-        .add_service(AgentServiceServer::new(AgentApi(state.clone())));
+        .add_service(health_service.max_decoding_message_size(max))
+        .add_service(reflection_v1.max_decoding_message_size(max))
+        .add_service(reflection_v1alpha.max_decoding_message_size(max))
+        .add_service(agent_api(state.clone(), &config));
 
     let advertise = config.advertise.clone().unwrap_or_else(|| local_addr.to_string());
     let (status_tx, status_rx) = watch::channel(LinkStatus::Connecting(None));

@@ -59,31 +59,36 @@ impl AgentState {
         self.index.get().cloned().ok_or(AgentError::NotReady)
     }
 
-    /// Runs `work` on the index in the blocking pool, counting it as in flight.
+    /// Runs `work` on the index in the blocking pool, counting it as in flight until `work`
+    /// really ends: the count travels with the blocking closure, so a handler dropped at its
+    /// deadline (the search goes on in the pool) still shows in the heartbeats' load.
     async fn with_index<T: Send + 'static>(
         &self,
         work: impl FnOnce(&DocumentIndex) -> Result<T, ragmesh_index::IndexError> + Send + 'static,
     ) -> Result<T, AgentError> {
         let index = self.index()?;
-        let _guard = InFlight::enter(&self.in_flight);
-        tokio::task::spawn_blocking(move || work(&index))
-            .await
-            .map_err(|e| AgentError::Task(e.to_string()))?
-            .map_err(AgentError::from)
+        let in_flight = InFlight::enter(Arc::clone(&self.in_flight));
+        tokio::task::spawn_blocking(move || {
+            let _in_flight = in_flight;
+            work(&index)
+        })
+        .await
+        .map_err(|e| AgentError::Task(e.to_string()))?
+        .map_err(AgentError::from)
     }
 }
 
 /// Counts one request in flight for as long as it lives.
-struct InFlight<'a>(&'a AtomicU32);
+struct InFlight(Arc<AtomicU32>);
 
-impl<'a> InFlight<'a> {
-    fn enter(counter: &'a AtomicU32) -> Self {
+impl InFlight {
+    fn enter(counter: Arc<AtomicU32>) -> Self {
         counter.fetch_add(1, Ordering::Relaxed);
         InFlight(counter)
     }
 }
 
-impl Drop for InFlight<'_> {
+impl Drop for InFlight {
     fn drop(&mut self) {
         self.0.fetch_sub(1, Ordering::Relaxed);
     }
@@ -212,5 +217,86 @@ impl AgentService for AgentApi {
             generation: results.generation,
             total_matches: results.total_matches,
         }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::future::Future as _;
+    use std::pin::pin;
+    use std::sync::mpsc;
+    use std::task::{Context, Poll};
+    use std::time::Duration;
+
+    use super::*;
+
+    fn state_with_index(dir: &std::path::Path) -> AgentState {
+        let state = AgentState {
+            name: "agent-test".to_owned(),
+            index: Arc::new(OnceLock::new()),
+            in_flight: Arc::new(AtomicU32::new(0)),
+            verifier: Arc::default(),
+        };
+        let index = DocumentIndex::open(dir).expect("open a fresh index");
+        assert!(state.index.set(Arc::new(index)).is_ok(), "the index is set once");
+        state
+    }
+
+    /// Waits (without sleeping blindly) until the in-flight count is `expected`.
+    async fn wait_in_flight(state: &AgentState, expected: u32) {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while state.in_flight.load(Ordering::Relaxed) != expected {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "in flight stayed {} instead of {expected}",
+                state.in_flight.load(Ordering::Relaxed)
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+
+    /// Regression: the count was held by the async handler, so when the deadline dropped the
+    /// handler the count fell to 0 while the blocking search still ran.
+    #[tokio::test]
+    async fn in_flight_under_reported_when_the_deadline_dropped_the_handler_during_blocking_work() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let state = state_with_index(dir.path());
+        let (started_tx, started_rx) = mpsc::channel::<()>();
+        let (release_tx, release_rx) = mpsc::channel::<()>();
+        {
+            let mut handler = pin!(state.with_index(move |_index| {
+                let _ = started_tx.send(());
+                // Stands for a slow tantivy search: runs until the test lets it finish.
+                let _ = release_rx.recv();
+                Ok(())
+            }));
+            let mut cx = Context::from_waker(std::task::Waker::noop());
+            assert!(matches!(handler.as_mut().poll(&mut cx), Poll::Pending), "the work is blocked");
+            tokio::task::spawn_blocking(move || started_rx.recv_timeout(Duration::from_secs(10)))
+                .await
+                .expect("join")
+                .expect("the blocking work started");
+            assert_eq!(state.in_flight.load(Ordering::Relaxed), 1);
+            // The deadline fires: the handler's future is dropped here, the search goes on.
+        }
+        assert_eq!(
+            state.in_flight.load(Ordering::Relaxed),
+            1,
+            "the blocking search still runs, so it is still in flight"
+        );
+        release_tx.send(()).expect("the blocking work waits for the release");
+        wait_in_flight(&state, 0).await;
+    }
+
+    #[tokio::test]
+    async fn in_flight_returns_to_zero_after_completed_and_failed_work() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let state = state_with_index(dir.path());
+        state.with_index(|_index| Ok(())).await.expect("work succeeds");
+        let failed = state
+            .with_index(|_index| -> Result<(), _> { Err(ragmesh_index::IndexError::InvalidQuery("bad".to_owned())) })
+            .await;
+        assert!(failed.is_err());
+        assert_eq!(state.in_flight.load(Ordering::Relaxed), 0);
     }
 }

@@ -54,6 +54,11 @@ pub struct AgentArgs {
     /// Largest gRPC message accepted, bytes [default: 4194304]
     #[arg(long, env = "RAGMESH_MAX_MESSAGE_BYTES", value_name = "BYTES")]
     pub max_message_bytes: Option<usize>,
+    /// Requests served at once (search, ingest, delete); more are refused at once with
+    /// RESOURCE_EXHAUSTED instead of queueing. Health checks and reflection are never refused
+    /// [default: 64]
+    #[arg(long, env = "RAGMESH_MAX_CONCURRENT_REQUESTS", value_name = "N")]
+    pub max_concurrent_requests: Option<usize>,
     /// Log filter, tracing-subscriber syntax [default: info]
     #[arg(long, env = "RAGMESH_LOG", value_name = "FILTER")]
     pub log: Option<String>,
@@ -86,6 +91,7 @@ struct AgentFile {
     labels: Option<BTreeMap<String, String>>,
     join_token: Option<String>,
     max_message_bytes: Option<usize>,
+    max_concurrent_requests: Option<usize>,
     log: Option<String>,
 }
 
@@ -112,9 +118,15 @@ pub struct AgentConfig {
     pub join_token: Option<Secret>,
     /// Largest message accepted.
     pub max_message_bytes: usize,
+    /// Requests of the agent API served at once; more are shed with RESOURCE_EXHAUSTED.
+    pub max_concurrent_requests: usize,
     /// Log filter.
     pub log: String,
 }
+
+/// Default of `--max-concurrent-requests`: enough for bursts of federated searches from the
+/// master on a few cores, while bounding the blocking threads an overloaded agent starts.
+pub const DEFAULT_MAX_CONCURRENT_REQUESTS: usize = 64;
 
 /// A node name is a DNS label, so it can appear in certificates: 1-63 of `[a-z0-9-]`.
 pub fn valid_node_name(name: &str) -> bool {
@@ -185,11 +197,15 @@ impl AgentArgs {
         let join_token = self.join_token.or(file.join_token).filter(|t| !t.is_empty()).map(Secret);
         let max_message_bytes = self.max_message_bytes.or(file.max_message_bytes).unwrap_or(4 * 1024 * 1024);
         check_range("max-message-bytes", max_message_bytes as u64, 1024, 256 * 1024 * 1024, &mut problems);
+        let max_concurrent_requests =
+            self.max_concurrent_requests.or(file.max_concurrent_requests).unwrap_or(DEFAULT_MAX_CONCURRENT_REQUESTS);
+        check_range("max-concurrent-requests", max_concurrent_requests as u64, 1, 100_000, &mut problems);
         let log = self.log.or(file.log).unwrap_or_else(|| "info".to_owned());
 
         problems.finish(AgentConfig {
             join_token,
             max_message_bytes,
+            max_concurrent_requests,
             name,
             listen,
             advertise,
@@ -246,6 +262,30 @@ mod tests {
         let mut with = base.to_vec();
         with.extend(["--advertise", "node1.internal:7401"]);
         assert!(args(&with).resolve().is_ok());
+    }
+
+    #[test]
+    fn max_concurrent_requests_comes_from_flag_env_or_file_and_is_validated() {
+        let base = ["--insecure", "--name", "n1", "--master", "m:7400"];
+        let config = args(&base).resolve().expect("valid");
+        assert_eq!(config.max_concurrent_requests, DEFAULT_MAX_CONCURRENT_REQUESTS);
+
+        let mut with = base.to_vec();
+        with.extend(["--max-concurrent-requests", "8"]);
+        assert_eq!(args(&with).resolve().expect("valid").max_concurrent_requests, 8);
+
+        let dir = tempfile::tempdir().expect("tempdir");
+        let file = dir.path().join("agent.toml");
+        std::fs::write(&file, "max_concurrent_requests = 3\n").expect("write config");
+        let mut from_file = base.to_vec();
+        let file_arg = file.to_str().expect("utf-8 path");
+        from_file.extend(["--config", file_arg]);
+        assert_eq!(args(&from_file).resolve().expect("valid").max_concurrent_requests, 3);
+
+        let mut zero = base.to_vec();
+        zero.extend(["--max-concurrent-requests", "0"]);
+        let errors = args(&zero).resolve().expect_err("zero serves nothing");
+        assert!(errors.to_string().contains("--max-concurrent-requests 0 is out of range: use 1..=100000"), "{errors}");
     }
 
     #[test]

@@ -7,7 +7,7 @@ mod agent;
 mod errors;
 mod master;
 
-pub use agent::{AgentArgs, AgentConfig, Secret, valid_node_name};
+pub use agent::{AgentArgs, AgentConfig, DEFAULT_MAX_CONCURRENT_REQUESTS, Secret, valid_node_name};
 pub use errors::{ConfigErrors, EXIT_CONFIG};
 pub use master::{AccessConfig, MasterArgs, MasterConfig};
 

@@ -45,4 +45,5 @@ fn agent_example_is_valid() {
     let config = args.resolve().expect("valid");
     assert_eq!(config.labels.get("zone").map(String::as_str), Some("eu-west-1a"));
     assert_eq!(config.advertise.as_deref(), Some("app-server-1.internal:7401"));
+    assert_eq!(config.max_concurrent_requests, 64);
 }

@@ -79,8 +79,9 @@ pub fn load_tls(config: &MasterConfig) -> Result<Option<Arc<LoadedTls>>, ragmesh
     config.tls.as_ref().map(|files| files.load().map(Arc::new)).transpose()
 }
 
-/// The message-size limits every service gets (requests larger than `max_message_bytes` are
-/// refused with RESOURCE_EXHAUSTED before they are decoded).
+/// The message-size limits every ragmesh service gets (requests larger than `max_message_bytes`
+/// are refused before they are decoded: RESOURCE_EXHAUSTED naming the limit, see
+/// `ragmesh_stack::wire_errors`).
 trait Limits {
     fn with_limits(self, max: usize) -> Self;
 }
@@ -137,10 +138,13 @@ pub async fn start(config: MasterConfig, listener: TcpListener) -> Result<Master
         .max_concurrent_streams(config.access.max_streams_per_connection)
         .layer(auth_layer::AuthLayer::new(access.clone()))
         .layer(RateLimitLayer::new(rate_limits, key_from_extension().or(key_from_peer_ip())));
+    // Health and reflection decode at most --max-message-bytes too, so a refusal names the limit
+    // that applied; their responses stay unlimited (reflection's descriptors can be large).
+    let max = config.access.max_message_bytes;
     let router = builder
-        .add_service(health_service)
-        .add_service(reflection_v1)
-        .add_service(reflection_v1alpha)
+        .add_service(health_service.max_decoding_message_size(max))
+        .add_service(reflection_v1.max_decoding_message_size(max))
+        .add_service(reflection_v1alpha.max_decoding_message_size(max))
         .add_service(limits(MasterServiceServer::new(api::MasterApi(context.clone())), &config))
         .add_service(limits(MembershipServiceServer::new(api::MembershipApi(context.clone())), &config))
         .add_service(limits(AuthServiceServer::new(auth_api::AuthApi(context.clone())), &config));

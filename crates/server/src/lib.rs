@@ -1,5 +1,5 @@
 //! Serving plumbing shared by both daemons, so master and agent start, wait and stop alike:
-//! the tonic server builder (HTTP/2 keepalives), serving over reloadable mTLS unless
+//! the tonic server builder (HTTP/2 keepalives, request-decoding errors in gRPC terms), serving over reloadable mTLS unless
 //! `--insecure`, waiting for state that a previous process still holds, draining on shutdown,
 //! and the pieces of a thin `main`.
 
@@ -19,6 +19,9 @@ use tonic::service::Routes;
 use tonic::transport::Server;
 use tonic::transport::server::{Router, TcpIncoming};
 use tower::Layer;
+use tower::layer::util::{Identity, Stack};
+
+use ragmesh_stack::wire_errors::WireErrorsLayer;
 
 /// Why a daemon could not start.
 #[derive(Debug, thiserror::Error)]
@@ -45,9 +48,21 @@ const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(10);
 /// How long an HTTP/2 ping may go unanswered.
 const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// The flag both daemons set their message-size limit with, named when a request exceeds it.
+pub const MAX_MESSAGE_BYTES_FLAG: &str = "--max-message-bytes";
+
+/// The server [`builder`] returns: tonic's, with [`WireErrorsLayer`] outermost.
+pub type ServerBuilder = Server<Stack<WireErrorsLayer, Identity>>;
+
 /// A server builder with HTTP/2 keepalives. TLS is not configured here: [`serve`] terminates it,
 /// so certificates can be reloaded while serving. Without `tls` (plaintext) it warns loudly.
-pub fn builder(tls: Option<&ReloadableTls>, listen: SocketAddr) -> Server {
+///
+/// Its first (outermost) layer puts tonic's answers to requests it cannot decode in gRPC terms
+/// ([`ragmesh_stack::wire_errors`]): INVALID_ARGUMENT for a body that is not protobuf,
+/// RESOURCE_EXHAUSTED naming [`MAX_MESSAGE_BYTES_FLAG`] for a message over the limit. Outermost,
+/// because it must see every response, and the layers a daemon adds (authentication, rate
+/// limits) never answer with the statuses it rewrites.
+pub fn builder(tls: Option<&ReloadableTls>, listen: SocketAddr) -> ServerBuilder {
     if tls.is_none() {
         tracing::warn!(
             %listen,
@@ -57,6 +72,7 @@ pub fn builder(tls: Option<&ReloadableTls>, listen: SocketAddr) -> Server {
     Server::builder()
         .http2_keepalive_interval(Some(KEEPALIVE_INTERVAL))
         .http2_keepalive_timeout(Some(KEEPALIVE_TIMEOUT))
+        .layer(WireErrorsLayer::new(MAX_MESSAGE_BYTES_FLAG))
 }
 
 /// Serves `router` on `listener` until `shutdown` resolves, then drains.

@@ -1,5 +1,11 @@
 //! ragmesh's own tower layers, one per file, for the tonic servers of master and agent.
 //!
+//! - [`overload`]: a bound on the requests one service serves at once, shedding the rest with
+//!   RESOURCE_EXHAUSTED (tower's `LoadShed` over `ConcurrencyLimit`).
 //! - [`rate_limit`]: per-principal GCRA rate limiting answering RESOURCE_EXHAUSTED with the wait.
+//! - [`wire_errors`]: tonic's answers to undecodable or oversized requests in gRPC terms
+//!   (INVALID_ARGUMENT, RESOURCE_EXHAUSTED naming the limit).
 
+pub mod overload;
 pub mod rate_limit;
+pub mod wire_errors;

@@ -1,6 +1,7 @@
 //! Test fixtures shared by the integration tests: a mesh CA created at test time (plus unrelated
-//! CAs for negative tests), waiting on a condition with a deadline instead of sleeping, and a
-//! log subscriber that writes through the test harness's capture.
+//! CAs for negative tests), waiting on a condition with a deadline instead of sleeping, a log
+//! subscriber that writes through the test harness's capture, and a gRPC client that sends raw
+//! bytes (requests no generated client can produce).
 
 use std::future::Future;
 use std::path::{Path, PathBuf};
@@ -83,4 +84,71 @@ where
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
+}
+
+/// A gRPC codec whose messages are raw bytes, to send what no generated client would: bytes that
+/// are not protobuf, or a message of an exact size.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct RawBytesCodec;
+
+impl tonic::codec::Codec for RawBytesCodec {
+    type Encode = bytes::Bytes;
+    type Decode = bytes::Bytes;
+    type Encoder = RawBytesCodec;
+    type Decoder = RawBytesCodec;
+
+    fn encoder(&mut self) -> Self::Encoder {
+        *self
+    }
+
+    fn decoder(&mut self) -> Self::Decoder {
+        *self
+    }
+}
+
+impl tonic::codec::Encoder for RawBytesCodec {
+    type Item = bytes::Bytes;
+    type Error = tonic::Status;
+
+    fn encode(&mut self, item: bytes::Bytes, dst: &mut tonic::codec::EncodeBuf<'_>) -> Result<(), tonic::Status> {
+        use bytes::BufMut as _;
+        dst.put_slice(&item);
+        Ok(())
+    }
+}
+
+impl tonic::codec::Decoder for RawBytesCodec {
+    type Item = bytes::Bytes;
+    type Error = tonic::Status;
+
+    fn decode(&mut self, src: &mut tonic::codec::DecodeBuf<'_>) -> Result<Option<bytes::Bytes>, tonic::Status> {
+        use bytes::Buf as _;
+        Ok(Some(src.copy_to_bytes(src.remaining())))
+    }
+}
+
+/// Sends `message` as the request of the unary method `path` (e.g. `/grpc.health.v1.Health/Check`)
+/// and returns the raw response message or the status.
+pub async fn unary_raw(
+    channel: tonic::transport::Channel,
+    path: &'static str,
+    message: bytes::Bytes,
+) -> Result<bytes::Bytes, tonic::Status> {
+    let mut grpc = tonic::client::Grpc::new(channel);
+    grpc.ready().await.map_err(|err| tonic::Status::unavailable(format!("channel not ready: {err}")))?;
+    let path = tonic::codegen::http::uri::PathAndQuery::from_static(path);
+    grpc.unary(tonic::Request::new(message), path, RawBytesCodec).await.map(tonic::Response::into_inner)
+}
+
+/// Like [`unary_raw`] for a server-streaming method: the status of the call, or the first message.
+pub async fn server_streaming_raw(
+    channel: tonic::transport::Channel,
+    path: &'static str,
+    message: bytes::Bytes,
+) -> Result<Option<bytes::Bytes>, tonic::Status> {
+    let mut grpc = tonic::client::Grpc::new(channel);
+    grpc.ready().await.map_err(|err| tonic::Status::unavailable(format!("channel not ready: {err}")))?;
+    let path = tonic::codegen::http::uri::PathAndQuery::from_static(path);
+    let mut stream = grpc.server_streaming(tonic::Request::new(message), path, RawBytesCodec).await?.into_inner();
+    stream.message().await
 }
