@@ -40,6 +40,8 @@ pub const MAX_SEARCH_TIMEOUT: Duration = Duration::from_secs(30);
 pub struct MeshBuilder {
     agents: usize,
     access: ragmesh_config::AccessConfig,
+    heartbeat_interval: Duration,
+    heartbeat_timeout: Duration,
 }
 
 impl MeshBuilder {
@@ -53,6 +55,14 @@ impl MeshBuilder {
     pub fn rate_limit(mut self, rps: u32, burst: u32) -> Self {
         self.access.rate_limit_rps = rps;
         self.access.rate_limit_burst = burst;
+        self
+    }
+
+    /// The agents' heartbeat interval and the master's heartbeat timeout (at least twice the
+    /// interval, or the master shortens the interval).
+    pub fn heartbeat(mut self, interval: Duration, timeout: Duration) -> Self {
+        self.heartbeat_interval = interval;
+        self.heartbeat_timeout = timeout;
         self
     }
 
@@ -76,7 +86,7 @@ impl MeshBuilder {
             listen: master_addr,
             data_dir: master_dir.path().to_owned(),
             tls: Some(pki.issue("master")),
-            heartbeat_timeout: HEARTBEAT_TIMEOUT,
+            heartbeat_timeout: self.heartbeat_timeout,
             search_timeout: SEARCH_TIMEOUT,
             max_search_timeout: MAX_SEARCH_TIMEOUT,
             access: ragmesh_config::AccessConfig {
@@ -96,6 +106,7 @@ impl MeshBuilder {
             _master_dir: master_dir,
             agents: Vec::new(),
             join_token: String::new(),
+            heartbeat_interval: self.heartbeat_interval,
         };
         // One multi-use join token admits every agent the test starts.
         mesh.join_token = mesh.create_join_token(1000).await;
@@ -126,6 +137,7 @@ pub struct Mesh {
     _master_dir: tempfile::TempDir,
     agents: Vec<AgentSlot>,
     join_token: String,
+    heartbeat_interval: Duration,
 }
 
 /// A tokio listener on a duplicate of `socket` (which stays open, and keeps the port, when the
@@ -146,7 +158,12 @@ struct AgentSlot {
 impl Mesh {
     /// A builder with one agent.
     pub fn builder() -> MeshBuilder {
-        MeshBuilder { agents: 1, access: ragmesh_config::AccessConfig::default() }
+        MeshBuilder {
+            agents: 1,
+            access: ragmesh_config::AccessConfig::default(),
+            heartbeat_interval: HEARTBEAT_INTERVAL,
+            heartbeat_timeout: HEARTBEAT_TIMEOUT,
+        }
     }
 
     /// An agent config for `name` pointing at this mesh's master.
@@ -158,7 +175,7 @@ impl Mesh {
             master: self.master_addr.to_string(),
             data_dir,
             tls: Some(self.pki.issue(name)),
-            heartbeat_interval: HEARTBEAT_INTERVAL,
+            heartbeat_interval: self.heartbeat_interval,
             labels: BTreeMap::from([("test".to_owned(), "e2e".to_owned())]),
             join_token: Some(ragmesh_config::Secret(self.join_token.clone())),
             max_message_bytes: 4 * 1024 * 1024,
@@ -187,7 +204,7 @@ impl Mesh {
 
     /// Heartbeat interval the agents are configured with.
     pub fn heartbeat_interval(&self) -> Duration {
-        HEARTBEAT_INTERVAL
+        self.heartbeat_interval
     }
 
     /// Silence after which the master marks a node down.
@@ -317,6 +334,17 @@ impl Mesh {
     /// it runs makes progress, as under SIGSTOP or a partition that drops packets.
     pub fn freeze_agent(&self, i: usize) -> Thaw {
         self.agents[i].process.as_ref().expect("agent is running").freeze()
+    }
+
+    /// Kills agent `i` while it is frozen: whatever was sent to it while frozen is never
+    /// processed, and its sockets close at once (a process that dies while calls are in flight).
+    pub fn kill_frozen_agent(&mut self, i: usize, thaw: Thaw) {
+        let process = self.agents[i].process.take().expect("agent is running");
+        // Queue the kill before thawing: the agent's control loop, which the freeze blocked, runs
+        // it first thing, before any other task of the agent gets to run.
+        let _ = process.control.send(Control::Kill);
+        drop(thaw);
+        process.kill();
     }
 
     /// Starts agent `i` again on its data directory (after [`Mesh::kill_agent`]).
