@@ -22,6 +22,14 @@ pub enum AgentError {
     /// The context was refused (bad signature, expired, missing capability...).
     #[error("request context refused: {0}")]
     Auth(#[from] ragmesh_auth::AuthError),
+    /// Every slot for index work is taken (some by work whose callers already gave up).
+    #[error(
+        "overloaded: {limit} index operations are still running (--max-concurrent-requests {limit}); retry with backoff, or raise --max-concurrent-requests"
+    )]
+    Overloaded {
+        /// The configured limit.
+        limit: usize,
+    },
     /// A blocking index task panicked or was cancelled.
     #[error("index task failed: {0}")]
     Task(String),
@@ -33,6 +41,7 @@ impl AgentError {
         match self {
             AgentError::NotReady | AgentError::NoKeys => ErrorKind::Unavailable,
             AgentError::NoContext => ErrorKind::Unauthenticated,
+            AgentError::Overloaded { .. } => ErrorKind::ResourceExhausted,
             // A context the master signed is never the end caller's to fix: anything wrong with
             // it (bad signature, expired, unknown key) is an authentication failure.
             AgentError::Auth(auth) => match auth.category() {

@@ -7,8 +7,7 @@ pub mod link;
 pub mod service;
 
 use std::net::SocketAddr;
-use std::sync::atomic::AtomicU32;
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 
 use ragmesh_config::AgentConfig;
 use ragmesh_index::DocumentIndex;
@@ -101,12 +100,7 @@ pub async fn start(config: AgentConfig, listener: TcpListener) -> Result<AgentHa
     let tls = tls.map(ReloadableTls::new).transpose()?;
     let shutdown = CancellationToken::new();
     ragmesh_server::watch_tls(tls.as_ref(), &shutdown);
-    let state = AgentState {
-        name: name.clone(),
-        index: Arc::new(OnceLock::new()),
-        in_flight: Arc::new(AtomicU32::new(0)),
-        verifier: Arc::default(),
-    };
+    let state = AgentState::new(name.clone(), config.max_concurrent_requests);
 
     let (health, health_service) = tonic_health::server::health_reporter();
     health.set_not_serving::<AgentServiceServer<AgentApi>>().await;

@@ -8,6 +8,7 @@ use std::sync::{Arc, OnceLock, RwLock};
 use ragmesh_auth::{AuthError, CONTEXT_AUDIENCE, Capability, Principal, PublicKey, Verifier, VerifierConfig, unix_now};
 use ragmesh_index::{Acl, DocRef, Document, DocumentIndex, SearchQuery, SubjectRef, Viewer, Writer};
 use ragmesh_proto::v1::{self, agent_service_server::AgentService};
+use tokio::sync::Semaphore;
 use tonic::{Request, Response, Status};
 
 use crate::error::AgentError;
@@ -28,9 +29,27 @@ pub struct AgentState {
     pub in_flight: Arc<AtomicU32>,
     /// Verifies the master's signed request contexts; `None` until the master sent its keys.
     pub verifier: Arc<RwLock<Option<Verifier>>>,
+    /// Slots for blocking index work. A slot is held by the blocking closure itself, so work
+    /// whose caller gave up (deadline) still holds one until it really ends: the server's
+    /// concurrency limit frees its slot when the handler is dropped, this one does not.
+    work_slots: Arc<Semaphore>,
+    /// Number of slots (`--max-concurrent-requests`).
+    work_limit: usize,
 }
 
 impl AgentState {
+    /// State of agent `name` running at most `max_work` blocking index operations at once.
+    pub fn new(name: String, max_work: usize) -> Self {
+        AgentState {
+            name,
+            index: Arc::new(OnceLock::new()),
+            in_flight: Arc::new(AtomicU32::new(0)),
+            verifier: Arc::default(),
+            work_slots: Arc::new(Semaphore::new(max_work)),
+            work_limit: max_work,
+        }
+    }
+
     /// Installs the master's verification keys (at registration and after a key rotation).
     pub fn set_keys(&self, keys: &[v1::VerificationKey]) -> Result<(), AuthError> {
         let mut verified = Vec::with_capacity(keys.len());
@@ -67,9 +86,12 @@ impl AgentState {
         work: impl FnOnce(&DocumentIndex) -> Result<T, ragmesh_index::IndexError> + Send + 'static,
     ) -> Result<T, AgentError> {
         let index = self.index()?;
+        let slot = Arc::clone(&self.work_slots)
+            .try_acquire_owned()
+            .map_err(|_| AgentError::Overloaded { limit: self.work_limit })?;
         let in_flight = InFlight::enter(Arc::clone(&self.in_flight));
         tokio::task::spawn_blocking(move || {
-            let _in_flight = in_flight;
+            let _held = (slot, in_flight);
             work(&index)
         })
         .await
@@ -231,12 +253,11 @@ mod tests {
     use super::*;
 
     fn state_with_index(dir: &std::path::Path) -> AgentState {
-        let state = AgentState {
-            name: "agent-test".to_owned(),
-            index: Arc::new(OnceLock::new()),
-            in_flight: Arc::new(AtomicU32::new(0)),
-            verifier: Arc::default(),
-        };
+        state_with_slots(dir, 8)
+    }
+
+    fn state_with_slots(dir: &std::path::Path, slots: usize) -> AgentState {
+        let state = AgentState::new("agent-test".to_owned(), slots);
         let index = DocumentIndex::open(dir).expect("open a fresh index");
         assert!(state.index.set(Arc::new(index)).is_ok(), "the index is set once");
         state
@@ -286,6 +307,39 @@ mod tests {
         );
         release_tx.send(()).expect("the blocking work waits for the release");
         wait_in_flight(&state, 0).await;
+    }
+
+    /// Regression: the server's concurrency limit frees a slot when the deadline drops the
+    /// handler, while the blocking search goes on; without a slot held by the blocking work
+    /// itself, callers that give up could pile up unbounded tantivy work.
+    #[tokio::test]
+    async fn blocking_work_whose_caller_gave_up_still_holds_its_slot() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let state = state_with_slots(dir.path(), 1);
+        let (started_tx, started_rx) = mpsc::channel::<()>();
+        let (release_tx, release_rx) = mpsc::channel::<()>();
+        {
+            let mut handler = pin!(state.with_index(move |_index| {
+                let _ = started_tx.send(());
+                let _ = release_rx.recv();
+                Ok(())
+            }));
+            let mut cx = Context::from_waker(std::task::Waker::noop());
+            assert!(matches!(handler.as_mut().poll(&mut cx), Poll::Pending), "the work is blocked");
+            tokio::task::spawn_blocking(move || started_rx.recv_timeout(Duration::from_secs(10)))
+                .await
+                .expect("join")
+                .expect("the blocking work started");
+            // The caller's deadline fires: the handler is dropped, the work goes on.
+        }
+        let refused = state.with_index(|_index| Ok(())).await.expect_err("the only slot is still taken");
+        assert!(matches!(refused, AgentError::Overloaded { limit: 1 }), "{refused:?}");
+        let status = Status::from(refused);
+        assert_eq!(status.code(), tonic::Code::ResourceExhausted);
+        assert!(status.message().contains("--max-concurrent-requests"), "{}", status.message());
+        release_tx.send(()).expect("the blocking work waits for the release");
+        wait_in_flight(&state, 0).await;
+        state.with_index(|_index| Ok(())).await.expect("the slot is free again");
     }
 
     #[tokio::test]
