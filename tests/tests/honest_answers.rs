@@ -161,3 +161,18 @@ async fn regression_a_certificate_that_is_not_an_agent_cannot_hold_a_health_stre
     assert!(elapsed < SLOW_HEARTBEAT_TIMEOUT / 4, "refused only after {elapsed:?}");
     mesh.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn regression_an_unknown_join_token_id_is_not_found() {
+    trace_init();
+    let mesh = Mesh::builder().agents(0).start().await;
+    let mut auth = mesh.auth_client().await;
+    let missing = auth
+        .revoke_join_token(v1::RevokeJoinTokenRequest { id: "no-such-token".into() })
+        .await
+        .expect_err("unknown id");
+    assert_eq!(missing.code(), Code::NotFound, "{missing:?}");
+    assert!(missing.message().contains("no-such-token"), "{:?}", missing.message());
+    assert!(missing.message().contains("ragmeshctl token join --list"), "{:?}", missing.message());
+    mesh.shutdown().await;
+}
