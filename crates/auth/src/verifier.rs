@@ -157,7 +157,7 @@ fn decode_error(err: &jsonwebtoken::errors::Error, token: &str, parts: &Parts<'_
         // is malformed; otherwise the JSON error is the payload's.
         ErrorKind::Json(json) => match jsonwebtoken::decode_header(token) {
             Err(_) => AuthError::Malformed {
-                reason: format!("header is not a JSON object with an alg: {}", json_reason(json)),
+                reason: format!("a header field is not of its standard type: {}", json_reason(json)),
             },
             Ok(_) => AuthError::MalformedClaims { reason: json_reason(json) },
         },

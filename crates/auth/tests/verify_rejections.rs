@@ -64,7 +64,7 @@ fn errors_from_jsonwebtoken_name_the_part_that_is_wrong() {
     let (ring, key) = ring_with_key();
     let header = format!(r#"{{"alg":"EdDSA","kid":"{}","jwk":5}}"#, key.kid());
     let err = reject(&verifier(&ring), &signed(&key, &header, &claims_json(json!({}))));
-    assert!(matches!(err, AuthError::Malformed { ref reason } if reason.starts_with("header")), "{err:?}");
+    assert!(matches!(err, AuthError::Malformed { ref reason } if reason.contains("header field")), "{err:?}");
 
     let signing_input = format!("{}.{}", b64(header_for(&key).as_bytes()), "not*base64");
     let signature = raw_signer(&key).sign(signing_input.as_bytes());
