@@ -98,7 +98,8 @@ proptest! {
     fn json_headers_with_arbitrary_fields_are_rejected_for_the_right_reason(
         alg in prop_oneof![Just("EdDSA".to_owned()), Just("none".to_owned()), Just("HS256".to_owned()), ".{0,12}"],
         kid in proptest::option::of(prop_oneof![Just(signing_key().kid().to_owned()), ".{0,50}"]),
-        payload in ".{0,300}",
+        // Not empty: an empty payload part is malformed before the header is looked at.
+        payload in ".{1,300}",
     ) {
         let header = serde_json::json!({ "alg": alg, "kid": kid }).to_string();
         let key = signing_key();
