@@ -72,6 +72,12 @@ impl MeshBuilder {
         self
     }
 
+    /// How long past its expiry the master still accepts an access token (0: exactly at `exp`).
+    pub fn token_leeway(mut self, leeway: Duration) -> Self {
+        self.access.token_leeway = leeway;
+        self
+    }
+
     /// Starts the master and the agents and waits until every agent is up.
     pub async fn start(self) -> Mesh {
         let pki = TestPki::new();

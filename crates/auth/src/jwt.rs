@@ -1,16 +1,20 @@
-//! Compact JWS encoding and decoding (RFC 7515/7519) for EdDSA, written to be total on untrusted
-//! input: every malformed token is an error, never a panic.
+//! Compact JWS tokens (RFC 7515/7519): encoding through jsonwebtoken, and the checks on untrusted
+//! input that run before jsonwebtoken sees a token (length, three parts, a JSON header whose `alg`
+//! may be anything, `"none"` included), so that every rejection has its own message. Total: every
+//! malformed token is an error, never a panic.
 
 use serde::{Deserialize, Serialize};
 
-use crate::crypto::{b64url_decode, b64url_encode};
-use crate::keys::ALG_EDDSA;
-use crate::{AuthError, Claims, SigningKey};
+use crate::crypto::b64url_decode;
+use crate::{AuthError, Claims};
 
 /// Tokens longer than this are rejected before any parsing.
 pub const MAX_TOKEN_LEN: usize = 8 * 1024;
 
 /// A token's JOSE header, as read by [`parse_unverified_header`].
+///
+/// Our own type rather than `jsonwebtoken::Header`: that one cannot hold an unknown `alg` (such as
+/// `"none"`), so a token naming one could not be told apart from a malformed one.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Header {
     /// Signature algorithm named by the token (never trusted to choose the algorithm).
@@ -26,13 +30,10 @@ pub struct Header {
     pub crit: Option<Vec<String>>,
 }
 
-/// The three parts of a compact token.
+/// A compact token split into its decoded header and its signature part.
 #[derive(Debug)]
 pub(crate) struct Parts<'a> {
-    /// `header.payload`, the bytes the signature covers.
-    pub(crate) signing_input: &'a str,
     pub(crate) header: Header,
-    pub(crate) payload_b64: &'a str,
     pub(crate) signature_b64: &'a str,
 }
 
@@ -59,22 +60,18 @@ pub(crate) fn split(token: &str) -> Result<Parts<'_>, AuthError> {
     let header: Header = serde_json::from_slice(&header_json).map_err(|e| AuthError::Malformed {
         reason: format!("header is not a JSON object with an alg: {}", json_reason(&e)),
     })?;
-    // The signing input is everything before the second dot.
-    let signing_input = &token[..header_b64.len() + 1 + payload_b64.len()];
-    Ok(Parts { signing_input, header, payload_b64, signature_b64 })
+    Ok(Parts { header, signature_b64 })
 }
 
-/// Signs `claims` with `key` into a compact JWS.
-pub(crate) fn encode(key: &SigningKey, claims: &Claims) -> Result<String, AuthError> {
-    let header = Header { alg: ALG_EDDSA.into(), typ: Some("JWT".into()), kid: Some(key.kid().into()), crit: None };
-    let header_json = serde_json::to_vec(&header).map_err(|e| encode_error("header", &e))?;
-    let claims_json = serde_json::to_vec(claims).map_err(|e| encode_error("claims", &e))?;
-    let mut token = b64url_encode(&header_json);
-    token.push('.');
-    token.push_str(&b64url_encode(&claims_json));
-    let signature = key.sign_bytes(token.as_bytes());
-    token.push('.');
-    token.push_str(&b64url_encode(signature.as_ref()));
+/// Signs `claims` with `key` (an Ed25519 PKCS#8 key) into a compact JWS with header
+/// `{"typ":"JWT","alg":"EdDSA","kid":kid}`.
+pub(crate) fn encode(key: &jsonwebtoken::EncodingKey, kid: &str, claims: &Claims) -> Result<String, AuthError> {
+    let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::EdDSA);
+    header.kid = Some(kid.to_owned());
+    let token = jsonwebtoken::encode(&header, claims, key).map_err(|e| match e.kind() {
+        jsonwebtoken::errors::ErrorKind::Json(json) => encode_error("claims", json),
+        _ => AuthError::InvalidSigningKey { reason: e.to_string() },
+    })?;
     if token.len() > MAX_TOKEN_LEN {
         return Err(AuthError::InvalidInput {
             field: "claims",
@@ -129,6 +126,7 @@ pub(crate) fn json_reason(err: &serde_json::Error) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::crypto::b64url_encode;
 
     #[test]
     fn header_of_a_wellformed_token_is_read() {

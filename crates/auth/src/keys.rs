@@ -2,10 +2,13 @@
 //!
 //! A key's id (`kid`) is its RFC 7638 JWK thumbprint, so it is derived from the public key: anyone
 //! can recompute it, two keys never share it, and a `kid` cannot be attached to the wrong key.
+//!
+//! Keys are generated and read with ring (PKCS#8, as before); tokens are signed with jsonwebtoken,
+//! which gets the same PKCS#8 document as its [`jsonwebtoken::EncodingKey`].
 
 use std::fmt;
 
-use ring::signature::{ED25519, Ed25519KeyPair, KeyPair as _, UnparsedPublicKey};
+use ring::signature::{Ed25519KeyPair, KeyPair as _};
 use serde::{Deserialize, Serialize};
 use zeroize::Zeroizing;
 
@@ -25,7 +28,9 @@ const ED25519_SPKI_PREFIX: [u8; 12] = [0x30, 0x2a, 0x30, 0x05, 0x06, 0x03, 0x2b,
 /// The master's private Ed25519 key. It never leaves the master; `Debug` shows only its `kid`.
 pub struct SigningKey {
     kid: String,
-    pair: Ed25519KeyPair,
+    public: [u8; ED25519_PUBLIC_KEY_LEN],
+    /// The PKCS#8 document, for jsonwebtoken (wiped on drop, like `pkcs8`).
+    encoding: jsonwebtoken::EncodingKey,
     pkcs8: Zeroizing<Vec<u8>>,
 }
 
@@ -43,8 +48,14 @@ impl SigningKey {
         // documents (`openssl genpkey -algorithm ed25519`) have none to check.
         let pair = Ed25519KeyPair::from_pkcs8_maybe_unchecked(der)
             .map_err(|e| AuthError::InvalidSigningKey { reason: e.to_string() })?;
-        let kid = thumbprint(pair.public_key().as_ref());
-        Ok(Self { kid, pair, pkcs8: Zeroizing::new(der.to_vec()) })
+        let mut public = [0u8; ED25519_PUBLIC_KEY_LEN];
+        public.copy_from_slice(pair.public_key().as_ref());
+        let encoding = jsonwebtoken::EncodingKey::from_ed_der(der);
+        // jsonwebtoken parses the document only when it signs: sign once now, so that a key it
+        // cannot use is refused at load time rather than at the first token.
+        jsonwebtoken::crypto::sign(b"probe", &encoding, jsonwebtoken::Algorithm::EdDSA)
+            .map_err(|e| AuthError::InvalidSigningKey { reason: format!("jsonwebtoken cannot sign with it: {e}") })?;
+        Ok(Self { kid: thumbprint(&public), public, encoding, pkcs8: Zeroizing::new(der.to_vec()) })
     }
 
     /// Loads an unencrypted PKCS#8 Ed25519 private key in PEM (`-----BEGIN PRIVATE KEY-----`).
@@ -73,9 +84,7 @@ impl SigningKey {
 
     /// The public half, for verifiers; `verify_until` is `None` (the current key).
     pub fn public_key(&self) -> PublicKey {
-        let mut raw = [0u8; ED25519_PUBLIC_KEY_LEN];
-        raw.copy_from_slice(self.pair.public_key().as_ref());
-        PublicKey { kid: self.kid.clone(), raw, verify_until: None }
+        PublicKey { kid: self.kid.clone(), raw: self.public, verify_until: None }
     }
 
     /// The public half as a JWK.
@@ -87,11 +96,7 @@ impl SigningKey {
     ///
     /// Low level: it checks nothing about the claims. Use [`crate::KeyRing::issue`] to mint tokens.
     pub fn sign(&self, claims: &Claims) -> Result<String, AuthError> {
-        crate::jwt::encode(self, claims)
-    }
-
-    pub(crate) fn sign_bytes(&self, message: &[u8]) -> ring::signature::Signature {
-        self.pair.sign(message)
+        crate::jwt::encode(&self.encoding, &self.kid, claims)
     }
 }
 
@@ -224,9 +229,10 @@ impl PublicKey {
         self.verify_until.is_none_or(|until| now <= until)
     }
 
-    /// Verifies an Ed25519 signature over `message`.
-    pub(crate) fn verify_signature(&self, message: &[u8], signature: &[u8]) -> bool {
-        UnparsedPublicKey::new(&ED25519, &self.raw).verify(message, signature).is_ok()
+    /// The key as jsonwebtoken wants it for EdDSA: the 32 raw bytes (despite the name of
+    /// `from_ed_der`, its RustCrypto backend reads the first 32 bytes as the key, not a DER SPKI).
+    pub(crate) fn decoding_key(&self) -> jsonwebtoken::DecodingKey {
+        jsonwebtoken::DecodingKey::from_ed_der(&self.raw)
     }
 }
 

@@ -8,6 +8,9 @@
 //! - [`RefreshStore`]: opaque refresh tokens, rotated on use, stored hashed, reuse revokes the family.
 //! - [`JoinTokenStore`]: operator-created agent admission tokens, stored hashed, spent atomically.
 //!
+//! Tokens are signed and their signatures verified by `jsonwebtoken` (EdDSA, RustCrypto backend);
+//! the checks around it (header, `kid`, claims, with a message for each rejection) are ours.
+//!
 //! Everything here is synchronous and takes the time (`now`, unix seconds) as an argument, so the
 //! gRPC services stay thin shells and the tests control the clock:
 //!

@@ -3,6 +3,13 @@
 //!
 //! Order of checks: length, shape, `alg` (must be EdDSA: the verifier holds only Ed25519 keys and
 //! never lets the header choose an algorithm), `crit`, `kid`, signature, and only then the claims.
+//!
+//! The signature is checked and the claims decoded by `jsonwebtoken::decode`, between checks of
+//! our own: before it, the header checks above, so that `alg: none`, another algorithm, `crit` and
+//! a missing or unknown `kid` each get their own message (jsonwebtoken cannot even parse a header
+//! naming an algorithm it does not know); after it, the claim checks, because they take the
+//! caller's `now` (jsonwebtoken reads the system clock), name the missing claim, and say which
+//! audience or issuer was found. jsonwebtoken's own claim validation is therefore switched off.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
@@ -11,9 +18,11 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+use jsonwebtoken::errors::ErrorKind;
+
 use crate::crypto::b64url_decode;
 use crate::error::truncate_for_message;
-use crate::jwt::{check_time_claims, json_reason, split};
+use crate::jwt::{Parts, check_time_claims, json_reason, split};
 use crate::keys::ALG_EDDSA;
 use crate::{AuthError, Capability, Principal, PublicKey};
 
@@ -42,8 +51,17 @@ impl VerifierConfig {
 /// Verifies tokens signed by the master. Cheap to clone (the key set is shared).
 #[derive(Clone)]
 pub struct Verifier {
-    keys: Arc<BTreeMap<String, PublicKey>>,
+    keys: Arc<BTreeMap<String, TrustedKey>>,
     config: VerifierConfig,
+    /// jsonwebtoken's settings: EdDSA only, its claim checks off (ours follow it).
+    validation: Arc<jsonwebtoken::Validation>,
+}
+
+/// A key the verifier holds, with its jsonwebtoken form made once.
+#[derive(Clone)]
+struct TrustedKey {
+    public: PublicKey,
+    decoding: jsonwebtoken::DecodingKey,
 }
 
 impl Verifier {
@@ -62,14 +80,18 @@ impl Verifier {
                 by_kid.insert(key.kid().to_owned(), key);
             }
         }
-        Self { keys: Arc::new(by_kid), config }
+        let keys = by_kid
+            .into_iter()
+            .map(|(kid, public)| (kid, TrustedKey { decoding: public.decoding_key(), public }))
+            .collect();
+        Self { keys: Arc::new(keys), config, validation: Arc::new(signature_only_validation()) }
     }
 
     /// The same keys, expecting another audience (e.g. an agent verifying forwarded context).
     pub fn with_audience(&self, audience: impl Into<String>) -> Self {
         let mut config = self.config.clone();
         config.audience = audience.into();
-        Self { keys: Arc::clone(&self.keys), config }
+        Self { keys: Arc::clone(&self.keys), config, validation: Arc::clone(&self.validation) }
     }
 
     /// What this verifier expects.
@@ -101,20 +123,48 @@ impl Verifier {
             Some(kid) => kid,
         };
         // A retired key past its window counts as unknown: its tokens have all expired anyway.
-        let Some(key) = self.keys.get(kid).filter(|key| key.is_acceptable_at(now)) else {
+        let Some(key) = self.keys.get(kid).filter(|key| key.public.is_acceptable_at(now)) else {
             return Err(AuthError::UnknownKeyId { kid: truncate_for_message(kid) });
         };
-        let signature = b64url_decode(parts.signature_b64)
-            .map_err(|_| AuthError::Malformed { reason: "signature is not base64url".into() })?;
-        if !key.verify_signature(parts.signing_input.as_bytes(), &signature) {
-            return Err(AuthError::BadSignature);
-        }
+        let decoded = jsonwebtoken::decode::<RawClaims>(token, &key.decoding, &self.validation)
+            .map_err(|err| decode_error(&err, token, &parts))?;
+        validate_claims(decoded.claims, &self.config, now)
+    }
+}
 
-        let payload = b64url_decode(parts.payload_b64)
-            .map_err(|_| AuthError::MalformedClaims { reason: "payload is not base64url".into() })?;
-        let raw: RawClaims =
-            serde_json::from_slice(&payload).map_err(|e| AuthError::MalformedClaims { reason: json_reason(&e) })?;
-        validate_claims(raw, &self.config, now)
+/// What `jsonwebtoken::decode` checks for us: the algorithm (EdDSA, already confirmed from the
+/// header) and the signature, and it decodes the claims. Its claim checks are off: ours follow.
+fn signature_only_validation() -> jsonwebtoken::Validation {
+    let mut validation = jsonwebtoken::Validation::new(jsonwebtoken::Algorithm::EdDSA);
+    validation.required_spec_claims.clear();
+    validation.validate_exp = false;
+    validation.validate_nbf = false;
+    validation.validate_aud = false;
+    validation.leeway = 0;
+    validation
+}
+
+/// Our error for a token jsonwebtoken refused. Its header and shape passed our own checks, so what
+/// is left is the signature (its encoding or its verdict) and the payload (its encoding or JSON).
+fn decode_error(err: &jsonwebtoken::errors::Error, token: &str, parts: &Parts<'_>) -> AuthError {
+    match err.kind() {
+        // jsonwebtoken decodes the signature part before it verifies, the payload only after.
+        ErrorKind::Base64(_) if b64url_decode(parts.signature_b64).is_err() => {
+            AuthError::Malformed { reason: "signature is not base64url".into() }
+        }
+        ErrorKind::Base64(_) => AuthError::MalformedClaims { reason: "payload is not base64url".into() },
+        // Its header type is stricter than ours (typed `jwk`, `x5c`, ...): a header only it refuses
+        // is malformed; otherwise the JSON error is the payload's.
+        ErrorKind::Json(json) => match jsonwebtoken::decode_header(token) {
+            Err(_) => AuthError::Malformed {
+                reason: format!("a header field is not of its standard type: {}", json_reason(json)),
+            },
+            Ok(_) => AuthError::MalformedClaims { reason: json_reason(json) },
+        },
+        ErrorKind::Utf8(_) => AuthError::MalformedClaims { reason: "payload is not UTF-8".into() },
+        // InvalidSignature, and InvalidEddsaKey for 32 bytes that are no curve point: either way,
+        // the token does not verify with the key its kid names.
+        _ => AuthError::BadSignature,
     }
 }
 

@@ -7,7 +7,9 @@ use std::time::Duration;
 
 use common::*;
 use proptest::prelude::*;
-use ragmesh_auth::{AuthError, Capability, Claims, SigningKey, Verifier, VerifierConfig, parse_unverified_header};
+use ragmesh_auth::{
+    AuthError, Capability, Claims, ErrorCategory, SigningKey, Verifier, VerifierConfig, parse_unverified_header,
+};
 
 #[derive(Debug, PartialEq, Eq)]
 enum Verdict {
@@ -93,16 +95,40 @@ proptest! {
     }
 
     #[test]
-    fn json_headers_with_arbitrary_fields_never_panic(
-        alg in prop_oneof![Just("EdDSA".to_owned()), Just("none".to_owned()), ".{0,12}"],
-        kid in proptest::option::of(".{0,50}"),
-        payload in ".{0,300}",
+    fn json_headers_with_arbitrary_fields_are_rejected_for_the_right_reason(
+        alg in prop_oneof![Just("EdDSA".to_owned()), Just("none".to_owned()), Just("HS256".to_owned()), ".{0,12}"],
+        kid in proptest::option::of(prop_oneof![Just(signing_key().kid().to_owned()), ".{0,50}"]),
+        // Not empty: an empty payload part is malformed before the header is looked at.
+        payload in ".{1,300}",
     ) {
         let header = serde_json::json!({ "alg": alg, "kid": kid }).to_string();
         let key = signing_key();
         let token = signed(key, &header, &payload);
-        let _ = parse_unverified_header(&token);
-        let _ = Verifier::new([key.public_key()], VerifierConfig::new(ISSUER, AUDIENCE)).verify(&token, NOW);
+        let parsed = parse_unverified_header(&token).expect("the header is a JSON object with an alg");
+        prop_assert_eq!(&parsed.alg, &alg);
+        let err = Verifier::new([key.public_key()], VerifierConfig::new(ISSUER, AUDIENCE))
+            .verify(&token, NOW)
+            .expect_err("an arbitrary payload is never a valid token");
+        prop_assert_eq!(err.category(), ErrorCategory::Unauthenticated);
+        // The header decides first: a properly signed token naming another algorithm is refused for it.
+        if alg.eq_ignore_ascii_case("none") {
+            prop_assert!(matches!(err, AuthError::AlgNone), "alg {:?}: {:?}", alg, err);
+        } else if alg != "EdDSA" {
+            prop_assert!(
+                matches!(err, AuthError::AlgorithmNotAllowed { alg: ref named } if *named == alg),
+                "alg {:?}: {:?}", alg, err
+            );
+        } else if kid.as_deref().is_none_or(str::is_empty) {
+            prop_assert!(matches!(err, AuthError::MissingKeyId), "{:?}", err);
+        } else if kid.as_deref() != Some(key.kid()) {
+            prop_assert!(matches!(err, AuthError::UnknownKeyId { .. }), "{:?}", err);
+        } else {
+            // Genuinely signed, so only the claims can be wrong.
+            prop_assert!(
+                matches!(err, AuthError::MalformedClaims { .. } | AuthError::MissingClaim { .. }),
+                "{:?}", err
+            );
+        }
     }
 
     #[test]

@@ -57,6 +57,21 @@ fn validly_signed_but_unparseable_payload_is_malformed_claims() {
     assert!(matches!(reject(&verifier(&ring), &token), AuthError::MalformedClaims { .. }));
 }
 
+/// Signed tokens whose header passes our checks but not jsonwebtoken's stricter header type, or
+/// whose payload part is not base64url: each gets the message of the part that is wrong.
+#[test]
+fn errors_from_jsonwebtoken_name_the_part_that_is_wrong() {
+    let (ring, key) = ring_with_key();
+    let header = format!(r#"{{"alg":"EdDSA","kid":"{}","jwk":5}}"#, key.kid());
+    let err = reject(&verifier(&ring), &signed(&key, &header, &claims_json(json!({}))));
+    assert!(matches!(err, AuthError::Malformed { ref reason } if reason.contains("header field")), "{err:?}");
+
+    let signing_input = format!("{}.{}", b64(header_for(&key).as_bytes()), "not*base64");
+    let signature = raw_signer(&key).sign(signing_input.as_bytes());
+    let err = reject(&verifier(&ring), &format!("{signing_input}.{}", b64(signature.as_ref())));
+    assert!(matches!(err, AuthError::MalformedClaims { ref reason } if reason.contains("base64url")), "{err:?}");
+}
+
 #[test]
 fn alg_none_with_empty_signature_is_rejected() {
     let ring = ring();

@@ -50,6 +50,18 @@ pub struct MasterArgs {
     /// Lifetime of refresh tokens, seconds [default: 604800 (7 days)]
     #[arg(long, env = "RAGMESH_REFRESH_TOKEN_TTL_S", value_name = "S")]
     pub refresh_token_ttl_s: Option<u64>,
+    /// Clock-skew allowance when verifying access tokens: a token is still accepted this many
+    /// seconds past its expiry (and this many seconds before its issue time); 0 for exact expiry
+    /// [default: 30]
+    #[arg(long, env = "RAGMESH_TOKEN_LEEWAY_SECS", value_name = "S")]
+    pub token_leeway_secs: Option<u64>,
+    /// Most refused join attempts remembered for `ragmeshctl nodes --pending`; beyond it the
+    /// oldest attempt is forgotten first [default: 256]
+    #[arg(long, env = "RAGMESH_MAX_PENDING_JOINS", value_name = "N")]
+    pub max_pending_joins: Option<usize>,
+    /// A refused join attempt not repeated for this long is forgotten, seconds [default: 86400]
+    #[arg(long, env = "RAGMESH_PENDING_JOIN_TTL_S", value_name = "S")]
+    pub pending_join_ttl_s: Option<u64>,
     /// Requests per second allowed per principal (token subject, operator or node) [default: 200]
     #[arg(long, env = "RAGMESH_RATE_LIMIT_RPS", value_name = "N")]
     pub rate_limit_rps: Option<u32>,
@@ -78,6 +90,12 @@ pub struct AccessConfig {
     pub max_access_token_ttl: Duration,
     /// Refresh-token lifetime.
     pub refresh_token_ttl: Duration,
+    /// Clock-skew allowance when verifying access tokens (past `exp`, before `iat`/`nbf`).
+    pub token_leeway: Duration,
+    /// Most refused join attempts kept for `ListPendingNodes` (the oldest is dropped first).
+    pub max_pending_joins: usize,
+    /// How long a refused join attempt is remembered after its last try.
+    pub pending_join_ttl: Duration,
     /// Steady requests per second per principal.
     pub rate_limit_rps: u32,
     /// Burst per principal.
@@ -95,6 +113,9 @@ impl Default for AccessConfig {
             access_token_ttl: Duration::from_secs(900),
             max_access_token_ttl: Duration::from_secs(86_400),
             refresh_token_ttl: Duration::from_secs(7 * 86_400),
+            token_leeway: Duration::from_secs(30),
+            max_pending_joins: 256,
+            pending_join_ttl: Duration::from_secs(86_400),
             rate_limit_rps: 200,
             rate_limit_burst: 400,
             max_message_bytes: 4 * 1024 * 1024,
@@ -120,6 +141,9 @@ struct MasterFile {
     access_token_ttl_s: Option<u64>,
     max_access_token_ttl_s: Option<u64>,
     refresh_token_ttl_s: Option<u64>,
+    token_leeway_secs: Option<u64>,
+    max_pending_joins: Option<usize>,
+    pending_join_ttl_s: Option<u64>,
     rate_limit_rps: Option<u32>,
     rate_limit_burst: Option<u32>,
     max_message_bytes: Option<usize>,
@@ -193,6 +217,9 @@ fn file_access(file: &MasterFile) -> MasterFile {
         access_token_ttl_s: file.access_token_ttl_s,
         max_access_token_ttl_s: file.max_access_token_ttl_s,
         refresh_token_ttl_s: file.refresh_token_ttl_s,
+        token_leeway_secs: file.token_leeway_secs,
+        max_pending_joins: file.max_pending_joins,
+        pending_join_ttl_s: file.pending_join_ttl_s,
         rate_limit_rps: file.rate_limit_rps,
         rate_limit_burst: file.rate_limit_burst,
         max_message_bytes: file.max_message_bytes,
@@ -219,6 +246,12 @@ fn resolve_access(args: &MasterArgs, file: MasterFile, problems: &mut Problems) 
     check_range("access-token-ttl-s", access_ttl, 10, 86_400 * 30, problems);
     check_range("max-access-token-ttl-s", max_access_ttl, 10, 86_400 * 30, problems);
     check_range("refresh-token-ttl-s", refresh_ttl, 60, 86_400 * 365, problems);
+    let leeway = secs(args.token_leeway_secs, file.token_leeway_secs, defaults.token_leeway);
+    check_range("token-leeway-secs", leeway, 0, 600, problems);
+    let max_pending = args.max_pending_joins.or(file.max_pending_joins).unwrap_or(defaults.max_pending_joins);
+    check_range("max-pending-joins", max_pending as u64, 1, 100_000, problems);
+    let pending_ttl = secs(args.pending_join_ttl_s, file.pending_join_ttl_s, defaults.pending_join_ttl);
+    check_range("pending-join-ttl-s", pending_ttl, 60, 86_400 * 30, problems);
     if access_ttl > max_access_ttl {
         problems.push(format!(
             "--access-token-ttl-s {access_ttl} exceeds --max-access-token-ttl-s {max_access_ttl}: lower the first or raise the second"
@@ -240,6 +273,9 @@ fn resolve_access(args: &MasterArgs, file: MasterFile, problems: &mut Problems) 
         access_token_ttl: Duration::from_secs(access_ttl),
         max_access_token_ttl: Duration::from_secs(max_access_ttl),
         refresh_token_ttl: Duration::from_secs(refresh_ttl),
+        token_leeway: Duration::from_secs(leeway),
+        max_pending_joins: max_pending,
+        pending_join_ttl: Duration::from_secs(pending_ttl),
         rate_limit_rps: rps,
         rate_limit_burst: burst,
         max_message_bytes,
@@ -309,6 +345,55 @@ mod tests {
         let text = errors.to_string();
         for needle in ["--operators \"Bad Name\"", "--access-token-ttl-s 999999", "--rate-limit-burst 0"] {
             assert!(text.contains(needle), "missing {needle:?} in {text}");
+        }
+    }
+
+    #[test]
+    fn token_leeway_defaults_to_30s_and_comes_from_file_then_flag() {
+        assert_eq!(args(&["--insecure"]).resolve().expect("valid").access.token_leeway, Duration::from_secs(30));
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("master.toml");
+        std::fs::write(&path, "insecure = true\ntoken_leeway_secs = 5\n").expect("write");
+        let path = path.to_str().expect("utf8");
+        let from_file = args(&["--config", path]).resolve().expect("valid");
+        assert_eq!(from_file.access.token_leeway, Duration::from_secs(5));
+        let from_flag = args(&["--config", path, "--token-leeway-secs", "0"]).resolve().expect("valid");
+        assert_eq!(from_flag.access.token_leeway, Duration::ZERO, "0 means exact expiry");
+        let errors = args(&["--insecure", "--token-leeway-secs", "601"]).resolve().expect_err("too large");
+        assert!(errors.to_string().contains("--token-leeway-secs 601 is out of range"), "{errors}");
+    }
+
+    #[test]
+    fn pending_join_bounds_default_resolve_and_are_checked() {
+        let config = args(&["--insecure"]).resolve().expect("valid");
+        assert_eq!(config.access.max_pending_joins, 256);
+        assert_eq!(config.access.pending_join_ttl, Duration::from_secs(86_400));
+        let config =
+            args(&["--insecure", "--max-pending-joins", "3", "--pending-join-ttl-s", "600"]).resolve().expect("valid");
+        assert_eq!(config.access.max_pending_joins, 3);
+        assert_eq!(config.access.pending_join_ttl, Duration::from_secs(600));
+        let errors = args(&["--insecure", "--max-pending-joins", "0", "--pending-join-ttl-s", "1"])
+            .resolve()
+            .expect_err("invalid");
+        let text = errors.to_string();
+        assert!(text.contains("--max-pending-joins 0") && text.contains("--pending-join-ttl-s 1"), "{text}");
+    }
+
+    #[test]
+    fn new_access_options_have_help_text_and_environment_variables() {
+        use clap::CommandFactory as _;
+        let mut command = MasterArgs::command();
+        let help = command.render_long_help().to_string();
+        for (id, env, flag) in [
+            ("token_leeway_secs", "RAGMESH_TOKEN_LEEWAY_SECS", "--token-leeway-secs"),
+            ("max_pending_joins", "RAGMESH_MAX_PENDING_JOINS", "--max-pending-joins"),
+            ("pending_join_ttl_s", "RAGMESH_PENDING_JOIN_TTL_S", "--pending-join-ttl-s"),
+        ] {
+            let arg = command.get_arguments().find(|a| a.get_id() == id).expect("argument exists");
+            assert_eq!(arg.get_env().and_then(|e| e.to_str()), Some(env));
+            let text = arg.get_long_help().or(arg.get_help()).map(ToString::to_string).unwrap_or_default();
+            assert!(text.contains("[default:"), "{flag} help names its default: {text}");
+            assert!(help.contains(flag), "{flag} missing from --help");
         }
     }
 

@@ -9,10 +9,14 @@
 //! Anything else is UNAUTHENTICATED. The master forwards the caller to agents as a short-lived
 //! context token signed with the same key ring, so agents filter by tenant without trusting any
 //! request field and without a shared secret.
+//!
+//! State kept here stays bounded: a subject revocation is forgotten once no token it refuses can
+//! verify anymore (see [`revocation_is_spent`]), and refused join attempts are capped in number
+//! and age (see [`prune_pending`]).
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, RwLock};
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use ragmesh_auth::{
     AuthError, Capability, JoinTokenStore, KeyRing, KeyRingConfig, Principal, PublicKey, RefreshConfig, RefreshStore,
@@ -43,7 +47,7 @@ pub(crate) struct Caller(pub(crate) Result<Principal, tonic::Status>);
 #[derive(Debug, Clone)]
 pub(crate) struct Pending {
     pub(crate) address: String,
-    pub(crate) last_attempt: std::time::SystemTime,
+    pub(crate) last_attempt: SystemTime,
     pub(crate) reason: String,
 }
 
@@ -66,15 +70,29 @@ pub struct AccessControl {
 const REVOKED_TREE: &str = "revoked_subjects";
 
 impl AccessControl {
-    /// Loads (or creates, on first start) the signing keys from `store`. Blocking.
+    /// Loads (or creates, on first start) the signing keys from `store`, and forgets spent
+    /// revocations. Blocking.
     pub fn load(store: Arc<dyn StateStore>, config: AccessConfig, tls: bool) -> Result<Self, AuthError> {
-        let now = unix_now();
+        Self::load_at(store, config, tls, unix_now())
+    }
+
+    /// [`AccessControl::load`] at `now` (unix seconds).
+    fn load_at(store: Arc<dyn StateStore>, config: AccessConfig, tls: bool, now: u64) -> Result<Self, AuthError> {
         let keyring = KeyRing::load_or_generate(store.as_ref(), keyring_config(&config), now)?;
         let keys = watch::Sender::new(keyring.public_keys(now));
         let mut revoked = BTreeMap::new();
         for (subject, at) in store.scan(REVOKED_TREE)? {
+            // An unreadable time revokes forever (and is never pruned): the safe reading.
             let at = <[u8; 8]>::try_from(at.as_slice()).map(u64::from_be_bytes).unwrap_or(u64::MAX);
             revoked.insert(String::from_utf8_lossy(&subject).into_owned(), at);
+        }
+        let horizon = revocation_horizon(&config);
+        let spent = prune_revocations(&mut revoked, horizon, now);
+        for subject in &spent {
+            store.remove(REVOKED_TREE, subject.as_bytes())?;
+        }
+        if !spent.is_empty() {
+            tracing::info!(forgotten = spent.len(), "spent subject revocations forgotten");
         }
         Ok(AccessControl {
             revoked: RwLock::new(revoked),
@@ -136,12 +154,27 @@ impl AccessControl {
         Err(MasterError::NoCredentials { certificate: None })
     }
 
-    /// Refuses every access token of `subject` issued until now (persisted). Blocking.
+    /// Refuses every access token of `subject` issued until now (persisted), and forgets spent
+    /// revocations of other subjects. Blocking.
     pub(crate) fn revoke_subject_tokens(&self, subject: &str) -> Result<(), MasterError> {
-        let now = unix_now();
+        self.revoke_subject_tokens_at(subject, unix_now())
+    }
+
+    /// [`AccessControl::revoke_subject_tokens`] at `now` (unix seconds).
+    fn revoke_subject_tokens_at(&self, subject: &str, now: u64) -> Result<(), MasterError> {
         self.store.put(REVOKED_TREE, subject.as_bytes(), &now.to_be_bytes()).map_err(AuthError::from)?;
-        self.revoked.write().unwrap_or_else(std::sync::PoisonError::into_inner).insert(subject.to_owned(), now);
+        let spent = {
+            let mut revoked = self.revoked.write().unwrap_or_else(std::sync::PoisonError::into_inner);
+            revoked.insert(subject.to_owned(), now);
+            prune_revocations(&mut revoked, revocation_horizon(&self.config), now)
+        };
         tracing::warn!(security_event = "subject_revoked", subject, "access tokens of subject revoked");
+        for spent_subject in &spent {
+            self.store.remove(REVOKED_TREE, spent_subject.as_bytes()).map_err(AuthError::from)?;
+        }
+        if !spent.is_empty() {
+            tracing::info!(forgotten = spent.len(), "spent subject revocations forgotten");
+        }
         Ok(())
     }
 
@@ -207,17 +240,19 @@ impl AccessControl {
         self.tls
     }
 
-    /// Remembers a refused join attempt.
+    /// Remembers a refused join attempt (within the configured count and age).
     pub(crate) fn record_pending(&self, name: &str, address: &str, reason: &str) {
+        self.record_pending_at(name, address, reason, SystemTime::now());
+    }
+
+    /// [`AccessControl::record_pending`] at `now`.
+    fn record_pending_at(&self, name: &str, address: &str, reason: &str, now: SystemTime) {
         let mut pending = self.pending.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         pending.insert(
             name.to_owned(),
-            Pending {
-                address: address.to_owned(),
-                last_attempt: std::time::SystemTime::now(),
-                reason: reason.to_owned(),
-            },
+            Pending { address: address.to_owned(), last_attempt: now, reason: reason.to_owned() },
         );
+        prune_pending(&mut pending, now, self.config.pending_join_ttl, self.config.max_pending_joins);
     }
 
     /// Forgets a pending node (it was admitted).
@@ -225,9 +260,16 @@ impl AccessControl {
         self.pending.lock().unwrap_or_else(std::sync::PoisonError::into_inner).remove(name);
     }
 
-    /// Refused join attempts.
+    /// Refused join attempts, the aged-out ones forgotten.
     pub(crate) fn pending(&self) -> BTreeMap<String, Pending> {
-        self.pending.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone()
+        self.pending_at(SystemTime::now())
+    }
+
+    /// [`AccessControl::pending`] at `now`.
+    fn pending_at(&self, now: SystemTime) -> BTreeMap<String, Pending> {
+        let mut pending = self.pending.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        prune_pending(&mut pending, now, self.config.pending_join_ttl, self.config.max_pending_joins);
+        pending.clone()
     }
 
     /// Longest access-token lifetime.
@@ -236,10 +278,56 @@ impl AccessControl {
     }
 }
 
+/// The key ring's settings; its leeway is the one every access-token verifier of the master uses
+/// (`--token-leeway-secs`), and it also extends a retired key's window.
 fn keyring_config(config: &AccessConfig) -> KeyRingConfig {
     let mut ring = KeyRingConfig::new(ISSUER, AUDIENCE);
     ring.max_token_lifetime = config.max_access_token_ttl;
+    ring.leeway = config.token_leeway;
     ring
+}
+
+/// How long after a revocation a token it refuses may still verify, in seconds: the token was
+/// issued at or before the revocation, lives at most the longest access-token lifetime the master
+/// issues, and is accepted for the leeway past its expiry.
+fn revocation_horizon(config: &AccessConfig) -> u64 {
+    config.max_access_token_ttl.as_secs().saturating_add(config.token_leeway.as_secs())
+}
+
+/// Whether a revocation made at `revoked_at` can be forgotten at `now`: no token issued until
+/// then can verify anymore (`revoked_at + horizon < now`).
+pub(crate) fn revocation_is_spent(revoked_at: u64, horizon: u64, now: u64) -> bool {
+    revoked_at.saturating_add(horizon) < now
+}
+
+/// Drops spent revocations from `revoked`; returns their subjects (to remove from the store).
+fn prune_revocations(revoked: &mut BTreeMap<String, u64>, horizon: u64, now: u64) -> Vec<String> {
+    let mut spent = Vec::new();
+    revoked.retain(|subject, &mut revoked_at| {
+        let keep = !revocation_is_spent(revoked_at, horizon, now);
+        if !keep {
+            spent.push(subject.clone());
+        }
+        keep
+    });
+    spent
+}
+
+/// Bounds the refused join attempts: forgets those not repeated within `ttl` of `now`, then the
+/// oldest ones until at most `cap` remain.
+pub(crate) fn prune_pending(pending: &mut BTreeMap<String, Pending>, now: SystemTime, ttl: Duration, cap: usize) {
+    // An attempt stamped in the future (the clock went back) is kept: it is not old.
+    pending.retain(|_, attempt| now.duration_since(attempt.last_attempt).map_or(true, |age| age <= ttl));
+    if pending.len() <= cap {
+        return;
+    }
+    let mut by_age: Vec<(SystemTime, String)> =
+        pending.iter().map(|(name, attempt)| (attempt.last_attempt, name.clone())).collect();
+    by_age.sort();
+    let excess = pending.len() - cap;
+    for (_, name) in by_age.into_iter().take(excess) {
+        pending.remove(&name);
+    }
 }
 
 /// The principal of an operator certificate (or of any caller in `--insecure` mode).
@@ -262,5 +350,118 @@ pub(crate) fn verification_key(key: &PublicKey) -> v1::VerificationKey {
         algorithm: key.alg().to_owned(),
         public_key: key.raw().to_vec(),
         verify_until: key.verify_until().unwrap_or(0),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::UNIX_EPOCH;
+
+    use ragmesh_store::SledStore;
+
+    use super::*;
+
+    /// A fixed "now" (2026-01-01T00:00:00Z).
+    const T0: u64 = 1_767_225_600;
+
+    fn config() -> AccessConfig {
+        AccessConfig {
+            max_access_token_ttl: Duration::from_secs(100),
+            token_leeway: Duration::from_secs(10),
+            max_pending_joins: 3,
+            pending_join_ttl: Duration::from_secs(100),
+            ..AccessConfig::default()
+        }
+    }
+
+    fn store() -> (tempfile::TempDir, Arc<dyn StateStore>) {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = SledStore::open(dir.path()).expect("open sled");
+        (dir, Arc::new(store))
+    }
+
+    fn stored_subjects(store: &dyn StateStore) -> Vec<String> {
+        let entries = store.scan(REVOKED_TREE).expect("scan");
+        entries.into_iter().map(|(subject, _)| String::from_utf8(subject).expect("utf8")).collect()
+    }
+
+    fn held_subjects(access: &AccessControl) -> Vec<String> {
+        access.revoked.read().expect("lock").keys().cloned().collect()
+    }
+
+    #[test]
+    fn a_revocation_outlives_every_token_it_refuses() {
+        let config = config();
+        let horizon = revocation_horizon(&config);
+        assert_eq!(horizon, 110);
+        // The longest-lived token the revocation refuses: issued in the second of the revocation.
+        let ring = KeyRing::generate(keyring_config(&config), T0).expect("ring");
+        let (token, _) =
+            ring.issue("alice", "acme", [Capability::Search], config.max_access_token_ttl, T0).expect("issue");
+        let verifier = ring.verifier(AUDIENCE, T0);
+        assert!(verifier.verify(token.as_str(), T0 + horizon - 1).is_ok(), "still verifies (leeway)");
+        assert!(!revocation_is_spent(T0, horizon, T0 + horizon - 1), "so the revocation is kept");
+        assert!(matches!(verifier.verify(token.as_str(), T0 + horizon), Err(AuthError::Expired { .. })));
+        assert!(!revocation_is_spent(T0, horizon, T0 + horizon), "kept one more second, to be safe");
+        assert!(revocation_is_spent(T0, horizon, T0 + horizon + 1));
+        assert!(!revocation_is_spent(u64::MAX, horizon, u64::MAX), "an unreadable time revokes forever");
+    }
+
+    #[test]
+    fn spent_revocations_are_pruned_on_write_and_at_startup_in_memory_and_in_sled() {
+        let (_dir, store) = store();
+        let access = AccessControl::load_at(store.clone(), config(), false, T0).expect("load");
+        access.revoke_subject_tokens_at("alice", T0).expect("revoke");
+        access.revoke_subject_tokens_at("bob", T0 + 50).expect("revoke");
+        access.revoke_subject_tokens_at("carol", T0 + 110).expect("revoke");
+        assert_eq!(held_subjects(&access), ["alice", "bob", "carol"], "alice's longest token still verifies");
+
+        access.revoke_subject_tokens_at("dave", T0 + 111).expect("revoke");
+        assert_eq!(held_subjects(&access), ["bob", "carol", "dave"], "alice's revocation is spent");
+        assert_eq!(stored_subjects(store.as_ref()), ["bob", "carol", "dave"]);
+
+        // A restart long after bob's revocation forgets it without any write.
+        drop(access);
+        let access = AccessControl::load_at(store.clone(), config(), false, T0 + 161).expect("reload");
+        assert_eq!(held_subjects(&access), ["carol", "dave"]);
+        assert_eq!(stored_subjects(store.as_ref()), ["carol", "dave"]);
+        assert_eq!(access.revoked.read().expect("lock").get("dave"), Some(&(T0 + 111)));
+    }
+
+    #[test]
+    fn pending_joins_are_capped_oldest_first() {
+        let (_dir, store) = store();
+        let access = AccessControl::load_at(store, config(), true, T0).expect("load");
+        let t0 = UNIX_EPOCH + Duration::from_secs(T0);
+        let at = |secs: u64| t0 + Duration::from_secs(secs);
+        for (i, name) in ["a", "b", "c", "d"].into_iter().enumerate() {
+            access.record_pending_at(name, "10.0.0.1:7401", "no join token", at(i as u64));
+        }
+        let names = |now| access.pending_at(now).into_keys().collect::<Vec<_>>();
+        assert_eq!(names(at(3)), ["b", "c", "d"], "the cap is 3: the oldest attempt (a) went first");
+
+        // A repeated attempt is young again: c is now the oldest.
+        access.record_pending_at("b", "10.0.0.1:7401", "join token expired", at(4));
+        access.record_pending_at("e", "10.0.0.2:7401", "no join token", at(5));
+        assert_eq!(names(at(5)), ["b", "d", "e"]);
+        assert_eq!(access.pending_at(at(5))["b"].reason, "join token expired");
+    }
+
+    #[test]
+    fn pending_joins_age_out() {
+        let (_dir, store) = store();
+        let access = AccessControl::load_at(store, config(), true, T0).expect("load");
+        let t0 = UNIX_EPOCH + Duration::from_secs(T0);
+        let at = |secs: u64| t0 + Duration::from_secs(secs);
+        access.record_pending_at("old", "10.0.0.1:7401", "no join token", at(0));
+        access.record_pending_at("new", "10.0.0.2:7401", "no join token", at(50));
+        let names = |now| access.pending_at(now).into_keys().collect::<Vec<_>>();
+        assert_eq!(names(at(100)), ["new", "old"], "100 s old is within the 100 s ttl");
+        assert_eq!(names(at(101)), ["new"], "older than the ttl: forgotten when listed");
+        assert!(names(at(151)).is_empty());
+
+        // Written with a clock that later went back: kept, not treated as old.
+        access.record_pending_at("future", "10.0.0.3:7401", "no join token", at(500));
+        assert_eq!(names(at(200)), ["future"]);
     }
 }
