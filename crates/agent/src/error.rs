@@ -42,15 +42,7 @@ impl AgentError {
             AgentError::NotReady | AgentError::NoKeys => ErrorKind::Unavailable,
             AgentError::NoContext => ErrorKind::Unauthenticated,
             AgentError::Overloaded { .. } => ErrorKind::ResourceExhausted,
-            // A context the master signed is never the end caller's to fix: anything wrong with
-            // it (bad signature, expired, unknown key) is an authentication failure.
-            AgentError::Auth(auth) => match auth.category() {
-                ragmesh_auth::ErrorCategory::PermissionDenied => ErrorKind::PermissionDenied,
-                ragmesh_auth::ErrorCategory::Internal => ErrorKind::Internal,
-                ragmesh_auth::ErrorCategory::Unauthenticated | ragmesh_auth::ErrorCategory::InvalidArgument => {
-                    ErrorKind::Unauthenticated
-                }
-            },
+            AgentError::Auth(auth) => auth.kind(),
             AgentError::Index(
                 IndexError::InvalidDocument { .. } | IndexError::InvalidBatch(_) | IndexError::InvalidQuery(_),
             ) => ErrorKind::InvalidArgument,

@@ -189,7 +189,7 @@ mod tests {
             err.to_string(),
             "token for subject \"alice\" lacks capability \"ingest\": ask an operator for a token with --cap ingest"
         );
-        assert_eq!(err.category(), crate::ErrorCategory::PermissionDenied);
+        assert_eq!(err.kind(), ragmesh_proto::ErrorKind::PermissionDenied);
         assert!(principal.require(Capability::Admin).is_err(), "admin is not implied");
     }
 }

@@ -1,20 +1,8 @@
-//! The one error type of the crate, and the coarse category each error maps to at the RPC edge.
+//! The one error type of the crate, and the kind each error is in the workspace's shared
+//! vocabulary ([`ErrorKind`], which the one table in ragmesh-proto maps to gRPC codes).
 
+use ragmesh_proto::ErrorKind;
 use ragmesh_store::StoreError;
-
-/// What kind of failure an [`AuthError`] is, so that services map it to a status code in one place
-/// (`Unauthenticated` → `UNAUTHENTICATED`, `PermissionDenied` → `PERMISSION_DENIED`, ...).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum ErrorCategory {
-    /// The presented credential (access, context, refresh or join token) is not acceptable.
-    Unauthenticated,
-    /// The credential is valid but does not grant what the call needs.
-    PermissionDenied,
-    /// The caller asked for something invalid (empty subject, too long a lifetime, unknown capability).
-    InvalidArgument,
-    /// A fault on our side: state store, corrupt record, random number generator.
-    Internal,
-}
 
 /// Errors of identity and access: token rejections, credential store failures, bad input.
 ///
@@ -239,8 +227,8 @@ pub enum AuthError {
 }
 
 impl AuthError {
-    /// The category that decides the status code this error maps to.
-    pub fn category(&self) -> ErrorCategory {
+    /// The kind of this error, which decides its status code (through ragmesh-proto's table).
+    pub fn kind(&self) -> ErrorKind {
         match self {
             Self::TokenTooLong { .. }
             | Self::Malformed { .. }
@@ -264,14 +252,14 @@ impl AuthError {
             | Self::RefreshReuse { .. }
             | Self::UnknownJoinToken
             | Self::JoinTokenExpired { .. }
-            | Self::JoinTokenExhausted { .. } => ErrorCategory::Unauthenticated,
-            Self::MissingCapability { .. } => ErrorCategory::PermissionDenied,
+            | Self::JoinTokenExhausted { .. } => ErrorKind::Unauthenticated,
+            Self::MissingCapability { .. } => ErrorKind::PermissionDenied,
             Self::UnknownCapability { .. }
             | Self::InvalidInput { .. }
             | Self::TtlTooLong { .. }
             | Self::InvalidSigningKey { .. }
-            | Self::InvalidPublicKey { .. } => ErrorCategory::InvalidArgument,
-            Self::Store { .. } | Self::CorruptRecord { .. } | Self::Random => ErrorCategory::Internal,
+            | Self::InvalidPublicKey { .. } => ErrorKind::InvalidArgument,
+            Self::Store { .. } | Self::CorruptRecord { .. } | Self::Random => ErrorKind::Internal,
         }
     }
 }

@@ -43,7 +43,7 @@ mod tokens;
 mod verifier;
 
 pub use claims::{Capability, Claims, Principal};
-pub use error::{AuthError, ErrorCategory};
+pub use error::AuthError;
 pub use join::{JoinTokenInfo, JoinTokenStatus, JoinTokenStore, MAX_JOIN_USES};
 pub use jwt::{Header, MAX_TOKEN_LEN, parse_unverified_header};
 pub use keyring::{

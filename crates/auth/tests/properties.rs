@@ -7,9 +7,7 @@ use std::time::Duration;
 
 use common::*;
 use proptest::prelude::*;
-use ragmesh_auth::{
-    AuthError, Capability, Claims, ErrorCategory, SigningKey, Verifier, VerifierConfig, parse_unverified_header,
-};
+use ragmesh_auth::{AuthError, Capability, Claims, SigningKey, Verifier, VerifierConfig, parse_unverified_header};
 
 #[derive(Debug, PartialEq, Eq)]
 enum Verdict {
@@ -109,7 +107,7 @@ proptest! {
         let err = Verifier::new([key.public_key()], VerifierConfig::new(ISSUER, AUDIENCE))
             .verify(&token, NOW)
             .expect_err("an arbitrary payload is never a valid token");
-        prop_assert_eq!(err.category(), ErrorCategory::Unauthenticated);
+        prop_assert_eq!(err.kind(), ragmesh_proto::ErrorKind::Unauthenticated);
         // The header decides first: a properly signed token naming another algorithm is refused for it.
         if alg.eq_ignore_ascii_case("none") {
             prop_assert!(matches!(err, AuthError::AlgNone), "alg {:?}: {:?}", alg, err);

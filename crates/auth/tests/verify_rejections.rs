@@ -3,13 +3,14 @@
 mod common;
 
 use common::*;
-use ragmesh_auth::{AuthError, Capability, ErrorCategory, MAX_TOKEN_LEN, SigningKey, Verifier};
+use ragmesh_auth::{AuthError, Capability, MAX_TOKEN_LEN, SigningKey, Verifier};
+use ragmesh_proto::ErrorKind;
 use serde_json::json;
 
 /// Verifies at NOW and returns the error (a test fails if the token is accepted).
 fn reject(verifier: &Verifier, token: &str) -> AuthError {
     let err = verifier.verify(token, NOW).expect_err("the token must be rejected");
-    assert_eq!(err.category(), ErrorCategory::Unauthenticated, "{err}");
+    assert_eq!(err.kind(), ErrorKind::Unauthenticated, "{err}");
     eprintln!("rejection: {err}");
     err
 }

@@ -165,12 +165,7 @@ impl MasterError {
             | MasterError::NoCredentials { .. }
             | MasterError::Revoked { .. } => ErrorKind::Unauthenticated,
             MasterError::Registry(_) => ErrorKind::Internal,
-            MasterError::Auth(auth) => match auth.category() {
-                ragmesh_auth::ErrorCategory::Unauthenticated => ErrorKind::Unauthenticated,
-                ragmesh_auth::ErrorCategory::PermissionDenied => ErrorKind::PermissionDenied,
-                ragmesh_auth::ErrorCategory::InvalidArgument => ErrorKind::InvalidArgument,
-                ragmesh_auth::ErrorCategory::Internal => ErrorKind::Internal,
-            },
+            MasterError::Auth(auth) => auth.kind(),
             MasterError::Refused(status) => ErrorKind::of(status),
         }
     }
