@@ -1,8 +1,9 @@
 //! Tokens and tenancy end to end: starts `ragmeshctl demo` (running, without --no-wait) in the
-//! background and drives the real CLI against it: issue tokens, ingest as tenant acme, search
-//! as acme and as globex, refresh, detect refresh-token reuse, create a join token, list
-//! pending nodes; then stops the demo with SIGINT and checks no daemon is left. Skipped, saying
-//! so, when the daemons have not been built next to `ragmeshctl` (`cargo build --bins`).
+//! background and drives the real CLI against it: check each agent is listed at the address it
+//! bound, issue tokens, ingest as tenant acme, search as acme and as globex, refresh, detect
+//! refresh-token reuse, create a join token, list pending nodes; then stops the demo with SIGINT
+//! and checks no daemon is left. Skipped, saying so, when the daemons have not been built next
+//! to `ragmeshctl` (`cargo build --bins`).
 
 use std::fs::File;
 use std::path::{Path, PathBuf};
@@ -199,6 +200,16 @@ fn tokens_scope_search_to_the_tenant_and_refresh_reuse_revokes_the_family() {
     let root = tempfile::tempdir().expect("tempdir");
     let mut demo = Demo::start(root.path());
     demo.wait_until_running();
+
+    // The agents listen on port 0: each advertises the port it really bound, the one it wrote
+    // to its --addr-file, and the master lists (and dials) it there.
+    let nodes = run_json(&demo, &["nodes", "--json"]);
+    for agent in ["agent-1", "agent-2"] {
+        let written = std::fs::read_to_string(demo.dir.join(format!("{agent}.addr"))).expect("agent address file");
+        let listed = nodes.as_array().expect("a JSON array").iter().find(|n| n["name"] == agent);
+        let listed = listed.unwrap_or_else(|| panic!("{agent} not listed: {nodes}"));
+        assert_eq!(text(listed, "address"), written.trim_end(), "{nodes}");
+    }
 
     // An acme token that may search and ingest; its documents get acme's ACL by default.
     let acme = run_json(

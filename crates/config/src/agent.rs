@@ -10,7 +10,9 @@ use ragmesh_tls::TlsFiles;
 use serde::Deserialize;
 
 use crate::errors::Problems;
-use crate::{ConfigErrors, TlsArgs, TlsFileKeys, check_range, parse_listen, read_file};
+use crate::{
+    ConfigErrors, ProcessConfig, TlsArgs, TlsFileKeys, check_range, parse_listen, read_file, resolve_addr_file,
+};
 
 /// Command line of `ragmesh-agent`. Every flag also reads a `RAGMESH_*` variable, and every
 /// flag but --config can be set in the TOML file under its name with `_` for `-`.
@@ -30,6 +32,11 @@ pub struct AgentArgs {
     /// Address to serve the agent API on [default: 127.0.0.1:7401]
     #[arg(long, env = "RAGMESH_LISTEN", value_name = "IP:PORT")]
     pub listen: Option<String>,
+    /// Once serving, write the bound address (IP:PORT and a newline) to this file, replacing it
+    /// atomically; for supervisors and scripts that start the daemon with --listen IP:0.
+    /// Left in place at exit [default: none]
+    #[arg(long, env = "RAGMESH_ADDR_FILE", value_name = "FILE")]
+    pub addr_file: Option<PathBuf>,
     /// host:port the master should dial [default: the bound listen address]
     #[arg(long, env = "RAGMESH_ADVERTISE", value_name = "HOST:PORT")]
     pub advertise: Option<String>,
@@ -80,6 +87,7 @@ impl std::fmt::Debug for Secret {
 struct AgentFile {
     name: Option<String>,
     listen: Option<String>,
+    addr_file: Option<PathBuf>,
     advertise: Option<String>,
     master: Option<String>,
     data_dir: Option<PathBuf>,
@@ -150,6 +158,12 @@ fn check_host_port(flag: &str, value: &str, problems: &mut Problems) {
 impl AgentArgs {
     /// Merges flags/env over the file over defaults and validates the result.
     pub fn resolve(self) -> Result<AgentConfig, ConfigErrors> {
+        self.resolve_daemon().map(|(config, _process)| config)
+    }
+
+    /// [`Self::resolve`] plus the settings of the process around the service
+    /// ([`ProcessConfig`]: `--addr-file`), validated together: what the daemon's `main` uses.
+    pub fn resolve_daemon(self) -> Result<(AgentConfig, ProcessConfig), ConfigErrors> {
         let mut problems = Problems::default();
         let file: AgentFile = read_file(self.config.as_deref(), &mut problems);
 
@@ -161,6 +175,7 @@ impl AgentArgs {
         }
         let listen = self.listen.or(file.listen).unwrap_or_else(|| "127.0.0.1:7401".to_owned());
         let listen = parse_listen("listen", &listen, &mut problems);
+        let addr_file = resolve_addr_file(self.addr_file, file.addr_file, &mut problems);
         let advertise = self.advertise.or(file.advertise);
         match &advertise {
             Some(advertise) => check_host_port("advertise", advertise, &mut problems),
@@ -202,7 +217,7 @@ impl AgentArgs {
         check_range("max-concurrent-requests", max_concurrent_requests as u64, 1, 100_000, &mut problems);
         let log = self.log.or(file.log).unwrap_or_else(|| "info".to_owned());
 
-        problems.finish(AgentConfig {
+        let config = AgentConfig {
             join_token,
             max_message_bytes,
             max_concurrent_requests,
@@ -215,7 +230,8 @@ impl AgentArgs {
             heartbeat_interval: Duration::from_millis(heartbeat_interval_ms),
             labels,
             log,
-        })
+        };
+        problems.finish((config, ProcessConfig { addr_file }))
     }
 }
 
@@ -286,6 +302,25 @@ mod tests {
         zero.extend(["--max-concurrent-requests", "0"]);
         let errors = args(&zero).resolve().expect_err("zero serves nothing");
         assert!(errors.to_string().contains("--max-concurrent-requests 0 is out of range: use 1..=100000"), "{errors}");
+    }
+
+    #[test]
+    fn addr_file_is_an_agent_setting_too() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let wanted = dir.path().join("agent-1.addr");
+        let base = ["--insecure", "--name", "n1", "--master", "m:7400", "--listen", "127.0.0.1:0"];
+        let mut with = base.to_vec();
+        with.extend(["--addr-file", wanted.to_str().expect("utf8")]);
+        let (config, process) = args(&with).resolve_daemon().expect("valid");
+        assert_eq!(config.listen.port(), 0);
+        assert_eq!(process.addr_file.as_deref(), Some(wanted.as_path()));
+        // clap refuses an empty flag value; the file can still hold one.
+        let file = dir.path().join("agent.toml");
+        std::fs::write(&file, "addr_file = \"\"\n").expect("write config");
+        let mut bad = base.to_vec();
+        bad.extend(["--config", file.to_str().expect("utf-8 path")]);
+        let errors = args(&bad).resolve_daemon().expect_err("empty");
+        assert!(errors.to_string().contains("--addr-file is empty"), "{errors}");
     }
 
     #[test]

@@ -38,6 +38,41 @@ fn read_file<T: serde::de::DeserializeOwned + Default>(path: Option<&Path>, prob
     }
 }
 
+/// Settings of a daemon's process rather than of the service it runs: what its `main` does
+/// around `start`, which the library never sees. Kept apart from [`MasterConfig`] and
+/// [`AgentConfig`], which tests build field by field.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ProcessConfig {
+    /// Where to report the bound address once serving (`--addr-file`); `None` writes nothing.
+    pub addr_file: Option<PathBuf>,
+}
+
+/// Resolves `--addr-file` (flag over file) and checks that it names a file in a directory that
+/// exists, so a typo is a config error (exit 64) rather than a failure after binding.
+fn resolve_addr_file(flag: Option<PathBuf>, file: Option<PathBuf>, problems: &mut Problems) -> Option<PathBuf> {
+    let path = flag.or(file)?;
+    if path.as_os_str().is_empty() {
+        problems.push("--addr-file is empty: give the file to write the bound address to".to_owned());
+        return None;
+    }
+    let names_a_directory =
+        path.is_dir() || path.file_name().is_none() || path.as_os_str().to_string_lossy().ends_with('/');
+    if names_a_directory {
+        problems.push(format!("--addr-file {} is a directory: give a file path, e.g. DIR/master.addr", path.display()));
+        return None;
+    }
+    let parent = path.parent().filter(|dir| !dir.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    if !parent.is_dir() {
+        problems.push(format!(
+            "--addr-file {}: directory {} does not exist: create it first",
+            path.display(),
+            parent.display()
+        ));
+        return None;
+    }
+    Some(path)
+}
+
 /// The TLS flags both daemons share.
 #[derive(Debug, Clone, Default, clap::Args)]
 pub struct TlsArgs {

@@ -9,7 +9,9 @@ use ragmesh_tls::TlsFiles;
 use serde::Deserialize;
 
 use crate::errors::Problems;
-use crate::{ConfigErrors, TlsArgs, TlsFileKeys, check_range, parse_listen, read_file};
+use crate::{
+    ConfigErrors, ProcessConfig, TlsArgs, TlsFileKeys, check_range, parse_listen, read_file, resolve_addr_file,
+};
 
 /// Command line of `ragmesh-master`. Every flag also reads a `RAGMESH_*` variable, and every
 /// flag but --config can be set in the TOML file under its name with `_` for `-`.
@@ -22,6 +24,11 @@ pub struct MasterArgs {
     /// Address to serve gRPC on (clients and agents) [default: 127.0.0.1:7400]
     #[arg(long, env = "RAGMESH_LISTEN", value_name = "IP:PORT")]
     pub listen: Option<String>,
+    /// Once serving, write the bound address (IP:PORT and a newline) to this file, replacing it
+    /// atomically; for supervisors and scripts that start the daemon with --listen IP:0.
+    /// Left in place at exit [default: none]
+    #[arg(long, env = "RAGMESH_ADDR_FILE", value_name = "FILE")]
+    pub addr_file: Option<PathBuf>,
     /// Directory for the node registry (sled) [default: ./ragmesh-master-data]
     #[arg(long, env = "RAGMESH_DATA_DIR", value_name = "DIR")]
     pub data_dir: Option<PathBuf>,
@@ -129,6 +136,7 @@ impl Default for AccessConfig {
 #[serde(deny_unknown_fields)]
 struct MasterFile {
     listen: Option<String>,
+    addr_file: Option<PathBuf>,
     data_dir: Option<PathBuf>,
     ca: Option<PathBuf>,
     cert: Option<PathBuf>,
@@ -175,12 +183,19 @@ pub struct MasterConfig {
 impl MasterArgs {
     /// Merges flags/env over the file over defaults and validates the result.
     pub fn resolve(self) -> Result<MasterConfig, ConfigErrors> {
+        self.resolve_daemon().map(|(config, _process)| config)
+    }
+
+    /// [`Self::resolve`] plus the settings of the process around the service
+    /// ([`ProcessConfig`]: `--addr-file`), validated together: what the daemon's `main` uses.
+    pub fn resolve_daemon(self) -> Result<(MasterConfig, ProcessConfig), ConfigErrors> {
         let mut problems = Problems::default();
         let file: MasterFile = read_file(self.config.as_deref(), &mut problems);
         let access = resolve_access(&self, file_access(&file), &mut problems);
 
         let listen = self.listen.or(file.listen).unwrap_or_else(|| "127.0.0.1:7400".to_owned());
         let listen = parse_listen("listen", &listen, &mut problems);
+        let addr_file = resolve_addr_file(self.addr_file, file.addr_file, &mut problems);
         let data_dir = self.data_dir.or(file.data_dir).unwrap_or_else(|| PathBuf::from("ragmesh-master-data"));
         let file_tls = TlsFileKeys { ca: file.ca, cert: file.cert, key: file.key, insecure: file.insecure };
         let tls = self.tls.resolve(file_tls, &mut problems);
@@ -197,7 +212,7 @@ impl MasterArgs {
         }
         let log = self.log.or(file.log).unwrap_or_else(|| "info".to_owned());
 
-        problems.finish(MasterConfig {
+        let config = MasterConfig {
             listen,
             data_dir,
             tls,
@@ -206,7 +221,8 @@ impl MasterArgs {
             max_search_timeout: Duration::from_millis(max_search_timeout_ms),
             access,
             log,
-        })
+        };
+        problems.finish((config, ProcessConfig { addr_file }))
     }
 }
 
@@ -395,6 +411,32 @@ mod tests {
             assert!(text.contains("[default:"), "{flag} help names its default: {text}");
             assert!(help.contains(flag), "{flag} missing from --help");
         }
+    }
+
+    #[test]
+    fn addr_file_comes_from_flag_or_file_and_must_be_a_file_in_an_existing_directory() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let wanted = dir.path().join("master.addr");
+        let wanted_arg = wanted.to_str().expect("utf8");
+        let (_, process) = args(&["--insecure", "--addr-file", wanted_arg]).resolve_daemon().expect("valid");
+        assert_eq!(process.addr_file.as_deref(), Some(wanted.as_path()));
+        let (_, process) = args(&["--insecure"]).resolve_daemon().expect("valid");
+        assert_eq!(process.addr_file, None, "no file unless asked for");
+
+        let config = dir.path().join("master.toml");
+        std::fs::write(&config, format!("insecure = true\naddr_file = '{wanted_arg}'\n")).expect("write");
+        let (_, process) = args(&["--config", config.to_str().expect("utf8")]).resolve_daemon().expect("valid");
+        assert_eq!(process.addr_file.as_deref(), Some(wanted.as_path()));
+
+        let missing = dir.path().join("missing").join("master.addr");
+        let errors = args(&["--insecure", "--addr-file", missing.to_str().expect("utf8")])
+            .resolve_daemon()
+            .expect_err("no such directory");
+        assert!(errors.to_string().contains("does not exist: create it first"), "{errors}");
+        let errors = args(&["--insecure", "--addr-file", dir.path().to_str().expect("utf8")])
+            .resolve_daemon()
+            .expect_err("a directory");
+        assert!(errors.to_string().contains("is a directory"), "{errors}");
     }
 
     #[test]

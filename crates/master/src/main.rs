@@ -1,5 +1,5 @@
 //! `ragmesh-master`: parse and validate config (exit 64 on any problem, before binding
-//! anything), bind, serve until SIGINT/SIGTERM.
+//! anything), bind, serve (reporting the bound address with --addr-file) until SIGINT/SIGTERM.
 
 use std::process::ExitCode;
 
@@ -11,8 +11,8 @@ const PROGRAM: &str = "ragmesh-master";
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    let config = match MasterArgs::parse().resolve() {
-        Ok(config) => config,
+    let (config, process) = match MasterArgs::parse().resolve_daemon() {
+        Ok(resolved) => resolved,
         Err(errors) => return daemon::config_error(PROGRAM, errors),
     };
     ragmesh_telemetry::init(&config.log);
@@ -28,5 +28,7 @@ async fn main() -> ExitCode {
         Err(err) => return daemon::exit(PROGRAM, Err(err.into())),
     };
     daemon::stop_on_signal(handle.shutdown_token());
-    daemon::exit(PROGRAM, handle.wait().await)
+    let reported = daemon::report_addr(process.addr_file.as_deref(), handle.local_addr(), &handle.shutdown_token());
+    let outcome = handle.wait().await;
+    daemon::exit(PROGRAM, reported.and(outcome))
 }

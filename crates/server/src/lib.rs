@@ -1,7 +1,7 @@
 //! Serving plumbing shared by both daemons, so master and agent start, wait and stop alike:
 //! the tonic server builder (HTTP/2 keepalives, request-decoding errors in gRPC terms), serving over reloadable mTLS unless
 //! `--insecure`, waiting for state that a previous process still holds, draining on shutdown,
-//! and the pieces of a thin `main`.
+//! and the pieces of a thin `main` (including reporting the bound address, `--addr-file`).
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -267,6 +267,47 @@ pub mod daemon {
         })
     }
 
+    /// Reports the address the daemon serves on: with `--addr-file`, writes `addr` there
+    /// ([`write_addr_file`]); without, does nothing. On failure it cancels `shutdown`, so the
+    /// daemon stops rather than serve where no supervisor can find it, and returns the error to
+    /// report once it has stopped.
+    pub fn report_addr(
+        addr_file: Option<&std::path::Path>,
+        addr: SocketAddr,
+        shutdown: &CancellationToken,
+    ) -> anyhow::Result<()> {
+        let Some(path) = addr_file else { return Ok(()) };
+        match write_addr_file(path, addr) {
+            Ok(()) => {
+                tracing::info!(%addr, path = %path.display(), "bound address written to --addr-file");
+                Ok(())
+            }
+            Err(err) => {
+                shutdown.cancel();
+                Err(anyhow::anyhow!("cannot write --addr-file {}: {err}", path.display()))
+            }
+        }
+    }
+
+    /// Writes `addr` and a newline (`127.0.0.1:40123\n`) to `path`, atomically: into a temporary
+    /// file in the same directory, then renamed over `path`. A reader sees no file, the previous
+    /// one, or the whole address, never a partial line.
+    pub fn write_addr_file(path: &std::path::Path, addr: SocketAddr) -> std::io::Result<()> {
+        let Some(name) = path.file_name() else {
+            return Err(std::io::Error::new(std::io::ErrorKind::InvalidInput, "not a file path"));
+        };
+        // Hidden and named after this process, so two daemons never share a temporary file.
+        let mut temp_name = std::ffi::OsString::from(".");
+        temp_name.push(name);
+        temp_name.push(format!(".{}.tmp", std::process::id()));
+        let temp = path.with_file_name(temp_name);
+        let written = std::fs::write(&temp, format!("{addr}\n")).and_then(|()| std::fs::rename(&temp, path));
+        if written.is_err() {
+            let _ = std::fs::remove_file(&temp);
+        }
+        written
+    }
+
     /// Cancels `token` on SIGINT or SIGTERM.
     pub fn stop_on_signal(token: CancellationToken) {
         tokio::spawn(async move {
@@ -285,5 +326,52 @@ pub mod daemon {
                 ExitCode::FAILURE
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::daemon::{report_addr, write_addr_file};
+    use std::net::SocketAddr;
+    use tokio_util::sync::CancellationToken;
+
+    fn names_in(dir: &std::path::Path) -> Vec<String> {
+        let mut names: Vec<String> = std::fs::read_dir(dir)
+            .expect("read dir")
+            .map(|entry| entry.expect("entry").file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        names
+    }
+
+    #[test]
+    fn addr_file_holds_the_address_and_a_newline_and_replaces_an_old_one() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("master.addr");
+        std::fs::write(&path, "127.0.0.1:1\n").expect("stale file");
+        let addr: SocketAddr = "127.0.0.1:40123".parse().expect("addr");
+        write_addr_file(&path, addr).expect("written");
+        assert_eq!(std::fs::read_to_string(&path).expect("read"), "127.0.0.1:40123\n");
+        assert_eq!(names_in(dir.path()), ["master.addr"], "no temporary file left behind");
+
+        let v6: SocketAddr = "[::1]:7400".parse().expect("addr");
+        write_addr_file(&path, v6).expect("written");
+        assert_eq!(std::fs::read_to_string(&path).expect("read"), "[::1]:7400\n");
+    }
+
+    #[test]
+    fn an_unwritable_addr_file_stops_the_daemon_and_says_which_file() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("gone").join("agent.addr");
+        let shutdown = CancellationToken::new();
+        let addr: SocketAddr = "127.0.0.1:40123".parse().expect("addr");
+        let err = report_addr(Some(&path), addr, &shutdown).expect_err("no such directory");
+        assert!(err.to_string().starts_with(&format!("cannot write --addr-file {}: ", path.display())), "{err}");
+        assert!(shutdown.is_cancelled(), "a daemon nobody can find must not keep serving");
+        assert_eq!(names_in(dir.path()), Vec::<String>::new(), "no temporary file left behind");
+
+        let untouched = CancellationToken::new();
+        report_addr(None, addr, &untouched).expect("nothing to write");
+        assert!(!untouched.is_cancelled());
     }
 }

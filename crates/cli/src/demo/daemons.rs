@@ -1,6 +1,10 @@
-//! The demo's child processes: start `ragmesh-master`/`ragmesh-agent` with their output in a
-//! log file, notice when one dies (and show why), restart once on a lost port race, and stop
-//! them all with SIGTERM, a grace period, and SIGKILL only as the last resort.
+//! The demo's child processes: start `ragmesh-master`/`ragmesh-agent` on port 0 with their
+//! output in a log file, learn the address each bound from its `--addr-file`, notice when one
+//! dies (and show why), and stop them all with SIGTERM, a grace period, and SIGKILL only as the
+//! last resort.
+//!
+//! The daemons bind port 0 themselves and report what they got, so no other process can take a
+//! port between our choosing it and their binding it.
 //!
 //! Children run in their own process group, so a Ctrl-C in the terminal reaches only
 //! `ragmeshctl`, which then stops the agents before the master. A [`Supervisor`] that is dropped
@@ -9,7 +13,7 @@
 use std::ffi::OsString;
 use std::fs::{self, File, OpenOptions};
 use std::io;
-use std::net::TcpListener;
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
@@ -20,26 +24,20 @@ const STOP_GRACE: Duration = Duration::from_secs(8);
 const STOP_POLL: Duration = Duration::from_millis(50);
 /// Lines of a dead daemon's log shown in the error.
 const LOG_TAIL_LINES: usize = 15;
-/// What the daemons print when their port was taken between our probe and their bind.
-const BIND_FAILURE: &str = "cannot listen on";
+/// How often a starting daemon's address file is looked for.
+const ADDR_POLL: Duration = Duration::from_millis(25);
+/// What every daemon is told to listen on: loopback, any free port, chosen by its own bind.
+const LISTEN: &str = "127.0.0.1:0";
 
-/// Finds `count` distinct free ports on 127.0.0.1 by binding them all at once, then releasing
-/// them for the daemons. Another process could take one in between: [`Supervisor::check`]
-/// restarts a daemon once on a new port when that happens.
-pub fn free_ports(count: usize) -> io::Result<Vec<u16>> {
-    let listeners: Vec<TcpListener> =
-        (0..count).map(|_| TcpListener::bind("127.0.0.1:0")).collect::<io::Result<_>>()?;
-    listeners.iter().map(|listener| listener.local_addr().map(|addr| addr.port())).collect()
-}
-
-/// How to start one daemon; `--listen 127.0.0.1:PORT` is added by [`Supervisor::spawn`].
+/// How to start one daemon; `--listen 127.0.0.1:0 --addr-file ADDR_FILE` is added by
+/// [`Supervisor::spawn`].
 #[derive(Debug, Clone)]
 pub struct DaemonSpec {
     /// Name shown to the user (`master`, `agent-1`).
     pub name: String,
     /// The executable.
     pub program: PathBuf,
-    /// Arguments besides `--listen`.
+    /// Arguments besides `--listen` and `--addr-file`.
     pub args: Vec<OsString>,
     /// Environment variables to set (secrets go here, out of sight of `ps`).
     pub env: Vec<(OsString, OsString)>,
@@ -47,15 +45,17 @@ pub struct DaemonSpec {
     pub log: PathBuf,
     /// File receiving the pid.
     pub pid_file: PathBuf,
+    /// File the daemon writes the address it bound to (`--addr-file`); removed before it starts.
+    pub addr_file: PathBuf,
 }
 
 /// A running (or exited) daemon.
 #[derive(Debug)]
 pub struct Daemon {
     spec: DaemonSpec,
-    port: u16,
+    /// The address it bound, once [`Supervisor::wait_for_addr`] has read it.
+    addr: Option<SocketAddr>,
     child: Child,
-    restarted: bool,
     exit: Option<ExitStatus>,
     /// Its death was already reported as an error; stopping need not mention it again.
     reported: bool,
@@ -67,9 +67,9 @@ impl Daemon {
         &self.spec.name
     }
 
-    /// `127.0.0.1:PORT` it listens on.
-    pub fn addr(&self) -> String {
-        format!("127.0.0.1:{}", self.port)
+    /// The address it listens on, once it has reported it ([`Supervisor::wait_for_addr`]).
+    pub fn addr(&self) -> Option<SocketAddr> {
+        self.addr
     }
 
     /// Its process id.
@@ -90,8 +90,20 @@ impl Daemon {
         Ok(self.exit)
     }
 
-    fn lost_port_race(&self) -> bool {
-        fs::read_to_string(&self.spec.log).is_ok_and(|log| log.contains(BIND_FAILURE))
+    /// The address in its `--addr-file`; `None` while the file does not exist yet. The daemon
+    /// replaces the file atomically, so an existing file holds a whole line.
+    fn read_addr_file(&self) -> anyhow::Result<Option<SocketAddr>> {
+        let path = &self.spec.addr_file;
+        let text = match fs::read_to_string(path) {
+            Ok(text) => text,
+            Err(err) if err.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(err) => anyhow::bail!("cannot read {}: {err}", path.display()),
+        };
+        let addr = text
+            .trim_end()
+            .parse()
+            .map_err(|_| anyhow::anyhow!("{} wrote {text:?} to {}, not IP:PORT", self.spec.name, path.display()))?;
+        Ok(Some(addr))
     }
 
     /// The last lines of its log, indented, for error messages.
@@ -186,30 +198,49 @@ impl Supervisor {
         self.daemons.iter().find(|d| d.spec.name == name)
     }
 
-    /// Starts `spec` listening on `port`; returns its index.
-    pub fn spawn(&mut self, spec: DaemonSpec, port: u16) -> anyhow::Result<usize> {
-        let child = start(&spec, port)?;
-        self.daemons.push(Daemon { spec, port, child, restarted: false, exit: None, reported: false });
+    /// Starts `spec` listening on a port of its own choosing; returns its index. Its address is
+    /// known once [`Supervisor::wait_for_addr`] returns.
+    pub fn spawn(&mut self, spec: DaemonSpec) -> anyhow::Result<usize> {
+        let child = start(&spec)?;
+        self.daemons.push(Daemon { spec, addr: None, child, exit: None, reported: false });
         Ok(self.daemons.len() - 1)
     }
 
-    /// Fails, with the tail of its log, if a daemon has exited. With `allow_restart`, a daemon
-    /// that lost its port to another process is restarted once on a new port instead (while
-    /// starting up, before anyone depends on its address).
-    pub fn check(&mut self, allow_restart: bool) -> anyhow::Result<()> {
-        for daemon in &mut self.daemons {
-            let Some(status) = daemon.poll_exit()? else {
-                continue;
-            };
-            if allow_restart && !daemon.restarted && daemon.lost_port_race() {
-                let port = free_ports(1)?.first().copied().ok_or_else(|| anyhow::anyhow!("no free port"))?;
-                daemon.child = start(&daemon.spec, port)?;
-                daemon.port = port;
-                daemon.restarted = true;
-                daemon.exit = None;
-                continue;
+    /// Waits until daemon `index` has written the address it bound to its `--addr-file`, and
+    /// returns it. Fails, with the tail of its log, if the daemon exits first or `timeout`
+    /// passes without the file.
+    pub async fn wait_for_addr(&mut self, index: usize, timeout: Duration) -> anyhow::Result<SocketAddr> {
+        let daemon = self.daemons.get_mut(index).ok_or_else(|| anyhow::anyhow!("no daemon number {index}"))?;
+        let started = Instant::now();
+        loop {
+            if let Some(status) = daemon.poll_exit()? {
+                return Err(daemon.died_error(status));
             }
-            return Err(daemon.died_error(status));
+            if let Some(addr) = daemon.read_addr_file()? {
+                daemon.addr = Some(addr);
+                return Ok(addr);
+            }
+            if started.elapsed() > timeout {
+                anyhow::bail!(
+                    "{} (pid {}) did not write its address to {} within {} s; the last lines of {}:\n{}",
+                    daemon.spec.name,
+                    daemon.pid(),
+                    daemon.spec.addr_file.display(),
+                    timeout.as_secs(),
+                    daemon.spec.log.display(),
+                    daemon.log_tail().trim_end()
+                );
+            }
+            tokio::time::sleep(ADDR_POLL).await;
+        }
+    }
+
+    /// Fails, with the tail of its log, if a daemon has exited.
+    pub fn check(&mut self) -> anyhow::Result<()> {
+        for daemon in &mut self.daemons {
+            if let Some(status) = daemon.poll_exit()? {
+                return Err(daemon.died_error(status));
+            }
         }
         Ok(())
     }
@@ -315,10 +346,16 @@ fn stopped_cleanly(status: ExitStatus) -> bool {
     status.success()
 }
 
-/// Starts one process with `--listen 127.0.0.1:port`, its output appended to its log, in its
-/// own process group, without the caller's `RAGMESH_*` settings (the demo passes everything
-/// as flags, and secrets in `spec.env`), and writes its pid file.
-fn start(spec: &DaemonSpec, port: u16) -> anyhow::Result<Child> {
+/// Starts one process with `--listen 127.0.0.1:0 --addr-file ADDR_FILE` (after removing a stale
+/// ADDR_FILE, so only the new process's address can be read from it), its output appended to
+/// its log, in its own process group, without the caller's `RAGMESH_*` settings (the demo passes
+/// everything as flags, and secrets in `spec.env`), and writes its pid file.
+fn start(spec: &DaemonSpec) -> anyhow::Result<Child> {
+    match fs::remove_file(&spec.addr_file) {
+        Ok(()) => {}
+        Err(err) if err.kind() == io::ErrorKind::NotFound => {}
+        Err(err) => anyhow::bail!("cannot remove the old {}: {err}", spec.addr_file.display()),
+    }
     let log = open_log(&spec.log)?;
     let log_err =
         log.try_clone().map_err(|err| anyhow::anyhow!("cannot use log file {}: {err}", spec.log.display()))?;
@@ -326,7 +363,9 @@ fn start(spec: &DaemonSpec, port: u16) -> anyhow::Result<Child> {
     command
         .args(&spec.args)
         .arg("--listen")
-        .arg(format!("127.0.0.1:{port}"))
+        .arg(LISTEN)
+        .arg("--addr-file")
+        .arg(&spec.addr_file)
         .stdin(Stdio::null())
         .stdout(log)
         .stderr(log_err);
@@ -368,42 +407,74 @@ fn open_log(path: &Path) -> anyhow::Result<File> {
 mod tests {
     use super::*;
 
-    #[test]
-    fn free_ports_are_distinct_and_nonzero() {
-        let ports = free_ports(5).expect("ports");
-        let unique: std::collections::BTreeSet<u16> = ports.iter().copied().collect();
-        assert_eq!(unique.len(), 5);
-        assert!(ports.iter().all(|&p| p != 0));
+    /// A daemon played by `sh -c SCRIPT --listen 127.0.0.1:0 --addr-file FILE`: "--listen"
+    /// becomes $0, so the address asked for is $1 and the address file $3.
+    fn fake(dir: &Path, name: &str, script: &str) -> DaemonSpec {
+        DaemonSpec {
+            name: name.to_owned(),
+            program: PathBuf::from("/bin/sh"),
+            args: vec!["-c".into(), script.into()],
+            log: dir.join(format!("{name}.log")),
+            pid_file: dir.join(format!("{name}.pid")),
+            addr_file: dir.join(format!("{name}.addr")),
+            env: Vec::new(),
+        }
+    }
+
+    /// Writes ADDR to the address file the way the daemons do: a temporary file, then a rename.
+    fn report(addr: &str) -> String {
+        format!("echo {addr} > \"$3.tmp\" && mv \"$3.tmp\" \"$3\"")
     }
 
     #[cfg(unix)]
     #[tokio::test]
-    async fn a_daemon_that_lost_its_port_is_restarted_once_on_another() {
+    async fn the_address_comes_from_the_addr_file_of_a_daemon_told_to_listen_on_port_zero() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let marker = dir.path().join("tried-once");
-        // First run: fail like a daemon whose port was taken. Second run: stay up.
+        // A stale file from an earlier run must not be taken for the new daemon's address.
+        fs::write(dir.path().join("master.addr"), "127.0.0.1:1\n").expect("stale addr file");
         let script = format!(
-            "if [ -f {m} ]; then exec sleep 30; fi; touch {m}; echo \"cannot listen on $1: address in use\" >&2; exit 1",
-            m = marker.display()
+            "[ \"$1 $2\" = \"127.0.0.1:0 --addr-file\" ] || exit 9; sleep 0.2; {}; exec sleep 30",
+            report("127.0.0.1:40123")
         );
-        let spec = DaemonSpec {
-            name: "agent-1".to_owned(),
-            program: PathBuf::from("/bin/sh"),
-            args: vec!["-c".into(), script.into()],
-            log: dir.path().join("agent-1.log"),
-            pid_file: dir.path().join("agent-1.pid"),
-            env: Vec::new(),
-        };
         let mut supervisor = Supervisor::new();
-        supervisor.spawn(spec, 1).expect("spawn");
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while supervisor.get("agent-1").expect("agent-1").addr() == "127.0.0.1:1" {
-            supervisor.check(true).expect("a lost port race is not fatal");
-            assert!(Instant::now() < deadline, "not restarted");
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-        supervisor.check(true).expect("the restarted daemon keeps running");
+        let index = supervisor.spawn(fake(dir.path(), "master", &script)).expect("spawn");
+        assert_eq!(supervisor.daemons()[index].addr(), None, "unknown until reported");
+        let addr = supervisor.wait_for_addr(index, Duration::from_secs(10)).await.expect("reported");
+        assert_eq!(addr, "127.0.0.1:40123".parse::<SocketAddr>().expect("addr"));
+        assert_eq!(supervisor.get("master").and_then(Daemon::addr), Some(addr));
+        supervisor.check().expect("still running");
+        let report = supervisor.stop().await;
+        assert!(report.problems.is_empty(), "{report:?}");
+    }
+
+    #[cfg(unix)]
+    #[tokio::test]
+    async fn a_daemon_that_dies_before_reporting_its_address_fails_with_its_log() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut supervisor = Supervisor::new();
+        let index = supervisor
+            .spawn(fake(dir.path(), "agent-1", "echo \"cannot listen on $1: denied\" >&2; exit 1"))
+            .expect("spawn");
+        let err = supervisor.wait_for_addr(index, Duration::from_secs(10)).await.expect_err("died");
+        let message = err.to_string();
+        assert!(message.starts_with("agent-1 (pid "), "{message}");
+        assert!(message.contains("exited unexpectedly"), "{message}");
+        assert!(message.contains("cannot listen on 127.0.0.1:0: denied"), "{message}");
+        let report = supervisor.stop().await;
+        assert!(report.problems.is_empty(), "its death was already reported: {report:?}");
+    }
+
+    #[cfg(unix)]
+    #[tokio::test]
+    async fn a_daemon_that_never_reports_its_address_times_out_naming_the_file_with_its_log() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut supervisor = Supervisor::new();
+        let index = supervisor.spawn(fake(dir.path(), "master", "echo still starting; exec sleep 30")).expect("spawn");
+        let err = supervisor.wait_for_addr(index, Duration::from_millis(300)).await.expect_err("timed out");
+        let message = err.to_string();
+        let addr_file = dir.path().join("master.addr");
+        assert!(message.contains(&format!("did not write its address to {}", addr_file.display())), "{message}");
+        assert!(message.contains("still starting"), "{message}");
         let report = supervisor.stop().await;
         assert!(report.problems.is_empty(), "{report:?}");
     }
@@ -412,22 +483,14 @@ mod tests {
     #[tokio::test]
     async fn supervisor_reports_death_with_the_log_and_stops_the_rest() {
         let dir = tempfile::tempdir().expect("tempdir");
-        // `sh -c SCRIPT --listen ADDR`: "--listen" becomes $0, the address $1.
-        let spec = |name: &str, script: &str| DaemonSpec {
-            name: name.to_owned(),
-            program: PathBuf::from("/bin/sh"),
-            args: vec!["-c".into(), script.into()],
-            log: dir.path().join(format!("{name}.log")),
-            pid_file: dir.path().join(format!("{name}.pid")),
-            env: Vec::new(),
-        };
         let mut supervisor = Supervisor::new();
-        supervisor.spawn(spec("agent-1", "echo started on $1; exec sleep 30"), 1).expect("spawn sleeper");
-        supervisor.spawn(spec("agent-2", "echo boom: bad config >&2; exit 3"), 2).expect("spawn failing");
+        let sleeper = format!("echo started on $1; {}; exec sleep 30", report("127.0.0.1:40124"));
+        supervisor.spawn(fake(dir.path(), "agent-1", &sleeper)).expect("spawn sleeper");
+        supervisor.spawn(fake(dir.path(), "agent-2", "echo boom: bad config >&2; exit 3")).expect("spawn failing");
 
         let deadline = Instant::now() + Duration::from_secs(10);
         let err = loop {
-            match supervisor.check(true) {
+            match supervisor.check() {
                 Err(err) => break err,
                 Ok(()) if Instant::now() > deadline => panic!("death not noticed"),
                 Ok(()) => tokio::time::sleep(Duration::from_millis(20)).await,

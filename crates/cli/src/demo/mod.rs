@@ -1,5 +1,6 @@
 //! `ragmeshctl demo`: a whole mesh on this machine. Makes a dev CA and certificates, starts
-//! `ragmesh-master` and N `ragmesh-agent`s as child processes, waits until every agent is up,
+//! `ragmesh-master` and N `ragmesh-agent`s as child processes (each binds port 0 and reports the
+//! port it got in `DIR/<name>.addr`), waits until every agent is up,
 //! loads the sample corpus round-robin, runs one federated search, prints how to talk to the
 //! mesh, and stops everything on Ctrl-C/SIGTERM (or at once with `--no-wait`).
 
@@ -28,6 +29,8 @@ use workdir::Workdir;
 pub const MASTER_BIN: &str = "ragmesh-master";
 /// Executable of an agent, looked for next to `ragmeshctl`.
 pub const AGENT_BIN: &str = "ragmesh-agent";
+/// How long a daemon may take to bind and write its address file.
+const ADDR_TIMEOUT: Duration = Duration::from_secs(20);
 /// How long the master may take to answer its first RPC.
 const MASTER_READY_TIMEOUT: Duration = Duration::from_secs(20);
 /// How long the agents may take to register and come up.
@@ -116,7 +119,7 @@ async fn run_mesh(
             note: "ragmeshctl demo".to_owned(),
         })
         .await?;
-    start_agents(binaries, workdir, supervisor, &agent_names, master.addr(), &join.token)?;
+    start_agents(binaries, workdir, supervisor, &agent_names, master.addr(), &join.token).await?;
     print_daemons(workdir, supervisor);
 
     print!("Waiting for {agents} agent{} to join ... ", plural(agents));
@@ -221,23 +224,25 @@ fn spec(workdir: &Workdir, name: &str, program: &Path, mut args: Vec<OsString>) 
         args,
         log: workdir.log(name),
         pid_file: workdir.pid_file(name),
+        addr_file: workdir.addr_file(name),
         env: Vec::new(),
     }
 }
 
-/// Starts the master and waits until it answers `ListNodes`; writes `DIR/master.addr`.
+/// Starts the master, learns its address from `DIR/master.addr` (which the master writes
+/// itself, `--addr-file`), and waits until it answers `ListNodes`.
 async fn start_master(
     binaries: &Binaries,
     workdir: &Workdir,
     supervisor: &mut Supervisor,
     client_tls: TlsFiles,
 ) -> anyhow::Result<Master> {
-    let port = first_free_port()?;
     // The demo's `client` certificate is the operator: it creates the join token and searches.
     let master_args = vec!["--operators".into(), "client".into()];
-    let index = supervisor.spawn(spec(workdir, "master", &binaries.master, master_args), port)?;
+    let index = supervisor.spawn(spec(workdir, "master", &binaries.master, master_args))?;
+    let addr = supervisor.wait_for_addr(index, ADDR_TIMEOUT).await?;
     let target = Target {
-        addr: String::new(),
+        addr: addr.to_string(),
         host: "127.0.0.1".to_owned(),
         tls: Some(Arc::new(client_tls.load()?)),
         timeout: RPC_TIMEOUT,
@@ -245,18 +250,10 @@ async fn start_master(
     };
     let started = Instant::now();
     loop {
-        supervisor.check(true)?;
-        // The address changes if the master had to be restarted on another port.
-        let addr = supervisor.daemons()[index].addr();
-        let attempt = Target { addr: addr.clone(), ..target.clone() };
-        let error = match Master::connect(attempt).await {
+        supervisor.check()?;
+        let error = match Master::connect(target.clone()).await {
             Ok(master) => match master.list_nodes().await {
-                Ok(_) => {
-                    let file = workdir.master_addr_file();
-                    std::fs::write(&file, format!("{addr}\n"))
-                        .map_err(|err| anyhow::anyhow!("cannot write {}: {err}", file.display()))?;
-                    return Ok(master);
-                }
+                Ok(_) => return Ok(master),
                 Err(err) => err,
             },
             Err(err) => err,
@@ -272,12 +269,9 @@ async fn start_master(
     }
 }
 
-fn first_free_port() -> anyhow::Result<u16> {
-    daemons::free_ports(1)?.first().copied().ok_or_else(|| anyhow::anyhow!("no free port on 127.0.0.1"))
-}
-
-/// Starts one agent per name, registering with the master at `master_addr`.
-fn start_agents(
+/// Starts one agent per name, registering with the master at `master_addr`, and waits until
+/// each has reported the address it bound (which it also advertises to the master).
+async fn start_agents(
     binaries: &Binaries,
     workdir: &Workdir,
     supervisor: &mut Supervisor,
@@ -285,8 +279,8 @@ fn start_agents(
     master_addr: &str,
     join_token: &str,
 ) -> anyhow::Result<()> {
-    let ports = daemons::free_ports(names.len())?;
-    for (name, port) in names.iter().zip(ports) {
+    let mut started = Vec::new();
+    for name in names {
         let args: Vec<OsString> = vec![
             "--name".into(),
             name.into(),
@@ -300,7 +294,11 @@ fn start_agents(
         let mut agent = spec(workdir, name, &binaries.agent, args);
         // In the environment rather than on the command line, where `ps` would show it.
         agent.env.push(("RAGMESH_JOIN_TOKEN".into(), join_token.into()));
-        supervisor.spawn(agent, port)?;
+        started.push(supervisor.spawn(agent)?);
+    }
+    // They start side by side; waiting for each in turn costs no more than the slowest.
+    for index in started {
+        supervisor.wait_for_addr(index, ADDR_TIMEOUT).await?;
     }
     Ok(())
 }
@@ -309,7 +307,8 @@ fn print_daemons(workdir: &Workdir, supervisor: &Supervisor) {
     println!("Started (logs in {}):", workdir.path().join("logs").display());
     let mut table = Table::new(vec![Column::left("NAME"), Column::left("ADDRESS"), Column::right("PID")]);
     for daemon in supervisor.daemons() {
-        table.push(vec![daemon.name().to_owned(), daemon.addr(), daemon.pid().to_string()]);
+        let addr = daemon.addr().map_or_else(|| "-".to_owned(), |addr| addr.to_string());
+        table.push(vec![daemon.name().to_owned(), addr, daemon.pid().to_string()]);
     }
     print!("{}", indent(&table.render()));
 }
@@ -323,7 +322,7 @@ async fn wait_for_agents(
 ) -> anyhow::Result<Duration> {
     let started = Instant::now();
     loop {
-        supervisor.check(true)?;
+        supervisor.check()?;
         let nodes = master.list_nodes().await?;
         let pending: Vec<String> = names
             .iter()

@@ -98,9 +98,14 @@ impl Workdir {
         self.path.join(format!("{name}.pid"))
     }
 
-    /// `DIR/master.addr`.
+    /// `DIR/<name>.addr`: the address daemon `name` bound, which it writes itself (`--addr-file`).
+    pub fn addr_file(&self, name: &str) -> PathBuf {
+        self.path.join(format!("{name}.addr"))
+    }
+
+    /// `DIR/master.addr`: the master's address, for scripts (`RAGMESH_MASTER=$(cat DIR/master.addr)`).
     pub fn master_addr_file(&self) -> PathBuf {
-        self.path.join("master.addr")
+        self.addr_file("master")
     }
 
     /// Turns a temporary directory into a kept one (after a failure, its logs explain why).
@@ -164,8 +169,7 @@ fn clear_previous_demo(dir: &Path, entries: &[fs::DirEntry]) -> anyhow::Result<(
     }
     for entry in entries {
         let path = entry.path();
-        let ours =
-            path.extension().is_some_and(|ext| ext == "pid") || path.file_name().is_some_and(|n| n == "master.addr");
+        let ours = path.extension().is_some_and(|ext| ext == "pid" || ext == "addr");
         if ours {
             fs::remove_file(&path).map_err(|err| remove_err(&path, err))?;
         }
@@ -192,9 +196,12 @@ mod tests {
         fs::write(first.certs().join("ca.pem"), "old").expect("write");
         fs::write(first.pid_file("agent-1"), "999999999\n").expect("write");
         fs::write(first.master_addr_file(), "127.0.0.1:1\n").expect("write");
+        fs::write(first.addr_file("agent-1"), "127.0.0.1:2\n").expect("write");
         let again = Workdir::keep(&demo).expect("an earlier demo is reused");
         assert!(!again.certs().join("ca.pem").exists(), "old certs cleared");
         assert!(!again.pid_file("agent-1").exists(), "stale pid file cleared");
+        assert!(!again.master_addr_file().exists(), "stale master address cleared");
+        assert!(!again.addr_file("agent-1").exists(), "stale agent address cleared");
         assert!(!again.is_temporary());
     }
 
