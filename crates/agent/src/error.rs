@@ -37,7 +37,10 @@ impl From<AgentError> for Status {
                 _ => Code::Unauthenticated,
             },
             AgentError::Index(
-                IndexError::InvalidDocument { .. } | IndexError::InvalidBatch(_) | IndexError::InvalidQuery(_),
+                IndexError::InvalidDocument { .. }
+                | IndexError::InvalidBatch(_)
+                | IndexError::InvalidQuery(_)
+                | IndexError::QueryTooComplex(_),
             ) => Code::InvalidArgument,
             AgentError::Index(IndexError::Forbidden { .. }) => Code::PermissionDenied,
             AgentError::Index(_) | AgentError::Task(_) => Code::Internal,
