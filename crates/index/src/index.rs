@@ -1011,12 +1011,10 @@ mod tests {
 
     #[test]
     fn vaswani_end_to_end_if_present() {
-        let data = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/data/vaswani");
-        let Ok(text) = std::fs::read_to_string(data.join("doc-text.trec")) else {
-            println!("skipped: ../shared/data/vaswani not present");
+        let Some(text) = crate::test_data::vaswani_file("doc-text.trec") else {
             return;
         };
-        let qrels = std::fs::read_to_string(data.join("qrels")).expect("qrels beside the docs");
+        let qrels = crate::test_data::vaswani_file("qrels").expect("qrels beside the docs");
         let relevant_to_query_1: BTreeSet<&str> = qrels
             .lines()
             .filter_map(|line| match line.split_whitespace().collect::<Vec<_>>()[..] {

@@ -214,7 +214,6 @@ impl LineCounter {
 
 #[cfg(test)]
 mod tests {
-    use std::path::PathBuf;
     use std::time::Instant;
 
     use proptest::prelude::*;
@@ -286,9 +285,7 @@ an electronic analogue computer
 
     #[test]
     fn vaswani_collection_if_present() {
-        let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/data/vaswani/doc-text.trec");
-        let Ok(text) = std::fs::read_to_string(&path) else {
-            println!("skipped: ../shared/data/vaswani not present");
+        let Some(text) = crate::test_data::vaswani_file("doc-text.trec") else {
             return;
         };
         let started = Instant::now();
