@@ -176,3 +176,31 @@ async fn regression_an_unknown_join_token_id_is_not_found() {
     assert!(missing.message().contains("ragmeshctl token join --list"), "{:?}", missing.message());
     mesh.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn regression_a_deeply_nested_query_is_refused_and_every_agent_survives() {
+    trace_init();
+    let mesh = Mesh::builder().agents(2).start().await;
+    for i in 0..2 {
+        mesh.ingest(i, docs_for(i, 2)).await;
+    }
+    let token = mesh.issue_token("mallory", "acme", &["search"]).await;
+    let mut tenant = mesh.client_with_token(&token.access_token).await;
+    // About half a KB, far under the 4 KiB query limit; before the fix it aborted every agent.
+    for hostile in ["(".repeat(300) + "a" + &")".repeat(300), "NOT ".repeat(200) + "a", "(".repeat(2000)] {
+        let refused = tenant
+            .search(v1::SearchRequest { query: hostile.clone(), ..Default::default() })
+            .await
+            .expect_err("too deep");
+        assert_eq!(refused.code(), Code::InvalidArgument, "{refused:?}");
+        assert!(refused.message().contains("the limit is 32"), "{:?}", refused.message());
+    }
+    // Both agents are still up and answering.
+    let response =
+        mesh.search(v1::SearchRequest { query: "(mesh OR (alpha AND beta))".into(), ..Default::default() }).await;
+    assert_outcomes(
+        &response,
+        &[("agent-1", Expect::Ok { generation: 1, hits: 2 }), ("agent-2", Expect::Ok { generation: 1, hits: 2 })],
+    );
+    mesh.shutdown().await;
+}

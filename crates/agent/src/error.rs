@@ -44,7 +44,10 @@ impl AgentError {
             AgentError::Overloaded { .. } => ErrorKind::ResourceExhausted,
             AgentError::Auth(auth) => auth.kind(),
             AgentError::Index(
-                IndexError::InvalidDocument { .. } | IndexError::InvalidBatch(_) | IndexError::InvalidQuery(_),
+                IndexError::InvalidDocument { .. }
+                | IndexError::InvalidBatch(_)
+                | IndexError::InvalidQuery(_)
+                | IndexError::QueryTooComplex(_),
             ) => ErrorKind::InvalidArgument,
             AgentError::Index(IndexError::Forbidden { .. }) => ErrorKind::PermissionDenied,
             AgentError::Index(_) | AgentError::Task(_) => ErrorKind::Internal,

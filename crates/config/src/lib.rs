@@ -31,8 +31,14 @@ fn read_file<T: serde::de::DeserializeOwned + Default>(path: Option<&Path>, prob
     match toml::from_str(&text) {
         Ok(file) => file,
         Err(err) => {
-            let message = err.message().to_owned();
-            problems.push(format!("config file {}: {message}", path.display()));
+            let message = err.message();
+            // toml stops at 80 levels with a terse "recursion limit" / "max recursion depth met".
+            let hint = if message.contains("recursion") {
+                " (the file nests arrays, inline tables or dotted keys too deep: flatten it)"
+            } else {
+                ""
+            };
+            problems.push(format!("config file {}: {message}{hint}", path.display()));
             T::default()
         }
     }
@@ -153,4 +159,52 @@ fn parse_listen(flag: &str, value: &str, problems: &mut Problems) -> std::net::S
         ));
         std::net::SocketAddr::from(([127, 0, 0, 1], 0))
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Reads `text` as a config file on a thread with a tokio blocking thread's stack (2 MiB,
+    /// less than a main thread's 8 MiB), returning the problems found.
+    fn problems_reading(text: String) -> Vec<String> {
+        std::thread::Builder::new()
+            .stack_size(2 * 1024 * 1024)
+            .spawn(move || {
+                let dir = tempfile::tempdir().expect("tempdir");
+                let path = dir.path().join("deep.toml");
+                std::fs::write(&path, text).expect("write config");
+                let mut problems = Problems::default();
+                let _: toml::Table = read_file(Some(&path), &mut problems);
+                problems.finish(()).err().map(|errors| errors.problems).unwrap_or_default()
+            })
+            .expect("spawn")
+            .join()
+            .expect("config reader panicked")
+    }
+
+    #[test]
+    fn regression_deeply_nested_toml_is_a_problem_not_a_stack_overflow() {
+        // toml 1.x (toml_parser's RecursionGuard) stops at 80 levels of arrays, inline tables
+        // and dotted keys, unless its `unbounded` feature is on: this pins both.
+        let deep = 100_000;
+        let inputs = [
+            ("arrays", format!("a = {}", "[".repeat(deep))),
+            ("closed arrays", format!("a = {}1{}", "[".repeat(deep), "]".repeat(deep))),
+            ("inline tables", format!("a = {}", "{a = ".repeat(deep))),
+            ("mixed", format!("a = {}", "[{a = ".repeat(deep / 2))),
+            ("dotted key", format!("{} = 1", vec!["a"; deep].join("."))),
+            ("table header", format!("[{}]", vec!["a"; deep].join("."))),
+            ("array of tables header", format!("[[{}]]", vec!["a"; deep].join("."))),
+        ];
+        for (what, text) in inputs {
+            let problems = problems_reading(text);
+            assert_eq!(problems.len(), 1, "{what}: {problems:?}");
+            assert!(problems[0].contains("deep.toml"), "{what}: {problems:?}");
+            assert!(
+                problems[0].contains("nests arrays, inline tables or dotted keys too deep"),
+                "{what}: {problems:?}"
+            );
+        }
+    }
 }

@@ -34,6 +34,10 @@ pub enum IndexError {
     /// The search request cannot be run as given.
     #[error("invalid query: {0}")]
     InvalidQuery(String),
+    /// The query is well formed text but its structure (nesting, clauses, terms) exceeds the
+    /// limits, so it is refused before tantivy's recursive parser sees it.
+    #[error("invalid query: {0}")]
+    QueryTooComplex(#[from] ragmesh_types::query::QueryShapeError),
     /// The index directory could not be created or inspected.
     #[error("cannot create index directory {path}: {source}")]
     CreateDir {

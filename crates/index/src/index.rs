@@ -5,6 +5,7 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, MutexGuard, PoisonError, RwLock};
 
+use ragmesh_types::query::QueryLimits;
 use serde::{Deserialize, Serialize};
 use tantivy::collector::{Count, TopDocs};
 use tantivy::directory::MmapDirectory;
@@ -310,6 +311,10 @@ impl DocumentIndex {
                 return Err(IndexError::InvalidQuery(problem));
             }
         }
+        // tantivy's query parser recurses once per group, field group and `NOT`: a few hundred
+        // levels overflow a blocking thread's stack and abort the whole agent. Bound the
+        // structure before the parser sees the text (the master checks too: defense in depth).
+        ragmesh_types::query::check(text, &QueryLimits::default())?;
         let limit = match q.limit {
             0 => DEFAULT_LIMIT,
             n => n.min(MAX_LIMIT),
@@ -330,6 +335,12 @@ impl DocumentIndex {
         let collector = (Count, TopDocs::with_limit(limit + 1).order_by_score());
         let run = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| searcher.search(&query, &collector)));
         let (total_matches, top) = match run {
+            // `nosuchfield:*` parses (leniently) into an exists query that only fails here.
+            Ok(Err(TantivyError::FieldNotFound(field))) => {
+                return Err(IndexError::InvalidQuery(format!(
+                    "unknown field {field:?}: search the title or body fields, or drop the field name"
+                )));
+            }
             Ok(result) => result.map_err(IndexError::tantivy("run search"))?,
             Err(_) => {
                 tracing::warn!(query = text, "the search engine could not run this query");
@@ -1010,12 +1021,10 @@ mod tests {
 
     #[test]
     fn vaswani_end_to_end_if_present() {
-        let data = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/data/vaswani");
-        let Ok(text) = std::fs::read_to_string(data.join("doc-text.trec")) else {
-            println!("skipped: ../shared/data/vaswani not present");
+        let Some(text) = crate::test_data::vaswani_file("doc-text.trec") else {
             return;
         };
-        let qrels = std::fs::read_to_string(data.join("qrels")).expect("qrels beside the docs");
+        let qrels = crate::test_data::vaswani_file("qrels").expect("qrels beside the docs");
         let relevant_to_query_1: BTreeSet<&str> = qrels
             .lines()
             .filter_map(|line| match line.split_whitespace().collect::<Vec<_>>()[..] {
@@ -1175,6 +1184,21 @@ mod tests {
                 Ok(_) => {}
                 Err(IndexError::InvalidQuery(message)) => assert!(message.contains("rephrase"), "{message}"),
                 Err(other) => panic!("unexpected error for {text:?}: {other}"),
+            }
+        }
+    }
+
+    #[test]
+    fn regression_unknown_field_exists_query_is_invalid_not_internal() {
+        // Found by the deep-query property test: `f:*` on an unknown field failed the search
+        // with a tantivy error, which the agent reports as INTERNAL.
+        let (_dir, index) = open_temp();
+        index.upsert(vec![doc("c", "a", "t", "b")]).expect("upsert");
+        for text in ["nosuchfield:*", "NOT f:(a *) f:*"] {
+            match index.search(&query(text)) {
+                Ok(_) => {}
+                Err(IndexError::InvalidQuery(message)) => assert!(message.contains("unknown field"), "{message}"),
+                Err(other) => panic!("{text:?}: {other:?}"),
             }
         }
     }

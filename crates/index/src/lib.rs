@@ -10,6 +10,8 @@ mod document;
 mod error;
 mod index;
 pub mod ingest;
+#[cfg(test)]
+mod test_data;
 
 pub use access::{Acl, MAX_PRINCIPAL_BYTES, SubjectRef, Viewer, Writer};
 pub use document::{

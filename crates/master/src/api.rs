@@ -137,6 +137,10 @@ fn validate_search(req: &v1::SearchRequest) -> Result<(), MasterError> {
     if !req.min_score.is_finite() {
         return Err(MasterError::InvalidArgument("min_score must be a finite number".into()));
     }
+    // Refused here, once, rather than fanned out to every agent (which would refuse it too):
+    // a deeply nested query would overflow the stack of tantivy's recursive parser.
+    ragmesh_types::query::check(&req.query, &ragmesh_types::query::QueryLimits::default())
+        .map_err(|err| MasterError::InvalidArgument(err.to_string()))?;
     Ok(())
 }
 

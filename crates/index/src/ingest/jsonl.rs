@@ -171,6 +171,47 @@ mod tests {
         assert_eq!(err.to_string(), "line 1: \"id\" must be a string, found a number");
     }
 
+    /// Runs `f` on a thread with the stack of a tokio blocking thread (where the CLI parses).
+    fn on_blocking_stack<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
+        std::thread::Builder::new()
+            .stack_size(2 * 1024 * 1024)
+            .spawn(f)
+            .expect("spawn")
+            .join()
+            .expect("parser thread panicked")
+    }
+
+    #[test]
+    fn regression_deeply_nested_json_is_an_error_not_a_stack_overflow() {
+        // serde_json's recursive parser stops at 128 levels ("recursion limit exceeded"), as long
+        // as nobody in the tree enables its `unbounded_depth` feature: this pins both.
+        let deep = 100_000;
+        let lines = [
+            "[".repeat(deep),
+            "{\"a\":".repeat(deep),
+            format!("{{\"id\":\"1\",\"body\":\"b\",\"metadata\":{{\"k\":{}}}}}", "[".repeat(deep)),
+            format!("{{\"id\":\"1\",\"body\":\"b\",\"acl\":{}}}", "{\"tenants\":".repeat(deep)),
+        ];
+        for line in lines {
+            let (line_number, reason) = on_blocking_stack(move || error_of(&line));
+            assert_eq!(line_number, 1);
+            assert!(reason.contains("recursion limit exceeded"), "{reason}");
+        }
+    }
+
+    #[test]
+    fn values_just_under_the_recursion_limit_are_refused_and_dropped_safely() {
+        // 124 levels (126 with the record and metadata objects) parse into a `Value`, which is then refused (metadata values are flat) and
+        // dropped recursively: both must fit a blocking thread's stack.
+        let nested = format!("{}1{}", "[".repeat(124), "]".repeat(124));
+        let metadata = format!("{{\"id\":\"1\",\"body\":\"b\",\"metadata\":{{\"k\":{nested}}}}}");
+        let (_, reason) = on_blocking_stack(move || error_of(&metadata));
+        assert!(reason.contains("metadata value \"k\" must be a string"), "{reason}");
+        let acl = format!("{{\"id\":\"1\",\"body\":\"b\",\"acl\":{{\"tenants\":{nested}}}}}");
+        let (_, reason) = on_blocking_stack(move || error_of(&acl));
+        assert!(reason.contains("\"acl\" must look like"), "{reason}");
+    }
+
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(64))]
 

@@ -214,7 +214,6 @@ impl LineCounter {
 
 #[cfg(test)]
 mod tests {
-    use std::path::PathBuf;
     use std::time::Instant;
 
     use proptest::prelude::*;
@@ -286,9 +285,7 @@ an electronic analogue computer
 
     #[test]
     fn vaswani_collection_if_present() {
-        let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/data/vaswani/doc-text.trec");
-        let Ok(text) = std::fs::read_to_string(&path) else {
-            println!("skipped: ../shared/data/vaswani not present");
+        let Some(text) = crate::test_data::vaswani_file("doc-text.trec") else {
             return;
         };
         let started = Instant::now();
@@ -306,6 +303,33 @@ an electronic analogue computer
 
     fn words(max: usize) -> impl Strategy<Value = Vec<String>> {
         proptest::collection::vec(word(), 0..max)
+    }
+
+    #[test]
+    fn regression_deeply_nested_and_repeated_tags_parse_linearly() {
+        // The TREC reader is a flat scanner (no recursion): nested or repeated tags are text.
+        // Pin that on a blocking thread's stack and within a time bound that a quadratic
+        // rescan of 100k tags would blow.
+        let n = 100_000;
+        let inputs = [
+            format!("<DOC><DOCNO>1</DOCNO>{}x{}</DOC>", "<TEXT>".repeat(n), "</TEXT>".repeat(n)),
+            format!("<DOC><DOCNO>1</DOCNO>{}x</DOC>", "<P>".repeat(n)),
+            format!("<DOC><DOCNO>1</DOCNO>{}</DOC>", "<TEXT>a</TEXT>".repeat(n)),
+            format!("<DOC><DOCNO>1</DOCNO>{}</DOC>", "<F P=1 ".repeat(n)),
+            "<DOC>".repeat(n),
+            "<DOC><DOCNO>1</DOCNO>x</DOC>".repeat(n),
+            format!("<DOC><DOCNO>1</DOCNO><TITLE>{}</TITLE></DOC>", "<".repeat(n)),
+        ];
+        for text in inputs {
+            let started = Instant::now();
+            let outcome = std::thread::Builder::new()
+                .stack_size(2 * 1024 * 1024)
+                .spawn(move || parse_trec(&text, "c").map(|docs| docs.len()))
+                .expect("spawn")
+                .join()
+                .expect("parser thread panicked");
+            assert!(started.elapsed().as_secs() < 20, "slow: {:?} ({outcome:?})", started.elapsed());
+        }
     }
 
     proptest! {
