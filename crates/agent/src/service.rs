@@ -276,30 +276,33 @@ mod tests {
         }
     }
 
+    /// Starts blocking index work that runs until the returned sender is used, then drops its
+    /// handler, as the caller's deadline does: the handler is gone, the work goes on.
+    async fn abandon_blocked_work(state: &AgentState) -> mpsc::Sender<()> {
+        let (started_tx, started_rx) = mpsc::channel::<()>();
+        let (release_tx, release_rx) = mpsc::channel::<()>();
+        let mut handler = pin!(state.with_index(move |_index| {
+            let _ = started_tx.send(());
+            // Stands for a slow tantivy search: runs until the test lets it finish.
+            let _ = release_rx.recv();
+            Ok(())
+        }));
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        assert!(matches!(handler.as_mut().poll(&mut cx), Poll::Pending), "the work is blocked");
+        tokio::task::spawn_blocking(move || started_rx.recv_timeout(Duration::from_secs(10)))
+            .await
+            .expect("join")
+            .expect("the blocking work started");
+        release_tx
+    }
+
     /// Regression: the count was held by the async handler, so when the deadline dropped the
     /// handler the count fell to 0 while the blocking search still ran.
     #[tokio::test]
     async fn in_flight_under_reported_when_the_deadline_dropped_the_handler_during_blocking_work() {
         let dir = tempfile::tempdir().expect("tempdir");
         let state = state_with_index(dir.path());
-        let (started_tx, started_rx) = mpsc::channel::<()>();
-        let (release_tx, release_rx) = mpsc::channel::<()>();
-        {
-            let mut handler = pin!(state.with_index(move |_index| {
-                let _ = started_tx.send(());
-                // Stands for a slow tantivy search: runs until the test lets it finish.
-                let _ = release_rx.recv();
-                Ok(())
-            }));
-            let mut cx = Context::from_waker(std::task::Waker::noop());
-            assert!(matches!(handler.as_mut().poll(&mut cx), Poll::Pending), "the work is blocked");
-            tokio::task::spawn_blocking(move || started_rx.recv_timeout(Duration::from_secs(10)))
-                .await
-                .expect("join")
-                .expect("the blocking work started");
-            assert_eq!(state.in_flight.load(Ordering::Relaxed), 1);
-            // The deadline fires: the handler's future is dropped here, the search goes on.
-        }
+        let release_tx = abandon_blocked_work(&state).await;
         assert_eq!(
             state.in_flight.load(Ordering::Relaxed),
             1,
@@ -316,22 +319,7 @@ mod tests {
     async fn blocking_work_whose_caller_gave_up_still_holds_its_slot() {
         let dir = tempfile::tempdir().expect("tempdir");
         let state = state_with_slots(dir.path(), 1);
-        let (started_tx, started_rx) = mpsc::channel::<()>();
-        let (release_tx, release_rx) = mpsc::channel::<()>();
-        {
-            let mut handler = pin!(state.with_index(move |_index| {
-                let _ = started_tx.send(());
-                let _ = release_rx.recv();
-                Ok(())
-            }));
-            let mut cx = Context::from_waker(std::task::Waker::noop());
-            assert!(matches!(handler.as_mut().poll(&mut cx), Poll::Pending), "the work is blocked");
-            tokio::task::spawn_blocking(move || started_rx.recv_timeout(Duration::from_secs(10)))
-                .await
-                .expect("join")
-                .expect("the blocking work started");
-            // The caller's deadline fires: the handler is dropped, the work goes on.
-        }
+        let release_tx = abandon_blocked_work(&state).await;
         let refused = state.with_index(|_index| Ok(())).await.expect_err("the only slot is still taken");
         assert!(matches!(refused, AgentError::Overloaded { limit: 1 }), "{refused:?}");
         let status = Status::from(refused);

@@ -144,27 +144,10 @@ mod tests {
     use std::sync::Arc;
 
     use super::*;
-    use crate::registry::{NodeRecord, NodeView};
+    use crate::registry::NodeView;
 
     fn view(name: &str, state: NodeState) -> NodeView {
-        NodeView {
-            record: NodeRecord {
-                name: name.into(),
-                address: "127.0.0.1:1".into(),
-                version: String::new(),
-                protocol_major: 1,
-                protocol_minor: 0,
-                collections: BTreeMap::new(),
-                labels: BTreeMap::new(),
-                generation: 0,
-                registered_at_ms: 0,
-                heartbeat_interval_ms: 1000,
-            },
-            state,
-            down_reason: None,
-            last_heartbeat: None,
-            in_flight: 0,
-        }
+        NodeView::for_tests(name, state, &[])
     }
 
     #[tokio::test]

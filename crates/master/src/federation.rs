@@ -276,31 +276,11 @@ fn to_node_hits(node: &str, hits: Vec<v1::Hit>) -> Vec<NodeHit> {
 
 #[cfg(test)]
 mod tests {
-    use std::collections::BTreeMap;
-
     use super::*;
     use crate::node::NodeState;
-    use crate::registry::NodeRecord;
 
     fn view(name: &str, state: NodeState, collections: &[&str]) -> NodeView {
-        NodeView {
-            record: NodeRecord {
-                name: name.into(),
-                address: "127.0.0.1:1".into(),
-                version: String::new(),
-                protocol_major: 1,
-                protocol_minor: 0,
-                collections: collections.iter().map(|c| ((*c).to_owned(), 1)).collect::<BTreeMap<_, _>>(),
-                labels: BTreeMap::new(),
-                generation: 0,
-                registered_at_ms: 0,
-                heartbeat_interval_ms: 1000,
-            },
-            state,
-            down_reason: None,
-            last_heartbeat: None,
-            in_flight: 0,
-        }
+        NodeView::for_tests(name, state, collections)
     }
 
     #[test]

@@ -153,7 +153,6 @@ impl StreamWatcher {
 
 #[cfg(test)]
 mod tests {
-    use std::collections::BTreeMap;
     use std::sync::Arc;
 
     use ragmesh_store::SledStore;
@@ -187,18 +186,7 @@ mod tests {
     fn start() -> Fixture {
         let dir = tempfile::tempdir().expect("tempdir");
         let registry = Registry::load(Arc::new(SledStore::open(dir.path()).expect("open"))).expect("load");
-        let record = NodeRecord {
-            name: "a".into(),
-            address: "127.0.0.1:1".into(),
-            version: String::new(),
-            protocol_major: 1,
-            protocol_minor: 0,
-            collections: BTreeMap::new(),
-            labels: BTreeMap::new(),
-            generation: 0,
-            registered_at_ms: 0,
-            heartbeat_interval_ms: 100,
-        };
+        let record = NodeRecord { heartbeat_interval_ms: 100, ..NodeRecord::for_tests("a", &[]) };
         let session = registry.register(record).expect("register");
         let keys = watch::Sender::new(Vec::new());
         let (tx, done, outbound) = super::outbound(keys.subscribe());

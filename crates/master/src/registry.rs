@@ -42,6 +42,39 @@ pub struct NodeRecord {
     pub heartbeat_interval_ms: u64,
 }
 
+#[cfg(test)]
+impl NodeRecord {
+    /// A record of node `name` at 127.0.0.1:1 holding one document in each of `collections`.
+    pub(crate) fn for_tests(name: &str, collections: &[&str]) -> Self {
+        NodeRecord {
+            name: name.into(),
+            address: "127.0.0.1:1".into(),
+            version: "0".into(),
+            protocol_major: 1,
+            protocol_minor: 0,
+            collections: collections.iter().map(|c| ((*c).to_owned(), 1)).collect(),
+            labels: BTreeMap::new(),
+            generation: 0,
+            registered_at_ms: 0,
+            heartbeat_interval_ms: 1000,
+        }
+    }
+}
+
+#[cfg(test)]
+impl NodeView {
+    /// A view of [`NodeRecord::for_tests`] in `state`.
+    pub(crate) fn for_tests(name: &str, state: NodeState, collections: &[&str]) -> Self {
+        NodeView {
+            record: NodeRecord::for_tests(name, collections),
+            state,
+            down_reason: None,
+            last_heartbeat: None,
+            in_flight: 0,
+        }
+    }
+}
+
 /// Load and liveness fields a heartbeat carries.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HeartbeatInfo {
@@ -274,16 +307,9 @@ mod tests {
 
     fn record(name: &str) -> NodeRecord {
         NodeRecord {
-            name: name.into(),
-            address: "127.0.0.1:1".into(),
-            version: "0".into(),
-            protocol_major: 1,
-            protocol_minor: 0,
-            collections: BTreeMap::from([("docs".to_owned(), 3)]),
-            labels: BTreeMap::new(),
             generation: 1,
-            registered_at_ms: 0,
-            heartbeat_interval_ms: 1000,
+            collections: BTreeMap::from([("docs".to_owned(), 3)]),
+            ..NodeRecord::for_tests(name, &[])
         }
     }
 

@@ -3,6 +3,8 @@
 //! subscriber that writes through the test harness's capture, and a gRPC client that sends raw
 //! bytes (requests no generated client can produce).
 
+pub mod daemon;
+
 use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
