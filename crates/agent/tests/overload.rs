@@ -66,6 +66,20 @@ async fn search_until(channel: &Channel, what: &str, wanted: impl Fn(Code) -> bo
     }
 }
 
+/// Starts a NodeSearch whose request body never arrives.
+async fn hold_the_slot(
+    channel: &Channel,
+) -> tokio::task::JoinHandle<Result<tonic::Response<v1::NodeSearchResponse>, Status>> {
+    let mut grpc = tonic::client::Grpc::new(channel.clone());
+    grpc.ready().await.expect("ready");
+    tokio::spawn(async move {
+        let codec = tonic_prost::ProstCodec::<v1::NodeSearchRequest, v1::NodeSearchResponse>::default();
+        let never = tokio_stream::pending::<v1::NodeSearchRequest>();
+        let path = PathAndQuery::from_static("/ragmesh.v1.AgentService/NodeSearch");
+        grpc.client_streaming(tonic::Request::new(never), path, codec).await
+    })
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_agent_at_its_limit_sheds_api_calls_at_once_and_still_answers_health_checks() {
     let data_dir = tempfile::tempdir().expect("tempdir");
@@ -81,18 +95,22 @@ async fn an_agent_at_its_limit_sheds_api_calls_at_once_and_still_answers_health_
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
 
-    // A NodeSearch whose request body never arrives: it holds the only slot for as long as the
-    // client keeps it open, as a blocked handler would.
-    let mut grpc = tonic::client::Grpc::new(channel.clone());
-    grpc.ready().await.expect("ready");
-    let blocked = tokio::spawn(async move {
-        let codec = tonic_prost::ProstCodec::<v1::NodeSearchRequest, v1::NodeSearchResponse>::default();
-        let never = tokio_stream::pending::<v1::NodeSearchRequest>();
-        let path = PathAndQuery::from_static("/ragmesh.v1.AgentService/NodeSearch");
-        grpc.client_streaming(tonic::Request::new(never), path, codec).await
-    });
-
-    let shed = search_until(&channel, "the second call is shed", |code| code == Code::ResourceExhausted).await;
+    // A NodeSearch whose request body never arrives holds the only slot for as long as the
+    // client keeps it open, as a blocked handler would. If it arrives while a probe holds the
+    // slot, it is itself shed: then it is sent again, until it holds the slot.
+    let mut blocked = hold_the_slot(&channel).await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let shed = loop {
+        let status = search(&channel).await.expect_err("the test never sends a signed context");
+        if status.code() == Code::ResourceExhausted {
+            break status;
+        }
+        if blocked.is_finished() {
+            blocked = hold_the_slot(&channel).await;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "the second call is shed: still {status:?}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
     assert_eq!(
         shed.message(),
         "overloaded: already serving the maximum of 1 concurrent requests (--max-concurrent-requests 1); retry with backoff, or raise --max-concurrent-requests"
