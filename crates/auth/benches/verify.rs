@@ -38,10 +38,10 @@ fn main() {
     let hs_token = jsonwebtoken::encode(
         &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
         &claims,
-        &jsonwebtoken::EncodingKey::from_secret(secret),
+        &jsonwebtoken::EncodingKey::from_secret(secret).expect("a non-empty HMAC key"),
     )
     .expect("encode HS256");
-    let hs_key = jsonwebtoken::DecodingKey::from_secret(secret);
+    let hs_key = jsonwebtoken::DecodingKey::from_secret(secret).expect("a non-empty HMAC key");
     let mut hs256 = || {
         let data = jsonwebtoken::decode::<ragmesh_auth::Claims>(black_box(&hs_token), &hs_key, &validation)
             .expect("verify HS256");

@@ -109,7 +109,8 @@ fn hs256_signed_with_the_public_key_is_rejected() {
         let mut naive = jsonwebtoken::Validation::new(jsonwebtoken::Algorithm::HS256);
         naive.set_audience(&[AUDIENCE]);
         naive.validate_exp = false; // only the signature matters here
-        jsonwebtoken::decode::<serde_json::Value>(&token, &jsonwebtoken::DecodingKey::from_secret(secret), &naive)
+        let naive_key = jsonwebtoken::DecodingKey::from_secret(secret).expect("a non-empty HMAC key");
+        jsonwebtoken::decode::<serde_json::Value>(&token, &naive_key, &naive)
             .expect("a naive HS256 verifier accepts the forgery");
 
         let err = reject(&verifier, &token);
@@ -124,8 +125,12 @@ fn hs256_signed_with_the_public_key_is_rejected() {
     let mut jwt_header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256);
     jwt_header.kid = Some(public.kid().to_owned());
     let claims: serde_json::Value = serde_json::from_str(&payload).expect("json");
-    let token = jsonwebtoken::encode(&jwt_header, &claims, &jsonwebtoken::EncodingKey::from_secret(public.raw()))
-        .expect("encode");
+    let token = jsonwebtoken::encode(
+        &jwt_header,
+        &claims,
+        &jsonwebtoken::EncodingKey::from_secret(public.raw()).expect("a non-empty HMAC key"),
+    )
+    .expect("encode");
     assert!(matches!(reject(&verifier, &token), AuthError::AlgorithmNotAllowed { .. }));
 }
 
