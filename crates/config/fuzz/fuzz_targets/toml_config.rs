@@ -10,7 +10,8 @@
 
 #![no_main]
 
-#[path = "../common/expand.rs"]
+// The generator the index fuzz targets use (each fuzz crate is its own workspace).
+#[path = "../../../index/fuzz/common/expand.rs"]
 mod expand;
 
 use std::path::PathBuf;
