@@ -87,13 +87,7 @@ impl AccessControl {
             revoked.insert(String::from_utf8_lossy(&subject).into_owned(), at);
         }
         let horizon = revocation_horizon(&config);
-        let spent = prune_revocations(&mut revoked, horizon, now);
-        for subject in &spent {
-            store.remove(REVOKED_TREE, subject.as_bytes())?;
-        }
-        if !spent.is_empty() {
-            tracing::info!(forgotten = spent.len(), "spent subject revocations forgotten");
-        }
+        forget_revocations(store.as_ref(), &prune_revocations(&mut revoked, horizon, now))?;
         Ok(AccessControl {
             revoked: RwLock::new(revoked),
             refresh: RefreshStore::new(store.clone(), RefreshConfig { ttl: config.refresh_token_ttl }),
@@ -169,12 +163,7 @@ impl AccessControl {
             prune_revocations(&mut revoked, revocation_horizon(&self.config), now)
         };
         tracing::warn!(security_event = "subject_revoked", subject, "access tokens of subject revoked");
-        for spent_subject in &spent {
-            self.store.remove(REVOKED_TREE, spent_subject.as_bytes()).map_err(AuthError::from)?;
-        }
-        if !spent.is_empty() {
-            tracing::info!(forgotten = spent.len(), "spent subject revocations forgotten");
-        }
+        forget_revocations(self.store.as_ref(), &spent)?;
         Ok(())
     }
 
@@ -311,6 +300,17 @@ fn prune_revocations(revoked: &mut BTreeMap<String, u64>, horizon: u64, now: u64
         keep
     });
     spent
+}
+
+/// Removes the revocations of `spent` subjects (already dropped from memory) from the store.
+fn forget_revocations(store: &dyn StateStore, spent: &[String]) -> Result<(), AuthError> {
+    for subject in spent {
+        store.remove(REVOKED_TREE, subject.as_bytes())?;
+    }
+    if !spent.is_empty() {
+        tracing::info!(forgotten = spent.len(), "spent subject revocations forgotten");
+    }
+    Ok(())
 }
 
 /// Bounds the refused join attempts: forgets those not repeated within `ttl` of `now`, then the

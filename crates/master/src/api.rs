@@ -169,9 +169,7 @@ impl MasterService for MasterApi {
         }
         results.sort_by(|a, b| a.node.cmp(&b.node));
         // An answer no node gave is an error, never "OK, zero hits".
-        let considered: Vec<_> =
-            nodes.into_iter().filter(|n| req.nodes.is_empty() || req.nodes.contains(&n.record.name)).collect();
-        federation::verdict(&results, &considered, &query.collections).map_err(|failure| match failure {
+        federation::verdict(&results, &nodes, &req.nodes, &query.collections).map_err(|failure| match failure {
             NoAnswer::NoNodes => MasterError::NoNodes,
             NoAnswer::NoSuchCollections { requested, existing } => {
                 MasterError::NoSuchCollections { requested, existing }

@@ -81,10 +81,7 @@ pub fn plan(nodes: &[NodeView], collections: &[String], selected: &[String]) -> 
         return Err(unknown);
     }
     let mut plan = Plan { targets: Vec::new(), skipped: Vec::new() };
-    for node in nodes {
-        if !selected.is_empty() && !selected.contains(&node.record.name) {
-            continue;
-        }
+    for node in considered(nodes, selected) {
         let routed = collections.is_empty() || collections.iter().any(|c| node.record.collections.contains_key(c));
         if !node.state.is_searchable() {
             plan.skipped.push((node.record.name.clone(), SkipReason::Down));
@@ -95,6 +92,11 @@ pub fn plan(nodes: &[NodeView], collections: &[String], selected: &[String]) -> 
         }
     }
     Ok(plan)
+}
+
+/// The nodes a search considers: the `selected` ones, or all when none is selected.
+pub fn considered<'a>(nodes: &'a [NodeView], selected: &'a [String]) -> impl Iterator<Item = &'a NodeView> {
+    nodes.iter().filter(|node| selected.is_empty() || selected.contains(&node.record.name))
 }
 
 /// The query sent to each node.
@@ -206,18 +208,23 @@ pub enum NoAnswer {
 }
 
 /// Decides whether a search has an answer: `Ok` when at least one node answered (even with no
-/// hits); otherwise why not. `considered` are the nodes the plan looked at (asked or skipped),
-/// `collections` the requested collections (empty = all).
-pub fn verdict(results: &[NodeResult], considered: &[NodeView], collections: &[String]) -> Result<(), NoAnswer> {
+/// hits); otherwise why not. The nodes considered are those of `nodes` the caller `selected`
+/// (all when none is), `collections` the requested collections (empty = all).
+pub fn verdict(
+    results: &[NodeResult],
+    nodes: &[NodeView],
+    selected: &[String],
+    collections: &[String],
+) -> Result<(), NoAnswer> {
     if results.iter().any(|r| matches!(r.outcome, Outcome::Ok { .. })) {
         return Ok(());
     }
-    if considered.is_empty() {
+    if considered(nodes, selected).next().is_none() {
         return Err(NoAnswer::NoNodes);
     }
     let holds_any = |node: &NodeView| collections.iter().any(|c| node.record.collections.contains_key(c));
-    if !collections.is_empty() && !considered.iter().any(holds_any) {
-        let existing = considered.iter().flat_map(|n| n.record.collections.keys().cloned()).collect();
+    if !collections.is_empty() && !considered(nodes, selected).any(holds_any) {
+        let existing = considered(nodes, selected).flat_map(|n| n.record.collections.keys().cloned()).collect();
         return Err(NoAnswer::NoSuchCollections { requested: collections.to_vec(), existing });
     }
     let asked: Vec<&Outcome> =
@@ -347,27 +354,27 @@ mod tests {
         let nodes = [view("a", NodeState::Up, &["docs"]), view("b", NodeState::Down, &["docs"])];
         let timeout = Outcome::Timeout { budget: Duration::from_millis(100) };
         let results = [result("a", timeout.clone()), result("b", Outcome::Skipped(SkipReason::Down))];
-        let Err(NoAnswer::NoneAnswered { kind, summary }) = verdict(&results, &nodes, &[]) else {
+        let Err(NoAnswer::NoneAnswered { kind, summary }) = verdict(&results, &nodes, &[], &[]) else {
             panic!("no answer");
         };
         assert_eq!(kind, ErrorKind::DeadlineExceeded);
         assert_eq!(summary, "a: timeout (no answer within 100 ms); b: skipped (down)");
 
         let results = [result("a", timeout), result("b", Outcome::Unavailable("connection refused".into()))];
-        let Err(NoAnswer::NoneAnswered { kind, summary }) = verdict(&results, &nodes, &[]) else {
+        let Err(NoAnswer::NoneAnswered { kind, summary }) = verdict(&results, &nodes, &[], &[]) else {
             panic!("no answer");
         };
         assert_eq!(kind, ErrorKind::Unavailable);
         assert!(summary.contains("b: unavailable (connection refused)"), "{summary}");
 
         let bad = |n: &str| result(n, Outcome::Error { kind: ErrorKind::InvalidArgument, message: "bad".into() });
-        let Err(NoAnswer::NoneAnswered { kind, .. }) = verdict(&[bad("a"), bad("b")], &nodes, &[]) else {
+        let Err(NoAnswer::NoneAnswered { kind, .. }) = verdict(&[bad("a"), bad("b")], &nodes, &[], &[]) else {
             panic!("no answer");
         };
         assert_eq!(kind, ErrorKind::InvalidArgument, "every node refused the query for the same reason");
 
         let only_down = [result("b", Outcome::Skipped(SkipReason::Down))];
-        let Err(NoAnswer::NoneAnswered { kind, .. }) = verdict(&only_down, &nodes[1..], &[]) else {
+        let Err(NoAnswer::NoneAnswered { kind, .. }) = verdict(&only_down, &nodes[1..], &[], &[]) else {
             panic!("no answer");
         };
         assert_eq!(kind, ErrorKind::Unavailable);
@@ -380,7 +387,7 @@ mod tests {
             result("a", Outcome::Ok { hits: Vec::new(), generation: 1 }),
             result("b", Outcome::Unavailable("refused".into())),
         ];
-        assert_eq!(verdict(&results, &nodes, &[]), Ok(()));
+        assert_eq!(verdict(&results, &nodes, &[], &[]), Ok(()));
     }
 
     #[test]
@@ -388,18 +395,27 @@ mod tests {
         let nodes = [view("a", NodeState::Up, &["docs"]), view("b", NodeState::Down, &["faq"])];
         let results =
             [result("a", Outcome::Skipped(SkipReason::NotRouted)), result("b", Outcome::Skipped(SkipReason::Down))];
-        let Err(NoAnswer::NoSuchCollections { requested, existing }) = verdict(&results, &nodes, &["nope".to_owned()])
+        let Err(NoAnswer::NoSuchCollections { requested, existing }) =
+            verdict(&results, &nodes, &[], &["nope".to_owned()])
         else {
             panic!("not found");
         };
         assert_eq!(requested, ["nope"]);
         assert_eq!(existing.into_iter().collect::<Vec<_>>(), ["docs", "faq"]);
         // A collection only a down node holds exists: the search is unavailable, not not-found.
-        let Err(NoAnswer::NoneAnswered { kind, .. }) = verdict(&results, &nodes, &["faq".to_owned()]) else {
+        let Err(NoAnswer::NoneAnswered { kind, .. }) = verdict(&results, &nodes, &[], &["faq".to_owned()]) else {
             panic!("unavailable");
         };
         assert_eq!(kind, ErrorKind::Unavailable);
-        assert_eq!(verdict(&[], &[], &[]), Err(NoAnswer::NoNodes));
+        // Only the selected nodes count: "faq" is on b, but the caller asked a alone.
+        let only_a = [result("a", Outcome::Skipped(SkipReason::NotRouted))];
+        let Err(NoAnswer::NoSuchCollections { existing, .. }) =
+            verdict(&only_a, &nodes, &["a".to_owned()], &["faq".to_owned()])
+        else {
+            panic!("not found among the selected nodes");
+        };
+        assert_eq!(existing.into_iter().collect::<Vec<_>>(), ["docs"]);
+        assert_eq!(verdict(&[], &[], &[], &[]), Err(NoAnswer::NoNodes));
     }
 
     #[test]
