@@ -174,6 +174,8 @@ fn diagnose(facts: &Facts, ctx: &ErrorContext) -> Diagnosis {
             "connection closed before message completed",
             "connection closed",
             "tls handshake eof",
+            // hyper's answer to a request queued on a connection that died before it was ready.
+            "connection was not ready",
         ])
     {
         return Diagnosis::ClosedSilently;
@@ -437,6 +439,15 @@ mod tests {
         let unknown = explain_error(&err);
         assert!(unknown.contains("the server speaks TLS"), "{unknown}");
         assert!(unknown.contains("refused our client certificate"), "{unknown}");
+    }
+
+    #[test]
+    fn a_connection_that_died_before_it_was_ready_closed_silently() {
+        // What a plaintext client sees when the TLS server hangs up before h2 is ready (the CI
+        // run of 12a934f met it in the security test; usually the server's alert comes first).
+        let err = Wrapper("transport error: operation was canceled: connection was not ready".into());
+        let plain = ErrorContext { tls: Some(false), ..ErrorContext::default() };
+        assert_eq!(explain_error_in(&err, &plain), server_is_tls());
     }
 
     #[test]
