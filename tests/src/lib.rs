@@ -319,7 +319,7 @@ impl Mesh {
         let node = self.agents[i].name.clone();
         self.client()
             .await
-            .ingest_documents(v1::IngestDocumentsRequest { node, documents })
+            .ingest_documents(v1::IngestDocumentsRequest { node, documents, shard: String::new() })
             .await
             .expect("ingest succeeds")
             .into_inner()
@@ -544,6 +544,8 @@ pub enum Expect {
     Unavailable,
     /// The node answered with an error.
     Error,
+    /// The call was abandoned because another replica answered first.
+    Cancelled,
 }
 
 impl Expect {
@@ -554,6 +556,7 @@ impl Expect {
             OutcomeStatus::Timeout => Expect::Timeout,
             OutcomeStatus::Unavailable => Expect::Unavailable,
             OutcomeStatus::Error => Expect::Error,
+            OutcomeStatus::Cancelled => Expect::Cancelled,
             OutcomeStatus::Unspecified => return None,
         })
     }

@@ -248,6 +248,7 @@ async fn tenants_cannot_read_or_touch_each_others_documents_through_any_field() 
 
     let written = acme_client
         .ingest_documents(v1::IngestDocumentsRequest {
+            shard: String::new(),
             node: "agent-1".into(),
             documents: vec![doc("secret-1", "quarterly merger plans", None)],
         })
@@ -311,6 +312,7 @@ async fn tenants_cannot_read_or_touch_each_others_documents_through_any_field() 
     // globex cannot overwrite, delete, or grant itself access.
     let overwrite = globex_client
         .ingest_documents(v1::IngestDocumentsRequest {
+            shard: String::new(),
             node: "agent-1".into(),
             documents: vec![doc("secret-1", "pwned", None)],
         })
@@ -320,6 +322,7 @@ async fn tenants_cannot_read_or_touch_each_others_documents_through_any_field() 
     assert!(overwrite.message().contains("belongs to tenant \"acme\""), "{}", overwrite.message());
     let delete = globex_client
         .remove_documents(v1::RemoveDocumentsRequest {
+            shard: String::new(),
             node: "agent-1".into(),
             refs: vec![v1::DocumentRef { collection: "docs".into(), id: "secret-1".into() }],
         })
@@ -332,6 +335,7 @@ async fn tenants_cannot_read_or_touch_each_others_documents_through_any_field() 
     ] {
         let grant = globex_client
             .ingest_documents(v1::IngestDocumentsRequest {
+                shard: String::new(),
                 node: "agent-2".into(),
                 documents: vec![doc("g-1", "x", Some(acl))],
             })
@@ -456,7 +460,11 @@ async fn an_oversized_message_is_refused_without_harm() {
     let status = mesh
         .client()
         .await
-        .ingest_documents(v1::IngestDocumentsRequest { node: "agent-1".into(), documents: vec![big] })
+        .ingest_documents(v1::IngestDocumentsRequest {
+            shard: String::new(),
+            node: "agent-1".into(),
+            documents: vec![big],
+        })
         .await
         .expect_err("too large");
     println!("oversized: {:?}: {}", status.code(), status.message());

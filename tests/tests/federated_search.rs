@@ -147,6 +147,7 @@ async fn bad_requests_get_errors_that_say_what_to_do() {
 
     let bad_doc = client
         .ingest_documents(v1::IngestDocumentsRequest {
+            shard: String::new(),
             node: "agent-1".into(),
             documents: vec![v1::Document { id: "a".into(), collection: "bad name".into(), ..Default::default() }],
         })

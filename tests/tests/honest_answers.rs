@@ -52,7 +52,7 @@ async fn regression_a_write_is_visible_to_the_next_search_and_to_list_nodes() {
     // A removal is visible at once as well: the emptied collection is no longer routed to.
     let refs = (0..3).map(|j| v1::DocumentRef { collection: "fresh-0".into(), id: format!("alpha-{j}") }).collect();
     let removed = client
-        .remove_documents(v1::RemoveDocumentsRequest { node: "agent-1".into(), refs })
+        .remove_documents(v1::RemoveDocumentsRequest { shard: String::new(), node: "agent-1".into(), refs })
         .await
         .expect("remove")
         .into_inner();

@@ -180,6 +180,7 @@ impl Link {
             generation,
             heartbeat_interval_ms: u32::try_from(self.interval.as_millis()).unwrap_or(u32::MAX),
             join_token: self.join_token.as_ref().map(|t| t.0.clone()).unwrap_or_default(),
+            ..Default::default()
         });
         register.set_timeout(REGISTER_TIMEOUT);
         let registered =
@@ -209,6 +210,7 @@ impl Link {
                 in_flight: self.state.in_flight.load(Ordering::Relaxed),
                 collections,
                 generation,
+                ..Default::default()
             }),
         };
         // The master waits for the first heartbeat before it answers the stream, so queue it first.

@@ -176,6 +176,7 @@ impl AgentService for AgentApi {
             upserted: count,
             generation,
             collections: collection_stats(collections),
+            ..Default::default()
         }))
     }
 
@@ -199,6 +200,7 @@ impl AgentService for AgentApi {
             deleted: count,
             generation,
             collections: collection_stats(collections),
+            ..Default::default()
         }))
     }
 

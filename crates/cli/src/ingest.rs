@@ -155,7 +155,7 @@ async fn send(
         let chunk: Vec<v1::Document> = remaining.by_ref().take(batch).map(to_wire).collect();
         let batch_label = describe_batch(&chunk, written, total);
         let count = chunk.len();
-        let request = v1::IngestDocumentsRequest { node: node.to_owned(), documents: chunk };
+        let request = v1::IngestDocumentsRequest { node: node.to_owned(), documents: chunk, shard: String::new() };
         match master.ingest(request, deadline).await {
             Ok(response) => {
                 written += count;

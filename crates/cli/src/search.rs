@@ -102,6 +102,7 @@ pub fn status_label(outcome: &v1::NodeOutcome) -> String {
         Ok(v1::OutcomeStatus::Timeout) => "timeout".to_owned(),
         Ok(v1::OutcomeStatus::Unavailable) => "unavailable".to_owned(),
         Ok(v1::OutcomeStatus::Error) => "error".to_owned(),
+        Ok(v1::OutcomeStatus::Cancelled) => "cancelled".to_owned(),
         Ok(v1::OutcomeStatus::Skipped) => format!("skipped ({})", skip_reason(outcome).replace('_', " ")),
         Ok(v1::OutcomeStatus::Unspecified) | Err(_) => "unknown".to_owned(),
     }
@@ -113,6 +114,7 @@ fn status_word(outcome: &v1::NodeOutcome) -> &'static str {
         Ok(v1::OutcomeStatus::Timeout) => "timeout",
         Ok(v1::OutcomeStatus::Unavailable) => "unavailable",
         Ok(v1::OutcomeStatus::Error) => "error",
+        Ok(v1::OutcomeStatus::Cancelled) => "cancelled",
         Ok(v1::OutcomeStatus::Skipped) => "skipped",
         Ok(v1::OutcomeStatus::Unspecified) | Err(_) => "unknown",
     }
@@ -122,6 +124,9 @@ fn skip_reason(outcome: &v1::NodeOutcome) -> &'static str {
     match v1::SkipReason::try_from(outcome.skip_reason) {
         Ok(v1::SkipReason::Down) => "down",
         Ok(v1::SkipReason::NotRouted) => "not_routed",
+        Ok(v1::SkipReason::BreakerOpen) => "breaker_open",
+        Ok(v1::SkipReason::NotInSync) => "not_in_sync",
+        Ok(v1::SkipReason::OtherReplica) => "other_replica",
         Ok(v1::SkipReason::Unspecified) | Err(_) => "unknown",
     }
 }
@@ -388,6 +393,7 @@ mod tests {
                 down,
             ],
             took_ms: 12,
+            groups: Vec::new(),
             merge_strategy: "rrf".to_owned(),
         }
     }

@@ -191,6 +191,7 @@ impl MasterService for MasterApi {
             nodes: outcomes,
             took_ms: u32::try_from(started.elapsed().as_millis()).unwrap_or(u32::MAX),
             merge_strategy: "rrf".to_owned(),
+            groups: Vec::new(),
         }))
     }
 
@@ -200,7 +201,7 @@ impl MasterService for MasterApi {
     ) -> Result<Response<v1::ListNodesResponse>, Status> {
         self.0.require(&request, Capability::Admin)?;
         let nodes = self.0.registry()?.snapshot().into_iter().map(convert::node_info).collect();
-        Ok(Response::new(v1::ListNodesResponse { nodes }))
+        Ok(Response::new(v1::ListNodesResponse { nodes, groups: Vec::new() }))
     }
 
     async fn get_node(&self, request: Request<v1::GetNodeRequest>) -> Result<Response<v1::GetNodeResponse>, Status> {
@@ -231,7 +232,7 @@ impl MasterService for MasterApi {
             .into());
         }
         let mut client = self.writable_node(&req.node)?;
-        let mut call = Request::new(v1::UpsertDocumentsRequest { documents: req.documents });
+        let mut call = Request::new(v1::UpsertDocumentsRequest { documents: req.documents, position: None });
         call.set_timeout(WRITE_TIMEOUT);
         self.attach_context(&mut call, &principal)?;
         let response = client
@@ -240,7 +241,11 @@ impl MasterService for MasterApi {
             .map_err(|s| node_call_error(&req.node, &s, self.0.config.tls.is_some()))?
             .into_inner();
         self.observe_write(&req.node, response.generation, response.collections)?;
-        Ok(Response::new(v1::IngestDocumentsResponse { upserted: response.upserted, generation: response.generation }))
+        Ok(Response::new(v1::IngestDocumentsResponse {
+            upserted: response.upserted,
+            generation: response.generation,
+            ..Default::default()
+        }))
     }
 
     async fn remove_documents(
@@ -253,7 +258,7 @@ impl MasterService for MasterApi {
             return Err(MasterError::InvalidArgument("no document references in the request".into()).into());
         }
         let mut client = self.writable_node(&req.node)?;
-        let mut call = Request::new(v1::DeleteDocumentsRequest { refs: req.refs });
+        let mut call = Request::new(v1::DeleteDocumentsRequest { refs: req.refs, position: None });
         call.set_timeout(WRITE_TIMEOUT);
         self.attach_context(&mut call, &principal)?;
         let response = client
@@ -262,7 +267,11 @@ impl MasterService for MasterApi {
             .map_err(|s| node_call_error(&req.node, &s, self.0.config.tls.is_some()))?
             .into_inner();
         self.observe_write(&req.node, response.generation, response.collections)?;
-        Ok(Response::new(v1::RemoveDocumentsResponse { removed: response.deleted, generation: response.generation }))
+        Ok(Response::new(v1::RemoveDocumentsResponse {
+            removed: response.deleted,
+            generation: response.generation,
+            ..Default::default()
+        }))
     }
 }
 

@@ -51,6 +51,7 @@ pub(crate) fn node_info(view: NodeView) -> v1::NodeInfo {
         registered_at: Some(timestamp(UNIX_EPOCH + Duration::from_millis(record.registered_at_ms))),
         in_flight: view.in_flight,
         down_reason: view.down_reason.unwrap_or_default(),
+        ..Default::default()
     }
 }
 

@@ -364,7 +364,7 @@ async fn ingest_samples(master: &Master, names: &[String]) -> anyhow::Result<()>
         while remaining.peek().is_some() {
             let documents: Vec<v1::Document> =
                 remaining.by_ref().take(INGEST_BATCH).map(crate::ingest::to_wire).collect();
-            let request = v1::IngestDocumentsRequest { node: name.clone(), documents };
+            let request = v1::IngestDocumentsRequest { node: name.clone(), documents, shard: String::new() };
             let response = master
                 .ingest(request, RPC_TIMEOUT)
                 .await

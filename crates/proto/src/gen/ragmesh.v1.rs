@@ -111,6 +111,22 @@ pub struct UpsertDocumentsRequest {
     /// The batch; applied atomically (all or none).
     #[prost(message, repeated, tag = "1")]
     pub documents: ::prost::alloc::vec::Vec<Document>,
+    /// Position of this write in its shard group's log.
+    #[prost(message, optional, tag = "2")]
+    pub position: ::core::option::Option<LogPosition>,
+}
+/// Where a write sits in a shard group's write log. An agent applies entry `seq` only right after
+/// `seq - 1`, and persists the last sequence applied with its index, in the same commit: an entry
+/// it already applied is acknowledged again without being applied twice; an entry past a gap is
+/// refused with FAILED_PRECONDITION naming the last sequence applied, so the master catches it up.
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct LogPosition {
+    /// The shard group the write belongs to; must be the agent's own (--shard).
+    #[prost(string, tag = "1")]
+    pub shard: ::prost::alloc::string::String,
+    /// Sequence number of the write in the group's log, from 1.
+    #[prost(uint64, tag = "2")]
+    pub seq: u64,
 }
 /// Result of an upsert.
 #[derive(Clone, PartialEq, ::prost::Message)]
@@ -125,6 +141,12 @@ pub struct UpsertDocumentsResponse {
     /// current as soon as the write is acknowledged.
     #[prost(message, repeated, tag = "3")]
     pub collections: ::prost::alloc::vec::Vec<CollectionStats>,
+    /// Last log sequence the agent has applied (this write's, or a later one).
+    #[prost(uint64, tag = "4")]
+    pub applied_seq: u64,
+    /// True when the entry had been applied before and was not applied again.
+    #[prost(bool, tag = "5")]
+    pub already_applied: bool,
 }
 /// Documents to delete.
 #[derive(Clone, PartialEq, ::prost::Message)]
@@ -132,6 +154,9 @@ pub struct DeleteDocumentsRequest {
     /// References of the documents to delete.
     #[prost(message, repeated, tag = "1")]
     pub refs: ::prost::alloc::vec::Vec<DocumentRef>,
+    /// Position of this write in its shard group's log.
+    #[prost(message, optional, tag = "2")]
+    pub position: ::core::option::Option<LogPosition>,
 }
 /// Result of a delete.
 #[derive(Clone, PartialEq, ::prost::Message)]
@@ -145,6 +170,12 @@ pub struct DeleteDocumentsResponse {
     /// Live documents per collection at that generation.
     #[prost(message, repeated, tag = "3")]
     pub collections: ::prost::alloc::vec::Vec<CollectionStats>,
+    /// Last log sequence the agent has applied (this write's, or a later one).
+    #[prost(uint64, tag = "4")]
+    pub applied_seq: u64,
+    /// True when the entry had been applied before and was not applied again.
+    #[prost(bool, tag = "5")]
+    pub already_applied: bool,
 }
 /// A search over one node's index.
 #[derive(Clone, PartialEq, ::prost::Message)]
@@ -268,6 +299,7 @@ pub mod agent_service_client {
             self
         }
         /// Inserts or replaces documents (keyed by collection and id). Bumps the index generation.
+        /// Writes are entries of the shard group's write log: applied in sequence order, each once.
         pub async fn upsert_documents(
             &mut self,
             request: impl tonic::IntoRequest<super::UpsertDocumentsRequest>,
@@ -358,6 +390,7 @@ pub mod agent_service_server {
     #[async_trait]
     pub trait AgentService: std::marker::Send + std::marker::Sync + 'static {
         /// Inserts or replaces documents (keyed by collection and id). Bumps the index generation.
+        /// Writes are entries of the shard group's write log: applied in sequence order, each once.
         async fn upsert_documents(
             &self,
             request: tonic::Request<super::UpsertDocumentsRequest>,
@@ -1904,6 +1937,13 @@ pub struct RegisterRequest {
     /// One-time (or limited-use) join token from an operator; needed until the node is admitted.
     #[prost(string, tag = "10")]
     pub join_token: ::prost::alloc::string::String,
+    /// Shard group the agent serves (--shard; its own name when not set): agents of one group are
+    /// replicas of the same documents.
+    #[prost(string, tag = "11")]
+    pub shard: ::prost::alloc::string::String,
+    /// Last sequence of the group's write log applied to the agent's index (0: none).
+    #[prost(uint64, tag = "12")]
+    pub applied_seq: u64,
 }
 /// The master's answer to a registration.
 #[derive(Clone, PartialEq, ::prost::Message)]
@@ -1955,6 +1995,9 @@ pub struct Heartbeat {
     /// Current index generation.
     #[prost(uint64, tag = "4")]
     pub generation: u64,
+    /// Last sequence of the shard group's write log applied to the index.
+    #[prost(uint64, tag = "5")]
+    pub applied_seq: u64,
 }
 /// A message from master to agent on the health stream.
 #[derive(Clone, PartialEq, ::prost::Message)]
@@ -2397,7 +2440,8 @@ pub struct SearchRequest {
     /// Maximum merged hits (default 10, at most 1000).
     #[prost(uint32, tag = "3")]
     pub limit: u32,
-    /// Restrict the search to these nodes; empty means every node.
+    /// Restrict the search to these nodes; empty means every node. A named node is asked itself
+    /// (no other replica stands in for it).
     #[prost(string, repeated, tag = "4")]
     pub nodes: ::prost::alloc::vec::Vec<::prost::alloc::string::String>,
     /// Overall deadline in milliseconds (default 2000). The gRPC deadline, when shorter, wins.
@@ -2422,6 +2466,50 @@ pub struct SearchResponse {
     /// How node results were merged ("rrf").
     #[prost(string, tag = "4")]
     pub merge_strategy: ::prost::alloc::string::String,
+    /// One entry per shard group considered: which replica answered, every attempt and why it ended.
+    #[prost(message, repeated, tag = "5")]
+    pub groups: ::prost::alloc::vec::Vec<GroupOutcome>,
+}
+/// What happened in one shard group during a federated search.
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct GroupOutcome {
+    /// Shard group.
+    #[prost(string, tag = "1")]
+    pub shard: ::prost::alloc::string::String,
+    /// OK when a replica answered; else the outcome of the group's last attempt, or SKIPPED.
+    #[prost(enumeration = "OutcomeStatus", tag = "2")]
+    pub status: i32,
+    /// The replica whose answer was used.
+    #[prost(string, tag = "3")]
+    pub answered_by: ::prost::alloc::string::String,
+    /// Every call made to the group's replicas, in the order they started.
+    #[prost(message, repeated, tag = "4")]
+    pub attempts: ::prost::alloc::vec::Vec<Attempt>,
+    /// Why the group has no answer, when it has none.
+    #[prost(string, tag = "5")]
+    pub message: ::prost::alloc::string::String,
+    /// Set when status is SKIPPED.
+    #[prost(enumeration = "SkipReason", tag = "6")]
+    pub skip_reason: i32,
+}
+/// One call to one replica.
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct Attempt {
+    /// Replica asked.
+    #[prost(string, tag = "1")]
+    pub node: ::prost::alloc::string::String,
+    /// Why this call was made.
+    #[prost(enumeration = "AttemptKind", tag = "2")]
+    pub kind: i32,
+    /// How it ended (CANCELLED attempts are hedges or firsts whose sibling answered first).
+    #[prost(enumeration = "OutcomeStatus", tag = "3")]
+    pub status: i32,
+    /// Why, when the status is not OK.
+    #[prost(string, tag = "4")]
+    pub message: ::prost::alloc::string::String,
+    /// Time from its start to its end.
+    #[prost(uint32, tag = "5")]
+    pub took_ms: u32,
 }
 /// What happened on one node during a federated search.
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
@@ -2457,6 +2545,35 @@ pub struct ListNodesResponse {
     /// Nodes sorted by name.
     #[prost(message, repeated, tag = "1")]
     pub nodes: ::prost::alloc::vec::Vec<NodeInfo>,
+    /// Shard groups sorted by name.
+    #[prost(message, repeated, tag = "2")]
+    pub groups: ::prost::alloc::vec::Vec<ShardGroupInfo>,
+}
+/// A shard group: replicas of the same documents, and its write log.
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct ShardGroupInfo {
+    /// Group name.
+    #[prost(string, tag = "1")]
+    pub shard: ::prost::alloc::string::String,
+    /// Its replicas (node names), sorted.
+    #[prost(string, repeated, tag = "2")]
+    pub replicas: ::prost::alloc::vec::Vec<::prost::alloc::string::String>,
+    /// Replicas that have applied every acknowledged write.
+    #[prost(string, repeated, tag = "3")]
+    pub in_sync: ::prost::alloc::vec::Vec<::prost::alloc::string::String>,
+    /// Sequence of the last write appended to the group's log.
+    #[prost(uint64, tag = "4")]
+    pub last_seq: u64,
+    /// Sequence of the last acknowledged write.
+    #[prost(uint64, tag = "5")]
+    pub committed_seq: u64,
+    /// Oldest sequence still in the log (0 when the log is empty): a replica that needs an older
+    /// entry is stale.
+    #[prost(uint64, tag = "6")]
+    pub log_first_seq: u64,
+    /// Entries held in the log.
+    #[prost(uint64, tag = "7")]
+    pub log_entries: u64,
 }
 /// Asks for one node.
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
@@ -2517,46 +2634,151 @@ pub struct NodeInfo {
     /// Why the node is down, when it is.
     #[prost(string, tag = "13")]
     pub down_reason: ::prost::alloc::string::String,
+    /// Shard group the node serves.
+    #[prost(string, tag = "14")]
+    pub shard: ::prost::alloc::string::String,
+    /// Whether it has applied every acknowledged write of its group.
+    #[prost(enumeration = "SyncState", tag = "15")]
+    pub sync: i32,
+    /// Last write-log sequence the node applied.
+    #[prost(uint64, tag = "16")]
+    pub applied_seq: u64,
+    /// What to do about the sync state, when it is not IN_SYNC.
+    #[prost(string, tag = "17")]
+    pub sync_message: ::prost::alloc::string::String,
+    /// The node's circuit breaker.
+    #[prost(message, optional, tag = "18")]
+    pub breaker: ::core::option::Option<BreakerInfo>,
+}
+/// The state of a node's circuit breaker.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct BreakerInfo {
+    /// Closed, open or half-open.
+    #[prost(enumeration = "BreakerStatus", tag = "1")]
+    pub status: i32,
+    /// When an open breaker lets its next probe through.
+    #[prost(message, optional, tag = "2")]
+    pub probe_at: ::core::option::Option<::prost_types::Timestamp>,
+    /// Failures in a row of calls to the node (in memory; 0 after a master restart).
+    #[prost(uint32, tag = "3")]
+    pub consecutive_failures: u32,
 }
 /// Documents for one node.
 #[derive(Clone, PartialEq, ::prost::Message)]
 pub struct IngestDocumentsRequest {
-    /// Target node.
+    /// Target node: the write goes to its shard group (every replica). Set this or `shard`.
     #[prost(string, tag = "1")]
     pub node: ::prost::alloc::string::String,
     /// Documents to insert or replace.
     #[prost(message, repeated, tag = "2")]
     pub documents: ::prost::alloc::vec::Vec<Document>,
+    /// Target shard group. Set this or `node`.
+    #[prost(string, tag = "3")]
+    pub shard: ::prost::alloc::string::String,
 }
 /// Result of an ingest.
-#[derive(Clone, Copy, PartialEq, Eq, Hash, ::prost::Message)]
+#[derive(Clone, PartialEq, ::prost::Message)]
 pub struct IngestDocumentsResponse {
     /// Documents written.
     #[prost(uint32, tag = "1")]
     pub upserted: u32,
-    /// The node's index generation after the write.
+    /// The index generation after the write, of the replica named in `node` (else the highest).
     #[prost(uint64, tag = "2")]
     pub generation: u64,
+    /// Shard group written.
+    #[prost(string, tag = "3")]
+    pub shard: ::prost::alloc::string::String,
+    /// Sequence of the write in the group's log.
+    #[prost(uint64, tag = "4")]
+    pub seq: u64,
+    /// Every replica of the group and what it did with the write.
+    #[prost(message, repeated, tag = "5")]
+    pub replicas: ::prost::alloc::vec::Vec<ReplicaWrite>,
+}
+/// What one replica did with a write.
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct ReplicaWrite {
+    /// Replica.
+    #[prost(string, tag = "1")]
+    pub node: ::prost::alloc::string::String,
+    /// OK when it applied the write; otherwise it will get the write when it catches up.
+    #[prost(enumeration = "OutcomeStatus", tag = "2")]
+    pub status: i32,
+    /// Why, when the status is not OK.
+    #[prost(string, tag = "3")]
+    pub message: ::prost::alloc::string::String,
+    /// Last sequence it applied, as far as the master knows.
+    #[prost(uint64, tag = "4")]
+    pub applied_seq: u64,
 }
 /// Deletions on one node.
 #[derive(Clone, PartialEq, ::prost::Message)]
 pub struct RemoveDocumentsRequest {
-    /// Target node.
+    /// Target node: the removal goes to its shard group (every replica). Set this or `shard`.
     #[prost(string, tag = "1")]
     pub node: ::prost::alloc::string::String,
     /// Documents to delete.
     #[prost(message, repeated, tag = "2")]
     pub refs: ::prost::alloc::vec::Vec<DocumentRef>,
+    /// Target shard group. Set this or `node`.
+    #[prost(string, tag = "3")]
+    pub shard: ::prost::alloc::string::String,
 }
 /// Result of a removal.
-#[derive(Clone, Copy, PartialEq, Eq, Hash, ::prost::Message)]
+#[derive(Clone, PartialEq, ::prost::Message)]
 pub struct RemoveDocumentsResponse {
     /// References processed.
     #[prost(uint32, tag = "1")]
     pub removed: u32,
-    /// The node's index generation after the write.
+    /// The index generation after the write, of the replica named in `node` (else the highest).
     #[prost(uint64, tag = "2")]
     pub generation: u64,
+    /// Shard group written.
+    #[prost(string, tag = "3")]
+    pub shard: ::prost::alloc::string::String,
+    /// Sequence of the write in the group's log.
+    #[prost(uint64, tag = "4")]
+    pub seq: u64,
+    /// Every replica of the group and what it did with the write.
+    #[prost(message, repeated, tag = "5")]
+    pub replicas: ::prost::alloc::vec::Vec<ReplicaWrite>,
+}
+/// Why a call to a replica was made.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, ::prost::Enumeration)]
+#[repr(i32)]
+pub enum AttemptKind {
+    /// Not set.
+    Unspecified = 0,
+    /// The group's first call.
+    First = 1,
+    /// A retry after a retryable failure.
+    Retry = 2,
+    /// A hedge: the earlier call was slower than the group's recent p95.
+    Hedge = 3,
+}
+impl AttemptKind {
+    /// String value of the enum field names used in the ProtoBuf definition.
+    ///
+    /// The values are not transformed in any way and thus are considered stable
+    /// (if the ProtoBuf definition does not change) and safe for programmatic use.
+    pub fn as_str_name(&self) -> &'static str {
+        match self {
+            Self::Unspecified => "ATTEMPT_KIND_UNSPECIFIED",
+            Self::First => "ATTEMPT_KIND_FIRST",
+            Self::Retry => "ATTEMPT_KIND_RETRY",
+            Self::Hedge => "ATTEMPT_KIND_HEDGE",
+        }
+    }
+    /// Creates an enum from field names used in the ProtoBuf definition.
+    pub fn from_str_name(value: &str) -> ::core::option::Option<Self> {
+        match value {
+            "ATTEMPT_KIND_UNSPECIFIED" => Some(Self::Unspecified),
+            "ATTEMPT_KIND_FIRST" => Some(Self::First),
+            "ATTEMPT_KIND_RETRY" => Some(Self::Retry),
+            "ATTEMPT_KIND_HEDGE" => Some(Self::Hedge),
+            _ => None,
+        }
+    }
 }
 /// Outcome of one node in a fan-out. The same vocabulary is used for every fan-out.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, ::prost::Enumeration)]
@@ -2574,6 +2796,8 @@ pub enum OutcomeStatus {
     Error = 4,
     /// The node was not asked (see skip_reason).
     Skipped = 5,
+    /// The call was abandoned because another replica answered first (hedging).
+    Cancelled = 6,
 }
 impl OutcomeStatus {
     /// String value of the enum field names used in the ProtoBuf definition.
@@ -2588,6 +2812,7 @@ impl OutcomeStatus {
             Self::Unavailable => "OUTCOME_STATUS_UNAVAILABLE",
             Self::Error => "OUTCOME_STATUS_ERROR",
             Self::Skipped => "OUTCOME_STATUS_SKIPPED",
+            Self::Cancelled => "OUTCOME_STATUS_CANCELLED",
         }
     }
     /// Creates an enum from field names used in the ProtoBuf definition.
@@ -2599,6 +2824,7 @@ impl OutcomeStatus {
             "OUTCOME_STATUS_UNAVAILABLE" => Some(Self::Unavailable),
             "OUTCOME_STATUS_ERROR" => Some(Self::Error),
             "OUTCOME_STATUS_SKIPPED" => Some(Self::Skipped),
+            "OUTCOME_STATUS_CANCELLED" => Some(Self::Cancelled),
             _ => None,
         }
     }
@@ -2613,6 +2839,12 @@ pub enum SkipReason {
     Down = 1,
     /// The node holds none of the requested collections.
     NotRouted = 2,
+    /// The node's circuit breaker is open: it failed repeatedly and is left alone until a probe passes.
+    BreakerOpen = 3,
+    /// The node has not applied every acknowledged write of its shard group (catching up or stale).
+    NotInSync = 4,
+    /// Another replica of the node's shard group answered for it.
+    OtherReplica = 5,
 }
 impl SkipReason {
     /// String value of the enum field names used in the ProtoBuf definition.
@@ -2624,6 +2856,9 @@ impl SkipReason {
             Self::Unspecified => "SKIP_REASON_UNSPECIFIED",
             Self::Down => "SKIP_REASON_DOWN",
             Self::NotRouted => "SKIP_REASON_NOT_ROUTED",
+            Self::BreakerOpen => "SKIP_REASON_BREAKER_OPEN",
+            Self::NotInSync => "SKIP_REASON_NOT_IN_SYNC",
+            Self::OtherReplica => "SKIP_REASON_OTHER_REPLICA",
         }
     }
     /// Creates an enum from field names used in the ProtoBuf definition.
@@ -2632,6 +2867,9 @@ impl SkipReason {
             "SKIP_REASON_UNSPECIFIED" => Some(Self::Unspecified),
             "SKIP_REASON_DOWN" => Some(Self::Down),
             "SKIP_REASON_NOT_ROUTED" => Some(Self::NotRouted),
+            "SKIP_REASON_BREAKER_OPEN" => Some(Self::BreakerOpen),
+            "SKIP_REASON_NOT_IN_SYNC" => Some(Self::NotInSync),
+            "SKIP_REASON_OTHER_REPLICA" => Some(Self::OtherReplica),
             _ => None,
         }
     }
@@ -2673,6 +2911,80 @@ impl NodeState {
             "NODE_STATE_UP" => Some(Self::Up),
             "NODE_STATE_SUSPECT" => Some(Self::Suspect),
             "NODE_STATE_DOWN" => Some(Self::Down),
+            _ => None,
+        }
+    }
+}
+/// Whether a replica has every acknowledged write of its shard group.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, ::prost::Enumeration)]
+#[repr(i32)]
+pub enum SyncState {
+    /// Not set.
+    Unspecified = 0,
+    /// It has applied every acknowledged write: it serves reads.
+    InSync = 1,
+    /// It is behind and being sent the writes it missed; it serves no reads until it has them.
+    CatchingUp = 2,
+    /// It is behind by more than the write log retains; it needs an operator (see sync_message).
+    Stale = 3,
+}
+impl SyncState {
+    /// String value of the enum field names used in the ProtoBuf definition.
+    ///
+    /// The values are not transformed in any way and thus are considered stable
+    /// (if the ProtoBuf definition does not change) and safe for programmatic use.
+    pub fn as_str_name(&self) -> &'static str {
+        match self {
+            Self::Unspecified => "SYNC_STATE_UNSPECIFIED",
+            Self::InSync => "SYNC_STATE_IN_SYNC",
+            Self::CatchingUp => "SYNC_STATE_CATCHING_UP",
+            Self::Stale => "SYNC_STATE_STALE",
+        }
+    }
+    /// Creates an enum from field names used in the ProtoBuf definition.
+    pub fn from_str_name(value: &str) -> ::core::option::Option<Self> {
+        match value {
+            "SYNC_STATE_UNSPECIFIED" => Some(Self::Unspecified),
+            "SYNC_STATE_IN_SYNC" => Some(Self::InSync),
+            "SYNC_STATE_CATCHING_UP" => Some(Self::CatchingUp),
+            "SYNC_STATE_STALE" => Some(Self::Stale),
+            _ => None,
+        }
+    }
+}
+/// Circuit-breaker states.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, ::prost::Enumeration)]
+#[repr(i32)]
+pub enum BreakerStatus {
+    /// Not set.
+    Unspecified = 0,
+    /// Calls pass.
+    Closed = 1,
+    /// Calls are refused locally until the probe time.
+    Open = 2,
+    /// One probe is in flight; other calls are refused.
+    HalfOpen = 3,
+}
+impl BreakerStatus {
+    /// String value of the enum field names used in the ProtoBuf definition.
+    ///
+    /// The values are not transformed in any way and thus are considered stable
+    /// (if the ProtoBuf definition does not change) and safe for programmatic use.
+    pub fn as_str_name(&self) -> &'static str {
+        match self {
+            Self::Unspecified => "BREAKER_STATUS_UNSPECIFIED",
+            Self::Closed => "BREAKER_STATUS_CLOSED",
+            Self::Open => "BREAKER_STATUS_OPEN",
+            Self::HalfOpen => "BREAKER_STATUS_HALF_OPEN",
+        }
+    }
+    /// Creates an enum from field names used in the ProtoBuf definition.
+    pub fn from_str_name(value: &str) -> ::core::option::Option<Self> {
+        match value {
+            "BREAKER_STATUS_UNSPECIFIED" => Some(Self::Unspecified),
+            "BREAKER_STATUS_CLOSED" => Some(Self::Closed),
+            "BREAKER_STATUS_OPEN" => Some(Self::Open),
+            "BREAKER_STATUS_HALF_OPEN" => Some(Self::HalfOpen),
             _ => None,
         }
     }
@@ -2769,7 +3081,8 @@ pub mod master_service_client {
             self.inner = self.inner.max_encoding_message_size(limit);
             self
         }
-        /// Searches every up node that holds a requested collection and merges the results.
+        /// Searches every shard group that holds a requested collection (one in-sync replica of each)
+        /// and merges the results.
         pub async fn search(
             &mut self,
             request: impl tonic::IntoRequest<super::SearchRequest>,
@@ -2841,7 +3154,8 @@ pub mod master_service_client {
                 .insert(GrpcMethod::new("ragmesh.v1.MasterService", "GetNode"));
             self.inner.unary(req, path, codec).await
         }
-        /// Writes documents into the index of one chosen node.
+        /// Writes documents into one shard group: logged durably, applied by every replica, acknowledged
+        /// at the write quorum.
         pub async fn ingest_documents(
             &mut self,
             request: impl tonic::IntoRequest<super::IngestDocumentsRequest>,
@@ -2866,7 +3180,7 @@ pub mod master_service_client {
                 .insert(GrpcMethod::new("ragmesh.v1.MasterService", "IngestDocuments"));
             self.inner.unary(req, path, codec).await
         }
-        /// Deletes documents from the index of one chosen node.
+        /// Deletes documents from one shard group, like IngestDocuments.
         pub async fn remove_documents(
             &mut self,
             request: impl tonic::IntoRequest<super::RemoveDocumentsRequest>,
@@ -2906,7 +3220,8 @@ pub mod master_service_server {
     /// Generated trait containing gRPC methods that should be implemented for use with MasterServiceServer.
     #[async_trait]
     pub trait MasterService: std::marker::Send + std::marker::Sync + 'static {
-        /// Searches every up node that holds a requested collection and merges the results.
+        /// Searches every shard group that holds a requested collection (one in-sync replica of each)
+        /// and merges the results.
         async fn search(
             &self,
             request: tonic::Request<super::SearchRequest>,
@@ -2924,7 +3239,8 @@ pub mod master_service_server {
             &self,
             request: tonic::Request<super::GetNodeRequest>,
         ) -> std::result::Result<tonic::Response<super::GetNodeResponse>, tonic::Status>;
-        /// Writes documents into the index of one chosen node.
+        /// Writes documents into one shard group: logged durably, applied by every replica, acknowledged
+        /// at the write quorum.
         async fn ingest_documents(
             &self,
             request: tonic::Request<super::IngestDocumentsRequest>,
@@ -2932,7 +3248,7 @@ pub mod master_service_server {
             tonic::Response<super::IngestDocumentsResponse>,
             tonic::Status,
         >;
-        /// Deletes documents from the index of one chosen node.
+        /// Deletes documents from one shard group, like IngestDocuments.
         async fn remove_documents(
             &self,
             request: tonic::Request<super::RemoveDocumentsRequest>,
