@@ -1,0 +1,333 @@
+//! The typed node call: what the master sends to a shard group or to one agent, and how it ends.
+//!
+//! The master's fan-out and its writes speak only this vocabulary to the node client (a
+//! `Service<NodeCall>` built once, see `node_client`); the layers of that client (hedge, retry,
+//! balance, breaker) work on it too. A `NodeCall` is cheap to clone (its request sits behind an
+//! `Arc`), which retry and hedging need: the raw HTTP body under a generated client is not Clone.
+//!
+//! Every call made to a replica on behalf of one `NodeCall` (first, retries, hedges) appends an
+//! [`Attempt`] to the call's shared [`AttemptLog`], so the caller can report which replicas were
+//! tried and why each attempt ended.
+
+use std::fmt;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use ragmesh_proto::{ErrorKind, v1};
+use tokio::time::Instant;
+use tonic::metadata::AsciiMetadataValue;
+
+/// Where a call goes.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Target {
+    /// One in-sync replica of this shard group, chosen by the balancer; retried and hedged.
+    Group(String),
+    /// Exactly this node: no other replica stands in for it, no retry, no hedge.
+    Node(String),
+}
+
+impl fmt::Display for Target {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Target::Group(group) => write!(f, "shard group {group}"),
+            Target::Node(node) => write!(f, "node {node}"),
+        }
+    }
+}
+
+/// The agent RPC a call makes.
+#[derive(Debug, Clone, PartialEq)]
+pub enum NodeRequest {
+    /// `AgentService/NodeSearch`: a read, may be retried and hedged.
+    Search(v1::NodeSearchRequest),
+    /// `AgentService/UpsertDocuments`: a write, never retried blindly.
+    Upsert(v1::UpsertDocumentsRequest),
+    /// `AgentService/DeleteDocuments`: a write, never retried blindly.
+    Delete(v1::DeleteDocumentsRequest),
+}
+
+impl NodeRequest {
+    /// Whether the request only reads (so sending it twice is harmless).
+    pub fn is_read(&self) -> bool {
+        matches!(self, NodeRequest::Search(_))
+    }
+
+    /// The gRPC method name, for spans and logs.
+    pub fn method(&self) -> &'static str {
+        match self {
+            NodeRequest::Search(_) => "NodeSearch",
+            NodeRequest::Upsert(_) => "UpsertDocuments",
+            NodeRequest::Delete(_) => "DeleteDocuments",
+        }
+    }
+}
+
+/// An agent's answer.
+#[derive(Debug, Clone, PartialEq)]
+pub enum NodeReply {
+    /// Answer to [`NodeRequest::Search`].
+    Search(v1::NodeSearchResponse),
+    /// Answer to [`NodeRequest::Upsert`].
+    Upsert(v1::UpsertDocumentsResponse),
+    /// Answer to [`NodeRequest::Delete`].
+    Delete(v1::DeleteDocumentsResponse),
+}
+
+/// A successful call: the answer and the replica that gave it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NodeAnswer {
+    /// The node that answered.
+    pub node: String,
+    /// Its answer.
+    pub reply: NodeReply,
+}
+
+/// Why a call made on the caller's behalf was made.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum AttemptKind {
+    /// The first call.
+    First,
+    /// A retry after a retryable failure.
+    Retry,
+    /// A hedge: the earlier call was slower than the group's recent p95.
+    Hedge,
+}
+
+/// One request to the node client.
+#[derive(Debug, Clone)]
+pub struct NodeCall {
+    /// Where it goes.
+    pub target: Target,
+    /// What it asks.
+    pub request: Arc<NodeRequest>,
+    /// The caller, signed for the agents (`x-ragmesh-context` metadata), when there is one.
+    pub context: Option<AsciiMetadataValue>,
+    /// When the caller stops waiting; every attempt ends by then, and the agent is told
+    /// (`grpc-timeout`) so it can stop working on an answer nobody waits for.
+    pub deadline: Instant,
+    /// Why this copy of the call is made (set by the retry and hedge layers on their copies).
+    pub kind: AttemptKind,
+    /// Every attempt made for the caller, shared by all copies.
+    pub attempts: AttemptLog,
+}
+
+impl NodeCall {
+    /// A first call to `target`.
+    pub fn new(target: Target, request: NodeRequest, deadline: Instant) -> Self {
+        NodeCall {
+            target,
+            request: Arc::new(request),
+            context: None,
+            deadline,
+            kind: AttemptKind::First,
+            attempts: AttemptLog::default(),
+        }
+    }
+
+    /// The same call with the caller's signed context attached.
+    pub fn with_context(mut self, context: AsciiMetadataValue) -> Self {
+        self.context = Some(context);
+        self
+    }
+
+    /// Time left until the deadline, from `now`.
+    pub fn budget(&self, now: Instant) -> Duration {
+        self.deadline.saturating_duration_since(now)
+    }
+}
+
+/// How a call to a node failed. The vocabulary is the fan-out's: `timeout`, `unavailable`,
+/// `error`, and `skipped (breaker_open)` for a call the breaker refused locally.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum CallError {
+    /// No answer before the deadline.
+    #[error("timeout (no answer within {} ms)", budget_millis(*.budget))]
+    Timeout {
+        /// The time the attempt was given.
+        budget: Duration,
+    },
+    /// The node could not be reached, or the connection broke mid-call.
+    #[error("unavailable ({0})")]
+    Unavailable(String),
+    /// The node's circuit breaker is open: the call was refused without being sent.
+    #[error("breaker open (next probe in {} ms)", retry_in.as_millis())]
+    BreakerOpen {
+        /// Time until the breaker lets a probe through.
+        retry_in: Duration,
+    },
+    /// The node answered with an error.
+    #[error("error ({kind}: {message})")]
+    Error {
+        /// Its kind, from the node's status code.
+        kind: ErrorKind,
+        /// The node's message.
+        message: String,
+    },
+}
+
+/// Milliseconds of a budget, rounded up so that a 1 ms deadline never reports 0 ms.
+fn budget_millis(budget: Duration) -> u128 {
+    budget.as_micros().div_ceil(1000).max(1)
+}
+
+impl CallError {
+    /// Maps an agent's gRPC status to the vocabulary. Only a missed deadline is a timeout: a
+    /// call cancelled or reset before the deadline (the agent was killed, its connection
+    /// dropped) means the node became unreachable, whatever code the transport chose for it.
+    /// `tls` sharpens the explanation of transport failures.
+    pub fn from_status(status: &tonic::Status, tls: bool, past_deadline: bool, budget: Duration) -> Self {
+        // Transport failures include the channel's own enforcement of `grpc-timeout`, which
+        // fails the call (with a source error) just as the deadline passes.
+        match ErrorKind::of(status) {
+            ErrorKind::DeadlineExceeded => CallError::Timeout { budget },
+            ErrorKind::Unavailable | ErrorKind::Cancelled if past_deadline => CallError::Timeout { budget },
+            ErrorKind::Unavailable | ErrorKind::Cancelled => CallError::Unavailable(transport_message(status, tls)),
+            kind => CallError::Error { kind, message: status.message().to_owned() },
+        }
+    }
+
+    /// Whether another replica may well answer where this one failed: it was unreachable, its
+    /// breaker is open, or it was overloaded. A timeout is not retried (the deadline is spent;
+    /// hedging covers slowness) and neither is an answer the caller caused.
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            CallError::Unavailable(_) | CallError::BreakerOpen { .. } => true,
+            CallError::Error { kind, .. } => matches!(kind, ErrorKind::ResourceExhausted | ErrorKind::Unavailable),
+            CallError::Timeout { .. } => false,
+        }
+    }
+
+    /// Whether the failure says something about the node's health (and so counts towards its
+    /// breaker). A timeout counts only when the node had `min_budget` at least: a caller's own
+    /// 1 ms deadline says nothing about the node.
+    pub fn blames_node(&self, min_budget: Duration) -> bool {
+        match self {
+            CallError::Unavailable(_) => true,
+            CallError::Timeout { budget } => *budget >= min_budget,
+            CallError::Error { kind, .. } => {
+                matches!(kind, ErrorKind::Unavailable | ErrorKind::ResourceExhausted | ErrorKind::Internal)
+            }
+            CallError::BreakerOpen { .. } => false,
+        }
+    }
+}
+
+/// The readable reason of a transport failure (unreachable, refused certificate, ...).
+pub fn transport_message(status: &tonic::Status, tls: bool) -> String {
+    use std::error::Error as _;
+    match status.source() {
+        Some(source) => {
+            let context = ragmesh_tls::ErrorContext { tls: Some(tls), ..Default::default() };
+            ragmesh_tls::explain_error_in(source, &context)
+        }
+        None => status.message().to_owned(),
+    }
+}
+
+/// How one attempt ended.
+#[derive(Debug, Clone, PartialEq)]
+pub enum AttemptEnd {
+    /// The node answered.
+    Ok,
+    /// It failed.
+    Failed(CallError),
+    /// It was abandoned: another attempt answered first, or the caller stopped waiting.
+    Cancelled,
+}
+
+/// One call to one replica on behalf of a [`NodeCall`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct Attempt {
+    /// Replica asked.
+    pub node: String,
+    /// Why the call was made.
+    pub kind: AttemptKind,
+    /// When it started.
+    pub started: Instant,
+    /// How long it took.
+    pub took: Duration,
+    /// How it ended.
+    pub end: AttemptEnd,
+}
+
+/// The attempts of one caller's call, shared by every copy of it.
+#[derive(Debug, Clone, Default)]
+pub struct AttemptLog(Arc<Mutex<Vec<Attempt>>>);
+
+impl AttemptLog {
+    /// Appends an attempt.
+    pub fn record(&self, attempt: Attempt) {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).push(attempt);
+    }
+
+    /// The attempts so far, in the order they started.
+    pub fn snapshot(&self) -> Vec<Attempt> {
+        let mut attempts = self.0.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        attempts.sort_by_key(|a| a.started);
+        attempts
+    }
+
+    /// Nodes already tried, failed or in flight excluded: the retry layer avoids them.
+    pub fn failed_nodes(&self) -> Vec<String> {
+        let attempts = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        attempts.iter().filter(|a| matches!(a.end, AttemptEnd::Failed(_))).map(|a| a.node.clone()).collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn statuses_map_to_the_shared_vocabulary() {
+        let budget = Duration::from_millis(500);
+        let timeout = CallError::Timeout { budget };
+        assert_eq!(CallError::from_status(&tonic::Status::deadline_exceeded("late"), true, false, budget), timeout);
+        assert_eq!(CallError::from_status(&tonic::Status::cancelled("gone"), true, true, budget), timeout);
+        assert_eq!(
+            CallError::from_status(&tonic::Status::unavailable("down"), true, false, budget),
+            CallError::Unavailable("down".into())
+        );
+        assert_eq!(
+            CallError::from_status(&tonic::Status::invalid_argument("bad query"), true, false, budget),
+            CallError::Error { kind: ErrorKind::InvalidArgument, message: "bad query".into() }
+        );
+    }
+
+    #[test]
+    fn a_node_killed_mid_call_is_unavailable_not_timeout_or_error() {
+        let budget = Duration::from_secs(2);
+        let mut reset = tonic::Status::unknown("transport error");
+        reset.set_source(Arc::new(std::io::Error::from(std::io::ErrorKind::ConnectionReset)));
+        assert!(matches!(CallError::from_status(&reset, true, false, budget), CallError::Unavailable(_)));
+        let mut expired = tonic::Status::cancelled("Timeout expired");
+        expired.set_source(Arc::new(std::io::Error::from(std::io::ErrorKind::TimedOut)));
+        assert_eq!(CallError::from_status(&expired, true, true, budget), CallError::Timeout { budget });
+    }
+
+    #[test]
+    fn retry_and_blame_follow_the_kind_of_failure() {
+        let min = Duration::from_millis(100);
+        let unreachable = CallError::Unavailable("refused".into());
+        assert!(unreachable.is_retryable() && unreachable.blames_node(min));
+        let open = CallError::BreakerOpen { retry_in: Duration::from_secs(1) };
+        assert!(open.is_retryable() && !open.blames_node(min));
+        let slow = CallError::Timeout { budget: Duration::from_secs(2) };
+        assert!(!slow.is_retryable() && slow.blames_node(min));
+        let impatient = CallError::Timeout { budget: Duration::from_millis(1) };
+        assert!(!impatient.blames_node(min), "a caller's 1 ms deadline says nothing about the node");
+        let bad = CallError::Error { kind: ErrorKind::InvalidArgument, message: "bad".into() };
+        assert!(!bad.is_retryable() && !bad.blames_node(min));
+        let busy = CallError::Error { kind: ErrorKind::ResourceExhausted, message: "busy".into() };
+        assert!(busy.is_retryable() && busy.blames_node(min));
+    }
+
+    #[test]
+    fn timeouts_never_claim_0_ms() {
+        assert_eq!(CallError::Timeout { budget: Duration::ZERO }.to_string(), "timeout (no answer within 1 ms)");
+        assert_eq!(
+            CallError::Timeout { budget: Duration::from_millis(2000) }.to_string(),
+            "timeout (no answer within 2000 ms)"
+        );
+    }
+}
