@@ -2,6 +2,8 @@
 //!
 //! - [`breaker`]: the per-node circuit breaker's pure state machine (the layer around it and its
 //!   sled persistence come with issue 7).
+//! - [`endpoint`]: the innermost node-client service: one agent, its RPC, deadline and context,
+//!   the outcome in the shared vocabulary, every attempt recorded.
 //! - [`node_call`]: the typed call the master's node client takes (a shard group or one node, a
 //!   Clone request, a deadline, a shared attempt log) and the one vocabulary of how it ends.
 //! - [`overload`]: a bound on the requests one service serves at once, shedding the rest with
@@ -11,6 +13,7 @@
 //!   (INVALID_ARGUMENT, RESOURCE_EXHAUSTED naming the limit).
 
 pub mod breaker;
+pub mod endpoint;
 pub mod node_call;
 pub mod overload;
 pub mod rate_limit;

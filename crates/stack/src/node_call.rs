@@ -17,6 +17,9 @@ use ragmesh_proto::{ErrorKind, v1};
 use tokio::time::Instant;
 use tonic::metadata::AsciiMetadataValue;
 
+/// The node client: one boxed, cloneable service for every call the master makes to agents.
+pub type NodeClient = tower::util::BoxCloneSyncService<NodeCall, NodeAnswer, CallError>;
+
 /// Where a call goes.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum Target {
