@@ -109,7 +109,11 @@ pub fn status_label(outcome: &v1::NodeOutcome) -> String {
 }
 
 fn status_word(outcome: &v1::NodeOutcome) -> &'static str {
-    match v1::OutcomeStatus::try_from(outcome.status) {
+    status_word_of(outcome.status)
+}
+
+fn status_word_of(status: i32) -> &'static str {
+    match v1::OutcomeStatus::try_from(status) {
         Ok(v1::OutcomeStatus::Ok) => "ok",
         Ok(v1::OutcomeStatus::Timeout) => "timeout",
         Ok(v1::OutcomeStatus::Unavailable) => "unavailable",
@@ -121,7 +125,11 @@ fn status_word(outcome: &v1::NodeOutcome) -> &'static str {
 }
 
 fn skip_reason(outcome: &v1::NodeOutcome) -> &'static str {
-    match v1::SkipReason::try_from(outcome.skip_reason) {
+    skip_reason_of(outcome.skip_reason)
+}
+
+fn skip_reason_of(reason: i32) -> &'static str {
+    match v1::SkipReason::try_from(reason) {
         Ok(v1::SkipReason::Down) => "down",
         Ok(v1::SkipReason::NotRouted) => "not_routed",
         Ok(v1::SkipReason::BreakerOpen) => "breaker_open",
@@ -150,9 +158,67 @@ pub fn render(response: &v1::SearchResponse, query: &str, style: Style) -> Strin
     }
     out.push('\n');
     out.push_str(&nodes_table(&response.nodes));
+    if shows_replication(&response.groups) {
+        out.push('\n');
+        out.push_str(&groups_table(&response.groups));
+    }
     out.push('\n');
     out.push_str(&summary(response));
     out
+}
+
+/// Whether the groups table says more than the nodes table: some group has replicas (its
+/// answer came from a node not named like it) or needed more than one attempt.
+fn shows_replication(groups: &[v1::GroupOutcome]) -> bool {
+    groups.iter().any(|g| g.attempts.len() > 1 || (!g.answered_by.is_empty() && g.answered_by != g.shard))
+}
+
+/// The word for a group's status: `ok`, `timeout`, ..., `skipped (down)`.
+fn group_status_label(group: &v1::GroupOutcome) -> String {
+    match status_word_of(group.status) {
+        "skipped" => format!("skipped ({})", skip_reason_of(group.skip_reason).replace('_', " ")),
+        word => word.to_owned(),
+    }
+}
+
+/// What every shard group did: SHARD STATUS ANSWERED-BY ATTEMPTS MESSAGE, where ATTEMPTS lists
+/// each call as `node kind status` (kind: first, retry, hedge).
+pub fn groups_table(groups: &[v1::GroupOutcome]) -> String {
+    let mut table = Table::new(vec![
+        Column::left("SHARD"),
+        Column::left("STATUS"),
+        Column::left("ANSWERED BY"),
+        Column::left("ATTEMPTS"),
+        Column::left("MESSAGE"),
+    ]);
+    for group in groups {
+        let attempts: Vec<String> = group
+            .attempts
+            .iter()
+            .map(|a| {
+                let kind = match v1::AttemptKind::try_from(a.kind) {
+                    Ok(v1::AttemptKind::Retry) => "retry",
+                    Ok(v1::AttemptKind::Hedge) => "hedge",
+                    _ => "first",
+                };
+                format!(
+                    "{} {kind} {} {}",
+                    clean(&a.node),
+                    status_word_of(a.status),
+                    render::millis(u64::from(a.took_ms))
+                )
+            })
+            .collect();
+        table.push(vec![
+            clean(&group.shard),
+            group_status_label(group),
+            if group.answered_by.is_empty() { "-".to_owned() } else { clean(&group.answered_by) },
+            if attempts.is_empty() { "-".to_owned() } else { attempts.join(", ") },
+            clean(&group.message),
+        ]);
+    }
+    table.drop_empty_columns();
+    table.render()
 }
 
 /// The merged hits: # SCORE (merged) BM25 (the node's own score) NODE DOCUMENT TITLE SNIPPET.
@@ -280,6 +346,24 @@ fn summary(response: &v1::SearchResponse) -> String {
     } else {
         let _ = writeln!(out, "; SCORE = {} merge score, BM25 = score on its node", clean(&response.merge_strategy));
     }
+    if !response.groups.is_empty() {
+        // With shard groups, results are incomplete only where a routed group has no answer;
+        // a replica that failed while another answered for its group lost nothing.
+        let missing: Vec<String> = response
+            .groups
+            .iter()
+            .filter(|g| {
+                let not_routed =
+                    g.status == v1::OutcomeStatus::Skipped as i32 && g.skip_reason == v1::SkipReason::NotRouted as i32;
+                g.status != v1::OutcomeStatus::Ok as i32 && !not_routed
+            })
+            .map(|g| format!("shard group {} {}", clean(&g.shard), group_status_label(g)))
+            .collect();
+        if !missing.is_empty() {
+            let _ = writeln!(out, "results may be incomplete: {}", missing.join(", "));
+        }
+        return out;
+    }
     // Nodes holding none of the requested collections cannot have missed hits; all others can.
     let missing: Vec<String> = response
         .nodes
@@ -337,9 +421,43 @@ pub fn to_json(response: &v1::SearchResponse) -> Value {
             })
         })
         .collect();
+    let groups: Vec<Value> = response
+        .groups
+        .iter()
+        .map(|g| {
+            let attempts: Vec<Value> = g
+                .attempts
+                .iter()
+                .map(|a| {
+                    let kind = v1::AttemptKind::try_from(a.kind).map_or("unknown", |k| match k {
+                        v1::AttemptKind::First => "first",
+                        v1::AttemptKind::Retry => "retry",
+                        v1::AttemptKind::Hedge => "hedge",
+                        v1::AttemptKind::Unspecified => "unknown",
+                    });
+                    json!({
+                        "node": a.node,
+                        "kind": kind,
+                        "status": status_word_of(a.status),
+                        "message": a.message,
+                        "took_ms": a.took_ms,
+                    })
+                })
+                .collect();
+            json!({
+                "shard": g.shard,
+                "status": status_word_of(g.status),
+                "skip_reason": (g.status == v1::OutcomeStatus::Skipped as i32).then(|| skip_reason_of(g.skip_reason)),
+                "answered_by": g.answered_by,
+                "message": g.message,
+                "attempts": attempts,
+            })
+        })
+        .collect();
     json!({
         "hits": hits,
         "nodes": nodes,
+        "groups": groups,
         "took_ms": response.took_ms,
         "merge_strategy": response.merge_strategy,
     })
@@ -396,6 +514,49 @@ mod tests {
             groups: Vec::new(),
             merge_strategy: "rrf".to_owned(),
         }
+    }
+
+    #[test]
+    fn a_replica_that_failed_while_its_group_answered_does_not_make_results_incomplete() {
+        let attempt = |node: &str, kind: v1::AttemptKind, status: v1::OutcomeStatus| v1::Attempt {
+            node: node.to_owned(),
+            kind: kind as i32,
+            status: status as i32,
+            took_ms: 2,
+            ..Default::default()
+        };
+        let mut response = response();
+        response.groups = vec![
+            v1::GroupOutcome {
+                shard: "east".to_owned(),
+                status: v1::OutcomeStatus::Ok as i32,
+                answered_by: "east-2".to_owned(),
+                attempts: vec![
+                    attempt("east-1", v1::AttemptKind::First, v1::OutcomeStatus::Unavailable),
+                    attempt("east-2", v1::AttemptKind::Retry, v1::OutcomeStatus::Ok),
+                ],
+                ..Default::default()
+            },
+            v1::GroupOutcome {
+                shard: "west".to_owned(),
+                status: v1::OutcomeStatus::Skipped as i32,
+                skip_reason: v1::SkipReason::Down as i32,
+                message: "every replica of the group is down".to_owned(),
+                ..Default::default()
+            },
+        ];
+        let text = render(&response, "certificate", Style::plain());
+        assert!(text.contains("east-1 first unavailable"), "{text}");
+        assert!(text.contains("east-2 retry ok"), "{text}");
+        assert!(text.contains("results may be incomplete: shard group west skipped (down)"), "{text}");
+        assert!(!text.contains("agent-3 timeout,"), "nodes no longer decide completeness: {text}");
+        let json = to_json(&response);
+        assert_eq!(json["groups"][0]["answered_by"], "east-2");
+        assert_eq!(json["groups"][0]["attempts"][1]["kind"], "retry");
+        assert_eq!(json["groups"][1]["skip_reason"], "down");
+        response.groups.truncate(1);
+        let text = render(&response, "certificate", Style::plain());
+        assert!(!text.contains("incomplete"), "every group answered: {text}");
     }
 
     #[test]

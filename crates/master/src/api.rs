@@ -17,7 +17,7 @@ use crate::access::{AccessControl, CONTEXT_METADATA};
 use crate::clients::NodeClients;
 use crate::convert;
 use crate::error::MasterError;
-use crate::federation::{self, NoAnswer, NodeQuery, NodeResult, Outcome};
+use crate::federation::{self, NoAnswer, NodeQuery, Outcome};
 use crate::membership::{self, Outbound, StreamWatcher};
 use crate::merge;
 use crate::node::SessionId;
@@ -38,6 +38,8 @@ pub(crate) struct Context {
     pub(crate) registry: Arc<OnceLock<Registry>>,
     pub(crate) access: Arc<OnceLock<Arc<AccessControl>>>,
     pub(crate) clients: NodeClients,
+    /// Every call to agents goes through it (searches today; writes too, later).
+    pub(crate) node_client: ragmesh_stack::node_call::NodeClient,
     pub(crate) config: Arc<MasterConfig>,
     pub(crate) shutdown: CancellationToken,
     /// Health-stream watchers, drained on shutdown so no task outlives the master.
@@ -156,20 +158,22 @@ impl MasterService for MasterApi {
         let deadline = started + budget.saturating_sub(merge_margin(budget));
 
         let nodes = registry.snapshot();
-        let plan = federation::plan(&nodes, &req.collections, &req.nodes).map_err(|unknown| {
+        let replicas = federation::replicas_of(&nodes, |_| false);
+        let plan = federation::plan(&replicas, &req.collections, &req.nodes).map_err(|unknown| {
             MasterError::UnknownNodes { unknown, known: nodes.iter().map(|n| n.record.name.clone()).collect() }
         })?;
         let limit = if req.limit == 0 { 10 } else { req.limit };
         let context = self.0.access()?.context(&principal, budget)?;
+        let context = context
+            .parse()
+            .map_err(|_| MasterError::Refused(Status::internal("the signed request context is not valid metadata")))?;
         let query =
             NodeQuery { query: req.query, collections: req.collections, limit, min_score: req.min_score, context };
-        let mut results = federation::fan_out(&self.0.clients, &plan.targets, &query, deadline).await;
-        for (node, reason) in plan.skipped {
-            results.push(NodeResult { node, outcome: Outcome::Skipped(reason), took: Duration::ZERO });
-        }
-        results.sort_by(|a, b| a.node.cmp(&b.node));
+        let groups = federation::fan_out(&self.0.node_client, &plan.targets, &query, deadline).await;
+        let reports = federation::group_reports(&plan, &groups);
+        let results = federation::node_results(&plan, groups);
         // An answer no node gave is an error, never "OK, zero hits".
-        federation::verdict(&results, &nodes, &req.nodes, &query.collections).map_err(|failure| match failure {
+        federation::verdict(&results, &replicas, &req.nodes, &query.collections).map_err(|failure| match failure {
             NoAnswer::NoNodes => MasterError::NoNodes,
             NoAnswer::NoSuchCollections { requested, existing } => {
                 MasterError::NoSuchCollections { requested, existing }
@@ -191,7 +195,7 @@ impl MasterService for MasterApi {
             nodes: outcomes,
             took_ms: u32::try_from(started.elapsed().as_millis()).unwrap_or(u32::MAX),
             merge_strategy: "rrf".to_owned(),
-            groups: Vec::new(),
+            groups: reports.into_iter().map(convert::group_outcome).collect(),
         }))
     }
 

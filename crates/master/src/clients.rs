@@ -118,6 +118,15 @@ impl NodeClients {
     }
 
     fn build(&self, name: &str, address: &str) -> Result<NodeClient, String> {
+        let channel = self.channel(name, address)?;
+        let stack =
+            ServiceBuilder::new().concurrency_limit(MAX_IN_FLIGHT_PER_NODE).timeout(self.ceiling).service(channel);
+        Ok(AgentServiceClient::new(stack))
+    }
+
+    /// A new lazily connecting channel to node `name` at `address` (mTLS checking that the
+    /// agent's certificate names the node, when TLS is on).
+    pub fn channel(&self, name: &str, address: &str) -> Result<Channel, String> {
         let scheme = if self.tls.is_some() { "https" } else { "http" };
         let mut endpoint = Endpoint::from_shared(format!("{scheme}://{address}"))
             .map_err(|e| format!("node {name} advertises an invalid address {address:?}: {e}"))?
@@ -131,10 +140,7 @@ impl NodeClients {
                 .tls_config(tls.current().client_config(name))
                 .map_err(|e| format!("tls setup for node {name}: {e}"))?;
         }
-        let channel = endpoint.connect_lazy();
-        let stack =
-            ServiceBuilder::new().concurrency_limit(MAX_IN_FLIGHT_PER_NODE).timeout(self.ceiling).service(channel);
-        Ok(AgentServiceClient::new(stack))
+        Ok(endpoint.connect_lazy())
     }
 }
 

@@ -5,7 +5,9 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use ragmesh_proto::v1;
 
-use crate::federation::{NodeResult, Outcome, SkipReason};
+use ragmesh_stack::node_call::{Attempt, AttemptEnd, AttemptKind, CallError};
+
+use crate::federation::{GroupEnd, GroupReport, NodeResult, Outcome, SkipReason};
 use crate::merge::MergedHit;
 use crate::node::NodeState;
 use crate::registry::NodeView;
@@ -55,6 +57,80 @@ pub(crate) fn node_info(view: NodeView) -> v1::NodeInfo {
     }
 }
 
+fn skip_reason(reason: SkipReason) -> v1::SkipReason {
+    match reason {
+        SkipReason::Down => v1::SkipReason::Down,
+        SkipReason::NotRouted => v1::SkipReason::NotRouted,
+        SkipReason::BreakerOpen => v1::SkipReason::BreakerOpen,
+        SkipReason::NotInSync => v1::SkipReason::NotInSync,
+        SkipReason::OtherReplica => v1::SkipReason::OtherReplica,
+    }
+}
+
+fn skip_message(reason: SkipReason) -> &'static str {
+    match reason {
+        SkipReason::Down => "node is down",
+        SkipReason::NotRouted => "node holds none of the requested collections",
+        SkipReason::BreakerOpen => "node's circuit breaker is open after repeated failures",
+        SkipReason::NotInSync => "node misses acknowledged writes of its shard group (catching up or stale)",
+        SkipReason::OtherReplica => "another replica of its shard group answered",
+    }
+}
+
+/// The wire status and message of a failed call.
+fn call_error(error: &CallError) -> (v1::OutcomeStatus, String) {
+    match error {
+        CallError::Timeout { budget } => (v1::OutcomeStatus::Timeout, crate::federation::timeout_message(*budget)),
+        CallError::Unavailable(message) => (v1::OutcomeStatus::Unavailable, message.clone()),
+        CallError::BreakerOpen { .. } => (v1::OutcomeStatus::Skipped, error.to_string()),
+        CallError::Error { kind, message } => (v1::OutcomeStatus::Error, format!("{kind}: {message}")),
+    }
+}
+
+fn attempt(attempt: Attempt) -> v1::Attempt {
+    let (status, message) = match &attempt.end {
+        AttemptEnd::Ok => (v1::OutcomeStatus::Ok, String::new()),
+        AttemptEnd::Cancelled => (v1::OutcomeStatus::Cancelled, "abandoned: another attempt answered first".to_owned()),
+        AttemptEnd::Failed(error) => call_error(error),
+    };
+    let kind = match attempt.kind {
+        AttemptKind::First => v1::AttemptKind::First,
+        AttemptKind::Retry => v1::AttemptKind::Retry,
+        AttemptKind::Hedge => v1::AttemptKind::Hedge,
+    };
+    v1::Attempt { node: attempt.node, kind: kind.into(), status: status.into(), message, took_ms: millis(attempt.took) }
+}
+
+pub(crate) fn group_outcome(report: GroupReport) -> v1::GroupOutcome {
+    let mut out = v1::GroupOutcome { shard: report.group, ..Default::default() };
+    let status = match report.end {
+        GroupEnd::Answered { node } => {
+            out.answered_by = node;
+            v1::OutcomeStatus::Ok
+        }
+        GroupEnd::Failed(error) => {
+            let (status, message) = call_error(&error);
+            if let CallError::BreakerOpen { .. } = error {
+                out.skip_reason = v1::SkipReason::BreakerOpen.into();
+            }
+            out.message = message;
+            status
+        }
+        GroupEnd::Skipped(reason) => {
+            out.skip_reason = skip_reason(reason).into();
+            out.message = match reason {
+                SkipReason::Down => "every replica of the group is down".to_owned(),
+                SkipReason::NotInSync => "no replica of the group that is up has every acknowledged write".to_owned(),
+                other => skip_message(other).to_owned(),
+            };
+            v1::OutcomeStatus::Skipped
+        }
+    };
+    out.status = status.into();
+    out.attempts = report.attempts.into_iter().map(attempt).collect();
+    out
+}
+
 pub(crate) fn hit(merged: MergedHit) -> v1::Hit {
     let MergedHit { hit, score, also_on } = merged;
     v1::Hit {
@@ -95,13 +171,13 @@ pub(crate) fn outcome(result: &NodeResult) -> v1::NodeOutcome {
             out.message = format!("{kind}: {message}");
             v1::OutcomeStatus::Error
         }
+        Outcome::Cancelled => {
+            out.message = "abandoned: another replica answered first".to_owned();
+            v1::OutcomeStatus::Cancelled
+        }
         Outcome::Skipped(reason) => {
-            let (reason, message) = match reason {
-                SkipReason::Down => (v1::SkipReason::Down, "node is down"),
-                SkipReason::NotRouted => (v1::SkipReason::NotRouted, "node holds none of the requested collections"),
-            };
-            out.skip_reason = reason.into();
-            out.message = message.to_owned();
+            out.skip_reason = skip_reason(*reason).into();
+            out.message = skip_message(*reason).to_owned();
             v1::OutcomeStatus::Skipped
         }
     };

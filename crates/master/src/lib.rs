@@ -13,6 +13,7 @@ pub mod federation;
 mod membership;
 pub mod merge;
 pub mod node;
+mod node_client_interim;
 pub mod registry;
 
 use std::net::SocketAddr;
@@ -101,6 +102,21 @@ fn limits<S: Limits>(service: S, config: &MasterConfig) -> S {
     service.with_limits(config.access.max_message_bytes)
 }
 
+/// Copies every membership change from the registry into `to`, until `shutdown`.
+async fn forward_membership(
+    mut from: tokio::sync::watch::Receiver<registry::Membership>,
+    to: tokio::sync::watch::Sender<registry::Membership>,
+    shutdown: CancellationToken,
+) {
+    loop {
+        to.send_replace(from.borrow_and_update().clone());
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            changed = from.changed() => if changed.is_err() { return },
+        }
+    }
+}
+
 /// Starts serving on `listener`. Health reports NOT_SERVING until the registry is loaded.
 pub async fn start(config: MasterConfig, listener: TcpListener) -> Result<MasterHandle, StartError> {
     let local_addr = listener.local_addr()?;
@@ -111,11 +127,16 @@ pub async fn start(config: MasterConfig, listener: TcpListener) -> Result<Master
     let registry = Arc::new(OnceLock::new());
     let access = Arc::new(OnceLock::new());
     let tasks = tokio_util::task::TaskTracker::new();
+    let node_clients = clients::NodeClients::new(tls.clone(), config.max_search_timeout.max(Duration::from_secs(60)));
+    // The node client reads membership from this copy of the registry's watch: it exists
+    // before the registry is loaded, and the registry's changes are forwarded into it.
+    let (membership_tx, membership_rx) = tokio::sync::watch::channel(registry::Membership::default());
     let context = api::Context {
+        node_client: node_client_interim::build(node_clients.clone(), membership_rx),
         tasks: tasks.clone(),
         registry: registry.clone(),
         access: access.clone(),
-        clients: clients::NodeClients::new(tls.clone(), config.max_search_timeout.max(Duration::from_secs(60))),
+        clients: node_clients,
         config: config.clone(),
         shutdown: shutdown.clone(),
     };
@@ -182,6 +203,7 @@ pub async fn start(config: MasterConfig, listener: TcpListener) -> Result<Master
             .await??;
             let _ = loaded_access.set(Arc::new(access_control));
             tokio::spawn(follow_clients.follow(loaded_registry.subscribe(), stop.clone()));
+            tokio::spawn(forward_membership(loaded_registry.subscribe(), membership_tx, stop.clone()));
             tracing::info!(nodes = loaded_registry.snapshot().len(), "registry loaded");
             let _ = loaded.set(loaded_registry);
             health.set_serving::<MasterServiceServer<api::MasterApi>>().await;
