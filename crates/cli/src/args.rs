@@ -449,6 +449,12 @@ pub struct DemoArgs {
     #[arg(long, value_name = "N", default_value_t = 3,
           value_parser = clap::value_parser!(u32).range(1..=16))]
     pub agents: u32,
+    /// Replicas per shard group: the agents form agents/replicas groups (shard-1, ...) holding
+    /// the sample corpus split between them; with 2 or more, the demo also kills one replica
+    /// and searches again, to show that nothing changes
+    #[arg(long, value_name = "R", default_value_t = 1,
+          value_parser = clap::value_parser!(u32).range(1..=16))]
+    pub replicas: u32,
     /// Keep everything in DIR (created if missing; must be empty or an earlier demo directory)
     #[arg(long, value_name = "DIR")]
     pub dir: Option<PathBuf>,

@@ -238,6 +238,9 @@ impl Supervisor {
     /// Fails, with the tail of its log, if a daemon has exited.
     pub fn check(&mut self) -> anyhow::Result<()> {
         for daemon in &mut self.daemons {
+            if daemon.reported {
+                continue;
+            }
             if let Some(status) = daemon.poll_exit()? {
                 return Err(daemon.died_error(status));
             }
@@ -260,6 +263,16 @@ impl Supervisor {
             }
         }
         Ok(exited)
+    }
+
+    /// Kills daemon `name` at once (SIGKILL, as `kill -9` would), reaps it and marks its death
+    /// as expected. Returns whether it was running.
+    pub fn kill(&mut self, name: &str) -> bool {
+        let Some(daemon) = self.daemons.iter_mut().find(|d| d.spec.name == name) else { return false };
+        let running = matches!(daemon.poll_exit(), Ok(None));
+        daemon.kill_and_reap();
+        daemon.reported = true;
+        running
     }
 
     /// Stops every daemon: agents first (SIGTERM, so they close their health streams), then

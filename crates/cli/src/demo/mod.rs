@@ -1,8 +1,10 @@
 //! `ragmeshctl demo`: a whole mesh on this machine. Makes a dev CA and certificates, starts
 //! `ragmesh-master` and N `ragmesh-agent`s as child processes (each binds port 0 and reports the
 //! port it got in `DIR/<name>.addr`), waits until every agent is up,
-//! loads the sample corpus round-robin, runs one federated search, prints how to talk to the
-//! mesh, and stops everything on Ctrl-C/SIGTERM (or at once with `--no-wait`).
+//! loads the sample corpus round-robin over the shard groups, runs one federated search, prints
+//! how to talk to the mesh, and stops everything on Ctrl-C/SIGTERM (or at once with
+//! `--no-wait`). With `--replicas 2` or more, each group has that many replicas, and the demo
+//! kills one replica (SIGKILL) and searches again: the answer does not change.
 
 pub mod daemons;
 pub mod workdir;
@@ -48,19 +50,20 @@ const INGEST_BATCH: usize = 500;
 
 /// Runs the demo. Daemons are always stopped before this returns, error or not.
 pub async fn run(args: &DemoArgs) -> anyhow::Result<()> {
+    let agents = usize::try_from(args.agents).unwrap_or(1);
+    let layout = Layout::new(agents, usize::try_from(args.replicas).unwrap_or(1))?;
     let binaries = Binaries::locate()?;
     let workdir = match &args.dir {
         Some(dir) => Workdir::keep(dir)?,
         None => Workdir::temporary()?,
     };
-    let agents = usize::try_from(args.agents).unwrap_or(1);
     let mut supervisor = Supervisor::new();
 
     // Listen from the start: the daemons run in their own process group, so a Ctrl-C during
     // start-up must reach this process and end in an orderly stop too.
     let mut signals = StopSignals::new()?;
     let outcome = tokio::select! {
-        outcome = run_mesh(args, agents, &binaries, &workdir, &mut supervisor) => outcome,
+        outcome = run_mesh(args, layout, &binaries, &workdir, &mut supervisor) => outcome,
         signal = signals.next() => {
             println!();
             println!("{signal}: stopping");
@@ -93,13 +96,17 @@ pub async fn run(args: &DemoArgs) -> anyhow::Result<()> {
 /// Everything between "directory ready" and "stop": any error ends the demo.
 async fn run_mesh(
     args: &DemoArgs,
-    agents: usize,
+    layout: Layout,
     binaries: &Binaries,
     workdir: &Workdir,
     supervisor: &mut Supervisor,
 ) -> anyhow::Result<()> {
-    let agent_names: Vec<String> = (1..=agents).map(|i| format!("agent-{i}")).collect();
+    let agents = layout.agents;
+    let agent_names = layout.names();
     println!("ragmesh demo: 1 master and {agents} agent{} on 127.0.0.1, mutual TLS everywhere", plural(agents));
+    if layout.replicas > 1 {
+        println!("shard groups: {} groups of {} replicas ({})", layout.groups(), layout.replicas, layout.describe());
+    }
     let removal = if workdir.is_temporary() { "removed at exit; pass --dir to keep it" } else { "kept after exit" };
     println!("directory: {} ({removal})", workdir.path().display());
     println!();
@@ -119,7 +126,7 @@ async fn run_mesh(
             note: "ragmeshctl demo".to_owned(),
         })
         .await?;
-    start_agents(binaries, workdir, supervisor, &agent_names, master.addr(), &join.token).await?;
+    start_agents(binaries, workdir, supervisor, &layout, master.addr(), &join.token).await?;
     print_daemons(workdir, supervisor);
 
     print!("Waiting for {agents} agent{} to join ... ", plural(agents));
@@ -133,12 +140,33 @@ async fn run_mesh(
     }
     println!();
 
-    ingest_samples(&master, &agent_names).await?;
+    ingest_samples(&master, &layout).await?;
 
     println!();
     println!("Federated search for {:?} over all agents:", samples::DEMO_QUERY);
     println!();
-    let all_answered = search_once(&master, &agent_names).await?;
+    let first = search_once(&master).await?;
+    let mut all_answered = first.complete;
+    if layout.replicas > 1 {
+        let victim = layout.names()[1].clone();
+        println!();
+        println!(
+            "Killing {victim} (kill -9), one of {}'s {} replicas, and searching again at once:",
+            layout.shard_of(1),
+            layout.replicas
+        );
+        println!();
+        supervisor.kill(&victim);
+        let second = search_once(&master).await?;
+        let same = second.documents == first.documents;
+        println!();
+        if second.complete && same {
+            println!("Same hits, every shard group answered: the other replica stood in for {victim}.");
+        } else {
+            println!("The answer changed after {victim} was killed (see above): this is a bug, please report it.");
+        }
+        all_answered &= second.complete && same;
+    }
 
     println!();
     print!("{}", usage_hints(workdir, master.addr(), args.no_wait));
@@ -271,17 +299,69 @@ async fn start_master(
 
 /// Starts one agent per name, registering with the master at `master_addr`, and waits until
 /// each has reported the address it bound (which it also advertises to the master).
+/// How the demo's agents form shard groups: `agents` agents, `replicas` per group, agent i
+/// (from 0) in group `i / replicas`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Layout {
+    agents: usize,
+    replicas: usize,
+}
+
+impl Layout {
+    fn new(agents: usize, replicas: usize) -> anyhow::Result<Self> {
+        if replicas == 0 || replicas > agents || agents % replicas != 0 {
+            return Err(crate::error::usage(format!(
+                "--agents {agents} cannot be split into shard groups of --replicas {replicas}: \
+                 pass a number of agents that is a multiple of the replicas (e.g. --agents {} --replicas {replicas})",
+                replicas.max(1) * 2
+            )));
+        }
+        Ok(Layout { agents, replicas })
+    }
+
+    fn groups(&self) -> usize {
+        self.agents / self.replicas
+    }
+
+    fn names(&self) -> Vec<String> {
+        (1..=self.agents).map(|i| format!("agent-{i}")).collect()
+    }
+
+    /// The shard group of agent `index` (from 0): `shard-N` with replicas, else the agent's own
+    /// name (the agent's default: a group of one).
+    fn shard_of(&self, index: usize) -> String {
+        if self.replicas > 1 { format!("shard-{}", index / self.replicas + 1) } else { format!("agent-{}", index + 1) }
+    }
+
+    /// `shard-1: agent-1, agent-2; shard-2: ...`.
+    fn describe(&self) -> String {
+        let names = self.names();
+        (0..self.groups())
+            .map(|g| {
+                let members = &names[g * self.replicas..(g + 1) * self.replicas];
+                format!("{}: {}", self.shard_of(g * self.replicas), members.join(", "))
+            })
+            .collect::<Vec<_>>()
+            .join("; ")
+    }
+
+    /// Every group, in order.
+    fn shards(&self) -> Vec<String> {
+        (0..self.groups()).map(|g| self.shard_of(g * self.replicas)).collect()
+    }
+}
+
 async fn start_agents(
     binaries: &Binaries,
     workdir: &Workdir,
     supervisor: &mut Supervisor,
-    names: &[String],
+    layout: &Layout,
     master_addr: &str,
     join_token: &str,
 ) -> anyhow::Result<()> {
     let mut started = Vec::new();
-    for name in names {
-        let args: Vec<OsString> = vec![
+    for (index, name) in layout.names().iter().enumerate() {
+        let mut args: Vec<OsString> = vec![
             "--name".into(),
             name.into(),
             "--master".into(),
@@ -291,6 +371,9 @@ async fn start_agents(
             "--label".into(),
             "started-by=ragmeshctl-demo".into(),
         ];
+        if layout.replicas > 1 {
+            args.extend(["--shard".into(), layout.shard_of(index).into()]);
+        }
         let mut agent = spec(workdir, name, &binaries.agent, args);
         // In the environment rather than on the command line, where `ps` would show it.
         agent.env.push(("RAGMESH_JOIN_TOKEN".into(), join_token.into()));
@@ -349,45 +432,72 @@ async fn wait_for_agents(
     }
 }
 
-/// Splits the sample corpus round-robin over the agents and writes each share through the
-/// master.
-async fn ingest_samples(master: &Master, names: &[String]) -> anyhow::Result<()> {
+/// Splits the sample corpus round-robin over the shard groups and writes each share through
+/// the master, which logs it and applies it on every replica of the group.
+async fn ingest_samples(master: &Master, layout: &Layout) -> anyhow::Result<()> {
     let docs =
         samples::documents().map_err(|err| anyhow::anyhow!("the built-in sample corpus does not parse: {err}"))?;
     let total = docs.len();
-    println!("Loading {total} sample documents round-robin:");
-    let mut table = Table::new(vec![Column::left("NODE"), Column::right("DOCUMENTS"), Column::right("GENERATION")]);
-    for (name, share) in names.iter().zip(samples::round_robin(docs, names.len())) {
+    let shards = layout.shards();
+    println!("Loading {total} sample documents round-robin over {} shard group{}:", shards.len(), plural(shards.len()));
+    let mut table = Table::new(vec![
+        Column::left("SHARD"),
+        Column::right("DOCUMENTS"),
+        Column::right("SEQ"),
+        Column::left("APPLIED BY"),
+    ]);
+    for (shard, share) in shards.iter().zip(samples::round_robin(docs, shards.len())) {
         let count = share.len();
-        let mut generation = 0;
+        let mut seq = 0;
+        let mut applied_by = Vec::new();
         let mut remaining = share.into_iter().peekable();
         while remaining.peek().is_some() {
             let documents: Vec<v1::Document> =
                 remaining.by_ref().take(INGEST_BATCH).map(crate::ingest::to_wire).collect();
-            let request = v1::IngestDocumentsRequest { node: name.clone(), documents, shard: String::new() };
+            // A group of one is named after its node; naming the node works with any master.
+            let request = if layout.replicas > 1 {
+                v1::IngestDocumentsRequest { shard: shard.clone(), documents, node: String::new() }
+            } else {
+                v1::IngestDocumentsRequest { node: shard.clone(), documents, shard: String::new() }
+            };
             let response = master
                 .ingest(request, RPC_TIMEOUT)
                 .await
-                .map_err(|status| master.describe(&format!("ingest into {name}"), &status))?;
-            generation = response.generation;
+                .map_err(|status| master.describe(&format!("ingest into {shard}"), &status))?;
+            seq = response.seq;
+            applied_by = response
+                .replicas
+                .iter()
+                .filter(|r| r.status == v1::OutcomeStatus::Ok as i32)
+                .map(|r| r.node.clone())
+                .collect();
         }
-        table.push(vec![name.clone(), count.to_string(), generation.to_string()]);
+        table.push(vec![shard.clone(), count.to_string(), seq.to_string(), applied_by.join(", ")]);
     }
     print!("{}", indent(&table.render()));
     Ok(())
 }
 
-/// Runs the demo query and prints the result; true when every agent answered.
-async fn search_once(master: &Master, names: &[String]) -> anyhow::Result<bool> {
+/// What the demo's search found.
+#[derive(Debug)]
+struct Searched {
+    /// Every group (or, from a master without groups, every node) answered.
+    complete: bool,
+    /// The hits as `collection/id`, in rank order.
+    documents: Vec<String>,
+}
+
+/// Runs the demo query and prints the result.
+async fn search_once(master: &Master) -> anyhow::Result<Searched> {
     let (timeout_ms, deadline) = search::deadlines(Some(SEARCH_TIMEOUT_MS));
     let request =
         v1::SearchRequest { query: samples::DEMO_QUERY.to_owned(), limit: 10, timeout_ms, ..Default::default() };
     let response = master.search(request, deadline).await?;
     print!("{}", search::render(&response, samples::DEMO_QUERY, Style::for_stdout()));
-    let answered = names
-        .iter()
-        .all(|name| response.nodes.iter().any(|n| &n.node == name && n.status == v1::OutcomeStatus::Ok as i32));
-    Ok(answered)
+    let ok = v1::OutcomeStatus::Ok as i32;
+    let complete = !response.groups.is_empty() && response.groups.iter().all(|g| g.status == ok);
+    let documents = response.hits.iter().map(|h| format!("{}/{}", h.collection, h.doc_id)).collect();
+    Ok(Searched { complete, documents })
 }
 
 /// The commands to try, with absolute paths that can be pasted as they are.
@@ -517,6 +627,18 @@ pub fn quote_str(text: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn agents_form_groups_of_replicas_in_order() {
+        let layout = Layout::new(4, 2).expect("4 agents in groups of 2");
+        assert_eq!(layout.shards(), ["shard-1", "shard-2"]);
+        assert_eq!((layout.shard_of(1), layout.shard_of(2)), ("shard-1".to_owned(), "shard-2".to_owned()));
+        assert_eq!(layout.describe(), "shard-1: agent-1, agent-2; shard-2: agent-3, agent-4");
+        let single = Layout::new(3, 1).expect("groups of one");
+        assert_eq!(single.shards(), ["agent-1", "agent-2", "agent-3"], "a group of one is named after its agent");
+        let uneven = Layout::new(3, 2).expect_err("3 agents do not split into groups of 2").to_string();
+        assert!(uneven.contains("multiple of the replicas"), "{uneven}");
+    }
 
     #[test]
     fn shell_quoting_only_when_needed() {
