@@ -309,7 +309,7 @@ struct Layout {
 
 impl Layout {
     fn new(agents: usize, replicas: usize) -> anyhow::Result<Self> {
-        if replicas == 0 || replicas > agents || agents % replicas != 0 {
+        if replicas == 0 || replicas > agents || !agents.is_multiple_of(replicas) {
             return Err(crate::error::usage(format!(
                 "--agents {agents} cannot be split into shard groups of --replicas {replicas}: \
                  pass a number of agents that is a multiple of the replicas (e.g. --agents {} --replicas {replicas})",
