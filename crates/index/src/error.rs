@@ -74,6 +74,27 @@ pub enum IndexError {
         /// Why it could not be decoded.
         reason: String,
     },
+    /// A log entry lies past the next one this replica expects: applying it would skip entries.
+    /// Nothing was written.
+    #[error(
+        "this replica applied the shard group's log up to seq {applied}; entry {got} would leave a gap: the master sends the missing entries first"
+    )]
+    LogGap {
+        /// Last sequence the index applied.
+        applied: u64,
+        /// Sequence of the refused entry.
+        got: u64,
+    },
+    /// A log entry of another shard group than the one this index holds. Nothing was written.
+    #[error(
+        "this replica holds shard group {held:?}'s data; an entry of shard group {got:?} belongs on a replica of {got:?}"
+    )]
+    WrongShard {
+        /// The shard group the index (or agent) holds.
+        held: String,
+        /// The shard group the entry names.
+        got: String,
+    },
     /// A tantivy operation failed.
     #[error("{context}: {source}")]
     Tantivy {
