@@ -1,5 +1,7 @@
 //! Errors of the agent's service and their one mapping to `tonic::Status`.
 
+use std::path::PathBuf;
+
 use ragmesh_index::IndexError;
 use ragmesh_proto::ErrorKind;
 use tonic::Status;
@@ -30,6 +32,22 @@ pub enum AgentError {
         /// The configured limit.
         limit: usize,
     },
+    /// A write without a log position: writes reach agents only as entries of their group's log.
+    #[error("writes reach an agent only through the master's write log (no log position)")]
+    NoPosition,
+    /// At startup: the index holds another shard group's data than `--shard` names.
+    #[error(
+        "index at {} holds shard group {held}'s data; start with --shard {held}, or use a fresh --data-dir to serve {wanted}",
+        dir.display()
+    )]
+    ShardMismatch {
+        /// The data directory.
+        dir: PathBuf,
+        /// The shard group the index holds.
+        held: String,
+        /// The shard group `--shard` names.
+        wanted: String,
+    },
     /// A blocking index task panicked or was cancelled.
     #[error("index task failed: {0}")]
     Task(String),
@@ -49,7 +67,10 @@ impl AgentError {
                 | IndexError::InvalidQuery(_)
                 | IndexError::QueryTooComplex(_),
             ) => ErrorKind::InvalidArgument,
+            AgentError::NoPosition => ErrorKind::InvalidArgument,
             AgentError::Index(IndexError::Forbidden { .. }) => ErrorKind::PermissionDenied,
+            AgentError::Index(IndexError::LogGap { .. } | IndexError::WrongShard { .. })
+            | AgentError::ShardMismatch { .. } => ErrorKind::FailedPrecondition,
             AgentError::Index(_) | AgentError::Task(_) => ErrorKind::Internal,
         }
     }
@@ -61,6 +82,44 @@ impl From<AgentError> for Status {
         if kind == ErrorKind::Internal {
             tracing::error!(error = %err, "internal error");
         }
-        kind.status(err.to_string())
+        let mut status = kind.status(err.to_string());
+        // The master resets its cursor for this replica from the metadata, without parsing text.
+        if let AgentError::Index(IndexError::LogGap { applied, .. }) = err {
+            status.metadata_mut().insert(APPLIED_SEQ_METADATA, applied.into());
+        }
+        status
+    }
+}
+
+/// Metadata key of a refused log entry's status (FAILED_PRECONDITION, a gap): the last sequence
+/// this replica applied, in decimal.
+pub const APPLIED_SEQ_METADATA: &str = "x-ragmesh-applied-seq";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_gap_is_failed_precondition_with_the_applied_seq_in_metadata() {
+        let status = Status::from(AgentError::Index(IndexError::LogGap { applied: 41, got: 43 }));
+        assert_eq!(status.code(), tonic::Code::FailedPrecondition);
+        assert!(status.message().contains("up to seq 41; entry 43 would leave a gap"), "{}", status.message());
+        let applied = status.metadata().get(APPLIED_SEQ_METADATA).expect("metadata").to_str().expect("ascii");
+        assert_eq!(applied, "41");
+    }
+
+    #[test]
+    fn a_wrong_shard_is_failed_precondition_naming_both_groups() {
+        let status = Status::from(AgentError::Index(IndexError::WrongShard { held: "g1".into(), got: "g2".into() }));
+        assert_eq!(status.code(), tonic::Code::FailedPrecondition);
+        assert!(status.message().contains("\"g1\"") && status.message().contains("\"g2\""), "{}", status.message());
+        assert!(status.metadata().get(APPLIED_SEQ_METADATA).is_none());
+    }
+
+    #[test]
+    fn a_write_without_a_position_is_invalid_argument() {
+        let status = Status::from(AgentError::NoPosition);
+        assert_eq!(status.code(), tonic::Code::InvalidArgument);
+        assert_eq!(status.message(), "writes reach an agent only through the master's write log (no log position)");
     }
 }
