@@ -3,7 +3,8 @@
 //! [`DocumentIndex`] owns one index directory: it validates and writes batches of
 //! [`Document`]s, deletes by [`DocRef`], counts a monotonically increasing generation stored
 //! atomically with the data together with the last write-log position applied
-//! ([`DocumentIndex::apply_upsert`], [`LogPosition`]), and answers [`SearchQuery`]s with scored, snippeted [`SearchHit`]s.
+//! ([`DocumentIndex::apply_upsert`], [`LogPosition`]), and answers [`SearchQuery`]s with
+//! scored, snippeted [`SearchHit`]s.
 //! The [`ingest`] module parses TREC, JSON lines and plain-text files into documents.
 
 mod access;
