@@ -61,18 +61,25 @@ impl AgentError {
             AgentError::NoContext => ErrorKind::Unauthenticated,
             AgentError::Overloaded { .. } => ErrorKind::ResourceExhausted,
             AgentError::Auth(auth) => auth.kind(),
-            AgentError::Index(
-                IndexError::InvalidDocument { .. }
-                | IndexError::InvalidBatch(_)
-                | IndexError::InvalidQuery(_)
-                | IndexError::QueryTooComplex(_),
-            ) => ErrorKind::InvalidArgument,
             AgentError::NoPosition => ErrorKind::InvalidArgument,
-            AgentError::Index(IndexError::Forbidden { .. }) => ErrorKind::PermissionDenied,
-            AgentError::Index(IndexError::LogGap { .. } | IndexError::WrongShard { .. })
-            | AgentError::ShardMismatch { .. } => ErrorKind::FailedPrecondition,
-            AgentError::Index(_) | AgentError::Task(_) => ErrorKind::Internal,
+            AgentError::ShardMismatch { .. } => ErrorKind::FailedPrecondition,
+            AgentError::Index(err) => index_kind(err),
+            AgentError::Task(_) => ErrorKind::Internal,
         }
+    }
+}
+
+/// The kind of an index error.
+fn index_kind(err: &IndexError) -> ErrorKind {
+    match err {
+        IndexError::InvalidDocument { .. }
+        | IndexError::InvalidBatch(_)
+        | IndexError::InvalidQuery(_)
+        | IndexError::QueryTooComplex(_) => ErrorKind::InvalidArgument,
+        IndexError::Forbidden { .. } => ErrorKind::PermissionDenied,
+        IndexError::LogGap { .. } | IndexError::WrongShard { .. } => ErrorKind::FailedPrecondition,
+        IndexError::EntryRefused { refusal, .. } => index_kind(refusal),
+        _ => ErrorKind::Internal,
     }
 }
 
@@ -84,15 +91,17 @@ impl From<AgentError> for Status {
         }
         let mut status = kind.status(err.to_string());
         // The master resets its cursor for this replica from the metadata, without parsing text.
-        if let AgentError::Index(IndexError::LogGap { applied, .. }) = err {
-            status.metadata_mut().insert(APPLIED_SEQ_METADATA, applied.into());
+        // So does a refused entry, which the replica applied as a no-op.
+        if let AgentError::Index(IndexError::LogGap { applied: seq, .. } | IndexError::EntryRefused { seq, .. }) = err {
+            status.metadata_mut().insert(APPLIED_SEQ_METADATA, seq.into());
         }
         status
     }
 }
 
-/// Metadata key of a refused log entry's status (FAILED_PRECONDITION, a gap): the last sequence
-/// this replica applied, in decimal.
+/// Metadata key on the status of a positioned write that failed: the last sequence this replica
+/// applied, in decimal. Set for a gap (FAILED_PRECONDITION) and for an entry refused as a whole
+/// (INVALID_ARGUMENT, PERMISSION_DENIED), which the replica applied as a no-op.
 pub const APPLIED_SEQ_METADATA: &str = "x-ragmesh-applied-seq";
 
 #[cfg(test)]
@@ -106,6 +115,15 @@ mod tests {
         assert!(status.message().contains("up to seq 41; entry 43 would leave a gap"), "{}", status.message());
         let applied = status.metadata().get(APPLIED_SEQ_METADATA).expect("metadata").to_str().expect("ascii");
         assert_eq!(applied, "41");
+    }
+
+    #[test]
+    fn a_refused_entry_keeps_its_kind_and_reports_the_seq_it_consumed() {
+        let refusal = IndexError::InvalidBatch("empty".into());
+        let status = Status::from(AgentError::Index(IndexError::EntryRefused { seq: 7, refusal: Box::new(refusal) }));
+        assert_eq!(status.code(), tonic::Code::InvalidArgument);
+        assert!(status.message().contains("log entry 7 was refused as a whole"), "{}", status.message());
+        assert_eq!(status.metadata().get(APPLIED_SEQ_METADATA).expect("metadata").to_str().expect("ascii"), "7");
     }
 
     #[test]

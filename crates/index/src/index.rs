@@ -319,10 +319,20 @@ impl DocumentIndex {
                 tracing::debug!(log.applied_seq = state.applied.seq, "log entry already applied; nothing written");
                 Ok(Applied { generation: state.generation, applied_seq: state.applied.seq, already_applied: true })
             }
-            Step::Apply => {
-                let generation = write(self, state, AppliedLog::advanced_to(position))?;
-                Ok(Applied { generation, applied_seq: position.seq, already_applied: false })
-            }
+            Step::Apply => match write(self, state, AppliedLog::advanced_to(position)) {
+                Ok(generation) => Ok(Applied { generation, applied_seq: position.seq, already_applied: false }),
+                Err(refusal) if refusal.is_deterministic_refusal() => {
+                    // Every in-sync replica refuses this entry alike (the refusal depends only on
+                    // the entry and on the state they share), so it still takes its place: the
+                    // position moves past it with nothing written, and the group's log is never
+                    // stuck behind an entry no replica can apply.
+                    rollback(state);
+                    self.commit(state, AppliedLog::advanced_to(position))?;
+                    tracing::info!(log.seq = position.seq, error = %refusal, "log entry refused; applied as a no-op");
+                    Err(IndexError::EntryRefused { seq: position.seq, refusal: Box::new(refusal) })
+                }
+                Err(other) => Err(other),
+            },
         }
     }
 
@@ -1407,7 +1417,7 @@ mod tests {
     }
 
     #[test]
-    fn a_refused_entry_leaves_position_and_documents_as_they_were() {
+    fn a_refused_entry_writes_nothing_but_takes_its_place_in_the_log() {
         let (_dir, index) = open_temp();
         let acme = Writer::Tenant("acme".into());
         let plain = |id: &str| Document { acl: crate::Acl::default(), ..doc("c", id, "", "owned") };
@@ -1416,15 +1426,37 @@ mod tests {
         let err = index
             .apply_upsert(&position("g1", 2), vec![plain("new"), plain("a1")], &globex)
             .expect_err("globex may not replace acme's document");
-        assert!(matches!(err, IndexError::Forbidden { .. }), "{err:?}");
+        let IndexError::EntryRefused { seq: 2, refusal } = err else { panic!("a refused entry: {err:?}") };
+        assert!(matches!(*refusal, IndexError::Forbidden { .. }), "{refusal:?}");
+        assert_eq!((index.doc_count(), index.applied()), (1, at("g1", 2)), "nothing written, seq 2 consumed");
+        assert!(ids(&index.search(&query("owned")).expect("search")).iter().all(|(_, id)| id != "new"));
+        // Sent again (the master retrying), the entry is acknowledged as applied, not refused twice.
+        let again = index.apply_upsert(&position("g1", 2), vec![plain("new")], &globex).expect("duplicate");
+        assert!(again.already_applied);
         let invalid = index
-            .apply_upsert(&position("g1", 2), vec![doc("a b", "x", "", "")], &Writer::Operator)
+            .apply_upsert(&position("g1", 3), vec![doc("a b", "x", "", "")], &Writer::Operator)
             .expect_err("invalid collection");
-        assert!(matches!(invalid, IndexError::InvalidDocument { .. }), "{invalid:?}");
-        assert_eq!((index.generation(), index.doc_count(), index.applied()), (1, 1, at("g1", 1)));
-        // The refused entry did not consume its sequence: a valid entry 2 applies.
-        index.apply_delete(&position("g1", 2), vec![doc_ref("c", "a1")], &acme).expect("entry 2");
-        assert_eq!((index.doc_count(), index.applied()), (0, at("g1", 2)));
+        assert!(
+            matches!(&invalid, IndexError::EntryRefused { seq: 3, refusal } if matches!(**refusal, IndexError::InvalidDocument { .. })),
+            "{invalid:?}"
+        );
+        // The log goes on behind the refused entries.
+        index.apply_delete(&position("g1", 4), vec![doc_ref("c", "a1")], &acme).expect("entry 4");
+        assert_eq!((index.doc_count(), index.applied()), (0, at("g1", 4)));
+    }
+
+    #[test]
+    fn a_refused_entry_survives_a_reopen_as_consumed() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        {
+            let index = DocumentIndex::open(dir.path()).expect("open");
+            apply_doc(&index, "g1", 1, "a").expect("seq 1");
+            index
+                .apply_upsert(&position("g1", 2), vec![doc("a b", "x", "", "")], &Writer::Operator)
+                .expect_err("refused");
+        }
+        let index = DocumentIndex::open(dir.path()).expect("reopen");
+        assert_eq!((index.doc_count(), index.applied()), (1, at("g1", 2)));
     }
 
     #[test]
