@@ -176,6 +176,7 @@ impl Mesh {
     pub fn agent_config(&self, name: &str, data_dir: std::path::PathBuf) -> AgentConfig {
         AgentConfig {
             name: Some(name.to_owned()),
+            shard: None,
             listen: "127.0.0.1:0".parse().expect("addr"),
             advertise: None,
             master: self.master_addr.to_string(),

@@ -1,5 +1,7 @@
 //! Errors of the agent's service and their one mapping to `tonic::Status`.
 
+use std::path::PathBuf;
+
 use ragmesh_index::IndexError;
 use ragmesh_proto::ErrorKind;
 use tonic::Status;
@@ -30,6 +32,22 @@ pub enum AgentError {
         /// The configured limit.
         limit: usize,
     },
+    /// A write without a log position: writes reach agents only as entries of their group's log.
+    #[error("writes reach an agent only through the master's write log (no log position)")]
+    NoPosition,
+    /// At startup: the index holds another shard group's data than `--shard` names.
+    #[error(
+        "index at {} holds shard group {held}'s data; start with --shard {held}, or use a fresh --data-dir to serve {wanted}",
+        dir.display()
+    )]
+    ShardMismatch {
+        /// The data directory.
+        dir: PathBuf,
+        /// The shard group the index holds.
+        held: String,
+        /// The shard group `--shard` names.
+        wanted: String,
+    },
     /// A blocking index task panicked or was cancelled.
     #[error("index task failed: {0}")]
     Task(String),
@@ -43,15 +61,25 @@ impl AgentError {
             AgentError::NoContext => ErrorKind::Unauthenticated,
             AgentError::Overloaded { .. } => ErrorKind::ResourceExhausted,
             AgentError::Auth(auth) => auth.kind(),
-            AgentError::Index(
-                IndexError::InvalidDocument { .. }
-                | IndexError::InvalidBatch(_)
-                | IndexError::InvalidQuery(_)
-                | IndexError::QueryTooComplex(_),
-            ) => ErrorKind::InvalidArgument,
-            AgentError::Index(IndexError::Forbidden { .. }) => ErrorKind::PermissionDenied,
-            AgentError::Index(_) | AgentError::Task(_) => ErrorKind::Internal,
+            AgentError::NoPosition => ErrorKind::InvalidArgument,
+            AgentError::ShardMismatch { .. } => ErrorKind::FailedPrecondition,
+            AgentError::Index(err) => index_kind(err),
+            AgentError::Task(_) => ErrorKind::Internal,
         }
+    }
+}
+
+/// The kind of an index error.
+fn index_kind(err: &IndexError) -> ErrorKind {
+    match err {
+        IndexError::InvalidDocument { .. }
+        | IndexError::InvalidBatch(_)
+        | IndexError::InvalidQuery(_)
+        | IndexError::QueryTooComplex(_) => ErrorKind::InvalidArgument,
+        IndexError::Forbidden { .. } => ErrorKind::PermissionDenied,
+        IndexError::LogGap { .. } | IndexError::WrongShard { .. } => ErrorKind::FailedPrecondition,
+        IndexError::EntryRefused { refusal, .. } => index_kind(refusal),
+        _ => ErrorKind::Internal,
     }
 }
 
@@ -61,6 +89,55 @@ impl From<AgentError> for Status {
         if kind == ErrorKind::Internal {
             tracing::error!(error = %err, "internal error");
         }
-        kind.status(err.to_string())
+        let mut status = kind.status(err.to_string());
+        // The master resets its cursor for this replica from the metadata, without parsing text.
+        // So does a refused entry, which the replica applied as a no-op.
+        if let AgentError::Index(IndexError::LogGap { applied: seq, .. } | IndexError::EntryRefused { seq, .. }) = err {
+            status.metadata_mut().insert(APPLIED_SEQ_METADATA, seq.into());
+        }
+        status
+    }
+}
+
+/// Metadata key on the status of a positioned write that failed: the last sequence this replica
+/// applied, in decimal. Set for a gap (FAILED_PRECONDITION) and for an entry refused as a whole
+/// (INVALID_ARGUMENT, PERMISSION_DENIED), which the replica applied as a no-op.
+pub const APPLIED_SEQ_METADATA: &str = "x-ragmesh-applied-seq";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_gap_is_failed_precondition_with_the_applied_seq_in_metadata() {
+        let status = Status::from(AgentError::Index(IndexError::LogGap { applied: 41, got: 43 }));
+        assert_eq!(status.code(), tonic::Code::FailedPrecondition);
+        assert!(status.message().contains("up to seq 41; entry 43 would leave a gap"), "{}", status.message());
+        let applied = status.metadata().get(APPLIED_SEQ_METADATA).expect("metadata").to_str().expect("ascii");
+        assert_eq!(applied, "41");
+    }
+
+    #[test]
+    fn a_refused_entry_keeps_its_kind_and_reports_the_seq_it_consumed() {
+        let refusal = IndexError::InvalidBatch("empty".into());
+        let status = Status::from(AgentError::Index(IndexError::EntryRefused { seq: 7, refusal: Box::new(refusal) }));
+        assert_eq!(status.code(), tonic::Code::InvalidArgument);
+        assert!(status.message().contains("log entry 7 was refused as a whole"), "{}", status.message());
+        assert_eq!(status.metadata().get(APPLIED_SEQ_METADATA).expect("metadata").to_str().expect("ascii"), "7");
+    }
+
+    #[test]
+    fn a_wrong_shard_is_failed_precondition_naming_both_groups() {
+        let status = Status::from(AgentError::Index(IndexError::WrongShard { held: "g1".into(), got: "g2".into() }));
+        assert_eq!(status.code(), tonic::Code::FailedPrecondition);
+        assert!(status.message().contains("\"g1\"") && status.message().contains("\"g2\""), "{}", status.message());
+        assert!(status.metadata().get(APPLIED_SEQ_METADATA).is_none());
+    }
+
+    #[test]
+    fn a_write_without_a_position_is_invalid_argument() {
+        let status = Status::from(AgentError::NoPosition);
+        assert_eq!(status.code(), tonic::Code::InvalidArgument);
+        assert_eq!(status.message(), "writes reach an agent only through the master's write log (no log position)");
     }
 }

@@ -30,6 +30,7 @@ pub use ragmesh_server::StartError;
 pub struct AgentHandle {
     local_addr: SocketAddr,
     name: String,
+    shard: String,
     link: watch::Receiver<LinkStatus>,
     shutdown: CancellationToken,
     task: JoinHandle<anyhow::Result<()>>,
@@ -44,6 +45,11 @@ impl AgentHandle {
     /// The node name.
     pub fn name(&self) -> &str {
         &self.name
+    }
+
+    /// The shard group served (`--shard`, else the node name).
+    pub fn shard(&self) -> &str {
+        &self.shard
     }
 
     /// Status of the link to the master.
@@ -100,7 +106,8 @@ pub async fn start(config: AgentConfig, listener: TcpListener) -> Result<AgentHa
     let tls = tls.map(ReloadableTls::new).transpose()?;
     let shutdown = CancellationToken::new();
     ragmesh_server::watch_tls(tls.as_ref(), &shutdown);
-    let state = AgentState::new(name.clone(), config.max_concurrent_requests);
+    let shard = config.shard.clone().unwrap_or_else(|| name.clone());
+    let state = AgentState::new(name.clone(), shard.clone(), config.max_concurrent_requests);
 
     let (health, health_service) = tonic_health::server::health_reporter();
     health.set_not_serving::<AgentServiceServer<AgentApi>>().await;
@@ -153,7 +160,22 @@ pub async fn start(config: AgentConfig, listener: TcpListener) -> Result<AgentHa
                 return Err(err);
             }
         };
-        tracing::info!(documents = index.doc_count(), generation = index.generation(), "index open");
+        if let Err(err) = check_shard(&index, &state.shard, &data_dir) {
+            // Serving another group's data under this group's name would mix two logs: refuse,
+            // touching nothing, and say which flag or directory fixes it.
+            drop(index);
+            stop.cancel();
+            let _ = ragmesh_server::drain(server).await;
+            return Err(err.into());
+        }
+        let applied = index.applied();
+        tracing::info!(
+            documents = index.doc_count(),
+            generation = index.generation(),
+            log.shard = %state.shard,
+            log.applied_seq = applied.seq,
+            "index open"
+        );
         let _ = state.index.set(Arc::new(index));
         health.set_serving::<AgentServiceServer<AgentApi>>().await;
         health.set_service_status("", tonic_health::ServingStatus::Serving).await;
@@ -164,6 +186,17 @@ pub async fn start(config: AgentConfig, listener: TcpListener) -> Result<AgentHa
         ragmesh_server::drain(server).await?;
         Ok(())
     });
-    tracing::info!(listen = %local_addr, node.id = %name, tls = tls.is_some(), "agent serving");
-    Ok(AgentHandle { local_addr, name, link: status_rx, shutdown, task })
+    tracing::info!(listen = %local_addr, node.id = %name, node.shard = %shard, tls = tls.is_some(), "agent serving");
+    Ok(AgentHandle { local_addr, name, shard, link: status_rx, shutdown, task })
+}
+
+/// Refuses an index that already follows another shard group's log than `shard`; a fresh index
+/// (no position yet) takes whichever group the agent serves.
+fn check_shard(index: &DocumentIndex, shard: &str, data_dir: &std::path::Path) -> Result<(), error::AgentError> {
+    match index.applied().shard {
+        Some(held) if held != shard => {
+            Err(error::AgentError::ShardMismatch { dir: data_dir.to_path_buf(), held, wanted: shard.to_owned() })
+        }
+        _ => Ok(()),
+    }
 }

@@ -50,6 +50,15 @@ pub(crate) struct Link {
     pub(crate) shutdown: CancellationToken,
 }
 
+/// What registration and heartbeats report about the index, read from one snapshot: the master
+/// takes generation, applied sequence and collections as one fact.
+#[derive(Debug, Clone, Default)]
+struct Counted {
+    generation: u64,
+    applied_seq: u64,
+    collections: Vec<v1::CollectionStats>,
+}
+
 /// How one attached session ended.
 enum SessionEnd {
     Shutdown,
@@ -120,20 +129,26 @@ impl Link {
         Ok(endpoint)
     }
 
-    /// The index generation and the live documents per collection at that generation.
-    async fn collections(&self) -> (u64, Vec<v1::CollectionStats>) {
-        let Some(index) = self.state.index.get().cloned() else { return (0, Vec::new()) };
-        let fallback = index.generation();
-        let counted = tokio::task::spawn_blocking(move || index.collections_at_generation()).await;
+    /// The index generation, the log sequence applied and the live documents per collection,
+    /// all as of one snapshot.
+    async fn counted(&self) -> Counted {
+        let Some(index) = self.state.index.get().cloned() else { return Counted::default() };
+        let fallback =
+            Counted { generation: index.generation(), applied_seq: index.applied().seq, collections: Vec::new() };
+        let counted = tokio::task::spawn_blocking(move || index.state()).await;
         match counted {
-            Ok(Ok((generation, list))) => (generation, crate::service::collection_stats(list)),
+            Ok(Ok(state)) => Counted {
+                generation: state.generation,
+                applied_seq: state.applied.seq,
+                collections: crate::service::collection_stats(state.collections),
+            },
             Ok(Err(err)) => {
                 tracing::warn!(error = %err, "cannot count documents per collection");
-                (fallback, Vec::new())
+                fallback
             }
             Err(err) => {
                 tracing::warn!(error = %err, "collection count task failed");
-                (fallback, Vec::new())
+                fallback
             }
         }
     }
@@ -168,7 +183,7 @@ impl Link {
         let channel: Channel = self.endpoint()?.connect().await.map_err(|e| self.explain(&e))?;
         let mut client = MembershipServiceClient::new(channel);
 
-        let (generation, collections) = self.collections().await;
+        let Counted { generation, applied_seq, collections } = self.counted().await;
         let mut register = tonic::Request::new(v1::RegisterRequest {
             node_name: self.state.name.clone(),
             advertised_address: self.advertise.clone(),
@@ -180,7 +195,8 @@ impl Link {
             generation,
             heartbeat_interval_ms: u32::try_from(self.interval.as_millis()).unwrap_or(u32::MAX),
             join_token: self.join_token.as_ref().map(|t| t.0.clone()).unwrap_or_default(),
-            ..Default::default()
+            shard: self.state.shard.clone(),
+            applied_seq,
         });
         register.set_timeout(REGISTER_TIMEOUT);
         let registered =
@@ -200,24 +216,22 @@ impl Link {
 
         let (tx, rx) = mpsc::channel::<v1::HealthStreamRequest>(4);
         let mut seq = 0u64;
-        // A heartbeat reports the collections counted at `generation`, never a newer generation
-        // with older counts: the master takes the pair as one fact.
-        let beat = |seq: u64, generation: u64, collections: Vec<v1::CollectionStats>| v1::HealthStreamRequest {
+        // A heartbeat reports the collections and applied sequence counted at `generation`, never
+        // a newer generation with older counts: the master takes the triple as one fact.
+        let beat = |seq: u64, counted: &Counted| v1::HealthStreamRequest {
             node_name: self.state.name.clone(),
             session_id: registered.session_id.clone(),
             heartbeat: Some(v1::Heartbeat {
                 seq,
                 in_flight: self.state.in_flight.load(Ordering::Relaxed),
-                collections,
-                generation,
-                ..Default::default()
+                collections: counted.collections.clone(),
+                generation: counted.generation,
+                applied_seq: counted.applied_seq,
             }),
         };
         // The master waits for the first heartbeat before it answers the stream, so queue it first.
-        let (mut counted_generation, mut collections) = self.collections().await;
-        tx.send(beat(seq, counted_generation, collections.clone()))
-            .await
-            .map_err(|_| "health stream closed".to_owned())?;
+        let mut counted = self.counted().await;
+        tx.send(beat(seq, &counted)).await.map_err(|_| "health stream closed".to_owned())?;
         let mut inbound = client
             .health_stream(ReceiverStream::new(rx))
             .await
@@ -239,10 +253,11 @@ impl Link {
                         return Ok(SessionEnd::Lost(format!("master sent no acknowledgement for {} ms", ack_timeout.as_millis())));
                     }
                     seq += 1;
-                    if self.generation() != counted_generation {
-                        (counted_generation, collections) = self.collections().await;
+                    // Every commit (and so every applied entry) moves the generation.
+                    if self.generation() != counted.generation {
+                        counted = self.counted().await;
                     }
-                    if tx.send(beat(seq, counted_generation, collections.clone())).await.is_err() {
+                    if tx.send(beat(seq, &counted)).await.is_err() {
                         return Ok(SessionEnd::Lost("health stream closed".to_owned()));
                     }
                 }

@@ -1,4 +1,5 @@
 //! The agent's data plane (`AgentService`): upsert, delete and BM25 search over the local index.
+//! Writes are entries of the agent's shard group's write log, applied in order and each once.
 //! Index calls are blocking (tantivy), so they run on the blocking pool.
 
 use std::collections::BTreeMap;
@@ -6,7 +7,10 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, OnceLock, RwLock};
 
 use ragmesh_auth::{AuthError, CONTEXT_AUDIENCE, Capability, Principal, PublicKey, Verifier, VerifierConfig, unix_now};
-use ragmesh_index::{Acl, DocRef, Document, DocumentIndex, SearchQuery, SubjectRef, Viewer, Writer};
+use ragmesh_index::{
+    Acl, Applied, DocRef, Document, DocumentIndex, IndexError, IndexState, LogPosition, SearchQuery, SubjectRef,
+    Viewer, Writer,
+};
 use ragmesh_proto::v1::{self, agent_service_server::AgentService};
 use tokio::sync::Semaphore;
 use tonic::{Request, Response, Status};
@@ -23,6 +27,8 @@ pub const MASTER_ISSUER: &str = "ragmesh-master";
 pub struct AgentState {
     /// Node name.
     pub name: String,
+    /// Shard group served (`--shard`, the node name by default); every write must name it.
+    pub shard: String,
     /// The index, once open.
     pub index: Arc<OnceLock<Arc<DocumentIndex>>>,
     /// Requests being served now (reported in heartbeats).
@@ -38,10 +44,12 @@ pub struct AgentState {
 }
 
 impl AgentState {
-    /// State of agent `name` running at most `max_work` blocking index operations at once.
-    pub fn new(name: String, max_work: usize) -> Self {
+    /// State of agent `name` serving shard group `shard`, running at most `max_work` blocking
+    /// index operations at once.
+    pub fn new(name: String, shard: String, max_work: usize) -> Self {
         AgentState {
             name,
+            shard,
             index: Arc::new(OnceLock::new()),
             in_flight: Arc::new(AtomicU32::new(0)),
             verifier: Arc::default(),
@@ -72,6 +80,15 @@ impl AgentState {
         let principal = verifier.verify(token, unix_now())?;
         principal.require(capability)?;
         Ok(principal)
+    }
+
+    /// The log position of a write: required, and of this agent's shard group.
+    fn position(&self, position: Option<v1::LogPosition>) -> Result<LogPosition, AgentError> {
+        let position = position.ok_or(AgentError::NoPosition)?;
+        if position.shard != self.shard {
+            return Err(AgentError::Index(IndexError::WrongShard { held: self.shard.clone(), got: position.shard }));
+        }
+        Ok(LogPosition { shard: position.shard, seq: position.seq })
     }
 
     fn index(&self) -> Result<Arc<DocumentIndex>, AgentError> {
@@ -150,6 +167,26 @@ fn document_from_wire(doc: v1::Document) -> Document {
     }
 }
 
+/// The applied sequence a write answer reports: the snapshot's, which a later entry applied in
+/// between may have moved past this one, never below it.
+fn applied_seq(applied: &Applied, state: &IndexState) -> u64 {
+    state.applied.seq.max(applied.applied_seq)
+}
+
+fn log_write(operation: &'static str, documents: u32, seq: u64, applied: &Applied) {
+    if applied.already_applied {
+        tracing::info!(
+            operation,
+            documents,
+            log.seq = seq,
+            log.applied_seq = applied.applied_seq,
+            "log entry already applied"
+        );
+    } else {
+        tracing::info!(operation, documents, log.seq = seq, generation = applied.generation, "log entry applied");
+    }
+}
+
 /// Collection counts on the wire (in write answers and heartbeats).
 pub(crate) fn collection_stats(counts: Vec<ragmesh_index::CollectionCount>) -> Vec<v1::CollectionStats> {
     counts.into_iter().map(|c| v1::CollectionStats { name: c.name, doc_count: c.doc_count }).collect()
@@ -162,21 +199,26 @@ impl AgentService for AgentApi {
         request: Request<v1::UpsertDocumentsRequest>,
     ) -> Result<Response<v1::UpsertDocumentsResponse>, Status> {
         let writer = writer_of(&self.0.caller(&request, Capability::Ingest)?);
-        let docs: Vec<Document> = request.into_inner().documents.into_iter().map(document_from_wire).collect();
+        let request = request.into_inner();
+        let position = self.0.position(request.position)?;
+        let docs: Vec<Document> = request.documents.into_iter().map(document_from_wire).collect();
         let count = u32::try_from(docs.len()).unwrap_or(u32::MAX);
-        let (generation, collections) = self
+        let seq = position.seq;
+        let (applied, state) = self
             .0
             .with_index(move |index| {
-                index.upsert_as(docs, &writer)?;
-                index.collections_at_generation()
+                let applied = index.apply_upsert(&position, docs, &writer)?;
+                Ok((applied, index.state()?))
             })
             .await?;
-        tracing::info!(documents = count, generation, "documents upserted");
+        log_write("upsert", count, seq, &applied);
+        let applied_seq = applied_seq(&applied, &state);
         Ok(Response::new(v1::UpsertDocumentsResponse {
             upserted: count,
-            generation,
-            collections: collection_stats(collections),
-            ..Default::default()
+            generation: state.generation,
+            collections: collection_stats(state.collections),
+            applied_seq,
+            already_applied: applied.already_applied,
         }))
     }
 
@@ -185,22 +227,27 @@ impl AgentService for AgentApi {
         request: Request<v1::DeleteDocumentsRequest>,
     ) -> Result<Response<v1::DeleteDocumentsResponse>, Status> {
         let writer = writer_of(&self.0.caller(&request, Capability::Ingest)?);
+        let request = request.into_inner();
+        let position = self.0.position(request.position)?;
         let refs: Vec<DocRef> =
-            request.into_inner().refs.into_iter().map(|r| DocRef { collection: r.collection, id: r.id }).collect();
+            request.refs.into_iter().map(|r| DocRef { collection: r.collection, id: r.id }).collect();
         let count = u32::try_from(refs.len()).unwrap_or(u32::MAX);
-        let (generation, collections) = self
+        let seq = position.seq;
+        let (applied, state) = self
             .0
             .with_index(move |index| {
-                index.delete_as(refs, &writer)?;
-                index.collections_at_generation()
+                let applied = index.apply_delete(&position, refs, &writer)?;
+                Ok((applied, index.state()?))
             })
             .await?;
-        tracing::info!(documents = count, generation, "documents deleted");
+        log_write("delete", count, seq, &applied);
+        let applied_seq = applied_seq(&applied, &state);
         Ok(Response::new(v1::DeleteDocumentsResponse {
             deleted: count,
-            generation,
-            collections: collection_stats(collections),
-            ..Default::default()
+            generation: state.generation,
+            collections: collection_stats(state.collections),
+            applied_seq,
+            already_applied: applied.already_applied,
         }))
     }
 
@@ -259,7 +306,7 @@ mod tests {
     }
 
     fn state_with_slots(dir: &std::path::Path, slots: usize) -> AgentState {
-        let state = AgentState::new("agent-test".to_owned(), slots);
+        let state = AgentState::new("agent-test".to_owned(), "agent-test".to_owned(), slots);
         let index = DocumentIndex::open(dir).expect("open a fresh index");
         assert!(state.index.set(Arc::new(index)).is_ok(), "the index is set once");
         state

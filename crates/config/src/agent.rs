@@ -23,12 +23,16 @@ use crate::{
     about = "ragmesh node agent: local BM25 index, registers with the master over mTLS"
 )]
 pub struct AgentArgs {
-    /// TOML config file (keys: the long flag names with `_` for `-`, e.g. name, master, data_dir, join_token, labels = { k = "v" })
+    /// TOML config file (keys: the long flag names with `_` for `-`, e.g. name, shard, master, data_dir, join_token, labels = { k = "v" })
     #[arg(long, env = "RAGMESH_CONFIG", value_name = "FILE")]
     pub config: Option<PathBuf>,
     /// Node name [default: the name in --cert]; must match the certificate
     #[arg(long, env = "RAGMESH_NODE_NAME", value_name = "NAME")]
     pub name: Option<String>,
+    /// Shard group this agent serves: agents of one group are replicas of the same documents.
+    /// Same rules as node names [default: the node name, a group of one]
+    #[arg(long, env = "RAGMESH_SHARD", value_name = "NAME")]
+    pub shard: Option<String>,
     /// Address to serve the agent API on [default: 127.0.0.1:7401]
     #[arg(long, env = "RAGMESH_LISTEN", value_name = "IP:PORT")]
     pub listen: Option<String>,
@@ -86,6 +90,7 @@ impl std::fmt::Debug for Secret {
 #[serde(deny_unknown_fields)]
 struct AgentFile {
     name: Option<String>,
+    shard: Option<String>,
     listen: Option<String>,
     addr_file: Option<PathBuf>,
     advertise: Option<String>,
@@ -108,6 +113,8 @@ struct AgentFile {
 pub struct AgentConfig {
     /// Node name; `None` means "take it from the certificate".
     pub name: Option<String>,
+    /// Shard group served; `None` means the node name (a group of one).
+    pub shard: Option<String>,
     /// Address to serve on.
     pub listen: SocketAddr,
     /// Address to advertise; `None` means the bound address.
@@ -173,6 +180,14 @@ impl AgentArgs {
         {
             problems.push(format!("--name {name:?} is invalid: use 1-63 characters of a-z, 0-9 and '-'"));
         }
+        let shard = self.shard.or(file.shard);
+        if let Some(shard) = &shard
+            && !valid_node_name(shard)
+        {
+            problems.push(format!(
+                "--shard {shard:?} is invalid: a shard group is named like a node, 1-63 characters of a-z, 0-9 and '-'"
+            ));
+        }
         let listen = self.listen.or(file.listen).unwrap_or_else(|| "127.0.0.1:7401".to_owned());
         let listen = parse_listen("listen", &listen, &mut problems);
         let addr_file = resolve_addr_file(self.addr_file, file.addr_file, &mut problems);
@@ -222,6 +237,7 @@ impl AgentArgs {
             max_message_bytes,
             max_concurrent_requests,
             name,
+            shard,
             listen,
             advertise,
             master,
@@ -321,6 +337,48 @@ mod tests {
         bad.extend(["--config", file.to_str().expect("utf-8 path")]);
         let errors = args(&bad).resolve_daemon().expect_err("empty");
         assert!(errors.to_string().contains("--addr-file is empty"), "{errors}");
+    }
+
+    #[test]
+    fn shard_defaults_to_none_and_comes_from_flag_env_or_file() {
+        let base = ["--insecure", "--name", "n1", "--master", "m:7400"];
+        assert_eq!(args(&base).resolve().expect("valid").shard, None, "unset: the node name decides later");
+
+        let mut with = base.to_vec();
+        with.extend(["--shard", "group-a"]);
+        assert_eq!(args(&with).resolve().expect("valid").shard.as_deref(), Some("group-a"));
+
+        let dir = tempfile::tempdir().expect("tempdir");
+        let file = dir.path().join("agent.toml");
+        std::fs::write(&file, "shard = \"group-b\"\n").expect("write config");
+        let mut from_file = base.to_vec();
+        from_file.extend(["--config", file.to_str().expect("utf-8 path")]);
+        assert_eq!(args(&from_file).resolve().expect("valid").shard.as_deref(), Some("group-b"));
+        // The flag wins over the file.
+        from_file.extend(["--shard", "group-c"]);
+        assert_eq!(args(&from_file).resolve().expect("valid").shard.as_deref(), Some("group-c"));
+    }
+
+    #[test]
+    fn shard_env_variable_is_read() {
+        // The variable name is part of the interface; read from clap's definition rather than
+        // set in the process environment, which other tests share.
+        use clap::CommandFactory as _;
+        let command = AgentArgs::command();
+        let shard = command.get_arguments().find(|a| a.get_id() == "shard").expect("--shard exists");
+        assert_eq!(shard.get_env(), Some(std::ffi::OsStr::new("RAGMESH_SHARD")));
+    }
+
+    #[test]
+    fn an_invalid_shard_is_refused_with_the_naming_rule() {
+        for bad in ["Group A", "a-", "under_score"] {
+            let errors = args(&["--insecure", "--name", "n1", "--master", "m:7400", "--shard", bad])
+                .resolve()
+                .expect_err("invalid shard");
+            let text = errors.to_string();
+            assert!(text.contains(&format!("--shard {bad:?} is invalid")), "{text}");
+            assert!(text.contains("1-63 characters of a-z, 0-9 and '-'"), "{text}");
+        }
     }
 
     #[test]

@@ -74,6 +74,37 @@ pub enum IndexError {
         /// Why it could not be decoded.
         reason: String,
     },
+    /// A log entry every replica refuses the same way (an invalid document, a write the caller
+    /// may not make): nothing of it was written, but it took its place in the log, so the
+    /// replica's position moved past it (`seq`) and the group's log never waits behind it.
+    #[error("{refusal} (log entry {seq} was refused as a whole and is applied as a no-op)")]
+    EntryRefused {
+        /// The entry's sequence, now the replica's applied sequence.
+        seq: u64,
+        /// Why it was refused.
+        refusal: Box<IndexError>,
+    },
+    /// A log entry lies past the next one this replica expects: applying it would skip entries.
+    /// Nothing was written.
+    #[error(
+        "this replica applied the shard group's log up to seq {applied}; entry {got} would leave a gap: the master sends the missing entries first"
+    )]
+    LogGap {
+        /// Last sequence the index applied.
+        applied: u64,
+        /// Sequence of the refused entry.
+        got: u64,
+    },
+    /// A log entry of another shard group than the one this index holds. Nothing was written.
+    #[error(
+        "this replica holds shard group {held:?}'s data; an entry of shard group {got:?} belongs on a replica of {got:?}"
+    )]
+    WrongShard {
+        /// The shard group the index (or agent) holds.
+        held: String,
+        /// The shard group the entry names.
+        got: String,
+    },
     /// A tantivy operation failed.
     #[error("{context}: {source}")]
     Tantivy {
@@ -85,6 +116,13 @@ pub enum IndexError {
 }
 
 impl IndexError {
+    /// Whether the error depends only on the write and on index state that every in-sync
+    /// replica shares, so every replica refuses it alike (and not on this replica's disk or
+    /// memory, which may fail on one replica only).
+    pub fn is_deterministic_refusal(&self) -> bool {
+        matches!(self, IndexError::InvalidDocument { .. } | IndexError::InvalidBatch(_) | IndexError::Forbidden { .. })
+    }
+
     /// Builds a closure that wraps a tantivy error with a description of the failed operation.
     pub(crate) fn tantivy(context: &'static str) -> impl FnOnce(tantivy::TantivyError) -> Self {
         move |source| Self::Tantivy { context, source }

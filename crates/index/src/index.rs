@@ -1,4 +1,5 @@
-//! The node-local tantivy index: schema, batched upserts and deletes, generations and BM25 search.
+//! The node-local tantivy index: schema, batched upserts and deletes, generations, the applied
+//! write-log position (committed with the documents it describes) and BM25 search.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt;
@@ -17,6 +18,7 @@ use tantivy::{
 };
 
 use crate::document::{collection_problem, validate_batch_len, validate_document, validate_ref};
+use crate::position::{Applied, AppliedLog, LogPosition, Step, check_position};
 use crate::{CollectionCount, DocRef, Document, IndexError, SearchHit, SearchQuery, SearchResults, Writer};
 
 /// Memory budget of the single index writer, shared by its indexing threads.
@@ -37,10 +39,23 @@ const TIE_FETCH_CAP: usize = 10_000;
 /// Separates collection and id in the unique key; collection names cannot contain it.
 const KEY_SEPARATOR: char = '\u{1f}';
 
-/// What is stored in tantivy's commit payload, next to the data it describes.
-#[derive(Debug, Serialize, Deserialize)]
+/// What is stored in tantivy's commit payload, next to the data it describes: written in the
+/// same commit as the documents, so the generation and the applied log position can never
+/// disagree with the data after a crash.
+#[derive(Debug, PartialEq, Eq, Serialize, Deserialize)]
 struct CommitPayload {
     generation: u64,
+    /// The shard group whose log the index follows; absent before the first positioned write
+    /// (and in payloads written before positions existed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    shard: Option<String>,
+    /// Last log sequence applied; absent means 0.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    applied_seq: u64,
+}
+
+fn is_zero(value: &u64) -> bool {
+    *value == 0
 }
 
 /// Handles to the schema fields.
@@ -94,17 +109,33 @@ fn unique_key(collection: &str, id: &str) -> String {
     key
 }
 
-/// The writer and the generation of its last commit; only touched under one lock.
+/// The writer and the generation and log position of its last commit; only touched under one
+/// lock, so checking a log position and applying its entry is one atomic step.
 struct WriterState {
     writer: IndexWriter,
     generation: u64,
+    applied: AppliedLog,
 }
 
-/// A searcher together with the generation it reflects, swapped as one value after each commit.
+/// A searcher together with the generation and log position it reflects, swapped as one value
+/// after each commit.
 #[derive(Clone)]
 struct Snapshot {
     searcher: Searcher,
     generation: u64,
+    applied: AppliedLog,
+}
+
+/// Generation, applied log position and live documents per collection, all read from one
+/// snapshot, so a heartbeat reports a consistent triple.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IndexState {
+    /// Generation of the snapshot.
+    pub generation: u64,
+    /// Last log position applied as of that generation.
+    pub applied: AppliedLog,
+    /// Live documents per collection at that generation, sorted by name.
+    pub collections: Vec<CollectionCount>,
 }
 
 /// A scored match with the fields used to order it.
@@ -133,6 +164,7 @@ impl fmt::Debug for DocumentIndex {
         f.debug_struct("DocumentIndex")
             .field("path", &self.path)
             .field("generation", &self.generation())
+            .field("applied", &self.applied())
             .finish_non_exhaustive()
     }
 }
@@ -159,8 +191,8 @@ impl DocumentIndex {
         })?;
         // Read the generation after taking the writer lock so no other writer can move it.
         let metas = index.load_metas().map_err(open_error)?;
-        let generation = match metas.payload.as_deref() {
-            None => 0,
+        let (generation, applied) = match metas.payload.as_deref() {
+            None => (0, AppliedLog::default()),
             Some(payload) => decode_payload(payload).map_err(|reason| IndexError::BadPayload {
                 path: path.clone(),
                 payload: payload.to_owned(),
@@ -170,14 +202,20 @@ impl DocumentIndex {
         let reader = index.reader_builder().reload_policy(ReloadPolicy::Manual).try_into().map_err(open_error)?;
         let mut parser = QueryParser::for_index(&index, vec![fields.title, fields.body]);
         parser.set_field_boost(fields.title, TITLE_BOOST);
-        let snapshot = Snapshot { searcher: reader.searcher(), generation };
-        tracing::debug!(index.generation = generation, index.docs = snapshot.searcher.num_docs(), "index opened");
+        let snapshot = Snapshot { searcher: reader.searcher(), generation, applied: applied.clone() };
+        tracing::debug!(
+            index.generation = generation,
+            index.docs = snapshot.searcher.num_docs(),
+            log.shard = applied.shard.as_deref().unwrap_or(""),
+            log.applied_seq = applied.seq,
+            "index opened"
+        );
         Ok(DocumentIndex {
             path,
             fields,
             reader,
             parser,
-            writer: Mutex::new(WriterState { writer, generation }),
+            writer: Mutex::new(WriterState { writer, generation, applied }),
             snapshot: RwLock::new(snapshot),
         })
     }
@@ -190,6 +228,12 @@ impl DocumentIndex {
     /// The generation of the last commit: 0 for a fresh index, +1 per successful write call.
     pub fn generation(&self) -> u64 {
         self.snapshot().generation
+    }
+
+    /// The last write-log position applied, as of the last commit: no shard and seq 0 until the
+    /// first positioned write.
+    pub fn applied(&self) -> AppliedLog {
+        self.snapshot().applied
     }
 
     /// Number of live (not deleted) documents.
@@ -212,6 +256,95 @@ impl DocumentIndex {
     /// concurrent write slips between check and commit.
     pub fn upsert_as(&self, docs: Vec<Document>, writer: &Writer) -> Result<u64, IndexError> {
         let _span = tracing::debug_span!("index.upsert", index.batch = docs.len()).entered();
+        let mut state = self.lock_writer();
+        let unchanged = state.applied.clone();
+        self.write_upserts(&mut state, docs, writer, unchanged)
+    }
+
+    /// Applies write-log entry `position` of its shard group: an upsert like
+    /// [`DocumentIndex::upsert_as`], committed together with `position` as the applied position.
+    ///
+    /// The entry is applied only when it is the next one (`seq == applied + 1`); one at or below
+    /// the applied sequence is acknowledged without writing anything (`already_applied`, same
+    /// generation); one past the next fails with [`IndexError::LogGap`]; one of another shard
+    /// group than the index holds fails with [`IndexError::WrongShard`]. Check and apply happen
+    /// under the writer lock, so concurrent entries cannot both pass the check. A failed write
+    /// leaves documents and position as they were.
+    pub fn apply_upsert(
+        &self,
+        position: &LogPosition,
+        docs: Vec<Document>,
+        writer: &Writer,
+    ) -> Result<Applied, IndexError> {
+        let _span = tracing::debug_span!(
+            "index.apply_upsert",
+            index.batch = docs.len(),
+            log.shard = %position.shard,
+            log.seq = position.seq
+        )
+        .entered();
+        let mut state = self.lock_writer();
+        self.apply_at(&mut state, position, |index, state, next| index.write_upserts(state, docs, writer, next))
+    }
+
+    /// Applies write-log entry `position`: a delete like [`DocumentIndex::delete_as`], with the
+    /// rules of [`DocumentIndex::apply_upsert`].
+    pub fn apply_delete(
+        &self,
+        position: &LogPosition,
+        refs: Vec<DocRef>,
+        writer: &Writer,
+    ) -> Result<Applied, IndexError> {
+        let _span = tracing::debug_span!(
+            "index.apply_delete",
+            index.batch = refs.len(),
+            log.shard = %position.shard,
+            log.seq = position.seq
+        )
+        .entered();
+        let mut state = self.lock_writer();
+        self.apply_at(&mut state, position, |index, state, next| index.write_deletes(state, refs, writer, next))
+    }
+
+    /// Decides what to do with entry `position` (see [`check_position`]) and runs `write` when it
+    /// is the next one. Called with the writer lock held.
+    fn apply_at(
+        &self,
+        state: &mut WriterState,
+        position: &LogPosition,
+        write: impl FnOnce(&Self, &mut WriterState, AppliedLog) -> Result<u64, IndexError>,
+    ) -> Result<Applied, IndexError> {
+        match check_position(&state.applied, position)? {
+            Step::AlreadyApplied => {
+                tracing::debug!(log.applied_seq = state.applied.seq, "log entry already applied; nothing written");
+                Ok(Applied { generation: state.generation, applied_seq: state.applied.seq, already_applied: true })
+            }
+            Step::Apply => match write(self, state, AppliedLog::advanced_to(position)) {
+                Ok(generation) => Ok(Applied { generation, applied_seq: position.seq, already_applied: false }),
+                Err(refusal) if refusal.is_deterministic_refusal() => {
+                    // Every in-sync replica refuses this entry alike (the refusal depends only on
+                    // the entry and on the state they share), so it still takes its place: the
+                    // position moves past it with nothing written, and the group's log is never
+                    // stuck behind an entry no replica can apply.
+                    rollback(state);
+                    self.commit(state, AppliedLog::advanced_to(position))?;
+                    tracing::info!(log.seq = position.seq, error = %refusal, "log entry refused; applied as a no-op");
+                    Err(IndexError::EntryRefused { seq: position.seq, refusal: Box::new(refusal) })
+                }
+                Err(other) => Err(other),
+            },
+        }
+    }
+
+    /// Validates and writes an upsert batch, then commits it with `applied` as the log position.
+    /// Called with the writer lock held.
+    fn write_upserts(
+        &self,
+        state: &mut WriterState,
+        docs: Vec<Document>,
+        writer: &Writer,
+        applied: AppliedLog,
+    ) -> Result<u64, IndexError> {
         validate_batch_len(docs.len(), "upsert")?;
         let mut docs = docs;
         for (position, doc) in docs.iter_mut().enumerate() {
@@ -228,17 +361,16 @@ impl DocumentIndex {
             tantivy_docs.push((self.fields.key_term(&doc.collection, &doc.id), self.to_tantivy(doc, writer.owner())));
         }
 
-        let mut state = self.lock_writer();
         let keys: Vec<(&str, &str)> = docs.iter().map(|d| (d.collection.as_str(), d.id.as_str())).collect();
         self.check_owners(&keys, writer)?;
         for (key, doc) in tantivy_docs {
             state.writer.delete_term(key);
             if let Err(source) = state.writer.add_document(doc) {
-                rollback(&mut state);
+                rollback(state);
                 return Err(IndexError::Tantivy { context: "add document", source });
             }
         }
-        self.commit(&mut state)
+        self.commit(state, applied)
     }
 
     /// Fails on the first existing document among `keys` that `writer` may not replace.
@@ -280,17 +412,30 @@ impl DocumentIndex {
     /// owns (unknown documents are still fine).
     pub fn delete_as(&self, refs: Vec<DocRef>, writer: &Writer) -> Result<u64, IndexError> {
         let _span = tracing::debug_span!("index.delete", index.batch = refs.len()).entered();
+        let mut state = self.lock_writer();
+        let unchanged = state.applied.clone();
+        self.write_deletes(&mut state, refs, writer, unchanged)
+    }
+
+    /// Validates and writes a delete batch, then commits it with `applied` as the log position.
+    /// Called with the writer lock held.
+    fn write_deletes(
+        &self,
+        state: &mut WriterState,
+        refs: Vec<DocRef>,
+        writer: &Writer,
+        applied: AppliedLog,
+    ) -> Result<u64, IndexError> {
         validate_batch_len(refs.len(), "delete")?;
         for (position, doc_ref) in refs.iter().enumerate() {
             validate_ref(position, doc_ref)?;
         }
-        let mut state = self.lock_writer();
         let keys: Vec<(&str, &str)> = refs.iter().map(|r| (r.collection.as_str(), r.id.as_str())).collect();
         self.check_owners(&keys, writer)?;
         for doc_ref in &refs {
             state.writer.delete_term(self.fields.key_term(&doc_ref.collection, &doc_ref.id));
         }
-        self.commit(&mut state)
+        self.commit(state, applied)
     }
 
     /// Runs a BM25 search over titles and bodies.
@@ -403,9 +548,16 @@ impl DocumentIndex {
     /// The generation of the current snapshot and its live document counts per collection,
     /// read from the same snapshot so the two always agree.
     pub fn collections_at_generation(&self) -> Result<(u64, Vec<CollectionCount>), IndexError> {
+        let state = self.state()?;
+        Ok((state.generation, state.collections))
+    }
+
+    /// Generation, applied log position and live documents per collection of the current
+    /// snapshot, read together so the three always agree.
+    pub fn state(&self) -> Result<IndexState, IndexError> {
         let snapshot = self.snapshot();
-        let counts = self.count_collections(&snapshot.searcher)?;
-        Ok((snapshot.generation, counts))
+        let collections = self.count_collections(&snapshot.searcher)?;
+        Ok(IndexState { generation: snapshot.generation, applied: snapshot.applied, collections })
     }
 
     fn count_collections(&self, searcher: &Searcher) -> Result<Vec<CollectionCount>, IndexError> {
@@ -455,10 +607,12 @@ impl DocumentIndex {
         }
     }
 
-    /// Commits pending operations with generation + 1 in the payload and publishes a new searcher.
-    fn commit(&self, state: &mut WriterState) -> Result<u64, IndexError> {
+    /// Commits pending operations with generation + 1 and `applied` in the payload, in the same
+    /// commit as the documents, and publishes a new searcher. A failed commit rolls the pending
+    /// operations back and leaves generation and position as they were.
+    fn commit(&self, state: &mut WriterState, applied: AppliedLog) -> Result<u64, IndexError> {
         let next = state.generation + 1;
-        let payload = encode_payload(next);
+        let payload = encode_payload(next, &applied);
         let committed = state.writer.prepare_commit().and_then(|mut prepared| {
             prepared.set_payload(&payload);
             prepared.commit()
@@ -469,8 +623,9 @@ impl DocumentIndex {
         }
         // The commit is durable from here on, whatever happens to the reader.
         state.generation = next;
+        state.applied = applied.clone();
         self.reader.reload().map_err(IndexError::tantivy("reload reader after commit"))?;
-        let snapshot = Snapshot { searcher: self.reader.searcher(), generation: next };
+        let snapshot = Snapshot { searcher: self.reader.searcher(), generation: next, applied };
         tracing::debug!(index.generation = next, index.docs = snapshot.searcher.num_docs(), "index committed");
         *self.snapshot.write().unwrap_or_else(PoisonError::into_inner) = snapshot;
         Ok(next)
@@ -570,12 +725,16 @@ fn rollback(state: &mut WriterState) {
     }
 }
 
-fn encode_payload(generation: u64) -> String {
-    serde_json::to_string(&CommitPayload { generation }).expect("a struct with one integer always serializes to JSON")
+fn encode_payload(generation: u64, applied: &AppliedLog) -> String {
+    let payload = CommitPayload { generation, shard: applied.shard.clone(), applied_seq: applied.seq };
+    serde_json::to_string(&payload).expect("integers and an optional string always serialize to JSON")
 }
 
-fn decode_payload(payload: &str) -> Result<u64, String> {
-    serde_json::from_str::<CommitPayload>(payload).map(|p| p.generation).map_err(|err| err.to_string())
+/// Reads a payload of any version: one without a position (written before positions existed)
+/// is at seq 0 with no shard.
+fn decode_payload(payload: &str) -> Result<(u64, AppliedLog), String> {
+    let payload = serde_json::from_str::<CommitPayload>(payload).map_err(|err| err.to_string())?;
+    Ok((payload.generation, AppliedLog { shard: payload.shard, seq: payload.applied_seq }))
 }
 
 /// Drops earlier occurrences of a repeated `(collection, id)`, keeping batch order otherwise.
@@ -1103,6 +1262,258 @@ mod tests {
             let reopened = DocumentIndex::open(dir.path()).expect("reopen");
             prop_assert_eq!(reopened.generation(), ops.len() as u64);
             prop_assert_eq!(reopened.doc_count(), model.len() as u64);
+        }
+    }
+
+    fn position(shard: &str, seq: u64) -> LogPosition {
+        LogPosition::new(shard, seq)
+    }
+
+    fn apply_doc(index: &DocumentIndex, shard: &str, seq: u64, id: &str) -> Result<Applied, IndexError> {
+        index.apply_upsert(&position(shard, seq), vec![doc("c", id, "", "logged words")], &Writer::Operator)
+    }
+
+    fn at(shard: &str, seq: u64) -> AppliedLog {
+        AppliedLog { shard: Some(shard.to_owned()), seq }
+    }
+
+    #[test]
+    fn log_entries_apply_in_order_and_move_the_position_with_the_generation() {
+        let (_dir, index) = open_temp();
+        assert_eq!(index.applied(), AppliedLog::default(), "a fresh index holds no shard and is at seq 0");
+        let first = apply_doc(&index, "g1", 1, "a").expect("seq 1");
+        assert_eq!(first, Applied { generation: 1, applied_seq: 1, already_applied: false });
+        let second =
+            index.apply_delete(&position("g1", 2), vec![doc_ref("c", "a")], &Writer::Operator).expect("seq 2 deletes");
+        assert_eq!(second, Applied { generation: 2, applied_seq: 2, already_applied: false });
+        let third = apply_doc(&index, "g1", 3, "b").expect("seq 3");
+        assert_eq!(third, Applied { generation: 3, applied_seq: 3, already_applied: false });
+        assert_eq!(index.applied(), at("g1", 3));
+        assert_eq!(index.doc_count(), 1);
+        let state = index.state().expect("state");
+        assert_eq!((state.generation, state.applied.clone()), (3, at("g1", 3)));
+        assert_eq!(state.collections, vec![CollectionCount { name: "c".to_owned(), doc_count: 1 }]);
+    }
+
+    #[test]
+    fn a_duplicate_entry_is_acknowledged_without_a_second_apply() {
+        let (_dir, index) = open_temp();
+        apply_doc(&index, "g1", 1, "a").expect("seq 1");
+        apply_doc(&index, "g1", 2, "b").expect("seq 2");
+        // The same sequence again, even carrying other documents, writes nothing.
+        for seq in [1, 2] {
+            let again = index
+                .apply_upsert(&position("g1", seq), vec![doc("c", "intruder", "", "logged")], &Writer::Operator)
+                .expect("duplicate acknowledged");
+            assert_eq!(again, Applied { generation: 2, applied_seq: 2, already_applied: true });
+        }
+        let delete_again =
+            index.apply_delete(&position("g1", 1), vec![doc_ref("c", "a")], &Writer::Operator).expect("dup delete");
+        assert!(delete_again.already_applied);
+        assert_eq!(index.generation(), 2);
+        assert_eq!(index.doc_count(), 2);
+        assert_eq!(index.search(&query("logged")).expect("search").total_matches, 2);
+        assert_eq!(index.search(&query("intruder")).expect("search").total_matches, 0);
+    }
+
+    #[test]
+    fn an_entry_past_a_gap_is_refused_with_the_applied_seq() {
+        let (_dir, index) = open_temp();
+        apply_doc(&index, "g1", 1, "a").expect("seq 1");
+        let err = apply_doc(&index, "g1", 3, "c").expect_err("gap");
+        assert!(matches!(err, IndexError::LogGap { applied: 1, got: 3 }), "{err:?}");
+        assert!(err.to_string().contains("up to seq 1; entry 3 would leave a gap"), "{err}");
+        assert_eq!((index.generation(), index.doc_count(), index.applied()), (1, 1, at("g1", 1)));
+        apply_doc(&index, "g1", 2, "b").expect("the missing entry first");
+        apply_doc(&index, "g1", 3, "c").expect("then the refused one");
+        assert_eq!(index.applied(), at("g1", 3));
+    }
+
+    #[test]
+    fn an_entry_of_another_shard_group_is_refused() {
+        let (_dir, index) = open_temp();
+        apply_doc(&index, "g1", 1, "a").expect("seq 1 sets the shard");
+        for seq in [1, 2] {
+            let err = apply_doc(&index, "g2", seq, "b").expect_err("wrong shard");
+            assert!(matches!(&err, IndexError::WrongShard { held, got } if held == "g1" && got == "g2"), "{err:?}");
+        }
+        assert_eq!((index.generation(), index.doc_count(), index.applied()), (1, 1, at("g1", 1)));
+    }
+
+    #[test]
+    fn concurrent_copies_of_one_entry_apply_once() {
+        let (_dir, index) = open_temp();
+        let outcomes: Vec<Applied> = std::thread::scope(|scope| {
+            let threads: Vec<_> = (0..8)
+                .map(|i| {
+                    let index = &index;
+                    scope.spawn(move || apply_doc(index, "g1", 1, &format!("copy{i}")).expect("acknowledged"))
+                })
+                .collect();
+            threads.into_iter().map(|t| t.join().expect("thread")).collect()
+        });
+        assert_eq!(outcomes.iter().filter(|a| !a.already_applied).count(), 1, "{outcomes:?}");
+        assert!(outcomes.iter().all(|a| a.applied_seq == 1 && a.generation == 1), "{outcomes:?}");
+        assert_eq!((index.generation(), index.doc_count()), (1, 1));
+    }
+
+    #[test]
+    fn the_position_survives_reopen_and_unpositioned_writes() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        {
+            let index = DocumentIndex::open(dir.path()).expect("open");
+            apply_doc(&index, "g1", 1, "a").expect("seq 1");
+            apply_doc(&index, "g1", 2, "b").expect("seq 2");
+            // A write outside the log carries the position forward, it does not reset it.
+            index.upsert(vec![doc("c", "local", "", "x")]).expect("unpositioned");
+            assert_eq!(index.applied(), at("g1", 2));
+        }
+        let index = DocumentIndex::open(dir.path()).expect("reopen");
+        assert_eq!((index.generation(), index.applied()), (3, at("g1", 2)));
+        assert!(apply_doc(&index, "g1", 2, "b").expect("dup after reopen").already_applied);
+        assert_eq!(apply_doc(&index, "g1", 3, "c").expect("next after reopen").generation, 4);
+    }
+
+    #[test]
+    fn a_crash_between_write_and_commit_keeps_position_and_documents() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        {
+            let index = DocumentIndex::open(dir.path()).expect("open");
+            apply_doc(&index, "g1", 1, "a").expect("seq 1");
+            // Entry 2's documents reach the writer, then the process dies before the commit.
+            let pending = index.to_tantivy(&doc("c", "uncommitted", "", "lost"), "");
+            let state = index.writer.lock().expect("writer");
+            state.writer.add_document(pending).expect("queue a document");
+            drop(state);
+            drop(index);
+        }
+        let index = DocumentIndex::open(dir.path()).expect("reopen after the crash");
+        assert_eq!((index.generation(), index.doc_count(), index.applied()), (1, 1, at("g1", 1)));
+        assert_eq!(index.search(&query("lost")).expect("search").total_matches, 0);
+        // The master resends entry 2, which now applies.
+        assert!(!apply_doc(&index, "g1", 2, "b").expect("resent").already_applied);
+    }
+
+    #[test]
+    fn a_panic_mid_entry_rolls_back_and_the_entry_applies_once_resent() {
+        let (_dir, index) = open_temp();
+        apply_doc(&index, "g1", 1, "a").expect("seq 1");
+        let pending = index.to_tantivy(&doc("c", "orphan", "", "orphan"), "");
+        let outcome = std::thread::scope(|scope| {
+            scope
+                .spawn(|| {
+                    let state = index.writer.lock().expect("not yet poisoned");
+                    state.writer.add_document(pending).expect("queue a document");
+                    panic!("simulated panic mid-entry");
+                })
+                .join()
+        });
+        assert!(outcome.is_err());
+        assert_eq!(index.applied(), at("g1", 1), "nothing of the interrupted entry was committed");
+        let resent = apply_doc(&index, "g1", 2, "b").expect("entry 2 after the panic");
+        assert_eq!(resent, Applied { generation: 2, applied_seq: 2, already_applied: false });
+        assert_eq!(index.doc_count(), 2);
+        assert_eq!(index.search(&query("orphan")).expect("search").total_matches, 0);
+    }
+
+    #[test]
+    fn a_refused_entry_writes_nothing_but_takes_its_place_in_the_log() {
+        let (_dir, index) = open_temp();
+        let acme = Writer::Tenant("acme".into());
+        let plain = |id: &str| Document { acl: crate::Acl::default(), ..doc("c", id, "", "owned") };
+        index.apply_upsert(&position("g1", 1), vec![plain("a1")], &acme).expect("acme writes");
+        let globex = Writer::Tenant("globex".into());
+        let err = index
+            .apply_upsert(&position("g1", 2), vec![plain("new"), plain("a1")], &globex)
+            .expect_err("globex may not replace acme's document");
+        let IndexError::EntryRefused { seq: 2, refusal } = err else { panic!("a refused entry: {err:?}") };
+        assert!(matches!(*refusal, IndexError::Forbidden { .. }), "{refusal:?}");
+        assert_eq!((index.doc_count(), index.applied()), (1, at("g1", 2)), "nothing written, seq 2 consumed");
+        assert!(ids(&index.search(&query("owned")).expect("search")).iter().all(|(_, id)| id != "new"));
+        // Sent again (the master retrying), the entry is acknowledged as applied, not refused twice.
+        let again = index.apply_upsert(&position("g1", 2), vec![plain("new")], &globex).expect("duplicate");
+        assert!(again.already_applied);
+        let invalid = index
+            .apply_upsert(&position("g1", 3), vec![doc("a b", "x", "", "")], &Writer::Operator)
+            .expect_err("invalid collection");
+        assert!(
+            matches!(&invalid, IndexError::EntryRefused { seq: 3, refusal } if matches!(**refusal, IndexError::InvalidDocument { .. })),
+            "{invalid:?}"
+        );
+        // The log goes on behind the refused entries.
+        index.apply_delete(&position("g1", 4), vec![doc_ref("c", "a1")], &acme).expect("entry 4");
+        assert_eq!((index.doc_count(), index.applied()), (0, at("g1", 4)));
+    }
+
+    #[test]
+    fn a_refused_entry_survives_a_reopen_as_consumed() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        {
+            let index = DocumentIndex::open(dir.path()).expect("open");
+            apply_doc(&index, "g1", 1, "a").expect("seq 1");
+            index
+                .apply_upsert(&position("g1", 2), vec![doc("a b", "x", "", "")], &Writer::Operator)
+                .expect_err("refused");
+        }
+        let index = DocumentIndex::open(dir.path()).expect("reopen");
+        assert_eq!((index.doc_count(), index.applied()), (1, at("g1", 2)));
+    }
+
+    #[test]
+    fn a_payload_without_a_position_opens_at_seq_zero_with_no_shard() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        {
+            let (schema, _) = Fields::schema();
+            let index = Index::create_in_dir(dir.path(), schema).expect("create");
+            let mut writer: IndexWriter = index.writer(WRITER_HEAP_BYTES).expect("writer");
+            let mut prepared = writer.prepare_commit().expect("prepare");
+            prepared.set_payload(r#"{"generation":5}"#);
+            prepared.commit().expect("commit");
+        }
+        let index = DocumentIndex::open(dir.path()).expect("old payload opens");
+        assert_eq!((index.generation(), index.applied()), (5, AppliedLog::default()));
+        assert_eq!(apply_doc(&index, "g1", 1, "a").expect("first entry").generation, 6);
+        assert_eq!(index.applied(), at("g1", 1));
+    }
+
+    #[test]
+    fn payloads_round_trip_and_stay_short_without_a_position() {
+        assert_eq!(encode_payload(3, &AppliedLog::default()), r#"{"generation":3}"#);
+        let applied = at("g1", 9);
+        let text = encode_payload(4, &applied);
+        assert_eq!(text, r#"{"generation":4,"shard":"g1","applied_seq":9}"#);
+        assert_eq!(decode_payload(&text).expect("decode"), (4, applied));
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(8))]
+
+        /// Against a real index: whatever order entries arrive in, the index ends at the longest
+        /// gap-free prefix, and every applied entry was applied once (one generation and one
+        /// document per entry), across a reopen.
+        #[test]
+        fn real_index_applies_the_gap_free_prefix_once(arrivals in proptest::collection::vec(1u64..6, 0..12)) {
+            let dir = tempfile::tempdir().expect("tempdir");
+            let mut expected = 0u64;
+            {
+                let index = DocumentIndex::open(dir.path()).expect("open");
+                for seq in &arrivals {
+                    let outcome = apply_doc(&index, "g", *seq, &format!("entry{seq}"));
+                    if *seq == expected + 1 {
+                        expected += 1;
+                        prop_assert!(!outcome.expect("next entry").already_applied);
+                    } else if *seq <= expected {
+                        prop_assert!(outcome.expect("duplicate").already_applied);
+                    } else {
+                        let is_gap = matches!(outcome, Err(IndexError::LogGap { .. }));
+                        prop_assert!(is_gap);
+                    }
+                }
+            }
+            let index = DocumentIndex::open(dir.path()).expect("reopen");
+            prop_assert_eq!(index.applied().seq, expected);
+            prop_assert_eq!(index.generation(), expected);
+            prop_assert_eq!(index.doc_count(), expected);
         }
     }
 

@@ -2,7 +2,9 @@
 //!
 //! [`DocumentIndex`] owns one index directory: it validates and writes batches of
 //! [`Document`]s, deletes by [`DocRef`], counts a monotonically increasing generation stored
-//! atomically with the data, and answers [`SearchQuery`]s with scored, snippeted [`SearchHit`]s.
+//! atomically with the data together with the last write-log position applied
+//! ([`DocumentIndex::apply_upsert`], [`LogPosition`]), and answers [`SearchQuery`]s with
+//! scored, snippeted [`SearchHit`]s.
 //! The [`ingest`] module parses TREC, JSON lines and plain-text files into documents.
 
 mod access;
@@ -10,6 +12,7 @@ mod document;
 mod error;
 mod index;
 pub mod ingest;
+mod position;
 #[cfg(test)]
 mod test_data;
 
@@ -19,4 +22,5 @@ pub use document::{
     SearchQuery, SearchResults,
 };
 pub use error::IndexError;
-pub use index::{DEFAULT_LIMIT, DocumentIndex, MAX_LIMIT, MAX_QUERY_BYTES};
+pub use index::{DEFAULT_LIMIT, DocumentIndex, IndexState, MAX_LIMIT, MAX_QUERY_BYTES};
+pub use position::{Applied, AppliedLog, LogPosition, Step, check_position};
