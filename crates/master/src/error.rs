@@ -6,6 +6,7 @@ use ragmesh_proto::ErrorKind;
 use tonic::Status;
 
 use crate::registry::RegistryError;
+use crate::replication::ReplicationError;
 
 /// Everything a master RPC can fail with.
 #[derive(Debug, thiserror::Error)]
@@ -145,6 +146,9 @@ pub enum MasterError {
     /// The registry store failed.
     #[error("registry: {0}")]
     Registry(#[from] RegistryError),
+    /// A replicated write was not acknowledged.
+    #[error(transparent)]
+    Replication(#[from] ReplicationError),
 }
 
 impl MasterError {
@@ -167,6 +171,14 @@ impl MasterError {
             MasterError::Registry(_) => ErrorKind::Internal,
             MasterError::Auth(auth) => auth.kind(),
             MasterError::Refused(status) => ErrorKind::of(status),
+            MasterError::Replication(err) => match err {
+                ReplicationError::NoTarget { .. } => ErrorKind::InvalidArgument,
+                ReplicationError::UnknownGroup { .. } | ReplicationError::UnknownNode { .. } => ErrorKind::NotFound,
+                ReplicationError::NoReplicas { .. } | ReplicationError::QuorumNotReached { .. } => {
+                    ErrorKind::Unavailable
+                }
+                ReplicationError::Log(_) | ReplicationError::Task(_) => ErrorKind::Internal,
+            },
         }
     }
 }
