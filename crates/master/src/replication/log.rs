@@ -323,6 +323,21 @@ mod tests {
         })
     }
 
+    /// Opens the log in `dir`, waiting out sled's flusher thread of a just-dropped handle,
+    /// which holds the directory's lock for a moment.
+    fn reopen(dir: &std::path::Path) -> WriteLog {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        loop {
+            match SledStore::open(dir) {
+                Ok(store) => return WriteLog::open(Arc::new(store)).expect("log"),
+                Err(ragmesh_store::StoreError::Locked { .. }) if std::time::Instant::now() < deadline => {
+                    std::thread::sleep(std::time::Duration::from_millis(20));
+                }
+                Err(err) => panic!("reopen: {err}"),
+            }
+        }
+    }
+
     fn ids(entries: &[LogEntry]) -> Vec<u64> {
         entries.iter().map(|e| e.seq).collect()
     }
@@ -339,7 +354,7 @@ mod tests {
             let delete = Write::Delete(v1::DeleteDocumentsRequest::default());
             assert_eq!(log.append("h", &writer(), &delete).expect("append").0, 1, "groups count separately");
         }
-        let log = WriteLog::open(Arc::new(SledStore::open(dir.path()).expect("reopen"))).expect("log");
+        let log = reopen(dir.path());
         let state = log.state("g");
         assert_eq!((state.first, state.last, state.entries()), (1, 5, 5));
         assert!(state.bytes > 0);
@@ -361,7 +376,7 @@ mod tests {
             // The crash: entry 2 is durable, the meta still says last = 1.
             store.put(&tree("g"), &2u64.to_be_bytes(), &encode(&writer(), &upsert("b"))).expect("put");
         }
-        let log = WriteLog::open(Arc::new(SledStore::open(dir.path()).expect("reopen"))).expect("log");
+        let log = reopen(dir.path());
         assert_eq!(log.state("g").last, 2);
         assert_eq!(log.append("g", &writer(), &upsert("c")).expect("append").0, 3, "seq 2 is never reused");
     }
@@ -384,7 +399,7 @@ mod tests {
             let state = log.trim("g", 10, 10, 4, u64::MAX).expect("trim");
             assert_eq!((state.first, state.last, state.entries(), state.bytes), (11, 10, 0, 0), "all applied");
         }
-        let log = WriteLog::open(Arc::new(SledStore::open(dir.path()).expect("reopen"))).expect("log");
+        let log = reopen(dir.path());
         let state = log.state("g");
         assert_eq!((state.first, state.last), (11, 10), "an empty log remembers its last sequence");
         assert_eq!(log.append("g", &writer(), &upsert("x")).expect("append").0, 11);

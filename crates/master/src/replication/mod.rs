@@ -462,3 +462,6 @@ impl Replication {
         self.shared.log.state(group)
     }
 }
+
+#[cfg(test)]
+mod tests;
