@@ -533,4 +533,38 @@ mod tests {
         assert!(!registry.heartbeat("a", &old, info));
         assert_eq!(registry.get("a").expect("a").state, NodeState::Joining);
     }
+
+    #[test]
+    fn a_record_persisted_before_shard_groups_is_a_group_of_one() {
+        let legacy = r#"{"name":"old","address":"127.0.0.1:1","version":"0","protocol_major":1,"protocol_minor":0,
+            "collections":{},"labels":{},"generation":0,"registered_at_ms":0,"heartbeat_interval_ms":1000}"#;
+        let record: NodeRecord = serde_json::from_str(legacy).expect("old records still decode");
+        assert_eq!((record.shard.as_str(), record.group()), ("", "old"));
+    }
+
+    #[test]
+    fn applied_seq_only_grows_within_a_session_and_sync_follows_the_group_log() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let registry = Registry::load(Arc::new(SledStore::open(dir.path()).expect("open"))).expect("load");
+        let shard = |name: &str| NodeRecord { shard: "g".into(), ..record(name) };
+        let session = registry.register_at(shard("a"), 3).expect("register");
+        registry.register_at(shard("b"), 1).expect("register");
+        assert_eq!(registry.get("a").expect("a").applied_seq, 3, "from registration");
+        let log = GroupLog { last_seq: 5, committed_seq: 5, first_seq: 3, entries: 3, bytes: 30 };
+        registry.set_group_log("g", log);
+        assert_eq!(registry.get("a").expect("a").sync, SyncState::CatchingUp);
+        let SyncState::Stale { message } = registry.get("b").expect("b").sync else { panic!("b is stale") };
+        assert!(message.contains("no replica of group g is in sync"), "{message}");
+
+        assert!(registry.observe_write("a", 2, BTreeMap::new(), 5));
+        assert_eq!(registry.get("a").expect("a").sync, SyncState::InSync, "a write answer catches it up");
+        let SyncState::Stale { message } = registry.get("b").expect("b").sync else { panic!("b is stale") };
+        assert!(message.contains("copy of in-sync replica a's"), "{message}");
+        let late = HeartbeatInfo { in_flight: 0, collections: BTreeMap::new(), generation: 2, applied_seq: 4 };
+        assert!(registry.heartbeat("a", &session, late));
+        assert_eq!(registry.get("a").expect("a").applied_seq, 5, "a late heartbeat does not move it back");
+        registry.register_at(shard("a"), 0).expect("register");
+        assert_eq!(registry.get("a").expect("a").applied_seq, 0, "a new registration says where the index is");
+        assert_eq!(registry.groups(), vec!["g".to_owned()]);
+    }
 }
