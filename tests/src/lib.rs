@@ -100,6 +100,7 @@ impl MeshBuilder {
                 operators: ["client".to_owned()].into(),
                 ..self.access
             },
+            replication: ragmesh_config::ReplicationConfig::default(),
             log: "info".into(),
         };
         let master = ragmesh_master::start(master_config.clone(), listener).await.expect("master starts");

@@ -58,6 +58,7 @@ async fn master_is_not_serving_until_its_registry_loads() {
         search_timeout: ragmesh_e2e::SEARCH_TIMEOUT,
         max_search_timeout: ragmesh_e2e::MAX_SEARCH_TIMEOUT,
         access: ragmesh_config::AccessConfig::default(),
+        replication: ragmesh_config::ReplicationConfig::default(),
         log: "info".into(),
     };
     let master = ragmesh_master::start(config, listener).await.expect("starts");

@@ -185,13 +185,16 @@ impl Master {
 
     /// `ListNodes`, within the default deadline.
     pub async fn list_nodes(&self) -> anyhow::Result<Vec<v1::NodeInfo>> {
+        Ok(self.list_nodes_and_groups().await?.nodes)
+    }
+
+    /// Every node and every shard group.
+    pub async fn list_nodes_and_groups(&self) -> anyhow::Result<v1::ListNodesResponse> {
         let mut client = self.client.clone();
         let timeout = self.target.timeout;
-        let response = self
-            .invoke(timeout, client.list_nodes(self.request(v1::ListNodesRequest {}, timeout)))
+        self.invoke(timeout, client.list_nodes(self.request(v1::ListNodesRequest {}, timeout)))
             .await
-            .map_err(|status| self.describe("list nodes", &status))?;
-        Ok(response.nodes)
+            .map_err(|status| self.describe("list nodes", &status))
     }
 
     /// `GetNode`, within the default deadline.

@@ -75,12 +75,13 @@ async fn nodes(master: &Master, args: &NodesArgs) -> anyhow::Result<()> {
         }
         return Ok(());
     }
-    let list = master.list_nodes().await?;
+    let listed = master.list_nodes_and_groups().await?;
     let now = SystemTime::now();
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&nodes::list_json(&list, now))?);
+        println!("{}", serde_json::to_string_pretty(&nodes::list_json(&listed.nodes, now))?);
     } else {
-        print!("{}", nodes::table(&list, now));
+        print!("{}", nodes::table(&listed.nodes, now));
+        print!("{}", nodes::groups_summary(&listed.groups));
     }
     Ok(())
 }

@@ -21,6 +21,37 @@ pub fn state_name(state: i32) -> &'static str {
     }
 }
 
+/// Lowercase name of a sync state; empty when the master does not report one.
+pub fn sync_name(sync: i32) -> &'static str {
+    match v1::SyncState::try_from(sync) {
+        Ok(v1::SyncState::InSync) => "in_sync",
+        Ok(v1::SyncState::CatchingUp) => "catching_up",
+        Ok(v1::SyncState::Stale) => "stale",
+        Ok(v1::SyncState::Unspecified) | Err(_) => "",
+    }
+}
+
+/// One line per shard group: replicas in sync out of all, and where its write log stands.
+pub fn groups_summary(groups: &[v1::ShardGroupInfo]) -> String {
+    let mut out = String::new();
+    for group in groups {
+        let log = if group.log_entries == 0 {
+            "log empty".to_owned()
+        } else {
+            format!("log {}..{} ({} entries)", group.log_first_seq, group.last_seq, group.log_entries)
+        };
+        let _ = writeln!(
+            out,
+            "group {}: {} of {} replicas in sync, committed seq {}, {log}",
+            clean(&group.shard),
+            group.in_sync.len(),
+            group.replicas.len(),
+            group.committed_seq,
+        );
+    }
+    out
+}
+
 /// Live documents over all collections of a node.
 pub fn doc_count(node: &v1::NodeInfo) -> u64 {
     node.collections.iter().map(|c| c.doc_count).sum()
@@ -42,7 +73,10 @@ pub fn table(nodes: &[v1::NodeInfo], now: SystemTime) -> String {
     }
     let mut table = Table::new(vec![
         Column::left("NAME"),
+        Column::left("GROUP"),
         Column::left("STATE"),
+        Column::left("SYNC"),
+        Column::right("APPLIED"),
         Column::left("ADDRESS"),
         Column::right("DOCS"),
         Column::right("GEN"),
@@ -52,15 +86,19 @@ pub fn table(nodes: &[v1::NodeInfo], now: SystemTime) -> String {
     ]);
     for node in nodes {
         let heartbeat = since(node.last_heartbeat.as_ref(), now).map_or_else(|| "never".to_owned(), render::age);
+        let synced = !sync_name(node.sync).is_empty();
         table.push(vec![
             clean(&node.name),
+            clean(&node.shard),
             state_name(node.state).to_owned(),
+            sync_name(node.sync).to_owned(),
+            if synced { node.applied_seq.to_string() } else { String::new() },
             clean(&node.address),
             doc_count(node).to_string(),
             node.generation.to_string(),
             heartbeat,
             clean(&node.version),
-            clean(&node.down_reason),
+            if node.down_reason.is_empty() { clean(&node.sync_message) } else { clean(&node.down_reason) },
         ]);
     }
     table.drop_empty_columns();
@@ -95,6 +133,10 @@ pub fn to_json(node: &v1::NodeInfo, now: SystemTime) -> Value {
         "registered_at": node.registered_at.as_ref().map(ToString::to_string),
         "in_flight": node.in_flight,
         "down_reason": (!node.down_reason.is_empty()).then(|| node.down_reason.clone()),
+        "shard": node.shard,
+        "sync": sync_name(node.sync),
+        "applied_seq": node.applied_seq,
+        "sync_message": (!node.sync_message.is_empty()).then(|| node.sync_message.clone()),
     })
 }
 
@@ -163,6 +205,13 @@ pub fn detail(node: &v1::NodeInfo, now: SystemTime) -> String {
     let mut rows: Vec<(&str, String)> = vec![("name", clean(&node.name)), ("state", state_name(node.state).to_owned())];
     if !node.down_reason.is_empty() {
         rows.push(("down reason", clean(&node.down_reason)));
+    }
+    if !node.shard.is_empty() {
+        rows.push(("group", clean(&node.shard)));
+        rows.push(("sync", format!("{} (applied seq {})", sync_name(node.sync), node.applied_seq)));
+    }
+    if !node.sync_message.is_empty() {
+        rows.push(("sync action", clean(&node.sync_message)));
     }
     let when = |ts: Option<&prost_types::Timestamp>| match (ts, since(ts, now)) {
         (Some(ts), Some(age)) => format!("{ts} ({})", render::age(age)),
@@ -254,6 +303,33 @@ mod tests {
         assert!(lines[2].contains("never"), "{out}");
         assert!(lines[2].ends_with("health stream closed by the agent"), "{out}");
         assert_eq!(lines[3], "1 of 2 nodes up");
+    }
+
+    #[test]
+    fn table_shows_groups_sync_states_and_what_to_do_about_a_stale_replica() {
+        let mut a = node("a", v1::NodeState::Up, &[]);
+        (a.shard, a.sync, a.applied_seq) = ("g".into(), v1::SyncState::InSync as i32, 5);
+        let mut b = node("b", v1::NodeState::Up, &[]);
+        (b.shard, b.sync, b.applied_seq) = ("g".into(), v1::SyncState::Stale as i32, 0);
+        b.sync_message = "replica b applied up to 0 but the log of group g now starts at 4: stop b".into();
+        let out = table(&[a, b], now());
+        let lines: Vec<&str> = out.lines().collect();
+        assert!(lines[0].starts_with("NAME  GROUP  STATE  SYNC     APPLIED  ADDRESS"), "{out}");
+        assert!(lines[1].starts_with("a     g      up     in_sync        5"), "{out}");
+        assert!(lines[2].contains("stale") && lines[2].contains("replica b applied up to 0"), "{out}");
+        let group = v1::ShardGroupInfo {
+            shard: "g".into(),
+            replicas: vec!["a".into(), "b".into()],
+            in_sync: vec!["a".into()],
+            last_seq: 5,
+            committed_seq: 5,
+            log_first_seq: 4,
+            log_entries: 2,
+        };
+        assert_eq!(
+            groups_summary(&[group]),
+            "group g: 1 of 2 replicas in sync, committed seq 5, log 4..5 (2 entries)\n"
+        );
     }
 
     #[test]

@@ -81,9 +81,73 @@ pub struct MasterArgs {
     /// Concurrent HTTP/2 streams per connection [default: 256]
     #[arg(long, env = "RAGMESH_MAX_STREAMS_PER_CONNECTION", value_name = "N")]
     pub max_streams_per_connection: Option<u32>,
+    /// Replicas of a shard group that must apply a write before it is acknowledged: `all` or
+    /// `majority` (of every registered replica of the group, whatever its liveness)
+    /// [default: majority]
+    #[arg(long, env = "RAGMESH_WRITE_QUORUM", value_name = "all|majority")]
+    pub write_quorum: Option<String>,
+    /// Most entries a shard group's write log keeps; beyond it the oldest are dropped even if a
+    /// replica still needs them (that replica becomes stale) [default: 100000]
+    #[arg(long, env = "RAGMESH_WRITE_LOG_MAX_ENTRIES", value_name = "N")]
+    pub write_log_max_entries: Option<u64>,
+    /// Most bytes a shard group's write log keeps, like --write-log-max-entries
+    /// [default: 268435456 (256 MiB)]
+    #[arg(long, env = "RAGMESH_WRITE_LOG_MAX_BYTES", value_name = "BYTES")]
+    pub write_log_max_bytes: Option<u64>,
     /// Log filter, tracing-subscriber syntax [default: info]
     #[arg(long, env = "RAGMESH_LOG", value_name = "FILTER")]
     pub log: Option<String>,
+}
+
+/// How many replicas of a shard group must apply a write before it is acknowledged.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum WriteQuorum {
+    /// Every registered replica.
+    All,
+    /// More than half of the registered replicas.
+    #[default]
+    Majority,
+}
+
+impl WriteQuorum {
+    /// Replicas needed out of `replicas` (at least 1 when there is any replica).
+    pub fn needed(self, replicas: usize) -> usize {
+        match self {
+            WriteQuorum::All => replicas,
+            WriteQuorum::Majority => replicas / 2 + 1,
+        }
+        .min(replicas)
+    }
+}
+
+impl std::fmt::Display for WriteQuorum {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            WriteQuorum::All => "all",
+            WriteQuorum::Majority => "majority",
+        })
+    }
+}
+
+/// Replicated writes: the quorum and the bounds of each shard group's write log.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ReplicationConfig {
+    /// Replicas that must apply a write before it is acknowledged.
+    pub write_quorum: WriteQuorum,
+    /// Most entries kept per group log.
+    pub write_log_max_entries: u64,
+    /// Most bytes kept per group log.
+    pub write_log_max_bytes: u64,
+}
+
+impl Default for ReplicationConfig {
+    fn default() -> Self {
+        ReplicationConfig {
+            write_quorum: WriteQuorum::Majority,
+            write_log_max_entries: 100_000,
+            write_log_max_bytes: 256 * 1024 * 1024,
+        }
+    }
 }
 
 /// Identity, access and abuse limits of the master.
@@ -156,6 +220,9 @@ struct MasterFile {
     rate_limit_burst: Option<u32>,
     max_message_bytes: Option<usize>,
     max_streams_per_connection: Option<u32>,
+    write_quorum: Option<String>,
+    write_log_max_entries: Option<u64>,
+    write_log_max_bytes: Option<u64>,
     log: Option<String>,
 }
 
@@ -176,6 +243,8 @@ pub struct MasterConfig {
     pub max_search_timeout: Duration,
     /// Identity, access and abuse limits.
     pub access: AccessConfig,
+    /// Write quorum and write-log bounds.
+    pub replication: ReplicationConfig,
     /// Log filter.
     pub log: String,
 }
@@ -210,6 +279,12 @@ impl MasterArgs {
                 "--search-timeout-ms {search_timeout_ms} exceeds --max-search-timeout-ms {max_search_timeout_ms}: lower the first or raise the second"
             ));
         }
+        let replication = resolve_replication(
+            self.write_quorum.or(file.write_quorum),
+            self.write_log_max_entries.or(file.write_log_max_entries),
+            self.write_log_max_bytes.or(file.write_log_max_bytes),
+            &mut problems,
+        );
         let log = self.log.or(file.log).unwrap_or_else(|| "info".to_owned());
 
         let config = MasterConfig {
@@ -220,10 +295,34 @@ impl MasterArgs {
             search_timeout: Duration::from_millis(search_timeout_ms),
             max_search_timeout: Duration::from_millis(max_search_timeout_ms),
             access,
+            replication,
             log,
         };
         problems.finish((config, ProcessConfig { addr_file }))
     }
+}
+
+fn resolve_replication(
+    quorum: Option<String>,
+    max_entries: Option<u64>,
+    max_bytes: Option<u64>,
+    problems: &mut Problems,
+) -> ReplicationConfig {
+    let defaults = ReplicationConfig::default();
+    let write_quorum = match quorum.as_deref().map(str::trim) {
+        None => defaults.write_quorum,
+        Some("all") => WriteQuorum::All,
+        Some("majority") => WriteQuorum::Majority,
+        Some(other) => {
+            problems.push(format!("--write-quorum {other:?} is not a quorum: use all or majority"));
+            defaults.write_quorum
+        }
+    };
+    let write_log_max_entries = max_entries.unwrap_or(defaults.write_log_max_entries);
+    check_range("write-log-max-entries", write_log_max_entries, 1, 100_000_000, problems);
+    let write_log_max_bytes = max_bytes.unwrap_or(defaults.write_log_max_bytes);
+    check_range("write-log-max-bytes", write_log_max_bytes, 1024, 64 * 1024 * 1024 * 1024, problems);
+    ReplicationConfig { write_quorum, write_log_max_entries, write_log_max_bytes }
 }
 
 /// The access-related keys of the file, taken before the file is consumed.
@@ -437,6 +536,34 @@ mod tests {
             .resolve_daemon()
             .expect_err("a directory");
         assert!(errors.to_string().contains("is a directory"), "{errors}");
+    }
+
+    #[test]
+    fn replication_settings_default_come_from_file_then_flag_and_are_checked() {
+        let defaults = args(&["--insecure"]).resolve().expect("valid").replication;
+        assert_eq!(defaults, ReplicationConfig::default());
+        assert_eq!(defaults.write_quorum, WriteQuorum::Majority);
+        assert_eq!((defaults.write_log_max_entries, defaults.write_log_max_bytes), (100_000, 256 * 1024 * 1024));
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("master.toml");
+        std::fs::write(&path, "insecure = true\nwrite_quorum = \"all\"\nwrite_log_max_entries = 10\n").expect("write");
+        let path = path.to_str().expect("utf8");
+        let from_file = args(&["--config", path]).resolve().expect("valid").replication;
+        assert_eq!((from_file.write_quorum, from_file.write_log_max_entries), (WriteQuorum::All, 10));
+        let from_flag = args(&["--config", path, "--write-quorum", "majority"]).resolve().expect("valid").replication;
+        assert_eq!(from_flag.write_quorum, WriteQuorum::Majority);
+        let errors = args(&["--insecure", "--write-quorum", "most", "--write-log-max-entries", "0"])
+            .resolve()
+            .expect_err("invalid");
+        let text = errors.to_string();
+        assert!(text.contains("--write-quorum \"most\"") && text.contains("--write-log-max-entries 0"), "{text}");
+    }
+
+    #[test]
+    fn quorum_needs_all_or_more_than_half() {
+        assert_eq!((WriteQuorum::All.needed(3), WriteQuorum::Majority.needed(3)), (3, 2));
+        assert_eq!((WriteQuorum::Majority.needed(1), WriteQuorum::Majority.needed(2)), (1, 2));
+        assert_eq!((WriteQuorum::Majority.needed(4), WriteQuorum::All.needed(0)), (3, 0));
     }
 
     #[test]

@@ -6,14 +6,14 @@ use std::time::Duration;
 
 use ragmesh_config::MasterConfig;
 use ragmesh_proto::v1::{self, master_service_server::MasterService, membership_service_server::MembershipService};
-use ragmesh_proto::{ErrorKind, PROTOCOL_MAJOR, PROTOCOL_MINOR};
+use ragmesh_proto::{PROTOCOL_MAJOR, PROTOCOL_MINOR};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status, Streaming};
 
 use ragmesh_auth::{Capability, Principal};
 
-use crate::access::{AccessControl, CONTEXT_METADATA};
+use crate::access::AccessControl;
 use crate::clients::NodeClients;
 use crate::convert;
 use crate::error::MasterError;
@@ -22,6 +22,8 @@ use crate::membership::{self, Outbound, StreamWatcher};
 use crate::merge;
 use crate::node::SessionId;
 use crate::registry::{NodeRecord, Registry};
+use crate::replication::log::{Write, Writer};
+use crate::replication::{Replication, WriteOutcome, WriteTarget};
 
 /// Longest query string accepted.
 pub const MAX_QUERY_BYTES: usize = 4096;
@@ -37,6 +39,7 @@ const WRITE_TIMEOUT: Duration = Duration::from_secs(60);
 pub(crate) struct Context {
     pub(crate) registry: Arc<OnceLock<Registry>>,
     pub(crate) access: Arc<OnceLock<Arc<AccessControl>>>,
+    pub(crate) replication: Arc<OnceLock<Replication>>,
     pub(crate) clients: NodeClients,
     /// Every call to agents goes through it (searches today; writes too, later).
     pub(crate) node_client: ragmesh_stack::node_call::NodeClient,
@@ -53,6 +56,10 @@ impl Context {
 
     pub(crate) fn access(&self) -> Result<&Arc<AccessControl>, MasterError> {
         self.access.get().ok_or(MasterError::NotReady)
+    }
+
+    pub(crate) fn replication(&self) -> Result<&Replication, MasterError> {
+        self.replication.get().ok_or(MasterError::NotReady)
     }
 
     /// Authenticates the caller and checks the capability the RPC needs.
@@ -204,8 +211,12 @@ impl MasterService for MasterApi {
         request: Request<v1::ListNodesRequest>,
     ) -> Result<Response<v1::ListNodesResponse>, Status> {
         self.0.require(&request, Capability::Admin)?;
-        let nodes = self.0.registry()?.snapshot().into_iter().map(convert::node_info).collect();
-        Ok(Response::new(v1::ListNodesResponse { nodes, groups: Vec::new() }))
+        let registry = self.0.registry()?;
+        let views = registry.snapshot();
+        let groups =
+            registry.groups().into_iter().map(|g| convert::group_info(&g, &views, registry.group_log(&g))).collect();
+        let nodes = views.into_iter().map(convert::node_info).collect();
+        Ok(Response::new(v1::ListNodesResponse { nodes, groups }))
     }
 
     async fn get_node(&self, request: Request<v1::GetNodeRequest>) -> Result<Response<v1::GetNodeResponse>, Status> {
@@ -235,20 +246,15 @@ impl MasterService for MasterApi {
             ))
             .into());
         }
-        let mut client = self.writable_node(&req.node)?;
-        let mut call = Request::new(v1::UpsertDocumentsRequest { documents: req.documents, position: None });
-        call.set_timeout(WRITE_TIMEOUT);
-        self.attach_context(&mut call, &principal)?;
-        let response = client
-            .upsert_documents(call)
-            .await
-            .map_err(|s| node_call_error(&req.node, &s, self.0.config.tls.is_some()))?
-            .into_inner();
-        self.observe_write(&req.node, response.generation, response.collections)?;
+        let upserted = u32::try_from(req.documents.len()).unwrap_or(u32::MAX);
+        let write = Write::Upsert(v1::UpsertDocumentsRequest { documents: req.documents, position: None });
+        let outcome = self.replicate(&req.node, &req.shard, &principal, write).await?;
         Ok(Response::new(v1::IngestDocumentsResponse {
-            upserted: response.upserted,
-            generation: response.generation,
-            ..Default::default()
+            upserted,
+            generation: self.generation_after(&outcome, &req.node),
+            shard: outcome.shard.clone(),
+            seq: outcome.seq,
+            replicas: convert::replica_writes(&outcome.replicas),
         }))
     }
 
@@ -261,75 +267,60 @@ impl MasterService for MasterApi {
         if req.refs.is_empty() {
             return Err(MasterError::InvalidArgument("no document references in the request".into()).into());
         }
-        let mut client = self.writable_node(&req.node)?;
-        let mut call = Request::new(v1::DeleteDocumentsRequest { refs: req.refs, position: None });
-        call.set_timeout(WRITE_TIMEOUT);
-        self.attach_context(&mut call, &principal)?;
-        let response = client
-            .delete_documents(call)
-            .await
-            .map_err(|s| node_call_error(&req.node, &s, self.0.config.tls.is_some()))?
-            .into_inner();
-        self.observe_write(&req.node, response.generation, response.collections)?;
+        let removed = u32::try_from(req.refs.len()).unwrap_or(u32::MAX);
+        let write = Write::Delete(v1::DeleteDocumentsRequest { refs: req.refs, position: None });
+        let outcome = self.replicate(&req.node, &req.shard, &principal, write).await?;
         Ok(Response::new(v1::RemoveDocumentsResponse {
-            removed: response.deleted,
-            generation: response.generation,
-            ..Default::default()
+            removed,
+            generation: self.generation_after(&outcome, &req.node),
+            shard: outcome.shard.clone(),
+            seq: outcome.seq,
+            replicas: convert::replica_writes(&outcome.replicas),
         }))
     }
 }
 
 impl MasterApi {
-    /// An acknowledged write is visible at once: the node's answer (generation and collections
-    /// after the write) updates the registry before the caller hears OK.
-    fn observe_write(
+    /// Sends a write through its group's log: `shard` names the group, or `node` a replica of it.
+    /// The caller is recorded as the writer of the entry, so every replica stores the documents
+    /// with the owner the caller's context gives them, however late the entry reaches it.
+    async fn replicate(
         &self,
         node: &str,
-        generation: u64,
-        collections: Vec<v1::CollectionStats>,
-    ) -> Result<(), MasterError> {
-        self.0.registry()?.observe_write(node, generation, convert::collections_from_wire(collections));
-        Ok(())
+        shard: &str,
+        principal: &Principal,
+        write: Write,
+    ) -> Result<WriteOutcome, MasterError> {
+        let target = match (node.is_empty(), shard.is_empty()) {
+            (_, false) if !node.is_empty() => {
+                return Err(MasterError::InvalidArgument(
+                    "set node or shard, not both: a write goes to one shard group".into(),
+                ));
+            }
+            (_, false) => WriteTarget::Shard(shard.to_owned()),
+            (false, true) => WriteTarget::Node(node.to_owned()),
+            (true, true) => WriteTarget::Shard(String::new()),
+        };
+        let writer = Writer {
+            subject: principal.subject.clone(),
+            tenant: principal.tenant.clone(),
+            capabilities: principal.capabilities.iter().copied().collect(),
+        };
+        let deadline = Instant::now() + WRITE_TIMEOUT;
+        Ok(self.0.replication()?.write(target, writer, write, deadline).await?)
     }
 
-    /// Carries the caller to the agent as a signed context token.
-    fn attach_context<T>(&self, call: &mut Request<T>, principal: &Principal) -> Result<(), MasterError> {
-        let context = self.0.access()?.context(principal, WRITE_TIMEOUT)?;
-        let value = context.parse().map_err(|_| MasterError::BadCredentials("context token is not ASCII".into()))?;
-        call.metadata_mut().insert(CONTEXT_METADATA, value);
-        Ok(())
-    }
-
-    fn writable_node(&self, name: &str) -> Result<crate::clients::NodeClient, MasterError> {
-        let registry = self.0.registry()?;
-        if name.is_empty() {
-            return Err(MasterError::InvalidArgument(
-                "node is empty: name the node to write to (see `ragmeshctl nodes`)".into(),
-            ));
+    /// The generation after an acknowledged write: of the replica named in the request if it
+    /// applied it, else the highest of the replicas that did.
+    fn generation_after(&self, outcome: &WriteOutcome, node: &str) -> u64 {
+        let Ok(registry) = self.0.registry() else { return 0 };
+        let applied = outcome.replicas.iter().filter(|r| r.applied);
+        let generation = |name: &str| registry.get(name).map_or(0, |v| v.record.generation);
+        if let Some(named) = outcome.replicas.iter().find(|r| r.applied && r.node == node) {
+            return generation(&named.node);
         }
-        let view = registry.get(name).ok_or_else(|| MasterError::UnknownNodes {
-            unknown: vec![name.to_owned()],
-            known: registry.snapshot().into_iter().map(|n| n.record.name).collect(),
-        })?;
-        if !view.state.is_searchable() {
-            return Err(MasterError::NodeDown { node: name.to_owned(), reason: view.down_reason.unwrap_or_default() });
-        }
-        self.0.clients.client(name, &view.record.address).map_err(|message| MasterError::NodeCall {
-            node: name.to_owned(),
-            kind: ErrorKind::Unavailable,
-            message,
-        })
+        applied.map(|r| generation(&r.node)).max().unwrap_or(0)
     }
-}
-
-fn node_call_error(node: &str, status: &Status, tls: bool) -> MasterError {
-    let kind = ErrorKind::of(status);
-    let message = if kind == ErrorKind::Unavailable {
-        crate::error::transport_message(status, tls)
-    } else {
-        status.message().to_owned()
-    };
-    MasterError::NodeCall { node: node.to_owned(), kind, message }
 }
 
 impl MembershipApi {
@@ -397,6 +388,13 @@ impl MembershipService for MembershipApi {
         }
         self.0.check_identity(&request, &claimed)?;
         let req = request.into_inner();
+        if !req.shard.is_empty() && !ragmesh_config::valid_node_name(&req.shard) {
+            return Err(MasterError::InvalidArgument(format!(
+                "shard group {:?} is invalid: use 1-63 characters of a-z, 0-9 and '-'",
+                req.shard
+            ))
+            .into());
+        }
         if req.protocol_major != PROTOCOL_MAJOR {
             return Err(MasterError::ProtocolMismatch {
                 node: claimed,
@@ -432,9 +430,11 @@ impl MembershipService for MembershipApi {
             generation: req.generation,
             registered_at_ms: convert::now_ms(),
             heartbeat_interval_ms: u64::try_from(interval.as_millis()).unwrap_or(u64::MAX),
+            shard: if req.shard.is_empty() { claimed.clone() } else { req.shard },
         };
+        let applied_seq = req.applied_seq;
         let address = record.address.clone();
-        let session = tokio::task::spawn_blocking(move || registry.register(record))
+        let session = tokio::task::spawn_blocking(move || registry.register_at(record, applied_seq))
             .await
             .map_err(|e| Status::internal(format!("registration task failed: {e}")))?
             .map_err(MasterError::from)?;

@@ -10,7 +10,8 @@ use ragmesh_stack::node_call::{Attempt, AttemptEnd, AttemptKind, CallError};
 use crate::federation::{GroupEnd, GroupReport, NodeResult, Outcome, SkipReason};
 use crate::merge::MergedHit;
 use crate::node::NodeState;
-use crate::registry::NodeView;
+use crate::registry::{GroupLog, NodeView, SyncState};
+use crate::replication::ReplicaReport;
 
 pub(crate) fn collections_from_wire(list: Vec<v1::CollectionStats>) -> BTreeMap<String, u64> {
     list.into_iter().map(|c| (c.name, c.doc_count)).collect()
@@ -53,6 +54,10 @@ pub(crate) fn node_info(view: NodeView) -> v1::NodeInfo {
         registered_at: Some(timestamp(UNIX_EPOCH + Duration::from_millis(record.registered_at_ms))),
         in_flight: view.in_flight,
         down_reason: view.down_reason.unwrap_or_default(),
+        shard: record.shard,
+        sync: sync_state(&view.sync).into(),
+        applied_seq: view.applied_seq,
+        sync_message: sync_message(&view.sync),
         ..Default::default()
     }
 }
@@ -129,6 +134,49 @@ pub(crate) fn group_outcome(report: GroupReport) -> v1::GroupOutcome {
     out.status = status.into();
     out.attempts = report.attempts.into_iter().map(attempt).collect();
     out
+}
+
+pub(crate) fn sync_state(sync: &SyncState) -> v1::SyncState {
+    match sync {
+        SyncState::InSync => v1::SyncState::InSync,
+        SyncState::CatchingUp => v1::SyncState::CatchingUp,
+        SyncState::Stale { .. } => v1::SyncState::Stale,
+    }
+}
+
+fn sync_message(sync: &SyncState) -> String {
+    match sync {
+        SyncState::InSync => String::new(),
+        SyncState::CatchingUp => "catching up from the write log; it serves reads again once in sync".to_owned(),
+        SyncState::Stale { message } => message.clone(),
+    }
+}
+
+/// One shard group for `ListNodes`: its replicas (sorted, as `views` is) and its log.
+pub(crate) fn group_info(group: &str, views: &[NodeView], log: GroupLog) -> v1::ShardGroupInfo {
+    let replicas: Vec<&NodeView> = views.iter().filter(|v| v.record.group() == group).collect();
+    v1::ShardGroupInfo {
+        shard: group.to_owned(),
+        replicas: replicas.iter().map(|v| v.record.name.clone()).collect(),
+        in_sync: replicas.iter().filter(|v| v.sync.is_in_sync()).map(|v| v.record.name.clone()).collect(),
+        last_seq: log.last_seq,
+        committed_seq: log.committed_seq,
+        log_first_seq: if log.entries == 0 { 0 } else { log.first_seq },
+        log_entries: log.entries,
+    }
+}
+
+/// What each replica did with a write.
+pub(crate) fn replica_writes(reports: &[ReplicaReport]) -> Vec<v1::ReplicaWrite> {
+    reports
+        .iter()
+        .map(|r| v1::ReplicaWrite {
+            node: r.node.clone(),
+            status: if r.applied { v1::OutcomeStatus::Ok } else { v1::OutcomeStatus::Unavailable }.into(),
+            message: r.message.clone(),
+            applied_seq: r.applied_seq,
+        })
+        .collect()
 }
 
 pub(crate) fn hit(merged: MergedHit) -> v1::Hit {

@@ -6,6 +6,7 @@ use ragmesh_proto::ErrorKind;
 use tonic::Status;
 
 use crate::registry::RegistryError;
+use crate::replication::ReplicationError;
 
 /// Everything a master RPC can fail with.
 #[derive(Debug, thiserror::Error)]
@@ -145,6 +146,9 @@ pub enum MasterError {
     /// The registry store failed.
     #[error("registry: {0}")]
     Registry(#[from] RegistryError),
+    /// A replicated write was not acknowledged.
+    #[error(transparent)]
+    Replication(#[from] ReplicationError),
 }
 
 impl MasterError {
@@ -167,6 +171,14 @@ impl MasterError {
             MasterError::Registry(_) => ErrorKind::Internal,
             MasterError::Auth(auth) => auth.kind(),
             MasterError::Refused(status) => ErrorKind::of(status),
+            MasterError::Replication(err) => match err {
+                ReplicationError::NoTarget { .. } => ErrorKind::InvalidArgument,
+                ReplicationError::UnknownGroup { .. } | ReplicationError::UnknownNode { .. } => ErrorKind::NotFound,
+                ReplicationError::NoReplicas { .. } | ReplicationError::QuorumNotReached { .. } => {
+                    ErrorKind::Unavailable
+                }
+                ReplicationError::Log(_) | ReplicationError::Task(_) => ErrorKind::Internal,
+            },
         }
     }
 }
@@ -204,14 +216,3 @@ fn no_credentials(certificate: Option<&str>) -> String {
     }
 }
 
-/// A readable message for a transport-level failure reaching a node (TLS, refused, reset).
-pub(crate) fn transport_message(status: &Status, tls: bool) -> String {
-    use std::error::Error as _;
-    match status.source() {
-        Some(source) => {
-            let context = ragmesh_tls::ErrorContext { tls: Some(tls), ..Default::default() };
-            ragmesh_tls::explain_error_in(source, &context)
-        }
-        None => status.message().to_owned(),
-    }
-}

@@ -10,11 +10,13 @@ pub mod clients;
 mod convert;
 pub mod error;
 pub mod federation;
+pub mod interim_client;
 mod membership;
 pub mod merge;
 pub mod node;
 mod node_client_interim;
 pub mod registry;
+pub mod replication;
 
 use std::net::SocketAddr;
 use std::sync::{Arc, OnceLock};
@@ -35,6 +37,9 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 pub use registry::Registry;
+
+/// Deadline of one forward of a log entry to a replica.
+const REPLICA_SEND_TIMEOUT: Duration = Duration::from_secs(30);
 
 pub use ragmesh_server::StartError;
 
@@ -126,6 +131,7 @@ pub async fn start(config: MasterConfig, listener: TcpListener) -> Result<Master
     ragmesh_server::watch_tls(tls.as_ref(), &shutdown);
     let registry = Arc::new(OnceLock::new());
     let access = Arc::new(OnceLock::new());
+    let replication = Arc::new(OnceLock::new());
     let tasks = tokio_util::task::TaskTracker::new();
     let node_clients = clients::NodeClients::new(tls.clone(), config.max_search_timeout.max(Duration::from_secs(60)));
     // The node client reads membership from this copy of the registry's watch: it exists
@@ -136,6 +142,7 @@ pub async fn start(config: MasterConfig, listener: TcpListener) -> Result<Master
         tasks: tasks.clone(),
         registry: registry.clone(),
         access: access.clone(),
+        replication: replication.clone(),
         clients: node_clients,
         config: config.clone(),
         shutdown: shutdown.clone(),
@@ -179,6 +186,10 @@ pub async fn start(config: MasterConfig, listener: TcpListener) -> Result<Master
     let access_config = config.access.clone();
     let tls_on = tls.is_some();
     let follow_clients = context.clients.clone();
+    let loaded_replication = replication.clone();
+    let replication_tls = tls.clone();
+    let replication_tasks = tasks.clone();
+    let replication_config = config.replication;
     let task = tokio::spawn(async move {
         let server = tokio::spawn(ragmesh_server::serve(router, listener, serve_tls, serve_stop.cancelled_owned()));
         let store_dir = data_dir.join("state");
@@ -194,14 +205,31 @@ pub async fn start(config: MasterConfig, listener: TcpListener) -> Result<Master
                 return anyhow::Ok(()); // shut down while waiting for the store
             };
             let store: Arc<dyn ragmesh_store::StateStore> = Arc::new(store);
-            let (loaded_registry, access_control) = tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
-                let registry = Registry::load(store.clone()).context("cannot load the node registry")?;
-                let access = access::AccessControl::load(store, access_config, tls_on)
-                    .context("cannot load the signing keys")?;
-                Ok((registry, access))
-            })
-            .await??;
-            let _ = loaded_access.set(Arc::new(access_control));
+            let (loaded_registry, access_control, write_log) =
+                tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
+                    let registry = Registry::load(store.clone()).context("cannot load the node registry")?;
+                    let write_log =
+                        replication::log::WriteLog::open(store.clone()).context("cannot open the write logs")?;
+                    let access = access::AccessControl::load(store, access_config, tls_on)
+                        .context("cannot load the signing keys")?;
+                    Ok((registry, access, write_log))
+                })
+                .await??;
+            let access_control = Arc::new(access_control);
+            let _ = loaded_access.set(access_control.clone());
+            // Replication publishes the logs' state to the registry before the registry serves.
+            let client = interim_client::node_client(loaded_registry.clone(), replication_tls);
+            let parts = replication::Parts {
+                registry: loaded_registry.clone(),
+                log: write_log,
+                client,
+                access: access_control,
+                config: replication_config,
+                send_timeout: REPLICA_SEND_TIMEOUT,
+                shutdown: stop.clone(),
+                tasks: replication_tasks,
+            };
+            let _ = loaded_replication.set(replication::Replication::start(parts));
             tokio::spawn(follow_clients.follow(loaded_registry.subscribe(), stop.clone()));
             tokio::spawn(forward_membership(loaded_registry.subscribe(), membership_tx, stop.clone()));
             tracing::info!(nodes = loaded_registry.snapshot().len(), "registry loaded");

@@ -129,6 +129,7 @@ impl StreamWatcher {
             in_flight: heartbeat.in_flight,
             collections: convert::collections_from_wire(heartbeat.collections),
             generation: heartbeat.generation,
+            applied_seq: heartbeat.applied_seq,
         };
         if !self.registry.heartbeat(&self.node, &self.session, info) {
             return false;

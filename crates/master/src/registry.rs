@@ -2,6 +2,14 @@
 //! shared state whose lock is never held across an `.await`; node records are persisted in the
 //! state store (tree `nodes`) so a restarted master knows its nodes, marked down until they
 //! reconnect. State changes are broadcast on a `watch` channel.
+//!
+//! Each node serves one shard group (`shard`, its own name unless the agent says otherwise) and
+//! reports the last entry of the group's write log it applied (`applied_seq`: at registration,
+//! in heartbeats, in write answers). Replication tells the registry where each group's log
+//! stands ([`GroupLog`]); the registry derives every replica's [`SyncState`] from both (a pure
+//! decision, `replication::decide::sync_state`) whenever either changes, so the membership
+//! snapshot always carries a sync state consistent with the applied sequences it shows. Readers
+//! take `searchable liveness AND InSync` as the read set.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -12,6 +20,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
 use crate::node::{Liveness, LivenessEvent, NodeState, SessionId};
+use crate::replication::decide;
 
 const NODES_TREE: &str = "nodes";
 /// Evicted node names and when (unix seconds), so their old join tokens cannot readmit them.
@@ -40,6 +49,64 @@ pub struct NodeRecord {
     pub registered_at_ms: u64,
     /// Heartbeat interval agreed at registration, milliseconds.
     pub heartbeat_interval_ms: u64,
+    /// Shard group the node serves. Records persisted before groups existed have none: the
+    /// node's own name stands for it (a group of one), see [`NodeRecord::group`].
+    #[serde(default)]
+    pub shard: String,
+}
+
+impl NodeRecord {
+    /// The shard group of the node: `shard`, or its own name when none was recorded.
+    pub fn group(&self) -> &str {
+        if self.shard.is_empty() { &self.name } else { &self.shard }
+    }
+}
+
+/// Whether a replica holds every acknowledged write of its shard group.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum SyncState {
+    /// It applied every acknowledged write: it may serve reads.
+    #[default]
+    InSync,
+    /// It is behind, and the log still holds what it misses: replication is catching it up.
+    CatchingUp,
+    /// It is behind by more than the log retains: an operator must act (the message says how).
+    Stale {
+        /// What to do.
+        message: String,
+    },
+}
+
+impl SyncState {
+    /// Whether the replica may serve reads.
+    pub fn is_in_sync(&self) -> bool {
+        matches!(self, SyncState::InSync)
+    }
+}
+
+impl std::fmt::Display for SyncState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            SyncState::InSync => "in_sync",
+            SyncState::CatchingUp => "catching_up",
+            SyncState::Stale { .. } => "stale",
+        })
+    }
+}
+
+/// Where a shard group's write log stands, as replication reports it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct GroupLog {
+    /// Sequence of the last entry appended (0: none yet).
+    pub last_seq: u64,
+    /// Sequence of the last acknowledged entry.
+    pub committed_seq: u64,
+    /// Oldest sequence still in the log; `last_seq + 1` when the log is empty.
+    pub first_seq: u64,
+    /// Entries held.
+    pub entries: u64,
+    /// Bytes held.
+    pub bytes: u64,
 }
 
 #[cfg(test)]
@@ -57,6 +124,7 @@ impl NodeRecord {
             generation: 0,
             registered_at_ms: 0,
             heartbeat_interval_ms: 1000,
+            shard: String::new(),
         }
     }
 }
@@ -71,6 +139,8 @@ impl NodeView {
             down_reason: None,
             last_heartbeat: None,
             in_flight: 0,
+            applied_seq: 0,
+            sync: SyncState::InSync,
         }
     }
 }
@@ -84,6 +154,8 @@ pub struct HeartbeatInfo {
     pub collections: BTreeMap<String, u64>,
     /// Index generation.
     pub generation: u64,
+    /// Last write-log sequence applied.
+    pub applied_seq: u64,
 }
 
 /// A consistent copy of one node's entry.
@@ -99,6 +171,11 @@ pub struct NodeView {
     pub last_heartbeat: Option<SystemTime>,
     /// In-flight requests from the last heartbeat.
     pub in_flight: u32,
+    /// Last write-log sequence of its group it applied, as far as the master knows (0 after a
+    /// master restart until it registers again).
+    pub applied_seq: u64,
+    /// Whether it holds every acknowledged write of its group.
+    pub sync: SyncState,
 }
 
 #[derive(Debug)]
@@ -107,6 +184,56 @@ struct Entry {
     liveness: Liveness,
     last_heartbeat: Option<SystemTime>,
     in_flight: u32,
+    applied_seq: u64,
+    sync: SyncState,
+}
+
+impl Entry {
+    fn new(record: NodeRecord) -> Self {
+        Entry {
+            record,
+            liveness: Liveness::restored(),
+            last_heartbeat: None,
+            in_flight: 0,
+            applied_seq: 0,
+            sync: SyncState::InSync,
+        }
+    }
+
+    /// Takes a newer applied sequence (within a session it only grows); returns whether it changed.
+    fn observe_applied(&mut self, applied_seq: u64) -> bool {
+        if applied_seq <= self.applied_seq {
+            return false;
+        }
+        self.applied_seq = applied_seq;
+        true
+    }
+}
+
+/// The registry's state behind its one lock.
+#[derive(Debug, Default)]
+struct Inner {
+    nodes: BTreeMap<String, Entry>,
+    groups: BTreeMap<String, GroupLog>,
+}
+
+impl Inner {
+    /// Recomputes every node's sync state from its applied sequence and its group's log.
+    fn resync(&mut self) {
+        let mut in_sync: BTreeMap<String, Vec<String>> = BTreeMap::new();
+        for (name, entry) in &self.nodes {
+            let log = self.groups.get(entry.record.group()).copied().unwrap_or_default();
+            if entry.applied_seq >= log.committed_seq {
+                in_sync.entry(entry.record.group().to_owned()).or_default().push(name.clone());
+            }
+        }
+        for (name, entry) in &mut self.nodes {
+            let group = entry.record.group().to_owned();
+            let log = self.groups.get(&group).copied().unwrap_or_default();
+            let peer = in_sync.get(&group).and_then(|peers| peers.first()).map(String::as_str);
+            entry.sync = decide::sync_state(name, &group, entry.applied_seq, &log, peer);
+        }
+    }
 }
 
 impl Entry {
@@ -131,6 +258,8 @@ impl Entry {
             down_reason: self.liveness.down_reason.clone(),
             last_heartbeat: self.last_heartbeat,
             in_flight: self.in_flight,
+            applied_seq: self.applied_seq,
+            sync: self.sync.clone(),
         }
     }
 }
@@ -147,7 +276,7 @@ pub struct Registry {
 #[derive(Debug)]
 struct Shared {
     store: Arc<dyn StateStore>,
-    nodes: Mutex<BTreeMap<String, Entry>>,
+    inner: Mutex<Inner>,
     membership: watch::Sender<Membership>,
 }
 
@@ -170,89 +299,129 @@ pub enum RegistryError {
 impl Registry {
     /// Loads the persisted registry; every restored node starts down until it reconnects.
     pub fn load(store: Arc<dyn StateStore>) -> Result<Self, RegistryError> {
-        let mut nodes = BTreeMap::new();
+        let mut inner = Inner::default();
         for (key, value) in store.scan(NODES_TREE)? {
             let record: NodeRecord = serde_json::from_slice(&value).map_err(|e| RegistryError::Corrupt {
                 key: String::from_utf8_lossy(&key).into_owned(),
                 message: e.to_string(),
             })?;
-            let entry = Entry { record, liveness: Liveness::restored(), last_heartbeat: None, in_flight: 0 };
-            nodes.insert(entry.record.name.clone(), entry);
+            let entry = Entry::new(record);
+            inner.nodes.insert(entry.record.name.clone(), entry);
         }
         let membership = watch::Sender::new(Arc::new(BTreeMap::new()));
-        let registry = Registry { shared: Arc::new(Shared { store, nodes: Mutex::new(nodes), membership }) };
-        registry.publish(&registry.lock());
+        let registry = Registry { shared: Arc::new(Shared { store, inner: Mutex::new(inner), membership }) };
+        registry.publish(&mut registry.lock());
         Ok(registry)
     }
 
-    fn lock(&self) -> MutexGuard<'_, BTreeMap<String, Entry>> {
+    fn lock(&self) -> MutexGuard<'_, Inner> {
         // A panic while holding this lock would be a bug in this module's short critical sections;
         // the map itself is always consistent between statements, so keep serving.
-        self.shared.nodes.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.shared.inner.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    fn publish(&self, nodes: &BTreeMap<String, Entry>) {
-        let snapshot: BTreeMap<String, NodeView> = nodes.iter().map(|(k, e)| (k.clone(), e.view())).collect();
+    /// Recomputes sync states and broadcasts the snapshot.
+    fn publish(&self, inner: &mut Inner) {
+        inner.resync();
+        let snapshot: BTreeMap<String, NodeView> = inner.nodes.iter().map(|(k, e)| (k.clone(), e.view())).collect();
         self.shared.membership.send_replace(Arc::new(snapshot));
     }
 
     /// Records a (re-)registration durably and opens a new session, superseding any older one.
     /// Blocking (writes the store); call from `spawn_blocking` in async code.
     pub fn register(&self, record: NodeRecord) -> Result<SessionId, RegistryError> {
+        self.register_at(record, 0)
+    }
+
+    /// [`Registry::register`] of a node that applied its group's log up to `applied_seq`: the
+    /// new session starts from what the node says (its index may have been replaced).
+    pub fn register_at(&self, mut record: NodeRecord, applied_seq: u64) -> Result<SessionId, RegistryError> {
+        if record.shard.is_empty() {
+            record.shard = record.name.clone();
+        }
         let encoded = serde_json::to_vec(&record).expect("a NodeRecord always serialises");
         self.shared.store.put(NODES_TREE, record.name.as_bytes(), &encoded)?;
         let session = SessionId::random();
-        let mut nodes = self.lock();
-        let entry = nodes.entry(record.name.clone()).or_insert_with(|| Entry {
-            record: record.clone(),
-            liveness: Liveness::restored(),
-            last_heartbeat: None,
-            in_flight: 0,
-        });
+        let mut inner = self.lock();
+        let entry = inner.nodes.entry(record.name.clone()).or_insert_with(|| Entry::new(record.clone()));
         entry.record = record;
+        entry.applied_seq = applied_seq;
         entry.liveness.apply(&LivenessEvent::Registered(session.clone()), "");
-        self.publish(&nodes);
+        self.publish(&mut inner);
         Ok(session)
     }
 
     /// Applies a heartbeat of `session`; returns false when the session is not the node's current one.
     pub fn heartbeat(&self, name: &str, session: &SessionId, info: HeartbeatInfo) -> bool {
-        let mut nodes = self.lock();
-        let Some(entry) = nodes.get_mut(name) else { return false };
+        let mut inner = self.lock();
+        let Some(entry) = inner.nodes.get_mut(name) else { return false };
         if entry.liveness.session.as_ref() != Some(session) {
             return false;
         }
         let changed_state = entry.liveness.apply(&LivenessEvent::Heartbeat(session.clone()), "");
         let changed_record = entry.observe_index(info.generation, info.collections);
+        let changed_applied = entry.observe_applied(info.applied_seq);
         entry.last_heartbeat = Some(SystemTime::now());
         entry.in_flight = info.in_flight;
-        if changed_state || changed_record {
-            self.publish(&nodes);
+        if changed_state || changed_record || changed_applied {
+            self.publish(&mut inner);
         }
         true
     }
 
     /// Records what a node answered to an acknowledged write (its generation and collections
     /// after it), so the next search routes to a collection the write created and `ListNodes`
-    /// counts it, without waiting for the next heartbeat. Returns whether the view changed.
-    pub fn observe_write(&self, name: &str, generation: u64, collections: BTreeMap<String, u64>) -> bool {
-        let mut nodes = self.lock();
-        let Some(entry) = nodes.get_mut(name) else { return false };
-        let changed = entry.observe_index(generation, collections);
+    /// counts it, without waiting for the next heartbeat; `applied_seq` is the last log entry it
+    /// says it applied. Returns whether the view changed.
+    pub fn observe_write(
+        &self,
+        name: &str,
+        generation: u64,
+        collections: BTreeMap<String, u64>,
+        applied_seq: u64,
+    ) -> bool {
+        let mut inner = self.lock();
+        let Some(entry) = inner.nodes.get_mut(name) else { return false };
+        let changed_index = entry.observe_index(generation, collections);
+        let changed_applied = entry.observe_applied(applied_seq);
+        let changed = changed_index || changed_applied;
         if changed {
-            self.publish(&nodes);
+            self.publish(&mut inner);
         }
         changed
     }
 
+    /// Replication's report of where group `group`'s write log stands; sync states follow.
+    pub fn set_group_log(&self, group: &str, log: GroupLog) {
+        let mut inner = self.lock();
+        if inner.groups.get(group) == Some(&log) {
+            return;
+        }
+        inner.groups.insert(group.to_owned(), log);
+        self.publish(&mut inner);
+    }
+
+    /// Where group `group`'s log stands (all zero for a group never written).
+    pub fn group_log(&self, group: &str) -> GroupLog {
+        self.lock().groups.get(group).copied().unwrap_or_default()
+    }
+
+    /// Every shard group: those of registered nodes and those with a write log, sorted.
+    pub fn groups(&self) -> Vec<String> {
+        let inner = self.lock();
+        let mut groups: std::collections::BTreeSet<String> = inner.groups.keys().cloned().collect();
+        groups.extend(inner.nodes.values().map(|e| e.record.group().to_owned()));
+        groups.into_iter().collect()
+    }
+
     /// Applies a liveness event; `reason` explains a move to down. Returns whether the state changed.
     pub fn apply(&self, name: &str, event: LivenessEvent, reason: &str) -> bool {
-        let mut nodes = self.lock();
-        let Some(entry) = nodes.get_mut(name) else { return false };
+        let mut inner = self.lock();
+        let Some(entry) = inner.nodes.get_mut(name) else { return false };
         let changed = entry.liveness.apply(&event, reason);
         if changed {
             tracing::info!(node.id = name, state = %entry.liveness.state, reason, "node state changed");
-            self.publish(&nodes);
+            self.publish(&mut inner);
         }
         changed
     }
@@ -264,10 +433,10 @@ impl Registry {
         let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
         self.shared.store.put(EVICTED_TREE, name.as_bytes(), &now.to_be_bytes())?;
         self.shared.store.remove(NODES_TREE, name.as_bytes())?;
-        let mut nodes = self.lock();
-        let existed = nodes.remove(name).is_some();
+        let mut inner = self.lock();
+        let existed = inner.nodes.remove(name).is_some();
         if existed {
-            self.publish(&nodes);
+            self.publish(&mut inner);
         }
         Ok(existed)
     }
@@ -280,17 +449,17 @@ impl Registry {
 
     /// The node's current session, if it registered with this master process.
     pub fn session(&self, name: &str) -> Option<SessionId> {
-        self.lock().get(name).and_then(|e| e.liveness.session.clone())
+        self.lock().nodes.get(name).and_then(|e| e.liveness.session.clone())
     }
 
     /// One node.
     pub fn get(&self, name: &str) -> Option<NodeView> {
-        self.lock().get(name).map(Entry::view)
+        self.lock().nodes.get(name).map(Entry::view)
     }
 
     /// Every node, sorted by name.
     pub fn snapshot(&self) -> Vec<NodeView> {
-        self.lock().values().map(Entry::view).collect()
+        self.lock().nodes.values().map(Entry::view).collect()
     }
 
     /// Membership changes (state transitions, collections, generations).
@@ -320,7 +489,7 @@ mod tests {
             let store = Arc::new(SledStore::open(dir.path()).expect("open"));
             let registry = Registry::load(store).expect("load");
             let session = registry.register(record("a")).expect("register");
-            let info = HeartbeatInfo { in_flight: 0, collections: BTreeMap::new(), generation: 2 };
+            let info = HeartbeatInfo { in_flight: 0, collections: BTreeMap::new(), generation: 2, applied_seq: 0 };
             assert!(registry.heartbeat("a", &session, info));
             assert_eq!(registry.get("a").expect("a").state, NodeState::Up);
         }
@@ -338,16 +507,20 @@ mod tests {
         let registry = Registry::load(Arc::new(SledStore::open(dir.path()).expect("open"))).expect("load");
         let session = registry.register(record("a")).expect("register");
         let after_write = BTreeMap::from([("docs".to_owned(), 3), ("new".to_owned(), 5)]);
-        assert!(registry.observe_write("a", 2, after_write.clone()));
-        let stale =
-            HeartbeatInfo { in_flight: 0, collections: BTreeMap::from([("docs".to_owned(), 3)]), generation: 1 };
+        assert!(registry.observe_write("a", 2, after_write.clone(), 0));
+        let stale = HeartbeatInfo {
+            in_flight: 0,
+            collections: BTreeMap::from([("docs".to_owned(), 3)]),
+            generation: 1,
+            applied_seq: 0,
+        };
         assert!(registry.heartbeat("a", &session, stale));
         let a = registry.get("a").expect("a");
         assert_eq!((a.record.generation, a.record.collections), (2, after_write));
-        let newer = HeartbeatInfo { in_flight: 0, collections: BTreeMap::new(), generation: 3 };
+        let newer = HeartbeatInfo { in_flight: 0, collections: BTreeMap::new(), generation: 3, applied_seq: 0 };
         assert!(registry.heartbeat("a", &session, newer));
         assert!(registry.get("a").expect("a").record.collections.is_empty(), "a newer count wins");
-        assert!(!registry.observe_write("nobody", 9, BTreeMap::new()), "unknown nodes are ignored");
+        assert!(!registry.observe_write("nobody", 9, BTreeMap::new(), 0), "unknown nodes are ignored");
     }
 
     #[test]
@@ -356,8 +529,42 @@ mod tests {
         let registry = Registry::load(Arc::new(SledStore::open(dir.path()).expect("open"))).expect("load");
         let old = registry.register(record("a")).expect("register");
         let _new = registry.register(record("a")).expect("register");
-        let info = HeartbeatInfo { in_flight: 0, collections: BTreeMap::new(), generation: 0 };
+        let info = HeartbeatInfo { in_flight: 0, collections: BTreeMap::new(), generation: 0, applied_seq: 0 };
         assert!(!registry.heartbeat("a", &old, info));
         assert_eq!(registry.get("a").expect("a").state, NodeState::Joining);
+    }
+
+    #[test]
+    fn a_record_persisted_before_shard_groups_is_a_group_of_one() {
+        let legacy = r#"{"name":"old","address":"127.0.0.1:1","version":"0","protocol_major":1,"protocol_minor":0,
+            "collections":{},"labels":{},"generation":0,"registered_at_ms":0,"heartbeat_interval_ms":1000}"#;
+        let record: NodeRecord = serde_json::from_str(legacy).expect("old records still decode");
+        assert_eq!((record.shard.as_str(), record.group()), ("", "old"));
+    }
+
+    #[test]
+    fn applied_seq_only_grows_within_a_session_and_sync_follows_the_group_log() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let registry = Registry::load(Arc::new(SledStore::open(dir.path()).expect("open"))).expect("load");
+        let shard = |name: &str| NodeRecord { shard: "g".into(), ..record(name) };
+        let session = registry.register_at(shard("a"), 3).expect("register");
+        registry.register_at(shard("b"), 1).expect("register");
+        assert_eq!(registry.get("a").expect("a").applied_seq, 3, "from registration");
+        let log = GroupLog { last_seq: 5, committed_seq: 5, first_seq: 3, entries: 3, bytes: 30 };
+        registry.set_group_log("g", log);
+        assert_eq!(registry.get("a").expect("a").sync, SyncState::CatchingUp);
+        let SyncState::Stale { message } = registry.get("b").expect("b").sync else { panic!("b is stale") };
+        assert!(message.contains("no replica of group g is in sync"), "{message}");
+
+        assert!(registry.observe_write("a", 2, BTreeMap::new(), 5));
+        assert_eq!(registry.get("a").expect("a").sync, SyncState::InSync, "a write answer catches it up");
+        let SyncState::Stale { message } = registry.get("b").expect("b").sync else { panic!("b is stale") };
+        assert!(message.contains("copy of in-sync replica a's"), "{message}");
+        let late = HeartbeatInfo { in_flight: 0, collections: BTreeMap::new(), generation: 2, applied_seq: 4 };
+        assert!(registry.heartbeat("a", &session, late));
+        assert_eq!(registry.get("a").expect("a").applied_seq, 5, "a late heartbeat does not move it back");
+        registry.register_at(shard("a"), 0).expect("register");
+        assert_eq!(registry.get("a").expect("a").applied_seq, 0, "a new registration says where the index is");
+        assert_eq!(registry.groups(), vec!["g".to_owned()]);
     }
 }

@@ -57,6 +57,13 @@ pub trait StateStore: Send + Sync + std::fmt::Debug + 'static {
     fn remove(&self, tree: &str, key: &[u8]) -> Result<(), StoreError>;
     /// Every entry of a tree in key order.
     fn scan(&self, tree: &str) -> Result<Vec<Entry>, StoreError>;
+    /// At most `limit` entries of a tree whose keys are `>= start`, in key order: reads a long
+    /// tree (a write log) in batches without loading all of it. The default reads the whole tree;
+    /// backends override it with a range read.
+    fn scan_from(&self, tree: &str, start: &[u8], limit: usize) -> Result<Vec<Entry>, StoreError> {
+        let entries = self.scan(tree)?.into_iter().filter(|(key, _)| key.as_slice() >= start);
+        Ok(entries.take(limit).collect())
+    }
     /// Atomically replaces `expected` by `new` (`None` = absent); reports the current value on conflict.
     fn compare_and_swap(
         &self,

@@ -62,6 +62,15 @@ impl StateStore for SledStore {
         Ok(entries)
     }
 
+    fn scan_from(&self, tree: &str, start: &[u8], limit: usize) -> Result<Vec<Entry>, StoreError> {
+        let mut entries = Vec::new();
+        for entry in self.tree("scan_from", tree)?.range(start..).take(limit) {
+            let (key, value) = entry.map_err(|e| backend("scan_from", tree, e))?;
+            entries.push((key.to_vec(), value.to_vec()));
+        }
+        Ok(entries)
+    }
+
     fn compare_and_swap(
         &self,
         tree: &str,
