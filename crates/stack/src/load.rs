@@ -3,7 +3,9 @@
 //! stack, see [`crate::node_health`]), and implements [`tower::load::Load`] with a metric that
 //! orders replicas for tower's p2c balancer: a replica whose breaker refuses calls or that failed
 //! recently ranks after every healthy one, then replicas compare by peak-EWMA RTT × (in flight + 1)
-//! (the cost of tower's `PeakEwma`). So p2c avoids a replica that just failed or is slow, and
+//! (the cost of tower's `PeakEwma`), where the age of the oldest call still in flight bounds the
+//! RTT from below (a frozen replica's estimate would otherwise only rise once its calls end, so a
+//! hedge could land on the very replica it is meant to get around). So p2c avoids a replica that just failed or is slow, and
 //! the retry of a failed read lands on another replica.
 
 use std::future::Future;
@@ -95,8 +97,8 @@ where
     }
 
     fn call(&mut self, request: R) -> Self::Future {
-        self.health.start();
-        let guard = InFlight { health: self.health.clone(), sent: Instant::now() };
+        let sent = self.health.start();
+        let guard = InFlight { health: self.health.clone(), sent };
         MeasuredFuture { inner: self.inner.call(request), guard: Some(guard) }
     }
 }
@@ -161,6 +163,9 @@ mod tests {
         let pending = held.ready().await.expect("ready").call(Duration::from_secs(2));
         let busy = slow.load();
         assert!(busy.cost > idle.cost, "a call in flight raises the cost: {idle:?} -> {busy:?}");
+        tokio::time::advance(Duration::from_secs(1)).await;
+        let stuck = slow.load();
+        assert!(stuck.cost >= 2.0 * 1e9, "a call in flight for 1 s counts as a 1 s RTT, twice: {stuck:?}");
         pending.await.expect("answers");
         assert_eq!(book.snapshot("slow").map(|s| s.pending), Some(0));
         assert!(book.snapshot("slow").expect("known").rtt >= Duration::from_millis(1900), "2 s peak taken");

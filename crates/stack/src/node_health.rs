@@ -20,7 +20,7 @@
 //! stay meaningful across a master restart); tests use [`Clock::tokio`] to drive it with tokio's
 //! paused clock.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -173,6 +173,8 @@ struct Cell {
     last_failure: Option<Instant>,
     ewma: PeakEwma,
     pending: u32,
+    /// Send times of the calls in flight (with their multiplicity).
+    in_flight: BTreeMap<Instant, u32>,
 }
 
 #[derive(Debug)]
@@ -263,10 +265,13 @@ impl NodeHealth {
         self.publish(transition);
     }
 
-    /// A call is sent: one more in flight.
-    pub fn start(&self) {
+    /// A call is sent now: one more in flight. Returns when, for [`Self::finish`].
+    pub fn start(&self) -> Instant {
+        let sent = Instant::now();
         let mut cell = self.lock();
         cell.pending = cell.pending.saturating_add(1);
+        *cell.in_flight.entry(sent).or_default() += 1;
+        sent
     }
 
     /// A call sent at `sent` ended (or was abandoned): one fewer in flight, one RTT sample.
@@ -274,6 +279,12 @@ impl NodeHealth {
         let now = Instant::now();
         let mut cell = self.lock();
         cell.pending = cell.pending.saturating_sub(1);
+        if let Some(count) = cell.in_flight.get_mut(&sent) {
+            *count -= 1;
+            if *count == 0 {
+                cell.in_flight.remove(&sent);
+            }
+        }
         cell.ewma.observe(now.saturating_duration_since(sent), now);
     }
 
@@ -283,7 +294,11 @@ impl NodeHealth {
         let cell = self.lock();
         let recently_failed = cell.consecutive_failures > 0
             && cell.last_failure.is_some_and(|t| now.saturating_duration_since(t) < self.shared.config.suspect_for);
-        rank(cell.breaker.state(), self.shared.clock.now(), recently_failed, cell.ewma.estimate_at(now), cell.pending)
+        // A call still in flight is a sample not yet taken: a frozen node's estimate would only
+        // rise when its calls end, so its oldest call's age bounds the estimate from below.
+        let oldest = cell.in_flight.keys().next().map_or(0.0, |sent| nanos(now.saturating_duration_since(*sent)));
+        let rtt = cell.ewma.estimate_at(now).max(oldest);
+        rank(cell.breaker.state(), self.shared.clock.now(), recently_failed, rtt, cell.pending)
     }
 
     /// What ListNodes shows.
@@ -338,6 +353,7 @@ impl HealthBook {
             last_failure: None,
             ewma: PeakEwma::new(self.shared.config.default_rtt, self.shared.config.decay, Instant::now()),
             pending: 0,
+            in_flight: BTreeMap::new(),
         };
         Arc::new(NodeHealth { node: node.to_owned(), shared: self.shared.clone(), cell: Mutex::new(cell) })
     }
