@@ -20,7 +20,10 @@
 //! (and with it the channel's connection and keep-alive pings) is dropped; a node that comes
 //! back gets a new client on first use. So the cache never outgrows the set of live nodes.
 //!
-//! Later issues add retry, circuit breaker and p2c balancing layers here without touching callers.
+//! The typed node client of issue 7 (`ragmesh_stack::node_client::build`: retry, hedge, p2c
+//! balancing, circuit breaker) dials nodes through [`NodeClients::channel_factory`], the same
+//! mTLS endpoint with the same node-name check; [`NodeClients::client`] stays for the callers
+//! that have not moved to it yet.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -32,6 +35,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::node::NodeState;
 use crate::registry::Membership;
+use ragmesh_stack::node_client::ChannelFactory;
 use ragmesh_tls::ReloadableTls;
 use tonic::transport::{Channel, Endpoint};
 use tower::ServiceBuilder;
@@ -117,15 +121,14 @@ impl NodeClients {
         }
     }
 
-    fn build(&self, name: &str, address: &str) -> Result<NodeClient, String> {
-        let channel = self.channel(name, address)?;
-        let stack =
-            ServiceBuilder::new().concurrency_limit(MAX_IN_FLIGHT_PER_NODE).timeout(self.ceiling).service(channel);
-        Ok(AgentServiceClient::new(stack))
+    /// [`ReloadableTls::generation`] of the current TLS material (0 without TLS): the node
+    /// client's directory carries it, so that a reload rebuilds the per-node stacks.
+    pub fn tls_generation(&self) -> u64 {
+        self.tls.as_ref().map_or(0, ReloadableTls::generation)
     }
 
-    /// A new lazily connecting channel to node `name` at `address` (mTLS checking that the
-    /// agent's certificate names the node, when TLS is on).
+    /// A lazily connecting channel to node `name` at `address`: mTLS with the current material
+    /// when TLS is on, and the agent's certificate must name the node.
     pub fn channel(&self, name: &str, address: &str) -> Result<Channel, String> {
         let scheme = if self.tls.is_some() { "https" } else { "http" };
         let mut endpoint = Endpoint::from_shared(format!("{scheme}://{address}"))
@@ -141,6 +144,20 @@ impl NodeClients {
                 .map_err(|e| format!("tls setup for node {name}: {e}"))?;
         }
         Ok(endpoint.connect_lazy())
+    }
+
+    /// [`Self::channel`] as the channel factory of the typed node client
+    /// ([`ragmesh_stack::node_client::build`]).
+    pub fn channel_factory(&self) -> ChannelFactory {
+        let clients = self.clone();
+        Arc::new(move |name: &str, address: &str| clients.channel(name, address))
+    }
+
+    fn build(&self, name: &str, address: &str) -> Result<NodeClient, String> {
+        let channel = self.channel(name, address)?;
+        let stack =
+            ServiceBuilder::new().concurrency_limit(MAX_IN_FLIGHT_PER_NODE).timeout(self.ceiling).service(channel);
+        Ok(AgentServiceClient::new(stack))
     }
 }
 
@@ -172,5 +189,13 @@ mod tests {
         assert_eq!(clients.cached(), 1, "only the live node keeps its client");
         clients.client("b", "127.0.0.1:1").expect("a node that is back gets a new client");
         assert_eq!(clients.cached(), 2);
+    }
+
+    #[tokio::test]
+    async fn the_channel_factory_refuses_an_invalid_address_and_names_the_node() {
+        let factory = NodeClients::new(None, Duration::from_secs(1)).channel_factory();
+        assert!(factory("a", "127.0.0.1:1").is_ok(), "lazy: no connection is made");
+        let error = factory("a", "not a host:port").expect_err("invalid");
+        assert!(error.starts_with("node a advertises an invalid address"), "{error}");
     }
 }

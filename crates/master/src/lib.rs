@@ -6,6 +6,7 @@ pub mod access;
 pub mod api;
 mod auth_api;
 pub mod auth_layer;
+pub mod breakers;
 pub mod clients;
 mod convert;
 pub mod error;

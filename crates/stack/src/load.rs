@@ -1,0 +1,215 @@
+//! The balancer's load metric for one node: [`Measured`] wraps a per-node service, counts its
+//! calls in flight and their round-trip times into the node's [`NodeHealth`] (outside the
+//! stack, see [`crate::node_health`]), and implements [`tower::load::Load`] with a metric that
+//! orders replicas for tower's p2c balancer: a replica whose breaker refuses calls or that failed
+//! recently ranks after every healthy one, then replicas compare by peak-EWMA RTT × (in flight + 1)
+//! (the cost of tower's `PeakEwma`), where the age of the oldest call still in flight bounds the
+//! RTT from below (a frozen replica's estimate would otherwise only rise once its calls end, so a
+//! hedge could land on the very replica it is meant to get around). So p2c avoids a replica that just failed or is slow, and
+//! the retry of a failed read lands on another replica.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use pin_project_lite::pin_project;
+use tokio::time::Instant;
+use tower::Service;
+
+use crate::breaker::BreakerState;
+use crate::node_health::NodeHealth;
+
+/// The balancer's view of a node: lower is better, compared by `tier` first, then `cost`.
+#[derive(Debug, Clone, Copy, PartialEq, PartialOrd)]
+pub struct NodeLoad {
+    /// 0: healthy (or its breaker is due for a probe); 1: failed recently; 2: breaker open or
+    /// its probe in flight.
+    pub tier: u8,
+    /// Peak-EWMA RTT (ns) × (calls in flight + 1).
+    pub cost: f64,
+}
+
+/// The pure ranking of [`NodeLoad`]: what a node's state means to the balancer.
+pub fn rank(state: BreakerState, now: Duration, recently_failed: bool, rtt_nanos: f64, pending: u32) -> NodeLoad {
+    let cost = rtt_nanos * (f64::from(pending) + 1.0);
+    match state {
+        // A due probe must be sent somewhere, or a breaker in front of a node the balancer
+        // always avoids would never close again: rank it first, its one probe is a real call
+        // (retried elsewhere if it fails).
+        BreakerState::Open { until, .. } if now >= until => NodeLoad { tier: 0, cost: 0.0 },
+        BreakerState::Open { .. } | BreakerState::HalfOpen { .. } => NodeLoad { tier: 2, cost },
+        BreakerState::Closed if recently_failed => NodeLoad { tier: 1, cost },
+        BreakerState::Closed => NodeLoad { tier: 0, cost },
+    }
+}
+
+/// Applies [`Measured`] with a node's health cell.
+#[derive(Debug, Clone)]
+pub struct MeasuredLayer {
+    health: Arc<NodeHealth>,
+}
+
+impl MeasuredLayer {
+    /// Measures calls into `health`.
+    pub fn new(health: Arc<NodeHealth>) -> Self {
+        MeasuredLayer { health }
+    }
+}
+
+impl<S> tower::Layer<S> for MeasuredLayer {
+    type Service = Measured<S>;
+
+    fn layer(&self, inner: S) -> Measured<S> {
+        Measured { inner, health: self.health.clone() }
+    }
+}
+
+/// A node's service whose calls are counted and timed into its health cell; its [`Load`] is
+/// the node's [`NodeLoad`].
+///
+/// [`Load`]: tower::load::Load
+#[derive(Debug, Clone)]
+pub struct Measured<S> {
+    inner: S,
+    health: Arc<NodeHealth>,
+}
+
+impl<S> tower::load::Load for Measured<S> {
+    type Metric = NodeLoad;
+
+    fn load(&self) -> NodeLoad {
+        self.health.load()
+    }
+}
+
+impl<S, R> Service<R> for Measured<S>
+where
+    S: Service<R>,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = MeasuredFuture<S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: R) -> Self::Future {
+        let sent = self.health.start();
+        let guard = InFlight { health: self.health.clone(), sent };
+        MeasuredFuture { inner: self.inner.call(request), guard: Some(guard) }
+    }
+}
+
+/// One call in flight; ends (with an RTT sample) when the call ends or is abandoned. An
+/// abandoned call's elapsed time counts too (as in tower's `PeakEwma`): a replica that lost a
+/// hedge race was at least that slow.
+#[derive(Debug)]
+struct InFlight {
+    health: Arc<NodeHealth>,
+    sent: Instant,
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.health.finish(self.sent);
+    }
+}
+
+pin_project! {
+    /// The future of [`Measured`].
+    #[derive(Debug)]
+    pub struct MeasuredFuture<F> {
+        #[pin]
+        inner: F,
+        guard: Option<InFlight>,
+    }
+}
+
+impl<F: Future> Future for MeasuredFuture<F> {
+    type Output = F::Output;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
+        let this = self.project();
+        let output = std::task::ready!(this.inner.poll(cx));
+        this.guard.take();
+        Poll::Ready(output)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+    use tower::ServiceExt as _;
+    use tower::load::Load as _;
+
+    use super::*;
+    use crate::node_health::{HealthBook, HealthConfig};
+
+    #[tokio::test(start_paused = true)]
+    async fn in_flight_calls_raise_the_cost_and_slow_answers_raise_the_estimate() {
+        let book = HealthBook::new(HealthConfig::default(), None);
+        let slow = Measured {
+            inner: tower::service_fn(|d: Duration| async move {
+                tokio::time::sleep(d).await;
+                Ok::<_, std::convert::Infallible>(())
+            }),
+            health: book.node("slow"),
+        };
+        let idle = slow.load();
+        let mut held = slow.clone();
+        let pending = held.ready().await.expect("ready").call(Duration::from_secs(2));
+        let busy = slow.load();
+        assert!(busy.cost > idle.cost, "a call in flight raises the cost: {idle:?} -> {busy:?}");
+        tokio::time::advance(Duration::from_secs(1)).await;
+        let stuck = slow.load();
+        assert!(stuck.cost >= 2.0 * 1e9, "a call in flight for 1 s counts as a 1 s RTT, twice: {stuck:?}");
+        pending.await.expect("answers");
+        assert_eq!(book.snapshot("slow").map(|s| s.pending), Some(0));
+        assert!(book.snapshot("slow").expect("known").rtt >= Duration::from_millis(1900), "2 s peak taken");
+        let abandoned = slow.clone().oneshot(Duration::from_secs(5));
+        assert!(tokio::time::timeout(Duration::from_millis(10), abandoned).await.is_err());
+        assert_eq!(book.snapshot("slow").map(|s| s.pending), Some(0), "an abandoned call is no longer in flight");
+    }
+
+    fn state() -> impl Strategy<Value = BreakerState> {
+        prop_oneof![
+            Just(BreakerState::Closed),
+            (0u64..100, 0u32..5).prop_map(|(s, attempt)| BreakerState::Open { until: Duration::from_secs(s), attempt }),
+            (0u64..100, 0u32..5)
+                .prop_map(|(s, attempt)| BreakerState::HalfOpen { since: Duration::from_secs(s), attempt }),
+        ]
+    }
+
+    proptest! {
+        #[test]
+        fn a_healthy_replica_always_ranks_before_a_failed_or_refusing_one(
+            bad in state(), now in 0u64..100, bad_failed: bool,
+            good_rtt in 0f64..1e10, bad_rtt in 0f64..1e10, good_pending in 0u32..1000, bad_pending in 0u32..1000,
+        ) {
+            let now = Duration::from_secs(now);
+            let good = rank(BreakerState::Closed, now, false, good_rtt, good_pending);
+            let bad_load = rank(bad, now, bad_failed, bad_rtt, bad_pending);
+            let probe_due = matches!(bad, BreakerState::Open { until, .. } if now >= until);
+            let refusing = matches!(bad, BreakerState::HalfOpen { .. }) || (matches!(bad, BreakerState::Open { .. }) && !probe_due);
+            if refusing || (bad == BreakerState::Closed && bad_failed) {
+                prop_assert!(good < bad_load, "{good:?} should rank before {bad_load:?}");
+            }
+            if probe_due {
+                prop_assert!(bad_load <= good, "a due probe ranks first");
+            }
+        }
+
+        #[test]
+        fn among_healthy_replicas_cost_grows_with_rtt_and_pending(
+            rtt in 1f64..1e10, more in 1f64..1e10, pending in 0u32..1000, extra in 1u32..1000,
+        ) {
+            let now = Duration::ZERO;
+            let base = rank(BreakerState::Closed, now, false, rtt, pending);
+            prop_assert!(base < rank(BreakerState::Closed, now, false, rtt + more, pending));
+            prop_assert!(base < rank(BreakerState::Closed, now, false, rtt, pending + extra));
+        }
+    }
+}

@@ -1,0 +1,329 @@
+//! The node client: the one `Service<NodeCall>` through which the master calls agents, built by
+//! [`build`]. See [`build`] for the layers and why each sits where it does.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::{Context, Poll};
+
+use tokio::sync::watch;
+use tokio::time::Instant;
+use tonic::transport::Channel;
+use tower::balance::p2c::Balance;
+use tower::buffer::Buffer;
+use tower::hedge::Hedge;
+use tower::limit::ConcurrencyLimit;
+use tower::retry::Retry;
+use tower::retry::budget::TpsBudget;
+use tower::util::BoxCloneSyncService;
+use tower::{BoxError, Layer as _, Service, ServiceExt as _};
+
+use crate::breaker_layer::{CircuitBreaker, CircuitBreakerLayer};
+use crate::discover::{Directory, DirectoryNode, GroupDiscover, MakeStack};
+use crate::endpoint::NodeEndpoint;
+use crate::hedge::{HedgeConfig, HedgePolicy};
+use crate::load::{Measured, MeasuredLayer};
+use crate::node_call::{CallError, NodeAnswer, NodeCall, NodeClient, Target};
+use crate::node_health::HealthBook;
+use crate::retry::{RetryConfig, RetryPolicy};
+
+/// Dials node `name` at `address` (the master's: mTLS, certificate must name the node). The
+/// channel should connect lazily: it is built when a node joins a balancer, not when called.
+pub type ChannelFactory = Arc<dyn Fn(&str, &str) -> Result<Channel, String> + Send + Sync>;
+
+/// The per-node stack (see [`build`]).
+pub type NodeStack = CircuitBreaker<Measured<ConcurrencyLimit<NodeEndpoint>>>;
+
+/// Tuning of the node client.
+#[derive(Debug, Clone, Copy)]
+pub struct ClientConfig {
+    /// Retries of failed reads and their budget.
+    pub retry: RetryConfig,
+    /// Hedged reads and their budget.
+    pub hedge: HedgeConfig,
+    /// Most calls in flight to one node.
+    pub max_in_flight_per_node: usize,
+    /// Calls a group's buffers hold while its balancer picks a replica.
+    pub buffer: usize,
+}
+
+impl Default for ClientConfig {
+    fn default() -> Self {
+        ClientConfig {
+            retry: RetryConfig::default(),
+            hedge: HedgeConfig::default(),
+            max_in_flight_per_node: 256,
+            buffer: 1024,
+        }
+    }
+}
+
+/// Builds the node client.
+///
+/// ```text
+/// NodeClient ─► router by Target
+///    Target::Group(g) ─► [hedge] ─► [retry (budget)] ─► Buffer ─► p2c Balance over g's readable
+///                         replicas (Discover fed by the directory watch) ─► per-node stack
+///    Target::Node(n)  ─► per-node stack (no retry, no hedge: writes and explicit node picks)
+/// per-node stack = [breaker] ─► [peak-EWMA load] ─► [concurrency limit] ─► NodeEndpoint ─► Channel
+/// ```
+/// * The router checks the `directory` first: a group without a readable replica fails at
+///   once with `Unavailable` (tower's balancer would wait for an endpoint until the deadline),
+///   and so does a node that is not in it. Every call is bounded by its deadline here, so
+///   neither a buffer nor a balancer waiting for a replica outlives the caller.
+/// * Hedge is outermost of the group path, so that the hedged copy is itself retried; it needs
+///   a Clone inner service, which retry over a buffer is. Tower's hedge is not Clone itself, so
+///   it sits behind a buffer of its own (one hedge and its latency histogram per group).
+/// * Retry sits above the balancer, so that a retried read is balanced again and lands on
+///   another replica (the failed one ranks last, see [`crate::load`]); the buffer makes the
+///   balancer Clone for retry and hedge. One retry budget and one hedge budget serve all groups.
+/// * The balancer gets replicas from a `Discover` stream per group, fed by the `directory`
+///   watch: joins, deaths and sync changes reach it without a rebuild; a changed address or TLS
+///   generation swaps the replica's per-node stack.
+/// * In the per-node stack the breaker is outermost, so a refused call neither counts as load
+///   nor takes a concurrency slot, and it never waits: it fails at once with `BreakerOpen`
+///   (retry then moves on). The load layer counts calls in flight and their RTT for p2c; the
+///   concurrency limit caps what one slow node can hold of the master's calls; the endpoint
+///   sends the RPC with the call's deadline and records each attempt.
+/// * Breaker, failure count and RTT estimate live in `health` (outside the stacks), so a
+///   rebuilt stack keeps them; per-node stacks are built once per (address, TLS generation)
+///   and shared by the group path and the node path, so both count against one limit.
+/// * `channels` builds each node's channel (the master's: mTLS with a node-name check); `tls`
+///   only sharpens the explanation of transport failures.
+///
+/// Must be called within a tokio runtime only when calls are made (buffers are spawned then).
+pub fn build(
+    directory: watch::Receiver<Arc<Directory>>,
+    channels: ChannelFactory,
+    health: HealthBook,
+    tls: bool,
+    config: ClientConfig,
+) -> NodeClient {
+    let stacks =
+        Arc::new(NodeStacks { channels, health, tls, limit: config.max_in_flight_per_node, stacks: Mutex::default() });
+    let router = Router(Arc::new(RouterShared {
+        retry_budget: config.retry.budget(),
+        hedge_budget: config.hedge.budget(),
+        directory,
+        stacks,
+        config,
+        groups: Mutex::default(),
+    }));
+    BoxCloneSyncService::new(router)
+}
+
+/// Per-node stacks, one per node, rebuilt when its address or the TLS generation changes.
+struct NodeStacks {
+    channels: ChannelFactory,
+    health: HealthBook,
+    tls: bool,
+    limit: usize,
+    stacks: Mutex<HashMap<String, BuiltStack>>,
+}
+
+struct BuiltStack {
+    address: String,
+    generation: u64,
+    stack: NodeStack,
+}
+
+impl NodeStacks {
+    fn lock(&self) -> MutexGuard<'_, HashMap<String, BuiltStack>> {
+        self.stacks.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The stack of `name` (a clone sharing its connection and concurrency limit).
+    fn get(&self, name: &str, node: &DirectoryNode, generation: u64) -> Result<NodeStack, String> {
+        let mut stacks = self.lock();
+        if let Some(built) = stacks.get(name)
+            && built.address == node.address
+            && built.generation == generation
+        {
+            return Ok(built.stack.clone());
+        }
+        let channel = (self.channels)(name, &node.address)?;
+        let health = self.health.node(name);
+        let endpoint = ConcurrencyLimit::new(NodeEndpoint::new(name, channel, self.tls), self.limit);
+        let measured = MeasuredLayer::new(health.clone()).layer(endpoint);
+        let stack = CircuitBreakerLayer::new(health, self.health.config().blame_min_budget).layer(measured);
+        let built = BuiltStack { address: node.address.clone(), generation, stack: stack.clone() };
+        stacks.insert(name.to_owned(), built);
+        Ok(stack)
+    }
+
+    fn retain(&self, directory: &Directory) {
+        self.lock().retain(|name, _| directory.nodes.contains_key(name));
+    }
+}
+
+struct RouterShared {
+    directory: watch::Receiver<Arc<Directory>>,
+    stacks: Arc<NodeStacks>,
+    config: ClientConfig,
+    retry_budget: Arc<TpsBudget>,
+    hedge_budget: Arc<TpsBudget>,
+    groups: Mutex<Groups>,
+}
+
+#[derive(Default)]
+struct Groups {
+    /// The directory the group services were last pruned against.
+    seen: Option<Arc<Directory>>,
+    services: HashMap<String, NodeClient>,
+}
+
+/// Routes a call by its target; see [`build`].
+#[derive(Clone)]
+struct Router(Arc<RouterShared>);
+
+impl std::fmt::Debug for Router {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NodeClientRouter").finish_non_exhaustive()
+    }
+}
+
+type CallFuture = Pin<Box<dyn Future<Output = Result<NodeAnswer, CallError>> + Send>>;
+
+impl Router {
+    /// The group's service, built on first use; services of groups gone from the directory are
+    /// dropped (with their balancer and buffers), and stacks of nodes gone from it too.
+    fn group(&self, group: &str, directory: &Arc<Directory>) -> NodeClient {
+        let mut groups = self.0.groups.lock().unwrap_or_else(|p| p.into_inner());
+        if !groups.seen.as_ref().is_some_and(|seen| Arc::ptr_eq(seen, directory)) {
+            groups.services.retain(|name, _| directory.has_group(name));
+            self.0.stacks.retain(directory);
+            groups.seen = Some(directory.clone());
+        }
+        groups.services.entry(group.to_owned()).or_insert_with(|| self.build_group(group)).clone()
+    }
+
+    fn build_group(&self, group: &str) -> NodeClient {
+        let shared = &self.0;
+        let stacks = shared.stacks.clone();
+        let make: MakeStack<NodeStack> = Box::new(move |name, node, generation| stacks.get(name, node, generation));
+        let discover = GroupDiscover::new(group, shared.directory.clone(), make);
+        let balanced = Buffer::new(Balance::new(discover), shared.config.buffer)
+            .map_err(to_call_error as fn(BoxError) -> CallError);
+        let policy = RetryPolicy::new(shared.retry_budget.clone(), shared.directory.clone(), &shared.config.retry);
+        let retried = Retry::new(policy, balanced);
+        let hedge = shared.config.hedge;
+        let hedged = Hedge::new::<NodeCall>(
+            retried,
+            HedgePolicy::new(shared.hedge_budget.clone()),
+            hedge.min_data_points,
+            hedge.percentile,
+            hedge.period,
+        );
+        let service = Buffer::new(hedged, shared.config.buffer).map_err(to_call_error as fn(BoxError) -> CallError);
+        BoxCloneSyncService::new(service)
+    }
+}
+
+impl Service<NodeCall> for Router {
+    type Response = NodeAnswer;
+    type Error = CallError;
+    type Future = CallFuture;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), CallError>> {
+        // Readiness is per target: each call waits for its own group or node, within its deadline.
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, call: NodeCall) -> CallFuture {
+        let directory = self.0.directory.borrow().clone();
+        let service = match &call.target {
+            Target::Group(group) => {
+                if directory.readable(group).next().is_none() {
+                    let error =
+                        CallError::Unavailable(format!("shard group {group} has no in-sync replica that is up"));
+                    return Box::pin(std::future::ready(Err(error)));
+                }
+                Ok(self.group(group, &directory))
+            }
+            Target::Node(node) => match directory.nodes.get(node) {
+                None => Err(CallError::Unavailable(format!("node {node} is not up"))),
+                Some(entry) => self
+                    .0
+                    .stacks
+                    .get(node, entry, directory.tls_generation)
+                    .map(BoxCloneSyncService::new)
+                    .map_err(CallError::Unavailable),
+            },
+        };
+        let service = match service {
+            Ok(service) => service,
+            Err(error) => return Box::pin(std::future::ready(Err(error))),
+        };
+        let deadline = call.deadline;
+        let budget = call.budget(Instant::now());
+        Box::pin(async move {
+            match tokio::time::timeout_at(deadline, service.oneshot(call)).await {
+                Ok(result) => result,
+                Err(_elapsed) => Err(CallError::Timeout { budget }),
+            }
+        })
+    }
+}
+
+/// The call's own error back from tower's boxed errors (buffers, balancer, hedge box them);
+/// anything else (a buffer whose worker is gone) means the replica set cannot be reached.
+fn to_call_error(error: BoxError) -> CallError {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(error.as_ref());
+    while let Some(current) = source {
+        if let Some(call_error) = current.downcast_ref::<CallError>() {
+            return call_error.clone();
+        }
+        source = current.source();
+    }
+    CallError::Unavailable(format!("node client: {error}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use ragmesh_proto::v1;
+
+    use super::*;
+    use crate::node_call::NodeRequest;
+    use crate::node_health::HealthConfig;
+
+    fn lazy(_name: &str, address: &str) -> Result<Channel, String> {
+        let endpoint =
+            tonic::transport::Endpoint::from_shared(format!("http://{address}")).map_err(|e| e.to_string())?;
+        Ok(endpoint.connect_lazy())
+    }
+
+    #[tokio::test]
+    async fn a_group_without_readable_replica_and_an_unknown_node_fail_at_once() {
+        let nodes = BTreeMap::from([(
+            "a".to_owned(),
+            DirectoryNode { address: "127.0.0.1:1".into(), group: "g".into(), readable: false },
+        )]);
+        let (_tx, rx) = watch::channel(Arc::new(Directory { nodes, tls_generation: 0 }));
+        let client =
+            build(rx, Arc::new(lazy), HealthBook::new(HealthConfig::default(), None), false, ClientConfig::default());
+        let deadline = Instant::now() + std::time::Duration::from_secs(30);
+        let search = || NodeRequest::Search(v1::NodeSearchRequest::default());
+        for target in [Target::Group("g".into()), Target::Group("nope".into()), Target::Node("b".into())] {
+            let started = Instant::now();
+            let result = client.clone().oneshot(NodeCall::new(target.clone(), search(), deadline)).await;
+            assert!(matches!(result, Err(CallError::Unavailable(_))), "{target}: {result:?}");
+            assert!(started.elapsed() < std::time::Duration::from_secs(1), "{target} failed fast");
+        }
+        let Err(CallError::Unavailable(message)) =
+            client.clone().oneshot(NodeCall::new(Target::Group("g".into()), search(), deadline)).await
+        else {
+            panic!("unavailable")
+        };
+        assert_eq!(message, "shard group g has no in-sync replica that is up");
+    }
+
+    #[test]
+    fn call_errors_come_back_out_of_tower_boxes() {
+        let error = CallError::BreakerOpen { retry_in: std::time::Duration::from_secs(1) };
+        assert_eq!(to_call_error(Box::new(error.clone())), error);
+        assert!(matches!(to_call_error("worker gone".into()), CallError::Unavailable(_)));
+    }
+}

@@ -1,0 +1,274 @@
+//! The node client against small real AgentService servers on loopback (plaintext tonic over
+//! TCP, real channels), whose answers the tests control: a replica that refuses is retried
+//! around, a frozen one is hedged around, a failing node's breaker opens and the node then
+//! receives no calls, and a group without a readable replica fails at once.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
+use std::time::Duration;
+
+use ragmesh_proto::v1;
+use ragmesh_proto::v1::agent_service_server::{AgentService, AgentServiceServer};
+use ragmesh_stack::breaker::BreakerConfig;
+use ragmesh_stack::discover::{Directory, DirectoryNode};
+use ragmesh_stack::hedge::HedgeConfig;
+use ragmesh_stack::node_call::{AttemptEnd, AttemptKind, CallError, NodeCall, NodeClient, NodeRequest, Target};
+use ragmesh_stack::node_client::{ClientConfig, build};
+use ragmesh_stack::node_health::{HealthBook, HealthConfig};
+use tokio::net::TcpListener;
+use tokio::sync::{oneshot, watch};
+use tokio::time::Instant;
+use tokio_stream::wrappers::TcpListenerStream;
+use tonic::transport::{Channel, Endpoint, Server};
+use tonic::{Request, Response, Status};
+use tower::ServiceExt as _;
+
+const OK: u8 = 0;
+const REFUSE: u8 = 1;
+const FREEZE: u8 = 2;
+
+/// How a fake agent answers, and how many searches reached it.
+#[derive(Debug, Default)]
+struct Behaviour {
+    mode: AtomicU8,
+    searches: AtomicUsize,
+}
+
+#[derive(Debug)]
+struct FakeAgent(Arc<Behaviour>);
+
+#[tonic::async_trait]
+impl AgentService for FakeAgent {
+    async fn upsert_documents(
+        &self,
+        _request: Request<v1::UpsertDocumentsRequest>,
+    ) -> Result<Response<v1::UpsertDocumentsResponse>, Status> {
+        Err(Status::unimplemented("not in this test"))
+    }
+
+    async fn delete_documents(
+        &self,
+        _request: Request<v1::DeleteDocumentsRequest>,
+    ) -> Result<Response<v1::DeleteDocumentsResponse>, Status> {
+        Err(Status::unimplemented("not in this test"))
+    }
+
+    async fn node_search(
+        &self,
+        _request: Request<v1::NodeSearchRequest>,
+    ) -> Result<Response<v1::NodeSearchResponse>, Status> {
+        self.0.searches.fetch_add(1, Ordering::SeqCst);
+        match self.0.mode.load(Ordering::SeqCst) {
+            REFUSE => Err(Status::unavailable("shutting down")),
+            FREEZE => {
+                tokio::time::sleep(Duration::from_secs(2)).await;
+                Ok(Response::new(v1::NodeSearchResponse::default()))
+            }
+            _ => Ok(Response::new(v1::NodeSearchResponse::default())),
+        }
+    }
+}
+
+struct Agent {
+    addr: SocketAddr,
+    behaviour: Arc<Behaviour>,
+    _stop: oneshot::Sender<()>,
+}
+
+impl Agent {
+    async fn start(mode: u8) -> Agent {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let behaviour = Arc::new(Behaviour { mode: AtomicU8::new(mode), searches: AtomicUsize::new(0) });
+        let (stop, stopped) = oneshot::channel::<()>();
+        let server = Server::builder().add_service(AgentServiceServer::new(FakeAgent(behaviour.clone())));
+        tokio::spawn(server.serve_with_incoming_shutdown(TcpListenerStream::new(listener), async {
+            let _ = stopped.await;
+        }));
+        Agent { addr, behaviour, _stop: stop }
+    }
+
+    fn searches(&self) -> usize {
+        self.behaviour.searches.load(Ordering::SeqCst)
+    }
+}
+
+fn lazy_channel(_node: &str, address: &str) -> Result<Channel, String> {
+    let endpoint = Endpoint::from_shared(format!("http://{address}")).map_err(|e| e.to_string())?;
+    Ok(endpoint.connect_lazy())
+}
+
+/// A directory of `(name, agent, group, readable)`.
+fn directory(nodes: &[(&str, &Agent, &str, bool)]) -> Arc<Directory> {
+    let nodes = nodes
+        .iter()
+        .map(|(name, agent, group, readable)| {
+            let node = DirectoryNode { address: agent.addr.to_string(), group: group.to_string(), readable: *readable };
+            (name.to_string(), node)
+        })
+        .collect::<BTreeMap<_, _>>();
+    Arc::new(Directory { nodes, tls_generation: 0 })
+}
+
+fn client(
+    directory: Arc<Directory>,
+    health: HealthConfig,
+    config: ClientConfig,
+) -> (watch::Sender<Arc<Directory>>, NodeClient) {
+    let (tx, rx) = watch::channel(directory);
+    let client = build(rx, Arc::new(lazy_channel), HealthBook::new(health, None), false, config);
+    (tx, client)
+}
+
+fn search(group: &str, deadline: Duration) -> NodeCall {
+    let request = NodeRequest::Search(v1::NodeSearchRequest { query: "q".into(), ..Default::default() });
+    NodeCall::new(Target::Group(group.into()), request, Instant::now() + deadline)
+}
+
+#[tokio::test]
+async fn a_refusing_replica_is_retried_around_and_every_call_succeeds() {
+    let good = Agent::start(OK).await;
+    let bad = Agent::start(REFUSE).await;
+    let (_tx, client) = client(
+        directory(&[("good", &good, "g", true), ("bad", &bad, "g", true)]),
+        HealthConfig::default(),
+        ClientConfig::default(),
+    );
+    // A burst, so that the balancer spreads first attempts over both replicas.
+    let mut calls = tokio::task::JoinSet::new();
+    for _ in 0..32 {
+        let client = client.clone();
+        calls.spawn(async move {
+            let call = search("g", Duration::from_secs(5));
+            let result = client.oneshot(call.clone()).await;
+            (result, call.attempts.snapshot())
+        });
+    }
+    let mut retried = 0;
+    for (result, attempts) in calls.join_all().await {
+        let answer = result.expect("every call succeeds");
+        assert_eq!(answer.node, "good");
+        let first = &attempts[0];
+        if first.node == "bad" {
+            assert!(
+                matches!(first.end, AttemptEnd::Failed(CallError::Unavailable(_) | CallError::BreakerOpen { .. })),
+                "{attempts:?}"
+            );
+            assert_eq!(first.kind, AttemptKind::First);
+            let retry = attempts.iter().find(|a| a.kind == AttemptKind::Retry).expect("a retry");
+            assert_eq!((retry.node.as_str(), &retry.end), ("good", &AttemptEnd::Ok), "{attempts:?}");
+            retried += 1;
+        } else {
+            assert_eq!(attempts.len(), 1, "{attempts:?}");
+        }
+    }
+    assert!(retried >= 1, "some first attempts went to the refusing replica and were retried");
+    assert!(bad.searches() >= 1);
+}
+
+#[tokio::test]
+async fn a_frozen_replica_is_hedged_around_well_before_the_deadline() {
+    let good = Agent::start(OK).await;
+    let frozen = Agent::start(OK).await;
+    // One-second histogram periods, so that the histogram is warm after a second of calls.
+    let config = ClientConfig {
+        hedge: HedgeConfig { period: Duration::from_secs(1), ..HedgeConfig::default() },
+        ..Default::default()
+    };
+    let (_tx, client) = client(
+        directory(&[("good", &good, "g", true), ("frozen", &frozen, "g", true)]),
+        HealthConfig::default(),
+        config,
+    );
+    // Warm up: group reads fill the hedge histogram; reads pinned to each replica give both an
+    // RTT estimate (sequential group reads alone would stick to whichever was measured first).
+    let warm_up = Instant::now();
+    let mut warm_calls = 0;
+    while warm_up.elapsed() < Duration::from_millis(1200) {
+        for target in [Target::Node("good".into()), Target::Node("frozen".into()), Target::Group("g".into())] {
+            let mut call = search("g", Duration::from_secs(5));
+            call.target = target;
+            client.clone().oneshot(call).await.expect("healthy replicas answer");
+        }
+        warm_calls += 1;
+    }
+    assert!(warm_calls >= 40, "enough latencies for the histogram: {warm_calls}");
+
+    frozen.behaviour.mode.store(FREEZE, Ordering::SeqCst);
+    let before = frozen.searches();
+    let mut calls = tokio::task::JoinSet::new();
+    for _ in 0..8 {
+        let client = client.clone();
+        calls.spawn(async move {
+            let call = search("g", Duration::from_secs(5));
+            let started = Instant::now();
+            let result = client.oneshot(call.clone()).await;
+            (result, started.elapsed(), call.attempts.snapshot())
+        });
+    }
+    let mut hedged = 0;
+    for (result, took, attempts) in calls.join_all().await {
+        let answer = result.expect("answered");
+        assert_eq!(answer.node, "good", "{attempts:?}");
+        assert!(took < Duration::from_secs(1), "the frozen replica did not cost the deadline: {took:?}");
+        if attempts[0].node == "frozen" {
+            let hedge = attempts.iter().find(|a| a.kind == AttemptKind::Hedge).expect("a hedge");
+            assert_eq!((hedge.node.as_str(), &hedge.end), ("good", &AttemptEnd::Ok), "{attempts:?}");
+            hedged += 1;
+        }
+    }
+    assert!(hedged >= 1, "some first attempts went to the frozen replica and were hedged");
+    assert!(frozen.searches() > before);
+}
+
+#[tokio::test]
+async fn the_breaker_opens_after_7_failures_and_the_node_then_receives_no_calls() {
+    let failing = Agent::start(REFUSE).await;
+    // A long wait, so that no probe is due while the test runs.
+    let health = HealthConfig {
+        breaker: BreakerConfig { min_wait: Duration::from_secs(60), ..BreakerConfig::default() },
+        ..HealthConfig::default()
+    };
+    let (_tx, client) = client(directory(&[("failing", &failing, "g", true)]), health, ClientConfig::default());
+    for _ in 0..7 {
+        let result = client.clone().oneshot(search("g", Duration::from_secs(5))).await;
+        assert!(matches!(result, Err(CallError::Unavailable(_))), "{result:?}");
+    }
+    assert_eq!(failing.searches(), 7);
+    for _ in 0..20 {
+        let call = search("g", Duration::from_secs(5));
+        let result = client.clone().oneshot(call.clone()).await;
+        assert!(matches!(result, Err(CallError::BreakerOpen { .. })), "{result:?}");
+        let attempts = call.attempts.snapshot();
+        assert_eq!(attempts.len(), 1, "a single replica: no retry");
+        assert!(matches!(attempts[0].end, AttemptEnd::Failed(CallError::BreakerOpen { .. })));
+    }
+    let pinned = NodeCall::new(
+        Target::Node("failing".into()),
+        NodeRequest::Search(v1::NodeSearchRequest::default()),
+        Instant::now() + Duration::from_secs(5),
+    );
+    assert!(matches!(client.clone().oneshot(pinned).await, Err(CallError::BreakerOpen { .. })), "one breaker per node");
+    assert_eq!(failing.searches(), 7, "an open breaker sends the node nothing");
+}
+
+#[tokio::test]
+async fn a_group_without_a_readable_replica_fails_at_once() {
+    let catching_up = Agent::start(OK).await;
+    let (tx, client) =
+        client(directory(&[("c", &catching_up, "g", false)]), HealthConfig::default(), ClientConfig::default());
+    let started = Instant::now();
+    let result = client.clone().oneshot(search("g", Duration::from_secs(10))).await;
+    let Err(CallError::Unavailable(message)) = result else { panic!("unavailable, got {result:?}") };
+    assert_eq!(message, "shard group g has no in-sync replica that is up");
+    assert!(started.elapsed() < Duration::from_millis(500), "failed fast: {:?}", started.elapsed());
+    assert_eq!(catching_up.searches(), 0);
+
+    // It caught up: the same client (no rebuild) now reaches it.
+    tx.send(directory(&[("c", &catching_up, "g", true)])).expect("directory");
+    let answer = client.clone().oneshot(search("g", Duration::from_secs(5))).await.expect("readable now");
+    assert_eq!(answer.node, "c");
+    assert_eq!(catching_up.searches(), 1);
+}
