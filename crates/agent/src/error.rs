@@ -99,10 +99,7 @@ impl From<AgentError> for Status {
     }
 }
 
-/// Metadata key on the status of a positioned write that failed: the last sequence this replica
-/// applied, in decimal. Set for a gap (FAILED_PRECONDITION) and for an entry refused as a whole
-/// (INVALID_ARGUMENT, PERMISSION_DENIED), which the replica applied as a no-op.
-pub const APPLIED_SEQ_METADATA: &str = "x-ragmesh-applied-seq";
+pub use ragmesh_proto::APPLIED_SEQ_METADATA;
 
 #[cfg(test)]
 mod tests {
@@ -122,7 +119,7 @@ mod tests {
         let refusal = IndexError::InvalidBatch("empty".into());
         let status = Status::from(AgentError::Index(IndexError::EntryRefused { seq: 7, refusal: Box::new(refusal) }));
         assert_eq!(status.code(), tonic::Code::InvalidArgument);
-        assert!(status.message().contains("log entry 7 was refused as a whole"), "{}", status.message());
+        assert_eq!(status.message(), "empty");
         assert_eq!(status.metadata().get(APPLIED_SEQ_METADATA).expect("metadata").to_str().expect("ascii"), "7");
     }
 

@@ -77,7 +77,7 @@ pub enum IndexError {
     /// A log entry every replica refuses the same way (an invalid document, a write the caller
     /// may not make): nothing of it was written, but it took its place in the log, so the
     /// replica's position moved past it (`seq`) and the group's log never waits behind it.
-    #[error("{refusal} (log entry {seq} was refused as a whole and is applied as a no-op)")]
+    #[error("{refusal}")]
     EntryRefused {
         /// The entry's sequence, now the replica's applied sequence.
         seq: u64,

@@ -327,7 +327,9 @@ impl DocumentIndex {
                     // position moves past it with nothing written, and the group's log is never
                     // stuck behind an entry no replica can apply.
                     rollback(state);
-                    self.commit(state, AppliedLog::advanced_to(position))?;
+                    // No document changed, so the generation stays: caches keyed by it stay valid.
+                    let generation = state.generation;
+                    self.commit_at(state, AppliedLog::advanced_to(position), generation)?;
                     tracing::info!(log.seq = position.seq, error = %refusal, "log entry refused; applied as a no-op");
                     Err(IndexError::EntryRefused { seq: position.seq, refusal: Box::new(refusal) })
                 }
@@ -611,7 +613,12 @@ impl DocumentIndex {
     /// commit as the documents, and publishes a new searcher. A failed commit rolls the pending
     /// operations back and leaves generation and position as they were.
     fn commit(&self, state: &mut WriterState, applied: AppliedLog) -> Result<u64, IndexError> {
-        let next = state.generation + 1;
+        self.commit_at(state, applied, state.generation + 1)
+    }
+
+    /// Commits the pending operations with log position `applied` as generation `next` (the
+    /// current generation when nothing visible changes: a refused log entry).
+    fn commit_at(&self, state: &mut WriterState, applied: AppliedLog, next: u64) -> Result<u64, IndexError> {
         let payload = encode_payload(next, &applied);
         let committed = state.writer.prepare_commit().and_then(|mut prepared| {
             prepared.set_payload(&payload);
@@ -1429,6 +1436,7 @@ mod tests {
         let IndexError::EntryRefused { seq: 2, refusal } = err else { panic!("a refused entry: {err:?}") };
         assert!(matches!(*refusal, IndexError::Forbidden { .. }), "{refusal:?}");
         assert_eq!((index.doc_count(), index.applied()), (1, at("g1", 2)), "nothing written, seq 2 consumed");
+        assert_eq!(index.generation(), 1, "nothing visible changed");
         assert!(ids(&index.search(&query("owned")).expect("search")).iter().all(|(_, id)| id != "new"));
         // Sent again (the master retrying), the entry is acknowledged as applied, not refused twice.
         let again = index.apply_upsert(&position("g1", 2), vec![plain("new")], &globex).expect("duplicate");

@@ -43,6 +43,8 @@ pub(crate) struct Context {
     pub(crate) clients: NodeClients,
     /// Every call to agents goes through it (searches today; writes too, later).
     pub(crate) node_client: ragmesh_stack::node_call::NodeClient,
+    /// Breaker and load state of every node (shown by ListNodes and GetNode).
+    pub(crate) health: ragmesh_stack::node_health::HealthBook,
     pub(crate) config: Arc<MasterConfig>,
     pub(crate) shutdown: CancellationToken,
     /// Health-stream watchers, drained on shutdown so no task outlives the master.
@@ -165,7 +167,8 @@ impl MasterService for MasterApi {
         let deadline = started + budget.saturating_sub(merge_margin(budget));
 
         let nodes = registry.snapshot();
-        let replicas = federation::replicas_of(&nodes, |_| false);
+        let health = &self.0.health;
+        let replicas = federation::replicas_of(&nodes, |node| health.snapshot(node).is_some_and(|h| h.refuses_calls()));
         let plan = federation::plan(&replicas, &req.collections, &req.nodes).map_err(|unknown| {
             MasterError::UnknownNodes { unknown, known: nodes.iter().map(|n| n.record.name.clone()).collect() }
         })?;
@@ -215,7 +218,14 @@ impl MasterService for MasterApi {
         let views = registry.snapshot();
         let groups =
             registry.groups().into_iter().map(|g| convert::group_info(&g, &views, registry.group_log(&g))).collect();
-        let nodes = views.into_iter().map(convert::node_info).collect();
+        let health = &self.0.health;
+        let nodes = views
+            .into_iter()
+            .map(|view| {
+                let snapshot = health.snapshot(&view.record.name);
+                convert::node_info(view, snapshot)
+            })
+            .collect();
         Ok(Response::new(v1::ListNodesResponse { nodes, groups }))
     }
 
@@ -227,7 +237,8 @@ impl MasterService for MasterApi {
             unknown: vec![name],
             known: registry.snapshot().into_iter().map(|n| n.record.name).collect(),
         })?;
-        Ok(Response::new(v1::GetNodeResponse { node: Some(convert::node_info(view)) }))
+        let health = self.0.health.snapshot(&view.record.name);
+        Ok(Response::new(v1::GetNodeResponse { node: Some(convert::node_info(view, health)) }))
     }
 
     async fn ingest_documents(

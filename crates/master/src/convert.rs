@@ -5,7 +5,9 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use ragmesh_proto::v1;
 
+use ragmesh_stack::breaker::BreakerState;
 use ragmesh_stack::node_call::{Attempt, AttemptEnd, AttemptKind, CallError};
+use ragmesh_stack::node_health::HealthSnapshot;
 
 use crate::federation::{GroupEnd, GroupReport, NodeResult, Outcome, SkipReason};
 use crate::merge::MergedHit;
@@ -38,9 +40,11 @@ pub(crate) fn node_state(state: NodeState) -> v1::NodeState {
     }
 }
 
-pub(crate) fn node_info(view: NodeView) -> v1::NodeInfo {
+pub(crate) fn node_info(view: NodeView, health: Option<HealthSnapshot>) -> v1::NodeInfo {
     let record = view.record;
     v1::NodeInfo {
+        shard: record.group().to_owned(),
+        breaker: Some(breaker_info(health)),
         collections: collections_to_wire(&record.collections),
         name: record.name,
         state: node_state(view.state).into(),
@@ -54,11 +58,26 @@ pub(crate) fn node_info(view: NodeView) -> v1::NodeInfo {
         registered_at: Some(timestamp(UNIX_EPOCH + Duration::from_millis(record.registered_at_ms))),
         in_flight: view.in_flight,
         down_reason: view.down_reason.unwrap_or_default(),
-        shard: record.shard,
         sync: sync_state(&view.sync).into(),
         applied_seq: view.applied_seq,
         sync_message: sync_message(&view.sync),
-        ..Default::default()
+    }
+}
+
+/// A node's breaker as ListNodes shows it; a node never called has a closed breaker.
+fn breaker_info(health: Option<HealthSnapshot>) -> v1::BreakerInfo {
+    let Some(health) = health else {
+        return v1::BreakerInfo { status: v1::BreakerStatus::Closed.into(), ..Default::default() };
+    };
+    let status = match health.state {
+        BreakerState::Closed => v1::BreakerStatus::Closed,
+        BreakerState::Open { .. } => v1::BreakerStatus::Open,
+        BreakerState::HalfOpen { .. } => v1::BreakerStatus::HalfOpen,
+    };
+    v1::BreakerInfo {
+        status: status.into(),
+        probe_at: health.next_probe.map(|since_epoch| timestamp(UNIX_EPOCH + since_epoch)),
+        consecutive_failures: health.consecutive_failures,
     }
 }
 
@@ -88,7 +107,9 @@ fn call_error(error: &CallError) -> (v1::OutcomeStatus, String) {
         CallError::Timeout { budget } => (v1::OutcomeStatus::Timeout, crate::federation::timeout_message(*budget)),
         CallError::Unavailable(message) => (v1::OutcomeStatus::Unavailable, message.clone()),
         CallError::BreakerOpen { .. } => (v1::OutcomeStatus::Skipped, error.to_string()),
-        CallError::Error { kind, message } => (v1::OutcomeStatus::Error, format!("{kind}: {message}")),
+        CallError::Error { kind, message } | CallError::Rejected { kind, message, .. } => {
+            (v1::OutcomeStatus::Error, format!("{kind}: {message}"))
+        }
     }
 }
 

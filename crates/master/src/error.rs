@@ -177,6 +177,7 @@ impl MasterError {
                 ReplicationError::NoReplicas { .. } | ReplicationError::QuorumNotReached { .. } => {
                     ErrorKind::Unavailable
                 }
+                ReplicationError::Refused { kind, .. } => *kind,
                 ReplicationError::Log(_) | ReplicationError::Task(_) => ErrorKind::Internal,
             },
         }
@@ -215,4 +216,3 @@ fn no_credentials(certificate: Option<&str>) -> String {
         }
     }
 }
-

@@ -9,13 +9,12 @@ pub mod auth_layer;
 pub mod breakers;
 pub mod clients;
 mod convert;
+pub mod directory;
 pub mod error;
 pub mod federation;
-pub mod interim_client;
 mod membership;
 pub mod merge;
 pub mod node;
-mod node_client_interim;
 pub mod registry;
 pub mod replication;
 
@@ -30,6 +29,8 @@ use ragmesh_proto::v1::{
     auth_service_server::AuthServiceServer, master_service_server::MasterServiceServer,
     membership_service_server::MembershipServiceServer,
 };
+use ragmesh_stack::node_client::ClientConfig;
+use ragmesh_stack::node_health::{HealthBook, HealthConfig};
 use ragmesh_stack::rate_limit::{KeyExtractor as _, RateLimitLayer, RateLimits, key_from_extension, key_from_peer_ip};
 use ragmesh_store::SledStore;
 use ragmesh_tls::{LoadedTls, ReloadableTls};
@@ -108,21 +109,6 @@ fn limits<S: Limits>(service: S, config: &MasterConfig) -> S {
     service.with_limits(config.access.max_message_bytes)
 }
 
-/// Copies every membership change from the registry into `to`, until `shutdown`.
-async fn forward_membership(
-    mut from: tokio::sync::watch::Receiver<registry::Membership>,
-    to: tokio::sync::watch::Sender<registry::Membership>,
-    shutdown: CancellationToken,
-) {
-    loop {
-        to.send_replace(from.borrow_and_update().clone());
-        tokio::select! {
-            () = shutdown.cancelled() => return,
-            changed = from.changed() => if changed.is_err() { return },
-        }
-    }
-}
-
 /// Starts serving on `listener`. Health reports NOT_SERVING until the registry is loaded.
 pub async fn start(config: MasterConfig, listener: TcpListener) -> Result<MasterHandle, StartError> {
     let local_addr = listener.local_addr()?;
@@ -134,12 +120,17 @@ pub async fn start(config: MasterConfig, listener: TcpListener) -> Result<Master
     let access = Arc::new(OnceLock::new());
     let replication = Arc::new(OnceLock::new());
     let tasks = tokio_util::task::TaskTracker::new();
-    let node_clients = clients::NodeClients::new(tls.clone(), config.max_search_timeout.max(Duration::from_secs(60)));
-    // The node client reads membership from this copy of the registry's watch: it exists
-    // before the registry is loaded, and the registry's changes are forwarded into it.
-    let (membership_tx, membership_rx) = tokio::sync::watch::channel(registry::Membership::default());
+    let node_clients = clients::NodeClients::new(tls.clone());
+    // Breaker and load state of every node, outside the per-node stacks; breaker transitions
+    // go to one writer, which persists them once the store is open.
+    let (breaker_tx, breaker_rx) = tokio::sync::mpsc::unbounded_channel();
+    let health_book = HealthBook::new(HealthConfig::default(), Some(breaker_tx));
+    // The node client's directory is empty until the registry is loaded and followed.
+    let (directory_tx, node_client) =
+        directory::node_client(&node_clients, health_book.clone(), ClientConfig::default());
     let context = api::Context {
-        node_client: node_client_interim::build(node_clients.clone(), membership_rx),
+        node_client: node_client.clone(),
+        health: health_book.clone(),
         tasks: tasks.clone(),
         registry: registry.clone(),
         access: access.clone(),
@@ -186,9 +177,8 @@ pub async fn start(config: MasterConfig, listener: TcpListener) -> Result<Master
     let loaded_access = access.clone();
     let access_config = config.access.clone();
     let tls_on = tls.is_some();
-    let follow_clients = context.clients.clone();
     let loaded_replication = replication.clone();
-    let replication_tls = tls.clone();
+    let directory_clients = context.clients.clone();
     let replication_tasks = tasks.clone();
     let replication_config = config.replication;
     let task = tokio::spawn(async move {
@@ -206,9 +196,14 @@ pub async fn start(config: MasterConfig, listener: TcpListener) -> Result<Master
                 return anyhow::Ok(()); // shut down while waiting for the store
             };
             let store: Arc<dyn ragmesh_store::StateStore> = Arc::new(store);
+            let breaker_store = store.clone();
+            let restore_book = health_book.clone();
             let (loaded_registry, access_control, write_log) =
                 tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
                     let registry = Registry::load(store.clone()).context("cannot load the node registry")?;
+                    let restored =
+                        breakers::load(store.as_ref(), &restore_book).context("cannot load the circuit breakers")?;
+                    tracing::info!(breakers = restored, "circuit breakers restored");
                     let write_log =
                         replication::log::WriteLog::open(store.clone()).context("cannot open the write logs")?;
                     let access = access::AccessControl::load(store, access_config, tls_on)
@@ -219,7 +214,15 @@ pub async fn start(config: MasterConfig, listener: TcpListener) -> Result<Master
             let access_control = Arc::new(access_control);
             let _ = loaded_access.set(access_control.clone());
             // Replication publishes the logs' state to the registry before the registry serves.
-            let client = interim_client::node_client(loaded_registry.clone(), replication_tls);
+            tokio::spawn(breakers::run_writer(breaker_store, breaker_rx));
+            tokio::spawn(directory::follow(
+                loaded_registry.subscribe(),
+                directory_clients,
+                health_book.clone(),
+                directory_tx,
+                stop.clone(),
+            ));
+            let client = node_client;
             let parts = replication::Parts {
                 registry: loaded_registry.clone(),
                 log: write_log,
@@ -231,8 +234,6 @@ pub async fn start(config: MasterConfig, listener: TcpListener) -> Result<Master
                 tasks: replication_tasks,
             };
             let _ = loaded_replication.set(replication::Replication::start(parts));
-            tokio::spawn(follow_clients.follow(loaded_registry.subscribe(), stop.clone()));
-            tokio::spawn(forward_membership(loaded_registry.subscribe(), membership_tx, stop.clone()));
             tracing::info!(nodes = loaded_registry.snapshot().len(), "registry loaded");
             let _ = loaded.set(loaded_registry);
             health.set_serving::<MasterServiceServer<api::MasterApi>>().await;

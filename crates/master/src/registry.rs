@@ -391,6 +391,18 @@ impl Registry {
         changed
     }
 
+    /// Records that node `name` applied its group's log up to `applied_seq` (an entry it
+    /// refused as a whole, which changed no documents). Returns whether the view changed.
+    pub fn observe_applied(&self, name: &str, applied_seq: u64) -> bool {
+        let mut inner = self.lock();
+        let Some(entry) = inner.nodes.get_mut(name) else { return false };
+        let changed = entry.observe_applied(applied_seq);
+        if changed {
+            self.publish(&mut inner);
+        }
+        changed
+    }
+
     /// Replication's report of where group `group`'s write log stands; sync states follow.
     pub fn set_group_log(&self, group: &str, log: GroupLog) {
         let mut inner = self.lock();

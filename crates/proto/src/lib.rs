@@ -16,6 +16,12 @@ pub use error::ErrorKind;
 /// Encoded `FileDescriptorSet` of every ragmesh proto file and its imports, for server reflection.
 pub const FILE_DESCRIPTOR_SET: &[u8] = include_bytes!("gen/ragmesh_descriptor.bin");
 
+/// Metadata key on the status of a positioned write an agent did not apply: the last sequence
+/// of its shard group's log that it applied, in decimal. Set for a gap (FAILED_PRECONDITION: the
+/// master resends from there) and for an entry the agent refused as a whole (it still consumed
+/// the entry's sequence, as every replica does).
+pub const APPLIED_SEQ_METADATA: &str = "x-ragmesh-applied-seq";
+
 /// Wire protocol major version. Peers with a different major are refused.
 pub const PROTOCOL_MAJOR: u32 = 1;
 /// Wire protocol minor version. Minor versions are backwards compatible within a major.

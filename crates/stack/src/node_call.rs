@@ -158,6 +158,18 @@ pub enum CallError {
         /// Time until the breaker lets a probe through.
         retry_in: Duration,
     },
+    /// The node did not apply a write-log entry and says where its log stands: at `applied_seq`
+    /// below the entry's sequence, a gap (resend from there); at or past it, the node refused
+    /// the entry as a whole and consumed its sequence (as every replica does).
+    #[error("error ({kind}: {message})")]
+    Rejected {
+        /// Its kind, from the node's status code.
+        kind: ErrorKind,
+        /// The node's message.
+        message: String,
+        /// The last sequence of its group's log the node applied.
+        applied_seq: u64,
+    },
     /// The node answered with an error.
     #[error("error ({kind}: {message})")]
     Error {
@@ -185,7 +197,10 @@ impl CallError {
             ErrorKind::DeadlineExceeded => CallError::Timeout { budget },
             ErrorKind::Unavailable | ErrorKind::Cancelled if past_deadline => CallError::Timeout { budget },
             ErrorKind::Unavailable | ErrorKind::Cancelled => CallError::Unavailable(transport_message(status, tls)),
-            kind => CallError::Error { kind, message: status.message().to_owned() },
+            kind => match applied_seq_of(status) {
+                Some(applied_seq) => CallError::Rejected { kind, message: status.message().to_owned(), applied_seq },
+                None => CallError::Error { kind, message: status.message().to_owned() },
+            },
         }
     }
 
@@ -196,7 +211,7 @@ impl CallError {
         match self {
             CallError::Unavailable(_) | CallError::BreakerOpen { .. } => true,
             CallError::Error { kind, .. } => matches!(kind, ErrorKind::ResourceExhausted | ErrorKind::Unavailable),
-            CallError::Timeout { .. } => false,
+            CallError::Timeout { .. } | CallError::Rejected { .. } => false,
         }
     }
 
@@ -210,9 +225,14 @@ impl CallError {
             CallError::Error { kind, .. } => {
                 matches!(kind, ErrorKind::Unavailable | ErrorKind::ResourceExhausted | ErrorKind::Internal)
             }
-            CallError::BreakerOpen { .. } => false,
+            CallError::BreakerOpen { .. } | CallError::Rejected { .. } => false,
         }
     }
+}
+
+/// The log position an agent reports on a write it did not apply (`x-ragmesh-applied-seq`).
+fn applied_seq_of(status: &tonic::Status) -> Option<u64> {
+    status.metadata().get(ragmesh_proto::APPLIED_SEQ_METADATA)?.to_str().ok()?.parse().ok()
 }
 
 /// The readable reason of a transport failure (unreachable, refused certificate, ...).
@@ -295,6 +315,19 @@ mod tests {
             CallError::from_status(&tonic::Status::invalid_argument("bad query"), true, false, budget),
             CallError::Error { kind: ErrorKind::InvalidArgument, message: "bad query".into() }
         );
+    }
+
+    #[test]
+    fn a_write_the_node_did_not_apply_carries_its_log_position() {
+        let budget = Duration::from_secs(1);
+        let mut gap = tonic::Status::failed_precondition("gap");
+        gap.metadata_mut().insert(ragmesh_proto::APPLIED_SEQ_METADATA, 41.into());
+        assert_eq!(
+            CallError::from_status(&gap, true, false, budget),
+            CallError::Rejected { kind: ErrorKind::FailedPrecondition, message: "gap".into(), applied_seq: 41 }
+        );
+        let rejected = CallError::from_status(&gap, true, false, budget);
+        assert!(!rejected.is_retryable() && !rejected.blames_node(Duration::ZERO));
     }
 
     #[test]

@@ -166,6 +166,13 @@ pub struct HealthSnapshot {
     pub pending: u32,
 }
 
+impl HealthSnapshot {
+    /// Whether the breaker refuses calls (open, or half-open with its one probe out).
+    pub fn refuses_calls(&self) -> bool {
+        !matches!(self.state, BreakerState::Closed)
+    }
+}
+
 #[derive(Debug)]
 struct Cell {
     breaker: Breaker,

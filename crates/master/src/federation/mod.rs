@@ -63,7 +63,9 @@ impl Outcome {
             CallError::Timeout { budget } => Outcome::Timeout { budget: *budget },
             CallError::Unavailable(message) => Outcome::Unavailable(message.clone()),
             CallError::BreakerOpen { .. } => Outcome::Skipped(SkipReason::BreakerOpen),
-            CallError::Error { kind, message } => Outcome::Error { kind: *kind, message: message.clone() },
+            CallError::Error { kind, message } | CallError::Rejected { kind, message, .. } => {
+                Outcome::Error { kind: *kind, message: message.clone() }
+            }
         }
     }
 }
@@ -79,16 +81,16 @@ pub struct NodeResult {
     pub took: Duration,
 }
 
-/// The nodes as the plan sees them. Until shard groups arrive, each node is a group of one and
-/// always in sync. `breaker_open` says whether a node's breaker refuses calls now.
+/// The nodes as the plan sees them: shard group, liveness, sync state; `breaker_open` says
+/// whether a node's breaker refuses calls now.
 pub fn replicas_of(nodes: &[NodeView], breaker_open: impl Fn(&str) -> bool) -> Vec<Replica> {
     nodes
         .iter()
         .map(|node| Replica {
             name: node.record.name.clone(),
-            group: node.record.name.clone(),
+            group: node.record.group().to_owned(),
             searchable: node.state.is_searchable(),
-            in_sync: true,
+            in_sync: node.sync.is_in_sync(),
             breaker_open: breaker_open(&node.record.name),
             collections: node.record.collections.keys().cloned().collect(),
         })

@@ -1,8 +1,10 @@
 //! One replica's follower: sends its group's log entries in order from the replica's applied
 //! sequence + 1, so it is both normal forwarding and catch-up (a replica that was down,
 //! partitioned or restarted resumes from what it reported at registration). A gap refusal
-//! ("applied ... up to seq N") resets the cursor to N; any other failure backs off (bounded,
-//! jittered) until the node answers, goes down or is evicted.
+//! (the agent's `x-ragmesh-applied-seq` below the entry) resets the cursor there; an entry the
+//! agent refused as a whole (its applied sequence at or past the entry) is consumed, and the
+//! refusal becomes the write's answer; any other failure backs off (bounded, jittered) until
+//! the node answers, goes down or is evicted.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -46,13 +48,6 @@ pub(super) fn backoff(failures: u32) -> Duration {
     let full = BACKOFF_BASE.saturating_mul(1u32 << failures.min(16)).min(BACKOFF_MAX);
     let half = full / 2;
     half + half.mul_f64(rand::random::<f64>())
-}
-
-/// The sequence a gap refusal says the agent applied ("applied ... up to seq N").
-pub(super) fn applied_in_gap_message(message: &str) -> Option<u64> {
-    let (_, rest) = message.split_once("up to seq ")?;
-    let digits: String = rest.chars().take_while(char::is_ascii_digit).collect();
-    digits.parse().ok()
 }
 
 impl Follower {
@@ -118,13 +113,23 @@ impl Follower {
                         let collections = crate::convert::collections_from_wire(applied.collections);
                         registry.observe_write(&self.node, applied.generation, collections, cursor);
                     }
-                    Err(CallError::Error { kind: ErrorKind::FailedPrecondition, message })
-                        if applied_in_gap_message(&message).is_some() =>
-                    {
-                        let applied = applied_in_gap_message(&message).unwrap_or(cursor);
-                        tracing::info!(seq = entry.seq, applied, "replica refused a gap: resending from its position");
-                        cursor = applied;
+                    Err(CallError::Rejected { applied_seq, .. }) if applied_seq < entry.seq => {
+                        tracing::info!(
+                            seq = entry.seq,
+                            applied = applied_seq,
+                            "replica refused a gap: resending from its position"
+                        );
+                        cursor = applied_seq;
                         break;
+                    }
+                    Err(CallError::Rejected { kind, message, applied_seq }) => {
+                        // Refused as a whole, alike on every replica: the entry is consumed and
+                        // its refusal is the write's answer.
+                        failures = 0;
+                        lock(&shared.last_errors).remove(&self.node);
+                        self.replication.refused(&self.group, entry.seq, kind, message);
+                        cursor = applied_seq;
+                        registry.observe_applied(&self.node, cursor);
                     }
                     Err(err) => {
                         tracing::debug!(seq = entry.seq, error = %err, "forward failed");
@@ -199,13 +204,6 @@ mod tests {
     use proptest::prelude::*;
 
     use super::*;
-
-    #[test]
-    fn the_applied_sequence_is_read_from_a_gap_refusal() {
-        assert_eq!(applied_in_gap_message("entry 9 follows a gap: applied up to seq 4, send 5 first"), Some(4));
-        assert_eq!(applied_in_gap_message("this agent applied shard g up to seq 0"), Some(0));
-        assert_eq!(applied_in_gap_message("write for shard h, but this agent serves g"), None);
-    }
 
     proptest! {
         #[test]

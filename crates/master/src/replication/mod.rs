@@ -128,6 +128,19 @@ pub enum ReplicationError {
         /// Replicas it needs.
         needed: usize,
     },
+    /// The replicas refused the write as a whole (each refuses it alike): nothing of it was
+    /// written anywhere, and its sequence was consumed.
+    #[error("shard group {group} refused write {seq} as a whole (nothing of it was written): {message}")]
+    Refused {
+        /// Group.
+        group: String,
+        /// The write's sequence (consumed).
+        seq: u64,
+        /// The kind of refusal (invalid argument, permission denied).
+        kind: ragmesh_proto::ErrorKind,
+        /// The replica's message.
+        message: String,
+    },
     /// The log failed.
     #[error(transparent)]
     Log(#[from] LogError),
@@ -139,6 +152,10 @@ pub enum ReplicationError {
 fn list(names: &[String]) -> String {
     if names.is_empty() { "none".to_owned() } else { names.join(", ") }
 }
+
+/// Refusals kept for writers not yet answered (a refusal found while catching up, with no
+/// writer waiting, is dropped once this many newer ones arrived).
+const MAX_REFUSALS: usize = 1024;
 
 /// Aborts the process at `step` when `RAGMESH_FAILPOINT` names it (crash tests only).
 fn failpoint(step: &str) {
@@ -170,6 +187,9 @@ pub(crate) struct Shared {
     followers: Mutex<BTreeMap<String, FollowerSlot>>,
     /// Why the last forward to a node failed (cleared on success), for write reports.
     last_errors: Mutex<BTreeMap<String, String>>,
+    /// Entries the replicas refused as a whole, by (group, seq), until their writer is answered
+    /// (bounded: the oldest are dropped first).
+    refusals: Mutex<BTreeMap<(String, u64), (ragmesh_proto::ErrorKind, String)>>,
     shutdown: CancellationToken,
     tasks: TaskTracker,
 }
@@ -242,6 +262,7 @@ impl Replication {
             wakers: Mutex::default(),
             followers: Mutex::default(),
             last_errors: Mutex::default(),
+            refusals: Mutex::default(),
             shutdown,
             tasks,
         });
@@ -310,6 +331,9 @@ impl Replication {
             });
         }
         failpoint("after_forward");
+        if let Some((kind, message)) = lock(&self.shared.refusals).remove(&(group.clone(), seq)) {
+            return Err(ReplicationError::Refused { group, seq, kind, message });
+        }
         {
             let mut committed = lock(&self.shared.committed);
             let entry = committed.entry(group.clone()).or_default();
@@ -318,6 +342,15 @@ impl Replication {
         self.publish(&group);
         self.trim(&group).await;
         Ok(WriteOutcome { shard: group, seq, replicas })
+    }
+
+    /// Records that the replicas of `group` refused entry `seq` as a whole, for its writer.
+    pub(super) fn refused(&self, group: &str, seq: u64, kind: ragmesh_proto::ErrorKind, message: String) {
+        let mut refusals = lock(&self.shared.refusals);
+        refusals.insert((group.to_owned(), seq), (kind, message));
+        while refusals.len() > MAX_REFUSALS {
+            refusals.pop_first();
+        }
     }
 
     fn resolve(&self, target: WriteTarget) -> Result<String, ReplicationError> {

@@ -8,6 +8,8 @@ use std::time::Duration;
 use ragmesh_auth::Capability;
 use ragmesh_config::{AccessConfig, ReplicationConfig, WriteQuorum};
 use ragmesh_proto::v1::{self, agent_service_server::AgentService, agent_service_server::AgentServiceServer};
+use ragmesh_stack::node_client::ClientConfig;
+use ragmesh_stack::node_health::{HealthBook, HealthConfig};
 use ragmesh_store::{SledStore, StateStore};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
@@ -136,10 +138,15 @@ impl Mesh {
         let log = WriteLog::open(store.clone()).expect("log");
         let access = Arc::new(AccessControl::load(store, AccessConfig::default(), false).expect("access"));
         let shutdown = CancellationToken::new();
+        // The master's own node client (breaker, balancing), fed by the registry as in start().
+        let clients = crate::clients::NodeClients::new(None);
+        let health = HealthBook::new(HealthConfig::default(), None);
+        let (directory, client) = crate::directory::node_client(&clients, health.clone(), ClientConfig::default());
+        tokio::spawn(crate::directory::follow(registry.subscribe(), clients, health, directory, shutdown.clone()));
         let parts = Parts {
             registry: registry.clone(),
             log,
-            client: crate::interim_client::node_client(registry.clone(), None),
+            client,
             access,
             config,
             send_timeout: Duration::from_secs(5),
