@@ -39,6 +39,8 @@ pub const MAX_SEARCH_TIMEOUT: Duration = Duration::from_secs(30);
 #[derive(Debug, Clone)]
 pub struct MeshBuilder {
     agents: usize,
+    replicas: usize,
+    write_quorum: Option<ragmesh_config::WriteQuorum>,
     access: ragmesh_config::AccessConfig,
     heartbeat_interval: Duration,
     heartbeat_timeout: Duration,
@@ -48,6 +50,20 @@ impl MeshBuilder {
     /// Number of agents (named `agent-1` ...).
     pub fn agents(mut self, n: usize) -> Self {
         self.agents = n;
+        self
+    }
+
+    /// Replicas per shard group: agent `i` (from 0) serves group `shard-{i / replicas + 1}`.
+    /// With 1 (the default) each agent is a group of one named after it.
+    pub fn replicas(mut self, replicas: usize) -> Self {
+        assert!(replicas >= 1 && self.agents.is_multiple_of(replicas), "agents must split into groups of {replicas}");
+        self.replicas = replicas;
+        self
+    }
+
+    /// The master's write quorum.
+    pub fn write_quorum(mut self, quorum: ragmesh_config::WriteQuorum) -> Self {
+        self.write_quorum = Some(quorum);
         self
     }
 
@@ -100,7 +116,10 @@ impl MeshBuilder {
                 operators: ["client".to_owned()].into(),
                 ..self.access
             },
-            replication: ragmesh_config::ReplicationConfig::default(),
+            replication: ragmesh_config::ReplicationConfig {
+                write_quorum: self.write_quorum.unwrap_or_default(),
+                ..ragmesh_config::ReplicationConfig::default()
+            },
             log: "info".into(),
         };
         let master = ragmesh_master::start(master_config.clone(), listener).await.expect("master starts");
@@ -120,7 +139,10 @@ impl MeshBuilder {
         for i in 1..=self.agents {
             let name = format!("agent-{i}");
             let data_dir = tempfile::tempdir().expect("agent tempdir");
-            let config = mesh.agent_config(&name, data_dir.path().to_owned());
+            let mut config = mesh.agent_config(&name, data_dir.path().to_owned());
+            if self.replicas > 1 {
+                config.shard = Some(shard_name((i - 1) / self.replicas));
+            }
             let process = AgentProcess::spawn(config.clone());
             mesh.agents.push(AgentSlot { name, config, _data_dir: data_dir, process: Some(process) });
         }
@@ -167,6 +189,8 @@ impl Mesh {
     pub fn builder() -> MeshBuilder {
         MeshBuilder {
             agents: 1,
+            replicas: 1,
+            write_quorum: None,
             access: ragmesh_config::AccessConfig::default(),
             heartbeat_interval: HEARTBEAT_INTERVAL,
             heartbeat_timeout: HEARTBEAT_TIMEOUT,
@@ -325,6 +349,36 @@ impl Mesh {
             .await
             .expect("ingest succeeds")
             .into_inner()
+    }
+
+    /// The shard group agent `i` serves.
+    pub fn shard_of(&self, i: usize) -> String {
+        self.agents[i].config.shard.clone().unwrap_or_else(|| self.agents[i].name.clone())
+    }
+
+    /// Writes `documents` into shard group `shard` (every replica; acknowledged at the quorum).
+    pub async fn ingest_shard(&self, shard: &str, documents: Vec<v1::Document>) -> v1::IngestDocumentsResponse {
+        self.client()
+            .await
+            .ingest_documents(v1::IngestDocumentsRequest { shard: shard.to_owned(), documents, node: String::new() })
+            .await
+            .expect("ingest succeeds")
+            .into_inner()
+    }
+
+    /// The master's view of node `name`.
+    pub async fn node_info(&self, name: &str) -> v1::NodeInfo {
+        let request = v1::GetNodeRequest { name: name.to_owned() };
+        self.client().await.get_node(request).await.expect("get node").into_inner().node.expect("node")
+    }
+
+    /// Waits until node `name` has applied every acknowledged write of its group (`in_sync`).
+    pub async fn wait_in_sync(&self, name: &str, timeout: Duration) {
+        wait_for(&format!("{name} in sync"), timeout, || async {
+            let node = self.node_info(name).await;
+            (node.sync == v1::SyncState::InSync as i32 && node.state == v1::NodeState::Up as i32).then_some(())
+        })
+        .await;
     }
 
     /// Runs a federated search.
@@ -500,6 +554,11 @@ impl Drop for AgentProcess {
     fn drop(&mut self) {
         let _ = self.control.send(Control::Kill);
     }
+}
+
+/// The name of shard group number `index` (from 0) of a mesh with replicas.
+pub fn shard_name(index: usize) -> String {
+    format!("shard-{}", index + 1)
 }
 
 /// `n` documents for agent `agent` in collection `docs`: all mention "mesh", each also a word

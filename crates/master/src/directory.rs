@@ -6,6 +6,7 @@
 //! material bumps the directory's generation, so per-node stacks are rebuilt with the new
 //! certificate; breaker and load state live in the health book and survive that.
 
+use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -18,21 +19,33 @@ use tokio_util::sync::CancellationToken;
 
 use crate::clients::NodeClients;
 use crate::node::NodeState;
-use crate::registry::Membership;
+use crate::registry::{Membership, NodeView};
 
 /// How often the follower looks for a reloaded TLS generation.
 const TLS_POLL: Duration = Duration::from_secs(1);
 
 /// The directory of `membership` with per-node stacks built for `tls_generation` (pure).
+///
+/// A suspect replica (its heartbeats are late: frozen, partitioned, overloaded) is readable only
+/// while its group has no replica that is up and in sync: it is avoided while another is
+/// healthy, and still used when it is the group's last hope.
 pub fn directory_of(membership: &Membership, tls_generation: u64) -> Directory {
+    let in_sync = |view: &NodeView| view.state.is_searchable() && view.sync.is_in_sync();
+    let healthy_groups: BTreeSet<&str> = membership
+        .values()
+        .filter(|view| view.state == NodeState::Up && in_sync(view))
+        .map(|view| view.record.group())
+        .collect();
     let nodes = membership
         .values()
         .filter(|view| view.state != NodeState::Down)
         .map(|view| {
+            let group = view.record.group();
+            let avoided = view.state == NodeState::Suspect && healthy_groups.contains(group);
             let node = DirectoryNode {
                 address: view.record.address.clone(),
-                group: view.record.group().to_owned(),
-                readable: view.state.is_searchable() && view.sync.is_in_sync(),
+                group: group.to_owned(),
+                readable: in_sync(view) && !avoided,
             };
             (view.record.name.clone(), node)
         })
@@ -86,7 +99,7 @@ mod tests {
     use std::collections::BTreeMap;
 
     use super::*;
-    use crate::registry::{NodeView, SyncState};
+    use crate::registry::SyncState;
 
     #[test]
     fn down_nodes_are_left_out_and_only_in_sync_searchable_nodes_are_readable() {
@@ -108,5 +121,22 @@ mod tests {
         let view: Vec<(&str, &str, bool)> =
             directory.nodes.iter().map(|(n, d)| (n.as_str(), d.group.as_str(), d.readable)).collect();
         assert_eq!(view, [("a1", "a", true), ("a2", "a", false), ("c1", "c1", true)]);
+    }
+
+    #[test]
+    fn a_suspect_replica_is_avoided_while_its_group_has_a_healthy_one() {
+        let replica = |name: &str, state| {
+            let mut view = NodeView::for_tests(name, state, &[]);
+            view.record.shard = "a".into();
+            (name.to_owned(), view)
+        };
+        let readable = |membership: BTreeMap<String, NodeView>| {
+            let directory = directory_of(&Arc::new(membership), 0);
+            directory.nodes.into_iter().map(|(name, node)| (name, node.readable)).collect::<Vec<_>>()
+        };
+        let both = BTreeMap::from([replica("a1", NodeState::Up), replica("a2", NodeState::Suspect)]);
+        assert_eq!(readable(both), [("a1".to_owned(), true), ("a2".to_owned(), false)]);
+        let last_hope = BTreeMap::from([replica("a1", NodeState::Down), replica("a2", NodeState::Suspect)]);
+        assert_eq!(readable(last_hope), [("a2".to_owned(), true)]);
     }
 }
