@@ -41,6 +41,7 @@ pub struct MeshBuilder {
     agents: usize,
     replicas: usize,
     write_quorum: Option<ragmesh_config::WriteQuorum>,
+    resilience: ragmesh_config::ResilienceConfig,
     access: ragmesh_config::AccessConfig,
     heartbeat_interval: Duration,
     heartbeat_timeout: Duration,
@@ -64,6 +65,12 @@ impl MeshBuilder {
     /// The master's write quorum.
     pub fn write_quorum(mut self, quorum: ragmesh_config::WriteQuorum) -> Self {
         self.write_quorum = Some(quorum);
+        self
+    }
+
+    /// The master's breaker, retry and hedge settings.
+    pub fn resilience(mut self, resilience: ragmesh_config::ResilienceConfig) -> Self {
+        self.resilience = resilience;
         self
     }
 
@@ -120,6 +127,7 @@ impl MeshBuilder {
                 write_quorum: self.write_quorum.unwrap_or_default(),
                 ..ragmesh_config::ReplicationConfig::default()
             },
+            resilience: self.resilience,
             log: "info".into(),
         };
         let master = ragmesh_master::start(master_config.clone(), listener).await.expect("master starts");
@@ -191,6 +199,7 @@ impl Mesh {
             agents: 1,
             replicas: 1,
             write_quorum: None,
+            resilience: ragmesh_config::ResilienceConfig::default(),
             access: ragmesh_config::AccessConfig::default(),
             heartbeat_interval: HEARTBEAT_INTERVAL,
             heartbeat_timeout: HEARTBEAT_TIMEOUT,

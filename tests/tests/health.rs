@@ -59,6 +59,7 @@ async fn master_is_not_serving_until_its_registry_loads() {
         max_search_timeout: ragmesh_e2e::MAX_SEARCH_TIMEOUT,
         access: ragmesh_config::AccessConfig::default(),
         replication: ragmesh_config::ReplicationConfig::default(),
+        resilience: ragmesh_config::ResilienceConfig::default(),
         log: "info".into(),
     };
     let master = ragmesh_master::start(config, listener).await.expect("starts");

@@ -31,6 +31,31 @@ pub fn sync_name(sync: i32) -> &'static str {
     }
 }
 
+/// Lowercase name of a breaker state; empty when the master does not report one.
+pub fn breaker_name(breaker: Option<&v1::BreakerInfo>) -> &'static str {
+    match breaker.map(|b| v1::BreakerStatus::try_from(b.status)) {
+        Some(Ok(v1::BreakerStatus::Closed)) => "closed",
+        Some(Ok(v1::BreakerStatus::Open)) => "open",
+        Some(Ok(v1::BreakerStatus::HalfOpen)) => "half_open",
+        Some(Ok(v1::BreakerStatus::Unspecified) | Err(_)) | None => "",
+    }
+}
+
+/// The breaker as a table cell: empty while closed (the normal case), else its state and when
+/// it lets its next probe through (`open (probe in 12s)`).
+fn breaker_cell(breaker: Option<&v1::BreakerInfo>, now: SystemTime) -> String {
+    let name = breaker_name(breaker);
+    if name.is_empty() || name == "closed" {
+        return String::new();
+    }
+    let probe = breaker.and_then(|b| b.probe_at.as_ref()).and_then(|ts| SystemTime::try_from(*ts).ok());
+    match probe.map(|at| at.duration_since(now).unwrap_or(Duration::ZERO)) {
+        Some(wait) if wait > Duration::ZERO => format!("{name} (probe in {})", render::age(wait)),
+        Some(_) => format!("{name} (probe due)"),
+        None => name.to_owned(),
+    }
+}
+
 /// One line per shard group: replicas in sync out of all, and where its write log stands.
 pub fn groups_summary(groups: &[v1::ShardGroupInfo]) -> String {
     let mut out = String::new();
@@ -77,6 +102,7 @@ pub fn table(nodes: &[v1::NodeInfo], now: SystemTime) -> String {
         Column::left("STATE"),
         Column::left("SYNC"),
         Column::right("APPLIED"),
+        Column::left("BREAKER"),
         Column::left("ADDRESS"),
         Column::right("DOCS"),
         Column::right("GEN"),
@@ -93,6 +119,7 @@ pub fn table(nodes: &[v1::NodeInfo], now: SystemTime) -> String {
             state_name(node.state).to_owned(),
             sync_name(node.sync).to_owned(),
             if synced { node.applied_seq.to_string() } else { String::new() },
+            breaker_cell(node.breaker.as_ref(), now),
             clean(&node.address),
             doc_count(node).to_string(),
             node.generation.to_string(),
@@ -137,6 +164,11 @@ pub fn to_json(node: &v1::NodeInfo, now: SystemTime) -> Value {
         "sync": sync_name(node.sync),
         "applied_seq": node.applied_seq,
         "sync_message": (!node.sync_message.is_empty()).then(|| node.sync_message.clone()),
+        "breaker": node.breaker.as_ref().map(|b| json!({
+            "state": breaker_name(Some(b)),
+            "probe_at": b.probe_at.as_ref().map(ToString::to_string),
+            "consecutive_failures": b.consecutive_failures,
+        })),
     })
 }
 
@@ -212,6 +244,11 @@ pub fn detail(node: &v1::NodeInfo, now: SystemTime) -> String {
     }
     if !node.sync_message.is_empty() {
         rows.push(("sync action", clean(&node.sync_message)));
+    }
+    if let Some(breaker) = &node.breaker {
+        let cell = breaker_cell(Some(breaker), now);
+        let state = if cell.is_empty() { breaker_name(Some(breaker)).to_owned() } else { cell };
+        rows.push(("breaker", format!("{state}, {} failed calls in a row", breaker.consecutive_failures)));
     }
     let when = |ts: Option<&prost_types::Timestamp>| match (ts, since(ts, now)) {
         (Some(ts), Some(age)) => format!("{ts} ({})", render::age(age)),
@@ -329,6 +366,29 @@ mod tests {
         assert_eq!(
             groups_summary(&[group]),
             "group g: 1 of 2 replicas in sync, committed seq 5, log 4..5 (2 entries)\n"
+        );
+    }
+
+    #[test]
+    fn an_open_breaker_shows_when_it_probes_and_a_closed_one_stays_quiet() {
+        let mut open = node("agent-1", v1::NodeState::Up, &[]);
+        open.breaker = Some(v1::BreakerInfo {
+            status: v1::BreakerStatus::Open as i32,
+            probe_at: Some(at(1_700_000_012, 0)),
+            consecutive_failures: 0,
+        });
+        let mut closed = node("agent-2", v1::NodeState::Up, &[]);
+        closed.breaker = Some(v1::BreakerInfo { status: v1::BreakerStatus::Closed as i32, ..Default::default() });
+        let out = table(&[open.clone(), closed.clone()], now());
+        assert!(out.contains("BREAKER"), "{out}");
+        assert!(out.contains("open (probe in"), "{out}");
+        let quiet = table(&[closed.clone()], now());
+        assert!(!quiet.contains("BREAKER"), "no column while every breaker is closed: {quiet}");
+        assert_eq!(to_json(&open, now())["breaker"]["state"], "open");
+        assert!(
+            detail(&closed, now()).contains("breaker:        closed, 0 failed calls in a row"),
+            "{}",
+            detail(&closed, now())
         );
     }
 

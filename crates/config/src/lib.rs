@@ -9,7 +9,7 @@ mod master;
 
 pub use agent::{AgentArgs, AgentConfig, DEFAULT_MAX_CONCURRENT_REQUESTS, Secret, valid_node_name};
 pub use errors::{ConfigErrors, EXIT_CONFIG};
-pub use master::{AccessConfig, MasterArgs, MasterConfig, ReplicationConfig, WriteQuorum};
+pub use master::{AccessConfig, MasterArgs, MasterConfig, ReplicationConfig, ResilienceConfig, WriteQuorum};
 
 use std::path::{Path, PathBuf};
 

@@ -94,6 +94,27 @@ pub struct MasterArgs {
     /// [default: 268435456 (256 MiB)]
     #[arg(long, env = "RAGMESH_WRITE_LOG_MAX_BYTES", value_name = "BYTES")]
     pub write_log_max_bytes: Option<u64>,
+    /// Failed calls in a row that open a node's circuit breaker [default: 7]
+    #[arg(long, env = "RAGMESH_BREAKER_FAILURES", value_name = "N")]
+    pub breaker_failures: Option<u32>,
+    /// Wait before an open breaker's first probe; it doubles after each failed probe
+    /// [default: 1000]
+    #[arg(long, env = "RAGMESH_BREAKER_MIN_WAIT_MS", value_name = "MS")]
+    pub breaker_min_wait_ms: Option<u64>,
+    /// Longest wait between probes of an open breaker [default: 60000]
+    #[arg(long, env = "RAGMESH_BREAKER_MAX_WAIT_MS", value_name = "MS")]
+    pub breaker_max_wait_ms: Option<u64>,
+    /// Retries of failed reads allowed, as a percentage of reads over the last 10 s, on top of
+    /// --retry-min-per-second [default: 20]
+    #[arg(long, env = "RAGMESH_RETRY_BUDGET_PERCENT", value_name = "PERCENT")]
+    pub retry_budget_percent: Option<u32>,
+    /// Retries of failed reads always allowed per second [default: 10]
+    #[arg(long, env = "RAGMESH_RETRY_MIN_PER_SECOND", value_name = "N")]
+    pub retry_min_per_second: Option<u32>,
+    /// Hedged reads allowed, as a percentage of reads over the last 10 s (plus one per
+    /// second); 0 turns hedging off [default: 5]
+    #[arg(long, env = "RAGMESH_HEDGE_BUDGET_PERCENT", value_name = "PERCENT")]
+    pub hedge_budget_percent: Option<u32>,
     /// Log filter, tracing-subscriber syntax [default: info]
     #[arg(long, env = "RAGMESH_LOG", value_name = "FILTER")]
     pub log: Option<String>,
@@ -126,6 +147,36 @@ impl std::fmt::Display for WriteQuorum {
             WriteQuorum::All => "all",
             WriteQuorum::Majority => "majority",
         })
+    }
+}
+
+/// How the master's calls to agents survive slow, dead and flapping nodes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ResilienceConfig {
+    /// Failed calls in a row that open a node's circuit breaker.
+    pub breaker_failures: u32,
+    /// Wait before an open breaker's first probe.
+    pub breaker_min_wait: Duration,
+    /// Longest wait between probes.
+    pub breaker_max_wait: Duration,
+    /// Retries allowed as a percentage of reads (over 10 s), on top of the minimum.
+    pub retry_budget_percent: u32,
+    /// Retries always allowed per second.
+    pub retry_min_per_second: u32,
+    /// Hedges allowed as a percentage of reads (over 10 s); 0 turns hedging off.
+    pub hedge_budget_percent: u32,
+}
+
+impl Default for ResilienceConfig {
+    fn default() -> Self {
+        ResilienceConfig {
+            breaker_failures: 7,
+            breaker_min_wait: Duration::from_secs(1),
+            breaker_max_wait: Duration::from_secs(60),
+            retry_budget_percent: 20,
+            retry_min_per_second: 10,
+            hedge_budget_percent: 5,
+        }
     }
 }
 
@@ -223,6 +274,12 @@ struct MasterFile {
     write_quorum: Option<String>,
     write_log_max_entries: Option<u64>,
     write_log_max_bytes: Option<u64>,
+    breaker_failures: Option<u32>,
+    breaker_min_wait_ms: Option<u64>,
+    breaker_max_wait_ms: Option<u64>,
+    retry_budget_percent: Option<u32>,
+    retry_min_per_second: Option<u32>,
+    hedge_budget_percent: Option<u32>,
     log: Option<String>,
 }
 
@@ -245,6 +302,8 @@ pub struct MasterConfig {
     pub access: AccessConfig,
     /// Write quorum and write-log bounds.
     pub replication: ReplicationConfig,
+    /// Circuit breakers, retries and hedging of calls to agents.
+    pub resilience: ResilienceConfig,
     /// Log filter.
     pub log: String,
 }
@@ -285,6 +344,17 @@ impl MasterArgs {
             self.write_log_max_bytes.or(file.write_log_max_bytes),
             &mut problems,
         );
+        let resilience = resolve_resilience(
+            ResilienceKeys {
+                breaker_failures: self.breaker_failures.or(file.breaker_failures),
+                breaker_min_wait_ms: self.breaker_min_wait_ms.or(file.breaker_min_wait_ms),
+                breaker_max_wait_ms: self.breaker_max_wait_ms.or(file.breaker_max_wait_ms),
+                retry_budget_percent: self.retry_budget_percent.or(file.retry_budget_percent),
+                retry_min_per_second: self.retry_min_per_second.or(file.retry_min_per_second),
+                hedge_budget_percent: self.hedge_budget_percent.or(file.hedge_budget_percent),
+            },
+            &mut problems,
+        );
         let log = self.log.or(file.log).unwrap_or_else(|| "info".to_owned());
 
         let config = MasterConfig {
@@ -296,10 +366,54 @@ impl MasterArgs {
             max_search_timeout: Duration::from_millis(max_search_timeout_ms),
             access,
             replication,
+            resilience,
             log,
         };
         problems.finish((config, ProcessConfig { addr_file }))
     }
+}
+
+/// The resilience settings as given (flag, environment or file).
+struct ResilienceKeys {
+    breaker_failures: Option<u32>,
+    breaker_min_wait_ms: Option<u64>,
+    breaker_max_wait_ms: Option<u64>,
+    retry_budget_percent: Option<u32>,
+    retry_min_per_second: Option<u32>,
+    hedge_budget_percent: Option<u32>,
+}
+
+fn resolve_resilience(keys: ResilienceKeys, problems: &mut Problems) -> ResilienceConfig {
+    let defaults = ResilienceConfig::default();
+    let breaker_failures = keys.breaker_failures.unwrap_or(defaults.breaker_failures);
+    check_range("breaker-failures", u64::from(breaker_failures), 1, 1000, problems);
+    let min_wait_ms = keys.breaker_min_wait_ms.unwrap_or(millis(defaults.breaker_min_wait));
+    check_range("breaker-min-wait-ms", min_wait_ms, 10, 3_600_000, problems);
+    let max_wait_ms = keys.breaker_max_wait_ms.unwrap_or(millis(defaults.breaker_max_wait));
+    check_range("breaker-max-wait-ms", max_wait_ms, 10, 3_600_000, problems);
+    if min_wait_ms > max_wait_ms {
+        problems.push(format!(
+            "--breaker-min-wait-ms {min_wait_ms} exceeds --breaker-max-wait-ms {max_wait_ms}: lower the first or raise the second"
+        ));
+    }
+    let retry_budget_percent = keys.retry_budget_percent.unwrap_or(defaults.retry_budget_percent);
+    check_range("retry-budget-percent", u64::from(retry_budget_percent), 0, 1000, problems);
+    let retry_min_per_second = keys.retry_min_per_second.unwrap_or(defaults.retry_min_per_second);
+    check_range("retry-min-per-second", u64::from(retry_min_per_second), 0, 100_000, problems);
+    let hedge_budget_percent = keys.hedge_budget_percent.unwrap_or(defaults.hedge_budget_percent);
+    check_range("hedge-budget-percent", u64::from(hedge_budget_percent), 0, 100, problems);
+    ResilienceConfig {
+        breaker_failures,
+        breaker_min_wait: Duration::from_millis(min_wait_ms),
+        breaker_max_wait: Duration::from_millis(max_wait_ms),
+        retry_budget_percent,
+        retry_min_per_second,
+        hedge_budget_percent,
+    }
+}
+
+fn millis(duration: Duration) -> u64 {
+    u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
 }
 
 fn resolve_replication(
@@ -557,6 +671,37 @@ mod tests {
             .expect_err("invalid");
         let text = errors.to_string();
         assert!(text.contains("--write-quorum \"most\"") && text.contains("--write-log-max-entries 0"), "{text}");
+    }
+
+    #[test]
+    fn breaker_retry_and_hedge_settings_come_from_flags_or_file_and_are_checked() {
+        assert_eq!(args(&["--insecure"]).resolve().expect("valid").resilience, ResilienceConfig::default());
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("master.toml");
+        std::fs::write(&path, "insecure = true\nbreaker_failures = 3\nhedge_budget_percent = 0\n").expect("write");
+        let path = path.to_str().expect("utf8");
+        let resilience = args(&["--config", path, "--breaker-min-wait-ms", "200"]).resolve().expect("valid").resilience;
+        assert_eq!(
+            (resilience.breaker_failures, resilience.hedge_budget_percent, resilience.breaker_min_wait),
+            (3, 0, Duration::from_millis(200))
+        );
+        let errors = args(&[
+            "--insecure",
+            "--breaker-failures",
+            "0",
+            "--breaker-min-wait-ms",
+            "5000",
+            "--breaker-max-wait-ms",
+            "1000",
+            "--hedge-budget-percent",
+            "101",
+        ])
+        .resolve()
+        .expect_err("invalid");
+        let text = errors.to_string();
+        for needle in ["--breaker-failures 0", "--breaker-min-wait-ms 5000 exceeds", "--hedge-budget-percent 101"] {
+            assert!(text.contains(needle), "{needle}: {text}");
+        }
     }
 
     #[test]

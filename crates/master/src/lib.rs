@@ -109,6 +109,22 @@ fn limits<S: Limits>(service: S, config: &MasterConfig) -> S {
     service.with_limits(config.access.max_message_bytes)
 }
 
+/// The node client's tuning from the master's settings.
+fn resilience(config: &ragmesh_config::ResilienceConfig) -> (HealthConfig, ClientConfig) {
+    let mut health = HealthConfig::default();
+    health.breaker.failure_threshold = config.breaker_failures;
+    health.breaker.min_wait = config.breaker_min_wait;
+    health.breaker.max_wait = config.breaker_max_wait;
+    let mut client = ClientConfig::default();
+    client.retry.ratio = config.retry_budget_percent as f32 / 100.0;
+    client.retry.min_per_sec = config.retry_min_per_second;
+    client.hedge.ratio = config.hedge_budget_percent as f32 / 100.0;
+    if config.hedge_budget_percent == 0 {
+        client.hedge.min_per_sec = 0;
+    }
+    (health, client)
+}
+
 /// Starts serving on `listener`. Health reports NOT_SERVING until the registry is loaded.
 pub async fn start(config: MasterConfig, listener: TcpListener) -> Result<MasterHandle, StartError> {
     let local_addr = listener.local_addr()?;
@@ -124,10 +140,10 @@ pub async fn start(config: MasterConfig, listener: TcpListener) -> Result<Master
     // Breaker and load state of every node, outside the per-node stacks; breaker transitions
     // go to one writer, which persists them once the store is open.
     let (breaker_tx, breaker_rx) = tokio::sync::mpsc::unbounded_channel();
-    let health_book = HealthBook::new(HealthConfig::default(), Some(breaker_tx));
+    let (health_config, client_config) = resilience(&config.resilience);
+    let health_book = HealthBook::new(health_config, Some(breaker_tx));
     // The node client's directory is empty until the registry is loaded and followed.
-    let (directory_tx, node_client) =
-        directory::node_client(&node_clients, health_book.clone(), ClientConfig::default());
+    let (directory_tx, node_client) = directory::node_client(&node_clients, health_book.clone(), client_config);
     let context = api::Context {
         node_client: node_client.clone(),
         health: health_book.clone(),
