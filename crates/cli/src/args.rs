@@ -273,15 +273,19 @@ pub enum FormatArg {
     Text,
 }
 
-/// `ragmeshctl ingest PATH --node NODE`
+/// `ragmeshctl ingest PATH --shard GROUP` (or `--node NODE`: that node's group)
 #[derive(Debug, Args)]
+#[command(group(clap::ArgGroup::new("target").required(true).args(["node", "shard"])))]
 pub struct IngestArgs {
     /// File or directory to load (directories are walked recursively, hidden entries skipped)
     #[arg(value_name = "PATH")]
     pub path: PathBuf,
-    /// Node whose index receives the documents (see `ragmeshctl nodes`)
+    /// Shard group that receives the documents: every replica of it (see `ragmeshctl nodes`)
+    #[arg(long, value_name = "GROUP")]
+    pub shard: Option<String>,
+    /// A node whose shard group receives the documents (every replica of that group)
     #[arg(long, value_name = "NODE")]
-    pub node: String,
+    pub node: Option<String>,
     /// Collection for documents that do not name one themselves
     #[arg(long, value_name = "C", default_value = "docs")]
     pub collection: String,
@@ -537,9 +541,13 @@ mod tests {
     }
 
     #[test]
-    fn ingest_requires_a_node() {
-        let err = parse(&["ingest", "corpus/"]).expect_err("node missing");
-        assert!(err.to_string().contains("--node"), "{err}");
+    fn ingest_requires_a_shard_or_a_node_not_both() {
+        let err = parse(&["ingest", "corpus/"]).expect_err("target missing");
+        assert!(err.to_string().contains("--shard") && err.to_string().contains("--node"), "{err}");
+        parse(&["ingest", "p", "--node", "n", "--shard", "g"]).expect_err("both");
+        let cli = parse(&["ingest", "p", "--shard", "g"]).expect("a shard alone");
+        let Command::Ingest(ingest) = cli.command else { panic!("expected ingest") };
+        assert_eq!((ingest.shard.as_deref(), ingest.node), (Some("g"), None));
     }
 
     #[test]

@@ -1,5 +1,6 @@
 //! `ragmeshctl ingest`: load documents from files (`ragmesh_index::ingest`) and write them into
-//! one node's index through the master, batch by batch, with a progress bar on a terminal.
+//! one shard group (every replica) through the master, batch by batch, with a progress bar on a
+//! terminal.
 
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -19,12 +20,64 @@ use crate::error::usage;
 pub const DEFAULT_BATCH_TIMEOUT: Duration = Duration::from_secs(70);
 
 /// What one ingest wrote.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct IngestSummary {
     /// Documents written.
     pub documents: usize,
-    /// The node's index generation after the last batch.
+    /// The index generation after the last batch.
     pub generation: u64,
+    /// The shard group written.
+    pub shard: String,
+    /// Log sequence of the last batch.
+    pub seq: u64,
+    /// Replicas that applied the last batch.
+    pub applied_by: Vec<String>,
+}
+
+/// Where an ingest writes: a shard group, or the group of a node.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum WriteTarget {
+    /// `--shard GROUP`.
+    Shard(String),
+    /// `--node NODE`.
+    Node(String),
+}
+
+impl WriteTarget {
+    /// The target of `args` (clap makes sure exactly one is given).
+    pub fn of(args: &IngestArgs) -> anyhow::Result<Self> {
+        let target = match (&args.shard, &args.node) {
+            (Some(shard), _) => WriteTarget::Shard(shard.trim().to_owned()),
+            (None, Some(node)) => WriteTarget::Node(node.trim().to_owned()),
+            (None, None) => WriteTarget::Shard(String::new()),
+        };
+        match &target {
+            WriteTarget::Shard(s) | WriteTarget::Node(s) if s.is_empty() => Err(usage(
+                "name the shard group to write to with --shard (or a node of it with --node; see `ragmeshctl nodes`)",
+            )),
+            _ => Ok(target),
+        }
+    }
+
+    fn request(&self, documents: Vec<v1::Document>) -> v1::IngestDocumentsRequest {
+        match self {
+            WriteTarget::Shard(shard) => {
+                v1::IngestDocumentsRequest { shard: shard.clone(), documents, node: String::new() }
+            }
+            WriteTarget::Node(node) => {
+                v1::IngestDocumentsRequest { node: node.clone(), documents, shard: String::new() }
+            }
+        }
+    }
+}
+
+impl std::fmt::Display for WriteTarget {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            WriteTarget::Shard(shard) => write!(f, "shard group {shard}"),
+            WriteTarget::Node(node) => write!(f, "node {node}'s shard group"),
+        }
+    }
 }
 
 impl From<FormatArg> for Format {
@@ -70,9 +123,7 @@ pub fn to_wire(doc: Document) -> v1::Document {
 
 /// Runs `ingest`: load, send in batches, print one summary line.
 pub async fn run(master: &Master, args: &IngestArgs, timeout_ms: Option<u32>) -> anyhow::Result<()> {
-    if args.node.trim().is_empty() {
-        return Err(usage("--node is empty: name the node to write to (see `ragmeshctl nodes`)"));
-    }
+    let target = WriteTarget::of(args)?;
     if let Some(problem) = collection_problem(&args.collection) {
         return Err(usage(problem));
     }
@@ -81,18 +132,20 @@ pub async fn run(master: &Master, args: &IngestArgs, timeout_ms: Option<u32>) ->
     let batch = usize::try_from(args.batch).unwrap_or(usize::MAX);
 
     let started = Instant::now();
-    let bar = progress_bar(docs.len() as u64, &args.node);
-    let result = send(master, &args.node, docs, batch, deadline, &bar).await;
+    let bar = progress_bar(docs.len() as u64, &target.to_string());
+    let result = send(master, &target, docs, batch, deadline, &bar).await;
     bar.finish_and_clear();
     let summary = result?;
 
     let elapsed = started.elapsed();
     let rate = summary.documents as f64 / elapsed.as_secs_f64().max(0.001);
     println!(
-        "ingested {} into node {} in {:.1} s ({rate:.0} docs/s); generation {}",
+        "ingested {} into shard group {} in {:.1} s ({rate:.0} docs/s); last write seq {} applied by {}; generation {}",
         documents(summary.documents),
-        args.node,
+        summary.shard,
         elapsed.as_secs_f64(),
+        summary.seq,
+        if summary.applied_by.is_empty() { "-".to_owned() } else { summary.applied_by.join(", ") },
         summary.generation
     );
     Ok(())
@@ -122,7 +175,7 @@ async fn load(path: &Path, collection: &str, format: Format) -> anyhow::Result<V
 }
 
 /// A bar with docs/s and ETA on a terminal; hidden (drawing nothing) when stderr is not one.
-fn progress_bar(total: u64, node: &str) -> ProgressBar {
+fn progress_bar(total: u64, target: &str) -> ProgressBar {
     let bar = ProgressBar::with_draw_target(Some(total), ProgressDrawTarget::stderr());
     let template = "ingest into {msg} [{bar:30}] {pos}/{len} docs  {rate}  ETA {eta}";
     if let Ok(style) = ProgressStyle::with_template(template) {
@@ -133,7 +186,7 @@ fn progress_bar(total: u64, node: &str) -> ProgressBar {
             .progress_chars("=> ");
         bar.set_style(style);
     }
-    bar.set_message(node.to_owned());
+    bar.set_message(target.to_owned());
     bar
 }
 
@@ -141,7 +194,7 @@ fn progress_bar(total: u64, node: &str) -> ProgressBar {
 /// the batch and how much was written before it.
 async fn send(
     master: &Master,
-    node: &str,
+    target: &WriteTarget,
     docs: Vec<Document>,
     batch: usize,
     deadline: Duration,
@@ -149,29 +202,36 @@ async fn send(
 ) -> anyhow::Result<IngestSummary> {
     let total = docs.len();
     let mut written = 0;
-    let mut generation = 0;
+    let mut summary = IngestSummary::default();
     let mut remaining = docs.into_iter().peekable();
     while remaining.peek().is_some() {
         let chunk: Vec<v1::Document> = remaining.by_ref().take(batch).map(to_wire).collect();
         let batch_label = describe_batch(&chunk, written, total);
         let count = chunk.len();
-        let request = v1::IngestDocumentsRequest { node: node.to_owned(), documents: chunk, shard: String::new() };
-        match master.ingest(request, deadline).await {
+        match master.ingest(target.request(chunk), deadline).await {
             Ok(response) => {
                 written += count;
-                generation = response.generation;
+                summary.generation = response.generation;
+                summary.seq = response.seq;
+                summary.applied_by = response
+                    .replicas
+                    .iter()
+                    .filter(|r| r.status == v1::OutcomeStatus::Ok as i32)
+                    .map(|r| r.node.clone())
+                    .collect();
+                summary.shard = response.shard;
                 bar.inc(count as u64);
             }
             Err(status) if ErrorKind::of(&status) == ErrorKind::InvalidArgument => {
                 anyhow::bail!(
-                    "node {node} rejected {batch_label}: {}; fix the input and ingest again \
+                    "{target} rejected {batch_label}: {}; fix the input and ingest again \
                      ({} written before this batch)",
                     status.message(),
                     documents(written)
                 );
             }
             Err(status) => {
-                let err = master.describe(&format!("ingest of {batch_label} into node {node}"), &status);
+                let err = master.describe(&format!("ingest of {batch_label} into {target}"), &status);
                 if written == 0 {
                     return Err(err);
                 }
@@ -179,7 +239,8 @@ async fn send(
             }
         }
     }
-    Ok(IngestSummary { documents: written, generation })
+    summary.documents = written;
+    Ok(summary)
 }
 
 /// `1 document`, `3 documents`.

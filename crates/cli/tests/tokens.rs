@@ -84,7 +84,13 @@ impl Demo {
                 args.push("nodes".to_owned());
                 let nodes = ragmeshctl(&args);
                 let table = String::from_utf8_lossy(&nodes.stdout);
-                let up = |agent: &str| table.lines().any(|l| l.split_whitespace().take(2).eq([agent, "up"]));
+                // NAME is the first column; STATE follows NAME and GROUP.
+                let up = |agent: &str| {
+                    table.lines().any(|l| {
+                        let columns: Vec<&str> = l.split_whitespace().collect();
+                        columns.first() == Some(&agent) && columns.get(2) == Some(&"up")
+                    })
+                };
                 if nodes.status.success() && up("agent-1") && up("agent-2") {
                     return;
                 }
@@ -234,7 +240,7 @@ fn tokens_scope_search_to_the_tenant_and_refresh_reuse_revokes_the_family() {
         &["ingest", docs.to_str().expect("utf-8"), "--node", "agent-1", "--collection", "acme", "--token", &acme_token],
     );
     assert_eq!(ingest.status.code(), Some(0), "ingest as acme: {}", stderr(&ingest));
-    assert!(stdout(&ingest).contains("ingested 1 document into node agent-1"), "{}", stdout(&ingest));
+    assert!(stdout(&ingest).contains("ingested 1 document into shard group agent-1"), "{}", stdout(&ingest));
 
     let found = run_json(&demo, &["search", SECRET_WORD, "--json", "--token", &acme_token]);
     assert_eq!(hit_ids(&found), ["acme-plan"], "acme finds its own document: {found}");
