@@ -449,6 +449,68 @@ impl Mesh {
     }
 }
 
+/// An agent config for `name` joining the master at `master` (any master: the mesh's, or one
+/// a test runs as a child process) with certificates from `pki` and the join token `join_token`.
+pub fn external_agent_config(
+    pki: &TestPki,
+    name: &str,
+    master: SocketAddr,
+    join_token: &str,
+    data_dir: std::path::PathBuf,
+) -> AgentConfig {
+    AgentConfig {
+        name: Some(name.to_owned()),
+        shard: None,
+        listen: "127.0.0.1:0".parse().expect("addr"),
+        advertise: None,
+        master: master.to_string(),
+        data_dir,
+        tls: Some(pki.issue(name)),
+        heartbeat_interval: HEARTBEAT_INTERVAL,
+        labels: BTreeMap::from([("test".to_owned(), "e2e".to_owned())]),
+        join_token: Some(ragmesh_config::Secret(join_token.to_owned())),
+        max_message_bytes: 4 * 1024 * 1024,
+        max_concurrent_requests: ragmesh_config::DEFAULT_MAX_CONCURRENT_REQUESTS,
+        log: "info".into(),
+    }
+}
+
+/// A real agent on its own thread and runtime, for a master the [`Mesh`] does not run (a
+/// master child process in crash tests). Killed when dropped.
+#[derive(Debug)]
+pub struct Agent(Option<AgentProcess>);
+
+impl Agent {
+    /// Starts an agent with `config` (see [`external_agent_config`]); returns once it serves.
+    pub fn start(config: AgentConfig) -> Agent {
+        Agent(Some(AgentProcess::spawn(config)))
+    }
+
+    /// The address the agent serves on.
+    pub fn addr(&self) -> SocketAddr {
+        self.0.as_ref().expect("agent is running").addr
+    }
+
+    /// Its link to the master.
+    pub fn link(&self) -> watch::Receiver<LinkStatus> {
+        self.0.as_ref().expect("agent is running").link.clone()
+    }
+
+    /// Stops it gracefully.
+    pub fn stop(mut self) {
+        if let Some(process) = self.0.take() {
+            process.stop();
+        }
+    }
+
+    /// Kills it abruptly: every socket closes at once, as when its process dies.
+    pub fn kill(mut self) {
+        if let Some(process) = self.0.take() {
+            process.kill();
+        }
+    }
+}
+
 /// Adds `authorization: Bearer <token>` to every call.
 #[derive(Debug, Clone)]
 pub struct BearerToken(tonic::metadata::MetadataValue<tonic::metadata::Ascii>);

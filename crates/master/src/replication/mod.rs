@@ -8,8 +8,8 @@
 //! `applied_seq >= seq`, or the deadline passes. Either way the entry stays in the log and
 //! reaches every replica; a write that missed its quorum is answered UNAVAILABLE saying so, and
 //! retrying it is safe (upserts and deletes are idempotent). The committed sequence of a group
-//! is the highest acknowledged one (after a master restart: the last one in the log, which is
-//! safe). Sync states follow in the registry (`replication::decide::sync_state`).
+//! is the highest one a write quorum reached, acknowledged or refused as a whole (after a
+//! master restart: the last one in the log, which is safe). Sync states follow in the registry (`replication::decide::sync_state`).
 //!
 //! Failpoints for crash tests: with `RAGMESH_FAILPOINT=after_log_append` the master aborts
 //! (`std::process::abort`) right after a write's entry is durable in the log, before any
@@ -331,9 +331,8 @@ impl Replication {
             });
         }
         failpoint("after_forward");
-        if let Some((kind, message)) = lock(&self.shared.refusals).remove(&(group.clone(), seq)) {
-            return Err(ReplicationError::Refused { group, seq, kind, message });
-        }
+        // The quorum reached the entry: it is decided, whether applied or refused as a whole
+        // (which consumes it), so it is committed either way, as it would be after a restart.
         {
             let mut committed = lock(&self.shared.committed);
             let entry = committed.entry(group.clone()).or_default();
@@ -341,6 +340,9 @@ impl Replication {
         }
         self.publish(&group);
         self.trim(&group).await;
+        if let Some((kind, message)) = lock(&self.shared.refusals).remove(&(group.clone(), seq)) {
+            return Err(ReplicationError::Refused { group, seq, kind, message });
+        }
         Ok(WriteOutcome { shard: group, seq, replicas })
     }
 
