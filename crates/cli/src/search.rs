@@ -336,8 +336,20 @@ fn summary(response: &v1::SearchResponse) -> String {
     let asked: Vec<&v1::NodeOutcome> = response.nodes.iter().filter(|n| !is_skipped(n)).collect();
     let answered = asked.iter().filter(|n| is_ok(n)).count();
     let skipped = response.nodes.len() - asked.len();
-    let mut out = format!("{} hits from {answered} of {} nodes asked", response.hits.len(), asked.len());
-    if skipped > 0 {
+    let mut out = if response.groups.is_empty() {
+        format!("{} hits from {answered} of {} nodes asked", response.hits.len(), asked.len())
+    } else {
+        let routed: Vec<&v1::GroupOutcome> = response
+            .groups
+            .iter()
+            .filter(|g| {
+                !(g.status == v1::OutcomeStatus::Skipped as i32 && g.skip_reason == v1::SkipReason::NotRouted as i32)
+            })
+            .collect();
+        let answered = routed.iter().filter(|g| g.status == v1::OutcomeStatus::Ok as i32).count();
+        format!("{} hits from {answered} of {} shard groups", response.hits.len(), routed.len())
+    };
+    if response.groups.is_empty() && skipped > 0 {
         let _ = write!(out, " ({skipped} skipped)");
     }
     let _ = write!(out, " in {}", render::millis(u64::from(response.took_ms)));
