@@ -309,11 +309,7 @@ impl MasterSetup {
             .stdout(Stdio::null())
             .stderr(Stdio::from(log_file))
             .kill_on_drop(true);
-        for (key, _) in std::env::vars_os() {
-            if key.to_string_lossy().starts_with("RAGMESH_") {
-                command.env_remove(key);
-            }
-        }
+        ragmesh_test_util::daemon::without_ragmesh_env(&mut command);
         if let Some(step) = failpoint {
             command.env("RAGMESH_FAILPOINT", step);
         }

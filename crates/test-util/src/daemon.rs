@@ -17,6 +17,16 @@ const START_TIMEOUT: Duration = Duration::from_secs(30);
 /// Between two looks at the address file.
 const POLL: Duration = Duration::from_millis(50);
 
+/// Keeps the `RAGMESH_*` variables of the test's environment from reaching a daemon `command`
+/// starts, so a developer's settings never change what a test runs.
+pub fn without_ragmesh_env(command: &mut Command) {
+    for (key, _) in std::env::vars_os() {
+        if key.to_string_lossy().starts_with("RAGMESH_") {
+            command.env_remove(key);
+        }
+    }
+}
+
 /// Starts `exe` (named `role` in messages and files) with `args` plus `--listen 127.0.0.1:0
 /// --addr-file DIR/<role>.addr --data-dir DIR/data`, and asserts that the file holds the bound
 /// address, that a health check there is answered, and that no temporary file is left behind.
@@ -38,11 +48,7 @@ pub async fn assert_addr_file_reports_the_bound_address(exe: &Path, role: &str, 
         .stdout(Stdio::null())
         .stderr(Stdio::from(log_file))
         .kill_on_drop(true);
-    for (key, _) in std::env::vars_os() {
-        if key.to_string_lossy().starts_with("RAGMESH_") {
-            command.env_remove(key);
-        }
-    }
+    without_ragmesh_env(&mut command);
     let mut child = command.spawn().unwrap_or_else(|e| panic!("start {role}: {e}"));
 
     let text = wait_for_addr(&mut child, role, &addr_file, &log).await;
