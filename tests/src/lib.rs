@@ -5,6 +5,9 @@
 //! it (its only thread blocks: sockets stay open but nothing answers, as under SIGSTOP).
 //! [`assert_outcomes`] checks every node's outcome of a search, so a test that concludes
 //! something from the hits (or from their absence) knows each node it counts on searched.
+//! [`load`] drives a closed-loop search load through the master for chaos tests.
+
+pub mod load;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -44,9 +47,17 @@ pub struct MeshBuilder {
     access: ragmesh_config::AccessConfig,
     heartbeat_interval: Duration,
     heartbeat_timeout: Duration,
+    advertise: BTreeMap<usize, SocketAddr>,
 }
 
 impl MeshBuilder {
+    /// Agent `i` (0-based) advertises `addr` to the master instead of the address it listens
+    /// on, so the master's calls to it go there (a proxy in front of the agent, for example).
+    pub fn advertise(mut self, i: usize, addr: SocketAddr) -> Self {
+        self.advertise.insert(i, addr);
+        self
+    }
+
     /// Number of agents (named `agent-1` ...).
     pub fn agents(mut self, n: usize) -> Self {
         self.agents = n;
@@ -143,6 +154,9 @@ impl MeshBuilder {
             if self.replicas > 1 {
                 config.shard = Some(shard_name((i - 1) / self.replicas));
             }
+            if let Some(addr) = self.advertise.get(&(i - 1)) {
+                config.advertise = Some(addr.to_string());
+            }
             let process = AgentProcess::spawn(config.clone());
             mesh.agents.push(AgentSlot { name, config, _data_dir: data_dir, process: Some(process) });
         }
@@ -194,6 +208,7 @@ impl Mesh {
             access: ragmesh_config::AccessConfig::default(),
             heartbeat_interval: HEARTBEAT_INTERVAL,
             heartbeat_timeout: HEARTBEAT_TIMEOUT,
+            advertise: BTreeMap::new(),
         }
     }
 
