@@ -48,9 +48,18 @@ pub struct MeshBuilder {
     heartbeat_interval: Duration,
     heartbeat_timeout: Duration,
     advertise: BTreeMap<usize, SocketAddr>,
+    master_ip: Option<std::net::IpAddr>,
 }
 
 impl MeshBuilder {
+    /// The master listens on `ip` (a local address, e.g. the host end of a veth pair) instead
+    /// of 127.0.0.1, with a certificate naming that IP too; clients still verify the name
+    /// `127.0.0.1`, which the certificate also carries.
+    pub fn master_ip(mut self, ip: std::net::IpAddr) -> Self {
+        self.master_ip = Some(ip);
+        self
+    }
+
     /// Agent `i` (0-based) advertises `addr` to the master instead of the address it listens
     /// on, so the master's calls to it go there (a proxy in front of the agent, for example).
     pub fn advertise(mut self, i: usize, addr: SocketAddr) -> Self {
@@ -111,14 +120,23 @@ impl MeshBuilder {
         let master_dir = tempfile::tempdir().expect("master tempdir");
         // The mesh owns the master's socket for its whole life: a restarted master is handed
         // the same socket again, so no other process can take the port in between.
-        let master_socket = std::net::TcpListener::bind("127.0.0.1:0").expect("bind master");
+        let master_ip = self.master_ip.unwrap_or(std::net::Ipv4Addr::LOCALHOST.into());
+        let master_socket = std::net::TcpListener::bind((master_ip, 0)).expect("bind master");
         master_socket.set_nonblocking(true).expect("non-blocking master socket");
         let master_addr = master_socket.local_addr().expect("master addr");
         let listener = listener_for(&master_socket);
         let master_config = MasterConfig {
             listen: master_addr,
             data_dir: master_dir.path().to_owned(),
-            tls: Some(pki.issue("master")),
+            tls: Some(match self.master_ip {
+                None => pki.issue("master"),
+                Some(ip) => {
+                    let out = pki.dir().join("master-ip");
+                    ragmesh_tls::devca::issue_for_days(pki.dir(), "master", &[ip.to_string()], &out, 30)
+                        .expect("issue the master's certificate for its IP")
+                        .tls_files(pki.ca_pem())
+                }
+            }),
             heartbeat_timeout: self.heartbeat_timeout,
             search_timeout: SEARCH_TIMEOUT,
             max_search_timeout: MAX_SEARCH_TIMEOUT,
@@ -209,6 +227,7 @@ impl Mesh {
             heartbeat_interval: HEARTBEAT_INTERVAL,
             heartbeat_timeout: HEARTBEAT_TIMEOUT,
             advertise: BTreeMap::new(),
+            master_ip: None,
         }
     }
 
