@@ -45,9 +45,14 @@ fn answered_by<'a>(samples: impl IntoIterator<Item = &'a Sample>) -> BTreeMap<St
     counts
 }
 
-fn report(phase: &str, summary: &Summary, by: &BTreeMap<String, usize>) {
+/// Searches of `samples` that sent a hedge.
+fn hedged<'a>(samples: impl IntoIterator<Item = &'a Sample>) -> usize {
+    samples.into_iter().filter(|s| s.groups.iter().any(|g| g.attempts.iter().any(|a| a.contains("HEDGE")))).count()
+}
+
+fn report(phase: &str, summary: &Summary, hedged: usize, by: &BTreeMap<String, usize>) {
     println!(
-        "phase {phase:<10} searches {:>5} failed {} partial {} p50 {:>4} ms p99 {:>4} ms max {:>4} ms answered by {by:?}",
+        "phase {phase:<10} searches {:>5} failed {} partial {} p50 {:>4} ms p99 {:>4} ms max {:>4} ms hedged {hedged:>3} answered by {by:?}",
         summary.count,
         summary.failed,
         summary.partial,
@@ -116,14 +121,11 @@ async fn searches_survive_a_killed_and_a_frozen_replica_under_load() {
     for phase in phases {
         let of_phase: Vec<&Sample> = samples.iter().filter(|s| s.phase == phase).collect();
         let summary = summarize(of_phase.iter().copied(), GROUPS);
-        report(phase, &summary, &answered_by(of_phase.iter().copied()));
+        report(phase, &summary, hedged(of_phase.iter().copied()), &answered_by(of_phase.iter().copied()));
         summaries.insert(phase, summary);
     }
     let frozen_name = mesh.agent_name(frozen).to_owned();
-    let hedged = samples
-        .iter()
-        .filter(|s| s.phase == "frozen" && s.groups.iter().any(|g| g.attempts.iter().any(|a| a.contains("HEDGE"))))
-        .count();
+    let hedged = hedged(samples.iter().filter(|s| s.phase == "frozen"));
     // Known product bug (reported): a few reads sent to the replica as it freezes wait for the
     // deadline, because no hedge is sent (the 5 % hedge budget is spent by the p95 hedging of
     // the healthy phase) or the hedge lands on the same frozen replica. They are counted and
