@@ -127,9 +127,10 @@ async fn searches_survive_a_killed_and_a_frozen_replica_under_load() {
     let frozen_name = mesh.agent_name(frozen).to_owned();
     let hedged = hedged(samples.iter().filter(|s| s.phase == "frozen"));
     // Known product bug (reported): a few reads sent to the replica as it freezes wait for the
-    // deadline, because no hedge is sent (the 5 % hedge budget is spent by the p95 hedging of
-    // the healthy phase) or the hedge lands on the same frozen replica. They are counted and
-    // bounded here, every other search must meet the bar.
+    // deadline: either no hedge is sent (hedges look budget-capped: about as many are sent in
+    // the freeze as in the kill phase) or the hedge lands on the same frozen replica (p2c cost
+    // of a just-stalled replica vs a loaded sibling). They are counted and bounded here; every
+    // other search must meet the bar.
     let stuck: Vec<&Sample> = samples.iter().filter(|s| s.stuck_on(&frozen_name)).collect();
     let healthy = summarize(samples.iter().filter(|s| s.phase == "healthy" && !s.stuck_on(&frozen_name)), GROUPS);
     let all_frozen = summaries["frozen"];

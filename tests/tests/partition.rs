@@ -260,9 +260,11 @@ async fn a_partitioned_replica_changes_nothing_for_searches_and_rejoins_by_itsel
     );
 
     let first_second = |s: &Sample| s.started >= cut && s.started < cut + Duration::from_secs(1);
-    // Known product bug (reported, see chaos.rs): a read in flight to the replica when it is cut
-    // off may wait for its deadline (no hedge, a hedge onto the same replica, or a hedge that
-    // does not answer either). Only searches that started in the cut's first second may.
+    // Known product bug (reported, see chaos.rs): a read sent to the replica as it is cut off
+    // may wait for its deadline (no hedge, or a hedge onto the same replica). With one group the
+    // search then fails as a whole, and the report blames the sibling that was never asked
+    // ("agent-2: timeout") and calls the abandoned attempts "cancelled (another replica answered
+    // first)". Only searches that started in the cut's first second may.
     let waited = |s: &Sample| s.stuck_on(INSIDE) || s.error.as_deref().is_some_and(|e| e.contains("DeadlineExceeded"));
     let stuck: Vec<&Sample> = samples.iter().filter(|s| first_second(s) && waited(s)).collect();
     let broken: Vec<&Sample> = samples
