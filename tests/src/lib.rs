@@ -5,6 +5,9 @@
 //! it (its only thread blocks: sockets stay open but nothing answers, as under SIGSTOP).
 //! [`assert_outcomes`] checks every node's outcome of a search, so a test that concludes
 //! something from the hits (or from their absence) knows each node it counts on searched.
+//! [`load`] drives a closed-loop search load through the master for chaos tests.
+
+pub mod load;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -45,9 +48,26 @@ pub struct MeshBuilder {
     access: ragmesh_config::AccessConfig,
     heartbeat_interval: Duration,
     heartbeat_timeout: Duration,
+    advertise: BTreeMap<usize, SocketAddr>,
+    master_ip: Option<std::net::IpAddr>,
 }
 
 impl MeshBuilder {
+    /// The master listens on `ip` (a local address, e.g. the host end of a veth pair) instead
+    /// of 127.0.0.1, with a certificate naming that IP too; clients still verify the name
+    /// `127.0.0.1`, which the certificate also carries.
+    pub fn master_ip(mut self, ip: std::net::IpAddr) -> Self {
+        self.master_ip = Some(ip);
+        self
+    }
+
+    /// Agent `i` (0-based) advertises `addr` to the master instead of the address it listens
+    /// on, so the master's calls to it go there (a proxy in front of the agent, for example).
+    pub fn advertise(mut self, i: usize, addr: SocketAddr) -> Self {
+        self.advertise.insert(i, addr);
+        self
+    }
+
     /// Number of agents (named `agent-1` ...).
     pub fn agents(mut self, n: usize) -> Self {
         self.agents = n;
@@ -107,14 +127,23 @@ impl MeshBuilder {
         let master_dir = tempfile::tempdir().expect("master tempdir");
         // The mesh owns the master's socket for its whole life: a restarted master is handed
         // the same socket again, so no other process can take the port in between.
-        let master_socket = std::net::TcpListener::bind("127.0.0.1:0").expect("bind master");
+        let master_ip = self.master_ip.unwrap_or(std::net::Ipv4Addr::LOCALHOST.into());
+        let master_socket = std::net::TcpListener::bind((master_ip, 0)).expect("bind master");
         master_socket.set_nonblocking(true).expect("non-blocking master socket");
         let master_addr = master_socket.local_addr().expect("master addr");
         let listener = listener_for(&master_socket);
         let master_config = MasterConfig {
             listen: master_addr,
             data_dir: master_dir.path().to_owned(),
-            tls: Some(pki.issue("master")),
+            tls: Some(match self.master_ip {
+                None => pki.issue("master"),
+                Some(ip) => {
+                    let out = pki.dir().join("master-ip");
+                    ragmesh_tls::devca::issue_for_days(pki.dir(), "master", &[ip.to_string()], &out, 30)
+                        .expect("issue the master's certificate for its IP")
+                        .tls_files(pki.ca_pem())
+                }
+            }),
             heartbeat_timeout: self.heartbeat_timeout,
             search_timeout: SEARCH_TIMEOUT,
             max_search_timeout: MAX_SEARCH_TIMEOUT,
@@ -150,6 +179,9 @@ impl MeshBuilder {
             let mut config = mesh.agent_config(&name, data_dir.path().to_owned());
             if self.replicas > 1 {
                 config.shard = Some(shard_name((i - 1) / self.replicas));
+            }
+            if let Some(addr) = self.advertise.get(&(i - 1)) {
+                config.advertise = Some(addr.to_string());
             }
             let process = AgentProcess::spawn(config.clone());
             mesh.agents.push(AgentSlot { name, config, _data_dir: data_dir, process: Some(process) });
@@ -203,6 +235,8 @@ impl Mesh {
             access: ragmesh_config::AccessConfig::default(),
             heartbeat_interval: HEARTBEAT_INTERVAL,
             heartbeat_timeout: HEARTBEAT_TIMEOUT,
+            advertise: BTreeMap::new(),
+            master_ip: None,
         }
     }
 

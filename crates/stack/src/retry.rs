@@ -4,7 +4,9 @@
 //! A call is retried only when all of these hold:
 //! * it is a read (`NodeRequest::is_read`): writes go through the write log, never blindly twice;
 //! * its failure is retryable (`CallError::is_retryable`: unreachable, breaker open, overloaded);
-//! * it goes to a shard group, which has another readable replica: at most `replicas - 1` retries;
+//! * it goes to a shard group, which has a readable replica this call has not seen fail: at most
+//!   `replicas - 1` retries, counting a replica that failed this call and has since left the
+//!   directory (it died while the call was in flight);
 //! * its deadline leaves at least `min_time_left`;
 //! * the retry budget has a token: tower's [`TpsBudget`], shared by all groups, with Linkerd's
 //!   defaults (ttl 10 s, 10 retries per second, plus 20 % of requests): every first call
@@ -77,8 +79,19 @@ impl RetryPolicy {
             return false;
         }
         let Target::Group(group) = &call.target else { return false };
-        let replicas = self.directory.borrow().readable(group).count();
-        if self.retries + 1 >= replicas.max(1) {
+        // The replicas this call can count on: the readable ones now, plus those it already
+        // tried and saw fail. A replica that just died may have left the directory before its
+        // failed call came back here; it still counts, or the retry to its live sibling would
+        // be refused (a killed replica's in-flight reads would fail instead of moving over).
+        let failed = call.attempts.failed_nodes();
+        let (replicas, untried) = {
+            let directory = self.directory.borrow();
+            let readable: Vec<&String> = directory.readable(group).map(|(name, _)| name).collect();
+            let untried = readable.iter().filter(|name| !failed.contains(name)).count();
+            let gone = failed.iter().filter(|name| !readable.contains(name)).collect::<std::collections::BTreeSet<_>>();
+            (readable.len() + gone.len(), untried)
+        };
+        if untried == 0 || self.retries + 1 >= replicas.max(1) {
             return false;
         }
         if call.budget(Instant::now()) < self.min_time_left {
@@ -177,6 +190,47 @@ mod tests {
         assert!(policy.clone().retry(&mut copy, &mut bad).is_none(), "the caller's error is not retried");
         let mut slow: Result<NodeAnswer, CallError> = Err(CallError::Timeout { budget: Duration::from_secs(1) });
         assert!(policy.clone().retry(&mut copy, &mut slow).is_none(), "a timeout is not retried");
+    }
+
+    /// A directory of `live` readable replicas of group `g` named `n0`, `n1`, ...
+    fn directory_of(live: &[&str]) -> watch::Receiver<Arc<Directory>> {
+        let nodes = live
+            .iter()
+            .map(|name| {
+                ((*name).to_owned(), DirectoryNode { address: "h:1".into(), group: "g".into(), readable: true })
+            })
+            .collect();
+        watch::channel(Arc::new(Directory { nodes, tls_generation: 0 })).1
+    }
+
+    fn failed_on(call: &NodeCall, node: &str) {
+        call.attempts.record(crate::node_call::Attempt {
+            node: node.into(),
+            kind: call.kind,
+            started: Instant::now(),
+            took: Duration::ZERO,
+            end: crate::node_call::AttemptEnd::Failed(CallError::Unavailable("connection reset".into())),
+        });
+    }
+
+    #[test]
+    fn regression_a_read_on_a_replica_that_died_moves_to_its_sibling_after_the_directory_dropped_it() {
+        // n0 was killed with the read in flight; the master noticed (n0 left the directory)
+        // before the read's failure came back: n1 is left, untried, and must get the retry.
+        let config = RetryConfig::default();
+        let policy = RetryPolicy::new(config.budget(), directory_of(&["n1"]), &config);
+        let mut call = read(Duration::from_secs(1));
+        failed_on(&call, "n0");
+        let mut first = policy.clone();
+        assert!(first.retry(&mut call, &mut unavailable()).is_some(), "the read moves to n1");
+        // n1 failed too: no replica is left untried.
+        failed_on(&call, "n1");
+        assert!(first.retry(&mut call, &mut unavailable()).is_none(), "nothing left to try");
+        // A replica that failed this call is not tried again, even while still readable.
+        let both = RetryPolicy::new(config.budget(), directory_of(&["n0"]), &config);
+        let mut stale = read(Duration::from_secs(1));
+        failed_on(&stale, "n0");
+        assert!(both.clone().retry(&mut stale, &mut unavailable()).is_none(), "n0 already failed this call");
     }
 
     proptest! {
