@@ -126,11 +126,9 @@ async fn searches_survive_a_killed_and_a_frozen_replica_under_load() {
     }
     let frozen_name = mesh.agent_name(frozen).to_owned();
     let hedged = hedged(samples.iter().filter(|s| s.phase == "frozen"));
-    // Known product bug (reported): a few reads sent to the replica as it freezes wait for the
-    // deadline: either no hedge is sent (hedges look budget-capped: about as many are sent in
-    // the freeze as in the kill phase) or the hedge lands on the same frozen replica (p2c cost
-    // of a just-stalled replica vs a loaded sibling). They are counted and bounded here; every
-    // other search must meet the bar.
+    // Reads that were on the replica as it froze must be hedged onto its sibling (steered to a
+    // replica the call is not already waiting on, under a budget with a reserve for stalls):
+    // none may wait for its deadline. (Before the fix, 0-14 per run did.)
     let stuck: Vec<&Sample> = samples.iter().filter(|s| s.stuck_on(&frozen_name)).collect();
     let healthy = summarize(samples.iter().filter(|s| s.phase == "healthy" && !s.stuck_on(&frozen_name)), GROUPS);
     let all_frozen = summaries["frozen"];
@@ -158,8 +156,8 @@ async fn searches_survive_a_killed_and_a_frozen_replica_under_load() {
         &broken[..broken.len().min(3)]
     );
     assert!(
-        stuck.len() * 50 <= all_frozen.count,
-        "{} of {} frozen-phase searches waited on {frozen_name} (more than 2 %); first: {:#?}",
+        stuck.is_empty(),
+        "{} of {} frozen-phase searches waited on {frozen_name}; first: {:#?}",
         stuck.len(),
         all_frozen.count,
         &stuck[..stuck.len().min(3)]

@@ -111,8 +111,8 @@ pub struct MasterArgs {
     /// Retries of failed reads always allowed per second [default: 10]
     #[arg(long, env = "RAGMESH_RETRY_MIN_PER_SECOND", value_name = "N")]
     pub retry_min_per_second: Option<u32>,
-    /// Hedged reads allowed, as a percentage of reads over the last 10 s (plus one per
-    /// second); 0 turns hedging off [default: 5]
+    /// Hedged reads allowed, as a percentage of reads over the last 10 s (plus 10 per
+    /// second for replicas that stall); 0 turns hedging off [default: 5]
     #[arg(long, env = "RAGMESH_HEDGE_BUDGET_PERCENT", value_name = "PERCENT")]
     pub hedge_budget_percent: Option<u32>,
     /// Log filter, tracing-subscriber syntax [default: info]

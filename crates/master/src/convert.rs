@@ -244,6 +244,12 @@ pub(crate) fn outcome(result: &NodeResult) -> v1::NodeOutcome {
             out.message = "abandoned: another replica answered first".to_owned();
             v1::OutcomeStatus::Cancelled
         }
+        Outcome::NotAsked(error) => {
+            // The group's outcome, which is this replica's too: it had no chance to answer.
+            let (status, message) = call_error(error);
+            out.message = format!("not asked before its shard group's call ended: {message}");
+            status
+        }
         Outcome::Skipped(reason) => {
             out.skip_reason = skip_reason(*reason).into();
             out.message = skip_message(*reason).to_owned();

@@ -127,6 +127,7 @@ impl AttemptGuard {
             took: std::time::Duration::ZERO,
             end: AttemptEnd::Cancelled,
         };
+        call.attempts.begin(node);
         AttemptGuard { log: call.attempts.clone(), attempt: Some(attempt) }
     }
 

@@ -273,27 +273,55 @@ pub struct Attempt {
     pub end: AttemptEnd,
 }
 
-/// The attempts of one caller's call, shared by every copy of it.
+/// The attempts of one caller's call, shared by every copy of it: those that ended, and the
+/// nodes of those still in flight (so a hedge or a retry can go elsewhere).
 #[derive(Debug, Clone, Default)]
-pub struct AttemptLog(Arc<Mutex<Vec<Attempt>>>);
+pub struct AttemptLog(Arc<Mutex<Attempts>>);
+
+#[derive(Debug, Default)]
+struct Attempts {
+    ended: Vec<Attempt>,
+    /// Nodes with an attempt in flight, once per attempt.
+    in_flight: Vec<String>,
+}
 
 impl AttemptLog {
-    /// Appends an attempt.
-    pub fn record(&self, attempt: Attempt) {
-        self.0.lock().unwrap_or_else(|p| p.into_inner()).push(attempt);
+    fn lock(&self) -> std::sync::MutexGuard<'_, Attempts> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// The attempts so far, in the order they started.
+    /// Notes that an attempt to `node` started (it ends with [`AttemptLog::record`]).
+    pub fn begin(&self, node: &str) {
+        self.lock().in_flight.push(node.to_owned());
+    }
+
+    /// Appends an attempt that ended (begun or not: a call refused before it was sent).
+    pub fn record(&self, attempt: Attempt) {
+        let mut attempts = self.lock();
+        if let Some(at) = attempts.in_flight.iter().position(|node| *node == attempt.node) {
+            attempts.in_flight.swap_remove(at);
+        }
+        attempts.ended.push(attempt);
+    }
+
+    /// The attempts that ended so far, in the order they started.
     pub fn snapshot(&self) -> Vec<Attempt> {
-        let mut attempts = self.0.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let mut attempts = self.lock().ended.clone();
         attempts.sort_by_key(|a| a.started);
         attempts
     }
 
-    /// Nodes already tried, failed or in flight excluded: the retry layer avoids them.
+    /// Nodes whose attempt failed.
     pub fn failed_nodes(&self) -> Vec<String> {
-        let attempts = self.0.lock().unwrap_or_else(|p| p.into_inner());
-        attempts.iter().filter(|a| matches!(a.end, AttemptEnd::Failed(_))).map(|a| a.node.clone()).collect()
+        let attempts = self.lock();
+        attempts.ended.iter().filter(|a| matches!(a.end, AttemptEnd::Failed(_))).map(|a| a.node.clone()).collect()
+    }
+
+    /// Nodes this call has been sent to: in flight, or ended however. A retry or a hedge goes
+    /// to another one while there is one.
+    pub fn tried_nodes(&self) -> std::collections::BTreeSet<String> {
+        let attempts = self.lock();
+        attempts.ended.iter().map(|a| a.node.clone()).chain(attempts.in_flight.iter().cloned()).collect()
     }
 }
 
@@ -356,6 +384,26 @@ mod tests {
         assert!(!bad.is_retryable() && !bad.blames_node(min));
         let busy = CallError::Error { kind: ErrorKind::ResourceExhausted, message: "busy".into() };
         assert!(busy.is_retryable() && busy.blames_node(min));
+    }
+
+    #[test]
+    fn a_node_counts_as_tried_from_the_start_of_its_attempt() {
+        let log = AttemptLog::default();
+        log.begin("a");
+        assert_eq!(log.tried_nodes().into_iter().collect::<Vec<_>>(), ["a"], "in flight counts");
+        assert!(log.snapshot().is_empty(), "nothing ended yet");
+        let ended = Attempt {
+            node: "a".into(),
+            kind: AttemptKind::First,
+            started: Instant::now(),
+            took: Duration::ZERO,
+            end: AttemptEnd::Failed(CallError::Unavailable("refused".into())),
+        };
+        log.record(ended.clone());
+        log.record(Attempt { node: "b".into(), end: AttemptEnd::Ok, ..ended });
+        assert_eq!(log.tried_nodes().into_iter().collect::<Vec<_>>(), ["a", "b"]);
+        assert_eq!(log.failed_nodes(), ["a"]);
+        assert!(log.lock().in_flight.is_empty());
     }
 
     #[test]

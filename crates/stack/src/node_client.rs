@@ -24,6 +24,7 @@ use crate::discover::{Directory, DirectoryNode, GroupDiscover, MakeStack};
 use crate::endpoint::NodeEndpoint;
 use crate::hedge::{HedgeConfig, HedgePolicy};
 use crate::load::{Measured, MeasuredLayer};
+use crate::node_call::AttemptKind;
 use crate::node_call::{CallError, NodeAnswer, NodeCall, NodeClient, Target};
 use crate::node_health::HealthBook;
 use crate::retry::{RetryConfig, RetryPolicy};
@@ -205,8 +206,14 @@ impl Router {
         let discover = GroupDiscover::new(group, shared.directory.clone(), make);
         let balanced = Buffer::new(Balance::new(discover), shared.config.buffer)
             .map_err(to_call_error as fn(BoxError) -> CallError);
+        let steered = Steer {
+            group: group.to_owned(),
+            balanced: BoxCloneSyncService::new(balanced),
+            stacks: shared.stacks.clone(),
+            directory: shared.directory.clone(),
+        };
         let policy = RetryPolicy::new(shared.retry_budget.clone(), shared.directory.clone(), &shared.config.retry);
-        let retried = Retry::new(policy, balanced);
+        let retried = Retry::new(policy, steered);
         let hedge = shared.config.hedge;
         let hedged = Hedge::new::<NodeCall>(
             retried,
@@ -263,6 +270,56 @@ impl Service<NodeCall> for Router {
                 Err(_elapsed) => Err(CallError::Timeout { budget }),
             }
         })
+    }
+}
+
+/// Sends a group's first attempt through the balancer, and a retry or a hedge to the readable
+/// replica with the lowest load that this call has not been sent to yet. The balancer cannot
+/// exclude a replica: a hedge sent through it could land on the very replica the first attempt
+/// is stuck on (one that just froze can still look cheaper than its busy sibling), and a retry
+/// on the one that just failed. With every replica tried, the copy goes through the balancer.
+#[derive(Clone)]
+struct Steer {
+    group: String,
+    balanced: NodeClient,
+    stacks: Arc<NodeStacks>,
+    directory: watch::Receiver<Arc<Directory>>,
+}
+
+impl Steer {
+    /// The per-node stack of the best replica `call` has not tried, if any.
+    fn untried(&self, call: &NodeCall) -> Option<NodeStack> {
+        let tried = call.attempts.tried_nodes();
+        let directory = self.directory.borrow().clone();
+        let (name, node) = directory
+            .readable(&self.group)
+            .filter(|(name, _)| !tried.contains(*name))
+            .map(|(name, node)| (self.stacks.health.node(name).load(), name, node))
+            .min_by(|a, b| a.0.partial_cmp(&b.0).unwrap_or(std::cmp::Ordering::Equal))
+            .map(|(_, name, node)| (name.clone(), node.clone()))?;
+        self.stacks.get(&name, &node, directory.tls_generation).ok()
+    }
+}
+
+impl Service<NodeCall> for Steer {
+    type Response = NodeAnswer;
+    type Error = CallError;
+    type Future = CallFuture;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), CallError>> {
+        // Each call waits for the service it is steered to (within its deadline).
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, call: NodeCall) -> CallFuture {
+        let steered = match call.kind {
+            AttemptKind::First => None,
+            AttemptKind::Retry | AttemptKind::Hedge => self.untried(&call),
+        };
+        match steered {
+            Some(stack) => Box::pin(stack.oneshot(call)),
+            None => Box::pin(self.balanced.clone().oneshot(call)),
+        }
     }
 }
 

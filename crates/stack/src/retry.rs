@@ -84,10 +84,12 @@ impl RetryPolicy {
         // failed call came back here; it still counts, or the retry to its live sibling would
         // be refused (a killed replica's in-flight reads would fail instead of moving over).
         let failed = call.attempts.failed_nodes();
+        let tried = call.attempts.tried_nodes();
         let (replicas, untried) = {
             let directory = self.directory.borrow();
             let readable: Vec<&String> = directory.readable(group).map(|(name, _)| name).collect();
-            let untried = readable.iter().filter(|name| !failed.contains(name)).count();
+            // A replica a hedge of this call is still waiting on is tried too.
+            let untried = readable.iter().filter(|name| !tried.contains(**name)).count();
             let gone = failed.iter().filter(|name| !readable.contains(name)).collect::<std::collections::BTreeSet<_>>();
             (readable.len() + gone.len(), untried)
         };

@@ -52,6 +52,9 @@ pub enum Outcome {
     },
     /// The call was abandoned because another replica answered first.
     Cancelled,
+    /// A readable replica of a group whose call ended (failed, or ran out of time) before it
+    /// was asked.
+    NotAsked(CallError),
     /// The node was not asked.
     Skipped(SkipReason),
 }

@@ -68,14 +68,18 @@ pub fn node_results(plan: &Plan, groups: Vec<GroupResult>) -> Vec<NodeResult> {
                     results.insert(node.clone(), NodeResult { node, outcome, took });
                     continue;
                 }
-                (_, Some(attempt)) => match &attempt.end {
-                    AttemptEnd::Failed(error) => Outcome::failed(error),
-                    AttemptEnd::Ok | AttemptEnd::Cancelled => Outcome::Cancelled,
+                (_, Some(attempt)) => match (&attempt.end, &group.answer) {
+                    (AttemptEnd::Failed(error), _) => Outcome::failed(error),
+                    // Abandoned because the group's call ended: by another replica's answer,
+                    // or at the deadline (then it simply did not answer in time).
+                    (AttemptEnd::Ok | AttemptEnd::Cancelled, Err(CallError::Timeout { budget })) => {
+                        Outcome::Timeout { budget: *budget }
+                    }
+                    (AttemptEnd::Ok | AttemptEnd::Cancelled, _) => Outcome::Cancelled,
                 },
                 _ if group.target.breaker_open.contains(&node) => Outcome::Skipped(SkipReason::BreakerOpen),
                 (Ok(_), None) => Outcome::Skipped(SkipReason::OtherReplica),
-                (Err(CallError::Timeout { budget }), None) => Outcome::Timeout { budget: *budget },
-                (Err(error), None) => Outcome::Unavailable(format!("not asked before its group failed: {error}")),
+                (Err(error), None) => Outcome::NotAsked(error.clone()),
             };
             results.insert(node.clone(), NodeResult { node, outcome, took });
         }
@@ -150,8 +154,11 @@ pub fn verdict(
         let existing = considered(replicas, selected).flat_map(|r| r.collections.iter().cloned()).collect();
         return Err(NoAnswer::NoSuchCollections { requested: collections.to_vec(), existing });
     }
-    let asked: Vec<&Outcome> =
-        results.iter().map(|r| &r.outcome).filter(|o| !matches!(o, Outcome::Skipped(_) | Outcome::Cancelled)).collect();
+    let asked: Vec<&Outcome> = results
+        .iter()
+        .map(|r| &r.outcome)
+        .filter(|o| !matches!(o, Outcome::Skipped(_) | Outcome::Cancelled | Outcome::NotAsked(_)))
+        .collect();
     let all = |f: fn(&Outcome) -> bool| !asked.is_empty() && asked.iter().all(|o| f(o));
     let kind = if all(|o| matches!(o, Outcome::Timeout { .. })) {
         ErrorKind::DeadlineExceeded
@@ -177,6 +184,7 @@ fn describe(result: &NodeResult) -> String {
         Outcome::Unavailable(message) => format!("{node}: unavailable ({message})"),
         Outcome::Error { kind, message } => format!("{node}: error ({kind}: {message})"),
         Outcome::Cancelled => format!("{node}: cancelled (another replica answered first)"),
+        Outcome::NotAsked(error) => format!("{node}: not asked (its group's call ended first: {error})"),
         Outcome::Skipped(reason) => format!("{node}: skipped ({})", skip_text(*reason)),
     }
 }
@@ -264,11 +272,27 @@ mod tests {
             took: budget,
         };
         let results = node_results(&Plan::default(), vec![failed.clone()]);
-        assert_eq!(outcome_of(&results, "a2"), &Outcome::Timeout { budget });
-        let refused = GroupResult { answer: Err(CallError::Unavailable("refused".into())), ..failed };
+        assert_eq!(outcome_of(&results, "a2"), &Outcome::NotAsked(CallError::Timeout { budget }));
+        let Err(NoAnswer::NoneAnswered { summary, .. }) =
+            verdict(&results, &[replica("a1", "a", true, true, &[]), replica("a2", "a", true, true, &[])], &[], &[])
+        else {
+            panic!("no answer")
+        };
+        assert!(summary.contains("a2: not asked (its group's call ended first: timeout"), "{summary}");
+        let Err(NoAnswer::NoneAnswered { kind, .. }) =
+            verdict(&results, &[replica("a1", "a", true, true, &[]), replica("a2", "a", true, true, &[])], &[], &[])
+        else {
+            panic!("no answer")
+        };
+        assert_eq!(kind, ErrorKind::DeadlineExceeded, "the one replica asked timed out");
+        let refused = GroupResult { answer: Err(CallError::Unavailable("refused".into())), ..failed.clone() };
         let results = node_results(&Plan::default(), vec![refused]);
-        let Outcome::Unavailable(message) = outcome_of(&results, "a2") else { panic!("unavailable") };
-        assert!(message.starts_with("not asked"), "{message}");
+        assert!(matches!(outcome_of(&results, "a2"), Outcome::NotAsked(CallError::Unavailable(_))));
+        // An attempt abandoned at the deadline did not answer in time; nobody answered first.
+        let abandoned =
+            GroupResult { attempts: vec![attempt("a1", AttemptKind::First, AttemptEnd::Cancelled)], ..failed };
+        let results = node_results(&Plan::default(), vec![abandoned]);
+        assert_eq!(outcome_of(&results, "a1"), &Outcome::Timeout { budget });
     }
 
     #[test]
