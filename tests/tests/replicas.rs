@@ -34,8 +34,7 @@ async fn each_group_is_asked_once_and_a_write_reaches_every_replica() {
     let mesh = Mesh::builder().agents(4).replicas(2).start().await;
     let written = mesh.ingest_shard(&shard_name(0), docs_for(0, 5)).await;
     assert_eq!((written.shard.as_str(), written.seq), ("shard-1", 1));
-    let applied: BTreeSet<&str> =
-        written.replicas.iter().filter(|r| r.status == OK).map(|r| r.node.as_str()).collect();
+    let applied: BTreeSet<&str> = written.replicas.iter().filter(|r| r.status == OK).map(|r| r.node.as_str()).collect();
     assert!(!applied.is_empty(), "the quorum applied it: {:?}", written.replicas);
     mesh.ingest_shard(&shard_name(1), docs_for(1, 3)).await;
     for i in 0..4 {
