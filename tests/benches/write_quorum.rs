@@ -16,7 +16,7 @@ mod common;
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::{Run, Tags, env_count, env_secs, ratio, run_load};
+use common::{Run, Tags, env_count, env_secs, ratio, report_first_failure, run_load};
 use ragmesh_config::WriteQuorum;
 use ragmesh_e2e::{Mesh, shard_name};
 use ragmesh_proto::v1::{self, master_service_client::MasterServiceClient};
@@ -57,8 +57,12 @@ fn writer(
         };
         let applied = applied.clone();
         Box::pin(async move {
-            let Ok(response) = client.ingest_documents(request).await.map(tonic::Response::into_inner) else {
-                return Tags { failed: true, ..Tags::default() };
+            let response = match client.ingest_documents(request).await {
+                Ok(response) => response.into_inner(),
+                Err(status) => {
+                    report_first_failure("write", &status);
+                    return Tags { failed: true, ..Tags::default() };
+                }
             };
             let ok = response.replicas.iter().filter(|r| r.status() == v1::OutcomeStatus::Ok).count();
             applied.fetch_add(ok, std::sync::atomic::Ordering::Relaxed);
@@ -79,7 +83,14 @@ struct Side {
 }
 
 async fn side(name: &'static str, quorum: WriteQuorum, needed: usize) -> Side {
-    let mesh = Mesh::builder().agents(REPLICAS).replicas(REPLICAS).write_quorum(quorum).start().await;
+    let mesh = Mesh::builder()
+        .agents(REPLICAS)
+        .replicas(REPLICAS)
+        .write_quorum(quorum)
+        // One principal writes everything: the default 200/s would measure the rate limit.
+        .rate_limit(1_000_000, 1_000_000)
+        .start()
+        .await;
     for i in 1..=REPLICAS {
         mesh.wait_in_sync(&format!("agent-{i}"), Duration::from_secs(30)).await;
     }

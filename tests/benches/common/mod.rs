@@ -31,7 +31,7 @@ pub struct Tags {
 /// Latencies and counters of one load run.
 #[derive(Debug, Default, Clone)]
 pub struct Run {
-    /// Latency of every operation, sorted.
+    /// Latency of every successful operation, sorted.
     pub latencies: Vec<Duration>,
     /// Wall time of the run.
     pub elapsed: Duration,
@@ -44,7 +44,7 @@ pub struct Run {
 }
 
 impl Run {
-    /// Operations completed.
+    /// Operations that succeeded.
     pub fn count(&self) -> usize {
         self.latencies.len()
     }
@@ -68,7 +68,7 @@ impl Run {
         self.quantile_ms(0.99)
     }
 
-    /// Operations per second.
+    /// Successful operations per second.
     pub fn rate(&self) -> f64 {
         self.count() as f64 / self.elapsed.as_secs_f64()
     }
@@ -103,7 +103,10 @@ where
             while Instant::now() < end {
                 let begun = Instant::now();
                 let tags = op(worker, n).await;
-                run.latencies.push(begun.elapsed());
+                // A failure is counted, not timed: a fast refusal would flatter the percentiles.
+                if !tags.failed {
+                    run.latencies.push(begun.elapsed());
+                }
                 run.failed += usize::from(tags.failed);
                 run.a += usize::from(tags.a);
                 run.b += usize::from(tags.b);
@@ -179,4 +182,12 @@ where
 {
     eprintln!("warming up {what} for {:.0} s at concurrency {concurrency}", duration.as_secs_f64());
     run_load(concurrency, duration, op).await
+}
+
+/// Prints the first failure of a bench (later ones are only counted).
+pub fn report_first_failure(what: &str, error: &dyn std::fmt::Display) {
+    static REPORTED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+    if !REPORTED.swap(true, std::sync::atomic::Ordering::Relaxed) {
+        eprintln!("first failure ({what}): {error}");
+    }
 }
