@@ -766,3 +766,106 @@ impl ClosedPort {
         self.addr
     }
 }
+
+/// A TCP proxy on loopback in front of one agent that delays everything the agent sends back
+/// by an adjustable delay (each chunk is held until `delay` after it was read, order kept), so
+/// every call through it takes `delay` longer, as from a slow or distant replica. Requests go
+/// through undelayed. Give its address to the agent with [`MeshBuilder::advertise`], then the
+/// agent's bound address with [`DelayProxy::set_upstream`]; connections made before that wait.
+/// Dropping the proxy closes its listener and every connection through it.
+#[derive(Debug)]
+pub struct DelayProxy {
+    addr: SocketAddr,
+    upstream: watch::Sender<Option<SocketAddr>>,
+    delay_micros: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    accept: tokio::task::JoinHandle<()>,
+}
+
+impl DelayProxy {
+    /// Binds a loopback port and starts forwarding (with no delay until [`Self::set_delay`]).
+    pub async fn start() -> DelayProxy {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind proxy");
+        let addr = listener.local_addr().expect("proxy addr");
+        let (upstream, upstream_rx) = watch::channel(None);
+        let delay_micros = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let delay = delay_micros.clone();
+        let accept = tokio::spawn(async move {
+            // Connection tasks live in this set: aborting the accept task drops them all.
+            let mut connections = tokio::task::JoinSet::new();
+            loop {
+                tokio::select! {
+                    accepted = listener.accept() => {
+                        let Ok((client, _)) = accepted else { continue };
+                        connections.spawn(proxy_connection(client, upstream_rx.clone(), delay.clone()));
+                    }
+                    Some(_) = connections.join_next(), if !connections.is_empty() => {}
+                }
+            }
+        });
+        DelayProxy { addr, upstream, delay_micros, accept }
+    }
+
+    /// The address to dial (and to advertise).
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Where connections go.
+    pub fn set_upstream(&self, upstream: SocketAddr) {
+        self.upstream.send_replace(Some(upstream));
+    }
+
+    /// Delay added from now on to every chunk the upstream sends.
+    pub fn set_delay(&self, delay: Duration) {
+        let micros = u64::try_from(delay.as_micros()).unwrap_or(u64::MAX);
+        self.delay_micros.store(micros, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+impl Drop for DelayProxy {
+    fn drop(&mut self) {
+        self.accept.abort();
+    }
+}
+
+/// Forwards one connection; ends (closing both sides) when either side closes or fails.
+async fn proxy_connection(
+    client: tokio::net::TcpStream,
+    mut upstream: watch::Receiver<Option<SocketAddr>>,
+    delay_micros: std::sync::Arc<std::sync::atomic::AtomicU64>,
+) {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let Ok(target) = upstream.wait_for(Option::is_some).await.map(|addr| *addr) else { return };
+    let Some(target) = target else { return };
+    let Ok(server) = tokio::net::TcpStream::connect(target).await else { return };
+    let _ = (client.set_nodelay(true), server.set_nodelay(true));
+    let (mut client_read, mut client_write) = client.into_split();
+    let (mut server_read, mut server_write) = server.into_split();
+    let requests = tokio::io::copy(&mut client_read, &mut server_write);
+    let (chunks_tx, mut chunks_rx) = mpsc::unbounded_channel::<(tokio::time::Instant, Vec<u8>)>();
+    let read_replies = async move {
+        let mut buffer = vec![0u8; 64 * 1024];
+        while let Ok(n) = server_read.read(&mut buffer).await {
+            if n == 0 {
+                break;
+            }
+            let delay = Duration::from_micros(delay_micros.load(std::sync::atomic::Ordering::Relaxed));
+            if chunks_tx.send((tokio::time::Instant::now() + delay, buffer[..n].to_vec())).is_err() {
+                break;
+            }
+        }
+    };
+    let write_replies = async move {
+        while let Some((due, chunk)) = chunks_rx.recv().await {
+            tokio::time::sleep_until(due).await;
+            if client_write.write_all(&chunk).await.is_err() {
+                return;
+            }
+        }
+        let _ = client_write.shutdown().await;
+    };
+    tokio::select! {
+        _ = requests => {}
+        _ = async { tokio::join!(read_replies, write_replies) } => {}
+    }
+}

@@ -1,0 +1,295 @@
+//! Cost per call of the master's node client against the per-node stack it replaced, both
+//! calling the same real agent service (ragmesh-agent's `AgentApi` over a real tantivy index,
+//! served by tonic over plaintext loopback TCP on its own runtime and threads), with the same
+//! request and the same signed context:
+//! * old: `AgentServiceClient<ConcurrencyLimit<Timeout<Channel>>>` calling `node_search`;
+//! * new: `ragmesh_stack::node_client::build(..)` with `Target::Group` (hedge, retry, buffer,
+//!   p2c, breaker, load, limit, endpoint) and with `Target::Node` (per-node stack only).
+//!
+//! At concurrency 1 and 16 it prints latency per call, calls/s, CPU per call of the client's
+//! threads (the stacks themselves: /proc/self/task/*/stat of the `bench-client` runtime) and of
+//! the whole process (client + agent), and the ratio new/old (goal <= 1.05x). Rounds interleave
+//! the stacks so that a noisy neighbour hits all of them alike. Timings are never asserted.
+//!
+//! `cargo bench -p ragmesh-e2e --bench node_stack` (add `--profile dev` for a quick build).
+//! DURATION (seconds per stack, concurrency and round, default 3), ROUNDS (default 3).
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::{Run, Tags, clock_ticks, env_count, env_secs, process_ticks, ratio, run_load, thread_ticks};
+use ragmesh_agent::service::{AgentApi, AgentState, CONTEXT_METADATA};
+use ragmesh_auth::{Capability, KeyRing, KeyRingConfig, Principal, unix_now};
+use ragmesh_e2e::docs_for;
+use ragmesh_proto::v1::{self, agent_service_client::AgentServiceClient, agent_service_server::AgentService};
+use ragmesh_stack::discover::{Directory, DirectoryNode};
+use ragmesh_stack::node_call::{NodeCall, NodeClient, NodeRequest, Target};
+use ragmesh_stack::node_client::{ClientConfig, build};
+use ragmesh_stack::node_health::{HealthBook, HealthConfig};
+use tokio::sync::watch;
+use tonic::metadata::AsciiMetadataValue;
+use tonic::transport::{Channel, Endpoint};
+use tower::ServiceBuilder;
+use tower::ServiceExt as _;
+use tower::limit::ConcurrencyLimit;
+use tower::timeout::Timeout;
+
+const CLIENT_THREADS: &str = "bench-client";
+/// The old stack's limit and ceiling (MAX_IN_FLIGHT_PER_NODE and the search deadline).
+const MAX_IN_FLIGHT: usize = 256;
+const CEILING: Duration = Duration::from_secs(10);
+const DEADLINE: Duration = Duration::from_secs(10);
+
+/// The old per-node client.
+type OldClient = AgentServiceClient<ConcurrencyLimit<Timeout<Channel>>>;
+
+/// A channel configured as the master's (lazy, nodelay, keep-alive), plaintext.
+fn channel(address: &str) -> Channel {
+    Endpoint::from_shared(format!("http://{address}"))
+        .expect("loopback address")
+        .connect_timeout(Duration::from_secs(2))
+        .tcp_nodelay(true)
+        .http2_keep_alive_interval(Duration::from_secs(10))
+        .keep_alive_timeout(Duration::from_secs(5))
+        .keep_alive_while_idle(true)
+        .connect_lazy()
+}
+
+/// The agent: a real `AgentApi` over a fresh index holding 200 documents, served on its own
+/// runtime (threads named `bench-agent`). Returns its address and the signed context to call
+/// it with.
+fn start_agent(dir: &std::path::Path) -> (String, AsciiMetadataValue) {
+    let now = unix_now();
+    let ring = KeyRing::generate(KeyRingConfig::new("ragmesh-master", "ragmesh"), now).expect("key ring");
+    let keys: Vec<v1::VerificationKey> = ring
+        .public_keys(now)
+        .iter()
+        .map(|key| v1::VerificationKey {
+            kid: key.kid().to_owned(),
+            algorithm: key.alg().to_owned(),
+            public_key: key.raw().to_vec(),
+            verify_until: key.verify_until().unwrap_or(0),
+        })
+        .collect();
+    let principal = Principal {
+        subject: "bench".into(),
+        tenant: "default".into(),
+        capabilities: [Capability::Search, Capability::Ingest, Capability::Admin].into(),
+        token_id: "bench".into(),
+        expires_at: now + 3600,
+        issued_at: now,
+    };
+    let context = ring.sign_context(&principal, Duration::from_secs(3600), now).expect("sign context").into_string();
+    let context: AsciiMetadataValue = context.parse().expect("a token is ASCII");
+
+    let state = AgentState::new("agent".into(), "g".into(), 64);
+    state.set_keys(&keys).expect("keys");
+    let index = ragmesh_index::DocumentIndex::open(dir).expect("open index");
+    let _ = state.index.set(Arc::new(index));
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+    let context_for_ingest = context.clone();
+    std::thread::Builder::new()
+        .name("bench-agent".into())
+        .spawn(move || {
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(1)
+                .thread_name("bench-agent")
+                .enable_all()
+                .build()
+                .expect("agent runtime");
+            runtime.block_on(async move {
+                let api = AgentApi(state);
+                let mut request = tonic::Request::new(v1::UpsertDocumentsRequest {
+                    documents: docs_for(0, 200),
+                    position: Some(v1::LogPosition { shard: "g".into(), seq: 1 }),
+                });
+                request.metadata_mut().insert(CONTEXT_METADATA, context_for_ingest);
+                api.upsert_documents(request).await.expect("ingest");
+                let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind agent");
+                let addr = listener.local_addr().expect("agent addr");
+                ready_tx.send(addr).expect("bench waits");
+                // As the agent's own server does: no Nagle delay on answers.
+                let incoming =
+                    tokio_stream::StreamExt::map(tokio_stream::wrappers::TcpListenerStream::new(listener), |stream| {
+                        let stream = stream?;
+                        stream.set_nodelay(true)?;
+                        Ok::<_, std::io::Error>(stream)
+                    });
+                // Serves until the process exits.
+                let _ = tonic::transport::Server::builder()
+                    .add_service(v1::agent_service_server::AgentServiceServer::new(api))
+                    .serve_with_incoming(incoming)
+                    .await;
+            });
+        })
+        .expect("agent thread");
+    let addr = ready_rx.recv_timeout(Duration::from_secs(30)).expect("agent starts");
+    (addr.to_string(), context)
+}
+
+fn search_request() -> v1::NodeSearchRequest {
+    v1::NodeSearchRequest { query: "mesh alpha".into(), limit: 10, ..Default::default() }
+}
+
+type Op = Arc<dyn Fn(usize, usize) -> Pin<Box<dyn Future<Output = Tags> + Send>> + Send + Sync>;
+
+fn old_op(client: OldClient, context: AsciiMetadataValue) -> Op {
+    let template = search_request();
+    Arc::new(move |_, _| {
+        let mut client = client.clone();
+        let mut request = tonic::Request::new(template.clone());
+        request.set_timeout(DEADLINE);
+        request.metadata_mut().insert(CONTEXT_METADATA, context.clone());
+        Box::pin(async move {
+            let deadline = tokio::time::Instant::now() + DEADLINE;
+            let result = tokio::time::timeout_at(deadline, client.node_search(request)).await;
+            let failed = !matches!(result, Ok(Ok(ref r)) if !r.get_ref().hits.is_empty());
+            Tags { failed, ..Tags::default() }
+        })
+    })
+}
+
+fn new_op(client: NodeClient, target: Target, context: AsciiMetadataValue) -> Op {
+    let template = search_request();
+    Arc::new(move |_, _| {
+        let client = client.clone();
+        let request = NodeRequest::Search(template.clone());
+        let call = NodeCall::new(target.clone(), request, tokio::time::Instant::now() + DEADLINE)
+            .with_context(context.clone());
+        Box::pin(async move {
+            let result = client.oneshot(call).await;
+            let failed = !matches!(result, Ok(ref answer) if matches!(&answer.reply,
+                ragmesh_stack::node_call::NodeReply::Search(r) if !r.hits.is_empty()));
+            Tags { failed, ..Tags::default() }
+        })
+    })
+}
+
+/// A run with the CPU it used.
+#[derive(Default)]
+struct Measured {
+    run: Run,
+    client_ticks: u64,
+    process_ticks: u64,
+}
+
+impl Measured {
+    fn cpu_us_per_call(ticks: u64, calls: usize, hz: f64) -> f64 {
+        ticks as f64 / hz * 1e6 / calls.max(1) as f64
+    }
+}
+
+async fn measure(op: &Op, concurrency: usize, duration: Duration) -> Measured {
+    let op = op.clone();
+    let client_before = thread_ticks(CLIENT_THREADS);
+    let process_before = process_ticks();
+    let run = run_load(concurrency, duration, move |w, n| op(w, n)).await;
+    Measured {
+        run,
+        client_ticks: thread_ticks(CLIENT_THREADS).saturating_sub(client_before),
+        process_ticks: process_ticks().saturating_sub(process_before),
+    }
+}
+
+fn main() {
+    let duration = env_secs("DURATION", 3.0);
+    let rounds = env_count("ROUNDS", 3);
+    let hz = clock_ticks();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (address, context) = start_agent(dir.path());
+
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_name(CLIENT_THREADS)
+        .enable_all()
+        .build()
+        .expect("client runtime");
+    let results = runtime.block_on(async move {
+        // Each stack has its own channel (its own connection), built alike.
+        let old: OldClient = AgentServiceClient::new(
+            ServiceBuilder::new().concurrency_limit(MAX_IN_FLIGHT).timeout(CEILING).service(channel(&address)),
+        );
+        let nodes = BTreeMap::from([(
+            "agent".to_owned(),
+            DirectoryNode { address: address.clone(), group: "g".into(), readable: true },
+        )]);
+        let (_directory_tx, directory) = watch::channel(Arc::new(Directory { nodes, tls_generation: 0 }));
+        let channels = Arc::new(|_: &str, address: &str| Ok::<_, String>(channel(address)));
+        let new =
+            build(directory, channels, HealthBook::new(HealthConfig::default(), None), false, ClientConfig::default());
+        let stacks: Vec<(&str, Op)> = vec![
+            ("old: limit+timeout+channel", old_op(old, context.clone())),
+            ("new: Target::Group", new_op(new.clone(), Target::Group("g".into()), context.clone())),
+            ("new: Target::Node", new_op(new, Target::Node("agent".into()), context.clone())),
+        ];
+        // Warm-up: connections, index caches, the balancer's first endpoint.
+        for (_, op) in &stacks {
+            measure(op, 4, Duration::from_millis(500)).await;
+        }
+        let mut results: Vec<(usize, Vec<Measured>)> = Vec::new();
+        for concurrency in [1, 16] {
+            let mut per_stack: Vec<Measured> = stacks.iter().map(|_| Measured::default()).collect();
+            for round in 0..rounds {
+                eprintln!("concurrency {concurrency}, round {}/{rounds}", round + 1);
+                for (i, (_, op)) in stacks.iter().enumerate() {
+                    let m = measure(op, concurrency, duration).await;
+                    per_stack[i].run.merge(m.run);
+                    per_stack[i].client_ticks += m.client_ticks;
+                    per_stack[i].process_ticks += m.process_ticks;
+                }
+            }
+            results.push((concurrency, per_stack));
+        }
+        let names: Vec<&str> = stacks.iter().map(|(name, _)| *name).collect();
+        (names, results)
+    });
+    runtime.shutdown_timeout(Duration::from_secs(1));
+    let (names, results) = results;
+
+    println!();
+    println!(
+        "node stack cost: {rounds} rounds x {:.0} s per stack and concurrency, one real agent, plaintext loopback ({} build)",
+        duration.as_secs_f64(),
+        if cfg!(debug_assertions) { "debug" } else { "release" }
+    );
+    println!(
+        "{:<28} {:>4} {:>8} {:>9} {:>8} {:>8} {:>13} {:>13} {:>6}",
+        "stack", "conc", "calls", "calls/s", "p50 us", "p99 us", "client cpu us", "total cpu us", "failed"
+    );
+    for (concurrency, per_stack) in &results {
+        for (name, m) in names.iter().zip(per_stack) {
+            println!(
+                "{:<28} {:>4} {:>8} {:>9.0} {:>8.0} {:>8.0} {:>13.1} {:>13.1} {:>6}",
+                name,
+                concurrency,
+                m.run.count(),
+                m.run.rate(),
+                m.run.p50() * 1000.0,
+                m.run.p99() * 1000.0,
+                Measured::cpu_us_per_call(m.client_ticks, m.run.count(), hz),
+                Measured::cpu_us_per_call(m.process_ticks, m.run.count(), hz),
+                m.run.failed
+            );
+        }
+    }
+    println!("ratios new/old (goal <= 1.05x):");
+    for (concurrency, per_stack) in &results {
+        let old = &per_stack[0];
+        for (name, m) in names.iter().zip(per_stack).skip(1) {
+            let cpu = |x: &Measured, ticks: u64| Measured::cpu_us_per_call(ticks, x.run.count(), hz);
+            println!(
+                "conc {concurrency:>2} {name:<20} p50 {}  p99 {}  client cpu/call {}  total cpu/call {}  calls/s {}",
+                ratio(m.run.p50(), old.run.p50()),
+                ratio(m.run.p99(), old.run.p99()),
+                ratio(cpu(m, m.client_ticks), cpu(old, old.client_ticks)),
+                ratio(cpu(m, m.process_ticks), cpu(old, old.process_ticks)),
+                ratio(m.run.rate(), old.run.rate())
+            );
+        }
+    }
+}
