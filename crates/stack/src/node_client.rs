@@ -277,7 +277,8 @@ impl Service<NodeCall> for Router {
 /// replica with the lowest load that this call has not been sent to yet. The balancer cannot
 /// exclude a replica: a hedge sent through it could land on the very replica the first attempt
 /// is stuck on (one that just froze can still look cheaper than its busy sibling), and a retry
-/// on the one that just failed. With every replica tried, the copy goes through the balancer.
+/// on the one that just failed. With every replica tried, a copy goes to the best one that has
+/// not failed (a retry may join a hedge still in flight there), else through the balancer.
 #[derive(Clone)]
 struct Steer {
     group: String,
@@ -287,16 +288,21 @@ struct Steer {
 }
 
 impl Steer {
-    /// The per-node stack of the best replica `call` has not tried, if any.
+    /// The per-node stack of the best replica `call` has not tried, or else of the best one
+    /// that has not failed it, if any.
     fn untried(&self, call: &NodeCall) -> Option<NodeStack> {
         let tried = call.attempts.tried_nodes();
+        let failed = call.attempts.failed_nodes();
         let directory = self.directory.borrow().clone();
-        let (name, node) = directory
-            .readable(&self.group)
-            .filter(|(name, _)| !tried.contains(*name))
-            .map(|(name, node)| (self.stacks.health.node(name).load(), name, node))
-            .min_by(|a, b| a.0.partial_cmp(&b.0).unwrap_or(std::cmp::Ordering::Equal))
-            .map(|(_, name, node)| (name.clone(), node.clone()))?;
+        let best = |excluded: &dyn Fn(&String) -> bool| {
+            directory
+                .readable(&self.group)
+                .filter(|(name, _)| !excluded(name))
+                .map(|(name, node)| (self.stacks.health.node(name).load(), name, node))
+                .min_by(|a, b| a.0.partial_cmp(&b.0).unwrap_or(std::cmp::Ordering::Equal))
+                .map(|(_, name, node)| (name.clone(), node.clone()))
+        };
+        let (name, node) = best(&|name| tried.contains(name)).or_else(|| best(&|name| failed.contains(name)))?;
         self.stacks.get(&name, &node, directory.tls_generation).ok()
     }
 }

@@ -84,12 +84,13 @@ impl RetryPolicy {
         // failed call came back here; it still counts, or the retry to its live sibling would
         // be refused (a killed replica's in-flight reads would fail instead of moving over).
         let failed = call.attempts.failed_nodes();
-        let tried = call.attempts.tried_nodes();
         let (replicas, untried) = {
             let directory = self.directory.borrow();
             let readable: Vec<&String> = directory.readable(group).map(|(name, _)| name).collect();
-            // A replica a hedge of this call is still waiting on is tried too.
-            let untried = readable.iter().filter(|name| !tried.contains(**name)).count();
+            // A replica a hedge of this call is still waiting on counts as untried: tower's
+            // hedge answers with whichever copy ends first, even a failure, so this copy must
+            // be retried (there, if nowhere else) rather than fail while the hedge would answer.
+            let untried = readable.iter().filter(|name| !failed.contains(name)).count();
             let gone = failed.iter().filter(|name| !readable.contains(name)).collect::<std::collections::BTreeSet<_>>();
             (readable.len() + gone.len(), untried)
         };
@@ -213,6 +214,21 @@ mod tests {
             took: Duration::ZERO,
             end: crate::node_call::AttemptEnd::Failed(CallError::Unavailable("connection reset".into())),
         });
+    }
+
+    #[test]
+    fn regression_a_read_whose_hedge_is_in_flight_is_still_retried_when_it_fails() {
+        // Tower's hedge answers with whichever copy ends first, even a failure: the first copy
+        // failing on a killed replica while the hedge waits on the live one must be retried
+        // (next to the hedge) rather than fail the group. Seen in CI: shard-2 answered
+        // `agent-4 FIRST unavailable, agent-3 HEDGE cancelled`.
+        let config = RetryConfig::default();
+        let mut policy = RetryPolicy::new(config.budget(), directory_of(&["n0", "n1"]), &config);
+        let call = read(Duration::from_secs(1));
+        let mut copy = policy.clone_request(&call).expect("a read is cloned");
+        call.attempts.begin("n1");
+        failed_on(&call, "n0");
+        assert!(policy.retry(&mut copy, &mut unavailable()).is_some(), "n1 has not failed this call");
     }
 
     #[test]
