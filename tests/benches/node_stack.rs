@@ -3,8 +3,11 @@
 //! served by tonic over plaintext loopback TCP on its own runtime and threads), with the same
 //! request and the same signed context:
 //! * old: `AgentServiceClient<ConcurrencyLimit<Timeout<Channel>>>` calling `node_search`;
-//! * new: `ragmesh_stack::node_client::build(..)` with `Target::Group` (hedge, retry, buffer,
-//!   p2c, breaker, load, limit, endpoint) and with `Target::Node` (per-node stack only).
+//! * new: `ragmesh_stack::node_client::build(..)` with `Target::Group` and with `Target::Node`.
+//!   The one agent is a group of one, so both take the per-node stack (breaker, load, limit,
+//!   endpoint) behind the router: a group with a single readable replica skips hedge, retry,
+//!   buffer and balancer, which have nothing to choose from. The cost of the full group path
+//!   (several replicas) is not measured here.
 //!
 //! At concurrency 1 and 16 it prints latency per call, calls/s, CPU per call of the client's
 //! threads (the stacks themselves: /proc/self/task/*/stat of the `bench-client` runtime) and of

@@ -71,8 +71,9 @@ impl Default for ClientConfig {
 /// ```
 /// * The router checks the `directory` first: a group without a readable replica fails at
 ///   once with `Unavailable` (tower's balancer would wait for an endpoint until the deadline),
-///   and so does a node that is not in it. Every call is bounded by its deadline here, so
-///   neither a buffer nor a balancer waiting for a replica outlives the caller.
+///   and so does a node that is not in it; a group with one readable replica goes straight to
+///   its per-node stack (nothing to balance, retry or hedge over). Every call is bounded by its
+///   deadline here, so neither a buffer nor a balancer waiting for a replica outlives the caller.
 /// * Hedge is outermost of the group path, so that the hedged copy is itself retried; it needs
 ///   a Clone inner service, which retry over a buffer is. Tower's hedge is not Clone itself, so
 ///   it sits behind a buffer of its own (one hedge and its latency histogram per group).
@@ -241,12 +242,24 @@ impl Service<NodeCall> for Router {
         let directory = self.0.directory.borrow().clone();
         let service = match &call.target {
             Target::Group(group) => {
-                if directory.readable(group).next().is_none() {
-                    let error =
-                        CallError::Unavailable(format!("shard group {group} has no in-sync replica that is up"));
-                    return Box::pin(std::future::ready(Err(error)));
+                let mut readable = directory.readable(group);
+                match (readable.next(), readable.next()) {
+                    (None, _) => {
+                        let error =
+                            CallError::Unavailable(format!("shard group {group} has no in-sync replica that is up"));
+                        return Box::pin(std::future::ready(Err(error)));
+                    }
+                    // One readable replica: nothing to balance, and no other replica to retry
+                    // or hedge on, so the call goes straight to its stack (a group of one, the
+                    // default, pays no balancer, buffer or hedge hop).
+                    (Some((name, node)), None) => self
+                        .0
+                        .stacks
+                        .get(name, node, directory.tls_generation)
+                        .map(BoxCloneSyncService::new)
+                        .map_err(CallError::Unavailable),
+                    (Some(_), Some(_)) => Ok(self.group(group, &directory)),
                 }
-                Ok(self.group(group, &directory))
             }
             Target::Node(node) => match directory.nodes.get(node) {
                 None => Err(CallError::Unavailable(format!("node {node} is not up"))),
