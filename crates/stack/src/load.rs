@@ -2,11 +2,12 @@
 //! calls in flight and their round-trip times into the node's [`NodeHealth`] (outside the
 //! stack, see [`crate::node_health`]), and implements [`tower::load::Load`] with a metric that
 //! orders replicas for tower's p2c balancer: a replica whose breaker refuses calls or that failed
-//! recently ranks after every healthy one, then replicas compare by peak-EWMA RTT × (in flight + 1)
-//! (the cost of tower's `PeakEwma`), where the age of the oldest call still in flight bounds the
-//! RTT from below (a frozen replica's estimate would otherwise only rise once its calls end, so a
-//! hedge could land on the very replica it is meant to get around). So p2c avoids a replica that just failed or is slow, and
-//! the retry of a failed read lands on another replica.
+//! recently ranks after every healthy one; then replicas compare by peak-EWMA RTT times one plus
+//! a quarter of their calls in flight (tower's `PeakEwma` cost, with calls in flight weighted
+//! by [`PENDING_WEIGHT`]), where the age of the oldest call still in flight bounds the RTT from
+//! below (a frozen replica's estimate would otherwise only rise once its calls end, so a hedge
+//! could land on the very replica it is meant to get around). So p2c avoids a replica that just
+//! failed or is slow, and the retry of a failed read lands on another replica.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -27,13 +28,22 @@ pub struct NodeLoad {
     /// 0: healthy (or its breaker is due for a probe); 1: failed recently; 2: breaker open or
     /// its probe in flight.
     pub tier: u8,
-    /// Peak-EWMA RTT (ns) × (calls in flight + 1).
+    /// Peak-EWMA RTT (ns) × (calls in flight / [`PENDING_WEIGHT`] + 1).
     pub cost: f64,
 }
 
+/// Calls in flight that count as one more RTT of waiting (measured: with a full weight, one
+/// replica 50 ms slower than its sibling made the p99 at 16 reads in flight 2.8x the healthy
+/// p99; with 4, 1.16x; `cargo bench -p ragmesh-e2e --bench replica_tail`). Tower's `PeakEwma` counts each call in
+/// flight as a full RTT (a server that serves one call at a time); an agent serves calls
+/// concurrently and its measured RTT already includes the queueing they cause, so a full weight
+/// counts it twice and sends reads to a slow idle replica as soon as its fast sibling has a few
+/// calls in flight.
+pub const PENDING_WEIGHT: f64 = 4.0;
+
 /// The pure ranking of [`NodeLoad`]: what a node's state means to the balancer.
 pub fn rank(state: BreakerState, now: Duration, recently_failed: bool, rtt_nanos: f64, pending: u32) -> NodeLoad {
-    let cost = rtt_nanos * (f64::from(pending) + 1.0);
+    let cost = rtt_nanos * (f64::from(pending) / PENDING_WEIGHT + 1.0);
     match state {
         // A due probe must be sent somewhere, or a breaker in front of a node the balancer
         // always avoids would never close again: rank it first, its one probe is a real call
@@ -165,7 +175,8 @@ mod tests {
         assert!(busy.cost > idle.cost, "a call in flight raises the cost: {idle:?} -> {busy:?}");
         tokio::time::advance(Duration::from_secs(1)).await;
         let stuck = slow.load();
-        assert!(stuck.cost >= 2.0 * 1e9, "a call in flight for 1 s counts as a 1 s RTT, twice: {stuck:?}");
+        let weighted = 1e9 * (1.0 / PENDING_WEIGHT + 1.0);
+        assert!(stuck.cost >= weighted, "a call in flight for 1 s counts as a 1 s RTT, with its own weight: {stuck:?}");
         pending.await.expect("answers");
         assert_eq!(book.snapshot("slow").map(|s| s.pending), Some(0));
         assert!(book.snapshot("slow").expect("known").rtt >= Duration::from_millis(1900), "2 s peak taken");
