@@ -69,16 +69,7 @@ fn channel(address: &str) -> Channel {
 fn start_agent(dir: &std::path::Path) -> (String, AsciiMetadataValue) {
     let now = unix_now();
     let ring = KeyRing::generate(KeyRingConfig::new("ragmesh-master", "ragmesh"), now).expect("key ring");
-    let keys: Vec<v1::VerificationKey> = ring
-        .public_keys(now)
-        .iter()
-        .map(|key| v1::VerificationKey {
-            kid: key.kid().to_owned(),
-            algorithm: key.alg().to_owned(),
-            public_key: key.raw().to_vec(),
-            verify_until: key.verify_until().unwrap_or(0),
-        })
-        .collect();
+    let keys: Vec<v1::VerificationKey> = ring.public_keys(now).iter().map(ragmesh_auth::PublicKey::to_wire).collect();
     let principal = Principal {
         subject: "bench".into(),
         tenant: "default".into(),

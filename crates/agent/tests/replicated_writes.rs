@@ -93,16 +93,7 @@ impl Drop for Master {
 impl Master {
     async fn start() -> Master {
         let ring = KeyRing::generate(KeyRingConfig::new(MASTER_ISSUER, "ragmesh"), unix_now()).expect("key ring");
-        let keys = ring
-            .public_keys(unix_now())
-            .iter()
-            .map(|key| v1::VerificationKey {
-                kid: key.kid().to_owned(),
-                algorithm: key.alg().to_owned(),
-                public_key: key.raw().to_vec(),
-                verify_until: key.verify_until().unwrap_or(0),
-            })
-            .collect();
+        let keys = ring.public_keys(unix_now()).iter().map(ragmesh_auth::PublicKey::to_wire).collect();
         let (registrations_tx, registrations) = mpsc::unbounded_channel();
         let (heartbeats_tx, heartbeats) = mpsc::unbounded_channel();
         let service = StandInMaster { keys, registrations: registrations_tx, heartbeats: heartbeats_tx };

@@ -115,6 +115,16 @@ pub struct PublicKey {
 }
 
 impl PublicKey {
+    /// The key as the master sends it to agents (the inverse of [`PublicKey::new`]).
+    pub fn to_wire(&self) -> ragmesh_proto::v1::VerificationKey {
+        ragmesh_proto::v1::VerificationKey {
+            kid: self.kid().to_owned(),
+            algorithm: self.alg().to_owned(),
+            public_key: self.raw().to_vec(),
+            verify_until: self.verify_until().unwrap_or(0),
+        }
+    }
+
     /// Builds a key from its parts as sent over the wire; rejects an `alg` other than EdDSA and a
     /// `kid` that is not the key's thumbprint.
     pub fn new(kid: &str, alg: &str, raw: &[u8], verify_until: Option<u64>) -> Result<Self, AuthError> {

@@ -216,7 +216,7 @@ impl AccessControl {
 
     /// The public keys agents verify context tokens with.
     pub(crate) fn public_keys(&self) -> Vec<v1::VerificationKey> {
-        self.keyring().public_keys(unix_now()).iter().map(verification_key).collect()
+        self.keyring().public_keys(unix_now()).iter().map(PublicKey::to_wire).collect()
     }
 
     /// Key changes, for the health streams.
@@ -340,16 +340,6 @@ fn operator(name: &str) -> Principal {
         // Bounds the context tokens derived from this principal.
         expires_at: unix_now().saturating_add(3600),
         issued_at: unix_now(),
-    }
-}
-
-/// Wire form of a public key.
-pub(crate) fn verification_key(key: &PublicKey) -> v1::VerificationKey {
-    v1::VerificationKey {
-        kid: key.kid().to_owned(),
-        algorithm: key.alg().to_owned(),
-        public_key: key.raw().to_vec(),
-        verify_until: key.verify_until().unwrap_or(0),
     }
 }
 

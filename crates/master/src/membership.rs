@@ -46,7 +46,7 @@ pub(crate) fn outbound(
 }
 
 fn keys_message(keys: &[ragmesh_auth::PublicKey]) -> v1::HealthStreamResponse {
-    let keys = keys.iter().map(crate::access::verification_key).collect();
+    let keys = keys.iter().map(ragmesh_auth::PublicKey::to_wire).collect();
     v1::HealthStreamResponse { body: Some(v1::health_stream_response::Body::Keys(v1::VerificationKeys { keys })) }
 }
 
