@@ -14,6 +14,7 @@
 //! - [`node_health`]: per-node breaker, failures and RTT estimate, kept outside the stacks.
 //! - [`overload`]: a bound on the requests one service serves at once, shedding the rest with
 //!   RESOURCE_EXHAUSTED (tower's `LoadShed` over `ConcurrencyLimit`).
+//! - [`shared`]: a service shared by many callers without a worker task (in place of `Buffer`).
 //! - [`retry`]: which failed reads are retried on another replica, under a budget.
 //! - [`rate_limit`]: per-principal GCRA rate limiting answering RESOURCE_EXHAUSTED with the wait.
 //! - [`wire_errors`]: tonic's answers to undecodable or oversized requests in gRPC terms
@@ -31,4 +32,5 @@ pub mod node_health;
 pub mod overload;
 pub mod rate_limit;
 pub mod retry;
+pub mod shared;
 pub mod wire_errors;

@@ -4,14 +4,13 @@
 use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::task::{Context, Poll};
 
 use tokio::sync::watch;
 use tokio::time::Instant;
 use tonic::transport::Channel;
 use tower::balance::p2c::Balance;
-use tower::buffer::Buffer;
 use tower::hedge::Hedge;
 use tower::limit::ConcurrencyLimit;
 use tower::retry::Retry;
@@ -28,6 +27,7 @@ use crate::node_call::AttemptKind;
 use crate::node_call::{CallError, NodeAnswer, NodeCall, NodeClient, Target};
 use crate::node_health::HealthBook;
 use crate::retry::{RetryConfig, RetryPolicy};
+use crate::shared::Shared;
 
 /// Dials node `name` at `address` (the master's: mTLS, certificate must name the node). The
 /// channel should connect lazily: it is built when a node joins a balancer, not when called.
@@ -45,18 +45,11 @@ pub struct ClientConfig {
     pub hedge: HedgeConfig,
     /// Most calls in flight to one node.
     pub max_in_flight_per_node: usize,
-    /// Calls a group's buffers hold while its balancer picks a replica.
-    pub buffer: usize,
 }
 
 impl Default for ClientConfig {
     fn default() -> Self {
-        ClientConfig {
-            retry: RetryConfig::default(),
-            hedge: HedgeConfig::default(),
-            max_in_flight_per_node: 256,
-            buffer: 1024,
-        }
+        ClientConfig { retry: RetryConfig::default(), hedge: HedgeConfig::default(), max_in_flight_per_node: 256 }
     }
 }
 
@@ -64,7 +57,7 @@ impl Default for ClientConfig {
 ///
 /// ```text
 /// NodeClient ─► router by Target
-///    Target::Group(g) ─► [hedge] ─► [retry (budget)] ─► Buffer ─► p2c Balance over g's readable
+///    Target::Group(g) ─► [hedge] ─► [retry (budget)] ─► steer ─► p2c Balance over g's readable
 ///                         replicas (Discover fed by the directory watch) ─► per-node stack
 ///    Target::Node(n)  ─► per-node stack (no retry, no hedge: writes and explicit node picks)
 /// per-node stack = [breaker] ─► [peak-EWMA load] ─► [concurrency limit] ─► NodeEndpoint ─► Channel
@@ -73,13 +66,14 @@ impl Default for ClientConfig {
 ///   once with `Unavailable` (tower's balancer would wait for an endpoint until the deadline),
 ///   and so does a node that is not in it; a group with one readable replica goes straight to
 ///   its per-node stack (nothing to balance, retry or hedge over). Every call is bounded by its
-///   deadline here, so neither a buffer nor a balancer waiting for a replica outlives the caller.
+///   deadline here, so no balancer waiting for a replica outlives the caller.
 /// * Hedge is outermost of the group path, so that the hedged copy is itself retried; it needs
-///   a Clone inner service, which retry over a buffer is. Tower's hedge is not Clone itself, so
-///   it sits behind a buffer of its own (one hedge and its latency histogram per group).
+///   a Clone inner service, which retry over the shared balancer is. Tower's hedge is not Clone
+///   itself, so it is [`Shared`] too (one hedge and its latency histogram per group).
 /// * Retry sits above the balancer, so that a retried read is balanced again and lands on
-///   another replica (the failed one ranks last, see [`crate::load`]); the buffer makes the
-///   balancer Clone for retry and hedge. One retry budget and one hedge budget serve all groups.
+///   another replica (the failed one ranks last, see [`crate::load`]); [`Shared`] makes the
+///   balancer Clone for retry and hedge without a worker task (tower's `Buffer` costs two task
+///   hand-offs per call; see [`crate::shared`]). One retry budget and one hedge budget serve all groups.
 /// * The balancer gets replicas from a `Discover` stream per group, fed by the `directory`
 ///   watch: joins, deaths and sync changes reach it without a rebuild; a changed address or TLS
 ///   generation swaps the replica's per-node stack.
@@ -91,10 +85,12 @@ impl Default for ClientConfig {
 /// * Breaker, failure count and RTT estimate live in `health` (outside the stacks), so a
 ///   rebuilt stack keeps them; per-node stacks are built once per (address, TLS generation)
 ///   and shared by the group path and the node path, so both count against one limit.
+/// * When the directory changes, a task drops the stacks of nodes that left it (down, evicted)
+///   and the services of groups that left it, with their channels (whose keep-alive pings
+///   would otherwise go on for ever); it ends when the client or the directory's sender is gone.
 /// * `channels` builds each node's channel (the master's: mTLS with a node-name check); `tls`
 ///   only sharpens the explanation of transport failures.
 ///
-/// Must be called within a tokio runtime only when calls are made (buffers are spawned then).
 pub fn build(
     directory: watch::Receiver<Arc<Directory>>,
     channels: ChannelFactory,
@@ -103,16 +99,31 @@ pub fn build(
     config: ClientConfig,
 ) -> NodeClient {
     let stacks =
-        Arc::new(NodeStacks { channels, health, tls, limit: config.max_in_flight_per_node, stacks: Mutex::default() });
-    let router = Router(Arc::new(RouterShared {
+        Arc::new(NodeStacks { channels, health, tls, limit: config.max_in_flight_per_node, cache: Mutex::default() });
+    let shared = Arc::new(RouterShared {
         retry_budget: config.retry.budget(),
         hedge_budget: config.hedge.budget(),
-        directory,
+        directory: directory.clone(),
         stacks,
         config,
         groups: Mutex::default(),
-    }));
-    BoxCloneSyncService::new(router)
+    });
+    tokio::spawn(prune_on_change(Arc::downgrade(&shared), directory));
+    BoxCloneSyncService::new(Router(shared))
+}
+
+/// Prunes the client's stacks and group services to each new directory (see [`build`]).
+async fn prune_on_change(router: Weak<RouterShared>, mut directory: watch::Receiver<Arc<Directory>>) {
+    loop {
+        let current = directory.borrow_and_update().clone();
+        match router.upgrade() {
+            Some(router) => router.prune(&current),
+            None => return,
+        }
+        if directory.changed().await.is_err() {
+            return;
+        }
+    }
 }
 
 /// Per-node stacks, one per node, rebuilt when its address or the TLS generation changes.
@@ -121,7 +132,15 @@ struct NodeStacks {
     health: HealthBook,
     tls: bool,
     limit: usize,
-    stacks: Mutex<HashMap<String, BuiltStack>>,
+    cache: Mutex<StackCache>,
+}
+
+#[derive(Default)]
+struct StackCache {
+    /// The directory last pruned against: a stack is kept only for a node it holds (a call
+    /// racing a prune with an older directory must not bring a dropped node's stack back).
+    pruned_to: Option<Arc<Directory>>,
+    built: HashMap<String, BuiltStack>,
 }
 
 struct BuiltStack {
@@ -131,14 +150,14 @@ struct BuiltStack {
 }
 
 impl NodeStacks {
-    fn lock(&self) -> MutexGuard<'_, HashMap<String, BuiltStack>> {
-        self.stacks.lock().unwrap_or_else(|p| p.into_inner())
+    fn lock(&self) -> MutexGuard<'_, StackCache> {
+        self.cache.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// The stack of `name` (a clone sharing its connection and concurrency limit).
     fn get(&self, name: &str, node: &DirectoryNode, generation: u64) -> Result<NodeStack, String> {
-        let mut stacks = self.lock();
-        if let Some(built) = stacks.get(name)
+        let mut cache = self.lock();
+        if let Some(built) = cache.built.get(name)
             && built.address == node.address
             && built.generation == generation
         {
@@ -149,13 +168,17 @@ impl NodeStacks {
         let endpoint = ConcurrencyLimit::new(NodeEndpoint::new(name, channel, self.tls), self.limit);
         let measured = MeasuredLayer::new(health.clone()).layer(endpoint);
         let stack = CircuitBreakerLayer::new(health, self.health.config().blame_min_budget).layer(measured);
-        let built = BuiltStack { address: node.address.clone(), generation, stack: stack.clone() };
-        stacks.insert(name.to_owned(), built);
+        if cache.pruned_to.as_ref().is_none_or(|directory| directory.nodes.contains_key(name)) {
+            let built = BuiltStack { address: node.address.clone(), generation, stack: stack.clone() };
+            cache.built.insert(name.to_owned(), built);
+        }
         Ok(stack)
     }
 
-    fn retain(&self, directory: &Directory) {
-        self.lock().retain(|name, _| directory.nodes.contains_key(name));
+    fn prune(&self, directory: &Arc<Directory>) {
+        let mut cache = self.lock();
+        cache.built.retain(|name, _| directory.nodes.contains_key(name));
+        cache.pruned_to = Some(directory.clone());
     }
 }
 
@@ -170,9 +193,20 @@ struct RouterShared {
 
 #[derive(Default)]
 struct Groups {
-    /// The directory the group services were last pruned against.
-    seen: Option<Arc<Directory>>,
+    /// The directory the group services were last pruned against (as in [`StackCache`]).
+    pruned_to: Option<Arc<Directory>>,
     services: HashMap<String, NodeClient>,
+}
+
+impl RouterShared {
+    /// Drops the group services and per-node stacks that `directory` no longer has.
+    fn prune(&self, directory: &Arc<Directory>) {
+        let mut groups = self.groups.lock().unwrap_or_else(|p| p.into_inner());
+        groups.services.retain(|name, _| directory.has_group(name));
+        groups.pruned_to = Some(directory.clone());
+        drop(groups);
+        self.stacks.prune(directory);
+    }
 }
 
 /// Routes a call by its target; see [`build`].
@@ -188,16 +222,17 @@ impl std::fmt::Debug for Router {
 type CallFuture = Pin<Box<dyn Future<Output = Result<NodeAnswer, CallError>> + Send>>;
 
 impl Router {
-    /// The group's service, built on first use; services of groups gone from the directory are
-    /// dropped (with their balancer and buffers), and stacks of nodes gone from it too.
-    fn group(&self, group: &str, directory: &Arc<Directory>) -> NodeClient {
+    /// The group's service, built on first use (kept while the directory has the group).
+    fn group(&self, group: &str) -> NodeClient {
         let mut groups = self.0.groups.lock().unwrap_or_else(|p| p.into_inner());
-        if !groups.seen.as_ref().is_some_and(|seen| Arc::ptr_eq(seen, directory)) {
-            groups.services.retain(|name, _| directory.has_group(name));
-            self.0.stacks.retain(directory);
-            groups.seen = Some(directory.clone());
+        if let Some(service) = groups.services.get(group) {
+            return service.clone();
         }
-        groups.services.entry(group.to_owned()).or_insert_with(|| self.build_group(group)).clone()
+        let service = self.build_group(group);
+        if groups.pruned_to.as_ref().is_none_or(|directory| directory.has_group(group)) {
+            groups.services.insert(group.to_owned(), service.clone());
+        }
+        service
     }
 
     fn build_group(&self, group: &str) -> NodeClient {
@@ -205,8 +240,7 @@ impl Router {
         let stacks = shared.stacks.clone();
         let make: MakeStack<NodeStack> = Box::new(move |name, node, generation| stacks.get(name, node, generation));
         let discover = GroupDiscover::new(group, shared.directory.clone(), make);
-        let balanced = Buffer::new(Balance::new(discover), shared.config.buffer)
-            .map_err(to_call_error as fn(BoxError) -> CallError);
+        let balanced = Shared::new(Balance::new(discover)).map_err(to_call_error as fn(BoxError) -> CallError);
         let steered = Steer {
             group: group.to_owned(),
             balanced: BoxCloneSyncService::new(balanced),
@@ -223,7 +257,7 @@ impl Router {
             hedge.percentile,
             hedge.period,
         );
-        let service = Buffer::new(hedged, shared.config.buffer).map_err(to_call_error as fn(BoxError) -> CallError);
+        let service = Shared::new(hedged).map_err(to_call_error as fn(BoxError) -> CallError);
         BoxCloneSyncService::new(service)
     }
 }
@@ -251,14 +285,14 @@ impl Service<NodeCall> for Router {
                     }
                     // One readable replica: nothing to balance, and no other replica to retry
                     // or hedge on, so the call goes straight to its stack (a group of one, the
-                    // default, pays no balancer, buffer or hedge hop).
+                    // default, pays no balancer, retry or hedge hop).
                     (Some((name, node)), None) => self
                         .0
                         .stacks
                         .get(name, node, directory.tls_generation)
                         .map(BoxCloneSyncService::new)
                         .map_err(CallError::Unavailable),
-                    (Some(_), Some(_)) => Ok(self.group(group, &directory)),
+                    (Some(_), Some(_)) => Ok(self.group(group)),
                 }
             }
             Target::Node(node) => match directory.nodes.get(node) {
@@ -342,8 +376,8 @@ impl Service<NodeCall> for Steer {
     }
 }
 
-/// The call's own error back from tower's boxed errors (buffers, balancer, hedge box them);
-/// anything else (a buffer whose worker is gone) means the replica set cannot be reached.
+/// The call's own error back from tower's boxed errors (balancer and hedge box them); anything
+/// else (the balancer's discovery failing) means the replica set cannot be reached.
 fn to_call_error(error: BoxError) -> CallError {
     let mut source: Option<&(dyn std::error::Error + 'static)> = Some(error.as_ref());
     while let Some(current) = source {

@@ -1,7 +1,8 @@
 //! The node client against small real AgentService servers on loopback (plaintext tonic over
 //! TCP, real channels), whose answers the tests control: a replica that refuses is retried
 //! around, a frozen one is hedged around, a failing node's breaker opens and the node then
-//! receives no calls, and a group without a readable replica fails at once.
+//! receives no calls, a group without a readable replica fails at once, and the connections of
+//! nodes that leave the directory are closed.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -17,10 +18,16 @@ use ragmesh_stack::hedge::HedgeConfig;
 use ragmesh_stack::node_call::{AttemptEnd, AttemptKind, CallError, NodeCall, NodeClient, NodeRequest, Target};
 use ragmesh_stack::node_client::{ClientConfig, build};
 use ragmesh_stack::node_health::{HealthBook, HealthConfig};
-use tokio::net::TcpListener;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{oneshot, watch};
 use tokio::time::Instant;
+use tokio_stream::StreamExt as _;
 use tokio_stream::wrappers::TcpListenerStream;
+use tonic::transport::server::Connected;
 use tonic::transport::{Channel, Endpoint, Server};
 use tonic::{Request, Response, Status};
 use tower::ServiceExt as _;
@@ -74,7 +81,54 @@ impl AgentService for FakeAgent {
 struct Agent {
     addr: SocketAddr,
     behaviour: Arc<Behaviour>,
+    /// Connections the agent has open now.
+    connections: Arc<AtomicUsize>,
     _stop: oneshot::Sender<()>,
+}
+
+/// An accepted connection, counted in its agent's `connections` while the server holds it.
+struct Counted {
+    stream: TcpStream,
+    open: Arc<AtomicUsize>,
+}
+
+impl Counted {
+    fn new(stream: TcpStream, open: Arc<AtomicUsize>) -> Self {
+        open.fetch_add(1, Ordering::SeqCst);
+        Counted { stream, open }
+    }
+}
+
+impl Drop for Counted {
+    fn drop(&mut self) {
+        self.open.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+impl Connected for Counted {
+    type ConnectInfo = ();
+
+    fn connect_info(&self) {}
+}
+
+impl AsyncRead for Counted {
+    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.stream).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for Counted {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.stream).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.stream).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.stream).poll_shutdown(cx)
+    }
 }
 
 impl Agent {
@@ -82,12 +136,20 @@ impl Agent {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("addr");
         let behaviour = Arc::new(Behaviour { mode: AtomicU8::new(mode), searches: AtomicUsize::new(0) });
+        let connections = Arc::new(AtomicUsize::new(0));
+        let open = connections.clone();
+        let incoming =
+            TcpListenerStream::new(listener).map(move |stream| stream.map(|s| Counted::new(s, open.clone())));
         let (stop, stopped) = oneshot::channel::<()>();
         let server = Server::builder().add_service(AgentServiceServer::new(FakeAgent(behaviour.clone())));
-        tokio::spawn(server.serve_with_incoming_shutdown(TcpListenerStream::new(listener), async {
+        tokio::spawn(server.serve_with_incoming_shutdown(incoming, async {
             let _ = stopped.await;
         }));
-        Agent { addr, behaviour, _stop: stop }
+        Agent { addr, behaviour, connections, _stop: stop }
+    }
+
+    fn connections(&self) -> usize {
+        self.connections.load(Ordering::SeqCst)
     }
 
     fn searches(&self) -> usize {
@@ -271,4 +333,55 @@ async fn a_group_without_a_readable_replica_fails_at_once() {
     let answer = client.clone().oneshot(search("g", Duration::from_secs(5))).await.expect("readable now");
     assert_eq!(answer.node, "c");
     assert_eq!(catching_up.searches(), 1);
+}
+
+#[tokio::test]
+async fn regression_connections_of_nodes_that_left_the_directory_are_closed() {
+    // A group of one, a node called by name, and a group of two: each path of the client
+    // (straight to a stack, or through the balancer) holds a connection to its nodes.
+    let solo = Agent::start(OK).await;
+    let named = Agent::start(OK).await;
+    let pair = [Agent::start(OK).await, Agent::start(OK).await];
+    let stays = Agent::start(OK).await;
+    let (tx, client) = client(
+        directory(&[
+            ("solo", &solo, "solo", true),
+            ("named", &named, "named", true),
+            ("pair-1", &pair[0], "pair", true),
+            ("pair-2", &pair[1], "pair", true),
+            ("stays", &stays, "stays", true),
+        ]),
+        HealthConfig::default(),
+        ClientConfig::default(),
+    );
+    for group in ["solo", "pair", "stays"] {
+        client.clone().oneshot(search(group, Duration::from_secs(5))).await.expect("answer");
+    }
+    // Each replica of the pair is called by name too, so that both have a connection (the
+    // balancer holds their stacks as well, sharing it).
+    for node in ["named", "pair-1", "pair-2"] {
+        let by_name = NodeCall::new(
+            Target::Node(node.into()),
+            NodeRequest::Search(v1::NodeSearchRequest::default()),
+            Instant::now() + Duration::from_secs(5),
+        );
+        client.clone().oneshot(by_name).await.expect("answer");
+    }
+    let leaving = [&solo, &named, &pair[0], &pair[1]];
+    for agent in leaving.iter().chain([&&stays]) {
+        assert_eq!(agent.connections(), 1, "one connection per node while it is in the directory");
+    }
+
+    // They go down (or are evicted): the directory drops them, with no call made afterwards.
+    tx.send(directory(&[("stays", &stays, "stays", true)])).expect("directory");
+    let closed = tokio::time::timeout(Duration::from_secs(10), async {
+        while leaving.iter().any(|agent| agent.connections() > 0) {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    let open: Vec<usize> = leaving.iter().map(|agent| agent.connections()).collect();
+    assert!(closed.is_ok(), "connections still open to nodes that left the directory: {open:?}");
+    assert_eq!(stays.connections(), 1, "the node that stays keeps its connection");
+    client.clone().oneshot(search("stays", Duration::from_secs(5))).await.expect("still answers");
 }
