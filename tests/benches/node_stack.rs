@@ -3,11 +3,12 @@
 //! served by tonic over plaintext loopback TCP on its own runtime and threads), with the same
 //! request and the same signed context:
 //! * old: `AgentServiceClient<ConcurrencyLimit<Timeout<Channel>>>` calling `node_search`;
-//! * new: `ragmesh_stack::node_client::build(..)` with `Target::Group` and with `Target::Node`.
-//!   The one agent is a group of one, so both take the per-node stack (breaker, load, limit,
-//!   endpoint) behind the router: a group with a single readable replica skips hedge, retry,
-//!   buffer and balancer, which have nothing to choose from. The cost of the full group path
-//!   (several replicas) is not measured here.
+//! * new: `ragmesh_stack::node_client::build(..)` with `Target::Group` and with `Target::Node`
+//!   for that agent: a group of one, so both take the per-node stack (breaker, load, limit,
+//!   endpoint) behind the router (a group with a single readable replica skips hedge, retry,
+//!   steering and balancer, which have nothing to choose from);
+//! * new, with `Target::Group` of two replicas (the agent and an identical sibling, a second
+//!   agent on the same runtime): the full group path, hedge, retry, steer, p2c balancer.
 //!
 //! At concurrency 1 and 16 it prints latency per call, calls/s, CPU per call of the client's
 //! threads (the stacks themselves: /proc/self/task/*/stat of the `bench-client` runtime) and of
@@ -63,10 +64,8 @@ fn channel(address: &str) -> Channel {
         .connect_lazy()
 }
 
-/// The agent: a real `AgentApi` over a fresh index holding 200 documents, served on its own
-/// runtime (threads named `bench-agent`). Returns its address and the signed context to call
-/// it with.
-fn start_agent(dir: &std::path::Path) -> (String, AsciiMetadataValue) {
+/// The master's verification keys and a signed context for the bench's caller.
+fn signed_context() -> (Vec<v1::VerificationKey>, AsciiMetadataValue) {
     let now = unix_now();
     let ring = KeyRing::generate(KeyRingConfig::new("ragmesh-master", "ragmesh"), now).expect("key ring");
     let keys: Vec<v1::VerificationKey> = ring.public_keys(now).iter().map(ragmesh_auth::PublicKey::to_wire).collect();
@@ -79,10 +78,14 @@ fn start_agent(dir: &std::path::Path) -> (String, AsciiMetadataValue) {
         issued_at: now,
     };
     let context = ring.sign_context(&principal, Duration::from_secs(3600), now).expect("sign context").into_string();
-    let context: AsciiMetadataValue = context.parse().expect("a token is ASCII");
+    (keys, context.parse().expect("a token is ASCII"))
+}
 
+/// An agent: a real `AgentApi` over a fresh index holding 200 documents, served on its own
+/// runtime (threads named `bench-agent`), trusting `keys`. Returns its address.
+fn start_agent(dir: &std::path::Path, keys: &[v1::VerificationKey], context: &AsciiMetadataValue) -> String {
     let state = AgentState::new("agent".into(), "g".into(), 64);
-    state.set_keys(&keys).expect("keys");
+    state.set_keys(keys).expect("keys");
     let index = ragmesh_index::DocumentIndex::open(dir).expect("open index");
     let _ = state.index.set(Arc::new(index));
     let (ready_tx, ready_rx) = std::sync::mpsc::channel();
@@ -123,7 +126,7 @@ fn start_agent(dir: &std::path::Path) -> (String, AsciiMetadataValue) {
         })
         .expect("agent thread");
     let addr = ready_rx.recv_timeout(Duration::from_secs(30)).expect("agent starts");
-    (addr.to_string(), context)
+    addr.to_string()
 }
 
 fn search_request() -> v1::NodeSearchRequest {
@@ -194,8 +197,10 @@ fn main() {
     let duration = env_secs("DURATION", 3.0);
     let rounds = env_count("ROUNDS", 3);
     let hz = clock_ticks();
-    let dir = tempfile::tempdir().expect("tempdir");
-    let (address, context) = start_agent(dir.path());
+    let (keys, context) = signed_context();
+    let dirs = [tempfile::tempdir().expect("tempdir"), tempfile::tempdir().expect("tempdir")];
+    let address = start_agent(dirs[0].path(), &keys, &context);
+    let sibling = start_agent(dirs[1].path(), &keys, &context);
 
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -208,10 +213,15 @@ fn main() {
         let old: OldClient = AgentServiceClient::new(
             ServiceBuilder::new().concurrency_limit(MAX_IN_FLIGHT).timeout(CEILING).service(channel(&address)),
         );
-        let nodes = BTreeMap::from([(
-            "agent".to_owned(),
-            DirectoryNode { address: address.clone(), group: "g".into(), readable: true },
-        )]);
+        // Group "g" is the one agent (a group of one); group "pair" is that agent and its
+        // sibling (each through its own connection): the full group path.
+        let node =
+            |address: &str, group: &str| DirectoryNode { address: address.into(), group: group.into(), readable: true };
+        let nodes = BTreeMap::from([
+            ("agent".to_owned(), node(&address, "g")),
+            ("pair-a".to_owned(), node(&address, "pair")),
+            ("pair-b".to_owned(), node(&sibling, "pair")),
+        ]);
         let (_directory_tx, directory) = watch::channel(Arc::new(Directory { nodes, tls_generation: 0 }));
         let channels = Arc::new(|_: &str, address: &str| Ok::<_, String>(channel(address)));
         let new =
@@ -219,7 +229,8 @@ fn main() {
         let stacks: Vec<(&str, Op)> = vec![
             ("old: limit+timeout+channel", old_op(old, context.clone())),
             ("new: Target::Group", new_op(new.clone(), Target::Group("g".into()), context.clone())),
-            ("new: Target::Node", new_op(new, Target::Node("agent".into()), context.clone())),
+            ("new: Target::Node", new_op(new.clone(), Target::Node("agent".into()), context.clone())),
+            ("new: Group of 2 replicas", new_op(new, Target::Group("pair".into()), context.clone())),
         ];
         // Warm-up: connections, index caches, the balancer's first endpoint.
         for (_, op) in &stacks {
