@@ -22,7 +22,7 @@ async fn agent_channel(mesh: &Mesh) -> Channel {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_body_that_is_not_protobuf_is_internal_on_master_and_agent() {
+async fn regression_a_body_that_is_not_protobuf_is_invalid_argument_on_master_and_agent() {
     trace_init();
     let mesh = Mesh::builder().agents(1).start().await;
 

@@ -51,7 +51,9 @@ pub struct MasterArgs {
     /// Lifetime of access tokens issued without an explicit ttl, seconds [default: 900]
     #[arg(long, env = "RAGMESH_ACCESS_TOKEN_TTL_S", value_name = "S")]
     pub access_token_ttl_s: Option<u64>,
-    /// Longest access-token lifetime anyone may ask for, seconds [default: 86400]
+    /// Longest access-token lifetime anyone may ask for, seconds; a subject revocation is kept
+    /// this long plus the token leeway (until every token it refuses has expired), then
+    /// forgotten [default: 86400]
     #[arg(long, env = "RAGMESH_MAX_ACCESS_TOKEN_TTL_S", value_name = "S")]
     pub max_access_token_ttl_s: Option<u64>,
     /// Lifetime of refresh tokens, seconds [default: 604800 (7 days)]
