@@ -11,12 +11,15 @@
 //!   agent on the same runtime): the full group path, hedge, retry, steer, p2c balancer.
 //!
 //! At concurrency 1 and 16 it prints latency per call, calls/s, CPU per call of the client's
-//! threads (the stacks themselves: /proc/self/task/*/stat of the `bench-client` runtime) and of
-//! the whole process (client + agent), and the ratio new/old (goal <= 1.05x). Rounds interleave
+//! threads (the stacks themselves: /proc/self/task/*/schedstat of the `bench-client` runtime,
+//! in nanoseconds) and of the whole process (client + agent), and the ratio new/old (goal
+//! <= 1.05x), also as the median of the per-round ratios (a neighbour's burst hits one round). Rounds interleave
 //! the stacks so that a noisy neighbour hits all of them alike. Timings are never asserted.
 //!
 //! `cargo bench -p ragmesh-e2e --bench node_stack` (add `--profile dev` for a quick build).
-//! DURATION (seconds per stack, concurrency and round, default 3), ROUNDS (default 3).
+//! DURATION (seconds per stack, concurrency and round, default 3), ROUNDS (default 3),
+//! CONCURRENCY (comma-separated levels, default `1,16`) and STACKS (indices of the stacks to run,
+//! e.g. `0,2`; the first one is the baseline of the ratios) narrow a run down for `perf record`.
 
 mod common;
 
@@ -26,7 +29,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::{Run, Tags, clock_ticks, env_count, env_secs, process_ticks, ratio, run_load, thread_ticks};
+use common::{Run, Tags, clock_ticks, env_count, env_secs, median, process_ticks, ratio, run_load, thread_cpu_nanos};
 use ragmesh_agent::service::{AgentApi, AgentState, CONTEXT_METADATA};
 use ragmesh_auth::{Capability, KeyRing, KeyRingConfig, Principal, unix_now};
 use ragmesh_e2e::docs_for;
@@ -171,31 +174,50 @@ fn new_op(client: NodeClient, target: Target, context: AsciiMetadataValue) -> Op
 #[derive(Default)]
 struct Measured {
     run: Run,
-    client_ticks: u64,
+    /// CPU of the client's threads, nanoseconds.
+    client_nanos: u64,
     process_ticks: u64,
+    /// Client CPU per call of each round, microseconds.
+    client_us_per_round: Vec<f64>,
 }
 
 impl Measured {
-    fn cpu_us_per_call(ticks: u64, calls: usize, hz: f64) -> f64 {
-        ticks as f64 / hz * 1e6 / calls.max(1) as f64
+    fn client_us_per_call(&self) -> f64 {
+        self.client_nanos as f64 / 1e3 / self.run.count().max(1) as f64
+    }
+
+    fn process_us_per_call(&self, hz: f64) -> f64 {
+        self.process_ticks as f64 / hz * 1e6 / self.run.count().max(1) as f64
+    }
+
+    fn add(&mut self, round: Measured) {
+        self.client_us_per_round.push(round.client_us_per_call());
+        self.client_nanos += round.client_nanos;
+        self.process_ticks += round.process_ticks;
+        self.run.merge(round.run);
     }
 }
 
 async fn measure(op: &Op, concurrency: usize, duration: Duration) -> Measured {
     let op = op.clone();
-    let client_before = thread_ticks(CLIENT_THREADS);
+    let client_before = thread_cpu_nanos(CLIENT_THREADS);
     let process_before = process_ticks();
     let run = run_load(concurrency, duration, move |w, n| op(w, n)).await;
     Measured {
         run,
-        client_ticks: thread_ticks(CLIENT_THREADS).saturating_sub(client_before),
+        client_nanos: thread_cpu_nanos(CLIENT_THREADS).saturating_sub(client_before),
         process_ticks: process_ticks().saturating_sub(process_before),
+        client_us_per_round: Vec::new(),
     }
 }
 
 fn main() {
     let duration = env_secs("DURATION", 3.0);
     let rounds = env_count("ROUNDS", 3);
+    let levels: Vec<usize> = match std::env::var("CONCURRENCY") {
+        Ok(list) => list.split(',').filter_map(|level| level.trim().parse().ok()).collect(),
+        Err(_) => vec![1, 16],
+    };
     let hz = clock_ticks();
     let (keys, context) = signed_context();
     let dirs = [tempfile::tempdir().expect("tempdir"), tempfile::tempdir().expect("tempdir")];
@@ -232,20 +254,25 @@ fn main() {
             ("new: Target::Node", new_op(new.clone(), Target::Node("agent".into()), context.clone())),
             ("new: Group of 2 replicas", new_op(new, Target::Group("pair".into()), context.clone())),
         ];
+        // STACKS (comma-separated indices into the list above) keeps only those, for profiling.
+        let stacks: Vec<(&str, Op)> = match std::env::var("STACKS") {
+            Ok(list) => {
+                let keep: Vec<usize> = list.split(',').filter_map(|i| i.trim().parse().ok()).collect();
+                stacks.into_iter().enumerate().filter(|(i, _)| keep.contains(i)).map(|(_, stack)| stack).collect()
+            }
+            Err(_) => stacks,
+        };
         // Warm-up: connections, index caches, the balancer's first endpoint.
         for (_, op) in &stacks {
             measure(op, 4, Duration::from_millis(500)).await;
         }
         let mut results: Vec<(usize, Vec<Measured>)> = Vec::new();
-        for concurrency in [1, 16] {
+        for &concurrency in &levels {
             let mut per_stack: Vec<Measured> = stacks.iter().map(|_| Measured::default()).collect();
             for round in 0..rounds {
                 eprintln!("concurrency {concurrency}, round {}/{rounds}", round + 1);
                 for (i, (_, op)) in stacks.iter().enumerate() {
-                    let m = measure(op, concurrency, duration).await;
-                    per_stack[i].run.merge(m.run);
-                    per_stack[i].client_ticks += m.client_ticks;
-                    per_stack[i].process_ticks += m.process_ticks;
+                    per_stack[i].add(measure(op, concurrency, duration).await);
                 }
             }
             results.push((concurrency, per_stack));
@@ -276,23 +303,25 @@ fn main() {
                 m.run.rate(),
                 m.run.p50() * 1000.0,
                 m.run.p99() * 1000.0,
-                Measured::cpu_us_per_call(m.client_ticks, m.run.count(), hz),
-                Measured::cpu_us_per_call(m.process_ticks, m.run.count(), hz),
+                m.client_us_per_call(),
+                m.process_us_per_call(hz),
                 m.run.failed
             );
         }
     }
-    println!("ratios new/old (goal <= 1.05x):");
+    println!("ratios new/old (goal <= 1.05x); client cpu/call: over all rounds, and the median of the rounds' ratios");
     for (concurrency, per_stack) in &results {
         let old = &per_stack[0];
         for (name, m) in names.iter().zip(per_stack).skip(1) {
-            let cpu = |x: &Measured, ticks: u64| Measured::cpu_us_per_call(ticks, x.run.count(), hz);
+            let round_ratios: Vec<f64> =
+                m.client_us_per_round.iter().zip(&old.client_us_per_round).map(|(new, old)| new / old).collect();
             println!(
-                "conc {concurrency:>2} {name:<20} p50 {}  p99 {}  client cpu/call {}  total cpu/call {}  calls/s {}",
+                "conc {concurrency:>2} {name:<26} p50 {}  p99 {}  client cpu/call {} (median of rounds {})  total cpu/call {}  calls/s {}",
                 ratio(m.run.p50(), old.run.p50()),
                 ratio(m.run.p99(), old.run.p99()),
-                ratio(cpu(m, m.client_ticks), cpu(old, old.client_ticks)),
-                ratio(cpu(m, m.process_ticks), cpu(old, old.process_ticks)),
+                ratio(m.client_us_per_call(), old.client_us_per_call()),
+                ratio(median(&round_ratios), 1.0),
+                ratio(m.process_us_per_call(hz), old.process_us_per_call(hz)),
                 ratio(m.run.rate(), old.run.rate())
             );
         }

@@ -274,7 +274,7 @@ impl Service<NodeCall> for Router {
 
     fn call(&mut self, call: NodeCall) -> CallFuture {
         let directory = self.0.directory.borrow().clone();
-        let service = match &call.target {
+        let route = match &call.target {
             Target::Group(group) => {
                 let mut readable = directory.readable(group);
                 match (readable.next(), readable.next()) {
@@ -286,38 +286,51 @@ impl Service<NodeCall> for Router {
                     // One readable replica: nothing to balance, and no other replica to retry
                     // or hedge on, so the call goes straight to its stack (a group of one, the
                     // default, pays no balancer, retry or hedge hop).
-                    (Some((name, node)), None) => self
-                        .0
-                        .stacks
-                        .get(name, node, directory.tls_generation)
-                        .map(BoxCloneSyncService::new)
-                        .map_err(CallError::Unavailable),
-                    (Some(_), Some(_)) => Ok(self.group(group)),
+                    (Some((name, node)), None) => {
+                        self.0.stacks.get(name, node, directory.tls_generation).map(Route::Stack)
+                    }
+                    (Some(_), Some(_)) => Ok(Route::Group(self.group(group))),
                 }
             }
             Target::Node(node) => match directory.nodes.get(node) {
-                None => Err(CallError::Unavailable(format!("node {node} is not up"))),
-                Some(entry) => self
-                    .0
-                    .stacks
-                    .get(node, entry, directory.tls_generation)
-                    .map(BoxCloneSyncService::new)
-                    .map_err(CallError::Unavailable),
+                None => Err(format!("node {node} is not up")),
+                Some(entry) => self.0.stacks.get(node, entry, directory.tls_generation).map(Route::Stack),
             },
-        };
-        let service = match service {
-            Ok(service) => service,
-            Err(error) => return Box::pin(std::future::ready(Err(error))),
         };
         let deadline = call.deadline;
         let budget = call.budget(Instant::now());
-        Box::pin(async move {
-            match tokio::time::timeout_at(deadline, service.oneshot(call)).await {
-                Ok(result) => result,
-                Err(_elapsed) => Err(CallError::Timeout { budget }),
-            }
-        })
+        match route {
+            Err(message) => Box::pin(std::future::ready(Err(CallError::Unavailable(message)))),
+            // The endpoint bounds the call itself by the deadline (so that a timeout is recorded
+            // as the node's); only the wait for the stack (a concurrency slot) is bounded here.
+            Ok(Route::Stack(mut stack)) => Box::pin(async move {
+                match tokio::time::timeout_at(deadline, stack.ready()).await {
+                    Ok(Ok(_)) => stack.call(call).await,
+                    Ok(Err(error)) => Err(error),
+                    Err(_elapsed) => Err(CallError::Timeout { budget }),
+                }
+            }),
+            // The group path may wait for its balancer, a hedge or a retry: bounded as a whole.
+            Ok(Route::Group(service)) => Box::pin(async move {
+                match tokio::time::timeout_at(deadline, service.oneshot(call)).await {
+                    Ok(result) => result,
+                    Err(_elapsed) => Err(CallError::Timeout { budget }),
+                }
+            }),
+        }
     }
+}
+
+/// Where the router sends a call.
+#[expect(
+    clippy::large_enum_variant,
+    reason = "a short-lived local moved into the call's future at once: boxing would add the allocation the direct path avoids"
+)]
+enum Route {
+    /// Straight to one node's stack.
+    Stack(NodeStack),
+    /// Through a group's hedge, retry and balancer.
+    Group(NodeClient),
 }
 
 /// Sends a group's first attempt through the balancer, and a retry or a hedge to the readable

@@ -168,6 +168,33 @@ pub fn thread_ticks(prefix: &str) -> u64 {
     total
 }
 
+/// CPU time in nanoseconds used so far by the live threads whose name starts with `prefix`,
+/// from /proc/self/task/*/schedstat (nanosecond precision, where `stat` counts 10 ms ticks).
+pub fn thread_cpu_nanos(prefix: &str) -> u64 {
+    let mut total = 0;
+    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else { return 0 };
+    for task in tasks.flatten() {
+        let comm = std::fs::read_to_string(task.path().join("comm")).unwrap_or_default();
+        if !comm.trim_end().starts_with(prefix) {
+            continue;
+        }
+        let schedstat = std::fs::read_to_string(task.path().join("schedstat")).unwrap_or_default();
+        total += schedstat.split_whitespace().next().and_then(|ns| ns.parse::<u64>().ok()).unwrap_or(0);
+    }
+    total
+}
+
+/// The median of `values` (NaN when empty).
+pub fn median(values: &[f64]) -> f64 {
+    let mut sorted: Vec<f64> = values.iter().copied().filter(|v| v.is_finite()).collect();
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    sorted.sort_by(f64::total_cmp);
+    let mid = sorted.len() / 2;
+    if sorted.len() % 2 == 1 { sorted[mid] } else { (sorted[mid - 1] + sorted[mid]) / 2.0 }
+}
+
 /// Formats a ratio, or "-" when it is not a number.
 pub fn ratio(numerator: f64, denominator: f64) -> String {
     let value = numerator / denominator;
