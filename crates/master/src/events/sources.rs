@@ -146,26 +146,26 @@ pub fn tee_breakers(
     writer
 }
 
-/// Publishes `signing_key_rotated` whenever the newest verification key changes.
+/// The key ids of `before` that `after` adds: the keys a rotation introduced.
+pub fn new_keys(before: &[String], after: &[String]) -> Vec<String> {
+    after.iter().filter(|kid| !before.contains(kid)).cloned().collect()
+}
+
+/// Publishes `signing_key_rotated` for every verification key that appears (a rotation adds
+/// one; keys that age out are not events).
 pub async fn follow_keys(mut keys: watch::Receiver<Vec<PublicKey>>, events: Events, shutdown: CancellationToken) {
-    let newest = |keys: &[PublicKey]| keys.last().map(|k| k.kid().to_owned());
-    let mut current = newest(&keys.borrow_and_update());
+    let kids = |keys: &[PublicKey]| keys.iter().map(|k| k.kid().to_owned()).collect::<Vec<_>>();
+    let mut current = kids(&keys.borrow_and_update());
     loop {
         tokio::select! {
             () = shutdown.cancelled() => return,
             changed = keys.changed() => if changed.is_err() { return },
         }
-        let latest = newest(&keys.borrow_and_update());
-        if latest != current
-            && let Some(kid) = &latest
-        {
+        let latest = kids(&keys.borrow_and_update());
+        for kid in new_keys(&current, &latest) {
             events.publish(Draft {
                 kind: EventKind::SigningKeyRotated,
-                detail: Detail {
-                    key_id: kid.clone(),
-                    message: "tokens are signed with a new key".into(),
-                    ..Detail::default()
-                },
+                detail: Detail { key_id: kid, message: "tokens are signed with a new key".into(), ..Detail::default() },
             });
         }
         current = latest;
@@ -300,6 +300,13 @@ mod tests {
             "restored open, then closed"
         );
         assert_eq!(breaker_change(Some(&BreakerState::Closed), &BreakerState::Closed), None);
+    }
+
+    #[test]
+    fn only_added_keys_are_rotations() {
+        let kids = |k: &[&str]| k.iter().map(|s| (*s).to_owned()).collect::<Vec<_>>();
+        assert_eq!(new_keys(&kids(&["b", "a"]), &kids(&["a", "c", "b"])), ["c"]);
+        assert!(new_keys(&kids(&["a", "b"]), &kids(&["b"])).is_empty(), "a retired key is no event");
     }
 
     #[test]
