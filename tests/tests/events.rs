@@ -224,6 +224,20 @@ async fn a_killed_agent_is_down_on_watch_events_and_at_a_signed_webhook() {
         Err(SignatureError::Mismatch)
     );
 
+    // An agent without a join token is refused: admission_refused, naming it and why.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut stranger = mesh.agent_config("stranger", dir.path().to_owned());
+    stranger.join_token = None;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let agent = ragmesh_agent::start(stranger, listener).await.expect("agent starts");
+    let (refused, _) = next_matching(&mut stream, "admission_refused of stranger", |e| {
+        kind(e) == v1::EventKind::AdmissionRefused && e.node == "stranger"
+    })
+    .await;
+    assert!(refused.message.contains("join token"), "{refused:?}");
+    assert!(!refused.address.is_empty(), "{refused:?}");
+    agent.shutdown().await.expect("agent stops");
+
     // A caller without the admin capability may not watch.
     let token = mesh.issue_token("reader", "acme", &["search"]).await.access_token;
     let refused = mesh

@@ -248,6 +248,37 @@ mod tests {
     }
 
     #[test]
+    fn webhooks_come_from_the_master_file_and_bad_ones_stop_it() {
+        use clap::Parser as _;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("master.toml");
+        let parse = |text: &str| {
+            std::fs::write(&path, text).expect("write");
+            let path = path.to_str().expect("utf8 path");
+            crate::MasterArgs::try_parse_from(["ragmesh-master", "--insecure", "--config", path])
+                .expect("flags")
+                .resolve()
+        };
+        let config = parse(
+            "webhook_outbox_max_events = 500\n\
+             [[webhooks]]\nname = \"pager\"\nurl = \"http://127.0.0.1:9000/hook\"\n\
+             events = [\"node_down\"]\nsecret = \"0123456789abcdef\"\nmax_backoff_ms = 1000\n",
+        )
+        .expect("valid");
+        assert_eq!(config.events.outbox_max_events, 500);
+        let hook = &config.events.webhooks[0];
+        assert_eq!((hook.name.as_str(), hook.events.as_slice()), ("pager", &["node_down".to_owned()][..]));
+        assert!(hook.wants("node_down") && !hook.wants("node_up"));
+        assert_eq!(hook.max_backoff, Duration::from_secs(1));
+        assert!(!format!("{hook:?}").contains("0123456789abcdef"), "Debug never shows the secret");
+
+        let errors = parse("[[webhooks]]\nurl = \"ftp://x\"\nsecrets = \"typo\"\n").expect_err("unknown key");
+        assert!(errors.to_string().contains("secrets"), "{errors}");
+        let errors = parse("[[webhooks]]\nurl = \"ftp://x\"\n").expect_err("invalid");
+        assert_eq!(errors.problems.len(), 2, "{errors}");
+    }
+
+    #[test]
     fn a_star_filter_means_every_kind_and_names_must_be_distinct() {
         let hook = WebhookFile { events: Some(vec!["*".into()]), ..file("http://h/a") };
         assert!(resolve(vec![hook]).expect("valid")[0].events.is_empty());
