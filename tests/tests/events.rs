@@ -330,3 +330,43 @@ async fn events_raised_while_the_receiver_is_down_arrive_in_order_once_after_a_m
     assert_eq!(rotated_body.expect("the rotation was delivered")["key_id"], kid.as_str());
     mesh.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_receiver_that_never_answers_delays_only_its_own_queue() {
+    trace_init();
+    // Accepts connections (the kernel does, into the backlog) and never answers a request.
+    let hanging = std::net::TcpListener::bind("127.0.0.1:0").expect("bind the hanging receiver");
+    let live = Receiver::start("127.0.0.1:0".parse().expect("addr"), Arc::default()).await;
+    let mut events = webhook(live.addr);
+    let mut dead = events.webhooks[0].clone();
+    dead.name = "hanging".into();
+    dead.url = format!("http://{}/never", hanging.local_addr().expect("addr"));
+    dead.timeout = Duration::from_secs(600);
+    events.webhooks.insert(0, dead);
+    let mut mesh = Mesh::builder().agents(2).events(events).start().await;
+    let mut stream = mesh
+        .client()
+        .await
+        .watch_events(v1::WatchEventsRequest { kinds: vec![v1::EventKind::NodeDown as i32] })
+        .await
+        .expect("watch")
+        .into_inner();
+
+    mesh.kill_agent(0);
+    let (down, seen) = next_matching(&mut stream, "node_down", |e| kind(e) == v1::EventKind::NodeDown).await;
+    assert_eq!(down.node, "agent-1");
+    assert!(seen.iter().all(|e| kind(e) == v1::EventKind::NodeDown), "the kind filter holds: {seen:?}");
+    // The other webhook's queue moves although the first one's is stuck on its first event.
+    wait_for("node_down at the live receiver", WAIT, || {
+        let found = live.deliveries().iter().any(|d| d.json()["seq"] == down.seq);
+        async move { found.then_some(()) }
+    })
+    .await;
+    // And the mesh itself does not wait for webhooks.
+    let started = tokio::time::Instant::now();
+    let response = mesh.search(v1::SearchRequest { query: "anything".into(), ..Default::default() }).await;
+    assert!(response.nodes.iter().any(|n| n.node == "agent-2"), "{response:?}");
+    assert!(started.elapsed() < Duration::from_secs(5), "search took {:?}", started.elapsed());
+    mesh.shutdown().await;
+    drop(hanging);
+}
