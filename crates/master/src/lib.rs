@@ -205,7 +205,7 @@ pub async fn start(config: MasterConfig, listener: TcpListener) -> Result<Master
     let replication_tasks = tasks.clone();
     let replication_config = config.replication;
     let events_config = config.events.clone();
-    let events_config_tasks = config.clone();
+    let webhooks = config.events.webhooks.clone();
     let event_tasks = tasks.clone();
     let task = tokio::spawn(async move {
         let server = tokio::spawn(ragmesh_server::serve(router, listener, serve_tls, serve_stop.cancelled_owned()));
@@ -250,7 +250,7 @@ pub async fn start(config: MasterConfig, listener: TcpListener) -> Result<Master
                 owner: events_owner,
                 events: &events,
                 outbox,
-                webhooks: &events_config_tasks.events.webhooks,
+                webhooks: &webhooks,
                 membership: loaded_registry.subscribe(),
                 keys: access_control.subscribe_keys(),
                 tasks: &event_tasks,

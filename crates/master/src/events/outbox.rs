@@ -44,13 +44,6 @@ pub struct Pending {
     pub event: Option<Event>,
 }
 
-/// A webhook as the outbox knows it: its name and which kinds it wants.
-#[derive(Debug, Clone)]
-struct Subscriber {
-    name: String,
-    config: WebhookConfig,
-}
-
 #[derive(Debug)]
 struct State {
     last_seq: u64,
@@ -65,7 +58,8 @@ struct State {
 #[derive(Debug)]
 pub struct Outbox {
     store: Arc<dyn StateStore>,
-    subscribers: Vec<Subscriber>,
+    /// The webhooks: their names key the positions, their filters say which events to keep.
+    subscribers: Vec<WebhookConfig>,
     max_events: usize,
     state: Mutex<State>,
 }
@@ -94,7 +88,7 @@ impl Outbox {
             };
             cursors.insert(webhook.name.clone(), cursor);
         }
-        let subscribers = webhooks.iter().map(|w| Subscriber { name: w.name.clone(), config: w.clone() }).collect();
+        let subscribers = webhooks.to_vec();
         let outbox = Outbox {
             store,
             subscribers,
@@ -118,7 +112,7 @@ impl Outbox {
         for draft in drafts {
             state.last_seq += 1;
             let event = Event::new(state.last_seq, time_ms, draft);
-            let wanted = self.subscribers.iter().any(|s| s.config.wants(event.kind.as_str()));
+            let wanted = self.subscribers.iter().any(|s| s.wants(event.kind.as_str()));
             if wanted && let Err(error) = self.write(&mut state, &event) {
                 tracing::error!(event.seq = event.seq, %error, "event not written to the webhook outbox");
             }
@@ -159,7 +153,7 @@ impl Outbox {
         for (key, value) in self.store.scan_from(OUTBOX_TREE, &start, limit)? {
             let Some(seq) = decode_u64(&key) else { continue };
             let event = match serde_json::from_slice::<Event>(&value) {
-                Ok(event) => Some(event).filter(|e| subscriber.config.wants(e.kind.as_str())),
+                Ok(event) => Some(event).filter(|e| subscriber.wants(e.kind.as_str())),
                 Err(error) => {
                     tracing::error!(event.seq = seq, %error, "unreadable outbox entry skipped");
                     None
