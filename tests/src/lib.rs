@@ -50,9 +50,16 @@ pub struct MeshBuilder {
     heartbeat_timeout: Duration,
     advertise: BTreeMap<usize, SocketAddr>,
     master_ip: Option<std::net::IpAddr>,
+    events: ragmesh_config::EventsConfig,
 }
 
 impl MeshBuilder {
+    /// Events and webhooks of the master.
+    pub fn events(mut self, events: ragmesh_config::EventsConfig) -> Self {
+        self.events = events;
+        self
+    }
+
     /// The master listens on `ip` (a local address, e.g. the host end of a veth pair) instead
     /// of 127.0.0.1, with a certificate naming that IP too; clients still verify the name
     /// `127.0.0.1`, which the certificate also carries.
@@ -158,6 +165,7 @@ impl MeshBuilder {
             },
             resilience: self.resilience,
             log: "info".into(),
+            events: self.events,
         };
         let master = ragmesh_master::start(master_config.clone(), listener).await.expect("master starts");
         let mut mesh = Mesh {
@@ -237,6 +245,7 @@ impl Mesh {
             heartbeat_timeout: HEARTBEAT_TIMEOUT,
             advertise: BTreeMap::new(),
             master_ip: None,
+            events: ragmesh_config::EventsConfig::default(),
         }
     }
 

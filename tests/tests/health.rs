@@ -61,6 +61,7 @@ async fn master_is_not_serving_until_its_registry_loads() {
         replication: ragmesh_config::ReplicationConfig::default(),
         resilience: ragmesh_config::ResilienceConfig::default(),
         log: "info".into(),
+        events: ragmesh_config::EventsConfig::default(),
     };
     let master = ragmesh_master::start(config, listener).await.expect("starts");
     let channel = channel(addr, &mesh.client_tls()).await;

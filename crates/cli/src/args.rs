@@ -139,6 +139,26 @@ pub enum Command {
     /// client certificates), data/, logs/NAME.log, master.addr and NAME.pid. The connection
     /// flags below are ignored: the demo makes its own.
     Demo(DemoArgs),
+    /// Print the master's events live: nodes joining, going down and up, breakers, replicas,
+    /// keys, certificates (needs an operator)
+    ///
+    /// One line per event; with --json one JSON object per line (for scripts, e.g. `| jq`).
+    /// Runs until Ctrl-C or until the master ends the stream.
+    Watch(WatchArgs),
+}
+
+/// `ragmeshctl watch`
+#[derive(Debug, Args)]
+#[command(after_help = "Examples:\n  ragmeshctl watch\n  ragmeshctl watch --kind node_down --kind node_up --json")]
+pub struct WatchArgs {
+    /// Only events of this kind (repeatable): node_joined, node_suspect, node_down, node_up,
+    /// node_evicted, admission_refused, version_mismatch, breaker_opened, breaker_closed,
+    /// replica_stale, replica_caught_up, signing_key_rotated, certificate_near_expiry
+    #[arg(long = "kind", value_name = "KIND")]
+    pub kinds: Vec<String>,
+    /// Print one JSON object per line instead of text
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// `ragmeshctl certs ...`

@@ -197,6 +197,23 @@ impl Master {
             .map_err(|status| self.describe("list nodes", &status))
     }
 
+    /// `WatchEvents` of `kinds` (empty: all): a stream without a deadline.
+    pub async fn watch_events(&self, kinds: Vec<i32>) -> anyhow::Result<tonic::Streaming<v1::WatchEventsResponse>> {
+        let mut client = self.client.clone();
+        let mut request = Request::new(v1::WatchEventsRequest { kinds });
+        if let Some(Bearer(value)) = &self.target.bearer {
+            request.metadata_mut().insert("authorization", value.clone());
+        }
+        let opened = tokio::time::timeout(self.target.timeout, client.watch_events(request)).await;
+        match opened {
+            Ok(Ok(response)) => Ok(response.into_inner()),
+            Ok(Err(status)) => Err(self.describe("watch events", &status)),
+            Err(_) => {
+                anyhow::bail!("watch events: the master did not answer within {} ms", self.target.timeout.as_millis())
+            }
+        }
+    }
+
     /// `GetNode`, within the default deadline.
     pub async fn get_node(&self, name: &str) -> anyhow::Result<v1::NodeInfo> {
         let mut client = self.client.clone();

@@ -6,10 +6,12 @@
 mod agent;
 mod errors;
 mod master;
+mod webhooks;
 
 pub use agent::{AgentArgs, AgentConfig, DEFAULT_MAX_CONCURRENT_REQUESTS, Secret, valid_node_name};
 pub use errors::{ConfigErrors, EXIT_CONFIG};
 pub use master::{AccessConfig, MasterArgs, MasterConfig, ReplicationConfig, ResilienceConfig, WriteQuorum};
+pub use webhooks::{DEFAULT_OUTBOX_MAX_EVENTS, EVENT_KINDS, EventsConfig, WebhookConfig};
 
 use std::path::{Path, PathBuf};
 

@@ -283,6 +283,8 @@ struct MasterFile {
     retry_min_per_second: Option<u32>,
     hedge_budget_percent: Option<u32>,
     log: Option<String>,
+    webhooks: Option<Vec<crate::webhooks::WebhookFile>>,
+    webhook_outbox_max_events: Option<u64>,
 }
 
 /// Validated configuration of the master.
@@ -308,6 +310,8 @@ pub struct MasterConfig {
     pub resilience: ResilienceConfig,
     /// Log filter.
     pub log: String,
+    /// Events and webhooks (`[[webhooks]]` in the file).
+    pub events: crate::EventsConfig,
 }
 
 impl MasterArgs {
@@ -358,6 +362,7 @@ impl MasterArgs {
             &mut problems,
         );
         let log = self.log.or(file.log).unwrap_or_else(|| "info".to_owned());
+        let events = resolve_events(file.webhooks.unwrap_or_default(), file.webhook_outbox_max_events, &mut problems);
 
         let config = MasterConfig {
             listen,
@@ -370,9 +375,23 @@ impl MasterArgs {
             replication,
             resilience,
             log,
+            events,
         };
         problems.finish((config, ProcessConfig { addr_file }))
     }
+}
+
+/// `[[webhooks]]` and the outbox bound, from the file only (secrets from files or the environment).
+fn resolve_events(
+    webhooks: Vec<crate::webhooks::WebhookFile>,
+    outbox_max_events: Option<u64>,
+    problems: &mut Problems,
+) -> crate::EventsConfig {
+    let env = |name: &str| std::env::var(name).ok();
+    let webhooks = crate::webhooks::resolve_webhooks(webhooks, &env, problems);
+    let outbox_max_events = outbox_max_events.unwrap_or(crate::webhooks::DEFAULT_OUTBOX_MAX_EVENTS);
+    check_range("webhook-outbox-max-events", outbox_max_events, 10, 10_000_000, problems);
+    crate::EventsConfig { webhooks, outbox_max_events }
 }
 
 /// The resilience settings as given (flag, environment or file).

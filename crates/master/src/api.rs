@@ -49,6 +49,8 @@ pub(crate) struct Context {
     pub(crate) shutdown: CancellationToken,
     /// Health-stream watchers, drained on shutdown so no task outlives the master.
     pub(crate) tasks: tokio_util::task::TaskTracker,
+    /// Where events are published (admission refusals and version mismatches from here).
+    pub(crate) events: crate::events::Events,
 }
 
 impl Context {
@@ -157,6 +159,18 @@ fn validate_search(req: &v1::SearchRequest) -> Result<(), MasterError> {
 
 #[tonic::async_trait]
 impl MasterService for MasterApi {
+    type WatchEventsStream = crate::events::stream::EventStream;
+
+    async fn watch_events(
+        &self,
+        request: Request<v1::WatchEventsRequest>,
+    ) -> Result<Response<Self::WatchEventsStream>, Status> {
+        self.0.require(&request, Capability::Admin)?;
+        let kinds = crate::events::kinds_from_wire(&request.get_ref().kinds).map_err(MasterError::InvalidArgument)?;
+        let live = self.0.events.subscribe();
+        Ok(Response::new(crate::events::stream::watch(live, kinds, self.0.shutdown.clone())))
+    }
+
     async fn search(&self, request: Request<v1::SearchRequest>) -> Result<Response<v1::SearchResponse>, Status> {
         let started = Instant::now();
         let registry = self.0.registry()?;
@@ -350,6 +364,15 @@ impl MembershipApi {
         }
         let refuse = |reason: String| {
             access.record_pending(node, address, &reason);
+            self.0.events.publish(crate::events::Draft {
+                kind: crate::events::EventKind::AdmissionRefused,
+                detail: crate::events::Detail {
+                    node: node.to_owned(),
+                    address: address.to_owned(),
+                    message: reason.clone(),
+                    ..Default::default()
+                },
+            });
             tracing::warn!(node.id = node, node.address = address, reason = %reason, "join refused");
             MasterError::NotAdmitted { node: node.to_owned(), reason }
         };
@@ -407,6 +430,19 @@ impl MembershipService for MembershipApi {
             .into());
         }
         if req.protocol_major != PROTOCOL_MAJOR {
+            self.0.events.publish(crate::events::Draft {
+                kind: crate::events::EventKind::VersionMismatch,
+                detail: crate::events::Detail {
+                    node: claimed.clone(),
+                    address: req.advertised_address.clone(),
+                    agent_protocol: format!("{}.{}", req.protocol_major, req.protocol_minor),
+                    message: format!(
+                        "agent {} speaks protocol {}.{}, the master {PROTOCOL_MAJOR}.{PROTOCOL_MINOR}: upgrade one of them",
+                        req.version, req.protocol_major, req.protocol_minor
+                    ),
+                    ..Default::default()
+                },
+            });
             return Err(MasterError::ProtocolMismatch {
                 node: claimed,
                 agent_major: req.protocol_major,

@@ -11,6 +11,7 @@ pub mod clients;
 mod convert;
 pub mod directory;
 pub mod error;
+pub mod events;
 pub mod federation;
 mod membership;
 pub mod merge;
@@ -144,6 +145,11 @@ pub async fn start(config: MasterConfig, listener: TcpListener) -> Result<Master
     let health_book = HealthBook::new(health_config, Some(breaker_tx));
     // The node client's directory is empty until the registry is loaded and followed.
     let (directory_tx, node_client) = directory::node_client(&node_clients, health_book.clone(), client_config);
+    // Sources publish from now on; events queue until the store is open and their owner runs.
+    let (events, events_owner) = events::Events::new();
+    if let Some(tls) = &tls {
+        tasks.spawn(events::sources::watch_certificate(tls.clone(), events.clone(), shutdown.clone()));
+    }
     let context = api::Context {
         node_client: node_client.clone(),
         health: health_book.clone(),
@@ -154,6 +160,7 @@ pub async fn start(config: MasterConfig, listener: TcpListener) -> Result<Master
         clients: node_clients,
         config: config.clone(),
         shutdown: shutdown.clone(),
+        events: events.clone(),
     };
 
     let (health, health_service) = tonic_health::server::health_reporter();
@@ -197,6 +204,9 @@ pub async fn start(config: MasterConfig, listener: TcpListener) -> Result<Master
     let directory_clients = context.clients.clone();
     let replication_tasks = tasks.clone();
     let replication_config = config.replication;
+    let events_config = config.events.clone();
+    let webhooks = config.events.webhooks.clone();
+    let event_tasks = tasks.clone();
     let task = tokio::spawn(async move {
         let server = tokio::spawn(ragmesh_server::serve(router, listener, serve_tls, serve_stop.cancelled_owned()));
         let store_dir = data_dir.join("state");
@@ -214,7 +224,7 @@ pub async fn start(config: MasterConfig, listener: TcpListener) -> Result<Master
             let store: Arc<dyn ragmesh_store::StateStore> = Arc::new(store);
             let breaker_store = store.clone();
             let restore_book = health_book.clone();
-            let (loaded_registry, access_control, write_log) =
+            let (loaded_registry, access_control, write_log, outbox) =
                 tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
                     let registry = Registry::load(store.clone()).context("cannot load the node registry")?;
                     let restored =
@@ -222,15 +232,30 @@ pub async fn start(config: MasterConfig, listener: TcpListener) -> Result<Master
                     tracing::info!(breakers = restored, "circuit breakers restored");
                     let write_log =
                         replication::log::WriteLog::open(store.clone()).context("cannot open the write logs")?;
+                    let outbox =
+                        events::open_outbox(store.clone(), &events_config).context("cannot open the webhook outbox")?;
                     let access = access::AccessControl::load(store, access_config, tls_on)
                         .context("cannot load the signing keys")?;
-                    Ok((registry, access, write_log))
+                    Ok((registry, access, write_log, outbox))
                 })
                 .await??;
             let access_control = Arc::new(access_control);
             let _ = loaded_access.set(access_control.clone());
             // Replication publishes the logs' state to the registry before the registry serves.
-            tokio::spawn(breakers::run_writer(breaker_store, breaker_rx));
+            tokio::spawn(breakers::run_writer(
+                breaker_store,
+                events::sources::tee_breakers(breaker_rx, events.clone()),
+            ));
+            events::start(events::Parts {
+                owner: events_owner,
+                events: &events,
+                outbox,
+                webhooks: &webhooks,
+                membership: loaded_registry.subscribe(),
+                keys: access_control.subscribe_keys(),
+                tasks: &event_tasks,
+                shutdown: &stop,
+            });
             tokio::spawn(directory::follow(
                 loaded_registry.subscribe(),
                 directory_clients,

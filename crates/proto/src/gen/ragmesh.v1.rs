@@ -2428,6 +2428,54 @@ pub mod membership_service_server {
         const NAME: &'static str = SERVICE_NAME;
     }
 }
+/// Which events to stream.
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct WatchEventsRequest {
+    /// Only these kinds; empty means every kind.
+    #[prost(enumeration = "EventKind", repeated, tag = "1")]
+    pub kinds: ::prost::alloc::vec::Vec<i32>,
+}
+/// One event of the master (the stream's message).
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct WatchEventsResponse {
+    /// The event.
+    #[prost(message, optional, tag = "1")]
+    pub event: ::core::option::Option<Event>,
+}
+/// Something the master noticed, numbered in the order it happened.
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct Event {
+    /// Sequence number: strictly increasing across every event of the master, kept across restarts.
+    #[prost(uint64, tag = "1")]
+    pub seq: u64,
+    /// When the master recorded it.
+    #[prost(message, optional, tag = "2")]
+    pub time: ::core::option::Option<::prost_types::Timestamp>,
+    /// What happened.
+    #[prost(enumeration = "EventKind", tag = "3")]
+    pub kind: i32,
+    /// Node concerned, when one is.
+    #[prost(string, tag = "4")]
+    pub node: ::prost::alloc::string::String,
+    /// Shard group concerned, when one is.
+    #[prost(string, tag = "5")]
+    pub shard: ::prost::alloc::string::String,
+    /// Why, or what an operator may want to do, in words.
+    #[prost(string, tag = "6")]
+    pub message: ::prost::alloc::string::String,
+    /// Address the node connected from or advertised (admission refused, joined).
+    #[prost(string, tag = "7")]
+    pub address: ::prost::alloc::string::String,
+    /// Key id of the new signing key (signing key rotated).
+    #[prost(string, tag = "8")]
+    pub key_id: ::prost::alloc::string::String,
+    /// When the certificate expires (certificate near expiry).
+    #[prost(message, optional, tag = "9")]
+    pub expires_at: ::core::option::Option<::prost_types::Timestamp>,
+    /// Protocol version the agent spoke, as MAJOR.MINOR (version mismatch).
+    #[prost(string, tag = "10")]
+    pub agent_protocol: ::prost::alloc::string::String,
+}
 /// A federated search.
 #[derive(Clone, PartialEq, ::prost::Message)]
 pub struct SearchRequest {
@@ -2742,6 +2790,83 @@ pub struct RemoveDocumentsResponse {
     /// Every replica of the group and what it did with the write.
     #[prost(message, repeated, tag = "5")]
     pub replicas: ::prost::alloc::vec::Vec<ReplicaWrite>,
+}
+/// Kinds of events.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, ::prost::Enumeration)]
+#[repr(i32)]
+pub enum EventKind {
+    /// Not set.
+    Unspecified = 0,
+    /// A node registered for the first time (or again after an eviction).
+    NodeJoined = 1,
+    /// A node's heartbeats are late.
+    NodeSuspect = 2,
+    /// A node is down: its health stream ended or its heartbeats stopped.
+    NodeDown = 3,
+    /// A node is up: its heartbeats arrive on time (again).
+    NodeUp = 4,
+    /// An operator evicted a node.
+    NodeEvicted = 5,
+    /// A node tried to join and was refused (no or bad join token).
+    AdmissionRefused = 6,
+    /// A node speaks a protocol major version the master does not.
+    VersionMismatch = 7,
+    /// A node's circuit breaker opened: calls to it are refused locally until a probe passes.
+    BreakerOpened = 8,
+    /// A node's circuit breaker closed: calls pass again.
+    BreakerClosed = 9,
+    /// A replica is behind by more than its group's write log retains: it needs an operator.
+    ReplicaStale = 10,
+    /// A replica that was behind has every acknowledged write again.
+    ReplicaCaughtUp = 11,
+    /// The master started signing tokens with a new key.
+    SigningKeyRotated = 12,
+    /// The master's certificate expires soon (or has expired): renew it.
+    CertificateNearExpiry = 13,
+}
+impl EventKind {
+    /// String value of the enum field names used in the ProtoBuf definition.
+    ///
+    /// The values are not transformed in any way and thus are considered stable
+    /// (if the ProtoBuf definition does not change) and safe for programmatic use.
+    pub fn as_str_name(&self) -> &'static str {
+        match self {
+            Self::Unspecified => "EVENT_KIND_UNSPECIFIED",
+            Self::NodeJoined => "EVENT_KIND_NODE_JOINED",
+            Self::NodeSuspect => "EVENT_KIND_NODE_SUSPECT",
+            Self::NodeDown => "EVENT_KIND_NODE_DOWN",
+            Self::NodeUp => "EVENT_KIND_NODE_UP",
+            Self::NodeEvicted => "EVENT_KIND_NODE_EVICTED",
+            Self::AdmissionRefused => "EVENT_KIND_ADMISSION_REFUSED",
+            Self::VersionMismatch => "EVENT_KIND_VERSION_MISMATCH",
+            Self::BreakerOpened => "EVENT_KIND_BREAKER_OPENED",
+            Self::BreakerClosed => "EVENT_KIND_BREAKER_CLOSED",
+            Self::ReplicaStale => "EVENT_KIND_REPLICA_STALE",
+            Self::ReplicaCaughtUp => "EVENT_KIND_REPLICA_CAUGHT_UP",
+            Self::SigningKeyRotated => "EVENT_KIND_SIGNING_KEY_ROTATED",
+            Self::CertificateNearExpiry => "EVENT_KIND_CERTIFICATE_NEAR_EXPIRY",
+        }
+    }
+    /// Creates an enum from field names used in the ProtoBuf definition.
+    pub fn from_str_name(value: &str) -> ::core::option::Option<Self> {
+        match value {
+            "EVENT_KIND_UNSPECIFIED" => Some(Self::Unspecified),
+            "EVENT_KIND_NODE_JOINED" => Some(Self::NodeJoined),
+            "EVENT_KIND_NODE_SUSPECT" => Some(Self::NodeSuspect),
+            "EVENT_KIND_NODE_DOWN" => Some(Self::NodeDown),
+            "EVENT_KIND_NODE_UP" => Some(Self::NodeUp),
+            "EVENT_KIND_NODE_EVICTED" => Some(Self::NodeEvicted),
+            "EVENT_KIND_ADMISSION_REFUSED" => Some(Self::AdmissionRefused),
+            "EVENT_KIND_VERSION_MISMATCH" => Some(Self::VersionMismatch),
+            "EVENT_KIND_BREAKER_OPENED" => Some(Self::BreakerOpened),
+            "EVENT_KIND_BREAKER_CLOSED" => Some(Self::BreakerClosed),
+            "EVENT_KIND_REPLICA_STALE" => Some(Self::ReplicaStale),
+            "EVENT_KIND_REPLICA_CAUGHT_UP" => Some(Self::ReplicaCaughtUp),
+            "EVENT_KIND_SIGNING_KEY_ROTATED" => Some(Self::SigningKeyRotated),
+            "EVENT_KIND_CERTIFICATE_NEAR_EXPIRY" => Some(Self::CertificateNearExpiry),
+            _ => None,
+        }
+    }
 }
 /// Why a call to a replica was made.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, ::prost::Enumeration)]
@@ -3205,6 +3330,34 @@ pub mod master_service_client {
                 .insert(GrpcMethod::new("ragmesh.v1.MasterService", "RemoveDocuments"));
             self.inner.unary(req, path, codec).await
         }
+        /// Streams the master's events as they happen (admin capability): membership, admission,
+        /// breakers, replication, keys, certificates. Live only: events from before the call are not
+        /// replayed. A subscriber that falls too far behind is ended with RESOURCE_EXHAUSTED naming the
+        /// last sequence it got, rather than silently missing events; it can call again.
+        pub async fn watch_events(
+            &mut self,
+            request: impl tonic::IntoRequest<super::WatchEventsRequest>,
+        ) -> std::result::Result<
+            tonic::Response<tonic::codec::Streaming<super::WatchEventsResponse>>,
+            tonic::Status,
+        > {
+            self.inner
+                .ready()
+                .await
+                .map_err(|e| {
+                    tonic::Status::unknown(
+                        format!("Service was not ready: {}", e.into()),
+                    )
+                })?;
+            let codec = tonic_prost::ProstCodec::default();
+            let path = http::uri::PathAndQuery::from_static(
+                "/ragmesh.v1.MasterService/WatchEvents",
+            );
+            let mut req = request.into_request();
+            req.extensions_mut()
+                .insert(GrpcMethod::new("ragmesh.v1.MasterService", "WatchEvents"));
+            self.inner.server_streaming(req, path, codec).await
+        }
     }
 }
 /// Generated server implementations.
@@ -3254,6 +3407,23 @@ pub mod master_service_server {
             request: tonic::Request<super::RemoveDocumentsRequest>,
         ) -> std::result::Result<
             tonic::Response<super::RemoveDocumentsResponse>,
+            tonic::Status,
+        >;
+        /// Server streaming response type for the WatchEvents method.
+        type WatchEventsStream: tonic::codegen::tokio_stream::Stream<
+                Item = std::result::Result<super::WatchEventsResponse, tonic::Status>,
+            >
+            + std::marker::Send
+            + 'static;
+        /// Streams the master's events as they happen (admin capability): membership, admission,
+        /// breakers, replication, keys, certificates. Live only: events from before the call are not
+        /// replayed. A subscriber that falls too far behind is ended with RESOURCE_EXHAUSTED naming the
+        /// last sequence it got, rather than silently missing events; it can call again.
+        async fn watch_events(
+            &self,
+            request: tonic::Request<super::WatchEventsRequest>,
+        ) -> std::result::Result<
+            tonic::Response<Self::WatchEventsStream>,
             tonic::Status,
         >;
     }
@@ -3557,6 +3727,52 @@ pub mod master_service_server {
                                 max_encoding_message_size,
                             );
                         let res = grpc.unary(method, req).await;
+                        Ok(res)
+                    };
+                    Box::pin(fut)
+                }
+                "/ragmesh.v1.MasterService/WatchEvents" => {
+                    #[allow(non_camel_case_types)]
+                    struct WatchEventsSvc<T: MasterService>(pub Arc<T>);
+                    impl<
+                        T: MasterService,
+                    > tonic::server::ServerStreamingService<super::WatchEventsRequest>
+                    for WatchEventsSvc<T> {
+                        type Response = super::WatchEventsResponse;
+                        type ResponseStream = T::WatchEventsStream;
+                        type Future = BoxFuture<
+                            tonic::Response<Self::ResponseStream>,
+                            tonic::Status,
+                        >;
+                        fn call(
+                            &mut self,
+                            request: tonic::Request<super::WatchEventsRequest>,
+                        ) -> Self::Future {
+                            let inner = Arc::clone(&self.0);
+                            let fut = async move {
+                                <T as MasterService>::watch_events(&inner, request).await
+                            };
+                            Box::pin(fut)
+                        }
+                    }
+                    let accept_compression_encodings = self.accept_compression_encodings;
+                    let send_compression_encodings = self.send_compression_encodings;
+                    let max_decoding_message_size = self.max_decoding_message_size;
+                    let max_encoding_message_size = self.max_encoding_message_size;
+                    let inner = self.inner.clone();
+                    let fut = async move {
+                        let method = WatchEventsSvc(inner);
+                        let codec = tonic_prost::ProstCodec::default();
+                        let mut grpc = tonic::server::Grpc::new(codec)
+                            .apply_compression_config(
+                                accept_compression_encodings,
+                                send_compression_encodings,
+                            )
+                            .apply_max_message_size_config(
+                                max_decoding_message_size,
+                                max_encoding_message_size,
+                            );
+                        let res = grpc.server_streaming(method, req).await;
                         Ok(res)
                     };
                     Box::pin(fut)
