@@ -2,7 +2,8 @@
 //! `promtool check metrics` (Debian package `prometheus`; scripts/test installs it; without it
 //! the check is skipped with a message, except under CI=true where that is a failure), and the
 //! series move as they must across a search, an agent killed mid-search (outcome unavailable,
-//! node state down) and rate-limited calls.
+//! node state down) and rate-limited calls. `ragmeshctl top --once` (the real binary) shows
+//! every node of a real mesh with the traffic of the searches made meanwhile.
 
 use std::collections::BTreeMap;
 use std::io::Write as _;
@@ -210,6 +211,95 @@ async fn metrics_pass_promtool_and_move_across_a_search_a_killed_agent_and_a_rat
     assert!(!limited.text.contains("mesh\""), "no query in a label");
     if let Some(promtool) = &promtool {
         promtool_check(promtool, "master /metrics", &limited.text);
+    }
+    mesh.shutdown().await;
+}
+
+/// Where `ragmeshctl` is: `RAGMESH_BIN_DIR`, or the profile directory this test was built into.
+fn ragmeshctl() -> std::path::PathBuf {
+    let dir = match std::env::var_os("RAGMESH_BIN_DIR") {
+        Some(dir) => std::path::PathBuf::from(dir),
+        None => {
+            let exe = std::env::current_exe().expect("the test executable's path");
+            exe.parent().and_then(std::path::Path::parent).expect("<target>/<profile>/deps").to_owned()
+        }
+    };
+    let path = dir.join("ragmeshctl");
+    assert!(
+        path.is_file(),
+        "{} is missing: build it first with `cargo build --workspace --bins` (scripts/test does)",
+        path.display()
+    );
+    path
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ragmeshctl_top_once_shows_every_node_with_its_traffic_breaker_and_heartbeat() {
+    trace_init();
+    let mesh = Mesh::builder().agents(3).rate_limit(1_000_000, 1_000_000).start().await;
+    for i in 0..3 {
+        mesh.ingest(i, docs_for(i, 2)).await;
+    }
+    // The harness issues the client certificate anew for each client: make the load's client
+    // first, so the files top reads stay as they are while it runs.
+    let client = mesh.client().await;
+    let tls = mesh.client_tls();
+    let mut command = tokio::process::Command::new(ragmeshctl());
+    command
+        .arg("--master")
+        .arg(mesh.master_addr().to_string())
+        .arg("--ca")
+        .arg(&tls.ca)
+        .arg("--cert")
+        .arg(&tls.cert)
+        .arg("--key")
+        .arg(&tls.key)
+        .args(["top", "--once", "--interval-ms", "1500", "--metrics"])
+        .arg(mesh.master_metrics_addr().to_string())
+        .env_remove("RAGMESH_TOKEN")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let top = command.spawn().expect("ragmeshctl top runs");
+    // Traffic inside top's window: searches until it has printed.
+    let load = tokio::spawn(async move {
+        let mut searches = 0u32;
+        for _ in 0..10_000 {
+            let mut client = client.clone();
+            let request = v1::SearchRequest { query: "mesh".into(), ..Default::default() };
+            client.search(request).await.expect("search");
+            searches += 1;
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        searches
+    });
+    let output = tokio::time::timeout(Duration::from_secs(60), top.wait_with_output())
+        .await
+        .expect("top --once ends within 60 s")
+        .expect("top output");
+    load.abort();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "top failed: {stderr}\n{stdout}");
+    println!("{stdout}");
+    assert!(!stdout.contains('\x1b'), "stdout is not a terminal: plain text only");
+    let header = stdout.lines().find(|l| l.starts_with("NODE")).expect("a table");
+    for column in ["STATE", "REQ/S", "P50", "P99", "ERR/S", "BREAKER", "HB LAG"] {
+        assert!(header.contains(column), "{column}: {header}");
+    }
+    for i in 0..3 {
+        let name = mesh.agent_name(i);
+        let line = stdout.lines().find(|l| l.starts_with(name)).unwrap_or_else(|| panic!("{name}: {stdout}"));
+        let cells: Vec<&str> = line.split_whitespace().collect();
+        // NODE STATE REQ/S P50 ms P99 ms ERR/S BREAKER LAG
+        assert_eq!(cells[1], "up", "{line}");
+        let rps: f64 = cells[2].parse().unwrap_or_else(|_| panic!("REQ/S in {line}"));
+        assert!(rps > 0.0, "{name} served searches during the window: {line}");
+        assert!(cells[3].parse::<f64>().is_ok() && cells[4] == "ms", "p50 in {line}");
+        assert_eq!(cells[7], "0.0", "no errors: {line}");
+        assert_eq!(cells[8], "closed", "{line}");
+        let lag: f64 = cells[9].trim_end_matches('s').parse().unwrap_or_else(|_| panic!("lag in {line}"));
+        assert!(lag < 10.0, "{line}");
     }
     mesh.shutdown().await;
 }

@@ -16,6 +16,7 @@ pub mod render;
 pub mod samples;
 pub mod search;
 pub mod token;
+pub mod top;
 
 use std::time::SystemTime;
 
@@ -54,6 +55,10 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Token(command) => {
             let master = connect(global).await?;
             token::run(&master, command).await
+        }
+        Command::Top(args) => {
+            let master = connect(global).await?;
+            top::run(&master, args).await
         }
     }
 }
