@@ -246,3 +246,95 @@ impl Collector for StateCollector {
         )
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use ragmesh_stack::node_call::{Attempt, Target};
+    use ragmesh_stack::node_health::HealthConfig;
+    use tokio::time::Instant;
+
+    use super::*;
+    use crate::federation::GroupTarget;
+
+    fn attempt(node: &str, kind: AttemptKind, end: AttemptEnd) -> Attempt {
+        Attempt { node: node.into(), kind, started: Instant::now(), took: Duration::from_millis(3), end }
+    }
+
+    fn group(name: &str, answer: Result<(), CallError>, attempts: Vec<Attempt>) -> GroupResult {
+        GroupResult {
+            target: GroupTarget {
+                group: name.into(),
+                target: Target::Group(name.into()),
+                readable: Vec::new(),
+                breaker_open: Vec::new(),
+            },
+            answer: answer.map(|()| ("a".to_owned(), ragmesh_proto::v1::NodeSearchResponse::default())),
+            attempts,
+            took: Duration::from_millis(5),
+        }
+    }
+
+    fn text(registry: &MetricsRegistry) -> String {
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, registry).expect("encode");
+        text
+    }
+
+    #[tokio::test]
+    async fn a_search_counts_coverage_outcomes_retries_hedges_and_skipped_open_breakers() {
+        let mut registry = MetricsRegistry::default();
+        let metrics = MasterMetrics::register(
+            &mut registry,
+            Arc::new(OnceLock::new()),
+            HealthBook::new(HealthConfig::default(), None),
+        );
+        let plan = Plan {
+            skipped: vec![("c".into(), SkipReason::BreakerOpen), ("d".into(), SkipReason::Down)],
+            ..Plan::default()
+        };
+        let unavailable = CallError::Unavailable("connection refused".into());
+        let groups = vec![
+            group(
+                "g1",
+                Ok(()),
+                vec![
+                    attempt("a", AttemptKind::First, AttemptEnd::Ok),
+                    attempt("b", AttemptKind::Hedge, AttemptEnd::Cancelled),
+                ],
+            ),
+            group(
+                "g2",
+                Err(unavailable.clone()),
+                vec![
+                    attempt("e", AttemptKind::First, AttemptEnd::Failed(unavailable.clone())),
+                    attempt("f", AttemptKind::Retry, AttemptEnd::Failed(CallError::Timeout { budget: Duration::ZERO })),
+                ],
+            ),
+        ];
+        metrics.record_search(&plan, &groups);
+        metrics.breaker_transition("e", &BreakerState::Open { until: Duration::ZERO, attempt: 0 });
+        metrics.rate_limit_refusals().inc();
+        let text = text(&registry);
+        for line in [
+            "ragmesh_search_groups_asked_total 2",
+            "ragmesh_search_groups_answered_total 1",
+            r#"ragmesh_node_client_calls_total{node="a",outcome="ok"} 1"#,
+            r#"ragmesh_node_client_calls_total{node="b",outcome="cancelled"} 1"#,
+            r#"ragmesh_node_client_calls_total{node="c",outcome="breaker_open"} 1"#,
+            r#"ragmesh_node_client_calls_total{node="e",outcome="unavailable"} 1"#,
+            r#"ragmesh_node_client_calls_total{node="f",outcome="timeout"} 1"#,
+            r#"ragmesh_node_client_hedges_total{node="b"} 1"#,
+            r#"ragmesh_node_client_retries_total{node="f"} 1"#,
+            r#"ragmesh_node_client_call_seconds_count{node="a"} 1"#,
+            r#"ragmesh_breaker_transitions_total{node="e",to="open"} 1"#,
+            "ragmesh_rate_limit_refusals_total 1",
+        ] {
+            assert!(text.contains(line), "{line} missing:\n{text}");
+        }
+        assert!(!text.contains(r#"node="d""#), "a node skipped as down made no call: {text}");
+        assert!(!text.contains(r#"ragmesh_node_client_call_seconds_count{node="b"}"#), "a lost hedge has no latency");
+        assert!(!text.contains("ragmesh_membership_node_state"), "no registry yet, no membership series");
+    }
+}
