@@ -14,11 +14,11 @@
 //! Labels stay low-cardinality: a path that names no method the daemon serves (anyone can send
 //! one) is counted under `grpc_service="unknown",grpc_method="unknown"`.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
+use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll};
 use std::time::Instant;
 
@@ -45,6 +45,17 @@ fn latency_histogram() -> Histogram {
 #[derive(Debug, Clone, Default)]
 pub struct KnownMethods(HashSet<String>);
 
+/// One method's series, resolved once (on its first call) so that a call touches no label
+/// strings: its started counter and histogram, and a handled counter per status code, each
+/// created on first use.
+#[derive(Debug)]
+struct MethodSeries {
+    labels: MethodLabels,
+    started: Counter,
+    seconds: Histogram,
+    handled: [OnceLock<Counter>; 17],
+}
+
 impl KnownMethods {
     /// Every method of every service in the encoded `FileDescriptorSet`s (the ones reflection
     /// serves). An undecodable set adds nothing (its calls are then counted as unknown).
@@ -68,10 +79,14 @@ impl KnownMethods {
     }
 
     /// The labels of `path`: its service and method when served, else `unknown` for both.
+    #[cfg(test)]
     fn labels(&self, path: &str) -> MethodLabels {
-        if self.0.contains(path)
-            && let Some((service, method)) = path.trim_start_matches('/').split_once('/')
-        {
+        if self.0.contains(path) { Self::labels_of(path) } else { Self::labels_of("") }
+    }
+
+    /// The labels of a known `path` (`unknown` for both when it is not `/service/method`).
+    fn labels_of(path: &str) -> MethodLabels {
+        if let Some((service, method)) = path.trim_start_matches('/').split_once('/') {
             return MethodLabels { grpc_service: service.to_owned(), grpc_method: method.to_owned() };
         }
         MethodLabels { grpc_service: "unknown".to_owned(), grpc_method: "unknown".to_owned() }
@@ -102,10 +117,45 @@ type HistogramFamily<L> = Family<L, Histogram, fn() -> Histogram>;
 
 #[derive(Debug)]
 struct Series {
-    known: KnownMethods,
+    /// Every known path, its series once called; the other paths share `unknown`.
+    methods: HashMap<String, OnceLock<Arc<MethodSeries>>>,
+    unknown: OnceLock<Arc<MethodSeries>>,
     started: Family<MethodLabels, Counter>,
     handled: Family<HandledLabels, Counter>,
     seconds: HistogramFamily<MethodLabels>,
+}
+
+impl Series {
+    /// The series of `path`, created on the method's first call.
+    fn method(&self, path: &str) -> Arc<MethodSeries> {
+        let (cell, labels) = match self.methods.get_key_value(path) {
+            Some((known, cell)) => (cell, known.as_str()),
+            None => (&self.unknown, ""),
+        };
+        cell.get_or_init(|| {
+            let labels = KnownMethods::labels_of(labels);
+            Arc::new(MethodSeries {
+                started: self.started.get_or_create_owned(&labels),
+                seconds: self.seconds.get_or_create_owned(&labels),
+                handled: Default::default(),
+                labels,
+            })
+        })
+        .clone()
+    }
+
+    fn handled(&self, method: &MethodSeries, code: tonic::Code) -> Counter {
+        let slot = (code as usize).min(method.handled.len() - 1);
+        method.handled[slot]
+            .get_or_init(|| {
+                self.handled.get_or_create_owned(&HandledLabels {
+                    grpc_service: method.labels.grpc_service.clone(),
+                    grpc_method: method.labels.grpc_method.clone(),
+                    grpc_code: code_name(code).to_owned(),
+                })
+            })
+            .clone()
+    }
 }
 
 /// The gRPC server metrics of one daemon, registered in its registry; the layer is cheap to clone.
@@ -118,7 +168,8 @@ impl GrpcMetricsLayer {
     /// Registers the three series in `registry`; calls are labelled when `known` lists them.
     pub fn register(registry: &mut Registry, known: KnownMethods) -> Self {
         let series = Series {
-            known,
+            methods: known.0.into_iter().map(|path| (path, OnceLock::new())).collect(),
+            unknown: OnceLock::new(),
             started: Family::default(),
             handled: Family::default(),
             seconds: Family::new_with_constructor(latency_histogram),
@@ -167,9 +218,9 @@ where
     }
 
     fn call(&mut self, request: http::Request<ReqBody>) -> Self::Future {
-        let labels = self.series.known.labels(request.uri().path());
-        self.series.started.get_or_create(&labels).inc();
-        let call = Call { series: self.series.clone(), labels, started: Instant::now() };
+        let method = self.series.method(request.uri().path());
+        method.started.inc();
+        let call = Call { series: self.series.clone(), method, started: Instant::now() };
         ResponseFuture { inner: self.inner.call(request), call: Some(call) }
     }
 }
@@ -178,19 +229,14 @@ where
 #[derive(Debug)]
 struct Call {
     series: Arc<Series>,
-    labels: MethodLabels,
+    method: Arc<MethodSeries>,
     started: Instant,
 }
 
 impl Call {
     fn end(self, code: tonic::Code) {
-        let handled = HandledLabels {
-            grpc_service: self.labels.grpc_service.clone(),
-            grpc_method: self.labels.grpc_method.clone(),
-            grpc_code: code_name(code).to_owned(),
-        };
-        self.series.handled.get_or_create(&handled).inc();
-        self.series.seconds.get_or_create(&self.labels).observe(self.started.elapsed().as_secs_f64());
+        self.series.handled(&self.method, code).inc();
+        self.method.seconds.observe(self.started.elapsed().as_secs_f64());
     }
 }
 
