@@ -47,9 +47,9 @@ pub fn encode(registry: &Registry) -> String {
 /// scrape is one short request, nothing to drain). The caller binds the listener, so tests use
 /// `127.0.0.1:0` and read its address.
 pub fn serve(listener: TcpListener, registry: Arc<Registry>, shutdown: CancellationToken) -> JoinHandle<()> {
-    let listen = listener.local_addr().ok();
+    let listen = listener.local_addr().map(|addr| addr.to_string()).unwrap_or_default();
     tokio::spawn(async move {
-        tracing::info!(listen = ?listen, path = PATH, "metrics serving");
+        tracing::info!(%listen, path = PATH, "metrics serving");
         loop {
             let accepted = tokio::select! {
                 () = shutdown.cancelled() => return,
