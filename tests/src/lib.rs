@@ -167,7 +167,10 @@ impl MeshBuilder {
             log: "info".into(),
             events: self.events,
         };
-        let master = ragmesh_master::start(master_config.clone(), listener).await.expect("master starts");
+        let master =
+            ragmesh_master::start_with_metrics(master_config.clone(), listener, Some(metrics_listener().await))
+                .await
+                .expect("master starts");
         let mut mesh = Mesh {
             pki,
             master: Some(master),
@@ -309,6 +312,16 @@ impl Mesh {
     /// Name of agent `i` (0-based).
     pub fn agent_name(&self, i: usize) -> &str {
         &self.agents[i].name
+    }
+
+    /// Where the master serves `/metrics`.
+    pub fn master_metrics_addr(&self) -> SocketAddr {
+        self.master().metrics_addr().expect("the harness serves the master's metrics")
+    }
+
+    /// Where agent `i` (running) serves `/metrics`.
+    pub fn agent_metrics_addr(&self, i: usize) -> SocketAddr {
+        self.agents[i].process.as_ref().expect("agent is running").metrics
     }
 
     /// Address of agent `i` (0-based), while it runs.
@@ -476,7 +489,9 @@ impl Mesh {
         let master = self.master.take().expect("master is running");
         master.shutdown().await.expect("master stops cleanly");
         let listener = listener_for(&self.master_socket);
-        self.master = Some(ragmesh_master::start(self.master_config.clone(), listener).await.expect("master restarts"));
+        let metrics = Some(metrics_listener().await);
+        let master = ragmesh_master::start_with_metrics(self.master_config.clone(), listener, metrics);
+        self.master = Some(master.await.expect("master restarts"));
     }
 
     /// Stops everything gracefully.
@@ -590,6 +605,7 @@ enum Control {
 #[derive(Debug)]
 struct AgentProcess {
     addr: SocketAddr,
+    metrics: SocketAddr,
     link: watch::Receiver<LinkStatus>,
     control: mpsc::UnboundedSender<Control>,
     thread: Option<std::thread::JoinHandle<()>>,
@@ -615,10 +631,13 @@ impl AgentProcess {
                     tokio::runtime::Builder::new_current_thread().enable_all().build().expect("agent runtime");
                 let graceful = runtime.block_on(async move {
                     let listener = tokio::net::TcpListener::bind(config.listen).await.expect("bind agent");
-                    let handle = ragmesh_agent::start(config, listener).await.expect("agent starts");
+                    let metrics = metrics_listener().await;
+                    let handle =
+                        ragmesh_agent::start_with_metrics(config, listener, Some(metrics)).await.expect("agent starts");
+                    let metrics = handle.metrics_addr().expect("metrics served");
                     let (control_tx, mut control_rx) = mpsc::unbounded_channel();
                     ready_tx
-                        .send((handle.local_addr(), handle.link_status(), control_tx))
+                        .send((handle.local_addr(), metrics, handle.link_status(), control_tx))
                         .expect("test waits for the agent");
                     while let Some(command) = control_rx.recv().await {
                         match command {
@@ -639,8 +658,9 @@ impl AgentProcess {
                 runtime.shutdown_background();
             })
             .expect("spawn agent thread");
-        let (addr, link, control) = ready_rx.recv_timeout(Duration::from_secs(10)).expect("agent starts within 10 s");
-        AgentProcess { addr, link, control, thread: Some(thread) }
+        let (addr, metrics, link, control) =
+            ready_rx.recv_timeout(Duration::from_secs(10)).expect("agent starts within 10 s");
+        AgentProcess { addr, metrics, link, control, thread: Some(thread) }
     }
 
     fn kill(mut self) {
@@ -668,6 +688,27 @@ impl Drop for AgentProcess {
     fn drop(&mut self) {
         let _ = self.control.send(Control::Kill);
     }
+}
+
+/// A listener for a daemon's `/metrics` on an ephemeral loopback port.
+async fn metrics_listener() -> tokio::net::TcpListener {
+    tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind metrics")
+}
+
+/// The body of `GET /metrics` from `addr` (plain HTTP/1.1 over loopback, no client library).
+pub async fn scrape(addr: SocketAddr) -> String {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let mut stream = tokio::net::TcpStream::connect(addr).await.expect("connect to /metrics");
+    let request = "GET /metrics HTTP/1.1\r\nhost: ragmesh\r\nconnection: close\r\n\r\n";
+    stream.write_all(request.as_bytes()).await.expect("send the scrape");
+    let mut response = String::new();
+    tokio::time::timeout(Duration::from_secs(10), stream.read_to_string(&mut response))
+        .await
+        .expect("a scrape answers within 10 s")
+        .expect("read the scrape");
+    let (head, body) = response.split_once("\r\n\r\n").expect("an HTTP response");
+    assert!(head.starts_with("HTTP/1.1 200"), "scrape of {addr} failed: {head}");
+    body.to_owned()
 }
 
 /// The name of shard group number `index` (from 0) of a mesh with replicas.

@@ -4,6 +4,7 @@
 
 pub mod error;
 pub mod link;
+pub mod metrics;
 pub mod service;
 
 use std::net::SocketAddr;
@@ -29,6 +30,7 @@ pub use ragmesh_server::StartError;
 #[derive(Debug)]
 pub struct AgentHandle {
     local_addr: SocketAddr,
+    metrics_addr: Option<SocketAddr>,
     name: String,
     shard: String,
     link: watch::Receiver<LinkStatus>,
@@ -40,6 +42,11 @@ impl AgentHandle {
     /// Address the agent serves on.
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr
+    }
+
+    /// Address `/metrics` is served on (`--metrics-listen`), if it is.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics_addr
     }
 
     /// The node name.
@@ -101,7 +108,18 @@ fn agent_api(state: AgentState, config: &AgentConfig) -> Overload<AgentServiceSe
 /// Starts serving on `listener` and attaching to the master. Health reports NOT_SERVING until
 /// the index is open.
 pub async fn start(config: AgentConfig, listener: TcpListener) -> Result<AgentHandle, StartError> {
+    start_with_metrics(config, listener, None).await
+}
+
+/// [`start`], also serving Prometheus metrics on `metrics` (`--metrics-listen`, bound by the
+/// caller) until the agent stops.
+pub async fn start_with_metrics(
+    config: AgentConfig,
+    listener: TcpListener,
+    metrics: Option<TcpListener>,
+) -> Result<AgentHandle, StartError> {
     let local_addr = listener.local_addr()?;
+    let metrics_addr = metrics.as_ref().map(TcpListener::local_addr).transpose()?;
     let (name, tls) = identity(&config)?;
     let tls = tls.map(ReloadableTls::new).transpose()?;
     let shutdown = CancellationToken::new();
@@ -116,7 +134,18 @@ pub async fn start(config: AgentConfig, listener: TcpListener) -> Result<AgentHa
     let (reflection_v1, reflection_v1alpha) = ragmesh_proto::reflection::services(&["ragmesh.v1.AgentService"]);
     // Every service decodes at most --max-message-bytes, so a refusal names the limit that applied.
     let max = config.max_message_bytes;
-    let mut builder = ragmesh_server::builder(tls.as_ref(), local_addr);
+    // The daemon's metrics registry: filled here, served (with --metrics-listen) as it is.
+    let mut metrics_registry = ragmesh_telemetry::metrics::Registry::default();
+    metrics_registry.register_collector(Box::new(metrics::IndexCollector { index: state.index.clone() }));
+    ragmesh_stack::metrics::certificate_expiry(&mut metrics_registry, tls.as_ref());
+    let grpc_metrics = ragmesh_stack::metrics::GrpcMetricsLayer::register(
+        &mut metrics_registry,
+        ragmesh_stack::metrics::KnownMethods::from_descriptor_sets(&ragmesh_proto::reflection::DESCRIPTOR_SETS),
+    );
+    if let Some(metrics) = metrics {
+        ragmesh_telemetry::metrics::serve(metrics, Arc::new(metrics_registry), shutdown.clone());
+    }
+    let mut builder = ragmesh_server::builder(tls.as_ref(), local_addr, grpc_metrics);
     let router = builder
         .add_service(health_service.max_decoding_message_size(max))
         .add_service(reflection_v1.max_decoding_message_size(max))
@@ -187,7 +216,7 @@ pub async fn start(config: AgentConfig, listener: TcpListener) -> Result<AgentHa
         Ok(())
     });
     tracing::info!(listen = %local_addr, node.id = %name, node.shard = %shard, tls = tls.is_some(), "agent serving");
-    Ok(AgentHandle { local_addr, name, shard, link: status_rx, shutdown, task })
+    Ok(AgentHandle { local_addr, metrics_addr, name, shard, link: status_rx, shutdown, task })
 }
 
 /// Refuses an index that already follows another shard group's log than `shard`; a fresh index

@@ -145,6 +145,13 @@ pub enum Command {
     /// One line per event; with --json one JSON object per line (for scripts, e.g. `| jq`).
     /// Runs until Ctrl-C or until the master ends the stream.
     Watch(WatchArgs),
+    /// A live per-node view: state, requests/s, p50/p99, errors/s, breaker, heartbeat lag
+    ///
+    /// Membership, breakers and heartbeats come from the master's ListNodes (an operator
+    /// connection, like `nodes`); requests, latency quantiles and errors from the master's
+    /// /metrics (--metrics, its --metrics-listen address), read one --interval apart. Redraws in
+    /// place on a terminal; prints plain tables otherwise; --once prints one view and exits.
+    Top(TopArgs),
 }
 
 /// `ragmeshctl watch`
@@ -159,6 +166,22 @@ pub struct WatchArgs {
     /// Print one JSON object per line instead of text
     #[arg(long)]
     pub json: bool,
+}
+
+/// `ragmeshctl top`
+#[derive(Debug, Args)]
+pub struct TopArgs {
+    /// HOST:PORT of the master's Prometheus endpoint (its --metrics-listen); without it the
+    /// traffic columns show `-`
+    #[arg(long, env = "RAGMESH_METRICS", value_name = "HOST:PORT")]
+    pub metrics: Option<String>,
+    /// Refresh interval, and the window of the rates and quantiles
+    #[arg(long, value_name = "MS", default_value_t = 2000,
+          value_parser = clap::value_parser!(u32).range(100..=60_000))]
+    pub interval_ms: u32,
+    /// Print one view (after one interval) and exit
+    #[arg(long)]
+    pub once: bool,
 }
 
 /// `ragmeshctl certs ...`

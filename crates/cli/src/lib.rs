@@ -17,6 +17,7 @@ pub mod samples;
 pub mod search;
 pub mod token;
 pub mod watch;
+pub mod top;
 
 use std::time::SystemTime;
 
@@ -59,6 +60,10 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Watch(args) => {
             let master = connect(global).await?;
             watch::run(&master, args).await
+        }
+        Command::Top(args) => {
+            let master = connect(global).await?;
+            top::run(&master, args).await
         }
     }
 }

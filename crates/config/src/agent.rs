@@ -12,6 +12,7 @@ use serde::Deserialize;
 use crate::errors::Problems;
 use crate::{
     ConfigErrors, ProcessConfig, TlsArgs, TlsFileKeys, check_range, parse_listen, read_file, resolve_addr_file,
+    resolve_metrics_listen,
 };
 
 /// Command line of `ragmesh-agent`. Every flag also reads a `RAGMESH_*` variable, and every
@@ -41,6 +42,11 @@ pub struct AgentArgs {
     /// Left in place at exit [default: none]
     #[arg(long, env = "RAGMESH_ADDR_FILE", value_name = "FILE")]
     pub addr_file: Option<PathBuf>,
+    /// Serve Prometheus metrics over plain HTTP on this address, at /metrics (e.g.
+    /// 127.0.0.1:9400); keep it on a private interface: it has no TLS or authentication
+    /// [default: off]
+    #[arg(long, env = "RAGMESH_METRICS_LISTEN", value_name = "IP:PORT")]
+    pub metrics_listen: Option<String>,
     /// host:port the master should dial [default: the bound listen address]
     #[arg(long, env = "RAGMESH_ADVERTISE", value_name = "HOST:PORT")]
     pub advertise: Option<String>,
@@ -93,6 +99,7 @@ struct AgentFile {
     shard: Option<String>,
     listen: Option<String>,
     addr_file: Option<PathBuf>,
+    metrics_listen: Option<String>,
     advertise: Option<String>,
     master: Option<String>,
     data_dir: Option<PathBuf>,
@@ -191,6 +198,7 @@ impl AgentArgs {
         let listen = self.listen.or(file.listen).unwrap_or_else(|| "127.0.0.1:7401".to_owned());
         let listen = parse_listen("listen", &listen, &mut problems);
         let addr_file = resolve_addr_file(self.addr_file, file.addr_file, &mut problems);
+        let metrics_listen = resolve_metrics_listen(self.metrics_listen.or(file.metrics_listen), &mut problems);
         let advertise = self.advertise.or(file.advertise);
         match &advertise {
             Some(advertise) => check_host_port("advertise", advertise, &mut problems),
@@ -247,7 +255,7 @@ impl AgentArgs {
             labels,
             log,
         };
-        problems.finish((config, ProcessConfig { addr_file }))
+        problems.finish((config, ProcessConfig { addr_file, metrics_listen }))
     }
 }
 

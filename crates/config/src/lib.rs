@@ -53,6 +53,13 @@ fn read_file<T: serde::de::DeserializeOwned + Default>(path: Option<&Path>, prob
 pub struct ProcessConfig {
     /// Where to report the bound address once serving (`--addr-file`); `None` writes nothing.
     pub addr_file: Option<PathBuf>,
+    /// Where to serve Prometheus metrics (`--metrics-listen`); `None`: not served.
+    pub metrics_listen: Option<std::net::SocketAddr>,
+}
+
+/// Resolves `--metrics-listen` (flag over file): an IP:PORT, or nothing (metrics off).
+fn resolve_metrics_listen(value: Option<String>, problems: &mut Problems) -> Option<std::net::SocketAddr> {
+    value.map(|value| parse_listen("metrics-listen", &value, problems))
 }
 
 /// Resolves `--addr-file` (flag over file) and checks that it names a file in a directory that

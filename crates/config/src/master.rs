@@ -11,6 +11,7 @@ use serde::Deserialize;
 use crate::errors::Problems;
 use crate::{
     ConfigErrors, ProcessConfig, TlsArgs, TlsFileKeys, check_range, parse_listen, read_file, resolve_addr_file,
+    resolve_metrics_listen,
 };
 
 /// Command line of `ragmesh-master`. Every flag also reads a `RAGMESH_*` variable, and every
@@ -29,6 +30,11 @@ pub struct MasterArgs {
     /// Left in place at exit [default: none]
     #[arg(long, env = "RAGMESH_ADDR_FILE", value_name = "FILE")]
     pub addr_file: Option<PathBuf>,
+    /// Serve Prometheus metrics over plain HTTP on this address, at /metrics (e.g.
+    /// 127.0.0.1:9400); keep it on a private interface: it has no TLS or authentication
+    /// [default: off]
+    #[arg(long, env = "RAGMESH_METRICS_LISTEN", value_name = "IP:PORT")]
+    pub metrics_listen: Option<String>,
     /// Directory for the node registry (sled) [default: ./ragmesh-master-data]
     #[arg(long, env = "RAGMESH_DATA_DIR", value_name = "DIR")]
     pub data_dir: Option<PathBuf>,
@@ -254,6 +260,7 @@ impl Default for AccessConfig {
 struct MasterFile {
     listen: Option<String>,
     addr_file: Option<PathBuf>,
+    metrics_listen: Option<String>,
     data_dir: Option<PathBuf>,
     ca: Option<PathBuf>,
     cert: Option<PathBuf>,
@@ -330,6 +337,7 @@ impl MasterArgs {
         let listen = self.listen.or(file.listen).unwrap_or_else(|| "127.0.0.1:7400".to_owned());
         let listen = parse_listen("listen", &listen, &mut problems);
         let addr_file = resolve_addr_file(self.addr_file, file.addr_file, &mut problems);
+        let metrics_listen = resolve_metrics_listen(self.metrics_listen.or(file.metrics_listen), &mut problems);
         let data_dir = self.data_dir.or(file.data_dir).unwrap_or_else(|| PathBuf::from("ragmesh-master-data"));
         let file_tls = TlsFileKeys { ca: file.ca, cert: file.cert, key: file.key, insecure: file.insecure };
         let tls = self.tls.resolve(file_tls, &mut problems);
@@ -377,7 +385,7 @@ impl MasterArgs {
             log,
             events,
         };
-        problems.finish((config, ProcessConfig { addr_file }))
+        problems.finish((config, ProcessConfig { addr_file, metrics_listen }))
     }
 }
 
@@ -645,6 +653,25 @@ mod tests {
             assert!(text.contains("[default:"), "{flag} help names its default: {text}");
             assert!(help.contains(flag), "{flag} missing from --help");
         }
+    }
+
+    #[test]
+    fn metrics_listen_is_off_by_default_and_comes_from_flag_env_name_or_file() {
+        let (_, process) = args(&["--insecure"]).resolve_daemon().expect("valid");
+        assert_eq!(process.metrics_listen, None, "metrics are off unless asked for");
+        let (_, process) = args(&["--insecure", "--metrics-listen", "127.0.0.1:9400"]).resolve_daemon().expect("valid");
+        assert_eq!(process.metrics_listen, Some("127.0.0.1:9400".parse().expect("addr")));
+        let dir = tempfile::tempdir().expect("tempdir");
+        let config = dir.path().join("master.toml");
+        std::fs::write(&config, "insecure = true\nmetrics_listen = '0.0.0.0:9400'\n").expect("write");
+        let (_, process) = args(&["--config", config.to_str().expect("utf8")]).resolve_daemon().expect("valid");
+        assert_eq!(process.metrics_listen, Some("0.0.0.0:9400".parse().expect("addr")));
+        let errors =
+            args(&["--insecure", "--metrics-listen", "localhost:9400"]).resolve_daemon().expect_err("not an IP");
+        assert!(errors.to_string().contains("--metrics-listen \"localhost:9400\" is not a socket address"), "{errors}");
+        let command = <MasterArgs as clap::CommandFactory>::command();
+        let arg = command.get_arguments().find(|a| a.get_id() == "metrics_listen").expect("argument exists");
+        assert_eq!(arg.get_env().and_then(|e| e.to_str()), Some("RAGMESH_METRICS_LISTEN"));
     }
 
     #[test]

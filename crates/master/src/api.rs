@@ -47,6 +47,8 @@ pub(crate) struct Context {
     pub(crate) health: ragmesh_stack::node_health::HealthBook,
     pub(crate) config: Arc<MasterConfig>,
     pub(crate) shutdown: CancellationToken,
+    /// The master's Prometheus series.
+    pub(crate) metrics: crate::metrics::MasterMetrics,
     /// Health-stream watchers, drained on shutdown so no task outlives the master.
     pub(crate) tasks: tokio_util::task::TaskTracker,
     /// Where events are published (admission refusals and version mismatches from here).
@@ -194,6 +196,7 @@ impl MasterService for MasterApi {
         let query =
             NodeQuery { query: req.query, collections: req.collections, limit, min_score: req.min_score, context };
         let groups = federation::fan_out(&self.0.node_client, &plan.targets, &query, deadline).await;
+        self.0.metrics.record_search(&plan, &groups);
         let reports = federation::group_reports(&plan, &groups);
         let results = federation::node_results(&plan, groups);
         // An answer no node gave is an error, never "OK, zero hits".

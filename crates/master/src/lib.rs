@@ -15,6 +15,7 @@ pub mod events;
 pub mod federation;
 mod membership;
 pub mod merge;
+pub mod metrics;
 pub mod node;
 pub mod registry;
 pub mod replication;
@@ -50,6 +51,7 @@ pub use ragmesh_server::StartError;
 #[derive(Debug)]
 pub struct MasterHandle {
     local_addr: SocketAddr,
+    metrics_addr: Option<SocketAddr>,
     registry: Arc<OnceLock<Registry>>,
     shutdown: CancellationToken,
     task: JoinHandle<anyhow::Result<()>>,
@@ -59,6 +61,11 @@ impl MasterHandle {
     /// Address the master serves on.
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr
+    }
+
+    /// Address `/metrics` is served on (`--metrics-listen`), if it is.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics_addr
     }
 
     /// The registry, once loaded.
@@ -128,7 +135,18 @@ fn resilience(config: &ragmesh_config::ResilienceConfig) -> (HealthConfig, Clien
 
 /// Starts serving on `listener`. Health reports NOT_SERVING until the registry is loaded.
 pub async fn start(config: MasterConfig, listener: TcpListener) -> Result<MasterHandle, StartError> {
+    start_with_metrics(config, listener, None).await
+}
+
+/// [`start`], also serving Prometheus metrics on `metrics` (`--metrics-listen`, bound by the
+/// caller) until the master stops.
+pub async fn start_with_metrics(
+    config: MasterConfig,
+    listener: TcpListener,
+    metrics: Option<TcpListener>,
+) -> Result<MasterHandle, StartError> {
     let local_addr = listener.local_addr()?;
+    let metrics_addr = metrics.as_ref().map(TcpListener::local_addr).transpose()?;
     let tls = load_tls(&config)?.map(ReloadableTls::new).transpose()?;
     let config = Arc::new(config);
     let shutdown = CancellationToken::new();
@@ -142,7 +160,27 @@ pub async fn start(config: MasterConfig, listener: TcpListener) -> Result<Master
     // go to one writer, which persists them once the store is open.
     let (breaker_tx, breaker_rx) = tokio::sync::mpsc::unbounded_channel();
     let (health_config, client_config) = resilience(&config.resilience);
-    let health_book = HealthBook::new(health_config, Some(breaker_tx));
+    // Transitions pass through a counter on their way to the writer.
+    let (counted_tx, mut counted_rx) =
+        tokio::sync::mpsc::unbounded_channel::<ragmesh_stack::node_health::BreakerUpdate>();
+    let health_book = HealthBook::new(health_config, Some(counted_tx));
+    // The daemon's metrics registry: filled here, served (with --metrics-listen) as it is.
+    let mut metrics_registry = ragmesh_telemetry::metrics::Registry::default();
+    let master_metrics = metrics::MasterMetrics::register(&mut metrics_registry, registry.clone(), health_book.clone());
+    ragmesh_stack::metrics::certificate_expiry(&mut metrics_registry, tls.as_ref());
+    let grpc_metrics = ragmesh_stack::metrics::GrpcMetricsLayer::register(
+        &mut metrics_registry,
+        ragmesh_stack::metrics::KnownMethods::from_descriptor_sets(&ragmesh_proto::reflection::DESCRIPTOR_SETS),
+    );
+    let transitions = master_metrics.clone();
+    tokio::spawn(async move {
+        while let Some(update) = counted_rx.recv().await {
+            transitions.breaker_transition(&update.node, &update.state);
+            if breaker_tx.send(update).is_err() {
+                return;
+            }
+        }
+    });
     // The node client's directory is empty until the registry is loaded and followed.
     let (directory_tx, node_client) = directory::node_client(&node_clients, health_book.clone(), client_config);
     // Sources publish from now on; events queue until the store is open and their owner runs.
@@ -161,6 +199,7 @@ pub async fn start(config: MasterConfig, listener: TcpListener) -> Result<Master
         config: config.clone(),
         shutdown: shutdown.clone(),
         events: events.clone(),
+        metrics: master_metrics.clone(),
     };
 
     let (health, health_service) = tonic_health::server::health_reporter();
@@ -177,10 +216,13 @@ pub async fn start(config: MasterConfig, listener: TcpListener) -> Result<Master
     let rate_limits = RateLimits::from_config(config.access.rate_limit_rps, config.access.rate_limit_burst)
         .map_err(|e| StartError::Config(e.to_string()))?;
     // Authentication runs first (outermost) so the rate limiter keys on the verified caller.
-    let mut builder = ragmesh_server::builder(tls.as_ref(), local_addr)
+    let mut builder = ragmesh_server::builder(tls.as_ref(), local_addr, grpc_metrics)
         .max_concurrent_streams(config.access.max_streams_per_connection)
         .layer(auth_layer::AuthLayer::new(access.clone()))
-        .layer(RateLimitLayer::new(rate_limits, key_from_extension().or(key_from_peer_ip())));
+        .layer(
+            RateLimitLayer::new(rate_limits, key_from_extension().or(key_from_peer_ip()))
+                .with_refusals(master_metrics.rate_limit_refusals()),
+        );
     // Health and reflection decode at most --max-message-bytes too, so a refusal names the limit
     // that applied; their responses stay unlimited (reflection's descriptors can be large).
     let max = config.access.max_message_bytes;
@@ -207,6 +249,9 @@ pub async fn start(config: MasterConfig, listener: TcpListener) -> Result<Master
     let events_config = config.events.clone();
     let webhooks = config.events.webhooks.clone();
     let event_tasks = tasks.clone();
+    if let Some(metrics) = metrics {
+        ragmesh_telemetry::metrics::serve(metrics, Arc::new(metrics_registry), shutdown.clone());
+    }
     let task = tokio::spawn(async move {
         let server = tokio::spawn(ragmesh_server::serve(router, listener, serve_tls, serve_stop.cancelled_owned()));
         let store_dir = data_dir.join("state");
@@ -299,5 +344,5 @@ pub async fn start(config: MasterConfig, listener: TcpListener) -> Result<Master
         Ok(())
     });
     tracing::info!(listen = %local_addr, tls = tls.is_some(), "master serving");
-    Ok(MasterHandle { local_addr, registry, shutdown, task })
+    Ok(MasterHandle { local_addr, metrics_addr, registry, shutdown, task })
 }

@@ -23,7 +23,14 @@ async fn main() -> ExitCode {
         Ok(listener) => listener,
         Err(code) => return code,
     };
-    let handle = match ragmesh_master::start(config, listener).await {
+    let metrics = match process.metrics_listen {
+        Some(addr) => match daemon::bind(PROGRAM, addr).await {
+            Ok(listener) => Some(listener),
+            Err(code) => return code,
+        },
+        None => None,
+    };
+    let handle = match ragmesh_master::start_with_metrics(config, listener, metrics).await {
         Ok(handle) => handle,
         Err(err) => return daemon::exit(PROGRAM, Err(err.into())),
     };

@@ -32,6 +32,15 @@ pub const PROTOCOL_MINOR: u32 = 0;
 pub mod reflection {
     use tonic_reflection::server::{v1, v1alpha};
 
+    /// The encoded descriptor sets reflection serves: ragmesh's, grpc.health.v1's and
+    /// reflection's own (also the methods the gRPC server metrics know by name).
+    pub const DESCRIPTOR_SETS: [&[u8]; 4] = [
+        crate::FILE_DESCRIPTOR_SET,
+        tonic_health::pb::FILE_DESCRIPTOR_SET,
+        tonic_reflection::pb::v1::FILE_DESCRIPTOR_SET,
+        tonic_reflection::pb::v1alpha::FILE_DESCRIPTOR_SET,
+    ];
+
     /// Services every ragmesh server offers besides its own.
     const COMMON: [&str; 3] =
         ["grpc.health.v1.Health", "grpc.reflection.v1.ServerReflection", "grpc.reflection.v1alpha.ServerReflection"];

@@ -21,6 +21,7 @@ use tonic::transport::server::{Router, TcpIncoming};
 use tower::Layer;
 use tower::layer::util::{Identity, Stack};
 
+use ragmesh_stack::metrics::GrpcMetricsLayer;
 use ragmesh_stack::wire_errors::WireErrorsLayer;
 
 /// Why a daemon could not start.
@@ -51,8 +52,9 @@ const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(5);
 /// The flag both daemons set their message-size limit with, named when a request exceeds it.
 pub const MAX_MESSAGE_BYTES_FLAG: &str = "--max-message-bytes";
 
-/// The server [`builder`] returns: tonic's, with [`WireErrorsLayer`] outermost.
-pub type ServerBuilder = Server<Stack<WireErrorsLayer, Identity>>;
+/// The server [`builder`] returns: tonic's, with [`GrpcMetricsLayer`] outermost, then
+/// [`WireErrorsLayer`].
+pub type ServerBuilder = Server<Stack<WireErrorsLayer, Stack<GrpcMetricsLayer, Identity>>>;
 
 /// A server builder with HTTP/2 keepalives. TLS is not configured here: [`serve`] terminates it,
 /// so certificates can be reloaded while serving. Without `tls` (plaintext) it warns loudly.
@@ -62,7 +64,10 @@ pub type ServerBuilder = Server<Stack<WireErrorsLayer, Identity>>;
 /// RESOURCE_EXHAUSTED naming [`MAX_MESSAGE_BYTES_FLAG`] for a message over the limit. Outermost,
 /// because it must see every response, and the layers a daemon adds (authentication, rate
 /// limits) never answer with the statuses it rewrites.
-pub fn builder(tls: Option<&ReloadableTls>, listen: SocketAddr) -> ServerBuilder {
+///
+/// Outside it, `metrics` counts every call with the status the client gets (after the rewrite,
+/// including the refusals of authentication and rate limits): `grpc_server_*` series.
+pub fn builder(tls: Option<&ReloadableTls>, listen: SocketAddr, metrics: GrpcMetricsLayer) -> ServerBuilder {
     if tls.is_none() {
         tracing::warn!(
             %listen,
@@ -72,6 +77,7 @@ pub fn builder(tls: Option<&ReloadableTls>, listen: SocketAddr) -> ServerBuilder
     Server::builder()
         .http2_keepalive_interval(Some(KEEPALIVE_INTERVAL))
         .http2_keepalive_timeout(Some(KEEPALIVE_TIMEOUT))
+        .layer(metrics)
         .layer(WireErrorsLayer::new(MAX_MESSAGE_BYTES_FLAG))
 }
 

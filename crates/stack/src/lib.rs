@@ -7,6 +7,8 @@
 //!   the outcome in the shared vocabulary, every attempt recorded.
 //! - [`hedge`]: which reads are hedged (tower's hedge), under a budget.
 //! - [`load`]: the p2c load metric of a node (failed or refusing last, then peak-EWMA cost).
+//! - [`metrics`]: gRPC server metrics with the conventional names (a layer), scrape-time gauges,
+//!   certificate expiry.
 //! - [`node_call`]: the typed call the master's node client takes (a shard group or one node, a
 //!   Clone request, a deadline, a shared attempt log) and the one vocabulary of how it ends.
 //! - [`node_client`]: [`node_client::build`], the node client: router, hedge, retry, balance and
@@ -26,6 +28,7 @@ pub mod discover;
 pub mod endpoint;
 pub mod hedge;
 pub mod load;
+pub mod metrics;
 pub mod node_call;
 pub mod node_client;
 pub mod node_health;

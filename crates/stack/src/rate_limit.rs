@@ -30,6 +30,7 @@ use std::task::{Context, Poll};
 
 use governor::clock::Clock;
 use pin_project_lite::pin_project;
+use prometheus_client::metrics::counter::Counter;
 use tower::{Layer, Service};
 
 pub use key::{
@@ -45,6 +46,7 @@ pub use limiter::{
 pub struct RateLimitLayer<K, C: Clock = MonotonicClock> {
     limiter: Arc<Limiter<C>>,
     key: Arc<K>,
+    refusals: Option<Counter>,
 }
 
 impl<K: KeyExtractor> RateLimitLayer<K> {
@@ -57,7 +59,13 @@ impl<K: KeyExtractor> RateLimitLayer<K> {
 impl<K: KeyExtractor, C: Clock> RateLimitLayer<K, C> {
     /// A layer over an existing limiter, to share it between servers or watch it from a test.
     pub fn with_limiter(limiter: Arc<Limiter<C>>, key: K) -> Self {
-        Self { limiter, key: Arc::new(key) }
+        Self { limiter, key: Arc::new(key), refusals: None }
+    }
+
+    /// Counts every refusal in `refusals` (`ragmesh_rate_limit_refusals_total`).
+    pub fn with_refusals(mut self, refusals: Counter) -> Self {
+        self.refusals = Some(refusals);
+        self
     }
 
     /// The limiter, for its number of tracked principals (a metric) or its limits.
@@ -68,7 +76,7 @@ impl<K: KeyExtractor, C: Clock> RateLimitLayer<K, C> {
 
 impl<K, C: Clock> Clone for RateLimitLayer<K, C> {
     fn clone(&self) -> Self {
-        Self { limiter: Arc::clone(&self.limiter), key: Arc::clone(&self.key) }
+        Self { limiter: Arc::clone(&self.limiter), key: Arc::clone(&self.key), refusals: self.refusals.clone() }
     }
 }
 
@@ -82,7 +90,12 @@ impl<S, K, C: Clock> Layer<S> for RateLimitLayer<K, C> {
     type Service = RateLimit<S, K, C>;
 
     fn layer(&self, inner: S) -> Self::Service {
-        RateLimit { inner, limiter: Arc::clone(&self.limiter), key: Arc::clone(&self.key) }
+        RateLimit {
+            inner,
+            limiter: Arc::clone(&self.limiter),
+            key: Arc::clone(&self.key),
+            refusals: self.refusals.clone(),
+        }
     }
 }
 
@@ -92,11 +105,17 @@ pub struct RateLimit<S, K, C: Clock = MonotonicClock> {
     inner: S,
     limiter: Arc<Limiter<C>>,
     key: Arc<K>,
+    refusals: Option<Counter>,
 }
 
 impl<S: Clone, K, C: Clock> Clone for RateLimit<S, K, C> {
     fn clone(&self) -> Self {
-        Self { inner: self.inner.clone(), limiter: Arc::clone(&self.limiter), key: Arc::clone(&self.key) }
+        Self {
+            inner: self.inner.clone(),
+            limiter: Arc::clone(&self.limiter),
+            key: Arc::clone(&self.key),
+            refusals: self.refusals.clone(),
+        }
     }
 }
 
@@ -130,6 +149,9 @@ where
         if let Some(key) = self.key.extract(&request)
             && let Err(limited) = self.limiter.check(&key)
         {
+            if let Some(refusals) = &self.refusals {
+                refusals.inc();
+            }
             return ResponseFuture::refused(limited.to_status().into_http());
         }
         ResponseFuture::inner(self.inner.call(request))

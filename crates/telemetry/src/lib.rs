@@ -1,6 +1,9 @@
 //! Telemetry of the ragmesh binaries: a structured `tracing` subscriber writing to stderr, with
 //! ANSI colours only when stderr is a terminal and `NO_COLOR` is not set.
 //! The OTLP exporter and W3C trace-context propagation join here in a later issue.
+//! [`metrics`]: the Prometheus `/metrics` endpoint over a registry each daemon owns.
+
+pub mod metrics;
 
 use std::ffi::OsStr;
 use std::io::IsTerminal as _;

@@ -1,0 +1,30 @@
+//! The agent's own Prometheus series, read at scrape time from its index: documents and
+//! generation (`ragmesh_index_documents`, `ragmesh_index_generation`). Its request metrics are
+//! the gRPC server series (`ragmesh_stack::metrics`), its certificate's expiry is
+//! `ragmesh_tls_certificate_expiry_seconds`.
+
+use std::sync::{Arc, OnceLock};
+
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::DescriptorEncoder;
+use ragmesh_index::DocumentIndex;
+use ragmesh_stack::metrics::Gauges;
+
+/// Reads the index (once open) at each scrape.
+#[derive(Debug)]
+pub struct IndexCollector {
+    /// The agent's index, set once it is open.
+    pub index: Arc<OnceLock<Arc<DocumentIndex>>>,
+}
+
+impl Collector for IndexCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder<'_>) -> Result<(), std::fmt::Error> {
+        let Some(index) = self.index.get() else { return Ok(()) };
+        let documents = Gauges::default();
+        documents.set(Vec::new(), index.doc_count() as f64);
+        documents.encode(&mut encoder, "ragmesh_index_documents", "Documents in this agent's index")?;
+        let generation = Gauges::default();
+        generation.set(Vec::new(), index.generation() as f64);
+        generation.encode(&mut encoder, "ragmesh_index_generation", "Generation of this agent's index (one per commit)")
+    }
+}

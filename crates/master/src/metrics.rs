@@ -1,0 +1,340 @@
+//! The master's own Prometheus series (the gRPC server series come from
+//! `ragmesh_stack::metrics`). One [`MasterMetrics`] handle, registered in the registry
+//! [`crate::start`] creates, is passed to the few places that count: the search's result
+//! handling ([`MasterMetrics::record_search`]), the breaker transitions on their way to the
+//! writer, and the rate limiter. Membership and breaker state are read at scrape time
+//! ([`StateCollector`]) from the registry and the health book, so they are never stale.
+//!
+//! Labels are node names (admitted nodes only), outcomes and states: never queries, subjects
+//! or tenants.
+
+use std::sync::{Arc, OnceLock};
+use std::time::SystemTime;
+
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry as MetricsRegistry;
+use ragmesh_stack::breaker::BreakerState;
+use ragmesh_stack::metrics::{Gauges, latency_buckets};
+use ragmesh_stack::node_call::{AttemptEnd, AttemptKind, CallError};
+use ragmesh_stack::node_health::HealthBook;
+
+use crate::federation::{GroupResult, Plan, SkipReason};
+use crate::node::NodeState;
+use crate::registry::Registry;
+
+/// Labels of a per-node series.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct NodeLabels {
+    /// The node's name.
+    pub node: String,
+}
+
+/// Labels of a per-node outcome.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OutcomeLabels {
+    /// The node's name.
+    pub node: String,
+    /// `ok`, `timeout`, `unavailable`, `error`, `breaker_open` or `cancelled`.
+    pub outcome: String,
+}
+
+/// Labels of a breaker transition.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TransitionLabels {
+    /// The node's name.
+    pub node: String,
+    /// The state entered: `closed`, `open`, `half_open`.
+    pub to: String,
+}
+
+/// The counters the master's request paths update.
+#[derive(Debug, Clone)]
+pub struct MasterMetrics {
+    calls: Family<OutcomeLabels, Counter>,
+    call_seconds: Family<NodeLabels, Histogram, fn() -> Histogram>,
+    retries: Family<NodeLabels, Counter>,
+    hedges: Family<NodeLabels, Counter>,
+    groups_asked: Counter,
+    groups_answered: Counter,
+    breaker_transitions: Family<TransitionLabels, Counter>,
+    rate_limit_refusals: Counter,
+}
+
+fn call_histogram() -> Histogram {
+    Histogram::new(latency_buckets())
+}
+
+impl MasterMetrics {
+    /// Registers the master's series in `metrics`, and the scrape-time [`StateCollector`] over
+    /// `registry` (set once loaded) and `health`.
+    pub fn register(metrics: &mut MetricsRegistry, registry: Arc<OnceLock<Registry>>, health: HealthBook) -> Self {
+        let handle = MasterMetrics {
+            calls: Family::default(),
+            call_seconds: Family::new_with_constructor(call_histogram),
+            retries: Family::default(),
+            hedges: Family::default(),
+            groups_asked: Counter::default(),
+            groups_answered: Counter::default(),
+            breaker_transitions: Family::default(),
+            rate_limit_refusals: Counter::default(),
+        };
+        metrics.register(
+            "ragmesh_node_client_calls",
+            "Calls of the node client to each node, by outcome (ok, timeout, unavailable, error, breaker_open, cancelled)",
+            handle.calls.clone(),
+        );
+        metrics.register(
+            "ragmesh_node_client_call_seconds",
+            "Latency of the node client's calls to each node that ended with an answer or a failure",
+            handle.call_seconds.clone(),
+        );
+        metrics.register("ragmesh_node_client_retries", "Retries sent to each node", handle.retries.clone());
+        metrics.register("ragmesh_node_client_hedges", "Hedged reads sent to each node", handle.hedges.clone());
+        metrics.register(
+            "ragmesh_search_groups_asked",
+            "Shard groups a federated search asked (fan-out coverage: compare with answered)",
+            handle.groups_asked.clone(),
+        );
+        metrics.register(
+            "ragmesh_search_groups_answered",
+            "Shard groups that answered a federated search",
+            handle.groups_answered.clone(),
+        );
+        metrics.register(
+            "ragmesh_breaker_transitions",
+            "Circuit breaker transitions of each node, by state entered",
+            handle.breaker_transitions.clone(),
+        );
+        metrics.register(
+            "ragmesh_rate_limit_refusals",
+            "Requests refused by the per-principal rate limit",
+            handle.rate_limit_refusals.clone(),
+        );
+        metrics.register_collector(Box::new(StateCollector { registry, health }));
+        handle
+    }
+
+    /// The counter the rate limiter increments on each refusal.
+    pub fn rate_limit_refusals(&self) -> Counter {
+        self.rate_limit_refusals.clone()
+    }
+
+    /// Counts one search's fan-out: groups asked and answered, and every attempt to every
+    /// node (outcome, latency, retries, hedges); nodes the plan skipped because their breaker
+    /// was open count as `breaker_open`.
+    pub fn record_search(&self, plan: &Plan, groups: &[GroupResult]) {
+        for (node, reason) in &plan.skipped {
+            if *reason == SkipReason::BreakerOpen {
+                self.outcome(node, "breaker_open");
+            }
+        }
+        self.groups_asked.inc_by(groups.len() as u64);
+        let answered = groups.iter().filter(|group| group.answer.is_ok()).count();
+        self.groups_answered.inc_by(answered as u64);
+        for group in groups {
+            for attempt in &group.attempts {
+                let node = NodeLabels { node: attempt.node.clone() };
+                match attempt.kind {
+                    AttemptKind::First => {}
+                    AttemptKind::Retry => {
+                        self.retries.get_or_create(&node).inc();
+                    }
+                    AttemptKind::Hedge => {
+                        self.hedges.get_or_create(&node).inc();
+                    }
+                }
+                let outcome = attempt_outcome(&attempt.end);
+                self.outcome(&attempt.node, outcome);
+                // Latency of calls that reached an end; a refusal or an abandoned copy says
+                // nothing about the node's speed.
+                if !matches!(outcome, "breaker_open" | "cancelled") {
+                    self.call_seconds.get_or_create(&node).observe(attempt.took.as_secs_f64());
+                }
+            }
+        }
+    }
+
+    fn outcome(&self, node: &str, outcome: &str) {
+        self.calls.get_or_create(&OutcomeLabels { node: node.to_owned(), outcome: outcome.to_owned() }).inc();
+    }
+
+    /// Counts a breaker transition of `node` into `state`.
+    pub fn breaker_transition(&self, node: &str, state: &BreakerState) {
+        let to = breaker_state_name(state).to_owned();
+        self.breaker_transitions.get_or_create(&TransitionLabels { node: node.to_owned(), to }).inc();
+    }
+}
+
+/// The outcome label of an attempt.
+pub fn attempt_outcome(end: &AttemptEnd) -> &'static str {
+    match end {
+        AttemptEnd::Ok => "ok",
+        AttemptEnd::Cancelled => "cancelled",
+        AttemptEnd::Failed(CallError::Timeout { .. }) => "timeout",
+        AttemptEnd::Failed(CallError::Unavailable(_)) => "unavailable",
+        AttemptEnd::Failed(CallError::BreakerOpen { .. }) => "breaker_open",
+        AttemptEnd::Failed(CallError::Error { .. } | CallError::Rejected { .. }) => "error",
+    }
+}
+
+fn breaker_state_name(state: &BreakerState) -> &'static str {
+    match state {
+        BreakerState::Closed => "closed",
+        BreakerState::Open { .. } => "open",
+        BreakerState::HalfOpen { .. } => "half_open",
+    }
+}
+
+/// The value of `ragmesh_breaker_state`: 0 closed, 1 half-open, 2 open.
+fn breaker_state_value(state: &BreakerState) -> f64 {
+    match state {
+        BreakerState::Closed => 0.0,
+        BreakerState::HalfOpen { .. } => 1.0,
+        BreakerState::Open { .. } => 2.0,
+    }
+}
+
+const NODE_STATES: [NodeState; 4] = [NodeState::Joining, NodeState::Up, NodeState::Suspect, NodeState::Down];
+
+/// Node states, heartbeat lag and breaker states, read from the registry and the health book
+/// at each scrape. Nothing before the registry is loaded.
+#[derive(Debug)]
+pub struct StateCollector {
+    registry: Arc<OnceLock<Registry>>,
+    health: HealthBook,
+}
+
+impl Collector for StateCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder<'_>) -> Result<(), std::fmt::Error> {
+        let Some(registry) = self.registry.get() else { return Ok(()) };
+        let now = SystemTime::now();
+        let states = Gauges::default();
+        let lag = Gauges::default();
+        let breakers = Gauges::default();
+        for view in registry.snapshot() {
+            let node = view.record.name.clone();
+            for state in NODE_STATES {
+                let value = if view.state == state { 1.0 } else { 0.0 };
+                states.set(vec![("node", node.clone()), ("state", state.to_string())], value);
+            }
+            if let Some(last) = view.last_heartbeat {
+                let seconds = now.duration_since(last).map_or(0.0, |d| d.as_secs_f64());
+                lag.set(vec![("node", node.clone())], seconds);
+            }
+            if let Some(health) = self.health.snapshot(&node) {
+                breakers.set(vec![("node", node)], breaker_state_value(&health.state));
+            }
+        }
+        states.encode(
+            &mut encoder,
+            "ragmesh_membership_node_state",
+            "1 for each node's current state (joining, up, suspect, down), 0 for the others",
+        )?;
+        lag.encode(
+            &mut encoder,
+            "ragmesh_membership_heartbeat_lag_seconds",
+            "Seconds since each node's last heartbeat",
+        )?;
+        breakers.encode(
+            &mut encoder,
+            "ragmesh_breaker_state",
+            "Circuit breaker state of each node: 0 closed, 1 half-open, 2 open",
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use ragmesh_stack::node_call::{Attempt, Target};
+    use ragmesh_stack::node_health::HealthConfig;
+    use tokio::time::Instant;
+
+    use super::*;
+    use crate::federation::GroupTarget;
+
+    fn attempt(node: &str, kind: AttemptKind, end: AttemptEnd) -> Attempt {
+        Attempt { node: node.into(), kind, started: Instant::now(), took: Duration::from_millis(3), end }
+    }
+
+    fn group(name: &str, answer: Result<(), CallError>, attempts: Vec<Attempt>) -> GroupResult {
+        GroupResult {
+            target: GroupTarget {
+                group: name.into(),
+                target: Target::Group(name.into()),
+                readable: Vec::new(),
+                breaker_open: Vec::new(),
+            },
+            answer: answer.map(|()| ("a".to_owned(), ragmesh_proto::v1::NodeSearchResponse::default())),
+            attempts,
+            took: Duration::from_millis(5),
+        }
+    }
+
+    fn text(registry: &MetricsRegistry) -> String {
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, registry).expect("encode");
+        text
+    }
+
+    #[tokio::test]
+    async fn a_search_counts_coverage_outcomes_retries_hedges_and_skipped_open_breakers() {
+        let mut registry = MetricsRegistry::default();
+        let metrics = MasterMetrics::register(
+            &mut registry,
+            Arc::new(OnceLock::new()),
+            HealthBook::new(HealthConfig::default(), None),
+        );
+        let plan = Plan {
+            skipped: vec![("c".into(), SkipReason::BreakerOpen), ("d".into(), SkipReason::Down)],
+            ..Plan::default()
+        };
+        let unavailable = CallError::Unavailable("connection refused".into());
+        let groups = vec![
+            group(
+                "g1",
+                Ok(()),
+                vec![
+                    attempt("a", AttemptKind::First, AttemptEnd::Ok),
+                    attempt("b", AttemptKind::Hedge, AttemptEnd::Cancelled),
+                ],
+            ),
+            group(
+                "g2",
+                Err(unavailable.clone()),
+                vec![
+                    attempt("e", AttemptKind::First, AttemptEnd::Failed(unavailable.clone())),
+                    attempt("f", AttemptKind::Retry, AttemptEnd::Failed(CallError::Timeout { budget: Duration::ZERO })),
+                ],
+            ),
+        ];
+        metrics.record_search(&plan, &groups);
+        metrics.breaker_transition("e", &BreakerState::Open { until: Duration::ZERO, attempt: 0 });
+        metrics.rate_limit_refusals().inc();
+        let text = text(&registry);
+        for line in [
+            "ragmesh_search_groups_asked_total 2",
+            "ragmesh_search_groups_answered_total 1",
+            r#"ragmesh_node_client_calls_total{node="a",outcome="ok"} 1"#,
+            r#"ragmesh_node_client_calls_total{node="b",outcome="cancelled"} 1"#,
+            r#"ragmesh_node_client_calls_total{node="c",outcome="breaker_open"} 1"#,
+            r#"ragmesh_node_client_calls_total{node="e",outcome="unavailable"} 1"#,
+            r#"ragmesh_node_client_calls_total{node="f",outcome="timeout"} 1"#,
+            r#"ragmesh_node_client_hedges_total{node="b"} 1"#,
+            r#"ragmesh_node_client_retries_total{node="f"} 1"#,
+            r#"ragmesh_node_client_call_seconds_count{node="a"} 1"#,
+            r#"ragmesh_breaker_transitions_total{node="e",to="open"} 1"#,
+            "ragmesh_rate_limit_refusals_total 1",
+        ] {
+            assert!(text.contains(line), "{line} missing:\n{text}");
+        }
+        assert!(!text.contains(r#"node="d""#), "a node skipped as down made no call: {text}");
+        assert!(!text.contains(r#"ragmesh_node_client_call_seconds_count{node="b"}"#), "a lost hedge has no latency");
+        assert!(!text.contains("ragmesh_membership_node_state"), "no registry yet, no membership series");
+    }
+}
