@@ -116,7 +116,8 @@ pub async fn start(config: AgentConfig, listener: TcpListener) -> Result<AgentHa
     let (reflection_v1, reflection_v1alpha) = ragmesh_proto::reflection::services(&["ragmesh.v1.AgentService"]);
     // Every service decodes at most --max-message-bytes, so a refusal names the limit that applied.
     let max = config.max_message_bytes;
-    let mut builder = ragmesh_server::builder(tls.as_ref(), local_addr);
+    // The server span of every call, continuing the master's trace (ragmesh_stack::trace).
+    let mut builder = ragmesh_server::builder(tls.as_ref(), local_addr).layer(ragmesh_stack::trace::TraceLayer::new());
     let router = builder
         .add_service(health_service.max_decoding_message_size(max))
         .add_service(reflection_v1.max_decoding_message_size(max))

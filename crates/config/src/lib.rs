@@ -6,10 +6,12 @@
 mod agent;
 mod errors;
 mod master;
+mod trace;
 
 pub use agent::{AgentArgs, AgentConfig, DEFAULT_MAX_CONCURRENT_REQUESTS, Secret, valid_node_name};
 pub use errors::{ConfigErrors, EXIT_CONFIG};
 pub use master::{AccessConfig, MasterArgs, MasterConfig, ReplicationConfig, ResilienceConfig, WriteQuorum};
+pub use trace::{TraceArgs, TraceConfig};
 
 use std::path::{Path, PathBuf};
 
@@ -47,10 +49,12 @@ fn read_file<T: serde::de::DeserializeOwned + Default>(path: Option<&Path>, prob
 /// Settings of a daemon's process rather than of the service it runs: what its `main` does
 /// around `start`, which the library never sees. Kept apart from [`MasterConfig`] and
 /// [`AgentConfig`], which tests build field by field.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct ProcessConfig {
     /// Where to report the bound address once serving (`--addr-file`); `None` writes nothing.
     pub addr_file: Option<PathBuf>,
+    /// Trace export (`--otlp-endpoint`, `--trace-sample-ratio`).
+    pub trace: TraceConfig,
 }
 
 /// Resolves `--addr-file` (flag over file) and checks that it names a file in a directory that

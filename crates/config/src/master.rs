@@ -117,6 +117,9 @@ pub struct MasterArgs {
     /// second for replicas that stall); 0 turns hedging off [default: 5]
     #[arg(long, env = "RAGMESH_HEDGE_BUDGET_PERCENT", value_name = "PERCENT")]
     pub hedge_budget_percent: Option<u32>,
+    /// Trace export over OTLP
+    #[command(flatten)]
+    pub trace: crate::TraceArgs,
     /// Log filter, tracing-subscriber syntax [default: info]
     #[arg(long, env = "RAGMESH_LOG", value_name = "FILTER")]
     pub log: Option<String>,
@@ -283,6 +286,8 @@ struct MasterFile {
     retry_min_per_second: Option<u32>,
     hedge_budget_percent: Option<u32>,
     log: Option<String>,
+    otlp_endpoint: Option<String>,
+    trace_sample_ratio: Option<f64>,
 }
 
 /// Validated configuration of the master.
@@ -358,6 +363,7 @@ impl MasterArgs {
             &mut problems,
         );
         let log = self.log.or(file.log).unwrap_or_else(|| "info".to_owned());
+        let trace = self.trace.resolve(file.otlp_endpoint, file.trace_sample_ratio, &mut problems);
 
         let config = MasterConfig {
             listen,
@@ -371,7 +377,7 @@ impl MasterArgs {
             resilience,
             log,
         };
-        problems.finish((config, ProcessConfig { addr_file }))
+        problems.finish((config, ProcessConfig { addr_file, trace }))
     }
 }
 
