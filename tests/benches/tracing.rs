@@ -50,7 +50,10 @@ impl TraceService for CountingCollector {
 }
 
 async fn mesh(endpoint: Option<&str>) -> ProcessMesh {
-    let mut builder = ProcessMesh::builder().agents(3).arg("--log").arg("warn");
+    // The daemons' default log filter (info), as deployed: with tracing off, the spans still
+    // exist for the log lines.
+    // A rate limit far above the load: a refusal would be a fast, untimed failure.
+    let mut builder = ProcessMesh::builder().agents(3).master_arg("--rate-limit-rps").master_arg("50000");
     if let Some(endpoint) = endpoint {
         builder = builder.arg("--otlp-endpoint").arg(endpoint).arg("--trace-sample-ratio").arg("1.0");
     }
@@ -115,8 +118,11 @@ fn otel_dispatch(ratio: f64, spans: usize) -> (tracing::Dispatch, SdkTracerProvi
         .with_span_processor(BatchSpanProcessor::builder(Discard).with_batch_config(batch).build())
         .with_sampler(Sampler::ParentBased(Box::new(Sampler::TraceIdRatioBased(ratio))))
         .build();
-    let layer =
-        tracing_opentelemetry::layer().with_tracer(provider.tracer("bench")).with_location(false).with_threads(false);
+    let layer = tracing_opentelemetry::layer()
+        .with_tracer(provider.tracer("bench"))
+        .with_location(false)
+        .with_threads(false)
+        .with_tracked_inactivity(false);
     (tracing::Dispatch::new(tracing_subscriber::registry().with(layer)), provider)
 }
 

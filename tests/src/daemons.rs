@@ -37,6 +37,7 @@ pub fn bin_dir() -> PathBuf {
 pub struct ProcessMeshBuilder {
     agents: usize,
     args: Vec<String>,
+    master_args: Vec<String>,
     env: Vec<(String, String)>,
 }
 
@@ -50,6 +51,12 @@ impl ProcessMeshBuilder {
     /// Extra flags for every daemon (master and agents).
     pub fn arg(mut self, arg: impl Into<String>) -> Self {
         self.args.push(arg.into());
+        self
+    }
+
+    /// Extra flags for the master only.
+    pub fn master_arg(mut self, arg: impl Into<String>) -> Self {
+        self.master_args.push(arg.into());
         self
     }
 
@@ -89,6 +96,7 @@ impl ProcessMeshBuilder {
             "client".to_owned(),
         ];
         master_args.extend(mesh.tls_args("master"));
+        master_args.extend(mesh.builder.master_args.iter().cloned());
         mesh.master = Some(mesh.spawn("ragmesh-master", master_args, &[], "master"));
         mesh.master_addr = mesh.wait_addr(&addr_file).await;
 

@@ -79,6 +79,39 @@ mod tests {
     }
 
     #[test]
+    fn both_daemons_document_the_flags_and_their_variables() {
+        use clap::CommandFactory as _;
+        let helps = [
+            crate::MasterArgs::command().render_long_help().to_string(),
+            crate::AgentArgs::command().render_long_help().to_string(),
+        ];
+        for help in helps {
+            for needle in [
+                "--otlp-endpoint <URL>",
+                "--trace-sample-ratio <F>",
+                "RAGMESH_OTLP_ENDPOINT",
+                "RAGMESH_TRACE_SAMPLE_RATIO",
+            ] {
+                assert!(help.contains(needle), "{needle} missing from:\n{help}");
+            }
+        }
+    }
+
+    #[test]
+    fn the_file_keys_reach_the_process_config() {
+        use clap::Parser as _;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let file = dir.path().join("agent.toml");
+        std::fs::write(&file, "otlp_endpoint = \"http://jaeger:4317\"\ntrace_sample_ratio = 0.25\n").expect("write");
+        let args = ["ragmesh-agent", "--insecure", "--name", "n1", "--master", "m:7400", "--config"];
+        let args = crate::AgentArgs::try_parse_from(args.iter().copied().chain([file.to_str().expect("utf-8")]))
+            .expect("parse");
+        let (_config, process) = args.resolve_daemon().expect("valid");
+        assert_eq!(process.trace.otlp_endpoint.as_deref(), Some("http://jaeger:4317"));
+        assert_eq!(process.trace.sample_ratio, Some(0.25));
+    }
+
+    #[test]
     fn a_ratio_outside_0_1_and_an_endpoint_without_scheme_are_refused() {
         for ratio in [-0.1, 1.5, f64::NAN] {
             let args = TraceArgs { trace_sample_ratio: Some(ratio), ..TraceArgs::default() };
