@@ -7,6 +7,7 @@
 //! something from the hits (or from their absence) knows each node it counts on searched.
 //! [`load`] drives a closed-loop search load through the master for chaos tests.
 
+pub mod daemons;
 pub mod load;
 
 use std::collections::BTreeMap;

@@ -45,16 +45,14 @@ fn help(binary: &str) -> String {
     command.render_long_help().to_string()
 }
 
-/// Flags of a daemon's `command:` list that its --help does not know. `--otlp-endpoint` is being
-/// added by the tracing work of issue 8 in parallel: it is allowed to be missing only while it
-/// is absent from --help (once merged it is checked like every other flag).
+/// Flags of a daemon's `command:` list that its --help does not know.
 fn unknown_flags(binary: &str, args: &[String]) -> Vec<String> {
     let help = help(binary);
     let mut unknown = Vec::new();
     for arg in args.iter().filter(|a| a.starts_with("--")) {
         let flag = arg.split_once('=').map_or(arg.as_str(), |(flag, _)| flag);
         let known = help.contains(&format!("{flag} ")) || help.contains(&format!("{flag}\n"));
-        if !known && flag != "--otlp-endpoint" {
+        if !known {
             unknown.push(flag.to_owned());
         }
     }

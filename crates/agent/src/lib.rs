@@ -145,7 +145,9 @@ pub async fn start_with_metrics(
     if let Some(metrics) = metrics {
         ragmesh_telemetry::metrics::serve(metrics, Arc::new(metrics_registry), shutdown.clone());
     }
-    let mut builder = ragmesh_server::builder(tls.as_ref(), local_addr, grpc_metrics);
+    // The server span of every call, continuing the master's trace (ragmesh_stack::trace).
+    let mut builder =
+        ragmesh_server::builder(tls.as_ref(), local_addr, grpc_metrics).layer(ragmesh_stack::trace::TraceLayer::new());
     let router = builder
         .add_service(health_service.max_decoding_message_size(max))
         .add_service(reflection_v1.max_decoding_message_size(max))

@@ -16,9 +16,8 @@ async fn main() -> ExitCode {
         Ok(resolved) => resolved,
         Err(errors) => return daemon::config_error(PROGRAM, errors),
     };
-    ragmesh_telemetry::init(&config.log);
     // Validate TLS material and the name before binding anything.
-    match ragmesh_agent::identity(&config) {
+    let name = match ragmesh_agent::identity(&config) {
         Ok((name, Some(tls))) if !tls.identity().is(&name) => {
             let problem = format!(
                 "--name {name} does not match the certificate, which names {:?}: drop --name or issue a certificate for {name}",
@@ -26,9 +25,16 @@ async fn main() -> ExitCode {
             );
             return daemon::config_error(PROGRAM, problem);
         }
-        Ok(_) => {}
+        Ok((name, _)) => name,
         Err(err) => return daemon::config_error(PROGRAM, err),
-    }
+    };
+    let traces = ragmesh_telemetry::TraceSettings {
+        otlp_endpoint: process.trace.otlp_endpoint.clone(),
+        sample_ratio: process.trace.sample_ratio,
+        service_name: PROGRAM,
+        instance_id: Some(name),
+    };
+    let telemetry = ragmesh_telemetry::init(&config.log, Some(&traces));
     let listener = match daemon::bind(PROGRAM, config.listen).await {
         Ok(listener) => listener,
         Err(code) => return code,
@@ -47,5 +53,6 @@ async fn main() -> ExitCode {
     daemon::stop_on_signal(handle.shutdown_token());
     let reported = daemon::report_addr(process.addr_file.as_deref(), handle.local_addr(), &handle.shutdown_token());
     let outcome = handle.wait().await;
+    telemetry.shutdown().await;
     daemon::exit(PROGRAM, reported.and(outcome))
 }

@@ -107,9 +107,12 @@ impl AgentState {
             .try_acquire_owned()
             .map_err(|_| AgentError::Overloaded { limit: self.work_limit })?;
         let in_flight = InFlight::enter(Arc::clone(&self.in_flight));
+        // The blocking pool runs outside the caller's span: carry it over, so the work's own
+        // spans and events stay in the request's trace.
+        let span = tracing::Span::current();
         tokio::task::spawn_blocking(move || {
             let _held = (slot, in_flight);
-            work(&index)
+            span.in_scope(|| work(&index))
         })
         .await
         .map_err(|e| AgentError::Task(e.to_string()))?
@@ -264,7 +267,13 @@ impl AgentService for AgentApi {
             min_score: req.min_score as f32,
             viewer,
         };
-        let results = self.0.with_index(move |index| index.search(&query)).await?;
+        let span = tracing::info_span!(
+            "index.search",
+            ragmesh.limit = query.limit,
+            ragmesh.collections = query.collections.len()
+        );
+        let results =
+            tracing::Instrument::instrument(self.0.with_index(move |index| index.search(&query)), span).await?;
         let node = self.0.name.clone();
         let hits = results
             .hits

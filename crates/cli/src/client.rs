@@ -303,10 +303,33 @@ impl Master {
 
     /// `Search` with a gRPC deadline of `deadline`.
     pub async fn search(&self, message: v1::SearchRequest, deadline: Duration) -> anyhow::Result<v1::SearchResponse> {
+        self.search_traced(message, deadline).await.map(|(response, _trace_id)| response)
+    }
+
+    /// [`Master::search`] and the id of the trace the master served it in (response metadata
+    /// `x-ragmesh-trace-id`), when the master exports traces and sampled this one.
+    pub async fn search_traced(
+        &self,
+        message: v1::SearchRequest,
+        deadline: Duration,
+    ) -> anyhow::Result<(v1::SearchResponse, Option<String>)> {
         let mut client = self.client.clone();
-        self.invoke(deadline, client.search(self.request(message, deadline)))
-            .await
-            .map_err(|status| self.describe("search", &status))
+        let call = client.search(self.request(message, deadline));
+        let response = match tokio::time::timeout(deadline, call).await {
+            Ok(Ok(response)) => response,
+            Ok(Err(status)) => return Err(self.describe("search", &status)),
+            Err(_elapsed) => {
+                let status = Status::deadline_exceeded(format!("no answer within {} ms", deadline.as_millis()));
+                return Err(self.describe("search", &status));
+            }
+        };
+        let trace_id = response
+            .metadata()
+            .get(ragmesh_proto::TRACE_ID_METADATA)
+            .and_then(|value| value.to_str().ok())
+            .filter(|id| id.len() == 32 && id.bytes().all(|b| b.is_ascii_hexdigit()))
+            .map(str::to_owned);
+        Ok((response.into_inner(), trace_id))
     }
 
     /// `IngestDocuments` with a gRPC deadline of `deadline`. The raw status is returned so the

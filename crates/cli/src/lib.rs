@@ -16,8 +16,8 @@ pub mod render;
 pub mod samples;
 pub mod search;
 pub mod token;
-pub mod watch;
 pub mod top;
+pub mod watch;
 
 use std::time::SystemTime;
 

@@ -85,13 +85,30 @@ pub async fn run(master: &Master, args: &SearchArgs, timeout_ms: Option<u32>) ->
         return Err(crate::error::usage("--min-score must be a finite number"));
     }
     let (timeout_ms, deadline) = deadlines(timeout_ms);
-    let response = master.search(request(args, timeout_ms), deadline).await?;
+    let (response, trace_id) = master.search_traced(request(args, timeout_ms), deadline).await?;
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&to_json(&response))?);
+        println!("{}", serde_json::to_string_pretty(&with_trace_id(to_json(&response), trace_id.as_deref()))?);
     } else {
         print!("{}", render(&response, &args.query, Style::for_stdout()));
+        if let Some(trace_id) = &trace_id {
+            println!("{}", trace_line(trace_id));
+        }
     }
     Ok(())
+}
+
+/// The line naming the trace of a search, for a user to paste into Jaeger's search box.
+pub fn trace_line(trace_id: &str) -> String {
+    format!("trace {trace_id} (find it in Jaeger, or whichever collector the master exports to)")
+}
+
+/// The JSON answer with `trace_id`: the trace's id, or null when the master does not export
+/// traces (or did not sample this one).
+pub fn with_trace_id(mut value: Value, trace_id: Option<&str>) -> Value {
+    if let Value::Object(map) = &mut value {
+        map.insert("trace_id".to_owned(), trace_id.map_or(Value::Null, |id| Value::String(id.to_owned())));
+    }
+    value
 }
 
 /// The status word of a node outcome: `ok`, `timeout`, `unavailable`, `error`,
@@ -478,6 +495,15 @@ pub fn to_json(response: &v1::SearchResponse) -> Value {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_json_answer_carries_the_trace_id_or_null() {
+        let response = v1::SearchResponse::default();
+        let id = "4bf92f3577b34da6a3ce929d0e0e4736";
+        assert_eq!(with_trace_id(to_json(&response), Some(id))["trace_id"], json!(id));
+        assert_eq!(with_trace_id(to_json(&response), None)["trace_id"], Value::Null);
+        assert!(trace_line(id).starts_with("trace 4bf92f3577b34da6a3ce929d0e0e4736 "));
+    }
 
     fn hit(node: &str, id: &str, title: &str, snippet: &str, score: f64) -> v1::Hit {
         v1::Hit {

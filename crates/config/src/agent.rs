@@ -76,6 +76,9 @@ pub struct AgentArgs {
     /// [default: 64]
     #[arg(long, env = "RAGMESH_MAX_CONCURRENT_REQUESTS", value_name = "N")]
     pub max_concurrent_requests: Option<usize>,
+    /// Trace export over OTLP
+    #[command(flatten)]
+    pub trace: crate::TraceArgs,
     /// Log filter, tracing-subscriber syntax [default: info]
     #[arg(long, env = "RAGMESH_LOG", value_name = "FILTER")]
     pub log: Option<String>,
@@ -113,6 +116,8 @@ struct AgentFile {
     max_message_bytes: Option<usize>,
     max_concurrent_requests: Option<usize>,
     log: Option<String>,
+    otlp_endpoint: Option<String>,
+    trace_sample_ratio: Option<f64>,
 }
 
 /// Validated configuration of an agent.
@@ -239,6 +244,7 @@ impl AgentArgs {
             self.max_concurrent_requests.or(file.max_concurrent_requests).unwrap_or(DEFAULT_MAX_CONCURRENT_REQUESTS);
         check_range("max-concurrent-requests", max_concurrent_requests as u64, 1, 100_000, &mut problems);
         let log = self.log.or(file.log).unwrap_or_else(|| "info".to_owned());
+        let trace = self.trace.resolve(file.otlp_endpoint, file.trace_sample_ratio, &mut problems);
 
         let config = AgentConfig {
             join_token,
@@ -255,7 +261,7 @@ impl AgentArgs {
             labels,
             log,
         };
-        problems.finish((config, ProcessConfig { addr_file, metrics_listen }))
+        problems.finish((config, ProcessConfig { addr_file, metrics_listen, trace }))
     }
 }
 

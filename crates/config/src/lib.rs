@@ -6,11 +6,13 @@
 mod agent;
 mod errors;
 mod master;
+mod trace;
 mod webhooks;
 
 pub use agent::{AgentArgs, AgentConfig, DEFAULT_MAX_CONCURRENT_REQUESTS, Secret, valid_node_name};
 pub use errors::{ConfigErrors, EXIT_CONFIG};
 pub use master::{AccessConfig, MasterArgs, MasterConfig, ReplicationConfig, ResilienceConfig, WriteQuorum};
+pub use trace::{TraceArgs, TraceConfig};
 pub use webhooks::{DEFAULT_OUTBOX_MAX_EVENTS, EVENT_KINDS, EventsConfig, WebhookConfig};
 
 use std::path::{Path, PathBuf};
@@ -49,10 +51,12 @@ fn read_file<T: serde::de::DeserializeOwned + Default>(path: Option<&Path>, prob
 /// Settings of a daemon's process rather than of the service it runs: what its `main` does
 /// around `start`, which the library never sees. Kept apart from [`MasterConfig`] and
 /// [`AgentConfig`], which tests build field by field.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct ProcessConfig {
     /// Where to report the bound address once serving (`--addr-file`); `None` writes nothing.
     pub addr_file: Option<PathBuf>,
+    /// Trace export (`--otlp-endpoint`, `--trace-sample-ratio`).
+    pub trace: TraceConfig,
     /// Where to serve Prometheus metrics (`--metrics-listen`); `None`: not served.
     pub metrics_listen: Option<std::net::SocketAddr>,
 }

@@ -123,6 +123,9 @@ pub struct MasterArgs {
     /// second for replicas that stall); 0 turns hedging off [default: 5]
     #[arg(long, env = "RAGMESH_HEDGE_BUDGET_PERCENT", value_name = "PERCENT")]
     pub hedge_budget_percent: Option<u32>,
+    /// Trace export over OTLP
+    #[command(flatten)]
+    pub trace: crate::TraceArgs,
     /// Log filter, tracing-subscriber syntax [default: info]
     #[arg(long, env = "RAGMESH_LOG", value_name = "FILTER")]
     pub log: Option<String>,
@@ -292,6 +295,8 @@ struct MasterFile {
     log: Option<String>,
     webhooks: Option<Vec<crate::webhooks::WebhookFile>>,
     webhook_outbox_max_events: Option<u64>,
+    otlp_endpoint: Option<String>,
+    trace_sample_ratio: Option<f64>,
 }
 
 /// Validated configuration of the master.
@@ -371,6 +376,7 @@ impl MasterArgs {
         );
         let log = self.log.or(file.log).unwrap_or_else(|| "info".to_owned());
         let events = resolve_events(file.webhooks.unwrap_or_default(), file.webhook_outbox_max_events, &mut problems);
+        let trace = self.trace.resolve(file.otlp_endpoint, file.trace_sample_ratio, &mut problems);
 
         let config = MasterConfig {
             listen,
@@ -385,7 +391,7 @@ impl MasterArgs {
             log,
             events,
         };
-        problems.finish((config, ProcessConfig { addr_file, metrics_listen }))
+        problems.finish((config, ProcessConfig { addr_file, metrics_listen, trace }))
     }
 }
 

@@ -216,7 +216,10 @@ pub async fn start_with_metrics(
     let rate_limits = RateLimits::from_config(config.access.rate_limit_rps, config.access.rate_limit_burst)
         .map_err(|e| StartError::Config(e.to_string()))?;
     // Authentication runs first (outermost) so the rate limiter keys on the verified caller.
+    // The server span of every call sits outside everything but the gRPC metrics (refusals are in
+    // the trace too).
     let mut builder = ragmesh_server::builder(tls.as_ref(), local_addr, grpc_metrics)
+        .layer(ragmesh_stack::trace::TraceLayer::new())
         .max_concurrent_streams(config.access.max_streams_per_connection)
         .layer(auth_layer::AuthLayer::new(access.clone()))
         .layer(

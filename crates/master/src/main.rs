@@ -15,10 +15,19 @@ async fn main() -> ExitCode {
         Ok(resolved) => resolved,
         Err(errors) => return daemon::config_error(PROGRAM, errors),
     };
-    ragmesh_telemetry::init(&config.log);
-    if let Err(err) = ragmesh_master::load_tls(&config) {
-        return daemon::config_error(PROGRAM, err);
-    }
+    let tls = match ragmesh_master::load_tls(&config) {
+        Ok(tls) => tls,
+        Err(err) => return daemon::config_error(PROGRAM, err),
+    };
+    // service.instance.id: the name in the master's certificate.
+    let instance_id = Some(tls.map_or_else(|| "master".to_owned(), |tls| tls.identity_name()));
+    let traces = ragmesh_telemetry::TraceSettings {
+        otlp_endpoint: process.trace.otlp_endpoint.clone(),
+        sample_ratio: process.trace.sample_ratio,
+        service_name: PROGRAM,
+        instance_id,
+    };
+    let telemetry = ragmesh_telemetry::init(&config.log, Some(&traces));
     let listener = match daemon::bind(PROGRAM, config.listen).await {
         Ok(listener) => listener,
         Err(code) => return code,
@@ -37,5 +46,6 @@ async fn main() -> ExitCode {
     daemon::stop_on_signal(handle.shutdown_token());
     let reported = daemon::report_addr(process.addr_file.as_deref(), handle.local_addr(), &handle.shutdown_token());
     let outcome = handle.wait().await;
+    telemetry.shutdown().await;
     daemon::exit(PROGRAM, reported.and(outcome))
 }

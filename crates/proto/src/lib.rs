@@ -22,6 +22,10 @@ pub const FILE_DESCRIPTOR_SET: &[u8] = include_bytes!("gen/ragmesh_descriptor.bi
 /// the entry's sequence, as every replica does).
 pub const APPLIED_SEQ_METADATA: &str = "x-ragmesh-applied-seq";
 
+/// Response metadata key of the trace a call was served in: the W3C trace id, 32 lowercase hex
+/// digits, as Jaeger shows it. Set by both daemons when the call's trace is exported (sampled).
+pub const TRACE_ID_METADATA: &str = "x-ragmesh-trace-id";
+
 /// Wire protocol major version. Peers with a different major are refused.
 pub const PROTOCOL_MAJOR: u32 = 1;
 /// Wire protocol minor version. Minor versions are backwards compatible within a major.

@@ -3,6 +3,10 @@
 //! agent as `grpc-timeout`), with the caller's signed context attached; it maps the outcome to
 //! the one vocabulary ([`CallError`]) and appends an [`Attempt`] to the call's log, also when the
 //! attempt is abandoned (a hedge won, the caller gave up): then it is recorded as cancelled.
+//!
+//! Every attempt (first, retry, hedge) is a client span, child of the caller's span, with
+//! `node.id`, `ragmesh.shard_group`, `ragmesh.attempt` and `ragmesh.outcome`; its W3C
+//! `traceparent` goes to the agent, whose server span continues the trace under it.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -12,8 +16,11 @@ use ragmesh_proto::v1::agent_service_client::AgentServiceClient;
 use ragmesh_proto::{ErrorKind, v1};
 use tokio::time::Instant;
 use tonic::transport::Channel;
+use tracing::Instrument as _;
 
-use crate::node_call::{Attempt, AttemptEnd, AttemptLog, CallError, NodeAnswer, NodeCall, NodeReply, NodeRequest};
+use crate::node_call::{
+    Attempt, AttemptEnd, AttemptKind, AttemptLog, CallError, NodeAnswer, NodeCall, NodeReply, NodeRequest, Target,
+};
 
 /// Metadata key of the caller's signed context on calls to agents.
 pub const CONTEXT_METADATA: &str = "x-ragmesh-context";
@@ -56,15 +63,66 @@ impl tower::Service<NodeCall> for NodeEndpoint {
         let client = std::mem::replace(&mut self.client, client);
         let node = self.node.clone();
         let tls = self.tls;
-        Box::pin(async move {
-            let mut guard = AttemptGuard::start(&node, &call);
-            let result = send(client, &node, &call, tls).await;
-            guard.finish(match &result {
-                Ok(_) => AttemptEnd::Ok,
-                Err(err) => AttemptEnd::Failed(err.clone()),
-            });
-            result
-        })
+        // Created here, in the caller's context (the layers above call us from its task), so
+        // the caller's span is the parent.
+        let span = attempt_span(&node, &call);
+        Box::pin(
+            async move {
+                let mut guard = AttemptGuard::start(&node, &call);
+                let result = send(client, &node, &call, tls).await;
+                guard.finish(match &result {
+                    Ok(_) => AttemptEnd::Ok,
+                    Err(err) => AttemptEnd::Failed(err.clone()),
+                });
+                result
+            }
+            .instrument(span),
+        )
+    }
+}
+
+/// The client span of one attempt; `ragmesh.outcome` and `rpc.grpc.status_code` are recorded
+/// when it ends.
+fn attempt_span(node: &str, call: &NodeCall) -> tracing::Span {
+    let method = call.request.method();
+    let group = match &call.target {
+        Target::Group(group) => Some(group.as_str()),
+        Target::Node(_) => None,
+    };
+    tracing::info_span!(
+        "node.attempt",
+        otel.name = %format_args!("ragmesh.v1.AgentService/{method}"),
+        otel.kind = "client",
+        otel.status_code = tracing::field::Empty,
+        rpc.system = "grpc",
+        rpc.service = "ragmesh.v1.AgentService",
+        rpc.method = method,
+        node.id = %node,
+        ragmesh.shard_group = group,
+        ragmesh.attempt = attempt_kind(call.kind),
+        ragmesh.outcome = tracing::field::Empty,
+        rpc.grpc.status_code = tracing::field::Empty,
+    )
+}
+
+/// The `ragmesh.attempt` value of a kind.
+pub fn attempt_kind(kind: AttemptKind) -> &'static str {
+    match kind {
+        AttemptKind::First => "first",
+        AttemptKind::Retry => "retry",
+        AttemptKind::Hedge => "hedge",
+    }
+}
+
+/// The `ragmesh.outcome` value of how an attempt ended, in the fan-out's vocabulary.
+pub fn outcome_label(end: &AttemptEnd) -> &'static str {
+    match end {
+        AttemptEnd::Ok => "ok",
+        AttemptEnd::Cancelled => "cancelled",
+        AttemptEnd::Failed(CallError::Timeout { .. }) => "timeout",
+        AttemptEnd::Failed(CallError::Unavailable(_)) => "unavailable",
+        AttemptEnd::Failed(CallError::BreakerOpen { .. }) => "breaker_open",
+        AttemptEnd::Failed(CallError::Error { .. } | CallError::Rejected { .. }) => "error",
     }
 }
 
@@ -109,6 +167,8 @@ fn prepare<M>(message: M, call: &NodeCall, budget: std::time::Duration) -> tonic
     if let Some(context) = &call.context {
         request.metadata_mut().insert(CONTEXT_METADATA, context.clone());
     }
+    // `prepare` runs inside the attempt's span: the agent continues the trace under it.
+    ragmesh_telemetry::propagation::inject(&tracing::Span::current(), request.metadata_mut());
     request
 }
 
@@ -116,6 +176,8 @@ fn prepare<M>(message: M, call: &NodeCall, budget: std::time::Duration) -> tonic
 struct AttemptGuard {
     log: AttemptLog,
     attempt: Option<Attempt>,
+    /// The attempt's span (current when the guard starts), for its outcome.
+    span: tracing::Span,
 }
 
 impl AttemptGuard {
@@ -128,12 +190,22 @@ impl AttemptGuard {
             end: AttemptEnd::Cancelled,
         };
         call.attempts.begin(node);
-        AttemptGuard { log: call.attempts.clone(), attempt: Some(attempt) }
+        AttemptGuard { log: call.attempts.clone(), attempt: Some(attempt), span: tracing::Span::current() }
     }
 
     fn finish(&mut self, end: AttemptEnd) {
         if let Some(mut attempt) = self.attempt.take() {
             attempt.took = attempt.started.elapsed();
+            let span = &self.span;
+            span.record("ragmesh.outcome", outcome_label(&end));
+            if let AttemptEnd::Failed(error) = &end {
+                span.record("otel.status_code", "error");
+                if let CallError::Error { kind, .. } | CallError::Rejected { kind, .. } = error {
+                    span.record("rpc.grpc.status_code", kind.code() as i64);
+                }
+            } else if matches!(end, AttemptEnd::Ok) {
+                span.record("rpc.grpc.status_code", 0);
+            }
             attempt.end = end;
             self.log.record(attempt);
         }

@@ -19,6 +19,8 @@
 //! - [`shared`]: a service shared by many callers without a worker task (in place of `Buffer`).
 //! - [`retry`]: which failed reads are retried on another replica, under a budget.
 //! - [`rate_limit`]: per-principal GCRA rate limiting answering RESOURCE_EXHAUSTED with the wait.
+//! - [`trace`]: the server span of every call (OpenTelemetry RPC conventions), continuing the
+//!   caller's W3C trace; its id back in `x-ragmesh-trace-id`.
 //! - [`wire_errors`]: tonic's answers to undecodable or oversized requests in gRPC terms
 //!   (INVALID_ARGUMENT, RESOURCE_EXHAUSTED naming the limit).
 
@@ -36,4 +38,5 @@ pub mod overload;
 pub mod rate_limit;
 pub mod retry;
 pub mod shared;
+pub mod trace;
 pub mod wire_errors;
