@@ -3,7 +3,7 @@
 //! stack, see [`crate::node_health`]), and implements [`tower::load::Load`] with a metric that
 //! orders replicas for tower's p2c balancer: a replica whose breaker refuses calls or that failed
 //! recently ranks after every healthy one; then replicas compare by peak-EWMA RTT times one plus
-//! a quarter of their calls in flight (tower's `PeakEwma` cost, with calls in flight weighted
+//! a sixteenth of their calls in flight (tower's `PeakEwma` cost, with calls in flight weighted
 //! by [`PENDING_WEIGHT`]), where the age of the oldest call still in flight bounds the RTT from
 //! below (a frozen replica's estimate would otherwise only rise once its calls end, so a hedge
 //! could land on the very replica it is meant to get around). So p2c avoids a replica that just
@@ -32,14 +32,16 @@ pub struct NodeLoad {
     pub cost: f64,
 }
 
-/// Calls in flight that count as one more RTT of waiting (measured: with a full weight, one
-/// replica 50 ms slower than its sibling made the p99 at 16 reads in flight 2.8x the healthy
-/// p99; with 4, 1.16x; `cargo bench -p ragmesh-e2e --bench replica_tail`). Tower's `PeakEwma` counts each call in
+/// Calls in flight that count as one more RTT of waiting. Tower's `PeakEwma` counts each call in
 /// flight as a full RTT (a server that serves one call at a time); an agent serves calls
 /// concurrently and its measured RTT already includes the queueing they cause, so a full weight
 /// counts it twice and sends reads to a slow idle replica as soon as its fast sibling has a few
-/// calls in flight.
-pub const PENDING_WEIGHT: f64 = 4.0;
+/// calls in flight. Measured with one replica 50 ms slower than its sibling, 16 reads in flight,
+/// 10 s per row (`DURATION=10 cargo bench -p ragmesh-e2e --bench replica_tail`): with a weight
+/// of 1, p99 was 2.8x the all-healthy p99; with 4, 2.5-2.8x (1.16x in 5 s rows, which were too
+/// short to show it: the slow replica still answered 1.6-2.2 % of reads, more than the 1 % a
+/// p99 tolerates); with 16, 1.08x and 0.1 % (healthy replicas still share reads 57/43).
+pub const PENDING_WEIGHT: f64 = 16.0;
 
 /// The pure ranking of [`NodeLoad`]: what a node's state means to the balancer.
 pub fn rank(state: BreakerState, now: Duration, recently_failed: bool, rtt_nanos: f64, pending: u32) -> NodeLoad {
