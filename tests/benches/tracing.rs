@@ -9,7 +9,8 @@
 //! subscriber, through the OpenTelemetry layer sampled (exported to a discarding exporter
 //! through the same batch processor the daemons use) and unsampled.
 //!
-//! `cargo build --release --bins && RAGMESH_BIN_DIR=target/release cargo bench -p ragmesh-e2e --bench tracing`,
+//! `cargo build --release --bins && RAGMESH_BIN_DIR=$PWD/target/release cargo bench -p ragmesh-e2e --bench tracing`
+//! (an absolute path: benches run from `tests/`),
 //! or with debug daemons and a debug bench: `cargo build --workspace --bins && cargo test -p ragmesh-e2e --bench tracing`. Settings: ROUNDS (6), ROUND_SECS (2), CONCURRENCY (2), SPANS (100000).
 
 mod common;
