@@ -19,7 +19,7 @@ use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry as MetricsRegistry;
 use ragmesh_stack::breaker::BreakerState;
 use ragmesh_stack::metrics::{Gauges, latency_buckets};
-use ragmesh_stack::node_call::{AttemptEnd, AttemptKind, CallError};
+use ragmesh_stack::node_call::AttemptKind;
 use ragmesh_stack::node_health::HealthBook;
 
 use crate::federation::{GroupResult, Plan, SkipReason};
@@ -147,7 +147,7 @@ impl MasterMetrics {
                         self.hedges.get_or_create(&node).inc();
                     }
                 }
-                let outcome = attempt_outcome(&attempt.end);
+                let outcome = attempt.end.label();
                 self.outcome(&attempt.node, outcome);
                 // Latency of calls that reached an end; a refusal or an abandoned copy says
                 // nothing about the node's speed.
@@ -166,18 +166,6 @@ impl MasterMetrics {
     pub fn breaker_transition(&self, node: &str, state: &BreakerState) {
         let to = breaker_state_name(state).to_owned();
         self.breaker_transitions.get_or_create(&TransitionLabels { node: node.to_owned(), to }).inc();
-    }
-}
-
-/// The outcome label of an attempt.
-pub fn attempt_outcome(end: &AttemptEnd) -> &'static str {
-    match end {
-        AttemptEnd::Ok => "ok",
-        AttemptEnd::Cancelled => "cancelled",
-        AttemptEnd::Failed(CallError::Timeout { .. }) => "timeout",
-        AttemptEnd::Failed(CallError::Unavailable(_)) => "unavailable",
-        AttemptEnd::Failed(CallError::BreakerOpen { .. }) => "breaker_open",
-        AttemptEnd::Failed(CallError::Error { .. } | CallError::Rejected { .. }) => "error",
     }
 }
 
@@ -251,7 +239,7 @@ impl Collector for StateCollector {
 mod tests {
     use std::time::Duration;
 
-    use ragmesh_stack::node_call::{Attempt, Target};
+    use ragmesh_stack::node_call::{Attempt, AttemptEnd, CallError, Target};
     use ragmesh_stack::node_health::HealthConfig;
     use tokio::time::Instant;
 

@@ -114,18 +114,6 @@ pub fn attempt_kind(kind: AttemptKind) -> &'static str {
     }
 }
 
-/// The `ragmesh.outcome` value of how an attempt ended, in the fan-out's vocabulary.
-pub fn outcome_label(end: &AttemptEnd) -> &'static str {
-    match end {
-        AttemptEnd::Ok => "ok",
-        AttemptEnd::Cancelled => "cancelled",
-        AttemptEnd::Failed(CallError::Timeout { .. }) => "timeout",
-        AttemptEnd::Failed(CallError::Unavailable(_)) => "unavailable",
-        AttemptEnd::Failed(CallError::BreakerOpen { .. }) => "breaker_open",
-        AttemptEnd::Failed(CallError::Error { .. } | CallError::Rejected { .. }) => "error",
-    }
-}
-
 async fn send(
     mut client: AgentServiceClient<Channel>,
     node: &str,
@@ -197,7 +185,7 @@ impl AttemptGuard {
         if let Some(mut attempt) = self.attempt.take() {
             attempt.took = attempt.started.elapsed();
             let span = &self.span;
-            span.record("ragmesh.outcome", outcome_label(&end));
+            span.record("ragmesh.outcome", end.label());
             if let AttemptEnd::Failed(error) = &end {
                 span.record("otel.status_code", "error");
                 if let CallError::Error { kind, .. } | CallError::Rejected { kind, .. } = error {

@@ -258,6 +258,22 @@ pub enum AttemptEnd {
     Cancelled,
 }
 
+impl AttemptEnd {
+    /// The fan-out vocabulary's word for how the attempt ended (`ok`, `timeout`, `unavailable`,
+    /// `breaker_open`, `error`, `cancelled`): the span attribute `ragmesh.outcome` and the
+    /// metrics' `outcome` label.
+    pub fn label(&self) -> &'static str {
+        match self {
+            AttemptEnd::Ok => "ok",
+            AttemptEnd::Cancelled => "cancelled",
+            AttemptEnd::Failed(CallError::Timeout { .. }) => "timeout",
+            AttemptEnd::Failed(CallError::Unavailable(_)) => "unavailable",
+            AttemptEnd::Failed(CallError::BreakerOpen { .. }) => "breaker_open",
+            AttemptEnd::Failed(CallError::Error { .. } | CallError::Rejected { .. }) => "error",
+        }
+    }
+}
+
 /// One call to one replica on behalf of a [`NodeCall`].
 #[derive(Debug, Clone, PartialEq)]
 pub struct Attempt {
