@@ -215,16 +215,9 @@ async fn metrics_pass_promtool_and_move_across_a_search_a_killed_agent_and_a_rat
     mesh.shutdown().await;
 }
 
-/// Where `ragmeshctl` is: `RAGMESH_BIN_DIR`, or the profile directory this test was built into.
+/// Where `ragmeshctl` is: beside the daemons ([`ragmesh_e2e::daemons::bin_dir`]).
 fn ragmeshctl() -> std::path::PathBuf {
-    let dir = match std::env::var_os("RAGMESH_BIN_DIR") {
-        Some(dir) => std::path::PathBuf::from(dir),
-        None => {
-            let exe = std::env::current_exe().expect("the test executable's path");
-            exe.parent().and_then(std::path::Path::parent).expect("<target>/<profile>/deps").to_owned()
-        }
-    };
-    let path = dir.join("ragmeshctl");
+    let path = ragmesh_e2e::daemons::bin_dir().join("ragmeshctl");
     assert!(
         path.is_file(),
         "{} is missing: build it first with `cargo build --workspace --bins` (scripts/test does)",

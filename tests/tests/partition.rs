@@ -126,15 +126,7 @@ impl Drop for AgentChild {
 }
 
 fn agent_binary() -> PathBuf {
-    let target = std::env::var_os("CARGO_TARGET_DIR")
-        .map_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../target"), PathBuf::from);
-    let binary = target.join("debug/ragmesh-agent");
-    assert!(
-        binary.exists(),
-        "{} is missing: build the daemons first with `cargo build --workspace --bins` (scripts/test does)",
-        binary.display()
-    );
-    binary
+    ragmesh_e2e::daemons::bin_dir().join("ragmesh-agent")
 }
 
 /// Starts agent `name` of `shard` listening on `listen`, in namespace `netns` when given.

@@ -241,26 +241,6 @@ async fn a_write_refused_by_every_replica_is_answered_with_the_refusal_and_consu
 // ---------------------------------------------------------------------------------------------
 // The master as a child process, for crash tests.
 
-/// Where the daemon binaries are: `RAGMESH_BIN_DIR`, or the profile directory this test was
-/// built into (`target/debug` for `target/debug/deps/replication-*`, whatever the target dir).
-fn bin_dir() -> PathBuf {
-    let dir = match std::env::var_os("RAGMESH_BIN_DIR") {
-        Some(dir) => PathBuf::from(dir),
-        None => {
-            let exe = std::env::current_exe().expect("the test executable's path");
-            exe.parent().and_then(Path::parent).expect("the test runs from <target>/<profile>/deps").to_owned()
-        }
-    };
-    let master = dir.join("ragmesh-master");
-    assert!(
-        master.is_file(),
-        "{} is missing: build the daemons first with `cargo build --workspace --bins` (scripts/test does), \
-         or point RAGMESH_BIN_DIR at them",
-        master.display()
-    );
-    dir
-}
-
 /// A `ragmesh-master` child process; killed when dropped.
 struct MasterProcess {
     child: Child,
@@ -419,8 +399,12 @@ async fn master_crash_loses_nothing(step: &str) {
     trace_init();
     const PER_WRITE: usize = 2;
     let shard = "crash-group";
-    let mut setup =
-        MasterSetup { bin: bin_dir(), pki: TestPki::new(), dir: tempfile::tempdir().expect("tempdir"), starts: 0 };
+    let mut setup = MasterSetup {
+        bin: ragmesh_e2e::daemons::bin_dir(),
+        pki: TestPki::new(),
+        dir: tempfile::tempdir().expect("tempdir"),
+        starts: 0,
+    };
     let master = setup.start("127.0.0.1:0".parse().expect("addr"), None).await;
     let addr = master.addr;
     let mut client = setup.client(&master).await;
