@@ -187,7 +187,6 @@ fn complete(spans: &[Span]) -> bool {
 
 /// Checks the tree of one search's trace against its response; returns the master's server span.
 fn check_tree(spans: &[Span], response: &v1::SearchResponse) -> Span {
-    let by_id: HashMap<&str, &Span> = spans.iter().map(|s| (s.span_id.as_str(), s)).collect();
     let servers: Vec<&Span> =
         spans.iter().filter(|s| s.service == "ragmesh-master" && s.name == "ragmesh.v1.MasterService/Search").collect();
     assert_eq!(servers.len(), 1, "one master server span: {spans:#?}");
@@ -212,14 +211,9 @@ fn check_tree(spans: &[Span], response: &v1::SearchResponse) -> Span {
         assert_eq!(attempt.kind, KIND_CLIENT, "{attempt:#?}");
         assert_eq!(attempt.attr("rpc.system"), "grpc");
         assert_eq!(attempt.attr("ragmesh.attempt"), "first", "no retry or hedge on a healthy mesh: {attempt:#?}");
-        // The attempt hangs under the master's server span (through the fan-out's group span).
-        let mut at = *attempt;
-        let mut hops = 0;
-        while at.span_id != server.span_id {
-            at = by_id.get(at.parent.as_str()).unwrap_or_else(|| panic!("{attempt:#?} is not under the server span"));
-            hops += 1;
-            assert!(hops < 6, "{attempt:#?} is too deep");
-        }
+        // The attempt is a child of the master's server span: the fan-out's per-group span is
+        // for log lines only and is not exported.
+        assert_eq!(attempt.parent, server.span_id, "{attempt:#?} is not a child of the server span");
         let node = attempt.attr("node.id");
         assert_eq!(attempt.attr("ragmesh.shard_group"), node, "each agent is its own shard group");
         let outcome =

@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use opentelemetry::trace::TracerProvider as _;
 use opentelemetry_sdk::trace::SdkTracerProvider;
-use tracing_subscriber::filter::Targets;
+use tracing_subscriber::filter::{FilterExt as _, Targets, filter_fn};
 use tracing_subscriber::layer::SubscriberExt as _;
 use tracing_subscriber::util::SubscriberInitExt as _;
 use tracing_subscriber::{EnvFilter, Layer as _};
@@ -72,7 +72,13 @@ pub fn init(filter: &str, traces: Option<&TraceSettings>) -> TelemetryGuard {
             .with_threads(false)
             // busy_ns/idle_ns would cost two clock reads per poll of every instrumented future.
             .with_tracked_inactivity(false)
-            .with_filter(Targets::new().with_target("ragmesh", tracing::Level::INFO))
+            // Activating the OpenTelemetry context on every enter (every poll of an instrumented
+            // future) serves other OpenTelemetry instrumentation; ours reads a span's context
+            // explicitly (propagation::inject).
+            .with_context_activation(false)
+            // The span's name and rpc.* attributes say where it comes from.
+            .with_target(false)
+            .with_filter(Targets::new().with_target("ragmesh", tracing::Level::INFO).and(filter_fn(exported)))
     });
     let _ = tracing_subscriber::registry().with(fmt).with(otel).try_init();
     if let Some(err) = bad {
@@ -89,6 +95,15 @@ pub fn init(filter: &str, traces: Option<&TraceSettings>) -> TelemetryGuard {
         _ => {}
     }
     TelemetryGuard { provider }
+}
+
+/// Spans that give log lines their context but would only add a level to a trace: the fan-out's
+/// per-group span (each node attempt under it names its node and shard group already).
+const LOG_ONLY_SPANS: &[&str] = &["federation.group_search"];
+
+/// Whether a span or event of this callsite is exported (decided once per callsite).
+fn exported(metadata: &tracing::Metadata<'_>) -> bool {
+    !(metadata.is_span() && LOG_ONLY_SPANS.contains(&metadata.name()))
 }
 
 /// Keeps the exporter alive; [`TelemetryGuard::shutdown`] flushes the spans still queued.
