@@ -1,9 +1,13 @@
-//! What distributed tracing costs a search, side by side in one run: three meshes of real
-//! processes (a master and 3 agents each): tracing off; tracing on (sample ratio 1.0, every
-//! daemon exporting to a live OTLP collector in this process); and exporting to a collector
-//! address that refuses connections. Rounds of closed-loop searches alternate between the
-//! meshes, so drift on a shared machine falls on all three alike; p50/p99 and ratios to "off"
-//! are printed (goal: p50 with tracing on within 1.05x of off).
+//! What distributed tracing costs a search, side by side in one run: four meshes of real
+//! processes (a master and 3 agents each): tracing off; a second one with tracing off, the
+//! control (its ratio to the first is the noise floor of the run: two identical meshes);
+//! tracing on (sample ratio 1.0, every daemon exporting to a live OTLP collector in this
+//! process); and exporting to a collector address that refuses connections. Rounds of
+//! closed-loop searches alternate between the meshes, so drift on a shared machine falls on
+//! all alike, and every epoch starts fresh processes; p50/p99 and ratios to "off"
+//! are printed, with the median of the per-round p50 ratios (steadier than pooled percentiles on a
+//! shared machine) and the daemons' CPU per search from /proc (goal: p50 with tracing on within
+//! 1.05x of off).
 //!
 //! Then a micro-benchmark of one span (created, entered, closed) in this process: with no
 //! subscriber, through the OpenTelemetry layer sampled (exported to a discarding exporter
@@ -11,7 +15,7 @@
 //!
 //! `cargo build --release --bins && RAGMESH_BIN_DIR=$PWD/target/release cargo bench -p ragmesh-e2e --bench tracing`
 //! (an absolute path: benches run from `tests/`),
-//! or with debug daemons and a debug bench: `cargo build --workspace --bins && cargo test -p ragmesh-e2e --bench tracing`. Settings: ROUNDS (6), ROUND_SECS (2), CONCURRENCY (2), SPANS (100000).
+//! or with debug daemons and a debug bench: `cargo build --workspace --bins && cargo test -p ragmesh-e2e --bench tracing`. Settings: EPOCHS (3: fresh meshes each), ROUNDS (4 per epoch), ROUND_SECS (2), CONCURRENCY (a list, 1,2), SPANS (100000).
 
 mod common;
 
@@ -127,25 +131,55 @@ fn otel_dispatch(ratio: f64, spans: usize) -> (tracing::Dispatch, SdkTracerProvi
     (tracing::Dispatch::new(tracing_subscriber::registry().with(layer)), provider)
 }
 
-fn row(label: &str, run: &Run, base: &Run) {
+/// One mesh's runs at one concurrency: the latencies pooled over rounds, each round's p50, and
+/// the CPU its daemons spent.
+#[derive(Debug, Default)]
+struct Scenario {
+    pooled: Run,
+    round_p50: Vec<f64>,
+    cpu_ticks: u64,
+}
+
+impl Scenario {
+    /// Daemon CPU (all four processes) per successful search, in ms.
+    fn cpu_ms_per_search(&self, ticks_per_sec: f64) -> f64 {
+        self.cpu_ticks as f64 / ticks_per_sec * 1000.0 / self.pooled.count() as f64
+    }
+}
+
+fn mesh_ticks(mesh: &ProcessMesh) -> u64 {
+    mesh.pids().into_iter().map(common::pid_ticks).sum()
+}
+
+fn row(label: &str, run: &Scenario, base: &Scenario, ticks_per_sec: f64) {
+    let round_ratios: Vec<f64> = run.round_p50.iter().zip(&base.round_p50).map(|(r, b)| r / b).collect();
+    let (cpu, cpu_base) = (run.cpu_ms_per_search(ticks_per_sec), base.cpu_ms_per_search(ticks_per_sec));
     println!(
-        "{label:<26} n={:<6} failed={:<3} p50={:>7.3} ms ({:>6})  p99={:>7.3} ms ({:>6})  {:>7.1}/s",
-        run.count(),
-        run.failed,
-        run.p50(),
-        ratio(run.p50(), base.p50()),
-        run.p99(),
-        ratio(run.p99(), base.p99()),
-        run.rate()
+        "{label:<26} n={:<6} failed={:<3} p50={:>6.3} ms ({:>5}, per round {:>5.2}x)  p99={:>6.3} ms ({:>5})  cpu/search={:>5.3} ms ({:>5})",
+        run.pooled.count(),
+        run.pooled.failed,
+        run.pooled.p50(),
+        ratio(run.pooled.p50(), base.pooled.p50()),
+        common::median(&round_ratios),
+        run.pooled.p99(),
+        ratio(run.pooled.p99(), base.pooled.p99()),
+        cpu,
+        ratio(cpu, cpu_base),
     );
 }
 
 #[tokio::main]
 async fn main() {
-    let rounds = env_count("ROUNDS", 6);
+    let epochs = env_count("EPOCHS", 3);
+    let rounds = env_count("ROUNDS", 4);
     let round = env_secs("ROUND_SECS", 2.0);
-    let concurrency = env_count("CONCURRENCY", 2);
+    let concurrencies: Vec<usize> = std::env::var("CONCURRENCY")
+        .ok()
+        .map(|v| v.split(',').filter_map(|c| c.trim().parse().ok()).filter(|c| *c > 0).collect())
+        .filter(|v: &Vec<usize>| !v.is_empty())
+        .unwrap_or_else(|| vec![1, 2]);
     let spans = env_count("SPANS", 100_000);
+    let ticks_per_sec = common::clock_ticks();
     println!("daemons from {}", ragmesh_e2e::daemons::bin_dir().display());
 
     let collector = CountingCollector::default();
@@ -159,26 +193,39 @@ async fn main() {
     let refusing = ClosedPort::bind();
     let refusing_endpoint = format!("http://{}", refusing.addr());
 
-    let off = mesh(None).await;
-    let on = mesh(Some(&endpoint)).await;
-    let down = mesh(Some(&refusing_endpoint)).await;
-    let meshes = [("tracing off", &off), ("tracing on, collector up", &on), ("tracing on, collector down", &down)];
-    for (_, mesh) in &meshes {
-        searches(mesh, concurrency, Duration::from_millis(500)).await; // warm-up
-    }
-    let mut runs = [Run::default(), Run::default(), Run::default()];
-    for r in 0..rounds {
-        // Rotate the order, so no mesh always runs first in a round.
-        for k in 0..meshes.len() {
-            let i = (r + k) % meshes.len();
-            runs[i].merge(searches(meshes[i].1, concurrency, round).await);
+    const LABELS: [&str; 4] =
+        ["tracing off", "tracing off (control)", "tracing on, collector up", "tracing on, collector down"];
+    let mut results: Vec<[Scenario; 4]> = concurrencies.iter().map(|_| Default::default()).collect();
+    for _ in 0..epochs {
+        // Fresh processes each epoch: two identical meshes can differ by several percent for
+        // the life of their processes, which rounds alone never average out.
+        let meshes =
+            [mesh(None).await, mesh(None).await, mesh(Some(&endpoint)).await, mesh(Some(&refusing_endpoint)).await];
+        for mesh in &meshes {
+            searches(mesh, 2, Duration::from_millis(500)).await; // warm-up
+        }
+        for (c, &concurrency) in concurrencies.iter().enumerate() {
+            let runs = &mut results[c];
+            for r in 0..rounds {
+                // Rotate the order, so no mesh always runs first in a round.
+                for k in 0..meshes.len() {
+                    let i = (r + k) % meshes.len();
+                    let before = mesh_ticks(&meshes[i]);
+                    let run = searches(&meshes[i], concurrency, round).await;
+                    runs[i].cpu_ticks += mesh_ticks(&meshes[i]) - before;
+                    runs[i].round_p50.push(run.p50());
+                    runs[i].pooled.merge(run);
+                }
+            }
         }
     }
-    println!(
-        "\nfederated search, master + 3 agents (processes), concurrency {concurrency}, {rounds} rounds of {round:?} each (ratios to off):"
-    );
-    for (i, (label, _)) in meshes.iter().enumerate() {
-        row(label, &runs[i], &runs[0]);
+    for (c, concurrency) in concurrencies.iter().enumerate() {
+        println!(
+            "\nfederated search, master + 3 agents (processes), concurrency {concurrency}, {epochs} epochs of {rounds} rounds of {round:?} (ratios to off; \"per round\" is the median of the rounds' p50 ratios; cpu is the four daemons'):"
+        );
+        for (i, label) in LABELS.iter().enumerate() {
+            row(label, &results[c][i], &results[c][0], ticks_per_sec);
+        }
     }
     println!("spans received by the collector: {}", collector.0.load(Ordering::Relaxed));
 

@@ -146,6 +146,11 @@ impl ProcessMesh {
         self.master_addr
     }
 
+    /// The process ids of the master and the agents (for CPU accounting from /proc).
+    pub fn pids(&self) -> Vec<u32> {
+        self.master.iter().chain(&self.agents).map(Child::id).collect()
+    }
+
     /// The name of agent `i` (from 0).
     pub fn agent_name(&self, i: usize) -> String {
         format!("agent-{}", i + 1)

@@ -147,6 +147,12 @@ fn stat_ticks(stat: &str) -> Option<(String, u64)> {
     Some((comm, utime + stime))
 }
 
+/// CPU ticks (user + system) used so far by process `pid`, its exited threads included.
+pub fn pid_ticks(pid: u32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    stat_ticks(&stat).map_or(0, |(_, ticks)| ticks)
+}
+
 /// CPU ticks (user + system) used so far by the whole process.
 pub fn process_ticks() -> u64 {
     let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
