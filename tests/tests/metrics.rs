@@ -2,7 +2,8 @@
 //! `promtool check metrics` (Debian package `prometheus`; scripts/test installs it; without it
 //! the check is skipped with a message, except under CI=true where that is a failure), and the
 //! series move as they must across a search, an agent killed mid-search (outcome unavailable,
-//! node state down) and rate-limited calls. `ragmeshctl top --once` (the real binary) shows
+//! node state down), rate-limited calls and the eviction of the dead agent (its series go, the
+//! others stay). `ragmeshctl top --once` (the real binary) shows
 //! every node of a real mesh with the traffic of the searches made meanwhile.
 
 use std::collections::BTreeMap;
@@ -212,6 +213,26 @@ async fn metrics_pass_promtool_and_move_across_a_search_a_killed_agent_and_a_rat
     if let Some(promtool) = &promtool {
         promtool_check(promtool, "master /metrics", &limited.text);
     }
+
+    // 4. Evicting the dead agent drops its series; the others keep theirs.
+    assert!(limited.text.contains(&format!("node=\"{name}\"")), "the dead agent still has series before eviction");
+    mesh.auth_client()
+        .await
+        .evict_node(v1::EvictNodeRequest { name: name.clone() })
+        .await
+        .expect("an operator may evict a node");
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let evicted = loop {
+        let scrape = Scrape::of(mesh.master_metrics_addr()).await;
+        if !scrape.text.contains(&format!("node=\"{name}\"")) {
+            break scrape;
+        }
+        assert!(std::time::Instant::now() < deadline, "series of evicted {name} still exported:\n{}", scrape.text);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let kept = mesh.agent_name(0);
+    assert_eq!(evicted.get(&calls(kept, "ok")), limited.get(&calls(kept, "ok")), "the others' counters stay");
+    assert_eq!(evicted.must(&node_state(kept, "up")), 1.0);
     mesh.shutdown().await;
 }
 

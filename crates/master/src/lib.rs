@@ -304,6 +304,7 @@ pub async fn start_with_metrics(
                 tasks: &event_tasks,
                 shutdown: &stop,
             });
+            tokio::spawn(metrics::forget_departed(loaded_registry.subscribe(), master_metrics.clone(), stop.clone()));
             tokio::spawn(directory::follow(
                 loaded_registry.subscribe(),
                 directory_clients,

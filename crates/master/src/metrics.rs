@@ -169,6 +169,51 @@ impl MasterMetrics {
     }
 }
 
+/// Every `outcome` label [`MasterMetrics::record_search`] writes (the words of
+/// `AttemptEnd::label`).
+const OUTCOMES: [&str; 6] = ["ok", "timeout", "unavailable", "error", "breaker_open", "cancelled"];
+
+/// Every `to` label of a breaker transition.
+const BREAKER_STATES: [&str; 3] = ["closed", "open", "half_open"];
+
+impl MasterMetrics {
+    /// Drops every series of `node`, so an evicted node stops being exported (the scrape-time
+    /// gauges follow the registry by themselves). A node that joins again starts from zero,
+    /// which `rate()` reads as a counter reset.
+    pub fn forget_node(&self, node: &str) {
+        let labels = NodeLabels { node: node.to_owned() };
+        self.call_seconds.remove(&labels);
+        self.retries.remove(&labels);
+        self.hedges.remove(&labels);
+        for outcome in OUTCOMES {
+            self.calls.remove(&OutcomeLabels { node: node.to_owned(), outcome: outcome.to_owned() });
+        }
+        for to in BREAKER_STATES {
+            self.breaker_transitions.remove(&TransitionLabels { node: node.to_owned(), to: to.to_owned() });
+        }
+    }
+}
+
+/// Forgets the series of every node that leaves the membership, until `shutdown`.
+pub async fn forget_departed(
+    mut membership: tokio::sync::watch::Receiver<crate::registry::Membership>,
+    metrics: MasterMetrics,
+    shutdown: tokio_util::sync::CancellationToken,
+) {
+    let mut previous = membership.borrow_and_update().clone();
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            changed = membership.changed() => if changed.is_err() { return },
+        }
+        let current = membership.borrow_and_update().clone();
+        for name in previous.keys().filter(|name| !current.contains_key(*name)) {
+            metrics.forget_node(name);
+        }
+        previous = current;
+    }
+}
+
 fn breaker_state_name(state: &BreakerState) -> &'static str {
     match state {
         BreakerState::Closed => "closed",
@@ -324,5 +369,49 @@ mod tests {
         assert!(!text.contains(r#"node="d""#), "a node skipped as down made no call: {text}");
         assert!(!text.contains(r#"ragmesh_node_client_call_seconds_count{node="b"}"#), "a lost hedge has no latency");
         assert!(!text.contains("ragmesh_membership_node_state"), "no registry yet, no membership series");
+    }
+
+    #[tokio::test]
+    async fn a_forgotten_node_leaves_no_series_and_the_others_stay() {
+        let mut registry = MetricsRegistry::default();
+        let metrics = MasterMetrics::register(
+            &mut registry,
+            Arc::new(OnceLock::new()),
+            HealthBook::new(HealthConfig::default(), None),
+        );
+        let timeout = CallError::Timeout { budget: Duration::ZERO };
+        let ends = [
+            AttemptEnd::Ok,
+            AttemptEnd::Cancelled,
+            AttemptEnd::Failed(timeout),
+            AttemptEnd::Failed(CallError::Unavailable("down".into())),
+            AttemptEnd::Failed(CallError::BreakerOpen { retry_in: Duration::ZERO }),
+            AttemptEnd::Failed(CallError::Error { kind: ragmesh_proto::ErrorKind::Internal, message: "x".into() }),
+        ];
+        for node in ["gone", "kept"] {
+            let attempts = ends
+                .iter()
+                .zip([AttemptKind::First, AttemptKind::Retry, AttemptKind::Hedge].into_iter().cycle())
+                .map(|(end, kind)| attempt(node, kind, end.clone()))
+                .collect();
+            metrics.record_search(&Plan::default(), &[group(node, Ok(()), attempts)]);
+            for state in [
+                BreakerState::Open { until: Duration::ZERO, attempt: 0 },
+                BreakerState::HalfOpen { since: Duration::ZERO, attempt: 0 },
+                BreakerState::Closed,
+            ] {
+                metrics.breaker_transition(node, &state);
+            }
+        }
+        assert!(text(&registry).contains(r#"node="gone""#));
+        metrics.forget_node("gone");
+        let text = text(&registry);
+        assert!(!text.contains(r#"node="gone""#), "every series of an evicted node is dropped:\n{text}");
+        for end in &ends {
+            assert!(OUTCOMES.contains(&end.label()), "{} is forgotten too", end.label());
+            let line = format!(r#"ragmesh_node_client_calls_total{{node="kept",outcome="{}"}} 1"#, end.label());
+            assert!(text.contains(&line), "{line} missing:\n{text}");
+        }
+        assert!(text.contains(r#"ragmesh_breaker_transitions_total{node="kept",to="half_open"} 1"#), "{text}");
     }
 }
