@@ -99,7 +99,12 @@ async fn metrics_pass_promtool_and_move_across_a_search_a_killed_agent_and_a_rat
     let mut mesh = Mesh::builder().agents(3).rate_limit(20, 10).start().await;
     let mut generations = Vec::new();
     for i in 0..3 {
+        let before = Scrape::of(mesh.master_metrics_addr()).await;
         generations.push(mesh.ingest(i, docs_for(i, 4)).await.generation);
+        // The replicated write is a node-client call too.
+        let after = Scrape::of(mesh.master_metrics_addr()).await;
+        let node = mesh.agent_name(i);
+        assert_eq!(after.get(&calls(node, "ok")) - before.get(&calls(node, "ok")), 1.0, "the write to {node}");
     }
 
     // 1. One search: every layer counts it once.

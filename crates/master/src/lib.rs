@@ -320,6 +320,7 @@ pub async fn start_with_metrics(
                 access: access_control,
                 config: replication_config,
                 send_timeout: REPLICA_SEND_TIMEOUT,
+                metrics: master_metrics.clone(),
                 shutdown: stop.clone(),
                 tasks: replication_tasks,
             };

@@ -19,7 +19,7 @@ use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry as MetricsRegistry;
 use ragmesh_stack::breaker::BreakerState;
 use ragmesh_stack::metrics::{Gauges, latency_buckets};
-use ragmesh_stack::node_call::AttemptKind;
+use ragmesh_stack::node_call::{Attempt, AttemptKind};
 use ragmesh_stack::node_health::HealthBook;
 
 use crate::federation::{GroupResult, Plan, SkipReason};
@@ -72,16 +72,7 @@ impl MasterMetrics {
     /// Registers the master's series in `metrics`, and the scrape-time [`StateCollector`] over
     /// `registry` (set once loaded) and `health`.
     pub fn register(metrics: &mut MetricsRegistry, registry: Arc<OnceLock<Registry>>, health: HealthBook) -> Self {
-        let handle = MasterMetrics {
-            calls: Family::default(),
-            call_seconds: Family::new_with_constructor(call_histogram),
-            retries: Family::default(),
-            hedges: Family::default(),
-            groups_asked: Counter::default(),
-            groups_answered: Counter::default(),
-            breaker_transitions: Family::default(),
-            rate_limit_refusals: Counter::default(),
-        };
+        let handle = MasterMetrics::detached();
         metrics.register(
             "ragmesh_node_client_calls",
             "Calls of the node client to each node, by outcome (ok, timeout, unavailable, error, breaker_open, cancelled)",
@@ -118,6 +109,20 @@ impl MasterMetrics {
         handle
     }
 
+    /// Series registered nowhere, for a component built without a daemon's registry (tests).
+    pub fn detached() -> Self {
+        MasterMetrics {
+            calls: Family::default(),
+            call_seconds: Family::new_with_constructor(call_histogram),
+            retries: Family::default(),
+            hedges: Family::default(),
+            groups_asked: Counter::default(),
+            groups_answered: Counter::default(),
+            breaker_transitions: Family::default(),
+            rate_limit_refusals: Counter::default(),
+        }
+    }
+
     /// The counter the rate limiter increments on each refusal.
     pub fn rate_limit_refusals(&self) -> Counter {
         self.rate_limit_refusals.clone()
@@ -136,24 +141,30 @@ impl MasterMetrics {
         let answered = groups.iter().filter(|group| group.answer.is_ok()).count();
         self.groups_answered.inc_by(answered as u64);
         for group in groups {
-            for attempt in &group.attempts {
-                let node = NodeLabels { node: attempt.node.clone() };
-                match attempt.kind {
-                    AttemptKind::First => {}
-                    AttemptKind::Retry => {
-                        self.retries.get_or_create(&node).inc();
-                    }
-                    AttemptKind::Hedge => {
-                        self.hedges.get_or_create(&node).inc();
-                    }
+            self.record_attempts(&group.attempts);
+        }
+    }
+
+    /// Counts every attempt of one node call (a search's group call or a replicated write):
+    /// outcome, latency, retries, hedges.
+    pub fn record_attempts(&self, attempts: &[Attempt]) {
+        for attempt in attempts {
+            let node = NodeLabels { node: attempt.node.clone() };
+            match attempt.kind {
+                AttemptKind::First => {}
+                AttemptKind::Retry => {
+                    self.retries.get_or_create(&node).inc();
                 }
-                let outcome = attempt.end.label();
-                self.outcome(&attempt.node, outcome);
-                // Latency of calls that reached an end; a refusal or an abandoned copy says
-                // nothing about the node's speed.
-                if !matches!(outcome, "breaker_open" | "cancelled") {
-                    self.call_seconds.get_or_create(&node).observe(attempt.took.as_secs_f64());
+                AttemptKind::Hedge => {
+                    self.hedges.get_or_create(&node).inc();
                 }
+            }
+            let outcome = attempt.end.label();
+            self.outcome(&attempt.node, outcome);
+            // Latency of calls that reached an end; a refusal or an abandoned copy says
+            // nothing about the node's speed.
+            if !matches!(outcome, "breaker_open" | "cancelled") {
+                self.call_seconds.get_or_create(&node).observe(attempt.took.as_secs_f64());
             }
         }
     }

@@ -165,8 +165,10 @@ impl Follower {
             Ok(context) => call = call.with_context(context),
             Err(message) => return Err(CallError::Error { kind: ErrorKind::Internal, message }),
         }
-        let answer = shared.client.clone().oneshot(call).await?;
-        match answer.reply {
+        let attempts = call.attempts.clone();
+        let answer = shared.client.clone().oneshot(call).await;
+        shared.metrics.record_attempts(&attempts.snapshot());
+        match answer?.reply {
             NodeReply::Upsert(r) => {
                 Ok(Applied { applied_seq: r.applied_seq, generation: r.generation, collections: r.collections })
             }

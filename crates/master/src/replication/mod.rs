@@ -179,6 +179,7 @@ pub(crate) struct Shared {
     config: ReplicationConfig,
     /// Deadline of one forward of an entry to a replica.
     send_timeout: Duration,
+    metrics: crate::metrics::MasterMetrics,
     /// Highest acknowledged sequence per group.
     committed: Mutex<BTreeMap<String, u64>>,
     /// Last sequence per group, watched by the group's followers.
@@ -232,6 +233,8 @@ pub struct Parts {
     pub config: ReplicationConfig,
     /// Deadline of one forward of an entry to a replica.
     pub send_timeout: Duration,
+    /// Counts each forward's attempts in the per-node client series.
+    pub metrics: crate::metrics::MasterMetrics,
     /// Stops the followers.
     pub shutdown: CancellationToken,
     /// Where the followers run (drained on shutdown).
@@ -248,7 +251,7 @@ impl Replication {
     /// Starts replication: publishes every group's log state to the registry and runs one
     /// follower per replica that is not down, until `shutdown`.
     pub fn start(parts: Parts) -> Self {
-        let Parts { registry, log, client, access, config, send_timeout, shutdown, tasks } = parts;
+        let Parts { registry, log, client, access, config, send_timeout, metrics, shutdown, tasks } = parts;
         // After a restart nobody knows what was acknowledged: every logged entry counts.
         let committed = log.groups().into_iter().map(|(g, s)| (g, s.last)).collect();
         let shared = Arc::new(Shared {
@@ -258,6 +261,7 @@ impl Replication {
             access,
             config,
             send_timeout,
+            metrics,
             committed: Mutex::new(committed),
             wakers: Mutex::default(),
             followers: Mutex::default(),

@@ -150,6 +150,7 @@ impl Mesh {
             access,
             config,
             send_timeout: Duration::from_secs(5),
+            metrics: crate::metrics::MasterMetrics::detached(),
             shutdown: shutdown.clone(),
             tasks: TaskTracker::new(),
         };
