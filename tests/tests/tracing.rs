@@ -301,4 +301,20 @@ async fn a_collector_that_refuses_connections_changes_nothing_for_searches() {
     // Generous: 20 searches over 3 agents take well under a second on an idle machine.
     assert!(took < Duration::from_secs(20), "20 searches took {took:?}");
     println!("20 searches with the collector down: {took:?}");
+
+    // The failed exports (one batch every 100 ms here) are reported once, not once a batch.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !mesh.log("master").contains("cannot export spans") {
+        assert!(Instant::now() < deadline, "no export failure reported:\n{}", mesh.log("master"));
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let more = Instant::now() + Duration::from_millis(800);
+    while Instant::now() < more {
+        search(&mesh, None).await;
+    }
+    for name in ["master", "agent-1"] {
+        let log = mesh.log(name);
+        assert_eq!(log.matches("cannot export spans").count(), 1, "{name} reports the outage once:\n{log}");
+        assert!(!log.contains("ExportError"), "the SDK's line for each failed batch is not logged:\n{log}");
+    }
 }

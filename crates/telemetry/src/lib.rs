@@ -55,7 +55,7 @@ pub fn init(filter: &str, traces: Option<&TraceSettings>) -> TelemetryGuard {
         .with_writer(std::io::stderr)
         .with_ansi(stderr_wants_ansi())
         .with_target(false)
-        .with_filter(env_filter);
+        .with_filter(env_filter.and(filter_fn(logged)));
     let resolved = traces.and_then(|t| t.resolve(|name| std::env::var(name).ok()));
     let built = resolved.as_ref().map(otlp::provider);
     let provider = match &built {
@@ -95,6 +95,12 @@ pub fn init(filter: &str, traces: Option<&TraceSettings>) -> TelemetryGuard {
         _ => {}
     }
     TelemetryGuard { provider }
+}
+
+/// Whether an event is written to the log: all but the SDK's line for each failed export batch,
+/// which [`otlp::Reported`] summarises instead.
+fn logged(metadata: &tracing::Metadata<'_>) -> bool {
+    metadata.name() != "BatchSpanProcessor.ExportError"
 }
 
 /// Spans that give log lines their context but would only add a level to a trace: the fan-out's
