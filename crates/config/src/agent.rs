@@ -12,7 +12,7 @@ use serde::Deserialize;
 use crate::errors::Problems;
 use crate::{
     ConfigErrors, ProcessConfig, TlsArgs, TlsFileKeys, check_range, parse_listen, read_file, resolve_addr_file,
-    resolve_metrics_listen,
+    resolve_metrics_addr_file, resolve_metrics_listen,
 };
 
 /// Command line of `ragmesh-agent`. Every flag also reads a `RAGMESH_*` variable, and every
@@ -47,6 +47,10 @@ pub struct AgentArgs {
     /// [default: off]
     #[arg(long, env = "RAGMESH_METRICS_LISTEN", value_name = "IP:PORT")]
     pub metrics_listen: Option<String>,
+    /// Once serving metrics, write their bound address (IP:PORT and a newline) to this file,
+    /// as --addr-file does for gRPC; for scripts that use --metrics-listen IP:0 [default: none]
+    #[arg(long, env = "RAGMESH_METRICS_ADDR_FILE", value_name = "FILE")]
+    pub metrics_addr_file: Option<PathBuf>,
     /// host:port the master should dial [default: the bound listen address]
     #[arg(long, env = "RAGMESH_ADVERTISE", value_name = "HOST:PORT")]
     pub advertise: Option<String>,
@@ -103,6 +107,7 @@ struct AgentFile {
     listen: Option<String>,
     addr_file: Option<PathBuf>,
     metrics_listen: Option<String>,
+    metrics_addr_file: Option<PathBuf>,
     advertise: Option<String>,
     master: Option<String>,
     data_dir: Option<PathBuf>,
@@ -202,8 +207,10 @@ impl AgentArgs {
         }
         let listen = self.listen.or(file.listen).unwrap_or_else(|| "127.0.0.1:7401".to_owned());
         let listen = parse_listen("listen", &listen, &mut problems);
-        let addr_file = resolve_addr_file(self.addr_file, file.addr_file, &mut problems);
+        let addr_file = resolve_addr_file("addr-file", self.addr_file, file.addr_file, &mut problems);
         let metrics_listen = resolve_metrics_listen(self.metrics_listen.or(file.metrics_listen), &mut problems);
+        let metrics_addr_file =
+            resolve_metrics_addr_file(self.metrics_addr_file, file.metrics_addr_file, metrics_listen, &mut problems);
         let advertise = self.advertise.or(file.advertise);
         match &advertise {
             Some(advertise) => check_host_port("advertise", advertise, &mut problems),
@@ -261,7 +268,7 @@ impl AgentArgs {
             labels,
             log,
         };
-        problems.finish((config, ProcessConfig { addr_file, metrics_listen, trace }))
+        problems.finish((config, ProcessConfig { addr_file, metrics_listen, metrics_addr_file, trace }))
     }
 }
 

@@ -59,6 +59,27 @@ pub struct ProcessConfig {
     pub trace: TraceConfig,
     /// Where to serve Prometheus metrics (`--metrics-listen`); `None`: not served.
     pub metrics_listen: Option<std::net::SocketAddr>,
+    /// Where to report the metrics listener's bound address (`--metrics-addr-file`).
+    pub metrics_addr_file: Option<PathBuf>,
+}
+
+/// Resolves `--metrics-addr-file` (flag over file), which only makes sense with a metrics
+/// listener.
+fn resolve_metrics_addr_file(
+    flag: Option<PathBuf>,
+    file: Option<PathBuf>,
+    metrics_listen: Option<std::net::SocketAddr>,
+    problems: &mut Problems,
+) -> Option<PathBuf> {
+    let path = resolve_addr_file("metrics-addr-file", flag, file, problems)?;
+    if metrics_listen.is_none() {
+        problems.push(format!(
+            "--metrics-addr-file {} is set but --metrics-listen is not: give both, or neither",
+            path.display()
+        ));
+        return None;
+    }
+    Some(path)
 }
 
 /// Resolves `--metrics-listen` (flag over file): an IP:PORT, or nothing (metrics off).
@@ -66,24 +87,30 @@ fn resolve_metrics_listen(value: Option<String>, problems: &mut Problems) -> Opt
     value.map(|value| parse_listen("metrics-listen", &value, problems))
 }
 
-/// Resolves `--addr-file` (flag over file) and checks that it names a file in a directory that
-/// exists, so a typo is a config error (exit 64) rather than a failure after binding.
-fn resolve_addr_file(flag: Option<PathBuf>, file: Option<PathBuf>, problems: &mut Problems) -> Option<PathBuf> {
+/// Resolves `--<name>` (`addr-file` or `metrics-addr-file`; flag over file) and checks that it
+/// names a file in a directory that exists, so a typo is a config error (exit 64) rather than a
+/// failure after binding.
+fn resolve_addr_file(
+    name: &str,
+    flag: Option<PathBuf>,
+    file: Option<PathBuf>,
+    problems: &mut Problems,
+) -> Option<PathBuf> {
     let path = flag.or(file)?;
     if path.as_os_str().is_empty() {
-        problems.push("--addr-file is empty: give the file to write the bound address to".to_owned());
+        problems.push(format!("--{name} is empty: give the file to write the bound address to"));
         return None;
     }
     let names_a_directory =
         path.is_dir() || path.file_name().is_none() || path.as_os_str().to_string_lossy().ends_with('/');
     if names_a_directory {
-        problems.push(format!("--addr-file {} is a directory: give a file path, e.g. DIR/master.addr", path.display()));
+        problems.push(format!("--{name} {} is a directory: give a file path, e.g. DIR/master.addr", path.display()));
         return None;
     }
     let parent = path.parent().filter(|dir| !dir.as_os_str().is_empty()).unwrap_or(Path::new("."));
     if !parent.is_dir() {
         problems.push(format!(
-            "--addr-file {}: directory {} does not exist: create it first",
+            "--{name} {}: directory {} does not exist: create it first",
             path.display(),
             parent.display()
         ));

@@ -11,7 +11,7 @@ use serde::Deserialize;
 use crate::errors::Problems;
 use crate::{
     ConfigErrors, ProcessConfig, TlsArgs, TlsFileKeys, check_range, parse_listen, read_file, resolve_addr_file,
-    resolve_metrics_listen,
+    resolve_metrics_addr_file, resolve_metrics_listen,
 };
 
 /// Command line of `ragmesh-master`. Every flag also reads a `RAGMESH_*` variable, and every
@@ -35,6 +35,10 @@ pub struct MasterArgs {
     /// [default: off]
     #[arg(long, env = "RAGMESH_METRICS_LISTEN", value_name = "IP:PORT")]
     pub metrics_listen: Option<String>,
+    /// Once serving metrics, write their bound address (IP:PORT and a newline) to this file,
+    /// as --addr-file does for gRPC; for scripts that use --metrics-listen IP:0 [default: none]
+    #[arg(long, env = "RAGMESH_METRICS_ADDR_FILE", value_name = "FILE")]
+    pub metrics_addr_file: Option<PathBuf>,
     /// Directory for the node registry (sled) [default: ./ragmesh-master-data]
     #[arg(long, env = "RAGMESH_DATA_DIR", value_name = "DIR")]
     pub data_dir: Option<PathBuf>,
@@ -264,6 +268,7 @@ struct MasterFile {
     listen: Option<String>,
     addr_file: Option<PathBuf>,
     metrics_listen: Option<String>,
+    metrics_addr_file: Option<PathBuf>,
     data_dir: Option<PathBuf>,
     ca: Option<PathBuf>,
     cert: Option<PathBuf>,
@@ -341,8 +346,10 @@ impl MasterArgs {
 
         let listen = self.listen.or(file.listen).unwrap_or_else(|| "127.0.0.1:7400".to_owned());
         let listen = parse_listen("listen", &listen, &mut problems);
-        let addr_file = resolve_addr_file(self.addr_file, file.addr_file, &mut problems);
+        let addr_file = resolve_addr_file("addr-file", self.addr_file, file.addr_file, &mut problems);
         let metrics_listen = resolve_metrics_listen(self.metrics_listen.or(file.metrics_listen), &mut problems);
+        let metrics_addr_file =
+            resolve_metrics_addr_file(self.metrics_addr_file, file.metrics_addr_file, metrics_listen, &mut problems);
         let data_dir = self.data_dir.or(file.data_dir).unwrap_or_else(|| PathBuf::from("ragmesh-master-data"));
         let file_tls = TlsFileKeys { ca: file.ca, cert: file.cert, key: file.key, insecure: file.insecure };
         let tls = self.tls.resolve(file_tls, &mut problems);
@@ -391,7 +398,7 @@ impl MasterArgs {
             log,
             events,
         };
-        problems.finish((config, ProcessConfig { addr_file, metrics_listen, trace }))
+        problems.finish((config, ProcessConfig { addr_file, metrics_listen, metrics_addr_file, trace }))
     }
 }
 
@@ -678,6 +685,32 @@ mod tests {
         let command = <MasterArgs as clap::CommandFactory>::command();
         let arg = command.get_arguments().find(|a| a.get_id() == "metrics_listen").expect("argument exists");
         assert_eq!(arg.get_env().and_then(|e| e.to_str()), Some("RAGMESH_METRICS_LISTEN"));
+    }
+
+    #[test]
+    fn metrics_addr_file_needs_metrics_listen_and_an_existing_directory() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let wanted = dir.path().join("master.metrics.addr");
+        let wanted_arg = wanted.to_str().expect("utf8");
+        let (_, process) = args(&["--insecure", "--metrics-listen", "127.0.0.1:0", "--metrics-addr-file", wanted_arg])
+            .resolve_daemon()
+            .expect("valid");
+        assert_eq!(process.metrics_addr_file.as_deref(), Some(wanted.as_path()));
+        assert_eq!(process.addr_file, None, "the gRPC address file is a separate setting");
+        let errors =
+            args(&["--insecure", "--metrics-addr-file", wanted_arg]).resolve_daemon().expect_err("no listener");
+        assert!(errors.to_string().contains("--metrics-listen is not: give both, or neither"), "{errors}");
+        let missing = dir.path().join("missing").join("m.addr");
+        let errors = args(&[
+            "--insecure",
+            "--metrics-listen",
+            "127.0.0.1:0",
+            "--metrics-addr-file",
+            missing.to_str().expect("utf8"),
+        ])
+        .resolve_daemon()
+        .expect_err("no such directory");
+        assert!(errors.to_string().contains("--metrics-addr-file"), "the message names the flag: {errors}");
     }
 
     #[test]

@@ -44,7 +44,13 @@ async fn main() -> ExitCode {
         Err(err) => return daemon::exit(PROGRAM, Err(err.into())),
     };
     daemon::stop_on_signal(handle.shutdown_token());
-    let reported = daemon::report_addr(process.addr_file.as_deref(), handle.local_addr(), &handle.shutdown_token());
+    // The metrics address first: a script that waits for --addr-file finds both in place.
+    let reported = daemon::report_metrics_addr(
+        process.metrics_addr_file.as_deref(),
+        handle.metrics_addr(),
+        &handle.shutdown_token(),
+    )
+    .and_then(|()| daemon::report_addr(process.addr_file.as_deref(), handle.local_addr(), &handle.shutdown_token()));
     let outcome = handle.wait().await;
     telemetry.shutdown().await;
     daemon::exit(PROGRAM, reported.and(outcome))

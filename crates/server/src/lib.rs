@@ -282,15 +282,35 @@ pub mod daemon {
         addr: SocketAddr,
         shutdown: &CancellationToken,
     ) -> anyhow::Result<()> {
+        report("addr-file", addr_file, addr, shutdown)
+    }
+
+    /// [`report_addr`] for the metrics listener and `--metrics-addr-file`; nothing without a
+    /// metrics listener.
+    pub fn report_metrics_addr(
+        addr_file: Option<&std::path::Path>,
+        addr: Option<SocketAddr>,
+        shutdown: &CancellationToken,
+    ) -> anyhow::Result<()> {
+        let Some(addr) = addr else { return Ok(()) };
+        report("metrics-addr-file", addr_file, addr, shutdown)
+    }
+
+    fn report(
+        flag: &str,
+        addr_file: Option<&std::path::Path>,
+        addr: SocketAddr,
+        shutdown: &CancellationToken,
+    ) -> anyhow::Result<()> {
         let Some(path) = addr_file else { return Ok(()) };
         match write_addr_file(path, addr) {
             Ok(()) => {
-                tracing::info!(%addr, path = %path.display(), "bound address written to --addr-file");
+                tracing::info!(%addr, path = %path.display(), flag, "bound address written");
                 Ok(())
             }
             Err(err) => {
                 shutdown.cancel();
-                Err(anyhow::anyhow!("cannot write --addr-file {}: {err}", path.display()))
+                Err(anyhow::anyhow!("cannot write --{flag} {}: {err}", path.display()))
             }
         }
     }

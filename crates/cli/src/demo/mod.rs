@@ -169,7 +169,10 @@ async fn run_mesh(
     }
 
     println!();
-    print!("{}", usage_hints(workdir, master.addr(), args.no_wait));
+    // The master writes it before its gRPC address, which the demo waited for.
+    let metrics_addr = std::fs::read_to_string(workdir.metrics_addr_file("master")).ok();
+    let metrics_addr = metrics_addr.as_deref().map(str::trim).filter(|addr| !addr.is_empty());
+    print!("{}", usage_hints(workdir, master.addr(), metrics_addr, args.no_wait));
     if args.no_wait {
         if !all_answered {
             anyhow::bail!(
@@ -245,6 +248,9 @@ fn tls_args(workdir: &Workdir, name: &str) -> Vec<OsString> {
 fn spec(workdir: &Workdir, name: &str, program: &Path, mut args: Vec<OsString>) -> DaemonSpec {
     args.push("--data-dir".into());
     args.push(workdir.data(name).into());
+    // Prometheus metrics on a port of the daemon's choosing, reported like the gRPC address.
+    args.extend(["--metrics-listen".into(), "127.0.0.1:0".into(), "--metrics-addr-file".into()]);
+    args.push(workdir.metrics_addr_file(name).into());
     args.extend(tls_args(workdir, name));
     DaemonSpec {
         name: name.to_owned(),
@@ -501,7 +507,7 @@ async fn search_once(master: &Master) -> anyhow::Result<Searched> {
 }
 
 /// The commands to try, with absolute paths that can be pasted as they are.
-fn usage_hints(workdir: &Workdir, master_addr: &str, no_wait: bool) -> String {
+fn usage_hints(workdir: &Workdir, master_addr: &str, metrics_addr: Option<&str>, no_wait: bool) -> String {
     let certs = workdir.certs();
     let ca = quote(&certs.join("ca.pem"));
     let cert = quote(&certs.join("client.pem"));
@@ -524,6 +530,11 @@ fn usage_hints(workdir: &Workdir, master_addr: &str, no_wait: bool) -> String {
     let _ = writeln!(out, "  {exe} search {}", quote_str(query));
     let _ = writeln!(out, "  {exe} node agent-1");
     let _ = writeln!(out, "  {exe} token issue --subject alice --tenant acme --cap search   # a tenant's token");
+    let _ = writeln!(out, "  {exe} watch   # membership, breaker and key events, live (kill an agent to see one)");
+    if let Some(metrics) = metrics_addr {
+        let _ = writeln!(out, "  {exe} top --metrics {metrics}   # per-node traffic, latency, breakers, live");
+        let _ = writeln!(out, "  curl -s http://{metrics}/metrics   # the master's Prometheus metrics");
+    }
     let _ = writeln!(out);
     let _ = writeln!(out, "  # grpcurl (over the same mutual TLS)");
     let _ = writeln!(out, "  grpcurl {tls} {master_addr} list");
@@ -652,7 +663,7 @@ mod tests {
     #[test]
     fn hints_use_absolute_paths_and_the_master_address() {
         let workdir = Workdir::temporary().expect("temp");
-        let hints = usage_hints(&workdir, "127.0.0.1:40001", false);
+        let hints = usage_hints(&workdir, "127.0.0.1:40001", Some("127.0.0.1:40002"), false);
         let ca = workdir.certs().join("ca.pem");
         let expected = format!(
             "grpcurl -cacert {} -cert {} -key {} 127.0.0.1:40001 list",
@@ -666,7 +677,10 @@ mod tests {
             "{hints}"
         );
         assert!(hints.contains("Press Ctrl-C"), "{hints}");
-        let no_wait = usage_hints(&workdir, "127.0.0.1:40001", true);
+        assert!(hints.contains("top --metrics 127.0.0.1:40002"), "{hints}");
+        assert!(hints.contains("curl -s http://127.0.0.1:40002/metrics"), "{hints}");
+        let no_wait = usage_hints(&workdir, "127.0.0.1:40001", None, true);
+        assert!(!no_wait.contains("top --metrics"), "no metrics address, no top hint: {no_wait}");
         assert!(no_wait.contains("the mesh stops now"), "{no_wait}");
         assert!(!no_wait.contains("Press Ctrl-C"), "{no_wait}");
     }

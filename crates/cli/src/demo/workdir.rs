@@ -103,6 +103,11 @@ impl Workdir {
         self.path.join(format!("{name}.addr"))
     }
 
+    /// `DIR/<name>.metrics.addr`: where daemon `name` serves `/metrics` (`--metrics-addr-file`).
+    pub fn metrics_addr_file(&self, name: &str) -> PathBuf {
+        self.path.join(format!("{name}.metrics.addr"))
+    }
+
     /// `DIR/master.addr`: the master's address, for scripts (`RAGMESH_MASTER=$(cat DIR/master.addr)`).
     pub fn master_addr_file(&self) -> PathBuf {
         self.addr_file("master")
