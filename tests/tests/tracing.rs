@@ -3,7 +3,8 @@
 //! opentelemetry-proto). One federated search must be one trace: the master's server span,
 //! one attempt span per node under it, each agent's server span under the master's attempt
 //! span for that node and the index search under that. A client's own `traceparent` is
-//! continued, and a collector that refuses connections changes nothing for searches.
+//! continued; a write's trace reaches the replica that applies it; and a collector that
+//! refuses connections changes nothing for searches and is reported once in the logs.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
@@ -283,6 +284,53 @@ async fn one_search_is_one_trace_across_master_and_agents_and_a_callers_trace_co
     let spans = collector.wait_trace(&trace_id, complete).await;
     let server = check_tree(&spans, &response);
     assert_eq!(server.parent, caller_span, "the master's server span is a child of the caller's span");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_write_is_one_trace_down_to_the_replica_that_applies_it() {
+    let collector = Collector::default();
+    let endpoint = collector.start().await;
+    let mesh = mesh(&endpoint).await;
+    let caller_trace = "7a1f2e3d4c5b69788796a5b4c3d2e1f0";
+    let caller_span = "0123456789abcdef";
+    let mut request = tonic::Request::new(v1::IngestDocumentsRequest {
+        node: mesh.agent_name(1),
+        documents: docs_for(1, 2),
+        shard: String::new(),
+    });
+    request.metadata_mut().insert("traceparent", format!("00-{caller_trace}-{caller_span}-01").parse().expect("ascii"));
+    let response = mesh.client().await.ingest_documents(request).await.expect("ingest succeeds");
+    let trace_id = response.metadata().get(TRACE_ID_METADATA).and_then(|v| v.to_str().ok()).unwrap_or_default();
+    assert_eq!(trace_id, caller_trace, "the master continues the writer's trace");
+
+    let agent = mesh.agent_name(1);
+    let spans = collector
+        .wait_trace(caller_trace, |spans| {
+            let has = |service: &str, name: &str| spans.iter().any(|s| s.service == service && s.name == name);
+            has("ragmesh-agent", "ragmesh.v1.AgentService/UpsertDocuments")
+                && has("ragmesh-master", "ragmesh.v1.AgentService/UpsertDocuments")
+                && has("ragmesh-master", "replication.send")
+                && has("ragmesh-master", "ragmesh.v1.MasterService/IngestDocuments")
+        })
+        .await;
+    println!("write trace, as the collector received it:\n{}", tree(&spans, caller_span, 0));
+    let one = |what: &str, pick: &dyn Fn(&Span) -> bool| -> Span {
+        let found: Vec<&Span> = spans.iter().filter(|s| pick(s)).collect();
+        assert_eq!(found.len(), 1, "one {what} in {spans:#?}");
+        found[0].clone()
+    };
+    let server = one("master server span", &|s| s.name == "ragmesh.v1.MasterService/IngestDocuments");
+    assert_eq!((server.service.as_str(), server.parent.as_str()), ("ragmesh-master", caller_span));
+    let send = one("replica send", &|s| s.name == "replication.send");
+    assert_eq!(send.parent, server.span_id, "the replica's send is part of the write: {send:#?}");
+    assert_eq!(send.attr("node.id"), agent);
+    let attempt =
+        one("attempt", &|s| s.service == "ragmesh-master" && s.name == "ragmesh.v1.AgentService/UpsertDocuments");
+    assert_eq!((attempt.kind, attempt.parent.as_str()), (KIND_CLIENT, send.span_id.as_str()));
+    assert_eq!(attempt.attr("ragmesh.outcome"), "ok");
+    let applied = one("agent server span", &|s| s.service == "ragmesh-agent");
+    assert_eq!((applied.instance.as_str(), applied.parent.as_str()), (agent.as_str(), attempt.span_id.as_str()));
+    assert_eq!(applied.attr("rpc.grpc.status_code"), "0");
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -7,7 +7,9 @@
 //! master's attempt span when an agent serves the master; a client's own span otherwise), the
 //! handler runs inside it (so its own spans are children), and the trace id goes back to the
 //! caller in the `x-ragmesh-trace-id` response header when the trace is exported. The span
-//! ends when the response body does, so streaming calls last as long as their stream.
+//! ends when the response body does, so streaming calls last as long as their stream; the
+//! streams that last as long as a connection ([`UNTRACED`]: health streams, event watches) get
+//! no server span: one span per connection lifetime says nothing a trace viewer can show.
 //!
 //! Without the OTLP exporter the span is a plain `tracing` span (logs carry its fields) and no
 //! header is added: this layer then costs one span per call.
@@ -23,6 +25,13 @@ use ragmesh_proto::TRACE_ID_METADATA;
 use tower::{Layer, Service};
 use tracing::Span;
 use tracing::instrument::{Instrument as _, Instrumented};
+
+/// Paths of the streams that live as long as their connection, served without a span.
+pub const UNTRACED: &[&str] = &[
+    "/ragmesh.v1.MembershipService/HealthStream",
+    "/ragmesh.v1.MasterService/WatchEvents",
+    "/grpc.health.v1.Health/Watch",
+];
 
 /// Applies [`Trace`] to a daemon's whole router (outermost, so refusals by the layers inside
 /// it, such as authentication, are in the trace too).
@@ -77,6 +86,10 @@ where
     }
 
     fn call(&mut self, request: Request<ReqBody>) -> Self::Future {
+        if UNTRACED.contains(&request.uri().path()) {
+            let inner = self.inner.call(request).instrument(Span::none());
+            return ResponseFuture { inner, span: None, trace_id: None };
+        }
         let (service, method) = rpc_names(request.uri().path());
         let span = tracing::info_span!(
             "rpc.server",

@@ -103,9 +103,11 @@ fn logged(metadata: &tracing::Metadata<'_>) -> bool {
     metadata.name() != "BatchSpanProcessor.ExportError"
 }
 
-/// Spans that give log lines their context but would only add a level to a trace: the fan-out's
-/// per-group span (each node attempt under it names its node and shard group already).
-const LOG_ONLY_SPANS: &[&str] = &["federation.group_search"];
+/// Spans that give log lines their context but have no place in a trace: the fan-out's
+/// per-group span (each node attempt under it names its node and shard group already), and the
+/// spans that live as long as a replica's follower or an agent's health stream (their work is
+/// traced per write: `replication.send`).
+const LOG_ONLY_SPANS: &[&str] = &["federation.group_search", "replication.follow", "membership.health_stream"];
 
 /// Whether a span or event of this callsite is exported (decided once per callsite).
 fn exported(metadata: &tracing::Metadata<'_>) -> bool {

@@ -23,6 +23,20 @@ pub fn inject_context(cx: &Context, metadata: &mut MetadataMap) {
     TraceContextPropagator::new().inject_context(cx, &mut MetadataInjector(metadata));
 }
 
+/// The context of `span` when it belongs to an exported trace (`None` without the exporter), to
+/// continue the trace later from another task ([`continue_from`]).
+pub fn context_of(span: &tracing::Span) -> Option<Context> {
+    let cx = span.context();
+    cx.span().span_context().is_valid().then_some(cx)
+}
+
+/// Makes `parent` the parent of `span`, which must not have been entered or asked for its
+/// context yet.
+pub fn continue_from(span: &tracing::Span, parent: Context) {
+    // Fails only without the exporter's layer (nothing to continue) or for a disabled span.
+    let _ = span.set_parent(parent);
+}
+
 /// The caller's context carried by `metadata` (empty when it carries none, or an invalid one).
 pub fn extract(metadata: &MetadataMap) -> Context {
     TraceContextPropagator::new().extract(&MetadataExtractor(metadata))

@@ -104,7 +104,7 @@ impl Follower {
                 if entry.seq != cursor + 1 || self.cancel.is_cancelled() {
                     break; // trimmed under us: the registry marks the replica stale
                 }
-                match self.send(&entry).await {
+                match self.send_traced(&entry).await {
                     Ok(applied) => {
                         failures = 0;
                         lock(&shared.last_errors).remove(&self.node);
@@ -150,6 +150,22 @@ impl Follower {
             () = self.cancel.cancelled() => {}
             () = tokio::time::sleep(wait) => {}
         }
+    }
+
+    /// [`Follower::send`] in a span of the writer's trace (a root span for an entry whose write
+    /// is no longer remembered: a catch-up after a restart), not in the follower's long-lived one.
+    async fn send_traced(&self, entry: &LogEntry) -> Result<Applied, CallError> {
+        let span = tracing::info_span!(
+            parent: None,
+            "replication.send",
+            node.id = %self.node,
+            shard = %self.group,
+            ragmesh.seq = entry.seq,
+        );
+        if let Some(cx) = self.replication.trace_of(&self.group, entry.seq) {
+            ragmesh_telemetry::propagation::continue_from(&span, cx);
+        }
+        tracing::Instrument::instrument(self.send(entry), span).await
     }
 
     async fn send(&self, entry: &LogEntry) -> Result<Applied, CallError> {

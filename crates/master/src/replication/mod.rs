@@ -157,6 +157,31 @@ fn list(names: &[String]) -> String {
 /// writer waiting, is dropped once this many newer ones arrived).
 const MAX_REFUSALS: usize = 1024;
 
+/// Trace contexts of the newest writes kept for their followers (older sends start a trace of
+/// their own).
+const MAX_WRITE_TRACES: usize = 4096;
+
+/// The trace contexts of the newest writes by (group, seq), the oldest dropped first whatever
+/// their group.
+#[derive(Default)]
+struct WriteTraces {
+    by_entry: std::collections::HashMap<(String, u64), ragmesh_telemetry::propagation::Context>,
+    order: std::collections::VecDeque<(String, u64)>,
+}
+
+impl WriteTraces {
+    fn insert(&mut self, entry: (String, u64), cx: ragmesh_telemetry::propagation::Context) {
+        if self.by_entry.insert(entry.clone(), cx).is_none() {
+            self.order.push_back(entry);
+        }
+        while self.order.len() > MAX_WRITE_TRACES {
+            if let Some(oldest) = self.order.pop_front() {
+                self.by_entry.remove(&oldest);
+            }
+        }
+    }
+}
+
 /// Aborts the process at `step` when `RAGMESH_FAILPOINT` names it (crash tests only).
 fn failpoint(step: &str) {
     if std::env::var("RAGMESH_FAILPOINT").is_ok_and(|v| v == step) {
@@ -191,6 +216,9 @@ pub(crate) struct Shared {
     /// Entries the replicas refused as a whole, by (group, seq), until their writer is answered
     /// (bounded: the oldest are dropped first).
     refusals: Mutex<BTreeMap<(String, u64), (ragmesh_proto::ErrorKind, String)>>,
+    /// The trace of each recent write, so that every replica's send of the entry belongs to the
+    /// writer's trace.
+    traces: Mutex<WriteTraces>,
     shutdown: CancellationToken,
     tasks: TaskTracker,
 }
@@ -267,6 +295,7 @@ impl Replication {
             followers: Mutex::default(),
             last_errors: Mutex::default(),
             refusals: Mutex::default(),
+            traces: Mutex::default(),
             shutdown,
             tasks,
         });
@@ -295,6 +324,9 @@ impl Replication {
             .map_err(|e| ReplicationError::Task(e.to_string()))??;
         failpoint("after_log_append");
         tracing::debug!(shard = %group, seq, "write appended");
+        if let Some(cx) = ragmesh_telemetry::propagation::context_of(&tracing::Span::current()) {
+            lock(&self.shared.traces).insert((group.clone(), seq), cx);
+        }
         self.publish(&group);
         self.waker(&group).send_replace(seq);
         self.reconcile(&self.shared.registry.subscribe().borrow().clone());
@@ -348,6 +380,11 @@ impl Replication {
             return Err(ReplicationError::Refused { group, seq, kind, message });
         }
         Ok(WriteOutcome { shard: group, seq, replicas })
+    }
+
+    /// The trace entry `seq` of `group` was written in, while it is remembered.
+    pub(super) fn trace_of(&self, group: &str, seq: u64) -> Option<ragmesh_telemetry::propagation::Context> {
+        lock(&self.shared.traces).by_entry.get(&(group.to_owned(), seq)).cloned()
     }
 
     /// Records that the replicas of `group` refused entry `seq` as a whole, for its writer.
