@@ -1,0 +1,430 @@
+//! The coordinator's side of presumed-abort two-phase commit for one transaction: a pure state
+//! machine (`handle(input, now) -> effects`) that the master's driver feeds with votes, acks,
+//! queries, log confirmations and clock ticks.
+//!
+//! The driver performs the effects in order. [`Effect::LogBegin`] and [`Effect::LogDecision`] are
+//! durable writes ([`crate::log::CoordinatorLog`]); after a decision write returns, the driver
+//! feeds [`Input::DecisionLogged`], and only then does the machine send the decision to anyone.
+
+use std::collections::BTreeMap;
+
+use crate::log::{CoordinatorRecord, RECORD_VERSION};
+use crate::{Backoff, Decision, Millis, TxId, Vote};
+
+/// Timers of a coordinator.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CoordinatorConfig {
+    /// Resending prepares to silent participants, decisions to participants that have not
+    /// acknowledged, and decision writes the driver has not confirmed.
+    pub resend: Backoff,
+}
+
+/// What happens to a coordinator.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Input {
+    /// Begin: log the transaction and send prepares.
+    Start,
+    /// A participant's vote arrived.
+    Vote {
+        /// The participant.
+        node: String,
+        /// Its vote.
+        vote: Vote,
+    },
+    /// The durable write of [`Effect::LogDecision`] returned.
+    DecisionLogged {
+        /// The decision that was written.
+        decision: Decision,
+    },
+    /// A participant applied the decision and persisted its outcome.
+    Ack {
+        /// The participant.
+        node: String,
+        /// The decision it applied.
+        decision: Decision,
+    },
+    /// Time passed: deadlines and resend timers.
+    Tick,
+    /// An in-doubt participant asks what happened.
+    Query {
+        /// The participant.
+        node: String,
+    },
+}
+
+/// What the driver must do, in order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Effect {
+    /// Write the begin record (create if absent). Not needed for safety (an unknown transaction
+    /// is presumed aborted) but it lets a restarted coordinator abort promptly and show status.
+    LogBegin(CoordinatorRecord),
+    /// Durably write the decision ([`crate::log::CoordinatorLog::write_decision`]), then feed
+    /// [`Input::DecisionLogged`]. Re-emitted on ticks until confirmed; the write is idempotent.
+    LogDecision(CoordinatorRecord),
+    /// Send a prepare request.
+    SendPrepare {
+        /// The participant.
+        node: String,
+        /// After this the participant refuses the prepare (it would be too late anyway).
+        deadline_ms: Millis,
+    },
+    /// Send the (logged) decision.
+    SendDecision {
+        /// The participant.
+        node: String,
+        /// The decision.
+        decision: Decision,
+    },
+    /// Reply to [`Input::Query`]: the logged decision, or `None` while undecided (ask again).
+    Answer {
+        /// The participant that asked.
+        node: String,
+        /// The decision, once logged.
+        decision: Option<Decision>,
+    },
+    /// Every participant acknowledged: mark the record finished
+    /// ([`crate::log::CoordinatorLog::finish`]); it is compacted after the retention window.
+    Done {
+        /// The decision everyone applied.
+        decision: Decision,
+    },
+}
+
+/// Where a coordinator is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Phase {
+    /// Built, not started.
+    Created,
+    /// Prepares sent, collecting votes.
+    Preparing,
+    /// Decided, waiting for the decision's durable write.
+    Deciding(Decision),
+    /// Decision logged, sending it until every participant acknowledges.
+    Decided(Decision),
+    /// Every participant acknowledged.
+    Done(Decision),
+}
+
+impl Phase {
+    /// Lowercase name for status output.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Phase::Created => "created",
+            Phase::Preparing => "preparing",
+            Phase::Deciding(_) => "deciding",
+            Phase::Decided(_) => "decided",
+            Phase::Done(_) => "done",
+        }
+    }
+
+    /// The decision, once taken (possibly not yet logged).
+    pub fn decision(self) -> Option<Decision> {
+        match self {
+            Phase::Created | Phase::Preparing => None,
+            Phase::Deciding(d) | Phase::Decided(d) | Phase::Done(d) => Some(d),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default)]
+struct NodeState {
+    vote: Option<Vote>,
+    acked: bool,
+}
+
+/// One participant as the coordinator sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ParticipantView {
+    /// The participant.
+    pub node: String,
+    /// Its vote, if one arrived.
+    pub vote: Option<Vote>,
+    /// Whether it acknowledged the decision.
+    pub acked: bool,
+}
+
+/// A transaction as `ragmeshctl action status` shows it (coordinator side).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TxStatus {
+    /// The transaction.
+    pub tx: TxId,
+    /// Phase name ([`Phase::as_str`]).
+    pub phase: &'static str,
+    /// The decision, once logged.
+    pub decision: Option<Decision>,
+    /// Votes and acks per participant.
+    pub participants: Vec<ParticipantView>,
+    /// Prepare deadline.
+    pub deadline_ms: Millis,
+    /// When the transaction started.
+    pub started_ms: Millis,
+    /// When the decision was logged.
+    pub decided_ms: Option<Millis>,
+    /// While some participant may still be prepared without knowing the outcome (not every
+    /// acknowledgement is in): since when. `None` once done.
+    pub in_doubt_since: Option<Millis>,
+}
+
+/// The coordinator of one transaction.
+#[derive(Debug, Clone)]
+pub struct Coordinator {
+    tx: TxId,
+    nodes: BTreeMap<String, NodeState>,
+    deadline_ms: Millis,
+    started_ms: Millis,
+    decided_ms: Option<Millis>,
+    phase: Phase,
+    config: CoordinatorConfig,
+    next_resend_ms: Millis,
+    resend_attempt: u32,
+}
+
+impl Coordinator {
+    /// A new transaction over `participants` (duplicates collapse) whose votes must all be in by
+    /// `deadline_ms`. Feed [`Input::Start`] to begin.
+    pub fn new(tx: TxId, participants: &[String], deadline_ms: Millis, config: CoordinatorConfig) -> Self {
+        let nodes = participants.iter().map(|node| (node.clone(), NodeState::default())).collect();
+        Coordinator {
+            tx,
+            nodes,
+            deadline_ms,
+            started_ms: 0,
+            decided_ms: None,
+            phase: Phase::Created,
+            config,
+            next_resend_ms: 0,
+            resend_attempt: 0,
+        }
+    }
+
+    /// Rebuilds the coordinator of a logged transaction after a restart (volatile votes and acks
+    /// are lost). With a logged decision it re-sends it to everyone; without one it aborts
+    /// (presumed abort: a commit is never sent before it is logged). Returns the effects to perform.
+    pub fn recover(record: &CoordinatorRecord, config: CoordinatorConfig, now: Millis) -> (Self, Vec<Effect>) {
+        let mut coordinator = Coordinator::new(record.tx, &record.participants, record.deadline_ms, config);
+        coordinator.started_ms = record.started_ms;
+        let mut effects = Vec::new();
+        match (record.decision, record.finished_ms) {
+            (Some(decision), Some(_)) => {
+                coordinator.decided_ms = record.decided_ms;
+                for node in coordinator.nodes.values_mut() {
+                    node.acked = true;
+                }
+                coordinator.phase = Phase::Done(decision);
+            }
+            (Some(decision), None) => {
+                coordinator.decided_ms = record.decided_ms.or(Some(now));
+                coordinator.phase = Phase::Decided(decision);
+                coordinator.send_decision_to_unacked(decision, &mut effects);
+                coordinator.schedule_first_resend(now);
+                coordinator.finish_if_all_acked(decision, &mut effects);
+            }
+            (None, _) => {
+                coordinator.phase = Phase::Preparing;
+                coordinator.decide(Decision::Abort, now, &mut effects);
+            }
+        }
+        tracing::info!(tx = %record.tx, phase = coordinator.phase.as_str(), "coordinator.recover");
+        (coordinator, effects)
+    }
+
+    /// The transaction.
+    pub fn tx(&self) -> TxId {
+        self.tx
+    }
+
+    /// Where the machine is.
+    pub fn phase(&self) -> Phase {
+        self.phase
+    }
+
+    /// The decision, once logged (what the machine may tell others).
+    pub fn logged_decision(&self) -> Option<Decision> {
+        match self.phase {
+            Phase::Decided(d) | Phase::Done(d) => Some(d),
+            _ => None,
+        }
+    }
+
+    /// The durable record of the machine's current state.
+    pub fn record(&self) -> CoordinatorRecord {
+        CoordinatorRecord {
+            v: RECORD_VERSION,
+            tx: self.tx,
+            participants: self.nodes.keys().cloned().collect(),
+            deadline_ms: self.deadline_ms,
+            started_ms: self.started_ms,
+            decision: self.phase.decision(),
+            decided_ms: self.decided_ms,
+            finished_ms: None,
+        }
+    }
+
+    /// The status view.
+    pub fn status(&self) -> TxStatus {
+        let participants = self
+            .nodes
+            .iter()
+            .map(|(node, state)| ParticipantView { node: node.clone(), vote: state.vote, acked: state.acked })
+            .collect();
+        let in_doubt_since = match self.phase {
+            Phase::Done(_) => None,
+            _ => Some(self.started_ms),
+        };
+        TxStatus {
+            tx: self.tx,
+            phase: self.phase.as_str(),
+            decision: self.logged_decision(),
+            participants,
+            deadline_ms: self.deadline_ms,
+            started_ms: self.started_ms,
+            decided_ms: self.decided_ms,
+            in_doubt_since,
+        }
+    }
+
+    /// Advances the machine; returns what the driver must do, in order.
+    pub fn handle(&mut self, input: Input, now: Millis) -> Vec<Effect> {
+        let mut effects = Vec::new();
+        match input {
+            Input::Start => self.on_start(now, &mut effects),
+            Input::Vote { node, vote } => self.on_vote(node, vote, now, &mut effects),
+            Input::DecisionLogged { decision } => self.on_logged(decision, now, &mut effects),
+            Input::Ack { node, decision } => self.on_ack(node, decision, &mut effects),
+            Input::Tick => self.on_tick(now, &mut effects),
+            Input::Query { node } => {
+                effects.push(Effect::Answer { node, decision: self.logged_decision() });
+            }
+        }
+        effects
+    }
+
+    fn on_start(&mut self, now: Millis, effects: &mut Vec<Effect>) {
+        if self.phase != Phase::Created {
+            return;
+        }
+        self.phase = Phase::Preparing;
+        self.started_ms = now;
+        effects.push(Effect::LogBegin(self.record()));
+        for node in self.nodes.keys() {
+            effects.push(Effect::SendPrepare { node: node.clone(), deadline_ms: self.deadline_ms });
+        }
+        self.schedule_first_resend(now);
+        // No participants: every vote is (vacuously) in.
+        self.decide_if_votes_allow(now, effects);
+    }
+
+    fn on_vote(&mut self, node: String, vote: Vote, now: Millis, effects: &mut Vec<Effect>) {
+        let Some(state) = self.nodes.get_mut(&node) else {
+            tracing::warn!(tx = %self.tx, node.id = %node, "coordinator.vote from a node outside the transaction, ignored");
+            return;
+        };
+        match self.phase {
+            Phase::Preparing => {
+                // A "no" is final; a later "yes" from a restarted participant does not undo it.
+                if state.vote != Some(Vote::No) {
+                    state.vote = Some(vote);
+                }
+                self.decide_if_votes_allow(now, effects);
+            }
+            Phase::Decided(decision) if vote == Vote::Yes && !state.acked => {
+                // A late or repeated yes: that participant waits; tell it now rather than at the next resend.
+                effects.push(Effect::SendDecision { node, decision });
+            }
+            _ => {}
+        }
+    }
+
+    fn decide_if_votes_allow(&mut self, now: Millis, effects: &mut Vec<Effect>) {
+        if self.nodes.values().any(|state| state.vote == Some(Vote::No)) {
+            self.decide(Decision::Abort, now, effects);
+        } else if self.nodes.values().all(|state| state.vote == Some(Vote::Yes)) {
+            self.decide(Decision::Commit, now, effects);
+        }
+    }
+
+    fn decide(&mut self, decision: Decision, now: Millis, effects: &mut Vec<Effect>) {
+        self.phase = Phase::Deciding(decision);
+        tracing::info!(tx = %self.tx, decision = decision.as_str(), "coordinator.decide");
+        effects.push(Effect::LogDecision(self.record()));
+        self.schedule_first_resend(now);
+    }
+
+    fn on_logged(&mut self, decision: Decision, now: Millis, effects: &mut Vec<Effect>) {
+        if self.phase != Phase::Deciding(decision) {
+            return;
+        }
+        self.phase = Phase::Decided(decision);
+        self.decided_ms = Some(now);
+        self.send_decision_to_unacked(decision, effects);
+        self.schedule_first_resend(now);
+        self.finish_if_all_acked(decision, effects);
+    }
+
+    fn on_ack(&mut self, node: String, decision: Decision, effects: &mut Vec<Effect>) {
+        let Phase::Decided(logged) = self.phase else {
+            return;
+        };
+        if decision != logged {
+            tracing::warn!(tx = %self.tx, node.id = %node, acked = decision.as_str(), logged = logged.as_str(),
+                "coordinator.ack of another decision, ignored");
+            return;
+        }
+        if let Some(state) = self.nodes.get_mut(&node) {
+            state.acked = true;
+        }
+        self.finish_if_all_acked(logged, effects);
+    }
+
+    fn finish_if_all_acked(&mut self, decision: Decision, effects: &mut Vec<Effect>) {
+        if self.nodes.values().all(|state| state.acked) {
+            self.phase = Phase::Done(decision);
+            tracing::info!(tx = %self.tx, decision = decision.as_str(), "coordinator.done");
+            effects.push(Effect::Done { decision });
+        }
+    }
+
+    fn on_tick(&mut self, now: Millis, effects: &mut Vec<Effect>) {
+        match self.phase {
+            Phase::Preparing if now >= self.deadline_ms => {
+                tracing::info!(tx = %self.tx, "coordinator.prepare deadline passed");
+                self.decide(Decision::Abort, now, effects);
+            }
+            Phase::Preparing if now >= self.next_resend_ms => {
+                for (node, state) in &self.nodes {
+                    if state.vote.is_none() {
+                        effects.push(Effect::SendPrepare { node: node.clone(), deadline_ms: self.deadline_ms });
+                    }
+                }
+                self.schedule_next_resend(now);
+            }
+            Phase::Deciding(_) if now >= self.next_resend_ms => {
+                effects.push(Effect::LogDecision(self.record()));
+                self.schedule_next_resend(now);
+            }
+            Phase::Decided(decision) if now >= self.next_resend_ms => {
+                self.send_decision_to_unacked(decision, effects);
+                self.schedule_next_resend(now);
+            }
+            _ => {}
+        }
+    }
+
+    fn send_decision_to_unacked(&self, decision: Decision, effects: &mut Vec<Effect>) {
+        for (node, state) in &self.nodes {
+            if !state.acked {
+                effects.push(Effect::SendDecision { node: node.clone(), decision });
+            }
+        }
+    }
+
+    fn schedule_first_resend(&mut self, now: Millis) {
+        self.resend_attempt = 0;
+        self.next_resend_ms = now.saturating_add(self.config.resend.delay(0));
+    }
+
+    fn schedule_next_resend(&mut self, now: Millis) {
+        self.resend_attempt = self.resend_attempt.saturating_add(1);
+        self.next_resend_ms = now.saturating_add(self.config.resend.delay(self.resend_attempt));
+    }
+}
