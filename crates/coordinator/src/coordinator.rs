@@ -428,3 +428,207 @@ impl Coordinator {
         self.next_resend_ms = now.saturating_add(self.config.resend.delay(self.resend_attempt));
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const BACKOFF: Backoff = Backoff { base_ms: 100, max_ms: 400 };
+
+    fn nodes(names: &[&str]) -> Vec<String> {
+        names.iter().map(|name| (*name).to_owned()).collect()
+    }
+
+    fn started(names: &[&str]) -> Coordinator {
+        let mut c = Coordinator::new(TxId(7), &nodes(names), 1_000, CoordinatorConfig { resend: BACKOFF });
+        c.handle(Input::Start, 0);
+        c
+    }
+
+    fn vote(node: &str, vote: Vote) -> Input {
+        Input::Vote { node: node.to_owned(), vote }
+    }
+
+    fn sends(effects: &[Effect]) -> Vec<(String, Decision)> {
+        let mut out = Vec::new();
+        for effect in effects {
+            if let Effect::SendDecision { node, decision } = effect {
+                out.push((node.clone(), *decision));
+            }
+        }
+        out
+    }
+
+    fn logged_decisions(effects: &[Effect]) -> Vec<Option<Decision>> {
+        let mut out = Vec::new();
+        for effect in effects {
+            if let Effect::LogDecision(record) = effect {
+                out.push(record.decision);
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn start_logs_the_begin_record_then_sends_every_prepare() {
+        let mut c = Coordinator::new(TxId(7), &nodes(&["b", "a"]), 1_000, CoordinatorConfig::default());
+        let effects = c.handle(Input::Start, 5);
+        let Effect::LogBegin(record) = &effects[0] else { panic!("first effect is the begin record: {effects:?}") };
+        assert_eq!(record.participants, nodes(&["a", "b"]));
+        assert_eq!(record.decision, None);
+        assert_eq!(record.started_ms, 5);
+        assert_eq!(
+            effects[1..],
+            [
+                Effect::SendPrepare { node: "a".into(), deadline_ms: 1_000 },
+                Effect::SendPrepare { node: "b".into(), deadline_ms: 1_000 }
+            ]
+        );
+        assert!(c.handle(Input::Start, 6).is_empty(), "a second start does nothing");
+    }
+
+    #[test]
+    fn commit_is_logged_before_it_is_sent_and_only_when_every_vote_is_yes() {
+        let mut c = started(&["a", "b"]);
+        assert!(c.handle(vote("a", Vote::Yes), 1).is_empty(), "one yes of two decides nothing");
+        let effects = c.handle(vote("b", Vote::Yes), 2);
+        assert_eq!(logged_decisions(&effects), [Some(Decision::Commit)]);
+        assert!(sends(&effects).is_empty(), "nothing is sent before the write is confirmed");
+        assert_eq!(
+            c.handle(Input::Query { node: "a".into() }, 3),
+            [Effect::Answer { node: "a".into(), decision: None }]
+        );
+        assert!(sends(&c.handle(Input::Tick, 50)).is_empty(), "ticks do not send an unlogged decision");
+        let effects = c.handle(Input::DecisionLogged { decision: Decision::Commit }, 60);
+        assert_eq!(sends(&effects), [("a".into(), Decision::Commit), ("b".into(), Decision::Commit)]);
+        assert_eq!(
+            c.handle(Input::Query { node: "b".into() }, 61),
+            [Effect::Answer { node: "b".into(), decision: Some(Decision::Commit) }]
+        );
+    }
+
+    #[test]
+    fn one_no_vote_aborts_and_a_later_yes_does_not_undo_it() {
+        let mut c = started(&["a", "b", "c"]);
+        c.handle(vote("a", Vote::Yes), 1);
+        let effects = c.handle(vote("b", Vote::No), 2);
+        assert_eq!(logged_decisions(&effects), [Some(Decision::Abort)]);
+        assert!(c.handle(vote("b", Vote::Yes), 3).is_empty());
+        assert!(c.handle(vote("c", Vote::Yes), 3).is_empty());
+        assert_eq!(c.phase(), Phase::Deciding(Decision::Abort));
+    }
+
+    #[test]
+    fn no_vote_before_a_restart_and_yes_after_still_aborts() {
+        let mut c = started(&["a", "b"]);
+        c.handle(vote("a", Vote::No), 1);
+        c.handle(vote("a", Vote::Yes), 2);
+        c.handle(vote("b", Vote::Yes), 2);
+        assert_eq!(c.phase(), Phase::Deciding(Decision::Abort));
+    }
+
+    #[test]
+    fn the_prepare_deadline_aborts() {
+        let mut c = started(&["a", "b"]);
+        c.handle(vote("a", Vote::Yes), 1);
+        assert!(logged_decisions(&c.handle(Input::Tick, 999)).is_empty());
+        assert_eq!(logged_decisions(&c.handle(Input::Tick, 1_000)), [Some(Decision::Abort)]);
+    }
+
+    #[test]
+    fn prepares_are_resent_with_backoff_to_silent_participants_only() {
+        let mut c = started(&["a", "b"]);
+        c.handle(vote("a", Vote::Yes), 1);
+        let mut resent_at = Vec::new();
+        for now in 0..900 {
+            let effects = c.handle(Input::Tick, now);
+            if !effects.is_empty() {
+                assert_eq!(effects, [Effect::SendPrepare { node: "b".into(), deadline_ms: 1_000 }]);
+                resent_at.push(now);
+            }
+        }
+        // base 100 after start, then 200, 400, 400 (capped).
+        assert_eq!(resent_at, [100, 300, 700]);
+    }
+
+    #[test]
+    fn decisions_are_resent_until_acked_and_done_comes_once_every_ack_is_in() {
+        let mut c = started(&["a", "b"]);
+        c.handle(vote("a", Vote::Yes), 1);
+        c.handle(vote("b", Vote::Yes), 1);
+        c.handle(Input::DecisionLogged { decision: Decision::Commit }, 10);
+        assert!(c.handle(Input::Ack { node: "a".into(), decision: Decision::Abort }, 11).is_empty(), "wrong ack");
+        assert!(c.handle(Input::Ack { node: "a".into(), decision: Decision::Commit }, 11).is_empty());
+        assert_eq!(sends(&c.handle(Input::Tick, 110)), [("b".into(), Decision::Commit)]);
+        assert!(c.handle(Input::Tick, 111).is_empty(), "the next resend waits for the backoff");
+        assert_eq!(
+            sends(&c.handle(vote("b", Vote::Yes), 112)),
+            [("b".into(), Decision::Commit)],
+            "a late yes is answered"
+        );
+        let effects = c.handle(Input::Ack { node: "b".into(), decision: Decision::Commit }, 120);
+        assert_eq!(effects, [Effect::Done { decision: Decision::Commit }]);
+        assert!(c.handle(Input::Ack { node: "b".into(), decision: Decision::Commit }, 121).is_empty(), "done once");
+        assert!(c.handle(Input::Tick, 10_000).is_empty());
+        assert_eq!(c.status().in_doubt_since, None);
+    }
+
+    #[test]
+    fn an_unconfirmed_decision_write_is_retried() {
+        let mut c = started(&["a"]);
+        c.handle(vote("a", Vote::No), 1);
+        assert_eq!(logged_decisions(&c.handle(Input::Tick, 101)), [Some(Decision::Abort)]);
+    }
+
+    #[test]
+    fn votes_from_outside_the_transaction_are_ignored() {
+        let mut c = started(&["a"]);
+        assert!(c.handle(vote("x", Vote::No), 1).is_empty());
+        assert_eq!(c.phase(), Phase::Preparing);
+    }
+
+    #[test]
+    fn no_participants_commit_at_once() {
+        let mut c = Coordinator::new(TxId(1), &[], 10, CoordinatorConfig::default());
+        let effects = c.handle(Input::Start, 0);
+        assert_eq!(logged_decisions(&effects), [Some(Decision::Commit)]);
+        let effects = c.handle(Input::DecisionLogged { decision: Decision::Commit }, 1);
+        assert_eq!(effects, [Effect::Done { decision: Decision::Commit }]);
+    }
+
+    #[test]
+    fn recovery_resends_a_logged_decision_and_aborts_an_unlogged_one() {
+        let c = started(&["a", "b"]);
+        let mut record = c.record();
+        let (mut undecided, effects) = Coordinator::recover(&record, CoordinatorConfig::default(), 50);
+        assert_eq!(logged_decisions(&effects), [Some(Decision::Abort)], "presumed abort");
+        assert!(sends(&effects).is_empty());
+        assert_eq!(undecided.handle(vote("a", Vote::Yes), 51).len(), 0);
+
+        record.decision = Some(Decision::Commit);
+        let (recovered, effects) = Coordinator::recover(&record, CoordinatorConfig::default(), 50);
+        assert_eq!(sends(&effects), [("a".into(), Decision::Commit), ("b".into(), Decision::Commit)]);
+        assert_eq!(recovered.logged_decision(), Some(Decision::Commit));
+
+        record.finished_ms = Some(40);
+        let (finished, effects) = Coordinator::recover(&record, CoordinatorConfig::default(), 50);
+        assert!(effects.is_empty());
+        assert_eq!(finished.phase(), Phase::Done(Decision::Commit));
+    }
+
+    #[test]
+    fn status_shows_votes_acks_and_the_logged_decision() {
+        let mut c = started(&["a", "b"]);
+        c.handle(vote("a", Vote::Yes), 1);
+        let status = c.status();
+        assert_eq!(status.phase, "preparing");
+        assert_eq!(status.in_doubt_since, Some(0));
+        assert_eq!(status.participants[0], ParticipantView { node: "a".into(), vote: Some(Vote::Yes), acked: false });
+        assert_eq!(status.participants[1].vote, None);
+        c.handle(vote("b", Vote::No), 2);
+        assert_eq!(c.status().decision, None, "not logged yet");
+        c.handle(Input::DecisionLogged { decision: Decision::Abort }, 3);
+        assert_eq!(c.status().decision, Some(Decision::Abort));
+        assert_eq!(c.status().decided_ms, Some(3));
+    }
+}

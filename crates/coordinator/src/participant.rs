@@ -344,3 +344,139 @@ impl Participant {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const BACKOFF: Backoff = Backoff { base_ms: 100, max_ms: 400 };
+
+    fn fresh() -> Participant {
+        Participant::new(TxId(9), ParticipantConfig { ask: BACKOFF })
+    }
+
+    fn prepare(deadline_ms: Millis) -> Input {
+        Input::Prepare { payload: b"p".to_vec(), deadline_ms }
+    }
+
+    /// Prepared and voted yes at time 10.
+    fn prepared() -> Participant {
+        let mut p = fresh();
+        p.handle(prepare(1_000), 0);
+        p.handle(Input::PrepareFinished { ok: true }, 5);
+        p.handle(Input::PreparedPersisted, 10);
+        p
+    }
+
+    #[test]
+    fn votes_yes_only_after_the_prepared_state_is_persisted() {
+        let mut p = fresh();
+        assert_eq!(p.handle(prepare(1_000), 0), [Effect::RunPrepare { payload: b"p".to_vec() }]);
+        assert!(p.handle(prepare(1_000), 1).is_empty(), "a duplicate prepare while preparing does nothing");
+        let effects = p.handle(Input::PrepareFinished { ok: true }, 5);
+        assert_eq!(effects, [Effect::PersistPrepared { payload: b"p".to_vec(), deadline_ms: 1_000 }]);
+        assert_eq!(p.handle(Input::PreparedPersisted, 10), [Effect::Vote(Vote::Yes)]);
+        assert!(p.in_doubt());
+        assert_eq!(p.status().in_doubt_since, Some(10));
+        assert_eq!(p.handle(prepare(1_000), 11), [Effect::Vote(Vote::Yes)], "a lost vote is repeated");
+    }
+
+    #[test]
+    fn a_failed_prepare_votes_no_and_discards() {
+        let mut p = fresh();
+        p.handle(prepare(1_000), 0);
+        let effects = p.handle(Input::PrepareFinished { ok: false }, 5);
+        assert_eq!(effects, [Effect::Vote(Vote::No), Effect::ApplyAbort { payload: b"p".to_vec() }]);
+        assert_eq!(
+            p.handle(Input::Applied, 6),
+            [Effect::PersistOutcome(Decision::Abort), Effect::Ack(Decision::Abort)]
+        );
+        assert_eq!(p.handle(prepare(1_000), 7), [Effect::Vote(Vote::No)]);
+    }
+
+    #[test]
+    fn a_prepare_after_its_deadline_is_refused() {
+        let mut p = fresh();
+        assert_eq!(p.handle(prepare(100), 100), [Effect::Vote(Vote::No)]);
+        assert_eq!(p.phase(), Phase::Ended(Decision::Abort));
+    }
+
+    #[test]
+    fn a_participant_that_voted_yes_never_decides_alone_and_asks_with_backoff() {
+        let mut p = prepared();
+        let mut asked_at = Vec::new();
+        for now in 10..2_000 {
+            for effect in p.handle(Input::Tick, now) {
+                assert_eq!(effect, Effect::AskCoordinator, "only asks, long past the deadline");
+                asked_at.push(now);
+            }
+        }
+        assert_eq!(asked_at, [110, 310, 710, 1_110, 1_510, 1_910]);
+        assert!(p.in_doubt());
+        assert_eq!(
+            p.handle(Input::Decision(Decision::Commit), 2_000),
+            [Effect::ApplyCommit { payload: b"p".to_vec() }]
+        );
+        assert!(p.handle(Input::Decision(Decision::Commit), 2_001).is_empty(), "applying already");
+        assert_eq!(
+            p.handle(Input::Applied, 2_002),
+            [Effect::PersistOutcome(Decision::Commit), Effect::Ack(Decision::Commit)],
+            "the outcome is persisted before the ack"
+        );
+        assert_eq!(p.handle(Input::Decision(Decision::Commit), 2_003), [Effect::Ack(Decision::Commit)], "re-acks");
+        assert_eq!(p.status().in_doubt_since, None);
+    }
+
+    #[test]
+    fn before_voting_it_may_abort_alone() {
+        let mut p = fresh();
+        p.handle(prepare(100), 0);
+        assert!(p.handle(Input::Tick, 100).is_empty());
+        let effects = p.handle(Input::PrepareFinished { ok: true }, 101);
+        assert_eq!(effects, [Effect::Vote(Vote::No), Effect::ApplyAbort { payload: b"p".to_vec() }]);
+    }
+
+    #[test]
+    fn an_abort_during_persisting_wins_over_the_yes_vote() {
+        let mut p = fresh();
+        p.handle(prepare(1_000), 0);
+        p.handle(Input::PrepareFinished { ok: true }, 1);
+        assert!(p.handle(Input::Decision(Decision::Abort), 2).is_empty());
+        assert!(p.handle(Input::Decision(Decision::Commit), 2).is_empty(), "commit before a yes is ignored");
+        let effects = p.handle(Input::PreparedPersisted, 3);
+        assert_eq!(effects, [Effect::Vote(Vote::No), Effect::ApplyAbort { payload: b"p".to_vec() }]);
+    }
+
+    #[test]
+    fn decisions_for_unknown_transactions_are_acknowledged() {
+        let mut p = fresh();
+        assert_eq!(
+            p.handle(Input::Decision(Decision::Abort), 0),
+            [Effect::PersistOutcome(Decision::Abort), Effect::Ack(Decision::Abort)]
+        );
+        assert_eq!(p.handle(prepare(1_000), 1), Vec::<Effect>::new(), "a late prepare after the abort is not run");
+        let mut p = fresh();
+        assert_eq!(p.handle(Input::Decision(Decision::Commit), 0), [Effect::Ack(Decision::Commit)]);
+    }
+
+    #[test]
+    fn recovery_asks_when_in_doubt_and_reacks_an_outcome() {
+        let mut record = ParticipantRecord {
+            v: 1,
+            tx: TxId(9),
+            payload: b"p".to_vec(),
+            deadline_ms: 1_000,
+            prepared_ms: Some(10),
+            outcome: None,
+            outcome_ms: None,
+        };
+        let (p, effects) = Participant::recover(&record, ParticipantConfig::default(), 50);
+        assert_eq!(effects, [Effect::AskCoordinator]);
+        assert!(p.in_doubt());
+        assert_eq!(p.status().in_doubt_since, Some(10));
+        record.outcome = Some(Decision::Commit);
+        let (p, effects) = Participant::recover(&record, ParticipantConfig::default(), 50);
+        assert_eq!(effects, [Effect::Ack(Decision::Commit)]);
+        assert_eq!(p.phase(), Phase::Ended(Decision::Commit));
+    }
+}
