@@ -165,6 +165,34 @@ pub struct TxStatus {
     pub in_doubt_since: Option<Millis>,
 }
 
+impl TxStatus {
+    /// The status of a transaction known only from its log record (no coordinator in memory:
+    /// finished, or listed by a tool). Votes are not logged; acks are known only once finished.
+    pub fn from_record(record: &CoordinatorRecord) -> TxStatus {
+        let finished = record.finished_ms.is_some();
+        let phase = match (record.decision, finished) {
+            (Some(_), true) => "done",
+            (Some(_), false) => "decided",
+            (None, _) => "preparing",
+        };
+        let participants = record
+            .participants
+            .iter()
+            .map(|node| ParticipantView { node: node.clone(), vote: None, acked: finished })
+            .collect();
+        TxStatus {
+            tx: record.tx,
+            phase,
+            decision: record.decision,
+            participants,
+            deadline_ms: record.deadline_ms,
+            started_ms: record.started_ms,
+            decided_ms: record.decided_ms,
+            in_doubt_since: if finished { None } else { Some(record.started_ms) },
+        }
+    }
+}
+
 /// The coordinator of one transaction.
 #[derive(Debug, Clone)]
 pub struct Coordinator {
@@ -630,5 +658,12 @@ mod tests {
         c.handle(Input::DecisionLogged { decision: Decision::Abort }, 3);
         assert_eq!(c.status().decision, Some(Decision::Abort));
         assert_eq!(c.status().decided_ms, Some(3));
+
+        let mut record = c.record();
+        assert_eq!(TxStatus::from_record(&record).phase, "decided");
+        record.finished_ms = Some(9);
+        let status = TxStatus::from_record(&record);
+        assert_eq!((status.phase, status.in_doubt_since), ("done", None));
+        assert!(status.participants.iter().all(|p| p.acked));
     }
 }

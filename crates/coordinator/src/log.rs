@@ -222,6 +222,12 @@ impl CoordinatorLog {
         scan_all(self.store.as_ref(), COORDINATOR_TREE)
     }
 
+    /// Transactions not every participant has acknowledged (in doubt somewhere), from the log.
+    pub fn unfinished(&self) -> Result<Vec<CoordinatorRecord>, CoordinatorError> {
+        let records = self.records()?;
+        Ok(records.into_iter().filter(|record| record.finished_ms.is_none()).collect())
+    }
+
     /// Rebuilds the coordinators of every unfinished transaction after a restart, each with the
     /// effects to perform now: a logged decision is re-sent; no decision means abort.
     pub fn recover(
