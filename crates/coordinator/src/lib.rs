@@ -156,13 +156,19 @@ pub enum CoordinatorError {
         /// Decision asked for.
         requested: &'static str,
     },
-    /// A write for a transaction the log does not hold.
-    #[error("transaction {tx} is not in the log {tree:?}: log its begin (or prepared state) first")]
-    UnknownTx {
+    /// A decision write was given a record without a decision (a bug in the caller).
+    #[error("transaction {tx}: a decision write needs a record with a decision")]
+    NoDecision {
         /// Transaction.
         tx: TxId,
-        /// Tree looked in.
-        tree: String,
+    },
+    /// Other writers kept changing the record during a decision write.
+    #[error(
+        "transaction {tx}: its log record kept changing during the decision write (is a second coordinator running?)"
+    )]
+    Contended {
+        /// Transaction.
+        tx: TxId,
     },
     /// A transaction id that is not 32 hex digits.
     #[error("transaction id {text:?} is not 32 hexadecimal digits")]

@@ -32,6 +32,8 @@ pub const PARTICIPANT_TREE: &str = "tx_participant";
 pub const RECORD_VERSION: u32 = 1;
 /// Records read per store call when scanning a log.
 const SCAN_BATCH: usize = 256;
+/// Compare-and-swap rounds before a decision write gives up on a contended record.
+const CAS_ATTEMPTS: usize = 16;
 
 /// The coordinator's durable record of one transaction.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -169,32 +171,39 @@ impl CoordinatorLog {
     /// `decided_ms = now`. Idempotent; refuses to change a decision already logged.
     pub fn write_decision(&self, record: &CoordinatorRecord, now: Millis) -> Result<(), CoordinatorError> {
         let Some(decision) = record.decision else {
-            return Err(CoordinatorError::Corrupt {
-                tree: COORDINATOR_TREE.to_owned(),
-                key: record.tx.to_string(),
-                message: "a decision write without a decision".to_owned(),
-            });
+            return Err(CoordinatorError::NoDecision { tx: record.tx });
         };
-        if let Some(existing) = self.get(record.tx)? {
-            match existing.decision {
-                Some(logged) if logged == decision => return Ok(()),
-                Some(logged) => {
-                    return Err(CoordinatorError::DecisionConflict {
-                        tx: record.tx,
-                        logged: logged.as_str(),
-                        requested: decision.as_str(),
-                    });
+        let key = record.tx.key();
+        // Compare-and-swap against the bytes read, so two writers can never both "win" with
+        // different decisions; a lost race is re-read and judged again.
+        for _ in 0..CAS_ATTEMPTS {
+            let current = self.store.get(COORDINATOR_TREE, &key)?;
+            if let Some(bytes) = &current {
+                let existing: CoordinatorRecord = decode(COORDINATOR_TREE, &key, bytes)?;
+                match existing.decision {
+                    Some(logged) if logged == decision => return Ok(()),
+                    Some(logged) => {
+                        return Err(CoordinatorError::DecisionConflict {
+                            tx: record.tx,
+                            logged: logged.as_str(),
+                            requested: decision.as_str(),
+                        });
+                    }
+                    None => {}
                 }
-                None => {}
+            }
+            let mut logged = record.clone();
+            logged.v = RECORD_VERSION;
+            logged.decided_ms = Some(now);
+            logged.finished_ms = None;
+            let swapped =
+                self.store.compare_and_swap(COORDINATOR_TREE, &key, current.as_deref(), Some(&encode(&logged)))?;
+            if swapped.is_ok() {
+                tracing::info!(tx = %record.tx, decision = decision.as_str(), "coordinator_log.decision");
+                return Ok(());
             }
         }
-        let mut logged = record.clone();
-        logged.v = RECORD_VERSION;
-        logged.decided_ms = Some(now);
-        logged.finished_ms = None;
-        self.store.put(COORDINATOR_TREE, &record.tx.key(), &encode(&logged))?;
-        tracing::info!(tx = %record.tx, decision = decision.as_str(), "coordinator_log.decision");
-        Ok(())
+        Err(CoordinatorError::Contended { tx: record.tx })
     }
 
     /// Performs [`coordinator::Effect::Done`]: marks the record finished at `now` (kept until

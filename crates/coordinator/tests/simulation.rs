@@ -466,11 +466,11 @@ enum Op {
 
 fn op() -> impl Strategy<Value = Op> {
     prop_oneof![
-        8 => any::<usize>().prop_map(Op::Deliver),
-        8 => any::<usize>().prop_map(Op::Local),
+        10 => any::<usize>().prop_map(Op::Deliver),
+        12 => any::<usize>().prop_map(Op::Local),
         2 => any::<usize>().prop_map(Op::Drop),
         2 => any::<usize>().prop_map(Op::Duplicate),
-        2 => (1u64..300).prop_map(Op::Tick),
+        2 => (1u64..120).prop_map(Op::Tick),
         1 => Just(Op::CrashCoord),
         1 => any::<usize>().prop_map(Op::CrashPart),
         1 => Just(Op::Compact),
@@ -481,12 +481,12 @@ fn op() -> impl Strategy<Value = Op> {
 const MAX_SETTLE_ROUNDS: usize = 200;
 
 proptest! {
-    #![proptest_config(ProptestConfig::with_cases(512))]
+    #![proptest_config(ProptestConfig::with_cases(1024))]
 
     #[test]
     fn every_participant_ends_with_the_logged_decision(
-        votes in proptest::collection::vec(prop::bool::weighted(0.85), 1..=5),
-        schedule in proptest::collection::vec(op(), 0..200),
+        votes in proptest::collection::vec(prop::bool::weighted(0.9), 1..=5),
+        schedule in proptest::collection::vec(op(), 0..150),
         log_begin in prop::bool::weighted(0.7),
     ) {
         let mut world = World::new(&votes, log_begin);

@@ -152,3 +152,30 @@ fn tx_ids_print_and_parse_as_32_hex_digits() {
     assert_eq!(TxId::parse(&tx.to_string()).expect("parse"), tx);
     assert!(TxId::parse("xyz").is_err());
 }
+
+#[test]
+fn racing_decision_writes_log_exactly_one_decision() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let log = CoordinatorLog::new(open(dir.path()));
+    for round in 0..20u128 {
+        let tx = TxId(1_000 + round);
+        let c = Coordinator::new(tx, &nodes(), 1_000, CoordinatorConfig::default());
+        log.write_begin(&c.record()).expect("begin");
+        let outcomes: Vec<(Decision, bool)> = std::thread::scope(|scope| {
+            let writers: Vec<_> = [Decision::Commit, Decision::Abort, Decision::Commit, Decision::Abort]
+                .into_iter()
+                .map(|decision| {
+                    let mut record = c.record();
+                    record.decision = Some(decision);
+                    let log = &log;
+                    scope.spawn(move || (decision, log.write_decision(&record, 5).is_ok()))
+                })
+                .collect();
+            writers.into_iter().map(|w| w.join().expect("writer thread")).collect()
+        });
+        let logged = log.get(tx).expect("read").and_then(|r| r.decision).expect("a decision is logged");
+        for (decision, ok) in outcomes {
+            assert_eq!(ok, decision == logged, "only writers of the logged decision succeed");
+        }
+    }
+}
