@@ -16,7 +16,6 @@
 
 use std::sync::Arc;
 
-use base64::Engine as _;
 use ragmesh_store::StateStore;
 use serde::{Deserialize, Serialize};
 
@@ -376,9 +375,4 @@ impl ParticipantLog {
         }
         Ok(removed)
     }
-}
-
-/// Encodes a payload as a record stores it (for tools that print records).
-pub fn payload_text(payload: &[u8]) -> String {
-    base64::engine::general_purpose::STANDARD.encode(payload)
 }
