@@ -289,3 +289,131 @@ impl AuditLog {
         Ok(AuditPage { records, next_before: None })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use ragmesh_store::SledStore;
+
+    use super::*;
+
+    fn store(dir: &tempfile::TempDir) -> Arc<dyn StateStore> {
+        Arc::new(SledStore::open(dir.path()).expect("open sled"))
+    }
+
+    fn entry(time_ms: u64, node: &str, action: &str, subject: &str) -> AuditEntry {
+        AuditEntry {
+            time_ms,
+            subject: subject.to_owned(),
+            tenant: "t".to_owned(),
+            kind: CallKind::Single,
+            operation_id: None,
+            node: node.to_owned(),
+            action: action.to_owned(),
+            args_digest: "ab12".to_owned(),
+            redacted_args: r#"{"path":"/x","token":"<redacted>"}"#.to_owned(),
+            outcome: Outcome { status: "ok".to_owned(), message: String::new() },
+            duration_ms: 3,
+            trace_id: Some("0af7651916cd43dd8448eb211c80319c".to_owned()),
+        }
+    }
+
+    fn sequences(page: &AuditPage) -> Vec<u64> {
+        page.records.iter().map(|r| r.sequence).collect()
+    }
+
+    /// Every record matching `filter`, page by page (bounded).
+    fn all_pages(log: &AuditLog, mut filter: AuditFilter, limit: usize) -> Vec<u64> {
+        let mut seen = Vec::new();
+        for _ in 0..10_000 {
+            let page = log.query(&filter, limit).expect("query");
+            assert!(page.records.len() <= limit);
+            seen.extend(sequences(&page));
+            match page.next_before {
+                Some(before) => filter.before_sequence = Some(before),
+                None => return seen,
+            }
+        }
+        panic!("paging did not end");
+    }
+
+    #[test]
+    fn records_come_back_newest_first_filtered_and_paged() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let log = AuditLog::open(store(&dir), AuditConfig::default()).expect("open");
+        // More than one store window, three nodes, two actions, two callers.
+        for i in 0..700u64 {
+            let node = format!("n{}", i % 3);
+            let action = if i % 2 == 0 { "reindex" } else { "clear-cache" };
+            let subject = if i < 350 { "alice" } else { "bob" };
+            assert_eq!(log.append(entry(1_000 + i, &node, action, subject)).expect("append"), i + 1);
+        }
+        let newest = log.query(&AuditFilter::default(), 3).expect("query");
+        assert_eq!(sequences(&newest), [700, 699, 698]);
+        assert_eq!(newest.next_before, Some(698));
+        assert_eq!(newest.records[0].entry, entry(1_699, "n0", "clear-cache", "bob"), "stored as given");
+
+        let everything = all_pages(&log, AuditFilter::default(), 64);
+        assert_eq!(everything, (1..=700).rev().collect::<Vec<_>>(), "pages cover every record once, in order");
+
+        let filter = AuditFilter { node: Some("n1".into()), action: Some("reindex".into()), ..AuditFilter::default() };
+        let expected: Vec<u64> = (1..=700u64).rev().filter(|s| (s - 1) % 3 == 1 && (s - 1) % 2 == 0).collect();
+        assert_eq!(all_pages(&log, filter, 7), expected);
+
+        let filter = AuditFilter {
+            subject: Some("alice".into()),
+            since_ms: Some(1_100),
+            until_ms: Some(1_110),
+            ..AuditFilter::default()
+        };
+        assert_eq!(all_pages(&log, filter, 100), (101..=110).rev().collect::<Vec<_>>(), "time window [since, until)");
+        let none = log.query(&AuditFilter { node: Some("nope".into()), ..AuditFilter::default() }, 10).expect("query");
+        assert_eq!(none, AuditPage { records: Vec::new(), next_before: None });
+    }
+
+    #[test]
+    fn sequences_stay_monotonic_across_restarts_even_when_everything_was_pruned() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let config = AuditConfig { max_records: 100, max_age: Duration::from_secs(10) };
+        {
+            let log = AuditLog::open(store(&dir), config).expect("open");
+            for i in 0..3 {
+                log.append(entry(i, "n", "a", "s")).expect("append");
+            }
+        }
+        {
+            let log = AuditLog::open(store(&dir), config).expect("reopen");
+            assert_eq!(log.last_sequence(), 3);
+            assert_eq!(log.append(entry(5, "n", "a", "s")).expect("append"), 4);
+            assert_eq!(log.prune(60_000).expect("prune"), 4, "all older than max_age");
+            assert!(log.query(&AuditFilter::default(), 10).expect("query").records.is_empty());
+        }
+        let store = store(&dir);
+        // A record written just before a crash, before its sequence was: never overwritten.
+        let orphan = AuditRecord { sequence: 5, entry: entry(70_000, "n", "orphan", "s") };
+        store.put(TREE, &5u64.to_be_bytes(), &encode(&orphan)).expect("put");
+        let log = AuditLog::open(store, config).expect("reopen");
+        assert_eq!(log.append(entry(70_001, "n", "a", "s")).expect("append"), 6, "no sequence is reused");
+        let page = log.query(&AuditFilter::default(), 10).expect("query");
+        assert_eq!(sequences(&page), [6, 5]);
+        assert_eq!(page.records[1].entry.action, "orphan");
+    }
+
+    #[test]
+    fn retention_keeps_the_newest_records_and_prunes_by_age() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let config = AuditConfig { max_records: 5, max_age: Duration::from_secs(100) };
+        let log = AuditLog::open(store(&dir), config).expect("open");
+        for i in 0..12u64 {
+            log.append(entry(i * 20_000, "n", "a", "s")).expect("append");
+        }
+        assert_eq!(all_pages(&log, AuditFilter::default(), 2), [12, 11, 10, 9, 8], "the newest five");
+        // Records 8..=12 are at 140 s..220 s; at 300 s, the max age (100 s) keeps those from 200 s.
+        assert_eq!(log.prune(300_000).expect("prune"), 3);
+        assert_eq!(all_pages(&log, AuditFilter::default(), 10), [12, 11]);
+        assert_eq!(log.prune(300_000).expect("prune again"), 0);
+        drop(log);
+        let smaller = AuditConfig { max_records: 1, ..config };
+        let log = AuditLog::open(store(&dir), smaller).expect("reopen with a smaller bound");
+        assert_eq!(all_pages(&log, AuditFilter::default(), 10), [12], "the bound applies at open");
+    }
+}
