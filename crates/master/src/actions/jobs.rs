@@ -480,7 +480,9 @@ impl JobTable {
     /// Removes the oldest finished jobs beyond `max_jobs`.
     fn prune(&self, state: &mut State) -> Result<(), RecordError> {
         let store = self.inner.store.as_ref();
-        while state.last - state.first >= self.inner.config.max_jobs && !state.active.contains(&state.first) {
+        while (state.last + 1).saturating_sub(state.first) > self.inner.config.max_jobs
+            && !state.active.contains(&state.first)
+        {
             let sequence = state.first;
             let mut keys = vec![header_key(sequence)];
             if let Some(bytes) = store.get(TREE, &header_key(sequence))? {
@@ -565,5 +567,198 @@ impl Drop for RunningJob {
     /// in the store and is closed at the next start.
     fn drop(&mut self) {
         self.table.lock().live.remove(&self.job.id);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+    use ragmesh_store::SledStore;
+
+    use super::*;
+
+    fn store(dir: &tempfile::TempDir) -> Arc<dyn StateStore> {
+        Arc::new(SledStore::open(dir.path()).expect("open sled"))
+    }
+
+    fn outcome(ok: bool) -> NodeOutcome {
+        let (status, message) = if ok { ("ok", "") } else { ("error", "exit code 1") };
+        NodeOutcome { status: status.into(), message: message.into(), duration_ms: 5, result: b"out".to_vec() }
+    }
+
+    fn names(count: usize) -> Vec<String> {
+        (0..count).map(|i| format!("n{i}")).collect()
+    }
+
+    fn running(job: &Job) -> Vec<String> {
+        job.nodes.iter().filter(|e| e.state == NodeState::Running).map(|e| e.node.clone()).collect()
+    }
+
+    #[test]
+    fn starting_stops_once_more_than_the_allowed_percent_failed() {
+        let mut job = Job::new("job-1".into(), "a".into(), "--all".into(), names(4), 1, 25, 0);
+        assert_eq!(job.start_next(), ["n0"]);
+        assert!(job.start_next().is_empty(), "max_parallel 1: nothing more while n0 runs");
+        job.finish("n0", outcome(false), 1);
+        assert_eq!(job.stop_reason, None, "1 of 4 is 25%: not more than allowed");
+        assert_eq!(job.start_next(), ["n1"]);
+        job.finish("n1", outcome(false), 2);
+        let reason = "max-fail-percent exceeded: 2 of 4 failed";
+        assert_eq!(job.stop_reason.as_deref(), Some(reason));
+        assert!(job.start_next().is_empty());
+        for node in ["n2", "n3"] {
+            let entry = job.nodes.iter().find(|e| e.node == node).expect("entry");
+            assert_eq!(entry.state, NodeState::NotStarted { reason: reason.into() });
+        }
+        assert_eq!(job.finished_ms, Some(2));
+        assert!(!job.all_ok());
+        let counters = job.counters();
+        assert_eq!((counters.failed, counters.not_started, counters.selected), (2, 2, 4));
+        assert!(job.finish("n1", outcome(true), 3).is_empty(), "a duplicate outcome is ignored");
+    }
+
+    #[test]
+    fn an_empty_selection_is_finished_at_once_and_duplicates_count_once() {
+        let job = Job::new("job-1".into(), "a".into(), "none".into(), Vec::new(), 2, 0, 7);
+        assert_eq!(job.finished_ms, Some(7));
+        let job = Job::new("job-2".into(), "a".into(), "x".into(), vec!["a".into(), "b".into(), "a".into()], 0, 0, 7);
+        assert_eq!(job.counters().selected, 2);
+    }
+
+    proptest! {
+        /// Whatever the outcomes and the order nodes finish in: never more than max_parallel run,
+        /// no node starts after the stop, the stop comes exactly when failures exceed the bound,
+        /// and every selected node ends with an outcome or a not-started reason.
+        #[test]
+        fn the_plan_keeps_its_promises(
+            count in 0usize..16,
+            max_parallel in 0usize..5,
+            max_fail_percent in 0u8..=100,
+            steps in proptest::collection::vec((any::<u8>(), any::<bool>()), 0..48),
+        ) {
+            let mut job = Job::new("job-1".into(), "a".into(), "--all".into(), names(count), max_parallel, max_fail_percent, 0);
+            let mut steps = steps.into_iter();
+            let mut stopped = false;
+            for now in 1..=(4 * count as u64 + 4) {
+                let started = job.start_next();
+                prop_assert!(!stopped || started.is_empty(), "a node started after the stop");
+                let live = running(&job);
+                if max_parallel > 0 {
+                    prop_assert!(live.len() <= max_parallel, "{} running > {}", live.len(), max_parallel);
+                }
+                if live.is_empty() {
+                    break;
+                }
+                let (pick, ok) = steps.next().unwrap_or((0, true));
+                let node = &live[usize::from(pick) % live.len()];
+                job.finish(node, outcome(ok), now);
+                let counters = job.counters();
+                let exceeded = counters.failed * 100 > usize::from(max_fail_percent) * counters.selected;
+                prop_assert_eq!(job.stop_reason.is_some(), exceeded || stopped);
+                if exceeded {
+                    prop_assert_eq!(counters.pending, 0, "the pending nodes were not started");
+                }
+                stopped = job.stop_reason.is_some();
+            }
+            prop_assert!(job.is_finished());
+            let counters = job.counters();
+            prop_assert_eq!(counters.pending + counters.running, 0);
+            prop_assert_eq!(counters.succeeded + counters.failed + counters.not_started, count);
+            for entry in &job.nodes {
+                if let NodeState::NotStarted { reason } = &entry.state {
+                    prop_assert_eq!(Some(reason), job.stop_reason.as_ref());
+                }
+            }
+            if job.stop_reason.is_none() {
+                prop_assert_eq!(counters.not_started, 0);
+            }
+        }
+    }
+
+    #[test]
+    fn a_job_is_durable_and_one_cut_short_by_a_restart_is_closed_honestly() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let id = {
+            let table = JobTable::open(store(&dir), JobsConfig::default(), 0).expect("open");
+            let mut running = table.create("reindex", "labels: zone=a", names(4), 2, 100, 10).expect("create");
+            assert_eq!(running.start_next().expect("start"), ["n0", "n1"]);
+            running.finish("n0", outcome(true), 11).expect("finish");
+            assert_eq!(running.start_next().expect("start"), ["n2"]);
+            running.job().id.clone()
+            // The master stops here: n1 and n2 run, n3 was never started.
+        };
+        let table = JobTable::open(store(&dir), JobsConfig::default(), 50).expect("reopen");
+        let job = table.get(&id).expect("the job outlives the master");
+        assert_eq!((job.action.as_str(), job.selector.as_str()), ("reindex", "labels: zone=a"));
+        assert_eq!(job.finished_ms, Some(50));
+        assert_eq!(job.nodes[0].state, NodeState::Done(outcome(true)));
+        for entry in &job.nodes[1..3] {
+            let NodeState::Done(outcome) = &entry.state else { panic!("{entry:?}") };
+            assert_eq!(outcome.status, UNKNOWN);
+            assert!(outcome.message.contains("master restarted"), "{}", outcome.message);
+        }
+        assert!(matches!(&job.nodes[3].state, NodeState::NotStarted { reason } if reason.contains("master restarted")));
+        // Closed once: another restart changes nothing, and new jobs get new ids.
+        drop(table);
+        let table = JobTable::open(store(&dir), JobsConfig::default(), 90).expect("reopen");
+        assert_eq!(table.get(&id).expect("get"), job);
+        let next = table.create("reindex", "--all", names(1), 1, 0, 100).expect("create");
+        assert_eq!(next.job().id, "job-2");
+    }
+
+    #[tokio::test]
+    async fn watchers_see_progress_and_the_end() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let table = JobTable::open(store(&dir), JobsConfig::default(), 0).expect("open");
+        let mut running = table.create("compact", "--all", names(2), 0, 100, 1).expect("create");
+        let id = running.job().id.clone();
+        let mut watcher = table.watch(&id).expect("watch");
+        assert_eq!(watcher.borrow_and_update().counters().pending, 2);
+        running.start_next().expect("start");
+        watcher.changed().await.expect("a change");
+        assert_eq!(watcher.borrow_and_update().counters().running, 2);
+        running.finish("n0", outcome(true), 2).expect("finish");
+        running.finish("n1", outcome(false), 3).expect("finish");
+        watcher.changed().await.expect("a change");
+        let last = watcher.borrow_and_update().clone();
+        assert_eq!((last.counters().succeeded, last.counters().failed, last.finished_ms), (1, 1, Some(3)));
+        drop(running);
+        assert!(watcher.changed().await.is_err(), "the stream ends with the job");
+        let late = table.watch(&id).expect("watch a finished job");
+        assert_eq!(*late.borrow(), last, "a late watcher gets the stored final state");
+        assert!(matches!(table.watch("job-9"), Err(RecordError::NoSuchJob { .. })));
+        assert!(matches!(table.get("nonsense"), Err(RecordError::NoSuchJob { .. })));
+    }
+
+    #[test]
+    fn retention_keeps_the_newest_jobs_and_never_an_unfinished_one() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = store(&dir);
+        let table = JobTable::open(store.clone(), JobsConfig { max_jobs: 2 }, 0).expect("open");
+        let mut unfinished = table.create("a", "--all", names(3), 1, 100, 0).expect("create");
+        unfinished.start_next().expect("start");
+        for _ in 0..3 {
+            let mut job = table.create("a", "--all", names(3), 0, 100, 0).expect("create");
+            for node in job.start_next().expect("start") {
+                job.finish(&node, outcome(true), 1).expect("finish");
+            }
+        }
+        assert!(table.get("job-1").is_ok(), "job-1 runs: kept beyond the bound");
+        assert!(table.get("job-2").is_ok(), "pruning stops at the unfinished job-1");
+        unfinished.finish("n0", outcome(true), 2).expect("finish");
+        unfinished.start_next().expect("start");
+        unfinished.finish("n1", outcome(true), 3).expect("finish");
+        unfinished.start_next().expect("start");
+        unfinished.finish("n2", outcome(true), 4).expect("finish");
+        drop(unfinished);
+        // The next job prunes down to the bound: job-4 and job-5 remain.
+        table.create("a", "--all", Vec::new(), 1, 0, 5).expect("create");
+        for gone in ["job-1", "job-2", "job-3"] {
+            assert!(matches!(table.get(gone), Err(RecordError::NoSuchJob { .. })), "{gone} pruned");
+        }
+        assert!(table.get("job-4").is_ok() && table.get("job-5").is_ok());
+        let held: BTreeSet<u64> =
+            store.scan(TREE).expect("scan").iter().filter_map(|(k, _)| k.get(..8).and_then(decode_u64)).collect();
+        assert_eq!(held, BTreeSet::from([4, 5]), "pruned jobs leave no entries behind");
     }
 }
