@@ -262,7 +262,9 @@ impl IdempotencyKeys {
                 let mut state = self.lock();
                 match state.flights.get(&scope) {
                     Some(flight) if flight.digest != digest => {
-                        return Ok(Begin::Conflict { first_used_ms: flight.started_ms });
+                        // The record's creation, when held (the flight may only be reading it).
+                        let recorded = state.created.get(&scope.store_key()).copied();
+                        return Ok(Begin::Conflict { first_used_ms: recorded.unwrap_or(flight.started_ms) });
                     }
                     Some(flight) => Err(flight.end.subscribe()),
                     None => {
@@ -289,7 +291,7 @@ impl IdempotencyKeys {
             }
         }
         // Every round's leader gave up before running anything: nothing ran, nothing is recorded.
-        Err(RecordError::Task(format!("idempotency key busy: {MAX_ROUNDS} calls in a row gave up; retry")))
+        Err(RecordError::KeyBusy { rounds: MAX_ROUNDS })
     }
 
     /// The leader of a flight: reads the record and decides.
@@ -324,7 +326,7 @@ impl IdempotencyKeys {
             claim.finish(end);
             return Ok(begin);
         }
-        self.reserve(&key, now_ms)?;
+        self.reserve(&key, now_ms).await?;
         let record = Record { digest: digest.to_owned(), created_ms: now_ms, state: RecordState::InFlight };
         let store = self.inner.store.clone();
         let write_key = key.clone();
@@ -339,12 +341,12 @@ impl IdempotencyKeys {
     }
 
     /// Counts a new record against the bound, sweeping expired keys first when full.
-    fn reserve(&self, key: &[u8], now_ms: u64) -> Result<(), RecordError> {
+    async fn reserve(&self, key: &[u8], now_ms: u64) -> Result<(), RecordError> {
         let max = self.inner.config.max_keys;
         let full = |state: &State| state.created.len() >= max && !state.created.contains_key(key);
         if full(&self.lock()) {
-            // Sweeping blocks on the store; rare (only when full), so done inline.
-            self.sweep(now_ms)?;
+            let keys = self.clone();
+            blocking(move || keys.sweep(now_ms)).await??;
         }
         let mut state = self.lock();
         if full(&state) {
@@ -560,6 +562,18 @@ mod tests {
         let lost = keys.begin(Scope::new("alice", "lost"), "d", 30).await.expect("begin");
         assert!(matches!(lost, Begin::InDoubt { started_ms: 20 }), "{lost:?}");
         assert!(lost.refusal().expect("refusal").to_string().contains("outcome of the earlier call"));
+    }
+
+    #[tokio::test]
+    async fn other_parameters_conflict_at_once_while_the_first_call_runs() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let keys = IdempotencyKeys::open(store(&dir), IdempotencyConfig::default(), 1).expect("open");
+        let Begin::Run(guard) = keys.begin(Scope::new("a", "k"), "d1", 5).await.expect("begin") else {
+            panic!("expected a run");
+        };
+        let conflict = keys.begin(Scope::new("a", "k"), "d2", 9).await.expect("begin");
+        assert!(matches!(conflict, Begin::Conflict { first_used_ms: 5 }), "{conflict:?}");
+        guard.complete(result("first", 6)).await.expect("complete");
     }
 
     #[tokio::test]

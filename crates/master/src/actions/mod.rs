@@ -49,6 +49,12 @@ pub enum RecordError {
         /// The bound.
         max: usize,
     },
+    /// Calls with this key kept giving up before running: nothing ran, nothing is recorded.
+    #[error("idempotency key busy: {rounds} calls with it in a row gave up before running; retry")]
+    KeyBusy {
+        /// How many gave up.
+        rounds: usize,
+    },
     /// A stored record could not be decoded.
     #[error("action records: unreadable {what} record: {message}")]
     Corrupt {
