@@ -3,6 +3,7 @@
 //! [`start`]; tests call [`start`] with a listener bound to `127.0.0.1:0`.
 
 pub mod access;
+pub mod actions;
 pub mod api;
 mod auth_api;
 pub mod auth_layer;
