@@ -3,7 +3,7 @@
 //! - [`spec`]: the declaration of an operator-defined action (`[[actions]]` in the agent's
 //!   TOML) and [`validate_spec`].
 //! - [`schema`]: argument types and constraints, and [`validate`] for a call's arguments.
-//! - [`digest`]: [`redacted`] arguments for logs and the keyed [`digest()`] for idempotency
+//! - [`mod@digest`]: [`redacted`] arguments for logs and the keyed [`digest()`] for idempotency
 //!   and audit.
 //! - [`run`]: the exec and http runners ([`run_step`], [`run_single`]).
 //!

@@ -298,6 +298,9 @@ pub(crate) fn placeholders(text: &str) -> Vec<&str> {
     found
 }
 
+/// Headers the http runner sets itself; a declaration may not override them.
+const MANAGED_HEADERS: &[&str] = &["host", "content-length", "transfer-encoding", "connection"];
+
 /// Splits an `http://authority/path?query` URL; `None` when it is not plain http.
 pub(crate) fn split_http_url(url: &str) -> Option<(&str, &str)> {
     let rest = url.strip_prefix("http://")?;
@@ -451,6 +454,8 @@ fn check_step(step: &Step, declared: &BTreeMap<&str, &ArgSpec>) -> Vec<String> {
                 if http::HeaderName::from_bytes(name.as_bytes()).is_err() || http::HeaderValue::from_str(value).is_err()
                 {
                     problems.push(format!("header {name:?} has an invalid name or value: use visible ASCII"));
+                } else if MANAGED_HEADERS.iter().any(|managed| name.eq_ignore_ascii_case(managed)) {
+                    problems.push(format!("header {name:?} is set by the runner from the url and body: remove it"));
                 }
             }
         }

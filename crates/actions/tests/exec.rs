@@ -217,3 +217,44 @@ async fn a_transactional_action_on_one_node_commits_after_prepare_or_aborts() {
     assert_eq!(outcome.steps[1].1.stdout.text, "aborted\n");
     assert_eq!(outcome.status(), StepStatus::Failed, "prepare's failure is the action's outcome");
 }
+
+#[tokio::test]
+async fn a_step_abandoned_by_its_caller_leaves_no_process_running() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let pids = dir.path().join("pids");
+    let text = format!(
+        r#"
+[[actions]]
+name = "abandoned"
+tenants = ["*"]
+[actions.run.exec]
+program = "/bin/sh"
+argv = ["-c", "sleep 60 & echo $$ $! > {}; wait"]
+"#,
+        pids.display()
+    );
+    let spec = action(&text);
+    let task = tokio::spawn(async move { run(&spec, &ValidArgs::default(), Duration::from_secs(120)).await });
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let written = loop {
+        let text = std::fs::read_to_string(&pids).unwrap_or_default();
+        if text.ends_with('\n') {
+            break text;
+        }
+        assert!(Instant::now() < deadline, "the script never wrote its pids");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    task.abort();
+    assert!(task.await.expect_err("aborted").is_cancelled());
+    let pids: Vec<u32> = written.split_whitespace().map(|pid| pid.parse().expect("a pid")).collect();
+    for pid in pids {
+        loop {
+            let state = proc_state(pid);
+            if matches!(state, None | Some('Z')) {
+                break;
+            }
+            assert!(Instant::now() < deadline, "process {pid} still alive: state {state:?}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}

@@ -154,6 +154,7 @@ url = "http://{host}:80/x"
 [actions.abort.http]
 url = "http://127.0.0.1:80/x/{key}?q={n}"
 method = "NOT A METHOD"
+headers = { Host = "elsewhere" }
 "#;
     let actions = parse(text).expect("shape is fine");
     let problems = validate_specs(&actions);
@@ -179,6 +180,7 @@ method = "NOT A METHOD"
         "abort step: method \"NOT A METHOD\" is not an HTTP method",
         "placeholders are allowed in the path only, not in the query",
         "abort step: placeholder {key} names no declared argument",
+        "abort step: header \"Host\" is set by the runner from the url and body: remove it",
     ] {
         assert!(all.contains(needle), "missing {needle:?} in:\n{all}");
     }

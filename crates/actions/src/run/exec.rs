@@ -49,6 +49,22 @@ fn kill_group(leader: Option<Pid>) {
     }
 }
 
+/// Kills the group when dropped while armed: a caller that gives up on a step (drops its
+/// future) leaves no process of it running. The child itself is then reaped by tokio
+/// (`kill_on_drop`, reaped in the background).
+struct GroupGuard {
+    leader: Option<Pid>,
+    armed: bool,
+}
+
+impl Drop for GroupGuard {
+    fn drop(&mut self) {
+        if self.armed {
+            kill_group(self.leader);
+        }
+    }
+}
+
 /// Reads `reader` to its end into `capture` (which keeps a bounded prefix and counts the rest).
 async fn drain<R: AsyncRead + Unpin>(reader: Option<R>, capture: &mut Capture) {
     let Some(mut reader) = reader else {
@@ -94,6 +110,7 @@ pub(crate) async fn run(step: &ExecStep, args: &ValidArgs, limits: RunLimits) ->
         }
     };
     let leader = child.id().and_then(|id| i32::try_from(id).ok()).and_then(Pid::from_raw);
+    let mut guard = GroupGuard { leader, armed: true };
     let stdout = child.stdout.take();
     let stderr = child.stderr.take();
     let mut out = Capture::new(limits.max_output_bytes);
@@ -102,7 +119,9 @@ pub(crate) async fn run(step: &ExecStep, args: &ValidArgs, limits: RunLimits) ->
 
     let waiter = async {
         let waited = tokio::time::timeout(limits.timeout, child.wait()).await;
-        // Everything of the group on timeout; background children left behind otherwise.
+        // Everything of the group on timeout; background children left behind otherwise. After
+        // a clean exit the leader is already reaped; its pid stays the group's id while any
+        // member lives (the kernel does not reuse it), and with no member left this is ESRCH.
         kill_group(leader);
         let end = match waited {
             Ok(Ok(status)) => End::Exited(status),
@@ -132,6 +151,7 @@ pub(crate) async fn run(step: &ExecStep, args: &ValidArgs, limits: RunLimits) ->
         }
     };
     let (end, ()) = tokio::join!(waiter, readers);
+    guard.armed = false;
 
     let duration = started.elapsed();
     let (status, exit_code, message) = match end {
