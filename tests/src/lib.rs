@@ -269,6 +269,7 @@ impl Mesh {
             max_message_bytes: 4 * 1024 * 1024,
             max_concurrent_requests: ragmesh_config::DEFAULT_MAX_CONCURRENT_REQUESTS,
             log: "info".into(),
+            actions: Vec::new(),
         }
     }
 
@@ -531,6 +532,7 @@ pub fn external_agent_config(
         max_message_bytes: 4 * 1024 * 1024,
         max_concurrent_requests: ragmesh_config::DEFAULT_MAX_CONCURRENT_REQUESTS,
         log: "info".into(),
+        actions: Vec::new(),
     }
 }
 

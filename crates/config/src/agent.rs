@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::Parser;
+use ragmesh_actions::ActionSpec;
 use ragmesh_tls::TlsFiles;
 use serde::Deserialize;
 
@@ -24,7 +25,7 @@ use crate::{
     about = "ragmesh node agent: local BM25 index, registers with the master over mTLS"
 )]
 pub struct AgentArgs {
-    /// TOML config file (keys: the long flag names with `_` for `-`, e.g. name, shard, master, data_dir, join_token, labels = { k = "v" })
+    /// TOML config file (keys: the long flag names with `_` for `-`, e.g. name, shard, master, data_dir, join_token, labels = { k = "v" }; and the [[actions]] this agent offers, file only)
     #[arg(long, env = "RAGMESH_CONFIG", value_name = "FILE")]
     pub config: Option<PathBuf>,
     /// Node name [default: the name in --cert]; must match the certificate
@@ -123,6 +124,9 @@ struct AgentFile {
     log: Option<String>,
     otlp_endpoint: Option<String>,
     trace_sample_ratio: Option<f64>,
+    /// Operator-declared actions (`[[actions]]`); the file is their only source.
+    #[serde(default)]
+    actions: Vec<ActionSpec>,
 }
 
 /// Validated configuration of an agent.
@@ -154,6 +158,9 @@ pub struct AgentConfig {
     pub max_concurrent_requests: usize,
     /// Log filter.
     pub log: String,
+    /// The operator-declared actions this agent offers (`[[actions]]` in the TOML file), each
+    /// validated; the agent runs nothing else but its built-ins.
+    pub actions: Vec<ActionSpec>,
 }
 
 /// Default of `--max-concurrent-requests`: enough for bursts of federated searches from the
@@ -252,6 +259,9 @@ impl AgentArgs {
         check_range("max-concurrent-requests", max_concurrent_requests as u64, 1, 100_000, &mut problems);
         let log = self.log.or(file.log).unwrap_or_else(|| "info".to_owned());
         let trace = self.trace.resolve(file.otlp_endpoint, file.trace_sample_ratio, &mut problems);
+        for problem in ragmesh_actions::validate_specs(&file.actions) {
+            problems.push(problem);
+        }
 
         let config = AgentConfig {
             join_token,
@@ -267,6 +277,7 @@ impl AgentArgs {
             heartbeat_interval: Duration::from_millis(heartbeat_interval_ms),
             labels,
             log,
+            actions: file.actions,
         };
         problems.finish((config, ProcessConfig { addr_file, metrics_listen, metrics_addr_file, trace }))
     }
@@ -400,6 +411,69 @@ mod tests {
             assert!(text.contains(&format!("--shard {bad:?} is invalid")), "{text}");
             assert!(text.contains("1-63 characters of a-z, 0-9 and '-'"), "{text}");
         }
+    }
+
+    fn with_file(base: &[&str], text: &str) -> (tempfile::TempDir, AgentArgs) {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let file = dir.path().join("agent.toml");
+        std::fs::write(&file, text).expect("write config");
+        let mut list = base.to_vec();
+        let file_arg = file.to_str().expect("utf-8 path").to_owned();
+        list.extend(["--config", &file_arg]);
+        let parsed = args(&list);
+        (dir, parsed)
+    }
+
+    #[test]
+    fn declared_actions_come_from_the_file() {
+        let base = ["--insecure", "--name", "n1", "--master", "m:7400"];
+        assert!(args(&base).resolve().expect("valid").actions.is_empty(), "none unless declared");
+        let text = r#"
+[[actions]]
+name = "clear-cache"
+tenants = ["*"]
+[actions.run.http]
+url = "http://127.0.0.1:8000/internal/clear-cache"
+"#;
+        let (_dir, parsed) = with_file(&base, text);
+        let config = parsed.resolve().expect("valid");
+        let names: Vec<&str> = config.actions.iter().map(|a| a.name.as_str()).collect();
+        assert_eq!(names, ["clear-cache"]);
+    }
+
+    #[test]
+    fn action_problems_join_the_other_config_problems() {
+        let text = r#"
+[[actions]]
+name = "index.wipe"
+tenants = ["*"]
+timeout_ms = 0
+[actions.run.exec]
+program = "rm"
+argv = ["-rf", "{path}"]
+"#;
+        let (_dir, parsed) = with_file(&["--insecure", "--name", "Bad Name", "--master", "m:7400"], text);
+        let errors = parsed.resolve().expect_err("invalid");
+        let text = errors.to_string();
+        for needle in [
+            "--name \"Bad Name\" is invalid",
+            "action \"index.wipe\": names starting with \"index.\" are reserved",
+            "action \"index.wipe\": timeout_ms 0 is out of range",
+            "action \"index.wipe\": run step: program rm is a relative path",
+            "action \"index.wipe\": run step: placeholder {path} names no declared argument",
+        ] {
+            assert!(text.contains(needle), "missing {needle:?} in {text}");
+        }
+        assert_eq!(errors.problems.len(), 5, "{text}");
+    }
+
+    #[test]
+    fn a_malformed_action_is_a_config_file_problem() {
+        let text =
+            "[[actions]]\nname = \"x\"\ntenants = []\n[actions.run.exec]\nprogram = \"/bin/true\"\nshell = true\n";
+        let (_dir, parsed) = with_file(&["--insecure", "--name", "n1", "--master", "m:7400"], text);
+        let errors = parsed.resolve().expect_err("unknown key");
+        assert!(errors.to_string().contains("unknown field `shell`"), "{errors}");
     }
 
     #[test]

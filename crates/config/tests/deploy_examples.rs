@@ -47,3 +47,33 @@ fn agent_example_is_valid() {
     assert_eq!(config.advertise.as_deref(), Some("app-server-1.internal:7401"));
     assert_eq!(config.max_concurrent_requests, 64);
 }
+
+#[test]
+fn agent_actions_example_is_valid() {
+    let args = AgentArgs::try_parse_from(["ragmesh-agent", "--config", &example("agent-actions.toml")]).expect("parse");
+    only_missing_tls_files(&args.resolve().expect_err("tls files absent here").problems);
+    let args = AgentArgs::try_parse_from([
+        "ragmesh-agent",
+        "--config",
+        &example("agent-actions.toml"),
+        "--insecure",
+        "--name",
+        "app-1",
+    ])
+    .expect("parse");
+    let config = args.resolve().expect("valid");
+    let summary: Vec<(&str, bool)> = config.actions.iter().map(|a| (a.name.as_str(), a.is_transactional())).collect();
+    assert_eq!(summary, [("rotate-logs", false), ("clear-cache", false), ("switch-flags", true)]);
+    let kinds: Vec<&str> = config
+        .actions
+        .iter()
+        .map(|a| match &a.steps()[0].1 {
+            ragmesh_actions::Step::Exec(_) => "exec",
+            ragmesh_actions::Step::Http(_) => "http",
+        })
+        .collect();
+    assert_eq!(kinds, ["exec", "http", "exec"]);
+    let clear = &config.actions[1];
+    assert_eq!(clear.capability, "ops");
+    assert!(clear.arg("api_key").is_some_and(|arg| arg.secret));
+}
