@@ -148,6 +148,7 @@ async fn an_agent_cannot_register_under_another_name_or_protocol() {
         node_name: "agent-1".into(),
         session_id: session,
         heartbeat: Some(v1::Heartbeat::default()),
+        in_doubt_transactions: Vec::new(),
     };
     let status = membership.health_stream(tokio_stream::iter(vec![hijack])).await.expect_err("hijack refused");
     assert_eq!(status.code(), tonic::Code::PermissionDenied);

@@ -228,6 +228,7 @@ impl Link {
                 generation: counted.generation,
                 applied_seq: counted.applied_seq,
             }),
+            in_doubt_transactions: Vec::new(),
         };
         // The master waits for the first heartbeat before it answers the stream, so queue it first.
         let mut counted = self.counted().await;
@@ -271,6 +272,8 @@ impl Link {
                             Err(err) => tracing::error!(error = %err, "the master sent unusable verification keys"),
                         }
                     }
+                    // This agent reports no transaction in doubt yet, so decisions are not expected.
+                    Ok(Some(v1::HealthStreamResponse { body: Some(v1::health_stream_response::Body::Decisions(_)) })) => {}
                     Ok(Some(v1::HealthStreamResponse { body: None })) => {}
                     Ok(None) => return Ok(SessionEnd::Lost("master closed the health stream".to_owned())),
                     Err(status) => return Ok(SessionEnd::Lost(self.describe_status("health stream ended", &status))),

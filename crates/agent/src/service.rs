@@ -195,8 +195,41 @@ pub(crate) fn collection_stats(counts: Vec<ragmesh_index::CollectionCount>) -> V
     counts.into_iter().map(|c| v1::CollectionStats { name: c.name, doc_count: c.doc_count }).collect()
 }
 
+/// What the action RPCs answer until remote actions are wired in (issue 9).
+fn actions_not_served() -> Status {
+    Status::unimplemented("remote actions are not served by this agent version yet")
+}
+
 #[tonic::async_trait]
 impl AgentService for AgentApi {
+    async fn list_actions(
+        &self,
+        _request: Request<v1::ListActionsRequest>,
+    ) -> Result<Response<v1::ListActionsResponse>, Status> {
+        Err(actions_not_served())
+    }
+
+    async fn run_action(
+        &self,
+        _request: Request<v1::RunActionRequest>,
+    ) -> Result<Response<v1::RunActionResponse>, Status> {
+        Err(actions_not_served())
+    }
+
+    async fn prepare_transaction(
+        &self,
+        _request: Request<v1::PrepareTransactionRequest>,
+    ) -> Result<Response<v1::PrepareTransactionResponse>, Status> {
+        Err(actions_not_served())
+    }
+
+    async fn decide_transaction(
+        &self,
+        _request: Request<v1::DecideTransactionRequest>,
+    ) -> Result<Response<v1::DecideTransactionResponse>, Status> {
+        Err(actions_not_served())
+    }
+
     async fn upsert_documents(
         &self,
         request: Request<v1::UpsertDocumentsRequest>,

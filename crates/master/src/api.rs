@@ -159,9 +159,71 @@ fn validate_search(req: &v1::SearchRequest) -> Result<(), MasterError> {
     Ok(())
 }
 
+/// What the action RPCs answer until remote actions are wired in (issue 9).
+fn actions_not_served() -> Status {
+    Status::unimplemented("remote actions are not served by this master version yet")
+}
+
 #[tonic::async_trait]
 impl MasterService for MasterApi {
     type WatchEventsStream = crate::events::stream::EventStream;
+    type WatchActionJobStream = tokio_stream::Empty<Result<v1::WatchActionJobResponse, Status>>;
+
+    async fn list_node_actions(
+        &self,
+        _request: Request<v1::ListNodeActionsRequest>,
+    ) -> Result<Response<v1::ListNodeActionsResponse>, Status> {
+        Err(actions_not_served())
+    }
+
+    async fn execute_action(
+        &self,
+        _request: Request<v1::ExecuteActionRequest>,
+    ) -> Result<Response<v1::ExecuteActionResponse>, Status> {
+        Err(actions_not_served())
+    }
+
+    async fn get_action_job(
+        &self,
+        _request: Request<v1::GetActionJobRequest>,
+    ) -> Result<Response<v1::GetActionJobResponse>, Status> {
+        Err(actions_not_served())
+    }
+
+    async fn watch_action_job(
+        &self,
+        _request: Request<v1::WatchActionJobRequest>,
+    ) -> Result<Response<Self::WatchActionJobStream>, Status> {
+        Err(actions_not_served())
+    }
+
+    async fn execute_transaction(
+        &self,
+        _request: Request<v1::ExecuteTransactionRequest>,
+    ) -> Result<Response<v1::ExecuteTransactionResponse>, Status> {
+        Err(actions_not_served())
+    }
+
+    async fn get_transaction(
+        &self,
+        _request: Request<v1::GetTransactionRequest>,
+    ) -> Result<Response<v1::GetTransactionResponse>, Status> {
+        Err(actions_not_served())
+    }
+
+    async fn list_transactions(
+        &self,
+        _request: Request<v1::ListTransactionsRequest>,
+    ) -> Result<Response<v1::ListTransactionsResponse>, Status> {
+        Err(actions_not_served())
+    }
+
+    async fn action_history(
+        &self,
+        _request: Request<v1::ActionHistoryRequest>,
+    ) -> Result<Response<v1::ActionHistoryResponse>, Status> {
+        Err(actions_not_served())
+    }
 
     async fn watch_events(
         &self,

@@ -180,6 +180,7 @@ mod tests {
             node_name: "a".into(),
             session_id: session.0.clone(),
             heartbeat: Some(v1::Heartbeat { seq, ..Default::default() }),
+            in_doubt_transactions: Vec::new(),
         }
     }
 

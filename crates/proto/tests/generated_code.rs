@@ -6,8 +6,13 @@ use std::path::{Path, PathBuf};
 
 use prost::Message as _;
 
-const PROTO_FILES: &[&str] =
-    &["ragmesh/v1/types.proto", "ragmesh/v1/agent.proto", "ragmesh/v1/membership.proto", "ragmesh/v1/master.proto"];
+const PROTO_FILES: &[&str] = &[
+    "ragmesh/v1/types.proto",
+    "ragmesh/v1/actions.proto",
+    "ragmesh/v1/agent.proto",
+    "ragmesh/v1/membership.proto",
+    "ragmesh/v1/master.proto",
+];
 
 fn proto_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../../proto")

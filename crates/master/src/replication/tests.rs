@@ -69,6 +69,34 @@ impl TestAgent {
 
 #[tonic::async_trait]
 impl AgentService for TestAgent {
+    async fn list_actions(
+        &self,
+        _request: tonic::Request<v1::ListActionsRequest>,
+    ) -> Result<tonic::Response<v1::ListActionsResponse>, tonic::Status> {
+        Err(tonic::Status::unimplemented("not offered by this test agent"))
+    }
+
+    async fn run_action(
+        &self,
+        _request: tonic::Request<v1::RunActionRequest>,
+    ) -> Result<tonic::Response<v1::RunActionResponse>, tonic::Status> {
+        Err(tonic::Status::unimplemented("not offered by this test agent"))
+    }
+
+    async fn prepare_transaction(
+        &self,
+        _request: tonic::Request<v1::PrepareTransactionRequest>,
+    ) -> Result<tonic::Response<v1::PrepareTransactionResponse>, tonic::Status> {
+        Err(tonic::Status::unimplemented("not offered by this test agent"))
+    }
+
+    async fn decide_transaction(
+        &self,
+        _request: tonic::Request<v1::DecideTransactionRequest>,
+    ) -> Result<tonic::Response<v1::DecideTransactionResponse>, tonic::Status> {
+        Err(tonic::Status::unimplemented("not offered by this test agent"))
+    }
+
     async fn upsert_documents(
         &self,
         request: Request<v1::UpsertDocumentsRequest>,

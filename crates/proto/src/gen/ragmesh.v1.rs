@@ -105,6 +105,359 @@ pub struct CollectionStats {
     #[prost(uint64, tag = "2")]
     pub doc_count: u64,
 }
+/// An action a node offers: a built-in one, or one its own configuration declares.
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct ActionDescriptor {
+    /// Name, `[a-z][a-z0-9_.-]{0,63}`; built-ins start with `index.` or `node.`.
+    #[prost(string, tag = "1")]
+    pub name: ::prost::alloc::string::String,
+    /// What it does, for operators.
+    #[prost(string, tag = "2")]
+    pub description: ::prost::alloc::string::String,
+    /// The arguments it takes.
+    #[prost(message, repeated, tag = "3")]
+    pub arguments: ::prost::alloc::vec::Vec<ArgumentDescriptor>,
+    /// How long one run may take before it is killed.
+    #[prost(uint32, tag = "4")]
+    pub timeout_ms: u32,
+    /// The capability a caller's token must carry (default "actions").
+    #[prost(string, tag = "5")]
+    pub capability: ::prost::alloc::string::String,
+    /// Tenants allowed to run it; "\*" means every tenant; empty means operators only.
+    #[prost(string, repeated, tag = "6")]
+    pub tenants: ::prost::alloc::vec::Vec<::prost::alloc::string::String>,
+    /// Declares prepare, commit and abort steps, so it can take part in a transaction.
+    #[prost(bool, tag = "7")]
+    pub transactional: bool,
+    /// Built into the agent rather than declared in its configuration.
+    #[prost(bool, tag = "8")]
+    pub builtin: bool,
+}
+/// The schema of one argument. Arguments travel as strings and are validated against it on
+/// the master and again on the agent.
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct ArgumentDescriptor {
+    /// Name.
+    #[prost(string, tag = "1")]
+    pub name: ::prost::alloc::string::String,
+    /// What it means.
+    #[prost(string, tag = "2")]
+    pub description: ::prost::alloc::string::String,
+    /// How the string value is read.
+    #[prost(enumeration = "ArgumentType", tag = "3")]
+    pub r#type: i32,
+    /// A call must give it (unless it has a default).
+    #[prost(bool, tag = "4")]
+    pub required: bool,
+    /// Value used when a call does not give one.
+    #[prost(string, optional, tag = "5")]
+    pub default_value: ::core::option::Option<::prost::alloc::string::String>,
+    /// The only values allowed, when not empty.
+    #[prost(string, repeated, tag = "6")]
+    pub allowed: ::prost::alloc::vec::Vec<::prost::alloc::string::String>,
+    /// A regular expression the whole value must match, when not empty.
+    #[prost(string, tag = "7")]
+    pub pattern: ::prost::alloc::string::String,
+    /// Length bounds of a string value, in characters.
+    #[prost(uint32, optional, tag = "8")]
+    pub min_len: ::core::option::Option<u32>,
+    /// Upper length bound, in characters.
+    #[prost(uint32, optional, tag = "9")]
+    pub max_len: ::core::option::Option<u32>,
+    /// Bounds of a numeric value.
+    #[prost(double, optional, tag = "10")]
+    pub min: ::core::option::Option<f64>,
+    /// Upper numeric bound.
+    #[prost(double, optional, tag = "11")]
+    pub max: ::core::option::Option<f64>,
+    /// Never logged, echoed or stored: audit records and outputs show "\*\*\*".
+    #[prost(bool, tag = "12")]
+    pub secret: bool,
+}
+/// One step of a run: `run` for a plain action; `prepare`, `commit` or `abort` for a
+/// transactional one.
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct StepResult {
+    /// Which step.
+    #[prost(string, tag = "1")]
+    pub step: ::prost::alloc::string::String,
+    /// How it ended.
+    #[prost(enumeration = "ActionStatus", tag = "2")]
+    pub status: i32,
+    /// Exit code of an exec step that exited.
+    #[prost(int32, optional, tag = "3")]
+    pub exit_code: ::core::option::Option<i32>,
+    /// HTTP status of an http step that got an answer.
+    #[prost(uint32, optional, tag = "4")]
+    pub http_status: ::core::option::Option<u32>,
+    /// Standard output (exec) or response body (http), lossy UTF-8, bounded.
+    #[prost(string, tag = "5")]
+    pub stdout: ::prost::alloc::string::String,
+    /// Bytes of stdout beyond the bound, not kept.
+    #[prost(uint64, tag = "6")]
+    pub stdout_truncated_bytes: u64,
+    /// Standard error (exec), bounded.
+    #[prost(string, tag = "7")]
+    pub stderr: ::prost::alloc::string::String,
+    /// Bytes of stderr beyond the bound, not kept.
+    #[prost(uint64, tag = "8")]
+    pub stderr_truncated_bytes: u64,
+    /// Time the step took.
+    #[prost(uint32, tag = "9")]
+    pub duration_ms: u32,
+    /// Why, when the status is not OK.
+    #[prost(string, tag = "10")]
+    pub message: ::prost::alloc::string::String,
+}
+/// The result of running an action on one node.
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct ActionResult {
+    /// How the run ended: its last step's status.
+    #[prost(enumeration = "ActionStatus", tag = "1")]
+    pub status: i32,
+    /// Every step run, in order.
+    #[prost(message, repeated, tag = "2")]
+    pub steps: ::prost::alloc::vec::Vec<StepResult>,
+    /// Time the whole run took.
+    #[prost(uint32, tag = "3")]
+    pub duration_ms: u32,
+    /// Why, when the status is not OK.
+    #[prost(string, tag = "4")]
+    pub message: ::prost::alloc::string::String,
+}
+/// An action and its arguments.
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct ActionCall {
+    /// The action's name.
+    #[prost(string, tag = "1")]
+    pub action: ::prost::alloc::string::String,
+    /// Arguments by name, as strings (validated against the action's schema).
+    #[prost(map = "string, string", tag = "2")]
+    pub arguments: ::std::collections::HashMap<
+        ::prost::alloc::string::String,
+        ::prost::alloc::string::String,
+    >,
+}
+/// Documents to write as one part of a transaction.
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct DocumentWrite {
+    /// Documents to insert or replace.
+    #[prost(message, repeated, tag = "1")]
+    pub upserts: ::prost::alloc::vec::Vec<Document>,
+    /// Documents to delete.
+    #[prost(message, repeated, tag = "2")]
+    pub deletes: ::prost::alloc::vec::Vec<DocumentRef>,
+}
+/// What one participant of a transaction does.
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct TransactionOperation {
+    /// An action with prepare/commit/abort steps, or a document write.
+    #[prost(oneof = "transaction_operation::Kind", tags = "1, 2")]
+    pub kind: ::core::option::Option<transaction_operation::Kind>,
+}
+/// Nested message and enum types in `TransactionOperation`.
+pub mod transaction_operation {
+    /// An action with prepare/commit/abort steps, or a document write.
+    #[derive(Clone, PartialEq, ::prost::Oneof)]
+    pub enum Kind {
+        /// A transactional action.
+        #[prost(message, tag = "1")]
+        Action(super::ActionCall),
+        /// A document write (prepare checks it, commit applies it).
+        #[prost(message, tag = "2")]
+        Write(super::DocumentWrite),
+    }
+}
+/// How an argument's string value is read.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, ::prost::Enumeration)]
+#[repr(i32)]
+pub enum ArgumentType {
+    /// Not set.
+    Unspecified = 0,
+    /// Any text (within the bounds).
+    String = 1,
+    /// A signed 64-bit integer.
+    Integer = 2,
+    /// A finite floating-point number.
+    Number = 3,
+    /// "true" or "false".
+    Boolean = 4,
+}
+impl ArgumentType {
+    /// String value of the enum field names used in the ProtoBuf definition.
+    ///
+    /// The values are not transformed in any way and thus are considered stable
+    /// (if the ProtoBuf definition does not change) and safe for programmatic use.
+    pub fn as_str_name(&self) -> &'static str {
+        match self {
+            Self::Unspecified => "ARGUMENT_TYPE_UNSPECIFIED",
+            Self::String => "ARGUMENT_TYPE_STRING",
+            Self::Integer => "ARGUMENT_TYPE_INTEGER",
+            Self::Number => "ARGUMENT_TYPE_NUMBER",
+            Self::Boolean => "ARGUMENT_TYPE_BOOLEAN",
+        }
+    }
+    /// Creates an enum from field names used in the ProtoBuf definition.
+    pub fn from_str_name(value: &str) -> ::core::option::Option<Self> {
+        match value {
+            "ARGUMENT_TYPE_UNSPECIFIED" => Some(Self::Unspecified),
+            "ARGUMENT_TYPE_STRING" => Some(Self::String),
+            "ARGUMENT_TYPE_INTEGER" => Some(Self::Integer),
+            "ARGUMENT_TYPE_NUMBER" => Some(Self::Number),
+            "ARGUMENT_TYPE_BOOLEAN" => Some(Self::Boolean),
+            _ => None,
+        }
+    }
+}
+/// How an action run ended on its node.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, ::prost::Enumeration)]
+#[repr(i32)]
+pub enum ActionStatus {
+    /// Not set.
+    Unspecified = 0,
+    /// It ran and succeeded (exit code 0, HTTP status below 400).
+    Ok = 1,
+    /// It ran and reported failure (non-zero exit code, HTTP status 400 or above).
+    Failed = 2,
+    /// It was killed at its timeout.
+    Timeout = 3,
+    /// It could not run (the program is missing, the local application refused the connection,
+    /// the arguments were refused, the caller may not run it).
+    Error = 4,
+}
+impl ActionStatus {
+    /// String value of the enum field names used in the ProtoBuf definition.
+    ///
+    /// The values are not transformed in any way and thus are considered stable
+    /// (if the ProtoBuf definition does not change) and safe for programmatic use.
+    pub fn as_str_name(&self) -> &'static str {
+        match self {
+            Self::Unspecified => "ACTION_STATUS_UNSPECIFIED",
+            Self::Ok => "ACTION_STATUS_OK",
+            Self::Failed => "ACTION_STATUS_FAILED",
+            Self::Timeout => "ACTION_STATUS_TIMEOUT",
+            Self::Error => "ACTION_STATUS_ERROR",
+        }
+    }
+    /// Creates an enum from field names used in the ProtoBuf definition.
+    pub fn from_str_name(value: &str) -> ::core::option::Option<Self> {
+        match value {
+            "ACTION_STATUS_UNSPECIFIED" => Some(Self::Unspecified),
+            "ACTION_STATUS_OK" => Some(Self::Ok),
+            "ACTION_STATUS_FAILED" => Some(Self::Failed),
+            "ACTION_STATUS_TIMEOUT" => Some(Self::Timeout),
+            "ACTION_STATUS_ERROR" => Some(Self::Error),
+            _ => None,
+        }
+    }
+}
+/// A decision of a two-phase commit.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, ::prost::Enumeration)]
+#[repr(i32)]
+pub enum TransactionDecision {
+    /// Not decided (yet, or the coordinator does not know the transaction).
+    Unspecified = 0,
+    /// Every participant voted yes and the coordinator logged commit.
+    Commit = 1,
+    /// A participant voted no, or did not vote in time, or the coordinator never logged commit.
+    Abort = 2,
+}
+impl TransactionDecision {
+    /// String value of the enum field names used in the ProtoBuf definition.
+    ///
+    /// The values are not transformed in any way and thus are considered stable
+    /// (if the ProtoBuf definition does not change) and safe for programmatic use.
+    pub fn as_str_name(&self) -> &'static str {
+        match self {
+            Self::Unspecified => "TRANSACTION_DECISION_UNSPECIFIED",
+            Self::Commit => "TRANSACTION_DECISION_COMMIT",
+            Self::Abort => "TRANSACTION_DECISION_ABORT",
+        }
+    }
+    /// Creates an enum from field names used in the ProtoBuf definition.
+    pub fn from_str_name(value: &str) -> ::core::option::Option<Self> {
+        match value {
+            "TRANSACTION_DECISION_UNSPECIFIED" => Some(Self::Unspecified),
+            "TRANSACTION_DECISION_COMMIT" => Some(Self::Commit),
+            "TRANSACTION_DECISION_ABORT" => Some(Self::Abort),
+            _ => None,
+        }
+    }
+}
+/// Asks for an agent's actions.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct ListActionsRequest {}
+/// An agent's actions.
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct ListActionsResponse {
+    /// Every action it offers, by name.
+    #[prost(message, repeated, tag = "1")]
+    pub actions: ::prost::alloc::vec::Vec<ActionDescriptor>,
+}
+/// One run of an action.
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct RunActionRequest {
+    /// The action and its arguments.
+    #[prost(message, optional, tag = "1")]
+    pub call: ::core::option::Option<ActionCall>,
+    /// Identifies the call: the agent runs each call id at most once and answers a repeat (a
+    /// retry after a lost answer) with the first result while it remembers it.
+    #[prost(string, tag = "2")]
+    pub call_id: ::prost::alloc::string::String,
+}
+/// How the run ended.
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct RunActionResponse {
+    /// The result.
+    #[prost(message, optional, tag = "1")]
+    pub result: ::core::option::Option<ActionResult>,
+    /// True when this answers a repeated call id (the action did not run again).
+    #[prost(bool, tag = "2")]
+    pub repeated_call: bool,
+}
+/// Phase one of a transaction on this agent.
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct PrepareTransactionRequest {
+    /// The transaction (32 hex digits).
+    #[prost(string, tag = "1")]
+    pub tx_id: ::prost::alloc::string::String,
+    /// What this agent does in it.
+    #[prost(message, optional, tag = "2")]
+    pub operation: ::core::option::Option<TransactionOperation>,
+    /// Unix milliseconds after which the coordinator aborts without this vote.
+    #[prost(uint64, tag = "3")]
+    pub deadline_unix_ms: u64,
+}
+/// The agent's vote.
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct PrepareTransactionResponse {
+    /// Yes: prepared and persisted; the agent now waits for the decision.
+    #[prost(bool, tag = "1")]
+    pub vote_yes: bool,
+    /// Why no, when no.
+    #[prost(string, tag = "2")]
+    pub message: ::prost::alloc::string::String,
+    /// The prepare step's result (an action's), when it ran one.
+    #[prost(message, optional, tag = "3")]
+    pub result: ::core::option::Option<ActionResult>,
+}
+/// Phase two of a transaction on this agent.
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct DecideTransactionRequest {
+    /// The transaction.
+    #[prost(string, tag = "1")]
+    pub tx_id: ::prost::alloc::string::String,
+    /// The coordinator's logged decision (COMMIT or ABORT).
+    #[prost(enumeration = "TransactionDecision", tag = "2")]
+    pub decision: i32,
+}
+/// The decision applied.
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct DecideTransactionResponse {
+    /// The commit or abort step's result (an action's), when it ran one.
+    #[prost(message, optional, tag = "1")]
+    pub result: ::core::option::Option<ActionResult>,
+}
 /// Documents to insert or replace.
 #[derive(Clone, PartialEq, ::prost::Message)]
 pub struct UpsertDocumentsRequest {
@@ -374,6 +727,112 @@ pub mod agent_service_client {
                 .insert(GrpcMethod::new("ragmesh.v1.AgentService", "NodeSearch"));
             self.inner.unary(req, path, codec).await
         }
+        /// The actions this agent offers: its built-ins and those its configuration declares.
+        pub async fn list_actions(
+            &mut self,
+            request: impl tonic::IntoRequest<super::ListActionsRequest>,
+        ) -> std::result::Result<
+            tonic::Response<super::ListActionsResponse>,
+            tonic::Status,
+        > {
+            self.inner
+                .ready()
+                .await
+                .map_err(|e| {
+                    tonic::Status::unknown(
+                        format!("Service was not ready: {}", e.into()),
+                    )
+                })?;
+            let codec = tonic_prost::ProstCodec::default();
+            let path = http::uri::PathAndQuery::from_static(
+                "/ragmesh.v1.AgentService/ListActions",
+            );
+            let mut req = request.into_request();
+            req.extensions_mut()
+                .insert(GrpcMethod::new("ragmesh.v1.AgentService", "ListActions"));
+            self.inner.unary(req, path, codec).await
+        }
+        /// Runs one action (a transactional one: prepare, then commit, or abort when prepare fails).
+        /// The caller's identity comes from the signed context; the agent checks the action's
+        /// capability and tenants itself and runs nothing its configuration does not declare.
+        pub async fn run_action(
+            &mut self,
+            request: impl tonic::IntoRequest<super::RunActionRequest>,
+        ) -> std::result::Result<
+            tonic::Response<super::RunActionResponse>,
+            tonic::Status,
+        > {
+            self.inner
+                .ready()
+                .await
+                .map_err(|e| {
+                    tonic::Status::unknown(
+                        format!("Service was not ready: {}", e.into()),
+                    )
+                })?;
+            let codec = tonic_prost::ProstCodec::default();
+            let path = http::uri::PathAndQuery::from_static(
+                "/ragmesh.v1.AgentService/RunAction",
+            );
+            let mut req = request.into_request();
+            req.extensions_mut()
+                .insert(GrpcMethod::new("ragmesh.v1.AgentService", "RunAction"));
+            self.inner.unary(req, path, codec).await
+        }
+        /// Phase one of a transaction: the agent persists the operation, runs its prepare step (a
+        /// document write is checked) and votes. A prepare after its deadline votes no.
+        pub async fn prepare_transaction(
+            &mut self,
+            request: impl tonic::IntoRequest<super::PrepareTransactionRequest>,
+        ) -> std::result::Result<
+            tonic::Response<super::PrepareTransactionResponse>,
+            tonic::Status,
+        > {
+            self.inner
+                .ready()
+                .await
+                .map_err(|e| {
+                    tonic::Status::unknown(
+                        format!("Service was not ready: {}", e.into()),
+                    )
+                })?;
+            let codec = tonic_prost::ProstCodec::default();
+            let path = http::uri::PathAndQuery::from_static(
+                "/ragmesh.v1.AgentService/PrepareTransaction",
+            );
+            let mut req = request.into_request();
+            req.extensions_mut()
+                .insert(
+                    GrpcMethod::new("ragmesh.v1.AgentService", "PrepareTransaction"),
+                );
+            self.inner.unary(req, path, codec).await
+        }
+        /// Phase two: applies the coordinator's logged decision. Idempotent: a repeated decision, or
+        /// one for a transaction the agent never prepared, is acknowledged again.
+        pub async fn decide_transaction(
+            &mut self,
+            request: impl tonic::IntoRequest<super::DecideTransactionRequest>,
+        ) -> std::result::Result<
+            tonic::Response<super::DecideTransactionResponse>,
+            tonic::Status,
+        > {
+            self.inner
+                .ready()
+                .await
+                .map_err(|e| {
+                    tonic::Status::unknown(
+                        format!("Service was not ready: {}", e.into()),
+                    )
+                })?;
+            let codec = tonic_prost::ProstCodec::default();
+            let path = http::uri::PathAndQuery::from_static(
+                "/ragmesh.v1.AgentService/DecideTransaction",
+            );
+            let mut req = request.into_request();
+            req.extensions_mut()
+                .insert(GrpcMethod::new("ragmesh.v1.AgentService", "DecideTransaction"));
+            self.inner.unary(req, path, codec).await
+        }
     }
 }
 /// Generated server implementations.
@@ -412,6 +871,42 @@ pub mod agent_service_server {
             request: tonic::Request<super::NodeSearchRequest>,
         ) -> std::result::Result<
             tonic::Response<super::NodeSearchResponse>,
+            tonic::Status,
+        >;
+        /// The actions this agent offers: its built-ins and those its configuration declares.
+        async fn list_actions(
+            &self,
+            request: tonic::Request<super::ListActionsRequest>,
+        ) -> std::result::Result<
+            tonic::Response<super::ListActionsResponse>,
+            tonic::Status,
+        >;
+        /// Runs one action (a transactional one: prepare, then commit, or abort when prepare fails).
+        /// The caller's identity comes from the signed context; the agent checks the action's
+        /// capability and tenants itself and runs nothing its configuration does not declare.
+        async fn run_action(
+            &self,
+            request: tonic::Request<super::RunActionRequest>,
+        ) -> std::result::Result<
+            tonic::Response<super::RunActionResponse>,
+            tonic::Status,
+        >;
+        /// Phase one of a transaction: the agent persists the operation, runs its prepare step (a
+        /// document write is checked) and votes. A prepare after its deadline votes no.
+        async fn prepare_transaction(
+            &self,
+            request: tonic::Request<super::PrepareTransactionRequest>,
+        ) -> std::result::Result<
+            tonic::Response<super::PrepareTransactionResponse>,
+            tonic::Status,
+        >;
+        /// Phase two: applies the coordinator's logged decision. Idempotent: a repeated decision, or
+        /// one for a transaction the agent never prepared, is acknowledged again.
+        async fn decide_transaction(
+            &self,
+            request: tonic::Request<super::DecideTransactionRequest>,
+        ) -> std::result::Result<
+            tonic::Response<super::DecideTransactionResponse>,
             tonic::Status,
         >;
     }
@@ -612,6 +1107,188 @@ pub mod agent_service_server {
                     let inner = self.inner.clone();
                     let fut = async move {
                         let method = NodeSearchSvc(inner);
+                        let codec = tonic_prost::ProstCodec::default();
+                        let mut grpc = tonic::server::Grpc::new(codec)
+                            .apply_compression_config(
+                                accept_compression_encodings,
+                                send_compression_encodings,
+                            )
+                            .apply_max_message_size_config(
+                                max_decoding_message_size,
+                                max_encoding_message_size,
+                            );
+                        let res = grpc.unary(method, req).await;
+                        Ok(res)
+                    };
+                    Box::pin(fut)
+                }
+                "/ragmesh.v1.AgentService/ListActions" => {
+                    #[allow(non_camel_case_types)]
+                    struct ListActionsSvc<T: AgentService>(pub Arc<T>);
+                    impl<
+                        T: AgentService,
+                    > tonic::server::UnaryService<super::ListActionsRequest>
+                    for ListActionsSvc<T> {
+                        type Response = super::ListActionsResponse;
+                        type Future = BoxFuture<
+                            tonic::Response<Self::Response>,
+                            tonic::Status,
+                        >;
+                        fn call(
+                            &mut self,
+                            request: tonic::Request<super::ListActionsRequest>,
+                        ) -> Self::Future {
+                            let inner = Arc::clone(&self.0);
+                            let fut = async move {
+                                <T as AgentService>::list_actions(&inner, request).await
+                            };
+                            Box::pin(fut)
+                        }
+                    }
+                    let accept_compression_encodings = self.accept_compression_encodings;
+                    let send_compression_encodings = self.send_compression_encodings;
+                    let max_decoding_message_size = self.max_decoding_message_size;
+                    let max_encoding_message_size = self.max_encoding_message_size;
+                    let inner = self.inner.clone();
+                    let fut = async move {
+                        let method = ListActionsSvc(inner);
+                        let codec = tonic_prost::ProstCodec::default();
+                        let mut grpc = tonic::server::Grpc::new(codec)
+                            .apply_compression_config(
+                                accept_compression_encodings,
+                                send_compression_encodings,
+                            )
+                            .apply_max_message_size_config(
+                                max_decoding_message_size,
+                                max_encoding_message_size,
+                            );
+                        let res = grpc.unary(method, req).await;
+                        Ok(res)
+                    };
+                    Box::pin(fut)
+                }
+                "/ragmesh.v1.AgentService/RunAction" => {
+                    #[allow(non_camel_case_types)]
+                    struct RunActionSvc<T: AgentService>(pub Arc<T>);
+                    impl<
+                        T: AgentService,
+                    > tonic::server::UnaryService<super::RunActionRequest>
+                    for RunActionSvc<T> {
+                        type Response = super::RunActionResponse;
+                        type Future = BoxFuture<
+                            tonic::Response<Self::Response>,
+                            tonic::Status,
+                        >;
+                        fn call(
+                            &mut self,
+                            request: tonic::Request<super::RunActionRequest>,
+                        ) -> Self::Future {
+                            let inner = Arc::clone(&self.0);
+                            let fut = async move {
+                                <T as AgentService>::run_action(&inner, request).await
+                            };
+                            Box::pin(fut)
+                        }
+                    }
+                    let accept_compression_encodings = self.accept_compression_encodings;
+                    let send_compression_encodings = self.send_compression_encodings;
+                    let max_decoding_message_size = self.max_decoding_message_size;
+                    let max_encoding_message_size = self.max_encoding_message_size;
+                    let inner = self.inner.clone();
+                    let fut = async move {
+                        let method = RunActionSvc(inner);
+                        let codec = tonic_prost::ProstCodec::default();
+                        let mut grpc = tonic::server::Grpc::new(codec)
+                            .apply_compression_config(
+                                accept_compression_encodings,
+                                send_compression_encodings,
+                            )
+                            .apply_max_message_size_config(
+                                max_decoding_message_size,
+                                max_encoding_message_size,
+                            );
+                        let res = grpc.unary(method, req).await;
+                        Ok(res)
+                    };
+                    Box::pin(fut)
+                }
+                "/ragmesh.v1.AgentService/PrepareTransaction" => {
+                    #[allow(non_camel_case_types)]
+                    struct PrepareTransactionSvc<T: AgentService>(pub Arc<T>);
+                    impl<
+                        T: AgentService,
+                    > tonic::server::UnaryService<super::PrepareTransactionRequest>
+                    for PrepareTransactionSvc<T> {
+                        type Response = super::PrepareTransactionResponse;
+                        type Future = BoxFuture<
+                            tonic::Response<Self::Response>,
+                            tonic::Status,
+                        >;
+                        fn call(
+                            &mut self,
+                            request: tonic::Request<super::PrepareTransactionRequest>,
+                        ) -> Self::Future {
+                            let inner = Arc::clone(&self.0);
+                            let fut = async move {
+                                <T as AgentService>::prepare_transaction(&inner, request)
+                                    .await
+                            };
+                            Box::pin(fut)
+                        }
+                    }
+                    let accept_compression_encodings = self.accept_compression_encodings;
+                    let send_compression_encodings = self.send_compression_encodings;
+                    let max_decoding_message_size = self.max_decoding_message_size;
+                    let max_encoding_message_size = self.max_encoding_message_size;
+                    let inner = self.inner.clone();
+                    let fut = async move {
+                        let method = PrepareTransactionSvc(inner);
+                        let codec = tonic_prost::ProstCodec::default();
+                        let mut grpc = tonic::server::Grpc::new(codec)
+                            .apply_compression_config(
+                                accept_compression_encodings,
+                                send_compression_encodings,
+                            )
+                            .apply_max_message_size_config(
+                                max_decoding_message_size,
+                                max_encoding_message_size,
+                            );
+                        let res = grpc.unary(method, req).await;
+                        Ok(res)
+                    };
+                    Box::pin(fut)
+                }
+                "/ragmesh.v1.AgentService/DecideTransaction" => {
+                    #[allow(non_camel_case_types)]
+                    struct DecideTransactionSvc<T: AgentService>(pub Arc<T>);
+                    impl<
+                        T: AgentService,
+                    > tonic::server::UnaryService<super::DecideTransactionRequest>
+                    for DecideTransactionSvc<T> {
+                        type Response = super::DecideTransactionResponse;
+                        type Future = BoxFuture<
+                            tonic::Response<Self::Response>,
+                            tonic::Status,
+                        >;
+                        fn call(
+                            &mut self,
+                            request: tonic::Request<super::DecideTransactionRequest>,
+                        ) -> Self::Future {
+                            let inner = Arc::clone(&self.0);
+                            let fut = async move {
+                                <T as AgentService>::decide_transaction(&inner, request)
+                                    .await
+                            };
+                            Box::pin(fut)
+                        }
+                    }
+                    let accept_compression_encodings = self.accept_compression_encodings;
+                    let send_compression_encodings = self.send_compression_encodings;
+                    let max_decoding_message_size = self.max_decoding_message_size;
+                    let max_encoding_message_size = self.max_encoding_message_size;
+                    let inner = self.inner.clone();
+                    let fut = async move {
+                        let method = DecideTransactionSvc(inner);
                         let codec = tonic_prost::ProstCodec::default();
                         let mut grpc = tonic::server::Grpc::new(codec)
                             .apply_compression_config(
@@ -1979,6 +2656,10 @@ pub struct HealthStreamRequest {
     /// The heartbeat itself.
     #[prost(message, optional, tag = "3")]
     pub heartbeat: ::core::option::Option<Heartbeat>,
+    /// Transactions this agent prepared and voted yes on without hearing the decision: the master
+    /// answers each it has decided (or never logged: abort) with a TransactionDecisions message.
+    #[prost(string, repeated, tag = "4")]
+    pub in_doubt_transactions: ::prost::alloc::vec::Vec<::prost::alloc::string::String>,
 }
 /// Liveness and load of an agent.
 #[derive(Clone, PartialEq, ::prost::Message)]
@@ -2003,7 +2684,7 @@ pub struct Heartbeat {
 #[derive(Clone, PartialEq, ::prost::Message)]
 pub struct HealthStreamResponse {
     /// What the master says. More instructions (drain, config) join this oneof later.
-    #[prost(oneof = "health_stream_response::Body", tags = "1, 2")]
+    #[prost(oneof = "health_stream_response::Body", tags = "1, 2, 3")]
     pub body: ::core::option::Option<health_stream_response::Body>,
 }
 /// Nested message and enum types in `HealthStreamResponse`.
@@ -2017,7 +2698,27 @@ pub mod health_stream_response {
         /// The current set of verification keys (sent after a key rotation).
         #[prost(message, tag = "2")]
         Keys(super::VerificationKeys),
+        /// Decisions of transactions the agent reported in doubt.
+        #[prost(message, tag = "3")]
+        Decisions(super::TransactionDecisions),
     }
+}
+/// Decisions for an agent's in-doubt transactions.
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct TransactionDecisions {
+    /// One per transaction the master could decide.
+    #[prost(message, repeated, tag = "1")]
+    pub outcomes: ::prost::alloc::vec::Vec<TransactionOutcome>,
+}
+/// The decision of one transaction.
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct TransactionOutcome {
+    /// The transaction.
+    #[prost(string, tag = "1")]
+    pub tx_id: ::prost::alloc::string::String,
+    /// COMMIT or ABORT.
+    #[prost(enumeration = "TransactionDecision", tag = "2")]
+    pub decision: i32,
 }
 /// Keys that verify the master's signatures.
 #[derive(Clone, PartialEq, ::prost::Message)]
@@ -2428,6 +3129,375 @@ pub mod membership_service_server {
         const NAME: &'static str = SERVICE_NAME;
     }
 }
+/// Which nodes' actions to list.
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct ListNodeActionsRequest {
+    /// Node names; empty means every node that is up.
+    #[prost(string, repeated, tag = "1")]
+    pub nodes: ::prost::alloc::vec::Vec<::prost::alloc::string::String>,
+}
+/// The actions of each node asked.
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct ListNodeActionsResponse {
+    /// One entry per node asked.
+    #[prost(message, repeated, tag = "1")]
+    pub nodes: ::prost::alloc::vec::Vec<NodeActions>,
+}
+/// One node's actions, or why it did not say.
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct NodeActions {
+    /// Node name.
+    #[prost(string, tag = "1")]
+    pub node: ::prost::alloc::string::String,
+    /// Whether the node answered.
+    #[prost(enumeration = "OutcomeStatus", tag = "2")]
+    pub status: i32,
+    /// Why, when it did not.
+    #[prost(string, tag = "3")]
+    pub message: ::prost::alloc::string::String,
+    /// Its actions, by name.
+    #[prost(message, repeated, tag = "4")]
+    pub actions: ::prost::alloc::vec::Vec<ActionDescriptor>,
+}
+/// Which nodes an action runs on. The criteria add up: a node is selected when it is named, or
+/// carries every label given, or belongs to a shard group given, or `all` is set.
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct NodeSelector {
+    /// Nodes by name (each must be known).
+    #[prost(string, repeated, tag = "1")]
+    pub nodes: ::prost::alloc::vec::Vec<::prost::alloc::string::String>,
+    /// Every node that is not evicted.
+    #[prost(bool, tag = "2")]
+    pub all: bool,
+    /// Nodes carrying all these labels.
+    #[prost(map = "string, string", tag = "3")]
+    pub labels: ::std::collections::HashMap<
+        ::prost::alloc::string::String,
+        ::prost::alloc::string::String,
+    >,
+    /// Every replica of these shard groups.
+    #[prost(string, repeated, tag = "4")]
+    pub shards: ::prost::alloc::vec::Vec<::prost::alloc::string::String>,
+}
+/// An action to run on the selected nodes.
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct ExecuteActionRequest {
+    /// The action and its arguments.
+    #[prost(message, optional, tag = "1")]
+    pub call: ::core::option::Option<ActionCall>,
+    /// Where to run it.
+    #[prost(message, optional, tag = "2")]
+    pub selector: ::core::option::Option<NodeSelector>,
+    /// Nodes running at once (default 16; 0 means the default).
+    #[prost(uint32, tag = "3")]
+    pub max_parallel: u32,
+    /// Stop starting nodes once more than this percent of the selected nodes failed (default 100:
+    /// never stop); the nodes not started say why.
+    #[prost(uint32, optional, tag = "4")]
+    pub max_fail_percent: ::core::option::Option<u32>,
+    /// Makes a retry safe: the same key with the same parameters returns the first result; with
+    /// other parameters it is refused. Kept for the master's idempotency window (24 h default).
+    #[prost(string, tag = "5")]
+    pub idempotency_key: ::prost::alloc::string::String,
+    /// Return at once with the job id instead of waiting for the job to finish.
+    #[prost(bool, tag = "6")]
+    pub detach: bool,
+}
+/// An action's job: its outcome on every selected node.
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct ExecuteActionResponse {
+    /// The job (finished unless detached).
+    #[prost(message, optional, tag = "1")]
+    pub job: ::core::option::Option<ActionJob>,
+    /// True when this answers an idempotency key used before: nothing ran again.
+    #[prost(bool, tag = "2")]
+    pub replayed: bool,
+}
+/// One action run over a set of nodes.
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct ActionJob {
+    /// Identifier (`job-N`).
+    #[prost(string, tag = "1")]
+    pub job_id: ::prost::alloc::string::String,
+    /// The action.
+    #[prost(string, tag = "2")]
+    pub action: ::prost::alloc::string::String,
+    /// The selection, as given, for display.
+    #[prost(string, tag = "3")]
+    pub selector: ::prost::alloc::string::String,
+    /// Every selected node, in order.
+    #[prost(message, repeated, tag = "4")]
+    pub nodes: ::prost::alloc::vec::Vec<NodeActionOutcome>,
+    /// Every node has an outcome or a reason it was not started.
+    #[prost(bool, tag = "5")]
+    pub finished: bool,
+    /// When the job was created.
+    #[prost(uint64, tag = "6")]
+    pub created_unix_ms: u64,
+    /// When it finished (0 while it runs).
+    #[prost(uint64, tag = "7")]
+    pub finished_unix_ms: u64,
+    /// The job's trace, when traces are exported.
+    #[prost(string, tag = "8")]
+    pub trace_id: ::prost::alloc::string::String,
+}
+/// Where one selected node stands in a job.
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct NodeActionOutcome {
+    /// Node name.
+    #[prost(string, tag = "1")]
+    pub node: ::prost::alloc::string::String,
+    /// Its state.
+    #[prost(enumeration = "NodeActionState", tag = "2")]
+    pub state: i32,
+    /// For a node that was asked: whether it answered (OK: see result for how the action ended),
+    /// or TIMEOUT, UNAVAILABLE, ERROR as for searches.
+    #[prost(enumeration = "OutcomeStatus", tag = "3")]
+    pub status: i32,
+    /// The action's result on the node, when it answered.
+    #[prost(message, optional, tag = "4")]
+    pub result: ::core::option::Option<ActionResult>,
+    /// Why not started, why unknown, or the error.
+    #[prost(string, tag = "5")]
+    pub message: ::prost::alloc::string::String,
+}
+/// Which job.
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct GetActionJobRequest {
+    /// Its id.
+    #[prost(string, tag = "1")]
+    pub job_id: ::prost::alloc::string::String,
+}
+/// The job.
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct GetActionJobResponse {
+    /// Its state.
+    #[prost(message, optional, tag = "1")]
+    pub job: ::core::option::Option<ActionJob>,
+}
+/// Which job to follow.
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct WatchActionJobRequest {
+    /// Its id.
+    #[prost(string, tag = "1")]
+    pub job_id: ::prost::alloc::string::String,
+}
+/// The job's state after a change.
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct WatchActionJobResponse {
+    /// Its state.
+    #[prost(message, optional, tag = "1")]
+    pub job: ::core::option::Option<ActionJob>,
+}
+/// A transaction: one part per participant.
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct ExecuteTransactionRequest {
+    /// What each participant does.
+    #[prost(message, repeated, tag = "1")]
+    pub parts: ::prost::alloc::vec::Vec<TransactionPart>,
+    /// Deadline for every vote, in milliseconds (default 10000): a participant that has not voted
+    /// yes by then makes the transaction abort.
+    #[prost(uint32, tag = "2")]
+    pub timeout_ms: u32,
+    /// As for ExecuteAction.
+    #[prost(string, tag = "3")]
+    pub idempotency_key: ::prost::alloc::string::String,
+}
+/// One participant's part of a transaction.
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct TransactionPart {
+    /// The node that runs a transactional action.
+    #[prost(string, tag = "1")]
+    pub node: ::prost::alloc::string::String,
+    /// The shard group that takes a document write (every replica applies it, as for
+    /// IngestDocuments); for a write, naming a node means its group.
+    #[prost(string, tag = "2")]
+    pub shard: ::prost::alloc::string::String,
+    /// What it does.
+    #[prost(message, optional, tag = "3")]
+    pub operation: ::core::option::Option<TransactionOperation>,
+}
+/// The transaction's outcome.
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct ExecuteTransactionResponse {
+    /// Its state once decided (and, unless a participant is unreachable, applied everywhere).
+    #[prost(message, optional, tag = "1")]
+    pub transaction: ::core::option::Option<TransactionStatus>,
+    /// True when this answers an idempotency key used before: nothing ran again.
+    #[prost(bool, tag = "2")]
+    pub replayed: bool,
+}
+/// A transaction's state.
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct TransactionStatus {
+    /// Identifier (32 hex digits).
+    #[prost(string, tag = "1")]
+    pub tx_id: ::prost::alloc::string::String,
+    /// Where it stands.
+    #[prost(enumeration = "TransactionPhase", tag = "2")]
+    pub phase: i32,
+    /// The logged decision, once there is one.
+    #[prost(enumeration = "TransactionDecision", tag = "3")]
+    pub decision: i32,
+    /// Every participant.
+    #[prost(message, repeated, tag = "4")]
+    pub participants: ::prost::alloc::vec::Vec<TransactionParticipant>,
+    /// When it started.
+    #[prost(uint64, tag = "5")]
+    pub started_unix_ms: u64,
+    /// The vote deadline.
+    #[prost(uint64, tag = "6")]
+    pub deadline_unix_ms: u64,
+    /// When the decision was logged (0 before).
+    #[prost(uint64, tag = "7")]
+    pub decided_unix_ms: u64,
+    /// Why it aborted, or what it waits for.
+    #[prost(string, tag = "8")]
+    pub message: ::prost::alloc::string::String,
+    /// Its trace, when traces are exported.
+    #[prost(string, tag = "9")]
+    pub trace_id: ::prost::alloc::string::String,
+}
+/// One participant of a transaction.
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct TransactionParticipant {
+    /// The node (an action part), or a replica of the shard group (a write part).
+    #[prost(string, tag = "1")]
+    pub node: ::prost::alloc::string::String,
+    /// The shard group of a write part.
+    #[prost(string, tag = "2")]
+    pub shard: ::prost::alloc::string::String,
+    /// Its vote so far.
+    #[prost(enumeration = "ParticipantVote", tag = "3")]
+    pub vote: i32,
+    /// It acknowledged the decision.
+    #[prost(bool, tag = "4")]
+    pub acknowledged: bool,
+    /// Its prepare step's result, when it ran one.
+    #[prost(message, optional, tag = "5")]
+    pub prepare_result: ::core::option::Option<ActionResult>,
+    /// Its commit or abort step's result, when it ran one.
+    #[prost(message, optional, tag = "6")]
+    pub decide_result: ::core::option::Option<ActionResult>,
+    /// Why no, or why it has not answered.
+    #[prost(string, tag = "7")]
+    pub message: ::prost::alloc::string::String,
+}
+/// Which transaction.
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct GetTransactionRequest {
+    /// Its id.
+    #[prost(string, tag = "1")]
+    pub tx_id: ::prost::alloc::string::String,
+}
+/// The transaction.
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct GetTransactionResponse {
+    /// Its state.
+    #[prost(message, optional, tag = "1")]
+    pub transaction: ::core::option::Option<TransactionStatus>,
+}
+/// Which transactions to list.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct ListTransactionsRequest {
+    /// Include those finished everywhere (default: only unfinished ones).
+    #[prost(bool, tag = "1")]
+    pub include_finished: bool,
+    /// At most this many (default 100).
+    #[prost(uint32, tag = "2")]
+    pub limit: u32,
+}
+/// Transactions, unfinished first, newest first within each.
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct ListTransactionsResponse {
+    /// Their states.
+    #[prost(message, repeated, tag = "1")]
+    pub transactions: ::prost::alloc::vec::Vec<TransactionStatus>,
+}
+/// Which audit records to read.
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct ActionHistoryRequest {
+    /// Only this node's.
+    #[prost(string, tag = "1")]
+    pub node: ::prost::alloc::string::String,
+    /// Only this action's.
+    #[prost(string, tag = "2")]
+    pub action: ::prost::alloc::string::String,
+    /// Only this caller's.
+    #[prost(string, tag = "3")]
+    pub subject: ::prost::alloc::string::String,
+    /// Only records at or after this time (Unix ms).
+    #[prost(uint64, tag = "4")]
+    pub since_unix_ms: u64,
+    /// Only records before this time (Unix ms; 0: no bound).
+    #[prost(uint64, tag = "5")]
+    pub until_unix_ms: u64,
+    /// Only records older than this sequence (paging: the previous page's next_before_sequence).
+    #[prost(uint64, tag = "6")]
+    pub before_sequence: u64,
+    /// At most this many (default 50, at most 1000).
+    #[prost(uint32, tag = "7")]
+    pub limit: u32,
+}
+/// Audit records, newest first.
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct ActionHistoryResponse {
+    /// The records.
+    #[prost(message, repeated, tag = "1")]
+    pub records: ::prost::alloc::vec::Vec<AuditRecord>,
+    /// Pass as before_sequence for the next page; 0 when there is none.
+    #[prost(uint64, tag = "2")]
+    pub next_before_sequence: u64,
+}
+/// One audited action call on one node.
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct AuditRecord {
+    /// Position in the log (increasing, never reused).
+    #[prost(uint64, tag = "1")]
+    pub sequence: u64,
+    /// When the call ended.
+    #[prost(uint64, tag = "2")]
+    pub time_unix_ms: u64,
+    /// Who called.
+    #[prost(string, tag = "3")]
+    pub subject: ::prost::alloc::string::String,
+    /// The caller's tenant.
+    #[prost(string, tag = "4")]
+    pub tenant: ::prost::alloc::string::String,
+    /// How it was called.
+    #[prost(enumeration = "AuditKind", tag = "5")]
+    pub kind: i32,
+    /// The job or transaction it belonged to.
+    #[prost(string, tag = "6")]
+    pub operation_id: ::prost::alloc::string::String,
+    /// The node.
+    #[prost(string, tag = "7")]
+    pub node: ::prost::alloc::string::String,
+    /// The action.
+    #[prost(string, tag = "8")]
+    pub action: ::prost::alloc::string::String,
+    /// Keyed digest of the arguments (secrets included, so equal calls have equal digests).
+    #[prost(string, tag = "9")]
+    pub arguments_digest: ::prost::alloc::string::String,
+    /// The arguments, secrets shown as "\*\*\*".
+    #[prost(map = "string, string", tag = "10")]
+    pub arguments: ::std::collections::HashMap<
+        ::prost::alloc::string::String,
+        ::prost::alloc::string::String,
+    >,
+    /// How it ended: ok, failed, timeout, error, unavailable, not_started, unknown.
+    #[prost(string, tag = "11")]
+    pub status: ::prost::alloc::string::String,
+    /// Why, when not ok.
+    #[prost(string, tag = "12")]
+    pub message: ::prost::alloc::string::String,
+    /// Time it took.
+    #[prost(uint32, tag = "13")]
+    pub duration_ms: u32,
+    /// Its trace, when traces are exported.
+    #[prost(string, tag = "14")]
+    pub trace_id: ::prost::alloc::string::String,
+}
 /// Which events to stream.
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
 pub struct WatchEventsRequest {
@@ -2790,6 +3860,166 @@ pub struct RemoveDocumentsResponse {
     /// Every replica of the group and what it did with the write.
     #[prost(message, repeated, tag = "5")]
     pub replicas: ::prost::alloc::vec::Vec<ReplicaWrite>,
+}
+/// Where a node stands in a job.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, ::prost::Enumeration)]
+#[repr(i32)]
+pub enum NodeActionState {
+    /// Not set.
+    Unspecified = 0,
+    /// Waiting for a slot.
+    Pending = 1,
+    /// Asked, no answer yet.
+    Running = 2,
+    /// Ended (see status and result).
+    Done = 3,
+    /// Not started, and never will be (see message: max-fail-percent exceeded, node down, ...).
+    NotStarted = 4,
+    /// Asked, but the master restarted before the answer: the action may or may not have run.
+    Unknown = 5,
+}
+impl NodeActionState {
+    /// String value of the enum field names used in the ProtoBuf definition.
+    ///
+    /// The values are not transformed in any way and thus are considered stable
+    /// (if the ProtoBuf definition does not change) and safe for programmatic use.
+    pub fn as_str_name(&self) -> &'static str {
+        match self {
+            Self::Unspecified => "NODE_ACTION_STATE_UNSPECIFIED",
+            Self::Pending => "NODE_ACTION_STATE_PENDING",
+            Self::Running => "NODE_ACTION_STATE_RUNNING",
+            Self::Done => "NODE_ACTION_STATE_DONE",
+            Self::NotStarted => "NODE_ACTION_STATE_NOT_STARTED",
+            Self::Unknown => "NODE_ACTION_STATE_UNKNOWN",
+        }
+    }
+    /// Creates an enum from field names used in the ProtoBuf definition.
+    pub fn from_str_name(value: &str) -> ::core::option::Option<Self> {
+        match value {
+            "NODE_ACTION_STATE_UNSPECIFIED" => Some(Self::Unspecified),
+            "NODE_ACTION_STATE_PENDING" => Some(Self::Pending),
+            "NODE_ACTION_STATE_RUNNING" => Some(Self::Running),
+            "NODE_ACTION_STATE_DONE" => Some(Self::Done),
+            "NODE_ACTION_STATE_NOT_STARTED" => Some(Self::NotStarted),
+            "NODE_ACTION_STATE_UNKNOWN" => Some(Self::Unknown),
+            _ => None,
+        }
+    }
+}
+/// Where a transaction stands.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, ::prost::Enumeration)]
+#[repr(i32)]
+pub enum TransactionPhase {
+    /// Not set.
+    Unspecified = 0,
+    /// Asking for votes.
+    Preparing = 1,
+    /// Commit logged; not every participant has acknowledged it yet.
+    Committing = 2,
+    /// Abort logged; not every participant has acknowledged it yet.
+    Aborting = 3,
+    /// Committed and acknowledged everywhere.
+    Committed = 4,
+    /// Aborted and acknowledged everywhere.
+    Aborted = 5,
+}
+impl TransactionPhase {
+    /// String value of the enum field names used in the ProtoBuf definition.
+    ///
+    /// The values are not transformed in any way and thus are considered stable
+    /// (if the ProtoBuf definition does not change) and safe for programmatic use.
+    pub fn as_str_name(&self) -> &'static str {
+        match self {
+            Self::Unspecified => "TRANSACTION_PHASE_UNSPECIFIED",
+            Self::Preparing => "TRANSACTION_PHASE_PREPARING",
+            Self::Committing => "TRANSACTION_PHASE_COMMITTING",
+            Self::Aborting => "TRANSACTION_PHASE_ABORTING",
+            Self::Committed => "TRANSACTION_PHASE_COMMITTED",
+            Self::Aborted => "TRANSACTION_PHASE_ABORTED",
+        }
+    }
+    /// Creates an enum from field names used in the ProtoBuf definition.
+    pub fn from_str_name(value: &str) -> ::core::option::Option<Self> {
+        match value {
+            "TRANSACTION_PHASE_UNSPECIFIED" => Some(Self::Unspecified),
+            "TRANSACTION_PHASE_PREPARING" => Some(Self::Preparing),
+            "TRANSACTION_PHASE_COMMITTING" => Some(Self::Committing),
+            "TRANSACTION_PHASE_ABORTING" => Some(Self::Aborting),
+            "TRANSACTION_PHASE_COMMITTED" => Some(Self::Committed),
+            "TRANSACTION_PHASE_ABORTED" => Some(Self::Aborted),
+            _ => None,
+        }
+    }
+}
+/// A participant's vote.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, ::prost::Enumeration)]
+#[repr(i32)]
+pub enum ParticipantVote {
+    /// No vote yet.
+    Unspecified = 0,
+    /// Prepared and persisted.
+    Yes = 1,
+    /// Refused (its prepare step failed, or it could not take part).
+    No = 2,
+}
+impl ParticipantVote {
+    /// String value of the enum field names used in the ProtoBuf definition.
+    ///
+    /// The values are not transformed in any way and thus are considered stable
+    /// (if the ProtoBuf definition does not change) and safe for programmatic use.
+    pub fn as_str_name(&self) -> &'static str {
+        match self {
+            Self::Unspecified => "PARTICIPANT_VOTE_UNSPECIFIED",
+            Self::Yes => "PARTICIPANT_VOTE_YES",
+            Self::No => "PARTICIPANT_VOTE_NO",
+        }
+    }
+    /// Creates an enum from field names used in the ProtoBuf definition.
+    pub fn from_str_name(value: &str) -> ::core::option::Option<Self> {
+        match value {
+            "PARTICIPANT_VOTE_UNSPECIFIED" => Some(Self::Unspecified),
+            "PARTICIPANT_VOTE_YES" => Some(Self::Yes),
+            "PARTICIPANT_VOTE_NO" => Some(Self::No),
+            _ => None,
+        }
+    }
+}
+/// How an audited call was made.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, ::prost::Enumeration)]
+#[repr(i32)]
+pub enum AuditKind {
+    /// Not set.
+    Unspecified = 0,
+    /// One node.
+    Single = 1,
+    /// Several nodes, each on its own.
+    Broadcast = 2,
+    /// Part of a transaction.
+    Transaction = 3,
+}
+impl AuditKind {
+    /// String value of the enum field names used in the ProtoBuf definition.
+    ///
+    /// The values are not transformed in any way and thus are considered stable
+    /// (if the ProtoBuf definition does not change) and safe for programmatic use.
+    pub fn as_str_name(&self) -> &'static str {
+        match self {
+            Self::Unspecified => "AUDIT_KIND_UNSPECIFIED",
+            Self::Single => "AUDIT_KIND_SINGLE",
+            Self::Broadcast => "AUDIT_KIND_BROADCAST",
+            Self::Transaction => "AUDIT_KIND_TRANSACTION",
+        }
+    }
+    /// Creates an enum from field names used in the ProtoBuf definition.
+    pub fn from_str_name(value: &str) -> ::core::option::Option<Self> {
+        match value {
+            "AUDIT_KIND_UNSPECIFIED" => Some(Self::Unspecified),
+            "AUDIT_KIND_SINGLE" => Some(Self::Single),
+            "AUDIT_KIND_BROADCAST" => Some(Self::Broadcast),
+            "AUDIT_KIND_TRANSACTION" => Some(Self::Transaction),
+            _ => None,
+        }
+    }
 }
 /// Kinds of events.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, ::prost::Enumeration)]
@@ -3358,6 +4588,211 @@ pub mod master_service_client {
                 .insert(GrpcMethod::new("ragmesh.v1.MasterService", "WatchEvents"));
             self.inner.server_streaming(req, path, codec).await
         }
+        /// The actions each node offers, with their argument schemas (actions capability).
+        pub async fn list_node_actions(
+            &mut self,
+            request: impl tonic::IntoRequest<super::ListNodeActionsRequest>,
+        ) -> std::result::Result<
+            tonic::Response<super::ListNodeActionsResponse>,
+            tonic::Status,
+        > {
+            self.inner
+                .ready()
+                .await
+                .map_err(|e| {
+                    tonic::Status::unknown(
+                        format!("Service was not ready: {}", e.into()),
+                    )
+                })?;
+            let codec = tonic_prost::ProstCodec::default();
+            let path = http::uri::PathAndQuery::from_static(
+                "/ragmesh.v1.MasterService/ListNodeActions",
+            );
+            let mut req = request.into_request();
+            req.extensions_mut()
+                .insert(GrpcMethod::new("ragmesh.v1.MasterService", "ListNodeActions"));
+            self.inner.unary(req, path, codec).await
+        }
+        /// Runs an action on one node, or on many as a broadcast job (in parallel batches, stopping
+        /// once too many failed). Every call is audited. With an idempotency key, a retry with the same
+        /// parameters returns the first result without running again.
+        pub async fn execute_action(
+            &mut self,
+            request: impl tonic::IntoRequest<super::ExecuteActionRequest>,
+        ) -> std::result::Result<
+            tonic::Response<super::ExecuteActionResponse>,
+            tonic::Status,
+        > {
+            self.inner
+                .ready()
+                .await
+                .map_err(|e| {
+                    tonic::Status::unknown(
+                        format!("Service was not ready: {}", e.into()),
+                    )
+                })?;
+            let codec = tonic_prost::ProstCodec::default();
+            let path = http::uri::PathAndQuery::from_static(
+                "/ragmesh.v1.MasterService/ExecuteAction",
+            );
+            let mut req = request.into_request();
+            req.extensions_mut()
+                .insert(GrpcMethod::new("ragmesh.v1.MasterService", "ExecuteAction"));
+            self.inner.unary(req, path, codec).await
+        }
+        /// A broadcast job's state.
+        pub async fn get_action_job(
+            &mut self,
+            request: impl tonic::IntoRequest<super::GetActionJobRequest>,
+        ) -> std::result::Result<
+            tonic::Response<super::GetActionJobResponse>,
+            tonic::Status,
+        > {
+            self.inner
+                .ready()
+                .await
+                .map_err(|e| {
+                    tonic::Status::unknown(
+                        format!("Service was not ready: {}", e.into()),
+                    )
+                })?;
+            let codec = tonic_prost::ProstCodec::default();
+            let path = http::uri::PathAndQuery::from_static(
+                "/ragmesh.v1.MasterService/GetActionJob",
+            );
+            let mut req = request.into_request();
+            req.extensions_mut()
+                .insert(GrpcMethod::new("ragmesh.v1.MasterService", "GetActionJob"));
+            self.inner.unary(req, path, codec).await
+        }
+        /// A broadcast job's state each time it changes, until it is finished.
+        pub async fn watch_action_job(
+            &mut self,
+            request: impl tonic::IntoRequest<super::WatchActionJobRequest>,
+        ) -> std::result::Result<
+            tonic::Response<tonic::codec::Streaming<super::WatchActionJobResponse>>,
+            tonic::Status,
+        > {
+            self.inner
+                .ready()
+                .await
+                .map_err(|e| {
+                    tonic::Status::unknown(
+                        format!("Service was not ready: {}", e.into()),
+                    )
+                })?;
+            let codec = tonic_prost::ProstCodec::default();
+            let path = http::uri::PathAndQuery::from_static(
+                "/ragmesh.v1.MasterService/WatchActionJob",
+            );
+            let mut req = request.into_request();
+            req.extensions_mut()
+                .insert(GrpcMethod::new("ragmesh.v1.MasterService", "WatchActionJob"));
+            self.inner.server_streaming(req, path, codec).await
+        }
+        /// Runs transactional actions or document writes on several nodes atomically: two-phase
+        /// commit, every decision logged durably before it is sent; all parts commit or none does.
+        pub async fn execute_transaction(
+            &mut self,
+            request: impl tonic::IntoRequest<super::ExecuteTransactionRequest>,
+        ) -> std::result::Result<
+            tonic::Response<super::ExecuteTransactionResponse>,
+            tonic::Status,
+        > {
+            self.inner
+                .ready()
+                .await
+                .map_err(|e| {
+                    tonic::Status::unknown(
+                        format!("Service was not ready: {}", e.into()),
+                    )
+                })?;
+            let codec = tonic_prost::ProstCodec::default();
+            let path = http::uri::PathAndQuery::from_static(
+                "/ragmesh.v1.MasterService/ExecuteTransaction",
+            );
+            let mut req = request.into_request();
+            req.extensions_mut()
+                .insert(
+                    GrpcMethod::new("ragmesh.v1.MasterService", "ExecuteTransaction"),
+                );
+            self.inner.unary(req, path, codec).await
+        }
+        /// A transaction's state.
+        pub async fn get_transaction(
+            &mut self,
+            request: impl tonic::IntoRequest<super::GetTransactionRequest>,
+        ) -> std::result::Result<
+            tonic::Response<super::GetTransactionResponse>,
+            tonic::Status,
+        > {
+            self.inner
+                .ready()
+                .await
+                .map_err(|e| {
+                    tonic::Status::unknown(
+                        format!("Service was not ready: {}", e.into()),
+                    )
+                })?;
+            let codec = tonic_prost::ProstCodec::default();
+            let path = http::uri::PathAndQuery::from_static(
+                "/ragmesh.v1.MasterService/GetTransaction",
+            );
+            let mut req = request.into_request();
+            req.extensions_mut()
+                .insert(GrpcMethod::new("ragmesh.v1.MasterService", "GetTransaction"));
+            self.inner.unary(req, path, codec).await
+        }
+        /// Transactions, unfinished ones first (in doubt, deciding, not yet acknowledged everywhere).
+        pub async fn list_transactions(
+            &mut self,
+            request: impl tonic::IntoRequest<super::ListTransactionsRequest>,
+        ) -> std::result::Result<
+            tonic::Response<super::ListTransactionsResponse>,
+            tonic::Status,
+        > {
+            self.inner
+                .ready()
+                .await
+                .map_err(|e| {
+                    tonic::Status::unknown(
+                        format!("Service was not ready: {}", e.into()),
+                    )
+                })?;
+            let codec = tonic_prost::ProstCodec::default();
+            let path = http::uri::PathAndQuery::from_static(
+                "/ragmesh.v1.MasterService/ListTransactions",
+            );
+            let mut req = request.into_request();
+            req.extensions_mut()
+                .insert(GrpcMethod::new("ragmesh.v1.MasterService", "ListTransactions"));
+            self.inner.unary(req, path, codec).await
+        }
+        /// The audit log of actions and transactions, newest first.
+        pub async fn action_history(
+            &mut self,
+            request: impl tonic::IntoRequest<super::ActionHistoryRequest>,
+        ) -> std::result::Result<
+            tonic::Response<super::ActionHistoryResponse>,
+            tonic::Status,
+        > {
+            self.inner
+                .ready()
+                .await
+                .map_err(|e| {
+                    tonic::Status::unknown(
+                        format!("Service was not ready: {}", e.into()),
+                    )
+                })?;
+            let codec = tonic_prost::ProstCodec::default();
+            let path = http::uri::PathAndQuery::from_static(
+                "/ragmesh.v1.MasterService/ActionHistory",
+            );
+            let mut req = request.into_request();
+            req.extensions_mut()
+                .insert(GrpcMethod::new("ragmesh.v1.MasterService", "ActionHistory"));
+            self.inner.unary(req, path, codec).await
+        }
     }
 }
 /// Generated server implementations.
@@ -3424,6 +4859,79 @@ pub mod master_service_server {
             request: tonic::Request<super::WatchEventsRequest>,
         ) -> std::result::Result<
             tonic::Response<Self::WatchEventsStream>,
+            tonic::Status,
+        >;
+        /// The actions each node offers, with their argument schemas (actions capability).
+        async fn list_node_actions(
+            &self,
+            request: tonic::Request<super::ListNodeActionsRequest>,
+        ) -> std::result::Result<
+            tonic::Response<super::ListNodeActionsResponse>,
+            tonic::Status,
+        >;
+        /// Runs an action on one node, or on many as a broadcast job (in parallel batches, stopping
+        /// once too many failed). Every call is audited. With an idempotency key, a retry with the same
+        /// parameters returns the first result without running again.
+        async fn execute_action(
+            &self,
+            request: tonic::Request<super::ExecuteActionRequest>,
+        ) -> std::result::Result<
+            tonic::Response<super::ExecuteActionResponse>,
+            tonic::Status,
+        >;
+        /// A broadcast job's state.
+        async fn get_action_job(
+            &self,
+            request: tonic::Request<super::GetActionJobRequest>,
+        ) -> std::result::Result<
+            tonic::Response<super::GetActionJobResponse>,
+            tonic::Status,
+        >;
+        /// Server streaming response type for the WatchActionJob method.
+        type WatchActionJobStream: tonic::codegen::tokio_stream::Stream<
+                Item = std::result::Result<super::WatchActionJobResponse, tonic::Status>,
+            >
+            + std::marker::Send
+            + 'static;
+        /// A broadcast job's state each time it changes, until it is finished.
+        async fn watch_action_job(
+            &self,
+            request: tonic::Request<super::WatchActionJobRequest>,
+        ) -> std::result::Result<
+            tonic::Response<Self::WatchActionJobStream>,
+            tonic::Status,
+        >;
+        /// Runs transactional actions or document writes on several nodes atomically: two-phase
+        /// commit, every decision logged durably before it is sent; all parts commit or none does.
+        async fn execute_transaction(
+            &self,
+            request: tonic::Request<super::ExecuteTransactionRequest>,
+        ) -> std::result::Result<
+            tonic::Response<super::ExecuteTransactionResponse>,
+            tonic::Status,
+        >;
+        /// A transaction's state.
+        async fn get_transaction(
+            &self,
+            request: tonic::Request<super::GetTransactionRequest>,
+        ) -> std::result::Result<
+            tonic::Response<super::GetTransactionResponse>,
+            tonic::Status,
+        >;
+        /// Transactions, unfinished ones first (in doubt, deciding, not yet acknowledged everywhere).
+        async fn list_transactions(
+            &self,
+            request: tonic::Request<super::ListTransactionsRequest>,
+        ) -> std::result::Result<
+            tonic::Response<super::ListTransactionsResponse>,
+            tonic::Status,
+        >;
+        /// The audit log of actions and transactions, newest first.
+        async fn action_history(
+            &self,
+            request: tonic::Request<super::ActionHistoryRequest>,
+        ) -> std::result::Result<
+            tonic::Response<super::ActionHistoryResponse>,
             tonic::Status,
         >;
     }
@@ -3773,6 +5281,371 @@ pub mod master_service_server {
                                 max_encoding_message_size,
                             );
                         let res = grpc.server_streaming(method, req).await;
+                        Ok(res)
+                    };
+                    Box::pin(fut)
+                }
+                "/ragmesh.v1.MasterService/ListNodeActions" => {
+                    #[allow(non_camel_case_types)]
+                    struct ListNodeActionsSvc<T: MasterService>(pub Arc<T>);
+                    impl<
+                        T: MasterService,
+                    > tonic::server::UnaryService<super::ListNodeActionsRequest>
+                    for ListNodeActionsSvc<T> {
+                        type Response = super::ListNodeActionsResponse;
+                        type Future = BoxFuture<
+                            tonic::Response<Self::Response>,
+                            tonic::Status,
+                        >;
+                        fn call(
+                            &mut self,
+                            request: tonic::Request<super::ListNodeActionsRequest>,
+                        ) -> Self::Future {
+                            let inner = Arc::clone(&self.0);
+                            let fut = async move {
+                                <T as MasterService>::list_node_actions(&inner, request)
+                                    .await
+                            };
+                            Box::pin(fut)
+                        }
+                    }
+                    let accept_compression_encodings = self.accept_compression_encodings;
+                    let send_compression_encodings = self.send_compression_encodings;
+                    let max_decoding_message_size = self.max_decoding_message_size;
+                    let max_encoding_message_size = self.max_encoding_message_size;
+                    let inner = self.inner.clone();
+                    let fut = async move {
+                        let method = ListNodeActionsSvc(inner);
+                        let codec = tonic_prost::ProstCodec::default();
+                        let mut grpc = tonic::server::Grpc::new(codec)
+                            .apply_compression_config(
+                                accept_compression_encodings,
+                                send_compression_encodings,
+                            )
+                            .apply_max_message_size_config(
+                                max_decoding_message_size,
+                                max_encoding_message_size,
+                            );
+                        let res = grpc.unary(method, req).await;
+                        Ok(res)
+                    };
+                    Box::pin(fut)
+                }
+                "/ragmesh.v1.MasterService/ExecuteAction" => {
+                    #[allow(non_camel_case_types)]
+                    struct ExecuteActionSvc<T: MasterService>(pub Arc<T>);
+                    impl<
+                        T: MasterService,
+                    > tonic::server::UnaryService<super::ExecuteActionRequest>
+                    for ExecuteActionSvc<T> {
+                        type Response = super::ExecuteActionResponse;
+                        type Future = BoxFuture<
+                            tonic::Response<Self::Response>,
+                            tonic::Status,
+                        >;
+                        fn call(
+                            &mut self,
+                            request: tonic::Request<super::ExecuteActionRequest>,
+                        ) -> Self::Future {
+                            let inner = Arc::clone(&self.0);
+                            let fut = async move {
+                                <T as MasterService>::execute_action(&inner, request).await
+                            };
+                            Box::pin(fut)
+                        }
+                    }
+                    let accept_compression_encodings = self.accept_compression_encodings;
+                    let send_compression_encodings = self.send_compression_encodings;
+                    let max_decoding_message_size = self.max_decoding_message_size;
+                    let max_encoding_message_size = self.max_encoding_message_size;
+                    let inner = self.inner.clone();
+                    let fut = async move {
+                        let method = ExecuteActionSvc(inner);
+                        let codec = tonic_prost::ProstCodec::default();
+                        let mut grpc = tonic::server::Grpc::new(codec)
+                            .apply_compression_config(
+                                accept_compression_encodings,
+                                send_compression_encodings,
+                            )
+                            .apply_max_message_size_config(
+                                max_decoding_message_size,
+                                max_encoding_message_size,
+                            );
+                        let res = grpc.unary(method, req).await;
+                        Ok(res)
+                    };
+                    Box::pin(fut)
+                }
+                "/ragmesh.v1.MasterService/GetActionJob" => {
+                    #[allow(non_camel_case_types)]
+                    struct GetActionJobSvc<T: MasterService>(pub Arc<T>);
+                    impl<
+                        T: MasterService,
+                    > tonic::server::UnaryService<super::GetActionJobRequest>
+                    for GetActionJobSvc<T> {
+                        type Response = super::GetActionJobResponse;
+                        type Future = BoxFuture<
+                            tonic::Response<Self::Response>,
+                            tonic::Status,
+                        >;
+                        fn call(
+                            &mut self,
+                            request: tonic::Request<super::GetActionJobRequest>,
+                        ) -> Self::Future {
+                            let inner = Arc::clone(&self.0);
+                            let fut = async move {
+                                <T as MasterService>::get_action_job(&inner, request).await
+                            };
+                            Box::pin(fut)
+                        }
+                    }
+                    let accept_compression_encodings = self.accept_compression_encodings;
+                    let send_compression_encodings = self.send_compression_encodings;
+                    let max_decoding_message_size = self.max_decoding_message_size;
+                    let max_encoding_message_size = self.max_encoding_message_size;
+                    let inner = self.inner.clone();
+                    let fut = async move {
+                        let method = GetActionJobSvc(inner);
+                        let codec = tonic_prost::ProstCodec::default();
+                        let mut grpc = tonic::server::Grpc::new(codec)
+                            .apply_compression_config(
+                                accept_compression_encodings,
+                                send_compression_encodings,
+                            )
+                            .apply_max_message_size_config(
+                                max_decoding_message_size,
+                                max_encoding_message_size,
+                            );
+                        let res = grpc.unary(method, req).await;
+                        Ok(res)
+                    };
+                    Box::pin(fut)
+                }
+                "/ragmesh.v1.MasterService/WatchActionJob" => {
+                    #[allow(non_camel_case_types)]
+                    struct WatchActionJobSvc<T: MasterService>(pub Arc<T>);
+                    impl<
+                        T: MasterService,
+                    > tonic::server::ServerStreamingService<super::WatchActionJobRequest>
+                    for WatchActionJobSvc<T> {
+                        type Response = super::WatchActionJobResponse;
+                        type ResponseStream = T::WatchActionJobStream;
+                        type Future = BoxFuture<
+                            tonic::Response<Self::ResponseStream>,
+                            tonic::Status,
+                        >;
+                        fn call(
+                            &mut self,
+                            request: tonic::Request<super::WatchActionJobRequest>,
+                        ) -> Self::Future {
+                            let inner = Arc::clone(&self.0);
+                            let fut = async move {
+                                <T as MasterService>::watch_action_job(&inner, request)
+                                    .await
+                            };
+                            Box::pin(fut)
+                        }
+                    }
+                    let accept_compression_encodings = self.accept_compression_encodings;
+                    let send_compression_encodings = self.send_compression_encodings;
+                    let max_decoding_message_size = self.max_decoding_message_size;
+                    let max_encoding_message_size = self.max_encoding_message_size;
+                    let inner = self.inner.clone();
+                    let fut = async move {
+                        let method = WatchActionJobSvc(inner);
+                        let codec = tonic_prost::ProstCodec::default();
+                        let mut grpc = tonic::server::Grpc::new(codec)
+                            .apply_compression_config(
+                                accept_compression_encodings,
+                                send_compression_encodings,
+                            )
+                            .apply_max_message_size_config(
+                                max_decoding_message_size,
+                                max_encoding_message_size,
+                            );
+                        let res = grpc.server_streaming(method, req).await;
+                        Ok(res)
+                    };
+                    Box::pin(fut)
+                }
+                "/ragmesh.v1.MasterService/ExecuteTransaction" => {
+                    #[allow(non_camel_case_types)]
+                    struct ExecuteTransactionSvc<T: MasterService>(pub Arc<T>);
+                    impl<
+                        T: MasterService,
+                    > tonic::server::UnaryService<super::ExecuteTransactionRequest>
+                    for ExecuteTransactionSvc<T> {
+                        type Response = super::ExecuteTransactionResponse;
+                        type Future = BoxFuture<
+                            tonic::Response<Self::Response>,
+                            tonic::Status,
+                        >;
+                        fn call(
+                            &mut self,
+                            request: tonic::Request<super::ExecuteTransactionRequest>,
+                        ) -> Self::Future {
+                            let inner = Arc::clone(&self.0);
+                            let fut = async move {
+                                <T as MasterService>::execute_transaction(&inner, request)
+                                    .await
+                            };
+                            Box::pin(fut)
+                        }
+                    }
+                    let accept_compression_encodings = self.accept_compression_encodings;
+                    let send_compression_encodings = self.send_compression_encodings;
+                    let max_decoding_message_size = self.max_decoding_message_size;
+                    let max_encoding_message_size = self.max_encoding_message_size;
+                    let inner = self.inner.clone();
+                    let fut = async move {
+                        let method = ExecuteTransactionSvc(inner);
+                        let codec = tonic_prost::ProstCodec::default();
+                        let mut grpc = tonic::server::Grpc::new(codec)
+                            .apply_compression_config(
+                                accept_compression_encodings,
+                                send_compression_encodings,
+                            )
+                            .apply_max_message_size_config(
+                                max_decoding_message_size,
+                                max_encoding_message_size,
+                            );
+                        let res = grpc.unary(method, req).await;
+                        Ok(res)
+                    };
+                    Box::pin(fut)
+                }
+                "/ragmesh.v1.MasterService/GetTransaction" => {
+                    #[allow(non_camel_case_types)]
+                    struct GetTransactionSvc<T: MasterService>(pub Arc<T>);
+                    impl<
+                        T: MasterService,
+                    > tonic::server::UnaryService<super::GetTransactionRequest>
+                    for GetTransactionSvc<T> {
+                        type Response = super::GetTransactionResponse;
+                        type Future = BoxFuture<
+                            tonic::Response<Self::Response>,
+                            tonic::Status,
+                        >;
+                        fn call(
+                            &mut self,
+                            request: tonic::Request<super::GetTransactionRequest>,
+                        ) -> Self::Future {
+                            let inner = Arc::clone(&self.0);
+                            let fut = async move {
+                                <T as MasterService>::get_transaction(&inner, request).await
+                            };
+                            Box::pin(fut)
+                        }
+                    }
+                    let accept_compression_encodings = self.accept_compression_encodings;
+                    let send_compression_encodings = self.send_compression_encodings;
+                    let max_decoding_message_size = self.max_decoding_message_size;
+                    let max_encoding_message_size = self.max_encoding_message_size;
+                    let inner = self.inner.clone();
+                    let fut = async move {
+                        let method = GetTransactionSvc(inner);
+                        let codec = tonic_prost::ProstCodec::default();
+                        let mut grpc = tonic::server::Grpc::new(codec)
+                            .apply_compression_config(
+                                accept_compression_encodings,
+                                send_compression_encodings,
+                            )
+                            .apply_max_message_size_config(
+                                max_decoding_message_size,
+                                max_encoding_message_size,
+                            );
+                        let res = grpc.unary(method, req).await;
+                        Ok(res)
+                    };
+                    Box::pin(fut)
+                }
+                "/ragmesh.v1.MasterService/ListTransactions" => {
+                    #[allow(non_camel_case_types)]
+                    struct ListTransactionsSvc<T: MasterService>(pub Arc<T>);
+                    impl<
+                        T: MasterService,
+                    > tonic::server::UnaryService<super::ListTransactionsRequest>
+                    for ListTransactionsSvc<T> {
+                        type Response = super::ListTransactionsResponse;
+                        type Future = BoxFuture<
+                            tonic::Response<Self::Response>,
+                            tonic::Status,
+                        >;
+                        fn call(
+                            &mut self,
+                            request: tonic::Request<super::ListTransactionsRequest>,
+                        ) -> Self::Future {
+                            let inner = Arc::clone(&self.0);
+                            let fut = async move {
+                                <T as MasterService>::list_transactions(&inner, request)
+                                    .await
+                            };
+                            Box::pin(fut)
+                        }
+                    }
+                    let accept_compression_encodings = self.accept_compression_encodings;
+                    let send_compression_encodings = self.send_compression_encodings;
+                    let max_decoding_message_size = self.max_decoding_message_size;
+                    let max_encoding_message_size = self.max_encoding_message_size;
+                    let inner = self.inner.clone();
+                    let fut = async move {
+                        let method = ListTransactionsSvc(inner);
+                        let codec = tonic_prost::ProstCodec::default();
+                        let mut grpc = tonic::server::Grpc::new(codec)
+                            .apply_compression_config(
+                                accept_compression_encodings,
+                                send_compression_encodings,
+                            )
+                            .apply_max_message_size_config(
+                                max_decoding_message_size,
+                                max_encoding_message_size,
+                            );
+                        let res = grpc.unary(method, req).await;
+                        Ok(res)
+                    };
+                    Box::pin(fut)
+                }
+                "/ragmesh.v1.MasterService/ActionHistory" => {
+                    #[allow(non_camel_case_types)]
+                    struct ActionHistorySvc<T: MasterService>(pub Arc<T>);
+                    impl<
+                        T: MasterService,
+                    > tonic::server::UnaryService<super::ActionHistoryRequest>
+                    for ActionHistorySvc<T> {
+                        type Response = super::ActionHistoryResponse;
+                        type Future = BoxFuture<
+                            tonic::Response<Self::Response>,
+                            tonic::Status,
+                        >;
+                        fn call(
+                            &mut self,
+                            request: tonic::Request<super::ActionHistoryRequest>,
+                        ) -> Self::Future {
+                            let inner = Arc::clone(&self.0);
+                            let fut = async move {
+                                <T as MasterService>::action_history(&inner, request).await
+                            };
+                            Box::pin(fut)
+                        }
+                    }
+                    let accept_compression_encodings = self.accept_compression_encodings;
+                    let send_compression_encodings = self.send_compression_encodings;
+                    let max_decoding_message_size = self.max_decoding_message_size;
+                    let max_encoding_message_size = self.max_encoding_message_size;
+                    let inner = self.inner.clone();
+                    let fut = async move {
+                        let method = ActionHistorySvc(inner);
+                        let codec = tonic_prost::ProstCodec::default();
+                        let mut grpc = tonic::server::Grpc::new(codec)
+                            .apply_compression_config(
+                                accept_compression_encodings,
+                                send_compression_encodings,
+                            )
+                            .apply_max_message_size_config(
+                                max_decoding_message_size,
+                                max_encoding_message_size,
+                            );
+                        let res = grpc.unary(method, req).await;
                         Ok(res)
                     };
                     Box::pin(fut)
