@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 
 use hmac::{KeyInit as _, Mac as _};
 
-use crate::schema::{ArgValue, ValidArgs};
+use crate::schema::{ArgSpec, ArgValue, ValidArgs};
 use crate::spec::ActionSpec;
 
 /// What a secret (or an undeclared argument's) value is shown as.
@@ -18,9 +18,14 @@ const DIGEST_DOMAIN: &[u8] = b"ragmesh-actions/args-digest/v1";
 /// A call's raw arguments safe to log: values of secret arguments, and of arguments the action
 /// does not declare (a misspelt secret must not leak either), become [`REDACTED`].
 pub fn redacted(spec: &ActionSpec, args: &BTreeMap<String, String>) -> BTreeMap<String, String> {
+    redacted_args(&spec.args, args)
+}
+
+/// [`redacted`] against the argument schema `schema` alone.
+pub fn redacted_args(schema: &[ArgSpec], args: &BTreeMap<String, String>) -> BTreeMap<String, String> {
     let mut shown = BTreeMap::new();
     for (name, value) in args {
-        let visible = spec.arg(name).is_some_and(|arg| !arg.secret);
+        let visible = schema.iter().any(|arg| arg.name == *name && !arg.secret);
         let text = if visible { value.clone() } else { REDACTED.to_owned() };
         shown.insert(name.clone(), text);
     }

@@ -6,8 +6,9 @@
 //! - [`mod@digest`]: [`redacted`] arguments for logs and the keyed [`digest()`] for idempotency
 //!   and audit.
 //! - [`run`]: the exec and http runners ([`run_step`], [`run_single`]).
+//! - [`wire`]: descriptors and results as the protobuf messages of the actions RPCs.
 //!
-//! No gRPC here: plain types both the master (validation, redaction, digests) and the agent
+//! Plain types (and their wire form) both the master (validation, redaction, digests) and the agent
 //! (validation again, running) use.
 #![forbid(unsafe_code)]
 
@@ -15,10 +16,11 @@ pub mod digest;
 pub mod run;
 pub mod schema;
 pub mod spec;
+pub mod wire;
 
-pub use digest::{REDACTED, digest, redacted};
+pub use digest::{REDACTED, digest, redacted, redacted_args};
 pub use run::{ActionOutcome, Captured, RunLimits, StepOutcome, StepStatus, run_single, run_step};
-pub use schema::{ArgKind, ArgProblem, ArgProblemKind, ArgSpec, ArgValue, Bound, ValidArgs, validate};
+pub use schema::{ArgKind, ArgProblem, ArgProblemKind, ArgSpec, ArgValue, Bound, ValidArgs, validate, validate_args};
 pub use spec::{
     ActionSpec, ArgvItem, ExecStep, HttpBody, HttpStep, Step, StepRole, Steps, validate_spec, validate_specs,
 };

@@ -491,6 +491,16 @@ impl fmt::Display for ArgProblem {
 
 /// Validates a call's arguments against the action's schema: all problems at once.
 pub fn validate(spec: &ActionSpec, args: &BTreeMap<String, String>) -> Result<ValidArgs, Vec<ArgProblem>> {
+    validate_args(&spec.name, &spec.args, args)
+}
+
+/// [`validate`] against the argument schema `schema` of action `action` alone (the master
+/// knows an action's schema from the node's descriptor, not its steps).
+pub fn validate_args(
+    action: &str,
+    schema: &[ArgSpec],
+    args: &BTreeMap<String, String>,
+) -> Result<ValidArgs, Vec<ArgProblem>> {
     let total: usize = args.iter().map(|(name, value)| name.len() + value.len()).sum();
     if args.len() > MAX_CALL_ARGS || total > MAX_TOTAL_BYTES {
         return Err(vec![ArgProblem {
@@ -506,18 +516,18 @@ pub fn validate(spec: &ActionSpec, args: &BTreeMap<String, String>) -> Result<Va
     let mut valid = ValidArgs::default();
     // The value of an unknown argument is never looked at: it might be a misspelt secret.
     for name in args.keys() {
-        if spec.arg(name).is_none() {
-            let declared: Vec<&str> = spec.args.iter().map(|arg| arg.name.as_str()).collect();
+        if !schema.iter().any(|arg| arg.name == *name) {
+            let declared: Vec<&str> = schema.iter().map(|arg| arg.name.as_str()).collect();
             let declared = if declared.is_empty() { "none".to_owned() } else { declared.join(", ") };
             let shown: String = name.chars().take(ECHO_CHARS).collect();
             problems.push(ArgProblem {
                 argument: shown,
                 kind: ArgProblemKind::Unknown,
-                message: format!("action {:?} declares no such argument; it takes: {declared}", spec.name),
+                message: format!("action {:?} declares no such argument; it takes: {declared}", action),
             });
         }
     }
-    for arg in &spec.args {
+    for arg in schema {
         if arg.secret {
             valid.secrets.insert(arg.name.clone());
         }
