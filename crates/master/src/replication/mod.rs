@@ -329,7 +329,12 @@ impl Replication {
         }
         self.publish(&group);
         self.waker(&group).send_replace(seq);
-        self.reconcile(&self.shared.registry.subscribe().borrow().clone());
+        // Bound first: a `borrow()` temporary in the call's argument would hold the membership
+        // watch's read lock through `reconcile`, which takes the registry's lock, while a
+        // follower holding the registry's lock waits to publish on that watch (a deadlock seen
+        // under load in replication::a_replica_killed_during_a_stream_of_acknowledged_writes_...).
+        let membership = self.shared.registry.subscribe().borrow().clone();
+        self.reconcile(&membership);
 
         let quorum = self.shared.config.write_quorum;
         let mut membership = self.shared.registry.subscribe();
