@@ -61,6 +61,33 @@ pub async fn run(master: &Master, command: &ActionCommand, timeout_ms: Option<u3
     }
 }
 
+/// Checks what can be checked without the master (ids, `--arg`, `--since`, the shape of a
+/// transaction, idempotency keys), so a wrong command line exits 64 before connecting.
+pub fn precheck(command: &ActionCommand) -> anyhow::Result<()> {
+    match command {
+        ActionCommand::Run(args) => {
+            let key = args.idempotency_key.clone().unwrap_or_else(fresh_key);
+            run_request(args, &key).map(|_| ())
+        }
+        ActionCommand::Status(args) => operation_id(&args.id).map(|_| ()).map_err(usage),
+        ActionCommand::Watch(args) => match operation_id(&args.job).map_err(usage)? {
+            OperationId::Job(_) => Ok(()),
+            OperationId::Tx(_) => Err(usage(format!(
+                "{} is a transaction: `ragmeshctl action status {}` shows it (watch follows jobs, job-N)",
+                args.job, args.job
+            ))),
+        },
+        ActionCommand::Tx(args) => {
+            if let Some(problem) = args.idempotency_key.as_deref().and_then(key_problem) {
+                return Err(usage(problem));
+            }
+            tx_plan(args).map(|_| ())
+        }
+        ActionCommand::History(args) => history_request(args, SystemTime::now()).map(|_| ()).map_err(usage),
+        ActionCommand::List(_) | ActionCommand::Transactions(_) => Ok(()),
+    }
+}
+
 // ---------------------------------------------------------------------------------------------
 // The async shells.
 
@@ -89,7 +116,7 @@ async fn run_action(master: &Master, args: &ActionRunArgs, timeout_ms: Option<u3
     let response = master
         .execute_action(request, deadline)
         .await
-        .map_err(|s| with_retry_hint(refusal(master, "run action", &s), &key))?;
+        .map_err(|s| with_retry_hint(refusal(master, "run action", &s), &s, &key))?;
     let job = response
         .job
         .ok_or_else(|| anyhow::anyhow!("run action: the master answered without a job: upgrade the master"))?;
@@ -211,7 +238,7 @@ async fn transaction(master: &Master, args: &ActionTxArgs, timeout_ms: Option<u3
     let response = master
         .execute_transaction(request, deadline)
         .await
-        .map_err(|s| with_retry_hint(refusal(master, "run transaction", &s), &key))?;
+        .map_err(|s| with_retry_hint(refusal(master, "run transaction", &s), &s, &key))?;
     let tx = response.transaction.ok_or_else(|| {
         anyhow::anyhow!("run transaction: the master answered without a transaction: upgrade the master")
     })?;
@@ -272,15 +299,30 @@ pub fn is_refused_request(status: &Status) -> bool {
         && matches!(ErrorKind::of(status), ErrorKind::InvalidArgument | ErrorKind::NotFound | ErrorKind::AlreadyExists)
 }
 
-/// After a failure that may have happened after the master started the call (deadline, lost
-/// connection), says how to get its result without running it again.
-fn with_retry_hint(err: anyhow::Error, key: &str) -> anyhow::Error {
-    if crate::error::exit_code(&err) == crate::error::EXIT_USAGE {
+/// After a failure that leaves open whether the master started the call (deadline, lost
+/// connection, an unknown fault), says how to get its result without running it again.
+fn with_retry_hint(err: anyhow::Error, status: &Status, key: &str) -> anyhow::Error {
+    if !may_have_run(status) {
         return err;
     }
     anyhow::anyhow!(
         "{err:#}; the call may have run: retry with --idempotency-key {key} to get its result without running it again"
     )
+}
+
+/// Whether a failed call may still have run on the nodes: the answer was lost or late, not a
+/// refusal.
+pub fn may_have_run(status: &Status) -> bool {
+    use std::error::Error as _;
+    status.source().is_some()
+        || matches!(
+            ErrorKind::of(status),
+            ErrorKind::DeadlineExceeded
+                | ErrorKind::Unavailable
+                | ErrorKind::Cancelled
+                | ErrorKind::Internal
+                | ErrorKind::Unknown
+        )
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1611,6 +1653,8 @@ mod tests {
         assert!(!is_refused_request(&Status::permission_denied("token lacks capability actions")));
         assert!(!is_refused_request(&Status::unavailable("master starting")));
         assert!(!is_refused_request(&Status::deadline_exceeded("late")));
+        assert!(may_have_run(&Status::deadline_exceeded("late")) && may_have_run(&Status::unavailable("reset")));
+        assert!(!may_have_run(&Status::permission_denied("no")) && !may_have_run(&Status::invalid_argument("bad")));
     }
 
     #[test]

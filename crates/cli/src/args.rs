@@ -185,7 +185,9 @@ pub enum ActionCommand {
     #[command(after_help = "Examples:\n  \
         ragmeshctl action run index.compact --node agent-1\n  \
         ragmeshctl action run clear-cache --all --arg scope=pages --max-fail-percent 20\n  \
-        ragmeshctl action run node.set_labels --label rack=r4 --arg labels=zone=eu --detach")]
+        ragmeshctl action run node.set_labels --label rack=r4 --arg labels=zone=eu --detach\n\n\
+        Exit status: 0 ok on every node, 2 not ok on some node, 3 not finished (--detach: 0 once \
+        started), 1 runtime failure, 64 usage (see `ragmeshctl action --help`).")]
     Run(ActionRunArgs),
     /// Show a job (job-N) or a transaction (32 hex digits)
     Status(ActionStatusArgs),
@@ -197,7 +199,8 @@ pub enum ActionCommand {
         ragmeshctl action tx rotate-config --node agent-1 --node agent-2 --arg version=7\n  \
         ragmeshctl action tx --ingest a.jsonl --shard shard-1 --ingest b.jsonl --shard shard-2\n\n\
         --timeout-ms is the vote deadline sent to the master (default 10000); the RPC waits a \
-        little longer.")]
+        little longer.\n\nExit status: 0 committed, 2 aborted, 3 not decided yet, 1 runtime failure, \
+        64 usage (see `ragmeshctl action --help`).")]
     Tx(ActionTxArgs),
     /// List transactions, unfinished ones first (--all: finished ones too)
     Transactions(ActionTransactionsArgs),

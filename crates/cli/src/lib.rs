@@ -67,6 +67,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             top::run(&master, args).await
         }
         Command::Action(command) => {
+            action::precheck(command)?;
             let master = connect(global).await?;
             action::run(&master, command, global.timeout_ms).await
         }
