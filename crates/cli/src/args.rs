@@ -23,7 +23,8 @@ pub const DEFAULT_MASTER: &str = "127.0.0.1:7400";
         and the master acts for the token's subject and tenant instead of the certificate; get \
         tokens with `ragmeshctl token issue`. To see a whole mesh on this machine, run \
         `ragmeshctl demo`.",
-    after_help = "Exit status: 0 success, 1 runtime failure, 64 usage or configuration error."
+    after_help = "Exit status: 0 success, 1 runtime failure, 2 an action did not succeed on every node (or a \
+        transaction aborted), 3 a job or transaction not finished yet, 64 usage or configuration error."
 )]
 pub struct Cli {
     /// How to reach the master.
@@ -59,8 +60,9 @@ pub struct GlobalArgs {
     /// Talk plaintext to a master started with --insecure (no TLS, no client certificate)
     #[arg(long, global = true, env = "RAGMESH_INSECURE")]
     pub insecure: bool,
-    /// RPC deadline [default: 10000; ingest: 70000 per batch]; for search, the search deadline
-    /// sent to the master [default: the master's own], with the gRPC deadline slightly above
+    /// RPC deadline [default: 10000; ingest: 70000 per batch; action run: 600000]; for search
+    /// and action tx, the search or vote deadline sent to the master [default: the master's
+    /// own], with the gRPC deadline slightly above
     #[arg(
         long,
         global = true,
@@ -152,6 +154,268 @@ pub enum Command {
     /// /metrics (--metrics, its --metrics-listen address), read one --interval apart. Redraws in
     /// place on a terminal; prints plain tables otherwise; --once prints one view and exits.
     Top(TopArgs),
+    /// Remote actions: list what nodes offer, run one on some or all nodes, transactions
+    /// across nodes, jobs, and the audit log
+    ///
+    /// Calls need the `actions` capability (or the one the action declares) on --token, or an
+    /// operator certificate.
+    #[command(subcommand, after_help = ACTION_EXIT_HELP)]
+    Action(ActionCommand),
+}
+
+/// The exit statuses of `ragmeshctl action ...`, shown by its help.
+pub const ACTION_EXIT_HELP: &str = "Exit status:\n  \
+    0   every selected node ran the action ok (tx: committed; list, history: answered)\n  \
+    1   runtime failure: master unreachable, call refused for lack of permission\n  \
+    2   the call was accepted but some node failed, timed out, errored, was not started or is\n      \
+    unknown (tx: aborted)\n  \
+    3   not finished yet: a running job, an undecided transaction (see `action status`)\n  \
+    64  usage: bad flags, arguments the action's schema refuses, unknown node, job or key reuse";
+
+/// `ragmeshctl action ...`
+#[derive(Debug, Subcommand)]
+pub enum ActionCommand {
+    /// Show the actions each node offers, with their argument schemas
+    List(ActionListArgs),
+    /// Run an action on the selected nodes and show every node's outcome
+    ///
+    /// A fresh idempotency key is sent unless --idempotency-key is given; it is printed (on
+    /// stderr, before the call), so the same command retried with `--idempotency-key KEY` after a
+    /// network error returns the first result instead of running the action again.
+    #[command(after_help = "Examples:\n  \
+        ragmeshctl action run index.compact --node agent-1\n  \
+        ragmeshctl action run clear-cache --all --arg scope=pages --max-fail-percent 20\n  \
+        ragmeshctl action run node.set_labels --label rack=r4 --arg labels=zone=eu --detach\n\n\
+        Exit status: 0 ok on every node, 2 not ok on some node, 3 not finished (--detach: 0 once \
+        started), 1 runtime failure, 64 usage (see `ragmeshctl action --help`).")]
+    Run(ActionRunArgs),
+    /// Show a job (job-N) or a transaction (32 hex digits)
+    Status(ActionStatusArgs),
+    /// Follow a job until it finishes (redrawn on a terminal, one line per change otherwise)
+    Watch(ActionWatchArgs),
+    /// Run a transaction: one transactional action on several nodes, or a document write
+    /// across shard groups; all parts commit or none does
+    #[command(after_help = "Examples:\n  \
+        ragmeshctl action tx rotate-config --node agent-1 --node agent-2 --arg version=7\n  \
+        ragmeshctl action tx --ingest a.jsonl --shard shard-1 --ingest b.jsonl --shard shard-2\n\n\
+        --timeout-ms is the vote deadline sent to the master (default 10000); the RPC waits a \
+        little longer.\n\nExit status: 0 committed, 2 aborted, 3 not decided yet, 1 runtime failure, \
+        64 usage (see `ragmeshctl action --help`).")]
+    Tx(ActionTxArgs),
+    /// List transactions, unfinished ones first (--all: finished ones too)
+    Transactions(ActionTransactionsArgs),
+    /// Read the audit log of actions, newest first
+    History(ActionHistoryArgs),
+}
+
+/// `ragmeshctl action list`
+#[derive(Debug, Args)]
+pub struct ActionListArgs {
+    /// Only this node (repeatable) [default: every node that is up]
+    #[arg(long = "node", value_name = "N")]
+    pub nodes: Vec<String>,
+    /// Print a JSON array instead of text
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// One `--arg NAME=VALUE`. The value may be a secret of the action's schema, so `Debug`
+/// never shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CallArg {
+    /// Argument name.
+    pub name: String,
+    /// Its value (split at the first `=`, so it may hold `=` itself).
+    pub value: Secret,
+}
+
+/// Parses `--arg NAME=VALUE` without ever echoing the value in an error.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct CallArgParser;
+
+impl clap::builder::TypedValueParser for CallArgParser {
+    type Value = CallArg;
+
+    fn parse_ref(
+        &self,
+        cmd: &clap::Command,
+        _arg: Option<&clap::Arg>,
+        value: &std::ffi::OsStr,
+    ) -> Result<CallArg, clap::Error> {
+        let invalid = |message: &str| clap::Error::raw(clap::error::ErrorKind::InvalidValue, message).with_cmd(cmd);
+        let Some(text) = value.to_str() else {
+            return Err(invalid("--arg is not valid UTF-8: pass NAME=VALUE in UTF-8\n"));
+        };
+        match text.split_once('=') {
+            Some((name, value)) if !name.trim().is_empty() => {
+                Ok(CallArg { name: name.trim().to_owned(), value: Secret(value.to_owned()) })
+            }
+            Some(_) => Err(invalid("--arg needs a NAME before the first `=`: pass NAME=VALUE\n")),
+            None => {
+                // Without `=` the text is most likely a name alone: safe to show.
+                let name = text.chars().take(64).collect::<String>();
+                Err(invalid(&format!("--arg {name:?} has no `=`: pass NAME=VALUE (VALUE may be empty)\n")))
+            }
+        }
+    }
+}
+
+/// Parses `--label KEY=VALUE`.
+pub fn parse_label(text: &str) -> Result<(String, String), String> {
+    match text.split_once('=') {
+        Some((key, value)) if !key.trim().is_empty() => Ok((key.trim().to_owned(), value.to_owned())),
+        _ => Err("expected KEY=VALUE (e.g. --label rack=r4)".to_owned()),
+    }
+}
+
+/// `ragmeshctl action run NAME (--node N... | --all | --label k=v... | --shard S...)`
+#[derive(Debug, Args)]
+#[command(group(ArgGroup::new("targets").required(true).multiple(true).args(["nodes", "all", "labels", "shards"])))]
+pub struct ActionRunArgs {
+    /// The action (see `ragmeshctl action list`)
+    #[arg(value_name = "NAME")]
+    pub name: String,
+    /// Run on this node (repeatable); with --label and --shard, the selections add up
+    #[arg(long = "node", value_name = "N")]
+    pub nodes: Vec<String>,
+    /// Run on every node that is not evicted
+    #[arg(long, conflicts_with_all = ["nodes", "labels", "shards"])]
+    pub all: bool,
+    /// Run on the nodes carrying every one of these labels (repeatable)
+    #[arg(long = "label", value_name = "KEY=VALUE", value_parser = parse_label)]
+    pub labels: Vec<(String, String)>,
+    /// Run on every replica of this shard group (repeatable)
+    #[arg(long = "shard", value_name = "S")]
+    pub shards: Vec<String>,
+    /// An argument of the action (repeatable); VALUE may contain `=` (split at the first)
+    #[arg(long = "arg", value_name = "NAME=VALUE", value_parser = CallArgParser)]
+    pub args: Vec<CallArg>,
+    /// Nodes running at once [default: the master's, 16]
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    pub max_parallel: Option<u32>,
+    /// Stop starting nodes once more than P percent of the selected nodes failed [default: 100,
+    /// never stop]
+    #[arg(long, value_name = "P", value_parser = clap::value_parser!(u32).range(0..=100))]
+    pub max_fail_percent: Option<u32>,
+    /// Idempotency key: the same key with the same parameters returns the first result without
+    /// running again [default: a fresh random key, printed]
+    #[arg(long, value_name = "K")]
+    pub idempotency_key: Option<String>,
+    /// Return at once with the job id (follow it with `action watch JOB`)
+    #[arg(long)]
+    pub detach: bool,
+    /// Also print every node's full stdout and stderr
+    #[arg(long, conflicts_with = "detach")]
+    pub output: bool,
+    /// Print a JSON object instead of text
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `ragmeshctl action status JOB_OR_TX`
+#[derive(Debug, Args)]
+pub struct ActionStatusArgs {
+    /// A job id (`job-N`) or a transaction id (32 hex digits)
+    #[arg(value_name = "JOB_OR_TX")]
+    pub id: String,
+    /// Also print every node's full stdout and stderr (jobs)
+    #[arg(long)]
+    pub output: bool,
+    /// Print a JSON object instead of text
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `ragmeshctl action watch JOB`
+#[derive(Debug, Args)]
+pub struct ActionWatchArgs {
+    /// The job id (`job-N`)
+    #[arg(value_name = "JOB")]
+    pub job: String,
+    /// Print one JSON object per update instead of text
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `ragmeshctl action tx NAME --node a --node b` or `action tx --ingest FILE --shard S ...`
+#[derive(Debug, Args)]
+#[command(group(ArgGroup::new("operation").required(true).args(["name", "ingest"])))]
+pub struct ActionTxArgs {
+    /// A transactional action to run on every --node (see `action list`: `transactional`)
+    #[arg(value_name = "NAME", requires = "nodes")]
+    pub name: Option<String>,
+    /// A participant of the action (repeatable)
+    #[arg(long = "node", value_name = "N", requires = "name")]
+    pub nodes: Vec<String>,
+    /// An argument of the action, the same for every node (repeatable)
+    #[arg(long = "arg", value_name = "NAME=VALUE", value_parser = CallArgParser, requires = "name")]
+    pub args: Vec<CallArg>,
+    /// Documents to write (read like `ragmeshctl ingest` reads them), into the --shard given
+    /// in the same position (repeatable, in pairs)
+    #[arg(long = "ingest", value_name = "FILE", requires = "shards")]
+    pub ingest: Vec<PathBuf>,
+    /// The shard group taking the --ingest at the same position
+    #[arg(long = "shard", value_name = "S", requires = "ingest")]
+    pub shards: Vec<String>,
+    /// Collection for documents that do not name one themselves (--ingest)
+    #[arg(long, value_name = "C", default_value = "docs", requires = "ingest")]
+    pub collection: String,
+    /// How to read the --ingest files
+    #[arg(long, value_enum, default_value_t = FormatArg::Auto, requires = "ingest")]
+    pub format: FormatArg,
+    /// Idempotency key [default: a fresh random key, printed]
+    #[arg(long, value_name = "K")]
+    pub idempotency_key: Option<String>,
+    /// Print a JSON object instead of text
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `ragmeshctl action transactions`
+#[derive(Debug, Args)]
+pub struct ActionTransactionsArgs {
+    /// Include transactions finished everywhere
+    #[arg(long)]
+    pub all: bool,
+    /// At most this many
+    #[arg(long, value_name = "N", default_value_t = 100,
+          value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    pub limit: u32,
+    /// Print a JSON array instead of a table
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `ragmeshctl action history`
+#[derive(Debug, Args)]
+#[command(after_help = "Examples:\n  \
+    ragmeshctl action history --since 1h\n  \
+    ragmeshctl action history --node agent-1 --action index.compact --since 2026-01-01T00:00:00Z\n  \
+    ragmeshctl action history --before 120 --limit 20")]
+pub struct ActionHistoryArgs {
+    /// Only this node's records
+    #[arg(long, value_name = "N")]
+    pub node: Option<String>,
+    /// Only this action's records
+    #[arg(long, value_name = "NAME")]
+    pub action: Option<String>,
+    /// Only this caller's records
+    #[arg(long, value_name = "S")]
+    pub subject: Option<String>,
+    /// Only records at or after this time: RFC 3339 (2026-01-01T00:00:00Z) or an age (90s,
+    /// 15m, 2h, 7d)
+    #[arg(long, value_name = "WHEN")]
+    pub since: Option<String>,
+    /// Only records older than this sequence (the next page, as printed at the end)
+    #[arg(long, value_name = "SEQ", value_parser = clap::value_parser!(u64).range(1..))]
+    pub before: Option<u64>,
+    /// At most this many records
+    #[arg(long, value_name = "N", default_value_t = 50,
+          value_parser = clap::value_parser!(u32).range(1..=1000))]
+    pub limit: u32,
+    /// Print a JSON object instead of a table
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// `ragmeshctl watch`
@@ -741,6 +1005,150 @@ mod tests {
 
         assert!(parse(&["nodes", "evict"]).is_err(), "evict needs a name");
         assert!(parse(&["nodes", "--pending", "evict", "x"]).is_err(), "listing flags do not mix with evict");
+    }
+
+    fn action(args: &[&str]) -> Result<ActionCommand, clap::Error> {
+        let cli = parse(&std::iter::once("action").chain(args.iter().copied()).collect::<Vec<_>>())?;
+        let Command::Action(command) = cli.command else { panic!("expected action") };
+        Ok(command)
+    }
+
+    #[test]
+    fn action_list_and_status_forms_parse() {
+        let ActionCommand::List(list) = action(&["list", "--node", "a", "--node", "b", "--json"]).expect("parses")
+        else {
+            panic!("expected list")
+        };
+        assert_eq!((list.nodes, list.json), (vec!["a".to_owned(), "b".to_owned()], true));
+        assert!(matches!(action(&["list"]), Ok(ActionCommand::List(ActionListArgs { json: false, .. }))));
+        let ActionCommand::Status(status) = action(&["status", "job-3", "--output"]).expect("parses") else {
+            panic!("expected status")
+        };
+        assert_eq!((status.id.as_str(), status.output, status.json), ("job-3", true, false));
+        assert!(action(&["status"]).is_err(), "status needs an id");
+        let ActionCommand::Watch(watch) = action(&["watch", "job-3", "--json"]).expect("parses") else {
+            panic!("expected watch")
+        };
+        assert_eq!((watch.job.as_str(), watch.json), ("job-3", true));
+        let ActionCommand::Transactions(txs) = action(&["transactions", "--all"]).expect("parses") else {
+            panic!("expected transactions")
+        };
+        assert_eq!((txs.all, txs.limit), (true, 100));
+        let ActionCommand::History(history) = action(&["history"]).expect("parses") else { panic!("expected history") };
+        assert_eq!((history.limit, history.before, history.since), (50, None, None));
+        assert!(action(&["history", "--limit", "0"]).is_err());
+        assert!(action(&["history", "--before", "0"]).is_err());
+    }
+
+    #[test]
+    fn action_run_takes_every_selector_and_repeated_args() {
+        let ActionCommand::Run(run) = action(&[
+            "run",
+            "clear-cache",
+            "--node",
+            "a",
+            "--node",
+            "b",
+            "--label",
+            "rack=r4",
+            "--shard",
+            "s1",
+            "--arg",
+            "url=http://x/?a=1",
+            "--arg",
+            "flag=",
+            "--idempotency-key",
+            "k-1",
+            "--json",
+            "--output",
+        ])
+        .expect("parses") else {
+            panic!("expected run")
+        };
+        assert_eq!(run.name, "clear-cache");
+        assert_eq!(run.nodes, ["a", "b"]);
+        assert_eq!(run.labels, [("rack".to_owned(), "r4".to_owned())]);
+        assert_eq!(run.shards, ["s1"]);
+        let args: Vec<(&str, &str)> = run.args.iter().map(|a| (a.name.as_str(), a.value.expose())).collect();
+        assert_eq!(args, [("url", "http://x/?a=1"), ("flag", "")]);
+        assert_eq!(run.idempotency_key.as_deref(), Some("k-1"));
+        assert!(run.json && run.output && !run.all && !run.detach);
+        assert!(action(&["run", "x", "--all", "--max-parallel", "4", "--max-fail-percent", "25", "--detach"]).is_ok());
+        assert!(action(&["run", "x", "--label", "a=b"]).is_ok(), "a label alone selects");
+        assert!(action(&["run", "x", "--shard", "s"]).is_ok(), "a shard alone selects");
+    }
+
+    #[test]
+    fn action_run_refuses_no_target_both_node_and_all_and_bad_values() {
+        for args in [
+            &["run", "x"][..],
+            &["run", "x", "--arg", "a=b"],
+            &["run", "x", "--node", "a", "--all"],
+            &["run", "x", "--all", "--label", "a=b"],
+            &["run", "x", "--all", "--shard", "s"],
+            &["run", "--all"],
+            &["run", "x", "--all", "--max-fail-percent", "101"],
+            &["run", "x", "--all", "--max-parallel", "0"],
+            &["run", "x", "--all", "--detach", "--output"],
+            &["run", "x", "--label", "novalue"],
+            &["run", "x", "--label", "=v"],
+        ] {
+            let err = action(args).expect_err("refused");
+            assert!(err.use_stderr(), "{args:?}: {err}");
+        }
+        let err = action(&["run", "x"]).expect_err("no target");
+        assert!(err.to_string().contains("--node") && err.to_string().contains("--all"), "{err}");
+    }
+
+    #[test]
+    fn a_bad_arg_is_refused_without_echoing_its_value() {
+        let err = action(&["run", "x", "--all", "--arg", "password"]).expect_err("no =");
+        assert_eq!(err.kind(), clap::error::ErrorKind::InvalidValue);
+        assert!(err.to_string().contains("NAME=VALUE"), "{err}");
+        let err = action(&["run", "x", "--all", "--arg", "=hunter2"]).expect_err("no name");
+        assert!(!err.to_string().contains("hunter2"), "{err}");
+        let ActionCommand::Run(run) = action(&["run", "x", "--all", "--arg", "password=hunter2"]).expect("parses")
+        else {
+            panic!("expected run")
+        };
+        assert!(!format!("{run:?}").contains("hunter2"), "Debug never shows an argument value");
+    }
+
+    #[test]
+    fn action_tx_takes_an_action_on_nodes_or_paired_writes() {
+        let ActionCommand::Tx(tx) =
+            action(&["tx", "rotate", "--node", "a", "--node", "b", "--arg", "v=7", "--timeout-ms", "2000"])
+                .expect("parses")
+        else {
+            panic!("expected tx")
+        };
+        assert_eq!((tx.name.as_deref(), tx.nodes.len(), tx.args.len()), (Some("rotate"), 2, 1));
+        assert!(tx.ingest.is_empty());
+        let cli = parse(&["action", "tx", "rotate", "--node", "a", "--timeout-ms", "2000"]).expect("parses");
+        assert_eq!(cli.global.timeout_ms, Some(2000), "the vote deadline is the global --timeout-ms");
+
+        let ActionCommand::Tx(tx) =
+            action(&["tx", "--ingest", "a.jsonl", "--shard", "s1", "--ingest", "b", "--shard", "s2"]).expect("parses")
+        else {
+            panic!("expected tx")
+        };
+        assert_eq!(tx.ingest, [PathBuf::from("a.jsonl"), PathBuf::from("b")]);
+        assert_eq!(tx.shards, ["s1", "s2"]);
+        assert_eq!((tx.collection.as_str(), tx.format), ("docs", FormatArg::Auto));
+
+        for args in [
+            &["tx"][..],
+            &["tx", "rotate"],
+            &["tx", "--node", "a"],
+            &["tx", "--ingest", "a.jsonl"],
+            &["tx", "--shard", "s1"],
+            &["tx", "rotate", "--node", "a", "--ingest", "f", "--shard", "s"],
+            &["tx", "--ingest", "f", "--shard", "s", "--arg", "a=b"],
+            &["tx", "rotate", "--node", "a", "--collection", "c"],
+        ] {
+            let err = action(args).expect_err("refused");
+            assert!(err.use_stderr(), "{args:?}: {err}");
+        }
     }
 
     #[test]

@@ -344,6 +344,78 @@ impl Master {
         self.invoke(deadline, client.ingest_documents(self.request(message, deadline))).await
     }
 
+    /// `ListNodeActions` of `nodes` (empty: every node that is up), within the default deadline.
+    pub async fn list_node_actions(&self, nodes: Vec<String>) -> Result<v1::ListNodeActionsResponse, Status> {
+        let mut client = self.client.clone();
+        let timeout = self.target.timeout;
+        self.invoke(timeout, client.list_node_actions(self.request(v1::ListNodeActionsRequest { nodes }, timeout)))
+            .await
+    }
+
+    /// `ExecuteAction` with a gRPC deadline of `deadline`; the raw status on failure, so the
+    /// caller can tell a refused request from a failed call.
+    pub async fn execute_action(
+        &self,
+        message: v1::ExecuteActionRequest,
+        deadline: Duration,
+    ) -> Result<v1::ExecuteActionResponse, Status> {
+        let mut client = self.client.clone();
+        self.invoke(deadline, client.execute_action(self.request(message, deadline))).await
+    }
+
+    /// `GetActionJob`, within the default deadline.
+    pub async fn get_action_job(&self, job_id: &str) -> Result<v1::GetActionJobResponse, Status> {
+        let mut client = self.client.clone();
+        let timeout = self.target.timeout;
+        let message = v1::GetActionJobRequest { job_id: job_id.to_owned() };
+        self.invoke(timeout, client.get_action_job(self.request(message, timeout))).await
+    }
+
+    /// `WatchActionJob`: a stream without a deadline (opening it is bounded by the default one).
+    pub async fn watch_action_job(&self, job_id: &str) -> Result<tonic::Streaming<v1::WatchActionJobResponse>, Status> {
+        let mut client = self.client.clone();
+        let mut request = Request::new(v1::WatchActionJobRequest { job_id: job_id.to_owned() });
+        if let Some(Bearer(value)) = &self.target.bearer {
+            request.metadata_mut().insert("authorization", value.clone());
+        }
+        self.invoke(self.target.timeout, client.watch_action_job(request)).await
+    }
+
+    /// `ExecuteTransaction` with a gRPC deadline of `deadline`; the raw status on failure.
+    pub async fn execute_transaction(
+        &self,
+        message: v1::ExecuteTransactionRequest,
+        deadline: Duration,
+    ) -> Result<v1::ExecuteTransactionResponse, Status> {
+        let mut client = self.client.clone();
+        self.invoke(deadline, client.execute_transaction(self.request(message, deadline))).await
+    }
+
+    /// `GetTransaction`, within the default deadline.
+    pub async fn get_transaction(&self, tx_id: &str) -> Result<v1::GetTransactionResponse, Status> {
+        let mut client = self.client.clone();
+        let timeout = self.target.timeout;
+        let message = v1::GetTransactionRequest { tx_id: tx_id.to_owned() };
+        self.invoke(timeout, client.get_transaction(self.request(message, timeout))).await
+    }
+
+    /// `ListTransactions`, within the default deadline.
+    pub async fn list_transactions(
+        &self,
+        message: v1::ListTransactionsRequest,
+    ) -> Result<v1::ListTransactionsResponse, Status> {
+        let mut client = self.client.clone();
+        let timeout = self.target.timeout;
+        self.invoke(timeout, client.list_transactions(self.request(message, timeout))).await
+    }
+
+    /// `ActionHistory`, within the default deadline.
+    pub async fn action_history(&self, message: v1::ActionHistoryRequest) -> Result<v1::ActionHistoryResponse, Status> {
+        let mut client = self.client.clone();
+        let timeout = self.target.timeout;
+        self.invoke(timeout, client.action_history(self.request(message, timeout))).await
+    }
+
     /// Runs one call within the default deadline; a failure becomes a message saying what to do
     /// (`what` names the call).
     async fn unary<T>(&self, what: &str, call: impl Future<Output = Result<Response<T>, Status>>) -> anyhow::Result<T> {

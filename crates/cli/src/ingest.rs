@@ -151,8 +151,9 @@ pub async fn run(master: &Master, args: &IngestArgs, timeout_ms: Option<u32>) ->
     Ok(())
 }
 
-/// Loads the documents on the blocking pool (a large tree takes a while to read).
-async fn load(path: &Path, collection: &str, format: Format) -> anyhow::Result<Vec<Document>> {
+/// Loads the documents on the blocking pool (a large tree takes a while to read); also used by
+/// `action tx --ingest`.
+pub(crate) async fn load(path: &Path, collection: &str, format: Format) -> anyhow::Result<Vec<Document>> {
     let owned_path = path.to_path_buf();
     let owned_collection = collection.to_owned();
     let loaded = tokio::task::spawn_blocking(move || load_path(&owned_path, &owned_collection, format))

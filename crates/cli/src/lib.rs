@@ -5,6 +5,7 @@
 //! Errors are `anyhow::Error`s with messages that say what to do; [`error::UsageError`] marks
 //! the ones caused by the command line (exit status 64).
 
+pub mod action;
 pub mod args;
 pub mod certs;
 pub mod client;
@@ -64,6 +65,11 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Top(args) => {
             let master = connect(global).await?;
             top::run(&master, args).await
+        }
+        Command::Action(command) => {
+            action::precheck(command)?;
+            let master = connect(global).await?;
+            action::run(&master, command, global.timeout_ms).await
         }
     }
 }

@@ -188,6 +188,14 @@ fn every_subcommand_has_help() {
         &["token", "join", "--help"],
         &["token", "rotate-key", "--help"],
         &["token", "keys", "--help"],
+        &["action", "--help"],
+        &["action", "list", "--help"],
+        &["action", "run", "--help"],
+        &["action", "status", "--help"],
+        &["action", "watch", "--help"],
+        &["action", "tx", "--help"],
+        &["action", "transactions", "--help"],
+        &["action", "history", "--help"],
     ] {
         let help = ragmeshctl(args);
         assert_eq!(help.status.code(), Some(0), "{args:?}");
@@ -273,4 +281,67 @@ fn token_flags_are_checked_before_connecting() {
     assert_eq!(conflicting.status.code(), Some(64), "{}", stderr(&conflicting));
     let no_target = ragmeshctl(&["--insecure", "token", "revoke"]);
     assert_eq!(no_target.status.code(), Some(64), "{}", stderr(&no_target));
+}
+
+#[test]
+fn action_help_documents_the_exit_statuses() {
+    let help = ragmeshctl(&["action", "--help"]);
+    assert_eq!(help.status.code(), Some(0));
+    let text = stdout(&help);
+    for needle in
+        ["list", "run", "status", "watch", "tx", "transactions", "history", "Exit status", "  2 ", "  3 ", "  64 "]
+    {
+        assert!(text.contains(needle), "action --help lacks {needle:?}:\n{text}");
+    }
+    let run = stdout(&ragmeshctl(&["action", "run", "--help"]));
+    for needle in [
+        "--node",
+        "--all",
+        "--label",
+        "--shard",
+        "--arg",
+        "--max-parallel",
+        "--max-fail-percent",
+        "--idempotency-key",
+        "--detach",
+        "--output",
+        "--json",
+        "Examples:",
+    ] {
+        assert!(run.contains(needle), "action run --help lacks {needle:?}:\n{run}");
+    }
+}
+
+#[test]
+fn wrong_action_command_lines_exit_64_before_connecting() {
+    // Nothing listens there: an exit status of 64 (not 1) shows the check ran before connecting.
+    let (_closed, addr) = refusing_address();
+    let master = ["--master", addr.as_str(), "--insecure"];
+    for (args, needle) in [
+        (&["action", "run", "x"][..], "--all"),
+        (&["action", "run", "x", "--node", "a", "--all"], "--all"),
+        (&["action", "run", "x", "--all", "--arg", "novalue"], "NAME=VALUE"),
+        (&["action", "run", "x", "--all", "--arg", "k=1", "--arg", "k=2"], "given twice"),
+        (&["action", "status", "bogus"], "job-N"),
+        (&["action", "watch", "0123456789abcdef0123456789abcdef"], "is a transaction"),
+        (&["action", "tx", "--ingest", "a", "--ingest", "b", "--shard", "s"], "in pairs"),
+        (&["action", "tx", "t", "--node", "a", "--node", "a"], "given twice"),
+        (&["action", "history", "--since", "yesterday"], "RFC 3339"),
+    ] {
+        let full: Vec<&str> = master.iter().copied().chain(args.iter().copied()).collect();
+        let output = ragmeshctl(&full);
+        assert_eq!(output.status.code(), Some(64), "{args:?}: {}", stderr(&output));
+        assert!(stderr(&output).contains(needle), "{args:?}: {}", stderr(&output));
+    }
+    let secret = ragmeshctl(&["action", "run", "x", "--all", "--arg", "=hunter2"]);
+    assert_eq!(secret.status.code(), Some(64));
+    assert!(!stderr(&secret).contains("hunter2"), "{}", stderr(&secret));
+}
+
+#[test]
+fn an_action_run_against_an_unreachable_master_is_a_runtime_failure() {
+    let (_closed, addr) = refusing_address();
+    let output = ragmeshctl(&["--master", &addr, "--insecure", "action", "run", "x", "--all"]);
+    assert_eq!(output.status.code(), Some(1), "{}", stderr(&output));
+    assert!(stderr(&output).contains(&format!("nothing is listening at {addr}")), "{}", stderr(&output));
 }
