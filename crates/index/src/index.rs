@@ -440,6 +440,30 @@ impl DocumentIndex {
         self.commit(state, applied)
     }
 
+    /// Checks a write without applying it (phase one of a transactional document write): the
+    /// same batch, document, ACL and ownership rules as [`DocumentIndex::apply_upsert`] and
+    /// [`DocumentIndex::apply_delete`]. Ownership is read from the current snapshot, so a write
+    /// committed in between is checked again when the write is applied.
+    pub fn check_write(&self, upserts: &[Document], deletes: &[DocRef], writer: &Writer) -> Result<(), IndexError> {
+        validate_batch_len(upserts.len() + deletes.len(), "write")?;
+        let mut keys: Vec<(&str, &str)> = Vec::with_capacity(upserts.len() + deletes.len());
+        for (position, doc) in upserts.iter().enumerate() {
+            validate_document(position, doc)?;
+            let mut acl = doc.acl.clone();
+            writer.settle_acl(&mut acl).map_err(|reason| IndexError::Forbidden {
+                position,
+                id: doc.id.clone(),
+                reason,
+            })?;
+            keys.push((doc.collection.as_str(), doc.id.as_str()));
+        }
+        for (position, doc_ref) in deletes.iter().enumerate() {
+            validate_ref(upserts.len() + position, doc_ref)?;
+            keys.push((doc_ref.collection.as_str(), doc_ref.id.as_str()));
+        }
+        self.check_owners(&keys, writer)
+    }
+
     /// Runs a BM25 search over titles and bodies.
     pub fn search(&self, q: &SearchQuery) -> Result<SearchResults, IndexError> {
         let _span = tracing::debug_span!("index.search", index.limit = q.limit).entered();
