@@ -437,6 +437,8 @@ async fn a_prepared_transaction_survives_a_restart_in_doubt_and_applies_the_deci
     // Down before any decision: the prepared state is all that is left.
     agent.shutdown().await.expect("clean shutdown");
     let agent = start_agent(&master.addr, &data, &config).await;
+    // Only heartbeats of the restarted agent count (start_agent waited for its attachment).
+    while master.heartbeats.try_recv().is_ok() {}
     master.heartbeat_where("the tx is in doubt after the restart", |txs| txs == [tx]).await;
 
     let outcome = v1::TransactionOutcome { tx_id: tx.into(), decision: v1::TransactionDecision::Commit as i32 };
@@ -459,4 +461,117 @@ async fn a_prepared_transaction_survives_a_restart_in_doubt_and_applies_the_deci
     assert_eq!(lines(&files.tx), ["prepare", "commit"], "commit ran exactly once");
     drop(client);
     agent.shutdown().await.expect("clean shutdown");
+}
+
+/// The agent binary, started as its own process.
+fn spawn_agent(master: &str, data_dir: &Path, config: &Path, addr_file: &Path) -> std::process::Child {
+    let _ = std::fs::remove_file(addr_file);
+    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_ragmesh-agent"));
+    // Settings come from the flags alone, not from the environment the tests run in.
+    for (key, _) in std::env::vars_os() {
+        if key.to_string_lossy().starts_with("RAGMESH_") {
+            command.env_remove(key);
+        }
+    }
+    command
+        .args(["--insecure", "--name", "agent-p", "--listen", "127.0.0.1:0", "--heartbeat-interval-ms", "50"])
+        .arg("--master")
+        .arg(master)
+        .arg("--data-dir")
+        .arg(data_dir)
+        .arg("--config")
+        .arg(config)
+        .arg("--addr-file")
+        .arg(addr_file)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped());
+    command.spawn().expect("start the agent binary")
+}
+
+/// The address an agent process wrote to its addr file (bounded wait).
+async fn addr_of(addr_file: &Path) -> String {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        if let Ok(text) = std::fs::read_to_string(addr_file)
+            && text.ends_with('\n')
+        {
+            return text.trim().to_owned();
+        }
+        assert!(tokio::time::Instant::now() < deadline, "no address in {} in time", addr_file.display());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+async fn client_at(addr: &str) -> AgentServiceClient<Channel> {
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+        .expect("uri")
+        .connect()
+        .await
+        .expect("connect to the agent process");
+    AgentServiceClient::new(channel)
+}
+
+/// Kills `child` when the test ends, however it ends.
+struct Killed(std::process::Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[tokio::test]
+async fn a_participant_killed_after_voting_yes_reports_the_tx_in_doubt_and_commits_it_once_after_a_restart() {
+    let mut master = Master::start().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (config, files) = write_config(dir.path());
+    let data = dir.path().join("data");
+    let addr_file = dir.path().join("agent.addr");
+    let mut agent = Killed(spawn_agent(&master.addr, &data, &config, &addr_file));
+    let addr = addr_of(&addr_file).await;
+    master.heartbeat_where("the agent is attached", <[String]>::is_empty).await;
+
+    // A second agent on the same data directory refuses to start instead of sharing the log.
+    let mut second = spawn_agent(&master.addr, &data, &config, &dir.path().join("second.addr"));
+    let deadline = std::time::Instant::now() + WAIT;
+    let status = loop {
+        if let Some(status) = second.try_wait().expect("wait") {
+            break status;
+        }
+        assert!(std::time::Instant::now() < deadline, "the second agent did not give up in time");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut second.stderr.take().expect("stderr"), &mut stderr).expect("read stderr");
+    assert!(!status.success(), "{stderr}");
+    assert!(stderr.contains("held by another process"), "{stderr}");
+
+    let operator = master.operator();
+    let tx = "00112233445566778899aabbccddeeff";
+    let mut client = client_at(&addr).await;
+    let vote = client.prepare_transaction(signed(prepare(tx, "flip"), &operator)).await.expect("vote").into_inner();
+    assert!(vote.vote_yes, "{vote:?}");
+    drop(client);
+    agent.0.kill().expect("kill -9 the agent after its yes vote");
+    agent.0.wait().expect("reap");
+
+    while master.registrations.try_recv().is_ok() {}
+    let agent = Killed(spawn_agent(&master.addr, &data, &config, &addr_file));
+    let _addr = addr_of(&addr_file).await;
+    tokio::time::timeout(WAIT, master.registrations.recv()).await.expect("re-registers").expect("open");
+    // Heartbeats of the killed process said the same; only the new process's count from here.
+    while master.heartbeats.try_recv().is_ok() {}
+    master.heartbeat_where("the restarted agent reports the tx in doubt", |txs| txs == [tx]).await;
+    assert_eq!(lines(&files.tx), ["prepare"], "nothing decided alone");
+    let outcome = v1::TransactionOutcome { tx_id: tx.into(), decision: v1::TransactionDecision::Commit as i32 };
+    let body =
+        v1::health_stream_response::Body::Decisions(v1::TransactionDecisions { outcomes: vec![outcome.clone()] });
+    let _ = master.down.send(v1::HealthStreamResponse { body: Some(body.clone()) });
+    master.heartbeat_where("the decision is applied", <[String]>::is_empty).await;
+    // The coordinator re-sends until it sees the tx gone; a repeat applies nothing again.
+    let _ = master.down.send(v1::HealthStreamResponse { body: Some(body) });
+    master.heartbeat_where("still nothing in doubt", <[String]>::is_empty).await;
+    assert_eq!(lines(&files.tx), ["prepare", "commit"], "commit ran exactly once");
+    drop(agent);
 }
