@@ -228,7 +228,7 @@ fn open_actions(state: AgentState, config: &AgentConfig) -> Result<AgentState, S
     let node = actions::node::NodeState::load(&config.data_dir, config.labels.clone())
         .map_err(|source| error::AgentError::NodeState { dir: config.data_dir.clone(), source })
         .map_err(|err| StartError::Config(err.to_string()))?;
-    let actions = Arc::new(actions::Actions::new(config.actions.clone(), node));
+    let actions = Arc::new(actions::Actions::new(config.actions.clone(), node, Arc::clone(&state.index)));
     let participants = actions::participant::Participants::open(
         &config.data_dir.join(actions::participant::TX_DIR),
         Arc::clone(&actions),

@@ -54,15 +54,16 @@ impl AgentState {
     /// State of agent `name` serving shard group `shard`, running at most `max_work` blocking
     /// index operations at once.
     pub fn new(name: String, shard: String, max_work: usize) -> Self {
+        let index = Arc::new(OnceLock::new());
         AgentState {
             name,
             shard,
-            index: Arc::new(OnceLock::new()),
+            index: Arc::clone(&index),
             in_flight: Arc::new(AtomicU32::new(0)),
             verifier: Arc::default(),
             work_slots: Arc::new(Semaphore::new(max_work)),
             work_limit: max_work,
-            actions: Arc::new(Actions::new(Vec::new(), NodeState::in_memory(BTreeMap::new()))),
+            actions: Arc::new(Actions::new(Vec::new(), NodeState::in_memory(BTreeMap::new()), index)),
             participants: None,
         }
     }

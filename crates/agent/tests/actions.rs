@@ -279,8 +279,11 @@ async fn an_exec_action_validates_arguments_times_out_and_runs_a_repeated_call_i
 
     let listed = client.list_actions(signed(v1::ListActionsRequest {}, &acme)).await.expect("list").into_inner();
     let names: Vec<&str> = listed.actions.iter().map(|a| a.name.as_str()).collect();
-    assert_eq!(names, ["node.drain", "node.undrain", "node.labels", "count", "flip", "hang", "ops-only"]);
-    assert!(listed.actions.iter().take(3).all(|a| a.builtin) && listed.actions.iter().skip(3).all(|a| !a.builtin));
+    assert_eq!(
+        names,
+        ["node.drain", "node.undrain", "node.labels", "index.compact", "count", "flip", "hang", "ops-only"]
+    );
+    assert!(listed.actions.iter().take(4).all(|a| a.builtin) && listed.actions.iter().skip(4).all(|a| !a.builtin));
     let count = listed.actions.iter().find(|a| a.name == "count").expect("count");
     assert_eq!(count.arguments[0].pattern, "[a-z]+", "the schema travels with the descriptor");
 
@@ -393,6 +396,50 @@ async fn drain_makes_node_search_unavailable_across_a_restart_and_undrain_restor
     assert_eq!(registration.labels.get("zone").map(String::as_str), Some("b"), "labels survive a restart");
     client.run_action(signed(run("node.undrain", &[], ""), &operator)).await.expect("undrain");
     client.node_search(signed(search(), &operator)).await.expect("serving again");
+    let compacted = client.run_action(signed(run("index.compact", &[], ""), &operator)).await.expect("compact");
+    let compacted = compacted.into_inner().result.expect("result");
+    assert_eq!(compacted.status, v1::ActionStatus::Ok as i32, "{compacted:?}");
+    assert!(compacted.steps[0].stdout.starts_with("compacted:"), "{compacted:?}");
+    agent.shutdown().await.expect("clean shutdown");
+}
+
+fn write(tx: &str, doc: v1::Document) -> v1::PrepareTransactionRequest {
+    let kind = v1::transaction_operation::Kind::Write(v1::DocumentWrite { upserts: vec![doc], deletes: Vec::new() });
+    v1::PrepareTransactionRequest { operation: Some(v1::TransactionOperation { kind: Some(kind) }), ..prepare(tx, "") }
+}
+
+#[tokio::test]
+async fn a_transactional_write_votes_by_the_index_rules_and_applies_nothing_itself_on_commit() {
+    let mut master = Master::start().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (config, _files) = write_config(dir.path());
+    let agent = start_agent(&master.addr, &dir.path().join("data"), &config).await;
+    let mut client = client(&agent).await;
+    let acme = master.context("acme", &[Capability::Ingest]);
+    let acl = |public: bool| Some(v1::DocumentAcl { public, tenants: vec!["acme".into()], subjects: Vec::new() });
+    let doc = |id: &str, public: bool| v1::Document {
+        id: id.into(),
+        collection: "notes".into(),
+        title: "t".into(),
+        body: "b".into(),
+        acl: acl(public),
+        ..Default::default()
+    };
+
+    let refused = client.prepare_transaction(signed(write("000000000000000000000000000000a1", doc("p", true)), &acme));
+    let refused = refused.await.expect("a vote").into_inner();
+    assert!(!refused.vote_yes && refused.message.contains("public"), "a tenant may not publish: {refused:?}");
+    let tx = "000000000000000000000000000000a2";
+    let vote = client.prepare_transaction(signed(write(tx, doc("d1", false)), &acme)).await.expect("vote").into_inner();
+    assert!(vote.vote_yes, "{vote:?}");
+    master.heartbeat_where("the write is in doubt", |txs| txs == [tx]).await;
+    let decide = v1::DecideTransactionRequest { tx_id: tx.into(), decision: v1::TransactionDecision::Commit as i32 };
+    client.decide_transaction(signed(decide, &acme)).await.expect("commit acknowledged");
+    master.heartbeat_where("nothing in doubt", <[String]>::is_empty).await;
+    // The master delivers committed writes through the group's write log; the agent wrote nothing.
+    let search = v1::NodeSearchRequest { query: "t".into(), limit: 5, ..Default::default() };
+    let found = client.node_search(signed(search, &master.operator())).await.expect("search").into_inner();
+    assert_eq!(found.generation, 0, "{found:?}");
     agent.shutdown().await.expect("clean shutdown");
 }
 

@@ -1,5 +1,5 @@
 //! What this agent offers as actions, and `RunAction`: the operator-declared actions of its config
-//! (`[[actions]]`) plus built-ins (`node.drain`, `node.undrain`, `node.labels`), by name.
+//! (`[[actions]]`) plus built-ins (`node.drain`, `node.undrain`, `node.labels`, `index.compact`), by name.
 //!
 //! Who may run what, decided here and nowhere else ([`authorize`]):
 //! - the caller's token (from the master's signed context) must carry the capability the action
@@ -18,13 +18,14 @@ pub mod participant;
 
 use std::collections::BTreeMap;
 use std::str::FromStr as _;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use ragmesh_actions::{
     ActionOutcome, ActionSpec, ArgKind, ArgSpec, Captured, RunLimits, StepOutcome, StepRole, StepStatus, ValidArgs,
 };
 use ragmesh_auth::{Capability, Principal};
+use ragmesh_index::DocumentIndex;
 use ragmesh_proto::v1;
 
 use crate::error::AgentError;
@@ -45,11 +46,13 @@ pub enum Builtin {
     Undrain,
     /// Set (or remove) labels; the master learns them at the re-registration that follows.
     Labels,
+    /// Merge the index's segments and remove unused files.
+    Compact,
 }
 
 impl Builtin {
     /// Every built-in, in listing order.
-    pub const ALL: [Builtin; 3] = [Builtin::Drain, Builtin::Undrain, Builtin::Labels];
+    pub const ALL: [Builtin; 4] = [Builtin::Drain, Builtin::Undrain, Builtin::Labels, Builtin::Compact];
 
     /// The name callers use.
     pub fn name(self) -> &'static str {
@@ -57,6 +60,7 @@ impl Builtin {
             Builtin::Drain => "node.drain",
             Builtin::Undrain => "node.undrain",
             Builtin::Labels => "node.labels",
+            Builtin::Compact => "index.compact",
         }
     }
 
@@ -66,6 +70,9 @@ impl Builtin {
                 "stop answering searches (UNAVAILABLE, so the master asks another replica) until node.undrain; survives a restart"
             }
             Builtin::Undrain => "answer searches again after node.drain",
+            Builtin::Compact => {
+                "merge the index's segments into one (dropping deleted documents) and remove unused files"
+            }
             Builtin::Labels => {
                 "set labels: set=k=v,k2=v2 (k= removes k); the agent re-registers so the master learns them; survives a restart"
             }
@@ -75,7 +82,7 @@ impl Builtin {
     /// The argument schema.
     pub fn args(self) -> Vec<ArgSpec> {
         match self {
-            Builtin::Drain | Builtin::Undrain => Vec::new(),
+            Builtin::Drain | Builtin::Undrain | Builtin::Compact => Vec::new(),
             Builtin::Labels => {
                 let mut set = ArgSpec::new("set", ArgKind::String);
                 set.description = "labels to set, k=v,k2=v2 (k= removes k)".to_owned();
@@ -204,14 +211,16 @@ pub struct Actions {
     declared: BTreeMap<String, Arc<ActionSpec>>,
     /// Drain flag and labels.
     pub node: NodeState,
+    /// The index (`index.*` built-ins), once open.
+    index: Arc<OnceLock<Arc<DocumentIndex>>>,
     calls: CallCache,
 }
 
 impl Actions {
     /// The agent's actions: `declared` (already validated by the config) and the built-ins.
-    pub fn new(declared: Vec<ActionSpec>, node: NodeState) -> Self {
+    pub fn new(declared: Vec<ActionSpec>, node: NodeState, index: Arc<OnceLock<Arc<DocumentIndex>>>) -> Self {
         let declared = declared.into_iter().map(|spec| (spec.name.clone(), Arc::new(spec))).collect();
-        Actions { declared, node, calls: CallCache::default() }
+        Actions { declared, node, index, calls: CallCache::default() }
     }
 
     /// The action called `name`, if offered.
@@ -300,7 +309,7 @@ impl Actions {
     async fn execute(&self, offered: Offered, args: ValidArgs) -> v1::ActionResult {
         let outcome = match &offered {
             Offered::Declared(spec) => ragmesh_actions::run_single(spec, &args, RunLimits::for_action(spec)).await,
-            Offered::Builtin(builtin) => self.run_builtin(*builtin, &args),
+            Offered::Builtin(builtin) => self.run_builtin(*builtin, &args).await,
         };
         let result = ragmesh_actions::wire::action_result(&outcome);
         tracing::info!(
@@ -312,7 +321,7 @@ impl Actions {
         result
     }
 
-    fn run_builtin(&self, builtin: Builtin, args: &ValidArgs) -> ActionOutcome {
+    async fn run_builtin(&self, builtin: Builtin, args: &ValidArgs) -> ActionOutcome {
         let started = Instant::now();
         let done = match builtin {
             Builtin::Drain => self.node.set_drained(true).map(|changed| {
@@ -323,6 +332,7 @@ impl Actions {
                 if changed { "undrained: answering searches again" } else { "was not drained" }.to_owned()
             }),
             Builtin::Labels => self.set_labels(args),
+            Builtin::Compact => self.compact().await,
         };
         let (status, stdout, message) = match done {
             Ok(text) => (StepStatus::Ok, text, String::new()),
@@ -341,6 +351,15 @@ impl Actions {
             message,
         };
         ActionOutcome { steps: vec![(StepRole::Run, step)] }
+    }
+
+    async fn compact(&self) -> std::io::Result<String> {
+        let Some(index) = self.index.get().cloned() else {
+            return Err(std::io::Error::other("the index is still opening: retry shortly"));
+        };
+        let compacted = tokio::task::spawn_blocking(move || index.compact()).await.map_err(std::io::Error::other)?;
+        let (before, after) = compacted.map_err(std::io::Error::other)?;
+        Ok(format!("compacted: {before} segments before, {after} after"))
     }
 
     fn set_labels(&self, args: &ValidArgs) -> std::io::Result<String> {
@@ -413,7 +432,7 @@ mod tests {
 
     #[tokio::test]
     async fn unknown_actions_and_bad_arguments_are_refused_before_running() {
-        let actions = Arc::new(Actions::new(Vec::new(), NodeState::in_memory(BTreeMap::new())));
+        let actions = Arc::new(Actions::new(Vec::new(), NodeState::in_memory(BTreeMap::new()), Arc::default()));
         let operator = principal("", &[Capability::Actions, Capability::Admin]);
         let call = |action: &str, args: &[(&str, &str)]| v1::RunActionRequest {
             call: Some(v1::ActionCall {
