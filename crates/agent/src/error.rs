@@ -48,6 +48,68 @@ pub enum AgentError {
         /// The shard group `--shard` names.
         wanted: String,
     },
+    /// An operator drained this node from search (`node.drain`).
+    #[error("drained by an operator: run node.undrain")]
+    Drained,
+    /// The action asked for is not one this agent offers.
+    #[error("this agent offers no action {name:?}; it offers: {offered}")]
+    UnknownAction {
+        /// The name asked for (shortened).
+        name: String,
+        /// Every action offered.
+        offered: String,
+    },
+    /// The call's arguments do not fit the action's schema.
+    #[error("invalid arguments for {action}: {}: see `ragmeshctl action list` for the schema", problems.iter().map(ToString::to_string).collect::<Vec<_>>().join("; "))]
+    InvalidArguments {
+        /// The action.
+        action: String,
+        /// Every problem.
+        problems: Vec<ragmesh_actions::ArgProblem>,
+    },
+    /// The caller may not run the action.
+    #[error("not allowed to run {action}: {reason}")]
+    NotAllowed {
+        /// The action.
+        action: String,
+        /// What is missing (capability, tenant).
+        reason: String,
+    },
+    /// A `RunAction` without a call.
+    #[error("the request names no action (call is empty)")]
+    NoCall,
+    /// A call id reused for another call.
+    #[error("call id {call_id:?} was already used for another call (other action or arguments): use a fresh call id")]
+    CallIdReused {
+        /// The id (shortened).
+        call_id: String,
+    },
+    /// An action that cannot take part in a transaction.
+    #[error("action {action:?} is not transactional")]
+    NotTransactional {
+        /// The action.
+        action: String,
+    },
+    /// A transaction request that is malformed.
+    #[error("invalid transaction request: {0}")]
+    BadTransaction(String),
+    /// The participant log failed.
+    #[error(transparent)]
+    TxLog(#[from] ragmesh_coordinator::CoordinatorError),
+    /// At startup: another process holds the participant log.
+    #[error("transaction log {path} is held by another process: is another agent running with this --data-dir?")]
+    TxLogLocked {
+        /// The log's directory.
+        path: String,
+    },
+    /// At startup: the node state files (drain flag, labels) are unusable.
+    #[error("node state in {}: {source}", dir.display())]
+    NodeState {
+        /// The data directory.
+        dir: PathBuf,
+        /// What failed.
+        source: std::io::Error,
+    },
     /// A blocking index task panicked or was cancelled.
     #[error("index task failed: {0}")]
     Task(String),
@@ -65,6 +127,16 @@ impl AgentError {
             AgentError::ShardMismatch { .. } => ErrorKind::FailedPrecondition,
             AgentError::Index(err) => index_kind(err),
             AgentError::Task(_) => ErrorKind::Internal,
+            AgentError::Drained => ErrorKind::Unavailable,
+            AgentError::UnknownAction { .. } => ErrorKind::NotFound,
+            AgentError::InvalidArguments { .. }
+            | AgentError::NoCall
+            | AgentError::CallIdReused { .. }
+            | AgentError::NotTransactional { .. }
+            | AgentError::BadTransaction(_) => ErrorKind::InvalidArgument,
+            AgentError::NotAllowed { .. } => ErrorKind::PermissionDenied,
+            AgentError::TxLog(_) | AgentError::NodeState { .. } => ErrorKind::Internal,
+            AgentError::TxLogLocked { .. } => ErrorKind::FailedPrecondition,
         }
     }
 }

@@ -2,6 +2,7 @@
 //! itself registered with the master over a bidirectional health stream. `main.rs` only parses
 //! config and calls [`start`]; tests call [`start`] with a listener bound to `127.0.0.1:0`.
 
+pub mod actions;
 pub mod error;
 pub mod link;
 pub mod metrics;
@@ -126,6 +127,7 @@ pub async fn start_with_metrics(
     ragmesh_server::watch_tls(tls.as_ref(), &shutdown);
     let shard = config.shard.clone().unwrap_or_else(|| name.clone());
     let state = AgentState::new(name.clone(), shard.clone(), config.max_concurrent_requests);
+    let state = open_actions(state, &config)?;
 
     let (health, health_service) = tonic_health::server::health_reporter();
     health.set_not_serving::<AgentServiceServer<AgentApi>>().await;
@@ -160,7 +162,6 @@ pub async fn start_with_metrics(
         state: state.clone(),
         master: config.master.clone(),
         advertise,
-        labels: config.labels.clone(),
         join_token: config.join_token.clone(),
         interval: config.heartbeat_interval,
         tls: tls.clone(),
@@ -219,6 +220,22 @@ pub async fn start_with_metrics(
     });
     tracing::info!(listen = %local_addr, node.id = %name, node.shard = %shard, tls = tls.is_some(), "agent serving");
     Ok(AgentHandle { local_addr, metrics_addr, name, shard, link: status_rx, shutdown, task })
+}
+
+/// The agent's actions (declared and built-in) over its persisted node state, and its
+/// participant log: refused (before serving anything) when another process holds the log.
+fn open_actions(state: AgentState, config: &AgentConfig) -> Result<AgentState, StartError> {
+    let node = actions::node::NodeState::load(&config.data_dir, config.labels.clone())
+        .map_err(|source| error::AgentError::NodeState { dir: config.data_dir.clone(), source })
+        .map_err(|err| StartError::Config(err.to_string()))?;
+    let actions = Arc::new(actions::Actions::new(config.actions.clone(), node, Arc::clone(&state.index)));
+    let participants = actions::participant::Participants::open(
+        &config.data_dir.join(actions::participant::TX_DIR),
+        Arc::clone(&actions),
+        Arc::clone(&state.index),
+    )
+    .map_err(|err| StartError::Config(err.to_string()))?;
+    Ok(state.with_actions(actions, Some(Arc::new(participants))))
 }
 
 /// Refuses an index that already follows another shard group's log than `shard`; a fresh index

@@ -3,6 +3,7 @@
 //! network) the link reconnects with capped, jittered exponential backoff; it never gives up and
 //! never takes the agent's data plane down with it.
 
+use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
@@ -40,7 +41,6 @@ pub(crate) struct Link {
     pub(crate) state: AgentState,
     pub(crate) master: String,
     pub(crate) advertise: String,
-    pub(crate) labels: std::collections::BTreeMap<String, String>,
     /// Spent at the first admission; re-registrations of an admitted node ignore it.
     pub(crate) join_token: Option<ragmesh_config::Secret>,
     pub(crate) interval: Duration,
@@ -174,6 +174,22 @@ impl Link {
         }
     }
 
+    /// Applies decisions for in-doubt transactions exactly as `DecideTransaction` does, each in
+    /// its own task so a slow commit step never holds up the heartbeats.
+    fn apply_decisions(&self, decisions: v1::TransactionDecisions) {
+        let Some(participants) = self.state.participants.clone() else { return };
+        for outcome in decisions.outcomes {
+            let participants = Arc::clone(&participants);
+            let decision =
+                v1::TransactionDecision::try_from(outcome.decision).unwrap_or(v1::TransactionDecision::Unspecified);
+            tokio::spawn(async move {
+                if let Err(err) = participants.decide(&outcome.tx_id, decision).await {
+                    tracing::error!(tx = %outcome.tx_id, error = %err, "cannot apply the master's decision; it will be listed again");
+                }
+            });
+        }
+    }
+
     fn generation(&self) -> u64 {
         self.state.index.get().map_or(0, |index| index.generation())
     }
@@ -184,6 +200,10 @@ impl Link {
         let mut client = MembershipServiceClient::new(channel);
 
         let Counted { generation, applied_seq, collections } = self.counted().await;
+        // Labels reach the master at registration: a change (node.labels) ends this session
+        // below, and the next registration carries the new ones.
+        let mut label_changes = self.state.actions.node.watch_labels();
+        let labels = label_changes.borrow_and_update().clone();
         let mut register = tonic::Request::new(v1::RegisterRequest {
             node_name: self.state.name.clone(),
             advertised_address: self.advertise.clone(),
@@ -191,7 +211,7 @@ impl Link {
             protocol_major: PROTOCOL_MAJOR,
             protocol_minor: PROTOCOL_MINOR,
             collections,
-            labels: self.labels.clone().into_iter().collect(),
+            labels: labels.into_iter().collect(),
             generation,
             heartbeat_interval_ms: u32::try_from(self.interval.as_millis()).unwrap_or(u32::MAX),
             join_token: self.join_token.as_ref().map(|t| t.0.clone()).unwrap_or_default(),
@@ -228,7 +248,8 @@ impl Link {
                 generation: counted.generation,
                 applied_seq: counted.applied_seq,
             }),
-            in_doubt_transactions: Vec::new(),
+            // Listed in every heartbeat until decided: the master answers with decisions.
+            in_doubt_transactions: self.state.participants.as_ref().map(|p| p.in_doubt()).unwrap_or_default(),
         };
         // The master waits for the first heartbeat before it answers the stream, so queue it first.
         let mut counted = self.counted().await;
@@ -249,6 +270,10 @@ impl Link {
             tokio::select! {
                 // Dropping `tx` on return closes our half of the stream: the master marks us down at once.
                 () = self.shutdown.cancelled() => return Ok(SessionEnd::Shutdown),
+                Ok(()) = label_changes.changed() => {
+                    tracing::info!("labels changed; re-registering so the master learns them");
+                    return Ok(SessionEnd::Lost("labels changed (node.labels): re-registering".to_owned()));
+                }
                 _ = ticker.tick() => {
                     if last_ack.elapsed() > ack_timeout {
                         return Ok(SessionEnd::Lost(format!("master sent no acknowledgement for {} ms", ack_timeout.as_millis())));
@@ -272,8 +297,9 @@ impl Link {
                             Err(err) => tracing::error!(error = %err, "the master sent unusable verification keys"),
                         }
                     }
-                    // This agent reports no transaction in doubt yet, so decisions are not expected.
-                    Ok(Some(v1::HealthStreamResponse { body: Some(v1::health_stream_response::Body::Decisions(_)) })) => {}
+                    Ok(Some(v1::HealthStreamResponse { body: Some(v1::health_stream_response::Body::Decisions(decisions)) })) => {
+                        self.apply_decisions(decisions);
+                    }
                     Ok(Some(v1::HealthStreamResponse { body: None })) => {}
                     Ok(None) => return Ok(SessionEnd::Lost("master closed the health stream".to_owned())),
                     Err(status) => return Ok(SessionEnd::Lost(self.describe_status("health stream ended", &status))),

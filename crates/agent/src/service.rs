@@ -15,6 +15,9 @@ use ragmesh_proto::v1::{self, agent_service_server::AgentService};
 use tokio::sync::Semaphore;
 use tonic::{Request, Response, Status};
 
+use crate::actions::Actions;
+use crate::actions::node::NodeState;
+use crate::actions::participant::Participants;
 use crate::error::AgentError;
 
 /// Metadata key of the master's signed request context (see ragmesh-master's access module).
@@ -41,21 +44,35 @@ pub struct AgentState {
     work_slots: Arc<Semaphore>,
     /// Number of slots (`--max-concurrent-requests`).
     work_limit: usize,
+    /// The actions offered (declared and built-in), the drain flag and the labels.
+    pub actions: Arc<Actions>,
+    /// The participant side of transactions; `None` only in tests of the service alone.
+    pub participants: Option<Arc<Participants>>,
 }
 
 impl AgentState {
     /// State of agent `name` serving shard group `shard`, running at most `max_work` blocking
     /// index operations at once.
     pub fn new(name: String, shard: String, max_work: usize) -> Self {
+        let index = Arc::new(OnceLock::new());
         AgentState {
             name,
             shard,
-            index: Arc::new(OnceLock::new()),
+            index: Arc::clone(&index),
             in_flight: Arc::new(AtomicU32::new(0)),
             verifier: Arc::default(),
             work_slots: Arc::new(Semaphore::new(max_work)),
             work_limit: max_work,
+            actions: Arc::new(Actions::new(Vec::new(), NodeState::in_memory(BTreeMap::new()), index)),
+            participants: None,
         }
+    }
+
+    /// The same state offering `actions` and taking part in transactions with `participants`.
+    pub fn with_actions(mut self, actions: Arc<Actions>, participants: Option<Arc<Participants>>) -> Self {
+        self.actions = actions;
+        self.participants = participants;
+        self
     }
 
     /// Installs the master's verification keys (at registration and after a key rotation).
@@ -73,13 +90,19 @@ impl AgentState {
     /// The caller the master vouches for, from the signed `x-ragmesh-context` metadata.
     /// Requests without a valid context are refused: only the master calls agents.
     fn caller<T>(&self, request: &Request<T>, capability: Capability) -> Result<Principal, AgentError> {
+        let principal = self.verified(request)?;
+        principal.require(capability)?;
+        Ok(principal)
+    }
+
+    /// The caller the master vouches for, whatever it may do: actions check the capability they
+    /// declare themselves.
+    fn verified<T>(&self, request: &Request<T>) -> Result<Principal, AgentError> {
         let token =
             request.metadata().get(CONTEXT_METADATA).and_then(|v| v.to_str().ok()).ok_or(AgentError::NoContext)?;
         let guard = self.verifier.read().unwrap_or_else(std::sync::PoisonError::into_inner);
         let verifier = guard.as_ref().ok_or(AgentError::NoKeys)?;
-        let principal = verifier.verify(token, unix_now())?;
-        principal.require(capability)?;
-        Ok(principal)
+        Ok(verifier.verify(token, unix_now())?)
     }
 
     /// The log position of a write: required, and of this agent's shard group.
@@ -154,7 +177,7 @@ fn writer_of(principal: &Principal) -> Writer {
     if principal.has(Capability::Admin) { Writer::Operator } else { Writer::Tenant(principal.tenant.clone()) }
 }
 
-fn document_from_wire(doc: v1::Document) -> Document {
+pub(crate) fn document_from_wire(doc: v1::Document) -> Document {
     let acl = doc.acl.unwrap_or_default();
     Document {
         id: doc.id,
@@ -195,39 +218,46 @@ pub(crate) fn collection_stats(counts: Vec<ragmesh_index::CollectionCount>) -> V
     counts.into_iter().map(|c| v1::CollectionStats { name: c.name, doc_count: c.doc_count }).collect()
 }
 
-/// What the action RPCs answer until remote actions are wired in (issue 9).
-fn actions_not_served() -> Status {
-    Status::unimplemented("remote actions are not served by this agent version yet")
-}
-
 #[tonic::async_trait]
 impl AgentService for AgentApi {
     async fn list_actions(
         &self,
-        _request: Request<v1::ListActionsRequest>,
+        request: Request<v1::ListActionsRequest>,
     ) -> Result<Response<v1::ListActionsResponse>, Status> {
-        Err(actions_not_served())
+        // Anyone the master vouches for may see what the node offers (as `action list` shows it).
+        self.0.verified(&request)?;
+        Ok(Response::new(v1::ListActionsResponse { actions: self.0.actions.descriptors() }))
     }
 
     async fn run_action(
         &self,
-        _request: Request<v1::RunActionRequest>,
+        request: Request<v1::RunActionRequest>,
     ) -> Result<Response<v1::RunActionResponse>, Status> {
-        Err(actions_not_served())
+        let principal = self.0.verified(&request)?;
+        let response = self.0.actions.run(&principal, request.into_inner()).await?;
+        Ok(Response::new(response))
     }
 
     async fn prepare_transaction(
         &self,
-        _request: Request<v1::PrepareTransactionRequest>,
+        request: Request<v1::PrepareTransactionRequest>,
     ) -> Result<Response<v1::PrepareTransactionResponse>, Status> {
-        Err(actions_not_served())
+        let principal = self.0.verified(&request)?;
+        let participants = self.0.participants.as_ref().ok_or(AgentError::NotReady)?;
+        Ok(Response::new(participants.prepare(&principal, request.into_inner()).await?))
     }
 
     async fn decide_transaction(
         &self,
-        _request: Request<v1::DecideTransactionRequest>,
+        request: Request<v1::DecideTransactionRequest>,
     ) -> Result<Response<v1::DecideTransactionResponse>, Status> {
-        Err(actions_not_served())
+        // Only the master (which signs contexts) decides; any principal it vouches for will do.
+        self.0.verified(&request)?;
+        let participants = self.0.participants.as_ref().ok_or(AgentError::NotReady)?;
+        let request = request.into_inner();
+        let decision =
+            v1::TransactionDecision::try_from(request.decision).unwrap_or(v1::TransactionDecision::Unspecified);
+        Ok(Response::new(participants.decide(&request.tx_id, decision).await?))
     }
 
     async fn upsert_documents(
@@ -292,6 +322,9 @@ impl AgentService for AgentApi {
         request: Request<v1::NodeSearchRequest>,
     ) -> Result<Response<v1::NodeSearchResponse>, Status> {
         let viewer = viewer_of(&self.0.caller(&request, Capability::Search)?);
+        if self.0.actions.node.is_drained() {
+            return Err(AgentError::Drained.into());
+        }
         let req = request.into_inner();
         let query = SearchQuery {
             query: req.query,

@@ -440,6 +440,52 @@ impl DocumentIndex {
         self.commit(state, applied)
     }
 
+    /// Merges every searchable segment into one (dropping deleted documents) and removes files
+    /// nothing uses any more. Documents, generation and log position stay as they are. Returns
+    /// the number of segments before and after.
+    pub fn compact(&self) -> Result<(usize, usize), IndexError> {
+        let _span = tracing::info_span!("index.compact").entered();
+        let mut state = self.lock_writer();
+        let index = state.writer.index().clone();
+        let segments = || index.searchable_segment_ids().map_err(IndexError::tantivy("list segments"));
+        let before = segments()?;
+        if before.len() > 1 {
+            state.writer.merge(&before).wait().map_err(IndexError::tantivy("merge segments"))?;
+        }
+        state.writer.garbage_collect_files().wait().map_err(IndexError::tantivy("remove unused files"))?;
+        self.reader.reload().map_err(IndexError::tantivy("reload reader after compaction"))?;
+        let mut snapshot = self.snapshot.write().unwrap_or_else(PoisonError::into_inner);
+        snapshot.searcher = self.reader.searcher();
+        drop(snapshot);
+        let after = segments()?.len();
+        tracing::info!(segments.before = before.len(), segments.after = after, "index compacted");
+        Ok((before.len(), after))
+    }
+
+    /// Checks a write without applying it (phase one of a transactional document write): the
+    /// same batch, document, ACL and ownership rules as [`DocumentIndex::apply_upsert`] and
+    /// [`DocumentIndex::apply_delete`]. Ownership is read from the current snapshot, so a write
+    /// committed in between is checked again when the write is applied.
+    pub fn check_write(&self, upserts: &[Document], deletes: &[DocRef], writer: &Writer) -> Result<(), IndexError> {
+        validate_batch_len(upserts.len() + deletes.len(), "write")?;
+        let mut keys: Vec<(&str, &str)> = Vec::with_capacity(upserts.len() + deletes.len());
+        for (position, doc) in upserts.iter().enumerate() {
+            validate_document(position, doc)?;
+            let mut acl = doc.acl.clone();
+            writer.settle_acl(&mut acl).map_err(|reason| IndexError::Forbidden {
+                position,
+                id: doc.id.clone(),
+                reason,
+            })?;
+            keys.push((doc.collection.as_str(), doc.id.as_str()));
+        }
+        for (position, doc_ref) in deletes.iter().enumerate() {
+            validate_ref(upserts.len() + position, doc_ref)?;
+            keys.push((doc_ref.collection.as_str(), doc_ref.id.as_str()));
+        }
+        self.check_owners(&keys, writer)
+    }
+
     /// Runs a BM25 search over titles and bodies.
     pub fn search(&self, q: &SearchQuery) -> Result<SearchResults, IndexError> {
         let _span = tracing::debug_span!("index.search", index.limit = q.limit).entered();
@@ -821,6 +867,44 @@ mod tests {
 
     fn ids(results: &SearchResults) -> Vec<(String, String)> {
         results.hits.iter().map(|hit| (hit.collection.clone(), hit.id.clone())).collect()
+    }
+
+    #[test]
+    fn compaction_merges_segments_and_keeps_documents_generation_and_position() {
+        let (_dir, index) = open_temp();
+        for i in 0..4 {
+            index.upsert(vec![doc("notes", &format!("d{i}"), "title", "compact words")]).expect("upsert");
+        }
+        index.delete(vec![doc_ref("notes", "d0")]).expect("delete");
+        let generation = index.generation();
+        let (before, after) = index.compact().expect("compact");
+        assert!(before > 1, "one segment per commit before: {before}");
+        assert_eq!(after, 1);
+        assert_eq!(index.generation(), generation, "compaction changes no document");
+        assert_eq!(index.doc_count(), 3);
+        assert_eq!(index.search(&query("compact")).expect("search").hits.len(), 3);
+        let reopened_dir = index.path().to_path_buf();
+        drop(index);
+        let reopened = DocumentIndex::open(&reopened_dir).expect("reopen");
+        assert_eq!((reopened.generation(), reopened.doc_count()), (generation, 3));
+    }
+
+    #[test]
+    fn a_write_check_applies_the_write_rules_without_writing() {
+        let (_dir, index) = open_temp();
+        let owned = |id: &str, tenant: &str| Document { acl: crate::Acl::tenant(tenant), ..doc("notes", id, "t", "b") };
+        index.upsert_as(vec![owned("mine", "acme")], &Writer::Tenant("acme".into())).expect("upsert");
+        let generation = index.generation();
+        let other = Writer::Tenant("globex".into());
+        index.check_write(&[owned("new", "globex")], &[], &other).expect("a new document is fine");
+        let taken = index.check_write(&[owned("mine", "globex")], &[], &other).expect_err("owned by acme");
+        assert!(matches!(taken, IndexError::Forbidden { .. }), "{taken:?}");
+        assert!(index.check_write(&[], &[doc_ref("notes", "mine")], &other).is_err(), "nor may it delete it");
+        let public = index.check_write(&[doc("notes", "p", "t", "b")], &[], &other).expect_err("public");
+        assert!(matches!(public, IndexError::Forbidden { .. }), "the ACL rules apply: {public:?}");
+        assert!(index.check_write(&[doc("notes", "", "t", "b")], &[], &Writer::Operator).is_err(), "empty id");
+        assert!(index.check_write(&[], &[], &Writer::Operator).is_err(), "empty batch");
+        assert_eq!(index.generation(), generation, "checks write nothing");
     }
 
     #[test]

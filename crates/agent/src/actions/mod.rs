@@ -1,0 +1,453 @@
+//! What this agent offers as actions, and `RunAction`: the operator-declared actions of its config
+//! (`[[actions]]`) plus built-ins (`node.drain`, `node.undrain`, `node.labels`, `index.compact`), by name.
+//!
+//! Who may run what, decided here and nowhere else ([`authorize`]):
+//! - the caller's token (from the master's signed context) must carry the capability the action
+//!   declares (`actions` by default; built-ins need `actions`);
+//! - an **operator** (a principal holding `admin`) passes every tenant list: tenant lists limit
+//!   tenants, and operators run the node. Its tenant plays no part (the verifier already refuses
+//!   a context whose tenant claim is empty, so "an operator without a tenant" is one whose
+//!   tenant is simply ignored);
+//! - anyone else needs its tenant listed by the action (or `*`); an empty list (and so every
+//!   built-in) means operators only, as `ActionDescriptor.tenants` documents;
+//! - an action this agent's config does not declare is never run, whatever the context says.
+
+pub mod calls;
+pub mod node;
+pub mod participant;
+
+use std::collections::BTreeMap;
+use std::str::FromStr as _;
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
+
+use ragmesh_actions::{
+    ActionOutcome, ActionSpec, ArgKind, ArgSpec, Captured, RunLimits, StepOutcome, StepRole, StepStatus, ValidArgs,
+};
+use ragmesh_auth::{Capability, Principal};
+use ragmesh_index::DocumentIndex;
+use ragmesh_proto::v1;
+
+use crate::error::AgentError;
+use calls::{Begin, CallCache};
+use node::NodeState;
+
+/// Capability every built-in requires.
+pub const BUILTIN_CAPABILITY: &str = "actions";
+/// Timeout of a built-in.
+const BUILTIN_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The built-in actions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Builtin {
+    /// Stop answering searches (the master's node client uses another replica).
+    Drain,
+    /// Answer searches again.
+    Undrain,
+    /// Set (or remove) labels; the master learns them at the re-registration that follows.
+    Labels,
+    /// Merge the index's segments and remove unused files.
+    Compact,
+}
+
+impl Builtin {
+    /// Every built-in, in listing order.
+    pub const ALL: [Builtin; 4] = [Builtin::Drain, Builtin::Undrain, Builtin::Labels, Builtin::Compact];
+
+    /// The name callers use.
+    pub fn name(self) -> &'static str {
+        match self {
+            Builtin::Drain => "node.drain",
+            Builtin::Undrain => "node.undrain",
+            Builtin::Labels => "node.labels",
+            Builtin::Compact => "index.compact",
+        }
+    }
+
+    fn description(self) -> &'static str {
+        match self {
+            Builtin::Drain => {
+                "stop answering searches (UNAVAILABLE, so the master asks another replica) until node.undrain; survives a restart"
+            }
+            Builtin::Undrain => "answer searches again after node.drain",
+            Builtin::Compact => {
+                "merge the index's segments into one (dropping deleted documents) and remove unused files"
+            }
+            Builtin::Labels => {
+                "set labels: set=k=v,k2=v2 (k= removes k); the agent re-registers so the master learns them; survives a restart"
+            }
+        }
+    }
+
+    /// The argument schema.
+    pub fn args(self) -> Vec<ArgSpec> {
+        match self {
+            Builtin::Drain | Builtin::Undrain | Builtin::Compact => Vec::new(),
+            Builtin::Labels => {
+                let mut set = ArgSpec::new("set", ArgKind::String);
+                set.description = "labels to set, k=v,k2=v2 (k= removes k)".to_owned();
+                set.required = true;
+                set.min_len = Some(1);
+                set.max_len = Some(4096);
+                vec![set]
+            }
+        }
+    }
+
+    /// The descriptor `ListActions` answers.
+    pub fn descriptor(self) -> v1::ActionDescriptor {
+        v1::ActionDescriptor {
+            name: self.name().to_owned(),
+            description: self.description().to_owned(),
+            arguments: self.args().iter().map(argument_descriptor).collect(),
+            timeout_ms: u32::try_from(BUILTIN_TIMEOUT.as_millis()).unwrap_or(u32::MAX),
+            capability: BUILTIN_CAPABILITY.to_owned(),
+            tenants: Vec::new(),
+            transactional: false,
+            builtin: true,
+        }
+    }
+}
+
+/// The wire form of a built-in's (string) argument.
+fn argument_descriptor(arg: &ArgSpec) -> v1::ArgumentDescriptor {
+    let kind = match arg.kind {
+        ArgKind::String => v1::ArgumentType::String,
+        ArgKind::Integer => v1::ArgumentType::Integer,
+        ArgKind::Number => v1::ArgumentType::Number,
+        ArgKind::Boolean => v1::ArgumentType::Boolean,
+    };
+    v1::ArgumentDescriptor {
+        name: arg.name.clone(),
+        description: arg.description.clone(),
+        r#type: kind as i32,
+        required: arg.required,
+        default_value: arg.default.clone(),
+        allowed: arg.allowed.clone(),
+        pattern: arg.pattern.clone().unwrap_or_default(),
+        min_len: arg.min_len.map(|n| u32::try_from(n).unwrap_or(u32::MAX)),
+        max_len: arg.max_len.map(|n| u32::try_from(n).unwrap_or(u32::MAX)),
+        min: None,
+        max: None,
+        secret: arg.secret,
+    }
+}
+
+/// One action this agent offers.
+#[derive(Debug, Clone)]
+pub enum Offered {
+    /// Declared in the agent's config.
+    Declared(Arc<ActionSpec>),
+    /// Built in.
+    Builtin(Builtin),
+}
+
+impl Offered {
+    fn name(&self) -> &str {
+        match self {
+            Offered::Declared(spec) => &spec.name,
+            Offered::Builtin(builtin) => builtin.name(),
+        }
+    }
+
+    fn capability(&self) -> &str {
+        match self {
+            Offered::Declared(spec) => &spec.capability,
+            Offered::Builtin(_) => BUILTIN_CAPABILITY,
+        }
+    }
+
+    fn tenants(&self) -> &[String] {
+        match self {
+            Offered::Declared(spec) => &spec.tenants,
+            Offered::Builtin(_) => &[],
+        }
+    }
+
+    /// Validates a call's arguments against the action's schema (every problem at once).
+    fn validate(&self, arguments: &BTreeMap<String, String>) -> Result<ValidArgs, AgentError> {
+        let validated = match self {
+            Offered::Declared(spec) => ragmesh_actions::validate(spec, arguments),
+            Offered::Builtin(builtin) => ragmesh_actions::validate_args(builtin.name(), &builtin.args(), arguments),
+        };
+        validated.map_err(|problems| AgentError::InvalidArguments { action: self.name().to_owned(), problems })
+    }
+}
+
+/// Whether `principal` may run an action requiring `capability` and limited to `tenants` (see
+/// the module documentation); the error says what is missing.
+pub fn authorize(principal: &Principal, capability: &str, tenants: &[String]) -> Result<(), String> {
+    let Ok(needed) = Capability::from_str(capability) else {
+        return Err(format!(
+            "the action requires capability {capability:?}, which this agent does not know: fix its [[actions]] config"
+        ));
+    };
+    if !principal.has(needed) {
+        return Err(format!("the caller's token lacks capability {needed:?} that the action requires"));
+    }
+    if principal.has(Capability::Admin) {
+        return Ok(());
+    }
+    if tenants.is_empty() {
+        return Err("the action is for operators only (a token with capability \"admin\")".to_owned());
+    }
+    if principal.tenant.is_empty() {
+        return Err(format!("the caller has no tenant; the action is limited to tenants {tenants:?}"));
+    }
+    let allowed =
+        tenants.iter().any(|allowed| allowed == ragmesh_actions::spec::ANY_TENANT || *allowed == principal.tenant);
+    if !allowed {
+        return Err(format!(
+            "the action is limited to tenants {tenants:?}; the caller's tenant is {:?}",
+            principal.tenant
+        ));
+    }
+    Ok(())
+}
+
+/// The actions of this agent and what running them needs.
+#[derive(Debug)]
+pub struct Actions {
+    declared: BTreeMap<String, Arc<ActionSpec>>,
+    /// Drain flag and labels.
+    pub node: NodeState,
+    /// The index (`index.*` built-ins), once open.
+    index: Arc<OnceLock<Arc<DocumentIndex>>>,
+    calls: CallCache,
+}
+
+impl Actions {
+    /// The agent's actions: `declared` (already validated by the config) and the built-ins.
+    pub fn new(declared: Vec<ActionSpec>, node: NodeState, index: Arc<OnceLock<Arc<DocumentIndex>>>) -> Self {
+        let declared = declared.into_iter().map(|spec| (spec.name.clone(), Arc::new(spec))).collect();
+        Actions { declared, node, index, calls: CallCache::default() }
+    }
+
+    /// The action called `name`, if offered.
+    pub fn find(&self, name: &str) -> Option<Offered> {
+        if let Some(builtin) = Builtin::ALL.into_iter().find(|builtin| builtin.name() == name) {
+            return Some(Offered::Builtin(builtin));
+        }
+        self.declared.get(name).cloned().map(Offered::Declared)
+    }
+
+    /// Names of every action offered, for "not found" messages.
+    pub fn names(&self) -> Vec<String> {
+        let builtins = Builtin::ALL.into_iter().map(|builtin| builtin.name().to_owned());
+        builtins.chain(self.declared.keys().cloned()).collect()
+    }
+
+    /// What `ListActions` answers: built-ins first, then the declared actions by name.
+    pub fn descriptors(&self) -> Vec<v1::ActionDescriptor> {
+        let builtins = Builtin::ALL.into_iter().map(Builtin::descriptor);
+        builtins.chain(self.declared.values().map(|spec| ragmesh_actions::wire::descriptor(spec, false))).collect()
+    }
+
+    /// Looks `call` up, checks `principal` may run it and validates its arguments.
+    pub fn admit(&self, principal: &Principal, call: &v1::ActionCall) -> Result<(Offered, ValidArgs), AgentError> {
+        let Some(offered) = self.find(&call.action) else {
+            return Err(AgentError::UnknownAction { name: shorten(&call.action), offered: self.names().join(", ") });
+        };
+        authorize(principal, offered.capability(), offered.tenants())
+            .map_err(|reason| AgentError::NotAllowed { action: offered.name().to_owned(), reason })?;
+        let arguments: BTreeMap<String, String> = call.arguments.clone().into_iter().collect();
+        let args = offered.validate(&arguments)?;
+        Ok((offered, args))
+    }
+
+    /// `RunAction`: admits the call, then runs it once per `call_id` (see [`calls`]).
+    pub async fn run(
+        self: &Arc<Self>,
+        principal: &Principal,
+        request: v1::RunActionRequest,
+    ) -> Result<v1::RunActionResponse, AgentError> {
+        let call = request.call.ok_or(AgentError::NoCall)?;
+        let (offered, args) = self.admit(principal, &call)?;
+        tracing::info!(
+            action = offered.name(),
+            call_id = %request.call_id,
+            caller.subject = %principal.subject,
+            caller.tenant = %principal.tenant,
+            args = ?args,
+            "action.run"
+        );
+        if request.call_id.is_empty() {
+            return Ok(v1::RunActionResponse { result: Some(self.execute(offered, args).await), repeated_call: false });
+        }
+        let mut fingerprint = offered.name().as_bytes().to_vec();
+        fingerprint.push(0);
+        fingerprint.extend(ragmesh_actions::digest::encode(&args));
+        match self.calls.begin(&request.call_id, fingerprint, tokio::time::Instant::now()) {
+            Begin::Conflict => Err(AgentError::CallIdReused { call_id: shorten(&request.call_id) }),
+            Begin::Repeat(slot) => {
+                tracing::info!(call_id = %request.call_id, "action.repeated_call");
+                let result = calls::wait(slot)
+                    .await
+                    .ok_or_else(|| AgentError::Task("the first run of this call id failed".to_owned()))?;
+                Ok(v1::RunActionResponse { result: Some(result), repeated_call: true })
+            }
+            Begin::First(publish) => {
+                let mut slot = publish.subscribe();
+                let this = Arc::clone(self);
+                // Its own task: a caller that gives up does not stop (or repeat) the run.
+                tokio::spawn(async move {
+                    let result = this.execute(offered, args).await;
+                    publish.send_replace(Some(result));
+                });
+                let result = slot
+                    .wait_for(Option::is_some)
+                    .await
+                    .map_err(|_| AgentError::Task("the action's task ended without a result".to_owned()))?
+                    .clone()
+                    .ok_or_else(|| AgentError::Task("no result".to_owned()))?;
+                Ok(v1::RunActionResponse { result: Some(result), repeated_call: false })
+            }
+        }
+    }
+
+    /// Runs an admitted action: a declared one with [`ragmesh_actions::run_single`].
+    async fn execute(&self, offered: Offered, args: ValidArgs) -> v1::ActionResult {
+        let outcome = match &offered {
+            Offered::Declared(spec) => ragmesh_actions::run_single(spec, &args, RunLimits::for_action(spec)).await,
+            Offered::Builtin(builtin) => self.run_builtin(*builtin, &args).await,
+        };
+        let result = ragmesh_actions::wire::action_result(&outcome);
+        tracing::info!(
+            action = offered.name(),
+            status = outcome.status().as_str(),
+            duration_ms = result.duration_ms,
+            "action.finished"
+        );
+        result
+    }
+
+    async fn run_builtin(&self, builtin: Builtin, args: &ValidArgs) -> ActionOutcome {
+        let started = Instant::now();
+        let done = match builtin {
+            Builtin::Drain => self.node.set_drained(true).map(|changed| {
+                if changed { "drained: searches answer UNAVAILABLE until node.undrain" } else { "already drained" }
+                    .to_owned()
+            }),
+            Builtin::Undrain => self.node.set_drained(false).map(|changed| {
+                if changed { "undrained: answering searches again" } else { "was not drained" }.to_owned()
+            }),
+            Builtin::Labels => self.set_labels(args),
+            Builtin::Compact => self.compact().await,
+        };
+        let (status, stdout, message) = match done {
+            Ok(text) => (StepStatus::Ok, text, String::new()),
+            Err(err) => (StepStatus::Error, String::new(), err.to_string()),
+        };
+        if status == StepStatus::Ok {
+            tracing::info!(action = builtin.name(), outcome = %stdout, "action.builtin");
+        }
+        let step = StepOutcome {
+            status,
+            exit_code: None,
+            http_status: None,
+            stdout: Captured { text: stdout, truncated_bytes: 0 },
+            stderr: Captured::default(),
+            duration: started.elapsed(),
+            message,
+        };
+        ActionOutcome { steps: vec![(StepRole::Run, step)] }
+    }
+
+    async fn compact(&self) -> std::io::Result<String> {
+        let Some(index) = self.index.get().cloned() else {
+            return Err(std::io::Error::other("the index is still opening: retry shortly"));
+        };
+        let compacted = tokio::task::spawn_blocking(move || index.compact()).await.map_err(std::io::Error::other)?;
+        let (before, after) = compacted.map_err(std::io::Error::other)?;
+        Ok(format!("compacted: {before} segments before, {after} after"))
+    }
+
+    fn set_labels(&self, args: &ValidArgs) -> std::io::Result<String> {
+        let text = args.get("set").map(ragmesh_actions::ArgValue::text).unwrap_or_default();
+        let changes = node::parse_label_changes(&text)
+            .map_err(|problems| std::io::Error::new(std::io::ErrorKind::InvalidInput, problems.join("; ")))?;
+        let mut labels = self.node.labels();
+        for (key, value) in changes {
+            match value {
+                Some(value) => labels.insert(key, value),
+                None => labels.remove(&key),
+            };
+        }
+        if labels.len() > node::MAX_LABELS {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                format!("{} labels: at most {}", labels.len(), node::MAX_LABELS),
+            ));
+        }
+        let shown = labels.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(",");
+        self.node.set_labels(labels)?;
+        Ok(format!("labels now {shown}; re-registering with the master"))
+    }
+}
+
+/// A caller-given name, shortened for messages.
+fn shorten(text: &str) -> String {
+    text.chars().take(80).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn principal(tenant: &str, capabilities: &[Capability]) -> Principal {
+        Principal {
+            subject: "someone".into(),
+            tenant: tenant.into(),
+            capabilities: capabilities.iter().copied().collect(),
+            token_id: "t".into(),
+            expires_at: 0,
+            issued_at: 0,
+        }
+    }
+
+    #[test]
+    fn who_may_run_what() {
+        let listed = vec!["acme".to_owned()];
+        let any = vec!["*".to_owned()];
+        let acme = principal("acme", &[Capability::Actions]);
+        assert!(authorize(&acme, "actions", &listed).is_ok());
+        assert!(authorize(&acme, "actions", &any).is_ok());
+        let other =
+            authorize(&principal("globex", &[Capability::Actions]), "actions", &listed).expect_err("other tenant");
+        assert!(other.contains("\"acme\"") && other.contains("\"globex\""), "{other}");
+        let no_cap = authorize(&principal("acme", &[Capability::Search]), "actions", &listed).expect_err("capability");
+        assert!(no_cap.contains("Actions"), "{no_cap}");
+        assert!(authorize(&acme, "ingest", &listed).is_err(), "the declared capability is the one checked");
+        assert!(authorize(&acme, "actions", &[]).expect_err("operators only").contains("operators only"));
+        assert!(authorize(&principal("", &[Capability::Actions]), "actions", &any).is_err(), "no tenant, no operator");
+        let operator = principal("", &[Capability::Actions, Capability::Admin]);
+        assert!(authorize(&operator, "actions", &[]).is_ok(), "operators pass tenant lists");
+        assert!(authorize(&operator, "actions", &listed).is_ok());
+        assert!(
+            authorize(&principal("", &[Capability::Admin]), "actions", &[]).is_err(),
+            "but still need the capability"
+        );
+        assert!(authorize(&operator, "launch", &any).expect_err("unknown").contains("\"launch\""));
+    }
+
+    #[tokio::test]
+    async fn unknown_actions_and_bad_arguments_are_refused_before_running() {
+        let actions = Arc::new(Actions::new(Vec::new(), NodeState::in_memory(BTreeMap::new()), Arc::default()));
+        let operator = principal("", &[Capability::Actions, Capability::Admin]);
+        let call = |action: &str, args: &[(&str, &str)]| v1::RunActionRequest {
+            call: Some(v1::ActionCall {
+                action: action.into(),
+                arguments: args.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect(),
+            }),
+            call_id: String::new(),
+        };
+        let unknown = actions.run(&operator, call("cache.clear", &[])).await.expect_err("unknown");
+        assert!(unknown.to_string().contains("node.drain"), "{unknown}");
+        let bad = actions.run(&operator, call("node.labels", &[("nope", "1")])).await.expect_err("bad args");
+        let message = bad.to_string();
+        assert!(message.contains("\"nope\"") && message.contains("\"set\""), "every problem: {message}");
+        let ran = actions.run(&operator, call("node.drain", &[])).await.expect("drain");
+        assert_eq!(ran.result.expect("result").status, v1::ActionStatus::Ok as i32);
+        assert!(actions.node.is_drained());
+    }
+}
