@@ -47,15 +47,17 @@ pub struct ActionSpec {
     /// Capability the caller's token must carry (default `"actions"`).
     pub capability: String,
     /// Tenants whose callers may run it. Required in the TOML so nobody gets access by omission:
-    /// an empty list admits nobody (the action is declared but disabled), `["*"]` admits every
-    /// tenant (the capability still applies), otherwise exactly the tenants listed.
+    /// an empty list admits no tenant (operators only: callers holding `admin`, as the agent
+    /// enforces), `["*"]` admits every tenant (the capability still applies), otherwise exactly
+    /// the tenants listed.
     pub tenants: Vec<String>,
     /// What it does.
     pub steps: Steps,
 }
 
 impl ActionSpec {
-    /// Whether a caller of `tenant` may run this action (see [`ActionSpec::tenants`]).
+    /// Whether a caller of `tenant` may run this action (see [`ActionSpec::tenants`]); operators
+    /// are admitted by the agent whatever this says.
     pub fn allows_tenant(&self, tenant: &str) -> bool {
         self.tenants.iter().any(|allowed| allowed == ANY_TENANT || allowed == tenant)
     }
