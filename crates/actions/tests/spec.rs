@@ -81,7 +81,7 @@ fn a_good_file_parses_with_defaults_and_validates_clean() {
 
     let migrate = &actions[2];
     assert!(migrate.is_transactional());
-    assert!(!migrate.allows_tenant("acme"), "an empty tenant list admits nobody");
+    assert!(!migrate.allows_tenant("acme"), "an empty tenant list admits no tenant (operators only)");
 }
 
 #[test]
