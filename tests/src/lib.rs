@@ -165,6 +165,7 @@ impl MeshBuilder {
                 ..ragmesh_config::ReplicationConfig::default()
             },
             resilience: self.resilience,
+            actions: ragmesh_config::ActionsConfig::default(),
             log: "info".into(),
             events: self.events,
         };
@@ -244,6 +245,7 @@ impl Mesh {
             replicas: 1,
             write_quorum: None,
             resilience: ragmesh_config::ResilienceConfig::default(),
+            actions: ragmesh_config::ActionsConfig::default(),
             access: ragmesh_config::AccessConfig::default(),
             heartbeat_interval: HEARTBEAT_INTERVAL,
             heartbeat_timeout: HEARTBEAT_TIMEOUT,

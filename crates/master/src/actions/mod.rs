@@ -11,6 +11,8 @@
 pub mod audit;
 pub mod idempotency;
 pub mod jobs;
+pub mod selector;
+pub(crate) mod service;
 
 use std::sync::Arc;
 use std::time::Duration;
