@@ -245,7 +245,6 @@ impl Mesh {
             replicas: 1,
             write_quorum: None,
             resilience: ragmesh_config::ResilienceConfig::default(),
-            actions: ragmesh_config::ActionsConfig::default(),
             access: ragmesh_config::AccessConfig::default(),
             heartbeat_interval: HEARTBEAT_INTERVAL,
             heartbeat_timeout: HEARTBEAT_TIMEOUT,

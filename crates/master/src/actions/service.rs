@@ -388,11 +388,12 @@ pub(crate) async fn execute_action(
     let detached = job_response(running.job(), trace_id.as_deref());
     let driver = drive(ctx.clone(), actions.clone(), plan, running, ctx.shutdown.clone());
     if request.detach {
+        let response = v1::ExecuteActionResponse { job: Some(detached), replayed: false };
         if let Some(guard) = guard {
-            complete(guard, &detached).await;
+            complete(guard, &response).await;
         }
         ctx.tasks.spawn(driver);
-        return Ok(v1::ExecuteActionResponse { job: Some(detached), replayed: false });
+        return Ok(response);
     }
     // The driver owns the job and the key: a caller that goes away does not stop the nodes
     // already asked, and the key still gets its result.
@@ -411,7 +412,7 @@ pub(crate) async fn execute_action(
 }
 
 /// Records `response` as the key's result; a failure leaves the key in doubt (logged).
-async fn complete(guard: super::idempotency::Guard, response: &impl prost::Message) {
+async fn complete(guard: super::idempotency::Guard, response: &v1::ExecuteActionResponse) {
     let result = StoredResult {
         status: "ok".into(),
         message: String::new(),
