@@ -13,6 +13,7 @@ pub mod idempotency;
 pub mod jobs;
 pub mod selector;
 pub(crate) mod service;
+pub mod transactions;
 
 use std::sync::Arc;
 use std::time::Duration;
