@@ -211,3 +211,84 @@ async fn a_tenant_reads_only_its_own_history_and_needs_the_actions_capability() 
     assert_eq!(refused.code(), Code::PermissionDenied, "{refused:?}");
     mesh.shutdown().await;
 }
+
+fn tx_part(node: &str) -> v1::TransactionPart {
+    let call = v1::ActionCall { action: ACTION.into(), arguments: Default::default() };
+    v1::TransactionPart {
+        node: node.into(),
+        shard: String::new(),
+        operation: Some(v1::TransactionOperation { kind: Some(v1::transaction_operation::Kind::Action(call)) }),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_transaction_whose_participants_cannot_prepare_aborts_and_survives_a_master_restart() {
+    trace_init();
+    let mut mesh = Mesh::builder().agents(2).start().await;
+    let mut client = mesh.client().await;
+
+    let empty = client.execute_transaction(v1::ExecuteTransactionRequest::default()).await.expect_err("no parts");
+    assert_eq!(empty.code(), Code::InvalidArgument);
+    let twice =
+        v1::ExecuteTransactionRequest { parts: vec![tx_part("agent-1"), tx_part("agent-1")], ..Default::default() };
+    assert_eq!(client.execute_transaction(twice).await.expect_err("twice").code(), Code::InvalidArgument);
+    let ghost = v1::ExecuteTransactionRequest { parts: vec![tx_part("ghost")], ..Default::default() };
+    assert_eq!(client.execute_transaction(ghost).await.expect_err("unknown").code(), Code::NotFound);
+    let bad_id = client.get_transaction(v1::GetTransactionRequest { tx_id: "xyz".into() }).await;
+    assert_eq!(bad_id.expect_err("not an id").code(), Code::InvalidArgument);
+    let unknown = client.get_transaction(v1::GetTransactionRequest { tx_id: format!("{:032x}", 1) }).await;
+    assert_eq!(unknown.expect_err("never existed").code(), Code::NotFound);
+
+    // Neither agent can prepare `no.such.action`: both vote no, the abort is logged and sent.
+    let request = v1::ExecuteTransactionRequest {
+        parts: vec![tx_part("agent-1"), tx_part("agent-2")],
+        timeout_ms: 5000,
+        ..Default::default()
+    };
+    let answer = client.execute_transaction(request).await.expect("decided").into_inner();
+    let tx = answer.transaction.expect("a status");
+    assert_eq!(tx.decision, v1::TransactionDecision::Abort as i32, "{tx:?}");
+    assert!(
+        [v1::TransactionPhase::Aborted as i32, v1::TransactionPhase::Aborting as i32].contains(&tx.phase),
+        "{tx:?}"
+    );
+    assert_eq!(tx.participants.len(), 2);
+    // The first no decides: a later vote may not be counted, but no one voted yes.
+    assert!(tx.participants.iter().any(|p| p.vote == v1::ParticipantVote::No as i32), "{tx:?}");
+    assert!(tx.participants.iter().all(|p| p.vote != v1::ParticipantVote::Yes as i32), "{tx:?}");
+    assert!(tx.participants.iter().all(|p| !p.message.is_empty()), "each says why: {tx:?}");
+    assert!(tx.message.contains("did not vote") || tx.message.contains("voted no"), "{}", tx.message);
+    assert_ne!(tx.decided_unix_ms, 0);
+    let read = client.get_transaction(v1::GetTransactionRequest { tx_id: tx.tx_id.clone() }).await.expect("get");
+    assert_eq!(read.into_inner().transaction.expect("status").decision, v1::TransactionDecision::Abort as i32);
+    let all = v1::ListTransactionsRequest { include_finished: true, limit: 0 };
+    let listed = client.list_transactions(all).await.expect("list").into_inner().transactions;
+    assert!(listed.iter().any(|t| t.tx_id == tx.tx_id), "{listed:?}");
+
+    // A restarted master reads its log: the logged abort is still the decision.
+    mesh.restart_master().await;
+    let mut client = mesh.client().await;
+    let after = ragmesh_e2e::wait_for("transactions served again", Duration::from_secs(20), || {
+        let mut client = client.clone();
+        let tx_id = tx.tx_id.clone();
+        async move { client.get_transaction(v1::GetTransactionRequest { tx_id }).await.ok() }
+    })
+    .await
+    .0
+    .into_inner()
+    .transaction
+    .expect("status");
+    assert_eq!(after.decision, v1::TransactionDecision::Abort as i32, "{after:?}");
+    let all = v1::ListTransactionsRequest { include_finished: true, limit: 0 };
+    assert!(
+        client
+            .list_transactions(all)
+            .await
+            .expect("list")
+            .into_inner()
+            .transactions
+            .iter()
+            .any(|t| t.tx_id == tx.tx_id)
+    );
+    mesh.shutdown().await;
+}

@@ -15,6 +15,7 @@ use ragmesh_auth::{Capability, Principal};
 
 use crate::access::AccessControl;
 use crate::actions::service as action_service;
+use crate::actions::tx_service;
 use crate::clients::NodeClients;
 use crate::convert;
 use crate::error::MasterError;
@@ -43,6 +44,8 @@ pub(crate) struct Context {
     pub(crate) replication: Arc<OnceLock<Replication>>,
     /// Records of remote actions (idempotency keys, audit log, jobs), once the store is open.
     pub(crate) actions: Arc<OnceLock<crate::actions::service::Actions>>,
+    /// The 2PC coordinator's driver and log, once the store is open.
+    pub(crate) transactions: Arc<OnceLock<crate::actions::transactions::Transactions>>,
     pub(crate) clients: NodeClients,
     /// Every call to agents goes through it (searches today; writes too, later).
     pub(crate) node_client: ragmesh_stack::node_call::NodeClient,
@@ -73,6 +76,10 @@ impl Context {
 
     pub(crate) fn actions(&self) -> Result<&crate::actions::service::Actions, MasterError> {
         self.actions.get().ok_or(MasterError::NotReady)
+    }
+
+    pub(crate) fn transactions(&self) -> Result<&crate::actions::transactions::Transactions, MasterError> {
+        self.transactions.get().ok_or(MasterError::NotReady)
     }
 
     /// Authenticates the caller and checks the capability the RPC needs.
@@ -166,11 +173,6 @@ fn validate_search(req: &v1::SearchRequest) -> Result<(), MasterError> {
     Ok(())
 }
 
-/// What the action RPCs answer until remote actions are wired in (issue 9).
-fn actions_not_served() -> Status {
-    Status::unimplemented("remote actions are not served by this master version yet")
-}
-
 #[tonic::async_trait]
 impl MasterService for MasterApi {
     type WatchEventsStream = crate::events::stream::EventStream;
@@ -216,23 +218,30 @@ impl MasterService for MasterApi {
 
     async fn execute_transaction(
         &self,
-        _request: Request<v1::ExecuteTransactionRequest>,
+        request: Request<v1::ExecuteTransactionRequest>,
     ) -> Result<Response<v1::ExecuteTransactionResponse>, Status> {
-        Err(actions_not_served())
+        let principal = self.0.require(&request, Capability::Actions)?;
+        let transactions = self.0.transactions()?;
+        let response = tx_service::execute(&self.0, transactions, principal, request.into_inner()).await?;
+        Ok(Response::new(response))
     }
 
     async fn get_transaction(
         &self,
-        _request: Request<v1::GetTransactionRequest>,
+        request: Request<v1::GetTransactionRequest>,
     ) -> Result<Response<v1::GetTransactionResponse>, Status> {
-        Err(actions_not_served())
+        self.0.require(&request, Capability::Actions)?;
+        let transaction = tx_service::get(self.0.transactions()?, &request.get_ref().tx_id).await?;
+        Ok(Response::new(v1::GetTransactionResponse { transaction: Some(transaction) }))
     }
 
     async fn list_transactions(
         &self,
-        _request: Request<v1::ListTransactionsRequest>,
+        request: Request<v1::ListTransactionsRequest>,
     ) -> Result<Response<v1::ListTransactionsResponse>, Status> {
-        Err(actions_not_served())
+        self.0.require(&request, Capability::Actions)?;
+        let response = tx_service::list(self.0.transactions()?, request.into_inner()).await?;
+        Ok(Response::new(response))
     }
 
     async fn action_history(
@@ -636,6 +645,7 @@ impl MembershipService for MembershipApi {
             tx,
             done,
             shutdown: self.0.shutdown.clone(),
+            transactions: self.0.transactions.get().cloned(),
         };
         let span = tracing::info_span!("membership.health_stream", node.id = %first.node_name);
         self.0.tasks.spawn(tracing::Instrument::instrument(watcher.run(first, inbound), span));

@@ -157,6 +157,9 @@ pub enum MasterError {
     /// An action's node selector selects nothing usable.
     #[error(transparent)]
     Selection(#[from] SelectError),
+    /// The transaction log or its driver failed.
+    #[error(transparent)]
+    Transactions(#[from] crate::actions::transactions::TxError),
 }
 
 impl MasterError {
@@ -198,6 +201,7 @@ impl MasterError {
                 RecordError::NoSuchJob { .. } => ErrorKind::NotFound,
                 RecordError::Store(_) | RecordError::Corrupt { .. } | RecordError::Task(_) => ErrorKind::Internal,
             },
+            MasterError::Transactions(_) => ErrorKind::Internal,
             MasterError::Selection(err) => match err {
                 SelectError::UnknownNodes { .. } | SelectError::UnknownShards { .. } => ErrorKind::NotFound,
                 SelectError::NoCriteria | SelectError::Empty { .. } => ErrorKind::InvalidArgument,

@@ -183,6 +183,7 @@ pub async fn start_with_metrics(
     let access = Arc::new(OnceLock::new());
     let replication = Arc::new(OnceLock::new());
     let actions = Arc::new(OnceLock::new());
+    let transactions = Arc::new(OnceLock::new());
     let tasks = tokio_util::task::TaskTracker::new();
     let node_clients = clients::NodeClients::new(tls.clone());
     // Breaker and load state of every node, outside the per-node stacks; breaker transitions
@@ -225,6 +226,7 @@ pub async fn start_with_metrics(
         access: access.clone(),
         replication: replication.clone(),
         actions: actions.clone(),
+        transactions: transactions.clone(),
         clients: node_clients,
         config: config.clone(),
         shutdown: shutdown.clone(),
@@ -277,6 +279,8 @@ pub async fn start_with_metrics(
     let tls_on = tls.is_some();
     let loaded_replication = replication.clone();
     let loaded_actions = actions.clone();
+    let loaded_transactions = transactions.clone();
+    let recovery_context = context.clone();
     let actions_config = config.actions;
     let sweeper_tasks = tasks.clone();
     let directory_clients = context.clients.clone();
@@ -305,6 +309,7 @@ pub async fn start_with_metrics(
             let store: Arc<dyn ragmesh_store::StateStore> = Arc::new(store);
             let breaker_store = store.clone();
             let restore_book = health_book.clone();
+            let coordinator_store = breaker_store.clone();
             let (loaded_registry, access_control, write_log, outbox, action_records) =
                 tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
                     let registry = Registry::load(store.clone()).context("cannot load the node registry")?;
@@ -362,6 +367,15 @@ pub async fn start_with_metrics(
             let _ = loaded_replication.set(replication::Replication::start(parts));
             start_sweepers(&action_records, &sweeper_tasks, &stop);
             let _ = loaded_actions.set(action_records);
+            // Unfinished transactions resume once replication and the node client can serve them.
+            let coordinator = actions::transactions::Transactions::new(coordinator_store);
+            let resumed = actions::tx_service::recover(&recovery_context, &coordinator)
+                .await
+                .context("cannot resume the unfinished transactions")?;
+            if resumed > 0 {
+                tracing::warn!(transactions = resumed, "unfinished transactions resumed");
+            }
+            let _ = loaded_transactions.set(coordinator);
             tracing::info!(nodes = loaded_registry.snapshot().len(), "registry loaded");
             let _ = loaded.set(loaded_registry);
             health.set_serving::<MasterServiceServer<api::MasterApi>>().await;

@@ -65,6 +65,8 @@ pub(crate) struct StreamWatcher {
     /// Cancelled when the watcher ends, which ends the outbound stream's key half.
     pub(crate) done: CancellationToken,
     pub(crate) shutdown: CancellationToken,
+    /// Answers the agent's in-doubt transactions (once the coordinator log is open).
+    pub(crate) transactions: Option<crate::actions::transactions::Transactions>,
 }
 
 impl StreamWatcher {
@@ -79,6 +81,7 @@ impl StreamWatcher {
         let mut last_heartbeat = Instant::now();
         loop {
             if let Some(message) = pending.take() {
+                let in_doubt = message.in_doubt_transactions.clone();
                 if !self.on_heartbeat(message) {
                     self.end(Status::failed_precondition(
                         "session is no longer valid (superseded by a newer registration, or the node was evicted): register again",
@@ -88,6 +91,7 @@ impl StreamWatcher {
                 }
                 late = false;
                 last_heartbeat = Instant::now();
+                self.answer_in_doubt(&in_doubt).await;
             }
             // Deadlines count from the last heartbeat, so other events never extend the silence.
             let deadline = last_heartbeat + if late { self.timeout } else { self.suspect_after };
@@ -140,6 +144,23 @@ impl StreamWatcher {
         // A full queue means the agent is not reading acks; liveness is judged on heartbeats alone.
         let _ = self.tx.try_send(Ok(ack));
         true
+    }
+
+    /// Sends the decisions of the transactions the agent reports in doubt (those decided, or
+    /// unknown here: presumed abort) on its stream.
+    async fn answer_in_doubt(&self, in_doubt: &[String]) {
+        let Some(transactions) = &self.transactions else { return };
+        if in_doubt.is_empty() {
+            return;
+        }
+        let decisions = crate::actions::tx_service::decisions(transactions, in_doubt).await;
+        if decisions.outcomes.is_empty() {
+            return;
+        }
+        tracing::info!(node.id = %self.node, answered = decisions.outcomes.len(), "in-doubt transactions answered");
+        let message = v1::HealthStreamResponse { body: Some(v1::health_stream_response::Body::Decisions(decisions)) };
+        // Asked again with the next heartbeat if the queue is full.
+        let _ = self.tx.try_send(Ok(message));
     }
 
     fn down(&self, reason: &str) {
@@ -203,6 +224,7 @@ mod tests {
             tx,
             done,
             shutdown: shutdown.clone(),
+            transactions: None,
         };
         tokio::spawn(watcher.run(heartbeat(&session, 0), ReceiverStream::new(inbound)));
         Fixture { _dir: dir, registry, heartbeats, outbound, shutdown, keys, session }

@@ -14,6 +14,7 @@ pub mod jobs;
 pub mod selector;
 pub(crate) mod service;
 pub mod transactions;
+pub(crate) mod tx_service;
 
 use std::sync::Arc;
 use std::time::Duration;

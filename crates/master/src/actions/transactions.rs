@@ -37,6 +37,8 @@ pub const PLANS_TREE: &str = "action_tx_plans";
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
 /// Longest vote deadline accepted.
 pub const MAX_TIMEOUT: Duration = Duration::from_secs(600);
+/// The start of a participant's message while its decision is not acknowledged.
+const NOT_ACKED: &str = "decision not acknowledged yet";
 /// How often the driver feeds the machine a clock tick.
 const TICK: Duration = Duration::from_millis(100);
 
@@ -73,6 +75,9 @@ pub struct Plan {
     pub writes: Vec<(String, String)>,
     /// Each participant's shard group, for a write part.
     pub shards: BTreeMap<String, String>,
+    /// The caller's capabilities (signed into the context the participants receive).
+    #[serde(default)]
+    pub capabilities: Vec<ragmesh_auth::Capability>,
 }
 
 impl Plan {
@@ -100,7 +105,7 @@ impl Plan {
                 (shard.clone(), base64::engine::general_purpose::STANDARD.encode(write.encode_to_vec()))
             })
             .collect();
-        Plan { subject: subject.to_owned(), tenant: tenant.to_owned(), writes, shards }
+        Plan { subject: subject.to_owned(), tenant: tenant.to_owned(), writes, shards, capabilities: Vec::new() }
     }
 }
 
@@ -442,7 +447,11 @@ impl Driver {
                             detail.message.clear();
                             pending.extend(self.machine.handle(Input::Ack { node, decision }, now));
                         }
-                        Err(message) => detail.message = format!("decision not acknowledged yet: {message}"),
+                        // A no vote's reason stays: it says why the transaction aborted.
+                        Err(message) if detail.message.is_empty() || detail.message.starts_with(NOT_ACKED) => {
+                            detail.message = format!("{NOT_ACKED}: {message}");
+                        }
+                        Err(_) => {}
                     }
                 }
             }
