@@ -265,6 +265,30 @@ async fn a_transaction_whose_participants_cannot_prepare_aborts_and_survives_a_m
     let listed = client.list_transactions(all).await.expect("list").into_inner().transactions;
     assert!(listed.iter().any(|t| t.tx_id == tx.tx_id), "{listed:?}");
 
+    // Every participant is audited as part of the transaction.
+    let records = client.action_history(history(0, 0)).await.expect("history").into_inner().records;
+    let audited: Vec<&str> = records.iter().filter(|r| r.operation_id == tx.tx_id).map(|r| r.node.as_str()).collect();
+    assert_eq!(audited.len(), 2, "{records:?}");
+    assert!(
+        records
+            .iter()
+            .filter(|r| r.operation_id == tx.tx_id)
+            .all(|r| { r.kind == v1::AuditKind::Transaction as i32 && r.status == "aborted" && r.action == ACTION })
+    );
+
+    // An idempotency key makes a retry return the first outcome without a second transaction.
+    let keyed = v1::ExecuteTransactionRequest {
+        parts: vec![tx_part("agent-1")],
+        timeout_ms: 2000,
+        idempotency_key: "tx-key".into(),
+    };
+    let first = client.execute_transaction(keyed.clone()).await.expect("decided").into_inner();
+    let again = client.execute_transaction(keyed.clone()).await.expect("replayed").into_inner();
+    assert!(again.replayed && !first.replayed);
+    assert_eq!(again.transaction.map(|t| t.tx_id), first.transaction.map(|t| t.tx_id));
+    let other = v1::ExecuteTransactionRequest { timeout_ms: 3000, ..keyed };
+    assert_eq!(client.execute_transaction(other).await.expect_err("other parameters").code(), Code::FailedPrecondition);
+
     // A restarted master reads its log: the logged abort is still the decision.
     mesh.restart_master().await;
     let mut client = mesh.client().await;

@@ -221,8 +221,8 @@ impl MasterService for MasterApi {
         request: Request<v1::ExecuteTransactionRequest>,
     ) -> Result<Response<v1::ExecuteTransactionResponse>, Status> {
         let principal = self.0.require(&request, Capability::Actions)?;
-        let transactions = self.0.transactions()?;
-        let response = tx_service::execute(&self.0, transactions, principal, request.into_inner()).await?;
+        let (actions, transactions) = (self.0.actions()?, self.0.transactions()?);
+        let response = tx_service::execute(&self.0, actions, transactions, principal, request.into_inner()).await?;
         Ok(Response::new(response))
     }
 

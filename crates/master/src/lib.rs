@@ -375,6 +375,17 @@ pub async fn start_with_metrics(
             if resumed > 0 {
                 tracing::warn!(transactions = resumed, "unfinished transactions resumed");
             }
+            let compacted = coordinator.clone();
+            sweeper_tasks.spawn(actions::run_sweeper(
+                "transactions",
+                SWEEP_PERIOD,
+                actions::unix_now_ms,
+                move |now_ms| {
+                    let retention = u64::try_from(actions::transactions::RETENTION.as_millis()).unwrap_or(u64::MAX);
+                    compacted.compact(now_ms, retention).map_err(|e| actions::RecordError::Task(e.to_string()))
+                },
+                stop.clone(),
+            ));
             let _ = loaded_transactions.set(coordinator);
             tracing::info!(nodes = loaded_registry.snapshot().len(), "registry loaded");
             let _ = loaded.set(loaded_registry);

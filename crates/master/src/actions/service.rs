@@ -96,6 +96,11 @@ impl Actions {
         &self.keys
     }
 
+    /// The master's secret key of argument digests.
+    pub(crate) fn digest_key(&self) -> &[u8] {
+        &self.digest_key
+    }
+
     /// The audit log (for its sweeper).
     pub(crate) fn audit(&self) -> &Arc<AuditLog> {
         &self.audit
@@ -479,6 +484,12 @@ fn hidden(args: &BTreeMap<String, String>) -> String {
     serde_json::to_string(&shown).unwrap_or_default()
 }
 
+/// HMAC-SHA256 of `bytes` under `key`, hex.
+pub(crate) fn keyed_digest(key: &[u8], bytes: &[u8]) -> String {
+    let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, key);
+    hex(ring::hmac::sign(&key, bytes).as_ref())
+}
+
 /// The idempotency digest of a call: keyed, over the action, the selector, the arguments and
 /// whether it detaches (which changes the answer).
 fn call_digest(key: &[u8], action: &str, selector: &str, args: &BTreeMap<String, String>, detach: bool) -> String {
@@ -491,11 +502,8 @@ fn call_digest(key: &[u8], action: &str, selector: &str, args: &BTreeMap<String,
     let schema: Vec<ArgSpec> = all.keys().map(|name| ArgSpec::new(name, ArgKind::String)).collect();
     match ragmesh_actions::validate_args("@call", &schema, &all) {
         Ok(valid) => hex(&ragmesh_actions::digest(key, &valid)),
-        // Too large to digest as arguments: the key still guards it by its raw bytes.
-        Err(_) => {
-            hex(&ragmesh_actions::digest(key, &Default::default()))
-                + &hex(&serde_json::to_vec(&all).unwrap_or_default())
-        }
+        // Too large to digest as arguments: a keyed digest of its canonical JSON instead.
+        Err(_) => keyed_digest(key, &serde_json::to_vec(&all).unwrap_or_default()),
     }
 }
 

@@ -39,6 +39,8 @@ pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
 pub const MAX_TIMEOUT: Duration = Duration::from_secs(600);
 /// The start of a participant's message while its decision is not acknowledged.
 const NOT_ACKED: &str = "decision not acknowledged yet";
+/// How long a finished transaction stays readable (`GetTransaction`) before it is compacted.
+pub const RETENTION: Duration = Duration::from_secs(7 * 24 * 60 * 60);
 /// How often the driver feeds the machine a clock tick.
 const TICK: Duration = Duration::from_millis(100);
 
@@ -315,6 +317,18 @@ impl Transactions {
             views.push(view);
         }
         Ok(views)
+    }
+
+    /// Removes transactions finished before `now_ms - retention_ms`, with their plans; returns
+    /// how many. Unfinished ones are never removed. Blocking.
+    pub fn compact(&self, now_ms: u64, retention_ms: u64) -> Result<usize, TxError> {
+        let horizon = now_ms.saturating_sub(retention_ms);
+        for record in self.log.records()? {
+            if record.finished_ms.is_some_and(|finished| finished < horizon) {
+                self.store.remove(PLANS_TREE, &record.tx.key())?;
+            }
+        }
+        Ok(self.log.compact(now_ms, retention_ms)?)
     }
 
     /// The decision to give a participant in doubt about `tx`: `None` while it is still being
@@ -656,6 +670,10 @@ mod tests {
         assert_eq!(*participants.written.lock().expect("lock"), ["g1"]);
         let logged = txs.get(tx).await.expect("get").expect("kept");
         assert_eq!((logged.status.phase, logged.status.decision), ("done", Some(Decision::Commit)));
+        assert_eq!(txs.compact(unix_now_ms(), 60_000).expect("compact"), 0, "kept within the retention");
+        assert_eq!(txs.compact(unix_now_ms() + 120_000, 60_000).expect("compact"), 1);
+        assert!(txs.get(tx).await.expect("get").is_none(), "compacted");
+        assert!(txs.store.get(PLANS_TREE, &tx.key()).expect("read").is_none(), "its plan too");
     }
 
     #[tokio::test]

@@ -14,14 +14,18 @@ use ragmesh_stack::node_call::{CallError, NodeCall, NodeReply, NodeRequest, Targ
 use tokio::time::Instant;
 use tower::ServiceExt as _;
 
+use super::audit::{AuditEntry, CallKind, Outcome};
+use super::idempotency::{Begin, Scope, StoredResult};
+use super::service::{Actions, keyed_digest};
 use super::transactions::{
     self, DEFAULT_TIMEOUT, MAX_TIMEOUT, Plan, Runtime, Transactions, Transport, TxError, TxView,
 };
-use super::unix_now_ms;
+use super::{RecordError, unix_now_ms};
 use crate::api::Context;
 use crate::error::MasterError;
 use crate::replication::WriteTarget;
 use crate::replication::log::{Write, Writer};
+use prost::Message as _;
 
 /// Deadline of one DecideTransaction call.
 const DECIDE_TIMEOUT: Duration = Duration::from_secs(30);
@@ -256,10 +260,15 @@ fn master_plan() -> Plan {
 /// transaction is done, or with its state when acknowledgements are late.
 pub(crate) async fn execute(
     ctx: &Context,
+    actions: &Actions,
     transactions: &Transactions,
     principal: Principal,
     request: v1::ExecuteTransactionRequest,
 ) -> Result<v1::ExecuteTransactionResponse, MasterError> {
+    let started = Instant::now();
+    let started_ms = unix_now_ms();
+    // The parameters the idempotency key guards: the request without its key.
+    let parameters = v1::ExecuteTransactionRequest { idempotency_key: String::new(), ..request.clone() };
     if request.parts.is_empty() {
         return Err(MasterError::InvalidArgument("a transaction needs at least one part".into()));
     }
@@ -327,19 +336,110 @@ pub(crate) async fn execute(
             }
         }
     }
+    let mut guard = None;
+    if !request.idempotency_key.is_empty() {
+        let scope = Scope::new(principal.subject.clone(), request.idempotency_key.clone());
+        let digest =
+            keyed_digest(actions.digest_key(), &[b"transaction\0".as_slice(), &parameters.encode_to_vec()].concat());
+        match actions.keys().begin(scope, &digest, unix_now_ms()).await? {
+            Begin::Replay(stored) => {
+                let mut response = v1::ExecuteTransactionResponse::decode(stored.result.as_slice()).map_err(|e| {
+                    MasterError::Records(RecordError::Corrupt { what: "idempotency result", message: e.to_string() })
+                })?;
+                response.replayed = true;
+                return Ok(response);
+            }
+            Begin::Run(run) => guard = Some(run),
+            refused => return Err(refused.refusal().map_or(MasterError::NotReady, MasterError::Records)),
+        }
+    }
+    let audited: BTreeMap<String, v1::TransactionOperation> = operations.clone();
     let mut plan = Plan::new(&principal.subject, &principal.tenant, &writes, shards);
     plan.capabilities = principal.capabilities.iter().copied().collect();
     let tx = TxId(rand::random::<u128>());
     let deadline_ms = unix_now_ms().saturating_add(u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX));
     let runtime = runtime(ctx, &plan);
-    let mut view = transactions.start(tx, operations, plan, deadline_ms, &runtime).await?;
+    let mut view = match transactions.start(tx, operations, plan, deadline_ms, &runtime).await {
+        Ok(view) => view,
+        Err(error) => {
+            if let Some(guard) = guard {
+                let _ = guard.abandon().await;
+            }
+            return Err(error.into());
+        }
+    };
     tracing::info!(tx = %tx, "transaction started");
     // Wait until done; once decided, only a little longer for late acknowledgements.
     let until = Instant::now() + timeout + ACK_WAIT;
     let _ = tokio::time::timeout_at(until, view.wait_for(|v| v.status.decision.is_some())).await;
     let _ = tokio::time::timeout(ACK_WAIT, view.wait_for(transactions::is_settled)).await;
     let current: TxView = view.borrow().clone();
-    Ok(v1::ExecuteTransactionResponse { transaction: Some(transactions::to_wire(&current)), replayed: false })
+    let response =
+        v1::ExecuteTransactionResponse { transaction: Some(transactions::to_wire(&current)), replayed: false };
+    audit(actions, &principal, &current, &audited, started_ms, started.elapsed()).await;
+    if let Some(guard) = guard {
+        let result = StoredResult {
+            status: "ok".into(),
+            message: String::new(),
+            result: response.encode_to_vec(),
+            completed_ms: unix_now_ms(),
+        };
+        if let Err(error) = guard.complete(result).await {
+            tracing::error!(%error, "idempotency result not recorded: the key stays in doubt");
+        }
+    }
+    Ok(response)
+}
+
+/// One audit record per participant, as the transaction stands when the caller is answered.
+async fn audit(
+    actions: &Actions,
+    principal: &Principal,
+    view: &TxView,
+    operations: &BTreeMap<String, v1::TransactionOperation>,
+    started_ms: u64,
+    took: Duration,
+) {
+    let trace_id = ragmesh_telemetry::propagation::sampled_trace_id(&tracing::Span::current());
+    let mut entries = Vec::new();
+    for participant in &view.status.participants {
+        let operation = operations.get(&participant.node).cloned().unwrap_or_default();
+        let (action, arguments) = match &operation.kind {
+            Some(v1::transaction_operation::Kind::Action(call)) => {
+                (call.action.clone(), call.arguments.keys().cloned().collect())
+            }
+            _ => ("documents.write".to_owned(), Vec::new()),
+        };
+        // The action's schema is the node's: without it, every value is hidden.
+        let shown: BTreeMap<String, &str> = arguments.into_iter().map(|k| (k, ragmesh_actions::REDACTED)).collect();
+        let status = match (view.status.decision, participant.acked) {
+            (Some(Decision::Commit), true) => "ok",
+            (Some(Decision::Commit), false) => "unknown",
+            (Some(Decision::Abort), _) => "aborted",
+            (None, _) => "unknown",
+        };
+        let message = view.details.get(&participant.node).map(|d| d.message.clone()).unwrap_or_default();
+        entries.push(AuditEntry {
+            time_ms: started_ms,
+            subject: principal.subject.clone(),
+            tenant: principal.tenant.clone(),
+            kind: CallKind::Transaction,
+            operation_id: Some(view.status.tx.to_string()),
+            node: participant.node.clone(),
+            action,
+            args_digest: keyed_digest(actions.digest_key(), &operation.encode_to_vec()),
+            redacted_args: serde_json::to_string(&shown).unwrap_or_default(),
+            outcome: Outcome { status: status.to_owned(), message },
+            duration_ms: u64::try_from(took.as_millis()).unwrap_or(u64::MAX),
+            trace_id: trace_id.clone(),
+        });
+    }
+    let log = actions.audit().clone();
+    let appended =
+        tokio::task::spawn_blocking(move || entries.into_iter().try_for_each(|e| log.append(e).map(drop))).await;
+    if !matches!(appended, Ok(Ok(()))) {
+        tracing::error!(tx = %view.status.tx, "transaction participants not audited");
+    }
 }
 
 fn parse_tx(text: &str) -> Result<TxId, MasterError> {
