@@ -207,6 +207,11 @@ mod tests {
 
     /// A registered node "a" whose watcher runs on the (paused) test clock.
     fn start() -> Fixture {
+        start_with(None)
+    }
+
+    /// [`start`], answering in-doubt transactions from `transactions`.
+    fn start_with(transactions: Option<crate::actions::transactions::Transactions>) -> Fixture {
         let dir = tempfile::tempdir().expect("tempdir");
         let registry = Registry::load(Arc::new(SledStore::open(dir.path()).expect("open"))).expect("load");
         let record = NodeRecord { heartbeat_interval_ms: 100, ..NodeRecord::for_tests("a", &[]) };
@@ -224,7 +229,7 @@ mod tests {
             tx,
             done,
             shutdown: shutdown.clone(),
-            transactions: None,
+            transactions,
         };
         tokio::spawn(watcher.run(heartbeat(&session, 0), ReceiverStream::new(inbound)));
         Fixture { _dir: dir, registry, heartbeats, outbound, shutdown, keys, session }
@@ -238,6 +243,48 @@ mod tests {
     async fn advance(d: Duration) {
         tokio::time::sleep(d).await;
         tokio::task::yield_now().await;
+    }
+
+    #[tokio::test]
+    async fn in_doubt_transactions_are_answered_with_the_logged_decision_or_presumed_abort() {
+        use ragmesh_coordinator::coordinator::{Coordinator, CoordinatorConfig};
+        use ragmesh_coordinator::{Decision, TxId};
+
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store: Arc<dyn ragmesh_store::StateStore> = Arc::new(SledStore::open(dir.path()).expect("open"));
+        let log = ragmesh_coordinator::log::CoordinatorLog::new(store.clone());
+        let committed = TxId(5);
+        let machine = Coordinator::new(committed, &["a".to_owned()], u64::MAX, CoordinatorConfig::default());
+        let mut record = machine.record();
+        record.decision = Some(Decision::Commit);
+        log.write_decision(&record, 1).expect("log commit");
+        let f = start_with(Some(crate::actions::transactions::Transactions::new(store)));
+        let mut asking = heartbeat(&f.session, 1);
+        asking.in_doubt_transactions = vec![committed.to_string(), TxId(6).to_string(), "not-a-tx".into()];
+        f.heartbeats.send(Ok(asking)).await.expect("send");
+        let mut outbound = f.outbound;
+        let decisions = tokio::time::timeout(Duration::from_secs(10), async {
+            while let Some(message) = outbound.next().await {
+                if let Ok(v1::HealthStreamResponse { body: Some(v1::health_stream_response::Body::Decisions(d)) }) =
+                    message
+                {
+                    return d;
+                }
+            }
+            panic!("the stream ended without decisions");
+        })
+        .await
+        .expect("answered in time");
+        let answered: Vec<(String, i32)> = decisions.outcomes.into_iter().map(|o| (o.tx_id, o.decision)).collect();
+        assert_eq!(
+            answered,
+            [
+                (committed.to_string(), v1::TransactionDecision::Commit as i32),
+                (TxId(6).to_string(), v1::TransactionDecision::Abort as i32),
+            ],
+            "the logged commit, presumed abort for an unknown id, nothing for a malformed one"
+        );
+        f.shutdown.cancel();
     }
 
     #[tokio::test(start_paused = true)]
