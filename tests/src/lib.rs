@@ -165,6 +165,7 @@ impl MeshBuilder {
                 ..ragmesh_config::ReplicationConfig::default()
             },
             resilience: self.resilience,
+            actions: ragmesh_config::ActionsConfig::default(),
             log: "info".into(),
             events: self.events,
         };

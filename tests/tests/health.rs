@@ -60,6 +60,7 @@ async fn master_is_not_serving_until_its_registry_loads() {
         access: ragmesh_config::AccessConfig::default(),
         replication: ragmesh_config::ReplicationConfig::default(),
         resilience: ragmesh_config::ResilienceConfig::default(),
+        actions: ragmesh_config::ActionsConfig::default(),
         log: "info".into(),
         events: ragmesh_config::EventsConfig::default(),
     };

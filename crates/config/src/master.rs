@@ -127,6 +127,24 @@ pub struct MasterArgs {
     /// second for replicas that stall); 0 turns hedging off [default: 5]
     #[arg(long, env = "RAGMESH_HEDGE_BUDGET_PERCENT", value_name = "PERCENT")]
     pub hedge_budget_percent: Option<u32>,
+    /// How long an action call's idempotency key is kept after its first use: a retry with the
+    /// key within it replays the first result, seconds [default: 86400]
+    #[arg(long, env = "RAGMESH_IDEMPOTENCY_TTL_S", value_name = "S")]
+    pub idempotency_ttl_s: Option<u64>,
+    /// Most idempotency keys held; beyond it calls with a new key are refused (never evicted:
+    /// an evicted key would let its retry run twice) [default: 100000]
+    #[arg(long, env = "RAGMESH_IDEMPOTENCY_MAX_KEYS", value_name = "N")]
+    pub idempotency_max_keys: Option<usize>,
+    /// Most records the action audit log keeps; the oldest are pruned first [default: 1000000]
+    #[arg(long, env = "RAGMESH_AUDIT_MAX_RECORDS", value_name = "N")]
+    pub audit_max_records: Option<u64>,
+    /// Age after which action audit records are pruned, days [default: 90]
+    #[arg(long, env = "RAGMESH_AUDIT_MAX_AGE_DAYS", value_name = "DAYS")]
+    pub audit_max_age_days: Option<u64>,
+    /// Most action jobs kept for `ragmeshctl action status`; the oldest finished ones are
+    /// pruned first [default: 1000]
+    #[arg(long, env = "RAGMESH_ACTION_JOBS_MAX", value_name = "N")]
+    pub action_jobs_max: Option<u64>,
     /// Trace export over OTLP
     #[command(flatten)]
     pub trace: crate::TraceArgs,
@@ -216,6 +234,43 @@ impl Default for ReplicationConfig {
     }
 }
 
+/// Retention of the master's records of remote actions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ActionsConfig {
+    /// How long an idempotency key is kept after its first use.
+    pub idempotency_ttl: Duration,
+    /// Most idempotency keys held (new keys are refused beyond it).
+    pub idempotency_max_keys: usize,
+    /// Most audit records kept.
+    pub audit_max_records: u64,
+    /// Age after which audit records are pruned.
+    pub audit_max_age: Duration,
+    /// Most action jobs kept.
+    pub max_jobs: u64,
+}
+
+impl Default for ActionsConfig {
+    fn default() -> Self {
+        ActionsConfig {
+            idempotency_ttl: Duration::from_secs(86_400),
+            idempotency_max_keys: 100_000,
+            audit_max_records: 1_000_000,
+            audit_max_age: Duration::from_secs(90 * 86_400),
+            max_jobs: 1_000,
+        }
+    }
+}
+
+/// Checks the ranges of the action settings.
+fn resolve_actions(actions: ActionsConfig, problems: &mut Problems) -> ActionsConfig {
+    check_range("idempotency-ttl-s", actions.idempotency_ttl.as_secs(), 1, 30 * 86_400, problems);
+    check_range("idempotency-max-keys", actions.idempotency_max_keys as u64, 1, 100_000_000, problems);
+    check_range("audit-max-records", actions.audit_max_records, 1, 1_000_000_000, problems);
+    check_range("audit-max-age-days", actions.audit_max_age.as_secs() / 86_400, 1, 36_500, problems);
+    check_range("action-jobs-max", actions.max_jobs, 1, 10_000_000, problems);
+    actions
+}
+
 /// Identity, access and abuse limits of the master.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AccessConfig {
@@ -297,6 +352,11 @@ struct MasterFile {
     retry_budget_percent: Option<u32>,
     retry_min_per_second: Option<u32>,
     hedge_budget_percent: Option<u32>,
+    idempotency_ttl_s: Option<u64>,
+    idempotency_max_keys: Option<usize>,
+    audit_max_records: Option<u64>,
+    audit_max_age_days: Option<u64>,
+    action_jobs_max: Option<u64>,
     log: Option<String>,
     webhooks: Option<Vec<crate::webhooks::WebhookFile>>,
     webhook_outbox_max_events: Option<u64>,
@@ -325,6 +385,8 @@ pub struct MasterConfig {
     pub replication: ReplicationConfig,
     /// Circuit breakers, retries and hedging of calls to agents.
     pub resilience: ResilienceConfig,
+    /// Retention of the records of remote actions (idempotency keys, audit log, jobs).
+    pub actions: ActionsConfig,
     /// Log filter.
     pub log: String,
     /// Events and webhooks (`[[webhooks]]` in the file).
@@ -381,6 +443,26 @@ impl MasterArgs {
             },
             &mut problems,
         );
+        let actions = resolve_actions(
+            ActionsConfig {
+                idempotency_ttl: Duration::from_secs(
+                    self.idempotency_ttl_s.or(file.idempotency_ttl_s).unwrap_or(86_400),
+                ),
+                idempotency_max_keys: self
+                    .idempotency_max_keys
+                    .or(file.idempotency_max_keys)
+                    .unwrap_or(ActionsConfig::default().idempotency_max_keys),
+                audit_max_records: self
+                    .audit_max_records
+                    .or(file.audit_max_records)
+                    .unwrap_or(ActionsConfig::default().audit_max_records),
+                audit_max_age: Duration::from_secs(
+                    self.audit_max_age_days.or(file.audit_max_age_days).unwrap_or(90).saturating_mul(86_400),
+                ),
+                max_jobs: self.action_jobs_max.or(file.action_jobs_max).unwrap_or(ActionsConfig::default().max_jobs),
+            },
+            &mut problems,
+        );
         let log = self.log.or(file.log).unwrap_or_else(|| "info".to_owned());
         let events = resolve_events(file.webhooks.unwrap_or_default(), file.webhook_outbox_max_events, &mut problems);
         let trace = self.trace.resolve(file.otlp_endpoint, file.trace_sample_ratio, &mut problems);
@@ -395,6 +477,7 @@ impl MasterArgs {
             access,
             replication,
             resilience,
+            actions,
             log,
             events,
         };
@@ -659,6 +742,8 @@ mod tests {
             ("token_leeway_secs", "RAGMESH_TOKEN_LEEWAY_SECS", "--token-leeway-secs"),
             ("max_pending_joins", "RAGMESH_MAX_PENDING_JOINS", "--max-pending-joins"),
             ("pending_join_ttl_s", "RAGMESH_PENDING_JOIN_TTL_S", "--pending-join-ttl-s"),
+            ("idempotency_ttl_s", "RAGMESH_IDEMPOTENCY_TTL_S", "--idempotency-ttl-s"),
+            ("audit_max_records", "RAGMESH_AUDIT_MAX_RECORDS", "--audit-max-records"),
         ] {
             let arg = command.get_arguments().find(|a| a.get_id() == id).expect("argument exists");
             assert_eq!(arg.get_env().and_then(|e| e.to_str()), Some(env));
@@ -737,6 +822,30 @@ mod tests {
             .resolve_daemon()
             .expect_err("a directory");
         assert!(errors.to_string().contains("is a directory"), "{errors}");
+    }
+
+    #[test]
+    fn action_settings_default_come_from_file_then_flag_and_are_checked() {
+        let defaults = args(&["--insecure"]).resolve().expect("valid").actions;
+        assert_eq!(defaults, ActionsConfig::default());
+        assert_eq!(defaults.idempotency_ttl, Duration::from_secs(86_400));
+        let dir = tempfile::tempdir().expect("tempdir");
+        let file = dir.path().join("master.toml");
+        std::fs::write(&file, "insecure = true\nidempotency_ttl_s = 60\naudit_max_records = 500\n").expect("write");
+        let path = file.to_str().expect("utf-8 path");
+        let from_file = args(&["--config", path]).resolve().expect("valid").actions;
+        assert_eq!(from_file.idempotency_ttl, Duration::from_secs(60));
+        assert_eq!(from_file.audit_max_records, 500);
+        let from_flag = args(&["--config", path, "--idempotency-ttl-s", "120", "--action-jobs-max", "7"])
+            .resolve()
+            .expect("valid")
+            .actions;
+        assert_eq!((from_flag.idempotency_ttl, from_flag.max_jobs), (Duration::from_secs(120), 7));
+        let errors = args(&["--insecure", "--idempotency-ttl-s", "0", "--audit-max-records", "0"])
+            .resolve()
+            .expect_err("out of range");
+        let text = errors.to_string();
+        assert!(text.contains("idempotency-ttl-s") && text.contains("audit-max-records"), "{text}");
     }
 
     #[test]

@@ -14,6 +14,8 @@ use tonic::{Request, Response, Status, Streaming};
 use ragmesh_auth::{Capability, Principal};
 
 use crate::access::AccessControl;
+use crate::actions::service as action_service;
+use crate::actions::tx_service;
 use crate::clients::NodeClients;
 use crate::convert;
 use crate::error::MasterError;
@@ -40,6 +42,10 @@ pub(crate) struct Context {
     pub(crate) registry: Arc<OnceLock<Registry>>,
     pub(crate) access: Arc<OnceLock<Arc<AccessControl>>>,
     pub(crate) replication: Arc<OnceLock<Replication>>,
+    /// Records of remote actions (idempotency keys, audit log, jobs), once the store is open.
+    pub(crate) actions: Arc<OnceLock<crate::actions::service::Actions>>,
+    /// The 2PC coordinator's driver and log, once the store is open.
+    pub(crate) transactions: Arc<OnceLock<crate::actions::transactions::Transactions>>,
     pub(crate) clients: NodeClients,
     /// Every call to agents goes through it (searches today; writes too, later).
     pub(crate) node_client: ragmesh_stack::node_call::NodeClient,
@@ -66,6 +72,14 @@ impl Context {
 
     pub(crate) fn replication(&self) -> Result<&Replication, MasterError> {
         self.replication.get().ok_or(MasterError::NotReady)
+    }
+
+    pub(crate) fn actions(&self) -> Result<&crate::actions::service::Actions, MasterError> {
+        self.actions.get().ok_or(MasterError::NotReady)
+    }
+
+    pub(crate) fn transactions(&self) -> Result<&crate::actions::transactions::Transactions, MasterError> {
+        self.transactions.get().ok_or(MasterError::NotReady)
     }
 
     /// Authenticates the caller and checks the capability the RPC needs.
@@ -159,70 +173,84 @@ fn validate_search(req: &v1::SearchRequest) -> Result<(), MasterError> {
     Ok(())
 }
 
-/// What the action RPCs answer until remote actions are wired in (issue 9).
-fn actions_not_served() -> Status {
-    Status::unimplemented("remote actions are not served by this master version yet")
-}
-
 #[tonic::async_trait]
 impl MasterService for MasterApi {
     type WatchEventsStream = crate::events::stream::EventStream;
-    type WatchActionJobStream = tokio_stream::Empty<Result<v1::WatchActionJobResponse, Status>>;
+    type WatchActionJobStream = crate::actions::service::JobStream;
 
     async fn list_node_actions(
         &self,
-        _request: Request<v1::ListNodeActionsRequest>,
+        request: Request<v1::ListNodeActionsRequest>,
     ) -> Result<Response<v1::ListNodeActionsResponse>, Status> {
-        Err(actions_not_served())
+        self.0.require(&request, Capability::Actions)?;
+        let actions = self.0.actions()?;
+        let response = action_service::list_node_actions(&self.0, actions, request.into_inner()).await?;
+        Ok(Response::new(response))
     }
 
     async fn execute_action(
         &self,
-        _request: Request<v1::ExecuteActionRequest>,
+        request: Request<v1::ExecuteActionRequest>,
     ) -> Result<Response<v1::ExecuteActionResponse>, Status> {
-        Err(actions_not_served())
+        let principal = self.0.require(&request, Capability::Actions)?;
+        let actions = self.0.actions()?;
+        let response = action_service::execute_action(&self.0, actions, principal, request.into_inner()).await?;
+        Ok(Response::new(response))
     }
 
     async fn get_action_job(
         &self,
-        _request: Request<v1::GetActionJobRequest>,
+        request: Request<v1::GetActionJobRequest>,
     ) -> Result<Response<v1::GetActionJobResponse>, Status> {
-        Err(actions_not_served())
+        self.0.require(&request, Capability::Actions)?;
+        let job = action_service::get_job(self.0.actions()?, &request.get_ref().job_id)?;
+        Ok(Response::new(v1::GetActionJobResponse { job: Some(job) }))
     }
 
     async fn watch_action_job(
         &self,
-        _request: Request<v1::WatchActionJobRequest>,
+        request: Request<v1::WatchActionJobRequest>,
     ) -> Result<Response<Self::WatchActionJobStream>, Status> {
-        Err(actions_not_served())
+        self.0.require(&request, Capability::Actions)?;
+        let stream = action_service::watch_job(self.0.actions()?, &request.get_ref().job_id, self.0.shutdown.clone())?;
+        Ok(Response::new(stream))
     }
 
     async fn execute_transaction(
         &self,
-        _request: Request<v1::ExecuteTransactionRequest>,
+        request: Request<v1::ExecuteTransactionRequest>,
     ) -> Result<Response<v1::ExecuteTransactionResponse>, Status> {
-        Err(actions_not_served())
+        let principal = self.0.require(&request, Capability::Actions)?;
+        let (actions, transactions) = (self.0.actions()?, self.0.transactions()?);
+        let response = tx_service::execute(&self.0, actions, transactions, principal, request.into_inner()).await?;
+        Ok(Response::new(response))
     }
 
     async fn get_transaction(
         &self,
-        _request: Request<v1::GetTransactionRequest>,
+        request: Request<v1::GetTransactionRequest>,
     ) -> Result<Response<v1::GetTransactionResponse>, Status> {
-        Err(actions_not_served())
+        self.0.require(&request, Capability::Actions)?;
+        let transaction = tx_service::get(self.0.transactions()?, &request.get_ref().tx_id).await?;
+        Ok(Response::new(v1::GetTransactionResponse { transaction: Some(transaction) }))
     }
 
     async fn list_transactions(
         &self,
-        _request: Request<v1::ListTransactionsRequest>,
+        request: Request<v1::ListTransactionsRequest>,
     ) -> Result<Response<v1::ListTransactionsResponse>, Status> {
-        Err(actions_not_served())
+        self.0.require(&request, Capability::Actions)?;
+        let response = tx_service::list(self.0.transactions()?, request.into_inner()).await?;
+        Ok(Response::new(response))
     }
 
     async fn action_history(
         &self,
-        _request: Request<v1::ActionHistoryRequest>,
+        request: Request<v1::ActionHistoryRequest>,
     ) -> Result<Response<v1::ActionHistoryResponse>, Status> {
-        Err(actions_not_served())
+        let principal = self.0.require(&request, Capability::Actions)?;
+        let response = action_service::history(self.0.actions()?, &principal, request.into_inner()).await?;
+        Ok(Response::new(response))
     }
 
     async fn watch_events(
@@ -617,6 +645,7 @@ impl MembershipService for MembershipApi {
             tx,
             done,
             shutdown: self.0.shutdown.clone(),
+            transactions: self.0.transactions.get().cloned(),
         };
         let span = tracing::info_span!("membership.health_stream", node.id = %first.node_name);
         self.0.tasks.spawn(tracing::Instrument::instrument(watcher.run(first, inbound), span));

@@ -5,6 +5,8 @@ use std::collections::BTreeSet;
 use ragmesh_proto::ErrorKind;
 use tonic::Status;
 
+use crate::actions::RecordError;
+use crate::actions::selector::SelectError;
 use crate::registry::RegistryError;
 use crate::replication::ReplicationError;
 
@@ -149,6 +151,15 @@ pub enum MasterError {
     /// A replicated write was not acknowledged.
     #[error(transparent)]
     Replication(#[from] ReplicationError),
+    /// The action records refused or failed (idempotency keys, jobs, audit log).
+    #[error(transparent)]
+    Records(#[from] RecordError),
+    /// An action's node selector selects nothing usable.
+    #[error(transparent)]
+    Selection(#[from] SelectError),
+    /// The transaction log or its driver failed.
+    #[error(transparent)]
+    Transactions(#[from] crate::actions::transactions::TxError),
 }
 
 impl MasterError {
@@ -180,6 +191,21 @@ impl MasterError {
                 ReplicationError::Refused { kind, .. } => *kind,
                 ReplicationError::Log(_) | ReplicationError::Task(_) => ErrorKind::Internal,
             },
+            MasterError::Records(err) => match err {
+                RecordError::KeyReused { .. } => ErrorKind::FailedPrecondition,
+                // Answered ABORTED (see `From<MasterError> for Status`); FAILED_PRECONDITION is
+                // the nearest kind of the shared table.
+                RecordError::OutcomeUnknown { .. } => ErrorKind::FailedPrecondition,
+                RecordError::TooManyKeys { .. } => ErrorKind::ResourceExhausted,
+                RecordError::KeyBusy { .. } => ErrorKind::Unavailable,
+                RecordError::NoSuchJob { .. } => ErrorKind::NotFound,
+                RecordError::Store(_) | RecordError::Corrupt { .. } | RecordError::Task(_) => ErrorKind::Internal,
+            },
+            MasterError::Transactions(_) => ErrorKind::Internal,
+            MasterError::Selection(err) => match err {
+                SelectError::UnknownNodes { .. } | SelectError::UnknownShards { .. } => ErrorKind::NotFound,
+                SelectError::NoCriteria | SelectError::Empty { .. } => ErrorKind::InvalidArgument,
+            },
         }
     }
 }
@@ -188,6 +214,10 @@ impl From<MasterError> for Status {
     fn from(err: MasterError) -> Status {
         if let MasterError::Refused(status) = err {
             return status;
+        }
+        if let MasterError::Records(RecordError::OutcomeUnknown { .. }) = err {
+            // The earlier call may or may not have run: the caller's transaction is aborted.
+            return Status::aborted(err.to_string());
         }
         let kind = err.kind();
         if kind == ErrorKind::Internal {

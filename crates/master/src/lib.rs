@@ -134,6 +134,33 @@ fn resilience(config: &ragmesh_config::ResilienceConfig) -> (HealthConfig, Clien
     (health, client)
 }
 
+/// How often expired idempotency keys and old audit records are swept.
+const SWEEP_PERIOD: Duration = Duration::from_secs(60);
+
+/// Starts the sweepers of the action records (tracked, stopped by `shutdown`).
+fn start_sweepers(
+    records: &actions::service::Actions,
+    tasks: &tokio_util::task::TaskTracker,
+    shutdown: &CancellationToken,
+) {
+    let keys = records.keys().clone();
+    tasks.spawn(actions::run_sweeper(
+        "idempotency",
+        SWEEP_PERIOD,
+        actions::unix_now_ms,
+        move |now_ms| keys.sweep(now_ms),
+        shutdown.clone(),
+    ));
+    let audit = records.audit().clone();
+    tasks.spawn(actions::run_sweeper(
+        "audit",
+        SWEEP_PERIOD,
+        actions::unix_now_ms,
+        move |now_ms| audit.prune(now_ms),
+        shutdown.clone(),
+    ));
+}
+
 /// Starts serving on `listener`. Health reports NOT_SERVING until the registry is loaded.
 pub async fn start(config: MasterConfig, listener: TcpListener) -> Result<MasterHandle, StartError> {
     start_with_metrics(config, listener, None).await
@@ -155,6 +182,8 @@ pub async fn start_with_metrics(
     let registry = Arc::new(OnceLock::new());
     let access = Arc::new(OnceLock::new());
     let replication = Arc::new(OnceLock::new());
+    let actions = Arc::new(OnceLock::new());
+    let transactions = Arc::new(OnceLock::new());
     let tasks = tokio_util::task::TaskTracker::new();
     let node_clients = clients::NodeClients::new(tls.clone());
     // Breaker and load state of every node, outside the per-node stacks; breaker transitions
@@ -196,6 +225,8 @@ pub async fn start_with_metrics(
         registry: registry.clone(),
         access: access.clone(),
         replication: replication.clone(),
+        actions: actions.clone(),
+        transactions: transactions.clone(),
         clients: node_clients,
         config: config.clone(),
         shutdown: shutdown.clone(),
@@ -247,6 +278,11 @@ pub async fn start_with_metrics(
     let access_config = config.access.clone();
     let tls_on = tls.is_some();
     let loaded_replication = replication.clone();
+    let loaded_actions = actions.clone();
+    let loaded_transactions = transactions.clone();
+    let recovery_context = context.clone();
+    let actions_config = config.actions;
+    let sweeper_tasks = tasks.clone();
     let directory_clients = context.clients.clone();
     let replication_tasks = tasks.clone();
     let replication_config = config.replication;
@@ -273,7 +309,8 @@ pub async fn start_with_metrics(
             let store: Arc<dyn ragmesh_store::StateStore> = Arc::new(store);
             let breaker_store = store.clone();
             let restore_book = health_book.clone();
-            let (loaded_registry, access_control, write_log, outbox) =
+            let coordinator_store = breaker_store.clone();
+            let (loaded_registry, access_control, write_log, outbox, action_records) =
                 tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
                     let registry = Registry::load(store.clone()).context("cannot load the node registry")?;
                     let restored =
@@ -283,9 +320,11 @@ pub async fn start_with_metrics(
                         replication::log::WriteLog::open(store.clone()).context("cannot open the write logs")?;
                     let outbox =
                         events::open_outbox(store.clone(), &events_config).context("cannot open the webhook outbox")?;
+                    let action_records = actions::service::Actions::open(store.clone(), &actions_config)
+                        .context("cannot open the action records (idempotency keys, audit log, jobs)")?;
                     let access = access::AccessControl::load(store, access_config, tls_on)
                         .context("cannot load the signing keys")?;
-                    Ok((registry, access, write_log, outbox))
+                    Ok((registry, access, write_log, outbox, action_records))
                 })
                 .await??;
             let access_control = Arc::new(access_control);
@@ -326,6 +365,28 @@ pub async fn start_with_metrics(
                 tasks: replication_tasks,
             };
             let _ = loaded_replication.set(replication::Replication::start(parts));
+            start_sweepers(&action_records, &sweeper_tasks, &stop);
+            let _ = loaded_actions.set(action_records);
+            // Unfinished transactions resume once replication and the node client can serve them.
+            let coordinator = actions::transactions::Transactions::new(coordinator_store);
+            let resumed = actions::tx_service::recover(&recovery_context, &coordinator)
+                .await
+                .context("cannot resume the unfinished transactions")?;
+            if resumed > 0 {
+                tracing::warn!(transactions = resumed, "unfinished transactions resumed");
+            }
+            let compacted = coordinator.clone();
+            sweeper_tasks.spawn(actions::run_sweeper(
+                "transactions",
+                SWEEP_PERIOD,
+                actions::unix_now_ms,
+                move |now_ms| {
+                    let retention = u64::try_from(actions::transactions::RETENTION.as_millis()).unwrap_or(u64::MAX);
+                    compacted.compact(now_ms, retention).map_err(|e| actions::RecordError::Task(e.to_string()))
+                },
+                stop.clone(),
+            ));
+            let _ = loaded_transactions.set(coordinator);
             tracing::info!(nodes = loaded_registry.snapshot().len(), "registry loaded");
             let _ = loaded.set(loaded_registry);
             health.set_serving::<MasterServiceServer<api::MasterApi>>().await;

@@ -65,6 +65,8 @@ pub(crate) struct StreamWatcher {
     /// Cancelled when the watcher ends, which ends the outbound stream's key half.
     pub(crate) done: CancellationToken,
     pub(crate) shutdown: CancellationToken,
+    /// Answers the agent's in-doubt transactions (once the coordinator log is open).
+    pub(crate) transactions: Option<crate::actions::transactions::Transactions>,
 }
 
 impl StreamWatcher {
@@ -79,6 +81,7 @@ impl StreamWatcher {
         let mut last_heartbeat = Instant::now();
         loop {
             if let Some(message) = pending.take() {
+                let in_doubt = message.in_doubt_transactions.clone();
                 if !self.on_heartbeat(message) {
                     self.end(Status::failed_precondition(
                         "session is no longer valid (superseded by a newer registration, or the node was evicted): register again",
@@ -88,6 +91,7 @@ impl StreamWatcher {
                 }
                 late = false;
                 last_heartbeat = Instant::now();
+                self.answer_in_doubt(&in_doubt).await;
             }
             // Deadlines count from the last heartbeat, so other events never extend the silence.
             let deadline = last_heartbeat + if late { self.timeout } else { self.suspect_after };
@@ -142,6 +146,23 @@ impl StreamWatcher {
         true
     }
 
+    /// Sends the decisions of the transactions the agent reports in doubt (those decided, or
+    /// unknown here: presumed abort) on its stream.
+    async fn answer_in_doubt(&self, in_doubt: &[String]) {
+        let Some(transactions) = &self.transactions else { return };
+        if in_doubt.is_empty() {
+            return;
+        }
+        let decisions = crate::actions::tx_service::decisions(transactions, in_doubt).await;
+        if decisions.outcomes.is_empty() {
+            return;
+        }
+        tracing::info!(node.id = %self.node, answered = decisions.outcomes.len(), "in-doubt transactions answered");
+        let message = v1::HealthStreamResponse { body: Some(v1::health_stream_response::Body::Decisions(decisions)) };
+        // Asked again with the next heartbeat if the queue is full.
+        let _ = self.tx.try_send(Ok(message));
+    }
+
     fn down(&self, reason: &str) {
         self.registry.apply(&self.node, LivenessEvent::StreamEnded(self.session.clone()), reason);
     }
@@ -186,6 +207,11 @@ mod tests {
 
     /// A registered node "a" whose watcher runs on the (paused) test clock.
     fn start() -> Fixture {
+        start_with(None)
+    }
+
+    /// [`start`], answering in-doubt transactions from `transactions`.
+    fn start_with(transactions: Option<crate::actions::transactions::Transactions>) -> Fixture {
         let dir = tempfile::tempdir().expect("tempdir");
         let registry = Registry::load(Arc::new(SledStore::open(dir.path()).expect("open"))).expect("load");
         let record = NodeRecord { heartbeat_interval_ms: 100, ..NodeRecord::for_tests("a", &[]) };
@@ -203,6 +229,7 @@ mod tests {
             tx,
             done,
             shutdown: shutdown.clone(),
+            transactions,
         };
         tokio::spawn(watcher.run(heartbeat(&session, 0), ReceiverStream::new(inbound)));
         Fixture { _dir: dir, registry, heartbeats, outbound, shutdown, keys, session }
@@ -216,6 +243,48 @@ mod tests {
     async fn advance(d: Duration) {
         tokio::time::sleep(d).await;
         tokio::task::yield_now().await;
+    }
+
+    #[tokio::test]
+    async fn in_doubt_transactions_are_answered_with_the_logged_decision_or_presumed_abort() {
+        use ragmesh_coordinator::coordinator::{Coordinator, CoordinatorConfig};
+        use ragmesh_coordinator::{Decision, TxId};
+
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store: Arc<dyn ragmesh_store::StateStore> = Arc::new(SledStore::open(dir.path()).expect("open"));
+        let log = ragmesh_coordinator::log::CoordinatorLog::new(store.clone());
+        let committed = TxId(5);
+        let machine = Coordinator::new(committed, &["a".to_owned()], u64::MAX, CoordinatorConfig::default());
+        let mut record = machine.record();
+        record.decision = Some(Decision::Commit);
+        log.write_decision(&record, 1).expect("log commit");
+        let f = start_with(Some(crate::actions::transactions::Transactions::new(store)));
+        let mut asking = heartbeat(&f.session, 1);
+        asking.in_doubt_transactions = vec![committed.to_string(), TxId(6).to_string(), "not-a-tx".into()];
+        f.heartbeats.send(Ok(asking)).await.expect("send");
+        let mut outbound = f.outbound;
+        let decisions = tokio::time::timeout(Duration::from_secs(10), async {
+            while let Some(message) = outbound.next().await {
+                if let Ok(v1::HealthStreamResponse { body: Some(v1::health_stream_response::Body::Decisions(d)) }) =
+                    message
+                {
+                    return d;
+                }
+            }
+            panic!("the stream ended without decisions");
+        })
+        .await
+        .expect("answered in time");
+        let answered: Vec<(String, i32)> = decisions.outcomes.into_iter().map(|o| (o.tx_id, o.decision)).collect();
+        assert_eq!(
+            answered,
+            [
+                (committed.to_string(), v1::TransactionDecision::Commit as i32),
+                (TxId(6).to_string(), v1::TransactionDecision::Abort as i32),
+            ],
+            "the logged commit, presumed abort for an unknown id, nothing for a malformed one"
+        );
+        f.shutdown.cancel();
     }
 
     #[tokio::test(start_paused = true)]

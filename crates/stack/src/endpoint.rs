@@ -138,6 +138,20 @@ async fn send(
                 .delete_documents(prepare(r.clone(), call, budget))
                 .await
                 .map(|r| NodeReply::Delete(r.into_inner())),
+            NodeRequest::ListActions(r) => {
+                client.list_actions(prepare(*r, call, budget)).await.map(|r| NodeReply::ListActions(r.into_inner()))
+            }
+            NodeRequest::RunAction(r) => {
+                client.run_action(prepare(r.clone(), call, budget)).await.map(|r| NodeReply::RunAction(r.into_inner()))
+            }
+            NodeRequest::Prepare(r) => client
+                .prepare_transaction(prepare(r.clone(), call, budget))
+                .await
+                .map(|r| NodeReply::Prepare(r.into_inner())),
+            NodeRequest::Decide(r) => client
+                .decide_transaction(prepare(r.clone(), call, budget))
+                .await
+                .map(|r| NodeReply::Decide(r.into_inner())),
         }
     };
     match tokio::time::timeout_at(call.deadline, answer).await {

@@ -47,12 +47,34 @@ pub enum NodeRequest {
     Upsert(v1::UpsertDocumentsRequest),
     /// `AgentService/DeleteDocuments`: a write, never retried blindly.
     Delete(v1::DeleteDocumentsRequest),
+    /// `AgentService/ListActions`: what the node offers; a read, sent to one node.
+    ListActions(v1::ListActionsRequest),
+    /// `AgentService/RunAction`: runs an action once per `call_id` (the agent answers a repeated
+    /// id with the first result), so resending the same request is safe.
+    RunAction(v1::RunActionRequest),
+    /// `AgentService/PrepareTransaction`: phase one; idempotent per transaction id.
+    Prepare(v1::PrepareTransactionRequest),
+    /// `AgentService/DecideTransaction`: phase two; idempotent per transaction id.
+    Decide(v1::DecideTransactionRequest),
 }
 
 impl NodeRequest {
-    /// Whether the request only reads (so sending it twice is harmless).
+    /// Whether the request is a search read (so the group path may retry and hedge it).
     pub fn is_read(&self) -> bool {
         matches!(self, NodeRequest::Search(_))
+    }
+
+    /// Whether sending the same request to the same node twice does no harm: reads, and the
+    /// action calls the agent deduplicates (a run by its `call_id`, a transaction step by its
+    /// transaction id). Document writes are not: they go through the write log.
+    pub fn is_repeatable(&self) -> bool {
+        match self {
+            NodeRequest::Search(_) | NodeRequest::ListActions(_) | NodeRequest::Prepare(_) | NodeRequest::Decide(_) => {
+                true
+            }
+            NodeRequest::RunAction(run) => !run.call_id.is_empty(),
+            NodeRequest::Upsert(_) | NodeRequest::Delete(_) => false,
+        }
     }
 
     /// The gRPC method name, for spans and logs.
@@ -61,6 +83,10 @@ impl NodeRequest {
             NodeRequest::Search(_) => "NodeSearch",
             NodeRequest::Upsert(_) => "UpsertDocuments",
             NodeRequest::Delete(_) => "DeleteDocuments",
+            NodeRequest::ListActions(_) => "ListActions",
+            NodeRequest::RunAction(_) => "RunAction",
+            NodeRequest::Prepare(_) => "PrepareTransaction",
+            NodeRequest::Decide(_) => "DecideTransaction",
         }
     }
 }
@@ -74,6 +100,14 @@ pub enum NodeReply {
     Upsert(v1::UpsertDocumentsResponse),
     /// Answer to [`NodeRequest::Delete`].
     Delete(v1::DeleteDocumentsResponse),
+    /// Answer to [`NodeRequest::ListActions`].
+    ListActions(v1::ListActionsResponse),
+    /// Answer to [`NodeRequest::RunAction`].
+    RunAction(v1::RunActionResponse),
+    /// Answer to [`NodeRequest::Prepare`].
+    Prepare(v1::PrepareTransactionResponse),
+    /// Answer to [`NodeRequest::Decide`].
+    Decide(v1::DecideTransactionResponse),
 }
 
 /// A successful call: the answer and the replica that gave it.
@@ -420,6 +454,24 @@ mod tests {
         assert_eq!(log.tried_nodes().into_iter().collect::<Vec<_>>(), ["a", "b"]);
         assert_eq!(log.failed_nodes(), ["a"]);
         assert!(log.lock().in_flight.is_empty());
+    }
+
+    #[test]
+    fn only_requests_the_agent_deduplicates_are_repeatable() {
+        assert!(NodeRequest::ListActions(v1::ListActionsRequest {}).is_repeatable());
+        let run = v1::RunActionRequest { call_id: "c1".into(), ..Default::default() };
+        assert!(NodeRequest::RunAction(run).is_repeatable());
+        assert!(!NodeRequest::RunAction(v1::RunActionRequest::default()).is_repeatable(), "no call id, no dedupe");
+        assert!(NodeRequest::Prepare(v1::PrepareTransactionRequest::default()).is_repeatable());
+        assert!(NodeRequest::Decide(v1::DecideTransactionRequest::default()).is_repeatable());
+        assert!(!NodeRequest::Upsert(v1::UpsertDocumentsRequest::default()).is_repeatable());
+        for request in [
+            NodeRequest::ListActions(v1::ListActionsRequest {}),
+            NodeRequest::RunAction(v1::RunActionRequest::default()),
+            NodeRequest::Prepare(v1::PrepareTransactionRequest::default()),
+        ] {
+            assert!(!request.is_read(), "{} is never hedged or retried by the group path", request.method());
+        }
     }
 
     #[test]

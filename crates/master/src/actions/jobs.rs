@@ -247,6 +247,17 @@ impl Job {
         changed
     }
 
+    /// Ends the pending `node` as not started with `reason` (e.g. it is down when the job
+    /// starts). Returns the nodes whose state changed (empty when `node` was not pending).
+    pub fn skip(&mut self, node: &str, reason: &str, now_ms: u64) -> Vec<String> {
+        let Some(entry) = self.nodes.iter_mut().find(|e| e.node == node && e.state == NodeState::Pending) else {
+            return Vec::new();
+        };
+        entry.state = NodeState::NotStarted { reason: reason.to_owned() };
+        self.close_if_done(now_ms);
+        vec![node.to_owned()]
+    }
+
     /// Ends every pending node as not started with `reason`; returns them.
     fn stop_pending(&mut self, reason: &str) -> Vec<String> {
         let mut stopped = Vec::new();
@@ -548,6 +559,17 @@ impl RunningJob {
     /// Records `node`'s outcome (durably); when it was the last, the job is finished.
     pub fn finish(&mut self, node: &str, outcome: NodeOutcome, now_ms: u64) -> Result<(), RecordError> {
         let changed = self.job.finish(node, outcome, now_ms);
+        self.commit(changed)
+    }
+
+    /// Ends the pending `node` as not started with `reason` (durably), see [`Job::skip`].
+    pub fn skip(&mut self, node: &str, reason: &str, now_ms: u64) -> Result<(), RecordError> {
+        let changed = self.job.skip(node, reason, now_ms);
+        self.commit(changed)
+    }
+
+    /// Persists and publishes the `changed` nodes; closes the job when it is finished.
+    fn commit(&mut self, changed: Vec<String>) -> Result<(), RecordError> {
         if changed.is_empty() {
             return Ok(());
         }
@@ -615,6 +637,23 @@ mod tests {
         let counters = job.counters();
         assert_eq!((counters.failed, counters.not_started, counters.selected), (2, 2, 4));
         assert!(job.finish("n1", outcome(true), 3).is_empty(), "a duplicate outcome is ignored");
+    }
+
+    #[test]
+    fn a_node_down_at_the_start_is_not_started_and_never_runs() {
+        let mut job = Job::new("job-1".into(), "a".into(), "--all".into(), names(2), 0, 100, 0);
+        assert_eq!(job.skip("n1", "node is down", 1), ["n1"]);
+        assert!(job.skip("n1", "again", 1).is_empty(), "only a pending node is skipped");
+        assert_eq!(job.start_next(), ["n0"]);
+        assert!(job.skip("n0", "late", 2).is_empty(), "a running node is not skipped");
+        job.finish("n0", outcome(true), 3);
+        assert_eq!(job.finished_ms, Some(3));
+        assert_eq!(job.nodes[1].state, NodeState::NotStarted { reason: "node is down".into() });
+        let counters = job.counters();
+        assert_eq!((counters.succeeded, counters.not_started), (1, 1));
+        let mut all_down = Job::new("job-2".into(), "a".into(), "x".into(), names(1), 0, 100, 0);
+        all_down.skip("n0", "node is down", 5);
+        assert_eq!(all_down.finished_ms, Some(5), "a job whose every node is down is finished");
     }
 
     #[test]

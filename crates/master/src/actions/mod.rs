@@ -11,6 +11,10 @@
 pub mod audit;
 pub mod idempotency;
 pub mod jobs;
+pub mod selector;
+pub(crate) mod service;
+pub mod transactions;
+pub(crate) mod tx_service;
 
 use std::sync::Arc;
 use std::time::Duration;

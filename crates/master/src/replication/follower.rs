@@ -191,7 +191,7 @@ impl Follower {
             NodeReply::Delete(r) => {
                 Ok(Applied { applied_seq: r.applied_seq, generation: r.generation, collections: r.collections })
             }
-            NodeReply::Search(_) => Err(ragmesh_stack::endpoint::unexpected_reply(&self.node, "a write reply")),
+            _ => Err(ragmesh_stack::endpoint::unexpected_reply(&self.node, "a write reply")),
         }
     }
 }

@@ -1,0 +1,498 @@
+//! The master's transaction RPCs (`ExecuteTransaction`, `GetTransaction`, `ListTransactions`),
+//! the [`Transport`] that reaches agents through the node client and the write log through
+//! replication, and the answers to agents' in-doubt transactions on their health streams.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::future::BoxFuture;
+use ragmesh_auth::{Capability, Principal};
+use ragmesh_coordinator::{Decision, TxId};
+use ragmesh_proto::v1;
+use ragmesh_stack::node_call::{CallError, NodeCall, NodeReply, NodeRequest, Target};
+use tokio::time::Instant;
+use tower::ServiceExt as _;
+
+use super::audit::{AuditEntry, CallKind, Outcome};
+use super::idempotency::{Begin, Scope, StoredResult};
+use super::service::{Actions, keyed_digest};
+use super::transactions::{
+    self, DEFAULT_TIMEOUT, MAX_TIMEOUT, Plan, Runtime, Transactions, Transport, TxError, TxView,
+};
+use super::{RecordError, unix_now_ms};
+use crate::api::Context;
+use crate::error::MasterError;
+use crate::replication::WriteTarget;
+use crate::replication::log::{Write, Writer};
+use prost::Message as _;
+
+/// Deadline of one DecideTransaction call.
+const DECIDE_TIMEOUT: Duration = Duration::from_secs(30);
+/// Deadline of appending a committed write part to its group's log.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long an answer waits for acknowledgements once the decision is logged.
+const ACK_WAIT: Duration = Duration::from_secs(5);
+/// Transactions listed by default, and at most.
+const LIST_DEFAULT: usize = 100;
+const LIST_MAX: usize = 1000;
+/// Most in-doubt transactions answered per heartbeat.
+pub(crate) const MAX_IN_DOUBT: usize = 256;
+
+/// Agents through the node client, writes through replication.
+#[derive(Debug, Clone)]
+pub(crate) struct NodeTransport(pub(crate) Context);
+
+impl NodeTransport {
+    fn principal(plan: &Plan) -> Principal {
+        Principal {
+            subject: plan.subject.clone(),
+            tenant: plan.tenant.clone(),
+            capabilities: plan.capabilities.iter().copied().collect(),
+            token_id: String::new(),
+            expires_at: 0,
+            issued_at: 0,
+        }
+    }
+
+    async fn send(
+        ctx: Context,
+        node: String,
+        request: NodeRequest,
+        plan: Plan,
+        budget: Duration,
+    ) -> Result<NodeReply, String> {
+        let context = ctx
+            .access()
+            .and_then(|access| access.context(&Self::principal(&plan), budget))
+            .map_err(|e| e.to_string())?;
+        let context = context.parse().map_err(|_| "the signed request context is not valid metadata".to_owned())?;
+        let call = NodeCall::new(Target::Node(node), request, Instant::now() + budget).with_context(context);
+        let first = ctx.node_client.clone().oneshot(call.clone()).await;
+        // Prepare and decide are idempotent per transaction id: one resend after a lost connection.
+        let answer = match first {
+            Err(CallError::Unavailable(_)) if call.budget(Instant::now()) > Duration::from_millis(100) => {
+                ctx.node_client.clone().oneshot(call).await
+            }
+            other => other,
+        };
+        answer.map(|a| a.reply).map_err(|e| e.to_string())
+    }
+}
+
+/// The transport of a transaction: signs for the caller its plan names.
+#[derive(Debug, Clone)]
+pub(crate) struct PlanTransport {
+    ctx: Context,
+    plan: Plan,
+}
+
+impl NodeTransport {
+    /// Appends a committed write part to group `shard`'s log for the plan's caller.
+    fn apply_write(
+        &self,
+        plan: &Plan,
+        shard: &str,
+        write: v1::DocumentWrite,
+    ) -> BoxFuture<'static, Result<(), String>> {
+        let ctx = self.0.clone();
+        let writer = Writer {
+            subject: plan.subject.clone(),
+            tenant: plan.tenant.clone(),
+            capabilities: plan.capabilities.clone(),
+        };
+        let shard = shard.to_owned();
+        Box::pin(async move {
+            let replication = ctx.replication().map_err(|e| e.to_string())?;
+            let deadline = Instant::now() + WRITE_TIMEOUT;
+            if !write.upserts.is_empty() {
+                let upsert = Write::Upsert(v1::UpsertDocumentsRequest { documents: write.upserts, position: None });
+                replication
+                    .write(WriteTarget::Shard(shard.clone()), writer.clone(), upsert, deadline)
+                    .await
+                    .map_err(|e| e.to_string())?;
+            }
+            if !write.deletes.is_empty() {
+                let delete = Write::Delete(v1::DeleteDocumentsRequest { refs: write.deletes, position: None });
+                replication
+                    .write(WriteTarget::Shard(shard), writer, delete, deadline)
+                    .await
+                    .map_err(|e| e.to_string())?;
+            }
+            Ok(())
+        })
+    }
+}
+
+impl Transport for PlanTransport {
+    fn prepare(
+        &self,
+        node: &str,
+        tx: TxId,
+        operation: v1::TransactionOperation,
+        deadline_ms: u64,
+    ) -> BoxFuture<'static, Result<v1::PrepareTransactionResponse, String>> {
+        let request = v1::PrepareTransactionRequest {
+            tx_id: tx.to_string(),
+            operation: Some(operation),
+            deadline_unix_ms: deadline_ms,
+        };
+        let budget = Duration::from_millis(deadline_ms.saturating_sub(unix_now_ms())).max(Duration::from_millis(1));
+        let send = NodeTransport::send(
+            self.ctx.clone(),
+            node.to_owned(),
+            NodeRequest::Prepare(request),
+            self.plan.clone(),
+            budget,
+        );
+        let node = node.to_owned();
+        Box::pin(async move {
+            match send.await? {
+                NodeReply::Prepare(reply) => Ok(reply),
+                _ => Err(format!("node {node} answered a prepare with another reply")),
+            }
+        })
+    }
+
+    fn decide(
+        &self,
+        node: &str,
+        tx: TxId,
+        decision: Decision,
+    ) -> BoxFuture<'static, Result<v1::DecideTransactionResponse, String>> {
+        let decision = match decision {
+            Decision::Commit => v1::TransactionDecision::Commit,
+            Decision::Abort => v1::TransactionDecision::Abort,
+        };
+        let request = v1::DecideTransactionRequest { tx_id: tx.to_string(), decision: decision.into() };
+        let send = NodeTransport::send(
+            self.ctx.clone(),
+            node.to_owned(),
+            NodeRequest::Decide(request),
+            self.plan.clone(),
+            DECIDE_TIMEOUT,
+        );
+        let node = node.to_owned();
+        Box::pin(async move {
+            match send.await? {
+                NodeReply::Decide(reply) => Ok(reply),
+                _ => Err(format!("node {node} answered a decision with another reply")),
+            }
+        })
+    }
+
+    fn apply_write(
+        &self,
+        plan: &Plan,
+        shard: &str,
+        write: v1::DocumentWrite,
+    ) -> BoxFuture<'static, Result<(), String>> {
+        NodeTransport(self.ctx.clone()).apply_write(plan, shard, write)
+    }
+}
+
+/// The runtime of drivers started for `plan`'s caller.
+pub(crate) fn runtime(ctx: &Context, plan: &Plan) -> Runtime {
+    Runtime {
+        transport: Arc::new(PlanTransport { ctx: ctx.clone(), plan: plan.clone() }),
+        tasks: ctx.tasks.clone(),
+        shutdown: ctx.shutdown.clone(),
+    }
+}
+
+/// Resumes the unfinished transactions of the log (start-up). Each driver signs for the caller
+/// its plan names.
+pub(crate) async fn recover(ctx: &Context, transactions: &Transactions) -> Result<usize, TxError> {
+    // The recovered drivers sign with the plan's caller: the transport reads it per call.
+    let runtime = Runtime {
+        transport: Arc::new(RecoveredTransport(ctx.clone())),
+        tasks: ctx.tasks.clone(),
+        shutdown: ctx.shutdown.clone(),
+    };
+    transactions.recover(&runtime).await
+}
+
+/// The transport of a recovered transaction: decisions signed for the master itself (the
+/// caller's token is long gone; agents apply a logged decision whoever relays it).
+#[derive(Debug, Clone)]
+struct RecoveredTransport(Context);
+
+impl Transport for RecoveredTransport {
+    fn prepare(
+        &self,
+        node: &str,
+        tx: TxId,
+        operation: v1::TransactionOperation,
+        deadline_ms: u64,
+    ) -> BoxFuture<'static, Result<v1::PrepareTransactionResponse, String>> {
+        PlanTransport { ctx: self.0.clone(), plan: master_plan() }.prepare(node, tx, operation, deadline_ms)
+    }
+
+    fn decide(
+        &self,
+        node: &str,
+        tx: TxId,
+        decision: Decision,
+    ) -> BoxFuture<'static, Result<v1::DecideTransactionResponse, String>> {
+        PlanTransport { ctx: self.0.clone(), plan: master_plan() }.decide(node, tx, decision)
+    }
+
+    fn apply_write(
+        &self,
+        plan: &Plan,
+        shard: &str,
+        write: v1::DocumentWrite,
+    ) -> BoxFuture<'static, Result<(), String>> {
+        NodeTransport(self.0.clone()).apply_write(plan, shard, write)
+    }
+}
+
+fn master_plan() -> Plan {
+    Plan {
+        subject: "master:recovery".into(),
+        tenant: "operators".into(),
+        capabilities: Capability::ALL.to_vec(),
+        ..Plan::default()
+    }
+}
+
+/// `ExecuteTransaction`: validates the parts, starts the driver and answers once the
+/// transaction is done, or with its state when acknowledgements are late.
+pub(crate) async fn execute(
+    ctx: &Context,
+    actions: &Actions,
+    transactions: &Transactions,
+    principal: Principal,
+    request: v1::ExecuteTransactionRequest,
+) -> Result<v1::ExecuteTransactionResponse, MasterError> {
+    let started = Instant::now();
+    let started_ms = unix_now_ms();
+    // The parameters the idempotency key guards: the request without its key.
+    let parameters = v1::ExecuteTransactionRequest { idempotency_key: String::new(), ..request.clone() };
+    if request.parts.is_empty() {
+        return Err(MasterError::InvalidArgument("a transaction needs at least one part".into()));
+    }
+    let timeout = match request.timeout_ms {
+        0 => DEFAULT_TIMEOUT,
+        ms => Duration::from_millis(u64::from(ms)),
+    };
+    if timeout > MAX_TIMEOUT {
+        return Err(MasterError::InvalidArgument(format!(
+            "timeout_ms {} exceeds the maximum {} ms",
+            request.timeout_ms,
+            MAX_TIMEOUT.as_millis()
+        )));
+    }
+    let views = ctx.registry()?.snapshot();
+    let known: Vec<String> = views.iter().map(|v| v.record.name.clone()).collect();
+    let mut operations = BTreeMap::new();
+    let mut shards = BTreeMap::new();
+    let mut writes = Vec::new();
+    for (index, part) in request.parts.into_iter().enumerate() {
+        let operation = part.operation.ok_or_else(|| {
+            MasterError::InvalidArgument(format!("part {index} has no operation: give an action or a write"))
+        })?;
+        let participants: Vec<String> = match &operation.kind {
+            Some(v1::transaction_operation::Kind::Action(_)) => {
+                if part.node.is_empty() || !part.shard.is_empty() {
+                    return Err(MasterError::InvalidArgument(format!(
+                        "part {index}: an action part names one node (node), not a shard group"
+                    )));
+                }
+                if !known.contains(&part.node) {
+                    return Err(MasterError::UnknownNodes { unknown: vec![part.node], known });
+                }
+                vec![part.node]
+            }
+            Some(v1::transaction_operation::Kind::Write(write)) => {
+                let group = if !part.shard.is_empty() {
+                    part.shard.clone()
+                } else {
+                    let view = views.iter().find(|v| v.record.name == part.node).ok_or_else(|| {
+                        MasterError::UnknownNodes { unknown: vec![part.node.clone()], known: known.clone() }
+                    })?;
+                    view.record.group().to_owned()
+                };
+                let replicas: Vec<String> =
+                    views.iter().filter(|v| v.record.group() == group).map(|v| v.record.name.clone()).collect();
+                if replicas.is_empty() {
+                    return Err(MasterError::InvalidArgument(format!(
+                        "part {index}: shard group {group:?} has no replica"
+                    )));
+                }
+                writes.push((group.clone(), write.clone()));
+                for replica in &replicas {
+                    shards.insert(replica.clone(), group.clone());
+                }
+                replicas
+            }
+            None => return Err(MasterError::InvalidArgument(format!("part {index} has an empty operation"))),
+        };
+        for node in participants {
+            if operations.insert(node.clone(), operation.clone()).is_some() {
+                return Err(MasterError::InvalidArgument(format!(
+                    "node {node} takes part twice: give each node (and each shard group) one part"
+                )));
+            }
+        }
+    }
+    let mut guard = None;
+    if !request.idempotency_key.is_empty() {
+        let scope = Scope::new(principal.subject.clone(), request.idempotency_key.clone());
+        let digest =
+            keyed_digest(actions.digest_key(), &[b"transaction\0".as_slice(), &parameters.encode_to_vec()].concat());
+        match actions.keys().begin(scope, &digest, unix_now_ms()).await? {
+            Begin::Replay(stored) => {
+                let mut response = v1::ExecuteTransactionResponse::decode(stored.result.as_slice()).map_err(|e| {
+                    MasterError::Records(RecordError::Corrupt { what: "idempotency result", message: e.to_string() })
+                })?;
+                response.replayed = true;
+                return Ok(response);
+            }
+            Begin::Run(run) => guard = Some(run),
+            refused => return Err(refused.refusal().map_or(MasterError::NotReady, MasterError::Records)),
+        }
+    }
+    let audited: BTreeMap<String, v1::TransactionOperation> = operations.clone();
+    let mut plan = Plan::new(&principal.subject, &principal.tenant, &writes, shards);
+    plan.capabilities = principal.capabilities.iter().copied().collect();
+    let tx = TxId(rand::random::<u128>());
+    let deadline_ms = unix_now_ms().saturating_add(u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX));
+    let runtime = runtime(ctx, &plan);
+    let mut view = match transactions.start(tx, operations, plan, deadline_ms, &runtime).await {
+        Ok(view) => view,
+        Err(error) => {
+            if let Some(guard) = guard {
+                let _ = guard.abandon().await;
+            }
+            return Err(error.into());
+        }
+    };
+    tracing::info!(tx = %tx, "transaction started");
+    // Wait until done; once decided, only a little longer for late acknowledgements.
+    let until = Instant::now() + timeout + ACK_WAIT;
+    let _ = tokio::time::timeout_at(until, view.wait_for(|v| v.status.decision.is_some())).await;
+    let _ = tokio::time::timeout(ACK_WAIT, view.wait_for(transactions::is_settled)).await;
+    let current: TxView = view.borrow().clone();
+    let response =
+        v1::ExecuteTransactionResponse { transaction: Some(transactions::to_wire(&current)), replayed: false };
+    audit(actions, &principal, &current, &audited, started_ms, started.elapsed()).await;
+    if let Some(guard) = guard {
+        let result = StoredResult {
+            status: "ok".into(),
+            message: String::new(),
+            result: response.encode_to_vec(),
+            completed_ms: unix_now_ms(),
+        };
+        if let Err(error) = guard.complete(result).await {
+            tracing::error!(%error, "idempotency result not recorded: the key stays in doubt");
+        }
+    }
+    Ok(response)
+}
+
+/// One audit record per participant, as the transaction stands when the caller is answered.
+async fn audit(
+    actions: &Actions,
+    principal: &Principal,
+    view: &TxView,
+    operations: &BTreeMap<String, v1::TransactionOperation>,
+    started_ms: u64,
+    took: Duration,
+) {
+    let trace_id = ragmesh_telemetry::propagation::sampled_trace_id(&tracing::Span::current());
+    let mut entries = Vec::new();
+    for participant in &view.status.participants {
+        let operation = operations.get(&participant.node).cloned().unwrap_or_default();
+        let (action, arguments) = match &operation.kind {
+            Some(v1::transaction_operation::Kind::Action(call)) => {
+                (call.action.clone(), call.arguments.keys().cloned().collect())
+            }
+            _ => ("documents.write".to_owned(), Vec::new()),
+        };
+        // The action's schema is the node's: without it, every value is hidden.
+        let shown: BTreeMap<String, &str> = arguments.into_iter().map(|k| (k, ragmesh_actions::REDACTED)).collect();
+        let status = match (view.status.decision, participant.acked) {
+            (Some(Decision::Commit), true) => "ok",
+            (Some(Decision::Commit), false) => "unknown",
+            (Some(Decision::Abort), _) => "aborted",
+            (None, _) => "unknown",
+        };
+        let message = view.details.get(&participant.node).map(|d| d.message.clone()).unwrap_or_default();
+        entries.push(AuditEntry {
+            time_ms: started_ms,
+            subject: principal.subject.clone(),
+            tenant: principal.tenant.clone(),
+            kind: CallKind::Transaction,
+            operation_id: Some(view.status.tx.to_string()),
+            node: participant.node.clone(),
+            action,
+            args_digest: keyed_digest(actions.digest_key(), &operation.encode_to_vec()),
+            redacted_args: serde_json::to_string(&shown).unwrap_or_default(),
+            outcome: Outcome { status: status.to_owned(), message },
+            duration_ms: u64::try_from(took.as_millis()).unwrap_or(u64::MAX),
+            trace_id: trace_id.clone(),
+        });
+    }
+    let log = actions.audit().clone();
+    let appended =
+        tokio::task::spawn_blocking(move || entries.into_iter().try_for_each(|e| log.append(e).map(drop))).await;
+    if !matches!(appended, Ok(Ok(()))) {
+        tracing::error!(tx = %view.status.tx, "transaction participants not audited");
+    }
+}
+
+fn parse_tx(text: &str) -> Result<TxId, MasterError> {
+    TxId::parse(text).map_err(|e| MasterError::InvalidArgument(e.to_string()))
+}
+
+/// `GetTransaction`.
+pub(crate) async fn get(transactions: &Transactions, tx_id: &str) -> Result<v1::TransactionStatus, MasterError> {
+    let tx = parse_tx(tx_id)?;
+    match transactions.get(tx).await? {
+        Some(view) => Ok(transactions::to_wire(&view)),
+        None => Err(MasterError::Refused(tonic::Status::not_found(format!(
+            "no transaction {tx_id}: it never existed here or was compacted (see `ragmeshctl action history`)"
+        )))),
+    }
+}
+
+/// `ListTransactions`: unfinished first, newest first within each.
+pub(crate) async fn list(
+    transactions: &Transactions,
+    request: v1::ListTransactionsRequest,
+) -> Result<v1::ListTransactionsResponse, MasterError> {
+    let mut views = transactions.list().await?;
+    if !request.include_finished {
+        views.retain(|v| !transactions::is_settled(v));
+    }
+    views.sort_by_key(|v| (transactions::is_settled(v), std::cmp::Reverse(v.status.started_ms)));
+    let limit = match request.limit as usize {
+        0 => LIST_DEFAULT,
+        n => n.min(LIST_MAX),
+    };
+    views.truncate(limit);
+    Ok(v1::ListTransactionsResponse { transactions: views.iter().map(transactions::to_wire).collect() })
+}
+
+/// The decisions for an agent's in-doubt transactions (bounded); transactions still being
+/// prepared here are left out (the agent hears when they are decided).
+pub(crate) async fn decisions(transactions: &Transactions, in_doubt: &[String]) -> v1::TransactionDecisions {
+    let mut outcomes = Vec::new();
+    for text in in_doubt.iter().take(MAX_IN_DOUBT) {
+        let Ok(tx) = TxId::parse(text) else { continue };
+        match transactions.decision_for(tx).await {
+            Ok(Some(decision)) => outcomes.push(v1::TransactionOutcome {
+                tx_id: text.clone(),
+                decision: match decision {
+                    Decision::Commit => v1::TransactionDecision::Commit,
+                    Decision::Abort => v1::TransactionDecision::Abort,
+                }
+                .into(),
+            }),
+            Ok(None) => {}
+            Err(error) => tracing::error!(tx = %tx, %error, "in-doubt transaction not answered"),
+        }
+    }
+    v1::TransactionDecisions { outcomes }
+}
