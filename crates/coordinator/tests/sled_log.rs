@@ -12,7 +12,7 @@ use ragmesh_coordinator::{CoordinatorError, Decision, TxId, Vote};
 use ragmesh_store::{SledStore, StateStore};
 
 fn open(dir: &Path) -> Arc<SledStore> {
-    Arc::new(SledStore::open(dir).expect("open sled store"))
+    Arc::new(SledStore::open_waiting(dir).expect("open sled store"))
 }
 
 fn nodes() -> Vec<String> {

@@ -133,7 +133,7 @@ mod tests {
     use super::*;
 
     fn open(dir: &std::path::Path) -> Arc<dyn StateStore> {
-        Arc::new(SledStore::open(dir).expect("open store"))
+        Arc::new(SledStore::open_waiting(dir).expect("open store"))
     }
 
     #[test]

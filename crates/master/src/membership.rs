@@ -213,7 +213,7 @@ mod tests {
     /// [`start`], answering in-doubt transactions from `transactions`.
     fn start_with(transactions: Option<crate::actions::transactions::Transactions>) -> Fixture {
         let dir = tempfile::tempdir().expect("tempdir");
-        let registry = Registry::load(Arc::new(SledStore::open(dir.path()).expect("open"))).expect("load");
+        let registry = Registry::load(Arc::new(SledStore::open_waiting(dir.path()).expect("open"))).expect("load");
         let record = NodeRecord { heartbeat_interval_ms: 100, ..NodeRecord::for_tests("a", &[]) };
         let session = registry.register(record).expect("register");
         let keys = watch::Sender::new(Vec::new());
@@ -251,7 +251,7 @@ mod tests {
         use ragmesh_coordinator::{Decision, TxId};
 
         let dir = tempfile::tempdir().expect("tempdir");
-        let store: Arc<dyn ragmesh_store::StateStore> = Arc::new(SledStore::open(dir.path()).expect("open"));
+        let store: Arc<dyn ragmesh_store::StateStore> = Arc::new(SledStore::open_waiting(dir.path()).expect("open"));
         let log = ragmesh_coordinator::log::CoordinatorLog::new(store.clone());
         let committed = TxId(5);
         let machine = Coordinator::new(committed, &["a".to_owned()], u64::MAX, CoordinatorConfig::default());

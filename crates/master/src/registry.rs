@@ -498,14 +498,14 @@ mod tests {
     fn registry_is_persisted_and_restored_as_down() {
         let dir = tempfile::tempdir().expect("tempdir");
         {
-            let store = Arc::new(SledStore::open(dir.path()).expect("open"));
+            let store = Arc::new(SledStore::open_waiting(dir.path()).expect("open"));
             let registry = Registry::load(store).expect("load");
             let session = registry.register(record("a")).expect("register");
             let info = HeartbeatInfo { in_flight: 0, collections: BTreeMap::new(), generation: 2, applied_seq: 0 };
             assert!(registry.heartbeat("a", &session, info));
             assert_eq!(registry.get("a").expect("a").state, NodeState::Up);
         }
-        let store = Arc::new(SledStore::open(dir.path()).expect("reopen"));
+        let store = Arc::new(SledStore::open_waiting(dir.path()).expect("reopen"));
         let registry = Registry::load(store).expect("load");
         let a = registry.get("a").expect("a restored");
         assert_eq!(a.state, NodeState::Down);
@@ -516,7 +516,7 @@ mod tests {
     #[test]
     fn a_heartbeat_counted_before_a_write_does_not_undo_the_write() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let registry = Registry::load(Arc::new(SledStore::open(dir.path()).expect("open"))).expect("load");
+        let registry = Registry::load(Arc::new(SledStore::open_waiting(dir.path()).expect("open"))).expect("load");
         let session = registry.register(record("a")).expect("register");
         let after_write = BTreeMap::from([("docs".to_owned(), 3), ("new".to_owned(), 5)]);
         assert!(registry.observe_write("a", 2, after_write.clone(), 0));
@@ -538,7 +538,7 @@ mod tests {
     #[test]
     fn heartbeats_of_a_superseded_session_are_refused() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let registry = Registry::load(Arc::new(SledStore::open(dir.path()).expect("open"))).expect("load");
+        let registry = Registry::load(Arc::new(SledStore::open_waiting(dir.path()).expect("open"))).expect("load");
         let old = registry.register(record("a")).expect("register");
         let _new = registry.register(record("a")).expect("register");
         let info = HeartbeatInfo { in_flight: 0, collections: BTreeMap::new(), generation: 0, applied_seq: 0 };
@@ -557,7 +557,7 @@ mod tests {
     #[test]
     fn applied_seq_only_grows_within_a_session_and_sync_follows_the_group_log() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let registry = Registry::load(Arc::new(SledStore::open(dir.path()).expect("open"))).expect("load");
+        let registry = Registry::load(Arc::new(SledStore::open_waiting(dir.path()).expect("open"))).expect("load");
         let shard = |name: &str| NodeRecord { shard: "g".into(), ..record(name) };
         let session = registry.register_at(shard("a"), 3).expect("register");
         registry.register_at(shard("b"), 1).expect("register");

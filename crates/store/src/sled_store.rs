@@ -24,6 +24,22 @@ impl SledStore {
         Ok(Self { db })
     }
 
+    /// [`SledStore::open`], waiting up to 5 s while the directory is locked: the flusher thread
+    /// of a handle dropped a moment ago holds sled's lock briefly, so a reopen right after a
+    /// drop (a restart in the same process, a test) may find it taken. Another live process
+    /// holds it for good and is reported as [`StoreError::Locked`] after the wait.
+    pub fn open_waiting(dir: &Path) -> Result<Self, StoreError> {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        loop {
+            match Self::open(dir) {
+                Err(StoreError::Locked { .. }) if std::time::Instant::now() < deadline => {
+                    std::thread::sleep(std::time::Duration::from_millis(20));
+                }
+                opened => return opened,
+            }
+        }
+    }
+
     fn tree(&self, op: &'static str, tree: &str) -> Result<sled::Tree, StoreError> {
         self.db.open_tree(tree).map_err(|e| backend(op, tree, e))
     }

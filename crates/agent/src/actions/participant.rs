@@ -85,7 +85,8 @@ impl Participants {
         actions: Arc<Actions>,
         index: Arc<OnceLock<Arc<DocumentIndex>>>,
     ) -> Result<Self, AgentError> {
-        let store = SledStore::open(dir).map_err(|err| match err {
+        // Waiting out the flusher of a handle dropped a moment ago (an in-process restart).
+        let store = SledStore::open_waiting(dir).map_err(|err| match err {
             StoreError::Locked { path } => AgentError::TxLogLocked { path },
             other => AgentError::TxLog(other.into()),
         })?;

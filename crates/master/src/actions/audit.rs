@@ -297,7 +297,7 @@ mod tests {
     use super::*;
 
     fn store(dir: &tempfile::TempDir) -> Arc<dyn StateStore> {
-        Arc::new(SledStore::open(dir.path()).expect("open sled"))
+        Arc::new(SledStore::open_waiting(dir.path()).expect("open sled"))
     }
 
     fn entry(time_ms: u64, node: &str, action: &str, subject: &str) -> AuditEntry {

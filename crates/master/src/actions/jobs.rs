@@ -600,7 +600,7 @@ mod tests {
     use super::*;
 
     fn store(dir: &tempfile::TempDir) -> Arc<dyn StateStore> {
-        Arc::new(SledStore::open(dir.path()).expect("open sled"))
+        Arc::new(SledStore::open_waiting(dir.path()).expect("open sled"))
     }
 
     fn outcome(ok: bool) -> NodeOutcome {

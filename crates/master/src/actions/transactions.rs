@@ -615,14 +615,14 @@ mod tests {
     }
 
     fn store(dir: &tempfile::TempDir) -> Arc<dyn StateStore> {
-        Arc::new(SledStore::open(dir.path()).expect("open sled"))
+        Arc::new(SledStore::open_waiting(dir.path()).expect("open sled"))
     }
 
     /// Opens the store again once the previous holder let go (sled releases its lock when its
     /// last handle, possibly on a blocking-pool thread, is dropped).
     async fn reopen(dir: &tempfile::TempDir) -> Arc<dyn StateStore> {
         for _ in 0..200 {
-            if let Ok(store) = SledStore::open(dir.path()) {
+            if let Ok(store) = SledStore::open_waiting(dir.path()) {
                 return Arc::new(store);
             }
             tokio::time::sleep(Duration::from_millis(25)).await;

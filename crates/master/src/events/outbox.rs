@@ -225,7 +225,7 @@ mod tests {
 
     fn store() -> (tempfile::TempDir, Arc<dyn StateStore>) {
         let dir = tempfile::tempdir().expect("tempdir");
-        let store = SledStore::open(dir.path()).expect("open sled");
+        let store = SledStore::open_waiting(dir.path()).expect("open sled");
         (dir, Arc::new(store))
     }
 

@@ -328,7 +328,7 @@ mod tests {
     fn reopen(dir: &std::path::Path) -> WriteLog {
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
         loop {
-            match SledStore::open(dir) {
+            match SledStore::open_waiting(dir) {
                 Ok(store) => return WriteLog::open(Arc::new(store)).expect("log"),
                 Err(ragmesh_store::StoreError::Locked { .. }) if std::time::Instant::now() < deadline => {
                     std::thread::sleep(std::time::Duration::from_millis(20));
@@ -346,7 +346,7 @@ mod tests {
     fn appends_survive_reopen_and_read_back_in_order_with_their_writer() {
         let dir = tempfile::tempdir().expect("tempdir");
         {
-            let log = WriteLog::open(Arc::new(SledStore::open(dir.path()).expect("open"))).expect("log");
+            let log = WriteLog::open(Arc::new(SledStore::open_waiting(dir.path()).expect("open"))).expect("log");
             for i in 1..=5 {
                 let (seq, state) = log.append("g", &writer(), &upsert(&format!("d{i}"))).expect("append");
                 assert_eq!((seq, state.first, state.last), (i, 1, i));
@@ -370,7 +370,7 @@ mod tests {
     fn an_entry_appended_just_before_a_crash_is_recovered_without_its_meta() {
         let dir = tempfile::tempdir().expect("tempdir");
         {
-            let store = Arc::new(SledStore::open(dir.path()).expect("open"));
+            let store = Arc::new(SledStore::open_waiting(dir.path()).expect("open"));
             let log = WriteLog::open(store.clone()).expect("log");
             log.append("g", &writer(), &upsert("a")).expect("append");
             // The crash: entry 2 is durable, the meta still says last = 1.
@@ -385,7 +385,7 @@ mod tests {
     fn trim_drops_applied_entries_and_bounds_the_log_durably() {
         let dir = tempfile::tempdir().expect("tempdir");
         {
-            let log = WriteLog::open(Arc::new(SledStore::open(dir.path()).expect("open"))).expect("log");
+            let log = WriteLog::open(Arc::new(SledStore::open_waiting(dir.path()).expect("open"))).expect("log");
             for i in 1..=10 {
                 log.append("g", &writer(), &upsert(&format!("d{i}"))).expect("append");
             }
@@ -408,7 +408,7 @@ mod tests {
     #[test]
     fn a_corrupt_entry_is_reported_not_skipped() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let store = Arc::new(SledStore::open(dir.path()).expect("open"));
+        let store = Arc::new(SledStore::open_waiting(dir.path()).expect("open"));
         let log = WriteLog::open(store.clone()).expect("log");
         log.append("g", &writer(), &upsert("a")).expect("append");
         store.put(&tree("g"), &1u64.to_be_bytes(), &[9, 0, 0, 0, 0]).expect("put");

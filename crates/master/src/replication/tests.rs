@@ -161,7 +161,7 @@ impl Mesh {
     /// Replicas `names` of group "g", each served and registered.
     async fn start(names: &[&str], config: ReplicationConfig) -> Mesh {
         let dir = tempfile::tempdir().expect("tempdir");
-        let store: Arc<dyn StateStore> = Arc::new(SledStore::open(dir.path()).expect("open"));
+        let store: Arc<dyn StateStore> = Arc::new(SledStore::open_waiting(dir.path()).expect("open"));
         let registry = Registry::load(store.clone()).expect("registry");
         let log = WriteLog::open(store.clone()).expect("log");
         let access = Arc::new(AccessControl::load(store, AccessConfig::default(), false).expect("access"));
