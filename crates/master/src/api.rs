@@ -182,9 +182,9 @@ impl MasterService for MasterApi {
         &self,
         request: Request<v1::ListNodeActionsRequest>,
     ) -> Result<Response<v1::ListNodeActionsResponse>, Status> {
-        self.0.require(&request, Capability::Actions)?;
+        let principal = self.0.require(&request, Capability::Actions)?;
         let actions = self.0.actions()?;
-        let response = action_service::list_node_actions(&self.0, actions, request.into_inner()).await?;
+        let response = action_service::list_node_actions(&self.0, actions, principal, request.into_inner()).await?;
         Ok(Response::new(response))
     }
 

@@ -183,13 +183,21 @@ fn call_error_words(error: &CallError) -> (&'static str, String) {
     }
 }
 
-/// The node's actions, from the cache or asked now.
-async fn descriptors(ctx: &Context, actions: &Actions, node: &str) -> Result<Vec<v1::ActionDescriptor>, CallError> {
+/// The node's actions, from the cache or asked now in `principal`'s name (an agent answers
+/// only requests the master signed; any caller may see what a node offers).
+async fn descriptors(
+    ctx: &Context,
+    actions: &Actions,
+    principal: &Principal,
+    node: &str,
+) -> Result<Vec<v1::ActionDescriptor>, CallError> {
     if let Some(list) = actions.cached(node) {
         return Ok(list);
     }
+    let context = signed_context(ctx, principal, LIST_TIMEOUT)
+        .map_err(|err| CallError::Error { kind: ragmesh_proto::ErrorKind::Internal, message: err.to_string() })?;
     let deadline = Instant::now() + LIST_TIMEOUT;
-    match call_node(ctx, node, NodeRequest::ListActions(v1::ListActionsRequest {}), None, deadline).await? {
+    match call_node(ctx, node, NodeRequest::ListActions(v1::ListActionsRequest {}), Some(context), deadline).await? {
         NodeReply::ListActions(reply) => {
             actions.remember(node, reply.actions.clone());
             Ok(reply.actions)
@@ -202,6 +210,7 @@ async fn descriptors(ctx: &Context, actions: &Actions, node: &str) -> Result<Vec
 pub(crate) async fn list_node_actions(
     ctx: &Context,
     actions: &Actions,
+    principal: Principal,
     request: v1::ListNodeActionsRequest,
 ) -> Result<v1::ListNodeActionsResponse, MasterError> {
     let views = ctx.registry()?.snapshot();
@@ -217,11 +226,11 @@ pub(crate) async fn list_node_actions(
     };
     let mut calls = JoinSet::new();
     for (index, view) in asked.into_iter().enumerate() {
-        let (ctx, actions) = (ctx.clone(), actions.clone());
+        let (ctx, actions, principal) = (ctx.clone(), actions.clone(), principal.clone());
         calls.spawn(async move {
             let node = view.record.name.clone();
             let entry = if view.state.is_searchable() {
-                match descriptors(&ctx, &actions, &node).await {
+                match descriptors(&ctx, &actions, &principal, &node).await {
                     Ok(list) => v1::NodeActions {
                         node,
                         status: v1::OutcomeStatus::Ok.into(),
@@ -317,9 +326,9 @@ pub(crate) async fn execute_action(
     let mut prepared = HashMap::new();
     let mut lookups = JoinSet::new();
     for node in up {
-        let (ctx, actions, node) = (ctx.clone(), actions.clone(), node.clone());
+        let (ctx, actions, node, principal) = (ctx.clone(), actions.clone(), node.clone(), principal.clone());
         lookups.spawn(async move {
-            let list = descriptors(&ctx, &actions, &node).await;
+            let list = descriptors(&ctx, &actions, &principal, &node).await;
             (node, list)
         });
     }

@@ -458,7 +458,10 @@ impl Driver {
                     match answer {
                         Ok(reply) => {
                             detail.decide = reply.result;
-                            detail.message.clear();
+                            // The ack ends a "not acknowledged" note; a no vote's reason stays.
+                            if detail.message.starts_with(NOT_ACKED) {
+                                detail.message.clear();
+                            }
                             pending.extend(self.machine.handle(Input::Ack { node, decision }, now));
                         }
                         // A no vote's reason stays: it says why the transaction aborted.

@@ -44,14 +44,18 @@ pub(crate) const MAX_IN_DOUBT: usize = 256;
 pub(crate) struct NodeTransport(pub(crate) Context);
 
 impl NodeTransport {
-    fn principal(plan: &Plan) -> Principal {
+    /// The caller as the participants see it, for one call of `budget`: a signed context
+    /// never outlives its principal's expiry, so the principal lives as long as the call (the
+    /// caller's own token may be gone by the time a decision is re-sent).
+    fn principal(plan: &Plan, budget: Duration) -> Principal {
+        let now = ragmesh_auth::unix_now();
         Principal {
             subject: plan.subject.clone(),
             tenant: plan.tenant.clone(),
             capabilities: plan.capabilities.iter().copied().collect(),
             token_id: String::new(),
-            expires_at: 0,
-            issued_at: 0,
+            expires_at: now.saturating_add(budget.as_secs().saturating_add(1)),
+            issued_at: now,
         }
     }
 
@@ -64,7 +68,7 @@ impl NodeTransport {
     ) -> Result<NodeReply, String> {
         let context = ctx
             .access()
-            .and_then(|access| access.context(&Self::principal(&plan), budget))
+            .and_then(|access| access.context(&Self::principal(&plan, budget), budget))
             .map_err(|e| e.to_string())?;
         let context = context.parse().map_err(|_| "the signed request context is not valid metadata".to_owned())?;
         let call = NodeCall::new(Target::Node(node), request, Instant::now() + budget).with_context(context);
