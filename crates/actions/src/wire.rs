@@ -13,7 +13,7 @@ pub fn descriptor(spec: &ActionSpec, builtin: bool) -> v1::ActionDescriptor {
     v1::ActionDescriptor {
         name: spec.name.clone(),
         description: spec.description.clone(),
-        arguments: spec.args.iter().map(argument).collect(),
+        arguments: spec.args.iter().map(argument_descriptor).collect(),
         timeout_ms: u32::try_from(spec.timeout.as_millis()).unwrap_or(u32::MAX),
         capability: spec.capability.clone(),
         tenants: spec.tenants.clone(),
@@ -22,7 +22,8 @@ pub fn descriptor(spec: &ActionSpec, builtin: bool) -> v1::ActionDescriptor {
     }
 }
 
-fn argument(arg: &ArgSpec) -> v1::ArgumentDescriptor {
+/// The wire form of one argument's schema.
+pub fn argument_descriptor(arg: &ArgSpec) -> v1::ArgumentDescriptor {
     let kind = match arg.kind {
         ArgKind::String => v1::ArgumentType::String,
         ArgKind::Integer => v1::ArgumentType::Integer,

@@ -99,37 +99,13 @@ impl Builtin {
         v1::ActionDescriptor {
             name: self.name().to_owned(),
             description: self.description().to_owned(),
-            arguments: self.args().iter().map(argument_descriptor).collect(),
+            arguments: self.args().iter().map(ragmesh_actions::wire::argument_descriptor).collect(),
             timeout_ms: u32::try_from(BUILTIN_TIMEOUT.as_millis()).unwrap_or(u32::MAX),
             capability: BUILTIN_CAPABILITY.to_owned(),
             tenants: Vec::new(),
             transactional: false,
             builtin: true,
         }
-    }
-}
-
-/// The wire form of a built-in's (string) argument.
-fn argument_descriptor(arg: &ArgSpec) -> v1::ArgumentDescriptor {
-    let kind = match arg.kind {
-        ArgKind::String => v1::ArgumentType::String,
-        ArgKind::Integer => v1::ArgumentType::Integer,
-        ArgKind::Number => v1::ArgumentType::Number,
-        ArgKind::Boolean => v1::ArgumentType::Boolean,
-    };
-    v1::ArgumentDescriptor {
-        name: arg.name.clone(),
-        description: arg.description.clone(),
-        r#type: kind as i32,
-        required: arg.required,
-        default_value: arg.default.clone(),
-        allowed: arg.allowed.clone(),
-        pattern: arg.pattern.clone().unwrap_or_default(),
-        min_len: arg.min_len.map(|n| u32::try_from(n).unwrap_or(u32::MAX)),
-        max_len: arg.max_len.map(|n| u32::try_from(n).unwrap_or(u32::MAX)),
-        min: None,
-        max: None,
-        secret: arg.secret,
     }
 }
 

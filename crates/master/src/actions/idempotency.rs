@@ -101,6 +101,14 @@ pub struct StoredResult {
     pub completed_ms: u64,
 }
 
+impl StoredResult {
+    /// The stored result decoded as the wire message `M` it was encoded from.
+    pub fn decode_as<M: prost::Message + Default>(&self) -> Result<M, RecordError> {
+        M::decode(self.result.as_slice())
+            .map_err(|e| RecordError::Corrupt { what: "idempotency result", message: e.to_string() })
+    }
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 struct Record {
     digest: String,

@@ -355,9 +355,7 @@ pub(crate) async fn execute_action(
         let digest = call_digest(&actions.digest_key, &call.action, &selector_text, &args, request.detach);
         match actions.keys.begin(scope, &digest, unix_now_ms()).await? {
             Begin::Replay(stored) => {
-                let mut response = v1::ExecuteActionResponse::decode(stored.result.as_slice()).map_err(|e| {
-                    MasterError::Records(RecordError::Corrupt { what: "idempotency result", message: e.to_string() })
-                })?;
+                let mut response: v1::ExecuteActionResponse = stored.decode_as().map_err(MasterError::Records)?;
                 response.replayed = true;
                 return Ok(response);
             }

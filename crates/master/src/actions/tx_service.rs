@@ -20,7 +20,7 @@ use super::service::{Actions, keyed_digest};
 use super::transactions::{
     self, DEFAULT_TIMEOUT, MAX_TIMEOUT, Plan, Runtime, Transactions, Transport, TxError, TxView,
 };
-use super::{RecordError, unix_now_ms};
+use super::unix_now_ms;
 use crate::api::Context;
 use crate::error::MasterError;
 use crate::replication::WriteTarget;
@@ -347,9 +347,7 @@ pub(crate) async fn execute(
             keyed_digest(actions.digest_key(), &[b"transaction\0".as_slice(), &parameters.encode_to_vec()].concat());
         match actions.keys().begin(scope, &digest, unix_now_ms()).await? {
             Begin::Replay(stored) => {
-                let mut response = v1::ExecuteTransactionResponse::decode(stored.result.as_slice()).map_err(|e| {
-                    MasterError::Records(RecordError::Corrupt { what: "idempotency result", message: e.to_string() })
-                })?;
+                let mut response: v1::ExecuteTransactionResponse = stored.decode_as().map_err(MasterError::Records)?;
                 response.replayed = true;
                 return Ok(response);
             }
