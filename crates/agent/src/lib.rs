@@ -225,6 +225,19 @@ pub async fn start_with_metrics(
 /// The agent's actions (declared and built-in) over its persisted node state, and its
 /// participant log: refused (before serving anything) when another process holds the log.
 fn open_actions(state: AgentState, config: &AgentConfig) -> Result<AgentState, StartError> {
+    // A capability no token can carry would make its action unrunnable: refuse the config.
+    let unknown: Vec<String> = config
+        .actions
+        .iter()
+        .filter(|spec| spec.capability.parse::<ragmesh_auth::Capability>().is_err())
+        .map(|spec| {
+            let known: Vec<&str> = ragmesh_auth::Capability::ALL.iter().map(|c| c.as_str()).collect();
+            format!("action {:?}: capability {:?} is not one of {}", spec.name, spec.capability, known.join(", "))
+        })
+        .collect();
+    if !unknown.is_empty() {
+        return Err(StartError::Config(unknown.join("; ")));
+    }
     let node = actions::node::NodeState::load(&config.data_dir, config.labels.clone())
         .map_err(|source| error::AgentError::NodeState { dir: config.data_dir.clone(), source })
         .map_err(|err| StartError::Config(err.to_string()))?;

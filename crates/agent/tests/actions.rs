@@ -622,3 +622,34 @@ async fn a_participant_killed_after_voting_yes_reports_the_tx_in_doubt_and_commi
     assert_eq!(lines(&files.tx), ["prepare", "commit"], "commit ran exactly once");
     drop(agent);
 }
+
+#[tokio::test]
+async fn an_action_requiring_a_capability_no_token_can_carry_is_a_config_error() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = dir.path().join("agent.toml");
+    let declared = "[[actions]]\nname = \"clear-cache\"\ncapability = \"ops\"\ntenants = [\"*\"]\n[actions.run.exec]\nprogram = \"/bin/true\"\nargv = []\n";
+    std::fs::write(&config, declared).expect("write config");
+    let args = AgentArgs::try_parse_from([
+        "ragmesh-agent",
+        "--insecure",
+        "--name",
+        "agent-a",
+        "--listen",
+        "127.0.0.1:0",
+        "--master",
+        "127.0.0.1:9",
+        "--data-dir",
+        dir.path().join("data").to_str().expect("utf-8"),
+        "--config",
+        config.to_str().expect("utf-8"),
+    ])
+    .expect("parse");
+    let config = args.resolve().expect("the file itself is valid");
+    let listener = TcpListener::bind(config.listen).await.expect("bind");
+    let Err(err) = ragmesh_agent::start(config, listener).await else {
+        panic!("an unknown capability must be refused")
+    };
+    let message = err.to_string();
+    assert!(message.contains("\"clear-cache\"") && message.contains("\"ops\""), "{message}");
+    assert!(message.contains("search, ingest, actions, admin"), "the message lists what is allowed: {message}");
+}
