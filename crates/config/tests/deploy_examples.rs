@@ -74,6 +74,6 @@ fn agent_actions_example_is_valid() {
         .collect();
     assert_eq!(kinds, ["exec", "http", "exec"]);
     let clear = &config.actions[1];
-    assert_eq!(clear.capability, "ops");
+    assert_eq!(clear.capability, "actions");
     assert!(clear.arg("api_key").is_some_and(|arg| arg.secret));
 }
