@@ -292,11 +292,16 @@ fn refusal(master: &Master, what: &str, status: &Status) -> anyhow::Error {
     if is_refused_request(status) { usage(format!("{err:#}")) } else { err }
 }
 
-/// Whether `status` says the request itself was wrong (the caller must change it).
+/// Whether `status` says the request itself was wrong (the caller must change it): bad
+/// arguments, an unknown node or job, an idempotency key reused with other parameters (the
+/// master answers FAILED_PRECONDITION).
 pub fn is_refused_request(status: &Status) -> bool {
     use std::error::Error as _;
     status.source().is_none()
-        && matches!(ErrorKind::of(status), ErrorKind::InvalidArgument | ErrorKind::NotFound | ErrorKind::AlreadyExists)
+        && matches!(
+            ErrorKind::of(status),
+            ErrorKind::InvalidArgument | ErrorKind::NotFound | ErrorKind::AlreadyExists | ErrorKind::FailedPrecondition
+        )
 }
 
 /// After a failure that leaves open whether the master started the call (deadline, lost
@@ -1649,7 +1654,10 @@ mod tests {
     fn refused_requests_are_told_apart_from_failures() {
         assert!(is_refused_request(&Status::invalid_argument("argument n: not an integer")));
         assert!(is_refused_request(&Status::not_found("no node agent-9")));
-        assert!(is_refused_request(&Status::already_exists("idempotency key reused with other parameters")));
+        assert!(is_refused_request(&Status::already_exists("exists")));
+        assert!(is_refused_request(&Status::failed_precondition(
+            "this idempotency key was used with other parameters; use a new key"
+        )));
         assert!(!is_refused_request(&Status::permission_denied("token lacks capability actions")));
         assert!(!is_refused_request(&Status::unavailable("master starting")));
         assert!(!is_refused_request(&Status::deadline_exceeded("late")));
