@@ -139,17 +139,21 @@ fn millis(duration: Duration) -> u64 {
 }
 
 /// The caller's signed context for agents, valid `ttl`.
-fn signed_context(ctx: &Context, principal: &Principal, ttl: Duration) -> Result<NodeCallContext, MasterError> {
+pub(super) fn signed_context(
+    ctx: &Context,
+    principal: &Principal,
+    ttl: Duration,
+) -> Result<NodeCallContext, MasterError> {
     let text = ctx.access()?.context(principal, ttl)?;
     text.parse()
         .map_err(|_| MasterError::Refused(tonic::Status::internal("the signed request context is not valid metadata")))
 }
 
-type NodeCallContext = tonic::metadata::AsciiMetadataValue;
+pub(super) type NodeCallContext = tonic::metadata::AsciiMetadataValue;
 
 /// Sends one request to exactly `node`; a repeatable request is sent once more after a
 /// transport failure when the deadline leaves time (the agent deduplicates it).
-async fn call_node(
+pub(super) async fn call_node(
     ctx: &Context,
     node: &str,
     request: NodeRequest,

@@ -10,9 +10,8 @@ use futures::future::BoxFuture;
 use ragmesh_auth::{Capability, Principal};
 use ragmesh_coordinator::{Decision, TxId};
 use ragmesh_proto::v1;
-use ragmesh_stack::node_call::{CallError, NodeCall, NodeReply, NodeRequest, Target};
+use ragmesh_stack::node_call::{NodeReply, NodeRequest};
 use tokio::time::Instant;
-use tower::ServiceExt as _;
 
 use super::audit::{AuditEntry, CallKind, Outcome};
 use super::idempotency::{Begin, Scope, StoredResult};
@@ -66,21 +65,12 @@ impl NodeTransport {
         plan: Plan,
         budget: Duration,
     ) -> Result<NodeReply, String> {
-        let context = ctx
-            .access()
-            .and_then(|access| access.context(&Self::principal(&plan, budget), budget))
-            .map_err(|e| e.to_string())?;
-        let context = context.parse().map_err(|_| "the signed request context is not valid metadata".to_owned())?;
-        let call = NodeCall::new(Target::Node(node), request, Instant::now() + budget).with_context(context);
-        let first = ctx.node_client.clone().oneshot(call.clone()).await;
-        // Prepare and decide are idempotent per transaction id: one resend after a lost connection.
-        let answer = match first {
-            Err(CallError::Unavailable(_)) if call.budget(Instant::now()) > Duration::from_millis(100) => {
-                ctx.node_client.clone().oneshot(call).await
-            }
-            other => other,
-        };
-        answer.map(|a| a.reply).map_err(|e| e.to_string())
+        let context =
+            super::service::signed_context(&ctx, &Self::principal(&plan, budget), budget).map_err(|e| e.to_string())?;
+        // Prepare and decide are idempotent per transaction id: resent once after a lost connection.
+        super::service::call_node(&ctx, &node, request, Some(context), Instant::now() + budget)
+            .await
+            .map_err(|e| e.to_string())
     }
 }
 
