@@ -39,6 +39,9 @@ pub struct ProcessMeshBuilder {
     args: Vec<String>,
     master_args: Vec<String>,
     env: Vec<(String, String)>,
+    master_env: Vec<(String, String)>,
+    agent_env: Vec<(usize, String, String)>,
+    agent_toml: Option<String>,
 }
 
 impl ProcessMeshBuilder {
@@ -67,6 +70,25 @@ impl ProcessMeshBuilder {
         self
     }
 
+    /// An environment variable for the master's first start only (a restart takes its own).
+    pub fn master_env(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
+        self.master_env.push((key.into(), value.into()));
+        self
+    }
+
+    /// An environment variable for agent `i`'s (from 0) first start only.
+    pub fn agent_env(mut self, i: usize, key: impl Into<String>, value: impl Into<String>) -> Self {
+        self.agent_env.push((i, key.into(), value.into()));
+        self
+    }
+
+    /// A TOML config file for every agent (`--config`; e.g. its `[[actions]]`), in which
+    /// `{name}` becomes the agent's name and `{dir}` the mesh's directory.
+    pub fn agent_toml(mut self, toml: impl Into<String>) -> Self {
+        self.agent_toml = Some(toml.into());
+        self
+    }
+
     /// Starts the master and the agents, and waits until every agent is up.
     pub async fn start(self) -> ProcessMesh {
         let dir = tempfile::tempdir().expect("tempdir");
@@ -82,6 +104,8 @@ impl ProcessMeshBuilder {
             builder: self,
             master: None,
             agents: Vec::new(),
+            agent_args: Vec::new(),
+            join_token: String::new(),
             master_addr: "127.0.0.1:0".parse().expect("addr"),
         };
         let addr_file = mesh.dir.path().join("master.addr");
@@ -97,11 +121,12 @@ impl ProcessMeshBuilder {
         ];
         master_args.extend(mesh.tls_args("master"));
         master_args.extend(mesh.builder.master_args.iter().cloned());
-        mesh.master = Some(mesh.spawn("ragmesh-master", master_args, &[], "master"));
+        let env = mesh.builder.master_env.clone();
+        mesh.master = Some(mesh.spawn("ragmesh-master", master_args, &pairs(&env), "master"));
         mesh.master_addr = mesh.wait_addr(&addr_file).await;
 
-        let token = mesh.join_token().await;
-        for name in &names {
+        mesh.join_token = mesh.join_token().await;
+        for (i, name) in names.iter().enumerate() {
             let mut args = vec![
                 "--name".to_owned(),
                 name.clone(),
@@ -113,8 +138,22 @@ impl ProcessMeshBuilder {
                 mesh.dir.path().join(name).display().to_string(),
             ];
             args.extend(mesh.tls_args(name));
-            let child = mesh.spawn("ragmesh-agent", args, &[("RAGMESH_JOIN_TOKEN", &token)], name);
+            if let Some(toml) = &mesh.builder.agent_toml {
+                let text = toml.replace("{name}", name).replace("{dir}", &mesh.dir.path().display().to_string());
+                let file = mesh.dir.path().join(format!("{name}.toml"));
+                std::fs::write(&file, text).expect("write the agent's config file");
+                args.extend(["--config".to_owned(), file.display().to_string()]);
+            }
+            let env: Vec<(String, String)> = mesh
+                .builder
+                .agent_env
+                .iter()
+                .filter(|(at, ..)| *at == i)
+                .map(|(_, k, v)| (k.clone(), v.clone()))
+                .collect();
+            let child = mesh.spawn_agent(&args, &pairs(&env), name);
             mesh.agents.push(child);
+            mesh.agent_args.push(args);
         }
         let mut client = mesh.client().await;
         for name in &names {
@@ -132,13 +171,25 @@ pub struct ProcessMesh {
     builder: ProcessMeshBuilder,
     master: Option<Child>,
     agents: Vec<Child>,
+    /// Each agent's command line, to restart it alike.
+    agent_args: Vec<Vec<String>>,
+    join_token: String,
     master_addr: SocketAddr,
+}
+
+fn pairs(env: &[(String, String)]) -> Vec<(&str, &str)> {
+    env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect()
 }
 
 impl ProcessMesh {
     /// A builder of a mesh with no agents and no extra flags.
     pub fn builder() -> ProcessMeshBuilder {
         ProcessMeshBuilder::default()
+    }
+
+    /// The mesh's directory (certificates, data directories, logs).
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
     }
 
     /// The master's address.
@@ -182,8 +233,101 @@ impl ProcessMesh {
         self.client().await.ingest_documents(request).await.expect("ingest succeeds");
     }
 
+    /// Issues an access token as the `client` operator; returns the access token.
+    pub async fn issue_token(&self, subject: &str, tenant: &str, caps: &[&str]) -> String {
+        let request = v1::IssueTokenRequest {
+            subject: subject.into(),
+            tenant: tenant.into(),
+            capabilities: caps.iter().map(|c| (*c).to_owned()).collect(),
+            ttl_seconds: 0,
+        };
+        let mut auth = AuthServiceClient::new(self.channel().await);
+        auth.issue_token(request).await.expect("issue a token").into_inner().access_token
+    }
+
+    /// A client of the master presenting `token` (over mTLS with a non-operator certificate
+    /// `app`, so the token is the only credential).
+    pub async fn client_with_token(&self, token: &str) -> MasterServiceClient<crate::WithToken> {
+        let certs = self.dir.path().join("certs");
+        if !certs.join("app.pem").is_file() {
+            ragmesh_tls::devca::issue(&certs, "app", &[], &certs).expect("certificate");
+        }
+        let value = format!("Bearer {token}").parse().expect("token is ASCII");
+        MasterServiceClient::with_interceptor(self.channel_as("app").await, crate::BearerToken(value))
+    }
+
+    /// Kills the master with SIGKILL and reaps it.
+    pub fn kill_master(&mut self) {
+        if let Some(mut master) = self.master.take() {
+            let _ = master.kill();
+            let _ = master.wait();
+        }
+    }
+
+    /// Waits until the master exits by itself (e.g. at a failpoint); returns its exit status.
+    pub async fn wait_master_exit(&mut self) -> std::process::ExitStatus {
+        let mut master = self.master.take().expect("the master is running");
+        wait_exit(&mut master, "master", || self.log("master")).await
+    }
+
+    /// Starts the master again on the same address and data directory, with `env` added to
+    /// the mesh's environment, and waits until it answers.
+    pub async fn restart_master(&mut self, env: &[(&str, &str)]) {
+        self.kill_master();
+        let addr_file = self.dir.path().join("master.addr");
+        let _ = std::fs::remove_file(&addr_file);
+        let mut args = vec![
+            "--listen".to_owned(),
+            self.master_addr.to_string(),
+            "--addr-file".to_owned(),
+            addr_file.display().to_string(),
+            "--data-dir".to_owned(),
+            self.dir.path().join("master").display().to_string(),
+            "--operators".to_owned(),
+            "client".to_owned(),
+        ];
+        args.extend(self.tls_args("master"));
+        args.extend(self.builder.master_args.iter().cloned());
+        self.master = Some(self.spawn("ragmesh-master", args, env, "master"));
+        let addr = self.wait_addr(&addr_file).await;
+        assert_eq!(addr, self.master_addr, "the master came back on another address");
+    }
+
+    /// Kills agent `i` with SIGKILL and reaps it.
+    pub fn kill_agent(&mut self, i: usize) {
+        let _ = self.agents[i].kill();
+        let _ = self.agents[i].wait();
+    }
+
+    /// Waits until agent `i` exits by itself (e.g. at a failpoint); returns its exit status.
+    pub async fn wait_agent_exit(&mut self, i: usize) -> std::process::ExitStatus {
+        let name = self.agent_name(i);
+        let log = self.log(&name);
+        wait_exit(&mut self.agents[i], &name, || log.clone()).await
+    }
+
+    /// Starts agent `i` again with its data directory and config, `env` added to the mesh's
+    /// environment, and waits until the master sees it up.
+    pub async fn restart_agent(&mut self, i: usize, env: &[(&str, &str)]) {
+        self.kill_agent(i);
+        let name = self.agent_name(i);
+        let args = self.agent_args[i].clone();
+        self.agents[i] = self.spawn_agent(&args, env, &name);
+        self.wait_agent_up(&name).await;
+    }
+
+    /// Waits until the master lists `name` up.
+    pub async fn wait_agent_up(&self, name: &str) {
+        let mut client = self.client().await;
+        self.wait_up(&mut client, name).await;
+    }
+
     async fn channel(&self) -> Channel {
-        let tls = self.tls("client").load().expect("client tls");
+        self.channel_as("client").await
+    }
+
+    async fn channel_as(&self, identity: &str) -> Channel {
+        let tls = self.tls(identity).load().expect("client tls");
         let endpoint = Endpoint::from_shared(format!("https://{}", self.master_addr))
             .expect("uri")
             .tls_config(tls.client_config("127.0.0.1"))
@@ -210,9 +354,20 @@ impl ProcessMesh {
         args
     }
 
+    fn spawn_agent(&self, args: &[String], env: &[(&str, &str)], name: &str) -> Child {
+        let mut env = env.to_vec();
+        env.push(("RAGMESH_JOIN_TOKEN", &self.join_token));
+        self.spawn("ragmesh-agent", args.to_vec(), &env, name)
+    }
+
     fn spawn(&self, program: &str, mut args: Vec<String>, env: &[(&str, &str)], name: &str) -> Child {
         args.extend(self.builder.args.iter().cloned());
-        let log = std::fs::File::create(self.dir.path().join(format!("{name}.log"))).expect("log file");
+        // Appended to, so the log of a process killed and started again keeps both lives.
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.path().join(format!("{name}.log")))
+            .expect("log file");
         let mut command = Command::new(self.bin.join(program));
         for (key, _) in std::env::vars_os() {
             let key_text = key.to_string_lossy();
@@ -273,6 +428,18 @@ impl ProcessMesh {
             assert!(Instant::now() < deadline, "{name} never came up:\n{}", self.log(name));
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
+    }
+}
+
+/// Waits (bounded) until `child` exits; panics with its log if it does not.
+async fn wait_exit(child: &mut Child, name: &str, log: impl Fn() -> String) -> std::process::ExitStatus {
+    let deadline = Instant::now() + STARTUP;
+    loop {
+        if let Some(status) = child.try_wait().expect("poll the process") {
+            return status;
+        }
+        assert!(Instant::now() < deadline, "{name} did not exit:\n{}", log());
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
 

@@ -35,6 +35,7 @@ async fn main() -> ExitCode {
         instance_id: Some(name),
     };
     let telemetry = ragmesh_telemetry::init(&config.log, Some(&traces));
+    ragmesh_server::failpoint::warn_if_armed(PROGRAM);
     let listener = match daemon::bind(PROGRAM, config.listen).await {
         Ok(listener) => listener,
         Err(code) => return code,

@@ -24,6 +24,8 @@ use tower::layer::util::{Identity, Stack};
 use ragmesh_stack::metrics::GrpcMetricsLayer;
 use ragmesh_stack::wire_errors::WireErrorsLayer;
 
+pub mod failpoint;
+
 /// Why a daemon could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {

@@ -17,6 +17,8 @@
 //!   so a write is never applied twice or out of order. The agent only records the outcome.
 //! - **Recovery**: at start, every kept record is rebuilt ([`ParticipantLog::recover`]); those in
 //!   doubt are listed in every heartbeat until a decision arrives (that listing is the "ask").
+//! - Crash point `participant.before_apply` ([`failpoint`]): a decision arrived for a prepared
+//!   transaction and is not applied yet (the participant voted yes and then died).
 
 use std::collections::{BTreeSet, HashMap};
 use std::path::Path;
@@ -31,6 +33,7 @@ use ragmesh_coordinator::participant::{Effect, Input, Participant, ParticipantCo
 use ragmesh_coordinator::{Decision, Millis, TxId, Vote};
 use ragmesh_index::{DocumentIndex, Writer};
 use ragmesh_proto::v1;
+use ragmesh_server::failpoint;
 use ragmesh_store::{SledStore, StoreError};
 
 use super::{Actions, Offered};
@@ -255,10 +258,12 @@ impl Participants {
                         self.mark_in_doubt(tx, vote == Vote::Yes);
                     }
                     Effect::ApplyCommit { payload } => {
+                        failpoint::crash_at("participant.before_apply");
                         driven.applied = self.apply(tx, StepRole::Commit, &payload).await;
                         inputs.push_back(Input::Applied);
                     }
                     Effect::ApplyAbort { payload } => {
+                        failpoint::crash_at("participant.before_apply");
                         driven.applied = self.apply(tx, StepRole::Abort, &payload).await;
                         inputs.push_back(Input::Applied);
                     }

@@ -11,6 +11,10 @@
 //! and deletes are idempotent, so appending again after a crash is harmless) before any
 //! decision goes out. What a transaction writes is kept in tree `action_tx_plans` from its
 //! start, so a restarted master can finish it ([`Transactions::recover`]).
+//!
+//! Crash points for recovery tests ([`failpoint`]): `coordinator.before_decision_logged` (every
+//! vote in, nothing logged: presumed abort), `coordinator.after_decision_logged` (logged, nobody
+//! told), `coordinator.after_ack` (the first acknowledgement received, others outstanding).
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
@@ -23,6 +27,7 @@ use ragmesh_coordinator::coordinator::{Coordinator, CoordinatorConfig, Effect, I
 use ragmesh_coordinator::log::CoordinatorLog;
 use ragmesh_coordinator::{CoordinatorError, Decision, TxId, Vote};
 use ragmesh_proto::v1;
+use ragmesh_server::failpoint;
 use ragmesh_store::StateStore;
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
@@ -380,9 +385,11 @@ impl Driver {
                     }
                     Effect::LogDecision(record) => {
                         let Some(decision) = record.decision else { continue };
+                        failpoint::crash_at("coordinator.before_decision_logged");
                         let log = self.log.clone();
                         match blocking(move || Ok(log.write_decision(&record, unix_now_ms())?)).await {
                             Ok(()) => {
+                                failpoint::crash_at("coordinator.after_decision_logged");
                                 pending.extend(self.machine.handle(Input::DecisionLogged { decision }, unix_now_ms()))
                             }
                             // Re-emitted on a later tick; nothing is sent before it is logged.
@@ -462,6 +469,7 @@ impl Driver {
                             if detail.message.starts_with(NOT_ACKED) {
                                 detail.message.clear();
                             }
+                            failpoint::crash_at("coordinator.after_ack");
                             pending.extend(self.machine.handle(Input::Ack { node, decision }, now));
                         }
                         // A no vote's reason stays: it says why the transaction aborted.
