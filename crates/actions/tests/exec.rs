@@ -219,6 +219,27 @@ async fn a_transactional_action_on_one_node_commits_after_prepare_or_aborts() {
 }
 
 #[tokio::test]
+async fn one_phase_of_a_transaction_alone_reports_its_own_step_status() {
+    use ragmesh_actions::{ActionOutcome, Steps};
+    let spec = action(&TX.replace("PREPARE", "/bin/true"));
+    let Steps::Transactional { commit, abort, .. } = &spec.steps else { panic!("transactional") };
+    for (role, step) in [(StepRole::Commit, commit), (StepRole::Abort, abort)] {
+        let alone = ActionOutcome {
+            steps: vec![(role, run_step(step, &ValidArgs::default(), RunLimits::for_action(&spec)).await)],
+        };
+        assert_eq!(alone.status(), StepStatus::Ok, "{role:?} alone");
+    }
+    let spec =
+        action(&TX.replace("PREPARE", "/bin/true").replace("\"committed\"", "\"\"").replace("/bin/echo", "/bin/false"));
+    let Steps::Transactional { commit, .. } = &spec.steps else { panic!("transactional") };
+    let failed = ActionOutcome {
+        steps: vec![(StepRole::Commit, run_step(commit, &ValidArgs::default(), RunLimits::for_action(&spec)).await)],
+    };
+    assert_eq!(failed.status(), StepStatus::Failed);
+    assert_eq!(ActionOutcome { steps: Vec::new() }.status(), StepStatus::Error, "no step ran");
+}
+
+#[tokio::test]
 async fn a_step_abandoned_by_its_caller_leaves_no_process_running() {
     let dir = tempfile::tempdir().expect("tempdir");
     let pids = dir.path().join("pids");

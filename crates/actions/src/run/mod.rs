@@ -145,14 +145,16 @@ pub struct ActionOutcome {
 
 impl ActionOutcome {
     /// `ok` when the action took effect: its run step, or prepare and commit, succeeded. A
-    /// transactional action whose prepare failed reports prepare's status (its abort ran).
+    /// transactional action whose prepare failed reports prepare's status (its abort ran). One
+    /// phase of a transaction alone (its commit or its abort step) reports that step's status;
+    /// no step at all is an error.
     pub fn status(&self) -> StepStatus {
         let status_of = |role| self.steps.iter().find(|(r, _)| *r == role).map(|(_, outcome)| outcome.status);
         match (status_of(StepRole::Run), status_of(StepRole::Prepare), status_of(StepRole::Commit)) {
             (Some(run), _, _) => run,
             (None, Some(StepStatus::Ok), Some(commit)) => commit,
             (None, Some(prepare), _) => prepare,
-            _ => StepStatus::Error,
+            (None, None, _) => self.steps.last().map_or(StepStatus::Error, |(_, outcome)| outcome.status),
         }
     }
 
