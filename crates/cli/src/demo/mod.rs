@@ -5,7 +5,13 @@
 //! how to talk to the mesh, and stops everything on Ctrl-C/SIGTERM (or at once with
 //! `--no-wait`). With `--replicas 2` or more, each group has that many replicas, and the demo
 //! kills one replica (SIGKILL) and searches again: the answer does not change.
+//!
+//! Each agent sits beside a stand-in application ([`app`], an HTTP server in this process) and
+//! declares actions on it and on itself in its config file ([`actions`]), so `ragmeshctl
+//! action ...` can be tried on real exec and http actions, broadcasts and transactions.
 
+pub mod actions;
+pub mod app;
 pub mod daemons;
 pub mod workdir;
 
@@ -172,7 +178,7 @@ async fn run_mesh(
     // The master writes it before its gRPC address, which the demo waited for.
     let metrics_addr = std::fs::read_to_string(workdir.metrics_addr_file("master")).ok();
     let metrics_addr = metrics_addr.as_deref().map(str::trim).filter(|addr| !addr.is_empty());
-    print!("{}", usage_hints(workdir, master.addr(), metrics_addr, args.no_wait));
+    print!("{}", usage_hints(workdir, master.addr(), metrics_addr, &agent_names, args.no_wait));
     if args.no_wait {
         if !all_answered {
             anyhow::bail!(
@@ -365,8 +371,14 @@ async fn start_agents(
     master_addr: &str,
     join_token: &str,
 ) -> anyhow::Result<()> {
+    let names = layout.names();
+    let apps = app::start(&names).await?;
+    let tail = actions::find_program("tail");
     let mut started = Vec::new();
-    for (index, name) in layout.names().iter().enumerate() {
+    for (index, name) in names.iter().enumerate() {
+        let config = workdir.agent_config(name);
+        std::fs::write(&config, actions::agent_config(apps[index], &workdir.log(name), tail.as_deref()))
+            .map_err(|err| anyhow::anyhow!("cannot write {}: {err}", config.display()))?;
         let mut args: Vec<OsString> = vec![
             "--name".into(),
             name.into(),
@@ -376,6 +388,8 @@ async fn start_agents(
             HEARTBEAT_INTERVAL_MS.into(),
             "--label".into(),
             "started-by=ragmeshctl-demo".into(),
+            "--config".into(),
+            config.into(),
         ];
         if layout.replicas > 1 {
             args.extend(["--shard".into(), layout.shard_of(index).into()]);
@@ -385,6 +399,11 @@ async fn start_agents(
         agent.env.push(("RAGMESH_JOIN_TOKEN".into(), join_token.into()));
         started.push(supervisor.spawn(agent)?);
     }
+    let listed: Vec<String> = names.iter().zip(&apps).map(|(name, addr)| format!("{name} http://{addr}")).collect();
+    println!(
+        "Applications beside the agents (the demo's stand-ins, called by their http actions): {}",
+        listed.join(", ")
+    );
     // They start side by side; waiting for each in turn costs no more than the slowest.
     for index in started {
         supervisor.wait_for_addr(index, ADDR_TIMEOUT).await?;
@@ -507,7 +526,13 @@ async fn search_once(master: &Master) -> anyhow::Result<Searched> {
 }
 
 /// The commands to try, with absolute paths that can be pasted as they are.
-fn usage_hints(workdir: &Workdir, master_addr: &str, metrics_addr: Option<&str>, no_wait: bool) -> String {
+fn usage_hints(
+    workdir: &Workdir,
+    master_addr: &str,
+    metrics_addr: Option<&str>,
+    agents: &[String],
+    no_wait: bool,
+) -> String {
     let certs = workdir.certs();
     let ca = quote(&certs.join("ca.pem"));
     let cert = quote(&certs.join("client.pem"));
@@ -535,6 +560,25 @@ fn usage_hints(workdir: &Workdir, master_addr: &str, metrics_addr: Option<&str>,
         let _ = writeln!(out, "  {exe} top --metrics {metrics}   # per-node traffic, latency, breakers, live");
         let _ = writeln!(out, "  curl -s http://{metrics}/metrics   # the master's Prometheus metrics");
     }
+    let _ = writeln!(out);
+    let first = agents.first().map_or("agent-1", String::as_str);
+    let _ = writeln!(
+        out,
+        "  # remote actions: each agent's are declared in {} (and siblings); the apps are the demo's",
+        quote(&workdir.agent_config(first))
+    );
+    let _ = writeln!(out, "  {exe} action list --node {first}");
+    let _ = writeln!(out, "  {exe} action run app.log-tail --node {first} --arg lines=3   # exec");
+    let _ = writeln!(out, "  {exe} action run app.clear-cache --all --arg region=sessions   # http, broadcast");
+    if let Some(second) = agents.get(1) {
+        let _ = writeln!(
+            out,
+            "  {exe} action run app.maintenance --node {second} --arg on=true   # then app.health --all fails there"
+        );
+    }
+    let nodes: String = agents.iter().map(|name| format!(" --node {name}")).collect();
+    let _ = writeln!(out, "  {exe} action tx app.release{nodes} --arg version=v2.0.0   # all or none");
+    let _ = writeln!(out, "  {exe} action history");
     let _ = writeln!(out);
     let _ = writeln!(out, "  # grpcurl (over the same mutual TLS)");
     let _ = writeln!(out, "  grpcurl {tls} {master_addr} list");
@@ -663,7 +707,8 @@ mod tests {
     #[test]
     fn hints_use_absolute_paths_and_the_master_address() {
         let workdir = Workdir::temporary().expect("temp");
-        let hints = usage_hints(&workdir, "127.0.0.1:40001", Some("127.0.0.1:40002"), false);
+        let agents = ["agent-1".to_owned(), "agent-2".to_owned()];
+        let hints = usage_hints(&workdir, "127.0.0.1:40001", Some("127.0.0.1:40002"), &agents, false);
         let ca = workdir.certs().join("ca.pem");
         let expected = format!(
             "grpcurl -cacert {} -cert {} -key {} 127.0.0.1:40001 list",
@@ -679,7 +724,9 @@ mod tests {
         assert!(hints.contains("Press Ctrl-C"), "{hints}");
         assert!(hints.contains("top --metrics 127.0.0.1:40002"), "{hints}");
         assert!(hints.contains("curl -s http://127.0.0.1:40002/metrics"), "{hints}");
-        let no_wait = usage_hints(&workdir, "127.0.0.1:40001", None, true);
+        assert!(hints.contains("action tx app.release --node agent-1 --node agent-2 --arg version=v2.0.0"), "{hints}");
+        assert!(hints.contains("action run app.maintenance --node agent-2 --arg on=true"), "{hints}");
+        let no_wait = usage_hints(&workdir, "127.0.0.1:40001", None, &agents, true);
         assert!(!no_wait.contains("top --metrics"), "no metrics address, no top hint: {no_wait}");
         assert!(no_wait.contains("the mesh stops now"), "{no_wait}");
         assert!(!no_wait.contains("Press Ctrl-C"), "{no_wait}");

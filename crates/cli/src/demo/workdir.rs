@@ -93,6 +93,11 @@ impl Workdir {
         self.path.join("data").join(name)
     }
 
+    /// `DIR/<name>.toml`: the config file of agent `name` (its declared actions).
+    pub fn agent_config(&self, name: &str) -> PathBuf {
+        self.path.join(format!("{name}.toml"))
+    }
+
     /// `DIR/<name>.pid`.
     pub fn pid_file(&self, name: &str) -> PathBuf {
         self.path.join(format!("{name}.pid"))
