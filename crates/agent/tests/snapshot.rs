@@ -275,6 +275,15 @@ async fn ingest_snapshot_ingest_more_restore_and_search_shows_the_snapshots_docu
     let (ids, generation) = visible(&mut client, &acme).await;
     assert_eq!((ids.as_slice(), generation), (["b".to_owned(), "c".to_owned()].as_slice(), 3));
 
+    let checked = action(&mut client, &operator, "index.restore", &[("name", "before"), ("check_only", "true")]).await;
+    assert_eq!(checked.status, v1::ActionStatus::Ok as i32, "{checked:?}");
+    let output = &checked.steps[0].stdout;
+    assert!(
+        output.starts_with("intact: documents=2") && output.contains("applied=agent-a:1 (the index is at agent-a:3)"),
+        "{output}"
+    );
+    assert_eq!(visible(&mut client, &acme).await.1, 3, "a check changes nothing");
+
     while master.registrations.try_recv().is_ok() {}
     let restored = action(&mut client, &operator, "index.restore", &[("name", "before")]).await;
     assert_eq!(restored.status, v1::ActionStatus::Ok as i32, "{restored:?}");

@@ -109,7 +109,7 @@ impl Builtin {
                 vec![set]
             }
             Builtin::Snapshot => vec![snapshot::name_arg(), snapshot::overwrite_arg()],
-            Builtin::Restore => vec![snapshot::name_arg()],
+            Builtin::Restore => vec![snapshot::name_arg(), snapshot::check_only_arg()],
         }
     }
 

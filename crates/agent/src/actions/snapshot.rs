@@ -33,6 +33,16 @@ pub(super) fn overwrite_arg() -> ArgSpec {
     overwrite
 }
 
+/// The `check_only` argument of `index.restore`.
+pub(super) fn check_only_arg() -> ArgSpec {
+    let mut check = ArgSpec::new("check_only", ArgKind::Boolean);
+    check.description =
+        "only read and check the whole snapshot and print its header (log position included); change nothing"
+            .to_owned();
+    check.default = Some("false".to_owned());
+    check
+}
+
 fn position(applied: &AppliedLog) -> String {
     match &applied.shard {
         Some(shard) => format!("{shard}:{}", applied.seq),
@@ -108,6 +118,21 @@ impl Actions {
     pub(super) async fn restore(&self, args: &ValidArgs) -> std::io::Result<String> {
         let (index, path) = self.snapshot_target(args)?;
         let limits = self.snapshots.as_ref().map(|(_, limits)| *limits).unwrap_or_default();
+        if matches!(args.get("check_only"), Some(ArgValue::Boolean(true))) {
+            let current = index.applied();
+            let checked = tokio::task::spawn_blocking(move || ragmesh_index::verify_snapshot(&path, limits))
+                .await
+                .map_err(std::io::Error::other)?
+                .map_err(std::io::Error::other)?;
+            let (header, bytes) = checked;
+            return Ok(format!(
+                "intact: documents={} bytes={bytes} generation={} applied={} (the index is at {}); nothing changed\n",
+                header.documents,
+                header.generation,
+                position(&header.applied),
+                position(&current),
+            ));
+        }
         let restored = tokio::task::spawn_blocking(move || index.restore_snapshot(&path, limits))
             .await
             .map_err(std::io::Error::other)?

@@ -291,7 +291,7 @@ impl DocumentIndex {
 
 /// Reads the whole snapshot at `path` and checks it (see [`SnapshotDecoder`]) without touching
 /// any index; returns its header and size.
-pub(crate) fn verify_snapshot(path: &Path, limits: SnapshotLimits) -> Result<(SnapshotHeader, u64), IndexError> {
+pub fn verify_snapshot(path: &Path, limits: SnapshotLimits) -> Result<(SnapshotHeader, u64), IndexError> {
     let io_error = |source| IndexError::SnapshotIo { path: path.to_path_buf(), source };
     let file = File::open(path).map_err(io_error)?;
     let size = file.metadata().map_err(io_error)?.len();
