@@ -241,7 +241,14 @@ fn open_actions(state: AgentState, config: &AgentConfig) -> Result<AgentState, S
     let node = actions::node::NodeState::load(&config.data_dir, config.labels.clone())
         .map_err(|source| error::AgentError::NodeState { dir: config.data_dir.clone(), source })
         .map_err(|err| StartError::Config(err.to_string()))?;
-    let actions = Arc::new(actions::Actions::new(config.actions.clone(), node, Arc::clone(&state.index)));
+    // A document the agent accepted fitted in one message, so no snapshot record of it is larger.
+    let snapshot_limits = ragmesh_index::SnapshotLimits {
+        max_record_bytes: config.max_message_bytes,
+        ..ragmesh_index::SnapshotLimits::default()
+    };
+    let actions = actions::Actions::new(config.actions.clone(), node, Arc::clone(&state.index))
+        .with_snapshots(config.data_dir.join(actions::snapshot::SNAPSHOT_DIR), snapshot_limits);
+    let actions = Arc::new(actions);
     let participants = actions::participant::Participants::open(
         &config.data_dir.join(actions::participant::TX_DIR),
         Arc::clone(&actions),

@@ -199,6 +199,11 @@ impl Link {
         let channel: Channel = self.endpoint()?.connect().await.map_err(|e| self.explain(&e))?;
         let mut client = MembershipServiceClient::new(channel);
 
+        // A restore moves the applied log position back, which the master only takes from a
+        // registration (within a session it only grows): a restore ends this session too.
+        // Subscribed before counting, so a restore after the count is never missed.
+        let mut restores = self.state.actions.watch_restores();
+        restores.borrow_and_update();
         let Counted { generation, applied_seq, collections } = self.counted().await;
         // Labels reach the master at registration: a change (node.labels) ends this session
         // below, and the next registration carries the new ones.
@@ -273,6 +278,10 @@ impl Link {
                 Ok(()) = label_changes.changed() => {
                     tracing::info!("labels changed; re-registering so the master learns them");
                     return Ok(SessionEnd::Lost("labels changed (node.labels): re-registering".to_owned()));
+                }
+                Ok(()) = restores.changed() => {
+                    tracing::info!("index restored; re-registering so the master learns its log position");
+                    return Ok(SessionEnd::Lost("index restored (index.restore): re-registering".to_owned()));
                 }
                 _ = ticker.tick() => {
                     if last_ack.elapsed() > ack_timeout {

@@ -281,9 +281,20 @@ async fn an_exec_action_validates_arguments_times_out_and_runs_a_repeated_call_i
     let names: Vec<&str> = listed.actions.iter().map(|a| a.name.as_str()).collect();
     assert_eq!(
         names,
-        ["node.drain", "node.undrain", "node.labels", "index.compact", "count", "flip", "hang", "ops-only"]
+        [
+            "node.drain",
+            "node.undrain",
+            "node.labels",
+            "index.compact",
+            "index.snapshot",
+            "index.restore",
+            "count",
+            "flip",
+            "hang",
+            "ops-only"
+        ]
     );
-    assert!(listed.actions.iter().take(4).all(|a| a.builtin) && listed.actions.iter().skip(4).all(|a| !a.builtin));
+    assert!(listed.actions.iter().take(6).all(|a| a.builtin) && listed.actions.iter().skip(6).all(|a| !a.builtin));
     let count = listed.actions.iter().find(|a| a.name == "count").expect("count");
     assert_eq!(count.arguments[0].pattern, "[a-z]+", "the schema travels with the descriptor");
 

@@ -105,6 +105,53 @@ pub enum IndexError {
         /// The shard group the entry names.
         got: String,
     },
+    /// A snapshot name that is not a plain file name.
+    #[error("{0}")]
+    SnapshotName(String),
+    /// The snapshot exists and overwriting it was not asked for.
+    #[error("snapshot {path} already exists: choose another name or pass overwrite=true")]
+    SnapshotExists {
+        /// The snapshot file.
+        path: PathBuf,
+    },
+    /// Reading or writing a snapshot file failed.
+    #[error("snapshot {path}: {source}")]
+    SnapshotIo {
+        /// The snapshot file.
+        path: PathBuf,
+        /// The underlying I/O error.
+        source: std::io::Error,
+    },
+    /// The snapshot file is not intact (truncated, altered, not a snapshot, another format
+    /// version); a restore refused it before touching the index.
+    #[error("snapshot {path} is unusable: {reason}")]
+    SnapshotCorrupt {
+        /// The snapshot file.
+        path: PathBuf,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// The snapshot exceeds the limits of a snapshot (its size, document count or one
+    /// document's size).
+    #[error("snapshot {path} is too large: {reason}")]
+    SnapshotTooLarge {
+        /// The snapshot file.
+        path: PathBuf,
+        /// Which limit it passes.
+        reason: String,
+    },
+    /// The snapshot holds another shard group's data than the group this index follows.
+    #[error(
+        "snapshot {path} holds shard group {got:?}'s data but this index follows shard group {held:?}'s log: restore a snapshot of a replica of {held:?}"
+    )]
+    SnapshotWrongShard {
+        /// The snapshot file.
+        path: PathBuf,
+        /// The group this index follows.
+        held: String,
+        /// The group of the snapshot.
+        got: String,
+    },
     /// A tantivy operation failed.
     #[error("{context}: {source}")]
     Tantivy {
@@ -121,6 +168,16 @@ impl IndexError {
     /// memory, which may fail on one replica only).
     pub fn is_deterministic_refusal(&self) -> bool {
         matches!(self, IndexError::InvalidDocument { .. } | IndexError::InvalidBatch(_) | IndexError::Forbidden { .. })
+    }
+
+    /// Wraps a snapshot format error with the file it concerns.
+    pub(crate) fn snapshot(path: &std::path::Path, err: crate::snapshot::FormatError) -> Self {
+        let path = path.to_path_buf();
+        match err {
+            crate::snapshot::FormatError::Io(source) => Self::SnapshotIo { path, source },
+            crate::snapshot::FormatError::Corrupt(reason) => Self::SnapshotCorrupt { path, reason },
+            crate::snapshot::FormatError::TooLarge(reason) => Self::SnapshotTooLarge { path, reason },
+        }
     }
 
     /// Builds a closure that wraps a tantivy error with a description of the failed operation.

@@ -17,6 +17,8 @@ use tantivy::{
     DocAddress, Index, IndexReader, IndexWriter, ReloadPolicy, Score, Searcher, TantivyDocument, TantivyError, Term,
 };
 
+pub(crate) mod backup;
+
 use crate::document::{collection_problem, validate_batch_len, validate_document, validate_ref};
 use crate::position::{Applied, AppliedLog, LogPosition, Step, check_position};
 use crate::{CollectionCount, DocRef, Document, IndexError, SearchHit, SearchQuery, SearchResults, Writer};

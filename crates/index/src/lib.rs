@@ -5,6 +5,8 @@
 //! atomically with the data together with the last write-log position applied
 //! ([`DocumentIndex::apply_upsert`], [`LogPosition`]), and answers [`SearchQuery`]s with
 //! scored, snippeted [`SearchHit`]s.
+//! [`DocumentIndex::write_snapshot`] and [`DocumentIndex::restore_snapshot`] copy the live
+//! documents to and from a self-checking [`snapshot`] file.
 //! The [`ingest`] module parses TREC, JSON lines and plain-text files into documents.
 
 mod access;
@@ -13,6 +15,7 @@ mod error;
 mod index;
 pub mod ingest;
 mod position;
+pub mod snapshot;
 #[cfg(test)]
 mod test_data;
 
@@ -22,5 +25,7 @@ pub use document::{
     SearchQuery, SearchResults,
 };
 pub use error::IndexError;
+pub use index::backup::{Restored, SnapshotWritten, snapshot_path, verify_snapshot};
 pub use index::{DEFAULT_LIMIT, DocumentIndex, IndexState, MAX_LIMIT, MAX_QUERY_BYTES};
 pub use position::{Applied, AppliedLog, LogPosition, Step, check_position};
+pub use snapshot::{MAX_SNAPSHOT_NAME, SnapshotHeader, SnapshotLimits, snapshot_name_problem};

@@ -1,5 +1,6 @@
 //! What this agent offers as actions, and `RunAction`: the operator-declared actions of its config
-//! (`[[actions]]`) plus built-ins (`node.drain`, `node.undrain`, `node.labels`, `index.compact`), by name.
+//! (`[[actions]]`) plus built-ins (`node.drain`, `node.undrain`, `node.labels`, `index.compact`,
+//! `index.snapshot`, `index.restore`), by name.
 //!
 //! Who may run what, decided here and nowhere else ([`authorize`]):
 //! - the caller's token (from the master's signed context) must carry the capability the action
@@ -15,6 +16,7 @@
 pub mod calls;
 pub mod node;
 pub mod participant;
+pub mod snapshot;
 
 use std::collections::BTreeMap;
 use std::str::FromStr as _;
@@ -25,7 +27,7 @@ use ragmesh_actions::{
     ActionOutcome, ActionSpec, ArgKind, ArgSpec, Captured, RunLimits, StepOutcome, StepRole, StepStatus, ValidArgs,
 };
 use ragmesh_auth::{Capability, Principal};
-use ragmesh_index::DocumentIndex;
+use ragmesh_index::{DocumentIndex, SnapshotLimits};
 use ragmesh_proto::v1;
 
 use crate::error::AgentError;
@@ -36,6 +38,8 @@ use node::NodeState;
 pub const BUILTIN_CAPABILITY: &str = "actions";
 /// Timeout of a built-in.
 const BUILTIN_TIMEOUT: Duration = Duration::from_secs(30);
+/// Timeout of `index.snapshot` and `index.restore`, which read or write every document.
+const SNAPSHOT_TIMEOUT: Duration = Duration::from_secs(30 * 60);
 
 /// The built-in actions.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -48,11 +52,16 @@ pub enum Builtin {
     Labels,
     /// Merge the index's segments and remove unused files.
     Compact,
+    /// Write every live document to `<data-dir>/snapshots/<name>.snap`.
+    Snapshot,
+    /// Replace the index's content with a snapshot, in one commit.
+    Restore,
 }
 
 impl Builtin {
     /// Every built-in, in listing order.
-    pub const ALL: [Builtin; 4] = [Builtin::Drain, Builtin::Undrain, Builtin::Labels, Builtin::Compact];
+    pub const ALL: [Builtin; 6] =
+        [Builtin::Drain, Builtin::Undrain, Builtin::Labels, Builtin::Compact, Builtin::Snapshot, Builtin::Restore];
 
     /// The name callers use.
     pub fn name(self) -> &'static str {
@@ -61,6 +70,8 @@ impl Builtin {
             Builtin::Undrain => "node.undrain",
             Builtin::Labels => "node.labels",
             Builtin::Compact => "index.compact",
+            Builtin::Snapshot => "index.snapshot",
+            Builtin::Restore => "index.restore",
         }
     }
 
@@ -72,6 +83,12 @@ impl Builtin {
             Builtin::Undrain => "answer searches again after node.drain",
             Builtin::Compact => {
                 "merge the index's segments into one (dropping deleted documents) and remove unused files"
+            }
+            Builtin::Snapshot => {
+                "write every live document of the current generation (ACLs, owners, metadata, log position included) to <data-dir>/snapshots/<name>.snap"
+            }
+            Builtin::Restore => {
+                "replace the index's content with <data-dir>/snapshots/<name>.snap in one commit, after checking the whole file; the master then re-sends the writes after the snapshot's log position"
             }
             Builtin::Labels => {
                 "set labels: set=k=v,k2=v2 (k= removes k); the agent re-registers so the master learns them; survives a restart"
@@ -91,6 +108,16 @@ impl Builtin {
                 set.max_len = Some(4096);
                 vec![set]
             }
+            Builtin::Snapshot => vec![snapshot::name_arg(), snapshot::overwrite_arg()],
+            Builtin::Restore => vec![snapshot::name_arg(), snapshot::check_only_arg()],
+        }
+    }
+
+    /// How long a call may take.
+    pub fn timeout(self) -> Duration {
+        match self {
+            Builtin::Snapshot | Builtin::Restore => SNAPSHOT_TIMEOUT,
+            _ => BUILTIN_TIMEOUT,
         }
     }
 
@@ -100,7 +127,7 @@ impl Builtin {
             name: self.name().to_owned(),
             description: self.description().to_owned(),
             arguments: self.args().iter().map(ragmesh_actions::wire::argument_descriptor).collect(),
-            timeout_ms: u32::try_from(BUILTIN_TIMEOUT.as_millis()).unwrap_or(u32::MAX),
+            timeout_ms: u32::try_from(self.timeout().as_millis()).unwrap_or(u32::MAX),
             capability: BUILTIN_CAPABILITY.to_owned(),
             tenants: Vec::new(),
             transactional: false,
@@ -190,13 +217,37 @@ pub struct Actions {
     /// The index (`index.*` built-ins), once open.
     index: Arc<OnceLock<Arc<DocumentIndex>>>,
     calls: CallCache,
+    /// Where `index.snapshot` writes and `index.restore` reads, and their limits; `None` until
+    /// [`Actions::with_snapshots`] (tests of the service alone).
+    snapshots: Option<(std::path::PathBuf, SnapshotLimits)>,
+    /// Bumped by each restore: the master link re-registers so the master learns the log
+    /// position moved back.
+    restores: tokio::sync::watch::Sender<u64>,
 }
 
 impl Actions {
     /// The agent's actions: `declared` (already validated by the config) and the built-ins.
     pub fn new(declared: Vec<ActionSpec>, node: NodeState, index: Arc<OnceLock<Arc<DocumentIndex>>>) -> Self {
         let declared = declared.into_iter().map(|spec| (spec.name.clone(), Arc::new(spec))).collect();
-        Actions { declared, node, index, calls: CallCache::default() }
+        Actions {
+            declared,
+            node,
+            index,
+            calls: CallCache::default(),
+            snapshots: None,
+            restores: tokio::sync::watch::Sender::new(0),
+        }
+    }
+
+    /// The same actions with `index.snapshot` and `index.restore` using `dir` and `limits`.
+    pub fn with_snapshots(mut self, dir: std::path::PathBuf, limits: SnapshotLimits) -> Self {
+        self.snapshots = Some((dir, limits));
+        self
+    }
+
+    /// Counts restores: changes when `index.restore` replaced the index's content.
+    pub fn watch_restores(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.restores.subscribe()
     }
 
     /// The action called `name`, if offered.
@@ -309,6 +360,8 @@ impl Actions {
             }),
             Builtin::Labels => self.set_labels(args),
             Builtin::Compact => self.compact().await,
+            Builtin::Snapshot => self.snapshot(args).await,
+            Builtin::Restore => self.restore(args).await,
         };
         let (status, stdout, message) = match done {
             Ok(text) => (StepStatus::Ok, text, String::new()),
