@@ -272,9 +272,12 @@ struct Prepared {
     /// The arguments as audited (JSON): secrets, and whatever the node's schema does not show,
     /// as `***`.
     redacted: String,
-    /// Why the node cannot run it (it does not offer the action, or its descriptor could not
-    /// be had): the node's ERROR outcome.
+    /// Why the node cannot run it (it does not offer the action, the caller may not run it,
+    /// or its descriptor could not be had): the node's ERROR outcome, without asking the node.
     refusal: Option<(String, String)>,
+    /// Values of the arguments the node's schema flags secret: masked in what the node answers
+    /// (a program may echo them), so they are never stored, shown or replayed.
+    secrets: Vec<String>,
 }
 
 /// Everything a job's driver needs, shared by its node tasks.
@@ -338,7 +341,7 @@ pub(crate) async fn execute_action(
     }
     let mut problems = Vec::new();
     for (node, list) in lookups.join_all().await {
-        let entry = prepare_node(&node, &call.action, &args, list, &actions.digest_key, &mut problems);
+        let entry = prepare_node(&node, &principal, &call.action, &args, list, &actions.digest_key, &mut problems);
         prepared.insert(node, entry);
     }
     if !problems.is_empty() {
@@ -440,10 +443,12 @@ async fn complete(guard: super::idempotency::Guard, response: &v1::ExecuteAction
     }
 }
 
-/// Validates `args` against the node's descriptor of `action`; argument problems go to
-/// `problems` (the call is refused), other failures become the node's refusal.
+/// Checks `principal` may run `action` on the node and validates `args` against the node's
+/// descriptor of it; argument problems go to `problems` (the call is refused), other failures
+/// (not offered, not allowed, no descriptor) become the node's refusal.
 fn prepare_node(
     node: &str,
+    principal: &Principal,
     action: &str,
     args: &BTreeMap<String, String>,
     list: Result<Vec<v1::ActionDescriptor>, CallError>,
@@ -455,6 +460,7 @@ fn prepare_node(
         digest: String::new(),
         redacted: hidden(args),
         refusal: Some((status.to_owned(), message)),
+        secrets: Vec::new(),
     };
     let list = match list {
         Ok(list) => list,
@@ -467,6 +473,9 @@ fn prepare_node(
         let offered: Vec<&str> = list.iter().map(|d| d.name.as_str()).collect();
         return refuse("error", format!("node {node} does not offer action {action:?}; it offers {offered:?}"));
     };
+    if let Err(reason) = may_run(principal, descriptor) {
+        return refuse("error", format!("node {node} refuses action {action:?} to this caller: {reason}"));
+    }
     let schema = match ragmesh_actions::wire::argument_schema(descriptor) {
         Ok(schema) => schema,
         Err(message) => return refuse("error", message),
@@ -481,12 +490,80 @@ fn prepare_node(
             digest: hex(&ragmesh_actions::digest(key, &valid)),
             redacted: serde_json::to_string(&ragmesh_actions::redacted_args(&schema, args)).unwrap_or_default(),
             refusal: None,
+            secrets: schema
+                .iter()
+                .filter(|spec| spec.secret)
+                .filter_map(|spec| args.get(&spec.name))
+                .filter(|value| !value.is_empty())
+                .cloned()
+                .collect(),
         },
         Err(found) => {
             problems.extend(found.iter().map(ToString::to_string));
             refuse("error", "arguments refused".into())
         }
     }
+}
+
+/// Whether `principal` may run the action `descriptor` describes, as the agent decides it (the
+/// agent checks again: this only spares a call it would refuse). The capability the action
+/// declares (default `actions`) is needed; an operator (`admin`) passes any tenant list; anyone
+/// else needs its tenant listed (or `*`), and an empty list means operators only. A capability
+/// this master does not know is left to the agent.
+fn may_run(principal: &Principal, descriptor: &v1::ActionDescriptor) -> Result<(), String> {
+    let capability = match descriptor.capability.as_str() {
+        "" => ragmesh_actions::spec::DEFAULT_CAPABILITY,
+        named => named,
+    };
+    if let Ok(needed) = capability.parse::<Capability>()
+        && !principal.has(needed)
+    {
+        return Err(format!("the caller's token lacks capability {capability:?} that the action requires"));
+    }
+    if principal.has(Capability::Admin) {
+        return Ok(());
+    }
+    let tenants = &descriptor.tenants;
+    if tenants.is_empty() {
+        return Err("the action is for operators only (a token with capability \"admin\")".to_owned());
+    }
+    let listed =
+        tenants.iter().any(|allowed| allowed == ragmesh_actions::spec::ANY_TENANT || *allowed == principal.tenant);
+    if principal.tenant.is_empty() || !listed {
+        return Err(format!(
+            "the action is limited to tenants {tenants:?}; the caller's tenant is {:?}",
+            principal.tenant
+        ));
+    }
+    Ok(())
+}
+
+/// `text` with every occurrence of a `secrets` value replaced by `***` (longest first, so a
+/// secret that contains another is masked whole).
+fn mask(text: &str, secrets: &[String]) -> String {
+    let mut sorted: Vec<&String> = secrets.iter().filter(|s| !s.is_empty()).collect();
+    sorted.sort_by_key(|s| std::cmp::Reverse(s.len()));
+    let mut out = text.to_owned();
+    for secret in sorted {
+        if out.contains(secret.as_str()) {
+            out = out.replace(secret.as_str(), ragmesh_actions::REDACTED);
+        }
+    }
+    out
+}
+
+/// The node's result with every secret argument's value masked in its outputs and messages.
+fn mask_result(mut result: v1::ActionResult, secrets: &[String]) -> v1::ActionResult {
+    if secrets.is_empty() {
+        return result;
+    }
+    result.message = mask(&result.message, secrets);
+    for step in &mut result.steps {
+        step.stdout = mask(&step.stdout, secrets);
+        step.stderr = mask(&step.stderr, secrets);
+        step.message = mask(&step.message, secrets);
+    }
+    result
 }
 
 /// Every value hidden: the arguments of a call no schema describes (JSON).
@@ -607,12 +684,13 @@ async fn run_on_node(
         digest: String::new(),
         redacted: hidden(&plan.args),
         refusal: Some(("error".into(), "the node was not up when the job started".into())),
+        secrets: Vec::new(),
     });
     let outcome = match &prepared.refusal {
         Some((status, message)) => {
             NodeOutcome { status: status.clone(), message: message.clone(), duration_ms: 0, result: Vec::new() }
         }
-        None => run_call(&ctx, &plan, &node, prepared.timeout).await,
+        None => run_call(&ctx, &plan, &node, &prepared).await,
     };
     let outcome = NodeOutcome { duration_ms: millis(started.elapsed()), ..outcome };
     let entry = AuditEntry {
@@ -636,9 +714,10 @@ async fn run_on_node(
     (node, outcome)
 }
 
-/// The RunAction call itself: a fresh call id, the caller's context, the action's timeout.
-async fn run_call(ctx: &Context, plan: &Plan, node: &str, timeout: Duration) -> NodeOutcome {
-    let budget = timeout + RUN_MARGIN;
+/// The RunAction call itself: a fresh call id, the caller's context, the action's timeout; the
+/// answer with the secrets masked.
+async fn run_call(ctx: &Context, plan: &Plan, node: &str, prepared: &Prepared) -> NodeOutcome {
+    let budget = prepared.timeout + RUN_MARGIN;
     let context = match signed_context(ctx, &plan.principal, budget) {
         Ok(context) => context,
         Err(error) => {
@@ -657,7 +736,7 @@ async fn run_call(ctx: &Context, plan: &Plan, node: &str, timeout: Duration) -> 
     let deadline = Instant::now() + budget;
     match call_node(ctx, node, NodeRequest::RunAction(request), Some(context), deadline).await {
         Ok(NodeReply::RunAction(reply)) => {
-            let result = reply.result.unwrap_or_default();
+            let result = mask_result(reply.result.unwrap_or_default(), &prepared.secrets);
             let status = match v1::ActionStatus::try_from(result.status) {
                 Ok(v1::ActionStatus::Ok) => "ok",
                 Ok(v1::ActionStatus::Failed) => "failed",
@@ -834,5 +913,69 @@ fn audit_record(record: AuditRecord) -> v1::AuditRecord {
         message: entry.outcome.message,
         duration_ms: u32::try_from(entry.duration_ms).unwrap_or(u32::MAX),
         trace_id: entry.trace_id.unwrap_or_default(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn principal(tenant: &str, capabilities: &[Capability]) -> Principal {
+        Principal {
+            subject: "someone".into(),
+            tenant: tenant.into(),
+            capabilities: capabilities.iter().copied().collect(),
+            token_id: String::new(),
+            expires_at: 0,
+            issued_at: 0,
+        }
+    }
+
+    fn descriptor(capability: &str, tenants: &[&str]) -> v1::ActionDescriptor {
+        v1::ActionDescriptor {
+            name: "clear-cache".into(),
+            capability: capability.into(),
+            tenants: tenants.iter().map(|t| (*t).to_owned()).collect(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn the_master_refuses_what_the_agent_would_refuse_by_tenant_or_capability() {
+        let acme = principal("acme", &[Capability::Actions]);
+        let globex = principal("globex", &[Capability::Actions]);
+        let operator = principal("ops", &[Capability::Admin, Capability::Actions]);
+        let limited = descriptor("", &["acme"]);
+        assert!(may_run(&acme, &limited).is_ok());
+        let refused = may_run(&globex, &limited).expect_err("another tenant");
+        assert!(refused.contains("acme") && refused.contains("globex"), "{refused}");
+        assert!(may_run(&operator, &limited).is_ok(), "operators pass tenant lists");
+        assert!(may_run(&globex, &descriptor("actions", &["*"])).is_ok(), "* admits every tenant");
+        assert!(may_run(&acme, &descriptor("actions", &[])).is_err(), "empty: operators only");
+        assert!(may_run(&operator, &descriptor("actions", &[])).is_ok());
+        let no_cap = may_run(&acme, &descriptor("ingest", &["acme"])).expect_err("the declared capability");
+        assert!(no_cap.contains("ingest"), "{no_cap}");
+        assert!(may_run(&principal("", &[Capability::Actions]), &descriptor("", &["*"])).is_err(), "no tenant");
+        assert!(may_run(&acme, &descriptor("telepathy", &["acme"])).is_ok(), "unknown capabilities: the agent decides");
+    }
+
+    #[test]
+    fn secret_values_are_masked_in_every_output_of_a_result() {
+        let secrets = vec!["hunter2".to_owned(), "hunter2-long".to_owned(), String::new()];
+        assert_eq!(mask("key=hunter2-long and hunter2.", &secrets), "key=*** and ***.");
+        assert_eq!(mask("nothing here", &secrets), "nothing here", "an empty secret masks nothing");
+        let result = v1::ActionResult {
+            message: "failed with hunter2".into(),
+            steps: vec![v1::StepResult {
+                stdout: "alice:hunter2\n".into(),
+                stderr: "hunter2".into(),
+                message: "x hunter2".into(),
+                ..Default::default()
+            }],
+            ..Default::default()
+        };
+        let masked = mask_result(result, &secrets);
+        assert!(!format!("{masked:?}").contains("hunter2"), "{masked:?}");
+        assert_eq!(masked.steps[0].stdout, "alice:***\n");
     }
 }
