@@ -12,12 +12,14 @@
 //! (validation again, running) use.
 #![forbid(unsafe_code)]
 
+pub mod access;
 pub mod digest;
 pub mod run;
 pub mod schema;
 pub mod spec;
 pub mod wire;
 
+pub use access::authorize;
 pub use digest::{REDACTED, digest, redacted, redacted_args};
 pub use run::{ActionOutcome, Captured, RunLimits, StepOutcome, StepStatus, run_single, run_step};
 pub use schema::{ArgKind, ArgProblem, ArgProblemKind, ArgSpec, ArgValue, Bound, ValidArgs, validate, validate_args};

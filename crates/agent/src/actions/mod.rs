@@ -2,7 +2,8 @@
 //! (`[[actions]]`) plus built-ins (`node.drain`, `node.undrain`, `node.labels`, `index.compact`,
 //! `index.snapshot`, `index.restore`), by name.
 //!
-//! Who may run what, decided here and nowhere else ([`authorize`]):
+//! Who may run what, decided here by [`ragmesh_actions::authorize`] (the master decides the same
+//! way only to refuse early):
 //! - the caller's token (from the master's signed context) must carry the capability the action
 //!   declares (`actions` by default; built-ins need `actions`);
 //! - an **operator** (a principal holding `admin`) passes every tenant list: tenant lists limit
@@ -19,14 +20,13 @@ pub mod participant;
 pub mod snapshot;
 
 use std::collections::BTreeMap;
-use std::str::FromStr as _;
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use ragmesh_actions::{
     ActionOutcome, ActionSpec, ArgKind, ArgSpec, Captured, RunLimits, StepOutcome, StepRole, StepStatus, ValidArgs,
 };
-use ragmesh_auth::{Capability, Principal};
+use ragmesh_auth::Principal;
 use ragmesh_index::{DocumentIndex, SnapshotLimits};
 use ragmesh_proto::v1;
 
@@ -177,37 +177,6 @@ impl Offered {
     }
 }
 
-/// Whether `principal` may run an action requiring `capability` and limited to `tenants` (see
-/// the module documentation); the error says what is missing.
-pub fn authorize(principal: &Principal, capability: &str, tenants: &[String]) -> Result<(), String> {
-    let Ok(needed) = Capability::from_str(capability) else {
-        return Err(format!(
-            "the action requires capability {capability:?}, which this agent does not know: fix its [[actions]] config"
-        ));
-    };
-    if !principal.has(needed) {
-        return Err(format!("the caller's token lacks capability {needed:?} that the action requires"));
-    }
-    if principal.has(Capability::Admin) {
-        return Ok(());
-    }
-    if tenants.is_empty() {
-        return Err("the action is for operators only (a token with capability \"admin\")".to_owned());
-    }
-    if principal.tenant.is_empty() {
-        return Err(format!("the caller has no tenant; the action is limited to tenants {tenants:?}"));
-    }
-    let allowed =
-        tenants.iter().any(|allowed| allowed == ragmesh_actions::spec::ANY_TENANT || *allowed == principal.tenant);
-    if !allowed {
-        return Err(format!(
-            "the action is limited to tenants {tenants:?}; the caller's tenant is {:?}",
-            principal.tenant
-        ));
-    }
-    Ok(())
-}
-
 /// The actions of this agent and what running them needs.
 #[derive(Debug)]
 pub struct Actions {
@@ -275,7 +244,7 @@ impl Actions {
         let Some(offered) = self.find(&call.action) else {
             return Err(AgentError::UnknownAction { name: shorten(&call.action), offered: self.names().join(", ") });
         };
-        authorize(principal, offered.capability(), offered.tenants())
+        ragmesh_actions::authorize(principal, offered.capability(), offered.tenants())
             .map_err(|reason| AgentError::NotAllowed { action: offered.name().to_owned(), reason })?;
         let arguments: BTreeMap<String, String> = call.arguments.clone().into_iter().collect();
         let args = offered.validate(&arguments)?;
@@ -421,6 +390,8 @@ fn shorten(text: &str) -> String {
 
 #[cfg(test)]
 mod tests {
+    use ragmesh_auth::Capability;
+
     use super::*;
 
     fn principal(tenant: &str, capabilities: &[Capability]) -> Principal {
@@ -432,31 +403,6 @@ mod tests {
             expires_at: 0,
             issued_at: 0,
         }
-    }
-
-    #[test]
-    fn who_may_run_what() {
-        let listed = vec!["acme".to_owned()];
-        let any = vec!["*".to_owned()];
-        let acme = principal("acme", &[Capability::Actions]);
-        assert!(authorize(&acme, "actions", &listed).is_ok());
-        assert!(authorize(&acme, "actions", &any).is_ok());
-        let other =
-            authorize(&principal("globex", &[Capability::Actions]), "actions", &listed).expect_err("other tenant");
-        assert!(other.contains("\"acme\"") && other.contains("\"globex\""), "{other}");
-        let no_cap = authorize(&principal("acme", &[Capability::Search]), "actions", &listed).expect_err("capability");
-        assert!(no_cap.contains("Actions"), "{no_cap}");
-        assert!(authorize(&acme, "ingest", &listed).is_err(), "the declared capability is the one checked");
-        assert!(authorize(&acme, "actions", &[]).expect_err("operators only").contains("operators only"));
-        assert!(authorize(&principal("", &[Capability::Actions]), "actions", &any).is_err(), "no tenant, no operator");
-        let operator = principal("", &[Capability::Actions, Capability::Admin]);
-        assert!(authorize(&operator, "actions", &[]).is_ok(), "operators pass tenant lists");
-        assert!(authorize(&operator, "actions", &listed).is_ok());
-        assert!(
-            authorize(&principal("", &[Capability::Admin]), "actions", &[]).is_err(),
-            "but still need the capability"
-        );
-        assert!(authorize(&operator, "launch", &any).expect_err("unknown").contains("\"launch\""));
     }
 
     #[tokio::test]
