@@ -16,7 +16,7 @@
 //!
 //! Rounds alternate between the scenarios (order rotated each round), so drift on a shared
 //! machine falls on all alike, and every epoch starts fresh processes; p50/p90/p99, the
-//! daemons' CPU per call (the four daemons from /proc; the spawned `/bin/true` processes
+//! daemons' CPU per call (the four daemons from /proc, and the master's share; the spawned `/bin/true` processes
 //! themselves are not counted, their fork and exec in the agent are) and the ratios, with the
 //! median of the per-round p50 ratios (steadier than pooled percentiles on a shared machine),
 //! are printed; nothing is asserted.
@@ -25,8 +25,9 @@
 //! (an absolute path: benches run from `tests/`), or with debug daemons and a debug bench:
 //! `cargo build --workspace --bins && cargo test -p ragmesh-e2e --bench actions`.
 //! Settings: EPOCHS (2: fresh meshes each), ROUNDS (3 per epoch), ROUND_SECS (1.5 per scenario
-//! and round); QUICK=1 makes the defaults 1 epoch of 1 round of 0.4 s (a smoke run, well under 30 s
-//! once built).
+//! and round), ONLY (comma-separated parts of scenario labels: run just those, e.g.
+//! `ONLY="1 node,3 nodes"`); QUICK=1 makes the defaults 1 epoch of 1 round of 0.4 s (a smoke
+//! run, well under 30 s once built).
 
 mod common;
 
@@ -380,28 +381,38 @@ struct Measured {
     pooled: Run,
     round_p50: Vec<f64>,
     cpu_ticks: u64,
+    /// The master's share of `cpu_ticks`.
+    master_ticks: u64,
 }
 
 impl Measured {
     /// Daemon CPU (all four processes) per successful call, in ms.
     fn cpu_ms_per_call(&self, ticks_per_sec: f64) -> f64 {
-        self.cpu_ticks as f64 / ticks_per_sec * 1000.0 / self.pooled.count() as f64
+        per_call_ms(self.cpu_ticks, self.pooled.count(), ticks_per_sec)
     }
 }
 
-fn mesh_ticks(mesh: &ProcessMesh) -> u64 {
-    mesh.pids().into_iter().map(common::pid_ticks).sum()
+fn per_call_ms(ticks: u64, calls: usize, ticks_per_sec: f64) -> f64 {
+    ticks as f64 / ticks_per_sec * 1000.0 / calls as f64
+}
+
+/// CPU ticks so far of the master and of all four daemons.
+fn mesh_ticks(mesh: &ProcessMesh) -> (u64, u64) {
+    // `pids` lists the master first.
+    let ticks: Vec<u64> = mesh.pids().into_iter().map(common::pid_ticks).collect();
+    (ticks.first().copied().unwrap_or(0), ticks.iter().sum())
 }
 
 fn row(label: &str, m: &Measured, ticks_per_sec: f64) {
     println!(
-        "{label:<34} n={:<6} failed={:<3} p50={:>7.2} ms  p90={:>7.2} ms  p99={:>7.2} ms  cpu/call={:>6.2} ms",
+        "{label:<34} n={:<6} failed={:<3} p50={:>7.2} ms  p90={:>7.2} ms  p99={:>7.2} ms  cpu/call={:>6.2} ms (master {:>6.2})",
         m.pooled.count(),
         m.pooled.failed,
         m.pooled.p50(),
         m.pooled.quantile_ms(0.90),
         m.pooled.p99(),
         m.cpu_ms_per_call(ticks_per_sec),
+        per_call_ms(m.master_ticks, m.pooled.count(), ticks_per_sec),
     );
 }
 
@@ -423,6 +434,13 @@ async fn main() {
     let epochs = env_count("EPOCHS", if quick { 1 } else { 2 });
     let rounds = env_count("ROUNDS", if quick { 1 } else { 3 });
     let round = env_secs("ROUND_SECS", if quick { 0.4 } else { 1.5 });
+    // ONLY: comma-separated parts of scenario labels, to run just those (e.g. ONLY="1 node").
+    let only: Vec<String> = std::env::var("ONLY")
+        .map(|v| v.split(',').map(str::trim).filter(|t| !t.is_empty()).map(str::to_owned).collect())
+        .unwrap_or_default();
+    let selected: Vec<usize> = (0..SCENARIOS.len())
+        .filter(|&i| only.is_empty() || only.iter().any(|term| SCENARIOS[i].1.contains(term.as_str())))
+        .collect();
     let warm = if quick { Duration::from_millis(100) } else { Duration::from_millis(400) };
     let ticks_per_sec = common::clock_ticks();
     println!("daemons from {}", ragmesh_e2e::daemons::bin_dir().display());
@@ -435,16 +453,18 @@ async fn main() {
         let mesh = mesh(http).await;
         let client = mesh.client().await;
         // Warm-up: connections, descriptor caches, first index segments.
-        for (scenario, _) in SCENARIOS {
-            measure(scenario, &client, &fresh, warm).await;
+        for &i in &selected {
+            measure(SCENARIOS[i].0, &client, &fresh, warm).await;
         }
         for r in 0..rounds {
             // Rotate the order, so no scenario always runs first in a round.
-            for k in 0..SCENARIOS.len() {
-                let i = (r + k) % SCENARIOS.len();
-                let before = mesh_ticks(&mesh);
+            for k in 0..selected.len() {
+                let i = selected[(r + k) % selected.len()];
+                let (master_before, before) = mesh_ticks(&mesh);
                 let run = measure(SCENARIOS[i].0, &client, &fresh, round).await;
-                results[i].cpu_ticks += mesh_ticks(&mesh) - before;
+                let (master_after, after) = mesh_ticks(&mesh);
+                results[i].cpu_ticks += after - before;
+                results[i].master_ticks += master_after - master_before;
                 results[i].round_p50.push(run.p50());
                 results[i].pooled.merge(run);
             }
@@ -452,16 +472,21 @@ async fn main() {
     }
 
     println!(
-        "\nremote actions through the master, {AGENTS} agents (processes, mTLS), one caller, a fresh idempotency key per call, {epochs} epochs of {rounds} rounds of {round:?} per scenario (cpu is the four daemons'):"
+        "\nremote actions through the master, {AGENTS} agents (processes, mTLS), one caller, a fresh idempotency key per call, {epochs} epochs of {rounds} rounds of {round:?} per scenario (cpu is the four daemons', of which the master's in parentheses):"
     );
     for (i, (_, label)) in SCENARIOS.iter().enumerate() {
         if matches!(i, 3 | 6 | 9) {
             println!();
         }
-        row(label, &results[i], ticks_per_sec);
+        if selected.contains(&i) {
+            row(label, &results[i], ticks_per_sec);
+        }
     }
     println!("\nratios (\"per round\" is the median of the rounds' p50 ratios):");
     for (numerator, denominator, label) in RATIOS {
+        if !(selected.contains(&numerator) && selected.contains(&denominator)) {
+            continue;
+        }
         ratio_row(label, &results[numerator], &results[denominator], ticks_per_sec);
     }
 }
