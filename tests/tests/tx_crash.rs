@@ -384,6 +384,30 @@ async fn a_master_killed_after_the_first_commit_acknowledgement_commits_everywhe
     master_crash("coordinator.after_ack", "manatee", Decision::Commit).await;
 }
 
+/// Waits until `tx_id` is committing with every participant but `down` acknowledged, and
+/// checks `down` is not.
+async fn waiting_for(mesh: &ProcessMesh, tx_id: &str, down: &str) -> v1::TransactionStatus {
+    let client = mesh.client().await;
+    let what = format!("{tx_id} acknowledged by every participant but {down}");
+    let read = eventually(&what, RECOVERY, || {
+        let mut client = client.clone();
+        let tx_id = tx_id.to_owned();
+        async move {
+            let read =
+                client.get_transaction(v1::GetTransactionRequest { tx_id }).await.map_err(|e| format!("{e:?}"))?;
+            let read = read.into_inner().transaction.ok_or("no status")?;
+            let others = read.participants.iter().filter(|p| p.node != down).all(|p| p.acknowledged);
+            if others && read.participants.len() == AGENTS { Ok(read) } else { Err(format!("{read:?}")) }
+        }
+    })
+    .await;
+    assert_eq!(read.phase(), v1::TransactionPhase::Committing, "not finished while {down} is down: {read:?}");
+    assert_eq!(read.decision(), v1::TransactionDecision::Commit, "{read:?}");
+    let participant = read.participants.iter().find(|p| p.node == down).expect("the crashed participant");
+    assert!(!participant.acknowledged, "{read:?}");
+    read
+}
+
 /// Runs `request` while agent `i` crashes when its decision arrives: while it is down the
 /// master shows the transaction committing with that participant unacknowledged; restarted
 /// without the failpoint, the agent resolves it and everyone ends committed. Returns its id.
@@ -406,13 +430,10 @@ async fn through_a_participant_crash(
     assert!(answer.participants.iter().all(|p| p.vote() == v1::ParticipantVote::Yes), "{answer:?}");
 
     // While the agent is down, the master keeps the transaction open and says who it waits for.
-    let mut client = mesh.client().await;
-    let read = client.get_transaction(v1::GetTransactionRequest { tx_id: tx_id.clone() }).await.expect("get");
-    let read = read.into_inner().transaction.expect("a status");
-    assert_eq!(read.phase(), v1::TransactionPhase::Committing, "{read:?}");
+    let read = waiting_for(mesh, &tx_id, &name).await;
     let down = read.participants.iter().find(|p| p.node == name).expect("the crashed participant");
-    assert!(!down.acknowledged, "{read:?}");
-    assert!(read.participants.iter().filter(|p| p.node != name).all(|p| p.acknowledged), "{read:?}");
+    assert!(down.message.contains("not acknowledged"), "the master says what it waits for: {read:?}");
+    let mut client = mesh.client().await;
     let open = client.list_transactions(v1::ListTransactionsRequest::default()).await.expect("list");
     let open: Vec<String> = open.into_inner().transactions.into_iter().map(|t| t.tx_id).collect();
     assert_eq!(open, vec![tx_id.clone()], "listed unfinished while a participant is in doubt");
@@ -446,4 +467,56 @@ async fn a_participant_killed_after_voting_yes_resolves_its_doubt_after_its_rest
     marks_ran_once(&mesh, Decision::Commit);
     documents_all_or_none(&mesh, word, true).await;
     agents_agree(&mut mesh, &[(writes_tx, Decision::Commit), (marks_tx, Decision::Commit)]).await;
+}
+
+/// Kill -9 of a participant between its yes vote and the decision (while the master is down
+/// too, killed after logging commit): the restarted master must tell the live participants
+/// and get their acknowledgements while the dead one's group cannot take its write, and
+/// finish once that participant is back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_participant_killed_before_it_hears_a_logged_commit_does_not_hold_up_the_others() {
+    ragmesh_e2e::trace_init();
+    let point = "coordinator.after_decision_logged";
+    let mut mesh = mesh(Crash::Master(point)).await;
+    let word = "beluga";
+    let dead = AGENTS - 1;
+    let name = mesh.agent_name(dead);
+    let mut client = mesh.client().await;
+    let request = writes(&mesh, word);
+    let call = tokio::spawn(async move { client.execute_transaction(request).await });
+    let status = mesh.wait_master_exit().await;
+    killed_at(status, &mesh.log("master"), point);
+    assert!(tokio::time::timeout(RECOVERY, call).await.expect("the call ends").expect("the task").is_err());
+    // Prepared, voted yes, never told: killed while the master is down.
+    mesh.kill_agent(dead);
+    mesh.restart_master(&[]).await;
+    for i in 0..dead {
+        mesh.wait_agent_up(&mesh.agent_name(i)).await;
+    }
+    let mut client = mesh.client().await;
+    let tx_id = new_transaction(&mut client, &[]).await;
+    // Within far less than the write timeout, the live participants hear and acknowledge.
+    let started = Instant::now();
+    waiting_for(&mesh, &tx_id, &name).await;
+    let took = started.elapsed();
+    assert!(took < Duration::from_secs(20), "the live participants acknowledged only after {took:?}");
+    let client = mesh.client().await;
+    for i in 0..dead {
+        let node = mesh.agent_name(i);
+        let expected = vec![doc_id(word, &node)];
+        eventually(&format!("{node} holds {expected:?}"), RECOVERY, || {
+            let (mut client, node, expected) = (client.clone(), node.clone(), expected.clone());
+            async move {
+                let found = found_on(&mut client, &node, word).await?;
+                if found == expected { Ok(()) } else { Err(format!("found {found:?}")) }
+            }
+        })
+        .await;
+    }
+
+    mesh.restart_agent(dead, &[]).await;
+    settled(&mesh, &tx_id, v1::TransactionDecision::Commit).await;
+    nothing_unfinished(&mesh).await;
+    documents_all_or_none(&mesh, word, true).await;
+    agents_agree(&mut mesh, &[(tx_id, Decision::Commit)]).await;
 }
