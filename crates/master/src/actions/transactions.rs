@@ -269,6 +269,7 @@ impl Transactions {
             publish,
             details: BTreeMap::new(),
             writes_applied: false,
+            appended: BTreeSet::new(),
             message: String::new(),
         };
         let live = self.live.clone();
@@ -362,6 +363,9 @@ struct Driver {
     publish: watch::Sender<TxView>,
     details: BTreeMap<String, Detail>,
     writes_applied: bool,
+    /// Write parts (by their index in the plan) already in their group's log: a retry after
+    /// another part failed appends only the missing ones.
+    appended: BTreeSet<usize>,
     message: String,
 }
 
@@ -483,16 +487,22 @@ impl Driver {
         }
     }
 
-    /// Appends every write part to its group's log; false if one failed (retried later).
+    /// Appends every write part not yet appended to its group's log; false if one failed (the
+    /// missing ones are retried when the decision is re-sent).
     async fn apply_writes(&mut self) -> bool {
-        for (shard, write) in self.plan.decoded_writes() {
+        for (part, (shard, write)) in self.plan.decoded_writes().into_iter().enumerate() {
+            if self.appended.contains(&part) {
+                continue;
+            }
             if let Err(message) = self.transport.apply_write(&self.plan, &shard, write).await {
                 self.message = format!("committed write to shard group {shard} not yet in its log: {message}");
                 tracing::warn!(tx = %self.machine.tx(), shard = %shard, %message, "committed write not appended yet");
                 return false;
             }
+            self.appended.insert(part);
         }
         self.writes_applied = true;
+        self.message.clear();
         true
     }
 
@@ -580,6 +590,8 @@ mod tests {
         heard: Mutex<Vec<(String, Decision)>>,
         prepared: Mutex<Vec<String>>,
         written: Mutex<Vec<String>>,
+        /// Appends to these groups fail this many more times.
+        failing_writes: Mutex<BTreeMap<String, usize>>,
     }
 
     impl Transport for Participants {
@@ -620,6 +632,12 @@ mod tests {
             shard: &str,
             _write: v1::DocumentWrite,
         ) -> BoxFuture<'static, Result<(), String>> {
+            if let Some(left) = self.failing_writes.lock().expect("lock").get_mut(shard)
+                && *left > 0
+            {
+                *left -= 1;
+                return Box::pin(async { Err("the group's log cannot be written".to_owned()) });
+            }
             self.written.lock().expect("lock").push(shard.to_owned());
             Box::pin(async { Ok(()) })
         }
@@ -685,6 +703,28 @@ mod tests {
         assert_eq!(txs.compact(unix_now_ms() + 120_000, 60_000).expect("compact"), 1);
         assert!(txs.get(tx).await.expect("get").is_none(), "compacted");
         assert!(txs.store.get(PLANS_TREE, &tx.key()).expect("read").is_none(), "its plan too");
+    }
+
+    #[tokio::test]
+    async fn a_write_part_that_cannot_be_appended_is_retried_alone_and_holds_back_every_decision_until_it_is() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let txs = Transactions::new(store(&dir)).with_config(fast());
+        let participants =
+            Arc::new(Participants { failing_writes: Mutex::new([("g2".to_owned(), 3)].into()), ..Default::default() });
+        let rt = runtime(&participants);
+        let writes: Vec<(String, v1::DocumentWrite)> =
+            ["g1", "g2", "g3"].iter().map(|g| ((*g).to_owned(), v1::DocumentWrite::default())).collect();
+        let plan = Plan::new("s", "t", &writes, BTreeMap::new());
+        let view =
+            txs.start(TxId(11), parts(&["a", "b", "c"]), plan, unix_now_ms() + 10_000, &rt).await.expect("starts");
+        let view = settle(view).await;
+        assert_eq!(to_wire(&view).phase, v1::TransactionPhase::Committed as i32, "{view:?}");
+        assert!(!view.message.contains("not yet in its log"), "the retry cleared the note: {}", view.message);
+        // g1 went in once; g2 after its failures; g3 once, after g2: nothing appended twice.
+        assert_eq!(*participants.written.lock().expect("lock"), ["g1", "g2", "g3"]);
+        let heard = participants.heard.lock().expect("lock").clone();
+        assert_eq!(heard.len(), 3, "{heard:?}");
+        assert!(heard.iter().all(|(_, d)| *d == Decision::Commit), "{heard:?}");
     }
 
     #[tokio::test]

@@ -22,14 +22,17 @@ use super::transactions::{
 use super::unix_now_ms;
 use crate::api::Context;
 use crate::error::MasterError;
-use crate::replication::WriteTarget;
 use crate::replication::log::{Write, Writer};
+use crate::replication::{ReplicationError, WriteTarget};
 use prost::Message as _;
 
 /// Deadline of one DecideTransaction call.
 const DECIDE_TIMEOUT: Duration = Duration::from_secs(30);
-/// Deadline of appending a committed write part to its group's log.
-const WRITE_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long appending a committed write part waits for its group's replicas to apply it. Once
+/// appended the write is in the group's log and reaches every replica (one that is down catches
+/// up when it is back), so a transaction never waits longer than this for a dead replica
+/// before its decisions go out.
+const WRITE_QUORUM_WAIT: Duration = Duration::from_secs(5);
 /// How long an answer waits for acknowledgements once the decision is logged.
 const ACK_WAIT: Duration = Duration::from_secs(5);
 /// Transactions listed by default, and at most.
@@ -98,23 +101,38 @@ impl NodeTransport {
         let shard = shard.to_owned();
         Box::pin(async move {
             let replication = ctx.replication().map_err(|e| e.to_string())?;
-            let deadline = Instant::now() + WRITE_TIMEOUT;
+            let deadline = Instant::now() + WRITE_QUORUM_WAIT;
             if !write.upserts.is_empty() {
                 let upsert = Write::Upsert(v1::UpsertDocumentsRequest { documents: write.upserts, position: None });
-                replication
-                    .write(WriteTarget::Shard(shard.clone()), writer.clone(), upsert, deadline)
-                    .await
-                    .map_err(|e| e.to_string())?;
+                let written = replication.write(WriteTarget::Shard(shard.clone()), writer.clone(), upsert, deadline);
+                appended(&shard, written.await)?;
             }
             if !write.deletes.is_empty() {
                 let delete = Write::Delete(v1::DeleteDocumentsRequest { refs: write.deletes, position: None });
-                replication
-                    .write(WriteTarget::Shard(shard), writer, delete, deadline)
-                    .await
-                    .map_err(|e| e.to_string())?;
+                let written = replication.write(WriteTarget::Shard(shard.clone()), writer, delete, deadline);
+                appended(&shard, written.await)?;
             }
             Ok(())
         })
+    }
+}
+
+/// Whether a committed write part is in its group's log: written, or appended without reaching
+/// its quorum in time (a replica is down: it catches up from the log when it is back, so the
+/// transaction goes on rather than waiting for it, or appending the write again).
+fn appended<T>(shard: &str, written: Result<T, ReplicationError>) -> Result<(), String> {
+    match written {
+        Ok(_) => Ok(()),
+        Err(ReplicationError::QuorumNotReached { seq, missing, .. }) => {
+            tracing::warn!(
+                shard = %shard,
+                seq,
+                missing = ?missing,
+                "committed write appended to its group's log; replicas not yet applying it catch up from the log"
+            );
+            Ok(())
+        }
+        Err(error) => Err(error.to_string()),
     }
 }
 
@@ -487,4 +505,29 @@ pub(crate) async fn decisions(transactions: &Transactions, in_doubt: &[String]) 
         }
     }
     v1::TransactionDecisions { outcomes }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ragmesh_config::WriteQuorum;
+
+    #[test]
+    fn a_write_appended_without_its_quorum_is_in_the_log_and_other_failures_are_not() {
+        assert_eq!(appended("g", Ok::<(), ReplicationError>(())), Ok(()));
+        let slow = ReplicationError::QuorumNotReached {
+            group: "g".into(),
+            seq: 7,
+            applied: 0,
+            applied_by: Vec::new(),
+            missing: vec!["agent-3 (down)".into()],
+            replicas: 1,
+            quorum: WriteQuorum::default(),
+            needed: 1,
+        };
+        assert_eq!(appended::<()>("g", Err(slow)), Ok(()), "appended: its replicas catch up from the log");
+        let unknown = ReplicationError::NoReplicas { group: "g".into() };
+        let refused = appended::<()>("g", Err(unknown)).expect_err("nothing was appended");
+        assert!(refused.contains("no replica"), "{refused}");
+    }
 }
