@@ -161,6 +161,34 @@ pub fn refused(message: impl Into<String>) -> v1::ActionResult {
     }
 }
 
+/// `text` with every occurrence of a `secrets` value replaced by `***` (longest first, so a
+/// secret that contains another is masked whole).
+pub fn mask(text: &str, secrets: &[String]) -> String {
+    let mut sorted: Vec<&String> = secrets.iter().filter(|s| !s.is_empty()).collect();
+    sorted.sort_by_key(|s| std::cmp::Reverse(s.len()));
+    let mut out = text.to_owned();
+    for secret in sorted {
+        if out.contains(secret.as_str()) {
+            out = out.replace(secret.as_str(), crate::REDACTED);
+        }
+    }
+    out
+}
+
+/// The node's result with every secret argument's value masked in its outputs and messages.
+pub fn mask_result(mut result: v1::ActionResult, secrets: &[String]) -> v1::ActionResult {
+    if secrets.is_empty() {
+        return result;
+    }
+    result.message = mask(&result.message, secrets);
+    for step in &mut result.steps {
+        step.stdout = mask(&step.stdout, secrets);
+        step.stderr = mask(&step.stderr, secrets);
+        step.message = mask(&step.message, secrets);
+    }
+    result
+}
+
 #[cfg(test)]
 mod tests {
     use std::collections::BTreeMap;
@@ -226,5 +254,25 @@ mod tests {
         wire.arguments[0].r#type = 99;
         let err = argument_schema(&wire).expect_err("unknown type");
         assert!(err.contains("\"region\"") && err.contains("upgrade the master"), "{err}");
+    }
+
+    #[test]
+    fn secret_values_are_masked_in_every_output_of_a_result() {
+        let secrets = vec!["hunter2".to_owned(), "hunter2-long".to_owned(), String::new()];
+        assert_eq!(mask("key=hunter2-long and hunter2.", &secrets), "key=*** and ***.");
+        assert_eq!(mask("nothing here", &secrets), "nothing here", "an empty secret masks nothing");
+        let result = v1::ActionResult {
+            message: "failed with hunter2".into(),
+            steps: vec![v1::StepResult {
+                stdout: "alice:hunter2\n".into(),
+                stderr: "hunter2".into(),
+                message: "x hunter2".into(),
+                ..Default::default()
+            }],
+            ..Default::default()
+        };
+        let masked = mask_result(result, &secrets);
+        assert!(!format!("{masked:?}").contains("hunter2"), "{masked:?}");
+        assert_eq!(masked.steps[0].stdout, "alice:***\n");
     }
 }

@@ -516,34 +516,6 @@ fn may_run(principal: &Principal, descriptor: &v1::ActionDescriptor) -> Result<(
     ragmesh_actions::authorize(principal, capability, &descriptor.tenants)
 }
 
-/// `text` with every occurrence of a `secrets` value replaced by `***` (longest first, so a
-/// secret that contains another is masked whole).
-fn mask(text: &str, secrets: &[String]) -> String {
-    let mut sorted: Vec<&String> = secrets.iter().filter(|s| !s.is_empty()).collect();
-    sorted.sort_by_key(|s| std::cmp::Reverse(s.len()));
-    let mut out = text.to_owned();
-    for secret in sorted {
-        if out.contains(secret.as_str()) {
-            out = out.replace(secret.as_str(), ragmesh_actions::REDACTED);
-        }
-    }
-    out
-}
-
-/// The node's result with every secret argument's value masked in its outputs and messages.
-fn mask_result(mut result: v1::ActionResult, secrets: &[String]) -> v1::ActionResult {
-    if secrets.is_empty() {
-        return result;
-    }
-    result.message = mask(&result.message, secrets);
-    for step in &mut result.steps {
-        step.stdout = mask(&step.stdout, secrets);
-        step.stderr = mask(&step.stderr, secrets);
-        step.message = mask(&step.message, secrets);
-    }
-    result
-}
-
 /// Every value hidden: the arguments of a call no schema describes (JSON).
 fn hidden(args: &BTreeMap<String, String>) -> String {
     let shown: BTreeMap<&String, &str> = args.keys().map(|k| (k, ragmesh_actions::REDACTED)).collect();
@@ -714,7 +686,7 @@ async fn run_call(ctx: &Context, plan: &Plan, node: &str, prepared: &Prepared) -
     let deadline = Instant::now() + budget;
     match call_node(ctx, node, NodeRequest::RunAction(request), Some(context), deadline).await {
         Ok(NodeReply::RunAction(reply)) => {
-            let result = mask_result(reply.result.unwrap_or_default(), &prepared.secrets);
+            let result = ragmesh_actions::wire::mask_result(reply.result.unwrap_or_default(), &prepared.secrets);
             let status = match v1::ActionStatus::try_from(result.status) {
                 Ok(v1::ActionStatus::Ok) => "ok",
                 Ok(v1::ActionStatus::Failed) => "failed",
@@ -934,25 +906,5 @@ mod tests {
         let no_cap = may_run(&acme, &descriptor("ingest", &["acme"])).expect_err("the declared capability");
         assert!(no_cap.contains("ingest"), "{no_cap}");
         assert!(may_run(&principal("", &[Capability::Actions]), &descriptor("", &["*"])).is_err(), "no tenant");
-    }
-
-    #[test]
-    fn secret_values_are_masked_in_every_output_of_a_result() {
-        let secrets = vec!["hunter2".to_owned(), "hunter2-long".to_owned(), String::new()];
-        assert_eq!(mask("key=hunter2-long and hunter2.", &secrets), "key=*** and ***.");
-        assert_eq!(mask("nothing here", &secrets), "nothing here", "an empty secret masks nothing");
-        let result = v1::ActionResult {
-            message: "failed with hunter2".into(),
-            steps: vec![v1::StepResult {
-                stdout: "alice:hunter2\n".into(),
-                stderr: "hunter2".into(),
-                message: "x hunter2".into(),
-                ..Default::default()
-            }],
-            ..Default::default()
-        };
-        let masked = mask_result(result, &secrets);
-        assert!(!format!("{masked:?}").contains("hunter2"), "{masked:?}");
-        assert_eq!(masked.steps[0].stdout, "alice:***\n");
     }
 }
