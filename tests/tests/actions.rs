@@ -212,7 +212,26 @@ async fn a_tenant_reads_only_its_own_history_and_needs_the_actions_capability() 
     mesh.shutdown().await;
 }
 
+/// A write part of `node`'s group that every agent refuses at prepare (its document id is
+/// longer than the index allows), so the transaction aborts in the vote.
 fn tx_part(node: &str) -> v1::TransactionPart {
+    let doc = v1::Document {
+        id: "x".repeat(5000),
+        collection: "notes".into(),
+        body: "refused".into(),
+        acl: Some(v1::DocumentAcl { public: true, ..Default::default() }),
+        ..Default::default()
+    };
+    let write = v1::DocumentWrite { upserts: vec![doc], deletes: Vec::new() };
+    v1::TransactionPart {
+        node: node.into(),
+        shard: String::new(),
+        operation: Some(v1::TransactionOperation { kind: Some(v1::transaction_operation::Kind::Write(write)) }),
+    }
+}
+
+/// An action part of an action `node` does not offer.
+fn undeclared_part(node: &str) -> v1::TransactionPart {
     let call = v1::ActionCall { action: ACTION.into(), arguments: Default::default() };
     v1::TransactionPart {
         node: node.into(),
@@ -238,8 +257,17 @@ async fn a_transaction_whose_participants_cannot_prepare_aborts_and_survives_a_m
     assert_eq!(bad_id.expect_err("not an id").code(), Code::InvalidArgument);
     let unknown = client.get_transaction(v1::GetTransactionRequest { tx_id: format!("{:032x}", 1) }).await;
     assert_eq!(unknown.expect_err("never existed").code(), Code::NotFound);
+    // An action the node does not offer is refused by the master before anything is prepared.
+    let undeclared = v1::ExecuteTransactionRequest {
+        parts: vec![undeclared_part("agent-1"), undeclared_part("agent-2")],
+        ..Default::default()
+    };
+    let refused = client.execute_transaction(undeclared).await.expect_err("not offered");
+    assert_eq!(refused.code(), Code::FailedPrecondition, "{refused:?}");
+    assert!(refused.message().contains("does not offer action") && refused.message().contains("nothing was prepared"));
 
-    // Neither agent can prepare `no.such.action`: both vote no, the abort is logged and sent.
+    // Neither agent can prepare its write (an id over the limit): both vote no, the abort is
+    // logged and sent.
     let request = v1::ExecuteTransactionRequest {
         parts: vec![tx_part("agent-1"), tx_part("agent-2")],
         timeout_ms: 5000,
@@ -269,12 +297,9 @@ async fn a_transaction_whose_participants_cannot_prepare_aborts_and_survives_a_m
     let records = client.action_history(history(0, 0)).await.expect("history").into_inner().records;
     let audited: Vec<&str> = records.iter().filter(|r| r.operation_id == tx.tx_id).map(|r| r.node.as_str()).collect();
     assert_eq!(audited.len(), 2, "{records:?}");
-    assert!(
-        records
-            .iter()
-            .filter(|r| r.operation_id == tx.tx_id)
-            .all(|r| { r.kind == v1::AuditKind::Transaction as i32 && r.status == "aborted" && r.action == ACTION })
-    );
+    assert!(records.iter().filter(|r| r.operation_id == tx.tx_id).all(|r| r.kind == v1::AuditKind::Transaction as i32
+        && r.status == "aborted"
+        && r.action == "documents.write"));
 
     // An idempotency key makes a retry return the first outcome without a second transaction.
     let keyed = v1::ExecuteTransactionRequest {

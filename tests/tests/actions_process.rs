@@ -108,6 +108,25 @@ tenants = ["acme"]
 program = "/usr/bin/touch"
 argv = ["{dir}/acme-ran-{name}"]
 
+# Transactional; its prepare step echoes a secret the master must mask.
+[[actions]]
+name = "stage"
+description = "Stage with a key, then make live or drop"
+tenants = ["*"]
+[[actions.args]]
+name = "key"
+type = "string"
+required = true
+secret = true
+min_len = 12
+[actions.prepare.exec]
+program = "/usr/bin/printf"
+argv = ["staged with %s\n", "{key}"]
+[actions.commit.exec]
+program = "/bin/true"
+[actions.abort.exec]
+program = "/bin/true"
+
 # The local app: POST /internal/clear-cache/{region} with a JSON body of the arguments.
 [[actions]]
 name = "clear-cache"
@@ -644,4 +663,75 @@ async fn ragmeshctl_lists_runs_and_audits_declared_actions_with_its_exit_statuse
         .collect();
     assert_eq!(statuses.get("agent-1").map(String::as_str), Some("ok"), "{records:?}");
     assert_eq!(statuses.get("agent-2").map(String::as_str), Some("failed"), "{records:?}");
+}
+
+fn tx_of(action: &str, nodes: &[&str], args: &[(&str, &str)]) -> v1::ExecuteTransactionRequest {
+    let call = v1::ActionCall {
+        action: action.into(),
+        arguments: args.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect(),
+    };
+    let parts = nodes
+        .iter()
+        .map(|node| v1::TransactionPart {
+            node: (*node).to_owned(),
+            shard: String::new(),
+            operation: Some(v1::TransactionOperation {
+                kind: Some(v1::transaction_operation::Kind::Action(call.clone())),
+            }),
+        })
+        .collect();
+    v1::ExecuteTransactionRequest { parts, ..Default::default() }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn transaction_parts_are_checked_on_the_master_and_their_secrets_masked() {
+    trace_init();
+    let app = App::start().await;
+    let mesh = mesh(&app).await;
+    let mut client = mesh.client().await;
+    let all = ["agent-1", "agent-2", "agent-3"];
+    let listed = |client: &mut v1::master_service_client::MasterServiceClient<tonic::transport::Channel>| {
+        let mut client = client.clone();
+        async move {
+            let request = v1::ListTransactionsRequest { include_finished: true, ..Default::default() };
+            client.list_transactions(request).await.expect("list").into_inner().transactions.len()
+        }
+    };
+
+    // A non-transactional action and invalid arguments are refused before anything is prepared.
+    let refused = client.execute_transaction(tx_of("probe", &all, &[])).await.expect_err("not transactional");
+    assert_eq!(refused.code(), Code::FailedPrecondition, "{refused:?}");
+    assert!(refused.message().contains("not transactional") && refused.message().contains("nothing was prepared"));
+    let refused = client.execute_transaction(tx_of("stage", &all, &[("key", "abc123")])).await.expect_err("too short");
+    assert_eq!(refused.code(), Code::InvalidArgument, "{refused:?}");
+    assert!(refused.message().contains("key"), "names the argument: {}", refused.message());
+    assert!(!refused.message().contains("abc123"), "never echoes a secret: {}", refused.message());
+    assert_eq!(listed(&mut client).await, 0, "no transaction was started");
+
+    // A valid one commits; the prepare step's echo of the secret never comes back or is kept.
+    let secret = "hunter2-hunter2";
+    let response =
+        client.execute_transaction(tx_of("stage", &all, &[("key", secret)])).await.expect("runs").into_inner();
+    let status = response.transaction.expect("status");
+    assert_eq!(status.phase(), v1::TransactionPhase::Committed, "{status:?}");
+    for participant in &status.participants {
+        assert_eq!(participant.vote(), v1::ParticipantVote::Yes, "{participant:?}");
+        let prepared = participant.prepare_result.as_ref().expect("prepare result");
+        assert_eq!(prepared.steps[0].stdout, "staged with ***\n", "{participant:?}");
+    }
+    let again = client
+        .get_transaction(v1::GetTransactionRequest { tx_id: status.tx_id.clone() })
+        .await
+        .expect("get")
+        .into_inner();
+    assert!(!format!("{again:?}").contains(secret), "{again:?}");
+    let audited: Vec<v1::AuditRecord> =
+        history(&mut client).await.into_iter().filter(|r| r.action == "stage").collect();
+    assert_eq!(audited.len(), 3, "one record per participant: {audited:?}");
+    for record in &audited {
+        assert_eq!(record.arguments.get("key").map(String::as_str), Some("***"), "{record:?}");
+    }
+    for name in ["master", "agent-1", "agent-2", "agent-3"] {
+        assert!(!mesh.log(name).contains(secret), "{name}'s log holds the secret");
+    }
 }

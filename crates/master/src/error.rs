@@ -160,6 +160,15 @@ pub enum MasterError {
     /// The transaction log or its driver failed.
     #[error(transparent)]
     Transactions(#[from] crate::actions::transactions::TxError),
+    /// A transaction's action part that its node would refuse (it does not offer the action,
+    /// the action is not transactional, or the caller may not run it there): nothing prepared.
+    #[error("node {node} cannot take part in the transaction: {reason}; nothing was prepared")]
+    CannotTakePart {
+        /// The node.
+        node: String,
+        /// Why.
+        reason: String,
+    },
 }
 
 impl MasterError {
@@ -171,7 +180,9 @@ impl MasterError {
             MasterError::NoSuchCollections { .. } => ErrorKind::NotFound,
             MasterError::NodeDown { .. } | MasterError::NotReady | MasterError::NoNodes => ErrorKind::Unavailable,
             MasterError::NodeCall { kind, .. } | MasterError::NoAnswer { kind, .. } => *kind,
-            MasterError::ProtocolMismatch { .. } | MasterError::UnknownSession { .. } => ErrorKind::FailedPrecondition,
+            MasterError::ProtocolMismatch { .. }
+            | MasterError::UnknownSession { .. }
+            | MasterError::CannotTakePart { .. } => ErrorKind::FailedPrecondition,
             MasterError::IdentityMismatch { .. } | MasterError::NotAdmitted { .. } | MasterError::NotAnAgent { .. } => {
                 ErrorKind::PermissionDenied
             }

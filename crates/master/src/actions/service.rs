@@ -443,6 +443,55 @@ async fn complete(guard: super::idempotency::Guard, response: &v1::ExecuteAction
     }
 }
 
+/// What the master checked of a transaction's action part before anything is prepared.
+#[derive(Debug, Clone)]
+pub(crate) struct CheckedPart {
+    /// The arguments as audited (JSON), secrets as `***`.
+    pub redacted: String,
+    /// Values of secret arguments, masked in what the node answers.
+    pub secrets: Vec<String>,
+}
+
+/// Checks a transaction's action part on `node` as a single call is checked (the node offers
+/// the action, the caller may run it there, the arguments fit its schema), and that the action
+/// is transactional there. A node whose actions cannot be listed now (down, unreachable) is
+/// left to the prepare phase, which then aborts the transaction with its reason.
+pub(crate) async fn check_part(
+    ctx: &Context,
+    actions: &Actions,
+    principal: &Principal,
+    node: &str,
+    call: &v1::ActionCall,
+) -> Result<CheckedPart, MasterError> {
+    let args: BTreeMap<String, String> = call.arguments.clone().into_iter().collect();
+    let list = match descriptors(ctx, actions, principal, node).await {
+        Ok(list) => list,
+        Err(_) => return Ok(CheckedPart { redacted: hidden(&args), secrets: Vec::new() }),
+    };
+    if list.iter().any(|d| d.name == call.action && !d.transactional) {
+        return Err(MasterError::CannotTakePart {
+            node: node.to_owned(),
+            reason: format!(
+                "action {:?} is not transactional there (it declares no prepare/commit/abort steps)",
+                call.action
+            ),
+        });
+    }
+    let mut problems = Vec::new();
+    let prepared = prepare_node(node, principal, &call.action, &args, Ok(list), &actions.digest_key, &mut problems);
+    if !problems.is_empty() {
+        return Err(MasterError::InvalidArgument(format!(
+            "arguments of action {:?} on node {node} refused: {}",
+            call.action,
+            problems.join("; ")
+        )));
+    }
+    if let Some((_, reason)) = prepared.refusal {
+        return Err(MasterError::CannotTakePart { node: node.to_owned(), reason });
+    }
+    Ok(CheckedPart { redacted: prepared.redacted, secrets: prepared.secrets })
+}
+
 /// Checks `principal` may run `action` on the node and validates `args` against the node's
 /// descriptor of it; argument problems go to `problems` (the call is refused), other failures
 /// (not offered, not allowed, no descriptor) become the node's refusal.

@@ -23,6 +23,7 @@ use std::time::Duration;
 use base64::Engine as _;
 use futures::future::BoxFuture;
 use prost::Message as _;
+use ragmesh_actions::wire::mask_result;
 use ragmesh_coordinator::coordinator::{Coordinator, CoordinatorConfig, Effect, Input, Phase, TxStatus};
 use ragmesh_coordinator::log::CoordinatorLog;
 use ragmesh_coordinator::{CoordinatorError, Decision, TxId, Vote};
@@ -38,6 +39,10 @@ use super::unix_now_ms;
 
 /// Tree of what each transaction writes (and for whom), kept from its start.
 pub const PLANS_TREE: &str = "action_tx_plans";
+/// Tree of what each participant answered (votes, step results, reasons), kept when the
+/// decision is logged and when the transaction ends, so `GetTransaction` still says why after
+/// the driver is gone or the master restarted. Not needed for safety: the log decides.
+pub const DETAILS_TREE: &str = "action_tx_details";
 /// Vote deadline when the caller gives none.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
 /// Longest vote deadline accepted.
@@ -119,12 +124,73 @@ impl Plan {
 /// What the driver knows of one participant beyond the machine's vote and ack.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Detail {
+    /// Its vote as it answered (the machine ignores votes after a decision; this keeps them).
+    pub vote: Option<Vote>,
     /// Result of its prepare step.
     pub prepare: Option<v1::ActionResult>,
     /// Result of its commit or abort step.
     pub decide: Option<v1::ActionResult>,
     /// Why no, or why it has not answered.
     pub message: String,
+}
+
+/// The stored form of the details of a transaction ([`DETAILS_TREE`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+struct StoredDetails {
+    message: String,
+    nodes: BTreeMap<String, StoredDetail>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+struct StoredDetail {
+    /// `Some(true)` yes, `Some(false)` no.
+    vote: Option<bool>,
+    message: String,
+    /// Encoded `ActionResult`s, base64.
+    prepare: Option<String>,
+    decide: Option<String>,
+}
+
+fn encode_details(details: &BTreeMap<String, Detail>, message: &str) -> Vec<u8> {
+    let b64 = |result: &Option<v1::ActionResult>| {
+        result.as_ref().map(|r| base64::engine::general_purpose::STANDARD.encode(r.encode_to_vec()))
+    };
+    let nodes = details
+        .iter()
+        .map(|(node, d)| {
+            let stored = StoredDetail {
+                vote: d.vote.map(|v| v == Vote::Yes),
+                message: d.message.clone(),
+                prepare: b64(&d.prepare),
+                decide: b64(&d.decide),
+            };
+            (node.clone(), stored)
+        })
+        .collect();
+    serde_json::to_vec(&StoredDetails { message: message.to_owned(), nodes }).expect("plain fields serialize")
+}
+
+/// The details stored for a transaction (empty when none were, or unreadable).
+fn decode_details(bytes: Option<&[u8]>) -> (BTreeMap<String, Detail>, String) {
+    let stored: StoredDetails = bytes.and_then(|b| serde_json::from_slice(b).ok()).unwrap_or_default();
+    let result = |text: &Option<String>| {
+        let bytes = base64::engine::general_purpose::STANDARD.decode(text.as_deref()?).ok()?;
+        v1::ActionResult::decode(bytes.as_slice()).ok()
+    };
+    let details = stored
+        .nodes
+        .into_iter()
+        .map(|(node, d)| {
+            let detail = Detail {
+                vote: d.vote.map(|yes| if yes { Vote::Yes } else { Vote::No }),
+                prepare: result(&d.prepare),
+                decide: result(&d.decide),
+                message: d.message,
+            };
+            (node, detail)
+        })
+        .collect();
+    (details, stored.message)
 }
 
 /// A transaction as its driver publishes it.
@@ -201,13 +267,15 @@ impl Transactions {
 
     /// Starts transaction `tx` over `operations` (participant -> its part) with votes due by
     /// `deadline_ms`: the plan is stored, then the driver runs on `tasks` until every
-    /// participant acknowledged or `shutdown`. Returns its published view.
+    /// participant acknowledged or `shutdown`. `secrets` (per participant, never stored) are
+    /// masked in what the participants answer. Returns its published view.
     pub async fn start(
         &self,
         tx: TxId,
         operations: BTreeMap<String, v1::TransactionOperation>,
         plan: Plan,
         deadline_ms: u64,
+        secrets: BTreeMap<String, Vec<String>>,
         runtime: &Runtime,
     ) -> Result<watch::Receiver<TxView>, TxError> {
         let store = self.store.clone();
@@ -216,7 +284,8 @@ impl Transactions {
         let participants: Vec<String> = operations.keys().cloned().collect();
         let mut machine = Coordinator::new(tx, &participants, deadline_ms, self.config);
         let effects = machine.handle(Input::Start, unix_now_ms());
-        Ok(self.spawn(machine, effects, operations, plan, runtime))
+        let resumed = Resumed { secrets, ..Resumed::default() };
+        Ok(self.spawn(machine, effects, operations, plan, resumed, runtime))
     }
 
     /// Resumes every unfinished transaction of the log (at start-up): a logged decision is
@@ -230,15 +299,16 @@ impl Transactions {
                     Some(bytes) => serde_json::from_slice(&bytes).unwrap_or_default(),
                     None => Plan::default(),
                 };
-                out.push((machine, effects, plan));
+                let (details, message) = decode_details(store.get(DETAILS_TREE, &tx.key())?.as_deref());
+                out.push((machine, effects, plan, Resumed { details, message, secrets: BTreeMap::new() }));
             }
             Ok(out)
         })
         .await?;
         let count = recovered.len();
-        for (machine, effects, plan) in recovered {
+        for (machine, effects, plan, resumed) in recovered {
             tracing::info!(tx = %machine.tx(), phase = machine.phase().as_str(), "transaction resumed after restart");
-            self.spawn(machine, effects, BTreeMap::new(), plan, runtime);
+            self.spawn(machine, effects, BTreeMap::new(), plan, resumed, runtime);
         }
         Ok(count)
     }
@@ -249,28 +319,31 @@ impl Transactions {
         effects: Vec<Effect>,
         operations: BTreeMap<String, v1::TransactionOperation>,
         plan: Plan,
+        resumed: Resumed,
         runtime: &Runtime,
     ) -> watch::Receiver<TxView> {
         let tx = machine.tx();
         let view = TxView {
             status: machine.status(),
-            details: BTreeMap::new(),
+            details: resumed.details.clone(),
             shards: plan.shards.clone(),
-            message: String::new(),
+            message: resumed.message.clone(),
         };
         let (publish, receiver) = watch::channel(view);
         self.lock().insert(tx, receiver.clone());
         let driver = Driver {
             log: self.log.clone(),
+            store: self.store.clone(),
             machine,
             operations,
             plan,
             transport: runtime.transport.clone(),
             publish,
-            details: BTreeMap::new(),
+            details: resumed.details,
+            secrets: resumed.secrets,
             writes_applied: false,
             appended: BTreeSet::new(),
-            message: String::new(),
+            message: resumed.message,
         };
         let live = self.live.clone();
         let shutdown = runtime.shutdown.clone();
@@ -298,27 +371,29 @@ impl Transactions {
                 Some(bytes) => serde_json::from_slice::<Plan>(&bytes).map(|p| p.shards).unwrap_or_default(),
                 None => BTreeMap::new(),
             };
-            Ok(Some(TxView {
-                status: TxStatus::from_record(&record),
-                details: BTreeMap::new(),
-                shards,
-                message: String::new(),
-            }))
+            let (details, message) = decode_details(store.get(DETAILS_TREE, &tx.key())?.as_deref());
+            Ok(Some(TxView { status: TxStatus::from_record(&record), details, shards, message }))
         })
         .await
     }
 
     /// Every transaction kept: live ones as driven, the others from the log.
     pub async fn list(&self) -> Result<Vec<TxView>, TxError> {
-        let log = self.log.clone();
-        let records = blocking(move || Ok(log.records()?)).await?;
+        let (log, store) = (self.log.clone(), self.store.clone());
+        let records = blocking(move || {
+            let mut out = Vec::new();
+            for record in log.records()? {
+                let details = store.get(DETAILS_TREE, &record.tx.key())?;
+                out.push((record, details));
+            }
+            Ok(out)
+        })
+        .await?;
         let mut views = Vec::with_capacity(records.len());
-        for record in records {
-            let view = self.live(record.tx).unwrap_or_else(|| TxView {
-                status: TxStatus::from_record(&record),
-                details: BTreeMap::new(),
-                shards: BTreeMap::new(),
-                message: String::new(),
+        for (record, stored) in records {
+            let view = self.live(record.tx).unwrap_or_else(|| {
+                let (details, message) = decode_details(stored.as_deref());
+                TxView { status: TxStatus::from_record(&record), details, shards: BTreeMap::new(), message }
             });
             views.push(view);
         }
@@ -332,6 +407,7 @@ impl Transactions {
         for record in self.log.records()? {
             if record.finished_ms.is_some_and(|finished| finished < horizon) {
                 self.store.remove(PLANS_TREE, &record.tx.key())?;
+                self.store.remove(DETAILS_TREE, &record.tx.key())?;
             }
         }
         Ok(self.log.compact(now_ms, retention_ms)?)
@@ -354,14 +430,26 @@ enum Event {
     Decided { node: String, decision: Decision, answer: Result<v1::DecideTransactionResponse, String> },
 }
 
+/// What a driver starts from besides its machine: the details kept before a restart, and the
+/// secrets to mask (known only to the driver that started the transaction).
+#[derive(Debug, Default)]
+struct Resumed {
+    details: BTreeMap<String, Detail>,
+    message: String,
+    secrets: BTreeMap<String, Vec<String>>,
+}
+
 struct Driver {
     log: CoordinatorLog,
+    store: Arc<dyn StateStore>,
     machine: Coordinator,
     operations: BTreeMap<String, v1::TransactionOperation>,
     plan: Plan,
     transport: Arc<dyn Transport>,
     publish: watch::Sender<TxView>,
     details: BTreeMap<String, Detail>,
+    /// Per participant, values masked in its answers.
+    secrets: BTreeMap<String, Vec<String>>,
     writes_applied: bool,
     /// Write parts (by their index in the plan) already in their group's log: a retry after
     /// another part failed appends only the missing ones.
@@ -389,6 +477,7 @@ impl Driver {
                     }
                     Effect::LogDecision(record) => {
                         let Some(decision) = record.decision else { continue };
+                        self.store_details().await;
                         failpoint::crash_at("coordinator.before_decision_logged");
                         let log = self.log.clone();
                         match blocking(move || Ok(log.write_decision(&record, unix_now_ms())?)).await {
@@ -426,6 +515,7 @@ impl Driver {
                             tracing::error!(tx = %tx, %error, "transaction end not logged; resumed at the next start");
                         }
                         tracing::info!(tx = %tx, decision = decision.as_str(), "transaction done");
+                        self.store_details().await;
                         self.publish_view();
                         return;
                     }
@@ -442,10 +532,12 @@ impl Driver {
                 None => pending.extend(self.machine.handle(Input::Tick, now)),
                 Some(Event::Voted { node, answer }) => {
                     in_flight.remove(&(true, node.clone()));
+                    let secrets = self.secrets.get(&node).map_or(&[][..], Vec::as_slice);
                     let detail = self.details.entry(node.clone()).or_default();
                     let vote = match answer {
                         Ok(reply) => {
-                            detail.prepare = reply.result;
+                            detail.prepare = reply.result.map(|r| mask_result(r, secrets));
+                            detail.vote = Some(if reply.vote_yes { Vote::Yes } else { Vote::No });
                             if reply.vote_yes {
                                 Vote::Yes
                             } else {
@@ -465,10 +557,11 @@ impl Driver {
                 }
                 Some(Event::Decided { node, decision, answer }) => {
                     in_flight.remove(&(false, node.clone()));
+                    let secrets = self.secrets.get(&node).map_or(&[][..], Vec::as_slice);
                     let detail = self.details.entry(node.clone()).or_default();
                     match answer {
                         Ok(reply) => {
-                            detail.decide = reply.result;
+                            detail.decide = reply.result.map(|r| mask_result(r, secrets));
                             // The ack ends a "not acknowledged" note; a no vote's reason stays.
                             if detail.message.starts_with(NOT_ACKED) {
                                 detail.message.clear();
@@ -506,6 +599,15 @@ impl Driver {
         true
     }
 
+    /// Keeps what the participants answered (best effort: the log, not this, decides).
+    async fn store_details(&self) {
+        let (store, tx) = (self.store.clone(), self.machine.tx());
+        let bytes = encode_details(&self.details, &self.message);
+        if let Err(error) = blocking(move || Ok(store.put(DETAILS_TREE, &tx.key(), &bytes)?)).await {
+            tracing::warn!(tx = %tx, %error, "transaction details not kept: its status will say less after a restart");
+        }
+    }
+
     fn publish_view(&self) {
         let status = self.machine.status();
         let message = match (self.machine.phase(), self.message.is_empty()) {
@@ -541,7 +643,7 @@ pub fn to_wire(view: &TxView) -> v1::TransactionStatus {
             v1::TransactionParticipant {
                 node: p.node.clone(),
                 shard: view.shards.get(&p.node).cloned().unwrap_or_default(),
-                vote: match p.vote {
+                vote: match p.vote.or(detail.vote) {
                     Some(Vote::Yes) => v1::ParticipantVote::Yes,
                     Some(Vote::No) => v1::ParticipantVote::No,
                     None => v1::ParticipantVote::Unspecified,
@@ -604,11 +706,16 @@ mod tests {
         ) -> BoxFuture<'static, Result<v1::PrepareTransactionResponse, String>> {
             self.prepared.lock().expect("lock").push(node.to_owned());
             let yes = !self.refuse.contains(node);
+            // A prepare step that echoes a secret-looking value (masked by the driver).
+            let result = v1::ActionResult {
+                steps: vec![v1::StepResult { stdout: format!("token=secret-{node}"), ..Default::default() }],
+                ..Default::default()
+            };
             Box::pin(async move {
                 Ok(v1::PrepareTransactionResponse {
                     vote_yes: yes,
                     message: if yes { String::new() } else { "refused".into() },
-                    result: None,
+                    result: Some(result),
                 })
             })
         }
@@ -681,6 +788,39 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn what_participants_answered_is_kept_masked_and_readable_once_the_driver_is_gone() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = store(&dir);
+        let txs = Transactions::new(store.clone()).with_config(fast());
+        let participants = Arc::new(Participants { refuse: ["b".to_owned()].into(), ..Participants::default() });
+        let rt = runtime(&participants);
+        let secrets = BTreeMap::from([("a".to_owned(), vec!["secret-a".to_owned()])]);
+        let tx = TxId(21);
+        let view = txs.start(tx, parts(&["a", "b"]), Plan::default(), unix_now_ms() + 10_000, secrets, &rt).await;
+        let live = to_wire(&settle(view.expect("starts")).await);
+        rt.tasks.close();
+        rt.tasks.wait().await;
+
+        // Another instance over the same store knows nothing live: what it says comes from the store.
+        let reader = Transactions::new(store);
+        let stored = to_wire(&reader.get(tx).await.expect("read").expect("kept"));
+        for status in [&live, &stored] {
+            assert_eq!(status.phase, v1::TransactionPhase::Aborted as i32);
+            assert!(status.message.contains("b voted no: refused"), "{status:?}");
+            let by_node: BTreeMap<&str, &v1::TransactionParticipant> =
+                status.participants.iter().map(|p| (p.node.as_str(), p)).collect();
+            assert_eq!(by_node["b"].vote, v1::ParticipantVote::No as i32);
+            assert_eq!(by_node["b"].message, "refused");
+            let echoed = &by_node["a"].prepare_result.as_ref().expect("a's prepare result").steps[0].stdout;
+            assert_eq!(echoed, "token=***", "a's secret is masked, live and stored");
+            assert_eq!(by_node["b"].prepare_result.as_ref().expect("b's").steps[0].stdout, "token=secret-b");
+        }
+        let listed = reader.list().await.expect("list");
+        let listed = listed.iter().find(|view| view.status.tx == tx).expect("listed");
+        assert!(listed.message.contains("b voted no: refused"), "{:?}", listed.message);
+    }
+
+    #[tokio::test]
     async fn every_yes_commits_everywhere_and_committed_writes_reach_the_log_first() {
         let dir = tempfile::tempdir().expect("tempdir");
         let txs = Transactions::new(store(&dir)).with_config(fast());
@@ -690,7 +830,7 @@ mod tests {
         let plan = Plan::new("s", "t", &[("g1".into(), write)], BTreeMap::new());
         let tx = TxId(7);
         let deadline = unix_now_ms() + 10_000;
-        let view = txs.start(tx, parts(&["a", "b"]), plan, deadline, &rt).await.expect("starts");
+        let view = txs.start(tx, parts(&["a", "b"]), plan, deadline, BTreeMap::new(), &rt).await.expect("starts");
         let view = settle(view).await;
         assert_eq!(to_wire(&view).phase, v1::TransactionPhase::Committed as i32);
         let heard = participants.heard.lock().expect("lock").clone();
@@ -715,8 +855,10 @@ mod tests {
         let writes: Vec<(String, v1::DocumentWrite)> =
             ["g1", "g2", "g3"].iter().map(|g| ((*g).to_owned(), v1::DocumentWrite::default())).collect();
         let plan = Plan::new("s", "t", &writes, BTreeMap::new());
-        let view =
-            txs.start(TxId(11), parts(&["a", "b", "c"]), plan, unix_now_ms() + 10_000, &rt).await.expect("starts");
+        let view = txs
+            .start(TxId(11), parts(&["a", "b", "c"]), plan, unix_now_ms() + 10_000, BTreeMap::new(), &rt)
+            .await
+            .expect("starts");
         let view = settle(view).await;
         assert_eq!(to_wire(&view).phase, v1::TransactionPhase::Committed as i32, "{view:?}");
         assert!(!view.message.contains("not yet in its log"), "the retry cleared the note: {}", view.message);
@@ -734,8 +876,10 @@ mod tests {
         let participants = Arc::new(Participants { refuse: ["b".to_owned()].into(), ..Default::default() });
         let rt = runtime(&participants);
         let plan = Plan::new("s", "t", &[("g1".into(), v1::DocumentWrite::default())], BTreeMap::new());
-        let view =
-            txs.start(TxId(8), parts(&["a", "b", "c"]), plan, unix_now_ms() + 10_000, &rt).await.expect("starts");
+        let view = txs
+            .start(TxId(8), parts(&["a", "b", "c"]), plan, unix_now_ms() + 10_000, BTreeMap::new(), &rt)
+            .await
+            .expect("starts");
         let view = settle(view).await;
         let wire = to_wire(&view);
         assert_eq!(wire.phase, v1::TransactionPhase::Aborted as i32);
@@ -755,8 +899,10 @@ mod tests {
             let participants = Arc::new(Participants::default());
             participants.unreachable.store(true, Ordering::SeqCst);
             let rt = runtime(&participants);
-            let mut view =
-                txs.start(tx, parts(&["a", "b"]), Plan::default(), unix_now_ms() + 10_000, &rt).await.expect("starts");
+            let mut view = txs
+                .start(tx, parts(&["a", "b"]), Plan::default(), unix_now_ms() + 10_000, BTreeMap::new(), &rt)
+                .await
+                .expect("starts");
             let decided = tokio::time::timeout(Duration::from_secs(20), view.wait_for(|v| v.status.decision.is_some()));
             assert_eq!(decided.await.expect("in time").expect("published").status.decision, Some(Decision::Commit));
             rt.shutdown.cancel();

@@ -348,6 +348,19 @@ pub(crate) async fn execute(
             }
         }
     }
+    // Each action part checked as a single call would be (offered, allowed, valid arguments,
+    // transactional), before the key is used or anything is prepared.
+    let caller = &principal;
+    let checks = operations.iter().filter_map(|(node, operation)| match &operation.kind {
+        Some(v1::transaction_operation::Kind::Action(call)) => {
+            Some(async move { (node.clone(), super::service::check_part(ctx, actions, caller, node, call).await) })
+        }
+        _ => None,
+    });
+    let mut checked = BTreeMap::new();
+    for (node, check) in futures::future::join_all(checks).await {
+        checked.insert(node, check?);
+    }
     let mut guard = None;
     if !request.idempotency_key.is_empty() {
         let scope = Scope::new(principal.subject.clone(), request.idempotency_key.clone());
@@ -369,7 +382,8 @@ pub(crate) async fn execute(
     let tx = TxId(rand::random::<u128>());
     let deadline_ms = unix_now_ms().saturating_add(u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX));
     let runtime = runtime(ctx, &plan);
-    let mut view = match transactions.start(tx, operations, plan, deadline_ms, &runtime).await {
+    let secrets = checked.iter().map(|(node, part)| (node.clone(), part.secrets.clone())).collect();
+    let mut view = match transactions.start(tx, operations, plan, deadline_ms, secrets, &runtime).await {
         Ok(view) => view,
         Err(error) => {
             if let Some(guard) = guard {
@@ -386,7 +400,7 @@ pub(crate) async fn execute(
     let current: TxView = view.borrow().clone();
     let response =
         v1::ExecuteTransactionResponse { transaction: Some(transactions::to_wire(&current)), replayed: false };
-    audit(actions, &principal, &current, &audited, started_ms, started.elapsed()).await;
+    audit(actions, &principal, &current, &audited, &checked, started_ms, started.elapsed()).await;
     if let Some(guard) = guard {
         let result = StoredResult {
             status: "ok".into(),
@@ -407,6 +421,7 @@ async fn audit(
     principal: &Principal,
     view: &TxView,
     operations: &BTreeMap<String, v1::TransactionOperation>,
+    checked: &BTreeMap<String, super::service::CheckedPart>,
     started_ms: u64,
     took: Duration,
 ) {
@@ -420,8 +435,15 @@ async fn audit(
             }
             _ => ("documents.write".to_owned(), Vec::new()),
         };
-        // The action's schema is the node's: without it, every value is hidden.
-        let shown: BTreeMap<String, &str> = arguments.into_iter().map(|k| (k, ragmesh_actions::REDACTED)).collect();
+        // Shown as the node's schema allows (secrets hidden); without it, every value is hidden.
+        let redacted = match checked.get(&participant.node) {
+            Some(part) => part.redacted.clone(),
+            None => {
+                let shown: BTreeMap<String, &str> =
+                    arguments.into_iter().map(|k| (k, ragmesh_actions::REDACTED)).collect();
+                serde_json::to_string(&shown).unwrap_or_default()
+            }
+        };
         let status = match (view.status.decision, participant.acked) {
             (Some(Decision::Commit), true) => "ok",
             (Some(Decision::Commit), false) => "unknown",
@@ -438,7 +460,7 @@ async fn audit(
             node: participant.node.clone(),
             action,
             args_digest: keyed_digest(actions.digest_key(), &operation.encode_to_vec()),
-            redacted_args: serde_json::to_string(&shown).unwrap_or_default(),
+            redacted_args: redacted,
             outcome: Outcome { status: status.to_owned(), message },
             duration_ms: u64::try_from(took.as_millis()).unwrap_or(u64::MAX),
             trace_id: trace_id.clone(),
