@@ -235,7 +235,7 @@ async fn transaction(
     fresh: &Fresh,
     parts: Vec<v1::TransactionPart>,
 ) -> bool {
-    let request = v1::ExecuteTransactionRequest { parts, timeout_ms: 0, idempotency_key: fresh.key("tx") };
+    let request = v1::ExecuteTransactionRequest { parts, idempotency_key: fresh.key("tx"), ..Default::default() };
     match client.execute_transaction(request).await {
         Ok(response) => {
             let tx = response.into_inner().transaction.unwrap_or_default();

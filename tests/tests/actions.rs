@@ -306,6 +306,7 @@ async fn a_transaction_whose_participants_cannot_prepare_aborts_and_survives_a_m
         parts: vec![tx_part("agent-1")],
         timeout_ms: 2000,
         idempotency_key: "tx-key".into(),
+        ..Default::default()
     };
     let first = client.execute_transaction(keyed.clone()).await.expect("decided").into_inner();
     let again = client.execute_transaction(keyed.clone()).await.expect("replayed").into_inner();

@@ -734,4 +734,24 @@ async fn transaction_parts_are_checked_on_the_master_and_their_secrets_masked() 
     for name in ["master", "agent-1", "agent-2", "agent-3"] {
         assert!(!mesh.log(name).contains(secret), "{name}'s log holds the secret");
     }
+
+    // A selector: the master picks the participants, each takes the one operation.
+    let operation = tx_of("stage", &["agent-1"], &[("key", secret)]).parts.remove(0).operation;
+    let selected = v1::ExecuteTransactionRequest {
+        selector: Some(v1::NodeSelector { all: true, ..Default::default() }),
+        operation: operation.clone(),
+        ..Default::default()
+    };
+    let status = client.execute_transaction(selected).await.expect("runs").into_inner().transaction.expect("status");
+    assert_eq!(status.phase(), v1::TransactionPhase::Committed, "{status:?}");
+    let mut nodes: Vec<&str> = status.participants.iter().map(|p| p.node.as_str()).collect();
+    nodes.sort_unstable();
+    assert_eq!(nodes, all);
+    let both = v1::ExecuteTransactionRequest {
+        selector: Some(v1::NodeSelector { all: true, ..Default::default() }),
+        operation,
+        ..tx_of("stage", &["agent-1"], &[("key", secret)])
+    };
+    let refused = client.execute_transaction(both).await.expect_err("parts and a selector");
+    assert_eq!(refused.code(), Code::InvalidArgument, "{refused:?}");
 }

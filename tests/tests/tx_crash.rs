@@ -103,7 +103,7 @@ fn writes(mesh: &ProcessMesh, word: &str) -> v1::ExecuteTransactionRequest {
             }
         })
         .collect();
-    v1::ExecuteTransactionRequest { parts, timeout_ms: 20_000, idempotency_key: String::new() }
+    v1::ExecuteTransactionRequest { parts, timeout_ms: 20_000, ..Default::default() }
 }
 
 fn doc_id(word: &str, group: &str) -> String {
@@ -122,7 +122,7 @@ fn marks(mesh: &ProcessMesh) -> v1::ExecuteTransactionRequest {
             }
         })
         .collect();
-    v1::ExecuteTransactionRequest { parts, timeout_ms: 20_000, idempotency_key: String::new() }
+    v1::ExecuteTransactionRequest { parts, timeout_ms: 20_000, ..Default::default() }
 }
 
 /// Polls `check` every 100 ms until it gives a value; panics with `what` and the last

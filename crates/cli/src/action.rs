@@ -211,6 +211,14 @@ async fn watch(master: &Master, args: &ActionWatchArgs) -> anyhow::Result<()> {
 
 async fn transaction(master: &Master, args: &ActionTxArgs, timeout_ms: Option<u32>) -> anyhow::Result<()> {
     let plan = tx_plan(args)?;
+    let plan_selection = match &plan {
+        TxPlan::Selected { name, selector, arguments } => {
+            let call = v1::ActionCall { action: name.clone(), arguments: arguments.clone() };
+            let operation = v1::TransactionOperation { kind: Some(v1::transaction_operation::Kind::Action(call)) };
+            Some((selector.clone(), operation))
+        }
+        _ => None,
+    };
     let key = match &args.idempotency_key {
         Some(key) => key.clone(),
         None => fresh_key(),
@@ -220,6 +228,7 @@ async fn transaction(master: &Master, args: &ActionTxArgs, timeout_ms: Option<u3
     }
     let parts = match plan {
         TxPlan::Action { name, nodes, arguments } => action_parts(&name, &nodes, &arguments),
+        TxPlan::Selected { .. } => Vec::new(),
         TxPlan::Writes(writes) => {
             let mut loaded = Vec::new();
             for (path, shard) in writes {
@@ -234,7 +243,12 @@ async fn transaction(master: &Master, args: &ActionTxArgs, timeout_ms: Option<u3
     }
     let vote_ms = timeout_ms.unwrap_or(DEFAULT_VOTE_TIMEOUT_MS);
     let deadline = Duration::from_millis(u64::from(vote_ms)) + TX_DECISION_SLACK;
-    let request = v1::ExecuteTransactionRequest { parts, timeout_ms: vote_ms, idempotency_key: key.clone() };
+    let (selector, operation) = match plan_selection {
+        Some((selector, operation)) => (Some(selector), Some(operation)),
+        None => (None, None),
+    };
+    let request =
+        v1::ExecuteTransactionRequest { parts, timeout_ms: vote_ms, idempotency_key: key.clone(), selector, operation };
     let response = master
         .execute_transaction(request, deadline)
         .await
@@ -401,7 +415,7 @@ pub fn run_request(args: &ActionRunArgs, key: &str) -> anyhow::Result<v1::Execut
 }
 
 /// What a transaction does, checked before any file is read.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub enum TxPlan {
     /// One transactional action on every node, with the same arguments.
     Action {
@@ -412,12 +426,37 @@ pub enum TxPlan {
         /// Its arguments.
         arguments: HashMap<String, String>,
     },
+    /// One transactional action, with the same arguments, on every node the master selects.
+    Selected {
+        /// The action.
+        name: String,
+        /// Which nodes (`--all` or `--label`).
+        selector: v1::NodeSelector,
+        /// Its arguments.
+        arguments: HashMap<String, String>,
+    },
     /// Documents from each file into the shard group paired with it.
     Writes(Vec<(PathBuf, String)>),
 }
 
 /// Reads `action tx`'s flags: an action on distinct nodes, or `--ingest`/`--shard` pairs.
 pub fn tx_plan(args: &ActionTxArgs) -> anyhow::Result<TxPlan> {
+    if let Some(name) = &args.name
+        && (args.all || !args.labels.is_empty())
+    {
+        let mut labels = HashMap::new();
+        for (key, value) in &args.labels {
+            if let Some(previous) = labels.insert(key.clone(), value.clone())
+                && previous != *value
+            {
+                return Err(usage(format!(
+                    "--label {key} is given with two values: a node carries one value per label"
+                )));
+            }
+        }
+        let selector = v1::NodeSelector { all: args.all, labels, ..Default::default() };
+        return Ok(TxPlan::Selected { name: name.trim().to_owned(), selector, arguments: call_arguments(&args.args)? });
+    }
     if let Some(name) = &args.name {
         let mut nodes: Vec<String> = Vec::new();
         for node in &args.nodes {
@@ -1508,6 +1547,19 @@ mod tests {
 
         let twice = tx_plan(&tx_args(&["rotate", "--node", "a", "--node", "a"])).expect_err("twice");
         assert_eq!(exit_code(&twice), EXIT_USAGE);
+
+        let plan = tx_plan(&tx_args(&["rotate", "--all", "--arg", "v=7"])).expect("valid");
+        let TxPlan::Selected { name, selector, arguments } = plan else { panic!("expected a selection") };
+        assert_eq!((name.as_str(), selector.all, arguments["v"].as_str()), ("rotate", true, "7"));
+        let plan = tx_plan(&tx_args(&["rotate", "--label", "role=app", "--label", "dc=eu"])).expect("valid");
+        let TxPlan::Selected { selector, .. } = plan else { panic!("expected a selection") };
+        assert_eq!((selector.all, selector.labels.len(), selector.labels["role"].as_str()), (false, 2, "app"));
+        let clash = tx_plan(&tx_args(&["rotate", "--label", "role=app", "--label", "role=db"])).expect_err("clash");
+        assert_eq!(exit_code(&clash), EXIT_USAGE);
+        for wrong in [&["rotate"][..], &["rotate", "--all", "--node", "a"], &["--all"]] {
+            let parsed = Cli::try_parse_from(["ragmeshctl", "action", "tx"].iter().chain(wrong).copied());
+            assert!(parsed.is_err(), "{wrong:?} must not parse");
+        }
 
         let plan = tx_plan(&tx_args(&["--ingest", "a.jsonl", "--shard", "s1", "--ingest", "b.jsonl", "--shard", "s2"]))
             .expect("valid");

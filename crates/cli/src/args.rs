@@ -197,6 +197,7 @@ pub enum ActionCommand {
     /// across shard groups; all parts commit or none does
     #[command(after_help = "Examples:\n  \
         ragmeshctl action tx rotate-config --node agent-1 --node agent-2 --arg version=7\n  \
+        ragmeshctl action tx rotate-config --label role=app --arg version=7\n  \
         ragmeshctl action tx --ingest a.jsonl --shard shard-1 --ingest b.jsonl --shard shard-2\n\n\
         --timeout-ms is the vote deadline sent to the master (default 10000); the RPC waits a \
         little longer.\n\nExit status: 0 committed, 2 aborted, 3 not decided yet, 1 runtime failure, \
@@ -337,16 +338,25 @@ pub struct ActionWatchArgs {
     pub json: bool,
 }
 
-/// `ragmeshctl action tx NAME --node a --node b` or `action tx --ingest FILE --shard S ...`
+/// `ragmeshctl action tx NAME (--node N... | --all | --label k=v...)` or `action tx --ingest
+/// FILE --shard S ...`
 #[derive(Debug, Args)]
 #[command(group(ArgGroup::new("operation").required(true).args(["name", "ingest"])))]
+#[command(group(ArgGroup::new("participants").multiple(true).args(["nodes", "all", "labels"])))]
 pub struct ActionTxArgs {
-    /// A transactional action to run on every --node (see `action list`: `transactional`)
-    #[arg(value_name = "NAME", requires = "nodes")]
+    /// A transactional action to run on every participant (see `action list`: `transactional`)
+    #[arg(value_name = "NAME", requires = "participants")]
     pub name: Option<String>,
     /// A participant of the action (repeatable)
     #[arg(long = "node", value_name = "N", requires = "name")]
     pub nodes: Vec<String>,
+    /// Every node that is not evicted takes part (the master selects them; one that is down
+    /// makes the transaction abort)
+    #[arg(long, conflicts_with_all = ["nodes", "labels"], requires = "name")]
+    pub all: bool,
+    /// The nodes carrying every one of these labels take part (repeatable; selected by the master)
+    #[arg(long = "label", value_name = "KEY=VALUE", value_parser = parse_label, requires = "name")]
+    pub labels: Vec<(String, String)>,
     /// An argument of the action, the same for every node (repeatable)
     #[arg(long = "arg", value_name = "NAME=VALUE", value_parser = CallArgParser, requires = "name")]
     pub args: Vec<CallArg>,

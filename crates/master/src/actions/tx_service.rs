@@ -2,7 +2,7 @@
 //! the [`Transport`] that reaches agents through the node client and the write log through
 //! replication, and the answers to agents' in-doubt transactions on their health streams.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -15,6 +15,7 @@ use tokio::time::Instant;
 
 use super::audit::{AuditEntry, CallKind, Outcome};
 use super::idempotency::{Begin, Scope, StoredResult};
+use super::selector::{self, Candidate, Selector};
 use super::service::{Actions, keyed_digest};
 use super::transactions::{
     self, DEFAULT_TIMEOUT, MAX_TIMEOUT, Plan, Runtime, Transactions, Transport, TxError, TxView,
@@ -281,9 +282,6 @@ pub(crate) async fn execute(
     let started_ms = unix_now_ms();
     // The parameters the idempotency key guards: the request without its key.
     let parameters = v1::ExecuteTransactionRequest { idempotency_key: String::new(), ..request.clone() };
-    if request.parts.is_empty() {
-        return Err(MasterError::InvalidArgument("a transaction needs at least one part".into()));
-    }
     let timeout = match request.timeout_ms {
         0 => DEFAULT_TIMEOUT,
         ms => Duration::from_millis(u64::from(ms)),
@@ -297,6 +295,12 @@ pub(crate) async fn execute(
     }
     let views = ctx.registry()?.snapshot();
     let known: Vec<String> = views.iter().map(|v| v.record.name.clone()).collect();
+    let request = with_selected_parts(request, &views)?;
+    if request.parts.is_empty() {
+        return Err(MasterError::InvalidArgument(
+            "a transaction needs at least one part: give parts, or a selector and an operation".into(),
+        ));
+    }
     let mut operations = BTreeMap::new();
     let mut shards = BTreeMap::new();
     let mut writes = Vec::new();
@@ -413,6 +417,51 @@ pub(crate) async fn execute(
         }
     }
     Ok(response)
+}
+
+/// The request with a selector's parts spelled out: one action part per selected node, or one
+/// write part per shard group of the selected nodes. A request without a selector is returned
+/// as it is; a selector with parts, or without an operation, is refused.
+fn with_selected_parts(
+    mut request: v1::ExecuteTransactionRequest,
+    views: &[crate::registry::NodeView],
+) -> Result<v1::ExecuteTransactionRequest, MasterError> {
+    let (selector, operation) = (request.selector.take(), request.operation.take());
+    let Some(selector) = selector else {
+        if operation.is_some() {
+            return Err(MasterError::InvalidArgument(
+                "an operation without a selector: give a selector too, or put the operation in parts".into(),
+            ));
+        }
+        return Ok(request);
+    };
+    if !request.parts.is_empty() {
+        return Err(MasterError::InvalidArgument("give parts or a selector with an operation, not both".into()));
+    }
+    let Some(operation) = operation else {
+        return Err(MasterError::InvalidArgument(
+            "a selector needs the operation every selected node takes (operation)".into(),
+        ));
+    };
+    let candidates: Vec<Candidate> = views
+        .iter()
+        .map(|v| Candidate {
+            name: v.record.name.clone(),
+            labels: v.record.labels.clone(),
+            group: v.record.group().to_owned(),
+        })
+        .collect();
+    let selected = selector::select(&Selector::from(selector), &candidates)?;
+    let part = |node: String, shard: String| v1::TransactionPart { node, shard, operation: Some(operation.clone()) };
+    request.parts = match &operation.kind {
+        Some(v1::transaction_operation::Kind::Write(_)) => {
+            let groups: BTreeSet<String> =
+                candidates.iter().filter(|c| selected.contains(&c.name)).map(|c| c.group.clone()).collect();
+            groups.into_iter().map(|group| part(String::new(), group)).collect()
+        }
+        _ => selected.into_iter().map(|node| part(node, String::new())).collect(),
+    };
+    Ok(request)
 }
 
 /// One audit record per participant, as the transaction stands when the caller is answered.

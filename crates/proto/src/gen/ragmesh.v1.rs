@@ -3289,7 +3289,8 @@ pub struct WatchActionJobResponse {
     #[prost(message, optional, tag = "1")]
     pub job: ::core::option::Option<ActionJob>,
 }
-/// A transaction: one part per participant.
+/// A transaction: one part per participant, given one by one (parts) or as one operation for
+/// every node a selector picks (selector + operation); not both.
 #[derive(Clone, PartialEq, ::prost::Message)]
 pub struct ExecuteTransactionRequest {
     /// What each participant does.
@@ -3302,6 +3303,14 @@ pub struct ExecuteTransactionRequest {
     /// As for ExecuteAction.
     #[prost(string, tag = "3")]
     pub idempotency_key: ::prost::alloc::string::String,
+    /// Every node it selects (as for ExecuteAction; evicted nodes excluded) takes `operation`:
+    /// an action runs on each; a write goes to each selected node's shard group once. Every
+    /// selected node takes part, whether up or not (one that cannot vote aborts the transaction).
+    #[prost(message, optional, tag = "4")]
+    pub selector: ::core::option::Option<NodeSelector>,
+    /// The operation of every selected node (with `selector` only).
+    #[prost(message, optional, tag = "5")]
+    pub operation: ::core::option::Option<TransactionOperation>,
 }
 /// One participant's part of a transaction.
 #[derive(Clone, PartialEq, ::prost::Message)]
