@@ -576,8 +576,7 @@ fn usage_hints(
             "  {exe} action run app.maintenance --node {second} --arg on=true   # then app.health --all fails there"
         );
     }
-    let nodes: String = agents.iter().map(|name| format!(" --node {name}")).collect();
-    let _ = writeln!(out, "  {exe} action tx app.release{nodes} --arg version=v2.0.0   # all or none");
+    let _ = writeln!(out, "  {exe} action tx app.release --all --arg version=v2.0.0   # every node or none");
     let _ = writeln!(out, "  {exe} action history");
     let _ = writeln!(out);
     let _ = writeln!(out, "  # grpcurl (over the same mutual TLS)");
@@ -724,7 +723,7 @@ mod tests {
         assert!(hints.contains("Press Ctrl-C"), "{hints}");
         assert!(hints.contains("top --metrics 127.0.0.1:40002"), "{hints}");
         assert!(hints.contains("curl -s http://127.0.0.1:40002/metrics"), "{hints}");
-        assert!(hints.contains("action tx app.release --node agent-1 --node agent-2 --arg version=v2.0.0"), "{hints}");
+        assert!(hints.contains("action tx app.release --all --arg version=v2.0.0"), "{hints}");
         assert!(hints.contains("action run app.maintenance --node agent-2 --arg on=true"), "{hints}");
         let no_wait = usage_hints(&workdir, "127.0.0.1:40001", None, &agents, true);
         assert!(!no_wait.contains("top --metrics"), "no metrics address, no top hint: {no_wait}");
