@@ -5,150 +5,31 @@
 //! master signs it, so these tests show what the agent enforces by itself.
 
 use std::path::Path;
-use std::pin::Pin;
 use std::time::Duration;
 
 use clap::Parser as _;
 use ragmesh_agent::AgentHandle;
-use ragmesh_agent::service::{CONTEXT_METADATA, MASTER_ISSUER};
-use ragmesh_auth::{Capability, KeyRing, KeyRingConfig, Principal, unix_now};
+use ragmesh_auth::Capability;
 use ragmesh_config::AgentArgs;
-use ragmesh_proto::v1::membership_service_server::{MembershipService, MembershipServiceServer};
 use ragmesh_proto::v1::{self, agent_service_client::AgentServiceClient};
 use tokio::net::TcpListener;
-use tokio::sync::{broadcast, mpsc};
-use tokio_stream::Stream;
-use tokio_stream::wrappers::{ReceiverStream, TcpListenerStream};
-use tokio_util::sync::CancellationToken;
 use tonic::transport::Channel;
-use tonic::{Code, Request, Response, Status, Streaming};
+use tonic::{Code, Request};
 
-const WAIT: Duration = Duration::from_secs(20);
+mod common;
 
-#[derive(Debug, Clone)]
-struct StandInMaster {
-    keys: Vec<v1::VerificationKey>,
-    heartbeats: mpsc::UnboundedSender<v1::HealthStreamRequest>,
-    registrations: mpsc::UnboundedSender<v1::RegisterRequest>,
-    /// Messages the test sends down every open health stream.
-    down: broadcast::Sender<v1::HealthStreamResponse>,
-}
+use common::{Master, WAIT, client, signed};
 
-type Responses = Pin<Box<dyn Stream<Item = Result<v1::HealthStreamResponse, Status>> + Send>>;
-
-#[tonic::async_trait]
-impl MembershipService for StandInMaster {
-    async fn register(&self, request: Request<v1::RegisterRequest>) -> Result<Response<v1::RegisterResponse>, Status> {
-        let _ = self.registrations.send(request.into_inner());
-        Ok(Response::new(v1::RegisterResponse {
-            session_id: "session-1".into(),
-            heartbeat_interval_ms: 50,
-            master_version: "stand-in".into(),
-            protocol_major: ragmesh_proto::PROTOCOL_MAJOR,
-            protocol_minor: ragmesh_proto::PROTOCOL_MINOR,
-            verification_keys: self.keys.clone(),
-        }))
-    }
-
-    type HealthStreamStream = Responses;
-
-    async fn health_stream(
-        &self,
-        request: Request<Streaming<v1::HealthStreamRequest>>,
-    ) -> Result<Response<Responses>, Status> {
-        let mut inbound = request.into_inner();
-        let heartbeats = self.heartbeats.clone();
-        let mut down = self.down.subscribe();
-        let (tx, rx) = mpsc::channel(16);
-        tokio::spawn(async move {
-            loop {
-                tokio::select! {
-                    message = inbound.message() => {
-                        let Ok(Some(message)) = message else { return };
-                        let Some(heartbeat) = message.heartbeat.clone() else { continue };
-                        let _ = heartbeats.send(message);
-                        let body = Some(v1::health_stream_response::Body::Ack(v1::HeartbeatAck { seq: heartbeat.seq }));
-                        if tx.send(Ok(v1::HealthStreamResponse { body })).await.is_err() {
-                            return;
-                        }
-                    }
-                    Ok(message) = down.recv() => {
-                        if tx.send(Ok(message)).await.is_err() {
-                            return;
-                        }
-                    }
-                }
-            }
-        });
-        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
-    }
-}
-
-struct Master {
-    addr: String,
-    ring: KeyRing,
-    heartbeats: mpsc::UnboundedReceiver<v1::HealthStreamRequest>,
-    registrations: mpsc::UnboundedReceiver<v1::RegisterRequest>,
-    down: broadcast::Sender<v1::HealthStreamResponse>,
-    stop: CancellationToken,
-}
-
-impl Drop for Master {
-    fn drop(&mut self) {
-        self.stop.cancel();
-    }
-}
-
-impl Master {
-    async fn start() -> Master {
-        let ring = KeyRing::generate(KeyRingConfig::new(MASTER_ISSUER, "ragmesh"), unix_now()).expect("key ring");
-        let keys = ring.public_keys(unix_now()).iter().map(ragmesh_auth::PublicKey::to_wire).collect();
-        let (heartbeats_tx, heartbeats) = mpsc::unbounded_channel();
-        let (registrations_tx, registrations) = mpsc::unbounded_channel();
-        let (down, _) = broadcast::channel(16);
-        let service =
-            StandInMaster { keys, heartbeats: heartbeats_tx, registrations: registrations_tx, down: down.clone() };
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind the stand-in master");
-        let addr = listener.local_addr().expect("local addr").to_string();
-        let stop = CancellationToken::new();
-        let serving = stop.clone();
-        tokio::spawn(
-            tonic::transport::Server::builder()
-                .add_service(MembershipServiceServer::new(service))
-                .serve_with_incoming_shutdown(TcpListenerStream::new(listener), serving.cancelled_owned()),
-        );
-        Master { addr, ring, heartbeats, registrations, down, stop }
-    }
-
-    /// A context signed as the master signs the ones it attaches to agent calls.
-    fn context(&self, tenant: &str, capabilities: &[Capability]) -> String {
-        let now = unix_now();
-        let principal = Principal {
-            subject: format!("{tenant}-user"),
-            tenant: tenant.into(),
-            capabilities: capabilities.iter().copied().collect(),
-            token_id: "test".into(),
-            expires_at: now + 600,
-            issued_at: now,
-        };
-        self.ring.sign_context(&principal, Duration::from_secs(300), now).expect("sign context").into_string()
-    }
-
-    fn operator(&self) -> String {
-        self.context("ops", &[Capability::Actions, Capability::Admin, Capability::Search, Capability::Ingest])
-    }
-
-    /// Waits for a heartbeat whose in-doubt list satisfies `check`.
-    async fn heartbeat_where(&mut self, what: &str, check: impl Fn(&[String]) -> bool) {
-        let deadline = tokio::time::Instant::now() + WAIT;
-        loop {
-            let beat = tokio::time::timeout_at(deadline, self.heartbeats.recv())
-                .await
-                .unwrap_or_else(|_| panic!("no heartbeat where {what} in time"))
-                .expect("open");
-            if check(&beat.in_doubt_transactions) {
-                return;
-            }
+/// Waits for a heartbeat whose in-doubt list satisfies `check`.
+async fn heartbeat_where(master: &mut Master, what: &str, check: impl Fn(&[String]) -> bool) {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let beat = tokio::time::timeout_at(deadline, master.heartbeats.recv())
+            .await
+            .unwrap_or_else(|_| panic!("no heartbeat where {what} in time"))
+            .expect("open");
+        if check(&beat.in_doubt_transactions) {
+            return;
         }
     }
 }
@@ -237,21 +118,6 @@ async fn start_agent(master: &str, data_dir: &Path, config: &Path) -> AgentHandl
     let attached = status.wait_for(|s| matches!(s, ragmesh_agent::LinkStatus::Attached { .. }));
     tokio::time::timeout(WAIT, attached).await.expect("attached in time").expect("link status");
     agent
-}
-
-async fn client(agent: &AgentHandle) -> AgentServiceClient<Channel> {
-    let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", agent.local_addr()))
-        .expect("uri")
-        .connect()
-        .await
-        .expect("connect to the agent");
-    AgentServiceClient::new(channel)
-}
-
-fn signed<T>(message: T, context: &str) -> Request<T> {
-    let mut request = Request::new(message);
-    request.metadata_mut().insert(CONTEXT_METADATA, context.parse().expect("ascii token"));
-    request
 }
 
 fn run(action: &str, args: &[(&str, &str)], call_id: &str) -> v1::RunActionRequest {
@@ -443,10 +309,10 @@ async fn a_transactional_write_votes_by_the_index_rules_and_applies_nothing_itse
     let tx = "000000000000000000000000000000a2";
     let vote = client.prepare_transaction(signed(write(tx, doc("d1", false)), &acme)).await.expect("vote").into_inner();
     assert!(vote.vote_yes, "{vote:?}");
-    master.heartbeat_where("the write is in doubt", |txs| txs == [tx]).await;
+    heartbeat_where(&mut master, "the write is in doubt", |txs| txs == [tx]).await;
     let decide = v1::DecideTransactionRequest { tx_id: tx.into(), decision: v1::TransactionDecision::Commit as i32 };
     client.decide_transaction(signed(decide, &acme)).await.expect("commit acknowledged");
-    master.heartbeat_where("nothing in doubt", <[String]>::is_empty).await;
+    heartbeat_where(&mut master, "nothing in doubt", <[String]>::is_empty).await;
     // The master delivers committed writes through the group's write log; the agent wrote nothing.
     let search = v1::NodeSearchRequest { query: "t".into(), limit: 5, ..Default::default() };
     let found = client.node_search(signed(search, &master.operator())).await.expect("search").into_inner();
@@ -490,21 +356,21 @@ async fn a_prepared_transaction_survives_a_restart_in_doubt_and_applies_the_deci
     let vote = client.prepare_transaction(signed(prepare(tx, "flip"), &operator)).await.expect("vote").into_inner();
     assert!(vote.vote_yes, "{vote:?}");
     assert_eq!(lines(&files.tx), ["prepare"]);
-    master.heartbeat_where("the tx is in doubt", |txs| txs == [tx]).await;
+    heartbeat_where(&mut master, "the tx is in doubt", |txs| txs == [tx]).await;
 
     // Down before any decision: the prepared state is all that is left.
     agent.shutdown().await.expect("clean shutdown");
     let agent = start_agent(&master.addr, &data, &config).await;
     // Only heartbeats of the restarted agent count (start_agent waited for its attachment).
     while master.heartbeats.try_recv().is_ok() {}
-    master.heartbeat_where("the tx is in doubt after the restart", |txs| txs == [tx]).await;
+    heartbeat_where(&mut master, "the tx is in doubt after the restart", |txs| txs == [tx]).await;
 
     let outcome = v1::TransactionOutcome { tx_id: tx.into(), decision: v1::TransactionDecision::Commit as i32 };
     let decisions = v1::TransactionDecisions { outcomes: vec![outcome] };
     let _ = master
         .down
         .send(v1::HealthStreamResponse { body: Some(v1::health_stream_response::Body::Decisions(decisions)) });
-    master.heartbeat_where("the decision is applied", <[String]>::is_empty).await;
+    heartbeat_where(&mut master, "the decision is applied", <[String]>::is_empty).await;
     assert_eq!(lines(&files.tx), ["prepare", "commit"]);
 
     // A repeated decision (the coordinator re-sends until acknowledged) does not run commit again.
@@ -588,7 +454,7 @@ async fn a_participant_killed_after_voting_yes_reports_the_tx_in_doubt_and_commi
     let addr_file = dir.path().join("agent.addr");
     let mut agent = Killed(spawn_agent(&master.addr, &data, &config, &addr_file));
     let addr = addr_of(&addr_file).await;
-    master.heartbeat_where("the agent is attached", <[String]>::is_empty).await;
+    heartbeat_where(&mut master, "the agent is attached", <[String]>::is_empty).await;
 
     // A second agent on the same data directory refuses to start instead of sharing the log.
     let mut second = spawn_agent(&master.addr, &data, &config, &dir.path().join("second.addr"));
@@ -620,16 +486,16 @@ async fn a_participant_killed_after_voting_yes_reports_the_tx_in_doubt_and_commi
     tokio::time::timeout(WAIT, master.registrations.recv()).await.expect("re-registers").expect("open");
     // Heartbeats of the killed process said the same; only the new process's count from here.
     while master.heartbeats.try_recv().is_ok() {}
-    master.heartbeat_where("the restarted agent reports the tx in doubt", |txs| txs == [tx]).await;
+    heartbeat_where(&mut master, "the restarted agent reports the tx in doubt", |txs| txs == [tx]).await;
     assert_eq!(lines(&files.tx), ["prepare"], "nothing decided alone");
     let outcome = v1::TransactionOutcome { tx_id: tx.into(), decision: v1::TransactionDecision::Commit as i32 };
     let body =
         v1::health_stream_response::Body::Decisions(v1::TransactionDecisions { outcomes: vec![outcome.clone()] });
     let _ = master.down.send(v1::HealthStreamResponse { body: Some(body.clone()) });
-    master.heartbeat_where("the decision is applied", <[String]>::is_empty).await;
+    heartbeat_where(&mut master, "the decision is applied", <[String]>::is_empty).await;
     // The coordinator re-sends until it sees the tx gone; a repeat applies nothing again.
     let _ = master.down.send(v1::HealthStreamResponse { body: Some(body) });
-    master.heartbeat_where("still nothing in doubt", <[String]>::is_empty).await;
+    heartbeat_where(&mut master, "still nothing in doubt", <[String]>::is_empty).await;
     assert_eq!(lines(&files.tx), ["prepare", "commit"], "commit ran exactly once");
     drop(agent);
 }

@@ -5,140 +5,35 @@
 //! heartbeats report the applied sequence, and an agent refuses to start on another group's index.
 
 use std::path::Path;
-use std::pin::Pin;
 use std::time::Duration;
 
 use clap::Parser as _;
 use ragmesh_agent::AgentHandle;
 use ragmesh_agent::error::APPLIED_SEQ_METADATA;
-use ragmesh_agent::service::{CONTEXT_METADATA, MASTER_ISSUER};
-use ragmesh_auth::{Capability, KeyRing, KeyRingConfig, Principal, unix_now};
+use ragmesh_auth::Capability;
 use ragmesh_config::AgentArgs;
 use ragmesh_index::{AppliedLog, Document, DocumentIndex, LogPosition, Writer};
-use ragmesh_proto::v1::membership_service_server::{MembershipService, MembershipServiceServer};
-use ragmesh_proto::v1::{self, agent_service_client::AgentServiceClient};
+use ragmesh_proto::v1::{self};
 use tokio::net::TcpListener;
-use tokio::sync::mpsc;
-use tokio_stream::Stream;
-use tokio_stream::wrappers::{ReceiverStream, TcpListenerStream};
-use tokio_util::sync::CancellationToken;
-use tonic::transport::Channel;
-use tonic::{Code, Request, Response, Status, Streaming};
+use tonic::Code;
 
-const WAIT: Duration = Duration::from_secs(10);
+mod common;
 
-/// Stands in for the master's membership service: registers anyone, acknowledges heartbeats.
-#[derive(Debug, Clone)]
-struct StandInMaster {
-    keys: Vec<v1::VerificationKey>,
-    registrations: mpsc::UnboundedSender<v1::RegisterRequest>,
-    heartbeats: mpsc::UnboundedSender<v1::Heartbeat>,
+use common::{Master, WAIT, client, signed, wait_attached};
+
+/// An operator's context allowed to write, as the master attaches to agent calls.
+fn writer_context(master: &Master) -> String {
+    master.context("ops", &[Capability::Ingest, Capability::Admin])
 }
 
-type Responses = Pin<Box<dyn Stream<Item = Result<v1::HealthStreamResponse, Status>> + Send>>;
-
-#[tonic::async_trait]
-impl MembershipService for StandInMaster {
-    async fn register(&self, request: Request<v1::RegisterRequest>) -> Result<Response<v1::RegisterResponse>, Status> {
-        let _ = self.registrations.send(request.into_inner());
-        Ok(Response::new(v1::RegisterResponse {
-            session_id: "session-1".into(),
-            heartbeat_interval_ms: 50,
-            master_version: "stand-in".into(),
-            protocol_major: ragmesh_proto::PROTOCOL_MAJOR,
-            protocol_minor: ragmesh_proto::PROTOCOL_MINOR,
-            verification_keys: self.keys.clone(),
-        }))
-    }
-
-    type HealthStreamStream = Responses;
-
-    async fn health_stream(
-        &self,
-        request: Request<Streaming<v1::HealthStreamRequest>>,
-    ) -> Result<Response<Responses>, Status> {
-        let mut inbound = request.into_inner();
-        let heartbeats = self.heartbeats.clone();
-        let (tx, rx) = mpsc::channel(16);
-        tokio::spawn(async move {
-            while let Ok(Some(message)) = inbound.message().await {
-                let Some(heartbeat) = message.heartbeat else { continue };
-                let ack = v1::HeartbeatAck { seq: heartbeat.seq };
-                let _ = heartbeats.send(heartbeat);
-                let body = Some(v1::health_stream_response::Body::Ack(ack));
-                if tx.send(Ok(v1::HealthStreamResponse { body })).await.is_err() {
-                    return;
-                }
-            }
-        });
-        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
-    }
-}
-
-/// The stand-in master, serving until dropped.
-struct Master {
-    addr: String,
-    ring: KeyRing,
-    registrations: mpsc::UnboundedReceiver<v1::RegisterRequest>,
-    heartbeats: mpsc::UnboundedReceiver<v1::Heartbeat>,
-    stop: CancellationToken,
-}
-
-impl Drop for Master {
-    fn drop(&mut self) {
-        self.stop.cancel();
-    }
-}
-
-impl Master {
-    async fn start() -> Master {
-        let ring = KeyRing::generate(KeyRingConfig::new(MASTER_ISSUER, "ragmesh"), unix_now()).expect("key ring");
-        let keys = ring.public_keys(unix_now()).iter().map(ragmesh_auth::PublicKey::to_wire).collect();
-        let (registrations_tx, registrations) = mpsc::unbounded_channel();
-        let (heartbeats_tx, heartbeats) = mpsc::unbounded_channel();
-        let service = StandInMaster { keys, registrations: registrations_tx, heartbeats: heartbeats_tx };
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind the stand-in master");
-        let addr = listener.local_addr().expect("local addr").to_string();
-        let stop = CancellationToken::new();
-        let serving = stop.clone();
-        tokio::spawn(
-            tonic::transport::Server::builder()
-                .add_service(MembershipServiceServer::new(service))
-                .serve_with_incoming_shutdown(TcpListenerStream::new(listener), serving.cancelled_owned()),
-        );
-        Master { addr, ring, registrations, heartbeats, stop }
-    }
-
-    /// A signed context of an operator allowed to write, as the master attaches to agent calls.
-    fn context(&self) -> String {
-        let now = unix_now();
-        let principal = Principal {
-            subject: "operator".into(),
-            tenant: "ops".into(),
-            capabilities: [Capability::Ingest, Capability::Admin].into_iter().collect(),
-            token_id: "test".into(),
-            expires_at: now + 600,
-            issued_at: now,
-        };
-        self.ring.sign_context(&principal, Duration::from_secs(300), now).expect("sign context").into_string()
-    }
-
-    async fn next_registration(&mut self) -> v1::RegisterRequest {
-        tokio::time::timeout(WAIT, self.registrations.recv()).await.expect("registers in time").expect("open")
-    }
-
-    /// Heartbeats until one reports `generation`; each must agree with itself on the way.
-    async fn heartbeat_at(&mut self, generation: u64) -> v1::Heartbeat {
-        loop {
-            let beat = tokio::time::timeout(WAIT, self.heartbeats.recv())
-                .await
-                .unwrap_or_else(|_| panic!("no heartbeat at generation {generation} in time"))
-                .expect("open");
-            // Every write in these tests is positioned, so generation and applied seq move together.
-            assert_eq!(beat.applied_seq, beat.generation, "a heartbeat reports one snapshot: {beat:?}");
-            if beat.generation == generation {
-                return beat;
-            }
+/// Heartbeats until one reports `generation`; each must agree with itself on the way.
+async fn heartbeat_at(master: &mut Master, generation: u64) -> v1::Heartbeat {
+    loop {
+        let beat = master.next_heartbeat(&format!("at generation {generation}")).await.heartbeat.expect("a heartbeat");
+        // Every write in these tests is positioned, so generation and applied seq move together.
+        assert_eq!(beat.applied_seq, beat.generation, "a heartbeat reports one snapshot: {beat:?}");
+        if beat.generation == generation {
+            return beat;
         }
     }
 }
@@ -171,27 +66,6 @@ async fn start_agent(args: AgentArgs) -> AgentHandle {
     ragmesh_agent::start(config, listener).await.expect("agent starts")
 }
 
-async fn wait_attached(agent: &AgentHandle) {
-    let mut status = agent.link_status();
-    let attached = status.wait_for(|s| matches!(s, ragmesh_agent::LinkStatus::Attached { .. }));
-    tokio::time::timeout(WAIT, attached).await.expect("attached in time").expect("link status");
-}
-
-async fn client(agent: &AgentHandle) -> AgentServiceClient<Channel> {
-    let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", agent.local_addr()))
-        .expect("uri")
-        .connect()
-        .await
-        .expect("connect to the agent");
-    AgentServiceClient::new(channel)
-}
-
-fn signed<T>(message: T, context: &str) -> Request<T> {
-    let mut request = Request::new(message);
-    request.metadata_mut().insert(CONTEXT_METADATA, context.parse().expect("ascii token"));
-    request
-}
-
 fn wire_doc(id: &str) -> v1::Document {
     v1::Document {
         id: id.into(),
@@ -218,7 +92,7 @@ async fn positioned_writes_apply_once_in_order_over_a_real_socket_and_heartbeats
     let registration = master.next_registration().await;
     assert_eq!((registration.shard.as_str(), registration.applied_seq), ("group-1", 0));
     wait_attached(&agent).await;
-    let context = master.context();
+    let context = writer_context(&master);
     let mut client = client(&agent).await;
 
     let first = client.upsert_documents(signed(upsert("group-1", 1, &["a", "b"]), &context)).await;
@@ -258,7 +132,7 @@ async fn positioned_writes_apply_once_in_order_over_a_real_socket_and_heartbeats
     let refused = client.delete_documents(signed(unpositioned_delete, &context)).await.expect_err("no position");
     assert_eq!(refused.code(), Code::InvalidArgument);
 
-    let beat = master.heartbeat_at(2).await;
+    let beat = heartbeat_at(&mut master, 2).await;
     assert_eq!(beat.applied_seq, 2);
     assert_eq!(beat.collections, deleted.collections);
 

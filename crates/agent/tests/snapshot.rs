@@ -4,138 +4,19 @@
 //! ingest, snapshot, ingest more, restore, and the search shows the snapshot's documents.
 
 use std::path::Path;
-use std::pin::Pin;
-use std::time::Duration;
 
 use clap::Parser as _;
 use ragmesh_agent::AgentHandle;
-use ragmesh_agent::service::{CONTEXT_METADATA, MASTER_ISSUER};
-use ragmesh_auth::{Capability, KeyRing, KeyRingConfig, Principal, unix_now};
+use ragmesh_auth::Capability;
 use ragmesh_config::AgentArgs;
-use ragmesh_proto::v1::membership_service_server::{MembershipService, MembershipServiceServer};
 use ragmesh_proto::v1::{self, agent_service_client::AgentServiceClient};
 use tokio::net::TcpListener;
-use tokio::sync::{broadcast, mpsc};
-use tokio_stream::Stream;
-use tokio_stream::wrappers::{ReceiverStream, TcpListenerStream};
-use tokio_util::sync::CancellationToken;
+use tonic::Code;
 use tonic::transport::Channel;
-use tonic::{Code, Request, Response, Status, Streaming};
 
-const WAIT: Duration = Duration::from_secs(20);
+mod common;
 
-#[derive(Debug, Clone)]
-struct StandInMaster {
-    keys: Vec<v1::VerificationKey>,
-    heartbeats: mpsc::UnboundedSender<v1::HealthStreamRequest>,
-    registrations: mpsc::UnboundedSender<v1::RegisterRequest>,
-    /// Messages sent down every open health stream (none in these tests).
-    down: broadcast::Sender<v1::HealthStreamResponse>,
-}
-
-type Responses = Pin<Box<dyn Stream<Item = Result<v1::HealthStreamResponse, Status>> + Send>>;
-
-#[tonic::async_trait]
-impl MembershipService for StandInMaster {
-    async fn register(&self, request: Request<v1::RegisterRequest>) -> Result<Response<v1::RegisterResponse>, Status> {
-        let _ = self.registrations.send(request.into_inner());
-        Ok(Response::new(v1::RegisterResponse {
-            session_id: "session-1".into(),
-            heartbeat_interval_ms: 50,
-            master_version: "stand-in".into(),
-            protocol_major: ragmesh_proto::PROTOCOL_MAJOR,
-            protocol_minor: ragmesh_proto::PROTOCOL_MINOR,
-            verification_keys: self.keys.clone(),
-        }))
-    }
-
-    type HealthStreamStream = Responses;
-
-    async fn health_stream(
-        &self,
-        request: Request<Streaming<v1::HealthStreamRequest>>,
-    ) -> Result<Response<Responses>, Status> {
-        let mut inbound = request.into_inner();
-        let heartbeats = self.heartbeats.clone();
-        let mut down = self.down.subscribe();
-        let (tx, rx) = mpsc::channel(16);
-        tokio::spawn(async move {
-            loop {
-                tokio::select! {
-                    message = inbound.message() => {
-                        let Ok(Some(message)) = message else { return };
-                        let Some(heartbeat) = message.heartbeat.clone() else { continue };
-                        let _ = heartbeats.send(message);
-                        let body = Some(v1::health_stream_response::Body::Ack(v1::HeartbeatAck { seq: heartbeat.seq }));
-                        if tx.send(Ok(v1::HealthStreamResponse { body })).await.is_err() {
-                            return;
-                        }
-                    }
-                    Ok(message) = down.recv() => {
-                        if tx.send(Ok(message)).await.is_err() {
-                            return;
-                        }
-                    }
-                }
-            }
-        });
-        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
-    }
-}
-
-struct Master {
-    addr: String,
-    ring: KeyRing,
-    registrations: mpsc::UnboundedReceiver<v1::RegisterRequest>,
-    stop: CancellationToken,
-}
-
-impl Drop for Master {
-    fn drop(&mut self) {
-        self.stop.cancel();
-    }
-}
-
-impl Master {
-    async fn start() -> Master {
-        let ring = KeyRing::generate(KeyRingConfig::new(MASTER_ISSUER, "ragmesh"), unix_now()).expect("key ring");
-        let keys = ring.public_keys(unix_now()).iter().map(ragmesh_auth::PublicKey::to_wire).collect();
-        // Heartbeats are not examined here: their receiver is dropped, sends are ignored.
-        let (heartbeats_tx, _) = mpsc::unbounded_channel();
-        let (registrations_tx, registrations) = mpsc::unbounded_channel();
-        let (down, _) = broadcast::channel(16);
-        let service =
-            StandInMaster { keys, heartbeats: heartbeats_tx, registrations: registrations_tx, down: down.clone() };
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind the stand-in master");
-        let addr = listener.local_addr().expect("local addr").to_string();
-        let stop = CancellationToken::new();
-        let serving = stop.clone();
-        tokio::spawn(
-            tonic::transport::Server::builder()
-                .add_service(MembershipServiceServer::new(service))
-                .serve_with_incoming_shutdown(TcpListenerStream::new(listener), serving.cancelled_owned()),
-        );
-        Master { addr, ring, registrations, stop }
-    }
-
-    /// A context signed as the master signs the ones it attaches to agent calls.
-    fn context(&self, tenant: &str, capabilities: &[Capability]) -> String {
-        let now = unix_now();
-        let principal = Principal {
-            subject: format!("{tenant}-user"),
-            tenant: tenant.into(),
-            capabilities: capabilities.iter().copied().collect(),
-            token_id: "test".into(),
-            expires_at: now + 600,
-            issued_at: now,
-        };
-        self.ring.sign_context(&principal, Duration::from_secs(300), now).expect("sign context").into_string()
-    }
-
-    fn operator(&self) -> String {
-        self.context("ops", &[Capability::Actions, Capability::Admin, Capability::Search, Capability::Ingest])
-    }
-}
+use common::{Master, WAIT, client, signed};
 
 async fn start_agent(master: &str, data_dir: &Path) -> AgentHandle {
     let args = AgentArgs::try_parse_from([
@@ -160,21 +41,6 @@ async fn start_agent(master: &str, data_dir: &Path) -> AgentHandle {
     let attached = status.wait_for(|s| matches!(s, ragmesh_agent::LinkStatus::Attached { .. }));
     tokio::time::timeout(WAIT, attached).await.expect("attached in time").expect("link status");
     agent
-}
-
-async fn client(agent: &AgentHandle) -> AgentServiceClient<Channel> {
-    let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", agent.local_addr()))
-        .expect("uri")
-        .connect()
-        .await
-        .expect("connect to the agent");
-    AgentServiceClient::new(channel)
-}
-
-fn signed<T>(message: T, context: &str) -> Request<T> {
-    let mut request = Request::new(message);
-    request.metadata_mut().insert(CONTEXT_METADATA, context.parse().expect("ascii token"));
-    request
 }
 
 fn run(action: &str, args: &[(&str, &str)]) -> v1::RunActionRequest {
