@@ -333,6 +333,71 @@ async fn a_write_is_one_trace_down_to_the_replica_that_applies_it() {
     assert_eq!(applied.attr("rpc.grpc.status_code"), "0");
 }
 
+/// The trace id the master returned in `metadata`.
+fn returned_trace(metadata: &tonic::metadata::MetadataMap) -> String {
+    metadata.get(TRACE_ID_METADATA).and_then(|v| v.to_str().ok()).unwrap_or_default().to_owned()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn jobs_and_transactions_keep_the_trace_of_the_call_that_started_them() {
+    let collector = Collector::default();
+    let endpoint = collector.start().await;
+    let mesh = mesh(&endpoint).await;
+    let mut client = mesh.client().await;
+
+    let run = v1::ExecuteActionRequest {
+        call: Some(v1::ActionCall { action: "node.undrain".into(), arguments: Default::default() }),
+        selector: Some(v1::NodeSelector { all: true, ..Default::default() }),
+        ..Default::default()
+    };
+    let response = client.execute_action(run).await.expect("runs");
+    let trace = returned_trace(response.metadata());
+    assert_eq!(trace.len(), 32, "traced: {trace:?}");
+    let job = response.into_inner().job.expect("job");
+    assert_eq!(job.trace_id, trace);
+    let read = client.get_action_job(v1::GetActionJobRequest { job_id: job.job_id.clone() }).await.expect("get");
+    assert_eq!(read.into_inner().job.expect("job").trace_id, trace, "GetActionJob carries it too");
+    let spans = collector
+        .wait_trace(&trace, |spans| {
+            spans
+                .iter()
+                .filter(|s| s.service == "ragmesh-agent" && s.name == "ragmesh.v1.AgentService/RunAction")
+                .count()
+                == AGENTS
+        })
+        .await;
+    assert!(spans.iter().any(|s| s.name == "ragmesh.v1.MasterService/ExecuteAction"), "{spans:#?}");
+
+    let write = v1::TransactionOperation {
+        kind: Some(v1::transaction_operation::Kind::Write(v1::DocumentWrite {
+            upserts: docs_for(0, 1),
+            deletes: Vec::new(),
+        })),
+    };
+    let tx = v1::ExecuteTransactionRequest {
+        selector: Some(v1::NodeSelector { all: true, ..Default::default() }),
+        operation: Some(write),
+        ..Default::default()
+    };
+    let response = client.execute_transaction(tx).await.expect("runs");
+    let trace = returned_trace(response.metadata());
+    let status = response.into_inner().transaction.expect("status");
+    assert_eq!(status.phase(), v1::TransactionPhase::Committed, "{status:?}");
+    assert_eq!(status.participants.len(), AGENTS, "every group takes part: {status:?}");
+    assert_eq!(status.trace_id, trace);
+    let read = client.get_transaction(v1::GetTransactionRequest { tx_id: status.tx_id.clone() }).await.expect("get");
+    assert_eq!(read.into_inner().transaction.expect("status").trace_id, trace, "GetTransaction carries it too");
+    let spans = collector
+        .wait_trace(&trace, |spans| {
+            let on_agents =
+                |name: &str| spans.iter().filter(|s| s.service == "ragmesh-agent" && s.name == name).count();
+            on_agents("ragmesh.v1.AgentService/PrepareTransaction") == AGENTS
+                && on_agents("ragmesh.v1.AgentService/DecideTransaction") == AGENTS
+        })
+        .await;
+    assert!(spans.iter().any(|s| s.name == "ragmesh.v1.MasterService/ExecuteTransaction"), "{spans:#?}");
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_collector_that_refuses_connections_changes_nothing_for_searches() {
     let refusing = ClosedPort::bind();

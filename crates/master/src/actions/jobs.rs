@@ -121,6 +121,9 @@ struct Header {
     nodes: usize,
     stop_reason: Option<String>,
     finished_ms: Option<u64>,
+    /// Written since trace ids were kept; absent in older records.
+    #[serde(default)]
+    trace_id: Option<String>,
 }
 
 /// A broadcast job and its pure plan.
@@ -144,6 +147,8 @@ pub struct Job {
     pub stop_reason: Option<String>,
     /// When every node had its final state (unix ms).
     pub finished_ms: Option<u64>,
+    /// The trace of the call that started it, when that call was traced.
+    pub trace_id: Option<String>,
 }
 
 impl Job {
@@ -173,6 +178,7 @@ impl Job {
             nodes,
             stop_reason: None,
             finished_ms: None,
+            trace_id: None,
         };
         job.close_if_done(now_ms);
         job
@@ -310,6 +316,7 @@ impl Job {
             nodes: self.nodes.len(),
             stop_reason: self.stop_reason.clone(),
             finished_ms: self.finished_ms,
+            trace_id: self.trace_id.clone(),
         }
     }
 }
@@ -413,8 +420,9 @@ impl JobTable {
         self.inner.state.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    /// Creates a job over `nodes`, durable before it returns; the caller drives it with the
-    /// returned [`RunningJob`].
+    /// Creates a job over `nodes` for the call traced as `trace_id`, durable before it returns;
+    /// the caller drives it with the returned [`RunningJob`].
+    #[allow(clippy::too_many_arguments)]
     pub fn create(
         &self,
         action: &str,
@@ -423,6 +431,7 @@ impl JobTable {
         max_parallel: usize,
         max_fail_percent: u8,
         now_ms: u64,
+        trace_id: Option<String>,
     ) -> Result<RunningJob, RecordError> {
         let store = self.inner.store.as_ref();
         let mut state = self.lock();
@@ -439,6 +448,7 @@ impl JobTable {
             max_fail_percent,
             now_ms,
         );
+        let job = Job { trace_id, ..job };
         if !job.is_finished() {
             store.put(META_TREE, &active_key(sequence), &[])?;
             state.active.insert(sequence);
@@ -485,6 +495,7 @@ impl JobTable {
             nodes,
             stop_reason: header.stop_reason,
             finished_ms: header.finished_ms,
+            trace_id: header.trace_id,
         })
     }
 
@@ -719,7 +730,7 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let id = {
             let table = JobTable::open(store(&dir), JobsConfig::default(), 0).expect("open");
-            let mut running = table.create("reindex", "labels: zone=a", names(4), 2, 100, 10).expect("create");
+            let mut running = table.create("reindex", "labels: zone=a", names(4), 2, 100, 10, None).expect("create");
             assert_eq!(running.start_next().expect("start"), ["n0", "n1"]);
             running.finish("n0", outcome(true), 11).expect("finish");
             assert_eq!(running.start_next().expect("start"), ["n2"]);
@@ -741,7 +752,7 @@ mod tests {
         drop(table);
         let table = JobTable::open(store(&dir), JobsConfig::default(), 90).expect("reopen");
         assert_eq!(table.get(&id).expect("get"), job);
-        let next = table.create("reindex", "--all", names(1), 1, 0, 100).expect("create");
+        let next = table.create("reindex", "--all", names(1), 1, 0, 100, None).expect("create");
         assert_eq!(next.job().id, "job-2");
     }
 
@@ -749,7 +760,7 @@ mod tests {
     async fn watchers_see_progress_and_the_end() {
         let dir = tempfile::tempdir().expect("tempdir");
         let table = JobTable::open(store(&dir), JobsConfig::default(), 0).expect("open");
-        let mut running = table.create("compact", "--all", names(2), 0, 100, 1).expect("create");
+        let mut running = table.create("compact", "--all", names(2), 0, 100, 1, None).expect("create");
         let id = running.job().id.clone();
         let mut watcher = table.watch(&id).expect("watch");
         assert_eq!(watcher.borrow_and_update().counters().pending, 2);
@@ -774,10 +785,10 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let store = store(&dir);
         let table = JobTable::open(store.clone(), JobsConfig { max_jobs: 2 }, 0).expect("open");
-        let mut unfinished = table.create("a", "--all", names(3), 1, 100, 0).expect("create");
+        let mut unfinished = table.create("a", "--all", names(3), 1, 100, 0, None).expect("create");
         unfinished.start_next().expect("start");
         for _ in 0..3 {
-            let mut job = table.create("a", "--all", names(3), 0, 100, 0).expect("create");
+            let mut job = table.create("a", "--all", names(3), 0, 100, 0, None).expect("create");
             for node in job.start_next().expect("start") {
                 job.finish(&node, outcome(true), 1).expect("finish");
             }
@@ -791,7 +802,7 @@ mod tests {
         unfinished.finish("n2", outcome(true), 4).expect("finish");
         drop(unfinished);
         // The next job prunes down to the bound: job-4 and job-5 remain.
-        table.create("a", "--all", Vec::new(), 1, 0, 5).expect("create");
+        table.create("a", "--all", Vec::new(), 1, 0, 5, None).expect("create");
         for gone in ["job-1", "job-2", "job-3"] {
             assert!(matches!(table.get(gone), Err(RecordError::NoSuchJob { .. })), "{gone} pruned");
         }

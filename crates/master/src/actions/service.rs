@@ -12,6 +12,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
+use tracing::Instrument as _;
 
 use futures::Stream;
 use prost::Message as _;
@@ -334,10 +335,13 @@ pub(crate) async fn execute_action(
     let mut lookups = JoinSet::new();
     for node in up {
         let (ctx, actions, node, principal) = (ctx.clone(), actions.clone(), node.clone(), principal.clone());
-        lookups.spawn(async move {
-            let list = descriptors(&ctx, &actions, &principal, &node).await;
-            (node, list)
-        });
+        lookups.spawn(
+            async move {
+                let list = descriptors(&ctx, &actions, &principal, &node).await;
+                (node, list)
+            }
+            .in_current_span(),
+        );
     }
     let mut problems = Vec::new();
     for (node, list) in lookups.join_all().await {
@@ -380,13 +384,15 @@ pub(crate) async fn execute_action(
         .filter(|v| nodes.contains(&v.record.name) && !v.state.is_searchable())
         .map(|v| (v.record.name.clone(), format!("node is down ({})", v.down_reason.clone().unwrap_or_default())))
         .collect();
+    let trace_id = ragmesh_telemetry::propagation::sampled_trace_id(&tracing::Span::current());
     let table = actions.jobs.clone();
     let create = {
-        let (action, selector_text, nodes) = (action.clone(), selector_text.clone(), nodes.clone());
+        let (action, selector_text, nodes, trace_id) =
+            (action.clone(), selector_text.clone(), nodes.clone(), trace_id.clone());
         blocking(move || {
             let now_ms = unix_now_ms();
             let mut running =
-                table.create(&action, &selector_text, nodes, max_parallel, max_fail_percent as u8, now_ms)?;
+                table.create(&action, &selector_text, nodes, max_parallel, max_fail_percent as u8, now_ms, trace_id)?;
             for (node, reason) in &down {
                 running.skip(node, reason, now_ms)?;
             }
@@ -402,31 +408,30 @@ pub(crate) async fn execute_action(
             return Err(error.into());
         }
     };
-    let trace_id = ragmesh_telemetry::propagation::sampled_trace_id(&tracing::Span::current());
     let plan = Arc::new(Plan { action, args, principal, kind, prepared, trace_id: trace_id.clone() });
-    let detached = job_response(running.job(), trace_id.as_deref());
+    let detached = job_response(running.job());
     let driver = drive(ctx.clone(), actions.clone(), plan, running, ctx.shutdown.clone());
     if request.detach {
         let response = v1::ExecuteActionResponse { job: Some(detached), replayed: false };
         if let Some(guard) = guard {
             complete(guard, &response).await;
         }
-        ctx.tasks.spawn(driver);
+        ctx.tasks.spawn(driver.in_current_span());
         return Ok(response);
     }
     // The driver owns the job and the key: a caller that goes away does not stop the nodes
     // already asked, and the key still gets its result.
-    let finished = ctx.tasks.spawn(async move {
-        let job = driver.await;
-        let response = v1::ExecuteActionResponse {
-            job: job.as_ref().map(|j| job_response(j, trace_id.as_deref())),
-            replayed: false,
-        };
-        if let (Some(guard), Some(_)) = (guard, job.as_ref()) {
-            complete(guard, &response).await;
+    let finished = ctx.tasks.spawn(
+        async move {
+            let job = driver.await;
+            let response = v1::ExecuteActionResponse { job: job.as_ref().map(job_response), replayed: false };
+            if let (Some(guard), Some(_)) = (guard, job.as_ref()) {
+                complete(guard, &response).await;
+            }
+            response
         }
-        response
-    });
+        .in_current_span(),
+    );
     finished.await.map_err(|e| MasterError::Records(RecordError::Task(e.to_string())))
 }
 
@@ -622,8 +627,8 @@ async fn drive(
         };
         running = back;
         for node in started {
-            let task =
-                calls.spawn(run_on_node(ctx.clone(), actions.clone(), plan.clone(), job_id.clone(), node.clone()));
+            let run = run_on_node(ctx.clone(), actions.clone(), plan.clone(), job_id.clone(), node.clone());
+            let task = calls.spawn(run.in_current_span());
             names.insert(task.id(), node);
         }
         if running.job().is_finished() {
@@ -761,7 +766,7 @@ async fn run_call(ctx: &Context, plan: &Plan, node: &str, prepared: &Prepared) -
 }
 
 /// A job on the wire.
-pub(crate) fn job_response(job: &Job, trace_id: Option<&str>) -> v1::ActionJob {
+pub(crate) fn job_response(job: &Job) -> v1::ActionJob {
     let nodes = job
         .nodes
         .iter()
@@ -802,7 +807,7 @@ pub(crate) fn job_response(job: &Job, trace_id: Option<&str>) -> v1::ActionJob {
         finished: job.is_finished(),
         created_unix_ms: job.created_ms,
         finished_unix_ms: job.finished_ms.unwrap_or(0),
-        trace_id: trace_id.unwrap_or_default().to_owned(),
+        trace_id: job.trace_id.clone().unwrap_or_default(),
     }
 }
 
@@ -817,7 +822,7 @@ fn outcome_status(word: &str) -> v1::OutcomeStatus {
 
 /// `GetActionJob`.
 pub(crate) fn get_job(actions: &Actions, id: &str) -> Result<v1::ActionJob, MasterError> {
-    Ok(job_response(&actions.jobs.get(id)?, None))
+    Ok(job_response(&actions.jobs.get(id)?))
 }
 
 /// The stream type of `WatchActionJob`.
@@ -845,7 +850,7 @@ pub(crate) fn watch_job(
         }
         let job: Job = receiver.borrow_and_update().clone();
         let finished = job.is_finished();
-        let item = Ok(v1::WatchActionJobResponse { job: Some(job_response(&job, None)) });
+        let item = Ok(v1::WatchActionJobResponse { job: Some(job_response(&job)) });
         Some((item, (receiver, false, finished, shutdown)))
     });
     Ok(Box::pin(stream))

@@ -34,6 +34,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument as _;
 
 use super::unix_now_ms;
 
@@ -90,6 +91,9 @@ pub struct Plan {
     /// The caller's capabilities (signed into the context the participants receive).
     #[serde(default)]
     pub capabilities: Vec<ragmesh_auth::Capability>,
+    /// The trace of the call that started it, when that call was traced.
+    #[serde(default)]
+    pub trace_id: Option<String>,
 }
 
 impl Plan {
@@ -117,7 +121,14 @@ impl Plan {
                 (shard.clone(), base64::engine::general_purpose::STANDARD.encode(write.encode_to_vec()))
             })
             .collect();
-        Plan { subject: subject.to_owned(), tenant: tenant.to_owned(), writes, shards, capabilities: Vec::new() }
+        Plan {
+            subject: subject.to_owned(),
+            tenant: tenant.to_owned(),
+            writes,
+            shards,
+            capabilities: Vec::new(),
+            trace_id: None,
+        }
     }
 }
 
@@ -149,6 +160,11 @@ struct StoredDetail {
     /// Encoded `ActionResult`s, base64.
     prepare: Option<String>,
     decide: Option<String>,
+}
+
+/// The plan stored for `tx` (empty when none was, or unreadable).
+fn stored_plan(store: &dyn StateStore, tx: TxId) -> Result<Plan, TxError> {
+    Ok(store.get(PLANS_TREE, &tx.key())?.and_then(|bytes| serde_json::from_slice(&bytes).ok()).unwrap_or_default())
 }
 
 fn encode_details(details: &BTreeMap<String, Detail>, message: &str) -> Vec<u8> {
@@ -204,6 +220,8 @@ pub struct TxView {
     pub shards: BTreeMap<String, String>,
     /// Why it aborted, or what it waits for.
     pub message: String,
+    /// The trace of the call that started it.
+    pub trace_id: Option<String>,
 }
 
 /// Where drivers run and how they reach participants.
@@ -295,10 +313,7 @@ impl Transactions {
         let recovered = blocking(move || {
             let mut out = Vec::new();
             for (tx, machine, effects) in log.recover(config, unix_now_ms())? {
-                let plan = match store.get(PLANS_TREE, &tx.key())? {
-                    Some(bytes) => serde_json::from_slice(&bytes).unwrap_or_default(),
-                    None => Plan::default(),
-                };
+                let plan = stored_plan(store.as_ref(), tx)?;
                 let (details, message) = decode_details(store.get(DETAILS_TREE, &tx.key())?.as_deref());
                 out.push((machine, effects, plan, Resumed { details, message, secrets: BTreeMap::new() }));
             }
@@ -328,6 +343,7 @@ impl Transactions {
             details: resumed.details.clone(),
             shards: plan.shards.clone(),
             message: resumed.message.clone(),
+            trace_id: plan.trace_id.clone(),
         };
         let (publish, receiver) = watch::channel(view);
         self.lock().insert(tx, receiver.clone());
@@ -347,10 +363,15 @@ impl Transactions {
         };
         let live = self.live.clone();
         let shutdown = runtime.shutdown.clone();
-        runtime.tasks.spawn(async move {
-            driver.run(effects, shutdown).await;
-            live.lock().unwrap_or_else(std::sync::PoisonError::into_inner).remove(&tx);
-        });
+        // The driver's calls belong to the trace of the call that started it (none at recovery).
+        let span = tracing::Span::current();
+        runtime.tasks.spawn(
+            async move {
+                driver.run(effects, shutdown).await;
+                live.lock().unwrap_or_else(std::sync::PoisonError::into_inner).remove(&tx);
+            }
+            .instrument(span),
+        );
         receiver
     }
 
@@ -367,12 +388,15 @@ impl Transactions {
         let (log, store) = (self.log.clone(), self.store.clone());
         blocking(move || {
             let Some(record) = log.get(tx)? else { return Ok(None) };
-            let shards = match store.get(PLANS_TREE, &tx.key())? {
-                Some(bytes) => serde_json::from_slice::<Plan>(&bytes).map(|p| p.shards).unwrap_or_default(),
-                None => BTreeMap::new(),
-            };
+            let plan = stored_plan(store.as_ref(), tx)?;
             let (details, message) = decode_details(store.get(DETAILS_TREE, &tx.key())?.as_deref());
-            Ok(Some(TxView { status: TxStatus::from_record(&record), details, shards, message }))
+            Ok(Some(TxView {
+                status: TxStatus::from_record(&record),
+                details,
+                shards: plan.shards,
+                message,
+                trace_id: plan.trace_id,
+            }))
         })
         .await
     }
@@ -384,16 +408,23 @@ impl Transactions {
             let mut out = Vec::new();
             for record in log.records()? {
                 let details = store.get(DETAILS_TREE, &record.tx.key())?;
-                out.push((record, details));
+                let plan = stored_plan(store.as_ref(), record.tx)?;
+                out.push((record, details, plan));
             }
             Ok(out)
         })
         .await?;
         let mut views = Vec::with_capacity(records.len());
-        for (record, stored) in records {
+        for (record, stored, plan) in records {
             let view = self.live(record.tx).unwrap_or_else(|| {
                 let (details, message) = decode_details(stored.as_deref());
-                TxView { status: TxStatus::from_record(&record), details, shards: BTreeMap::new(), message }
+                TxView {
+                    status: TxStatus::from_record(&record),
+                    details,
+                    shards: plan.shards,
+                    message,
+                    trace_id: plan.trace_id,
+                }
             });
             views.push(view);
         }
@@ -495,7 +526,7 @@ impl Driver {
                         }
                         let operation = self.operations.get(&node).cloned().unwrap_or_default();
                         let call = self.transport.prepare(&node, tx, operation, deadline_ms);
-                        calls.spawn(async move { Event::Voted { node, answer: call.await } });
+                        calls.spawn(async move { Event::Voted { node, answer: call.await } }.in_current_span());
                     }
                     Effect::SendDecision { node, decision } => {
                         if decision == Decision::Commit && !self.writes_applied && !self.apply_writes().await {
@@ -506,7 +537,9 @@ impl Driver {
                             continue;
                         }
                         let call = self.transport.decide(&node, tx, decision);
-                        calls.spawn(async move { Event::Decided { node, decision, answer: call.await } });
+                        calls.spawn(
+                            async move { Event::Decided { node, decision, answer: call.await } }.in_current_span(),
+                        );
                     }
                     Effect::Answer { .. } => {}
                     Effect::Done { decision } => {
@@ -615,7 +648,13 @@ impl Driver {
             (Phase::Decided(_), true) => "waiting for every participant to acknowledge the decision".to_owned(),
             _ => String::new(),
         };
-        let view = TxView { status, details: self.details.clone(), shards: self.plan.shards.clone(), message };
+        let view = TxView {
+            status,
+            details: self.details.clone(),
+            shards: self.plan.shards.clone(),
+            message,
+            trace_id: self.plan.trace_id.clone(),
+        };
         self.publish.send_replace(view);
     }
 }
@@ -639,11 +678,15 @@ pub fn to_wire(view: &TxView) -> v1::TransactionStatus {
         .participants
         .iter()
         .map(|p| {
-            let detail = view.details.get(&p.node).cloned().unwrap_or_default();
+            let mut detail = view.details.get(&p.node).cloned().unwrap_or_default();
+            let vote = p.vote.or(detail.vote);
+            if vote.is_none() && detail.message.is_empty() && status.decision == Some(Decision::Abort) {
+                detail.message = "no vote arrived before the abort was decided".to_owned();
+            }
             v1::TransactionParticipant {
                 node: p.node.clone(),
                 shard: view.shards.get(&p.node).cloned().unwrap_or_default(),
-                vote: match p.vote.or(detail.vote) {
+                vote: match vote {
                     Some(Vote::Yes) => v1::ParticipantVote::Yes,
                     Some(Vote::No) => v1::ParticipantVote::No,
                     None => v1::ParticipantVote::Unspecified,
@@ -665,7 +708,7 @@ pub fn to_wire(view: &TxView) -> v1::TransactionStatus {
         deadline_unix_ms: status.deadline_ms,
         decided_unix_ms: status.decided_ms.unwrap_or(0),
         message: view.message.clone(),
-        trace_id: String::new(),
+        trace_id: view.trace_id.clone().unwrap_or_default(),
     }
 }
 

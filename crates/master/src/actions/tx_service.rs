@@ -383,6 +383,7 @@ pub(crate) async fn execute(
     let audited: BTreeMap<String, v1::TransactionOperation> = operations.clone();
     let mut plan = Plan::new(&principal.subject, &principal.tenant, &writes, shards);
     plan.capabilities = principal.capabilities.iter().copied().collect();
+    plan.trace_id = ragmesh_telemetry::propagation::sampled_trace_id(&tracing::Span::current());
     let tx = TxId(rand::random::<u128>());
     let deadline_ms = unix_now_ms().saturating_add(u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX));
     let runtime = runtime(ctx, &plan);
