@@ -121,11 +121,8 @@ fn parse(line: u64, message: impl Into<String>) -> Error {
 /// The fields of one topic's text (between `<top>` and `</top>`). A field runs from its opening
 /// tag to the next tag of any kind, so closing tags are optional (old TREC topics omit them).
 fn parse_topic(start_line: u64, text: &str) -> Result<Topic, Error> {
-    let mut num: Option<String> = None;
-    let mut title: Option<String> = None;
-    let mut description: Option<String> = None;
-    let mut narrative: Option<String> = None;
-
+    // (field name, content) in order; a field runs to the next tag.
+    let mut fields: Vec<(String, &str)> = Vec::new();
     let mut field: Option<String> = None;
     let mut content_start = 0;
     let mut pos = 0;
@@ -136,20 +133,7 @@ fn parse_topic(start_line: u64, text: &str) -> Result<Topic, Error> {
             continue;
         };
         if let Some(name) = field.take() {
-            let content = &text[content_start..at];
-            let slot = match name.as_str() {
-                "num" => Some(&mut num),
-                "title" => Some(&mut title),
-                "desc" => Some(&mut description),
-                "narr" => Some(&mut narrative),
-                _ => None,
-            };
-            if let Some(slot) = slot {
-                if slot.is_some() {
-                    return Err(parse(start_line, format!("topic has two <{name}> fields")));
-                }
-                *slot = Some(content.to_owned());
-            }
+            fields.push((name, &text[content_start..at]));
         }
         let tag = &text[at + 1..at + tag_len - 1];
         if !tag.starts_with('/') {
@@ -159,13 +143,20 @@ fn parse_topic(start_line: u64, text: &str) -> Result<Topic, Error> {
         content_start = pos;
     }
     if let Some(name) = field {
-        let content = &text[content_start..];
-        match name.as_str() {
-            "num" if num.is_none() => num = Some(content.to_owned()),
-            "title" if title.is_none() => title = Some(content.to_owned()),
-            "desc" if description.is_none() => description = Some(content.to_owned()),
-            "narr" if narrative.is_none() => narrative = Some(content.to_owned()),
-            _ => {}
+        fields.push((name, &text[content_start..]));
+    }
+
+    let (mut num, mut title, mut description, mut narrative) = (None, None, None, None);
+    for (name, content) in fields {
+        let slot = match name.as_str() {
+            "num" => &mut num,
+            "title" => &mut title,
+            "desc" => &mut description,
+            "narr" => &mut narrative,
+            _ => continue,
+        };
+        if slot.replace(content).is_some() {
+            return Err(parse(start_line, format!("topic has two <{name}> fields")));
         }
     }
 
@@ -175,7 +166,7 @@ fn parse_topic(start_line: u64, text: &str) -> Result<Topic, Error> {
     let id = strip_prefix_ci(num.trim(), "number:").trim().to_owned();
     check_id("topic number", &id)
         .map_err(|_| parse(start_line, format!("topic number {id:?} is empty or has spaces")))?;
-    let title = collapse(strip_prefix_ci(title.as_deref().unwrap_or("").trim(), "topic:"));
+    let title = collapse(strip_prefix_ci(title.unwrap_or("").trim(), "topic:"));
     let description =
         description.map(|d| collapse(strip_prefix_ci(d.trim(), "description:"))).filter(|d| !d.is_empty());
     let narrative = narrative.map(|n| collapse(strip_prefix_ci(n.trim(), "narrative:"))).filter(|n| !n.is_empty());
@@ -267,6 +258,7 @@ mod tests {
             ("<top><num>1</num><title>a</title></top>\n<top><num>1</num><title>b</title></top>", 2, "twice"),
             ("<top><num>1 2</num><title>a</title></top>", 1, "has spaces"),
             ("<top><num>3</num><narr>n</narr></top>", 1, "neither"),
+            ("<top><num>3</num><title>a</title><title>b</title></top>", 1, "two <title>"),
         ];
         for (text, line, needle) in cases {
             match read(text) {
