@@ -8,7 +8,7 @@
 //! - [`metrics`] computes nDCG@k, MAP@k (AP cut at k) and P@k exactly as trec_eval 9 does
 //!   (`ndcg_cut`, `map_cut`, `P`), per query and as means, including trec_eval's ranking (score
 //!   descending, ties by docno descending; the rank column is ignored) and its choice of queries.
-//! - [`compare`] compares two evaluations (per-query differences, ratio of means, a two-sided paired
+//! - [`mod@compare`] compares two evaluations (per-query differences, ratio of means, a two-sided paired
 //!   randomization test with a fixed seed) and counts queries whose top-k lists are identical.
 
 #![forbid(unsafe_code)]
