@@ -203,8 +203,7 @@ impl DocumentIndex {
             })?,
         };
         let reader = index.reader_builder().reload_policy(ReloadPolicy::Manual).try_into().map_err(open_error)?;
-        let mut parser = QueryParser::for_index(&index, vec![fields.title, fields.body]);
-        parser.set_field_boost(fields.title, TITLE_BOOST);
+        let parser = query_parser(&index, &fields);
         let snapshot = Snapshot { searcher: reader.searcher(), generation, applied: applied.clone() };
         tracing::debug!(
             index.generation = generation,
@@ -494,38 +493,9 @@ impl DocumentIndex {
         self.search_scored(q, None)
     }
 
-    /// Checks the query text, collections and structure, and parses it: the parsed query and the
-    /// number of hits to return.
+    /// Checks and parses `q` with this index's parser (see [`parse_checked`]).
     fn parse_checked(&self, q: &SearchQuery) -> Result<(Box<dyn Query>, usize), IndexError> {
-        let text = q.query.trim();
-        if text.is_empty() {
-            return Err(IndexError::InvalidQuery("query is empty: type one or more words to search for".to_owned()));
-        }
-        if q.query.len() > MAX_QUERY_BYTES {
-            return Err(IndexError::InvalidQuery(format!(
-                "query is {} bytes, longer than the {MAX_QUERY_BYTES}-byte limit: shorten it",
-                q.query.len()
-            )));
-        }
-        for name in &q.collections {
-            if let Some(problem) = collection_problem(name) {
-                return Err(IndexError::InvalidQuery(problem));
-            }
-        }
-        // tantivy's query parser recurses once per group, field group and `NOT`: a few hundred
-        // levels overflow a blocking thread's stack and abort the whole agent. Bound the
-        // structure before the parser sees the text (the master checks too: defense in depth).
-        ragmesh_types::query::check(text, &QueryLimits::default())?;
-        let limit = match q.limit {
-            0 => DEFAULT_LIMIT,
-            n => n.min(MAX_LIMIT),
-        };
-
-        let (parsed, parse_errors) = self.parser.parse_query_lenient(text);
-        if !parse_errors.is_empty() {
-            tracing::debug!(errors = ?parse_errors, "query parsed leniently");
-        }
-        Ok((parsed, limit))
+        parse_checked(&self.parser, q)
     }
 
     /// [`DocumentIndex::search`], scored with this index's own statistics (`given` is `None`)
@@ -807,6 +777,47 @@ impl DocumentIndex {
                 .map_err(IndexError::tantivy("run search"))?;
         }
     }
+}
+
+/// The query parser of an index with this schema: title and body, titles boosted.
+fn query_parser(index: &Index, fields: &Fields) -> QueryParser {
+    let mut parser = QueryParser::for_index(index, vec![fields.title, fields.body]);
+    parser.set_field_boost(fields.title, TITLE_BOOST);
+    parser
+}
+
+/// Checks the query text, collections and structure, and parses it: the parsed query and the
+/// number of hits to return.
+fn parse_checked(parser: &QueryParser, q: &SearchQuery) -> Result<(Box<dyn Query>, usize), IndexError> {
+    let text = q.query.trim();
+    if text.is_empty() {
+        return Err(IndexError::InvalidQuery("query is empty: type one or more words to search for".to_owned()));
+    }
+    if q.query.len() > MAX_QUERY_BYTES {
+        return Err(IndexError::InvalidQuery(format!(
+            "query is {} bytes, longer than the {MAX_QUERY_BYTES}-byte limit: shorten it",
+            q.query.len()
+        )));
+    }
+    for name in &q.collections {
+        if let Some(problem) = collection_problem(name) {
+            return Err(IndexError::InvalidQuery(problem));
+        }
+    }
+    // tantivy's query parser recurses once per group, field group and `NOT`: a few hundred
+    // levels overflow a blocking thread's stack and abort the whole agent. Bound the
+    // structure before the parser sees the text (the master checks too: defense in depth).
+    ragmesh_types::query::check(text, &QueryLimits::default())?;
+    let limit = match q.limit {
+        0 => DEFAULT_LIMIT,
+        n => n.min(MAX_LIMIT),
+    };
+
+    let (parsed, parse_errors) = parser.parse_query_lenient(text);
+    if !parse_errors.is_empty() {
+        tracing::debug!(errors = ?parse_errors, "query parsed leniently");
+    }
+    Ok((parsed, limit))
 }
 
 fn rollback(state: &mut WriterState) {

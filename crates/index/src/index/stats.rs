@@ -13,6 +13,13 @@
 //! hits by score gives that index's ranking (the property test below checks this on random
 //! corpora split over 1-4 indexes).
 //!
+//! For a caller that caches statistics (per node, generation and viewer scope, so a repeated
+//! term costs no round trip): [`DocumentIndex::term_statistics_at_generation`] returns the
+//! generation the numbers were read at (they stay valid exactly as long as it does),
+//! [`QueryAnalyzer`] names a query's terms without an index, exactly as every index analyses
+//! them, and [`DocumentIndex::statistics_of_terms`] answers for just the terms missing from the
+//! cache.
+//!
 //! A term of the query that the given statistics lack is an error, never scored with local
 //! numbers (which would silently break the ranking), and so is a doc frequency above the
 //! document count. Phrase-prefix queries (`"big wo"*`) are refused: tantivy scores them with
@@ -46,15 +53,18 @@
 //! prints timings.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
 
 use tantivy::collector::{Collector, Count, SegmentCollector};
 use tantivy::fieldnorm::FieldNormReader;
-use tantivy::query::{AllQuery, Bm25StatisticsProvider, BooleanQuery, ConstScoreQuery, Occur, Query, TermQuery};
+use tantivy::query::{
+    AllQuery, Bm25StatisticsProvider, BooleanQuery, ConstScoreQuery, Occur, Query, QueryParser, TermQuery,
+};
 use tantivy::schema::{Field, IndexRecordOption, Schema};
-use tantivy::{DocId, Score, SegmentOrdinal, SegmentReader, TantivyError, Term};
+use tantivy::{DocId, Index, Score, Searcher, SegmentOrdinal, SegmentReader, TantivyError, Term};
 
-use super::DocumentIndex;
-use crate::{IndexError, SearchQuery, SearchResults};
+use super::{DocumentIndex, Fields, parse_checked, query_parser};
+use crate::{IndexError, SearchQuery, SearchResults, Viewer};
 
 /// Most `(field, term)` entries accepted in given statistics: a query of at most
 /// [`crate::MAX_QUERY_BYTES`] bytes analyses to at most half as many terms per field, in two
@@ -141,22 +151,82 @@ impl TermStatistics {
     }
 }
 
+/// A term as an index analyses it: the field and the analysed text (`body`, `replic`).
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct FieldTerm {
+    /// Field name.
+    pub field: String,
+    /// Analysed term text.
+    pub term: String,
+}
+
 impl DocumentIndex {
     /// The BM25 statistics of the terms `q` analyses to, over the documents `q.viewer` may read
     /// (see the module docs on tenancy); `q.collections`, `limit` and `min_score` play no part.
     ///
     /// Fails like [`DocumentIndex::search`] on an invalid query, and on a phrase-prefix query.
     pub fn term_statistics(&self, q: &SearchQuery) -> Result<TermStatistics, IndexError> {
+        Ok(self.term_statistics_at_generation(q)?.1)
+    }
+
+    /// [`DocumentIndex::term_statistics`] with the generation it was read at, both from one
+    /// snapshot: statistics stay valid exactly as long as the generation does.
+    pub fn term_statistics_at_generation(&self, q: &SearchQuery) -> Result<(u64, TermStatistics), IndexError> {
         let _span = tracing::debug_span!("index.term_statistics").entered();
         let (parsed, _) = self.parse_checked(q)?;
         refuse_phrase_prefix(&*parsed)?;
         let snapshot = self.snapshot();
-        let searcher = &snapshot.searcher;
+        let terms = analysed_terms(snapshot.searcher.schema(), &*parsed)?;
+        let stats = self.statistics_at(&snapshot.searcher, &terms, &q.viewer)?;
+        Ok((snapshot.generation, stats))
+    }
+
+    /// The statistics of already analysed `terms` (as [`QueryAnalyzer::terms`] or
+    /// [`TermStatistics::doc_freqs`] name them) over the documents `viewer` may read, with the
+    /// generation they were read at: lets a caller that caches statistics per term ask only for
+    /// the terms it lacks. Fails on more than [`MAX_STATISTICS_TERMS`] terms or a field that
+    /// holds no searchable text.
+    pub fn statistics_of_terms(
+        &self,
+        terms: &[FieldTerm],
+        viewer: &Viewer,
+    ) -> Result<(u64, TermStatistics), IndexError> {
+        let _span = tracing::debug_span!("index.statistics_of_terms", stats.terms = terms.len()).entered();
+        if terms.len() > MAX_STATISTICS_TERMS {
+            return Err(IndexError::InvalidQuery(format!(
+                "{} terms asked for, more than the {MAX_STATISTICS_TERMS} one query can have",
+                terms.len()
+            )));
+        }
+        let snapshot = self.snapshot();
+        let schema = snapshot.searcher.schema();
+        let mut resolved = Vec::with_capacity(terms.len());
+        for FieldTerm { field, term } in terms.iter().collect::<BTreeSet<_>>() {
+            let searchable = schema.get_field(field).ok().filter(|found| {
+                let entry = schema.get_field_entry(*found);
+                entry.is_indexed() && entry.field_type().value_type() == tantivy::schema::Type::Str
+            });
+            let Some(found) = searchable else {
+                return Err(IndexError::InvalidQuery(format!("field {field:?} holds no searchable text")));
+            };
+            resolved.push((Term::from_field_text(found, term), field.clone(), term.clone()));
+        }
+        let stats = self.statistics_at(&snapshot.searcher, &resolved, viewer)?;
+        Ok((snapshot.generation, stats))
+    }
+
+    /// The statistics of `terms` (each with its field name and text) in `searcher`, over the
+    /// documents `viewer` may read.
+    fn statistics_at(
+        &self,
+        searcher: &Searcher,
+        terms: &[(Term, String, String)],
+        viewer: &Viewer,
+    ) -> Result<TermStatistics, IndexError> {
         let schema = searcher.schema();
-        let terms = analysed_terms(schema, &*parsed)?;
         let fields: Vec<Field> =
             terms.iter().map(|(term, _, _)| term.field()).collect::<BTreeSet<_>>().into_iter().collect();
-        let stats = match q.viewer.granting_terms() {
+        let stats = match viewer.granting_terms() {
             None => {
                 // tantivy's own numbers, exactly what `search` scores with.
                 let total_docs =
@@ -167,14 +237,14 @@ impl DocumentIndex {
                         .map_err(IndexError::tantivy("count tokens"))?;
                     stats.set_total_tokens(schema.get_field_name(*field), tokens);
                 }
-                for (term, field, text) in &terms {
+                for (term, field, text) in terms {
                     let df = searcher.doc_freq(term).map_err(IndexError::tantivy("read document frequency"))?;
                     stats.set_doc_freq(field.as_str(), text.as_str(), df);
                 }
                 stats
             }
             Some(_) => {
-                let readable = self.with_access_filter(Box::new(AllQuery), &q.viewer);
+                let readable = self.with_access_filter(Box::new(AllQuery), viewer);
                 let (total_docs, tokens) = searcher
                     .search(&*readable, &LengthSums { fields: fields.clone() })
                     .map_err(IndexError::tantivy("sum readable field lengths"))?;
@@ -182,9 +252,9 @@ impl DocumentIndex {
                 for (field, tokens) in fields.iter().zip(tokens) {
                     stats.set_total_tokens(schema.get_field_name(*field), tokens);
                 }
-                for (term, field, text) in &terms {
+                for (term, field, text) in terms {
                     let matching = TermQuery::new(term.clone(), IndexRecordOption::Basic);
-                    let readable_matching = self.with_access_filter(Box::new(matching), &q.viewer);
+                    let readable_matching = self.with_access_filter(Box::new(matching), viewer);
                     let df = searcher
                         .search(&*readable_matching, &Count)
                         .map_err(IndexError::tantivy("count readable documents with a term"))?;
@@ -220,6 +290,46 @@ impl DocumentIndex {
             (Occur::Must, parsed),
             (Occur::Must, Box::new(ConstScoreQuery::new(filter, 0.0))),
         ]))
+    }
+}
+
+/// Analyses queries exactly like every [`DocumentIndex`] does, without one: lets a caller (the
+/// master) learn a query's terms locally, to look them up in a statistics cache before asking
+/// any node. Cheap to keep and `Send + Sync`; build one and reuse it.
+pub struct QueryAnalyzer {
+    parser: QueryParser,
+    schema: Schema,
+}
+
+impl fmt::Debug for QueryAnalyzer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("QueryAnalyzer").finish_non_exhaustive()
+    }
+}
+
+impl Default for QueryAnalyzer {
+    fn default() -> Self {
+        QueryAnalyzer::new()
+    }
+}
+
+impl QueryAnalyzer {
+    /// An analyzer over the index schema (in memory, no documents).
+    pub fn new() -> Self {
+        let (schema, fields) = Fields::schema();
+        let index = Index::create_in_ram(schema.clone());
+        QueryAnalyzer { parser: query_parser(&index, &fields), schema }
+    }
+
+    /// The distinct terms `q` analyses to, sorted, as [`DocumentIndex::term_statistics`] reports
+    /// them. Fails like [`DocumentIndex::term_statistics`].
+    pub fn terms(&self, q: &SearchQuery) -> Result<Vec<FieldTerm>, IndexError> {
+        let (parsed, _) = parse_checked(&self.parser, q)?;
+        refuse_phrase_prefix(&*parsed)?;
+        let terms = analysed_terms(&self.schema, &*parsed)?;
+        let mut terms: Vec<FieldTerm> = terms.into_iter().map(|(_, field, term)| FieldTerm { field, term }).collect();
+        terms.sort();
+        Ok(terms)
     }
 }
 
@@ -380,7 +490,7 @@ mod tests {
     use proptest::prelude::*;
 
     use super::*;
-    use crate::{Acl, Document, SubjectRef, Viewer};
+    use crate::{Acl, Document, SubjectRef};
 
     const VOCABULARY: [&str; 8] = ["apple", "banana", "cherry", "delta", "echo", "falcon", "grape", "harbor"];
     /// In no corpus: a query word absent everywhere.
@@ -729,6 +839,53 @@ mod tests {
         let anonymous_after = index.term_statistics(&query("apple banana zulu", Viewer::Anonymous)).expect("anon");
         assert_eq!(anonymous_after, anonymous_before);
         assert_ne!(index.term_statistics(&query("apple", Viewer::Unrestricted)).expect("operator").total_docs(), 2);
+    }
+
+    #[test]
+    fn the_analyzer_and_per_term_statistics_agree_with_the_index() {
+        let (_dir, index) = open_temp();
+        index
+            .upsert(vec![
+                public("1", "Replicas", "replicated logs replicate"),
+                doc("2", "", "replication of apples", Acl::tenant("a")),
+            ])
+            .expect("upsert");
+        let analyzer = QueryAnalyzer::new();
+        for viewer in [Viewer::Unrestricted, Viewer::Anonymous, tenant("a")] {
+            let q = query(r#"Replication "apple logs" -zulu title:replicas"#, viewer.clone());
+            let (generation, stats) = index.term_statistics_at_generation(&q).expect("stats");
+            assert_eq!(generation, index.generation());
+            let terms = analyzer.terms(&q).expect("analyse");
+            let reported: Vec<FieldTerm> = stats
+                .doc_freqs()
+                .map(|(field, term, _)| FieldTerm { field: field.to_owned(), term: term.to_owned() })
+                .collect();
+            assert_eq!(terms, reported, "the analyzer names exactly the index's terms");
+            assert!(terms.contains(&FieldTerm { field: "body".into(), term: "replic".into() }), "{terms:?}");
+            // Asking term by term gives the same numbers.
+            for term in &terms {
+                let (at, one) = index.statistics_of_terms(std::slice::from_ref(term), &viewer).expect("one term");
+                assert_eq!(at, generation);
+                assert_eq!(one.total_docs(), stats.total_docs());
+                assert_eq!(one.doc_freq(&term.field, &term.term), stats.doc_freq(&term.field, &term.term));
+                assert_eq!(one.total_tokens(&term.field), stats.total_tokens(&term.field));
+            }
+            let (_, all) = index.statistics_of_terms(&terms, &viewer).expect("all terms");
+            assert_eq!(all, stats);
+        }
+        index.upsert(vec![public("3", "", "more replicas")]).expect("write");
+        let (after, _) = index.term_statistics_at_generation(&query("replicas", Viewer::Anonymous)).expect("stats");
+        assert_eq!(after, index.generation(), "a write moves the generation the statistics carry");
+
+        for field in ["metadata", "nosuch"] {
+            let bad = [FieldTerm { field: field.into(), term: "x".into() }];
+            let err = index.statistics_of_terms(&bad, &Viewer::Anonymous).expect_err("not searchable");
+            assert!(err.to_string().contains("holds no searchable text"), "{err}");
+        }
+        let too_many: Vec<FieldTerm> =
+            (0..=MAX_STATISTICS_TERMS).map(|i| FieldTerm { field: "body".into(), term: i.to_string() }).collect();
+        assert!(index.statistics_of_terms(&too_many, &Viewer::Anonymous).is_err());
+        assert!(analyzer.terms(&query("", Viewer::Anonymous)).is_err(), "an empty query fails like a search");
     }
 
     /// Realistic scale: vaswani (11,429 abstracts) split over three indexes ranks like one, and
