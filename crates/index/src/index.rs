@@ -10,7 +10,7 @@ use ragmesh_types::query::QueryLimits;
 use serde::{Deserialize, Serialize};
 use tantivy::collector::{Count, TopDocs};
 use tantivy::directory::MmapDirectory;
-use tantivy::query::{BooleanQuery, Occur, Query, QueryParser, TermQuery};
+use tantivy::query::{Bm25StatisticsProvider, BooleanQuery, Occur, Query, QueryParser, TermQuery};
 use tantivy::schema::{Field, IndexRecordOption, STORED, STRING, Schema, TextFieldIndexing, TextOptions, Value};
 use tantivy::snippet::SnippetGenerator;
 use tantivy::{
@@ -18,6 +18,7 @@ use tantivy::{
 };
 
 pub(crate) mod backup;
+pub(crate) mod stats;
 
 use crate::document::{collection_problem, validate_batch_len, validate_document, validate_ref};
 use crate::position::{Applied, AppliedLog, LogPosition, Step, check_position};
@@ -202,8 +203,7 @@ impl DocumentIndex {
             })?,
         };
         let reader = index.reader_builder().reload_policy(ReloadPolicy::Manual).try_into().map_err(open_error)?;
-        let mut parser = QueryParser::for_index(&index, vec![fields.title, fields.body]);
-        parser.set_field_boost(fields.title, TITLE_BOOST);
+        let parser = query_parser(&index, &fields);
         let snapshot = Snapshot { searcher: reader.searcher(), generation, applied: applied.clone() };
         tracing::debug!(
             index.generation = generation,
@@ -490,45 +490,49 @@ impl DocumentIndex {
 
     /// Runs a BM25 search over titles and bodies.
     pub fn search(&self, q: &SearchQuery) -> Result<SearchResults, IndexError> {
-        let _span = tracing::debug_span!("index.search", index.limit = q.limit).entered();
+        self.search_scored(q, None)
+    }
+
+    /// Checks and parses `q` with this index's parser (see [`parse_checked`]).
+    fn parse_checked(&self, q: &SearchQuery) -> Result<(Box<dyn Query>, usize), IndexError> {
+        parse_checked(&self.parser, q)
+    }
+
+    /// [`DocumentIndex::search`], scored with this index's own statistics (`given` is `None`)
+    /// or with the given collection-wide ones (see [`stats`]).
+    fn search_scored(
+        &self,
+        q: &SearchQuery,
+        given: Option<&stats::TermStatistics>,
+    ) -> Result<SearchResults, IndexError> {
+        let _span =
+            tracing::debug_span!("index.search", index.limit = q.limit, index.given_stats = given.is_some()).entered();
         let text = q.query.trim();
-        if text.is_empty() {
-            return Err(IndexError::InvalidQuery("query is empty: type one or more words to search for".to_owned()));
-        }
-        if q.query.len() > MAX_QUERY_BYTES {
-            return Err(IndexError::InvalidQuery(format!(
-                "query is {} bytes, longer than the {MAX_QUERY_BYTES}-byte limit: shorten it",
-                q.query.len()
-            )));
-        }
-        for name in &q.collections {
-            if let Some(problem) = collection_problem(name) {
-                return Err(IndexError::InvalidQuery(problem));
-            }
-        }
-        // tantivy's query parser recurses once per group, field group and `NOT`: a few hundred
-        // levels overflow a blocking thread's stack and abort the whole agent. Bound the
-        // structure before the parser sees the text (the master checks too: defense in depth).
-        ragmesh_types::query::check(text, &QueryLimits::default())?;
-        let limit = match q.limit {
-            0 => DEFAULT_LIMIT,
-            n => n.min(MAX_LIMIT),
-        };
-
-        let (parsed, parse_errors) = self.parser.parse_query_lenient(text);
-        if !parse_errors.is_empty() {
-            tracing::debug!(errors = ?parse_errors, "query parsed leniently");
-        }
-        let query = self.with_collection_filter(parsed, &q.collections);
-        let query = self.with_access_filter(query, &q.viewer);
-
+        let (parsed, limit) = self.parse_checked(q)?;
         let snapshot = self.snapshot();
         let searcher = &snapshot.searcher;
+        let (query, given) = match given {
+            None => {
+                let query = self.with_collection_filter(parsed, &q.collections);
+                (self.with_access_filter(query, &q.viewer), None)
+            }
+            Some(stats) => {
+                let provider = stats::GivenStatistics::for_query(stats, searcher.schema(), &*parsed)?;
+                (self.with_unscored_filters(parsed, q), Some(provider))
+            }
+        };
+
         // tantivy 0.27 can panic on some parsed queries (found by fuzzing: `-2(2`, an excluded
         // phrase trips a debug assertion in PhraseScorer::seek_danger). A query must never take
         // the agent down, so a panic inside the search becomes a clear error instead.
+        let provider: &dyn Bm25StatisticsProvider = match &given {
+            Some(given) => given,
+            None => searcher,
+        };
         let collector = (Count, TopDocs::with_limit(limit + 1).order_by_score());
-        let run = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| searcher.search(&query, &collector)));
+        let run = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            searcher.search_with_statistics_provider(&query, &collector, provider)
+        }));
         let (total_matches, top) = match run {
             // `nosuchfield:*` parses (leniently) into an exists query that only fails here.
             Ok(Err(TantivyError::FieldNotFound(field))) => {
@@ -545,7 +549,7 @@ impl DocumentIndex {
                 ));
             }
         };
-        let top = self.widen_for_ties(searcher, &query, top, limit)?;
+        let top = self.widen_for_ties(searcher, provider, &query, top, limit)?;
 
         let mut candidates = Vec::with_capacity(top.len());
         for (score, address) in top {
@@ -752,6 +756,7 @@ impl DocumentIndex {
     fn widen_for_ties(
         &self,
         searcher: &Searcher,
+        provider: &dyn Bm25StatisticsProvider,
         query: &dyn Query,
         mut top: Vec<(Score, DocAddress)>,
         limit: usize,
@@ -768,10 +773,51 @@ impl DocumentIndex {
             }
             fetched = (fetched * 2).min(TIE_FETCH_CAP);
             top = searcher
-                .search(query, &TopDocs::with_limit(fetched).order_by_score())
+                .search_with_statistics_provider(query, &TopDocs::with_limit(fetched).order_by_score(), provider)
                 .map_err(IndexError::tantivy("run search"))?;
         }
     }
+}
+
+/// The query parser of an index with this schema: title and body, titles boosted.
+fn query_parser(index: &Index, fields: &Fields) -> QueryParser {
+    let mut parser = QueryParser::for_index(index, vec![fields.title, fields.body]);
+    parser.set_field_boost(fields.title, TITLE_BOOST);
+    parser
+}
+
+/// Checks the query text, collections and structure, and parses it: the parsed query and the
+/// number of hits to return.
+fn parse_checked(parser: &QueryParser, q: &SearchQuery) -> Result<(Box<dyn Query>, usize), IndexError> {
+    let text = q.query.trim();
+    if text.is_empty() {
+        return Err(IndexError::InvalidQuery("query is empty: type one or more words to search for".to_owned()));
+    }
+    if q.query.len() > MAX_QUERY_BYTES {
+        return Err(IndexError::InvalidQuery(format!(
+            "query is {} bytes, longer than the {MAX_QUERY_BYTES}-byte limit: shorten it",
+            q.query.len()
+        )));
+    }
+    for name in &q.collections {
+        if let Some(problem) = collection_problem(name) {
+            return Err(IndexError::InvalidQuery(problem));
+        }
+    }
+    // tantivy's query parser recurses once per group, field group and `NOT`: a few hundred
+    // levels overflow a blocking thread's stack and abort the whole agent. Bound the
+    // structure before the parser sees the text (the master checks too: defense in depth).
+    ragmesh_types::query::check(text, &QueryLimits::default())?;
+    let limit = match q.limit {
+        0 => DEFAULT_LIMIT,
+        n => n.min(MAX_LIMIT),
+    };
+
+    let (parsed, parse_errors) = parser.parse_query_lenient(text);
+    if !parse_errors.is_empty() {
+        tracing::debug!(errors = ?parse_errors, "query parsed leniently");
+    }
+    Ok((parsed, limit))
 }
 
 fn rollback(state: &mut WriterState) {
