@@ -7,6 +7,7 @@ pub mod error;
 pub mod link;
 pub mod metrics;
 pub mod service;
+pub mod statistics;
 
 use std::net::SocketAddr;
 use std::sync::Arc;

@@ -317,6 +317,30 @@ impl AgentService for AgentApi {
         }))
     }
 
+    async fn node_term_statistics(
+        &self,
+        request: Request<v1::NodeTermStatisticsRequest>,
+    ) -> Result<Response<v1::NodeTermStatisticsResponse>, Status> {
+        let viewer = viewer_of(&self.0.caller(&request, Capability::Search)?);
+        if self.0.actions.node.is_drained() {
+            return Err(AgentError::Drained.into());
+        }
+        let query = SearchQuery {
+            query: request.into_inner().query,
+            collections: Vec::new(),
+            limit: 0,
+            min_score: 0.0,
+            viewer,
+        };
+        let span = tracing::info_span!("index.term_statistics");
+        let counted = self.0.with_index(move |index| index.term_statistics_at_generation(&query));
+        let (generation, statistics) = tracing::Instrument::instrument(counted, span).await?;
+        Ok(Response::new(v1::NodeTermStatisticsResponse {
+            statistics: Some(crate::statistics::to_wire(&statistics)),
+            generation,
+        }))
+    }
+
     async fn node_search(
         &self,
         request: Request<v1::NodeSearchRequest>,
@@ -338,8 +362,12 @@ impl AgentService for AgentApi {
             ragmesh.limit = query.limit,
             ragmesh.collections = query.collections.len()
         );
-        let results =
-            tracing::Instrument::instrument(self.0.with_index(move |index| index.search(&query)), span).await?;
+        let statistics = req.statistics.as_ref().map(crate::statistics::from_wire);
+        let searched = self.0.with_index(move |index| match &statistics {
+            Some(statistics) => index.search_with_statistics(&query, statistics),
+            None => index.search(&query),
+        });
+        let results = tracing::Instrument::instrument(searched, span).await?;
         let node = self.0.name.clone();
         let hits = results
             .hits

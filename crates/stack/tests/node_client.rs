@@ -90,6 +90,13 @@ impl AgentService for FakeAgent {
         Err(Status::unimplemented("not in this test"))
     }
 
+    async fn node_term_statistics(
+        &self,
+        _request: Request<v1::NodeTermStatisticsRequest>,
+    ) -> Result<Response<v1::NodeTermStatisticsResponse>, Status> {
+        Err(Status::unimplemented("searches only"))
+    }
+
     async fn node_search(
         &self,
         _request: Request<v1::NodeSearchRequest>,

@@ -157,6 +157,32 @@ impl Master {
     }
 }
 
+/// Starts agent `name` (plaintext, loopback, its own shard group) attached to `master` and
+/// waits until it is.
+pub async fn start_agent(name: &str, master: &str, data_dir: &std::path::Path) -> AgentHandle {
+    use clap::Parser as _;
+    let args = ragmesh_config::AgentArgs::try_parse_from([
+        "ragmesh-agent",
+        "--insecure",
+        "--name",
+        name,
+        "--listen",
+        "127.0.0.1:0",
+        "--master",
+        master,
+        "--data-dir",
+        data_dir.to_str().expect("utf-8"),
+        "--heartbeat-interval-ms",
+        "50",
+    ])
+    .expect("parse");
+    let config = args.resolve().expect("valid config");
+    let listener = TcpListener::bind(config.listen).await.expect("bind");
+    let agent = ragmesh_agent::start(config, listener).await.expect("agent starts");
+    wait_attached(&agent).await;
+    agent
+}
+
 /// Waits until `agent` is attached to its master.
 pub(crate) async fn wait_attached(agent: &AgentHandle) {
     let mut status = agent.link_status();

@@ -154,6 +154,8 @@ async fn ask_group(client: NodeClient, target: &GroupTarget, query: &NodeQuery, 
         collections: query.collections.clone(),
         limit: query.limit,
         min_score: query.min_score,
+        // Global BM25 statistics: not gathered yet (issue 10), each node scores with its own.
+        statistics: None,
     });
     let call = NodeCall::new(target.target.clone(), request, deadline).with_context(query.context.clone());
     let attempts = call.attempts.clone();

@@ -126,6 +126,13 @@ impl AgentService for TestAgent {
         }))
     }
 
+    async fn node_term_statistics(
+        &self,
+        _request: Request<v1::NodeTermStatisticsRequest>,
+    ) -> Result<Response<v1::NodeTermStatisticsResponse>, Status> {
+        Err(Status::unimplemented("writes only"))
+    }
+
     async fn node_search(
         &self,
         _request: Request<v1::NodeSearchRequest>,

@@ -545,6 +545,64 @@ pub struct NodeSearchRequest {
     /// Drop hits scoring below this BM25 score.
     #[prost(double, tag = "4")]
     pub min_score: f64,
+    /// Score with these statistics (summed over every node the search asks) instead of this
+    /// node's own, so scores are comparable across nodes; every term the query analyses to must
+    /// be in them, else the search is refused (INVALID_ARGUMENT).
+    #[prost(message, optional, tag = "5")]
+    pub statistics: ::core::option::Option<TermStatistics>,
+}
+/// Asks for the BM25 statistics of a query's terms.
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct NodeTermStatisticsRequest {
+    /// The query, as NodeSearch takes it.
+    #[prost(string, tag = "1")]
+    pub query: ::prost::alloc::string::String,
+}
+/// A node's statistics for one query.
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct NodeTermStatisticsResponse {
+    /// Counted over the live documents the caller may read (an operator: the whole index).
+    #[prost(message, optional, tag = "1")]
+    pub statistics: ::core::option::Option<TermStatistics>,
+    /// Index generation they were counted at.
+    #[prost(uint64, tag = "2")]
+    pub generation: u64,
+}
+/// BM25 statistics: summed over nodes, they are the statistics of one index holding them all.
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct TermStatistics {
+    /// Documents.
+    #[prost(uint64, tag = "1")]
+    pub total_docs: u64,
+    /// Total tokens per searched field.
+    #[prost(message, repeated, tag = "2")]
+    pub fields: ::prost::alloc::vec::Vec<FieldTokens>,
+    /// Documents containing each term, per field (terms as the index analyses them).
+    #[prost(message, repeated, tag = "3")]
+    pub terms: ::prost::alloc::vec::Vec<TermFrequency>,
+}
+/// Total tokens of one field.
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct FieldTokens {
+    /// Field name (title, body).
+    #[prost(string, tag = "1")]
+    pub field: ::prost::alloc::string::String,
+    /// Tokens over all counted documents.
+    #[prost(uint64, tag = "2")]
+    pub total_tokens: u64,
+}
+/// Document frequency of one analysed term in one field.
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct TermFrequency {
+    /// Field name.
+    #[prost(string, tag = "1")]
+    pub field: ::prost::alloc::string::String,
+    /// The term, analysed.
+    #[prost(string, tag = "2")]
+    pub term: ::prost::alloc::string::String,
+    /// Documents containing it.
+    #[prost(uint64, tag = "3")]
+    pub doc_freq: u64,
 }
 /// Hits from one node.
 #[derive(Clone, PartialEq, ::prost::Message)]
@@ -702,7 +760,8 @@ pub mod agent_service_client {
                 .insert(GrpcMethod::new("ragmesh.v1.AgentService", "DeleteDocuments"));
             self.inner.unary(req, path, codec).await
         }
-        /// BM25 search over the local index.
+        /// BM25 search over the local index (with the collection-wide statistics of a global-BM25
+        /// search when given).
         pub async fn node_search(
             &mut self,
             request: impl tonic::IntoRequest<super::NodeSearchRequest>,
@@ -725,6 +784,34 @@ pub mod agent_service_client {
             let mut req = request.into_request();
             req.extensions_mut()
                 .insert(GrpcMethod::new("ragmesh.v1.AgentService", "NodeSearch"));
+            self.inner.unary(req, path, codec).await
+        }
+        /// Phase one of a global-BM25 search: the BM25 statistics of the query's terms over the
+        /// documents the caller may read on this node.
+        pub async fn node_term_statistics(
+            &mut self,
+            request: impl tonic::IntoRequest<super::NodeTermStatisticsRequest>,
+        ) -> std::result::Result<
+            tonic::Response<super::NodeTermStatisticsResponse>,
+            tonic::Status,
+        > {
+            self.inner
+                .ready()
+                .await
+                .map_err(|e| {
+                    tonic::Status::unknown(
+                        format!("Service was not ready: {}", e.into()),
+                    )
+                })?;
+            let codec = tonic_prost::ProstCodec::default();
+            let path = http::uri::PathAndQuery::from_static(
+                "/ragmesh.v1.AgentService/NodeTermStatistics",
+            );
+            let mut req = request.into_request();
+            req.extensions_mut()
+                .insert(
+                    GrpcMethod::new("ragmesh.v1.AgentService", "NodeTermStatistics"),
+                );
             self.inner.unary(req, path, codec).await
         }
         /// The actions this agent offers: its built-ins and those its configuration declares.
@@ -865,12 +952,22 @@ pub mod agent_service_server {
             tonic::Response<super::DeleteDocumentsResponse>,
             tonic::Status,
         >;
-        /// BM25 search over the local index.
+        /// BM25 search over the local index (with the collection-wide statistics of a global-BM25
+        /// search when given).
         async fn node_search(
             &self,
             request: tonic::Request<super::NodeSearchRequest>,
         ) -> std::result::Result<
             tonic::Response<super::NodeSearchResponse>,
+            tonic::Status,
+        >;
+        /// Phase one of a global-BM25 search: the BM25 statistics of the query's terms over the
+        /// documents the caller may read on this node.
+        async fn node_term_statistics(
+            &self,
+            request: tonic::Request<super::NodeTermStatisticsRequest>,
+        ) -> std::result::Result<
+            tonic::Response<super::NodeTermStatisticsResponse>,
             tonic::Status,
         >;
         /// The actions this agent offers: its built-ins and those its configuration declares.
@@ -1107,6 +1204,52 @@ pub mod agent_service_server {
                     let inner = self.inner.clone();
                     let fut = async move {
                         let method = NodeSearchSvc(inner);
+                        let codec = tonic_prost::ProstCodec::default();
+                        let mut grpc = tonic::server::Grpc::new(codec)
+                            .apply_compression_config(
+                                accept_compression_encodings,
+                                send_compression_encodings,
+                            )
+                            .apply_max_message_size_config(
+                                max_decoding_message_size,
+                                max_encoding_message_size,
+                            );
+                        let res = grpc.unary(method, req).await;
+                        Ok(res)
+                    };
+                    Box::pin(fut)
+                }
+                "/ragmesh.v1.AgentService/NodeTermStatistics" => {
+                    #[allow(non_camel_case_types)]
+                    struct NodeTermStatisticsSvc<T: AgentService>(pub Arc<T>);
+                    impl<
+                        T: AgentService,
+                    > tonic::server::UnaryService<super::NodeTermStatisticsRequest>
+                    for NodeTermStatisticsSvc<T> {
+                        type Response = super::NodeTermStatisticsResponse;
+                        type Future = BoxFuture<
+                            tonic::Response<Self::Response>,
+                            tonic::Status,
+                        >;
+                        fn call(
+                            &mut self,
+                            request: tonic::Request<super::NodeTermStatisticsRequest>,
+                        ) -> Self::Future {
+                            let inner = Arc::clone(&self.0);
+                            let fut = async move {
+                                <T as AgentService>::node_term_statistics(&inner, request)
+                                    .await
+                            };
+                            Box::pin(fut)
+                        }
+                    }
+                    let accept_compression_encodings = self.accept_compression_encodings;
+                    let send_compression_encodings = self.send_compression_encodings;
+                    let max_decoding_message_size = self.max_decoding_message_size;
+                    let max_encoding_message_size = self.max_encoding_message_size;
+                    let inner = self.inner.clone();
+                    let fut = async move {
+                        let method = NodeTermStatisticsSvc(inner);
                         let codec = tonic_prost::ProstCodec::default();
                         let mut grpc = tonic::server::Grpc::new(codec)
                             .apply_compression_config(
