@@ -19,6 +19,7 @@ use tantivy::{
 
 pub(crate) mod backup;
 pub(crate) mod stats;
+pub(crate) mod summary;
 
 use crate::document::{collection_problem, validate_batch_len, validate_document, validate_ref};
 use crate::position::{Applied, AppliedLog, LogPosition, Step, check_position};

@@ -7,6 +7,8 @@
 //! scored, snippeted [`SearchHit`]s.
 //! [`DocumentIndex::write_snapshot`] and [`DocumentIndex::restore_snapshot`] copy the live
 //! documents to and from a self-checking [`snapshot`] file.
+//! [`DocumentIndex::term_summary`] and [`routing_query`] are the index side of routing by term
+//! summaries (the summary itself lives in the pure `ragmesh-search` crate).
 //! The [`ingest`] module parses TREC, JSON lines and plain-text files into documents.
 
 mod access;
@@ -27,6 +29,7 @@ pub use document::{
 pub use error::IndexError;
 pub use index::backup::{Restored, SnapshotWritten, snapshot_path, verify_snapshot};
 pub use index::stats::{FieldTerm, MAX_STATISTICS_TERMS, QueryAnalyzer, TermStatistics};
+pub use index::summary::routing_query;
 pub use index::{DEFAULT_LIMIT, DocumentIndex, IndexState, MAX_LIMIT, MAX_QUERY_BYTES};
 pub use position::{Applied, AppliedLog, LogPosition, Step, check_position};
 pub use snapshot::{MAX_SNAPSHOT_NAME, SnapshotHeader, SnapshotLimits, snapshot_name_problem};

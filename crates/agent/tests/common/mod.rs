@@ -85,14 +85,14 @@ impl MembershipService for StandInMaster {
 /// The stand-in master; stops serving when dropped.
 pub(crate) struct Master {
     /// Where it listens (`--master`).
-    pub addr: String,
+    pub(crate) addr: String,
     ring: KeyRing,
     /// Every health-stream message with a heartbeat, in order.
-    pub heartbeats: mpsc::UnboundedReceiver<v1::HealthStreamRequest>,
+    pub(crate) heartbeats: mpsc::UnboundedReceiver<v1::HealthStreamRequest>,
     /// Every registration, in order.
-    pub registrations: mpsc::UnboundedReceiver<v1::RegisterRequest>,
+    pub(crate) registrations: mpsc::UnboundedReceiver<v1::RegisterRequest>,
     /// Sends a message down every open health stream.
-    pub down: broadcast::Sender<v1::HealthStreamResponse>,
+    pub(crate) down: broadcast::Sender<v1::HealthStreamResponse>,
     stop: CancellationToken,
 }
 
@@ -159,7 +159,7 @@ impl Master {
 
 /// Starts agent `name` (plaintext, loopback, its own shard group) attached to `master` and
 /// waits until it is.
-pub async fn start_agent(name: &str, master: &str, data_dir: &std::path::Path) -> AgentHandle {
+pub(crate) async fn start_agent(name: &str, master: &str, data_dir: &std::path::Path) -> AgentHandle {
     use clap::Parser as _;
     let args = ragmesh_config::AgentArgs::try_parse_from([
         "ragmesh-agent",
