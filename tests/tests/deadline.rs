@@ -40,9 +40,11 @@ async fn a_slow_node_is_reported_timeout_and_the_answer_arrives_on_time() {
 
     assert_outcomes(&response, &[("agent-1", answered(0)), ("agent-2", answered(1)), ("agent-3", Expect::Timeout)]);
     assert_eq!(response.hits.len(), 6);
-    // It waited for the frozen node (not giving up at once), and not much past the deadline:
-    // twice the deadline is still half of the default it would have waited for otherwise.
-    assert!(elapsed >= deadline / 2, "answered after only {elapsed:?}, deadline was {deadline:?}");
+    // It waited for the frozen node (not giving up at once: the statistics phase of the default
+    // global-BM25 merge gives each group up to half of the deadline, and a group that misses it
+    // is not asked to search), and not much past the deadline: twice the deadline is still half
+    // of the default it would have waited for otherwise.
+    assert!(elapsed >= deadline / 4, "answered after only {elapsed:?}, deadline was {deadline:?}");
     assert!(elapsed < deadline * 2, "answered after {elapsed:?}, deadline was {deadline:?}");
 
     // The gRPC deadline of the caller wins when it is shorter than timeout_ms. The client

@@ -18,7 +18,8 @@ async fn search_returns_hits_from_every_agent_with_per_node_status() {
         generations.push(written.generation);
     }
 
-    let response = mesh.search(v1::SearchRequest { query: "mesh".into(), limit: 30, ..Default::default() }).await;
+    let rrf = v1::SearchRequest { query: "mesh".into(), limit: 30, merge: "rrf".into(), ..Default::default() };
+    let response = mesh.search(rrf).await;
     assert_eq!(response.merge_strategy, "rrf");
     assert_eq!(response.hits.len(), 15, "every document of every agent matches");
     for (i, generation) in generations.iter().enumerate() {
@@ -192,4 +193,97 @@ async fn a_node_that_cannot_be_reached_is_reported_unavailable_with_the_reason()
     agent.shutdown().await.expect("agent stops");
     drop(unreachable);
     mesh.shutdown().await;
+}
+
+/// Document `i` of a small corpus whose words repeat unevenly, so statistics differ per node.
+fn skewed_doc(i: usize) -> v1::Document {
+    const WORDS: [&str; 6] = ["mesh", "replica", "shard", "breaker", "token", "index"];
+    let body: Vec<&str> = (0..2 + i % 6).map(|k| WORDS[(i * 5 + k * k) % WORDS.len()]).collect();
+    v1::Document {
+        id: format!("s{i}"),
+        collection: "notes".into(),
+        title: WORDS[(i / 3) % WORDS.len()].into(),
+        body: body.join(" "),
+        acl: Some(v1::DocumentAcl { public: true, ..Default::default() }),
+        ..Default::default()
+    }
+}
+
+/// Hits grouped by equal score (within float tolerance), best first: (score, document ids).
+fn levels(response: &v1::SearchResponse) -> Vec<(f64, std::collections::BTreeSet<String>)> {
+    let mut out: Vec<(f64, std::collections::BTreeSet<String>)> = Vec::new();
+    for hit in &response.hits {
+        match out.last_mut() {
+            Some((score, ids)) if (*score - hit.score).abs() <= 1e-4 * score.abs().max(1.0) => {
+                ids.insert(hit.doc_id.clone());
+            }
+            _ => out.push((hit.score, [hit.doc_id.clone()].into())),
+        }
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn global_bm25_over_three_shards_ranks_and_scores_as_one_index() {
+    trace_init();
+    let mesh = Mesh::builder().agents(4).start().await;
+    let docs: Vec<v1::Document> = (0..60).map(skewed_doc).collect();
+    // Skewed split over agents 1-3 (the first takes most "mesh" documents); agent-4 holds all.
+    for i in 0..3 {
+        let part: Vec<v1::Document> =
+            docs.iter().enumerate().filter(|(n, _)| (n * n + n / 7) % 3 == i).map(|(_, d)| d.clone()).collect();
+        mesh.ingest(i, part).await;
+    }
+    mesh.ingest(3, docs.clone()).await;
+    let shards: Vec<String> = (0..3).map(|i| mesh.agent_name(i).to_owned()).collect();
+    let whole = vec![mesh.agent_name(3).to_owned()];
+
+    let mut rrf_differs = 0;
+    for query in ["mesh", "replica token", "breaker shard index", "mesh replica shard"] {
+        let ask = |nodes: &[String], merge: &str| v1::SearchRequest {
+            query: query.into(),
+            limit: 20,
+            nodes: nodes.to_vec(),
+            merge: merge.into(),
+            ..Default::default()
+        };
+        let one = mesh.search(ask(&whole, "")).await;
+        let federated = mesh.search(ask(&shards, "")).await;
+        assert_eq!(federated.merge_strategy, "global_bm25");
+        for name in &shards {
+            assert_eq!(outcome_of(&federated, name).status(), OutcomeStatus::Ok, "{query}: {name}");
+        }
+        // The same ranking, ties aside: the same scores in the same order, and at every score
+        // level but the last (which the limit may cut) the same documents.
+        let (got, want) = (levels(&federated), levels(&one));
+        assert_eq!(got.len(), want.len(), "{query}: {got:?} vs {want:?}");
+        for (i, ((got_score, got_ids), (want_score, want_ids))) in got.iter().zip(&want).enumerate() {
+            assert!((got_score - want_score).abs() <= 1e-4 * want_score.abs().max(1.0), "{query}: {got:?} vs {want:?}");
+            if i + 1 < want.len() {
+                assert_eq!(got_ids, want_ids, "{query}: level {i}");
+            } else {
+                assert_eq!(got_ids.len(), want_ids.len(), "{query}: last level");
+            }
+        }
+        // Rank fusion of the same shards does not reproduce it (the reason global BM25 exists).
+        let fused = mesh.search(ask(&shards, "rrf")).await;
+        assert_eq!(fused.merge_strategy, "rrf");
+        let top = |r: &v1::SearchResponse| r.hits.iter().take(10).map(|h| h.doc_id.clone()).collect::<Vec<_>>();
+        let same_scores =
+            |r: &v1::SearchResponse| r.hits.iter().take(10).map(|h| format!("{:.4}", h.score)).collect::<Vec<_>>();
+        if top(&fused) != top(&one) && same_scores(&federated) == same_scores(&one) {
+            rrf_differs += 1;
+        }
+    }
+
+    assert!(rrf_differs >= 1, "on a skewed split rank fusion departs from one index's ranking");
+
+    let refused = mesh
+        .client()
+        .await
+        .search(v1::SearchRequest { query: "mesh".into(), merge: "bm25-ish".into(), ..Default::default() })
+        .await
+        .expect_err("unknown merge");
+    assert_eq!(refused.code(), tonic::Code::InvalidArgument);
+    assert!(refused.message().contains("global_bm25"), "{}", refused.message());
 }

@@ -1,12 +1,13 @@
 //! The vaswani (NPL) test collection split round-robin across three agents and searched through
-//! the master with all 93 queries, beside one local index holding everything: the federated
-//! answer must stay close in quality (P@10) to the single index. Skipped, and says so, when
+//! the master with all 93 queries, beside one local index holding everything: with the default
+//! global-BM25 merge the federated answer must match the single index (nDCG@10 and MAP@100 at
+//! least 0.995x, identical top-10 on at least 95 % of queries); rank fusion is printed beside it. Skipped, and says so, when
 //! ../shared/data/vaswani is not present (a user's clone); CI always has it.
 
-use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 
 use ragmesh_e2e::{Mesh, trace_init};
+use ragmesh_eval::{Averaging, Metric, Qrels, Run, top_k_agreement};
 use ragmesh_index::{DocumentIndex, SearchQuery, Viewer, ingest};
 use ragmesh_proto::v1::{self, OutcomeStatus};
 
@@ -20,33 +21,8 @@ fn collection_dir() -> Option<PathBuf> {
     None
 }
 
-/// Topics as (id, text) from `<top><num>n</num><title> text </title></top>`.
-fn topics(text: &str) -> Vec<(String, String)> {
-    let mut out = Vec::new();
-    for block in text.split("<top>").skip(1) {
-        let num = block.split("<num>").nth(1).and_then(|s| s.split("</num>").next()).unwrap_or_default().trim();
-        let title = block.split("<title>").nth(1).and_then(|s| s.split("</title>").next()).unwrap_or_default();
-        out.push((num.to_owned(), title.split_whitespace().collect::<Vec<_>>().join(" ").to_lowercase()));
-    }
-    out
-}
-
-/// Relevant document ids per query from `query 0 docno relevance`.
-fn qrels(text: &str) -> HashMap<String, HashSet<String>> {
-    let mut out: HashMap<String, HashSet<String>> = HashMap::new();
-    for line in text.lines() {
-        let fields: Vec<&str> = line.split_whitespace().collect();
-        if let [query, _, doc, rel] = fields[..]
-            && rel != "0"
-        {
-            out.entry(query.to_owned()).or_default().insert(doc.to_owned());
-        }
-    }
-    out
-}
-
-fn precision_at_10(ranked: &[String], relevant: &HashSet<String>) -> f64 {
-    ranked.iter().take(10).filter(|d| relevant.contains(*d)).count() as f64 / 10.0
+fn run_of(tag: &str) -> Run {
+    Run::new(tag).expect("run tag")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -55,8 +31,8 @@ async fn federated_search_over_three_agents_stays_close_to_one_index() {
     let Some(dir) = collection_dir() else { return };
     let docs =
         ingest::parse_trec(&std::fs::read_to_string(dir.join("doc-text.trec")).expect("docs"), "npl").expect("parse");
-    let topics = topics(&std::fs::read_to_string(dir.join("query-text.trec")).expect("topics"));
-    let qrels = qrels(&std::fs::read_to_string(dir.join("qrels")).expect("qrels"));
+    let topics = ragmesh_eval::topics::read_topics_file(&dir.join("query-text.trec")).expect("topics");
+    let qrels = Qrels::read_file(&dir.join("qrels")).expect("qrels");
     assert_eq!(docs.len(), 11_429);
     assert_eq!(topics.len(), 93);
 
@@ -86,28 +62,63 @@ async fn federated_search_over_three_agents_stays_close_to_one_index() {
         }
     }
 
-    let (mut p_single, mut p_mesh, mut judged) = (0.0, 0.0, 0);
-    for (id, text) in &topics {
-        let Some(relevant) = qrels.get(id) else { continue };
-        judged += 1;
+    let (mut one, mut global, mut rrf) = (run_of("one-index"), run_of("global-bm25"), run_of("rrf"));
+    for topic in &topics {
+        let text = topic.title.to_lowercase();
         let local = single
-            .search(&SearchQuery { query: text.clone(), limit: 10, viewer: Viewer::Unrestricted, ..Default::default() })
+            .search(&SearchQuery {
+                query: text.clone(),
+                limit: 100,
+                viewer: Viewer::Unrestricted,
+                ..Default::default()
+            })
             .expect("search");
-        let local: Vec<String> = local.hits.into_iter().map(|h| h.id).collect();
-        let federated = mesh
-            .search(v1::SearchRequest { query: text.clone(), limit: 10, timeout_ms: 10_000, ..Default::default() })
-            .await;
-        assert!(federated.nodes.iter().all(|n| n.status() == OutcomeStatus::Ok), "{:?}", federated.nodes);
-        let federated: Vec<String> = federated.hits.into_iter().map(|h| h.doc_id).collect();
-        p_single += precision_at_10(&local, relevant);
-        p_mesh += precision_at_10(&federated, relevant);
+        one.push_empty(&topic.id).expect("query");
+        for hit in &local.hits {
+            one.push(&topic.id, &hit.id, f64::from(hit.score)).expect("hit");
+        }
+        for (merge, run) in [("global_bm25", &mut global), ("rrf", &mut rrf)] {
+            let request = v1::SearchRequest {
+                query: text.clone(),
+                limit: 100,
+                timeout_ms: 10_000,
+                merge: merge.into(),
+                ..Default::default()
+            };
+            let federated = mesh.search(request).await;
+            assert_eq!(federated.merge_strategy, merge);
+            assert!(federated.nodes.iter().all(|n| n.status() == OutcomeStatus::Ok), "{:?}", federated.nodes);
+            run.push_empty(&topic.id).expect("query");
+            for hit in &federated.hits {
+                run.push(&topic.id, &hit.doc_id, hit.score).expect("hit");
+            }
+        }
     }
-    let (p_single, p_mesh) = (p_single / f64::from(judged), p_mesh / f64::from(judged));
+    let metrics = [Metric::Ndcg(10), Metric::Map(100), Metric::P(10)];
+    let evaluate = |run: &Run| ragmesh_eval::evaluate(run, &qrels, &metrics, Averaging::default()).expect("evaluate");
+    let (base, glob, fused) = (evaluate(&one), evaluate(&global), evaluate(&rrf));
+    let mean = |e: &ragmesh_eval::Evaluation, m: Metric| e.mean(m).expect("a mean");
+    println!("vaswani, {} queries, 3 agents round-robin:", base.num_queries());
+    println!("  {:<14} {:>8} {:>8} {:>8}", "", "nDCG@10", "MAP@100", "P@10");
+    for (name, e) in [("one index", &base), ("global_bm25", &glob), ("rrf", &fused)] {
+        let ratios: Vec<String> =
+            metrics.iter().map(|m| format!("{:.4} ({:.3}x)", mean(e, *m), mean(e, *m) / mean(&base, *m))).collect();
+        println!("  {name:<14} {}", ratios.join("  "));
+    }
+    let agreement = top_k_agreement(&one, &global, 10, topics.iter().map(|t| t.id.as_str()));
     println!(
-        "vaswani P@10 over {judged} queries: single index {p_single:.3}, 3-agent mesh (RRF) {p_mesh:.3}, ratio {:.3}",
-        p_mesh / p_single
+        "  global_bm25 top-10 identical to one index's on {}/{} queries (same documents on {})",
+        agreement.identical, agreement.compared, agreement.same_set
     );
-    assert!(p_single > 0.2, "the single index itself must work: {p_single}");
-    assert!(p_mesh >= 0.8 * p_single, "federated P@10 {p_mesh:.3} fell below 80% of the single index's {p_single:.3}");
+    assert!(mean(&base, Metric::P(10)) > 0.2, "the single index itself must work");
+    for metric in [Metric::Ndcg(10), Metric::Map(100)] {
+        assert!(
+            mean(&glob, metric) >= 0.995 * mean(&base, metric),
+            "global BM25 {metric:?} {:.4} below 0.995x one index's {:.4}",
+            mean(&glob, metric),
+            mean(&base, metric)
+        );
+    }
+    assert!(agreement.identical_fraction() >= 0.95, "identical top-10 on too few queries: {agreement:?}");
     mesh.shutdown().await;
 }

@@ -571,9 +571,33 @@ pub struct SearchArgs {
     /// Drop hits whose node-local BM25 score is below this
     #[arg(long, value_name = "F", default_value_t = 0.0)]
     pub min_score: f64,
+    /// How node hits are merged: global-bm25 (statistics phase, then scores as one index
+    /// would give) or rrf (reciprocal rank fusion of each node's own ranking, one round trip)
+    #[arg(long, value_enum, default_value_t = MergeArg::GlobalBm25)]
+    pub merge: MergeArg,
     /// Print {"hits":[...],"nodes":[...],"took_ms":..,"merge_strategy":..} instead of tables
     #[arg(long)]
     pub json: bool,
+}
+
+/// Merge strategies of `search`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, ValueEnum)]
+pub enum MergeArg {
+    /// Every node scores with the collection-wide statistics; merged by score
+    #[default]
+    GlobalBm25,
+    /// Reciprocal rank fusion of each node's own ranking
+    Rrf,
+}
+
+impl MergeArg {
+    /// The name the master takes.
+    pub fn wire(self) -> &'static str {
+        match self {
+            MergeArg::GlobalBm25 => "global_bm25",
+            MergeArg::Rrf => "rrf",
+        }
+    }
 }
 
 /// Input formats of `ingest`.

@@ -73,6 +73,7 @@ pub fn request(args: &SearchArgs, timeout_ms: u32) -> v1::SearchRequest {
         nodes: args.nodes.clone(),
         timeout_ms,
         min_score: args.min_score,
+        merge: args.merge.wire().to_owned(),
     }
 }
 
@@ -373,7 +374,11 @@ fn summary(response: &v1::SearchResponse) -> String {
     if response.hits.is_empty() {
         out.push('\n');
     } else {
-        let _ = writeln!(out, "; SCORE = {} merge score, BM25 = score on its node", clean(&response.merge_strategy));
+        let legend = match response.merge_strategy.as_str() {
+            "global_bm25" => "SCORE = BM25 with the statistics of every node asked (as one index)".to_owned(),
+            other => format!("SCORE = {} merge score, BM25 = score on its node", clean(other)),
+        };
+        let _ = writeln!(out, "; {legend}");
     }
     if !response.groups.is_empty() {
         // With shard groups, results are incomplete only where a routed group has no answer;

@@ -166,6 +166,7 @@ fn validate_search(req: &v1::SearchRequest) -> Result<(), MasterError> {
     if !req.min_score.is_finite() {
         return Err(MasterError::InvalidArgument("min_score must be a finite number".into()));
     }
+    merge::Strategy::parse(&req.merge).map_err(MasterError::InvalidArgument)?;
     // Refused here, once, rather than fanned out to every agent (which would refuse it too):
     // a deeply nested query would overflow the stack of tantivy's recursive parser.
     ragmesh_types::query::check(&req.query, &ragmesh_types::query::QueryLimits::default())
@@ -283,9 +284,32 @@ impl MasterService for MasterApi {
         let context = context
             .parse()
             .map_err(|_| MasterError::Refused(Status::internal("the signed request context is not valid metadata")))?;
-        let query =
-            NodeQuery { query: req.query, collections: req.collections, limit, min_score: req.min_score, context };
-        let groups = federation::fan_out(&self.0.node_client, &plan.targets, &query, deadline).await;
+        let strategy = merge::Strategy::parse(&req.merge).map_err(MasterError::InvalidArgument)?;
+        let mut query = NodeQuery {
+            query: req.query,
+            collections: req.collections,
+            limit,
+            min_score: req.min_score,
+            context,
+            statistics: None,
+        };
+        let mut targets = plan.targets.clone();
+        let mut unscored = Vec::new();
+        if strategy == merge::Strategy::GlobalBm25 && !targets.is_empty() {
+            // The statistics phase gets at most half of what is left, so the search keeps time.
+            let now = Instant::now();
+            let phase_deadline = now + deadline.saturating_duration_since(now) / 2;
+            let gathered = federation::gather_statistics(&self.0.node_client, &targets, &query, phase_deadline).await;
+            let answered: Vec<v1::TermStatistics> = gathered
+                .iter()
+                .filter_map(|g| g.answer.as_ref().ok().and_then(|(_, reply)| reply.statistics.clone()))
+                .collect();
+            query.statistics = Some(merge::sum_statistics(&answered));
+            targets.retain(|target| gathered.iter().any(|g| g.target.target == target.target && g.answer.is_ok()));
+            unscored = gathered.into_iter().filter_map(federation::StatisticsResult::into_failed_search).collect();
+        }
+        let mut groups = federation::fan_out(&self.0.node_client, &targets, &query, deadline).await;
+        groups.extend(unscored);
         self.0.metrics.record_search(&plan, &groups);
         let reports = federation::group_reports(&plan, &groups);
         let results = federation::node_results(&plan, groups);
@@ -306,12 +330,16 @@ impl MasterService for MasterApi {
                 _ => None,
             })
             .collect();
-        let hits = merge::merge_rrf(lists, limit as usize).into_iter().map(convert::hit).collect();
+        let merged = match strategy {
+            merge::Strategy::GlobalBm25 => merge::merge_by_score(lists, limit as usize),
+            merge::Strategy::Rrf => merge::merge_rrf(lists, limit as usize),
+        };
+        let hits = merged.into_iter().map(convert::hit).collect();
         Ok(Response::new(v1::SearchResponse {
             hits,
             nodes: outcomes,
             took_ms: u32::try_from(started.elapsed().as_millis()).unwrap_or(u32::MAX),
-            merge_strategy: "rrf".to_owned(),
+            merge_strategy: strategy.as_str().to_owned(),
             groups: reports.into_iter().map(convert::group_outcome).collect(),
         }))
     }

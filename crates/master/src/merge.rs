@@ -1,12 +1,88 @@
-//! Merging the hit lists of several nodes into one ranking: a pure function, property-tested.
+//! Merging the hit lists of several nodes into one ranking: pure functions, property-tested.
 //!
-//! Today's strategy is reciprocal rank fusion: BM25 scores of different nodes are computed over
-//! different term statistics, so they are not comparable, but ranks are. A hit at rank `r` on its
-//! node scores `1 / (k + r)`. The same document (same collection and id) returned by several nodes
-//! (replicas) is kept once, with its best score, and the other nodes listed as provenance: a replica
-//! is not extra evidence of relevance, so duplicates never add up.
+//! Two strategies ([`Strategy`]):
+//! - **global BM25** ([`merge_by_score`]): every node scored with the same collection-wide
+//!   statistics (the sum of every asked node's, [`sum_statistics`]), so node scores are the
+//!   scores one index holding every document would give, and the merge orders by them.
+//! - **reciprocal rank fusion** ([`merge_rrf`]): when nodes scored with their own statistics,
+//!   their scores are not comparable, but ranks are. A hit at rank `r` on its node scores
+//!   `1 / (k + r)`.
+//!
+//! Either way the same document (same collection and id) returned by several nodes (replicas) is
+//! kept once, with its best score, and the other nodes listed as provenance: a replica is not
+//! extra evidence of relevance, so duplicates never add up.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
+
+use ragmesh_proto::v1;
+
+/// How node hits are merged.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Strategy {
+    /// Statistics phase, then ordering by the comparable scores.
+    GlobalBm25,
+    /// Reciprocal rank fusion of each node's own ranking.
+    Rrf,
+}
+
+impl Strategy {
+    /// The strategy a request names (`""` is the default, global BM25).
+    pub fn parse(text: &str) -> Result<Strategy, String> {
+        match text.trim() {
+            "" | "global_bm25" => Ok(Strategy::GlobalBm25),
+            "rrf" => Ok(Strategy::Rrf),
+            other => Err(format!("merge {other:?} is not a merge strategy: use global_bm25 (the default) or rrf")),
+        }
+    }
+
+    /// Its name on the wire.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Strategy::GlobalBm25 => "global_bm25",
+            Strategy::Rrf => "rrf",
+        }
+    }
+}
+
+/// The statistics of one index holding every document of `all`: document and token counts and
+/// document frequencies summed (saturating), fields and terms in name order.
+pub fn sum_statistics<'a>(all: impl IntoIterator<Item = &'a v1::TermStatistics>) -> v1::TermStatistics {
+    let mut total_docs = 0u64;
+    let mut fields: BTreeMap<&str, u64> = BTreeMap::new();
+    let mut terms: BTreeMap<(&str, &str), u64> = BTreeMap::new();
+    for stats in all {
+        total_docs = total_docs.saturating_add(stats.total_docs);
+        for field in &stats.fields {
+            let sum = fields.entry(field.field.as_str()).or_default();
+            *sum = sum.saturating_add(field.total_tokens);
+        }
+        for term in &stats.terms {
+            let sum = terms.entry((term.field.as_str(), term.term.as_str())).or_default();
+            *sum = sum.saturating_add(term.doc_freq);
+        }
+    }
+    v1::TermStatistics {
+        total_docs,
+        fields: fields
+            .into_iter()
+            .map(|(field, total_tokens)| v1::FieldTokens { field: field.to_owned(), total_tokens })
+            .collect(),
+        terms: terms
+            .into_iter()
+            .map(|((field, term), doc_freq)| v1::TermFrequency {
+                field: field.to_owned(),
+                term: term.to_owned(),
+                doc_freq,
+            })
+            .collect(),
+    }
+}
+
+/// Merges per-node lists scored with the same statistics: ordered by node score, deduplicated
+/// by (collection, doc id), the best `limit`.
+pub fn merge_by_score(lists: Vec<Vec<NodeHit>>, limit: usize) -> Vec<MergedHit> {
+    merge_with(lists, limit, |hit| hit.node_score)
+}
 
 /// The RRF constant from Cormack et al.; dampens the advantage of the very first ranks.
 pub const RRF_K: f64 = 60.0;
@@ -54,9 +130,14 @@ pub struct MergedHit {
 /// `limit`. Input lists must each be in their node's rank order (`node_rank` is taken as given).
 /// The output order is total and deterministic: score, then node score, then node, collection, id.
 pub fn merge_rrf(lists: Vec<Vec<NodeHit>>, limit: usize) -> Vec<MergedHit> {
+    merge_with(lists, limit, |hit| 1.0 / (RRF_K + f64::from(hit.node_rank.max(1))))
+}
+
+/// Scores every hit with `score`, deduplicates, orders totally and keeps the best `limit`.
+fn merge_with(lists: Vec<Vec<NodeHit>>, limit: usize, score: impl Fn(&NodeHit) -> f64) -> Vec<MergedHit> {
     let mut by_doc: HashMap<(String, String), MergedHit> = HashMap::new();
     for hit in lists.into_iter().flatten() {
-        let score = 1.0 / (RRF_K + f64::from(hit.node_rank.max(1)));
+        let score = score(&hit);
         let key = (hit.collection.clone(), hit.doc_id.clone());
         match by_doc.get_mut(&key) {
             None => {
@@ -192,6 +273,81 @@ mod tests {
             let mut reversed = input.clone();
             reversed.reverse();
             prop_assert_eq!(merge_rrf(input, 100), merge_rrf(reversed, 100));
+        }
+    }
+
+    fn stats(docs: u64, fields: &[(&str, u64)], terms: &[(&str, &str, u64)]) -> v1::TermStatistics {
+        v1::TermStatistics {
+            total_docs: docs,
+            fields: fields.iter().map(|(f, t)| v1::FieldTokens { field: (*f).into(), total_tokens: *t }).collect(),
+            terms: terms
+                .iter()
+                .map(|(f, t, d)| v1::TermFrequency { field: (*f).into(), term: (*t).into(), doc_freq: *d })
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn statistics_sum_per_field_and_term_and_saturate() {
+        let a = stats(10, &[("body", 100), ("title", 20)], &[("body", "mesh", 3), ("title", "mesh", 1)]);
+        let b = stats(5, &[("body", 40)], &[("body", "mesh", 2), ("body", "shard", 1)]);
+        let sum = sum_statistics([&a, &b]);
+        assert_eq!(
+            sum,
+            stats(
+                15,
+                &[("body", 140), ("title", 20)],
+                &[("body", "mesh", 5), ("body", "shard", 1), ("title", "mesh", 1)]
+            )
+        );
+        assert_eq!(sum_statistics([&b, &a]), sum, "order does not matter");
+        assert_eq!(sum_statistics([&a]), sum_statistics([&a, &stats(0, &[], &[])]), "an empty node adds nothing");
+        let huge = stats(u64::MAX, &[], &[]);
+        assert_eq!(sum_statistics([&huge, &a]).total_docs, u64::MAX);
+    }
+
+    #[test]
+    fn strategies_parse_with_global_bm25_as_the_default() {
+        use super::Strategy as Merge;
+        assert_eq!(Merge::parse(""), Ok(Merge::GlobalBm25));
+        assert_eq!(Merge::parse("global_bm25"), Ok(Merge::GlobalBm25));
+        assert_eq!(Merge::parse(" rrf "), Ok(Merge::Rrf));
+        assert!(Merge::parse("raw").expect_err("unknown").contains("global_bm25"));
+        assert_eq!(Merge::GlobalBm25.as_str(), "global_bm25");
+    }
+
+    proptest! {
+        #[test]
+        fn a_score_merge_orders_by_score_and_keeps_each_document_once(
+            lists in proptest::collection::vec(
+                proptest::collection::vec((0u8..12, 0u32..1000), 0..8),
+                0..4,
+            ),
+            limit in 0usize..20,
+        ) {
+            let lists: Vec<Vec<NodeHit>> = lists
+                .iter()
+                .enumerate()
+                .map(|(n, list)| {
+                    list.iter()
+                        .enumerate()
+                        .map(|(r, (doc, score))| hit(&format!("n{n}"), &format!("d{doc}"), r as u32 + 1, f64::from(*score) / 10.0))
+                        .collect()
+                })
+                .collect();
+            let best: std::collections::HashMap<String, f64> = lists.iter().flatten().fold(Default::default(), |mut best, h| {
+                let entry = best.entry(h.doc_id.clone()).or_insert(f64::MIN);
+                *entry = entry.max(h.node_score);
+                best
+            });
+            let merged = merge_by_score(lists, limit);
+            prop_assert_eq!(merged.len(), best.len().min(limit));
+            prop_assert!(merged.windows(2).all(|w| w[0].score >= w[1].score));
+            let ids: HashSet<&str> = merged.iter().map(|m| m.hit.doc_id.as_str()).collect();
+            prop_assert_eq!(ids.len(), merged.len(), "each document once");
+            for m in &merged {
+                prop_assert_eq!(m.score, best[&m.hit.doc_id], "a document keeps its best score");
+            }
         }
     }
 }

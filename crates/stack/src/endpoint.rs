@@ -130,6 +130,10 @@ async fn send(
             NodeRequest::Search(r) => {
                 client.node_search(prepare(r.clone(), call, budget)).await.map(|r| NodeReply::Search(r.into_inner()))
             }
+            NodeRequest::TermStatistics(r) => client
+                .node_term_statistics(prepare(r.clone(), call, budget))
+                .await
+                .map(|r| NodeReply::TermStatistics(r.into_inner())),
             NodeRequest::Upsert(r) => client
                 .upsert_documents(prepare(r.clone(), call, budget))
                 .await
@@ -229,7 +233,15 @@ pub fn unexpected_reply(node: &str, expected: &str) -> CallError {
     }
 }
 
-/// Extracts the search answer of a [`NodeReply`].
+/// The statistics answer of `answer`, or the error for a node that answered something else.
+pub fn statistics_reply(answer: NodeAnswer) -> Result<(String, v1::NodeTermStatisticsResponse), CallError> {
+    match answer.reply {
+        NodeReply::TermStatistics(reply) => Ok((answer.node, reply)),
+        _ => Err(unexpected_reply(&answer.node, "term statistics")),
+    }
+}
+
+/// The search answer of `answer`, or the error for a node that answered something else.
 pub fn search_reply(answer: NodeAnswer) -> Result<(String, v1::NodeSearchResponse), CallError> {
     match answer.reply {
         NodeReply::Search(reply) => Ok((answer.node, reply)),

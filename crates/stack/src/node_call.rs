@@ -43,6 +43,9 @@ impl fmt::Display for Target {
 pub enum NodeRequest {
     /// `AgentService/NodeSearch`: a read, may be retried and hedged.
     Search(v1::NodeSearchRequest),
+    /// `AgentService/NodeTermStatistics`: the statistics phase of a global-BM25 search; a read,
+    /// may be retried and hedged.
+    TermStatistics(v1::NodeTermStatisticsRequest),
     /// `AgentService/UpsertDocuments`: a write, never retried blindly.
     Upsert(v1::UpsertDocumentsRequest),
     /// `AgentService/DeleteDocuments`: a write, never retried blindly.
@@ -61,7 +64,7 @@ pub enum NodeRequest {
 impl NodeRequest {
     /// Whether the request is a search read (so the group path may retry and hedge it).
     pub fn is_read(&self) -> bool {
-        matches!(self, NodeRequest::Search(_))
+        matches!(self, NodeRequest::Search(_) | NodeRequest::TermStatistics(_))
     }
 
     /// Whether sending the same request to the same node twice does no harm: reads, and the
@@ -69,9 +72,11 @@ impl NodeRequest {
     /// transaction id). Document writes are not: they go through the write log.
     pub fn is_repeatable(&self) -> bool {
         match self {
-            NodeRequest::Search(_) | NodeRequest::ListActions(_) | NodeRequest::Prepare(_) | NodeRequest::Decide(_) => {
-                true
-            }
+            NodeRequest::Search(_)
+            | NodeRequest::TermStatistics(_)
+            | NodeRequest::ListActions(_)
+            | NodeRequest::Prepare(_)
+            | NodeRequest::Decide(_) => true,
             NodeRequest::RunAction(run) => !run.call_id.is_empty(),
             NodeRequest::Upsert(_) | NodeRequest::Delete(_) => false,
         }
@@ -81,6 +86,7 @@ impl NodeRequest {
     pub fn method(&self) -> &'static str {
         match self {
             NodeRequest::Search(_) => "NodeSearch",
+            NodeRequest::TermStatistics(_) => "NodeTermStatistics",
             NodeRequest::Upsert(_) => "UpsertDocuments",
             NodeRequest::Delete(_) => "DeleteDocuments",
             NodeRequest::ListActions(_) => "ListActions",
@@ -96,6 +102,8 @@ impl NodeRequest {
 pub enum NodeReply {
     /// Answer to [`NodeRequest::Search`].
     Search(v1::NodeSearchResponse),
+    /// Answer to [`NodeRequest::TermStatistics`].
+    TermStatistics(v1::NodeTermStatisticsResponse),
     /// Answer to [`NodeRequest::Upsert`].
     Upsert(v1::UpsertDocumentsResponse),
     /// Answer to [`NodeRequest::Delete`].

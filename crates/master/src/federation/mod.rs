@@ -1,6 +1,7 @@
-//! Federated search: choose the shard groups to ask ([`plan`], pure), ask each once through the
-//! node client under one deadline ([`fan_out`]), and report an outcome for every group and
-//! every node considered ([`report`], pure).
+//! Federated search: choose the shard groups to ask ([`plan`], pure), for a global-BM25 search
+//! gather each group's statistics for the query's terms first ([`gather_statistics`]), ask each
+//! group once through the node client under one deadline ([`fan_out`]), and report an outcome
+//! for every group and every node considered ([`report`], pure).
 //!
 //! The node client balances a group's call over its in-sync replicas, retries it elsewhere when
 //! a replica is unreachable and hedges it when a replica is slow, so the fan-out itself only
@@ -14,8 +15,8 @@ use std::time::Duration;
 
 use futures::future::join_all;
 use ragmesh_proto::{ErrorKind, v1};
-use ragmesh_stack::endpoint::search_reply;
-use ragmesh_stack::node_call::{Attempt, CallError, NodeCall, NodeClient, NodeRequest};
+use ragmesh_stack::endpoint::{search_reply, statistics_reply};
+use ragmesh_stack::node_call::{Attempt, CallError, NodeAnswer, NodeCall, NodeClient, NodeRequest};
 use tokio::time::Instant;
 use tonic::metadata::AsciiMetadataValue;
 use tower::ServiceExt as _;
@@ -113,6 +114,8 @@ pub struct NodeQuery {
     pub min_score: f64,
     /// The caller, signed for the agents (`x-ragmesh-context`).
     pub context: AsciiMetadataValue,
+    /// Collection-wide statistics every node scores with (global BM25), or none (each node's own).
+    pub statistics: Option<v1::TermStatistics>,
 }
 
 /// How one group's call ended.
@@ -126,6 +129,62 @@ pub struct GroupResult {
     pub attempts: Vec<Attempt>,
     /// Time from the call to its end.
     pub took: Duration,
+}
+
+/// How one group's statistics call ended.
+#[derive(Debug, Clone)]
+pub struct StatisticsResult {
+    /// The call made.
+    pub target: GroupTarget,
+    /// The replica that answered and its statistics, or why none did.
+    pub answer: Result<(String, v1::NodeTermStatisticsResponse), CallError>,
+    /// Every attempt made to the group's replicas.
+    pub attempts: Vec<Attempt>,
+    /// Time from the call to its end.
+    pub took: Duration,
+}
+
+impl StatisticsResult {
+    /// A group that failed the statistics phase, as a search result: it is reported with that
+    /// failure and not asked to search (it would be scored with statistics it did not add to).
+    pub fn into_failed_search(self) -> Option<GroupResult> {
+        match self.answer {
+            Ok(_) => None,
+            Err(error) => {
+                Some(GroupResult { target: self.target, answer: Err(error), attempts: self.attempts, took: self.took })
+            }
+        }
+    }
+}
+
+/// The statistics phase of a global-BM25 search: asks every target concurrently for the BM25
+/// statistics of `query`'s terms; each call ends by `deadline` at the latest.
+pub async fn gather_statistics(
+    client: &NodeClient,
+    targets: &[GroupTarget],
+    query: &NodeQuery,
+    deadline: Instant,
+) -> Vec<StatisticsResult> {
+    let calls = targets.iter().map(|target| {
+        let span = tracing::info_span!(
+            "federation.group_statistics",
+            shard = %target.group,
+            target = %target.target,
+            rpc.method = "NodeTermStatistics"
+        );
+        let request = NodeRequest::TermStatistics(v1::NodeTermStatisticsRequest { query: query.query.clone() });
+        async move {
+            let asked = ask(client.clone(), target, request, query, deadline).await;
+            StatisticsResult {
+                target: target.clone(),
+                answer: asked.answer.and_then(statistics_reply),
+                attempts: asked.attempts,
+                took: asked.took,
+            }
+        }
+        .instrument(span)
+    });
+    join_all(calls).await
 }
 
 /// Asks every target concurrently through `client`; each call ends by `deadline` at the latest.
@@ -148,25 +207,49 @@ pub async fn fan_out(
 }
 
 async fn ask_group(client: NodeClient, target: &GroupTarget, query: &NodeQuery, deadline: Instant) -> GroupResult {
-    let started = Instant::now();
     let request = NodeRequest::Search(v1::NodeSearchRequest {
         query: query.query.clone(),
         collections: query.collections.clone(),
         limit: query.limit,
         min_score: query.min_score,
-        // Global BM25 statistics: not gathered yet (issue 10), each node scores with its own.
-        statistics: None,
+        statistics: query.statistics.clone(),
     });
+    let asked = ask(client, target, request, query, deadline).await;
+    GroupResult {
+        target: target.clone(),
+        answer: asked.answer.and_then(search_reply),
+        attempts: asked.attempts,
+        took: asked.took,
+    }
+}
+
+/// One group's call, however it ended.
+struct Asked {
+    answer: Result<NodeAnswer, CallError>,
+    attempts: Vec<Attempt>,
+    took: Duration,
+}
+
+/// Makes `request` to `target` in the caller's name, bounded by `deadline`.
+async fn ask(
+    client: NodeClient,
+    target: &GroupTarget,
+    request: NodeRequest,
+    query: &NodeQuery,
+    deadline: Instant,
+) -> Asked {
+    let started = Instant::now();
+    let method = request.method();
     let call = NodeCall::new(target.target.clone(), request, deadline).with_context(query.context.clone());
     let attempts = call.attempts.clone();
     let budget = deadline.saturating_duration_since(started);
     let answer = match tokio::time::timeout_at(deadline, client.oneshot(call)).await {
         Err(_elapsed) => Err(CallError::Timeout { budget }),
-        Ok(result) => result.and_then(search_reply),
+        Ok(result) => result,
     };
     let took = started.elapsed();
-    tracing::debug!(shard = %target.group, took_ms = took.as_millis() as u64, ok = answer.is_ok(), "group answered");
-    GroupResult { target: target.clone(), answer, attempts: attempts.snapshot(), took }
+    tracing::debug!(shard = %target.group, method, took_ms = took.as_millis() as u64, ok = answer.is_ok(), "group answered");
+    Asked { answer, attempts: attempts.snapshot(), took }
 }
 
 /// The message of a timeout outcome. Sub-millisecond budgets round up, so a search with

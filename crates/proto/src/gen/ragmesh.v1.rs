@@ -3720,6 +3720,14 @@ pub struct SearchRequest {
     /// Drop node hits whose own score is below this.
     #[prost(double, tag = "6")]
     pub min_score: f64,
+    /// How node hits are merged. "global_bm25" (the default): the master first gathers every
+    /// asked group's BM25 statistics for the query's terms (counted over what the caller may
+    /// read), then every node scores with their sum, so scores are comparable and the ranking is
+    /// that of one index holding every document; a group that fails the statistics phase is
+    /// reported and not asked to search. "rrf": reciprocal rank fusion of each node's own ranking,
+    /// one round trip.
+    #[prost(string, tag = "7")]
+    pub merge: ::prost::alloc::string::String,
 }
 /// Merged hits and what every node considered did.
 #[derive(Clone, PartialEq, ::prost::Message)]
@@ -3733,7 +3741,7 @@ pub struct SearchResponse {
     /// Wall time spent by the master.
     #[prost(uint32, tag = "3")]
     pub took_ms: u32,
-    /// How node results were merged ("rrf").
+    /// How node results were merged ("global_bm25" or "rrf").
     #[prost(string, tag = "4")]
     pub merge_strategy: ::prost::alloc::string::String,
     /// One entry per shard group considered: which replica answered, every attempt and why it ended.
