@@ -57,6 +57,8 @@ struct Counted {
     generation: u64,
     applied_seq: u64,
     collections: Vec<v1::CollectionStats>,
+    /// Bytes of the index's files (read beside the snapshot, not part of the one fact).
+    index_bytes: u64,
 }
 
 /// How one attached session ended.
@@ -133,14 +135,19 @@ impl Link {
     /// all as of one snapshot.
     async fn counted(&self) -> Counted {
         let Some(index) = self.state.index.get().cloned() else { return Counted::default() };
-        let fallback =
-            Counted { generation: index.generation(), applied_seq: index.applied().seq, collections: Vec::new() };
-        let counted = tokio::task::spawn_blocking(move || index.state()).await;
+        let fallback = Counted {
+            generation: index.generation(),
+            applied_seq: index.applied().seq,
+            collections: Vec::new(),
+            index_bytes: 0,
+        };
+        let counted = tokio::task::spawn_blocking(move || index.state().map(|state| (state, index.disk_bytes()))).await;
         match counted {
-            Ok(Ok(state)) => Counted {
+            Ok(Ok((state, index_bytes))) => Counted {
                 generation: state.generation,
                 applied_seq: state.applied.seq,
                 collections: crate::service::collection_stats(state.collections),
+                index_bytes,
             },
             Ok(Err(err)) => {
                 tracing::warn!(error = %err, "cannot count documents per collection");
@@ -204,7 +211,7 @@ impl Link {
         // Subscribed before counting, so a restore after the count is never missed.
         let mut restores = self.state.actions.watch_restores();
         restores.borrow_and_update();
-        let Counted { generation, applied_seq, collections } = self.counted().await;
+        let Counted { generation, applied_seq, collections, .. } = self.counted().await;
         // Labels reach the master at registration: a change (node.labels) ends this session
         // below, and the next registration carries the new ones.
         let mut label_changes = self.state.actions.node.watch_labels();
@@ -252,6 +259,7 @@ impl Link {
                 collections: counted.collections.clone(),
                 generation: counted.generation,
                 applied_seq: counted.applied_seq,
+                index_bytes: counted.index_bytes,
             }),
             // Listed in every heartbeat until decided: the master answers with decisions.
             in_doubt_transactions: self.state.participants.as_ref().map(|p| p.in_doubt()).unwrap_or_default(),

@@ -119,6 +119,8 @@ pub enum Command {
     Nodes(NodesArgs),
     /// Show everything the master knows about one node
     Node(NodeArgs),
+    /// Documents per collection per node and shard group, mesh totals, index sizes, generations
+    Stats(StatsArgs),
     /// Run a federated BM25 search and show the merged hits and what every node did
     Search(SearchArgs),
     /// Load documents from files and write them into one node's index through the master
@@ -545,6 +547,14 @@ pub struct NodeArgs {
     #[arg(value_name = "NAME")]
     pub name: String,
     /// Print a JSON object instead of text
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `ragmeshctl stats`
+#[derive(Debug, Args)]
+pub struct StatsArgs {
+    /// Print a JSON object instead of tables
     #[arg(long)]
     pub json: bool,
 }

@@ -188,6 +188,15 @@ impl Master {
         Ok(self.list_nodes_and_groups().await?.nodes)
     }
 
+    /// Document counts and index sizes (`Stats`).
+    pub async fn stats(&self) -> anyhow::Result<v1::StatsResponse> {
+        let mut client = self.client.clone();
+        let timeout = self.target.timeout;
+        self.invoke(timeout, client.stats(self.request(v1::StatsRequest {}, timeout)))
+            .await
+            .map_err(|status| self.describe("stats", &status))
+    }
+
     /// Every node and every shard group.
     pub async fn list_nodes_and_groups(&self) -> anyhow::Result<v1::ListNodesResponse> {
         let mut client = self.client.clone();

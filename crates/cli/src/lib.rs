@@ -16,6 +16,7 @@ pub mod nodes;
 pub mod render;
 pub mod samples;
 pub mod search;
+pub mod stats;
 pub mod token;
 pub mod top;
 pub mod watch;
@@ -43,6 +44,16 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 println!("{}", serde_json::to_string_pretty(&nodes::to_json(&node, now))?);
             } else {
                 print!("{}", nodes::detail(&node, now));
+            }
+            Ok(())
+        }
+        Command::Stats(args) => {
+            let master = connect(global).await?;
+            let response = master.stats().await?;
+            if args.json {
+                println!("{}", serde_json::to_string_pretty(&stats::to_json(&response))?);
+            } else {
+                print!("{}", stats::text(&response));
             }
             Ok(())
         }

@@ -607,6 +607,18 @@ impl DocumentIndex {
         Ok((state.generation, state.collections))
     }
 
+    /// Bytes the index's files take in its directory (segments, metas, what a merge has not
+    /// removed yet); files that vanish while counting are skipped.
+    pub fn disk_bytes(&self) -> u64 {
+        let Ok(entries) = std::fs::read_dir(&self.path) else { return 0 };
+        entries
+            .flatten()
+            .filter_map(|entry| entry.metadata().ok())
+            .filter(std::fs::Metadata::is_file)
+            .map(|meta| meta.len())
+            .sum()
+    }
+
     /// Generation, applied log position and live documents per collection of the current
     /// snapshot, read together so the three always agree.
     pub fn state(&self) -> Result<IndexState, IndexError> {

@@ -344,6 +344,11 @@ impl MasterService for MasterApi {
         }))
     }
 
+    async fn stats(&self, request: Request<v1::StatsRequest>) -> Result<Response<v1::StatsResponse>, Status> {
+        self.0.require(&request, Capability::Admin)?;
+        Ok(Response::new(crate::stats::build(self.0.registry()?.snapshot())))
+    }
+
     async fn list_nodes(
         &self,
         request: Request<v1::ListNodesRequest>,

@@ -61,6 +61,7 @@ pub(crate) fn node_info(view: NodeView, health: Option<HealthSnapshot>) -> v1::N
         sync: sync_state(&view.sync).into(),
         applied_seq: view.applied_seq,
         sync_message: sync_message(&view.sync),
+        index_bytes: view.index_bytes,
     }
 }
 

@@ -20,6 +20,7 @@ pub mod metrics;
 pub mod node;
 pub mod registry;
 pub mod replication;
+pub mod stats;
 
 use std::net::SocketAddr;
 use std::sync::{Arc, OnceLock};

@@ -134,6 +134,7 @@ impl StreamWatcher {
             collections: convert::collections_from_wire(heartbeat.collections),
             generation: heartbeat.generation,
             applied_seq: heartbeat.applied_seq,
+            index_bytes: heartbeat.index_bytes,
         };
         if !self.registry.heartbeat(&self.node, &self.session, info) {
             return false;

@@ -141,6 +141,7 @@ impl NodeView {
             in_flight: 0,
             applied_seq: 0,
             sync: SyncState::InSync,
+            index_bytes: 0,
         }
     }
 }
@@ -156,6 +157,8 @@ pub struct HeartbeatInfo {
     pub generation: u64,
     /// Last write-log sequence applied.
     pub applied_seq: u64,
+    /// Bytes the node's index takes on disk.
+    pub index_bytes: u64,
 }
 
 /// A consistent copy of one node's entry.
@@ -176,6 +179,8 @@ pub struct NodeView {
     pub applied_seq: u64,
     /// Whether it holds every acknowledged write of its group.
     pub sync: SyncState,
+    /// Bytes its index takes on disk, from the last heartbeat (0 before one).
+    pub index_bytes: u64,
 }
 
 #[derive(Debug)]
@@ -186,6 +191,7 @@ struct Entry {
     in_flight: u32,
     applied_seq: u64,
     sync: SyncState,
+    index_bytes: u64,
 }
 
 impl Entry {
@@ -197,6 +203,7 @@ impl Entry {
             in_flight: 0,
             applied_seq: 0,
             sync: SyncState::InSync,
+            index_bytes: 0,
         }
     }
 
@@ -260,6 +267,7 @@ impl Entry {
             in_flight: self.in_flight,
             applied_seq: self.applied_seq,
             sync: self.sync.clone(),
+            index_bytes: self.index_bytes,
         }
     }
 }
@@ -363,6 +371,7 @@ impl Registry {
         let changed_applied = entry.observe_applied(info.applied_seq);
         entry.last_heartbeat = Some(SystemTime::now());
         entry.in_flight = info.in_flight;
+        entry.index_bytes = info.index_bytes;
         if changed_state || changed_record || changed_applied {
             self.publish(&mut inner);
         }
@@ -501,7 +510,13 @@ mod tests {
             let store = Arc::new(SledStore::open_waiting(dir.path()).expect("open"));
             let registry = Registry::load(store).expect("load");
             let session = registry.register(record("a")).expect("register");
-            let info = HeartbeatInfo { in_flight: 0, collections: BTreeMap::new(), generation: 2, applied_seq: 0 };
+            let info = HeartbeatInfo {
+                in_flight: 0,
+                collections: BTreeMap::new(),
+                generation: 2,
+                applied_seq: 0,
+                index_bytes: 0,
+            };
             assert!(registry.heartbeat("a", &session, info));
             assert_eq!(registry.get("a").expect("a").state, NodeState::Up);
         }
@@ -525,11 +540,13 @@ mod tests {
             collections: BTreeMap::from([("docs".to_owned(), 3)]),
             generation: 1,
             applied_seq: 0,
+            index_bytes: 0,
         };
         assert!(registry.heartbeat("a", &session, stale));
         let a = registry.get("a").expect("a");
         assert_eq!((a.record.generation, a.record.collections), (2, after_write));
-        let newer = HeartbeatInfo { in_flight: 0, collections: BTreeMap::new(), generation: 3, applied_seq: 0 };
+        let newer =
+            HeartbeatInfo { in_flight: 0, collections: BTreeMap::new(), generation: 3, applied_seq: 0, index_bytes: 0 };
         assert!(registry.heartbeat("a", &session, newer));
         assert!(registry.get("a").expect("a").record.collections.is_empty(), "a newer count wins");
         assert!(!registry.observe_write("nobody", 9, BTreeMap::new(), 0), "unknown nodes are ignored");
@@ -541,7 +558,8 @@ mod tests {
         let registry = Registry::load(Arc::new(SledStore::open_waiting(dir.path()).expect("open"))).expect("load");
         let old = registry.register(record("a")).expect("register");
         let _new = registry.register(record("a")).expect("register");
-        let info = HeartbeatInfo { in_flight: 0, collections: BTreeMap::new(), generation: 0, applied_seq: 0 };
+        let info =
+            HeartbeatInfo { in_flight: 0, collections: BTreeMap::new(), generation: 0, applied_seq: 0, index_bytes: 0 };
         assert!(!registry.heartbeat("a", &old, info));
         assert_eq!(registry.get("a").expect("a").state, NodeState::Joining);
     }
@@ -572,7 +590,8 @@ mod tests {
         assert_eq!(registry.get("a").expect("a").sync, SyncState::InSync, "a write answer catches it up");
         let SyncState::Stale { message } = registry.get("b").expect("b").sync else { panic!("b is stale") };
         assert!(message.contains("copy of in-sync replica a's"), "{message}");
-        let late = HeartbeatInfo { in_flight: 0, collections: BTreeMap::new(), generation: 2, applied_seq: 4 };
+        let late =
+            HeartbeatInfo { in_flight: 0, collections: BTreeMap::new(), generation: 2, applied_seq: 4, index_bytes: 0 };
         assert!(registry.heartbeat("a", &session, late));
         assert_eq!(registry.get("a").expect("a").applied_seq, 5, "a late heartbeat does not move it back");
         registry.register_at(shard("a"), 0).expect("register");

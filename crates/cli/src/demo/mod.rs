@@ -554,6 +554,7 @@ fn usage_hints(
         writeln!(out, "  export RAGMESH_MASTER={master_addr} RAGMESH_CA={ca} RAGMESH_CERT={cert} RAGMESH_KEY={key}");
     let _ = writeln!(out, "  {exe} search {}", quote_str(query));
     let _ = writeln!(out, "  {exe} node agent-1");
+    let _ = writeln!(out, "  {exe} stats   # documents per collection, node and shard group; index sizes");
     let _ = writeln!(out, "  {exe} token issue --subject alice --tenant acme --cap search   # a tenant's token");
     let _ = writeln!(out, "  {exe} watch   # membership, breaker and key events, live (kill an agent to see one)");
     if let Some(metrics) = metrics_addr {

@@ -2822,6 +2822,9 @@ pub struct Heartbeat {
     /// Last sequence of the shard group's write log applied to the index.
     #[prost(uint64, tag = "5")]
     pub applied_seq: u64,
+    /// Bytes the index's files take on disk.
+    #[prost(uint64, tag = "6")]
+    pub index_bytes: u64,
 }
 /// A message from master to agent on the health stream.
 #[derive(Clone, PartialEq, ::prost::Message)]
@@ -3698,6 +3701,76 @@ pub struct Event {
     #[prost(string, tag = "10")]
     pub agent_protocol: ::prost::alloc::string::String,
 }
+/// Asks for document counts and index sizes.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct StatsRequest {}
+/// Documents per collection, per node, per shard group and over the whole mesh, as the nodes
+/// last reported them (heartbeats and acknowledged writes).
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct StatsResponse {
+    /// Every node.
+    #[prost(message, repeated, tag = "1")]
+    pub nodes: ::prost::alloc::vec::Vec<NodeStats>,
+    /// Every shard group, its documents counted once.
+    #[prost(message, repeated, tag = "2")]
+    pub groups: ::prost::alloc::vec::Vec<GroupStats>,
+    /// Documents per collection over the mesh (each shard group counted once).
+    #[prost(message, repeated, tag = "3")]
+    pub collections: ::prost::alloc::vec::Vec<CollectionStats>,
+    /// Documents over the mesh (each shard group counted once).
+    #[prost(uint64, tag = "4")]
+    pub total_docs: u64,
+    /// Bytes of every node's index (each replica holds its own copy).
+    #[prost(uint64, tag = "5")]
+    pub total_index_bytes: u64,
+}
+/// One node's counts.
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct NodeStats {
+    /// Node name.
+    #[prost(string, tag = "1")]
+    pub name: ::prost::alloc::string::String,
+    /// Its shard group.
+    #[prost(string, tag = "2")]
+    pub shard: ::prost::alloc::string::String,
+    /// Its state.
+    #[prost(enumeration = "NodeState", tag = "3")]
+    pub state: i32,
+    /// Index generation the counts are from.
+    #[prost(uint64, tag = "4")]
+    pub generation: u64,
+    /// Last write-log sequence it applied.
+    #[prost(uint64, tag = "5")]
+    pub applied_seq: u64,
+    /// Bytes its index takes on disk.
+    #[prost(uint64, tag = "6")]
+    pub index_bytes: u64,
+    /// Live documents per collection.
+    #[prost(message, repeated, tag = "7")]
+    pub collections: ::prost::alloc::vec::Vec<CollectionStats>,
+    /// Live documents.
+    #[prost(uint64, tag = "8")]
+    pub docs: u64,
+}
+/// One shard group's counts: those of its replica that applied the most of the group's log.
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct GroupStats {
+    /// Group name.
+    #[prost(string, tag = "1")]
+    pub shard: ::prost::alloc::string::String,
+    /// Its replicas.
+    #[prost(string, repeated, tag = "2")]
+    pub replicas: ::prost::alloc::vec::Vec<::prost::alloc::string::String>,
+    /// The replica the counts come from.
+    #[prost(string, tag = "3")]
+    pub counted_from: ::prost::alloc::string::String,
+    /// Live documents per collection.
+    #[prost(message, repeated, tag = "4")]
+    pub collections: ::prost::alloc::vec::Vec<CollectionStats>,
+    /// Live documents.
+    #[prost(uint64, tag = "5")]
+    pub docs: u64,
+}
 /// A federated search.
 #[derive(Clone, PartialEq, ::prost::Message)]
 pub struct SearchRequest {
@@ -3927,6 +4000,9 @@ pub struct NodeInfo {
     /// The node's circuit breaker.
     #[prost(message, optional, tag = "18")]
     pub breaker: ::core::option::Option<BreakerInfo>,
+    /// Bytes its index takes on disk (from its last heartbeat).
+    #[prost(uint64, tag = "19")]
+    pub index_bytes: u64,
 }
 /// The state of a node's circuit breaker.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, ::prost::Message)]
@@ -4644,6 +4720,29 @@ pub mod master_service_client {
                 .insert(GrpcMethod::new("ragmesh.v1.MasterService", "ListNodes"));
             self.inner.unary(req, path, codec).await
         }
+        /// Documents per collection per node and shard group, mesh totals, index sizes, generations
+        /// (operators: capability admin).
+        pub async fn stats(
+            &mut self,
+            request: impl tonic::IntoRequest<super::StatsRequest>,
+        ) -> std::result::Result<tonic::Response<super::StatsResponse>, tonic::Status> {
+            self.inner
+                .ready()
+                .await
+                .map_err(|e| {
+                    tonic::Status::unknown(
+                        format!("Service was not ready: {}", e.into()),
+                    )
+                })?;
+            let codec = tonic_prost::ProstCodec::default();
+            let path = http::uri::PathAndQuery::from_static(
+                "/ragmesh.v1.MasterService/Stats",
+            );
+            let mut req = request.into_request();
+            req.extensions_mut()
+                .insert(GrpcMethod::new("ragmesh.v1.MasterService", "Stats"));
+            self.inner.unary(req, path, codec).await
+        }
         /// Shows one node.
         pub async fn get_node(
             &mut self,
@@ -4982,6 +5081,12 @@ pub mod master_service_server {
             tonic::Response<super::ListNodesResponse>,
             tonic::Status,
         >;
+        /// Documents per collection per node and shard group, mesh totals, index sizes, generations
+        /// (operators: capability admin).
+        async fn stats(
+            &self,
+            request: tonic::Request<super::StatsRequest>,
+        ) -> std::result::Result<tonic::Response<super::StatsResponse>, tonic::Status>;
         /// Shows one node.
         async fn get_node(
             &self,
@@ -5247,6 +5352,50 @@ pub mod master_service_server {
                     let inner = self.inner.clone();
                     let fut = async move {
                         let method = ListNodesSvc(inner);
+                        let codec = tonic_prost::ProstCodec::default();
+                        let mut grpc = tonic::server::Grpc::new(codec)
+                            .apply_compression_config(
+                                accept_compression_encodings,
+                                send_compression_encodings,
+                            )
+                            .apply_max_message_size_config(
+                                max_decoding_message_size,
+                                max_encoding_message_size,
+                            );
+                        let res = grpc.unary(method, req).await;
+                        Ok(res)
+                    };
+                    Box::pin(fut)
+                }
+                "/ragmesh.v1.MasterService/Stats" => {
+                    #[allow(non_camel_case_types)]
+                    struct StatsSvc<T: MasterService>(pub Arc<T>);
+                    impl<
+                        T: MasterService,
+                    > tonic::server::UnaryService<super::StatsRequest> for StatsSvc<T> {
+                        type Response = super::StatsResponse;
+                        type Future = BoxFuture<
+                            tonic::Response<Self::Response>,
+                            tonic::Status,
+                        >;
+                        fn call(
+                            &mut self,
+                            request: tonic::Request<super::StatsRequest>,
+                        ) -> Self::Future {
+                            let inner = Arc::clone(&self.0);
+                            let fut = async move {
+                                <T as MasterService>::stats(&inner, request).await
+                            };
+                            Box::pin(fut)
+                        }
+                    }
+                    let accept_compression_encodings = self.accept_compression_encodings;
+                    let send_compression_encodings = self.send_compression_encodings;
+                    let max_decoding_message_size = self.max_decoding_message_size;
+                    let max_encoding_message_size = self.max_encoding_message_size;
+                    let inner = self.inner.clone();
+                    let fut = async move {
+                        let method = StatsSvc(inner);
                         let codec = tonic_prost::ProstCodec::default();
                         let mut grpc = tonic::server::Grpc::new(codec)
                             .apply_compression_config(
