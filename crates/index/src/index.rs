@@ -583,14 +583,10 @@ impl DocumentIndex {
             } else {
                 snippet.to_html()
             };
-            hits.push(SearchHit {
-                title: self.text_of(&doc, self.fields.title),
-                metadata: self.metadata_of(&doc),
-                id,
-                collection,
-                snippet,
-                score,
-            });
+            let title = self.text_of(&doc, self.fields.title);
+            let title =
+                if title.is_empty() { crate::display_title(&self.text_of(&doc, self.fields.body)) } else { title };
+            hits.push(SearchHit { title, metadata: self.metadata_of(&doc), id, collection, snippet, score });
         }
         Ok(SearchResults { hits, total_matches: total_matches as u64, generation: snapshot.generation })
     }
@@ -924,6 +920,22 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let index = DocumentIndex::open(dir.path()).expect("open fresh index");
         (dir, index)
+    }
+
+    #[test]
+    fn a_document_without_a_title_shows_its_first_words_but_is_not_scored_on_them() {
+        let (_dir, index) = open_temp();
+        let body = "radar echoes from the moon measured at several wavelengths over one year";
+        index
+            .upsert(vec![doc("c", "untitled", "", body), doc("c", "same-words", "", "echoes from the moon radar")])
+            .expect("upsert");
+        let results = index.search(&query("radar")).expect("search");
+        let untitled = results.hits.iter().find(|h| h.id == "untitled").expect("found");
+        assert_eq!(untitled.title, "radar echoes from the moon measured at several");
+        // Had the first words been indexed as a title, the first document (its title starting
+        // with the query word) would outscore a shorter document holding it only in its body.
+        let short = results.hits.iter().find(|h| h.id == "same-words").expect("found");
+        assert!(short.score > untitled.score, "{results:?}");
     }
 
     fn ids(results: &SearchResults) -> Vec<(String, String)> {

@@ -23,8 +23,8 @@ mod test_data;
 
 pub use access::{Acl, MAX_PRINCIPAL_BYTES, SubjectRef, Viewer, Writer};
 pub use document::{
-    CollectionCount, DocRef, Document, MAX_BATCH, MAX_COLLECTION_CHARS, MAX_ID_BYTES, MAX_TEXT_BYTES, SearchHit,
-    SearchQuery, SearchResults,
+    CollectionCount, DISPLAY_TITLE_WORDS, DocRef, Document, MAX_BATCH, MAX_COLLECTION_CHARS, MAX_ID_BYTES,
+    MAX_TEXT_BYTES, SearchHit, SearchQuery, SearchResults, display_title,
 };
 pub use error::IndexError;
 pub use index::backup::{Restored, SnapshotWritten, snapshot_path, verify_snapshot};

@@ -4,14 +4,14 @@ use std::collections::BTreeMap;
 
 use serde_json::{Map, Value};
 
-use super::{IngestError, title_from_body};
+use super::IngestError;
 use crate::Document;
 
 /// Parses JSON lines into documents; blank lines are skipped.
 ///
 /// Each line is an object `{"id", "collection"?, "title"?, "body" or "text", "metadata"?}`.
 /// `id` may be a string or an integer; `collection` defaults to `default_collection`; a missing
-/// title is made from the first words of the body; metadata values may be strings, numbers or
+/// title stays empty (a hit shows the body's first words); metadata values may be strings, numbers or
 /// booleans (kept as their JSON text). Unknown fields are ignored. Errors give the 1-based line.
 pub fn parse_jsonl(text: &str, default_collection: &str) -> Result<Vec<Document>, IngestError> {
     let mut docs = Vec::new();
@@ -58,7 +58,7 @@ fn parse_record(line: &str, default_collection: &str) -> Result<Document, String
             return Err("record has no \"body\" (or \"text\"): add the document text".to_owned());
         }
     };
-    let title = optional_string(&object, "title")?.unwrap_or_else(|| title_from_body(&body));
+    let title = optional_string(&object, "title")?.unwrap_or_default();
     let metadata = match object.get("metadata") {
         None | Some(Value::Null) => BTreeMap::new(),
         Some(Value::Object(entries)) => metadata_from(entries)?,
@@ -136,7 +136,7 @@ mod tests {
         assert_eq!(docs[0].metadata["ok"], "true");
         assert_eq!(docs[1].id, "7");
         assert_eq!(docs[1].collection, "other");
-        assert_eq!(docs[1].title, "one two three four five six seven eight");
+        assert_eq!(docs[1].title, "", "no title: none is made up");
     }
 
     fn error_of(text: &str) -> (usize, String) {

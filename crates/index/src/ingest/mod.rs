@@ -16,9 +16,6 @@ pub use trec::parse_trec;
 
 use crate::Document;
 
-/// Number of leading body words used as a title when a source has none.
-const DERIVED_TITLE_WORDS: usize = 8;
-
 /// How [`load_path`] interprets files.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Format {
@@ -197,12 +194,6 @@ fn normalize_whitespace(text: &str) -> String {
     out
 }
 
-/// A title made of the first few words of a body.
-fn title_from_body(body: &str) -> String {
-    let words: Vec<&str> = body.split_whitespace().take(DERIVED_TITLE_WORDS).collect();
-    words.join(" ")
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -231,7 +222,7 @@ mod tests {
         let ids: Vec<&str> = docs.iter().map(|d| d.id.as_str()).collect();
         assert_eq!(ids, ["a.txt", "b.md", "sub/c.markdown", "j1", "t1"]);
         let titles: Vec<&str> = docs.iter().map(|d| d.title.as_str()).collect();
-        assert_eq!(titles, ["first line", "Bee", "Sea", "json body", "trec body"]);
+        assert_eq!(titles, ["first line", "Bee", "Sea", "", ""], "jsonl and TREC make no title up");
         assert!(docs.iter().all(|d| d.collection == "c"));
     }
 
@@ -271,7 +262,7 @@ mod tests {
     fn whitespace_and_titles() {
         assert_eq!(normalize_whitespace("  a \n\t b  c "), "a b c");
         assert_eq!(
-            title_from_body("one two three four five six seven eight nine"),
+            crate::display_title("one two three four five six seven eight nine"),
             "one two three four five six seven eight"
         );
     }

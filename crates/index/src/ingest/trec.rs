@@ -3,7 +3,7 @@
 use std::collections::BTreeMap;
 use std::ops::Range;
 
-use super::{IngestError, normalize_whitespace, title_from_body};
+use super::{IngestError, normalize_whitespace};
 use crate::Document;
 
 /// Parses TREC text into documents of `collection`.
@@ -11,7 +11,8 @@ use crate::Document;
 /// Each `<DOC>...</DOC>` block needs a `<DOCNO>`, which becomes the id. The body is the content
 /// of the `<TEXT>` elements when present, else everything in the block except `<DOCNO>` and the
 /// title element; remaining markup tags are dropped and whitespace collapsed to single spaces.
-/// The title is `<TITLE>` (or `<HEADLINE>`) when present, else the first words of the body.
+/// The title is `<TITLE>` (or `<HEADLINE>`) when present, else empty (a hit shows the body's
+/// first words: [`crate::display_title`]; a title made of them would distort ranking).
 /// Tag names are matched case-insensitively; text outside `<DOC>` blocks is ignored.
 pub fn parse_trec(text: &str, collection: &str) -> Result<Vec<Document>, IngestError> {
     let mut lines = LineCounter::default();
@@ -72,7 +73,7 @@ fn parse_block(block: &str, line: usize, collection: &str) -> Result<Document, I
     let body = normalize_whitespace(&raw_body);
     let title = match &title_element {
         Some(title) => normalize_whitespace(&strip_tags(&block[title.inner.clone()])),
-        None => title_from_body(&body),
+        None => String::new(),
     };
     Ok(Document {
         id,
@@ -242,8 +243,8 @@ an electronic analogue computer
             docs[0].body,
             "compact memories have flexible capacities a digital data storage system with capacity up to bits and random and or sequential access is described"
         );
-        assert_eq!(docs[0].title, "compact memories have flexible capacities a digital data");
-        assert_eq!(docs[1].title, "an electronic analogue computer");
+        assert_eq!(docs[0].title, "", "no title element: none is made up");
+        assert_eq!(docs[1].title, "");
     }
 
     #[test]
@@ -360,10 +361,7 @@ an electronic analogue computer
             for (doc, (id, title, body)) in parsed.iter().zip(&docs) {
                 prop_assert_eq!(&doc.id, id);
                 prop_assert_eq!(&doc.body, &body.join(" "));
-                let expected_title = match title {
-                    Some(title) => title.join(" "),
-                    None => body.iter().take(8).cloned().collect::<Vec<_>>().join(" "),
-                };
+                let expected_title = title.as_ref().map(|title| title.join(" ")).unwrap_or_default();
                 prop_assert_eq!(&doc.title, &expected_title);
             }
         }
