@@ -42,58 +42,103 @@ const LIST_MAX: usize = 1000;
 /// Most in-doubt transactions answered per heartbeat.
 pub(crate) const MAX_IN_DOUBT: usize = 256;
 
-/// Agents through the node client, writes through replication.
-#[derive(Debug, Clone)]
-pub(crate) struct NodeTransport(pub(crate) Context);
-
-impl NodeTransport {
-    /// The caller as the participants see it, for one call of `budget`: a signed context
-    /// never outlives its principal's expiry, so the principal lives as long as the call (the
-    /// caller's own token may be gone by the time a decision is re-sent).
-    fn principal(plan: &Plan, budget: Duration) -> Principal {
-        let now = ragmesh_auth::unix_now();
-        Principal {
-            subject: plan.subject.clone(),
-            tenant: plan.tenant.clone(),
-            capabilities: plan.capabilities.iter().copied().collect(),
-            token_id: String::new(),
-            expires_at: now.saturating_add(budget.as_secs().saturating_add(1)),
-            issued_at: now,
-        }
-    }
-
-    async fn send(
-        ctx: Context,
-        node: String,
-        request: NodeRequest,
-        plan: Plan,
-        budget: Duration,
-    ) -> Result<NodeReply, String> {
-        let context =
-            super::service::signed_context(&ctx, &Self::principal(&plan, budget), budget).map_err(|e| e.to_string())?;
-        // Prepare and decide are idempotent per transaction id: resent once after a lost connection.
-        super::service::call_node(&ctx, &node, request, Some(context), Instant::now() + budget)
-            .await
-            .map_err(|e| e.to_string())
-    }
-}
-
-/// The transport of a transaction: signs for the caller its plan names.
+/// The transport of a transaction: agents through the node client, signed for the caller
+/// `plan` names; committed writes through replication, for the caller of the transaction's own
+/// plan (the one the driver passes).
 #[derive(Debug, Clone)]
 pub(crate) struct PlanTransport {
     ctx: Context,
     plan: Plan,
 }
 
-impl NodeTransport {
-    /// Appends a committed write part to group `shard`'s log for the plan's caller.
+impl PlanTransport {
+    /// The caller as the participants see it, for one call of `budget`: a signed context
+    /// never outlives its principal's expiry, so the principal lives as long as the call (the
+    /// caller's own token may be gone by the time a decision is re-sent).
+    fn principal(&self, budget: Duration) -> Principal {
+        let now = ragmesh_auth::unix_now();
+        Principal {
+            subject: self.plan.subject.clone(),
+            tenant: self.plan.tenant.clone(),
+            capabilities: self.plan.capabilities.iter().copied().collect(),
+            token_id: String::new(),
+            expires_at: now.saturating_add(budget.as_secs().saturating_add(1)),
+            issued_at: now,
+        }
+    }
+
+    /// Sends `request` to `node` within `budget`, in the plan's caller's name.
+    fn send(
+        &self,
+        node: &str,
+        request: NodeRequest,
+        budget: Duration,
+    ) -> BoxFuture<'static, Result<NodeReply, String>> {
+        let signed = super::service::signed_context(&self.ctx, &self.principal(budget), budget);
+        let (ctx, node) = (self.ctx.clone(), node.to_owned());
+        Box::pin(async move {
+            let context = signed.map_err(|e| e.to_string())?;
+            // Prepare and decide are idempotent per transaction id: resent once after a lost connection.
+            super::service::call_node(&ctx, &node, request, Some(context), Instant::now() + budget)
+                .await
+                .map_err(|e| e.to_string())
+        })
+    }
+}
+
+impl Transport for PlanTransport {
+    fn prepare(
+        &self,
+        node: &str,
+        tx: TxId,
+        operation: v1::TransactionOperation,
+        deadline_ms: u64,
+    ) -> BoxFuture<'static, Result<v1::PrepareTransactionResponse, String>> {
+        let request = v1::PrepareTransactionRequest {
+            tx_id: tx.to_string(),
+            operation: Some(operation),
+            deadline_unix_ms: deadline_ms,
+        };
+        let budget = Duration::from_millis(deadline_ms.saturating_sub(unix_now_ms())).max(Duration::from_millis(1));
+        let send = self.send(node, NodeRequest::Prepare(request), budget);
+        let node = node.to_owned();
+        Box::pin(async move {
+            match send.await? {
+                NodeReply::Prepare(reply) => Ok(reply),
+                _ => Err(format!("node {node} answered a prepare with another reply")),
+            }
+        })
+    }
+
+    fn decide(
+        &self,
+        node: &str,
+        tx: TxId,
+        decision: Decision,
+    ) -> BoxFuture<'static, Result<v1::DecideTransactionResponse, String>> {
+        let decision = match decision {
+            Decision::Commit => v1::TransactionDecision::Commit,
+            Decision::Abort => v1::TransactionDecision::Abort,
+        };
+        let request = v1::DecideTransactionRequest { tx_id: tx.to_string(), decision: decision.into() };
+        let send = self.send(node, NodeRequest::Decide(request), DECIDE_TIMEOUT);
+        let node = node.to_owned();
+        Box::pin(async move {
+            match send.await? {
+                NodeReply::Decide(reply) => Ok(reply),
+                _ => Err(format!("node {node} answered a decision with another reply")),
+            }
+        })
+    }
+
+    /// Appends a committed write part to group `shard`'s log for `plan`'s caller.
     fn apply_write(
         &self,
         plan: &Plan,
         shard: &str,
         write: v1::DocumentWrite,
     ) -> BoxFuture<'static, Result<(), String>> {
-        let ctx = self.0.clone();
+        let ctx = self.ctx.clone();
         let writer = Writer {
             subject: plan.subject.clone(),
             tenant: plan.tenant.clone(),
@@ -137,73 +182,6 @@ fn appended<T>(shard: &str, written: Result<T, ReplicationError>) -> Result<(), 
     }
 }
 
-impl Transport for PlanTransport {
-    fn prepare(
-        &self,
-        node: &str,
-        tx: TxId,
-        operation: v1::TransactionOperation,
-        deadline_ms: u64,
-    ) -> BoxFuture<'static, Result<v1::PrepareTransactionResponse, String>> {
-        let request = v1::PrepareTransactionRequest {
-            tx_id: tx.to_string(),
-            operation: Some(operation),
-            deadline_unix_ms: deadline_ms,
-        };
-        let budget = Duration::from_millis(deadline_ms.saturating_sub(unix_now_ms())).max(Duration::from_millis(1));
-        let send = NodeTransport::send(
-            self.ctx.clone(),
-            node.to_owned(),
-            NodeRequest::Prepare(request),
-            self.plan.clone(),
-            budget,
-        );
-        let node = node.to_owned();
-        Box::pin(async move {
-            match send.await? {
-                NodeReply::Prepare(reply) => Ok(reply),
-                _ => Err(format!("node {node} answered a prepare with another reply")),
-            }
-        })
-    }
-
-    fn decide(
-        &self,
-        node: &str,
-        tx: TxId,
-        decision: Decision,
-    ) -> BoxFuture<'static, Result<v1::DecideTransactionResponse, String>> {
-        let decision = match decision {
-            Decision::Commit => v1::TransactionDecision::Commit,
-            Decision::Abort => v1::TransactionDecision::Abort,
-        };
-        let request = v1::DecideTransactionRequest { tx_id: tx.to_string(), decision: decision.into() };
-        let send = NodeTransport::send(
-            self.ctx.clone(),
-            node.to_owned(),
-            NodeRequest::Decide(request),
-            self.plan.clone(),
-            DECIDE_TIMEOUT,
-        );
-        let node = node.to_owned();
-        Box::pin(async move {
-            match send.await? {
-                NodeReply::Decide(reply) => Ok(reply),
-                _ => Err(format!("node {node} answered a decision with another reply")),
-            }
-        })
-    }
-
-    fn apply_write(
-        &self,
-        plan: &Plan,
-        shard: &str,
-        write: v1::DocumentWrite,
-    ) -> BoxFuture<'static, Result<(), String>> {
-        NodeTransport(self.ctx.clone()).apply_write(plan, shard, write)
-    }
-}
-
 /// The runtime of drivers started for `plan`'s caller.
 pub(crate) fn runtime(ctx: &Context, plan: &Plan) -> Runtime {
     Runtime {
@@ -213,51 +191,11 @@ pub(crate) fn runtime(ctx: &Context, plan: &Plan) -> Runtime {
     }
 }
 
-/// Resumes the unfinished transactions of the log (start-up). Each driver signs for the caller
-/// its plan names.
+/// Resumes the unfinished transactions of the log (start-up). Their prepares and decisions are
+/// signed for the master itself (the caller's token is long gone; agents apply a logged
+/// decision whoever relays it); committed writes still go in for each transaction's own caller.
 pub(crate) async fn recover(ctx: &Context, transactions: &Transactions) -> Result<usize, TxError> {
-    // The recovered drivers sign with the plan's caller: the transport reads it per call.
-    let runtime = Runtime {
-        transport: Arc::new(RecoveredTransport(ctx.clone())),
-        tasks: ctx.tasks.clone(),
-        shutdown: ctx.shutdown.clone(),
-    };
-    transactions.recover(&runtime).await
-}
-
-/// The transport of a recovered transaction: decisions signed for the master itself (the
-/// caller's token is long gone; agents apply a logged decision whoever relays it).
-#[derive(Debug, Clone)]
-struct RecoveredTransport(Context);
-
-impl Transport for RecoveredTransport {
-    fn prepare(
-        &self,
-        node: &str,
-        tx: TxId,
-        operation: v1::TransactionOperation,
-        deadline_ms: u64,
-    ) -> BoxFuture<'static, Result<v1::PrepareTransactionResponse, String>> {
-        PlanTransport { ctx: self.0.clone(), plan: master_plan() }.prepare(node, tx, operation, deadline_ms)
-    }
-
-    fn decide(
-        &self,
-        node: &str,
-        tx: TxId,
-        decision: Decision,
-    ) -> BoxFuture<'static, Result<v1::DecideTransactionResponse, String>> {
-        PlanTransport { ctx: self.0.clone(), plan: master_plan() }.decide(node, tx, decision)
-    }
-
-    fn apply_write(
-        &self,
-        plan: &Plan,
-        shard: &str,
-        write: v1::DocumentWrite,
-    ) -> BoxFuture<'static, Result<(), String>> {
-        NodeTransport(self.0.clone()).apply_write(plan, shard, write)
-    }
+    transactions.recover(&runtime(ctx, &master_plan())).await
 }
 
 fn master_plan() -> Plan {
