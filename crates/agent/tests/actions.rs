@@ -94,30 +94,7 @@ fn write_config(dir: &Path) -> (std::path::PathBuf, Files) {
 }
 
 async fn start_agent(master: &str, data_dir: &Path, config: &Path) -> AgentHandle {
-    let args = AgentArgs::try_parse_from([
-        "ragmesh-agent",
-        "--insecure",
-        "--name",
-        "agent-a",
-        "--listen",
-        "127.0.0.1:0",
-        "--master",
-        master,
-        "--data-dir",
-        data_dir.to_str().expect("utf-8"),
-        "--heartbeat-interval-ms",
-        "50",
-        "--config",
-        config.to_str().expect("utf-8"),
-    ])
-    .expect("parse");
-    let config = args.resolve().expect("valid config");
-    let listener = TcpListener::bind(config.listen).await.expect("bind");
-    let agent = ragmesh_agent::start(config, listener).await.expect("agent starts");
-    let mut status = agent.link_status();
-    let attached = status.wait_for(|s| matches!(s, ragmesh_agent::LinkStatus::Attached { .. }));
-    tokio::time::timeout(WAIT, attached).await.expect("attached in time").expect("link status");
-    agent
+    common::start_agent_with("agent-a", master, data_dir, &["--config", config.to_str().expect("utf-8")]).await
 }
 
 fn run(action: &str, args: &[(&str, &str)], call_id: &str) -> v1::RunActionRequest {

@@ -3,45 +3,14 @@
 //! keys and records registrations), called with contexts signed as the master signs them:
 //! ingest, snapshot, ingest more, restore, and the search shows the snapshot's documents.
 
-use std::path::Path;
-
-use clap::Parser as _;
-use ragmesh_agent::AgentHandle;
 use ragmesh_auth::Capability;
-use ragmesh_config::AgentArgs;
 use ragmesh_proto::v1::{self, agent_service_client::AgentServiceClient};
-use tokio::net::TcpListener;
 use tonic::Code;
 use tonic::transport::Channel;
 
 mod common;
 
 use common::{Master, WAIT, client, signed};
-
-async fn start_agent(master: &str, data_dir: &Path) -> AgentHandle {
-    let args = AgentArgs::try_parse_from([
-        "ragmesh-agent",
-        "--insecure",
-        "--name",
-        "agent-a",
-        "--listen",
-        "127.0.0.1:0",
-        "--master",
-        master,
-        "--data-dir",
-        data_dir.to_str().expect("utf-8"),
-        "--heartbeat-interval-ms",
-        "50",
-    ])
-    .expect("parse");
-    let config = args.resolve().expect("valid config");
-    let listener = TcpListener::bind(config.listen).await.expect("bind");
-    let agent = ragmesh_agent::start(config, listener).await.expect("agent starts");
-    let mut status = agent.link_status();
-    let attached = status.wait_for(|s| matches!(s, ragmesh_agent::LinkStatus::Attached { .. }));
-    tokio::time::timeout(WAIT, attached).await.expect("attached in time").expect("link status");
-    agent
-}
 
 fn run(action: &str, args: &[(&str, &str)]) -> v1::RunActionRequest {
     v1::RunActionRequest {
@@ -97,7 +66,7 @@ async fn ingest_snapshot_ingest_more_restore_and_search_shows_the_snapshots_docu
     let mut master = Master::start().await;
     let dir = tempfile::tempdir().expect("tempdir");
     let data = dir.path().join("data");
-    let agent = start_agent(&master.addr, &data).await;
+    let agent = common::start_agent("agent-a", &master.addr, &data).await;
     let mut client = client(&agent).await;
     let operator = master.operator();
     let acme = master.context("acme", &[Capability::Ingest, Capability::Search, Capability::Actions]);

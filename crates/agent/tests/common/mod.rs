@@ -160,8 +160,19 @@ impl Master {
 /// Starts agent `name` (plaintext, loopback, its own shard group) attached to `master` and
 /// waits until it is.
 pub(crate) async fn start_agent(name: &str, master: &str, data_dir: &std::path::Path) -> AgentHandle {
+    start_agent_with(name, master, data_dir, &[]).await
+}
+
+/// [`start_agent`] with `extra` flags (e.g. `--config FILE`).
+pub(crate) async fn start_agent_with(
+    name: &str,
+    master: &str,
+    data_dir: &std::path::Path,
+    extra: &[&str],
+) -> AgentHandle {
     use clap::Parser as _;
-    let args = ragmesh_config::AgentArgs::try_parse_from([
+    let data_dir = data_dir.to_str().expect("utf-8");
+    let mut args = vec![
         "ragmesh-agent",
         "--insecure",
         "--name",
@@ -171,12 +182,12 @@ pub(crate) async fn start_agent(name: &str, master: &str, data_dir: &std::path::
         "--master",
         master,
         "--data-dir",
-        data_dir.to_str().expect("utf-8"),
+        data_dir,
         "--heartbeat-interval-ms",
         "50",
-    ])
-    .expect("parse");
-    let config = args.resolve().expect("valid config");
+    ];
+    args.extend_from_slice(extra);
+    let config = ragmesh_config::AgentArgs::try_parse_from(args).expect("parse").resolve().expect("valid config");
     let listener = TcpListener::bind(config.listen).await.expect("bind");
     let agent = ragmesh_agent::start(config, listener).await.expect("agent starts");
     wait_attached(&agent).await;
