@@ -150,7 +150,8 @@ impl MasterApi {
     }
 }
 
-fn validate_search(req: &v1::SearchRequest) -> Result<(), MasterError> {
+/// Checks a search request before anything is asked; returns its merge strategy.
+fn validate_search(req: &v1::SearchRequest) -> Result<merge::Strategy, MasterError> {
     if req.query.trim().is_empty() {
         return Err(MasterError::InvalidArgument("query is empty: pass the words to search for".into()));
     }
@@ -166,12 +167,12 @@ fn validate_search(req: &v1::SearchRequest) -> Result<(), MasterError> {
     if !req.min_score.is_finite() {
         return Err(MasterError::InvalidArgument("min_score must be a finite number".into()));
     }
-    merge::Strategy::parse(&req.merge).map_err(MasterError::InvalidArgument)?;
+    let strategy = merge::Strategy::parse(&req.merge).map_err(MasterError::InvalidArgument)?;
     // Refused here, once, rather than fanned out to every agent (which would refuse it too):
     // a deeply nested query would overflow the stack of tantivy's recursive parser.
     ragmesh_types::query::check(&req.query, &ragmesh_types::query::QueryLimits::default())
         .map_err(|err| MasterError::InvalidArgument(err.to_string()))?;
-    Ok(())
+    Ok(strategy)
 }
 
 #[tonic::async_trait]
@@ -268,7 +269,7 @@ impl MasterService for MasterApi {
         let started = Instant::now();
         let registry = self.0.registry()?;
         let principal = self.0.require(&request, Capability::Search)?;
-        validate_search(request.get_ref())?;
+        let strategy = validate_search(request.get_ref())?;
         let budget = self.search_budget(&request)?;
         let req = request.into_inner();
         let deadline = started + budget.saturating_sub(merge_margin(budget));
@@ -284,7 +285,6 @@ impl MasterService for MasterApi {
         let context = context
             .parse()
             .map_err(|_| MasterError::Refused(Status::internal("the signed request context is not valid metadata")))?;
-        let strategy = merge::Strategy::parse(&req.merge).map_err(MasterError::InvalidArgument)?;
         let mut query = NodeQuery {
             query: req.query,
             collections: req.collections,
@@ -300,11 +300,9 @@ impl MasterService for MasterApi {
             let now = Instant::now();
             let phase_deadline = now + deadline.saturating_duration_since(now) / 2;
             let gathered = federation::gather_statistics(&self.0.node_client, &targets, &query, phase_deadline).await;
-            let answered: Vec<v1::TermStatistics> = gathered
-                .iter()
-                .filter_map(|g| g.answer.as_ref().ok().and_then(|(_, reply)| reply.statistics.clone()))
-                .collect();
-            query.statistics = Some(merge::sum_statistics(&answered));
+            let answered =
+                gathered.iter().filter_map(|g| g.answer.as_ref().ok().and_then(|(_, reply)| reply.statistics.as_ref()));
+            query.statistics = Some(merge::sum_statistics(answered));
             targets.retain(|target| gathered.iter().any(|g| g.target.target == target.target && g.answer.is_ok()));
             unscored = gathered.into_iter().filter_map(federation::StatisticsResult::into_failed_search).collect();
         }
