@@ -895,18 +895,7 @@ mod tests {
     use proptest::prelude::*;
 
     use super::*;
-
-    fn doc(collection: &str, id: &str, title: &str, body: &str) -> Document {
-        Document {
-            id: id.to_owned(),
-            collection: collection.to_owned(),
-            title: title.to_owned(),
-            body: body.to_owned(),
-            metadata: BTreeMap::new(),
-            // Public, so the anonymous default viewer of `query()` sees it; ACL tests set their own.
-            acl: crate::Acl::public(),
-        }
-    }
+    use crate::test_data::{doc, open_temp};
 
     fn doc_ref(collection: &str, id: &str) -> DocRef {
         DocRef { collection: collection.to_owned(), id: id.to_owned() }
@@ -914,12 +903,6 @@ mod tests {
 
     fn query(text: &str) -> SearchQuery {
         SearchQuery { query: text.to_owned(), ..SearchQuery::default() }
-    }
-
-    fn open_temp() -> (tempfile::TempDir, DocumentIndex) {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let index = DocumentIndex::open(dir.path()).expect("open fresh index");
-        (dir, index)
     }
 
     #[test]

@@ -1,6 +1,29 @@
-//! Test-only access to the shared vaswani data set: a skip on a workstation, a failure under CI.
+//! Test-only helpers: a fresh index in a temporary directory, a public document, and access
+//! to the shared vaswani data set (a skip on a workstation, a failure under CI).
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+
+use crate::{Acl, Document, DocumentIndex};
+
+/// A fresh index in a temporary directory (kept while the directory lives).
+pub(crate) fn open_temp() -> (tempfile::TempDir, DocumentIndex) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let index = DocumentIndex::open(dir.path()).expect("open fresh index");
+    (dir, index)
+}
+
+/// A public document (the anonymous default viewer sees it; ACL tests set their own).
+pub(crate) fn doc(collection: &str, id: &str, title: &str, body: &str) -> Document {
+    Document {
+        id: id.to_owned(),
+        collection: collection.to_owned(),
+        title: title.to_owned(),
+        body: body.to_owned(),
+        metadata: BTreeMap::new(),
+        acl: Acl::public(),
+    }
+}
 
 /// Reads `name` from `../shared/data/vaswani` beside the checkout.
 ///

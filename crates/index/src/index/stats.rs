@@ -490,6 +490,7 @@ mod tests {
     use proptest::prelude::*;
 
     use super::*;
+    use crate::test_data::open_temp;
     use crate::{Acl, Document, SubjectRef};
 
     const VOCABULARY: [&str; 8] = ["apple", "banana", "cherry", "delta", "echo", "falcon", "grape", "harbor"];
@@ -509,12 +510,6 @@ mod tests {
 
     fn public(id: &str, title: &str, body: &str) -> Document {
         doc(id, title, body, Acl::public())
-    }
-
-    fn open_temp() -> (tempfile::TempDir, DocumentIndex) {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let index = DocumentIndex::open(dir.path()).expect("open fresh index");
-        (dir, index)
     }
 
     fn query(text: &str, viewer: Viewer) -> SearchQuery {

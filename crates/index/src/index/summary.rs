@@ -257,24 +257,8 @@ mod tests {
     use ragmesh_search::DEFAULT_FALSE_POSITIVE_RATE;
 
     use super::*;
-    use crate::{Acl, DocRef, Document, SearchQuery};
-
-    fn doc(collection: &str, id: &str, title: &str, body: &str) -> Document {
-        Document {
-            id: id.to_owned(),
-            collection: collection.to_owned(),
-            title: title.to_owned(),
-            body: body.to_owned(),
-            metadata: BTreeMap::new(),
-            acl: Acl::public(),
-        }
-    }
-
-    fn open_temp() -> (tempfile::TempDir, DocumentIndex) {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let index = DocumentIndex::open(dir.path()).expect("open fresh index");
-        (dir, index)
-    }
+    use crate::test_data::{doc, open_temp};
+    use crate::{DocRef, Document, SearchQuery};
 
     fn term(text: &str) -> RoutingQuery {
         RoutingQuery::Term(text.to_owned())
