@@ -260,6 +260,7 @@ impl Link {
                 generation: counted.generation,
                 applied_seq: counted.applied_seq,
                 index_bytes: counted.index_bytes,
+                term_summary: None,
             }),
             // Listed in every heartbeat until decided: the master answers with decisions.
             in_doubt_transactions: self.state.participants.as_ref().map(|p| p.in_doubt()).unwrap_or_default(),

@@ -582,9 +582,13 @@ pub struct SearchArgs {
     #[arg(long, value_name = "F", default_value_t = 0.0)]
     pub min_score: f64,
     /// How node hits are merged: global-bm25 (statistics phase, then scores as one index
-    /// would give) or rrf (reciprocal rank fusion of each node's own ranking, one round trip)
+    /// would give), rrf (reciprocal rank fusion of each node's own ranking, one round trip) or
+    /// raw (node-local scores sorted as they are: for comparison only)
     #[arg(long, value_enum, default_value_t = MergeArg::GlobalBm25)]
     pub merge: MergeArg,
+    /// Ask the nodes even when the master's result cache holds the answer
+    #[arg(long)]
+    pub no_cache: bool,
     /// Print {"hits":[...],"nodes":[...],"took_ms":..,"merge_strategy":..} instead of tables
     #[arg(long)]
     pub json: bool,
@@ -598,6 +602,8 @@ pub enum MergeArg {
     GlobalBm25,
     /// Reciprocal rank fusion of each node's own ranking
     Rrf,
+    /// Node-local scores sorted as they are (not comparable across nodes; for comparison)
+    Raw,
 }
 
 impl MergeArg {
@@ -606,6 +612,7 @@ impl MergeArg {
         match self {
             MergeArg::GlobalBm25 => "global_bm25",
             MergeArg::Rrf => "rrf",
+            MergeArg::Raw => "raw",
         }
     }
 }

@@ -74,6 +74,7 @@ pub fn request(args: &SearchArgs, timeout_ms: u32) -> v1::SearchRequest {
         timeout_ms,
         min_score: args.min_score,
         merge: args.merge.wire().to_owned(),
+        bypass_cache: args.no_cache,
     }
 }
 
@@ -153,6 +154,7 @@ fn skip_reason_of(reason: i32) -> &'static str {
         Ok(v1::SkipReason::BreakerOpen) => "breaker_open",
         Ok(v1::SkipReason::NotInSync) => "not_in_sync",
         Ok(v1::SkipReason::OtherReplica) => "other_replica",
+        Ok(v1::SkipReason::NoMatch) => "no_match",
         Ok(v1::SkipReason::Unspecified) | Err(_) => "unknown",
     }
 }
@@ -556,6 +558,7 @@ mod tests {
             took_ms: 12,
             groups: Vec::new(),
             merge_strategy: "rrf".to_owned(),
+            cached: false,
         }
     }
 

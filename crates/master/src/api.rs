@@ -329,7 +329,7 @@ impl MasterService for MasterApi {
             })
             .collect();
         let merged = match strategy {
-            merge::Strategy::GlobalBm25 => merge::merge_by_score(lists, limit as usize),
+            merge::Strategy::GlobalBm25 | merge::Strategy::Raw => merge::merge_by_score(lists, limit as usize),
             merge::Strategy::Rrf => merge::merge_rrf(lists, limit as usize),
         };
         let hits = merged.into_iter().map(convert::hit).collect();
@@ -339,6 +339,7 @@ impl MasterService for MasterApi {
             took_ms: u32::try_from(started.elapsed().as_millis()).unwrap_or(u32::MAX),
             merge_strategy: strategy.as_str().to_owned(),
             groups: reports.into_iter().map(convert::group_outcome).collect(),
+            cached: false,
         }))
     }
 

@@ -1,12 +1,15 @@
 //! Merging the hit lists of several nodes into one ranking: pure functions, property-tested.
 //!
-//! Two strategies ([`Strategy`]):
+//! Three strategies ([`Strategy`]):
 //! - **global BM25** ([`merge_by_score`]): every node scored with the same collection-wide
 //!   statistics (the sum of every asked node's, [`sum_statistics`]), so node scores are the
 //!   scores one index holding every document would give, and the merge orders by them.
 //! - **reciprocal rank fusion** ([`merge_rrf`]): when nodes scored with their own statistics,
 //!   their scores are not comparable, but ranks are. A hit at rank `r` on its node scores
 //!   `1 / (k + r)`.
+//! - **raw** ([`merge_by_score`] over node-local scores): what a naive federation does, for
+//!   comparison only: a term rare on one node and common on another scores differently on each,
+//!   so the order favours whichever node's statistics flatter it.
 //!
 //! Either way the same document (same collection and id) returned by several nodes (replicas) is
 //! kept once, with its best score, and the other nodes listed as provenance: a replica is not
@@ -23,6 +26,8 @@ pub enum Strategy {
     GlobalBm25,
     /// Reciprocal rank fusion of each node's own ranking.
     Rrf,
+    /// Node-local scores sorted as they are (not comparable across nodes: for comparison).
+    Raw,
 }
 
 impl Strategy {
@@ -31,7 +36,8 @@ impl Strategy {
         match text.trim() {
             "" | "global_bm25" => Ok(Strategy::GlobalBm25),
             "rrf" => Ok(Strategy::Rrf),
-            other => Err(format!("merge {other:?} is not a merge strategy: use global_bm25 (the default) or rrf")),
+            "raw" => Ok(Strategy::Raw),
+            other => Err(format!("merge {other:?} is not a merge strategy: use global_bm25 (the default), rrf or raw")),
         }
     }
 
@@ -40,6 +46,7 @@ impl Strategy {
         match self {
             Strategy::GlobalBm25 => "global_bm25",
             Strategy::Rrf => "rrf",
+            Strategy::Raw => "raw",
         }
     }
 }
@@ -312,7 +319,8 @@ mod tests {
         assert_eq!(Merge::parse(""), Ok(Merge::GlobalBm25));
         assert_eq!(Merge::parse("global_bm25"), Ok(Merge::GlobalBm25));
         assert_eq!(Merge::parse(" rrf "), Ok(Merge::Rrf));
-        assert!(Merge::parse("raw").expect_err("unknown").contains("global_bm25"));
+        assert_eq!(Merge::parse("raw"), Ok(Merge::Raw));
+        assert!(Merge::parse("bm25").expect_err("unknown").contains("global_bm25"));
         assert_eq!(Merge::GlobalBm25.as_str(), "global_bm25");
     }
 

@@ -2825,6 +2825,22 @@ pub struct Heartbeat {
     /// Bytes the index's files take on disk.
     #[prost(uint64, tag = "6")]
     pub index_bytes: u64,
+    /// The index's term summary, sent on the first heartbeat of a stream and whenever the index
+    /// generation changed since the summary last sent on it; absent otherwise (unchanged).
+    #[prost(message, optional, tag = "7")]
+    pub term_summary: ::core::option::Option<TermSummary>,
+}
+/// A compact summary of the terms an agent's index holds, per collection, for routing.
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct TermSummary {
+    /// `ragmesh_search::NodeSummary` in its versioned byte encoding (generation-stamped Bloom
+    /// filters per collection).
+    #[prost(bytes = "vec", tag = "1")]
+    pub encoded: ::prost::alloc::vec::Vec<u8>,
+    /// Last sequence of the shard group's write log applied to the index the summary was built
+    /// from: the master trusts it only while no later write of the group was acknowledged.
+    #[prost(uint64, tag = "2")]
+    pub applied_seq: u64,
 }
 /// A message from master to agent on the health stream.
 #[derive(Clone, PartialEq, ::prost::Message)]
@@ -3798,9 +3814,13 @@ pub struct SearchRequest {
     /// read), then every node scores with their sum, so scores are comparable and the ranking is
     /// that of one index holding every document; a group that fails the statistics phase is
     /// reported and not asked to search. "rrf": reciprocal rank fusion of each node's own ranking,
-    /// one round trip.
+    /// one round trip. "raw": each node scores with its own statistics and hits are sorted by that
+    /// score (one round trip; scores of different nodes are not comparable: for comparison only).
     #[prost(string, tag = "7")]
     pub merge: ::prost::alloc::string::String,
+    /// Do not answer from the master's result cache (the fresh answer still refreshes it).
+    #[prost(bool, tag = "8")]
+    pub bypass_cache: bool,
 }
 /// Merged hits and what every node considered did.
 #[derive(Clone, PartialEq, ::prost::Message)]
@@ -3814,12 +3834,17 @@ pub struct SearchResponse {
     /// Wall time spent by the master.
     #[prost(uint32, tag = "3")]
     pub took_ms: u32,
-    /// How node results were merged ("global_bm25" or "rrf").
+    /// How node results were merged ("global_bm25", "rrf" or "raw").
     #[prost(string, tag = "4")]
     pub merge_strategy: ::prost::alloc::string::String,
     /// One entry per shard group considered: which replica answered, every attempt and why it ended.
     #[prost(message, repeated, tag = "5")]
     pub groups: ::prost::alloc::vec::Vec<GroupOutcome>,
+    /// True when the answer came from the master's result cache: every group it came from is at
+    /// the same write-log position as when it was computed, so it is the answer a fan-out would
+    /// give now. Node and group outcomes are those of the fan-out that computed it.
+    #[prost(bool, tag = "6")]
+    pub cached: bool,
 }
 /// What happened in one shard group during a federated search.
 #[derive(Clone, PartialEq, ::prost::Message)]
@@ -4436,6 +4461,9 @@ pub enum SkipReason {
     NotInSync = 4,
     /// Another replica of the node's shard group answered for it.
     OtherReplica = 5,
+    /// The node's term summary, current for every acknowledged write of its group, proves that no
+    /// document it holds in the searched collections can match the query.
+    NoMatch = 6,
 }
 impl SkipReason {
     /// String value of the enum field names used in the ProtoBuf definition.
@@ -4450,6 +4478,7 @@ impl SkipReason {
             Self::BreakerOpen => "SKIP_REASON_BREAKER_OPEN",
             Self::NotInSync => "SKIP_REASON_NOT_IN_SYNC",
             Self::OtherReplica => "SKIP_REASON_OTHER_REPLICA",
+            Self::NoMatch => "SKIP_REASON_NO_MATCH",
         }
     }
     /// Creates an enum from field names used in the ProtoBuf definition.
@@ -4461,6 +4490,7 @@ impl SkipReason {
             "SKIP_REASON_BREAKER_OPEN" => Some(Self::BreakerOpen),
             "SKIP_REASON_NOT_IN_SYNC" => Some(Self::NotInSync),
             "SKIP_REASON_OTHER_REPLICA" => Some(Self::OtherReplica),
+            "SKIP_REASON_NO_MATCH" => Some(Self::NoMatch),
             _ => None,
         }
     }
