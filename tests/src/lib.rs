@@ -271,6 +271,7 @@ impl Mesh {
             max_concurrent_requests: ragmesh_config::DEFAULT_MAX_CONCURRENT_REQUESTS,
             log: "info".into(),
             actions: Vec::new(),
+            analysis: ragmesh_config::AnalysisConfig::default(),
         }
     }
 
@@ -534,6 +535,7 @@ pub fn external_agent_config(
         max_concurrent_requests: ragmesh_config::DEFAULT_MAX_CONCURRENT_REQUESTS,
         log: "info".into(),
         actions: Vec::new(),
+        analysis: ragmesh_config::AnalysisConfig::default(),
     }
 }
 

@@ -173,13 +173,17 @@ pub async fn start_with_metrics(
     let serve_tls = tls.clone();
     let stop = shutdown.clone();
     let data_dir = config.data_dir.clone();
+    let settings = analysis_settings(&config.analysis);
     let task = tokio::spawn(async move {
         let server = tokio::spawn(ragmesh_server::serve(router, listener, serve_tls, stop.clone().cancelled_owned()));
         let index_dir = data_dir.join("index");
         let opened = ragmesh_server::open_when_free(
             "local index",
             &stop,
-            move || DocumentIndex::open(&index_dir),
+            move || match &settings {
+                Ok(settings) => DocumentIndex::open_with(&index_dir, *settings),
+                Err(reason) => Err(ragmesh_index::IndexError::InvalidQuery(reason.clone())),
+            },
             |err| matches!(err, ragmesh_index::IndexError::Locked { .. }),
         )
         .await;
@@ -267,5 +271,37 @@ fn check_shard(index: &DocumentIndex, shard: &str, data_dir: &std::path::Path) -
             Err(error::AgentError::ShardMismatch { dir: data_dir.to_path_buf(), held, wanted: shard.to_owned() })
         }
         _ => Ok(()),
+    }
+}
+
+/// The index settings of a validated `[analysis]` (ragmesh-config checks the same names and
+/// ranges, so an error here means the two lists drifted apart: the agent refuses to start).
+fn analysis_settings(config: &ragmesh_config::AnalysisConfig) -> Result<ragmesh_index::AnalysisSettings, String> {
+    use ragmesh_index::analysis::{Profile, Stemming, StopWords};
+    let invalid = |reason: String| format!("[analysis]: {reason}");
+    let profile = Profile {
+        stemming: Stemming::parse(&config.stemming).map_err(invalid)?,
+        stop_words: StopWords::parse(&config.stop_words).map_err(invalid)?,
+    };
+    let bm25 = ragmesh_index::Bm25Params::new(config.k1, config.b).map_err(invalid)?;
+    Ok(ragmesh_index::AnalysisSettings { profile, bm25 })
+}
+
+#[cfg(test)]
+mod analysis_tests {
+    use super::*;
+
+    #[test]
+    fn config_and_index_accept_the_same_stemmers() {
+        let mut config_names: Vec<&str> = ragmesh_config::STEMMING_NAMES.to_vec();
+        let mut index_names = ragmesh_index::analysis::Stemming::names();
+        config_names.sort_unstable();
+        index_names.sort_unstable();
+        assert_eq!(config_names, index_names);
+        let default = analysis_settings(&ragmesh_config::AnalysisConfig::default()).expect("default");
+        assert_eq!(default, ragmesh_index::AnalysisSettings::default(), "config and index defaults agree");
+        let porter = ragmesh_config::AnalysisConfig { stemming: "porter".into(), k1: 0.9, ..Default::default() };
+        let settings = analysis_settings(&porter).expect("valid");
+        assert_eq!(settings.profile.name(), "stem-porter_stop-none");
     }
 }

@@ -127,6 +127,92 @@ struct AgentFile {
     /// Operator-declared actions (`[[actions]]`); the file is their only source.
     #[serde(default)]
     actions: Vec<ActionSpec>,
+    /// Text analysis and BM25 parameters of the index (`[analysis]`); file only.
+    #[serde(default)]
+    analysis: AnalysisFile,
+}
+
+/// `[analysis]` of the agent file: how the index analyses text and scores matches.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AnalysisFile {
+    stemming: Option<String>,
+    stop_words: Option<String>,
+    k1: Option<f32>,
+    b: Option<f32>,
+}
+
+/// Stemmer names `[analysis] stemming` accepts besides "none" (ragmesh-index's
+/// `analysis::Stemming::names`; the agent's tests check the two lists agree).
+pub const STEMMING_NAMES: &[&str] = &[
+    "english",
+    "porter",
+    "arabic",
+    "danish",
+    "dutch",
+    "finnish",
+    "french",
+    "german",
+    "greek",
+    "hungarian",
+    "italian",
+    "norwegian",
+    "portuguese",
+    "romanian",
+    "russian",
+    "spanish",
+    "swedish",
+    "tamil",
+    "turkish",
+];
+
+/// Validated `[analysis]`: the index's analysis profile and BM25 parameters. The defaults were
+/// chosen by measurement on the vaswani collection (ragmesh-index's `analysis_vaswani` test).
+/// Changing `stemming` or `stop_words` needs the index rebuilt (the agent refuses to open an
+/// index built otherwise and says how); `k1` and `b` take effect at the next start, and must be
+/// the same on every agent serving the same collections, or a federated ranking mixes scales.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AnalysisConfig {
+    /// Stemmer: "none" or one of [`STEMMING_NAMES`].
+    pub stemming: String,
+    /// Stop words: "english" or "none".
+    pub stop_words: String,
+    /// BM25 term saturation, 0 to 10.
+    pub k1: f32,
+    /// BM25 length normalisation, 0 to 1.
+    pub b: f32,
+}
+
+impl Default for AnalysisConfig {
+    fn default() -> Self {
+        AnalysisConfig { stemming: "english".to_owned(), stop_words: "none".to_owned(), k1: 1.2, b: 0.75 }
+    }
+}
+
+impl AnalysisFile {
+    fn resolve(self, problems: &mut Problems) -> AnalysisConfig {
+        let defaults = AnalysisConfig::default();
+        let stemming = self.stemming.unwrap_or(defaults.stemming);
+        if stemming != "none" && !STEMMING_NAMES.contains(&stemming.as_str()) {
+            problems.push(format!(
+                "[analysis] stemming = {stemming:?} is unknown: use \"none\" or one of {}",
+                STEMMING_NAMES.join(", ")
+            ));
+        }
+        let stop_words = self.stop_words.unwrap_or(defaults.stop_words);
+        if stop_words != "english" && stop_words != "none" {
+            problems.push(format!("[analysis] stop_words = {stop_words:?} is unknown: use \"english\" or \"none\""));
+        }
+        let k1 = self.k1.unwrap_or(defaults.k1);
+        if !(0.0..=10.0).contains(&k1) {
+            problems.push(format!("[analysis] k1 = {k1} is out of range: use 0 to 10 (the usual is 1.2)"));
+        }
+        let b = self.b.unwrap_or(defaults.b);
+        if !(0.0..=1.0).contains(&b) {
+            problems.push(format!("[analysis] b = {b} is out of range: use 0 to 1 (the usual is 0.75)"));
+        }
+        AnalysisConfig { stemming, stop_words, k1, b }
+    }
 }
 
 /// Validated configuration of an agent.
@@ -161,6 +247,8 @@ pub struct AgentConfig {
     /// The operator-declared actions this agent offers (`[[actions]]` in the TOML file), each
     /// validated; the agent runs nothing else but its built-ins.
     pub actions: Vec<ActionSpec>,
+    /// How the index analyses text and scores matches (`[analysis]` in the TOML file).
+    pub analysis: AnalysisConfig,
 }
 
 /// Default of `--max-concurrent-requests`: enough for bursts of federated searches from the
@@ -262,6 +350,7 @@ impl AgentArgs {
         for problem in ragmesh_actions::validate_specs(&file.actions) {
             problems.push(problem);
         }
+        let analysis = file.analysis.resolve(&mut problems);
 
         let config = AgentConfig {
             join_token,
@@ -278,6 +367,7 @@ impl AgentArgs {
             labels,
             log,
             actions: file.actions,
+            analysis,
         };
         problems.finish((config, ProcessConfig { addr_file, metrics_listen, metrics_addr_file, trace }))
     }
@@ -422,6 +512,30 @@ mod tests {
         list.extend(["--config", &file_arg]);
         let parsed = args(&list);
         (dir, parsed)
+    }
+
+    #[test]
+    fn analysis_defaults_and_file_settings_are_checked() {
+        let base = ["--insecure", "--name", "n1", "--master", "m:7400"];
+        assert_eq!(args(&base).resolve().expect("valid").analysis, AnalysisConfig::default());
+        let (_dir, parsed) =
+            with_file(&base, "[analysis]\nstemming = \"porter\"\nstop_words = \"english\"\nk1 = 0.9\nb = 0.4\n");
+        let analysis = parsed.resolve().expect("valid").analysis;
+        assert_eq!(
+            analysis,
+            AnalysisConfig { stemming: "porter".into(), stop_words: "english".into(), k1: 0.9, b: 0.4 }
+        );
+        let (_dir, parsed) =
+            with_file(&base, "[analysis]\nstemming = \"klingon\"\nstop_words = \"french\"\nk1 = -1.0\nb = 1.5\n");
+        let errors = parsed.resolve().expect_err("invalid");
+        let text = errors.to_string();
+        assert_eq!(errors.problems.len(), 4, "{text}");
+        assert!(
+            text.contains("porter") && text.contains("\"english\" or \"none\"") && text.contains("0 to 10"),
+            "{text}"
+        );
+        let (_dir, parsed) = with_file(&base, "[analysis]\nstemmer = \"porter\"\n");
+        assert!(parsed.resolve().is_err(), "unknown keys are refused");
     }
 
     #[test]

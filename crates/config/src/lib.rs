@@ -9,7 +9,9 @@ mod master;
 mod trace;
 mod webhooks;
 
-pub use agent::{AgentArgs, AgentConfig, DEFAULT_MAX_CONCURRENT_REQUESTS, Secret, valid_node_name};
+pub use agent::{
+    AgentArgs, AgentConfig, AnalysisConfig, DEFAULT_MAX_CONCURRENT_REQUESTS, STEMMING_NAMES, Secret, valid_node_name,
+};
 pub use errors::{ConfigErrors, EXIT_CONFIG};
 pub use master::{
     AccessConfig, ActionsConfig, MasterArgs, MasterConfig, ReplicationConfig, ResilienceConfig, WriteQuorum,

@@ -46,6 +46,22 @@ pub enum IndexError {
         /// The underlying I/O error.
         source: std::io::Error,
     },
+    /// The index was built with another analysis profile than the one configured.
+    #[error(
+        "cannot open index at {path}: it was built with analysis profile {stored:?} but the configuration asks for \
+         {configured:?}; its terms were analysed differently, so it cannot be searched with the new profile. Either \
+         set stemming and stop_words back to what the index was built with, or rebuild it: write a snapshot of the \
+         index, move its directory away, start with the new settings and restore the snapshot (documents are \
+         re-analysed on restore)"
+    )]
+    ProfileMismatch {
+        /// The data directory.
+        path: PathBuf,
+        /// The profile the index was built with.
+        stored: String,
+        /// The configured profile.
+        configured: String,
+    },
     /// Another writer holds the index lock.
     #[error("cannot open index at {path}: the index is locked (is another agent using this data directory?)")]
     Locked {

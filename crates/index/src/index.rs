@@ -18,9 +18,11 @@ use tantivy::{
 };
 
 pub(crate) mod backup;
+mod bm25;
 pub(crate) mod stats;
 pub(crate) mod summary;
 
+use crate::analysis::{AnalysisSettings, DEFAULT_PROFILE_NAME};
 use crate::document::{collection_problem, validate_batch_len, validate_document, validate_ref};
 use crate::position::{Applied, AppliedLog, LogPosition, Step, check_position};
 use crate::{CollectionCount, DocRef, Document, IndexError, SearchHit, SearchQuery, SearchResults, Writer};
@@ -78,13 +80,21 @@ struct Fields {
 }
 
 impl Fields {
+    /// The schema of the default analysis profile (tantivy's `en_stem`).
     fn schema() -> (Schema, Fields) {
+        Fields::schema_for(DEFAULT_PROFILE_NAME)
+    }
+
+    /// The schema whose title and body are analysed by the tokenizer registered as `analyzer`
+    /// (a [`Profile::name`]).
+    fn schema_for(analyzer: &str) -> (Schema, Fields) {
         let mut builder = Schema::builder();
-        // English stemming (tantivy's built-in `en_stem`): "replicas" finds "replication" and
-        // "replicated". On the vaswani collection it lifts P@10 from 0.22 to 0.30.
+        // By default English stemming (tantivy's built-in `en_stem`): "replicas" finds
+        // "replication" and "replicated". On the vaswani collection it lifts P@10 from 0.22 to
+        // 0.30. Other profiles: see `crate::analysis`.
         let text = TextOptions::default().set_stored().set_indexing_options(
             TextFieldIndexing::default()
-                .set_tokenizer("en_stem")
+                .set_tokenizer(analyzer)
                 .set_index_option(IndexRecordOption::WithFreqsAndPositions),
         );
         let fields = Fields {
@@ -98,6 +108,11 @@ impl Fields {
             owner: builder.add_text_field("owner", STRING | STORED),
         };
         (builder.build(), fields)
+    }
+
+    /// The text fields with their query boosts.
+    fn text_boosts(&self) -> [(Field, Score); 2] {
+        [(self.title, TITLE_BOOST), (self.body, 1.0)]
     }
 
     fn key_term(&self, collection: &str, id: &str) -> Term {
@@ -157,6 +172,7 @@ struct Candidate {
 pub struct DocumentIndex {
     path: PathBuf,
     fields: Fields,
+    settings: AnalysisSettings,
     reader: IndexReader,
     parser: QueryParser,
     writer: Mutex<WriterState>,
@@ -179,13 +195,39 @@ impl DocumentIndex {
     /// Fails with [`IndexError::Locked`] when another process (or another `DocumentIndex`)
     /// already holds the writer lock of this directory.
     pub fn open(dir: &Path) -> Result<Self, IndexError> {
-        let _span = tracing::info_span!("index.open", index.path = %dir.display()).entered();
+        DocumentIndex::open_with(dir, AnalysisSettings::default())
+    }
+
+    /// [`DocumentIndex::open`] with the given analysis profile and BM25 parameters.
+    ///
+    /// The profile is part of the index schema: an existing index built with another profile is
+    /// refused with [`IndexError::ProfileMismatch`] (its terms were analysed differently, so
+    /// searching it with this profile would silently miss documents). The BM25 parameters are
+    /// not stored: they apply to every search from this value on.
+    pub fn open_with(dir: &Path, settings: AnalysisSettings) -> Result<Self, IndexError> {
+        let profile_name = settings.profile.name();
+        let _span =
+            tracing::info_span!("index.open", index.path = %dir.display(), index.analyzer = %profile_name).entered();
         let path = dir.to_path_buf();
         std::fs::create_dir_all(dir).map_err(|source| IndexError::CreateDir { path: path.clone(), source })?;
         let open_error = |source| IndexError::Open { path: path.clone(), source };
-        let (schema, fields) = Fields::schema();
+        let (schema, fields) = Fields::schema_for(&profile_name);
         let directory = MmapDirectory::open(dir).map_err(TantivyError::from).map_err(open_error)?;
+        if Index::exists(&directory).map_err(TantivyError::from).map_err(open_error)? {
+            let stored = Index::open(directory.clone()).map_err(open_error)?.schema();
+            let stored_analyzer = stored_analyzer(&stored);
+            if stored_analyzer.as_deref() != Some(profile_name.as_str()) {
+                return Err(IndexError::ProfileMismatch {
+                    path: path.clone(),
+                    stored: stored_analyzer.unwrap_or_else(|| "(none)".to_owned()),
+                    configured: profile_name,
+                });
+            }
+        }
         let index = Index::open_or_create(directory, schema).map_err(open_error)?;
+        if profile_name != DEFAULT_PROFILE_NAME {
+            index.tokenizers().register(&profile_name, settings.profile.text_analyzer());
+        }
         let writer: IndexWriter = index.writer(WRITER_HEAP_BYTES).map_err(|source| {
             if matches!(source, TantivyError::LockFailure(..)) {
                 IndexError::Locked { path: path.clone(), source }
@@ -204,7 +246,7 @@ impl DocumentIndex {
             })?,
         };
         let reader = index.reader_builder().reload_policy(ReloadPolicy::Manual).try_into().map_err(open_error)?;
-        let parser = query_parser(&index, &fields);
+        let parser = query_parser_for(&index, &fields, &settings);
         let snapshot = Snapshot { searcher: reader.searcher(), generation, applied: applied.clone() };
         tracing::debug!(
             index.generation = generation,
@@ -216,6 +258,7 @@ impl DocumentIndex {
         Ok(DocumentIndex {
             path,
             fields,
+            settings,
             reader,
             parser,
             writer: Mutex::new(WriterState { writer, generation, applied }),
@@ -226,6 +269,17 @@ impl DocumentIndex {
     /// The directory this index lives in.
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// The analysis profile and BM25 parameters this index was opened with.
+    pub fn settings(&self) -> AnalysisSettings {
+        self.settings
+    }
+
+    /// The canonical name of this index's analysis profile ([`Profile::name`]): what the
+    /// routing code needs to analyse query text the way this index does.
+    pub fn analyzer_name(&self) -> String {
+        self.settings.profile.name()
     }
 
     /// The generation of the last commit: 0 for a fresh index, +1 per successful write call.
@@ -523,6 +577,12 @@ impl DocumentIndex {
             }
         };
 
+        let query = if self.settings.bm25.is_tantivy_default() {
+            query
+        } else {
+            bm25::rewrite(query, self.settings.bm25, &self.fields.text_boosts())
+        };
+
         // tantivy 0.27 can panic on some parsed queries (found by fuzzing: `-2(2`, an excluded
         // phrase trips a debug assertion in PhraseScorer::seek_danger). A query must never take
         // the agent down, so a panic inside the search becomes a clear error instead.
@@ -793,6 +853,28 @@ fn query_parser(index: &Index, fields: &Fields) -> QueryParser {
     let mut parser = QueryParser::for_index(index, vec![fields.title, fields.body]);
     parser.set_field_boost(fields.title, TITLE_BOOST);
     parser
+}
+
+/// The query parser for `settings`: [`query_parser`] under tantivy's BM25 constants; without
+/// field boosts otherwise, because the rewrite to configurable BM25 (see [`bm25`]) applies the
+/// title boost itself and cannot look inside tantivy's boost queries.
+fn query_parser_for(index: &Index, fields: &Fields, settings: &AnalysisSettings) -> QueryParser {
+    if settings.bm25.is_tantivy_default() {
+        query_parser(index, fields)
+    } else {
+        QueryParser::for_index(index, vec![fields.title, fields.body])
+    }
+}
+
+/// The tokenizer a stored schema analyses titles with (its analysis profile's name).
+fn stored_analyzer(schema: &Schema) -> Option<String> {
+    let title = schema.get_field("title").ok()?;
+    match schema.get_field_entry(title).field_type() {
+        tantivy::schema::FieldType::Str(options) => {
+            options.get_indexing_options().map(|indexing| indexing.tokenizer().to_owned())
+        }
+        _ => None,
+    }
 }
 
 /// Checks the query text, collections and structure, and parses it: the parsed query and the

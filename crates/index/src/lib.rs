@@ -12,6 +12,7 @@
 //! The [`ingest`] module parses TREC, JSON lines and plain-text files into documents.
 
 mod access;
+pub mod analysis;
 mod document;
 mod error;
 mod index;
@@ -22,6 +23,7 @@ pub mod snapshot;
 mod test_data;
 
 pub use access::{Acl, MAX_PRINCIPAL_BYTES, SubjectRef, Viewer, Writer};
+pub use analysis::{AnalysisSettings, Bm25Params, Profile};
 pub use document::{
     CollectionCount, DISPLAY_TITLE_WORDS, DocRef, Document, MAX_BATCH, MAX_COLLECTION_CHARS, MAX_ID_BYTES,
     MAX_TEXT_BYTES, SearchHit, SearchQuery, SearchResults, display_title,

@@ -63,7 +63,8 @@ use tantivy::query::{
 use tantivy::schema::{Field, IndexRecordOption, Schema};
 use tantivy::{DocId, Index, Score, Searcher, SegmentOrdinal, SegmentReader, TantivyError, Term};
 
-use super::{DocumentIndex, Fields, parse_checked, query_parser};
+use super::{DocumentIndex, Fields, parse_checked, query_parser_for};
+use crate::analysis::AnalysisSettings;
 use crate::{IndexError, SearchQuery, SearchResults, Viewer};
 
 /// Most `(field, term)` entries accepted in given statistics: a query of at most
@@ -314,11 +315,20 @@ impl Default for QueryAnalyzer {
 }
 
 impl QueryAnalyzer {
-    /// An analyzer over the index schema (in memory, no documents).
+    /// An analyzer over the index schema (in memory, no documents), for indexes opened with
+    /// the default analysis settings.
     pub fn new() -> Self {
-        let (schema, fields) = Fields::schema();
+        QueryAnalyzer::for_settings(&AnalysisSettings::default())
+    }
+
+    /// An analyzer naming terms as an index opened with `settings` does: a caller caching
+    /// statistics for nodes with another analysis profile must use this one.
+    pub fn for_settings(settings: &AnalysisSettings) -> Self {
+        let name = settings.profile.name();
+        let (schema, fields) = Fields::schema_for(&name);
         let index = Index::create_in_ram(schema.clone());
-        QueryAnalyzer { parser: query_parser(&index, &fields), schema }
+        index.tokenizers().register(&name, settings.profile.text_analyzer());
+        QueryAnalyzer { parser: query_parser_for(&index, &fields, settings), schema }
     }
 
     /// The distinct terms `q` analyses to, sorted, as [`DocumentIndex::term_statistics`] reports

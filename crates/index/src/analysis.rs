@@ -1,0 +1,392 @@
+//! Text analysis settings of an index: the analysis profile (stemmer and stop words) that turns
+//! title and body text into terms, and the BM25 parameters `k1` and `b` that score them.
+//!
+//! A [`Profile`] has a canonical name ([`Profile::name`]): `"en_stem"` for today's default
+//! (tantivy's built-in `en_stem`: Snowball English, no stop words) and
+//! `"stem-<stemmer>_stop-<list>"` otherwise (`"stem-porter_stop-english"`, `"stem-none_stop-none"`).
+//! The name is what the index schema records as the tokenizer of its text fields, what a node
+//! can announce to the routing code, and what [`Profile::from_name`] reads back; the routing code
+//! analyses query text for a profile name with [`Profile::text_analyzer`] or [`analyze`].
+//!
+//! The chain is always: tantivy's `SimpleTokenizer` (runs of letters and digits), tokens longer
+//! than 40 bytes dropped, lowercase, then the stop-word filter, then the stemmer. With the default
+//! profile this is exactly tantivy's `en_stem` (the `default_profile_is_tantivys_en_stem` test).
+//!
+//! [`Bm25Params`] are validated here; the scoring itself lives in the index (tantivy hard-codes
+//! `k1 = 1.2`, `b = 0.75`; other values are scored by ragmesh's own term scorer). `k1` and `b`
+//! must be identical on every node serving a collection: a federated global-BM25 ranking adds
+//! statistics across nodes but each node scores its own hits with its own parameters.
+
+use std::fmt;
+use std::mem;
+
+use tantivy::tokenizer::{
+    LowerCaser, RemoveLongFilter, SimpleTokenizer, StopWordFilter, TextAnalyzer, Token, TokenFilter, TokenStream,
+    Tokenizer,
+};
+
+/// Tokens longer than this many bytes are dropped (as in tantivy's `en_stem`).
+const MAX_TOKEN_BYTES: usize = 40;
+/// Most tokens [`analyze`] returns: a query of [`crate::MAX_QUERY_BYTES`] bytes has fewer.
+pub const MAX_ANALYZED_TOKENS: usize = crate::MAX_QUERY_BYTES;
+/// Canonical name of the default profile: tantivy's built-in English stemming analyzer.
+pub const DEFAULT_PROFILE_NAME: &str = "en_stem";
+
+/// The stemmers a profile may use: the Snowball algorithms tantivy ships, plus the original
+/// Porter stemmer, by canonical (Snowball) name.
+const STEMMERS: &[(&str, frostem::Algorithm)] = &[
+    ("english", frostem::Algorithm::English),
+    ("porter", frostem::Algorithm::Porter),
+    ("arabic", frostem::Algorithm::Arabic),
+    ("danish", frostem::Algorithm::Danish),
+    ("dutch", frostem::Algorithm::Dutch),
+    ("finnish", frostem::Algorithm::Finnish),
+    ("french", frostem::Algorithm::French),
+    ("german", frostem::Algorithm::German),
+    ("greek", frostem::Algorithm::Greek),
+    ("hungarian", frostem::Algorithm::Hungarian),
+    ("italian", frostem::Algorithm::Italian),
+    ("norwegian", frostem::Algorithm::Norwegian),
+    ("portuguese", frostem::Algorithm::Portuguese),
+    ("romanian", frostem::Algorithm::Romanian),
+    ("russian", frostem::Algorithm::Russian),
+    ("spanish", frostem::Algorithm::Spanish),
+    ("swedish", frostem::Algorithm::Swedish),
+    ("tamil", frostem::Algorithm::Tamil),
+    ("turkish", frostem::Algorithm::Turkish),
+];
+
+/// How terms are reduced to a stem.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Stemming {
+    /// No stemming: "replicas" and "replica" are different terms.
+    None,
+    /// A Snowball stemmer, by canonical name (`"english"`, `"porter"`, `"german"`...).
+    Snowball(&'static str),
+}
+
+impl Stemming {
+    /// Parses a configured name: `"none"` or one of [`Stemming::names`] (case-insensitive).
+    pub fn parse(name: &str) -> Result<Stemming, String> {
+        let wanted = name.trim().to_ascii_lowercase();
+        if wanted == "none" {
+            return Ok(Stemming::None);
+        }
+        match STEMMERS.iter().find(|(known, _)| *known == wanted) {
+            Some((known, _)) => Ok(Stemming::Snowball(known)),
+            None => Err(format!("unknown stemming {name:?}: use \"none\" or one of {}", Stemming::names().join(", "))),
+        }
+    }
+
+    /// The canonical name (`"none"`, `"english"`, ...).
+    pub fn name(self) -> &'static str {
+        match self {
+            Stemming::None => "none",
+            Stemming::Snowball(name) => name,
+        }
+    }
+
+    /// Every stemmer name [`Stemming::parse`] accepts besides `"none"`.
+    pub fn names() -> Vec<&'static str> {
+        STEMMERS.iter().map(|(name, _)| *name).collect()
+    }
+
+    fn algorithm(self) -> Option<frostem::Algorithm> {
+        let Stemming::Snowball(name) = self else { return None };
+        STEMMERS.iter().find(|(known, _)| *known == name).map(|(_, algorithm)| *algorithm)
+    }
+}
+
+/// Which words are dropped before stemming.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum StopWords {
+    /// Every word is kept.
+    None,
+    /// Lucene's English list (33 words: "a", "and", "of", "the", ...), as tantivy ships it.
+    English,
+}
+
+impl StopWords {
+    /// Parses a configured name: `"none"` or `"english"` (case-insensitive).
+    pub fn parse(name: &str) -> Result<StopWords, String> {
+        match name.trim().to_ascii_lowercase().as_str() {
+            "none" => Ok(StopWords::None),
+            "english" => Ok(StopWords::English),
+            _ => Err(format!("unknown stop_words {name:?}: use \"english\" or \"none\"")),
+        }
+    }
+
+    /// The canonical name.
+    pub fn name(self) -> &'static str {
+        match self {
+            StopWords::None => "none",
+            StopWords::English => "english",
+        }
+    }
+}
+
+/// An analysis profile: the stemmer and stop-word list applied to title and body text, at index
+/// time and at query time alike.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Profile {
+    /// The stemmer.
+    pub stemming: Stemming,
+    /// The stop-word list.
+    pub stop_words: StopWords,
+}
+
+impl Default for Profile {
+    /// Today's analysis: Snowball English stemming, no stop words (tantivy's `en_stem`).
+    fn default() -> Self {
+        Profile { stemming: Stemming::Snowball("english"), stop_words: StopWords::None }
+    }
+}
+
+impl fmt::Display for Profile {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.name())
+    }
+}
+
+impl Profile {
+    /// The canonical name: [`DEFAULT_PROFILE_NAME`] for the default profile,
+    /// `stem-<stemming>_stop-<stop words>` otherwise.
+    pub fn name(&self) -> String {
+        if *self == Profile::default() {
+            return DEFAULT_PROFILE_NAME.to_owned();
+        }
+        format!("stem-{}_stop-{}", self.stemming.name(), self.stop_words.name())
+    }
+
+    /// The profile a canonical name (as [`Profile::name`] writes it) stands for; `None` for any
+    /// other string.
+    pub fn from_name(name: &str) -> Option<Profile> {
+        if name == DEFAULT_PROFILE_NAME {
+            return Some(Profile::default());
+        }
+        let rest = name.strip_prefix("stem-")?;
+        let (stemming, stop_words) = rest.split_once("_stop-")?;
+        let profile =
+            Profile { stemming: Stemming::parse(stemming).ok()?, stop_words: StopWords::parse(stop_words).ok()? };
+        // Only canonical spellings: a name must round-trip.
+        (profile.name() == name || (profile == Profile::default() && name == "stem-english_stop-none"))
+            .then_some(profile)
+    }
+
+    /// The tantivy analyzer of this profile (see the module docs for the chain).
+    pub fn text_analyzer(&self) -> TextAnalyzer {
+        let mut builder = TextAnalyzer::builder(SimpleTokenizer::default())
+            .filter(RemoveLongFilter::limit(MAX_TOKEN_BYTES))
+            .filter(LowerCaser)
+            .dynamic();
+        if self.stop_words == StopWords::English
+            && let Some(filter) = StopWordFilter::new(tantivy::tokenizer::Language::English)
+        {
+            builder = builder.filter_dynamic(filter);
+        }
+        if let Some(algorithm) = self.stemming.algorithm() {
+            builder = builder.filter_dynamic(SnowballFilter { algorithm });
+        }
+        builder.build()
+    }
+}
+
+/// The terms `text` analyses to under `profile`, in order, at most [`MAX_ANALYZED_TOKENS`].
+pub fn analyze(profile: &Profile, text: &str) -> Vec<String> {
+    let mut analyzer = profile.text_analyzer();
+    let mut stream = analyzer.token_stream(text);
+    let mut terms = Vec::new();
+    while terms.len() < MAX_ANALYZED_TOKENS && stream.advance() {
+        terms.push(stream.token().text.clone());
+    }
+    terms
+}
+
+/// BM25's term-saturation (`k1`) and length-normalisation (`b`) parameters.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Bm25Params {
+    /// How fast repeated occurrences stop adding score: 0 counts presence only.
+    pub k1: f32,
+    /// How much a long field is penalised: 0 not at all, 1 fully.
+    pub b: f32,
+}
+
+/// Largest accepted `k1` (scores saturate long before; larger values are typos).
+pub const MAX_K1: f32 = 10.0;
+
+impl Default for Bm25Params {
+    /// tantivy's (and Lucene's) constants: `k1 = 1.2`, `b = 0.75`.
+    fn default() -> Self {
+        Bm25Params { k1: 1.2, b: 0.75 }
+    }
+}
+
+impl Bm25Params {
+    /// Checked parameters: `k1` in `0..=10`, `b` in `0..=1`, both finite.
+    pub fn new(k1: f32, b: f32) -> Result<Bm25Params, String> {
+        if !k1.is_finite() || !(0.0..=MAX_K1).contains(&k1) {
+            return Err(format!("k1 = {k1} is out of range: use a value from 0 to {MAX_K1} (the usual is 1.2)"));
+        }
+        if !b.is_finite() || !(0.0..=1.0).contains(&b) {
+            return Err(format!("b = {b} is out of range: use a value from 0 to 1 (the usual is 0.75)"));
+        }
+        Ok(Bm25Params { k1, b })
+    }
+
+    /// Whether these are tantivy's own constants, scored by tantivy's native (block-max WAND)
+    /// path.
+    pub fn is_tantivy_default(&self) -> bool {
+        *self == Bm25Params::default()
+    }
+}
+
+/// Everything about analysis and scoring an index is opened with.
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub struct AnalysisSettings {
+    /// How title and body text becomes terms.
+    pub profile: Profile,
+    /// BM25 parameters.
+    pub bm25: Bm25Params,
+}
+
+/// A token filter applying a Snowball stemmer (like tantivy's `Stemmer`, for any frostem
+/// algorithm, Porter included).
+#[derive(Clone, Copy)]
+struct SnowballFilter {
+    algorithm: frostem::Algorithm,
+}
+
+impl TokenFilter for SnowballFilter {
+    type Tokenizer<T: Tokenizer> = SnowballTokenizer<T>;
+
+    fn transform<T: Tokenizer>(self, tokenizer: T) -> SnowballTokenizer<T> {
+        SnowballTokenizer { algorithm: self.algorithm, inner: tokenizer }
+    }
+}
+
+#[derive(Clone)]
+struct SnowballTokenizer<T> {
+    algorithm: frostem::Algorithm,
+    inner: T,
+}
+
+impl<T: Tokenizer> Tokenizer for SnowballTokenizer<T> {
+    type TokenStream<'a> = SnowballStream<T::TokenStream<'a>>;
+
+    fn token_stream<'a>(&'a mut self, text: &'a str) -> Self::TokenStream<'a> {
+        SnowballStream {
+            tail: self.inner.token_stream(text),
+            stemmer: frostem::Stemmer::new(self.algorithm),
+            buffer: String::new(),
+        }
+    }
+}
+
+struct SnowballStream<T> {
+    tail: T,
+    stemmer: frostem::Stemmer,
+    buffer: String,
+}
+
+impl<T: TokenStream> TokenStream for SnowballStream<T> {
+    fn advance(&mut self) -> bool {
+        if !self.tail.advance() {
+            return false;
+        }
+        let token = self.tail.token_mut();
+        match self.stemmer.stem(&token.text) {
+            std::borrow::Cow::Owned(stemmed) => token.text = stemmed,
+            std::borrow::Cow::Borrowed(stemmed) => {
+                self.buffer.clear();
+                self.buffer.push_str(stemmed);
+                mem::swap(&mut token.text, &mut self.buffer);
+            }
+        }
+        true
+    }
+
+    fn token(&self) -> &Token {
+        self.tail.token()
+    }
+
+    fn token_mut(&mut self) -> &mut Token {
+        self.tail.token_mut()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use tantivy::tokenizer::TokenizerManager;
+
+    use super::*;
+
+    const SAMPLE: &str = "The Replicas of the replicated DATABASES were running, and it's a \
+        supercalifragilisticexpialidocious-ly longwordthatgoesonandonandonforeverandeverandever \
+        connections généralement 42nd";
+
+    fn tantivy_terms(name: &str, text: &str) -> Vec<String> {
+        let mut analyzer = TokenizerManager::default().get(name).expect("builtin tokenizer");
+        let mut stream = analyzer.token_stream(text);
+        let mut terms = Vec::new();
+        while stream.advance() {
+            terms.push(stream.token().text.clone());
+        }
+        terms
+    }
+
+    #[test]
+    fn default_profile_is_tantivys_en_stem() {
+        assert_eq!(Profile::default().name(), "en_stem");
+        assert_eq!(analyze(&Profile::default(), SAMPLE), tantivy_terms("en_stem", SAMPLE));
+        assert!(analyze(&Profile::default(), SAMPLE).contains(&"replic".to_owned()));
+    }
+
+    #[test]
+    fn no_stemming_no_stop_words_is_tantivys_default_tokenizer() {
+        let plain = Profile { stemming: Stemming::None, stop_words: StopWords::None };
+        assert_eq!(plain.name(), "stem-none_stop-none");
+        assert_eq!(analyze(&plain, SAMPLE), tantivy_terms("default", SAMPLE));
+    }
+
+    #[test]
+    fn stop_words_go_before_stemming_and_porter_differs_from_snowball_english() {
+        let porter = Profile { stemming: Stemming::Snowball("porter"), stop_words: StopWords::English };
+        let terms = analyze(&porter, "The generalizations of the running replicas");
+        assert_eq!(terms, ["gener", "run", "replica"]);
+        let english = Profile { stemming: Stemming::Snowball("english"), stop_words: StopWords::English };
+        assert_eq!(analyze(&english, "The generalizations of the running replicas"), ["general", "run", "replica"]);
+    }
+
+    #[test]
+    fn names_round_trip_and_unknown_names_are_none() {
+        for stemming in Stemming::names().into_iter().map(Stemming::Snowball).chain([Stemming::None]) {
+            for stop_words in [StopWords::None, StopWords::English] {
+                let profile = Profile { stemming, stop_words };
+                assert_eq!(Profile::from_name(&profile.name()), Some(profile), "{}", profile.name());
+            }
+        }
+        assert_eq!(Profile::from_name("stem-english_stop-none"), Some(Profile::default()));
+        for bad in ["", "default", "stem-klingon_stop-none", "stem-porter_stop-french", "stem-PORTER_stop-none", "raw"]
+        {
+            assert_eq!(Profile::from_name(bad), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn parse_errors_name_the_choices() {
+        let err = Stemming::parse("klingon").expect_err("unknown");
+        assert!(err.contains("porter") && err.contains("none"), "{err}");
+        assert_eq!(Stemming::parse(" Porter "), Ok(Stemming::Snowball("porter")));
+        assert!(StopWords::parse("french").expect_err("unknown").contains("english"));
+    }
+
+    #[test]
+    fn bm25_params_are_checked() {
+        assert!(Bm25Params::default().is_tantivy_default());
+        assert!(Bm25Params::new(0.9, 0.4).is_ok());
+        assert!(!Bm25Params::new(0.9, 0.4).expect("valid").is_tantivy_default());
+        for (k1, b) in [(-0.1, 0.5), (11.0, 0.5), (f32::NAN, 0.5), (1.2, 1.5), (1.2, -0.01), (1.2, f32::INFINITY)] {
+            assert!(Bm25Params::new(k1, b).is_err(), "k1={k1} b={b}");
+        }
+    }
+}
