@@ -92,8 +92,10 @@ struct Summaries {
     last_started: Option<Instant>,
 }
 
-/// Whether to start a summary build now: none is running, the index moved since the summary
-/// last sent (or none was), and the last build started at least one `interval` ago.
+/// Whether to start a summary build now: none is running, the index was written at least once
+/// (a never-written index sends none, so the master asks a fresh node, which is how it shows it
+/// serves), it moved since the summary last sent (or none was), and the last build started at
+/// least one `interval` ago.
 fn should_build(
     sent: Option<u64>,
     generation: u64,
@@ -102,7 +104,10 @@ fn should_build(
     now: Instant,
     interval: Duration,
 ) -> bool {
-    !building && sent != Some(generation) && last_started.is_none_or(|at| now.duration_since(at) >= interval)
+    !building
+        && generation > 0
+        && sent != Some(generation)
+        && last_started.is_none_or(|at| now.duration_since(at) >= interval)
 }
 
 impl Summaries {
@@ -442,7 +447,8 @@ mod tests {
     fn summaries_are_rebuilt_only_when_the_index_moved_and_at_most_once_per_interval() {
         let now = Instant::now();
         let second = Duration::from_secs(1);
-        assert!(should_build(None, 0, false, None, now, second), "first of the stream");
+        assert!(should_build(None, 1, false, None, now, second), "first of the stream");
+        assert!(!should_build(None, 0, false, None, now, second), "a never-written index sends none");
         assert!(!should_build(Some(3), 3, false, Some(now - second * 5), now, second), "nothing changed");
         assert!(should_build(Some(3), 4, false, Some(now - second), now, second), "the index moved");
         assert!(!should_build(Some(3), 4, false, Some(now - second / 2), now, second), "rate limited");
