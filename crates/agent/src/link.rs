@@ -2,15 +2,24 @@
 //! a heartbeat every interval. When anything breaks (master restart, refused registration,
 //! network) the link reconnects with capped, jittered exponential backoff; it never gives up and
 //! never takes the agent's data plane down with it.
+//!
+//! Heartbeats also carry the index's term summary (routing by term summaries): built off the
+//! runtime at the start of each stream and again whenever the index generation moved since the
+//! summary last sent on that stream, at most one build per heartbeat interval however fast
+//! writes arrive. A summary names the log position of the snapshot it was built from; the
+//! master trusts it only while no later write of the group was acknowledged, so a summary that
+//! lags behind the index is never wrong, only unused.
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
+use ragmesh_index::DocumentIndex;
 use ragmesh_proto::v1::{self, membership_service_client::MembershipServiceClient};
 use ragmesh_proto::{PROTOCOL_MAJOR, PROTOCOL_MINOR};
 use ragmesh_tls::ReloadableTls;
 use tokio::sync::{mpsc, watch};
+use tokio::task::JoinHandle;
 use tokio::time::{Instant, MissedTickBehavior};
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
@@ -22,6 +31,12 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 const REGISTER_TIMEOUT: Duration = Duration::from_secs(5);
 const BACKOFF_MIN: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(5);
+/// Longest the first heartbeat of a stream waits for the summary built at its start (small
+/// indexes: milliseconds); a slower build rides on a later heartbeat.
+const FIRST_SUMMARY_WAIT: Duration = Duration::from_secs(1);
+/// Largest encoded term summary sent: the filters' cap plus room for collection and analyzer
+/// names. A larger one is not sent (the master then asks the node for every query).
+const MAX_ENCODED_SUMMARY: usize = ragmesh_search::MAX_NODE_FILTER_BYTES + 512 * 1024;
 
 /// What the link is doing, for health reporting and tests.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -59,6 +74,98 @@ struct Counted {
     collections: Vec<v1::CollectionStats>,
     /// Bytes of the index's files (read beside the snapshot, not part of the one fact).
     index_bytes: u64,
+}
+
+/// A term summary ready to send, and the generation it describes.
+#[derive(Debug)]
+struct BuiltSummary {
+    generation: u64,
+    wire: v1::TermSummary,
+}
+
+/// The term summaries of one health stream: the generation last sent on it, the build running
+/// off the runtime, and when the last build started (the rate limit).
+#[derive(Debug, Default)]
+struct Summaries {
+    sent: Option<u64>,
+    building: Option<JoinHandle<Result<BuiltSummary, String>>>,
+    last_started: Option<Instant>,
+}
+
+/// Whether to start a summary build now: none is running, the index was written at least once
+/// (a never-written index sends none, so the master asks a fresh node, which is how it shows it
+/// serves), it moved since the summary last sent (or none was), and the last build started at
+/// least one `interval` ago.
+fn should_build(
+    sent: Option<u64>,
+    generation: u64,
+    building: bool,
+    last_started: Option<Instant>,
+    now: Instant,
+    interval: Duration,
+) -> bool {
+    !building
+        && generation > 0
+        && sent != Some(generation)
+        && last_started.is_none_or(|at| now.duration_since(at) >= interval)
+}
+
+impl Summaries {
+    /// Starts a build of `index`'s summary when [`should_build`] says so.
+    fn maybe_start(&mut self, index: Option<&Arc<DocumentIndex>>, interval: Duration) {
+        let Some(index) = index else { return };
+        let now = Instant::now();
+        if !should_build(self.sent, index.generation(), self.building.is_some(), self.last_started, now, interval) {
+            return;
+        }
+        self.last_started = Some(now);
+        let index = Arc::clone(index);
+        self.building = Some(tokio::task::spawn_blocking(move || build_summary(&index)));
+    }
+
+    /// The finished build's summary, if one finished (waiting up to `wait` for it), unless it
+    /// describes the generation already sent.
+    async fn ready(&mut self, wait: Duration) -> Option<v1::TermSummary> {
+        let building = self.building.as_mut()?;
+        if !building.is_finished() && tokio::time::timeout(wait, &mut *building).await.is_err() {
+            return None;
+        }
+        let finished = self.building.take()?;
+        match finished.await {
+            Ok(Ok(built)) if self.sent != Some(built.generation) => {
+                self.sent = Some(built.generation);
+                Some(built.wire)
+            }
+            Ok(Ok(_)) => None,
+            Ok(Err(err)) => {
+                tracing::warn!(error = %err, "cannot build the term summary; the master asks this node for every query until one is sent");
+                None
+            }
+            Err(err) => {
+                tracing::warn!(error = %err, "term summary task failed");
+                None
+            }
+        }
+    }
+}
+
+/// Builds and encodes the summary of the index's current snapshot (blocking).
+fn build_summary(index: &DocumentIndex) -> Result<BuiltSummary, String> {
+    let routed = index.routing_summary(ragmesh_search::DEFAULT_FALSE_POSITIVE_RATE).map_err(|e| e.to_string())?;
+    let encoded = routed.summary.encode();
+    if encoded.len() > MAX_ENCODED_SUMMARY {
+        return Err(format!("summary of {} bytes is over the {MAX_ENCODED_SUMMARY} byte cap", encoded.len()));
+    }
+    tracing::debug!(
+        index.generation = routed.summary.generation(),
+        log.applied_seq = routed.applied.seq,
+        summary.bytes = encoded.len(),
+        "term summary ready"
+    );
+    Ok(BuiltSummary {
+        generation: routed.summary.generation(),
+        wire: v1::TermSummary { encoded, applied_seq: routed.applied.seq },
+    })
 }
 
 /// How one attached session ended.
@@ -250,7 +357,7 @@ impl Link {
         let mut seq = 0u64;
         // A heartbeat reports the collections and applied sequence counted at `generation`, never
         // a newer generation with older counts: the master takes the triple as one fact.
-        let beat = |seq: u64, counted: &Counted| v1::HealthStreamRequest {
+        let beat = |seq: u64, counted: &Counted, term_summary: Option<v1::TermSummary>| v1::HealthStreamRequest {
             node_name: self.state.name.clone(),
             session_id: registered.session_id.clone(),
             heartbeat: Some(v1::Heartbeat {
@@ -260,14 +367,17 @@ impl Link {
                 generation: counted.generation,
                 applied_seq: counted.applied_seq,
                 index_bytes: counted.index_bytes,
-                term_summary: None,
+                term_summary,
             }),
             // Listed in every heartbeat until decided: the master answers with decisions.
             in_doubt_transactions: self.state.participants.as_ref().map(|p| p.in_doubt()).unwrap_or_default(),
         };
         // The master waits for the first heartbeat before it answers the stream, so queue it first.
+        let mut summaries = Summaries::default();
+        summaries.maybe_start(self.state.index.get(), interval);
         let mut counted = self.counted().await;
-        tx.send(beat(seq, &counted)).await.map_err(|_| "health stream closed".to_owned())?;
+        let first_summary = summaries.ready(FIRST_SUMMARY_WAIT.min(interval)).await;
+        tx.send(beat(seq, &counted, first_summary)).await.map_err(|_| "health stream closed".to_owned())?;
         let mut inbound = client
             .health_stream(ReceiverStream::new(rx))
             .await
@@ -301,7 +411,9 @@ impl Link {
                     if self.generation() != counted.generation {
                         counted = self.counted().await;
                     }
-                    if tx.send(beat(seq, &counted)).await.is_err() {
+                    let summary = summaries.ready(Duration::ZERO).await;
+                    summaries.maybe_start(self.state.index.get(), interval);
+                    if tx.send(beat(seq, &counted, summary)).await.is_err() {
                         return Ok(SessionEnd::Lost("health stream closed".to_owned()));
                     }
                 }
@@ -330,6 +442,18 @@ impl Link {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn summaries_are_rebuilt_only_when_the_index_moved_and_at_most_once_per_interval() {
+        let now = Instant::now();
+        let second = Duration::from_secs(1);
+        assert!(should_build(None, 1, false, None, now, second), "first of the stream");
+        assert!(!should_build(None, 0, false, None, now, second), "a never-written index sends none");
+        assert!(!should_build(Some(3), 3, false, Some(now - second * 5), now, second), "nothing changed");
+        assert!(should_build(Some(3), 4, false, Some(now - second), now, second), "the index moved");
+        assert!(!should_build(Some(3), 4, false, Some(now - second / 2), now, second), "rate limited");
+        assert!(!should_build(Some(3), 4, true, Some(now - second * 5), now, second), "one build at a time");
+    }
 
     #[test]
     fn backoff_grows_to_its_cap_and_resets() {

@@ -277,9 +277,10 @@ impl MasterService for MasterApi {
         let nodes = registry.snapshot();
         let health = &self.0.health;
         let replicas = federation::replicas_of(&nodes, |node| health.snapshot(node).is_some_and(|h| h.refuses_calls()));
-        let plan = federation::plan(&replicas, &req.collections, &req.nodes).map_err(|unknown| {
+        let mut plan = federation::plan(&replicas, &req.collections, &req.nodes).map_err(|unknown| {
             MasterError::UnknownNodes { unknown, known: nodes.iter().map(|n| n.record.name.clone()).collect() }
         })?;
+        federation::skip_no_match(&mut plan, &registry.term_summaries(), &req.collections, &req.query);
         let limit = if req.limit == 0 { 10 } else { req.limit };
         let context = self.0.access()?.context(&principal, budget)?;
         let context = context
@@ -295,7 +296,7 @@ impl MasterService for MasterApi {
         };
         let mut targets = plan.targets.clone();
         let mut unscored = Vec::new();
-        if strategy == merge::Strategy::GlobalBm25 && !targets.is_empty() {
+        if strategy == merge::Strategy::GlobalBm25 && targets.iter().any(|t| !plan.proven_no_match(t)) {
             // The statistics phase gets at most half of what is left, so the search keeps time.
             let now = Instant::now();
             let phase_deadline = now + deadline.saturating_duration_since(now) / 2;
@@ -306,6 +307,8 @@ impl MasterService for MasterApi {
             targets.retain(|target| gathered.iter().any(|g| g.target.target == target.target && g.answer.is_ok()));
             unscored = gathered.into_iter().filter_map(federation::StatisticsResult::into_failed_search).collect();
         }
+        // Groups proven not to match gave their statistics above; they are not asked to search.
+        targets.retain(|target| !plan.proven_no_match(target));
         let mut groups = federation::fan_out(&self.0.node_client, &targets, &query, deadline).await;
         groups.extend(unscored);
         self.0.metrics.record_search(&plan, &groups);

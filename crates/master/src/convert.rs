@@ -89,6 +89,7 @@ fn skip_reason(reason: SkipReason) -> v1::SkipReason {
         SkipReason::BreakerOpen => v1::SkipReason::BreakerOpen,
         SkipReason::NotInSync => v1::SkipReason::NotInSync,
         SkipReason::OtherReplica => v1::SkipReason::OtherReplica,
+        SkipReason::NoMatch => v1::SkipReason::NoMatch,
     }
 }
 
@@ -99,6 +100,7 @@ fn skip_message(reason: SkipReason) -> &'static str {
         SkipReason::BreakerOpen => "node's circuit breaker is open after repeated failures",
         SkipReason::NotInSync => "node misses acknowledged writes of its shard group (catching up or stale)",
         SkipReason::OtherReplica => "another replica of its shard group answered",
+        SkipReason::NoMatch => "its term summary proves no document can match",
     }
 }
 

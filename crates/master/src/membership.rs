@@ -7,6 +7,10 @@
 //! calls. So keys do not share the bounded acknowledgement queue: the outbound stream merges that
 //! queue with the key `watch`, which always holds the complete current key set. The agent gets
 //! the current set when the stream opens and after every change, however full the queue is.
+//!
+//! A heartbeat may carry the node's term summary (routing by term summaries): decoded here and
+//! kept in the registry for this session. One that cannot be read is logged once per stream and
+//! forgotten: the node is then asked for every query, which is always correct.
 
 use std::pin::Pin;
 use std::time::Duration;
@@ -79,10 +83,12 @@ impl StreamWatcher {
         let mut pending = Some(first);
         let mut late = false;
         let mut last_heartbeat = Instant::now();
+        // An unreadable term summary is logged once per stream.
+        let mut summary_warned = false;
         loop {
             if let Some(message) = pending.take() {
                 let in_doubt = message.in_doubt_transactions.clone();
-                if !self.on_heartbeat(message) {
+                if !self.on_heartbeat(message, &mut summary_warned) {
                     self.end(Status::failed_precondition(
                         "session is no longer valid (superseded by a newer registration, or the node was evicted): register again",
                     ))
@@ -127,8 +133,9 @@ impl StreamWatcher {
     }
 
     /// Applies a heartbeat; false when this stream's session was superseded.
-    fn on_heartbeat(&self, message: v1::HealthStreamRequest) -> bool {
-        let heartbeat = message.heartbeat.unwrap_or_default();
+    fn on_heartbeat(&self, message: v1::HealthStreamRequest, summary_warned: &mut bool) -> bool {
+        let mut heartbeat = message.heartbeat.unwrap_or_default();
+        let term_summary = heartbeat.term_summary.take();
         let info = HeartbeatInfo {
             in_flight: heartbeat.in_flight,
             collections: convert::collections_from_wire(heartbeat.collections),
@@ -139,12 +146,39 @@ impl StreamWatcher {
         if !self.registry.heartbeat(&self.node, &self.session, info) {
             return false;
         }
+        if let Some(summary) = term_summary {
+            self.on_term_summary(summary, summary_warned);
+        }
         let ack = v1::HealthStreamResponse {
             body: Some(v1::health_stream_response::Body::Ack(v1::HeartbeatAck { seq: heartbeat.seq })),
         };
         // A full queue means the agent is not reading acks; liveness is judged on heartbeats alone.
         let _ = self.tx.try_send(Ok(ack));
         true
+    }
+
+    /// Keeps a summary the node sent, or forgets the previous one when this one cannot be read.
+    fn on_term_summary(&self, summary: v1::TermSummary, warned: &mut bool) {
+        let decoded = match ragmesh_search::NodeSummary::decode(&summary.encoded) {
+            Ok(decoded) => {
+                tracing::debug!(
+                    node.id = %self.node,
+                    index.generation = decoded.generation(),
+                    log.applied_seq = summary.applied_seq,
+                    summary.bytes = summary.encoded.len(),
+                    "term summary received"
+                );
+                Some((decoded, summary.applied_seq))
+            }
+            Err(err) => {
+                if !*warned {
+                    *warned = true;
+                    tracing::warn!(node.id = %self.node, error = %err, "cannot read the node's term summary; it is asked for every query");
+                }
+                None
+            }
+        };
+        self.registry.set_term_summary(&self.node, &self.session, decoded);
     }
 
     /// Sends the decisions of the transactions the agent reports in doubt (those decided, or

@@ -10,15 +10,23 @@
 //! decision, `replication::decide::sync_state`) whenever either changes, so the membership
 //! snapshot always carries a sync state consistent with the applied sequences it shows. Readers
 //! take `searchable liveness AND InSync` as the read set.
+//!
+//! It also keeps each node's latest term summary (routing by term summaries), for its current
+//! session only: a new registration or an eviction forgets it. Summaries are not part of the
+//! membership snapshot (they are large and change with every write); searches read them with
+//! [`Registry::term_summaries`], together with the node's generation and its group's log.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, MutexGuard};
+
+use ragmesh_search::NodeSummary;
 use std::time::SystemTime;
 
 use ragmesh_store::{StateStore, StoreError};
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
+use crate::federation::NodeTermSummary;
 use crate::node::{Liveness, LivenessEvent, NodeState, SessionId};
 use crate::replication::decide;
 
@@ -222,6 +230,8 @@ impl Entry {
 struct Inner {
     nodes: BTreeMap<String, Entry>,
     groups: BTreeMap<String, GroupLog>,
+    /// Per node, its current session's latest term summary and the log sequence it was built at.
+    summaries: BTreeMap<String, (Arc<NodeSummary>, u64)>,
 }
 
 impl Inner {
@@ -351,6 +361,8 @@ impl Registry {
         self.shared.store.put(NODES_TREE, record.name.as_bytes(), &encoded)?;
         let session = SessionId::random();
         let mut inner = self.lock();
+        // A summary belongs to the session whose stream sent it (the index may have been replaced).
+        inner.summaries.remove(&record.name);
         let entry = inner.nodes.entry(record.name.clone()).or_insert_with(|| Entry::new(record.clone()));
         entry.record = record;
         entry.applied_seq = applied_seq;
@@ -376,6 +388,43 @@ impl Registry {
             self.publish(&mut inner);
         }
         true
+    }
+
+    /// Replaces the term summary of `session` of node `name` (`None`: forget it, for a summary
+    /// that could not be read); `applied_seq` is the log sequence of the snapshot it describes.
+    /// Returns false when the session is not the node's current one.
+    pub fn set_term_summary(&self, name: &str, session: &SessionId, summary: Option<(NodeSummary, u64)>) -> bool {
+        let mut inner = self.lock();
+        let current = inner.nodes.get(name).is_some_and(|e| e.liveness.session.as_ref() == Some(session));
+        if !current {
+            return false;
+        }
+        match summary {
+            Some((summary, applied_seq)) => inner.summaries.insert(name.to_owned(), (Arc::new(summary), applied_seq)),
+            None => inner.summaries.remove(name),
+        };
+        true
+    }
+
+    /// Every node's term summary with what decides whether to trust it (its generation as last
+    /// heard, its group's last assigned log sequence), all read under one lock.
+    pub fn term_summaries(&self) -> BTreeMap<String, NodeTermSummary> {
+        let inner = self.lock();
+        let mut out = BTreeMap::new();
+        for (name, (summary, applied_seq)) in &inner.summaries {
+            let Some(entry) = inner.nodes.get(name) else { continue };
+            let log = inner.groups.get(entry.record.group()).copied().unwrap_or_default();
+            out.insert(
+                name.clone(),
+                NodeTermSummary {
+                    summary: Arc::clone(summary),
+                    applied_seq: *applied_seq,
+                    node_generation: entry.record.generation,
+                    group_last_seq: log.last_seq,
+                },
+            );
+        }
+        out
     }
 
     /// Records what a node answered to an acknowledged write (its generation and collections
@@ -455,6 +504,7 @@ impl Registry {
         self.shared.store.put(EVICTED_TREE, name.as_bytes(), &now.to_be_bytes())?;
         self.shared.store.remove(NODES_TREE, name.as_bytes())?;
         let mut inner = self.lock();
+        inner.summaries.remove(name);
         let existed = inner.nodes.remove(name).is_some();
         if existed {
             self.publish(&mut inner);
@@ -570,6 +620,31 @@ mod tests {
             "collections":{},"labels":{},"generation":0,"registered_at_ms":0,"heartbeat_interval_ms":1000}"#;
         let record: NodeRecord = serde_json::from_str(legacy).expect("old records still decode");
         assert_eq!((record.shard.as_str(), record.group()), ("", "old"));
+    }
+
+    #[test]
+    fn a_term_summary_lives_as_long_as_its_session() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let registry = Registry::load(Arc::new(SledStore::open_waiting(dir.path()).expect("open"))).expect("load");
+        let session = registry.register(record("n1")).expect("register");
+        let summary = NodeSummary::new(1, []);
+        assert!(!registry.set_term_summary("n1", &SessionId::random(), Some((summary.clone(), 0))), "old session");
+        assert!(registry.term_summaries().is_empty());
+        assert!(registry.set_term_summary("n1", &session, Some((summary.clone(), 4))));
+        registry.set_group_log("n1", GroupLog { last_seq: 5, ..GroupLog::default() });
+        let known = registry.term_summaries();
+        let n1 = known.get("n1").expect("kept");
+        assert_eq!((n1.applied_seq, n1.group_last_seq, n1.node_generation), (4, 5, 1));
+        assert!(!n1.trusted(), "a write was assigned after the summary");
+        assert!(registry.set_term_summary("n1", &session, None), "unreadable: forgotten");
+        assert!(registry.term_summaries().is_empty());
+        registry.set_term_summary("n1", &session, Some((summary.clone(), 4)));
+        registry.register(record("n1")).expect("register again");
+        assert!(registry.term_summaries().is_empty(), "a new session starts without a summary");
+        let session = registry.session("n1").expect("session");
+        registry.set_term_summary("n1", &session, Some((summary, 4)));
+        registry.remove("n1").expect("evict");
+        assert!(registry.term_summaries().is_empty(), "an evicted node's summary is forgotten");
     }
 
     #[test]

@@ -12,6 +12,6 @@
 pub mod summary;
 
 pub use summary::{
-    Bloom, DEFAULT_FALSE_POSITIVE_RATE, ENCODING_VERSION, MAX_COLLECTIONS, MAX_FILTER_BYTES, MAX_NODE_FILTER_BYTES,
-    NodeSummary, RoutingQuery, SummaryError, TermFilter,
+    Bloom, DEFAULT_ANALYZER, DEFAULT_FALSE_POSITIVE_RATE, ENCODING_VERSION, MAX_ANALYZER_BYTES, MAX_COLLECTIONS,
+    MAX_FILTER_BYTES, MAX_NODE_FILTER_BYTES, NodeSummary, RoutingQuery, SummaryError, TermFilter,
 };

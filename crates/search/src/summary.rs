@@ -1,6 +1,7 @@
 //! Term summaries for routing: per collection, a Bloom filter of the analyzed terms a node's
-//! documents contain, stamped with the index generation it describes, with a stable versioned
-//! byte encoding, and the decision whether a query may match a node at all.
+//! documents contain and the name of the analyzer that produced them, stamped with the index
+//! generation it describes, with a stable versioned byte encoding, and the decision whether a
+//! query may match a node at all.
 //!
 //! Soundness rule: [`NodeSummary::may_match`] answers `false` ("skip, no_match") only when no
 //! document of that generation can match; a Bloom filter has no false negatives, a collection the
@@ -13,7 +14,8 @@ use std::collections::BTreeMap;
 
 /// Version of the byte encoding written by [`NodeSummary::encode`]; a reader refuses any other
 /// (the hash function and the layout are part of the version).
-pub const ENCODING_VERSION: u8 = 1;
+/// Version 2 added the analyzer name of each collection; version 1 is refused.
+pub const ENCODING_VERSION: u8 = 2;
 /// First bytes of every encoded summary.
 const MAGIC: [u8; 4] = *b"RMTS";
 /// Largest Bloom filter of one collection, in bytes; a collection with more terms than fit at
@@ -27,6 +29,12 @@ pub const MAX_NODE_FILTER_BYTES: usize = 1024 * 1024;
 pub const MAX_COLLECTIONS: usize = 4096;
 /// Longest collection name accepted in an encoded summary, in bytes.
 const MAX_NAME_BYTES: usize = 1024;
+/// Longest analyzer name accepted in a summary, in bytes; a collection whose analyzer has a
+/// longer name is left out (and the summary marked as overflowing).
+pub const MAX_ANALYZER_BYTES: usize = 64;
+/// The analyzer of a collection built by [`NodeSummary::new`]: the index's default analysis
+/// (tantivy's `en_stem`).
+pub const DEFAULT_ANALYZER: &str = "en_stem";
 /// Target false-positive rate of a filter: 1 % (about 9.6 bits per term).
 pub const DEFAULT_FALSE_POSITIVE_RATE: f64 = 0.01;
 /// Most hash functions per filter (reached only at very low false-positive rates).
@@ -248,32 +256,51 @@ impl RoutingQuery {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NodeSummary {
     generation: u64,
-    collections: BTreeMap<String, TermFilter>,
+    collections: BTreeMap<String, Summarised>,
     /// Some collections were left out to stay within [`MAX_COLLECTIONS`]: an unlisted collection
     /// may then hold anything.
     overflow: bool,
 }
 
+/// One collection of a summary: the analyzer its terms went through, and their filter.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Summarised {
+    analyzer: String,
+    filter: TermFilter,
+}
+
 impl NodeSummary {
     /// The summary of generation `generation` with one filter per collection that has live
-    /// documents. Bounded: past [`MAX_COLLECTIONS`] collections the rest are left out (and the
-    /// summary says so); the largest filters become [`TermFilter::Everything`] until their sum
-    /// fits in [`MAX_NODE_FILTER_BYTES`].
+    /// documents, every collection analyzed by [`DEFAULT_ANALYZER`]. See
+    /// [`NodeSummary::with_analyzers`].
     pub fn new(generation: u64, collections: impl IntoIterator<Item = (String, TermFilter)>) -> NodeSummary {
+        let collections = collections.into_iter().map(|(name, filter)| (name, DEFAULT_ANALYZER.to_owned(), filter));
+        NodeSummary::with_analyzers(generation, collections)
+    }
+
+    /// The summary of generation `generation` with, per collection that has live documents, the
+    /// name of the analyzer its terms went through and their filter. Bounded: past
+    /// [`MAX_COLLECTIONS`] collections (or for a name past its length cap) the rest are left out
+    /// (and the summary says so); the largest filters become [`TermFilter::Everything`] until
+    /// their sum fits in [`MAX_NODE_FILTER_BYTES`].
+    pub fn with_analyzers(
+        generation: u64,
+        collections: impl IntoIterator<Item = (String, String, TermFilter)>,
+    ) -> NodeSummary {
         let mut kept = BTreeMap::new();
         let mut overflow = false;
-        for (name, filter) in collections {
-            if kept.len() >= MAX_COLLECTIONS || name.len() > MAX_NAME_BYTES {
+        for (name, analyzer, filter) in collections {
+            if kept.len() >= MAX_COLLECTIONS || name.len() > MAX_NAME_BYTES || analyzer.len() > MAX_ANALYZER_BYTES {
                 overflow = true;
                 continue;
             }
-            kept.insert(name, filter);
+            kept.insert(name, Summarised { analyzer, filter });
         }
-        let mut total: usize = kept.values().map(TermFilter::filter_bytes).sum();
+        let mut total: usize = kept.values().map(|c| c.filter.filter_bytes()).sum();
         while total > MAX_NODE_FILTER_BYTES {
-            let Some((_, largest)) = kept.iter_mut().max_by_key(|(_, filter)| filter.filter_bytes()) else { break };
-            total -= largest.filter_bytes();
-            *largest = TermFilter::Everything;
+            let Some((_, largest)) = kept.iter_mut().max_by_key(|(_, c)| c.filter.filter_bytes()) else { break };
+            total -= largest.filter.filter_bytes();
+            largest.filter = TermFilter::Everything;
         }
         NodeSummary { generation, collections: kept, overflow }
     }
@@ -285,25 +312,49 @@ impl NodeSummary {
 
     /// The filter of `collection`, if listed.
     pub fn collection(&self, collection: &str) -> Option<&TermFilter> {
-        self.collections.get(collection)
+        self.collections.get(collection).map(|c| &c.filter)
+    }
+
+    /// The analyzer the terms of `collection` went through, if listed.
+    pub fn analyzer(&self, collection: &str) -> Option<&str> {
+        self.collections.get(collection).map(|c| c.analyzer.as_str())
+    }
+
+    /// The distinct analyzers of the listed collections, sorted.
+    pub fn analyzers(&self) -> std::collections::BTreeSet<&str> {
+        self.collections.values().map(|c| c.analyzer.as_str()).collect()
     }
 
     /// The listed collections and their filters, sorted by name.
     pub fn collections(&self) -> impl Iterator<Item = (&str, &TermFilter)> {
-        self.collections.iter().map(|(name, filter)| (name.as_str(), filter))
+        self.collections.iter().map(|(name, c)| (name.as_str(), &c.filter))
     }
 
-    /// The routing decision: may a search for `query` restricted to `collections` (empty: all)
-    /// find a document on this node at [`NodeSummary::generation`]? `false` means the node can be
-    /// skipped (`skipped: no_match`). A collection the summary does not list holds no live
-    /// document (unless the summary overflowed).
+    /// [`NodeSummary::may_match_routed`] with one routing query for every analyzer: right only
+    /// when `query` was built by the analysis of every collection asked (tests, and indexes of
+    /// one analyzer).
     pub fn may_match(&self, collections: &[String], query: &RoutingQuery) -> bool {
+        self.may_match_routed(collections, |_| Some(query))
+    }
+
+    /// The routing decision: may a search restricted to `collections` (empty: all) find a
+    /// document on this node at [`NodeSummary::generation`]? `query_for(analyzer)` is the query
+    /// reduced by that analyzer, `None` when the caller cannot analyze it that way: such a
+    /// collection may match anything. `false` means the node can be skipped (`skipped:
+    /// no_match`). A collection the summary does not list holds no live document (unless the
+    /// summary overflowed).
+    pub fn may_match_routed<'q>(
+        &self,
+        collections: &[String],
+        query_for: impl Fn(&str) -> Option<&'q RoutingQuery>,
+    ) -> bool {
+        let may = |c: &Summarised| query_for(&c.analyzer).is_none_or(|query| query.may_match(&c.filter));
         if collections.is_empty() {
-            return self.overflow || self.collections.values().any(|filter| query.may_match(filter));
+            return self.overflow || self.collections.values().any(may);
         }
         for name in collections {
             let may = match self.collections.get(name) {
-                Some(filter) => query.may_match(filter),
+                Some(collection) => may(collection),
                 None => self.overflow,
             };
             if may {
@@ -315,12 +366,13 @@ impl NodeSummary {
 
     /// The summary in the stable byte encoding of [`ENCODING_VERSION`] (little-endian):
     /// magic `RMTS`, version u8, generation u64, flags u8 (bit 0: overflow), collection count
-    /// u32, then per collection: name length u16, name (UTF-8), kind u8 (0 empty, 1 Bloom,
+    /// u32, then per collection: name length u16, name (UTF-8), analyzer name length u8,
+    /// analyzer name (UTF-8), kind u8 (0 empty, 1 Bloom,
     /// 2 everything), and for a Bloom filter: hash count u8, term count u32, word count u32,
     /// the words (u64 each). Hash: FNV-1a 64 of the term bytes, two splitmix64 finalisers, double
     /// hashing modulo the bit count.
     pub fn encode(&self) -> Vec<u8> {
-        let filter_bytes: usize = self.collections.values().map(TermFilter::filter_bytes).sum();
+        let filter_bytes: usize = self.collections.values().map(|c| c.filter.filter_bytes() + c.analyzer.len()).sum();
         let mut out = Vec::with_capacity(18 + filter_bytes + self.collections.len() * 32);
         out.extend_from_slice(&MAGIC);
         out.push(ENCODING_VERSION);
@@ -328,10 +380,14 @@ impl NodeSummary {
         out.push(if self.overflow { FLAG_OVERFLOW } else { 0 });
         let count = u32::try_from(self.collections.len()).expect("at most MAX_COLLECTIONS collections");
         out.extend_from_slice(&count.to_le_bytes());
-        for (name, filter) in &self.collections {
+        for (name, Summarised { analyzer, filter }) in &self.collections {
             let len = u16::try_from(name.len()).expect("names longer than MAX_NAME_BYTES are never kept");
             out.extend_from_slice(&len.to_le_bytes());
             out.extend_from_slice(name.as_bytes());
+            out.push(
+                u8::try_from(analyzer.len()).expect("analyzer names longer than MAX_ANALYZER_BYTES are never kept"),
+            );
+            out.extend_from_slice(analyzer.as_bytes());
             match filter {
                 TermFilter::Empty => out.push(KIND_EMPTY),
                 TermFilter::Everything => out.push(KIND_EVERYTHING),
@@ -380,6 +436,13 @@ impl NodeSummary {
             let name = std::str::from_utf8(reader.take(len, "collection name")?)
                 .map_err(|_| SummaryError::Malformed("collection name is not UTF-8".to_owned()))?
                 .to_owned();
+            let len = usize::from(reader.u8("analyzer name length")?);
+            if len > MAX_ANALYZER_BYTES {
+                return Err(SummaryError::Malformed(format!("analyzer name of {len} bytes")));
+            }
+            let analyzer = std::str::from_utf8(reader.take(len, "analyzer name")?)
+                .map_err(|_| SummaryError::Malformed("analyzer name is not UTF-8".to_owned()))?
+                .to_owned();
             let filter = match reader.u8("filter kind")? {
                 KIND_EMPTY => TermFilter::Empty,
                 KIND_EVERYTHING => TermFilter::Everything,
@@ -411,7 +474,7 @@ impl NodeSummary {
                 }
                 other => return Err(SummaryError::Malformed(format!("unknown filter kind {other}"))),
             };
-            if collections.insert(name, filter).is_some() {
+            if collections.insert(name, Summarised { analyzer, filter }).is_some() {
                 return Err(SummaryError::Malformed("a collection is listed twice".to_owned()));
             }
         }
@@ -510,7 +573,7 @@ mod tests {
         assert_eq!(fnv1a(b"a"), 0xaf63_dc4c_8601_ec8c);
         assert_eq!(hash_pair(b"attent"), hash_pair(b"attent"));
         let encoded = NodeSummary::new(1, [("c".to_owned(), bloom(&["x"]))]).encode();
-        assert_eq!(encoded[..5], *b"RMTS\x01");
+        assert_eq!(encoded[..5], *b"RMTS\x02");
     }
 
     #[test]
@@ -575,10 +638,11 @@ mod tests {
     #[test]
     fn another_version_is_refused_clearly() {
         let mut bytes = sample().encode();
-        bytes[4] = 2;
-        let err = NodeSummary::decode(&bytes).expect_err("version 2");
-        assert_eq!(err, SummaryError::UnsupportedVersion { found: 2, supported: 1 });
-        assert!(err.to_string().contains("version 2 is not supported"), "{err}");
+        bytes[4] = 1;
+        let err = NodeSummary::decode(&bytes).expect_err("version 1 (no analyzer names)");
+        assert_eq!(err, SummaryError::UnsupportedVersion { found: 1, supported: 2 });
+        assert!(err.to_string().contains("version 1 is not supported"), "{err}");
+        assert!(err.to_string().contains("always asked"), "says what happens meanwhile: {err}");
         let mut bytes = sample().encode();
         bytes[0] = b'X';
         assert_eq!(NodeSummary::decode(&bytes), Err(SummaryError::BadMagic));
@@ -598,8 +662,9 @@ mod tests {
     #[test]
     fn oversized_filters_are_refused_on_decode() {
         let mut bytes = NodeSummary::new(1, [("c".to_owned(), bloom(&["x"]))]).encode();
-        // Header 18 bytes, name length 2 + name 1, kind 1, hashes 1, terms 4: word count next.
-        let at = 18 + 3 + 1 + 1 + 4;
+        // Header 18 bytes, name length 2 + name 1, analyzer length 1 + "en_stem" 7, kind 1,
+        // hashes 1, terms 4: word count next.
+        let at = 18 + 3 + 8 + 1 + 1 + 4;
         bytes[at..at + 4].copy_from_slice(&u32::MAX.to_le_bytes());
         assert!(matches!(NodeSummary::decode(&bytes), Err(SummaryError::Malformed(_))), "{bytes:?}");
     }
@@ -640,6 +705,36 @@ mod tests {
             let measured = hits as f64 / probes as f64;
             assert!((low..high).contains(&measured), "target {rate}: measured {measured}");
         }
+    }
+
+    #[test]
+    fn each_collection_is_decided_by_the_query_of_its_analyzer() {
+        let summary = NodeSummary::with_analyzers(
+            4,
+            [
+                ("en".to_owned(), "en_stem".to_owned(), bloom(&["cat"])),
+                ("fr".to_owned(), "fr_stem".to_owned(), bloom(&["chat"])),
+            ],
+        );
+        assert_eq!(summary.analyzer("fr"), Some("fr_stem"));
+        assert_eq!(summary.analyzers().into_iter().collect::<Vec<_>>(), ["en_stem", "fr_stem"]);
+        let en = RoutingQuery::Term("dog".into());
+        let fr = RoutingQuery::Term("chien".into());
+        let both = |analyzer: &str| match analyzer {
+            "en_stem" => Some(&en),
+            "fr_stem" => Some(&fr),
+            _ => None,
+        };
+        assert!(!summary.may_match_routed(&[], both), "neither collection holds its query's term");
+        let fr_unknown = |analyzer: &str| (analyzer == "en_stem").then_some(&en);
+        assert!(summary.may_match_routed(&[], fr_unknown), "an analyzer the router cannot run: ask");
+        assert!(!summary.may_match_routed(&["en".to_owned()], fr_unknown), "only the asked collection counts");
+        let decoded = NodeSummary::decode(&summary.encode()).expect("round trip");
+        assert_eq!(decoded, summary);
+        let long = "x".repeat(MAX_ANALYZER_BYTES + 1);
+        let over = NodeSummary::with_analyzers(1, [("c".to_owned(), long, TermFilter::Empty)]);
+        assert!(over.collection("c").is_none());
+        assert!(over.may_match(&["c".to_owned()], &RoutingQuery::Nothing), "left out, so it may hold anything");
     }
 
     proptest! {

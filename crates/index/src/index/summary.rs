@@ -10,7 +10,9 @@
 
 use std::collections::{BTreeMap, HashSet};
 
-use ragmesh_search::{MAX_FILTER_BYTES, MAX_NODE_FILTER_BYTES, NodeSummary, RoutingQuery, TermFilter};
+use ragmesh_search::{
+    DEFAULT_ANALYZER, MAX_FILTER_BYTES, MAX_NODE_FILTER_BYTES, NodeSummary, RoutingQuery, TermFilter,
+};
 use ragmesh_types::query::QueryLimits;
 use tantivy::query::{BooleanQuery, EmptyQuery, Occur, PhraseQuery, Query, QueryParser, TermQuery};
 use tantivy::schema::IndexRecordOption;
@@ -18,7 +20,7 @@ use tantivy::tokenizer::TokenizerManager;
 use tantivy::{DocId, DocSet, SegmentReader, TERMINATED, TantivyError, Term};
 
 use super::{DocumentIndex, Fields, MAX_QUERY_BYTES};
-use crate::IndexError;
+use crate::{AppliedLog, IndexError};
 
 /// Deepest query tree [`routing_query`] descends into; deeper parts are
 /// [`RoutingQuery::Anything`]. (The text is bounded by `ragmesh_types::query::check` first.)
@@ -50,6 +52,25 @@ pub fn routing_query(text: &str) -> RoutingQuery {
     let parser = QueryParser::new(schema, vec![fields.title, fields.body], TokenizerManager::default());
     let (parsed, _errors) = parser.parse_query_lenient(trimmed);
     lower(parsed.as_ref(), &fields, 0)
+}
+
+/// [`routing_query`] for the collections analyzed by `analyzer` (the name a summary lists per
+/// collection): `None` for an analyzer this build does not know, and the router then asks every
+/// node holding such a collection. Today every collection uses [`DEFAULT_ANALYZER`]
+/// (`en_stem`); a new analyzer must be added here with its own lowering, or its collections are
+/// never skipped.
+pub fn routing_query_for(analyzer: &str, text: &str) -> Option<RoutingQuery> {
+    (analyzer == DEFAULT_ANALYZER).then(|| routing_query(text))
+}
+
+/// A term summary together with the write-log position of the snapshot it describes: the
+/// router trusts it only while no later write of the node's group was acknowledged.
+#[derive(Debug, Clone)]
+pub struct RoutingSummary {
+    /// The summary, stamped with the snapshot's generation.
+    pub summary: NodeSummary,
+    /// The last write-log position applied as of that same snapshot.
+    pub applied: AppliedLog,
 }
 
 /// The routing form of one parsed query node.
@@ -114,6 +135,14 @@ impl DocumentIndex {
     /// Deleted documents' terms are left out. Cost: one pass over the title and body postings
     /// (a term stops being read once every collection of its segment holds it).
     pub fn term_summary(&self, fp_rate: f64) -> Result<NodeSummary, IndexError> {
+        Ok(self.routing_summary(fp_rate)?.summary)
+    }
+
+    /// [`DocumentIndex::term_summary`] with the write-log position applied as of the same
+    /// snapshot, so the pair (generation, applied sequence) describes exactly the terms
+    /// summarised. Blocking (reads every title and body posting list): call it off the async
+    /// runtime.
+    pub fn routing_summary(&self, fp_rate: f64) -> Result<RoutingSummary, IndexError> {
         let _span = tracing::debug_span!("index.term_summary").entered();
         let snapshot = self.snapshot();
         let max_terms = TermFilter::max_terms(fp_rate, MAX_FILTER_BYTES);
@@ -133,16 +162,17 @@ impl DocumentIndex {
                 }
                 None => TermFilter::Everything,
             };
-            filters.push((name, filter));
+            filters.push((name, DEFAULT_ANALYZER.to_owned(), filter));
         }
-        let summary = NodeSummary::new(snapshot.generation, filters);
+        let summary = NodeSummary::with_analyzers(snapshot.generation, filters);
         tracing::debug!(
             index.generation = snapshot.generation,
             summary.collections = summary.collections().count(),
             summary.terms = summarised_terms,
+            log.applied_seq = snapshot.applied.seq,
             "term summary built"
         );
-        Ok(summary)
+        Ok(RoutingSummary { summary, applied: snapshot.applied })
     }
 
     /// Adds the live terms of one segment to `collected`.
@@ -298,6 +328,25 @@ mod tests {
         assert!(routing_query("-dogs").may_match(&TermFilter::Empty), "{:?}", routing_query("-dogs"));
         assert_eq!(routing_query("!!!"), RoutingQuery::Nothing, "no term at all");
         assert_eq!(routing_query(&"(".repeat(500)), RoutingQuery::Anything, "refused by search: ask");
+    }
+
+    #[test]
+    fn the_router_lowers_only_for_the_analyzers_it_knows() {
+        assert_eq!(routing_query_for("en_stem", "cats"), Some(routing_query("cats")));
+        assert_eq!(routing_query_for("fr_stem", "chats"), None, "unknown analyzer: the router asks");
+    }
+
+    #[test]
+    fn a_routing_summary_carries_the_log_position_of_its_snapshot() {
+        let (_dir, index) = open_temp();
+        let at = |seq| crate::LogPosition { shard: "g".into(), seq };
+        index.apply_upsert(&at(1), vec![doc("papers", "1", "Attention", "cats")], &crate::Writer::Operator).expect("1");
+        index.apply_upsert(&at(2), vec![doc("papers", "2", "Garden", "dogs")], &crate::Writer::Operator).expect("2");
+        let routed = index.routing_summary(DEFAULT_FALSE_POSITIVE_RATE).expect("summary");
+        assert_eq!(routed.applied.seq, 2);
+        assert_eq!(routed.summary.generation(), index.generation());
+        assert_eq!(routed.summary.analyzer("papers"), Some("en_stem"));
+        assert!(routed.summary.may_match(&[], &routing_query("dogs")));
     }
 
     #[test]

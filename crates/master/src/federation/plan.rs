@@ -7,9 +7,29 @@
 //! readable replicas (up and in sync); a group with no readable replica cannot answer, and is
 //! the only way to a partial answer. Nodes the caller names are asked themselves: no other
 //! replica stands in for a node chosen by name.
+//!
+//! Routing by term summaries ([`skip_no_match`]): each agent sends a Bloom-filter summary of its
+//! terms per collection on its health stream. A planned call is proven useless, and its group
+//! reported `skipped: no_match`, when one of the call's readable replicas has a summary that
+//! (1) is trusted: built from a snapshot that applied every write of the group's log assigned so
+//! far (`applied_seq >= last`; a sequence is assigned before a write is answered, so after any
+//! acknowledged write an older summary is no longer trusted) and no older than the index
+//! generation the master last heard of; and (2) answers `may_match == false` for the requested
+//! collections, each collection judged by the routing query of its own analyzer (an analyzer the
+//! master cannot run means "ask"). A false skip is impossible: a Bloom filter has no false
+//! negatives and everything the summary cannot reason about is "may match". A false ask (a Bloom
+//! false positive, a stale summary) only costs a call.
+//!
+//! Which phases skip: with `global_bm25` the statistics phase still asks no-match groups (their
+//! document and token counts are part of the collection-wide statistics: leaving them out would
+//! change every score); only the search phase skips them. With `rrf` and `raw`, the one phase
+//! skips them. Nodes named with `nodes:[...]` are skippable too: a node that cannot match
+//! answers nothing, asked or not, and reporting it `no_match` says so without the call.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
 
+use ragmesh_search::{NodeSummary, RoutingQuery};
 use ragmesh_stack::node_call::Target;
 
 /// Why a node was not asked.
@@ -25,6 +45,8 @@ pub enum SkipReason {
     NotInSync,
     /// Another replica of its group answered.
     OtherReplica,
+    /// Its group's term summary proves no document can match.
+    NoMatch,
 }
 
 /// A node as the plan sees it.
@@ -95,6 +117,80 @@ pub struct Plan {
     pub unanswerable: Vec<Unanswerable>,
     /// Groups holding none of the requested collections.
     pub not_routed: Vec<String>,
+    /// Calls of `targets` a trusted term summary proves useless for the search phase (see the
+    /// module docs); set by [`skip_no_match`].
+    pub no_match: Vec<Target>,
+}
+
+impl Plan {
+    /// Whether a term summary proves that `target` cannot contribute a hit.
+    pub fn proven_no_match(&self, target: &GroupTarget) -> bool {
+        self.no_match.contains(&target.target)
+    }
+}
+
+/// What the master knows of one node's term summary when a search starts.
+#[derive(Debug, Clone)]
+pub struct NodeTermSummary {
+    /// The summary last received on its current session's health stream.
+    pub summary: Arc<NodeSummary>,
+    /// The last write-log sequence of its group applied in the snapshot summarised.
+    pub applied_seq: u64,
+    /// The node's index generation as the master last heard it (heartbeats, write answers).
+    pub node_generation: u64,
+    /// The last sequence assigned in its group's write log.
+    pub group_last_seq: u64,
+}
+
+impl NodeTermSummary {
+    /// Whether the summary describes the node as of every write of its group assigned so far
+    /// (and so every acknowledged one).
+    pub fn trusted(&self) -> bool {
+        self.applied_seq >= self.group_last_seq && self.summary.generation() >= self.node_generation
+    }
+}
+
+/// Marks the calls of `plan` that trusted term summaries prove useless for a search of `query`
+/// in `collections` (empty = all): see the module docs. Routing queries are computed once per
+/// analyzer named by the summaries involved, through `ragmesh_index::routing_query_for`.
+pub fn skip_no_match(
+    plan: &mut Plan,
+    summaries: &BTreeMap<String, NodeTermSummary>,
+    collections: &[String],
+    query: &str,
+) {
+    skip_no_match_with(plan, summaries, collections, |analyzer| ragmesh_index::routing_query_for(analyzer, query));
+}
+
+/// [`skip_no_match`] with the query reduced by `query_for(analyzer)` (`None`: that analyzer is
+/// unknown here, ask).
+pub fn skip_no_match_with(
+    plan: &mut Plan,
+    summaries: &BTreeMap<String, NodeTermSummary>,
+    collections: &[String],
+    query_for: impl Fn(&str) -> Option<RoutingQuery>,
+) {
+    let trusted = |name: &String| summaries.get(name).filter(|s| s.trusted());
+    let mut queries: BTreeMap<String, Option<RoutingQuery>> = BTreeMap::new();
+    for target in &plan.targets {
+        for summary in target.readable.iter().filter_map(trusted) {
+            for analyzer in summary.summary.analyzers() {
+                if !queries.contains_key(analyzer) {
+                    queries.insert(analyzer.to_owned(), query_for(analyzer));
+                }
+            }
+        }
+    }
+    let mut no_match = Vec::new();
+    for target in &plan.targets {
+        let proven = target.readable.iter().filter_map(trusted).any(|summary| {
+            !summary.summary.may_match_routed(collections, |analyzer| queries.get(analyzer).and_then(Option::as_ref))
+        });
+        if proven {
+            no_match.push(target.target.clone());
+        }
+    }
+    plan.no_match = no_match;
 }
 
 /// The replicas a search considers: the `selected` ones, or all when none is selected.
@@ -242,6 +338,89 @@ pub(crate) mod tests {
         let plan = plan(&replicas, &[], &[]).expect("plan");
         assert_eq!(plan.targets[0].readable, ["a1", "a2"]);
         assert_eq!(plan.targets[0].breaker_open, ["a1"]);
+    }
+
+    fn summary_of(terms: &[&str], applied_seq: u64, group_last_seq: u64) -> NodeTermSummary {
+        let filter = ragmesh_search::TermFilter::for_terms(terms, 0.01, ragmesh_search::MAX_FILTER_BYTES);
+        NodeTermSummary {
+            summary: Arc::new(NodeSummary::new(5, [("docs".to_owned(), filter)])),
+            applied_seq,
+            node_generation: 5,
+            group_last_seq,
+        }
+    }
+
+    fn en(query: &str) -> impl Fn(&str) -> Option<RoutingQuery> + '_ {
+        move |analyzer| (analyzer == "en_stem").then(|| RoutingQuery::Term(query.to_owned()))
+    }
+
+    fn no_match_after(summaries: &[(&str, NodeTermSummary)], query: &str, selected: &[String]) -> Plan {
+        let replicas = [
+            replica("a1", "a", true, true, &["docs"]),
+            replica("a2", "a", true, true, &["docs"]),
+            replica("b1", "b", true, true, &["docs"]),
+        ];
+        let mut plan = plan(&replicas, &[], selected).expect("plan");
+        let summaries = summaries.iter().map(|(n, s)| ((*n).to_owned(), s.clone())).collect();
+        skip_no_match_with(&mut plan, &summaries, &[], en(query));
+        plan
+    }
+
+    #[test]
+    fn a_fresh_summary_without_the_term_skips_its_group() {
+        let plan =
+            no_match_after(&[("a1", summary_of(&["cat"], 7, 7)), ("b1", summary_of(&["dog"], 3, 3))], "dog", &[]);
+        assert_eq!(plan.no_match, [Target::Group("a".into())]);
+        assert!(plan.proven_no_match(&plan.targets[0]));
+        assert!(!plan.proven_no_match(&plan.targets[1]), "b holds the term");
+    }
+
+    #[test]
+    fn a_stale_summary_is_never_trusted() {
+        // A write was assigned after the summary's snapshot: the group may hold "dog" now.
+        let plan = no_match_after(&[("a1", summary_of(&["cat"], 6, 7))], "dog", &[]);
+        assert!(plan.no_match.is_empty(), "{:?}", plan.no_match);
+        // The master heard of a newer generation than the summary's.
+        let mut behind = summary_of(&["cat"], 7, 7);
+        behind.node_generation = 4; // the summary is newer than the last heartbeat
+        assert!(behind.trusted());
+        behind.node_generation = 9;
+        assert!(!behind.trusted());
+        assert!(no_match_after(&[("a1", behind)], "dog", &[]).no_match.is_empty());
+        // No summary at all: asked.
+        assert!(no_match_after(&[], "dog", &[]).no_match.is_empty());
+    }
+
+    #[test]
+    fn an_analyzer_the_master_cannot_run_is_asked() {
+        let filter = ragmesh_search::TermFilter::for_terms(&["chat"], 0.01, ragmesh_search::MAX_FILTER_BYTES);
+        let summary = NodeTermSummary {
+            summary: Arc::new(NodeSummary::with_analyzers(5, [("docs".into(), "fr_stem".into(), filter)])),
+            applied_seq: 1,
+            node_generation: 5,
+            group_last_seq: 1,
+        };
+        let plan = no_match_after(&[("a1", summary)], "dog", &[]);
+        assert!(plan.no_match.is_empty(), "fr_stem is unknown: ask");
+    }
+
+    #[test]
+    fn named_nodes_are_skipped_by_their_own_summary_only() {
+        let summaries = [("a1", summary_of(&["cat"], 7, 7))];
+        let plan = no_match_after(&summaries, "dog", &["a1".to_owned(), "a2".to_owned()]);
+        assert_eq!(plan.no_match, [Target::Node("a1".into())], "a2 has no summary: asked");
+    }
+
+    #[test]
+    fn the_real_routing_query_skips_only_what_cannot_match() {
+        let replicas = [replica("a1", "a", true, true, &["docs"])];
+        let summaries: BTreeMap<String, NodeTermSummary> =
+            [("a1".to_owned(), summary_of(&["cat"], 0, 0))].into_iter().collect();
+        for (query, skipped) in [("dogs", true), ("cats", false), ("dogs OR cats", false), ("*", false)] {
+            let mut plan = plan(&replicas, &[], &[]).expect("plan");
+            skip_no_match(&mut plan, &summaries, &[], query);
+            assert_eq!(!plan.no_match.is_empty(), skipped, "{query}");
+        }
     }
 
     fn arb_replica() -> impl Strategy<Value = Replica> {

@@ -1,8 +1,9 @@
 //! What a search reports, as pure functions of its plan and its groups' results: an outcome for
 //! every node considered (one vocabulary: ok, timeout, unavailable, error, cancelled,
-//! skipped{down|not_routed|breaker_open|not_in_sync|other_replica}), one report per group (who
-//! answered, every attempt), and the verdict: an answer no group gave is an error, never "OK,
-//! zero hits".
+//! skipped{down|not_routed|breaker_open|not_in_sync|other_replica|no_match}), one report per
+//! group (who answered, every attempt), and the verdict: an answer no group gave is an error,
+//! never "OK, zero hits". A group whose term summary proves it holds no match counts as an
+//! answer (an empty one, known without the call).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
@@ -10,7 +11,7 @@ use std::time::Duration;
 use ragmesh_proto::ErrorKind;
 use ragmesh_stack::node_call::{Attempt, AttemptEnd, CallError};
 
-use super::plan::{Plan, Replica, SkipReason, considered};
+use super::plan::{GroupTarget, Plan, Replica, SkipReason, considered};
 use super::{GroupResult, NodeResult, Outcome, timeout_message, to_node_hits};
 
 /// How a group's part of the search ended.
@@ -47,6 +48,13 @@ pub fn node_results(plan: &Plan, groups: Vec<GroupResult>) -> Vec<NodeResult> {
     for (node, reason) in &plan.skipped {
         let result = NodeResult { node: node.clone(), outcome: Outcome::Skipped(*reason), took: Duration::ZERO };
         results.insert(node.clone(), result);
+    }
+    for target in skipped_no_match(plan, &groups) {
+        for node in &target.readable {
+            let result =
+                NodeResult { node: node.clone(), outcome: Outcome::Skipped(SkipReason::NoMatch), took: Duration::ZERO };
+            results.insert(node.clone(), result);
+        }
     }
     for group in groups {
         let mut last: BTreeMap<&str, &Attempt> = BTreeMap::new();
@@ -87,7 +95,17 @@ pub fn node_results(plan: &Plan, groups: Vec<GroupResult>) -> Vec<NodeResult> {
     results.into_values().collect()
 }
 
-/// One report per group considered: asked (answered or failed), unanswerable, or not routed.
+/// The calls of `plan` not made because a term summary proves they cannot match (those asked
+/// anyway, in a global-BM25 statistics phase that failed, are reported with that failure).
+fn skipped_no_match<'a>(plan: &'a Plan, groups: &[GroupResult]) -> Vec<&'a GroupTarget> {
+    plan.targets
+        .iter()
+        .filter(|target| plan.proven_no_match(target) && !groups.iter().any(|g| g.target.target == target.target))
+        .collect()
+}
+
+/// One report per group considered: asked (answered or failed), proven not to match,
+/// unanswerable, or not routed.
 pub fn group_reports(plan: &Plan, groups: &[GroupResult]) -> Vec<GroupReport> {
     let mut reports: Vec<GroupReport> = groups
         .iter()
@@ -107,6 +125,7 @@ pub fn group_reports(plan: &Plan, groups: &[GroupResult]) -> Vec<GroupReport> {
         attempts: Vec::new(),
         took: Duration::ZERO,
     };
+    reports.extend(skipped_no_match(plan, groups).into_iter().map(|t| skipped(&t.group, SkipReason::NoMatch)));
     reports.extend(plan.unanswerable.iter().map(|u| skipped(&u.group, u.reason)));
     reports.extend(plan.not_routed.iter().map(|g| skipped(g, SkipReason::NotRouted)));
     reports.sort_by(|a, b| a.group.cmp(&b.group));
@@ -135,7 +154,7 @@ pub enum NoAnswer {
 }
 
 /// Decides whether a search has an answer: `Ok` when at least one node answered (even with no
-/// hits); otherwise why not. `replicas` are every node the master knows, `selected` the
+/// hits) or was proven by its term summary to hold no match; otherwise why not. `replicas` are every node the master knows, `selected` the
 /// caller's node selection (all when empty), `collections` the requested ones (empty = all).
 pub fn verdict(
     results: &[NodeResult],
@@ -143,7 +162,7 @@ pub fn verdict(
     selected: &[String],
     collections: &[String],
 ) -> Result<(), NoAnswer> {
-    if results.iter().any(|r| matches!(r.outcome, Outcome::Ok { .. })) {
+    if results.iter().any(|r| matches!(r.outcome, Outcome::Ok { .. } | Outcome::Skipped(SkipReason::NoMatch))) {
         return Ok(());
     }
     if considered(replicas, selected).next().is_none() {
@@ -197,6 +216,7 @@ pub fn skip_text(reason: SkipReason) -> &'static str {
         SkipReason::BreakerOpen => "breaker open",
         SkipReason::NotInSync => "not in sync with its shard group",
         SkipReason::OtherReplica => "another replica of its group answered",
+        SkipReason::NoMatch => "its term summary proves no document can match",
     }
 }
 
@@ -384,5 +404,29 @@ mod tests {
         };
         assert_eq!(existing.into_iter().collect::<Vec<_>>(), ["docs"]);
         assert_eq!(verdict(&[], &[], &[], &[]), Err(NoAnswer::NoNodes));
+    }
+
+    #[test]
+    fn a_group_proven_not_to_match_is_reported_skipped_no_match_and_counts_as_an_answer() {
+        let replicas = [replica("a1", "a", true, true, &["docs"]), replica("b1", "b", true, true, &["docs"])];
+        let mut plan = plan(&replicas, &[], &[]).expect("plan");
+        plan.no_match = vec![Target::Group("a".into()), Target::Group("b".into())];
+        let results = node_results(&plan, Vec::new());
+        assert_eq!(outcome_of(&results, "a1"), &Outcome::Skipped(SkipReason::NoMatch));
+        assert_eq!(outcome_of(&results, "b1"), &Outcome::Skipped(SkipReason::NoMatch));
+        assert_eq!(verdict(&results, &replicas, &[], &[]), Ok(()), "no group can match: zero hits is the answer");
+        let reports = group_reports(&plan, &[]);
+        let ends: Vec<&GroupEnd> = reports.iter().map(|r| &r.end).collect();
+        assert_eq!(ends, [&GroupEnd::Skipped(SkipReason::NoMatch), &GroupEnd::Skipped(SkipReason::NoMatch)]);
+        // A no-match group that was asked anyway (a failed statistics phase) reports that call.
+        let failed = GroupResult {
+            target: plan.targets[1].clone(),
+            answer: Err(CallError::Unavailable("connection refused".into())),
+            attempts: Vec::new(),
+            took: Duration::ZERO,
+        };
+        let results = node_results(&plan, vec![failed.clone()]);
+        assert_eq!(outcome_of(&results, "b1"), &Outcome::NotAsked(CallError::Unavailable("connection refused".into())));
+        assert!(matches!(group_reports(&plan, &[failed])[1].end, GroupEnd::Failed(_)));
     }
 }
