@@ -163,7 +163,9 @@ pub enum Command {
     /// command): WRITES every document into collection --collection of NODE's shard group and
     /// each shard's documents into the group of the matching --shard-nodes entry (upserts by id:
     /// documents with the same ids in that collection are replaced), then searches only those
-    /// nodes and that collection. Use nodes whose groups hold nothing else of that collection.
+    /// nodes and that collection. Use nodes that hold nothing else: BM25 statistics count every
+    /// collection of a node, so other documents shift the scores (eval warns when it sees any).
+    /// Needs an operator (the documents are written readable by operators only).
     #[command(after_help = "Examples:\n  \
         ragmeshctl eval --vaswani ../shared/data/vaswani --shards 4 --split clustered\n  \
         ragmeshctl eval --docs docs.trec --topics topics.trec --qrels qrels --json\n  \
@@ -866,6 +868,11 @@ pub struct EvalArgs {
     #[arg(long, value_name = "N", default_value_t = 1000,
           value_parser = clap::value_parser!(u32).range(1..=10_000))]
     pub batch: u32,
+    /// Topics searched at once (each by every system in turn); above 1 the searches contend,
+    /// so the p50 latencies printed are only those of an idle mesh at 1
+    #[arg(long, value_name = "N", default_value_t = 1,
+          value_parser = clap::value_parser!(u32).range(1..=16))]
+    pub concurrency: u32,
     /// Start a fresh local mesh even when a master is configured (the default without
     /// --baseline)
     #[arg(long, conflicts_with_all = ["baseline", "shard_nodes"])]

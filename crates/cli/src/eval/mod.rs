@@ -14,6 +14,8 @@ pub mod report;
 use std::path::Path;
 use std::time::Instant;
 
+use futures::StreamExt as _;
+
 use ragmesh_eval::split::{self, SplitDoc, Strategy};
 use ragmesh_eval::{Qrels, Topic};
 use ragmesh_index::Document;
@@ -198,7 +200,16 @@ async fn evaluate(
     assignment: &[usize],
 ) -> anyhow::Result<Report> {
     let sizes = split::sizes(assignment, layout.shards.len());
+    let concurrency = args.concurrency as usize;
     load::load_all(master, layout, &inputs.docs, assignment, args.batch as usize).await?;
+
+    let expected: Vec<(String, usize)> = std::iter::once((layout.baseline.clone(), inputs.docs.len()))
+        .chain(layout.shards.iter().cloned().zip(sizes.iter().copied()))
+        .collect();
+    let warnings = foreign_documents(&master.list_nodes().await?, &expected, &args.collection);
+    for warning in &warnings {
+        eprintln!("warning: {warning}");
+    }
 
     let started = Instant::now();
     let mut base = Searched::new("one index", "raw")?;
@@ -216,23 +227,40 @@ async fn evaluate(
         ..Default::default()
     };
     let baseline = std::slice::from_ref(&layout.baseline);
-    for topic in &inputs.topics {
-        // Lowercased so that words such as AND, OR and NOT in upper-case topics are searched as
-        // words, not read as operators; the analyzer lowercases every term anyway.
-        let query = topic.query_text().to_lowercase();
-        let what = |name: &str| format!("topic {} ({name})", topic.id);
-        // One node alone: its own statistics are the collection's; raw skips the statistics round trip.
-        let response = master
-            .search(request(&query, baseline, "raw"), deadline)
-            .await
-            .map_err(|e| e.context(what("one index")))?;
-        base.record(&topic.id, &response)?;
-        for searched in &mut others {
-            let response = master
-                .search(request(&query, &layout.shards, &searched.merge), deadline)
-                .await
-                .map_err(|e| e.context(what(&searched.merge)))?;
-            searched.record(&topic.id, &response)?;
+    let merges: Vec<String> = others.iter().map(|o| o.merge.clone()).collect();
+    // Every system answers one topic before the next; --concurrency topics at once, answers
+    // recorded in topic order.
+    let answers = futures::stream::iter(&inputs.topics)
+        .map(|topic| {
+            let (request, merges) = (&request, &merges);
+            async move {
+                // Lowercased so that words such as AND, OR and NOT in upper-case topics are
+                // searched as words, not read as operators; the analyzer lowercases terms anyway.
+                let query = topic.query_text().to_lowercase();
+                let what = |name: &str| format!("topic {} ({name})", topic.id);
+                // One node alone: its statistics are the collection's; raw skips their round trip.
+                let one = master
+                    .search(request(&query, baseline, "raw"), deadline)
+                    .await
+                    .map_err(|e| e.context(what("one index")))?;
+                let mut shards = Vec::with_capacity(merges.len());
+                for merge in merges {
+                    let response = master
+                        .search(request(&query, &layout.shards, merge), deadline)
+                        .await
+                        .map_err(|e| e.context(what(merge)))?;
+                    shards.push(response);
+                }
+                Ok::<_, anyhow::Error>((topic, one, shards))
+            }
+        })
+        .buffered(concurrency.max(1));
+    futures::pin_mut!(answers);
+    while let Some(answer) = answers.next().await {
+        let (topic, one, shards) = answer?;
+        base.record(&topic.id, &one)?;
+        for (searched, response) in others.iter_mut().zip(&shards) {
+            searched.record(&topic.id, response)?;
         }
     }
     eprintln!(
@@ -250,9 +278,38 @@ async fn evaluate(
         limit: args.limit,
         baseline: (layout.baseline.clone(), inputs.docs.len()),
         shards: layout.shards.iter().cloned().zip(sizes).collect(),
+        warnings,
     };
     let topic_ids: Vec<String> = inputs.topics.iter().map(|t| t.id.clone()).collect();
     report::build(setup, &base, &others, &inputs.qrels, &topic_ids)
+}
+
+/// What would make the nodes differ from "one index" and "its shards": documents of other
+/// collections (BM25 statistics count every collection of a node, so they shift the scores), or
+/// more or fewer documents of the evaluated one than were loaded (left from an earlier load).
+pub fn foreign_documents(nodes: &[v1::NodeInfo], expected: &[(String, usize)], collection: &str) -> Vec<String> {
+    let mut warnings = Vec::new();
+    for (name, count) in expected {
+        let Some(node) = nodes.iter().find(|n| &n.name == name) else {
+            warnings.push(format!("{name} is not listed by the master"));
+            continue;
+        };
+        let own: u64 = node.collections.iter().filter(|c| c.name == collection).map(|c| c.doc_count).sum();
+        let others: u64 = node.collections.iter().filter(|c| c.name != collection).map(|c| c.doc_count).sum();
+        if own != *count as u64 {
+            warnings.push(format!(
+                "{name} holds {own} documents of {collection}, {count} loaded: documents left from an earlier \
+                 load skew its figures (remove them, or use another --collection)"
+            ));
+        }
+        if others > 0 {
+            warnings.push(format!(
+                "{name} also holds {others} documents of other collections: BM25 statistics count every \
+                 collection of a node, so its scores are not exactly those of the documents loaded"
+            ));
+        }
+    }
+    warnings
 }
 
 #[cfg(test)]
@@ -268,6 +325,27 @@ mod tests {
             Command::Eval(eval) => (eval, cli.global),
             other => panic!("not eval: {other:?}"),
         }
+    }
+
+    #[test]
+    fn nodes_holding_other_documents_are_reported() {
+        let node = |name: &str, collections: &[(&str, u64)]| v1::NodeInfo {
+            name: name.to_owned(),
+            collections: collections
+                .iter()
+                .map(|&(c, n)| v1::CollectionStats { name: c.to_owned(), doc_count: n })
+                .collect(),
+            ..Default::default()
+        };
+        let nodes =
+            [node("base", &[("eval", 10)]), node("s1", &[("eval", 6), ("docs", 3)]), node("s2", &[("eval", 5)])];
+        let expected = [("base".to_owned(), 10), ("s1".to_owned(), 6), ("s2".to_owned(), 4), ("gone".to_owned(), 1)];
+        let warnings = foreign_documents(&nodes, &expected, "eval");
+        assert_eq!(warnings.len(), 3, "{warnings:?}");
+        assert!(warnings[0].starts_with("s1 also holds 3 documents of other collections"), "{warnings:?}");
+        assert!(warnings[1].starts_with("s2 holds 5 documents of eval, 4 loaded"), "{warnings:?}");
+        assert!(warnings[2].starts_with("gone is not listed"), "{warnings:?}");
+        assert!(foreign_documents(&nodes[..1], &expected[..1], "eval").is_empty());
     }
 
     #[test]

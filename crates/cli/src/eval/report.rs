@@ -131,6 +131,8 @@ pub struct Setup {
     pub baseline: (String, usize),
     /// Every shard node and its documents.
     pub shards: Vec<(String, usize)>,
+    /// What makes the nodes differ from the documents loaded (see `eval::foreign_documents`).
+    pub warnings: Vec<String>,
 }
 
 /// The whole report.
@@ -262,6 +264,9 @@ impl Report {
              p: paired randomization test against one index; p50 ms: the master's took_ms; CALLS: node calls made;\n\
              SAVED: shard groups skipped because their term summary proves no match\n",
         );
+        for warning in &s.warnings {
+            out.push_str(&format!("warning: {warning}\n"));
+        }
         for row in self.rows.iter().filter(|r| r.incomplete > 0) {
             out.push_str(&format!(
                 "warning: {}: {} searches lacked a shard group's answer; its figures are not comparable\n",
@@ -310,6 +315,7 @@ impl Report {
             "baseline": {"node": s.baseline.0, "documents": s.baseline.1},
             "shards": s.shards.iter().map(|(node, n)| json!({"node": node, "documents": n})).collect::<Vec<_>>(),
             "runs": runs,
+            "warnings": s.warnings,
         })
     }
 }
@@ -388,6 +394,7 @@ mod tests {
             limit: 100,
             baseline: ("baseline".into(), 4),
             shards: vec![("shard-1".into(), 2), ("shard-2".into(), 2)],
+            warnings: Vec::new(),
         };
         let topics = ["1".to_owned(), "2".to_owned()];
         let report = build(setup, &base, &[other], &qrels, &topics).expect("report");
