@@ -41,7 +41,7 @@ impl LocalMesh {
         let binaries = Binaries::locate()?;
         let workdir = match dir {
             Some(dir) => Workdir::keep(dir)?,
-            None => Workdir::temporary()?,
+            None => Workdir::temporary_named("ragmesh-eval-")?,
         };
         let mut mesh = LocalMesh { supervisor: Supervisor::new(), workdir, master: None };
         let mut names = shard_names(shards);
