@@ -143,6 +143,34 @@ pub enum Command {
     /// client certificates), data/, logs/NAME.log, master.addr and NAME.pid. The connection
     /// flags below are ignored: the demo makes its own.
     Demo(DemoArgs),
+    /// Measure federated search against one index on a TREC test collection: nDCG@10, MAP@100,
+    /// P@10 per merge strategy, side by side
+    ///
+    /// Reads TREC documents, topics and qrels (e.g. the vaswani layout: --vaswani DIR), splits
+    /// the documents into --shards N shards (--split round-robin, id-range or clustered: skewed
+    /// by vocabulary, never by the topics or qrels), loads them, searches every topic (limit
+    /// --limit, result cache bypassed) on one index and on the shards with each merge strategy
+    /// (global_bm25, rrf, raw), and prints the metrics, their ratio to one index, how many
+    /// top-10 lists are identical to one index's, a paired randomization test, latency and node
+    /// calls.
+    ///
+    /// Fresh local mesh (the default; --local): starts ragmesh-master and N+1 ragmesh-agent
+    /// processes (found next to this executable, like `demo`) in a temporary directory removed
+    /// at the end (--dir keeps it): shard-1..shard-N, each its own shard group with its share,
+    /// and `baseline`, its own group holding every document (the one index).
+    ///
+    /// Running mesh (--baseline NODE --shard-nodes A,B,..; connection flags as for any
+    /// command): WRITES every document into collection --collection of NODE's shard group and
+    /// each shard's documents into the group of the matching --shard-nodes entry (upserts by id:
+    /// documents with the same ids in that collection are replaced), then searches only those
+    /// nodes and that collection. Use nodes that hold nothing else: BM25 statistics count every
+    /// collection of a node, so other documents shift the scores (eval warns when it sees any).
+    /// Needs an operator (the documents are written readable by operators only).
+    #[command(after_help = "Examples:\n  \
+        ragmeshctl eval --vaswani ../shared/data/vaswani --shards 4 --split clustered\n  \
+        ragmeshctl eval --docs docs.trec --topics topics.trec --qrels qrels --json\n  \
+        ragmeshctl --master m:7000 eval --vaswani DIR --baseline big-node --shard-nodes a,b,c,d --collection npl-eval")]
+    Eval(EvalArgs),
     /// Print the master's events live: nodes joining, going down and up, breakers, replicas,
     /// keys, certificates (needs an operator)
     ///
@@ -802,6 +830,89 @@ pub struct TokenKeysArgs {
     /// Print a JSON array instead of a table
     #[arg(long)]
     pub json: bool,
+}
+
+/// `ragmeshctl eval`
+#[derive(Debug, Args)]
+#[command(group(clap::ArgGroup::new("inputs").args(["docs", "vaswani"]).required(true)))]
+pub struct EvalArgs {
+    /// The test collection in the vaswani layout: DIR/doc-text.trec, DIR/query-text.trec, DIR/qrels
+    #[arg(long, value_name = "DIR", conflicts_with_all = ["docs", "topics", "qrels"])]
+    pub vaswani: Option<PathBuf>,
+    /// TREC documents (<DOC><DOCNO>..</DOCNO>..</DOC>)
+    #[arg(long, value_name = "FILE", requires_all = ["topics", "qrels"])]
+    pub docs: Option<PathBuf>,
+    /// TREC topics (<top><num>..</num><title>..</title></top>)
+    #[arg(long, value_name = "FILE", requires = "docs")]
+    pub topics: Option<PathBuf>,
+    /// TREC relevance judgments (qid iter docno rel)
+    #[arg(long, value_name = "FILE", requires = "docs")]
+    pub qrels: Option<PathBuf>,
+    /// Number of shards the documents are split into (1-64)
+    #[arg(long, value_name = "N", default_value_t = 4,
+          value_parser = clap::value_parser!(u32).range(1..=64))]
+    pub shards: u32,
+    /// How documents are split: round-robin (input order), id-range (sorted ids in N equal
+    /// ranges) or clustered (k-means over tf-idf vectors with a fixed seed: shards by topic, of
+    /// unequal sizes)
+    #[arg(long, value_enum, default_value_t = SplitArg::RoundRobin)]
+    pub split: SplitArg,
+    /// Collection the documents are loaded into and searched in
+    #[arg(long, value_name = "C", default_value = "eval")]
+    pub collection: String,
+    /// Hits per search (the run depth; MAP@100 needs 100)
+    #[arg(long, value_name = "N", default_value_t = 100,
+          value_parser = clap::value_parser!(u32).range(10..=1000))]
+    pub limit: u32,
+    /// Documents per IngestDocuments call (1-10000)
+    #[arg(long, value_name = "N", default_value_t = 1000,
+          value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    pub batch: u32,
+    /// Topics searched at once (each by every system in turn); above 1 the searches contend,
+    /// so the p50 latencies printed are only those of an idle mesh at 1
+    #[arg(long, value_name = "N", default_value_t = 1,
+          value_parser = clap::value_parser!(u32).range(1..=16))]
+    pub concurrency: u32,
+    /// Start a fresh local mesh even when a master is configured (the default without
+    /// --baseline)
+    #[arg(long, conflicts_with_all = ["baseline", "shard_nodes"])]
+    pub local: bool,
+    /// Running mesh: the node whose shard group receives every document (the one index)
+    #[arg(long, value_name = "NODE", requires = "shard_nodes")]
+    pub baseline: Option<String>,
+    /// Running mesh: one node per shard, comma-separated; each one's group receives that
+    /// shard's documents (--shards is their number)
+    #[arg(long, value_name = "A,B,..", value_delimiter = ',', requires = "baseline")]
+    pub shard_nodes: Vec<String>,
+    /// Fresh local mesh: keep certificates, data and logs in DIR (new, empty, or an earlier
+    /// demo/eval directory)
+    #[arg(long, value_name = "DIR", conflicts_with = "baseline")]
+    pub dir: Option<PathBuf>,
+    /// Print one JSON object instead of tables
+    #[arg(long)]
+    pub json: bool,
+}
+
+impl EvalArgs {
+    /// The documents, topics and qrels files.
+    pub fn files(&self) -> Option<(PathBuf, PathBuf, PathBuf)> {
+        if let Some(dir) = &self.vaswani {
+            return Some((dir.join("doc-text.trec"), dir.join("query-text.trec"), dir.join("qrels")));
+        }
+        Some((self.docs.clone()?, self.topics.clone()?, self.qrels.clone()?))
+    }
+}
+
+/// Split strategies of `eval`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, ValueEnum)]
+pub enum SplitArg {
+    /// Document i to shard i mod N
+    #[default]
+    RoundRobin,
+    /// Sorted ids cut into N contiguous equal ranges
+    IdRange,
+    /// Clustered by vocabulary (k-means over tf-idf): skewed shards
+    Clustered,
 }
 
 /// `ragmeshctl demo`

@@ -11,6 +11,7 @@ pub mod certs;
 pub mod client;
 pub mod demo;
 pub mod error;
+pub mod eval;
 pub mod ingest;
 pub mod nodes;
 pub mod render;
@@ -32,6 +33,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
     match &cli.command {
         Command::Certs(command) => certs::run(command, &mut std::io::stdout().lock()),
         Command::Demo(args) => demo::run(args).await,
+        Command::Eval(args) => eval::run(args, global).await,
         Command::Nodes(args) => {
             let master = connect(global).await?;
             nodes(&master, args).await

@@ -10,6 +10,8 @@
 //!   descending, ties by docno descending; the rank column is ignored) and its choice of queries.
 //! - [`mod@compare`] compares two evaluations (per-query differences, ratio of means, a two-sided paired
 //!   randomization test with a fixed seed) and counts queries whose top-k lists are identical.
+//! - [`split`] cuts a collection into N shards for a federated evaluation: round-robin, id
+//!   ranges, or clustered by vocabulary (skewed), deterministically and from the documents alone.
 
 #![forbid(unsafe_code)]
 
@@ -18,6 +20,7 @@ pub(crate) mod lines;
 pub mod metrics;
 pub mod qrels;
 pub mod run;
+pub mod split;
 pub mod topics;
 
 use std::path::PathBuf;

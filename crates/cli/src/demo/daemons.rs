@@ -28,6 +28,8 @@ const LOG_TAIL_LINES: usize = 15;
 const ADDR_POLL: Duration = Duration::from_millis(25);
 /// What every daemon is told to listen on: loopback, any free port, chosen by its own bind.
 const LISTEN: &str = "127.0.0.1:0";
+/// The daemon stopped last: every other one is an agent.
+const MASTER_NAME: &str = "master";
 
 /// How to start one daemon; `--listen 127.0.0.1:0 --addr-file ADDR_FILE` is added by
 /// [`Supervisor::spawn`].
@@ -275,11 +277,11 @@ impl Supervisor {
         running
     }
 
-    /// Stops every daemon: agents first (SIGTERM, so they close their health streams), then
-    /// the others; SIGKILL after the grace period.
+    /// Stops every daemon: agents (every daemon but the one named `master`) first (SIGTERM, so
+    /// they close their health streams), then the master; SIGKILL after the grace period.
     pub async fn stop(&mut self) -> StopReport {
         let (agents, others): (Vec<usize>, Vec<usize>) =
-            (0..self.daemons.len()).partition(|&i| self.daemons[i].spec.name.starts_with("agent"));
+            (0..self.daemons.len()).partition(|&i| self.daemons[i].spec.name != MASTER_NAME);
         let mut report = StopReport::default();
         for group in [agents, others] {
             for &i in &group {

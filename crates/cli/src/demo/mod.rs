@@ -46,7 +46,7 @@ const AGENTS_UP_TIMEOUT: Duration = Duration::from_secs(30);
 /// Between two looks at the daemons while waiting.
 const POLL: Duration = Duration::from_millis(100);
 /// A short heartbeat, so the master notices state changes quickly in a demo.
-const HEARTBEAT_INTERVAL_MS: &str = "500";
+pub(crate) const HEARTBEAT_INTERVAL_MS: &str = "500";
 /// Deadline of the demo's RPCs.
 const RPC_TIMEOUT: Duration = Duration::from_secs(10);
 /// Search deadline of the demo's federated search.
@@ -193,13 +193,16 @@ async fn run_mesh(
 
 /// The daemon executables next to the running `ragmeshctl`.
 #[derive(Debug)]
-struct Binaries {
-    master: PathBuf,
-    agent: PathBuf,
+pub(crate) struct Binaries {
+    /// `ragmesh-master`.
+    pub(crate) master: PathBuf,
+    /// `ragmesh-agent`.
+    pub(crate) agent: PathBuf,
 }
 
 impl Binaries {
-    fn locate() -> anyhow::Result<Binaries> {
+    /// Finds both next to the running executable, or says how to build them.
+    pub(crate) fn locate() -> anyhow::Result<Binaries> {
         let exe =
             std::env::current_exe().map_err(|err| anyhow::anyhow!("cannot find the ragmeshctl executable: {err}"))?;
         let dir = exe.parent().map(Path::to_path_buf).unwrap_or_default();
@@ -222,7 +225,7 @@ impl Binaries {
 
 /// Writes the CA and the certificates of master, agents and client into `DIR/certs`, and
 /// returns the client's files.
-fn make_certs(workdir: &Workdir, agent_names: &[String]) -> anyhow::Result<TlsFiles> {
+pub(crate) fn make_certs(workdir: &Workdir, agent_names: &[String]) -> anyhow::Result<TlsFiles> {
     let dir = workdir.certs();
     let ca = DevCa::generate()?;
     let ca_paths = ca.write(&dir, true)?;
@@ -251,7 +254,8 @@ fn tls_args(workdir: &Workdir, name: &str) -> Vec<OsString> {
     ]
 }
 
-fn spec(workdir: &Workdir, name: &str, program: &Path, mut args: Vec<OsString>) -> DaemonSpec {
+/// How to start daemon `name` (certificate `name`, data, logs and address files in `workdir`).
+pub(crate) fn spec(workdir: &Workdir, name: &str, program: &Path, mut args: Vec<OsString>) -> DaemonSpec {
     args.push("--data-dir".into());
     args.push(workdir.data(name).into());
     // Prometheus metrics on a port of the daemon's choosing, reported like the gRPC address.
@@ -271,7 +275,7 @@ fn spec(workdir: &Workdir, name: &str, program: &Path, mut args: Vec<OsString>) 
 
 /// Starts the master, learns its address from `DIR/master.addr` (which the master writes
 /// itself, `--addr-file`), and waits until it answers `ListNodes`.
-async fn start_master(
+pub(crate) async fn start_master(
     binaries: &Binaries,
     workdir: &Workdir,
     supervisor: &mut Supervisor,
@@ -422,7 +426,7 @@ fn print_daemons(workdir: &Workdir, supervisor: &Supervisor) {
 }
 
 /// Polls `ListNodes` until every agent is up, failing early when a daemon dies.
-async fn wait_for_agents(
+pub(crate) async fn wait_for_agents(
     master: &Master,
     supervisor: &mut Supervisor,
     names: &[String],
@@ -615,8 +619,8 @@ async fn watch_daemons(supervisor: &mut Supervisor) -> anyhow::Result<()> {
     }
 }
 
-/// The signals that end the demo.
-struct StopSignals {
+/// The signals that end the demo (and `eval`).
+pub(crate) struct StopSignals {
     #[cfg(unix)]
     term: tokio::signal::unix::Signal,
     #[cfg(unix)]
@@ -624,7 +628,8 @@ struct StopSignals {
 }
 
 impl StopSignals {
-    fn new() -> anyhow::Result<Self> {
+    /// Starts listening for Ctrl-C, SIGTERM and SIGHUP.
+    pub(crate) fn new() -> anyhow::Result<Self> {
         #[cfg(unix)]
         {
             use tokio::signal::unix::{SignalKind, signal};
@@ -635,7 +640,7 @@ impl StopSignals {
     }
 
     /// The name of the next signal received.
-    async fn next(&mut self) -> &'static str {
+    pub(crate) async fn next(&mut self) -> &'static str {
         #[cfg(unix)]
         {
             tokio::select! {

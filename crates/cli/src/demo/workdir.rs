@@ -22,7 +22,12 @@ pub struct Workdir {
 impl Workdir {
     /// A new temporary directory, removed when this is dropped.
     pub fn temporary() -> anyhow::Result<Workdir> {
-        let temp = tempfile::Builder::new().prefix("ragmesh-demo-").tempdir().map_err(|err| {
+        Self::temporary_named("ragmesh-demo-")
+    }
+
+    /// [`Workdir::temporary`] named `PREFIX...` (`ragmesh-eval-` for `ragmeshctl eval`).
+    pub fn temporary_named(prefix: &str) -> anyhow::Result<Workdir> {
+        let temp = tempfile::Builder::new().prefix(prefix).tempdir().map_err(|err| {
             anyhow::anyhow!(
                 "cannot create a temporary directory: {err}: set TMPDIR to a writable directory, or pass --dir"
             )
