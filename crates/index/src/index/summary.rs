@@ -3,16 +3,15 @@
 //! and the postings of live documents) and [`routing_query`], which reduces a query text to the
 //! [`RoutingQuery`] the summary decides on, through the very parser and analyzer `search` uses.
 //!
-//! Both sides share tantivy's `en_stem` analysis: indexed terms are read from the term
-//! dictionaries (already analyzed), query terms come out of the same `QueryParser` on the same
-//! schema, so a query term and an indexed term are the same bytes exactly when `search` would
-//! match one with the other.
+//! Both sides share the index's analysis profile (`crate::analysis`, by default tantivy's
+//! `en_stem`): indexed terms are read from the term dictionaries (already analyzed), and each
+//! collection's filter names the profile; query terms come out of the same `QueryParser` on the
+//! same schema with that profile's analyzer ([`routing_query_for`]), so a query term and an
+//! indexed term are the same bytes exactly when `search` would match one with the other.
 
 use std::collections::{BTreeMap, HashSet};
 
-use ragmesh_search::{
-    DEFAULT_ANALYZER, MAX_FILTER_BYTES, MAX_NODE_FILTER_BYTES, NodeSummary, RoutingQuery, TermFilter,
-};
+use ragmesh_search::{MAX_FILTER_BYTES, MAX_NODE_FILTER_BYTES, NodeSummary, RoutingQuery, TermFilter};
 use ragmesh_types::query::QueryLimits;
 use tantivy::query::{BooleanQuery, EmptyQuery, Occur, PhraseQuery, Query, QueryParser, TermQuery};
 use tantivy::schema::IndexRecordOption;
@@ -20,6 +19,7 @@ use tantivy::tokenizer::TokenizerManager;
 use tantivy::{DocId, DocSet, SegmentReader, TERMINATED, TantivyError, Term};
 
 use super::{DocumentIndex, Fields, MAX_QUERY_BYTES};
+use crate::analysis::Profile;
 use crate::{AppliedLog, IndexError};
 
 /// Deepest query tree [`routing_query`] descends into; deeper parts are
@@ -35,11 +35,24 @@ const NO_COLLECTION: u32 = u32::MAX;
 
 /// Reduces `text` to what a term summary can decide, exactly as [`DocumentIndex::search`]
 /// reads it: the same lenient `QueryParser` over title and body (OR by default, `+`/`AND`
-/// required, `-`/`NOT` excluded), the same `en_stem` analysis. Field boosts are left out: they
+/// required, `-`/`NOT` excluded), the default profile's `en_stem` analysis. Field boosts are left out: they
 /// change scores, never which documents match. Whatever a summary cannot reason about (match-all,
 /// phrase prefixes, ranges, sets, regexes, other fields, user boosts, a query `search` refuses)
 /// is [`RoutingQuery::Anything`], so the node is asked. A phrase requires each of its terms.
 pub fn routing_query(text: &str) -> RoutingQuery {
+    routing_query_with(&Profile::default(), text)
+}
+
+/// [`routing_query`] for the collections analyzed by `analyzer` (the name a summary lists per
+/// collection, a [`Profile::name`]): `None` for an analyzer this build does not know, and the
+/// router then asks every node holding such a collection.
+pub fn routing_query_for(analyzer: &str, text: &str) -> Option<RoutingQuery> {
+    Profile::from_name(analyzer).map(|profile| routing_query_with(&profile, text))
+}
+
+/// [`routing_query`] with `profile`'s analysis: the parser `search` builds for an index of that
+/// profile (field boosts, the only difference between its parsers, play no part in routing).
+fn routing_query_with(profile: &Profile, text: &str) -> RoutingQuery {
     let trimmed = text.trim();
     // The checks of `search`: a query it refuses is asked anyway, so the node reports the error.
     if trimmed.is_empty() || text.len() > MAX_QUERY_BYTES {
@@ -48,19 +61,13 @@ pub fn routing_query(text: &str) -> RoutingQuery {
     if ragmesh_types::query::check(trimmed, &QueryLimits::default()).is_err() {
         return RoutingQuery::Anything;
     }
-    let (schema, fields) = Fields::schema();
-    let parser = QueryParser::new(schema, vec![fields.title, fields.body], TokenizerManager::default());
+    let name = profile.name();
+    let (schema, fields) = Fields::schema_for(&name);
+    let tokenizers = TokenizerManager::default();
+    tokenizers.register(&name, profile.text_analyzer());
+    let parser = QueryParser::new(schema, vec![fields.title, fields.body], tokenizers);
     let (parsed, _errors) = parser.parse_query_lenient(trimmed);
     lower(parsed.as_ref(), &fields, 0)
-}
-
-/// [`routing_query`] for the collections analyzed by `analyzer` (the name a summary lists per
-/// collection): `None` for an analyzer this build does not know, and the router then asks every
-/// node holding such a collection. Today every collection uses [`DEFAULT_ANALYZER`]
-/// (`en_stem`); a new analyzer must be added here with its own lowering, or its collections are
-/// never skipped.
-pub fn routing_query_for(analyzer: &str, text: &str) -> Option<RoutingQuery> {
-    (analyzer == DEFAULT_ANALYZER).then(|| routing_query(text))
 }
 
 /// A term summary together with the write-log position of the snapshot it describes: the
@@ -162,7 +169,7 @@ impl DocumentIndex {
                 }
                 None => TermFilter::Everything,
             };
-            filters.push((name, DEFAULT_ANALYZER.to_owned(), filter));
+            filters.push((name, self.analyzer_name(), filter));
         }
         let summary = NodeSummary::with_analyzers(snapshot.generation, filters);
         tracing::debug!(
@@ -334,6 +341,30 @@ mod tests {
     fn the_router_lowers_only_for_the_analyzers_it_knows() {
         assert_eq!(routing_query_for("en_stem", "cats"), Some(routing_query("cats")));
         assert_eq!(routing_query_for("fr_stem", "chats"), None, "unknown analyzer: the router asks");
+        assert_eq!(ragmesh_search::DEFAULT_ANALYZER, Profile::default().name(), "one name for the default");
+    }
+
+    #[test]
+    fn a_summary_names_its_profile_and_the_router_analyses_queries_with_it() {
+        use crate::analysis::{AnalysisSettings, Stemming, StopWords};
+        let dir = tempfile::tempdir().expect("tempdir");
+        let profile = Profile { stemming: Stemming::None, stop_words: StopWords::English };
+        let settings = AnalysisSettings { profile, ..AnalysisSettings::default() };
+        let index = DocumentIndex::open_with(dir.path(), settings).expect("open");
+        index.upsert(vec![doc("papers", "1", "Replicas", "the replicas agree")]).expect("upsert");
+        let summary = index.term_summary(DEFAULT_FALSE_POSITIVE_RATE).expect("summary");
+        assert_eq!(summary.analyzer("papers"), Some(profile.name().as_str()));
+        let routed = |text| routing_query_for(&profile.name(), text).expect("a known profile");
+        // Unstemmed: "replicas" is held, "replica" is not (en_stem would have matched both).
+        assert!(summary.may_match(&[], &routed("replicas")));
+        assert!(!summary.may_match(&[], &routed("replica")));
+        // Read with en_stem, "replicas" would be "replica": a false skip the profile name prevents.
+        assert!(!summary.may_match(&[], &routing_query("replicas")), "en_stem's reading differs");
+        // A stop word is no term at all: "+the +replicas" requires only "replicas".
+        assert_eq!(routed("the"), RoutingQuery::Nothing);
+        assert!(summary.may_match(&[], &routed("+the +replicas")));
+        let hits = index.search(&crate::SearchQuery { query: "replica".into(), ..Default::default() }).expect("search");
+        assert!(hits.hits.is_empty(), "the index agrees: no hit for the unstemmed miss");
     }
 
     #[test]
