@@ -80,11 +80,6 @@ struct Fields {
 }
 
 impl Fields {
-    /// The schema of the default analysis profile (tantivy's `en_stem`).
-    fn schema() -> (Schema, Fields) {
-        Fields::schema_for(DEFAULT_PROFILE_NAME)
-    }
-
     /// The schema whose title and body are analysed by the tokenizer registered as `analyzer`
     /// (a [`Profile::name`]).
     fn schema_for(analyzer: &str) -> (Schema, Fields) {
@@ -1258,7 +1253,7 @@ mod tests {
     fn foreign_payload_is_reported() {
         let dir = tempfile::tempdir().expect("tempdir");
         {
-            let (schema, _) = Fields::schema();
+            let (schema, _) = Fields::schema_for(DEFAULT_PROFILE_NAME);
             let index = Index::create_in_dir(dir.path(), schema).expect("create");
             let mut writer: IndexWriter = index.writer(WRITER_HEAP_BYTES).expect("writer");
             let mut prepared = writer.prepare_commit().expect("prepare");
@@ -1693,7 +1688,7 @@ mod tests {
     fn a_payload_without_a_position_opens_at_seq_zero_with_no_shard() {
         let dir = tempfile::tempdir().expect("tempdir");
         {
-            let (schema, _) = Fields::schema();
+            let (schema, _) = Fields::schema_for(DEFAULT_PROFILE_NAME);
             let index = Index::create_in_dir(dir.path(), schema).expect("create");
             let mut writer: IndexWriter = index.writer(WRITER_HEAP_BYTES).expect("writer");
             let mut prepared = writer.prepare_commit().expect("prepare");
