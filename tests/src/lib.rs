@@ -168,6 +168,7 @@ impl MeshBuilder {
             actions: ragmesh_config::ActionsConfig::default(),
             log: "info".into(),
             events: self.events,
+            cache: ragmesh_config::CacheConfig::default(),
         };
         let master =
             ragmesh_master::start_with_metrics(master_config.clone(), listener, Some(metrics_listener().await))

@@ -222,6 +222,9 @@ impl Entry {
 struct Inner {
     nodes: BTreeMap<String, Entry>,
     groups: BTreeMap<String, GroupLog>,
+    /// Bumped by every (re-)registration and removal: what a node serves may change then
+    /// without a write in its group's log (a new session after a restore, a new group).
+    epoch: u64,
 }
 
 impl Inner {
@@ -355,6 +358,7 @@ impl Registry {
         entry.record = record;
         entry.applied_seq = applied_seq;
         entry.liveness.apply(&LivenessEvent::Registered(session.clone()), "");
+        inner.epoch += 1;
         self.publish(&mut inner);
         Ok(session)
     }
@@ -457,6 +461,7 @@ impl Registry {
         let mut inner = self.lock();
         let existed = inner.nodes.remove(name).is_some();
         if existed {
+            inner.epoch += 1;
             self.publish(&mut inner);
         }
         Ok(existed)
@@ -481,6 +486,13 @@ impl Registry {
     /// Every node, sorted by name.
     pub fn snapshot(&self) -> Vec<NodeView> {
         self.lock().nodes.values().map(Entry::view).collect()
+    }
+
+    /// [`Registry::snapshot`] with the registry's epoch at that moment: a counter every
+    /// (re-)registration and removal bumps (the search caches key on it).
+    pub fn snapshot_at_epoch(&self) -> (u64, Vec<NodeView>) {
+        let inner = self.lock();
+        (inner.epoch, inner.nodes.values().map(Entry::view).collect())
     }
 
     /// Membership changes (state transitions, collections, generations).
