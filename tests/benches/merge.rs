@@ -6,6 +6,12 @@
 //! per-round p50 ratios, and the daemons' CPU per search from /proc (issue 10: the two-phase
 //! search's latency vs one phase at concurrency 1 and 16).
 //!
+//! The master runs with its caches on, and four modes are measured: `rrf` and
+//! `bm25-cold` (global BM25, a unique unmatched word appended to each query so the statistics
+//! cache never has it) bypass the result cache; `bm25-warm` (the topics themselves, whose
+//! statistics are cached after the warm-up) bypasses the result cache too; `result-hit` asks
+//! without bypass, so after the warm-up every answer comes from the result cache.
+//!
 //! `cargo build --release --bins && RAGMESH_BIN_DIR=$PWD/target/release cargo bench -p ragmesh-e2e --bench merge`
 //! (an absolute path: benches run from `tests/`), or with debug daemons:
 //! `cargo build --workspace --bins && cargo test -p ragmesh-e2e --bench merge`. Settings:
@@ -50,7 +56,18 @@ fn corpus() -> (Vec<v1::Document>, Vec<String>) {
 
 async fn mesh(docs: &[v1::Document]) -> ProcessMesh {
     // A rate limit far above the load: a refusal would be a fast, untimed failure.
-    let mesh = ProcessMesh::builder().agents(3).master_arg("--rate-limit-rps").master_arg("50000").start().await;
+    let mesh = ProcessMesh::builder()
+        .agents(3)
+        .master_arg("--rate-limit-rps")
+        .master_arg("50000")
+        .master_arg("--rate-limit-burst")
+        .master_arg("50000")
+        .master_arg("--result-cache-bytes")
+        .master_arg("67108864")
+        .master_arg("--statistics-cache-bytes")
+        .master_arg("16777216")
+        .start()
+        .await;
     for i in 0..3 {
         let part: Vec<v1::Document> = docs.iter().skip(i).step_by(3).cloned().collect();
         for batch in part.chunks(1000) {
@@ -60,20 +77,50 @@ async fn mesh(docs: &[v1::Document]) -> ProcessMesh {
     mesh
 }
 
+/// One measured way of searching.
+#[derive(Debug, Clone, Copy)]
+struct Mode {
+    name: &'static str,
+    merge: &'static str,
+    /// Skip the result cache's lookup.
+    bypass: bool,
+    /// Append a word no query had before, so the statistics cache misses.
+    unique: bool,
+}
+
+const MODES: [Mode; 4] = [
+    Mode { name: "rrf", merge: "rrf", bypass: true, unique: false },
+    Mode { name: "bm25-cold", merge: "global_bm25", bypass: true, unique: true },
+    Mode { name: "bm25-warm", merge: "global_bm25", bypass: true, unique: false },
+    Mode { name: "result-hit", merge: "global_bm25", bypass: false, unique: false },
+];
+
 async fn searches(
     mesh: &ProcessMesh,
-    merge: &str,
+    mode: Mode,
     queries: &Arc<Vec<String>>,
     concurrency: usize,
     duration: Duration,
 ) -> Run {
     let client = mesh.client().await;
-    let (merge, queries) = (merge.to_owned(), queries.clone());
-    run_load(concurrency, duration, move |_worker, n| {
-        let (mut client, merge, queries) = (client.clone(), merge.clone(), queries.clone());
+    let queries = queries.clone();
+    // Unique across calls too: this call's start time, then the worker and its count.
+    let call = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos());
+    run_load(concurrency, duration, move |worker, n| {
+        let (mut client, queries) = (client.clone(), queries.clone());
         async move {
-            let query = queries[n % queries.len()].clone();
-            let request = v1::SearchRequest { query, limit: 10, timeout_ms: 5000, merge, ..Default::default() };
+            let mut query = queries[n % queries.len()].clone();
+            if mode.unique {
+                query.push_str(&format!(" zqx{call}w{worker}n{n}"));
+            }
+            let request = v1::SearchRequest {
+                query,
+                limit: 10,
+                timeout_ms: 5000,
+                merge: mode.merge.to_owned(),
+                bypass_cache: mode.bypass,
+                ..Default::default()
+            };
             let failed = match client.search(request).await {
                 Ok(response) => response.into_inner().nodes.iter().any(|n| n.status() != v1::OutcomeStatus::Ok),
                 Err(error) => {
@@ -114,20 +161,21 @@ async fn main() {
     let (docs, queries) = corpus();
     let queries = Arc::new(queries);
 
-    const MERGES: [&str; 2] = ["rrf", "global_bm25"];
-    let mut results: Vec<[Scenario; 2]> = concurrencies.iter().map(|_| Default::default()).collect();
+    let mut results: Vec<[Scenario; MODES.len()]> = concurrencies.iter().map(|_| Default::default()).collect();
     for epoch in 0..epochs {
         println!("epoch {}/{epochs}: starting a master and 3 agents, loading {} documents", epoch + 1, docs.len());
         let mesh = mesh(&docs).await;
-        for merge in MERGES {
-            searches(&mesh, merge, &queries, 2, Duration::from_millis(500)).await; // warm-up
+        for mode in MODES {
+            searches(&mesh, mode, &queries, 2, Duration::from_millis(500)).await; // warm-up
         }
+        // Every topic once more: the statistics and result caches hold them all.
+        searches(&mesh, MODES[3], &queries, 1, Duration::from_secs(3)).await;
         for (c, &concurrency) in concurrencies.iter().enumerate() {
             for r in 0..rounds {
-                for k in 0..MERGES.len() {
-                    let i = (r + k) % MERGES.len();
+                for k in 0..MODES.len() {
+                    let i = (r + k) % MODES.len();
                     let before = mesh_ticks(&mesh);
-                    let run = searches(&mesh, MERGES[i], &queries, concurrency, round).await;
+                    let run = searches(&mesh, MODES[i], &queries, concurrency, round).await;
                     let scenario = &mut results[c][i];
                     scenario.cpu_ticks += mesh_ticks(&mesh) - before;
                     scenario.round_p50.push(run.p50());
@@ -141,7 +189,8 @@ async fn main() {
             "\nfederated search, master + 3 agents, concurrency {concurrency}, {epochs} epochs of {rounds} rounds of {round:?} (ratios to rrf; cpu is the four daemons'):"
         );
         let base = &results[c][0];
-        for (i, merge) in MERGES.iter().enumerate() {
+        for (i, mode) in MODES.iter().enumerate() {
+            let merge = mode.name;
             let run = &results[c][i];
             let round_ratios: Vec<f64> = run.round_p50.iter().zip(&base.round_p50).map(|(r, b)| r / b).collect();
             let cpu = |s: &Scenario| s.cpu_ticks as f64 / ticks_per_sec * 1000.0 / s.pooled.count().max(1) as f64;
@@ -159,5 +208,12 @@ async fn main() {
                 ratio(cpu(run), cpu(base)),
             );
         }
+        let p50 = |i: usize| results[c][i].pooled.p50();
+        println!(
+            "p50 ratios: statistics cache warm/cold {}, result-cache hit/miss (cold) {}, hit/miss (warm statistics) {}",
+            ratio(p50(2), p50(1)),
+            ratio(p50(3), p50(1)),
+            ratio(p50(3), p50(2)),
+        );
     }
 }

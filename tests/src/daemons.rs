@@ -15,6 +15,11 @@ use tonic::transport::{Channel, Endpoint};
 /// How long a daemon may take to start, join or catch up on a loaded machine.
 const STARTUP: Duration = Duration::from_secs(30);
 
+/// The master's search caches are off, as in `Mesh`: the scenarios check what each fan-out
+/// does (traces, node counts), which a cached answer would skip. Set in the environment, so a
+/// test turns them on with a flag in `master_args` (flags beat the environment).
+const CACHES_OFF: [(&str, &str); 2] = [("RAGMESH_RESULT_CACHE_BYTES", "0"), ("RAGMESH_STATISTICS_CACHE_BYTES", "0")];
+
 /// The directory of the daemon binaries: `RAGMESH_BIN_DIR`, else the workspace's target dir
 /// (`CARGO_TARGET_DIR` honoured), debug build.
 pub fn bin_dir() -> PathBuf {
@@ -374,6 +379,9 @@ impl ProcessMesh {
             if key_text.starts_with("RAGMESH_") || key_text.starts_with("OTEL_") {
                 command.env_remove(&key);
             }
+        }
+        if program == "ragmesh-master" {
+            command.envs(CACHES_OFF);
         }
         command
             .args(&args)

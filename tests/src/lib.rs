@@ -52,9 +52,17 @@ pub struct MeshBuilder {
     advertise: BTreeMap<usize, SocketAddr>,
     master_ip: Option<std::net::IpAddr>,
     events: ragmesh_config::EventsConfig,
+    cache: ragmesh_config::CacheConfig,
 }
 
 impl MeshBuilder {
+    /// The master's search caches. Off unless a test turns them on: the other scenarios check
+    /// what a fan-out does (failures, deadlines, call counts), and a cached answer would hide it.
+    pub fn cache(mut self, cache: ragmesh_config::CacheConfig) -> Self {
+        self.cache = cache;
+        self
+    }
+
     /// Events and webhooks of the master.
     pub fn events(mut self, events: ragmesh_config::EventsConfig) -> Self {
         self.events = events;
@@ -168,6 +176,7 @@ impl MeshBuilder {
             actions: ragmesh_config::ActionsConfig::default(),
             log: "info".into(),
             events: self.events,
+            cache: self.cache,
         };
         let master =
             ragmesh_master::start_with_metrics(master_config.clone(), listener, Some(metrics_listener().await))
@@ -251,6 +260,7 @@ impl Mesh {
             advertise: BTreeMap::new(),
             master_ip: None,
             events: ragmesh_config::EventsConfig::default(),
+            cache: ragmesh_config::CacheConfig { result_bytes: 0, statistics_bytes: 0 },
         }
     }
 

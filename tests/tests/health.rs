@@ -63,6 +63,7 @@ async fn master_is_not_serving_until_its_registry_loads() {
         actions: ragmesh_config::ActionsConfig::default(),
         log: "info".into(),
         events: ragmesh_config::EventsConfig::default(),
+        cache: ragmesh_config::CacheConfig::default(),
     };
     let master = ragmesh_master::start(config, listener).await.expect("starts");
     let channel = channel(addr, &mesh.client_tls()).await;

@@ -617,7 +617,7 @@ pub struct SearchArgs {
     /// Ask the nodes even when the master's result cache holds the answer
     #[arg(long)]
     pub no_cache: bool,
-    /// Print {"hits":[...],"nodes":[...],"took_ms":..,"merge_strategy":..} instead of tables
+    /// Print {"hits":[...],"nodes":[...],"took_ms":..,"merge_strategy":..,"cached":..} instead of tables
     #[arg(long)]
     pub json: bool,
 }

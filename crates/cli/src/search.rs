@@ -373,6 +373,10 @@ fn summary(response: &v1::SearchResponse) -> String {
         let _ = write!(out, " ({skipped} skipped)");
     }
     let _ = write!(out, " in {}", render::millis(u64::from(response.took_ms)));
+    if response.cached {
+        // The master answered from its result cache (no fan-out for this call).
+        out.push_str(" (cached)");
+    }
     if response.hits.is_empty() {
         out.push('\n');
     } else {
@@ -496,6 +500,7 @@ pub fn to_json(response: &v1::SearchResponse) -> Value {
         "groups": groups,
         "took_ms": response.took_ms,
         "merge_strategy": response.merge_strategy,
+        "cached": response.cached,
     })
 }
 
@@ -560,6 +565,16 @@ mod tests {
             merge_strategy: "rrf".to_owned(),
             cached: false,
         }
+    }
+
+    #[test]
+    fn a_cached_answer_says_so_in_the_summary_and_the_json() {
+        let fresh = response();
+        assert!(!summary(&fresh).contains("(cached)"), "{}", summary(&fresh));
+        assert_eq!(to_json(&fresh)["cached"], json!(false));
+        let cached = v1::SearchResponse { cached: true, ..response() };
+        assert!(summary(&cached).contains(" in 12 ms (cached)"), "{}", summary(&cached));
+        assert_eq!(to_json(&cached)["cached"], json!(true));
     }
 
     #[test]

@@ -145,6 +145,14 @@ pub struct MasterArgs {
     /// pruned first [default: 1000]
     #[arg(long, env = "RAGMESH_ACTION_JOBS_MAX", value_name = "N")]
     pub action_jobs_max: Option<u64>,
+    /// Bytes the result cache of merged search answers may hold (keys and answers); 0 turns
+    /// it off [default: 67108864 (64 MiB)]
+    #[arg(long, env = "RAGMESH_RESULT_CACHE_BYTES", value_name = "BYTES")]
+    pub result_cache_bytes: Option<u64>,
+    /// Bytes the cache of per-group BM25 statistics may hold; 0 turns it off
+    /// [default: 16777216 (16 MiB)]
+    #[arg(long, env = "RAGMESH_STATISTICS_CACHE_BYTES", value_name = "BYTES")]
+    pub statistics_cache_bytes: Option<u64>,
     /// Trace export over OTLP
     #[command(flatten)]
     pub trace: crate::TraceArgs,
@@ -360,6 +368,8 @@ struct MasterFile {
     log: Option<String>,
     webhooks: Option<Vec<crate::webhooks::WebhookFile>>,
     webhook_outbox_max_events: Option<u64>,
+    result_cache_bytes: Option<u64>,
+    statistics_cache_bytes: Option<u64>,
     otlp_endpoint: Option<String>,
     trace_sample_ratio: Option<f64>,
 }
@@ -391,6 +401,23 @@ pub struct MasterConfig {
     pub log: String,
     /// Events and webhooks (`[[webhooks]]` in the file).
     pub events: crate::EventsConfig,
+    /// Sizes of the search caches.
+    pub cache: CacheConfig,
+}
+
+/// Byte bounds of the master's search caches (0 turns one off).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CacheConfig {
+    /// Merged search answers (`--result-cache-bytes`).
+    pub result_bytes: u64,
+    /// Per-group BM25 statistics of a query (`--statistics-cache-bytes`).
+    pub statistics_bytes: u64,
+}
+
+impl Default for CacheConfig {
+    fn default() -> Self {
+        CacheConfig { result_bytes: 64 * 1024 * 1024, statistics_bytes: 16 * 1024 * 1024 }
+    }
 }
 
 impl MasterArgs {
@@ -465,6 +492,17 @@ impl MasterArgs {
         );
         let log = self.log.or(file.log).unwrap_or_else(|| "info".to_owned());
         let events = resolve_events(file.webhooks.unwrap_or_default(), file.webhook_outbox_max_events, &mut problems);
+        let defaults = CacheConfig::default();
+        let cache = CacheConfig {
+            result_bytes: self.result_cache_bytes.or(file.result_cache_bytes).unwrap_or(defaults.result_bytes),
+            statistics_bytes: self
+                .statistics_cache_bytes
+                .or(file.statistics_cache_bytes)
+                .unwrap_or(defaults.statistics_bytes),
+        };
+        // Bounded: a cache may not be told to hold more than 64 GiB.
+        check_range("result-cache-bytes", cache.result_bytes, 0, 1 << 36, &mut problems);
+        check_range("statistics-cache-bytes", cache.statistics_bytes, 0, 1 << 36, &mut problems);
         let trace = self.trace.resolve(file.otlp_endpoint, file.trace_sample_ratio, &mut problems);
 
         let config = MasterConfig {
@@ -480,6 +518,7 @@ impl MasterArgs {
             actions,
             log,
             events,
+            cache,
         };
         problems.finish((config, ProcessConfig { addr_file, metrics_listen, metrics_addr_file, trace }))
     }

@@ -26,6 +26,8 @@ use crate::node::SessionId;
 use crate::registry::{NodeRecord, Registry};
 use crate::replication::log::{Write, Writer};
 use crate::replication::{Replication, WriteOutcome, WriteTarget};
+use crate::result_cache::{self, Answer, Freshness, Scope};
+use crate::stats_cache;
 
 /// Longest query string accepted.
 pub const MAX_QUERY_BYTES: usize = 4096;
@@ -59,6 +61,10 @@ pub(crate) struct Context {
     pub(crate) tasks: tokio_util::task::TaskTracker,
     /// Where events are published (admission refusals and version mismatches from here).
     pub(crate) events: crate::events::Events,
+    /// Merged search answers (`--result-cache-bytes`).
+    pub(crate) result_cache: crate::result_cache::ResultCache,
+    /// Per-group BM25 statistics of a query (`--statistics-cache-bytes`).
+    pub(crate) stats_cache: crate::stats_cache::StatisticsCache,
 }
 
 impl Context {
@@ -274,76 +280,47 @@ impl MasterService for MasterApi {
         let req = request.into_inner();
         let deadline = started + budget.saturating_sub(merge_margin(budget));
 
-        let nodes = registry.snapshot();
+        // The epoch goes with the snapshot; each group's last assigned sequence is read after
+        // it, so a replica the snapshot shows at `last` had applied it before any call.
+        let (epoch, nodes) = registry.snapshot_at_epoch();
         let health = &self.0.health;
         let replicas = federation::replicas_of(&nodes, |node| health.snapshot(node).is_some_and(|h| h.refuses_calls()));
         let mut plan = federation::plan(&replicas, &req.collections, &req.nodes).map_err(|unknown| {
             MasterError::UnknownNodes { unknown, known: nodes.iter().map(|n| n.record.name.clone()).collect() }
         })?;
         federation::skip_no_match(&mut plan, &registry.term_summaries(), &req.collections, &req.query);
+        let replication = self.0.replication()?;
+        let considered = federation::considered(&replicas, &req.nodes).map(|r| r.group.as_str());
+        let freshness = Freshness::read(epoch, &nodes, considered, |group| replication.log_state(group).last);
         let limit = if req.limit == 0 { 10 } else { req.limit };
+        let scope = Scope::of(&principal);
+        let key = result_cache::result_key(&scope, &req, limit, strategy, &plan, &freshness);
         let context = self.0.access()?.context(&principal, budget)?;
         let context = context
             .parse()
             .map_err(|_| MasterError::Refused(Status::internal("the signed request context is not valid metadata")))?;
-        let mut query = NodeQuery {
-            query: req.query,
-            collections: req.collections,
-            limit,
-            min_score: req.min_score,
-            context,
-            statistics: None,
+        let search = Search {
+            query: NodeQuery {
+                query: req.query,
+                collections: req.collections,
+                limit,
+                min_score: req.min_score,
+                context,
+                statistics: None,
+            },
+            nodes: req.nodes,
+            strategy,
+            plan,
+            replicas,
+            freshness,
+            scope,
+            deadline,
         };
-        let mut targets = plan.targets.clone();
-        let mut unscored = Vec::new();
-        if strategy == merge::Strategy::GlobalBm25 && targets.iter().any(|t| !plan.proven_no_match(t)) {
-            // The statistics phase gets at most half of what is left, so the search keeps time.
-            let now = Instant::now();
-            let phase_deadline = now + deadline.saturating_duration_since(now) / 2;
-            let gathered = federation::gather_statistics(&self.0.node_client, &targets, &query, phase_deadline).await;
-            let answered =
-                gathered.iter().filter_map(|g| g.answer.as_ref().ok().and_then(|(_, reply)| reply.statistics.as_ref()));
-            query.statistics = Some(merge::sum_statistics(answered));
-            targets.retain(|target| gathered.iter().any(|g| g.target.target == target.target && g.answer.is_ok()));
-            unscored = gathered.into_iter().filter_map(federation::StatisticsResult::into_failed_search).collect();
-        }
-        // Groups proven not to match gave their statistics above; they are not asked to search.
-        targets.retain(|target| !plan.proven_no_match(target));
-        let mut groups = federation::fan_out(&self.0.node_client, &targets, &query, deadline).await;
-        groups.extend(unscored);
-        self.0.metrics.record_search(&plan, &groups);
-        let reports = federation::group_reports(&plan, &groups);
-        let results = federation::node_results(&plan, groups);
-        // An answer no node gave is an error, never "OK, zero hits".
-        federation::verdict(&results, &replicas, &req.nodes, &query.collections).map_err(|failure| match failure {
-            NoAnswer::NoNodes => MasterError::NoNodes,
-            NoAnswer::NoSuchCollections { requested, existing } => {
-                MasterError::NoSuchCollections { requested, existing }
-            }
-            NoAnswer::NoneAnswered { kind, summary } => MasterError::NoAnswer { kind, summary },
-        })?;
-
-        let outcomes = results.iter().map(convert::outcome).collect();
-        let lists = results
-            .into_iter()
-            .filter_map(|r| match r.outcome {
-                Outcome::Ok { hits, .. } => Some(hits),
-                _ => None,
-            })
-            .collect();
-        let merged = match strategy {
-            merge::Strategy::GlobalBm25 | merge::Strategy::Raw => merge::merge_by_score(lists, limit as usize),
-            merge::Strategy::Rrf => merge::merge_rrf(lists, limit as usize),
-        };
-        let hits = merged.into_iter().map(convert::hit).collect();
-        Ok(Response::new(v1::SearchResponse {
-            hits,
-            nodes: outcomes,
-            took_ms: u32::try_from(started.elapsed().as_millis()).unwrap_or(u32::MAX),
-            merge_strategy: strategy.as_str().to_owned(),
-            groups: reports.into_iter().map(convert::group_outcome).collect(),
-            cached: false,
-        }))
+        let (mut response, served) =
+            self.0.result_cache.serve(Some(key), req.bypass_cache, || self.fan_out(&search)).await?;
+        response.took_ms = u32::try_from(started.elapsed().as_millis()).unwrap_or(u32::MAX);
+        response.cached = served.cached();
+        Ok(Response::new(response))
     }
 
     async fn stats(&self, request: Request<v1::StatsRequest>) -> Result<Response<v1::StatsResponse>, Status> {
@@ -473,6 +450,137 @@ impl MasterApi {
             return generation(&named.node);
         }
         applied.map(|r| generation(&r.node)).max().unwrap_or(0)
+    }
+}
+
+/// A search ready to fan out: what the cache keyed, and what the fan-out needs.
+struct Search {
+    query: NodeQuery,
+    nodes: Vec<String>,
+    strategy: merge::Strategy,
+    plan: federation::Plan,
+    replicas: Vec<federation::Replica>,
+    freshness: Freshness,
+    scope: Scope,
+    deadline: Instant,
+}
+
+impl MasterApi {
+    /// The statistics phase of a global-BM25 search: targets whose statistics are cached are
+    /// not asked. Returns the summed statistics, the targets to search and the groups that
+    /// failed the phase (reported as failed, not searched).
+    async fn statistics(
+        &self,
+        search: &Search,
+    ) -> (v1::TermStatistics, Vec<federation::GroupTarget>, Vec<federation::GroupResult>) {
+        let mut known = Vec::new();
+        let mut ask = Vec::new();
+        for target in &search.plan.targets {
+            let key = stats_cache::statistics_key(
+                &search.scope,
+                &search.query.query,
+                &target.group,
+                &target.target,
+                &search.freshness,
+            );
+            match self.0.stats_cache.get(&key).await {
+                Some(cached) => known.push((target.clone(), cached)),
+                None => ask.push((target.clone(), key)),
+            }
+        }
+        let mut gathered = Vec::new();
+        if !ask.is_empty() {
+            // The statistics phase gets at most half of what is left, so the search keeps time.
+            let now = Instant::now();
+            let phase_deadline = now + search.deadline.saturating_duration_since(now) / 2;
+            let targets: Vec<_> = ask.iter().map(|(target, _)| target.clone()).collect();
+            gathered =
+                federation::gather_statistics(&self.0.node_client, &targets, &search.query, phase_deadline).await;
+        }
+        for (result, (_, key)) in gathered.iter().zip(ask) {
+            if let Ok((node, reply)) = &result.answer
+                && search.freshness.holds(&result.target.group, node)
+            {
+                self.0.stats_cache.insert(key, reply.clone()).await;
+            }
+        }
+        let answered = known.iter().filter_map(|(_, cached)| cached.statistics.as_ref()).chain(
+            gathered.iter().filter_map(|g| g.answer.as_ref().ok().and_then(|(_, reply)| reply.statistics.as_ref())),
+        );
+        let statistics = merge::sum_statistics(answered);
+        let targets = search
+            .plan
+            .targets
+            .iter()
+            .filter(|target| {
+                known.iter().any(|(t, _)| t.target == target.target)
+                    || gathered.iter().any(|g| g.target.target == target.target && g.answer.is_ok())
+            })
+            .cloned()
+            .collect();
+        let unscored = gathered.into_iter().filter_map(federation::StatisticsResult::into_failed_search).collect();
+        (statistics, targets, unscored)
+    }
+
+    /// One fan-out of `search` and its merge, with whether the answer is complete (every routed
+    /// group answered) and fresh (every answering replica had applied its group's `last`).
+    async fn fan_out(&self, search: &Search) -> Result<Answer, MasterError> {
+        let mut query = search.query.clone();
+        let mut targets = search.plan.targets.clone();
+        let mut unscored = Vec::new();
+        let plan = &search.plan;
+        if search.strategy == merge::Strategy::GlobalBm25 && targets.iter().any(|t| !plan.proven_no_match(t)) {
+            let (statistics, scored, failed) = self.statistics(search).await;
+            query.statistics = Some(statistics);
+            targets = scored;
+            unscored = failed;
+        }
+        // Groups proven not to match gave their statistics above; they are not asked to search.
+        targets.retain(|target| !plan.proven_no_match(target));
+        let mut groups = federation::fan_out(&self.0.node_client, &targets, &query, search.deadline).await;
+        groups.extend(unscored);
+        self.0.metrics.record_search(&search.plan, &groups);
+        let complete = search.plan.unanswerable.is_empty() && groups.iter().all(|g| g.answer.is_ok());
+        let fresh = groups.iter().all(|g| match &g.answer {
+            Ok((node, _)) => search.freshness.holds(&g.target.group, node),
+            Err(_) => true,
+        });
+        let reports = federation::group_reports(plan, &groups);
+        let results = federation::node_results(plan, groups);
+        // An answer no node gave is an error, never "OK, zero hits".
+        federation::verdict(&results, &search.replicas, &search.nodes, &query.collections).map_err(|failure| {
+            match failure {
+                NoAnswer::NoNodes => MasterError::NoNodes,
+                NoAnswer::NoSuchCollections { requested, existing } => {
+                    MasterError::NoSuchCollections { requested, existing }
+                }
+                NoAnswer::NoneAnswered { kind, summary } => MasterError::NoAnswer { kind, summary },
+            }
+        })?;
+
+        let outcomes = results.iter().map(convert::outcome).collect();
+        let lists = results
+            .into_iter()
+            .filter_map(|r| match r.outcome {
+                Outcome::Ok { hits, .. } => Some(hits),
+                _ => None,
+            })
+            .collect();
+        let limit = query.limit as usize;
+        let merged = match search.strategy {
+            merge::Strategy::GlobalBm25 | merge::Strategy::Raw => merge::merge_by_score(lists, limit),
+            merge::Strategy::Rrf => merge::merge_rrf(lists, limit),
+        };
+        let hits = merged.into_iter().map(convert::hit).collect();
+        let response = v1::SearchResponse {
+            hits,
+            nodes: outcomes,
+            took_ms: 0,
+            merge_strategy: search.strategy.as_str().to_owned(),
+            groups: reports.into_iter().map(convert::group_outcome).collect(),
+            cached: false,
+        };
+        Ok(Answer { response, complete, fresh })
     }
 }
 

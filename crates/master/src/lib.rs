@@ -20,7 +20,9 @@ pub mod metrics;
 pub mod node;
 pub mod registry;
 pub mod replication;
+mod result_cache;
 pub mod stats;
+mod stats_cache;
 
 use std::net::SocketAddr;
 use std::sync::{Arc, OnceLock};
@@ -233,6 +235,8 @@ pub async fn start_with_metrics(
         shutdown: shutdown.clone(),
         events: events.clone(),
         metrics: master_metrics.clone(),
+        result_cache: result_cache::ResultCache::new(config.cache.result_bytes, master_metrics.clone()),
+        stats_cache: stats_cache::StatisticsCache::new(config.cache.statistics_bytes, master_metrics.clone()),
     };
 
     let (health, health_service) = tonic_health::server::health_reporter();

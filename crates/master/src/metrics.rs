@@ -15,6 +15,7 @@ use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry as MetricsRegistry;
 use ragmesh_stack::breaker::BreakerState;
@@ -51,6 +52,22 @@ pub struct TransitionLabels {
     pub to: String,
 }
 
+/// Labels of a search-cache lookup.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CacheLookupLabels {
+    /// `result` or `statistics`.
+    pub cache: String,
+    /// `hit`, `miss`, `coalesced` (waited for another caller's fan-out) or `bypass`.
+    pub result: String,
+}
+
+/// Labels of a search cache's size.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CacheLabels {
+    /// `result` or `statistics`.
+    pub cache: String,
+}
+
 /// The counters the master's request paths update.
 #[derive(Debug, Clone)]
 pub struct MasterMetrics {
@@ -62,6 +79,9 @@ pub struct MasterMetrics {
     groups_answered: Counter,
     breaker_transitions: Family<TransitionLabels, Counter>,
     rate_limit_refusals: Counter,
+    cache_lookups: Family<CacheLookupLabels, Counter>,
+    cache_entries: Family<CacheLabels, Gauge>,
+    cache_bytes: Family<CacheLabels, Gauge>,
 }
 
 fn call_histogram() -> Histogram {
@@ -105,6 +125,21 @@ impl MasterMetrics {
             "Requests refused by the per-principal rate limit",
             handle.rate_limit_refusals.clone(),
         );
+        metrics.register(
+            "ragmesh_search_cache_lookups",
+            "Lookups of the search caches (result, statistics), by result (hit, miss, coalesced, bypass)",
+            handle.cache_lookups.clone(),
+        );
+        metrics.register(
+            "ragmesh_search_cache_entries",
+            "Entries held by each search cache (after its last insertion)",
+            handle.cache_entries.clone(),
+        );
+        metrics.register(
+            "ragmesh_search_cache_bytes",
+            "Bytes (keys and values, as weighed) held by each search cache (after its last insertion)",
+            handle.cache_bytes.clone(),
+        );
         metrics.register_collector(Box::new(StateCollector { registry, health }));
         handle
     }
@@ -120,7 +155,23 @@ impl MasterMetrics {
             groups_answered: Counter::default(),
             breaker_transitions: Family::default(),
             rate_limit_refusals: Counter::default(),
+            cache_lookups: Family::default(),
+            cache_entries: Family::default(),
+            cache_bytes: Family::default(),
         }
+    }
+
+    /// Counts one lookup of search cache `cache` (`result`, `statistics`) ending in `result`.
+    pub fn cache_lookup(&self, cache: &str, result: &str) {
+        let labels = CacheLookupLabels { cache: cache.to_owned(), result: result.to_owned() };
+        self.cache_lookups.get_or_create(&labels).inc();
+    }
+
+    /// Sets the size of search cache `cache`.
+    pub fn cache_size(&self, cache: &str, entries: u64, bytes: u64) {
+        let labels = CacheLabels { cache: cache.to_owned() };
+        self.cache_entries.get_or_create(&labels).set(i64::try_from(entries).unwrap_or(i64::MAX));
+        self.cache_bytes.get_or_create(&labels).set(i64::try_from(bytes).unwrap_or(i64::MAX));
     }
 
     /// The counter the rate limiter increments on each refusal.

@@ -232,6 +232,9 @@ struct Inner {
     groups: BTreeMap<String, GroupLog>,
     /// Per node, its current session's latest term summary and the log sequence it was built at.
     summaries: BTreeMap<String, (Arc<NodeSummary>, u64)>,
+    /// Bumped by every (re-)registration and removal: what a node serves may change then
+    /// without a write in its group's log (a new session after a restore, a new group).
+    epoch: u64,
 }
 
 impl Inner {
@@ -367,6 +370,7 @@ impl Registry {
         entry.record = record;
         entry.applied_seq = applied_seq;
         entry.liveness.apply(&LivenessEvent::Registered(session.clone()), "");
+        inner.epoch += 1;
         self.publish(&mut inner);
         Ok(session)
     }
@@ -507,6 +511,7 @@ impl Registry {
         inner.summaries.remove(name);
         let existed = inner.nodes.remove(name).is_some();
         if existed {
+            inner.epoch += 1;
             self.publish(&mut inner);
         }
         Ok(existed)
@@ -531,6 +536,13 @@ impl Registry {
     /// Every node, sorted by name.
     pub fn snapshot(&self) -> Vec<NodeView> {
         self.lock().nodes.values().map(Entry::view).collect()
+    }
+
+    /// [`Registry::snapshot`] with the registry's epoch at that moment: a counter every
+    /// (re-)registration and removal bumps (the search caches key on it).
+    pub fn snapshot_at_epoch(&self) -> (u64, Vec<NodeView>) {
+        let inner = self.lock();
+        (inner.epoch, inner.nodes.values().map(Entry::view).collect())
     }
 
     /// Membership changes (state transitions, collections, generations).
