@@ -288,7 +288,8 @@ impl MasterService for MasterApi {
         let mut plan = federation::plan(&replicas, &req.collections, &req.nodes).map_err(|unknown| {
             MasterError::UnknownNodes { unknown, known: nodes.iter().map(|n| n.record.name.clone()).collect() }
         })?;
-        federation::skip_no_match(&mut plan, &registry.term_summaries(), &req.collections, &req.query);
+        let summaries = registry.term_summaries();
+        federation::skip_no_match(&mut plan, &summaries, &req.collections, &req.query);
         let replication = self.0.replication()?;
         let considered = federation::considered(&replicas, &req.nodes).map(|r| r.group.as_str());
         let freshness = Freshness::read(epoch, &nodes, considered, |group| replication.log_state(group).last);
@@ -315,6 +316,7 @@ impl MasterService for MasterApi {
             freshness,
             scope,
             deadline,
+            summaries,
         };
         let (mut response, served) =
             self.0.result_cache.serve(Some(key), req.bypass_cache, || self.fan_out(&search)).await?;
@@ -463,29 +465,28 @@ struct Search {
     freshness: Freshness,
     scope: Scope,
     deadline: Instant,
+    /// The nodes' term summaries as the search began: they name each group's analysis profile,
+    /// which the statistics cache analyses the query with.
+    summaries: std::collections::BTreeMap<String, federation::NodeTermSummary>,
 }
 
 impl MasterApi {
-    /// The statistics phase of a global-BM25 search: targets whose statistics are cached are
-    /// not asked. Returns the summed statistics, the targets to search and the groups that
-    /// failed the phase (reported as failed, not searched).
+    /// The statistics phase of a global-BM25 search: targets whose statistics are cached (every
+    /// term of the query, or this exact query) are not asked. Returns the summed statistics, the
+    /// targets to search and the groups that failed the phase (reported as failed, not searched).
     async fn statistics(
         &self,
         search: &Search,
     ) -> (v1::TermStatistics, Vec<federation::GroupTarget>, Vec<federation::GroupResult>) {
+        let cache = &self.0.stats_cache;
         let mut known = Vec::new();
         let mut ask = Vec::new();
         for target in &search.plan.targets {
-            let key = stats_cache::statistics_key(
-                &search.scope,
-                &search.query.query,
-                &target.group,
-                &target.target,
-                &search.freshness,
-            );
-            match self.0.stats_cache.get(&key).await {
+            let profile = stats_cache::group_profile(target, &search.summaries);
+            let lookup = cache.prepare(&search.scope, &search.query.query, target, profile, &search.freshness);
+            match cache.get(&lookup, &search.scope, target, &search.freshness).await {
                 Some(cached) => known.push((target.clone(), cached)),
-                None => ask.push((target.clone(), key)),
+                None => ask.push((target.clone(), lookup)),
             }
         }
         let mut gathered = Vec::new();
@@ -497,14 +498,14 @@ impl MasterApi {
             gathered =
                 federation::gather_statistics(&self.0.node_client, &targets, &search.query, phase_deadline).await;
         }
-        for (result, (_, key)) in gathered.iter().zip(ask) {
+        for (result, (target, lookup)) in gathered.iter().zip(ask) {
             if let Ok((node, reply)) = &result.answer
                 && search.freshness.holds(&result.target.group, node)
             {
-                self.0.stats_cache.insert(key, reply.clone()).await;
+                cache.insert(lookup, &search.scope, &target, &search.freshness, node, reply.clone()).await;
             }
         }
-        let answered = known.iter().filter_map(|(_, cached)| cached.statistics.as_ref()).chain(
+        let answered = known.iter().map(|(_, cached)| cached).chain(
             gathered.iter().filter_map(|g| g.answer.as_ref().ok().and_then(|(_, reply)| reply.statistics.as_ref())),
         );
         let statistics = merge::sum_statistics(answered);

@@ -1,28 +1,61 @@
-//! The master's cache of per-group BM25 statistics for the statistics phase of a global-BM25
-//! search: one entry per (caller scope, query text, call target, the target group's last
-//! assigned log sequence, registry epoch). A write to group A changes A's `last`, so only A's
-//! entries become unreachable; the other groups' entries keep answering. An entry is stored
-//! only from a replica that had applied its group's `last` when the search began (see
-//! [`crate::result_cache::Freshness::holds`]).
+//! The master's cache of BM25 statistics for the statistics phase of a global-BM25 search, kept
+//! per TERM: for one group replica's answers at one freshness stamp and caller scope,
 //!
-//! The master does no text analysis, so the key is the query text: a repeated QUERY costs no
-//! round trip per group; the same term inside a different query is asked again.
+//! - `(scope, group, node, profile, stamp)` → the node's generation, its document count and the
+//!   total tokens of every field it has reported ([`Totals`]);
+//! - `(scope, group, node, profile, stamp, field, term)` → the generation and the term's
+//!   document frequency.
+//!
+//! The stamp is the group's last assigned write-log sequence plus the registry epoch (see
+//! [`crate::result_cache::Freshness`]): a write to group A changes A's `last`, so exactly A's
+//! entries become unreachable; the other groups' entries keep answering. An entry is stored only
+//! from a replica that had applied its group's `last` when the search began
+//! ([`Freshness::holds`]).
+//!
+//! # Analysis on the master
+//!
+//! A query's terms are named by [`ragmesh_index::QueryAnalyzer`] for the analysis profile the
+//! group's replicas name in their term summaries ([`group_profile`]), exactly as an agent
+//! analyses them; `k1` and `b` play no part in statistics, so the profile alone decides the
+//! terms. A group whose readable replicas do not all have a summary, or whose summaries name
+//! no profile, more than one profile, or a profile unknown here, is looked up by QUERY TEXT
+//! instead (one entry per `(scope, query, group, target, stamp)`, the whole answer): only a
+//! repeated query is free there. Multi-profile nodes (per-collection profiles) thus always fall
+//! back to the query-text key: their statistics hold one set of fields per profile and the
+//! master does not guess how an index lays them out.
+//!
+//! Two guards keep the cache from ever handing an agent statistics that lack a term it scores
+//! (the agent refuses those) or that disagree with each other (the agent refuses a document
+//! frequency above the document count):
+//!
+//! - an answer is split into term entries only when its terms are EXACTLY the terms the master
+//!   analysed the query to ([`split_answer`]); otherwise the profile assumption is wrong for that
+//!   node and the answer is stored under the query-text key only;
+//! - every entry carries the generation its node counted it at, and a lookup assembles a
+//!   group's statistics only from entries of ONE generation of ONE replica ([`assemble`]): a
+//!   replica may have applied a write past the stamp while answering, and numbers from before
+//!   and after that write are never mixed.
 
-use std::sync::Arc;
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::{Arc, Mutex};
 
 use prost::Message as _;
+use ragmesh_index::{AnalysisSettings, FieldTerm, Profile, QueryAnalyzer, SearchQuery, Viewer};
 use ragmesh_proto::v1;
 use ragmesh_stack::node_call::Target;
 
+use crate::federation::{GroupTarget, NodeTermSummary};
 use crate::metrics::MasterMetrics;
 use crate::result_cache::{CacheKey, Freshness, KeyWriter, Scope};
 
 /// The `cache` label of this cache's series.
 const CACHE_LABEL: &str = "statistics";
 
-const STATISTICS_KEY: u8 = 2;
+const QUERY_KEY: u8 = 2;
+const TOTALS_KEY: u8 = 3;
+const TERM_KEY: u8 = 4;
 
-/// The key of one target's statistics for `query`.
+/// The query-text key of one target's whole statistics answer for `query`.
 pub(crate) fn statistics_key(
     scope: &Scope,
     query: &str,
@@ -30,7 +63,7 @@ pub(crate) fn statistics_key(
     target: &Target,
     freshness: &Freshness,
 ) -> CacheKey {
-    let mut key = KeyWriter::new(STATISTICS_KEY);
+    let mut key = KeyWriter::new(QUERY_KEY);
     let (kind, name) = match target {
         Target::Group(name) => (0, name),
         Target::Node(name) => (1, name),
@@ -45,15 +78,189 @@ pub(crate) fn statistics_key(
     key.finish()
 }
 
-/// The bounded store of statistics answers; cheap to clone.
-#[derive(Debug, Clone)]
-pub(crate) struct StatisticsCache {
-    cache: Option<moka::future::Cache<CacheKey, Arc<v1::NodeTermStatisticsResponse>>>,
-    metrics: MasterMetrics,
+/// Where term-level entries of one replica live: everything but the field and term.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct ReplicaSlot {
+    scope: Scope,
+    group: String,
+    node: String,
+    profile: String,
+    last: u64,
+    epoch: u64,
 }
 
-fn weigh(key: &CacheKey, value: &Arc<v1::NodeTermStatisticsResponse>) -> u32 {
-    u32::try_from(key.len().saturating_add(value.encoded_len())).unwrap_or(u32::MAX)
+impl ReplicaSlot {
+    /// The slot of `node` of `group` for a caller of `scope` at the stamp in `freshness`.
+    pub(crate) fn new(scope: &Scope, group: &str, node: &str, profile: &Profile, freshness: &Freshness) -> Self {
+        ReplicaSlot {
+            scope: scope.clone(),
+            group: group.to_owned(),
+            node: node.to_owned(),
+            profile: profile.name(),
+            last: freshness.last(group),
+            epoch: freshness.epoch(),
+        }
+    }
+
+    fn writer(&self, tag: u8) -> KeyWriter {
+        let mut key = KeyWriter::new(tag);
+        key.scope(&self.scope)
+            .text(&self.group)
+            .text(&self.node)
+            .text(&self.profile)
+            .number(self.last)
+            .number(self.epoch);
+        key
+    }
+
+    /// The key of the replica's totals.
+    pub(crate) fn totals_key(&self) -> CacheKey {
+        self.writer(TOTALS_KEY).finish()
+    }
+
+    /// The key of one term's document frequency.
+    pub(crate) fn term_key(&self, term: &FieldTerm) -> CacheKey {
+        let mut key = self.writer(TERM_KEY);
+        key.text(&term.field).text(&term.term);
+        key.finish()
+    }
+}
+
+/// A replica's document count and field lengths at one generation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Totals {
+    /// The node's index generation they were counted at.
+    pub(crate) generation: u64,
+    /// Documents the caller may read.
+    pub(crate) total_docs: u64,
+    /// Total tokens per field, for the fields reported so far.
+    pub(crate) fields: BTreeMap<String, u64>,
+}
+
+impl Totals {
+    /// `self` updated with `newer`: the fields of both when they describe one generation, else
+    /// `newer` alone (numbers of two generations are never mixed).
+    fn merged_with(&self, newer: Totals) -> Totals {
+        if self.generation != newer.generation || self.total_docs != newer.total_docs {
+            return newer;
+        }
+        let mut fields = self.fields.clone();
+        fields.extend(newer.fields);
+        Totals { fields, ..newer }
+    }
+}
+
+/// One term's document frequency at one generation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct TermEntry {
+    /// The node's index generation it was counted at.
+    pub(crate) generation: u64,
+    /// Documents containing the term.
+    pub(crate) doc_freq: u64,
+}
+
+/// A stored value.
+#[derive(Debug, Clone)]
+enum Entry {
+    /// A whole answer, under its query-text key.
+    Answer(Arc<v1::NodeTermStatisticsResponse>),
+    Totals(Arc<Totals>),
+    Term(TermEntry),
+}
+
+fn weigh(key: &CacheKey, value: &Entry) -> u32 {
+    let value_bytes = match value {
+        Entry::Answer(answer) => answer.encoded_len(),
+        Entry::Totals(totals) => 24 + totals.fields.keys().map(|field| field.len() + 32).sum::<usize>(),
+        Entry::Term(_) => 16,
+    };
+    u32::try_from(key.len().saturating_add(value_bytes)).unwrap_or(u32::MAX)
+}
+
+/// The analysis profile every readable replica of `target` names for all its collections, from
+/// their term summaries; `None` when one has no summary yet, or they name no profile, several,
+/// or one unknown here (then the group is looked up by query text).
+pub(crate) fn group_profile(target: &GroupTarget, summaries: &BTreeMap<String, NodeTermSummary>) -> Option<Profile> {
+    let mut names = BTreeSet::new();
+    for node in &target.readable {
+        names.extend(summaries.get(node)?.summary.analyzers());
+    }
+    let mut names = names.into_iter();
+    match (names.next(), names.next()) {
+        (Some(only), None) => Profile::from_name(only),
+        _ => None,
+    }
+}
+
+/// The group statistics `totals` and the looked-up `terms` make, when every term was found at
+/// the totals' generation and the totals know every field of the terms.
+pub(crate) fn assemble(totals: &Totals, terms: &[(&FieldTerm, Option<TermEntry>)]) -> Option<v1::TermStatistics> {
+    let mut fields = BTreeMap::new();
+    let mut frequencies = Vec::with_capacity(terms.len());
+    for (term, entry) in terms {
+        let entry = (*entry).filter(|entry| entry.generation == totals.generation)?;
+        let tokens = *totals.fields.get(&term.field)?;
+        fields.insert(term.field.as_str(), tokens);
+        frequencies.push(v1::TermFrequency {
+            field: term.field.clone(),
+            term: term.term.clone(),
+            doc_freq: entry.doc_freq,
+        });
+    }
+    Some(v1::TermStatistics {
+        total_docs: totals.total_docs,
+        fields: fields
+            .into_iter()
+            .map(|(field, total_tokens)| v1::FieldTokens { field: field.to_owned(), total_tokens })
+            .collect(),
+        terms: frequencies,
+    })
+}
+
+/// `answer` split into totals and term entries, when its terms are exactly `expected` (the
+/// master's analysis) and it reports the length of every field they name; `None` otherwise
+/// (the node analyses differently: its answer must not be reused for other queries).
+pub(crate) fn split_answer(
+    expected: &[FieldTerm],
+    answer: &v1::NodeTermStatisticsResponse,
+) -> Option<(Totals, Vec<(FieldTerm, TermEntry)>)> {
+    let statistics = answer.statistics.as_ref()?;
+    let generation = answer.generation;
+    let fields: BTreeMap<String, u64> =
+        statistics.fields.iter().map(|field| (field.field.clone(), field.total_tokens)).collect();
+    let reported: BTreeMap<FieldTerm, u64> = statistics
+        .terms
+        .iter()
+        .map(|t| (FieldTerm { field: t.field.clone(), term: t.term.clone() }, t.doc_freq))
+        .collect();
+    let wanted: BTreeSet<&FieldTerm> = expected.iter().collect();
+    if reported.len() != statistics.terms.len()
+        || reported.len() != wanted.len()
+        || !reported.keys().all(|term| wanted.contains(term))
+        || !wanted.iter().all(|term| fields.contains_key(&term.field))
+        || reported.values().any(|df| *df > statistics.total_docs)
+    {
+        return None;
+    }
+    let terms = reported.into_iter().map(|(term, doc_freq)| (term, TermEntry { generation, doc_freq })).collect();
+    Some((Totals { generation, total_docs: statistics.total_docs, fields }, terms))
+}
+
+/// How a target's statistics are looked up and, when asked, stored.
+#[derive(Debug, Clone)]
+pub(crate) struct Lookup {
+    query_key: CacheKey,
+    /// The group's profile and the query's terms under it, when they are known.
+    terms: Option<(Profile, Vec<FieldTerm>)>,
+}
+
+/// The bounded store of statistics; cheap to clone.
+#[derive(Debug, Clone)]
+pub(crate) struct StatisticsCache {
+    cache: Option<moka::future::Cache<CacheKey, Entry>>,
+    /// One analyzer per profile met (at most the profiles `Profile::from_name` accepts).
+    analyzers: Arc<Mutex<BTreeMap<String, Arc<QueryAnalyzer>>>>,
+    metrics: MasterMetrics,
 }
 
 impl StatisticsCache {
@@ -61,21 +268,136 @@ impl StatisticsCache {
     pub(crate) fn new(max_bytes: u64, metrics: MasterMetrics) -> Self {
         let cache =
             (max_bytes > 0).then(|| moka::future::Cache::builder().max_capacity(max_bytes).weigher(weigh).build());
-        StatisticsCache { cache, metrics }
+        StatisticsCache { cache, analyzers: Arc::default(), metrics }
     }
 
-    /// The stored statistics of `key`, counted as a hit or a miss (nothing when off).
-    pub(crate) async fn get(&self, key: &CacheKey) -> Option<Arc<v1::NodeTermStatisticsResponse>> {
+    fn analyzer(&self, profile: &Profile) -> Arc<QueryAnalyzer> {
+        let mut analyzers = self.analyzers.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let settings = AnalysisSettings { profile: *profile, ..AnalysisSettings::default() };
+        Arc::clone(analyzers.entry(profile.name()).or_insert_with(|| Arc::new(QueryAnalyzer::for_settings(&settings))))
+    }
+
+    /// The distinct terms `query` analyses to under `profile`; `None` when it does not analyse
+    /// (the agent will refuse it too; such a query is looked up by its text).
+    pub(crate) fn terms(&self, profile: &Profile, query: &str) -> Option<Vec<FieldTerm>> {
+        let q = SearchQuery {
+            query: query.to_owned(),
+            collections: Vec::new(),
+            limit: 0,
+            min_score: 0.0,
+            viewer: Viewer::Anonymous,
+        };
+        self.analyzer(profile).terms(&q).ok()
+    }
+
+    /// Prepares the lookup of `target`'s statistics for `query`: by term when `profile` is
+    /// known (see [`group_profile`]), always also by query text.
+    pub(crate) fn prepare(
+        &self,
+        scope: &Scope,
+        query: &str,
+        target: &GroupTarget,
+        profile: Option<Profile>,
+        freshness: &Freshness,
+    ) -> Lookup {
+        let query_key = statistics_key(scope, query, &target.group, &target.target, freshness);
+        let terms = profile.and_then(|profile| Some((profile, self.terms(&profile, query)?)));
+        Lookup { query_key, terms }
+    }
+
+    /// `target`'s statistics if the cache holds them (the query-text entry, else one readable
+    /// replica's term entries at one generation), counted as one hit or miss (nothing when off).
+    pub(crate) async fn get(
+        &self,
+        lookup: &Lookup,
+        scope: &Scope,
+        target: &GroupTarget,
+        freshness: &Freshness,
+    ) -> Option<v1::TermStatistics> {
         let cache = self.cache.as_ref()?;
-        let found = cache.get(key).await;
+        let found = self.find(cache, lookup, scope, target, freshness).await;
         self.metrics.cache_lookup(CACHE_LABEL, if found.is_some() { "hit" } else { "miss" });
         found
     }
 
-    /// Stores `value` under `key`.
-    pub(crate) async fn insert(&self, key: CacheKey, value: v1::NodeTermStatisticsResponse) {
+    async fn find(
+        &self,
+        cache: &moka::future::Cache<CacheKey, Entry>,
+        lookup: &Lookup,
+        scope: &Scope,
+        target: &GroupTarget,
+        freshness: &Freshness,
+    ) -> Option<v1::TermStatistics> {
+        if let Some(Entry::Answer(answer)) = cache.get(&lookup.query_key).await {
+            return answer.statistics.clone();
+        }
+        let (profile, terms) = lookup.terms.as_ref()?;
+        for node in &target.readable {
+            let slot = ReplicaSlot::new(scope, &target.group, node, profile, freshness);
+            let Some(Entry::Totals(totals)) = cache.get(&slot.totals_key()).await else { continue };
+            let mut found = Vec::with_capacity(terms.len());
+            for term in terms {
+                let entry = match cache.get(&slot.term_key(term)).await {
+                    Some(Entry::Term(entry)) if entry.generation == totals.generation => Some(entry),
+                    _ => break,
+                };
+                found.push((term, entry));
+            }
+            if found.len() == terms.len()
+                && let Some(statistics) = assemble(&totals, &found)
+            {
+                return Some(statistics);
+            }
+        }
+        None
+    }
+
+    /// Stores `node`'s `answer` to `target`: per term when the lookup knew the group's profile,
+    /// `node` is one of the replicas it read, and the answer names exactly the terms analysed
+    /// ([`split_answer`]); else whole, under the query-text key.
+    pub(crate) async fn insert(
+        &self,
+        lookup: Lookup,
+        scope: &Scope,
+        target: &GroupTarget,
+        freshness: &Freshness,
+        node: &str,
+        answer: v1::NodeTermStatisticsResponse,
+    ) {
         let Some(cache) = &self.cache else { return };
-        cache.insert(key, Arc::new(value)).await;
+        let split = match &lookup.terms {
+            Some((profile, terms)) if target.readable.iter().any(|r| r == node) => {
+                let split = split_answer(terms, &answer).map(|split| (profile, split));
+                if split.is_none() {
+                    tracing::warn!(
+                        node.id = node,
+                        profile = %profile,
+                        "statistics name other terms than the master's analysis: cached by query text only"
+                    );
+                }
+                split
+            }
+            _ => None,
+        };
+        match split {
+            Some((profile, (totals, terms))) => {
+                let slot = ReplicaSlot::new(scope, &target.group, node, profile, freshness);
+                cache
+                    .entry(slot.totals_key())
+                    .and_upsert_with(|existing| {
+                        let merged = match existing.map(|e| e.into_value()) {
+                            Some(Entry::Totals(old)) => old.merged_with(totals),
+                            _ => totals,
+                        };
+                        std::future::ready(Entry::Totals(Arc::new(merged)))
+                    })
+                    .await;
+                for (term, entry) in terms {
+                    cache.insert(slot.term_key(&term), Entry::Term(entry)).await;
+                }
+            }
+            None => cache.insert(lookup.query_key, Entry::Answer(Arc::new(answer))).await,
+        }
         cache.run_pending_tasks().await;
         self.metrics.cache_size(CACHE_LABEL, cache.entry_count(), cache.weighted_size());
     }
@@ -85,18 +407,224 @@ impl StatisticsCache {
 mod tests {
     use super::*;
 
-    #[test]
-    fn a_write_to_one_group_changes_only_that_groups_keys() {
-        let read = |a: u64, b: u64| Freshness::read(3, &[], ["a", "b"], move |g| if g == "a" { a } else { b });
-        let (before, after) = (read(4, 9), read(5, 9));
-        let key = |group: &str, freshness: &Freshness| {
-            statistics_key(&Scope::All, "rust", group, &Target::Group(group.into()), freshness)
-        };
-        assert_ne!(key("a", &before), key("a", &after));
-        assert_eq!(key("b", &before), key("b", &after));
+    fn stamps(a: u64, b: u64) -> Freshness {
+        Freshness::read(3, &[], ["a", "b"], move |g| if g == "a" { a } else { b })
+    }
+
+    fn target(group: &str) -> GroupTarget {
+        GroupTarget {
+            group: group.into(),
+            target: Target::Group(group.into()),
+            readable: vec![format!("{group}1")],
+            breaker_open: Vec::new(),
+        }
+    }
+
+    /// What node `<group>1` of a one-document-per-word index answers for `query` (under the
+    /// default profile): every word of `words` in one document each, in both fields.
+    fn answer(cache: &StatisticsCache, query: &str, generation: u64, words: &[&str]) -> v1::NodeTermStatisticsResponse {
+        let terms = cache.terms(&Profile::default(), query).expect("analyses");
+        let total_docs = words.len() as u64 + 10;
+        v1::NodeTermStatisticsResponse {
+            statistics: Some(v1::TermStatistics {
+                total_docs,
+                fields: ["body", "title"]
+                    .iter()
+                    .map(|f| v1::FieldTokens { field: (*f).into(), total_tokens: 100 })
+                    .collect(),
+                terms: terms
+                    .iter()
+                    .map(|t| v1::TermFrequency {
+                        field: t.field.clone(),
+                        term: t.term.clone(),
+                        doc_freq: u64::from(words.iter().any(|w| t.term == *w)) + t.term.len() as u64,
+                    })
+                    .collect(),
+            }),
+            generation,
+        }
+    }
+
+    fn on() -> StatisticsCache {
+        StatisticsCache::new(1 << 20, MasterMetrics::detached())
+    }
+
+    async fn ask_and_store(cache: &StatisticsCache, scope: &Scope, query: &str, group: &str, fresh: &Freshness) {
+        let target = target(group);
+        let lookup = cache.prepare(scope, query, &target, Some(Profile::default()), fresh);
+        let reply = answer(cache, query, 7, &["alpha", "beta"]);
+        cache.insert(lookup, scope, &target, fresh, &format!("{group}1"), reply).await;
+    }
+
+    async fn lookup(
+        cache: &StatisticsCache,
+        scope: &Scope,
+        query: &str,
+        group: &str,
+        profile: Option<Profile>,
+        fresh: &Freshness,
+    ) -> Option<v1::TermStatistics> {
+        let target = target(group);
+        let lookup = cache.prepare(scope, query, &target, profile, fresh);
+        cache.get(&lookup, scope, &target, fresh).await
+    }
+
+    #[tokio::test]
+    async fn a_query_is_free_once_other_queries_covered_every_term() {
+        let cache = on();
+        let fresh = stamps(4, 9);
+        let default = Some(Profile::default());
+        ask_and_store(&cache, &Scope::All, "alpha", "a", &fresh).await;
+        assert!(lookup(&cache, &Scope::All, "alpha beta", "a", default, &fresh).await.is_none(), "beta unknown");
+        ask_and_store(&cache, &Scope::All, "Beta", "a", &fresh).await;
+        let got = lookup(&cache, &Scope::All, "beta ALPHA", "a", default, &fresh).await.expect("every term cached");
+        // Exactly what the node would answer to "alpha beta" itself.
+        assert_eq!(got, answer(&cache, "alpha beta", 7, &["alpha", "beta"]).statistics.expect("statistics"));
+        assert_eq!(got.terms.len(), 4, "two terms in two fields: {got:?}");
+        // Word order, case and repetition do not matter; the field syntax does.
+        assert!(lookup(&cache, &Scope::All, "alpha alpha", "a", default, &fresh).await.is_some());
+        assert!(lookup(&cache, &Scope::All, "title:alpha", "a", default, &fresh).await.is_some());
+        assert!(lookup(&cache, &Scope::All, "alpha gamma", "a", default, &fresh).await.is_none());
+    }
+
+    #[tokio::test]
+    async fn a_write_to_one_group_invalidates_only_that_group() {
+        let cache = on();
+        let (before, after) = (stamps(4, 9), stamps(5, 9));
+        let default = Some(Profile::default());
+        for group in ["a", "b"] {
+            ask_and_store(&cache, &Scope::All, "alpha", group, &before).await;
+        }
+        assert!(lookup(&cache, &Scope::All, "alpha", "a", default, &after).await.is_none(), "a was written");
+        assert!(lookup(&cache, &Scope::All, "alpha", "b", default, &after).await.is_some(), "b was not");
+        assert!(lookup(&cache, &Scope::All, "alpha", "a", default, &before).await.is_some());
+    }
+
+    #[tokio::test]
+    async fn a_different_scope_misses() {
+        let cache = on();
+        let fresh = stamps(4, 9);
+        ask_and_store(&cache, &Scope::All, "alpha", "a", &fresh).await;
         let tenant = Scope::Subject { tenant: "t".into(), subject: "s".into() };
-        assert_ne!(key("b", &before), statistics_key(&tenant, "rust", "b", &Target::Group("b".into()), &before));
-        assert_ne!(key("b", &before), statistics_key(&Scope::All, "rust", "b", &Target::Node("b".into()), &before));
-        assert_ne!(key("b", &before), statistics_key(&Scope::All, "rusty", "b", &Target::Group("b".into()), &before));
+        assert!(lookup(&cache, &tenant, "alpha", "a", Some(Profile::default()), &fresh).await.is_none());
+        let other = Scope::Subject { tenant: "t".into(), subject: "s2".into() };
+        ask_and_store(&cache, &tenant, "alpha", "a", &fresh).await;
+        assert!(lookup(&cache, &tenant, "alpha", "a", Some(Profile::default()), &fresh).await.is_some());
+        assert!(lookup(&cache, &other, "alpha", "a", Some(Profile::default()), &fresh).await.is_none());
+    }
+
+    #[tokio::test]
+    async fn an_unknown_profile_is_asked_and_kept_by_query_text_only() {
+        let cache = on();
+        let fresh = stamps(4, 9);
+        let target = target("a");
+        for query in ["alpha", "beta"] {
+            let lookup = cache.prepare(&Scope::All, query, &target, None, &fresh);
+            assert!(cache.get(&lookup, &Scope::All, &target, &fresh).await.is_none(), "nothing yet: ask");
+            let reply = answer(&cache, query, 7, &["alpha"]);
+            cache.insert(lookup, &Scope::All, &target, &fresh, "a1", reply).await;
+        }
+        assert!(lookup(&cache, &Scope::All, "alpha", "a", None, &fresh).await.is_some(), "the same query text");
+        assert!(lookup(&cache, &Scope::All, "alpha beta", "a", None, &fresh).await.is_none(), "no term-level reuse");
+        let default = Some(Profile::default());
+        assert!(lookup(&cache, &Scope::All, "alpha beta", "a", default, &fresh).await.is_none(), "none stored by term");
+    }
+
+    #[tokio::test]
+    async fn an_answer_naming_other_terms_is_never_split() {
+        let cache = on();
+        let fresh = stamps(4, 9);
+        let target = target("a");
+        let default = Some(Profile::default());
+        // A node stemming differently (or holding a second profile's fields) names other terms.
+        let lookup = cache.prepare(&Scope::All, "replicas", &target, default, &fresh);
+        let mut reply = answer(&cache, "replicas", 7, &[]);
+        let stats = reply.statistics.as_mut().expect("statistics");
+        stats.terms.push(v1::TermFrequency { field: "body_nostem".into(), term: "replicas".into(), doc_freq: 1 });
+        cache.insert(lookup, &Scope::All, &target, &fresh, "a1", reply.clone()).await;
+        assert!(self::lookup(&cache, &Scope::All, "replica", "a", default, &fresh).await.is_none(), "not by term");
+        let again = self::lookup(&cache, &Scope::All, "replicas", "a", default, &fresh).await;
+        assert_eq!(again, reply.statistics, "the exact query is still served whole");
+    }
+
+    #[tokio::test]
+    async fn entries_of_two_generations_are_never_mixed() {
+        let cache = on();
+        let fresh = stamps(4, 9);
+        let target = target("a");
+        let default = Some(Profile::default());
+        let store = |query: &'static str, generation: u64| {
+            let cache = cache.clone();
+            let (target, fresh) = (target.clone(), fresh.clone());
+            async move {
+                let lookup = cache.prepare(&Scope::All, query, &target, default, &fresh);
+                let reply = answer(&cache, query, generation, &["alpha"]);
+                cache.insert(lookup, &Scope::All, &target, &fresh, "a1", reply).await;
+            }
+        };
+        store("alpha", 7).await;
+        // The replica applied a write past the stamp before answering "beta".
+        store("beta", 8).await;
+        assert!(lookup(&cache, &Scope::All, "alpha beta", "a", default, &fresh).await.is_none());
+        assert!(lookup(&cache, &Scope::All, "beta", "a", default, &fresh).await.is_some(), "the newer one");
+        store("alpha", 8).await;
+        assert!(lookup(&cache, &Scope::All, "alpha beta", "a", default, &fresh).await.is_some());
+    }
+
+    #[test]
+    fn the_group_profile_comes_from_every_readable_replicas_summary() {
+        use ragmesh_search::{NodeSummary, TermFilter};
+        let summary = |analyzers: &[&str]| NodeTermSummary {
+            summary: Arc::new(NodeSummary::with_analyzers(
+                1,
+                analyzers.iter().enumerate().map(|(i, a)| (format!("c{i}"), (*a).to_owned(), TermFilter::Everything)),
+            )),
+            applied_seq: 0,
+            node_generation: 0,
+            group_last_seq: 0,
+        };
+        let mut target = target("a");
+        target.readable = vec!["a1".into(), "a2".into()];
+        let of = |entries: &[(&str, &[&str])]| {
+            let summaries = entries.iter().map(|(n, a)| ((*n).to_owned(), summary(a))).collect();
+            group_profile(&target, &summaries)
+        };
+        let nostem = "stem-none_stop-english";
+        assert_eq!(of(&[("a1", &["en_stem"]), ("a2", &["en_stem", "en_stem"])]), Some(Profile::default()));
+        assert_eq!(of(&[("a1", &[nostem]), ("a2", &[nostem])]), Profile::from_name(nostem));
+        assert!(Profile::from_name(nostem).is_some());
+        assert_eq!(of(&[("a1", &["en_stem"])]), None, "a2 has no summary yet");
+        assert_eq!(of(&[("a1", &["en_stem"]), ("a2", &[nostem])]), None, "replicas disagree");
+        assert_eq!(of(&[("a1", &["en_stem", nostem]), ("a2", &["en_stem"])]), None, "a node of two profiles");
+        assert_eq!(of(&[("a1", &["klingon"]), ("a2", &["klingon"])]), None, "unknown here");
+        assert_eq!(of(&[("a1", &[]), ("a2", &[])]), None, "no collection names one");
+    }
+
+    #[test]
+    fn keys_differ_by_every_part() {
+        let fresh = stamps(4, 9);
+        let slot = |scope: &Scope, group: &str, node: &str, profile: &Profile| {
+            ReplicaSlot::new(scope, group, node, profile, &fresh)
+        };
+        let base = slot(&Scope::All, "a", "a1", &Profile::default());
+        let term = FieldTerm { field: "body".into(), term: "alpha".into() };
+        let tenant = Scope::Subject { tenant: "t".into(), subject: "s".into() };
+        let nostem = Profile::from_name("stem-none_stop-none").expect("known");
+        for other in [
+            slot(&tenant, "a", "a1", &Profile::default()),
+            slot(&Scope::All, "b", "a1", &Profile::default()),
+            slot(&Scope::All, "a", "a2", &Profile::default()),
+            slot(&Scope::All, "a", "a1", &nostem),
+            ReplicaSlot::new(&Scope::All, "a", "a1", &Profile::default(), &stamps(5, 9)),
+        ] {
+            assert_ne!(base.totals_key(), other.totals_key());
+            assert_ne!(base.term_key(&term), other.term_key(&term));
+        }
+        assert_eq!(
+            base.totals_key(),
+            ReplicaSlot::new(&Scope::All, "a", "a1", &Profile::default(), &stamps(4, 1)).totals_key()
+        );
+        assert_ne!(base.term_key(&term), base.term_key(&FieldTerm { field: "title".into(), term: "alpha".into() }));
+        assert_ne!(base.totals_key(), base.term_key(&term));
     }
 }
