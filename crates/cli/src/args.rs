@@ -888,6 +888,15 @@ pub struct EvalArgs {
     /// demo/eval directory)
     #[arg(long, value_name = "DIR", conflicts_with = "baseline")]
     pub dir: Option<PathBuf>,
+    /// Search every topic word as required (`+word`): conjunctive queries, which term-summary
+    /// routing can answer without asking the shards that lack a word
+    #[arg(long)]
+    pub require_all: bool,
+    /// Wait this long after loading before searching, so the agents' term summaries (sent on
+    /// their heartbeats) reach the master and routing can skip shards [default: 3 heartbeats of
+    /// the local mesh, 1500; a running mesh: 3000]
+    #[arg(long, value_name = "MS")]
+    pub settle_ms: Option<u64>,
     /// Print one JSON object instead of tables
     #[arg(long)]
     pub json: bool,

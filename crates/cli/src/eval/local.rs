@@ -16,6 +16,9 @@ use crate::demo::{self, Binaries};
 
 /// Name of the agent holding every document.
 pub const BASELINE: &str = "baseline";
+/// How long the local mesh is given, after loading, for every agent's term summary to reach the
+/// master: three of its heartbeats.
+pub const SETTLE_MS: u64 = 1500;
 /// How long an agent may take to bind and write its address file.
 const ADDR_TIMEOUT: Duration = Duration::from_secs(30);
 

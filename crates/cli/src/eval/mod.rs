@@ -12,7 +12,7 @@ pub mod local;
 pub mod report;
 
 use std::path::Path;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use futures::StreamExt as _;
 
@@ -165,15 +165,17 @@ pub async fn run(args: &EvalArgs, global: &GlobalArgs) -> anyhow::Result<()> {
     let report = match mode {
         Mode::Running(layout) => {
             let master = Master::connect(Target::from_args(global)?).await?;
-            evaluate(&master, &layout, args, &inputs, &assignment).await?
+            let settle = Duration::from_millis(args.settle_ms.unwrap_or(RUNNING_SETTLE_MS));
+            evaluate(&master, &layout, args, &inputs, &assignment, settle).await?
         }
         Mode::Local => {
             let layout = Layout { baseline: local::BASELINE.to_owned(), shards: local::shard_names(shards) };
+            let settle = Duration::from_millis(args.settle_ms.unwrap_or(local::SETTLE_MS));
             let mut signals = crate::demo::StopSignals::new()?;
             let mut mesh = local::LocalMesh::start(args.dir.as_deref(), shards).await?;
             let outcome = match mesh.master() {
                 Ok(master) => tokio::select! {
-                    outcome = evaluate(master, &layout, args, &inputs, &assignment) => outcome,
+                    outcome = evaluate(master, &layout, args, &inputs, &assignment, settle) => outcome,
                     signal = signals.next() => Err(anyhow::anyhow!("{signal}: evaluation stopped")),
                 },
                 Err(err) => Err(err),
@@ -191,13 +193,18 @@ pub async fn run(args: &EvalArgs, global: &GlobalArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Loads, searches and builds the report.
+/// How long a running mesh is given, after loading, for the agents' term summaries to reach the
+/// master (three heartbeats of the default 1 s interval).
+const RUNNING_SETTLE_MS: u64 = 3000;
+
+/// Loads, waits `settle` (routing summaries), searches and builds the report.
 async fn evaluate(
     master: &Master,
     layout: &Layout,
     args: &EvalArgs,
     inputs: &Inputs,
     assignment: &[usize],
+    settle: Duration,
 ) -> anyhow::Result<Report> {
     let sizes = split::sizes(assignment, layout.shards.len());
     let concurrency = args.concurrency as usize;
@@ -209,6 +216,10 @@ async fn evaluate(
     let warnings = foreign_documents(&master.list_nodes().await?, &expected, &args.collection);
     for warning in &warnings {
         eprintln!("warning: {warning}");
+    }
+    if !settle.is_zero() {
+        eprintln!("waiting {} ms for the agents' term summaries to reach the master", settle.as_millis());
+        tokio::time::sleep(settle).await;
     }
 
     let started = Instant::now();
@@ -236,7 +247,7 @@ async fn evaluate(
             async move {
                 // Lowercased so that words such as AND, OR and NOT in upper-case topics are
                 // searched as words, not read as operators; the analyzer lowercases terms anyway.
-                let query = topic.query_text().to_lowercase();
+                let query = query_of(&topic.query_text(), args.require_all);
                 let what = |name: &str| format!("topic {} ({name})", topic.id);
                 // One node alone: its statistics are the collection's; raw skips their round trip.
                 let one = master
@@ -284,6 +295,23 @@ async fn evaluate(
     report::build(setup, &base, &others, &inputs.qrels, &topic_ids)
 }
 
+/// The query a topic is searched with: its text lowercased, so that words such as AND, OR and
+/// NOT in upper-case topics are searched as words, not read as operators (the analyzer
+/// lowercases terms anyway); with `require_all`, every word required (`+word`, anything but
+/// letters and digits a separator).
+fn query_of(text: &str, require_all: bool) -> String {
+    let lower = text.to_lowercase();
+    if !require_all {
+        return lower;
+    }
+    lower
+        .split(|c: char| !c.is_alphanumeric())
+        .filter(|word| !word.is_empty())
+        .map(|word| format!("+{word}"))
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
 /// What would make the nodes differ from "one index" and "its shards": documents of other
 /// collections (BM25 statistics count every collection of a node, so they shift the scores), or
 /// more or fewer documents of the evaluated one than were loaded (left from an earlier load).
@@ -318,6 +346,19 @@ mod tests {
 
     use super::*;
     use crate::args::{Cli, Command};
+
+    #[test]
+    fn topics_are_searched_lowercased_and_with_require_all_every_word_required() {
+        assert_eq!(query_of("Radio AND Waves", false), "radio and waves");
+        assert_eq!(query_of("Radio-waves, OR (ionosphere)", true), "+radio +waves +or +ionosphere");
+        assert_eq!(query_of(" ,; ", true), "");
+    }
+
+    #[test]
+    fn the_local_mesh_settles_for_three_heartbeats() {
+        let heartbeat: u64 = crate::demo::HEARTBEAT_INTERVAL_MS.parse().expect("a number");
+        assert_eq!(local::SETTLE_MS, 3 * heartbeat);
+    }
 
     fn parse(args: &[&str]) -> (EvalArgs, GlobalArgs) {
         let cli = Cli::try_parse_from(std::iter::once("ragmeshctl").chain(args.iter().copied())).expect("parses");
