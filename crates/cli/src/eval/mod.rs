@@ -247,7 +247,7 @@ async fn evaluate(
             async move {
                 // Lowercased so that words such as AND, OR and NOT in upper-case topics are
                 // searched as words, not read as operators; the analyzer lowercases terms anyway.
-                let query = query_of(&topic.query_text(), args.require_all);
+                let query = query_of(topic.query_text(), args.require_all);
                 let what = |name: &str| format!("topic {} ({name})", topic.id);
                 // One node alone: its statistics are the collection's; raw skips their round trip.
                 let one = master
