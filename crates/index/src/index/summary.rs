@@ -3,9 +3,9 @@
 //! and the postings of live documents) and [`routing_query`], which reduces a query text to the
 //! [`RoutingQuery`] the summary decides on, through the very parser and analyzer `search` uses.
 //!
-//! Both sides share the index's analysis profile (`crate::analysis`, by default tantivy's
-//! `en_stem`): indexed terms are read from the term dictionaries (already analyzed), and each
-//! collection's filter names the profile; query terms come out of the same `QueryParser` on the
+//! Both sides share the collection's analysis profile (`crate::analysis`, by default tantivy's
+//! `en_stem`): indexed terms are read from the term dictionaries of the collection's own
+//! title/body fields (already analyzed), and each collection's filter names its profile; query terms come out of the same `QueryParser` on the
 //! same schema with that profile's analyzer ([`routing_query_for`]), so a query term and an
 //! indexed term are the same bytes exactly when `search` would match one with the other.
 
@@ -61,11 +61,11 @@ fn routing_query_with(profile: &Profile, text: &str) -> RoutingQuery {
     if ragmesh_types::query::check(trimmed, &QueryLimits::default()).is_err() {
         return RoutingQuery::Anything;
     }
-    let name = profile.name();
-    let (schema, fields) = Fields::schema_for(&name);
+    let (schema, fields) = Fields::schema_for_profiles(&[*profile]);
+    let pair = fields.default_pair();
     let tokenizers = TokenizerManager::default();
-    tokenizers.register(&name, profile.text_analyzer());
-    let parser = QueryParser::new(schema, vec![fields.title, fields.body], tokenizers);
+    tokenizers.register(&profile.name(), profile.text_analyzer());
+    let parser = QueryParser::new(schema, vec![pair.title, pair.body], tokenizers);
     let (parsed, _errors) = parser.parse_query_lenient(trimmed);
     lower(parsed.as_ref(), &fields, 0)
 }
@@ -123,7 +123,7 @@ fn lower(query: &dyn Query, fields: &Fields, depth: usize) -> RoutingQuery {
 
 /// A term of the title or body field; a term of any other field is not summarised.
 fn lower_term(term: &Term, fields: &Fields) -> RoutingQuery {
-    if term.field() != fields.title && term.field() != fields.body {
+    if !fields.is_text(term.field()) {
         return RoutingQuery::Anything;
     }
     match term.value().as_str() {
@@ -169,7 +169,8 @@ impl DocumentIndex {
                 }
                 None => TermFilter::Everything,
             };
-            filters.push((name, self.analyzer_name(), filter));
+            let analyzer = self.analyzer_name_of(&name);
+            filters.push((name, analyzer, filter));
         }
         let summary = NodeSummary::with_analyzers(snapshot.generation, filters);
         tracing::debug!(
@@ -198,7 +199,10 @@ impl DocumentIndex {
             collected.entry(name.clone()).or_insert_with(|| Some(HashSet::new()));
         }
         let mut seen = vec![false; names.len()];
-        for field in [self.fields.title, self.fields.body] {
+        // A collection's text is in its profile's pair only (checked on open), so each term is
+        // read from the fields analysed the way the collection's filter names.
+        let text_fields: Vec<_> = self.fields.pairs.iter().flat_map(|pair| [pair.title, pair.body]).collect();
+        for field in text_fields {
             let inverted = segment.inverted_index(field).map_err(IndexError::tantivy("read summary terms"))?;
             let mut terms = inverted.terms().stream().map_err(|err| IndexError::Tantivy {
                 context: "read summary terms",
@@ -229,7 +233,7 @@ impl DocumentIndex {
 
     /// The collections of the live documents of `segment` and, per document, the index of its
     /// collection in that list (`NO_COLLECTION` for deleted documents).
-    fn segment_collections(&self, segment: &SegmentReader) -> Result<(Vec<String>, Vec<u32>), IndexError> {
+    pub(super) fn segment_collections(&self, segment: &SegmentReader) -> Result<(Vec<String>, Vec<u32>), IndexError> {
         let alive = segment.alive_bitset();
         let inverted =
             segment.inverted_index(self.fields.collection).map_err(IndexError::tantivy("read collection terms"))?;
