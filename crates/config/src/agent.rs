@@ -195,10 +195,11 @@ pub const STEMMING_NAMES: &[&str] = &[
 /// the same on every agent serving the same collections, or a federated ranking mixes scales.
 ///
 /// `[analysis.collections.NAME]` tables override any of the four keys for one collection (the
-/// others are taken from `[analysis]`). The same rules hold per collection: its overrides must be
-/// identical on every agent serving it, and giving a collection that holds documents another
-/// `stemming` or `stop_words` (or a profile the index has no fields for yet) needs the index
-/// rebuilt through a snapshot; the agent refuses to start otherwise and names the collection.
+/// others are taken from `[analysis]`). A collection's overrides must be identical on every agent
+/// serving it. Each (stemming, stop_words) pair in use gets its own fields in the index, which
+/// index every document: a collection may switch to a pair the index already has at the next
+/// start, while a pair the index has no fields for needs the index rebuilt through a snapshot
+/// (the agent refuses to start and names the collections and the way out).
 #[derive(Debug, Clone, PartialEq)]
 pub struct AnalysisConfig {
     /// Stemmer: "none" or one of [`STEMMING_NAMES`].

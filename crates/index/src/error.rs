@@ -66,10 +66,11 @@ pub enum IndexError {
     /// schema cannot grow, so the index must be rebuilt.
     #[error(
         "cannot open index at {path}: it has no fields for analysis profile {profile:?}, configured for \
-         collection(s) {collections}; an index's fields are fixed when it is created. Either remove those \
-         [analysis.collections] overrides (or give them a profile the index has: {stored}), or rebuild the index: \
-         write a snapshot of it, move its directory away, start with the new settings (an empty index with a field \
-         pair per configured profile is created) and restore the snapshot (documents are re-analysed on restore)"
+         collection(s) {collections}; an index's fields are fixed when it is created (it has fields for: {stored}). \
+         Either give those collections a profile the index has (or remove their [analysis.collections] \
+         overrides), or rebuild the index: with the settings it was built with, write a snapshot of it, stop, move \
+         its directory away, start with the new settings (an empty index with fields for every configured profile \
+         is created) and restore the snapshot (documents are re-analysed on restore)"
     )]
     ProfileFieldsMissing {
         /// The data directory.
@@ -80,25 +81,6 @@ pub enum IndexError {
         collections: String,
         /// The profiles the index has fields for, comma-separated.
         stored: String,
-    },
-    /// A collection holds documents analysed with another profile than the one configured.
-    #[error(
-        "cannot open index at {path}: collection {collection:?} holds documents analysed with profile {stored:?} \
-         but the configuration gives it {configured:?}; its terms were analysed differently, so it cannot be \
-         searched with the new profile. Either set that collection's stemming and stop_words back (in \
-         [analysis.collections.{collection}], or [analysis] when it has no override), or rebuild the index: write \
-         a snapshot of it, move its directory away, start with the new settings and restore the snapshot \
-         (documents are re-analysed on restore)"
-    )]
-    CollectionProfileChanged {
-        /// The data directory.
-        path: PathBuf,
-        /// The collection.
-        collection: String,
-        /// The profile its documents were analysed with.
-        stored: String,
-        /// The configured profile.
-        configured: String,
     },
     /// The stored schema has a text field this build cannot read.
     #[error("cannot open index at {path}: {reason}")]

@@ -16,8 +16,7 @@ use tantivy::query::{
 use tantivy::schema::{Field, IndexRecordOption, STORED, STRING, Schema, TextFieldIndexing, TextOptions, Value};
 use tantivy::snippet::SnippetGenerator;
 use tantivy::{
-    DocAddress, DocId, Index, IndexReader, IndexWriter, ReloadPolicy, Score, Searcher, TantivyDocument, TantivyError,
-    Term,
+    DocAddress, Index, IndexReader, IndexWriter, ReloadPolicy, Score, Searcher, TantivyDocument, TantivyError, Term,
 };
 
 pub(crate) mod backup;
@@ -94,22 +93,24 @@ struct Fields {
     /// Tenant that wrote the document ("" for operators): who may replace or delete it.
     owner: Field,
     /// One title/body pair per analysis profile of the schema; the default profile's
-    /// (`"title"`/`"body"`) first. A document's text is in its collection's pair only.
+    /// (`"title"`/`"body"`, the only stored pair) first. Every pair indexes every document, so
+    /// each pair's BM25 statistics cover the whole index, as with a single profile; a search
+    /// reads a collection's matches from its own profile's pair only.
     pairs: Vec<TextPair>,
 }
 
 impl Fields {
     /// The schema of a new index with a title/body pair per profile of `profiles`, the first
-    /// being the default (fields `"title"` and `"body"`, in today's places), the others
-    /// `"title@<profile>"`/`"body@<profile>"` after them; each pair analysed by the tokenizer
-    /// registered under its profile's name.
+    /// being the default (fields `"title"` and `"body"`, in today's places, stored), the others
+    /// `"title@<profile>"`/`"body@<profile>"` after them (indexed only); each pair analysed by
+    /// the tokenizer registered under its profile's name.
     fn schema_for_profiles(profiles: &[Profile]) -> (Schema, Fields) {
         let mut builder = Schema::builder();
         // By default English stemming (tantivy's built-in `en_stem`): "replicas" finds
         // "replication" and "replicated". On the vaswani collection it lifts P@10 from 0.22 to
         // 0.30. Other profiles: see `crate::analysis`.
         let text = |profile: &Profile| {
-            TextOptions::default().set_stored().set_indexing_options(
+            TextOptions::default().set_indexing_options(
                 TextFieldIndexing::default()
                     .set_tokenizer(&profile.name())
                     .set_index_option(IndexRecordOption::WithFreqsAndPositions),
@@ -119,8 +120,9 @@ impl Fields {
         let key = builder.add_text_field("key", STRING);
         let id = builder.add_text_field("id", STRING | STORED);
         let collection = builder.add_text_field("collection", STRING | STORED);
-        let title = builder.add_text_field("title", text(&default));
-        let body = builder.add_text_field("body", text(&default));
+        // Only the default pair stores the text: every pair indexes every document.
+        let title = builder.add_text_field("title", text(&default).set_stored());
+        let body = builder.add_text_field("body", text(&default).set_stored());
         let metadata = builder.add_text_field("metadata", STORED);
         let acl = builder.add_text_field("acl", STRING);
         let owner = builder.add_text_field("owner", STRING | STORED);
@@ -287,14 +289,14 @@ impl DocumentIndex {
 
     /// [`DocumentIndex::open`] with per-collection analysis: see [`IndexAnalysis`].
     ///
-    /// A new index gets a title/body field pair per profile in use. An existing one is opened
-    /// with the schema it was created with and refused when its default pair was built with
-    /// another profile ([`IndexError::ProfileMismatch`]), when it has no pair for a configured
-    /// profile ([`IndexError::ProfileFieldsMissing`]: a schema cannot grow) or when a
-    /// collection holds documents in another profile's pair than the one configured for it
-    /// ([`IndexError::CollectionProfileChanged`]): a collection is never searched with another
-    /// analyzer than the one its documents were indexed with. The refusals name the way out
-    /// (snapshot, fresh directory, restore).
+    /// A new index gets a title/body field pair per profile in use, and every pair indexes every
+    /// document (analysed by its profile), so a collection may move to any profile the index
+    /// has fields for without a rebuild, and no collection's statistics depend on another's
+    /// profile. An existing index is opened with the schema it was created with and refused
+    /// when its default pair was built with another profile ([`IndexError::ProfileMismatch`])
+    /// or when it has no pair for a configured profile ([`IndexError::ProfileFieldsMissing`]: a
+    /// schema cannot grow, and its documents were never analysed that way). The refusals name
+    /// the way out (snapshot, fresh directory, restore).
     pub fn open_with_analysis(dir: &Path, analysis: IndexAnalysis) -> Result<Self, IndexError> {
         let default_settings = analysis.default_settings();
         let profile_name = default_settings.profile.name();
@@ -369,7 +371,7 @@ impl DocumentIndex {
             log.applied_seq = applied.seq,
             "index opened"
         );
-        let opened = DocumentIndex {
+        Ok(DocumentIndex {
             path,
             fields,
             analysis,
@@ -377,9 +379,7 @@ impl DocumentIndex {
             parsers,
             writer: Mutex::new(WriterState { writer, generation, applied }),
             snapshot: RwLock::new(snapshot),
-        };
-        opened.check_collection_profiles(&opened.snapshot().searcher)?;
-        Ok(opened)
+        })
     }
 
     /// The directory this index lives in.
@@ -836,12 +836,13 @@ impl DocumentIndex {
         }
         let mut hits = Vec::with_capacity(candidates.len());
         for Candidate { score, collection, id, doc } in candidates {
-            let pair = self.pair_holding(&doc);
-            let (title, body) = (self.text_of(&doc, pair.title), self.text_of(&doc, pair.body));
+            let (title, body) = self.title_and_body(&doc);
+            // Highlighted as the collection's own profile analyses the stored body.
+            let searched = self.pair_of_collection(&collection).body;
             let snippet = snippets
                 .iter()
-                .find(|(field, _)| *field == pair.body)
-                .map(|(_, generator)| generator.snippet_from_doc(&doc))
+                .find(|(field, _)| *field == searched)
+                .map(|(_, generator)| generator.snippet(&body))
                 .filter(|snippet| !snippet.fragment().is_empty());
             let snippet = match snippet {
                 Some(snippet) => snippet.to_html(),
@@ -967,9 +968,10 @@ impl DocumentIndex {
         out.add_text(self.fields.key, unique_key(&doc.collection, &doc.id));
         out.add_text(self.fields.id, &doc.id);
         out.add_text(self.fields.collection, &doc.collection);
-        let pair = self.pair_of_collection(&doc.collection);
-        out.add_text(pair.title, &doc.title);
-        out.add_text(pair.body, &doc.body);
+        for pair in &self.fields.pairs {
+            out.add_text(pair.title, &doc.title);
+            out.add_text(pair.body, &doc.body);
+        }
         for term in doc.acl.terms() {
             out.add_text(self.fields.acl, term);
         }
@@ -984,63 +986,17 @@ impl DocumentIndex {
         doc.get_first(field).and_then(|value| value.as_str()).unwrap_or_default().to_owned()
     }
 
-    /// The pair collection `name`'s text is indexed in (its profile's; opening checked that the
+    /// The pair collection `name` is searched in (its profile's; opening checked that the
     /// schema has it, so the default pair is only a fallback that cannot happen).
     fn pair_of_collection(&self, name: &str) -> TextPair {
         let profile = self.analysis.for_collection(name).profile;
         self.fields.pair_of(&profile).unwrap_or_else(|| self.fields.default_pair())
     }
 
-    /// The pair holding a stored document's title and body: the first pair with a stored value.
-    fn pair_holding(&self, doc: &TantivyDocument) -> TextPair {
-        self.fields
-            .pairs
-            .iter()
-            .find(|pair| doc.get_first(pair.title).is_some() || doc.get_first(pair.body).is_some())
-            .copied()
-            .unwrap_or_else(|| self.fields.default_pair())
-    }
-
-    /// A stored document's title and body, from whichever pair holds them.
+    /// A stored document's title and body (stored in the default pair).
     fn title_and_body(&self, doc: &TantivyDocument) -> (String, String) {
-        let pair = self.pair_holding(doc);
+        let pair = self.fields.default_pair();
         (self.text_of(doc, pair.title), self.text_of(doc, pair.body))
-    }
-
-    /// Refuses a collection holding documents in another pair than its configured profile's:
-    /// one pass over the length norms of every pair but the configured ones (skipped when the
-    /// schema has a single pair and no collection is overridden).
-    fn check_collection_profiles(&self, searcher: &Searcher) -> Result<(), IndexError> {
-        if self.fields.pairs.len() == 1 && !self.analysis.has_overrides() {
-            return Ok(());
-        }
-        for segment in searcher.segment_readers() {
-            let (names, owner) = self.segment_collections(segment)?;
-            let configured: Vec<TextPair> = names.iter().map(|name| self.pair_of_collection(name)).collect();
-            for pair in &self.fields.pairs {
-                let norms = [pair.title, pair.body]
-                    .into_iter()
-                    .map(|field| segment.get_fieldnorms_reader(field))
-                    .collect::<Result<Vec<_>, _>>()
-                    .map_err(IndexError::tantivy("read length norms"))?;
-                for (doc, collection) in owner.iter().enumerate() {
-                    let Some(expected) = configured.get(*collection as usize) else { continue };
-                    if expected == pair {
-                        continue;
-                    }
-                    if norms.iter().any(|norm| norm.fieldnorm_id(doc as DocId) != 0) {
-                        let collection = names[*collection as usize].clone();
-                        return Err(IndexError::CollectionProfileChanged {
-                            path: self.path.clone(),
-                            stored: pair.profile.name(),
-                            configured: expected.profile.name(),
-                            collection,
-                        });
-                    }
-                }
-            }
-        }
-        Ok(())
     }
 
     fn metadata_of(&self, doc: &TantivyDocument) -> BTreeMap<String, String> {

@@ -18,7 +18,7 @@ use tantivy::schema::IndexRecordOption;
 use tantivy::tokenizer::TokenizerManager;
 use tantivy::{DocId, DocSet, SegmentReader, TERMINATED, TantivyError, Term};
 
-use super::{DocumentIndex, Fields, MAX_QUERY_BYTES};
+use super::{DocumentIndex, Fields, MAX_QUERY_BYTES, TextPair};
 use crate::analysis::Profile;
 use crate::{AppliedLog, IndexError};
 
@@ -198,33 +198,43 @@ impl DocumentIndex {
         for name in &names {
             collected.entry(name.clone()).or_insert_with(|| Some(HashSet::new()));
         }
+        // Every pair indexes every document; a collection's terms are read from the pair of its
+        // own profile only, the analysis its filter names: the other collections are marked seen
+        // from the start.
+        let pairs: Vec<TextPair> = names.iter().map(|name| self.pair_of_collection(name)).collect();
         let mut seen = vec![false; names.len()];
-        // A collection's text is in its profile's pair only (checked on open), so each term is
-        // read from the fields analysed the way the collection's filter names.
-        let text_fields: Vec<_> = self.fields.pairs.iter().flat_map(|pair| [pair.title, pair.body]).collect();
-        for field in text_fields {
-            let inverted = segment.inverted_index(field).map_err(IndexError::tantivy("read summary terms"))?;
-            let mut terms = inverted.terms().stream().map_err(|err| IndexError::Tantivy {
-                context: "read summary terms",
-                source: TantivyError::from(err),
-            })?;
-            while terms.advance() {
-                seen.fill(false);
-                let mut seen_count = 0;
-                let mut postings =
-                    inverted.read_postings_from_terminfo(terms.value(), IndexRecordOption::Basic).map_err(|err| {
-                        IndexError::Tantivy { context: "read summary postings", source: TantivyError::from(err) }
-                    })?;
-                let mut doc: DocId = postings.doc();
-                while doc != TERMINATED && seen_count < names.len() {
-                    let collection = owner.get(doc as usize).copied().unwrap_or(NO_COLLECTION);
-                    if collection != NO_COLLECTION && !seen[collection as usize] {
-                        seen[collection as usize] = true;
-                        seen_count += 1;
-                        let name = &names[collection as usize];
-                        add_term(collected, name, terms.key(), max_terms, total);
+        for pair in &self.fields.pairs {
+            let elsewhere: Vec<bool> = pairs.iter().map(|theirs| theirs != pair).collect();
+            let skipped = elsewhere.iter().filter(|skip| **skip).count();
+            if skipped == names.len() {
+                continue;
+            }
+            for field in [pair.title, pair.body] {
+                let inverted = segment.inverted_index(field).map_err(IndexError::tantivy("read summary terms"))?;
+                let mut terms = inverted.terms().stream().map_err(|err| IndexError::Tantivy {
+                    context: "read summary terms",
+                    source: TantivyError::from(err),
+                })?;
+                while terms.advance() {
+                    seen.copy_from_slice(&elsewhere);
+                    let mut seen_count = skipped;
+                    let mut postings = inverted
+                        .read_postings_from_terminfo(terms.value(), IndexRecordOption::Basic)
+                        .map_err(|err| IndexError::Tantivy {
+                            context: "read summary postings",
+                            source: TantivyError::from(err),
+                        })?;
+                    let mut doc: DocId = postings.doc();
+                    while doc != TERMINATED && seen_count < names.len() {
+                        let collection = owner.get(doc as usize).copied().unwrap_or(NO_COLLECTION);
+                        if collection != NO_COLLECTION && !seen[collection as usize] {
+                            seen[collection as usize] = true;
+                            seen_count += 1;
+                            let name = &names[collection as usize];
+                            add_term(collected, name, terms.key(), max_terms, total);
+                        }
+                        doc = postings.advance();
                     }
-                    doc = postings.advance();
                 }
             }
         }
@@ -233,7 +243,7 @@ impl DocumentIndex {
 
     /// The collections of the live documents of `segment` and, per document, the index of its
     /// collection in that list (`NO_COLLECTION` for deleted documents).
-    pub(super) fn segment_collections(&self, segment: &SegmentReader) -> Result<(Vec<String>, Vec<u32>), IndexError> {
+    fn segment_collections(&self, segment: &SegmentReader) -> Result<(Vec<String>, Vec<u32>), IndexError> {
         let alive = segment.alive_bitset();
         let inverted =
             segment.inverted_index(self.fields.collection).map_err(IndexError::tantivy("read collection terms"))?;
