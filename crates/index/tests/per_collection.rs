@@ -102,6 +102,14 @@ fn stemming_and_stop_words_apply_only_where_configured() {
     assert_eq!(stats.doc_freq("body", "replica"), Some(3), "{stats:?}");
     assert_eq!(stats.doc_freq("body@stem-none_stop-english", "replicas"), Some(2), "{stats:?}");
     assert_eq!(stats.doc_freq("title@stem-none_stop-english", "replicas"), Some(0));
+    // A caller knowing the analysis names the same terms without the index.
+    let config = analysis(&[("plain", AnalysisSettings { profile: plain(), ..Default::default() })]);
+    let terms = ragmesh_index::QueryAnalyzer::for_analysis(&config).terms(&query("the replicas", &[])).expect("terms");
+    let listed: Vec<(&str, &str)> = stats.doc_freqs().map(|(field, term, _)| (field, term)).collect();
+    let named: Vec<(&str, &str)> = terms.iter().map(|t| (t.field.as_str(), t.term.as_str())).collect();
+    assert!(named.contains(&("body", "the")) && !named.contains(&("body@stem-none_stop-english", "the")), "{named:?}");
+    let without_the: Vec<(&str, &str)> = named.into_iter().filter(|(_, term)| *term != "the").collect();
+    assert_eq!(without_the, listed);
     // Three stop words dropped per "the replicas of the data" document.
     assert_eq!((stats.total_tokens("body"), stats.total_tokens("body@stem-none_stop-english")), (Some(12), Some(6)));
 }
