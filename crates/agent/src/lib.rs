@@ -181,7 +181,7 @@ pub async fn start_with_metrics(
             "local index",
             &stop,
             move || match &settings {
-                Ok(settings) => DocumentIndex::open_with(&index_dir, *settings),
+                Ok(analysis) => DocumentIndex::open_with_analysis(&index_dir, analysis.clone()),
                 Err(reason) => Err(ragmesh_index::IndexError::InvalidQuery(reason.clone())),
             },
             |err| matches!(err, ragmesh_index::IndexError::Locked { .. }),
@@ -274,16 +274,36 @@ fn check_shard(index: &DocumentIndex, shard: &str, data_dir: &std::path::Path) -
     }
 }
 
-/// The index settings of a validated `[analysis]` (ragmesh-config checks the same names and
-/// ranges, so an error here means the two lists drifted apart: the agent refuses to start).
-fn analysis_settings(config: &ragmesh_config::AnalysisConfig) -> Result<ragmesh_index::AnalysisSettings, String> {
+/// The index analysis of a validated `[analysis]` and its `[analysis.collections.NAME]` tables
+/// (ragmesh-config checks the same names and ranges, so an error here means the two lists
+/// drifted apart: the agent refuses to start).
+fn analysis_settings(config: &ragmesh_config::AnalysisConfig) -> Result<ragmesh_index::IndexAnalysis, String> {
+    let default = index_settings("[analysis]", &config.stemming, &config.stop_words, config.k1, config.b)?;
+    let mut overrides = std::collections::BTreeMap::new();
+    for (name, collection) in &config.collections {
+        let table = format!("[analysis.collections.{name}]");
+        let settings =
+            index_settings(&table, &collection.stemming, &collection.stop_words, collection.k1, collection.b)?;
+        overrides.insert(name.clone(), settings);
+    }
+    ragmesh_index::IndexAnalysis::new(default, overrides).map_err(|reason| format!("[analysis.collections]: {reason}"))
+}
+
+/// The index settings of one analysis table.
+fn index_settings(
+    table: &str,
+    stemming: &str,
+    stop_words: &str,
+    k1: f32,
+    b: f32,
+) -> Result<ragmesh_index::AnalysisSettings, String> {
     use ragmesh_index::analysis::{Profile, Stemming, StopWords};
-    let invalid = |reason: String| format!("[analysis]: {reason}");
+    let invalid = |reason: String| format!("{table}: {reason}");
     let profile = Profile {
-        stemming: Stemming::parse(&config.stemming).map_err(invalid)?,
-        stop_words: StopWords::parse(&config.stop_words).map_err(invalid)?,
+        stemming: Stemming::parse(stemming).map_err(invalid)?,
+        stop_words: StopWords::parse(stop_words).map_err(invalid)?,
     };
-    let bm25 = ragmesh_index::Bm25Params::new(config.k1, config.b).map_err(invalid)?;
+    let bm25 = ragmesh_index::Bm25Params::new(k1, b).map_err(invalid)?;
     Ok(ragmesh_index::AnalysisSettings { profile, bm25 })
 }
 
@@ -299,9 +319,38 @@ mod analysis_tests {
         index_names.sort_unstable();
         assert_eq!(config_names, index_names);
         let default = analysis_settings(&ragmesh_config::AnalysisConfig::default()).expect("default");
-        assert_eq!(default, ragmesh_index::AnalysisSettings::default(), "config and index defaults agree");
+        assert_eq!(default, ragmesh_index::IndexAnalysis::default(), "config and index defaults agree");
         let porter = ragmesh_config::AnalysisConfig { stemming: "porter".into(), k1: 0.9, ..Default::default() };
         let settings = analysis_settings(&porter).expect("valid");
-        assert_eq!(settings.profile.name(), "stem-porter_stop-none");
+        assert_eq!(settings.default_settings().profile.name(), "stem-porter_stop-none");
+        assert!(!settings.has_overrides());
+    }
+
+    #[test]
+    fn collection_tables_become_index_overrides() {
+        let collection = |stemming: &str, k1: f32| ragmesh_config::CollectionAnalysisConfig {
+            stemming: stemming.into(),
+            stop_words: "english".into(),
+            k1,
+            b: 0.75,
+        };
+        let mut config = ragmesh_config::AnalysisConfig::default();
+        config.collections.insert("logs".into(), collection("none", 1.2));
+        config.collections.insert(
+            "same".into(),
+            ragmesh_config::CollectionAnalysisConfig {
+                stemming: "english".into(),
+                stop_words: "none".into(),
+                k1: 1.2,
+                b: 0.75,
+            },
+        );
+        let analysis = analysis_settings(&config).expect("valid");
+        assert_eq!(analysis.for_collection("logs").profile.name(), "stem-none_stop-english");
+        assert_eq!(analysis.for_collection("other"), ragmesh_index::AnalysisSettings::default());
+        assert_eq!(analysis.overrides().count(), 1, "an override equal to [analysis] is none");
+        config.collections.insert("bad".into(), collection("klingon", 1.2));
+        let err = analysis_settings(&config).expect_err("drifted names are refused");
+        assert!(err.contains("[analysis.collections.bad]"), "{err}");
     }
 }

@@ -140,7 +140,29 @@ struct AnalysisFile {
     stop_words: Option<String>,
     k1: Option<f32>,
     b: Option<f32>,
+    /// Per-collection overrides (`[analysis.collections.NAME]`).
+    #[serde(default)]
+    collections: BTreeMap<String, CollectionAnalysisFile>,
 }
+
+/// `[analysis.collections.NAME]`: what one collection analyses and scores differently; each
+/// key left out is taken from `[analysis]`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CollectionAnalysisFile {
+    stemming: Option<String>,
+    stop_words: Option<String>,
+    k1: Option<f32>,
+    b: Option<f32>,
+}
+
+/// Most `[analysis.collections.NAME]` tables (ragmesh-index's `MAX_COLLECTION_OVERRIDES`).
+pub const MAX_COLLECTION_OVERRIDES: usize = 1024;
+/// Most distinct (stemming, stop_words) pairs over `[analysis]` and its collections
+/// (ragmesh-index's `MAX_PROFILES`: each adds a title and a body field to the index).
+pub const MAX_ANALYSIS_PROFILES: usize = 8;
+/// Longest collection name (ragmesh-index's `MAX_COLLECTION_CHARS`).
+const MAX_COLLECTION_CHARS: usize = 64;
 
 /// Stemmer names `[analysis] stemming` accepts besides "none" (ragmesh-index's
 /// `analysis::Stemming::names`; the agent's tests check the two lists agree).
@@ -171,8 +193,31 @@ pub const STEMMING_NAMES: &[&str] = &[
 /// Changing `stemming` or `stop_words` needs the index rebuilt (the agent refuses to open an
 /// index built otherwise and says how); `k1` and `b` take effect at the next start, and must be
 /// the same on every agent serving the same collections, or a federated ranking mixes scales.
+///
+/// `[analysis.collections.NAME]` tables override any of the four keys for one collection (the
+/// others are taken from `[analysis]`). A collection's overrides must be identical on every agent
+/// serving it. Each (stemming, stop_words) pair in use gets its own fields in the index, which
+/// index every document: a collection may switch to a pair the index already has at the next
+/// start, while a pair the index has no fields for needs the index rebuilt through a snapshot
+/// (the agent refuses to start and names the collections and the way out).
 #[derive(Debug, Clone, PartialEq)]
 pub struct AnalysisConfig {
+    /// Stemmer: "none" or one of [`STEMMING_NAMES`].
+    pub stemming: String,
+    /// Stop words: "english" or "none".
+    pub stop_words: String,
+    /// BM25 term saturation, 0 to 10.
+    pub k1: f32,
+    /// BM25 length normalisation, 0 to 1.
+    pub b: f32,
+    /// Collections analysed or scored differently, by name, fully resolved.
+    pub collections: BTreeMap<String, CollectionAnalysisConfig>,
+}
+
+/// The resolved analysis of one `[analysis.collections.NAME]` (keys it leaves out taken from
+/// `[analysis]`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct CollectionAnalysisConfig {
     /// Stemmer: "none" or one of [`STEMMING_NAMES`].
     pub stemming: String,
     /// Stop words: "english" or "none".
@@ -185,7 +230,32 @@ pub struct AnalysisConfig {
 
 impl Default for AnalysisConfig {
     fn default() -> Self {
-        AnalysisConfig { stemming: "english".to_owned(), stop_words: "none".to_owned(), k1: 1.2, b: 0.75 }
+        AnalysisConfig {
+            stemming: "english".to_owned(),
+            stop_words: "none".to_owned(),
+            k1: 1.2,
+            b: 0.75,
+            collections: BTreeMap::new(),
+        }
+    }
+}
+
+/// Checks one set of analysis values, naming `table` in each problem.
+fn check_analysis(table: &str, stemming: &str, stop_words: &str, k1: f32, b: f32, problems: &mut Problems) {
+    if stemming != "none" && !STEMMING_NAMES.contains(&stemming) {
+        problems.push(format!(
+            "{table} stemming = {stemming:?} is unknown: use \"none\" or one of {}",
+            STEMMING_NAMES.join(", ")
+        ));
+    }
+    if stop_words != "english" && stop_words != "none" {
+        problems.push(format!("{table} stop_words = {stop_words:?} is unknown: use \"english\" or \"none\""));
+    }
+    if !(0.0..=10.0).contains(&k1) {
+        problems.push(format!("{table} k1 = {k1} is out of range: use 0 to 10 (the usual is 1.2)"));
+    }
+    if !(0.0..=1.0).contains(&b) {
+        problems.push(format!("{table} b = {b} is out of range: use 0 to 1 (the usual is 0.75)"));
     }
 }
 
@@ -193,25 +263,51 @@ impl AnalysisFile {
     fn resolve(self, problems: &mut Problems) -> AnalysisConfig {
         let defaults = AnalysisConfig::default();
         let stemming = self.stemming.unwrap_or(defaults.stemming);
-        if stemming != "none" && !STEMMING_NAMES.contains(&stemming.as_str()) {
+        let stop_words = self.stop_words.unwrap_or(defaults.stop_words);
+        let k1 = self.k1.unwrap_or(defaults.k1);
+        let b = self.b.unwrap_or(defaults.b);
+        check_analysis("[analysis]", &stemming, &stop_words, k1, b, problems);
+        if self.collections.len() > MAX_COLLECTION_OVERRIDES {
             problems.push(format!(
-                "[analysis] stemming = {stemming:?} is unknown: use \"none\" or one of {}",
-                STEMMING_NAMES.join(", ")
+                "[analysis.collections] has {} collections, more than the {MAX_COLLECTION_OVERRIDES} allowed",
+                self.collections.len()
             ));
         }
-        let stop_words = self.stop_words.unwrap_or(defaults.stop_words);
-        if stop_words != "english" && stop_words != "none" {
-            problems.push(format!("[analysis] stop_words = {stop_words:?} is unknown: use \"english\" or \"none\""));
+        let mut collections = BTreeMap::new();
+        for (name, file) in self.collections {
+            let valid_chars = name.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'));
+            if name.is_empty() || name.len() > MAX_COLLECTION_CHARS || !valid_chars {
+                problems.push(format!(
+                    "[analysis.collections.{name:?}] names no valid collection: use 1-{MAX_COLLECTION_CHARS} \
+                     characters from A-Z a-z 0-9 _ . -"
+                ));
+                continue;
+            }
+            let resolved = CollectionAnalysisConfig {
+                stemming: file.stemming.unwrap_or_else(|| stemming.clone()),
+                stop_words: file.stop_words.unwrap_or_else(|| stop_words.clone()),
+                k1: file.k1.unwrap_or(k1),
+                b: file.b.unwrap_or(b),
+            };
+            let table = format!("[analysis.collections.{name}]");
+            check_analysis(&table, &resolved.stemming, &resolved.stop_words, resolved.k1, resolved.b, problems);
+            collections.insert(name, resolved);
         }
-        let k1 = self.k1.unwrap_or(defaults.k1);
-        if !(0.0..=10.0).contains(&k1) {
-            problems.push(format!("[analysis] k1 = {k1} is out of range: use 0 to 10 (the usual is 1.2)"));
+        let mut profiles: Vec<(&str, &str)> = vec![(stemming.as_str(), stop_words.as_str())];
+        for resolved in collections.values() {
+            let profile = (resolved.stemming.as_str(), resolved.stop_words.as_str());
+            if !profiles.contains(&profile) {
+                profiles.push(profile);
+            }
         }
-        let b = self.b.unwrap_or(defaults.b);
-        if !(0.0..=1.0).contains(&b) {
-            problems.push(format!("[analysis] b = {b} is out of range: use 0 to 1 (the usual is 0.75)"));
+        if profiles.len() > MAX_ANALYSIS_PROFILES {
+            problems.push(format!(
+                "[analysis] and its collections use {} distinct (stemming, stop_words) pairs, more than the \
+                 {MAX_ANALYSIS_PROFILES} one index may hold: give more collections the same ones",
+                profiles.len()
+            ));
         }
-        AnalysisConfig { stemming, stop_words, k1, b }
+        AnalysisConfig { stemming, stop_words, k1, b, collections }
     }
 }
 
@@ -523,7 +619,13 @@ mod tests {
         let analysis = parsed.resolve().expect("valid").analysis;
         assert_eq!(
             analysis,
-            AnalysisConfig { stemming: "porter".into(), stop_words: "english".into(), k1: 0.9, b: 0.4 }
+            AnalysisConfig {
+                stemming: "porter".into(),
+                stop_words: "english".into(),
+                k1: 0.9,
+                b: 0.4,
+                collections: BTreeMap::new()
+            }
         );
         let (_dir, parsed) =
             with_file(&base, "[analysis]\nstemming = \"klingon\"\nstop_words = \"french\"\nk1 = -1.0\nb = 1.5\n");
@@ -536,6 +638,50 @@ mod tests {
         );
         let (_dir, parsed) = with_file(&base, "[analysis]\nstemmer = \"porter\"\n");
         assert!(parsed.resolve().is_err(), "unknown keys are refused");
+    }
+
+    #[test]
+    fn collections_override_analysis_keys_and_inherit_the_rest() {
+        let base = ["--insecure", "--name", "n1", "--master", "m:7400"];
+        let text = "[analysis]\nstop_words = \"english\"\nk1 = 1.0\n\n\
+                    [analysis.collections.logs]\nstemming = \"none\"\n\n\
+                    [analysis.collections.\"papers.v2\"]\nk1 = 0.8\nb = 0.3\n";
+        let (_dir, parsed) = with_file(&base, text);
+        let analysis = parsed.resolve().expect("valid").analysis;
+        assert_eq!(analysis.stop_words, "english");
+        let logs = &analysis.collections["logs"];
+        assert_eq!(
+            *logs,
+            CollectionAnalysisConfig { stemming: "none".into(), stop_words: "english".into(), k1: 1.0, b: 0.75 }
+        );
+        let papers = &analysis.collections["papers.v2"];
+        assert_eq!(
+            *papers,
+            CollectionAnalysisConfig { stemming: "english".into(), stop_words: "english".into(), k1: 0.8, b: 0.3 }
+        );
+    }
+
+    #[test]
+    fn bad_collection_overrides_are_refused_with_their_table_named() {
+        let base = ["--insecure", "--name", "n1", "--master", "m:7400"];
+        let bad = "[analysis.collections.logs]\nstemming = \"klingon\"\nb = 2.0\n\n\
+                   [analysis.collections.\"bad name\"]\nk1 = 1.0\n";
+        let (_dir, parsed) = with_file(&base, bad);
+        let errors = parsed.resolve().expect_err("invalid");
+        let text = errors.to_string();
+        assert_eq!(errors.problems.len(), 3, "{text}");
+        assert!(text.contains("[analysis.collections.logs] stemming = \"klingon\""), "{text}");
+        assert!(text.contains("[analysis.collections.logs] b = 2"), "{text}");
+        assert!(text.contains("\"bad name\"] names no valid collection"), "{text}");
+        let (_dir, parsed) = with_file(&base, "[analysis.collections.logs]\nstemmer = \"none\"\n");
+        assert!(parsed.resolve().is_err(), "unknown keys are refused");
+        let mut many = String::new();
+        for (i, stemmer) in STEMMING_NAMES.iter().enumerate() {
+            many.push_str(&format!("[analysis.collections.c{i}]\nstemming = \"{stemmer}\"\n"));
+        }
+        let (_dir, parsed) = with_file(&base, &many);
+        let text = parsed.resolve().expect_err("too many profiles").to_string();
+        assert!(text.contains("distinct (stemming, stop_words) pairs"), "{text}");
     }
 
     #[test]

@@ -10,7 +10,8 @@ mod trace;
 mod webhooks;
 
 pub use agent::{
-    AgentArgs, AgentConfig, AnalysisConfig, DEFAULT_MAX_CONCURRENT_REQUESTS, STEMMING_NAMES, Secret, valid_node_name,
+    AgentArgs, AgentConfig, AnalysisConfig, CollectionAnalysisConfig, DEFAULT_MAX_CONCURRENT_REQUESTS,
+    MAX_ANALYSIS_PROFILES, MAX_COLLECTION_OVERRIDES, STEMMING_NAMES, Secret, valid_node_name,
 };
 pub use errors::{ConfigErrors, EXIT_CONFIG};
 pub use master::{

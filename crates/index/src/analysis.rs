@@ -16,7 +16,20 @@
 //! `k1 = 1.2`, `b = 0.75`; other values are scored by ragmesh's own term scorer). `k1` and `b`
 //! must be identical on every node serving a collection: a federated global-BM25 ranking adds
 //! statistics across nodes but each node scores its own hits with its own parameters.
+//!
+//! [`IndexAnalysis`] gives collections their own profile, `k1` and `b` (`[analysis.collections.NAME]`
+//! in the agent file). The index has a title/body field pair per profile and every pair indexes
+//! every document (only the default pair stores the text); a search parses the query once per
+//! profile involved, matches each collection in its own profile's pair only and scores it with
+//! its `k1`/`b`. Each pair's statistics therefore cover the whole index, exactly as a single
+//! profile's do: no collection's scores depend on another collection's settings, a federated
+//! global-BM25 ranking still equals one index's, and a collection may move to any profile the
+//! index already has fields for without a rebuild. The price: indexing time and index size grow
+//! with the number of profiles (on vaswani, two profiles: +50 % build time, +36 % bytes; see the
+//! `per_collection` test). The same per-collection settings must be configured on every node
+//! serving the collection, for the same reason as above.
 
+use std::collections::BTreeMap;
 use std::fmt;
 use std::mem;
 
@@ -247,6 +260,126 @@ pub struct AnalysisSettings {
     pub profile: Profile,
     /// BM25 parameters.
     pub bm25: Bm25Params,
+}
+
+/// Most collections with their own analysis settings in one index.
+pub const MAX_COLLECTION_OVERRIDES: usize = 1024;
+/// Most distinct analysis profiles in one index: each adds a title and a body field (and a
+/// length-norm byte per field and document).
+pub const MAX_PROFILES: usize = 8;
+
+/// The analysis of every collection of an index: default settings, and the collections that
+/// override them (their own profile, `k1` and `b`).
+///
+/// Every profile in use has its own title and body fields (`"title"`/`"body"` for the default
+/// profile, `"title@<profile>"`/`"body@<profile>"` for the others: the same names on every node,
+/// so statistics keyed by field name add up across nodes), each indexing every document; a
+/// collection is matched in its own profile's fields and scored with its `k1` and `b`. Like the
+/// default settings, a collection's overrides must be identical on every node serving it.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct IndexAnalysis {
+    default: AnalysisSettings,
+    overrides: BTreeMap<String, AnalysisSettings>,
+}
+
+impl IndexAnalysis {
+    /// Every collection analysed and scored with `settings`.
+    pub fn uniform(settings: AnalysisSettings) -> Self {
+        IndexAnalysis { default: settings, overrides: BTreeMap::new() }
+    }
+
+    /// `default` for every collection but those of `overrides`. An override equal to the default
+    /// is dropped. Fails on an invalid collection name, more than [`MAX_COLLECTION_OVERRIDES`]
+    /// overrides or more than [`MAX_PROFILES`] distinct profiles.
+    pub fn new(default: AnalysisSettings, overrides: BTreeMap<String, AnalysisSettings>) -> Result<Self, String> {
+        if overrides.len() > MAX_COLLECTION_OVERRIDES {
+            return Err(format!(
+                "{} collections override the analysis settings, more than the {MAX_COLLECTION_OVERRIDES} allowed",
+                overrides.len()
+            ));
+        }
+        if let Some(problem) = overrides.keys().find_map(|name| crate::document::collection_problem(name)) {
+            return Err(problem);
+        }
+        let overrides: BTreeMap<String, AnalysisSettings> =
+            overrides.into_iter().filter(|(_, settings)| *settings != default).collect();
+        let analysis = IndexAnalysis { default, overrides };
+        let profiles = analysis.profiles();
+        if profiles.len() > MAX_PROFILES {
+            let names: Vec<String> = profiles.iter().map(Profile::name).collect();
+            return Err(format!(
+                "{} distinct analysis profiles ({}), more than the {MAX_PROFILES} one index may hold: give more \
+                 collections the same stemming and stop_words",
+                profiles.len(),
+                names.join(", ")
+            ));
+        }
+        Ok(analysis)
+    }
+
+    /// The settings of every collection without an override.
+    pub fn default_settings(&self) -> AnalysisSettings {
+        self.default
+    }
+
+    /// The settings of collection `name`.
+    pub fn for_collection(&self, name: &str) -> AnalysisSettings {
+        self.overrides.get(name).copied().unwrap_or(self.default)
+    }
+
+    /// The collections with their own settings, sorted by name.
+    pub fn overrides(&self) -> impl Iterator<Item = (&str, AnalysisSettings)> {
+        self.overrides.iter().map(|(name, settings)| (name.as_str(), *settings))
+    }
+
+    /// Whether some collection has its own settings.
+    pub fn has_overrides(&self) -> bool {
+        !self.overrides.is_empty()
+    }
+
+    /// The distinct profiles in use: the default's first, then the others sorted by name.
+    pub fn profiles(&self) -> Vec<Profile> {
+        let mut others: Vec<Profile> = self.overrides.values().map(|settings| settings.profile).collect();
+        others.retain(|profile| *profile != self.default.profile);
+        others.sort_by_key(Profile::name);
+        others.dedup();
+        let mut profiles = vec![self.default.profile];
+        profiles.extend(others);
+        profiles
+    }
+
+    /// The distinct settings in use: the default's first, then the others in a fixed order.
+    pub fn distinct_settings(&self) -> Vec<AnalysisSettings> {
+        let mut settings = vec![self.default];
+        for candidate in self.overrides.values() {
+            if !settings.contains(candidate) {
+                settings.push(*candidate);
+            }
+        }
+        settings[1..].sort_by(|a, b| {
+            a.profile
+                .name()
+                .cmp(&b.profile.name())
+                .then(a.bm25.k1.total_cmp(&b.bm25.k1))
+                .then(a.bm25.b.total_cmp(&b.bm25.b))
+        });
+        settings
+    }
+
+    /// The names of the title and body fields holding text analysed by `profile` in an index
+    /// of this analysis (see the type docs).
+    pub fn field_names(&self, profile: &Profile) -> (String, String) {
+        text_field_names(profile, &self.default.profile)
+    }
+}
+
+/// The title and body field names of `profile` in an index whose default profile is `default`.
+pub(crate) fn text_field_names(profile: &Profile, default: &Profile) -> (String, String) {
+    if profile == default {
+        ("title".to_owned(), "body".to_owned())
+    } else {
+        (format!("title@{}", profile.name()), format!("body@{}", profile.name()))
+    }
 }
 
 /// A token filter applying a Snowball stemmer (like tantivy's `Stemmer`, for any frostem

@@ -62,6 +62,34 @@ pub enum IndexError {
         /// The configured profile.
         configured: String,
     },
+    /// A collection's analysis profile has no title and body fields in the index: a tantivy
+    /// schema cannot grow, so the index must be rebuilt.
+    #[error(
+        "cannot open index at {path}: it has no fields for analysis profile {profile:?}, configured for \
+         collection(s) {collections}; an index's fields are fixed when it is created (it has fields for: {stored}). \
+         Either give those collections a profile the index has (or remove their [analysis.collections] \
+         overrides), or rebuild the index: with the settings it was built with, write a snapshot of it, stop, move \
+         its directory away, start with the new settings (an empty index with fields for every configured profile \
+         is created) and restore the snapshot (documents are re-analysed on restore)"
+    )]
+    ProfileFieldsMissing {
+        /// The data directory.
+        path: PathBuf,
+        /// The profile lacking fields.
+        profile: String,
+        /// The collections configured with it, comma-separated.
+        collections: String,
+        /// The profiles the index has fields for, comma-separated.
+        stored: String,
+    },
+    /// The stored schema has a text field this build cannot read.
+    #[error("cannot open index at {path}: {reason}")]
+    UnknownSchema {
+        /// The data directory.
+        path: PathBuf,
+        /// What is wrong with it.
+        reason: String,
+    },
     /// Another writer holds the index lock.
     #[error("cannot open index at {path}: the index is locked (is another agent using this data directory?)")]
     Locked {

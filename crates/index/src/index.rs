@@ -10,7 +10,9 @@ use ragmesh_types::query::QueryLimits;
 use serde::{Deserialize, Serialize};
 use tantivy::collector::{Count, TopDocs};
 use tantivy::directory::MmapDirectory;
-use tantivy::query::{Bm25StatisticsProvider, BooleanQuery, Occur, Query, QueryParser, TermQuery};
+use tantivy::query::{
+    AllQuery, Bm25StatisticsProvider, BooleanQuery, ConstScoreQuery, Occur, Query, QueryParser, TermQuery,
+};
 use tantivy::schema::{Field, IndexRecordOption, STORED, STRING, Schema, TextFieldIndexing, TextOptions, Value};
 use tantivy::snippet::SnippetGenerator;
 use tantivy::{
@@ -22,7 +24,7 @@ mod bm25;
 pub(crate) mod stats;
 pub(crate) mod summary;
 
-use crate::analysis::{AnalysisSettings, DEFAULT_PROFILE_NAME};
+use crate::analysis::{AnalysisSettings, DEFAULT_PROFILE_NAME, IndexAnalysis, Profile, text_field_names};
 use crate::document::{collection_problem, validate_batch_len, validate_document, validate_ref};
 use crate::position::{Applied, AppliedLog, LogPosition, Step, check_position};
 use crate::{CollectionCount, DocRef, Document, IndexError, SearchHit, SearchQuery, SearchResults, Writer};
@@ -64,50 +66,130 @@ fn is_zero(value: &u64) -> bool {
     *value == 0
 }
 
+/// The title and body fields holding the text of one analysis profile.
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct TextPair {
+    profile: Profile,
+    title: Field,
+    body: Field,
+}
+
+impl TextPair {
+    /// The text fields with their query boosts.
+    fn boosts(&self) -> [(Field, Score); 2] {
+        [(self.title, TITLE_BOOST), (self.body, 1.0)]
+    }
+}
+
 /// Handles to the schema fields.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 struct Fields {
     key: Field,
     id: Field,
     collection: Field,
-    title: Field,
-    body: Field,
     metadata: Field,
     /// Access terms (see `access.rs`): indexed, not stored.
     acl: Field,
     /// Tenant that wrote the document ("" for operators): who may replace or delete it.
     owner: Field,
+    /// One title/body pair per analysis profile of the schema; the default profile's
+    /// (`"title"`/`"body"`, the only stored pair) first. Every pair indexes every document, so
+    /// each pair's BM25 statistics cover the whole index, as with a single profile; a search
+    /// reads a collection's matches from its own profile's pair only.
+    pairs: Vec<TextPair>,
 }
 
 impl Fields {
-    /// The schema whose title and body are analysed by the tokenizer registered as `analyzer`
-    /// (a [`Profile::name`]).
-    fn schema_for(analyzer: &str) -> (Schema, Fields) {
+    /// The schema of a new index with a title/body pair per profile of `profiles`, the first
+    /// being the default (fields `"title"` and `"body"`, in today's places, stored), the others
+    /// `"title@<profile>"`/`"body@<profile>"` after them (indexed only); each pair analysed by
+    /// the tokenizer registered under its profile's name.
+    fn schema_for_profiles(profiles: &[Profile]) -> (Schema, Fields) {
         let mut builder = Schema::builder();
         // By default English stemming (tantivy's built-in `en_stem`): "replicas" finds
         // "replication" and "replicated". On the vaswani collection it lifts P@10 from 0.22 to
         // 0.30. Other profiles: see `crate::analysis`.
-        let text = TextOptions::default().set_stored().set_indexing_options(
-            TextFieldIndexing::default()
-                .set_tokenizer(analyzer)
-                .set_index_option(IndexRecordOption::WithFreqsAndPositions),
-        );
-        let fields = Fields {
-            key: builder.add_text_field("key", STRING),
-            id: builder.add_text_field("id", STRING | STORED),
-            collection: builder.add_text_field("collection", STRING | STORED),
-            title: builder.add_text_field("title", text.clone()),
-            body: builder.add_text_field("body", text),
-            metadata: builder.add_text_field("metadata", STORED),
-            acl: builder.add_text_field("acl", STRING),
-            owner: builder.add_text_field("owner", STRING | STORED),
+        let text = |profile: &Profile| {
+            TextOptions::default().set_indexing_options(
+                TextFieldIndexing::default()
+                    .set_tokenizer(&profile.name())
+                    .set_index_option(IndexRecordOption::WithFreqsAndPositions),
+            )
         };
-        (builder.build(), fields)
+        let default = profiles.first().copied().unwrap_or_default();
+        let key = builder.add_text_field("key", STRING);
+        let id = builder.add_text_field("id", STRING | STORED);
+        let collection = builder.add_text_field("collection", STRING | STORED);
+        // Only the default pair stores the text: every pair indexes every document.
+        let title = builder.add_text_field("title", text(&default).set_stored());
+        let body = builder.add_text_field("body", text(&default).set_stored());
+        let metadata = builder.add_text_field("metadata", STORED);
+        let acl = builder.add_text_field("acl", STRING);
+        let owner = builder.add_text_field("owner", STRING | STORED);
+        let mut pairs = vec![TextPair { profile: default, title, body }];
+        for profile in profiles.iter().skip(1) {
+            let (title_name, body_name) = text_field_names(profile, &default);
+            let title = builder.add_text_field(&title_name, text(profile));
+            let body = builder.add_text_field(&body_name, text(profile));
+            pairs.push(TextPair { profile: *profile, title, body });
+        }
+        (builder.build(), Fields { key, id, collection, metadata, acl, owner, pairs })
     }
 
-    /// The text fields with their query boosts.
-    fn text_boosts(&self) -> [(Field, Score); 2] {
-        [(self.title, TITLE_BOOST), (self.body, 1.0)]
+    /// The fields of a stored schema: fails when a field is missing or a text field's tokenizer
+    /// is not an analysis profile this build knows.
+    fn from_schema(schema: &Schema) -> Result<Fields, String> {
+        let field = |name: &str| {
+            schema.get_field(name).map_err(|_| format!("its schema has no {name:?} field: it is not a ragmesh index"))
+        };
+        let profile_of = |field: Field| -> Result<Profile, String> {
+            let name = stored_tokenizer(schema, field).unwrap_or_default();
+            Profile::from_name(&name).ok_or_else(|| {
+                format!(
+                    "field {:?} is analysed by {name:?}, an analysis profile this build does not know",
+                    schema.get_field_name(field)
+                )
+            })
+        };
+        let title = field("title")?;
+        let default = profile_of(title)?;
+        let mut pairs = vec![TextPair { profile: default, title, body: field("body")? }];
+        for (title, entry) in schema.fields() {
+            let Some(profile_name) = entry.name().strip_prefix("title@") else { continue };
+            let profile = profile_of(title)?;
+            if profile.name() != profile_name {
+                return Err(format!("field {:?} is analysed by {:?}", entry.name(), profile.name()));
+            }
+            let body = field(&format!("body@{profile_name}"))?;
+            if profile_of(body)? != profile {
+                return Err(format!("field \"body@{profile_name}\" is analysed by another profile than its title"));
+            }
+            pairs.push(TextPair { profile, title, body });
+        }
+        Ok(Fields {
+            key: field("key")?,
+            id: field("id")?,
+            collection: field("collection")?,
+            metadata: field("metadata")?,
+            acl: field("acl")?,
+            owner: field("owner")?,
+            pairs,
+        })
+    }
+
+    /// The default profile's pair (`"title"`/`"body"`).
+    fn default_pair(&self) -> TextPair {
+        self.pairs[0]
+    }
+
+    /// The pair holding text of `profile`, if the schema has one.
+    fn pair_of(&self, profile: &Profile) -> Option<TextPair> {
+        self.pairs.iter().find(|pair| pair.profile == *profile).copied()
+    }
+
+    /// Whether `field` is a title or body field of some pair.
+    fn is_text(&self, field: Field) -> bool {
+        self.pairs.iter().any(|pair| pair.title == field || pair.body == field)
     }
 
     fn key_term(&self, collection: &str, id: &str) -> Term {
@@ -167,9 +249,10 @@ struct Candidate {
 pub struct DocumentIndex {
     path: PathBuf,
     fields: Fields,
-    settings: AnalysisSettings,
+    analysis: IndexAnalysis,
     reader: IndexReader,
-    parser: QueryParser,
+    /// One query parser per distinct settings of `analysis` (over its profile's pair).
+    parsers: Vec<(AnalysisSettings, QueryParser)>,
     writer: Mutex<WriterState>,
     snapshot: RwLock<Snapshot>,
 }
@@ -193,24 +276,45 @@ impl DocumentIndex {
         DocumentIndex::open_with(dir, AnalysisSettings::default())
     }
 
-    /// [`DocumentIndex::open`] with the given analysis profile and BM25 parameters.
+    /// [`DocumentIndex::open`] with the given analysis profile and BM25 parameters for every
+    /// collection.
     ///
     /// The profile is part of the index schema: an existing index built with another profile is
     /// refused with [`IndexError::ProfileMismatch`] (its terms were analysed differently, so
     /// searching it with this profile would silently miss documents). The BM25 parameters are
     /// not stored: they apply to every search from this value on.
     pub fn open_with(dir: &Path, settings: AnalysisSettings) -> Result<Self, IndexError> {
-        let profile_name = settings.profile.name();
-        let _span =
-            tracing::info_span!("index.open", index.path = %dir.display(), index.analyzer = %profile_name).entered();
+        DocumentIndex::open_with_analysis(dir, IndexAnalysis::uniform(settings))
+    }
+
+    /// [`DocumentIndex::open`] with per-collection analysis: see [`IndexAnalysis`].
+    ///
+    /// A new index gets a title/body field pair per profile in use, and every pair indexes every
+    /// document (analysed by its profile), so a collection may move to any profile the index
+    /// has fields for without a rebuild, and no collection's statistics depend on another's
+    /// profile. An existing index is opened with the schema it was created with and refused
+    /// when its default pair was built with another profile ([`IndexError::ProfileMismatch`])
+    /// or when it has no pair for a configured profile ([`IndexError::ProfileFieldsMissing`]: a
+    /// schema cannot grow, and its documents were never analysed that way). The refusals name
+    /// the way out (snapshot, fresh directory, restore).
+    pub fn open_with_analysis(dir: &Path, analysis: IndexAnalysis) -> Result<Self, IndexError> {
+        let default_settings = analysis.default_settings();
+        let profile_name = default_settings.profile.name();
+        let _span = tracing::info_span!(
+            "index.open",
+            index.path = %dir.display(),
+            index.analyzer = %profile_name,
+            index.overrides = analysis.overrides().count()
+        )
+        .entered();
         let path = dir.to_path_buf();
         std::fs::create_dir_all(dir).map_err(|source| IndexError::CreateDir { path: path.clone(), source })?;
         let open_error = |source| IndexError::Open { path: path.clone(), source };
-        let (schema, fields) = Fields::schema_for(&profile_name);
         let directory = MmapDirectory::open(dir).map_err(TantivyError::from).map_err(open_error)?;
-        if Index::exists(&directory).map_err(TantivyError::from).map_err(open_error)? {
-            let stored = Index::open(directory.clone()).map_err(open_error)?.schema();
-            let stored_analyzer = stored_analyzer(&stored);
+        let index = if Index::exists(&directory).map_err(TantivyError::from).map_err(open_error)? {
+            let index = Index::open(directory).map_err(open_error)?;
+            let stored = index.schema();
+            let stored_analyzer = stored.get_field("title").ok().and_then(|title| stored_tokenizer(&stored, title));
             if stored_analyzer.as_deref() != Some(profile_name.as_str()) {
                 return Err(IndexError::ProfileMismatch {
                     path: path.clone(),
@@ -218,10 +322,19 @@ impl DocumentIndex {
                     configured: profile_name,
                 });
             }
-        }
-        let index = Index::open_or_create(directory, schema).map_err(open_error)?;
-        if profile_name != DEFAULT_PROFILE_NAME {
-            index.tokenizers().register(&profile_name, settings.profile.text_analyzer());
+            index
+        } else {
+            let (schema, _) = Fields::schema_for_profiles(&analysis.profiles());
+            Index::open_or_create(directory, schema).map_err(open_error)?
+        };
+        let fields = Fields::from_schema(&index.schema())
+            .map_err(|reason| IndexError::UnknownSchema { path: path.clone(), reason })?;
+        check_pairs_exist(&path, &fields, &analysis)?;
+        for pair in &fields.pairs {
+            let name = pair.profile.name();
+            if name != DEFAULT_PROFILE_NAME {
+                index.tokenizers().register(&name, pair.profile.text_analyzer());
+            }
         }
         let writer: IndexWriter = index.writer(WRITER_HEAP_BYTES).map_err(|source| {
             if matches!(source, TantivyError::LockFailure(..)) {
@@ -241,11 +354,19 @@ impl DocumentIndex {
             })?,
         };
         let reader = index.reader_builder().reload_policy(ReloadPolicy::Manual).try_into().map_err(open_error)?;
-        let parser = query_parser_for(&index, &fields, &settings);
+        let parsers = analysis
+            .distinct_settings()
+            .into_iter()
+            .filter_map(|settings| {
+                let pair = fields.pair_of(&settings.profile)?;
+                Some((settings, query_parser_for(&index, pair, &settings)))
+            })
+            .collect();
         let snapshot = Snapshot { searcher: reader.searcher(), generation, applied: applied.clone() };
         tracing::debug!(
             index.generation = generation,
             index.docs = snapshot.searcher.num_docs(),
+            index.profiles = fields.pairs.len(),
             log.shard = applied.shard.as_deref().unwrap_or(""),
             log.applied_seq = applied.seq,
             "index opened"
@@ -253,9 +374,9 @@ impl DocumentIndex {
         Ok(DocumentIndex {
             path,
             fields,
-            settings,
+            analysis,
             reader,
-            parser,
+            parsers,
             writer: Mutex::new(WriterState { writer, generation, applied }),
             snapshot: RwLock::new(snapshot),
         })
@@ -266,15 +387,26 @@ impl DocumentIndex {
         &self.path
     }
 
-    /// The analysis profile and BM25 parameters this index was opened with.
+    /// The default analysis profile and BM25 parameters this index was opened with (those of
+    /// every collection without an override).
     pub fn settings(&self) -> AnalysisSettings {
-        self.settings
+        self.analysis.default_settings()
     }
 
-    /// The canonical name of this index's analysis profile ([`Profile::name`]): what the
-    /// routing code needs to analyse query text the way this index does.
+    /// The per-collection analysis this index was opened with.
+    pub fn analysis(&self) -> &IndexAnalysis {
+        &self.analysis
+    }
+
+    /// The canonical name of this index's default analysis profile ([`Profile::name`]).
     pub fn analyzer_name(&self) -> String {
-        self.settings.profile.name()
+        self.settings().profile.name()
+    }
+
+    /// The canonical name of collection `name`'s analysis profile: what the routing code needs
+    /// to analyse query text the way this index analyses that collection.
+    pub fn analyzer_name_of(&self, collection: &str) -> String {
+        self.analysis.for_collection(collection).profile.name()
     }
 
     /// The generation of the last commit: 0 for a fresh index, +1 per successful write call.
@@ -543,9 +675,67 @@ impl DocumentIndex {
         self.search_scored(q, None)
     }
 
-    /// Checks and parses `q` with this index's parser (see [`parse_checked`]).
-    fn parse_checked(&self, q: &SearchQuery) -> Result<(Box<dyn Query>, usize), IndexError> {
-        parse_checked(&self.parser, q)
+    /// The parts of a search over `collections` (every collection when empty): per distinct
+    /// analysis settings involved, those settings and the collections the part covers. A single
+    /// part covering `collections` exactly when no collection is overridden.
+    fn search_parts(&self, collections: &[String]) -> Vec<(AnalysisSettings, Restriction)> {
+        let default = self.analysis.default_settings();
+        if !self.analysis.has_overrides() {
+            let restriction =
+                if collections.is_empty() { Restriction::All } else { Restriction::Only(collections.to_vec()) };
+            return vec![(default, restriction)];
+        }
+        let mut parts: Vec<(AnalysisSettings, Restriction)> = Vec::new();
+        if collections.is_empty() {
+            let overridden = self.analysis.overrides().map(|(name, _)| name.to_owned()).collect();
+            parts.push((default, Restriction::Except(overridden)));
+            for settings in self.analysis.distinct_settings().into_iter().skip(1) {
+                let names = self
+                    .analysis
+                    .overrides()
+                    .filter(|(_, theirs)| *theirs == settings)
+                    .map(|(name, _)| name.to_owned())
+                    .collect();
+                parts.push((settings, Restriction::Within(names)));
+            }
+            return parts;
+        }
+        for settings in self.analysis.distinct_settings() {
+            let names: Vec<String> =
+                collections.iter().filter(|name| self.analysis.for_collection(name) == settings).cloned().collect();
+            if !names.is_empty() {
+                parts.push((settings, Restriction::Only(names)));
+            }
+        }
+        parts
+    }
+
+    /// Checks `q` and parses it once per part of [`DocumentIndex::search_parts`], with that
+    /// part's parser (over its profile's fields): the parts and the number of hits to return.
+    fn parse_parts(&self, q: &SearchQuery) -> Result<(Vec<Part>, usize), IndexError> {
+        let (text, limit) = check_query(q)?;
+        let mut parts = Vec::new();
+        for (settings, restriction) in self.search_parts(&q.collections) {
+            let Some((_, parser)) = self.parsers.iter().find(|(theirs, _)| *theirs == settings) else { continue };
+            let Some(pair) = self.fields.pair_of(&settings.profile) else { continue };
+            parts.push(Part { settings, pair, parsed: parse_lenient(parser, text), restriction });
+        }
+        Ok((parts, limit))
+    }
+
+    /// The query of every profile in use, unrestricted, for naming the terms of `q` (its
+    /// collections play no part): one parse per profile, combined.
+    fn parse_all_profiles(&self, q: &SearchQuery) -> Result<Box<dyn Query>, IndexError> {
+        let (text, _) = check_query(q)?;
+        let mut seen = Vec::new();
+        let mut parsed = Vec::new();
+        for (settings, parser) in &self.parsers {
+            if !seen.contains(&settings.profile) {
+                seen.push(settings.profile);
+                parsed.push(parse_lenient(parser, text));
+            }
+        }
+        Ok(any_of(parsed))
     }
 
     /// [`DocumentIndex::search`], scored with this index's own statistics (`given` is `None`)
@@ -558,24 +748,35 @@ impl DocumentIndex {
         let _span =
             tracing::debug_span!("index.search", index.limit = q.limit, index.given_stats = given.is_some()).entered();
         let text = q.query.trim();
-        let (parsed, limit) = self.parse_checked(q)?;
+        let (parts, limit) = self.parse_parts(q)?;
         let snapshot = self.snapshot();
         let searcher = &snapshot.searcher;
-        let (query, given) = match given {
-            None => {
-                let query = self.with_collection_filter(parsed, &q.collections);
-                (self.with_access_filter(query, &q.viewer), None)
-            }
+        let given = match given {
+            None => None,
             Some(stats) => {
-                let provider = stats::GivenStatistics::for_query(stats, searcher.schema(), &*parsed)?;
-                (self.with_unscored_filters(parsed, q), Some(provider))
+                let all = any_of(parts.iter().map(|part| part.parsed.box_clone()).collect());
+                Some(stats::GivenStatistics::for_query(stats, searcher.schema(), &*all)?)
             }
         };
-
-        let query = if self.settings.bm25.is_tantivy_default() {
-            query
+        let scored_filters = given.is_none();
+        let mut queries = Vec::with_capacity(parts.len());
+        let mut snippet_fields = Vec::with_capacity(parts.len());
+        for Part { settings, pair, parsed, restriction } in parts {
+            let query = if settings.bm25.is_tantivy_default() {
+                parsed
+            } else {
+                bm25::rewrite(parsed, settings.bm25, &pair.boosts())
+            };
+            queries.push(self.restricted(query, restriction, scored_filters));
+            if !snippet_fields.contains(&pair.body) {
+                snippet_fields.push(pair.body);
+            }
+        }
+        let query = any_of(queries);
+        let query = if scored_filters {
+            self.with_access_filter(query, &q.viewer)
         } else {
-            bm25::rewrite(query, self.settings.bm25, &self.fields.text_boosts())
+            self.with_unscored_access_filter(query, &q.viewer)
         };
 
         // tantivy 0.27 can panic on some parsed queries (found by fuzzing: `-2(2`, an excluded
@@ -626,21 +827,28 @@ impl DocumentIndex {
         });
         candidates.truncate(limit);
 
-        let mut snippets = SnippetGenerator::create(searcher, &*query, self.fields.body)
-            .map_err(IndexError::tantivy("prepare snippets"))?;
-        snippets.set_max_num_chars(SNIPPET_CHARS);
+        let mut snippets: Vec<(Field, SnippetGenerator)> = Vec::with_capacity(snippet_fields.len());
+        for field in snippet_fields {
+            let mut generator =
+                SnippetGenerator::create(searcher, &*query, field).map_err(IndexError::tantivy("prepare snippets"))?;
+            generator.set_max_num_chars(SNIPPET_CHARS);
+            snippets.push((field, generator));
+        }
         let mut hits = Vec::with_capacity(candidates.len());
         for Candidate { score, collection, id, doc } in candidates {
-            let snippet = snippets.snippet_from_doc(&doc);
-            let snippet = if snippet.fragment().is_empty() {
-                let body = self.text_of(&doc, self.fields.body);
-                escape_html(prefix_chars(body.trim(), SNIPPET_CHARS))
-            } else {
-                snippet.to_html()
+            let (title, body) = self.title_and_body(&doc);
+            // Highlighted as the collection's own profile analyses the stored body.
+            let searched = self.pair_of_collection(&collection).body;
+            let snippet = snippets
+                .iter()
+                .find(|(field, _)| *field == searched)
+                .map(|(_, generator)| generator.snippet(&body))
+                .filter(|snippet| !snippet.fragment().is_empty());
+            let snippet = match snippet {
+                Some(snippet) => snippet.to_html(),
+                None => escape_html(prefix_chars(body.trim(), SNIPPET_CHARS)),
             };
-            let title = self.text_of(&doc, self.fields.title);
-            let title =
-                if title.is_empty() { crate::display_title(&self.text_of(&doc, self.fields.body)) } else { title };
+            let title = if title.is_empty() { crate::display_title(&body) } else { title };
             hits.push(SearchHit { title, metadata: self.metadata_of(&doc), id, collection, snippet, score });
         }
         Ok(SearchResults { hits, total_matches: total_matches as u64, generation: snapshot.generation })
@@ -760,8 +968,10 @@ impl DocumentIndex {
         out.add_text(self.fields.key, unique_key(&doc.collection, &doc.id));
         out.add_text(self.fields.id, &doc.id);
         out.add_text(self.fields.collection, &doc.collection);
-        out.add_text(self.fields.title, &doc.title);
-        out.add_text(self.fields.body, &doc.body);
+        for pair in &self.fields.pairs {
+            out.add_text(pair.title, &doc.title);
+            out.add_text(pair.body, &doc.body);
+        }
         for term in doc.acl.terms() {
             out.add_text(self.fields.acl, term);
         }
@@ -776,6 +986,19 @@ impl DocumentIndex {
         doc.get_first(field).and_then(|value| value.as_str()).unwrap_or_default().to_owned()
     }
 
+    /// The pair collection `name` is searched in (its profile's; opening checked that the
+    /// schema has it, so the default pair is only a fallback that cannot happen).
+    fn pair_of_collection(&self, name: &str) -> TextPair {
+        let profile = self.analysis.for_collection(name).profile;
+        self.fields.pair_of(&profile).unwrap_or_else(|| self.fields.default_pair())
+    }
+
+    /// A stored document's title and body (stored in the default pair).
+    fn title_and_body(&self, doc: &TantivyDocument) -> (String, String) {
+        let pair = self.fields.default_pair();
+        (self.text_of(doc, pair.title), self.text_of(doc, pair.body))
+    }
+
     fn metadata_of(&self, doc: &TantivyDocument) -> BTreeMap<String, String> {
         let Some(text) = doc.get_first(self.fields.metadata).and_then(|v| v.as_str()) else {
             return BTreeMap::new();
@@ -784,6 +1007,49 @@ impl DocumentIndex {
             tracing::warn!(error = %err, "stored metadata is not a JSON object of strings");
             BTreeMap::new()
         })
+    }
+
+    /// `query` restricted to the collections of `restriction`: the restriction scored as in a
+    /// plain search (`scored`), or adding nothing to scores (a search with given statistics).
+    fn restricted(&self, query: Box<dyn Query>, restriction: Restriction, scored: bool) -> Box<dyn Query> {
+        match restriction {
+            Restriction::All => query,
+            Restriction::Only(names) if scored => self.with_collection_filter(query, &names),
+            Restriction::Only(names) | Restriction::Within(names) => {
+                let filter = self.with_collection_filter(Box::new(AllQuery), &names);
+                Box::new(BooleanQuery::new(vec![
+                    (Occur::Must, query),
+                    (Occur::Must, Box::new(ConstScoreQuery::new(filter, 0.0))),
+                ]))
+            }
+            Restriction::Except(names) if names.is_empty() => query,
+            Restriction::Except(names) => {
+                let any: Vec<(Occur, Box<dyn Query>)> = names
+                    .iter()
+                    .map(|name| {
+                        let term = Term::from_field_text(self.fields.collection, name);
+                        (Occur::Should, Box::new(TermQuery::new(term, IndexRecordOption::Basic)) as Box<dyn Query>)
+                    })
+                    .collect();
+                Box::new(BooleanQuery::new(vec![
+                    (Occur::Must, query),
+                    // Unscored, so statistics given for text terms only suffice.
+                    (Occur::MustNot, Box::new(ConstScoreQuery::new(Box::new(BooleanQuery::new(any)), 0.0))),
+                ]))
+            }
+        }
+    }
+
+    /// [`DocumentIndex::with_access_filter`] adding nothing to scores.
+    fn with_unscored_access_filter(&self, query: Box<dyn Query>, viewer: &crate::Viewer) -> Box<dyn Query> {
+        if viewer.granting_terms().is_none() {
+            return query;
+        }
+        let filter = self.with_access_filter(Box::new(AllQuery), viewer);
+        Box::new(BooleanQuery::new(vec![
+            (Occur::Must, query),
+            (Occur::Must, Box::new(ConstScoreQuery::new(filter, 0.0))),
+        ]))
     }
 
     fn with_collection_filter(&self, query: Box<dyn Query>, collections: &[String]) -> Box<dyn Query> {
@@ -843,28 +1109,27 @@ impl DocumentIndex {
     }
 }
 
-/// The query parser of an index with this schema: title and body, titles boosted.
-fn query_parser(index: &Index, fields: &Fields) -> QueryParser {
-    let mut parser = QueryParser::for_index(index, vec![fields.title, fields.body]);
-    parser.set_field_boost(fields.title, TITLE_BOOST);
+/// The query parser of an index with this schema over `pair`: title and body, titles boosted.
+fn query_parser(index: &Index, pair: TextPair) -> QueryParser {
+    let mut parser = QueryParser::for_index(index, vec![pair.title, pair.body]);
+    parser.set_field_boost(pair.title, TITLE_BOOST);
     parser
 }
 
-/// The query parser for `settings`: [`query_parser`] under tantivy's BM25 constants; without
-/// field boosts otherwise, because the rewrite to configurable BM25 (see [`bm25`]) applies the
-/// title boost itself and cannot look inside tantivy's boost queries.
-fn query_parser_for(index: &Index, fields: &Fields, settings: &AnalysisSettings) -> QueryParser {
+/// The query parser for `settings` over `pair`: [`query_parser`] under tantivy's BM25
+/// constants; without field boosts otherwise, because the rewrite to configurable BM25 (see
+/// [`bm25`]) applies the title boost itself and cannot look inside tantivy's boost queries.
+fn query_parser_for(index: &Index, pair: TextPair, settings: &AnalysisSettings) -> QueryParser {
     if settings.bm25.is_tantivy_default() {
-        query_parser(index, fields)
+        query_parser(index, pair)
     } else {
-        QueryParser::for_index(index, vec![fields.title, fields.body])
+        QueryParser::for_index(index, vec![pair.title, pair.body])
     }
 }
 
-/// The tokenizer a stored schema analyses titles with (its analysis profile's name).
-fn stored_analyzer(schema: &Schema) -> Option<String> {
-    let title = schema.get_field("title").ok()?;
-    match schema.get_field_entry(title).field_type() {
+/// The tokenizer a stored schema analyses `field` with (an analysis profile's name).
+fn stored_tokenizer(schema: &Schema, field: Field) -> Option<String> {
+    match schema.get_field_entry(field).field_type() {
         tantivy::schema::FieldType::Str(options) => {
             options.get_indexing_options().map(|indexing| indexing.tokenizer().to_owned())
         }
@@ -872,9 +1137,29 @@ fn stored_analyzer(schema: &Schema) -> Option<String> {
     }
 }
 
-/// Checks the query text, collections and structure, and parses it: the parsed query and the
-/// number of hits to return.
-fn parse_checked(parser: &QueryParser, q: &SearchQuery) -> Result<(Box<dyn Query>, usize), IndexError> {
+/// Refuses an index lacking the pair of a configured profile, naming the collections that
+/// need it.
+fn check_pairs_exist(path: &Path, fields: &Fields, analysis: &IndexAnalysis) -> Result<(), IndexError> {
+    for profile in analysis.profiles() {
+        if fields.pair_of(&profile).is_some() {
+            continue;
+        }
+        let collections: Vec<&str> =
+            analysis.overrides().filter(|(_, settings)| settings.profile == profile).map(|(name, _)| name).collect();
+        let stored: Vec<String> = fields.pairs.iter().map(|pair| pair.profile.name()).collect();
+        return Err(IndexError::ProfileFieldsMissing {
+            path: path.to_path_buf(),
+            profile: profile.name(),
+            collections: collections.join(", "),
+            stored: stored.join(", "),
+        });
+    }
+    Ok(())
+}
+
+/// Checks the query text, collections and structure: the trimmed text and the number of hits
+/// to return.
+fn check_query(q: &SearchQuery) -> Result<(&str, usize), IndexError> {
     let text = q.query.trim();
     if text.is_empty() {
         return Err(IndexError::InvalidQuery("query is empty: type one or more words to search for".to_owned()));
@@ -898,12 +1183,49 @@ fn parse_checked(parser: &QueryParser, q: &SearchQuery) -> Result<(Box<dyn Query
         0 => DEFAULT_LIMIT,
         n => n.min(MAX_LIMIT),
     };
+    Ok((text, limit))
+}
 
+/// Parses checked query text leniently (stray syntax is read as words).
+fn parse_lenient(parser: &QueryParser, text: &str) -> Box<dyn Query> {
     let (parsed, parse_errors) = parser.parse_query_lenient(text);
     if !parse_errors.is_empty() {
         tracing::debug!(errors = ?parse_errors, "query parsed leniently");
     }
-    Ok((parsed, limit))
+    parsed
+}
+
+/// One query, matching what any of `queries` matches, scored by the sum of the matching ones
+/// (the query itself when there is one).
+fn any_of(mut queries: Vec<Box<dyn Query>>) -> Box<dyn Query> {
+    if queries.len() == 1
+        && let Some(only) = queries.pop()
+    {
+        return only;
+    }
+    Box::new(BooleanQuery::new(queries.into_iter().map(|query| (Occur::Should, query)).collect()))
+}
+
+/// Which collections one part of a search covers.
+enum Restriction {
+    /// Every collection (no collection has its own settings and none was asked for).
+    All,
+    /// These collections, asked for by the query (restricted as a plain search always was:
+    /// under the index's own statistics the collection filter adds its term weights).
+    Only(Vec<String>),
+    /// These collections, those with this part's settings (no collection was asked for): the
+    /// restriction adds nothing to scores, so every collection is scored alike.
+    Within(Vec<String>),
+    /// Every collection but these (those with their own settings).
+    Except(Vec<String>),
+}
+
+/// One part of a search: the query parsed for one analysis setting, and what it covers.
+struct Part {
+    settings: AnalysisSettings,
+    pair: TextPair,
+    parsed: Box<dyn Query>,
+    restriction: Restriction,
 }
 
 fn rollback(state: &mut WriterState) {
@@ -1253,7 +1575,7 @@ mod tests {
     fn foreign_payload_is_reported() {
         let dir = tempfile::tempdir().expect("tempdir");
         {
-            let (schema, _) = Fields::schema_for(DEFAULT_PROFILE_NAME);
+            let (schema, _) = Fields::schema_for_profiles(&[Profile::default()]);
             let index = Index::create_in_dir(dir.path(), schema).expect("create");
             let mut writer: IndexWriter = index.writer(WRITER_HEAP_BYTES).expect("writer");
             let mut prepared = writer.prepare_commit().expect("prepare");
@@ -1688,7 +2010,7 @@ mod tests {
     fn a_payload_without_a_position_opens_at_seq_zero_with_no_shard() {
         let dir = tempfile::tempdir().expect("tempdir");
         {
-            let (schema, _) = Fields::schema_for(DEFAULT_PROFILE_NAME);
+            let (schema, _) = Fields::schema_for_profiles(&[Profile::default()]);
             let index = Index::create_in_dir(dir.path(), schema).expect("create");
             let mut writer: IndexWriter = index.writer(WRITER_HEAP_BYTES).expect("writer");
             let mut prepared = writer.prepare_commit().expect("prepare");

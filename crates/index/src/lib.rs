@@ -23,7 +23,7 @@ pub mod snapshot;
 mod test_data;
 
 pub use access::{Acl, MAX_PRINCIPAL_BYTES, SubjectRef, Viewer, Writer};
-pub use analysis::{AnalysisSettings, Bm25Params, Profile};
+pub use analysis::{AnalysisSettings, Bm25Params, IndexAnalysis, Profile};
 pub use document::{
     CollectionCount, DISPLAY_TITLE_WORDS, DocRef, Document, MAX_BATCH, MAX_COLLECTION_CHARS, MAX_ID_BYTES,
     MAX_TEXT_BYTES, SearchHit, SearchQuery, SearchResults, display_title,

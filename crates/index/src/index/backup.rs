@@ -155,11 +155,12 @@ impl DocumentIndex {
                         source: TantivyError::InternalError(reason),
                     })?;
                 }
+                let (title, body) = self.title_and_body(&stored);
                 let document = Document {
                     id: self.text_of(&stored, self.fields.id),
                     collection: self.text_of(&stored, self.fields.collection),
-                    title: self.text_of(&stored, self.fields.title),
-                    body: self.text_of(&stored, self.fields.body),
+                    title,
+                    body,
                     metadata: self.metadata_of(&stored),
                     acl,
                 };

@@ -262,12 +262,12 @@ mod tests {
                 }
             }
             let tantivy_index = index.snapshot().searcher.index().clone();
-            let native_parser = query_parser(&tantivy_index, &index.fields);
-            let plain_parser = QueryParser::for_index(&tantivy_index, vec![index.fields.title, index.fields.body]);
+            let native_parser = query_parser(&tantivy_index, index.fields.default_pair());
+            let plain_parser = QueryParser::for_index(&tantivy_index, vec![index.fields.default_pair().title, index.fields.default_pair().body]);
             let both = |text: &str| {
                 let native = native_parser.parse_query(text).expect("parse");
                 let plain = plain_parser.parse_query(text).expect("parse");
-                let custom = rewrite(plain, Bm25Params::default(), &index.fields.text_boosts());
+                let custom = rewrite(plain, Bm25Params::default(), &index.fields.default_pair().boosts());
                 (scores(&index, &*custom), scores(&index, &*native))
             };
             for word in VOCABULARY {

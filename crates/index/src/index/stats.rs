@@ -57,14 +57,12 @@ use std::fmt;
 
 use tantivy::collector::{Collector, Count, SegmentCollector};
 use tantivy::fieldnorm::FieldNormReader;
-use tantivy::query::{
-    AllQuery, Bm25StatisticsProvider, BooleanQuery, ConstScoreQuery, Occur, Query, QueryParser, TermQuery,
-};
+use tantivy::query::{AllQuery, Bm25StatisticsProvider, Query, QueryParser, TermQuery};
 use tantivy::schema::{Field, IndexRecordOption, Schema};
 use tantivy::{DocId, Index, Score, Searcher, SegmentOrdinal, SegmentReader, TantivyError, Term};
 
-use super::{DocumentIndex, Fields, parse_checked, query_parser_for};
-use crate::analysis::AnalysisSettings;
+use super::{DocumentIndex, Fields, any_of, check_query, parse_lenient, query_parser};
+use crate::analysis::{AnalysisSettings, IndexAnalysis};
 use crate::{IndexError, SearchQuery, SearchResults, Viewer};
 
 /// Most `(field, term)` entries accepted in given statistics: a query of at most
@@ -164,6 +162,8 @@ pub struct FieldTerm {
 impl DocumentIndex {
     /// The BM25 statistics of the terms `q` analyses to, over the documents `q.viewer` may read
     /// (see the module docs on tenancy); `q.collections`, `limit` and `min_score` play no part.
+    /// With per-collection analysis, the terms of every profile in use, each in its profile's
+    /// fields (`"body"`, `"body@stem-none_stop-english"`...).
     ///
     /// Fails like [`DocumentIndex::search`] on an invalid query, and on a phrase-prefix query.
     pub fn term_statistics(&self, q: &SearchQuery) -> Result<TermStatistics, IndexError> {
@@ -174,7 +174,7 @@ impl DocumentIndex {
     /// snapshot: statistics stay valid exactly as long as the generation does.
     pub fn term_statistics_at_generation(&self, q: &SearchQuery) -> Result<(u64, TermStatistics), IndexError> {
         let _span = tracing::debug_span!("index.term_statistics").entered();
-        let (parsed, _) = self.parse_checked(q)?;
+        let parsed = self.parse_all_profiles(q)?;
         refuse_phrase_prefix(&*parsed)?;
         let snapshot = self.snapshot();
         let terms = analysed_terms(snapshot.searcher.schema(), &*parsed)?;
@@ -278,27 +278,14 @@ impl DocumentIndex {
     pub fn search_with_statistics(&self, q: &SearchQuery, stats: &TermStatistics) -> Result<SearchResults, IndexError> {
         self.search_scored(q, Some(stats))
     }
-
-    /// `parsed` restricted to `q`'s collections and the documents its viewer may read, the
-    /// restriction adding nothing to scores.
-    pub(super) fn with_unscored_filters(&self, parsed: Box<dyn Query>, q: &SearchQuery) -> Box<dyn Query> {
-        if q.collections.is_empty() && q.viewer.granting_terms().is_none() {
-            return parsed;
-        }
-        let filter = self.with_collection_filter(Box::new(AllQuery), &q.collections);
-        let filter = self.with_access_filter(filter, &q.viewer);
-        Box::new(BooleanQuery::new(vec![
-            (Occur::Must, parsed),
-            (Occur::Must, Box::new(ConstScoreQuery::new(filter, 0.0))),
-        ]))
-    }
 }
 
 /// Analyses queries exactly like every [`DocumentIndex`] does, without one: lets a caller (the
 /// master) learn a query's terms locally, to look them up in a statistics cache before asking
 /// any node. Cheap to keep and `Send + Sync`; build one and reuse it.
 pub struct QueryAnalyzer {
-    parser: QueryParser,
+    /// One parser per profile in use, over its title/body pair.
+    parsers: Vec<QueryParser>,
     schema: Schema,
 }
 
@@ -324,17 +311,26 @@ impl QueryAnalyzer {
     /// An analyzer naming terms as an index opened with `settings` does: a caller caching
     /// statistics for nodes with another analysis profile must use this one.
     pub fn for_settings(settings: &AnalysisSettings) -> Self {
-        let name = settings.profile.name();
-        let (schema, fields) = Fields::schema_for(&name);
+        QueryAnalyzer::for_analysis(&IndexAnalysis::uniform(*settings))
+    }
+
+    /// An analyzer naming terms as an index opened with `analysis` does (the terms of every
+    /// profile in use, each in its own fields).
+    pub fn for_analysis(analysis: &IndexAnalysis) -> Self {
+        let (schema, fields) = Fields::schema_for_profiles(&analysis.profiles());
         let index = Index::create_in_ram(schema.clone());
-        index.tokenizers().register(&name, settings.profile.text_analyzer());
-        QueryAnalyzer { parser: query_parser_for(&index, &fields, settings), schema }
+        for pair in &fields.pairs {
+            index.tokenizers().register(&pair.profile.name(), pair.profile.text_analyzer());
+        }
+        let parsers = fields.pairs.iter().map(|pair| query_parser(&index, *pair)).collect();
+        QueryAnalyzer { parsers, schema }
     }
 
     /// The distinct terms `q` analyses to, sorted, as [`DocumentIndex::term_statistics`] reports
     /// them. Fails like [`DocumentIndex::term_statistics`].
     pub fn terms(&self, q: &SearchQuery) -> Result<Vec<FieldTerm>, IndexError> {
-        let (parsed, _) = parse_checked(&self.parser, q)?;
+        let (text, _) = check_query(q)?;
+        let parsed = any_of(self.parsers.iter().map(|parser| parse_lenient(parser, text)).collect());
         refuse_phrase_prefix(&*parsed)?;
         let terms = analysed_terms(&self.schema, &*parsed)?;
         let mut terms: Vec<FieldTerm> = terms.into_iter().map(|(_, field, term)| FieldTerm { field, term }).collect();

@@ -3,9 +3,9 @@
 //! and the postings of live documents) and [`routing_query`], which reduces a query text to the
 //! [`RoutingQuery`] the summary decides on, through the very parser and analyzer `search` uses.
 //!
-//! Both sides share the index's analysis profile (`crate::analysis`, by default tantivy's
-//! `en_stem`): indexed terms are read from the term dictionaries (already analyzed), and each
-//! collection's filter names the profile; query terms come out of the same `QueryParser` on the
+//! Both sides share the collection's analysis profile (`crate::analysis`, by default tantivy's
+//! `en_stem`): indexed terms are read from the term dictionaries of the collection's own
+//! title/body fields (already analyzed), and each collection's filter names its profile; query terms come out of the same `QueryParser` on the
 //! same schema with that profile's analyzer ([`routing_query_for`]), so a query term and an
 //! indexed term are the same bytes exactly when `search` would match one with the other.
 
@@ -18,7 +18,7 @@ use tantivy::schema::IndexRecordOption;
 use tantivy::tokenizer::TokenizerManager;
 use tantivy::{DocId, DocSet, SegmentReader, TERMINATED, TantivyError, Term};
 
-use super::{DocumentIndex, Fields, MAX_QUERY_BYTES};
+use super::{DocumentIndex, Fields, MAX_QUERY_BYTES, TextPair};
 use crate::analysis::Profile;
 use crate::{AppliedLog, IndexError};
 
@@ -61,11 +61,11 @@ fn routing_query_with(profile: &Profile, text: &str) -> RoutingQuery {
     if ragmesh_types::query::check(trimmed, &QueryLimits::default()).is_err() {
         return RoutingQuery::Anything;
     }
-    let name = profile.name();
-    let (schema, fields) = Fields::schema_for(&name);
+    let (schema, fields) = Fields::schema_for_profiles(&[*profile]);
+    let pair = fields.default_pair();
     let tokenizers = TokenizerManager::default();
-    tokenizers.register(&name, profile.text_analyzer());
-    let parser = QueryParser::new(schema, vec![fields.title, fields.body], tokenizers);
+    tokenizers.register(&profile.name(), profile.text_analyzer());
+    let parser = QueryParser::new(schema, vec![pair.title, pair.body], tokenizers);
     let (parsed, _errors) = parser.parse_query_lenient(trimmed);
     lower(parsed.as_ref(), &fields, 0)
 }
@@ -123,7 +123,7 @@ fn lower(query: &dyn Query, fields: &Fields, depth: usize) -> RoutingQuery {
 
 /// A term of the title or body field; a term of any other field is not summarised.
 fn lower_term(term: &Term, fields: &Fields) -> RoutingQuery {
-    if term.field() != fields.title && term.field() != fields.body {
+    if !fields.is_text(term.field()) {
         return RoutingQuery::Anything;
     }
     match term.value().as_str() {
@@ -169,7 +169,8 @@ impl DocumentIndex {
                 }
                 None => TermFilter::Everything,
             };
-            filters.push((name, self.analyzer_name(), filter));
+            let analyzer = self.analyzer_name_of(&name);
+            filters.push((name, analyzer, filter));
         }
         let summary = NodeSummary::with_analyzers(snapshot.generation, filters);
         tracing::debug!(
@@ -197,30 +198,43 @@ impl DocumentIndex {
         for name in &names {
             collected.entry(name.clone()).or_insert_with(|| Some(HashSet::new()));
         }
+        // Every pair indexes every document; a collection's terms are read from the pair of its
+        // own profile only, the analysis its filter names: the other collections are marked seen
+        // from the start.
+        let pairs: Vec<TextPair> = names.iter().map(|name| self.pair_of_collection(name)).collect();
         let mut seen = vec![false; names.len()];
-        for field in [self.fields.title, self.fields.body] {
-            let inverted = segment.inverted_index(field).map_err(IndexError::tantivy("read summary terms"))?;
-            let mut terms = inverted.terms().stream().map_err(|err| IndexError::Tantivy {
-                context: "read summary terms",
-                source: TantivyError::from(err),
-            })?;
-            while terms.advance() {
-                seen.fill(false);
-                let mut seen_count = 0;
-                let mut postings =
-                    inverted.read_postings_from_terminfo(terms.value(), IndexRecordOption::Basic).map_err(|err| {
-                        IndexError::Tantivy { context: "read summary postings", source: TantivyError::from(err) }
-                    })?;
-                let mut doc: DocId = postings.doc();
-                while doc != TERMINATED && seen_count < names.len() {
-                    let collection = owner.get(doc as usize).copied().unwrap_or(NO_COLLECTION);
-                    if collection != NO_COLLECTION && !seen[collection as usize] {
-                        seen[collection as usize] = true;
-                        seen_count += 1;
-                        let name = &names[collection as usize];
-                        add_term(collected, name, terms.key(), max_terms, total);
+        for pair in &self.fields.pairs {
+            let elsewhere: Vec<bool> = pairs.iter().map(|theirs| theirs != pair).collect();
+            let skipped = elsewhere.iter().filter(|skip| **skip).count();
+            if skipped == names.len() {
+                continue;
+            }
+            for field in [pair.title, pair.body] {
+                let inverted = segment.inverted_index(field).map_err(IndexError::tantivy("read summary terms"))?;
+                let mut terms = inverted.terms().stream().map_err(|err| IndexError::Tantivy {
+                    context: "read summary terms",
+                    source: TantivyError::from(err),
+                })?;
+                while terms.advance() {
+                    seen.copy_from_slice(&elsewhere);
+                    let mut seen_count = skipped;
+                    let mut postings = inverted
+                        .read_postings_from_terminfo(terms.value(), IndexRecordOption::Basic)
+                        .map_err(|err| IndexError::Tantivy {
+                            context: "read summary postings",
+                            source: TantivyError::from(err),
+                        })?;
+                    let mut doc: DocId = postings.doc();
+                    while doc != TERMINATED && seen_count < names.len() {
+                        let collection = owner.get(doc as usize).copied().unwrap_or(NO_COLLECTION);
+                        if collection != NO_COLLECTION && !seen[collection as usize] {
+                            seen[collection as usize] = true;
+                            seen_count += 1;
+                            let name = &names[collection as usize];
+                            add_term(collected, name, terms.key(), max_terms, total);
+                        }
+                        doc = postings.advance();
                     }
-                    doc = postings.advance();
                 }
             }
         }
