@@ -749,6 +749,23 @@ pub fn docs_for(agent: usize, n: usize) -> Vec<v1::Document> {
         .collect()
 }
 
+/// `docs` (parsed by ragmesh-index's ingestion) dealt round-robin into `shards` lists of wire
+/// documents, without an ACL (operators only, like a local index's documents).
+pub fn round_robin(docs: Vec<ragmesh_index::Document>, shards: usize) -> Vec<Vec<v1::Document>> {
+    let mut lists: Vec<Vec<v1::Document>> = vec![Vec::new(); shards];
+    for (i, doc) in docs.into_iter().enumerate() {
+        lists[i % shards].push(v1::Document {
+            id: doc.id,
+            collection: doc.collection,
+            title: doc.title,
+            body: doc.body,
+            metadata: doc.metadata.into_iter().collect(),
+            acl: None,
+        });
+    }
+    lists
+}
+
 /// Status of node `name` in a search response.
 pub fn outcome_of<'a>(response: &'a v1::SearchResponse, name: &str) -> &'a v1::NodeOutcome {
     response
@@ -756,6 +773,16 @@ pub fn outcome_of<'a>(response: &'a v1::SearchResponse, name: &str) -> &'a v1::N
         .iter()
         .find(|n| n.node == name)
         .unwrap_or_else(|| panic!("no outcome for {name} in {:?}", response.nodes))
+}
+
+/// Asserts that node `name`, which holds no document matching the search, either searched at
+/// index generation `generation` and found nothing, or was skipped because its term summary
+/// proves it (routing by term summaries, once the summary reached the master).
+pub fn assert_no_hits_or_no_match(response: &v1::SearchResponse, name: &str, generation: u64) {
+    let other = outcome_of(response, name);
+    let searched = other.status() == OutcomeStatus::Ok && other.hit_count == 0 && other.generation == generation;
+    let skipped = other.status() == OutcomeStatus::Skipped && other.skip_reason() == SkipReason::NoMatch;
+    assert!(searched || skipped, "{name}: {other:?}");
 }
 
 /// What a test expects of one node's outcome in a search response.

@@ -149,17 +149,7 @@ async fn vaswani_topics_in_another_word_order_cost_no_statistics_call() {
             .expect("parse");
     let topics = ragmesh_eval::topics::read_topics_file(&dir.join("query-text.trec")).expect("topics");
     let mesh = Mesh::builder().agents(3).cache(ragmesh_config::CacheConfig::default()).start().await;
-    let mut shards: Vec<Vec<v1::Document>> = vec![Vec::new(); 3];
-    for (i, doc) in docs.into_iter().enumerate() {
-        shards[i % 3].push(v1::Document {
-            id: doc.id,
-            collection: doc.collection,
-            title: doc.title,
-            body: doc.body,
-            metadata: doc.metadata.into_iter().collect(),
-            acl: None,
-        });
-    }
+    let shards = ragmesh_e2e::round_robin(docs, 3);
     for (i, shard) in shards.into_iter().enumerate() {
         let mut generation = 0;
         for batch in shard.chunks(1000) {

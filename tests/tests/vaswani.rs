@@ -45,17 +45,7 @@ async fn federated_search_over_three_agents_stays_close_to_one_index() {
 
     // The mesh: round-robin split, ingested through the master in batches.
     let mesh = Mesh::builder().agents(3).start().await;
-    let mut shards: Vec<Vec<v1::Document>> = vec![Vec::new(); 3];
-    for (i, doc) in docs.into_iter().enumerate() {
-        shards[i % 3].push(v1::Document {
-            id: doc.id,
-            collection: doc.collection,
-            title: doc.title,
-            body: doc.body,
-            metadata: doc.metadata.into_iter().collect(),
-            acl: None, // operators only, like the single index's documents
-        });
-    }
+    let shards = ragmesh_e2e::round_robin(docs, 3);
     for (i, shard) in shards.into_iter().enumerate() {
         for batch in shard.chunks(1000) {
             mesh.ingest(i, batch.to_vec()).await;

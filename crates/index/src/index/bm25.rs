@@ -290,14 +290,15 @@ mod tests {
     #[test]
     fn other_parameters_score_as_the_bm25_formula_says() {
         let (k1, b) = (0.5_f32, 0.3_f32);
-        let (_dir, index) = open_temp_with(settings(k1, b));
-        index
-            .upsert(vec![
+        let corpus = || {
+            vec![
                 doc("c", "short", "", "apple banana"),
                 doc("c", "long", "", "apple apple cherry delta echo fox golf hotel"),
                 doc("c", "none", "", "cherry"),
-            ])
-            .expect("upsert");
+            ]
+        };
+        let (_dir, index) = open_temp_with(settings(k1, b));
+        index.upsert(corpus()).expect("upsert");
         let hits = index.search(&query("apple")).expect("search").hits;
         let got: BTreeMap<&str, f32> = hits.iter().map(|hit| (hit.id.as_str(), hit.score)).collect();
         // N = 3, n = 2, body lengths 2, 8, 1: avgdl = 11 / 3.
@@ -310,13 +311,7 @@ mod tests {
         assert!(got["long"] > got["short"], "{got:?}");
         // ...while tantivy's b = 0.75 penalises length enough to rank the short one first.
         let (_default_dir, default) = open_temp();
-        default
-            .upsert(vec![
-                doc("c", "short", "", "apple banana"),
-                doc("c", "long", "", "apple apple cherry delta echo fox golf hotel"),
-                doc("c", "none", "", "cherry"),
-            ])
-            .expect("upsert");
+        default.upsert(corpus()).expect("upsert");
         let default_hits = default.search(&query("apple")).expect("search").hits;
         assert_eq!(default_hits.first().map(|hit| hit.id.as_str()), Some("short"), "{default_hits:?}");
     }
