@@ -127,11 +127,13 @@ impl Summaries {
     /// describes the generation already sent.
     async fn ready(&mut self, wait: Duration) -> Option<v1::TermSummary> {
         let building = self.building.as_mut()?;
-        if !building.is_finished() && tokio::time::timeout(wait, &mut *building).await.is_err() {
-            return None;
-        }
-        let finished = self.building.take()?;
-        match finished.await {
+        // `timeout` polls the build before its timer, so a finished build is taken even with no
+        // wait; the handle is dropped once it yielded its output (it must not be polled again).
+        let Ok(joined) = tokio::time::timeout(wait, building).await else {
+            return None; // still building: a later heartbeat sends it
+        };
+        self.building = None;
+        match joined {
             Ok(Ok(built)) if self.sent != Some(built.generation) => {
                 self.sent = Some(built.generation);
                 Some(built.wire)
@@ -453,6 +455,44 @@ mod tests {
         assert!(should_build(Some(3), 4, false, Some(now - second), now, second), "the index moved");
         assert!(!should_build(Some(3), 4, false, Some(now - second / 2), now, second), "rate limited");
         assert!(!should_build(Some(3), 4, true, Some(now - second * 5), now, second), "one build at a time");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_summary_build_is_taken_once_whether_awaited_or_already_finished() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let index = Arc::new(DocumentIndex::open(dir.path()).expect("open"));
+        let write = |id: &str| {
+            let doc = ragmesh_index::Document {
+                id: id.to_owned(),
+                collection: "c".to_owned(),
+                title: String::new(),
+                body: format!("routing words {id}"),
+                metadata: Default::default(),
+                acl: ragmesh_index::Acl::public(),
+            };
+            index.upsert(vec![doc]).expect("upsert");
+        };
+        write("1");
+        let mut summaries = Summaries::default();
+        // Finishes while `ready` waits on it (the first heartbeat of a stream).
+        summaries.maybe_start(Some(&index), Duration::ZERO);
+        let first = summaries.ready(Duration::from_secs(60)).await.expect("the build finished in time");
+        assert!(!first.encoded.is_empty());
+        assert!(summaries.building.is_none(), "the handle is gone once its output was taken");
+        assert_eq!(summaries.ready(Duration::ZERO).await, None, "nothing more to send");
+        summaries.maybe_start(Some(&index), Duration::ZERO);
+        assert!(summaries.building.is_none(), "the index did not move: no build");
+        // Already finished when a later heartbeat looks (no wait at all).
+        write("2");
+        summaries.maybe_start(Some(&index), Duration::ZERO);
+        let handle = summaries.building.as_ref().expect("the index moved: a build runs");
+        ragmesh_test_util::wait_for("the build to finish", Duration::from_secs(60), || async {
+            handle.is_finished().then_some(())
+        })
+        .await;
+        let second = summaries.ready(Duration::ZERO).await.expect("a finished build is taken at once");
+        assert_ne!(second.encoded, first.encoded, "a summary of the moved index");
+        assert_eq!(summaries.ready(Duration::ZERO).await, None);
     }
 
     #[test]
