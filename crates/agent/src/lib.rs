@@ -216,8 +216,26 @@ pub async fn start_with_metrics(
         let _ = state.index.set(Arc::new(index));
         health.set_serving::<AgentServiceServer<AgentApi>>().await;
         health.set_service_status("", tonic_health::ServingStatus::Serving).await;
-        let link = tokio::spawn(link.run());
-        stop.cancelled().await;
+        let mut link = tokio::spawn(link.run());
+        tokio::select! {
+            // The link returns by itself only once `stop` is cancelled: checked first.
+            biased;
+            () = stop.cancelled() => {}
+            ended = &mut link => {
+                // The link only returns on shutdown: ending before it is a bug (a panic). An agent
+                // cut off from the master must not go on serving unregistered: stop, and say why,
+                // so its supervisor restarts it.
+                let reason = match ended {
+                    Err(err) if err.is_panic() => "the link to the master panicked".to_owned(),
+                    Err(err) => format!("the link to the master failed: {err}"),
+                    Ok(()) => "the link to the master ended".to_owned(),
+                };
+                tracing::error!(reason = %reason, "agent stopping: it can no longer report to the master");
+                stop.cancel();
+                let _ = ragmesh_server::drain(server).await;
+                return Err(anyhow::anyhow!("{reason}; the agent stopped (see the log above), restart it"));
+            }
+        }
         tracing::info!("agent shutting down");
         let _ = link.await;
         ragmesh_server::drain(server).await?;
