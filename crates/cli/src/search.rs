@@ -351,6 +351,17 @@ pub fn nodes_table(nodes: &[v1::NodeOutcome]) -> String {
     table.render()
 }
 
+/// Whether `group` was skipped for `reason`.
+fn group_skipped(group: &v1::GroupOutcome, reason: v1::SkipReason) -> bool {
+    group.status == v1::OutcomeStatus::Skipped as i32 && group.skip_reason == reason as i32
+}
+
+/// Whether `group`'s part of the answer is known: a replica answered, or its term summary
+/// proved it holds no match (nothing can be missing from it).
+fn group_answered(group: &v1::GroupOutcome) -> bool {
+    group.status == v1::OutcomeStatus::Ok as i32 || group_skipped(group, v1::SkipReason::NoMatch)
+}
+
 /// One line of counts, plus a second naming the nodes whose results are missing.
 fn summary(response: &v1::SearchResponse) -> String {
     let asked: Vec<&v1::NodeOutcome> = response.nodes.iter().filter(|n| !is_skipped(n)).collect();
@@ -359,15 +370,15 @@ fn summary(response: &v1::SearchResponse) -> String {
     let mut out = if response.groups.is_empty() {
         format!("{} hits from {answered} of {} nodes asked", response.hits.len(), asked.len())
     } else {
-        let routed: Vec<&v1::GroupOutcome> = response
-            .groups
-            .iter()
-            .filter(|g| {
-                !(g.status == v1::OutcomeStatus::Skipped as i32 && g.skip_reason == v1::SkipReason::NotRouted as i32)
-            })
-            .collect();
-        let answered = routed.iter().filter(|g| g.status == v1::OutcomeStatus::Ok as i32).count();
-        format!("{} hits from {answered} of {} shard groups", response.hits.len(), routed.len())
+        let routed: Vec<&v1::GroupOutcome> =
+            response.groups.iter().filter(|g| !group_skipped(g, v1::SkipReason::NotRouted)).collect();
+        let answered = routed.iter().filter(|g| group_answered(g)).count();
+        let mut line = format!("{} hits from {answered} of {} shard groups", response.hits.len(), routed.len());
+        let proven = routed.iter().filter(|g| group_skipped(g, v1::SkipReason::NoMatch)).count();
+        if proven > 0 {
+            let _ = write!(line, " ({proven} without a call: their term summaries prove no match)");
+        }
+        line
     };
     if response.groups.is_empty() && skipped > 0 {
         let _ = write!(out, " ({skipped} skipped)");
@@ -392,11 +403,7 @@ fn summary(response: &v1::SearchResponse) -> String {
         let missing: Vec<String> = response
             .groups
             .iter()
-            .filter(|g| {
-                let not_routed =
-                    g.status == v1::OutcomeStatus::Skipped as i32 && g.skip_reason == v1::SkipReason::NotRouted as i32;
-                g.status != v1::OutcomeStatus::Ok as i32 && !not_routed
-            })
+            .filter(|g| !group_answered(g) && !group_skipped(g, v1::SkipReason::NotRouted))
             .map(|g| format!("shard group {} {}", clean(&g.shard), group_status_label(g)))
             .collect();
         if !missing.is_empty() {
@@ -409,8 +416,8 @@ fn summary(response: &v1::SearchResponse) -> String {
         .nodes
         .iter()
         .filter(|n| {
-            let not_routed = is_skipped(n) && skip_reason(n) == "not_routed";
-            !is_ok(n) && !not_routed
+            let cannot_miss = is_skipped(n) && matches!(skip_reason(n), "not_routed" | "no_match");
+            !is_ok(n) && !cannot_miss
         })
         .map(|n| format!("{} {}", clean(&n.node), status_label(n)))
         .collect();
@@ -618,6 +625,17 @@ mod tests {
         response.groups.truncate(1);
         let text = render(&response, "certificate", Style::plain());
         assert!(!text.contains("incomplete"), "every group answered: {text}");
+
+        // A group whose term summary proves it holds no match answered too: nothing is missing.
+        response.groups.push(v1::GroupOutcome {
+            shard: "north".to_owned(),
+            status: v1::OutcomeStatus::Skipped as i32,
+            skip_reason: v1::SkipReason::NoMatch as i32,
+            ..Default::default()
+        });
+        let text = render(&response, "certificate", Style::plain());
+        assert!(!text.contains("incomplete"), "a proven no-match is an answer: {text}");
+        assert!(text.contains("from 2 of 2 shard groups (1 without a call"), "{text}");
     }
 
     #[test]
