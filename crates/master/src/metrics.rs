@@ -77,6 +77,7 @@ pub struct MasterMetrics {
     hedges: Family<NodeLabels, Counter>,
     groups_asked: Counter,
     groups_answered: Counter,
+    groups_no_match: Counter,
     breaker_transitions: Family<TransitionLabels, Counter>,
     rate_limit_refusals: Counter,
     cache_lookups: Family<CacheLookupLabels, Counter>,
@@ -116,6 +117,11 @@ impl MasterMetrics {
             handle.groups_answered.clone(),
         );
         metrics.register(
+            "ragmesh_search_groups_no_match",
+            "Shard groups a federated search did not ask to search because their term summary proves no match",
+            handle.groups_no_match.clone(),
+        );
+        metrics.register(
             "ragmesh_breaker_transitions",
             "Circuit breaker transitions of each node, by state entered",
             handle.breaker_transitions.clone(),
@@ -153,6 +159,7 @@ impl MasterMetrics {
             hedges: Family::default(),
             groups_asked: Counter::default(),
             groups_answered: Counter::default(),
+            groups_no_match: Counter::default(),
             breaker_transitions: Family::default(),
             rate_limit_refusals: Counter::default(),
             cache_lookups: Family::default(),
@@ -191,6 +198,7 @@ impl MasterMetrics {
         self.groups_asked.inc_by(groups.len() as u64);
         let answered = groups.iter().filter(|group| group.answer.is_ok()).count();
         self.groups_answered.inc_by(answered as u64);
+        self.groups_no_match.inc_by(plan.no_match.len() as u64);
         for group in groups {
             self.record_attempts(&group.attempts);
         }
@@ -387,6 +395,7 @@ mod tests {
         );
         let plan = Plan {
             skipped: vec![("c".into(), SkipReason::BreakerOpen), ("d".into(), SkipReason::Down)],
+            no_match: vec![ragmesh_stack::node_call::Target::Group("g3".into())],
             ..Plan::default()
         };
         let unavailable = CallError::Unavailable("connection refused".into());
@@ -415,6 +424,7 @@ mod tests {
         for line in [
             "ragmesh_search_groups_asked_total 2",
             "ragmesh_search_groups_answered_total 1",
+            "ragmesh_search_groups_no_match_total 1",
             r#"ragmesh_node_client_calls_total{node="a",outcome="ok"} 1"#,
             r#"ragmesh_node_client_calls_total{node="b",outcome="cancelled"} 1"#,
             r#"ragmesh_node_client_calls_total{node="c",outcome="breaker_open"} 1"#,
