@@ -7,7 +7,6 @@
 use std::path::Path;
 use std::time::Duration;
 
-use clap::Parser as _;
 use ragmesh_agent::AgentHandle;
 use ragmesh_agent::error::APPLIED_SEQ_METADATA;
 use ragmesh_auth::Capability;
@@ -39,25 +38,8 @@ async fn heartbeat_at(master: &mut Master, generation: u64) -> v1::Heartbeat {
 }
 
 fn agent_args(name: &str, shard: Option<&str>, master: &str, data_dir: &Path) -> AgentArgs {
-    let data_dir = data_dir.to_str().expect("utf-8 temp path");
-    let mut args = vec![
-        "ragmesh-agent",
-        "--insecure",
-        "--name",
-        name,
-        "--listen",
-        "127.0.0.1:0",
-        "--master",
-        master,
-        "--data-dir",
-        data_dir,
-        "--heartbeat-interval-ms",
-        "50",
-    ];
-    if let Some(shard) = shard {
-        args.extend(["--shard", shard]);
-    }
-    AgentArgs::try_parse_from(args).expect("parse")
+    let shard: Vec<&str> = shard.map(|shard| vec!["--shard", shard]).unwrap_or_default();
+    common::agent_args(name, master, data_dir, &shard)
 }
 
 async fn start_agent(args: AgentArgs) -> AgentHandle {

@@ -163,13 +163,14 @@ pub(crate) async fn start_agent(name: &str, master: &str, data_dir: &std::path::
     start_agent_with(name, master, data_dir, &[]).await
 }
 
-/// [`start_agent`] with `extra` flags (e.g. `--config FILE`).
-pub(crate) async fn start_agent_with(
+/// The arguments of an insecure test agent `name` of `master` keeping its data in `data_dir`,
+/// heartbeating every 50 ms, plus `extra` flags (e.g. `--config FILE`, `--shard G`).
+pub(crate) fn agent_args(
     name: &str,
     master: &str,
     data_dir: &std::path::Path,
     extra: &[&str],
-) -> AgentHandle {
+) -> ragmesh_config::AgentArgs {
     use clap::Parser as _;
     let data_dir = data_dir.to_str().expect("utf-8");
     let mut args = vec![
@@ -187,7 +188,17 @@ pub(crate) async fn start_agent_with(
         "50",
     ];
     args.extend_from_slice(extra);
-    let config = ragmesh_config::AgentArgs::try_parse_from(args).expect("parse").resolve().expect("valid config");
+    ragmesh_config::AgentArgs::try_parse_from(args).expect("parse")
+}
+
+/// [`start_agent`] with `extra` flags (e.g. `--config FILE`).
+pub(crate) async fn start_agent_with(
+    name: &str,
+    master: &str,
+    data_dir: &std::path::Path,
+    extra: &[&str],
+) -> AgentHandle {
+    let config = agent_args(name, master, data_dir, extra).resolve().expect("valid config");
     let listener = TcpListener::bind(config.listen).await.expect("bind");
     let agent = ragmesh_agent::start(config, listener).await.expect("agent starts");
     wait_attached(&agent).await;
