@@ -151,11 +151,7 @@ async fn main() {
     let epochs = env_count("EPOCHS", 2);
     let rounds = env_count("ROUNDS", 3);
     let round = env_secs("ROUND_SECS", 2.0);
-    let concurrencies: Vec<usize> = std::env::var("CONCURRENCY")
-        .ok()
-        .map(|v| v.split(',').filter_map(|c| c.trim().parse().ok()).filter(|c| *c > 0).collect())
-        .filter(|v: &Vec<usize>| !v.is_empty())
-        .unwrap_or_else(|| vec![1, 16]);
+    let concurrencies = common::env_counts("CONCURRENCY", &[1, 16]);
     let ticks_per_sec = common::clock_ticks();
     println!("daemons from {}", ragmesh_e2e::daemons::bin_dir().display());
     let (docs, queries) = corpus();

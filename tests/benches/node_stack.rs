@@ -214,10 +214,7 @@ async fn measure(op: &Op, concurrency: usize, duration: Duration) -> Measured {
 fn main() {
     let duration = env_secs("DURATION", 3.0);
     let rounds = env_count("ROUNDS", 3);
-    let levels: Vec<usize> = match std::env::var("CONCURRENCY") {
-        Ok(list) => list.split(',').filter_map(|level| level.trim().parse().ok()).collect(),
-        Err(_) => vec![1, 16],
-    };
+    let levels = common::env_counts("CONCURRENCY", &[1, 16]);
     let hz = clock_ticks();
     let (keys, context) = signed_context();
     let dirs = [tempfile::tempdir().expect("tempdir"), tempfile::tempdir().expect("tempdir")];

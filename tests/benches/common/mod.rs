@@ -17,6 +17,15 @@ pub fn env_count(name: &str, default: usize) -> usize {
     std::env::var(name).ok().and_then(|v| v.parse().ok()).filter(|n| *n > 0).unwrap_or(default)
 }
 
+/// A comma-separated list of positive counts from environment variable `name` (e.g.
+/// `CONCURRENCY=1,16`), else `default` (also when it names none).
+pub fn env_counts(name: &str, default: &[usize]) -> Vec<usize> {
+    let listed: Vec<usize> = std::env::var(name)
+        .map(|list| list.split(',').filter_map(|c| c.trim().parse().ok()).filter(|c| *c > 0).collect())
+        .unwrap_or_default();
+    if listed.is_empty() { default.to_vec() } else { listed }
+}
+
 /// What one operation of a load run reports.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Tags {
