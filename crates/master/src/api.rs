@@ -296,19 +296,13 @@ impl MasterService for MasterApi {
         let limit = if req.limit == 0 { 10 } else { req.limit };
         let scope = Scope::of(&principal);
         let key = result_cache::result_key(&scope, &req, limit, strategy, &plan, &freshness);
-        let context = self.0.access()?.context(&principal, budget)?;
-        let context = context
-            .parse()
-            .map_err(|_| MasterError::Refused(Status::internal("the signed request context is not valid metadata")))?;
         let search = Search {
-            query: NodeQuery {
-                query: req.query,
-                collections: req.collections,
-                limit,
-                min_score: req.min_score,
-                context,
-                statistics: None,
-            },
+            query: req.query,
+            collections: req.collections,
+            limit,
+            min_score: req.min_score,
+            principal,
+            budget,
             nodes: req.nodes,
             strategy,
             plan,
@@ -457,7 +451,14 @@ impl MasterApi {
 
 /// A search ready to fan out: what the cache keyed, and what the fan-out needs.
 struct Search {
-    query: NodeQuery,
+    query: String,
+    collections: Vec<String>,
+    limit: u32,
+    min_score: f64,
+    /// The caller, signed into the nodes' query only when a fan-out runs (not for a cache hit).
+    principal: Principal,
+    /// The caller's budget, the signed context's life.
+    budget: Duration,
     nodes: Vec<String>,
     strategy: merge::Strategy,
     plan: federation::Plan,
@@ -477,13 +478,14 @@ impl MasterApi {
     async fn statistics(
         &self,
         search: &Search,
+        query: &NodeQuery,
     ) -> (v1::TermStatistics, Vec<federation::GroupTarget>, Vec<federation::GroupResult>) {
         let cache = &self.0.stats_cache;
         let mut known = Vec::new();
         let mut ask = Vec::new();
         for target in &search.plan.targets {
             let profile = stats_cache::group_profile(target, &search.summaries);
-            let lookup = cache.prepare(&search.scope, &search.query.query, target, profile, &search.freshness);
+            let lookup = cache.prepare(&search.scope, &query.query, target, profile, &search.freshness);
             match cache.get(&lookup, &search.scope, target, &search.freshness).await {
                 Some(cached) => known.push((target.clone(), cached)),
                 None => ask.push((target.clone(), lookup)),
@@ -495,8 +497,7 @@ impl MasterApi {
             let now = Instant::now();
             let phase_deadline = now + search.deadline.saturating_duration_since(now) / 2;
             let targets: Vec<_> = ask.iter().map(|(target, _)| target.clone()).collect();
-            gathered =
-                federation::gather_statistics(&self.0.node_client, &targets, &search.query, phase_deadline).await;
+            gathered = federation::gather_statistics(&self.0.node_client, &targets, query, phase_deadline).await;
         }
         for (result, (target, lookup)) in gathered.iter().zip(ask) {
             if let Ok((node, reply)) = &result.answer
@@ -526,12 +527,23 @@ impl MasterApi {
     /// One fan-out of `search` and its merge, with whether the answer is complete (every routed
     /// group answered) and fresh (every answering replica had applied its group's `last`).
     async fn fan_out(&self, search: &Search) -> Result<Answer, MasterError> {
-        let mut query = search.query.clone();
+        let context = self.0.access()?.context(&search.principal, search.budget)?;
+        let context = context
+            .parse()
+            .map_err(|_| MasterError::Refused(Status::internal("the signed request context is not valid metadata")))?;
+        let mut query = NodeQuery {
+            query: search.query.clone(),
+            collections: search.collections.clone(),
+            limit: search.limit,
+            min_score: search.min_score,
+            context,
+            statistics: None,
+        };
         let mut targets = search.plan.targets.clone();
         let mut unscored = Vec::new();
         let plan = &search.plan;
         if search.strategy == merge::Strategy::GlobalBm25 && targets.iter().any(|t| !plan.proven_no_match(t)) {
-            let (statistics, scored, failed) = self.statistics(search).await;
+            let (statistics, scored, failed) = self.statistics(search, &query).await;
             query.statistics = Some(statistics);
             targets = scored;
             unscored = failed;
