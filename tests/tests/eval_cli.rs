@@ -129,19 +129,9 @@ async fn eval_prints_hand_checked_figures_on_a_small_sample() {
     assert!(!out.contains("warning:"), "{out}");
 }
 
-fn vaswani_dir() -> Option<PathBuf> {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/data/vaswani");
-    if dir.join("doc-text.trec").is_file() {
-        return Some(dir);
-    }
-    assert!(std::env::var_os("CI").is_none(), "CI must have ../shared/data/vaswani");
-    println!("skipped: ../shared/data/vaswani not present");
-    None
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn eval_on_vaswani_global_bm25_matches_one_index_over_four_shards() {
-    let Some(dir) = vaswani_dir() else { return };
+    let Some(dir) = ragmesh_test_util::vaswani_dir() else { return };
     let dir = dir.display().to_string();
     for split in ["round-robin", "clustered"] {
         let started = Instant::now();

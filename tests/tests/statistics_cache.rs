@@ -6,7 +6,6 @@
 //! The vaswani measurement (topics searched twice, the second time in reversed word order)
 //! prints the calls saved; it is skipped when ../shared/data/vaswani is not present.
 
-use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use ragmesh_e2e::{Mesh, docs_for, scrape, trace_init, wait_for};
@@ -127,15 +126,6 @@ async fn a_query_whose_terms_were_all_asked_before_costs_no_statistics_call() {
     mesh.shutdown().await;
 }
 
-fn collection_dir() -> Option<PathBuf> {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/data/vaswani");
-    if dir.join("doc-text.trec").is_file() {
-        return Some(dir);
-    }
-    println!("skipped: ../shared/data/vaswani not present");
-    None
-}
-
 /// Measurement: the 93 vaswani topics over three agents, then again with each topic's words
 /// reversed. Prints the statistics calls each pass made; asserts the reversed pass asked no
 /// agent (every term was met in the first) and scored every topic's top 10 alike (within float
@@ -143,7 +133,7 @@ fn collection_dir() -> Option<PathBuf> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn vaswani_topics_in_another_word_order_cost_no_statistics_call() {
     trace_init();
-    let Some(dir) = collection_dir() else { return };
+    let Some(dir) = ragmesh_test_util::vaswani_dir() else { return };
     let docs =
         ragmesh_index::ingest::parse_trec(&std::fs::read_to_string(dir.join("doc-text.trec")).expect("docs"), "npl")
             .expect("parse");

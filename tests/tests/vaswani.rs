@@ -4,22 +4,10 @@
 //! least 0.995x, identical top-10 on at least 95 % of queries); rank fusion is printed beside it. Skipped, and says so, when
 //! ../shared/data/vaswani is not present (a user's clone); CI always has it.
 
-use std::path::{Path, PathBuf};
-
 use ragmesh_e2e::{Mesh, trace_init};
 use ragmesh_eval::{Averaging, Metric, Qrels, Run, top_k_agreement};
 use ragmesh_index::{DocumentIndex, SearchQuery, Viewer, ingest};
 use ragmesh_proto::v1::{self, OutcomeStatus};
-
-fn collection_dir() -> Option<PathBuf> {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/data/vaswani");
-    if dir.join("doc-text.trec").is_file() {
-        return Some(dir);
-    }
-    assert!(std::env::var_os("CI").is_none(), "CI must have ../shared/data/vaswani");
-    println!("skipped: ../shared/data/vaswani not present");
-    None
-}
 
 fn run_of(tag: &str) -> Run {
     Run::new(tag).expect("run tag")
@@ -28,7 +16,7 @@ fn run_of(tag: &str) -> Run {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn federated_search_over_three_agents_stays_close_to_one_index() {
     trace_init();
-    let Some(dir) = collection_dir() else { return };
+    let Some(dir) = ragmesh_test_util::vaswani_dir() else { return };
     let docs =
         ingest::parse_trec(&std::fs::read_to_string(dir.join("doc-text.trec")).expect("docs"), "npl").expect("parse");
     let topics = ragmesh_eval::topics::read_topics_file(&dir.join("query-text.trec")).expect("topics");

@@ -3,24 +3,12 @@
 //! round trip. Skipped, and says so, when ../shared/data/vaswani is absent (a user's clone);
 //! fails when CI is set and the data is absent.
 
-use std::path::{Path, PathBuf};
-
 use ragmesh_eval::topics::read_topics_file;
 use ragmesh_eval::{Averaging, Metric, Qrels, Run, evaluate};
 
-fn collection_dir() -> Option<PathBuf> {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/data/vaswani");
-    if dir.join("query-text.trec").is_file() && dir.join("qrels").is_file() {
-        return Some(dir);
-    }
-    assert!(std::env::var_os("CI").is_none(), "CI must have ../shared/data/vaswani");
-    println!("skipped: ../shared/data/vaswani not present");
-    None
-}
-
 #[test]
 fn the_vaswani_topics_and_qrels_parse() {
-    let Some(dir) = collection_dir() else { return };
+    let Some(dir) = ragmesh_test_util::vaswani_dir() else { return };
     let topics = read_topics_file(&dir.join("query-text.trec")).expect("topics");
     assert_eq!(topics.len(), 93);
     assert_eq!(topics[0].id, "1");

@@ -8,7 +8,6 @@
 //! It asserts only what must hold whatever the figures: every configuration answers every
 //! topic and the default is a working baseline.
 
-use std::path::PathBuf;
 use std::time::Instant;
 
 use ragmesh_eval::{Averaging, Comparison, Evaluation, Metric, Qrels, RandomizationTest, Run, compare};
@@ -24,12 +23,7 @@ struct Collection {
 }
 
 fn load() -> Option<Collection> {
-    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/data/vaswani");
-    if !dir.join("doc-text.trec").is_file() {
-        assert!(std::env::var_os("CI").is_none(), "CI must have ../shared/data/vaswani");
-        println!("skipped: {} not present", dir.display());
-        return None;
-    }
+    let dir = ragmesh_test_util::vaswani_dir()?;
     let docs = ingest::parse_trec(&std::fs::read_to_string(dir.join("doc-text.trec")).expect("docs"), "npl")
         .expect("parse documents");
     let topics = ragmesh_eval::topics::read_topics_file(&dir.join("query-text.trec")).expect("topics");

@@ -354,12 +354,8 @@ proptest! {
 #[ignore]
 fn vaswani_split_in_two_profiles_costs() {
     use std::time::Instant;
-    let dir = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/data/vaswani");
-    let Ok(text) = std::fs::read_to_string(dir.join("doc-text.trec")) else {
-        assert!(std::env::var_os("CI").is_none(), "CI must have ../shared/data/vaswani");
-        println!("skipped: {} not present", dir.display());
-        return;
-    };
+    let Some(dir) = ragmesh_test_util::vaswani_dir() else { return };
+    let text = std::fs::read_to_string(dir.join("doc-text.trec")).expect("the NPL documents");
     let topics = ragmesh_eval::topics::read_topics_file(&dir.join("query-text.trec")).expect("topics");
     let mut docs = ragmesh_index::ingest::parse_trec(&text, "npl").expect("parse");
     for (i, doc) in docs.iter_mut().enumerate() {

@@ -154,3 +154,16 @@ pub async fn server_streaming_raw(
     let mut stream = grpc.server_streaming(tonic::Request::new(message), path, RawBytesCodec).await?.into_inner();
     stream.message().await
 }
+
+/// The vaswani (NPL) test collection, `../shared/data/vaswani` beside the repository, when its
+/// documents, topics and qrels are all there. Absent (a user's clone), it prints that the test
+/// is skipped and returns `None`; under `CI` (which always has it) its absence fails the test.
+pub fn vaswani_dir() -> Option<PathBuf> {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/data/vaswani");
+    if ["doc-text.trec", "query-text.trec", "qrels"].iter().all(|file| dir.join(file).is_file()) {
+        return Some(dir);
+    }
+    assert!(std::env::var_os("CI").is_none(), "CI must have ../shared/data/vaswani");
+    println!("skipped: ../shared/data/vaswani not present");
+    None
+}
