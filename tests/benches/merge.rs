@@ -35,17 +35,7 @@ fn corpus() -> (Vec<v1::Document>, Vec<String>) {
         ragmesh_eval::topics::read_topics_file(&dir.join("query-text.trec")),
     ) {
         let docs = ragmesh_index::ingest::parse_trec(&docs, "npl").expect("parse the NPL documents");
-        let docs = docs
-            .into_iter()
-            .map(|doc| v1::Document {
-                id: doc.id,
-                collection: doc.collection,
-                title: doc.title,
-                body: doc.body,
-                metadata: doc.metadata.into_iter().collect(),
-                acl: None,
-            })
-            .collect();
+        let docs = docs.into_iter().map(ragmesh_e2e::wire_document).collect();
         println!("corpus: NPL ({} topics)", topics.len());
         return (docs, topics.into_iter().map(|t| t.title.to_lowercase()).collect());
     }

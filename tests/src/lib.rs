@@ -749,19 +749,24 @@ pub fn docs_for(agent: usize, n: usize) -> Vec<v1::Document> {
         .collect()
 }
 
-/// `docs` (parsed by ragmesh-index's ingestion) dealt round-robin into `shards` lists of wire
-/// documents, without an ACL (operators only, like a local index's documents).
+/// A document parsed by ragmesh-index's ingestion as the wire carries it, without an ACL
+/// (operators only, like a local index's documents).
+pub fn wire_document(doc: ragmesh_index::Document) -> v1::Document {
+    v1::Document {
+        id: doc.id,
+        collection: doc.collection,
+        title: doc.title,
+        body: doc.body,
+        metadata: doc.metadata.into_iter().collect(),
+        acl: None,
+    }
+}
+
+/// `docs` dealt round-robin into `shards` lists of [`wire_document`]s.
 pub fn round_robin(docs: Vec<ragmesh_index::Document>, shards: usize) -> Vec<Vec<v1::Document>> {
     let mut lists: Vec<Vec<v1::Document>> = vec![Vec::new(); shards];
     for (i, doc) in docs.into_iter().enumerate() {
-        lists[i % shards].push(v1::Document {
-            id: doc.id,
-            collection: doc.collection,
-            title: doc.title,
-            body: doc.body,
-            metadata: doc.metadata.into_iter().collect(),
-            acl: None,
-        });
+        lists[i % shards].push(wire_document(doc));
     }
     lists
 }
