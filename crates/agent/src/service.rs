@@ -6,7 +6,10 @@ use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, OnceLock, RwLock};
 
-use ragmesh_auth::{AuthError, CONTEXT_AUDIENCE, Capability, Principal, PublicKey, Verifier, VerifierConfig, unix_now};
+use ragmesh_auth::{
+    AuthError, CONTEXT_AUDIENCE, Capability, DEFAULT_MEMO_CAPACITY, Principal, PublicKey, VerifiedMemo, Verifier,
+    VerifierConfig, unix_now,
+};
 use ragmesh_index::{
     Acl, Applied, DocRef, Document, DocumentIndex, IndexError, IndexState, LogPosition, SearchQuery, SubjectRef,
     Viewer, Writer,
@@ -36,8 +39,10 @@ pub struct AgentState {
     pub index: Arc<OnceLock<Arc<DocumentIndex>>>,
     /// Requests being served now (reported in heartbeats).
     pub in_flight: Arc<AtomicU32>,
-    /// Verifies the master's signed request contexts; `None` until the master sent its keys.
-    pub verifier: Arc<RwLock<Option<Verifier>>>,
+    /// Verifies the master's signed request contexts, remembering verified ones (the master
+    /// reuses a caller's context across searches); `None` until the master sent its keys, and
+    /// replaced, memo and all, whenever it sends new ones.
+    verifier: Arc<RwLock<Option<Arc<VerifiedMemo>>>>,
     /// Slots for blocking index work. A slot is held by the blocking closure itself, so work
     /// whose caller gave up (deadline) still holds one until it really ends: the server's
     /// concurrency limit frees its slot when the handler is dropped, this one does not.
@@ -83,7 +88,8 @@ impl AgentState {
             verified.push(PublicKey::new(&key.kid, &key.algorithm, &key.public_key, until)?);
         }
         let verifier = Verifier::new(verified, VerifierConfig::new(MASTER_ISSUER, CONTEXT_AUDIENCE));
-        *self.verifier.write().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(verifier);
+        let memo = Arc::new(VerifiedMemo::new(verifier, DEFAULT_MEMO_CAPACITY));
+        *self.verifier.write().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(memo);
         Ok(())
     }
 
@@ -100,9 +106,8 @@ impl AgentState {
     fn verified<T>(&self, request: &Request<T>) -> Result<Principal, AgentError> {
         let token =
             request.metadata().get(CONTEXT_METADATA).and_then(|v| v.to_str().ok()).ok_or(AgentError::NoContext)?;
-        let guard = self.verifier.read().unwrap_or_else(std::sync::PoisonError::into_inner);
-        let verifier = guard.as_ref().ok_or(AgentError::NoKeys)?;
-        Ok(verifier.verify(token, unix_now())?)
+        let verifier = self.verifier.read().unwrap_or_else(std::sync::PoisonError::into_inner).clone();
+        Ok(verifier.ok_or(AgentError::NoKeys)?.verify(token, unix_now())?)
     }
 
     /// The log position of a write: required, and of this agent's shard group.

@@ -4,7 +4,8 @@
 //! - [`Capability`], [`Claims`] and [`Principal`]: what a token grants and what a verified one yields.
 //! - [`KeyRing`] (master only): Ed25519 [`SigningKey`]s with rotation; issues access tokens and
 //!   signed request context ([`ContextToken`]) for agents.
-//! - [`Verifier`] (master and agents): checks tokens against the master's [`PublicKey`]s.
+//! - [`Verifier`] (master and agents): checks tokens against the master's [`PublicKey`]s;
+//!   [`VerifiedMemo`] and [`ContextMemo`] spare repeated Ed25519 work on the search path.
 //! - [`RefreshStore`]: opaque refresh tokens, rotated on use, stored hashed, reuse revokes the family.
 //! - [`JoinTokenStore`]: operator-created agent admission tokens, stored hashed, spent atomically.
 //!
@@ -37,6 +38,7 @@ mod join;
 mod jwt;
 mod keyring;
 mod keys;
+mod memo;
 mod records;
 mod refresh;
 mod tokens;
@@ -51,6 +53,7 @@ pub use keyring::{
     RetiredKey,
 };
 pub use keys::{ALG_EDDSA, Jwk, PublicKey, SigningKey};
+pub use memo::{CONTEXT_REUSE, ContextMemo, DEFAULT_MEMO_CAPACITY, ExpiringMap, VerifiedMemo};
 pub use refresh::{DEFAULT_REFRESH_TTL, Grant, RefreshConfig, RefreshStore};
 pub use tokens::{AccessToken, ContextToken, JoinToken, RefreshToken};
 pub use verifier::{DEFAULT_LEEWAY, Verifier, VerifierConfig};

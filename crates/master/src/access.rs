@@ -19,13 +19,14 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, SystemTime};
 
 use ragmesh_auth::{
-    AuthError, Capability, JoinTokenStore, KeyRing, KeyRingConfig, Principal, PublicKey, RefreshConfig, RefreshStore,
-    unix_now,
+    AuthError, Capability, ContextMemo, DEFAULT_MEMO_CAPACITY, JoinTokenStore, KeyRing, KeyRingConfig, Principal,
+    PublicKey, RefreshConfig, RefreshStore, VerifiedMemo, unix_now,
 };
 use ragmesh_config::AccessConfig;
 use ragmesh_proto::v1;
 use ragmesh_store::StateStore;
 use tokio::sync::watch;
+use tonic::metadata::AsciiMetadataValue;
 
 use crate::error::MasterError;
 
@@ -55,6 +56,10 @@ pub(crate) struct Pending {
 #[derive(Debug)]
 pub struct AccessControl {
     keyring: RwLock<KeyRing>,
+    /// Verifies access tokens, remembering verified ones; rebuilt with the key ring's keys.
+    access_tokens: RwLock<Arc<VerifiedMemo>>,
+    /// Signed contexts per caller, reused across their searches; cleared when the key changes.
+    contexts: ContextMemo,
     store: Arc<dyn StateStore>,
     pub(crate) refresh: RefreshStore,
     pub(crate) joins: JoinTokenStore,
@@ -64,6 +69,11 @@ pub struct AccessControl {
     pending: Mutex<BTreeMap<String, Pending>>,
     /// Subjects revoked by an operator, and when: their tokens issued until then are refused.
     revoked: RwLock<BTreeMap<String, u64>>,
+}
+
+/// A memo verifying access tokens against `ring`'s keys at `now` (retired keys within their window).
+fn access_memo(ring: &KeyRing, now: u64) -> Arc<VerifiedMemo> {
+    Arc::new(VerifiedMemo::new(ring.verifier(AUDIENCE, now), DEFAULT_MEMO_CAPACITY))
 }
 
 /// Tree of revoked subjects (subject -> unix seconds, big-endian).
@@ -89,6 +99,8 @@ impl AccessControl {
         let horizon = revocation_horizon(&config);
         forget_revocations(store.as_ref(), &prune_revocations(&mut revoked, horizon, now))?;
         Ok(AccessControl {
+            access_tokens: RwLock::new(access_memo(&keyring, now)),
+            contexts: ContextMemo::new(DEFAULT_MEMO_CAPACITY),
             revoked: RwLock::new(revoked),
             refresh: RefreshStore::new(store.clone(), RefreshConfig { ttl: config.refresh_token_ttl }),
             joins: JoinTokenStore::new(store.clone()),
@@ -127,7 +139,8 @@ impl AccessControl {
                 .and_then(|v| v.strip_prefix("Bearer "))
                 .ok_or_else(|| MasterError::BadCredentials("authorization must be `Bearer <access token>`".into()))?;
             let now = unix_now();
-            let principal = self.keyring().verifier(AUDIENCE, now).verify(token.trim(), now)?;
+            let verifier = Arc::clone(&self.access_tokens.read().unwrap_or_else(std::sync::PoisonError::into_inner));
+            let principal = verifier.verify(token.trim(), now)?;
             let revoked = self.revoked.read().unwrap_or_else(std::sync::PoisonError::into_inner);
             if let Some(&revoked_at) = revoked.get(&principal.subject)
                 && principal.issued_at <= revoked_at
@@ -183,10 +196,14 @@ impl AccessControl {
         Ok(principal)
     }
 
-    /// A context token carrying `principal` to agents, valid for `ttl` (at most the token's own life).
-    pub(crate) fn context(&self, principal: &Principal, ttl: Duration) -> Result<String, MasterError> {
-        let ttl = ttl.max(Duration::from_secs(1));
-        Ok(self.keyring().sign_context(principal, ttl, unix_now())?.into_string())
+    /// A context token carrying `principal` to agents, valid for at least `ttl` (at most the
+    /// token's own life), as the metadata value calls carry: the caller's remembered one while it
+    /// lives long enough (see [`ContextMemo`]), else a fresh signature.
+    pub(crate) fn context(&self, principal: &Principal, ttl: Duration) -> Result<AsciiMetadataValue, MasterError> {
+        let token = self.contexts.context(&self.keyring(), principal, ttl, unix_now())?;
+        AsciiMetadataValue::try_from(&*token).map_err(|_| {
+            MasterError::Refused(tonic::Status::internal("the signed request context is not valid metadata"))
+        })
     }
 
     /// Issues an access token.
@@ -209,6 +226,8 @@ impl AccessControl {
         let kid = ring.rotate(now)?;
         ring.prune(now);
         ring.save(self.store.as_ref())?;
+        *self.access_tokens.write().unwrap_or_else(std::sync::PoisonError::into_inner) = access_memo(&ring, now);
+        self.contexts.clear();
         self.keys.send_replace(ring.public_keys(now));
         tracing::info!(kid = %kid, "signing key rotated");
         Ok(kid)
@@ -416,6 +435,32 @@ mod tests {
         assert_eq!(held_subjects(&access), ["carol", "dave"]);
         assert_eq!(stored_subjects(store.as_ref()), ["carol", "dave"]);
         assert_eq!(access.revoked.read().expect("lock").get("dave"), Some(&(T0 + 111)));
+    }
+
+    #[test]
+    fn memos_keep_revocations_and_rotations_in_force() {
+        let (_dir, store) = store();
+        let access = AccessControl::load(store, config(), false).expect("load");
+        let (token, _) =
+            access.issue("alice", "acme", vec![Capability::Search], Some(Duration::from_secs(60))).expect("issue");
+        let bearer = format!("Bearer {token}");
+        let alice = access.authenticate_parts(Some(Ok(&bearer)), None).expect("verified");
+        assert_eq!(access.authenticate_parts(Some(Ok(&bearer)), None).expect("remembered"), alice);
+
+        let context = access.context(&alice, Duration::from_secs(5)).expect("context");
+        assert_eq!(access.context(&alice, Duration::from_secs(5)).expect("context"), context, "reused");
+        let kid = |value: &AsciiMetadataValue| {
+            ragmesh_auth::parse_unverified_header(value.to_str().expect("ascii")).expect("header").kid
+        };
+        let new_kid = access.rotate().expect("rotate");
+        let after = access.context(&alice, Duration::from_secs(5)).expect("context");
+        assert_ne!(after, context, "a rotation forgets the contexts signed with the old key");
+        assert_eq!(kid(&after).as_deref(), Some(new_kid.as_str()));
+        assert_ne!(kid(&context).as_deref(), Some(new_kid.as_str()));
+
+        access.revoke_subject_tokens("alice").expect("revoke");
+        let refused = access.authenticate_parts(Some(Ok(&bearer)), None).expect_err("revoked");
+        assert!(matches!(refused, MasterError::Revoked { .. }), "{refused:?}");
     }
 
     #[test]

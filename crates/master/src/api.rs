@@ -528,9 +528,6 @@ impl MasterApi {
     /// group answered) and fresh (every answering replica had applied its group's `last`).
     async fn fan_out(&self, search: &Search) -> Result<Answer, MasterError> {
         let context = self.0.access()?.context(&search.principal, search.budget)?;
-        let context = context
-            .parse()
-            .map_err(|_| MasterError::Refused(Status::internal("the signed request context is not valid metadata")))?;
         let mut query = NodeQuery {
             query: search.query.clone(),
             collections: search.collections.clone(),

@@ -145,9 +145,7 @@ pub(super) fn signed_context(
     principal: &Principal,
     ttl: Duration,
 ) -> Result<NodeCallContext, MasterError> {
-    let text = ctx.access()?.context(principal, ttl)?;
-    text.parse()
-        .map_err(|_| MasterError::Refused(tonic::Status::internal("the signed request context is not valid metadata")))
+    ctx.access()?.context(principal, ttl)
 }
 
 pub(super) type NodeCallContext = tonic::metadata::AsciiMetadataValue;
