@@ -31,7 +31,7 @@ pub use document::{
 pub use error::IndexError;
 pub use index::backup::{Restored, SnapshotWritten, snapshot_path, verify_snapshot};
 pub use index::stats::{FieldTerm, MAX_STATISTICS_TERMS, QueryAnalyzer, TermStatistics};
-pub use index::summary::{RoutingSummary, routing_query, routing_query_for};
+pub use index::summary::{RoutingParser, RoutingSummary, routing_query, routing_query_for};
 pub use index::{DEFAULT_LIMIT, DocumentIndex, IndexState, MAX_LIMIT, MAX_QUERY_BYTES};
 pub use position::{Applied, AppliedLog, LogPosition, Step, check_position};
 pub use snapshot::{MAX_SNAPSHOT_NAME, SnapshotHeader, SnapshotLimits, snapshot_name_problem};

@@ -65,6 +65,8 @@ pub(crate) struct Context {
     pub(crate) result_cache: crate::result_cache::ResultCache,
     /// Per-group BM25 statistics of a query (`--statistics-cache-bytes`).
     pub(crate) stats_cache: crate::stats_cache::StatisticsCache,
+    /// Query parsers for routing by term summaries, one per analysis profile.
+    pub(crate) routing: federation::RoutingParsers,
 }
 
 impl Context {
@@ -289,7 +291,7 @@ impl MasterService for MasterApi {
             MasterError::UnknownNodes { unknown, known: nodes.iter().map(|n| n.record.name.clone()).collect() }
         })?;
         let summaries = registry.term_summaries();
-        federation::skip_no_match(&mut plan, &summaries, &req.collections, &req.query);
+        federation::skip_no_match(&mut plan, &summaries, &req.collections, &self.0.routing, &req.query);
         let replication = self.0.replication()?;
         let considered = federation::considered(&replicas, &req.nodes).map(|r| r.group.as_str());
         let freshness = Freshness::read(epoch, &nodes, considered, |group| replication.log_state(group).last);

@@ -40,34 +40,55 @@ const NO_COLLECTION: u32 = u32::MAX;
 /// phrase prefixes, ranges, sets, regexes, other fields, user boosts, a query `search` refuses)
 /// is [`RoutingQuery::Anything`], so the node is asked. A phrase requires each of its terms.
 pub fn routing_query(text: &str) -> RoutingQuery {
-    routing_query_with(&Profile::default(), text)
+    RoutingParser::new(&Profile::default()).query(text)
 }
 
 /// [`routing_query`] for the collections analyzed by `analyzer` (the name a summary lists per
 /// collection, a [`Profile::name`]): `None` for an analyzer this build does not know, and the
-/// router then asks every node holding such a collection.
+/// router then asks every node holding such a collection. Builds a [`RoutingParser`] each call:
+/// a router reducing many queries keeps one per profile instead.
 pub fn routing_query_for(analyzer: &str, text: &str) -> Option<RoutingQuery> {
-    Profile::from_name(analyzer).map(|profile| routing_query_with(&profile, text))
+    Profile::from_name(analyzer).map(|profile| RoutingParser::new(&profile).query(text))
 }
 
-/// [`routing_query`] with `profile`'s analysis: the parser `search` builds for an index of that
-/// profile (field boosts, the only difference between its parsers, play no part in routing).
-fn routing_query_with(profile: &Profile, text: &str) -> RoutingQuery {
-    let trimmed = text.trim();
-    // The checks of `search`: a query it refuses is asked anyway, so the node reports the error.
-    if trimmed.is_empty() || text.len() > MAX_QUERY_BYTES {
-        return RoutingQuery::Anything;
+/// [`routing_query`] with one profile's analysis, its schema and parser built once: the parser
+/// `search` builds for an index of that profile (field boosts, the only difference between its
+/// parsers, play no part in routing).
+pub struct RoutingParser {
+    parser: QueryParser,
+    fields: Fields,
+}
+
+impl std::fmt::Debug for RoutingParser {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RoutingParser").finish_non_exhaustive()
     }
-    if ragmesh_types::query::check(trimmed, &QueryLimits::default()).is_err() {
-        return RoutingQuery::Anything;
+}
+
+impl RoutingParser {
+    /// The parser of `profile`.
+    pub fn new(profile: &Profile) -> Self {
+        let (schema, fields) = Fields::schema_for_profiles(&[*profile]);
+        let pair = fields.default_pair();
+        let tokenizers = TokenizerManager::default();
+        tokenizers.register(&profile.name(), profile.text_analyzer());
+        let parser = QueryParser::new(schema, vec![pair.title, pair.body], tokenizers);
+        RoutingParser { parser, fields }
     }
-    let (schema, fields) = Fields::schema_for_profiles(&[*profile]);
-    let pair = fields.default_pair();
-    let tokenizers = TokenizerManager::default();
-    tokenizers.register(&profile.name(), profile.text_analyzer());
-    let parser = QueryParser::new(schema, vec![pair.title, pair.body], tokenizers);
-    let (parsed, _errors) = parser.parse_query_lenient(trimmed);
-    lower(parsed.as_ref(), &fields, 0)
+
+    /// What a term summary can decide about `text` (see [`routing_query`]).
+    pub fn query(&self, text: &str) -> RoutingQuery {
+        let trimmed = text.trim();
+        // The checks of `search`: a query it refuses is asked anyway, so the node reports the error.
+        if trimmed.is_empty() || text.len() > MAX_QUERY_BYTES {
+            return RoutingQuery::Anything;
+        }
+        if ragmesh_types::query::check(trimmed, &QueryLimits::default()).is_err() {
+            return RoutingQuery::Anything;
+        }
+        let (parsed, _errors) = self.parser.parse_query_lenient(trimmed);
+        lower(parsed.as_ref(), &self.fields, 0)
+    }
 }
 
 /// A term summary together with the write-log position of the snapshot it describes: the

@@ -27,8 +27,9 @@
 //! answers nothing, asked or not, and reporting it `no_match` says so without the call.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 
+use ragmesh_index::{Profile, RoutingParser};
 use ragmesh_search::{NodeSummary, RoutingQuery};
 use ragmesh_stack::node_call::Target;
 
@@ -150,16 +151,38 @@ impl NodeTermSummary {
     }
 }
 
+/// One [`RoutingParser`] per analysis profile met, built on first use: a profile's schema,
+/// tokenizers and parser cost far more to build than a query costs to parse. Bounded by the
+/// profiles this build knows (an unknown analyzer name is never stored). Clones share the parsers.
+#[derive(Debug, Default, Clone)]
+pub struct RoutingParsers {
+    parsers: Arc<Mutex<BTreeMap<String, Arc<RoutingParser>>>>,
+}
+
+impl RoutingParsers {
+    /// `text` reduced for the collections analyzed by `analyzer`; `None` for an analyzer this
+    /// build does not know (the router asks).
+    pub fn query(&self, analyzer: &str, text: &str) -> Option<RoutingQuery> {
+        let profile = Profile::from_name(analyzer)?;
+        let parser = {
+            let mut parsers = self.parsers.lock().unwrap_or_else(PoisonError::into_inner);
+            Arc::clone(parsers.entry(profile.name()).or_insert_with(|| Arc::new(RoutingParser::new(&profile))))
+        };
+        Some(parser.query(text))
+    }
+}
+
 /// Marks the calls of `plan` that trusted term summaries prove useless for a search of `query`
 /// in `collections` (empty = all): see the module docs. Routing queries are computed once per
-/// analyzer named by the summaries involved, through `ragmesh_index::routing_query_for`.
+/// analyzer named by the summaries involved, by `parsers`.
 pub fn skip_no_match(
     plan: &mut Plan,
     summaries: &BTreeMap<String, NodeTermSummary>,
     collections: &[String],
+    parsers: &RoutingParsers,
     query: &str,
 ) {
-    skip_no_match_with(plan, summaries, collections, |analyzer| ragmesh_index::routing_query_for(analyzer, query));
+    skip_no_match_with(plan, summaries, collections, |analyzer| parsers.query(analyzer, query));
 }
 
 /// [`skip_no_match`] with the query reduced by `query_for(analyzer)` (`None`: that analyzer is
@@ -418,7 +441,7 @@ pub(crate) mod tests {
             [("a1".to_owned(), summary_of(&["cat"], 0, 0))].into_iter().collect();
         for (query, skipped) in [("dogs", true), ("cats", false), ("dogs OR cats", false), ("*", false)] {
             let mut plan = plan(&replicas, &[], &[]).expect("plan");
-            skip_no_match(&mut plan, &summaries, &[], query);
+            skip_no_match(&mut plan, &summaries, &[], &RoutingParsers::default(), query);
             assert_eq!(!plan.no_match.is_empty(), skipped, "{query}");
         }
     }
