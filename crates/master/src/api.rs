@@ -352,7 +352,7 @@ impl MasterService for MasterApi {
         let name = request.into_inner().name;
         let view = registry.get(&name).ok_or_else(|| MasterError::UnknownNodes {
             unknown: vec![name],
-            known: registry.snapshot().into_iter().map(|n| n.record.name).collect(),
+            known: registry.snapshot().into_iter().map(|n| n.record.name.clone()).collect(),
         })?;
         let health = self.0.health.snapshot(&view.record.name);
         Ok(Response::new(v1::GetNodeResponse { node: Some(convert::node_info(view, health)) }))

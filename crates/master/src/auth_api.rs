@@ -199,7 +199,7 @@ impl AuthService for AuthApi {
             .map_err(|e| Status::internal(format!("eviction task failed: {e}")))?
             .map_err(MasterError::from)?;
         if !existed {
-            let known = self.0.registry()?.snapshot().into_iter().map(|n| n.record.name).collect();
+            let known = self.0.registry()?.snapshot().into_iter().map(|n| n.record.name.clone()).collect();
             return Err(MasterError::UnknownNodes { unknown: vec![name], known }.into());
         }
         tracing::warn!(security_event = "node_evicted", operator = %operator.subject, node.id = %name, "node evicted");

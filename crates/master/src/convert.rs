@@ -1,6 +1,7 @@
 //! Wire <-> domain conversions of the master: prost types stop here.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use ragmesh_proto::v1;
@@ -41,7 +42,7 @@ pub(crate) fn node_state(state: NodeState) -> v1::NodeState {
 }
 
 pub(crate) fn node_info(view: NodeView, health: Option<HealthSnapshot>) -> v1::NodeInfo {
-    let record = view.record;
+    let record = Arc::unwrap_or_clone(view.record);
     v1::NodeInfo {
         shard: record.group().to_owned(),
         breaker: Some(breaker_info(health)),

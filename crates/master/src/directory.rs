@@ -104,9 +104,9 @@ mod tests {
     #[test]
     fn down_nodes_are_left_out_and_only_in_sync_searchable_nodes_are_readable() {
         let mut up = NodeView::for_tests("a1", NodeState::Up, &[]);
-        up.record.shard = "a".into();
+        std::sync::Arc::make_mut(&mut up.record).shard = "a".into();
         let mut behind = NodeView::for_tests("a2", NodeState::Up, &[]);
-        behind.record.shard = "a".into();
+        std::sync::Arc::make_mut(&mut behind.record).shard = "a".into();
         behind.sync = SyncState::CatchingUp;
         let down = NodeView::for_tests("b1", NodeState::Down, &[]);
         let joining = NodeView::for_tests("c1", NodeState::Joining, &[]);
@@ -127,7 +127,7 @@ mod tests {
     fn a_suspect_replica_is_avoided_while_its_group_has_a_healthy_one() {
         let replica = |name: &str, state| {
             let mut view = NodeView::for_tests(name, state, &[]);
-            view.record.shard = "a".into();
+            std::sync::Arc::make_mut(&mut view.record).shard = "a".into();
             (name.to_owned(), view)
         };
         let readable = |membership: BTreeMap<String, NodeView>| {

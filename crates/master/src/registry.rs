@@ -142,7 +142,7 @@ impl NodeView {
     /// A view of [`NodeRecord::for_tests`] in `state`.
     pub(crate) fn for_tests(name: &str, state: NodeState, collections: &[&str]) -> Self {
         NodeView {
-            record: NodeRecord::for_tests(name, collections),
+            record: Arc::new(NodeRecord::for_tests(name, collections)),
             state,
             down_reason: None,
             last_heartbeat: None,
@@ -172,8 +172,8 @@ pub struct HeartbeatInfo {
 /// A consistent copy of one node's entry.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NodeView {
-    /// What the node said about itself.
-    pub record: NodeRecord,
+    /// What the node said about itself (shared with the registry: a snapshot copies no record).
+    pub record: Arc<NodeRecord>,
     /// Liveness state.
     pub state: NodeState,
     /// Why it is down, when it is.
@@ -193,7 +193,8 @@ pub struct NodeView {
 
 #[derive(Debug)]
 struct Entry {
-    record: NodeRecord,
+    /// Replaced (or copied on write while a snapshot holds it), never mutated in place.
+    record: Arc<NodeRecord>,
     liveness: Liveness,
     last_heartbeat: Option<SystemTime>,
     in_flight: u32,
@@ -205,7 +206,7 @@ struct Entry {
 impl Entry {
     fn new(record: NodeRecord) -> Self {
         Entry {
-            record,
+            record: Arc::new(record),
             liveness: Liveness::restored(),
             last_heartbeat: None,
             in_flight: 0,
@@ -266,14 +267,17 @@ impl Entry {
             return false;
         }
         let changed = self.record.generation != generation || self.record.collections != collections;
-        self.record.generation = generation;
-        self.record.collections = collections;
+        if changed {
+            let record = Arc::make_mut(&mut self.record);
+            record.generation = generation;
+            record.collections = collections;
+        }
         changed
     }
 
     fn view(&self) -> NodeView {
         NodeView {
-            record: self.record.clone(),
+            record: Arc::clone(&self.record),
             state: self.liveness.state,
             down_reason: self.liveness.down_reason.clone(),
             last_heartbeat: self.last_heartbeat,
@@ -366,7 +370,8 @@ impl Registry {
         let mut inner = self.lock();
         // A summary belongs to the session whose stream sent it (the index may have been replaced).
         inner.summaries.remove(&record.name);
-        let entry = inner.nodes.entry(record.name.clone()).or_insert_with(|| Entry::new(record.clone()));
+        let record = Arc::new(record);
+        let entry = inner.nodes.entry(record.name.clone()).or_insert_with(|| Entry::new(NodeRecord::clone(&record)));
         entry.record = record;
         entry.applied_seq = applied_seq;
         entry.liveness.apply(&LivenessEvent::Registered(session.clone()), "");
@@ -606,7 +611,7 @@ mod tests {
         };
         assert!(registry.heartbeat("a", &session, stale));
         let a = registry.get("a").expect("a");
-        assert_eq!((a.record.generation, a.record.collections), (2, after_write));
+        assert_eq!((a.record.generation, a.record.collections.clone()), (2, after_write));
         let newer =
             HeartbeatInfo { in_flight: 0, collections: BTreeMap::new(), generation: 3, applied_seq: 0, index_bytes: 0 };
         assert!(registry.heartbeat("a", &session, newer));

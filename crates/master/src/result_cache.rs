@@ -500,10 +500,10 @@ mod tests {
     #[test]
     fn only_replicas_that_applied_last_hold_the_stamp() {
         let mut a1 = NodeView::for_tests("a1", NodeState::Up, &["docs"]);
-        a1.record.shard = "a".into();
+        std::sync::Arc::make_mut(&mut a1.record).shard = "a".into();
         a1.applied_seq = 5;
         let mut a2 = NodeView::for_tests("a2", NodeState::Up, &["docs"]);
-        a2.record.shard = "a".into();
+        std::sync::Arc::make_mut(&mut a2.record).shard = "a".into();
         a2.applied_seq = 4;
         let fresh = Freshness::read(1, &[a1, a2], ["a", "b"], |g| if g == "a" { 5 } else { 0 });
         assert!(fresh.holds("a", "a1"));

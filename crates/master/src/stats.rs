@@ -73,8 +73,9 @@ mod tests {
 
     fn view(name: &str, shard: &str, applied: u64, bytes: u64, collections: &[(&str, u64)]) -> NodeView {
         let mut view = NodeView::for_tests(name, NodeState::Up, &[]);
-        view.record.shard = shard.to_owned();
-        view.record.collections = collections.iter().map(|(c, n)| ((*c).to_owned(), *n)).collect();
+        std::sync::Arc::make_mut(&mut view.record).shard = shard.to_owned();
+        std::sync::Arc::make_mut(&mut view.record).collections =
+            collections.iter().map(|(c, n)| ((*c).to_owned(), *n)).collect();
         view.applied_seq = applied;
         view.index_bytes = bytes;
         view

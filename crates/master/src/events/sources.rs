@@ -280,7 +280,7 @@ mod tests {
         let old = membership(&[view("a", NodeState::Up, SyncState::InSync)]);
         let mut beat = view("a", NodeState::Up, SyncState::InSync);
         beat.in_flight = 7;
-        beat.record = NodeRecord { generation: 9, ..beat.record };
+        beat.record = std::sync::Arc::new(NodeRecord { generation: 9, ..NodeRecord::clone(&beat.record) });
         assert!(membership_changes(&old, &membership(&[beat])).is_empty());
     }
 

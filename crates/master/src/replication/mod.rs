@@ -410,7 +410,7 @@ impl Replication {
             WriteTarget::Node(node) => match registry.get(&node) {
                 Some(view) => view.record.group().to_owned(),
                 None => {
-                    let known = registry.snapshot().into_iter().map(|v| v.record.name).collect();
+                    let known = registry.snapshot().into_iter().map(|v| v.record.name.clone()).collect();
                     return Err(ReplicationError::UnknownNode { node, known });
                 }
             },
