@@ -8,6 +8,7 @@ pub mod link;
 pub mod metrics;
 pub mod service;
 pub mod statistics;
+pub mod writer_idle;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -174,6 +175,8 @@ pub async fn start_with_metrics(
     let stop = shutdown.clone();
     let data_dir = config.data_dir.clone();
     let settings = analysis_settings(&config.analysis);
+    let writer_options = ragmesh_index::WriterOptions { heap_bytes: config.writer_heap_bytes };
+    let writer_idle_release = config.writer_idle_release;
     let task = tokio::spawn(async move {
         let server = tokio::spawn(ragmesh_server::serve(router, listener, serve_tls, stop.clone().cancelled_owned()));
         let index_dir = data_dir.join("index");
@@ -181,7 +184,7 @@ pub async fn start_with_metrics(
             "local index",
             &stop,
             move || match &settings {
-                Ok(analysis) => DocumentIndex::open_with_analysis(&index_dir, analysis.clone()),
+                Ok(analysis) => DocumentIndex::open_with_writer(&index_dir, analysis.clone(), writer_options),
                 Err(reason) => Err(ragmesh_index::IndexError::InvalidQuery(reason.clone())),
             },
             |err| matches!(err, ragmesh_index::IndexError::Locked { .. }),
@@ -213,7 +216,10 @@ pub async fn start_with_metrics(
             log.applied_seq = applied.seq,
             "index open"
         );
-        let _ = state.index.set(Arc::new(index));
+        let index = Arc::new(index);
+        let _ = state.index.set(Arc::clone(&index));
+        let release =
+            writer_idle_release.map(|idle| tokio::spawn(writer_idle::release_idle_writer(index, idle, stop.clone())));
         health.set_serving::<AgentServiceServer<AgentApi>>().await;
         health.set_service_status("", tonic_health::ServingStatus::Serving).await;
         let mut link = tokio::spawn(link.run());
@@ -238,6 +244,9 @@ pub async fn start_with_metrics(
         }
         tracing::info!("agent shutting down");
         let _ = link.await;
+        if let Some(release) = release {
+            let _ = release.await; // ends on `stop`
+        }
         ragmesh_server::drain(server).await?;
         Ok(())
     });

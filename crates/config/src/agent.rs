@@ -81,6 +81,19 @@ pub struct AgentArgs {
     /// [default: 64]
     #[arg(long, env = "RAGMESH_MAX_CONCURRENT_REQUESTS", value_name = "N")]
     pub max_concurrent_requests: Option<usize>,
+    /// Memory budget of the index writer, bytes, shared by its indexing threads (one per core,
+    /// at most 8, each given 15 MB at least). Bounds ingest memory: a write batch whose terms
+    /// outgrow it is flushed in several segments, so a write takes at most this budget plus its
+    /// request (--max-message-bytes; at most 10000 documents per batch). Range 15000000 to
+    /// 1073741824 [default: 50000000]
+    #[arg(long, env = "RAGMESH_WRITER_HEAP_BYTES", value_name = "BYTES")]
+    pub writer_heap_bytes: Option<usize>,
+    /// Release the index writer (its threads and the memory they keep) after this long without
+    /// a write; the next write creates it again, in a few milliseconds. Every write is still
+    /// committed before it is acknowledged. 0 keeps the writer for the agent's life. Range 0 or
+    /// 100 to 86400000 [default: 30000]
+    #[arg(long, env = "RAGMESH_WRITER_IDLE_RELEASE_MS", value_name = "MS")]
+    pub writer_idle_release_ms: Option<u64>,
     /// Trace export over OTLP
     #[command(flatten)]
     pub trace: crate::TraceArgs,
@@ -121,6 +134,8 @@ struct AgentFile {
     join_token: Option<String>,
     max_message_bytes: Option<usize>,
     max_concurrent_requests: Option<usize>,
+    writer_heap_bytes: Option<usize>,
+    writer_idle_release_ms: Option<u64>,
     log: Option<String>,
     otlp_endpoint: Option<String>,
     trace_sample_ratio: Option<f64>,
@@ -338,6 +353,11 @@ pub struct AgentConfig {
     pub max_message_bytes: usize,
     /// Requests of the agent API served at once; more are shed with RESOURCE_EXHAUSTED.
     pub max_concurrent_requests: usize,
+    /// Memory budget of the index writer, bytes (`--writer-heap-bytes`).
+    pub writer_heap_bytes: usize,
+    /// How long the index writer may stay idle before it is released; `None` keeps it
+    /// (`--writer-idle-release-ms 0`).
+    pub writer_idle_release: Option<Duration>,
     /// Log filter.
     pub log: String,
     /// The operator-declared actions this agent offers (`[[actions]]` in the TOML file), each
@@ -350,6 +370,16 @@ pub struct AgentConfig {
 /// Default of `--max-concurrent-requests`: enough for bursts of federated searches from the
 /// master on a few cores, while bounding the blocking threads an overloaded agent starts.
 pub const DEFAULT_MAX_CONCURRENT_REQUESTS: usize = 64;
+/// Default of `--writer-heap-bytes` (ragmesh-index's `DEFAULT_WRITER_HEAP_BYTES`).
+pub const DEFAULT_WRITER_HEAP_BYTES: usize = 50_000_000;
+/// Smallest `--writer-heap-bytes` (ragmesh-index's `MIN_WRITER_HEAP_BYTES`: tantivy's 15 MB
+/// per indexing thread).
+pub const MIN_WRITER_HEAP_BYTES: usize = 15_000_000;
+/// Largest `--writer-heap-bytes` (ragmesh-index's `MAX_WRITER_HEAP_BYTES`).
+pub const MAX_WRITER_HEAP_BYTES: usize = 1 << 30;
+/// Default of `--writer-idle-release-ms`: long enough that the batches of one ingest run reuse
+/// one writer, short enough that an agent idles without the writer's memory.
+pub const DEFAULT_WRITER_IDLE_RELEASE_MS: u64 = 30_000;
 
 /// A node name is a DNS label, so it can appear in certificates: 1-63 of `[a-z0-9-]`.
 pub fn valid_node_name(name: &str) -> bool {
@@ -441,6 +471,22 @@ impl AgentArgs {
         let max_concurrent_requests =
             self.max_concurrent_requests.or(file.max_concurrent_requests).unwrap_or(DEFAULT_MAX_CONCURRENT_REQUESTS);
         check_range("max-concurrent-requests", max_concurrent_requests as u64, 1, 100_000, &mut problems);
+        let writer_heap_bytes = self.writer_heap_bytes.or(file.writer_heap_bytes).unwrap_or(DEFAULT_WRITER_HEAP_BYTES);
+        check_range(
+            "writer-heap-bytes",
+            writer_heap_bytes as u64,
+            MIN_WRITER_HEAP_BYTES as u64,
+            MAX_WRITER_HEAP_BYTES as u64,
+            &mut problems,
+        );
+        let writer_idle_release_ms =
+            self.writer_idle_release_ms.or(file.writer_idle_release_ms).unwrap_or(DEFAULT_WRITER_IDLE_RELEASE_MS);
+        if writer_idle_release_ms != 0 && !(100..=86_400_000).contains(&writer_idle_release_ms) {
+            problems.push(format!(
+                "--writer-idle-release-ms {writer_idle_release_ms} is out of range: use 0 (never release) or 100..=86400000"
+            ));
+        }
+        let writer_idle_release = (writer_idle_release_ms != 0).then(|| Duration::from_millis(writer_idle_release_ms));
         let log = self.log.or(file.log).unwrap_or_else(|| "info".to_owned());
         let trace = self.trace.resolve(file.otlp_endpoint, file.trace_sample_ratio, &mut problems);
         for problem in ragmesh_actions::validate_specs(&file.actions) {
@@ -452,6 +498,8 @@ impl AgentArgs {
             join_token,
             max_message_bytes,
             max_concurrent_requests,
+            writer_heap_bytes,
+            writer_idle_release,
             name,
             shard,
             listen,
@@ -536,6 +584,36 @@ mod tests {
         zero.extend(["--max-concurrent-requests", "0"]);
         let errors = args(&zero).resolve().expect_err("zero serves nothing");
         assert!(errors.to_string().contains("--max-concurrent-requests 0 is out of range: use 1..=100000"), "{errors}");
+    }
+
+    #[test]
+    fn writer_memory_keys_come_from_flag_env_or_file_and_are_validated() {
+        let base = ["--insecure", "--name", "n1", "--master", "m:7400"];
+        let config = args(&base).resolve().expect("valid");
+        assert_eq!(config.writer_heap_bytes, DEFAULT_WRITER_HEAP_BYTES);
+        assert_eq!(config.writer_idle_release, Some(Duration::from_millis(DEFAULT_WRITER_IDLE_RELEASE_MS)));
+
+        let mut with = base.to_vec();
+        with.extend(["--writer-heap-bytes", "20000000", "--writer-idle-release-ms", "0"]);
+        let config = args(&with).resolve().expect("valid");
+        assert_eq!((config.writer_heap_bytes, config.writer_idle_release), (20_000_000, None));
+
+        let dir = tempfile::tempdir().expect("tempdir");
+        let file = dir.path().join("agent.toml");
+        std::fs::write(&file, "writer_heap_bytes = 16000000\nwriter_idle_release_ms = 500\n").expect("write config");
+        let mut from_file = base.to_vec();
+        from_file.extend(["--config", file.to_str().expect("utf-8 path")]);
+        let config = args(&from_file).resolve().expect("valid");
+        assert_eq!(
+            (config.writer_heap_bytes, config.writer_idle_release),
+            (16_000_000, Some(Duration::from_millis(500)))
+        );
+
+        let mut bad = base.to_vec();
+        bad.extend(["--writer-heap-bytes", "1000000", "--writer-idle-release-ms", "50"]);
+        let text = args(&bad).resolve().expect_err("both out of range").to_string();
+        assert!(text.contains("--writer-heap-bytes 1000000 is out of range: use 15000000..=1073741824"), "{text}");
+        assert!(text.contains("--writer-idle-release-ms 50 is out of range: use 0 (never release)"), "{text}");
     }
 
     #[test]

@@ -11,7 +11,8 @@ mod webhooks;
 
 pub use agent::{
     AgentArgs, AgentConfig, AnalysisConfig, CollectionAnalysisConfig, DEFAULT_MAX_CONCURRENT_REQUESTS,
-    MAX_ANALYSIS_PROFILES, MAX_COLLECTION_OVERRIDES, STEMMING_NAMES, Secret, valid_node_name,
+    DEFAULT_WRITER_HEAP_BYTES, DEFAULT_WRITER_IDLE_RELEASE_MS, MAX_ANALYSIS_PROFILES, MAX_COLLECTION_OVERRIDES,
+    MAX_WRITER_HEAP_BYTES, MIN_WRITER_HEAP_BYTES, STEMMING_NAMES, Secret, valid_node_name,
 };
 pub use errors::{ConfigErrors, EXIT_CONFIG};
 pub use master::{

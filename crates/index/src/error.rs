@@ -34,6 +34,9 @@ pub enum IndexError {
     /// The search request cannot be run as given.
     #[error("invalid query: {0}")]
     InvalidQuery(String),
+    /// The writer options are out of bounds (see `WriterOptions::check`).
+    #[error("invalid index writer options: {0}")]
+    InvalidWriterOptions(String),
     /// The query is well formed text but its structure (nesting, clauses, terms) exceeds the
     /// limits, so it is refused before tantivy's recursive parser sees it.
     #[error("invalid query: {0}")]

@@ -4,12 +4,13 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard, PoisonError, RwLock};
 
 use ragmesh_types::query::QueryLimits;
 use serde::{Deserialize, Serialize};
 use tantivy::collector::{Count, TopDocs};
-use tantivy::directory::MmapDirectory;
+use tantivy::directory::{Directory, DirectoryLock, Lock, MmapDirectory};
 use tantivy::query::{
     AllQuery, Bm25StatisticsProvider, BooleanQuery, ConstScoreQuery, Occur, Query, QueryParser, TermQuery,
 };
@@ -29,8 +30,17 @@ use crate::document::{collection_problem, validate_batch_len, validate_document,
 use crate::position::{Applied, AppliedLog, LogPosition, Step, check_position};
 use crate::{CollectionCount, DocRef, Document, IndexError, SearchHit, SearchQuery, SearchResults, Writer};
 
-/// Memory budget of the single index writer, shared by its indexing threads.
-const WRITER_HEAP_BYTES: usize = 50_000_000;
+/// Default memory budget of the index writer, shared by its indexing threads.
+pub const DEFAULT_WRITER_HEAP_BYTES: usize = 50_000_000;
+/// Smallest writer budget: tantivy needs 15 MB per indexing thread (and uses one thread when
+/// the budget is below twice that).
+pub const MIN_WRITER_HEAP_BYTES: usize = 15_000_000;
+/// Largest writer budget accepted.
+pub const MAX_WRITER_HEAP_BYTES: usize = 1 << 30;
+/// The lock file this index holds for as long as it is open, whether or not its tantivy writer
+/// (which takes tantivy's own lock) exists at the moment: one owner per directory, even while
+/// the writer is released.
+const OWNER_LOCK_FILE: &str = ".ragmesh-owner.lock";
 /// Hits returned when the query asks for 0.
 pub const DEFAULT_LIMIT: usize = 10;
 /// Most hits one search returns.
@@ -205,12 +215,62 @@ fn unique_key(collection: &str, id: &str) -> String {
     key
 }
 
-/// The writer and the generation and log position of its last commit; only touched under one
-/// lock, so checking a log position and applying its entry is one atomic step.
+/// How the index's writer uses memory.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WriterOptions {
+    /// Memory budget of the writer, in bytes, shared by its indexing threads (one per core, at
+    /// most 8, each given at least [`MIN_WRITER_HEAP_BYTES`]): a batch that outgrows it is
+    /// flushed in several segments, so the memory a write takes stays under it plus the batch.
+    pub heap_bytes: usize,
+}
+
+impl Default for WriterOptions {
+    fn default() -> Self {
+        WriterOptions { heap_bytes: DEFAULT_WRITER_HEAP_BYTES }
+    }
+}
+
+impl WriterOptions {
+    /// Checks the options; the message names the bounds.
+    pub fn check(&self) -> Result<(), String> {
+        if !(MIN_WRITER_HEAP_BYTES..=MAX_WRITER_HEAP_BYTES).contains(&self.heap_bytes) {
+            return Err(format!(
+                "writer heap of {} bytes is out of range: use {MIN_WRITER_HEAP_BYTES} to {MAX_WRITER_HEAP_BYTES}",
+                self.heap_bytes
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// The writer (created on first use, dropped by [`DocumentIndex::release_writer`]) and the
+/// generation and log position of the last commit; only touched under one lock, so checking a
+/// log position and applying its entry is one atomic step.
 struct WriterState {
-    writer: IndexWriter,
+    /// `None` until the first write and after a release: an idle agent holds no writer, its
+    /// indexing threads and their memory.
+    writer: Option<IndexWriter>,
+    index: Index,
+    options: WriterOptions,
     generation: u64,
     applied: AppliedLog,
+}
+
+impl WriterState {
+    /// The writer, created first when released (its threads start, its budget is not allocated
+    /// until documents arrive).
+    fn writer(&mut self) -> Result<&mut IndexWriter, IndexError> {
+        let writer = match self.writer.take() {
+            Some(writer) => writer,
+            None => {
+                let writer =
+                    self.index.writer(self.options.heap_bytes).map_err(IndexError::tantivy("create writer"))?;
+                tracing::debug!(index.writer_heap_bytes = self.options.heap_bytes, "index writer created");
+                writer
+            }
+        };
+        Ok(self.writer.insert(writer))
+    }
 }
 
 /// A searcher together with the generation and log position it reflects, swapped as one value
@@ -254,7 +314,11 @@ pub struct DocumentIndex {
     /// One query parser per distinct settings of `analysis` (over its profile's pair).
     parsers: Vec<(AnalysisSettings, QueryParser)>,
     writer: Mutex<WriterState>,
+    /// Times the writer lock was taken: lets an idle timer tell that nothing wrote meanwhile.
+    writer_uses: AtomicU64,
     snapshot: RwLock<Snapshot>,
+    /// Held while the index is open (see [`OWNER_LOCK_FILE`]).
+    _owner_lock: DirectoryLock,
 }
 
 impl fmt::Debug for DocumentIndex {
@@ -298,6 +362,13 @@ impl DocumentIndex {
     /// schema cannot grow, and its documents were never analysed that way). The refusals name
     /// the way out (snapshot, fresh directory, restore).
     pub fn open_with_analysis(dir: &Path, analysis: IndexAnalysis) -> Result<Self, IndexError> {
+        DocumentIndex::open_with_writer(dir, analysis, WriterOptions::default())
+    }
+
+    /// [`DocumentIndex::open_with_analysis`] with the writer's memory budget in `writer`
+    /// (checked: see [`WriterOptions::check`]).
+    pub fn open_with_writer(dir: &Path, analysis: IndexAnalysis, writer: WriterOptions) -> Result<Self, IndexError> {
+        writer.check().map_err(IndexError::InvalidWriterOptions)?;
         let default_settings = analysis.default_settings();
         let profile_name = default_settings.profile.name();
         let _span = tracing::info_span!(
@@ -336,12 +407,28 @@ impl DocumentIndex {
                 index.tokenizers().register(&name, pair.profile.text_analyzer());
             }
         }
-        let writer: IndexWriter = index.writer(WRITER_HEAP_BYTES).map_err(|source| {
-            if matches!(source, TantivyError::LockFailure(..)) {
+        let owner_lock = index
+            .directory()
+            .acquire_lock(&Lock { filepath: PathBuf::from(OWNER_LOCK_FILE), is_blocking: false })
+            .map_err(|source| IndexError::Locked {
+                path: path.clone(),
+                source: TantivyError::LockFailure(source, Some("the index's owner lock".to_owned())),
+            })?;
+        let mut writer_state = WriterState {
+            writer: None,
+            index: index.clone(),
+            options: writer,
+            generation: 0,
+            applied: AppliedLog::default(),
+        };
+        // Created once at open, so a directory another (older) process still writes to is
+        // refused now rather than at the first write.
+        writer_state.writer().map_err(|err| match err {
+            IndexError::Tantivy { source: source @ TantivyError::LockFailure(..), .. } => {
                 IndexError::Locked { path: path.clone(), source }
-            } else {
-                open_error(source)
             }
+            IndexError::Tantivy { source, .. } => open_error(source),
+            other => other,
         })?;
         // Read the generation after taking the writer lock so no other writer can move it.
         let metas = index.load_metas().map_err(open_error)?;
@@ -371,15 +458,49 @@ impl DocumentIndex {
             log.applied_seq = applied.seq,
             "index opened"
         );
+        writer_state.generation = generation;
+        writer_state.applied = applied;
         Ok(DocumentIndex {
             path,
             fields,
             analysis,
             reader,
             parsers,
-            writer: Mutex::new(WriterState { writer, generation, applied }),
+            writer: Mutex::new(writer_state),
+            writer_uses: AtomicU64::new(0),
             snapshot: RwLock::new(snapshot),
+            _owner_lock: owner_lock,
         })
+    }
+
+    /// How many times a write (or compaction, or restore) has taken the writer so far: equal
+    /// readings some time apart mean nothing wrote in between.
+    pub fn writer_uses(&self) -> u64 {
+        self.writer_uses.load(Ordering::Acquire)
+    }
+
+    /// Whether the writer exists now (it is created by the first write after a release).
+    pub fn writer_held(&self) -> bool {
+        self.lock_writer_uncounted().writer.is_some()
+    }
+
+    /// Drops the writer, its indexing threads and the memory they hold, after waiting for its
+    /// background merges, unless a write took it after [`DocumentIndex::writer_uses`] returned
+    /// `seen` (pass `None` to release regardless). Every write commits before it lets the
+    /// writer go, so nothing is pending here and durability is untouched; the next write
+    /// creates a writer again. Returns whether a writer was released.
+    pub fn release_writer(&self, seen: Option<u64>) -> bool {
+        let mut state = self.lock_writer_uncounted();
+        if seen.is_some_and(|seen| seen != self.writer_uses()) {
+            return false; // written since: not idle
+        }
+        let Some(writer) = state.writer.take() else { return false };
+        if let Err(err) = writer.wait_merging_threads() {
+            // The segments a failed merge meant to replace are still in place and committed.
+            tracing::warn!(error = %err, "index writer merge failed while releasing the writer");
+        }
+        tracing::debug!(index.generation = state.generation, "index writer released");
+        true
     }
 
     /// The directory this index lives in.
@@ -550,8 +671,9 @@ impl DocumentIndex {
         let keys: Vec<(&str, &str)> = docs.iter().map(|d| (d.collection.as_str(), d.id.as_str())).collect();
         self.check_owners(&keys, writer)?;
         for (key, doc) in tantivy_docs {
-            state.writer.delete_term(key);
-            if let Err(source) = state.writer.add_document(doc) {
+            let index_writer = state.writer()?;
+            index_writer.delete_term(key);
+            if let Err(source) = index_writer.add_document(doc) {
                 rollback(state);
                 return Err(IndexError::Tantivy { context: "add document", source });
             }
@@ -618,8 +740,9 @@ impl DocumentIndex {
         }
         let keys: Vec<(&str, &str)> = refs.iter().map(|r| (r.collection.as_str(), r.id.as_str())).collect();
         self.check_owners(&keys, writer)?;
+        let index_writer = state.writer()?;
         for doc_ref in &refs {
-            state.writer.delete_term(self.fields.key_term(&doc_ref.collection, &doc_ref.id));
+            index_writer.delete_term(self.fields.key_term(&doc_ref.collection, &doc_ref.id));
         }
         self.commit(state, applied)
     }
@@ -630,13 +753,14 @@ impl DocumentIndex {
     pub fn compact(&self) -> Result<(usize, usize), IndexError> {
         let _span = tracing::info_span!("index.compact").entered();
         let mut state = self.lock_writer();
-        let index = state.writer.index().clone();
+        let index = state.index.clone();
         let segments = || index.searchable_segment_ids().map_err(IndexError::tantivy("list segments"));
         let before = segments()?;
+        let index_writer = state.writer()?;
         if before.len() > 1 {
-            state.writer.merge(&before).wait().map_err(IndexError::tantivy("merge segments"))?;
+            index_writer.merge(&before).wait().map_err(IndexError::tantivy("merge segments"))?;
         }
-        state.writer.garbage_collect_files().wait().map_err(IndexError::tantivy("remove unused files"))?;
+        index_writer.garbage_collect_files().wait().map_err(IndexError::tantivy("remove unused files"))?;
         self.reader.reload().map_err(IndexError::tantivy("reload reader after compaction"))?;
         let mut snapshot = self.snapshot.write().unwrap_or_else(PoisonError::into_inner);
         snapshot.searcher = self.reader.searcher();
@@ -918,7 +1042,15 @@ impl DocumentIndex {
         self.snapshot.read().unwrap_or_else(PoisonError::into_inner).clone()
     }
 
+    /// Takes the writer lock for a write, counting it in [`DocumentIndex::writer_uses`].
     fn lock_writer(&self) -> MutexGuard<'_, WriterState> {
+        let guard = self.lock_writer_uncounted();
+        self.writer_uses.fetch_add(1, Ordering::AcqRel);
+        guard
+    }
+
+    /// Takes the writer lock; a poisoned lock's pending operations are rolled back first.
+    fn lock_writer_uncounted(&self) -> MutexGuard<'_, WriterState> {
         match self.writer.lock() {
             Ok(guard) => guard,
             Err(poisoned) => {
@@ -944,7 +1076,7 @@ impl DocumentIndex {
     /// current generation when nothing visible changes: a refused log entry).
     fn commit_at(&self, state: &mut WriterState, applied: AppliedLog, next: u64) -> Result<u64, IndexError> {
         let payload = encode_payload(next, &applied);
-        let committed = state.writer.prepare_commit().and_then(|mut prepared| {
+        let committed = state.writer()?.prepare_commit().and_then(|mut prepared| {
             prepared.set_payload(&payload);
             prepared.commit()
         });
@@ -1229,7 +1361,9 @@ struct Part {
 }
 
 fn rollback(state: &mut WriterState) {
-    if let Err(err) = state.writer.rollback() {
+    // A released writer has nothing pending.
+    let Some(writer) = state.writer.as_mut() else { return };
+    if let Err(err) = writer.rollback() {
         tracing::error!(error = %err, "index writer rollback failed");
     }
 }
@@ -1548,7 +1682,7 @@ mod tests {
             scope
                 .spawn(|| {
                     let state = index.writer.lock().expect("not yet poisoned");
-                    state.writer.add_document(pending).expect("queue a document");
+                    state.writer.as_ref().expect("held after open").add_document(pending).expect("queue a document");
                     panic!("simulated panic mid-batch");
                 })
                 .join()
@@ -1559,6 +1693,40 @@ mod tests {
         assert!(!index.writer.is_poisoned());
         assert_eq!(index.doc_count(), 1);
         assert_eq!(index.search(&query("orphan")).expect("search").total_matches, 0);
+    }
+
+    #[test]
+    fn a_released_writer_keeps_the_directory_locked_and_comes_back_for_the_next_write() {
+        let (dir, index) = open_temp();
+        index.upsert(vec![doc("c", "a", "", "before the release")]).expect("first write");
+        let seen = index.writer_uses();
+        assert!(index.release_writer(Some(seen)), "idle since `seen`: released");
+        assert!(!index.writer_held());
+        assert!(!index.release_writer(None), "nothing left to release");
+        let err = DocumentIndex::open(dir.path()).expect_err("the owner lock outlives the writer");
+        assert!(matches!(err, IndexError::Locked { .. }), "{err:?}");
+
+        assert_eq!(index.upsert(vec![doc("c", "b", "", "after the release")]).expect("write again"), 2);
+        assert!(index.writer_held());
+        assert!(!index.release_writer(Some(seen)), "written after `seen`: kept");
+        assert!(index.writer_held());
+        assert_eq!(index.delete(vec![doc_ref("c", "a")]).expect("delete"), 3);
+        assert!(index.release_writer(None));
+        assert_eq!(index.compact().expect("compact after a release").1, 1);
+        drop(index);
+        let reopened = DocumentIndex::open(dir.path()).expect("reopen");
+        assert_eq!((reopened.doc_count(), reopened.generation()), (1, 3));
+        assert_eq!(ids(&reopened.search(&query("release")).expect("search")), [("c".to_owned(), "b".to_owned())]);
+    }
+
+    #[test]
+    fn writer_options_out_of_range_are_refused_with_the_bounds() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let small = WriterOptions { heap_bytes: MIN_WRITER_HEAP_BYTES - 1 };
+        let err = DocumentIndex::open_with_writer(dir.path(), IndexAnalysis::default(), small).expect_err("too small");
+        assert!(err.to_string().contains("use 15000000 to 1073741824"), "{err}");
+        let fine = WriterOptions { heap_bytes: MIN_WRITER_HEAP_BYTES };
+        DocumentIndex::open_with_writer(dir.path(), IndexAnalysis::default(), fine).expect("smallest budget opens");
     }
 
     #[test]
@@ -1577,7 +1745,7 @@ mod tests {
         {
             let (schema, _) = Fields::schema_for_profiles(&[Profile::default()]);
             let index = Index::create_in_dir(dir.path(), schema).expect("create");
-            let mut writer: IndexWriter = index.writer(WRITER_HEAP_BYTES).expect("writer");
+            let mut writer: IndexWriter = index.writer(DEFAULT_WRITER_HEAP_BYTES).expect("writer");
             let mut prepared = writer.prepare_commit().expect("prepare");
             prepared.set_payload("not json");
             prepared.commit().expect("commit");
@@ -1929,7 +2097,7 @@ mod tests {
             // Entry 2's documents reach the writer, then the process dies before the commit.
             let pending = index.to_tantivy(&doc("c", "uncommitted", "", "lost"), "");
             let state = index.writer.lock().expect("writer");
-            state.writer.add_document(pending).expect("queue a document");
+            state.writer.as_ref().expect("held after open").add_document(pending).expect("queue a document");
             drop(state);
             drop(index);
         }
@@ -1949,7 +2117,7 @@ mod tests {
             scope
                 .spawn(|| {
                     let state = index.writer.lock().expect("not yet poisoned");
-                    state.writer.add_document(pending).expect("queue a document");
+                    state.writer.as_ref().expect("held after open").add_document(pending).expect("queue a document");
                     panic!("simulated panic mid-entry");
                 })
                 .join()
@@ -2012,7 +2180,7 @@ mod tests {
         {
             let (schema, _) = Fields::schema_for_profiles(&[Profile::default()]);
             let index = Index::create_in_dir(dir.path(), schema).expect("create");
-            let mut writer: IndexWriter = index.writer(WRITER_HEAP_BYTES).expect("writer");
+            let mut writer: IndexWriter = index.writer(DEFAULT_WRITER_HEAP_BYTES).expect("writer");
             let mut prepared = writer.prepare_commit().expect("prepare");
             prepared.set_payload(r#"{"generation":5}"#);
             prepared.commit().expect("commit");

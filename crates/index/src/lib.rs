@@ -32,6 +32,9 @@ pub use error::IndexError;
 pub use index::backup::{Restored, SnapshotWritten, snapshot_path, verify_snapshot};
 pub use index::stats::{FieldTerm, MAX_STATISTICS_TERMS, QueryAnalyzer, TermStatistics};
 pub use index::summary::{RoutingParser, RoutingSummary, routing_query, routing_query_for};
-pub use index::{DEFAULT_LIMIT, DocumentIndex, IndexState, MAX_LIMIT, MAX_QUERY_BYTES};
+pub use index::{
+    DEFAULT_LIMIT, DEFAULT_WRITER_HEAP_BYTES, DocumentIndex, IndexState, MAX_LIMIT, MAX_QUERY_BYTES,
+    MAX_WRITER_HEAP_BYTES, MIN_WRITER_HEAP_BYTES, WriterOptions,
+};
 pub use position::{Applied, AppliedLog, LogPosition, Step, check_position};
 pub use snapshot::{MAX_SNAPSHOT_NAME, SnapshotHeader, SnapshotLimits, snapshot_name_problem};

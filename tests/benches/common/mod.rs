@@ -233,3 +233,20 @@ pub fn report_first_failure(what: &str, error: &dyn std::fmt::Display) {
         eprintln!("first failure ({what}): {error}");
     }
 }
+
+/// A `kB` field (`VmRSS`, `VmHWM`, `RssAnon`, `RssFile`, ...) of /proc/`pid`/status, 0 when the
+/// process or the field is gone.
+pub fn status_kib(pid: u32, field: &str) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    for line in status.lines() {
+        if let Some(rest) = line.strip_prefix(field).and_then(|rest| rest.strip_prefix(':')) {
+            return rest.trim().trim_end_matches("kB").trim().parse().unwrap_or(0);
+        }
+    }
+    0
+}
+
+/// Resident set size of process `pid` in KiB (`VmRSS`), 0 when it is gone.
+pub fn rss_kib(pid: u32) -> u64 {
+    status_kib(pid, "VmRSS")
+}

@@ -266,7 +266,8 @@ impl DocumentIndex {
         limits: SnapshotLimits,
         verified: &SnapshotHeader,
     ) -> Result<(), IndexError> {
-        state.writer.delete_query(Box::new(AllQuery)).map_err(IndexError::tantivy("delete all documents"))?;
+        let writer = state.writer()?;
+        writer.delete_query(Box::new(AllQuery)).map_err(IndexError::tantivy("delete all documents"))?;
         let file = File::open(path).map_err(|source| IndexError::SnapshotIo { path: path.to_path_buf(), source })?;
         let input = BufReader::with_capacity(FILE_BUFFER_BYTES, file);
         let mut decoder = SnapshotDecoder::start(input, limits).map_err(|e| IndexError::snapshot(path, e))?;
@@ -279,9 +280,8 @@ impl DocumentIndex {
         while let Some(doc) = decoder.next_document().map_err(|e| IndexError::snapshot(path, e))? {
             let SnapshotDocument { document, owner } = doc;
             // A snapshot never repeats a key, but if one did the last copy wins, as in an upsert.
-            state.writer.delete_term(self.fields.key_term(&document.collection, &document.id));
-            state
-                .writer
+            writer.delete_term(self.fields.key_term(&document.collection, &document.id));
+            writer
                 .add_document(self.to_tantivy(&document, &owner))
                 .map_err(|source| IndexError::Tantivy { context: "add document", source })?;
         }
