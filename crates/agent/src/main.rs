@@ -10,8 +10,16 @@ use ragmesh_server::daemon;
 
 const PROGRAM: &str = "ragmesh-agent";
 
-#[tokio::main]
-async fn main() -> ExitCode {
+fn main() -> ExitCode {
+    // Before the runtime starts its threads (see ragmesh-malloc).
+    let tuning = ragmesh_malloc::tune();
+    match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(runtime) => runtime.block_on(run(tuning)),
+        Err(err) => daemon::exit(PROGRAM, Err(anyhow::anyhow!("cannot start the async runtime: {err}"))),
+    }
+}
+
+async fn run(tuning: ragmesh_malloc::Tuning) -> ExitCode {
     let (config, process) = match AgentArgs::parse().resolve_daemon() {
         Ok(resolved) => resolved,
         Err(errors) => return daemon::config_error(PROGRAM, errors),
@@ -35,6 +43,7 @@ async fn main() -> ExitCode {
         instance_id: Some(name),
     };
     let telemetry = ragmesh_telemetry::init(&config.log, Some(&traces));
+    tracing::debug!(malloc.mmap_threshold = ?tuning.mmap_threshold, malloc.arena_max = ?tuning.arena_max, "allocator tuned");
     ragmesh_server::failpoint::warn_if_armed(PROGRAM);
     let listener = match daemon::bind(PROGRAM, config.listen).await {
         Ok(listener) => listener,

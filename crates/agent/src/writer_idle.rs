@@ -22,7 +22,15 @@ pub async fn release_idle_writer(index: Arc<DocumentIndex>, idle: Duration, stop
         if uses == seen {
             let index = Arc::clone(&index);
             // Blocking: it takes the writer lock and waits for the writer's merges to end.
-            match tokio::task::spawn_blocking(move || index.release_writer(Some(uses))).await {
+            let release = move || {
+                let released = index.release_writer(Some(uses));
+                if released {
+                    // The heaps' free tops go back to the system too (see ragmesh-malloc).
+                    ragmesh_malloc::trim();
+                }
+                released
+            };
+            match tokio::task::spawn_blocking(release).await {
                 Ok(true) => tracing::info!(index.writer_idle_ms = idle_ms, "index writer released after idle"),
                 Ok(false) => {}
                 Err(err) => tracing::error!(error = %err, "releasing the idle index writer failed"),
