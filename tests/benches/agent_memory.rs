@@ -1,10 +1,10 @@
 //! What an agent's memory is at rest and while ingesting, side by side in one run (issue 11:
 //! idle RSS <= 30 MB with the NPL quarter loaded, and a bounded memory use while ingesting).
-//! One master and three agents (real processes over mTLS): `keep` runs with the writer kept for
-//! its life (`--writer-idle-release-ms 0`, the old behaviour), `release` with the idle release
-//! after IDLE_MS, and `release+glibc` also with glibc's malloc told to return freed memory
-//! (MALLOC_ENV, default `MALLOC_ARENA_MAX=2,MALLOC_MMAP_THRESHOLD_=131072`: what an operator
-//! sets in the unit's environment). All ingest the same quarter of the NPL collection (every fourth document,
+//! One master and three agents (real processes over mTLS): `before` runs as agents did before
+//! issue 11, glibc's allocator untuned (`RAGMESH_MALLOC_TUNING=off`) and the writer kept for its
+//! life (`--writer-idle-release-ms 0`); `tuned` with the allocator tuned (ragmesh-malloc: a fixed
+//! mmap threshold and 2 arenas) but the writer kept; `default` as shipped, tuned and with the
+//! idle release after IDLE_MS. All ingest the same quarter of the NPL collection (every fourth document,
 //! ~2,860 of 11,429; a generated corpus when ../shared is absent) in batches of BATCH,
 //! alternately, while a sampler reads their VmRSS every 10 ms. Printed per agent: RSS empty,
 //! peak while ingesting (sampled, and the kernel's VmHWM), right after, after the idle release
@@ -14,7 +14,7 @@
 //!
 //! `cargo build --release --bins && RAGMESH_BIN_DIR=$PWD/target/release cargo bench -p ragmesh-e2e --bench agent_memory`
 //! (an absolute path: benches run from `tests/`). Settings: BATCH (250 documents), IDLE_MS
-//! (1000), SEARCHES (500), WRITER_HEAP_BYTES (the agents' default when unset), MALLOC_ENV.
+//! (1000), SEARCHES (500), WRITER_HEAP_BYTES (the agents' default when unset).
 
 mod common;
 
@@ -78,22 +78,19 @@ async fn main() {
         .master_arg("50000")
         .agents(3)
         .agent_env(0, "RAGMESH_WRITER_IDLE_RELEASE_MS", "0")
-        .agent_env(1, "RAGMESH_WRITER_IDLE_RELEASE_MS", idle_ms.to_string())
+        .agent_env(0, "RAGMESH_MALLOC_TUNING", "off")
+        .agent_env(1, "RAGMESH_WRITER_IDLE_RELEASE_MS", "0")
         .agent_env(2, "RAGMESH_WRITER_IDLE_RELEASE_MS", idle_ms.to_string());
-    let malloc_env =
-        std::env::var("MALLOC_ENV").unwrap_or_else(|_| "MALLOC_ARENA_MAX=2,MALLOC_MMAP_THRESHOLD_=131072".to_owned());
-    for pair in malloc_env.split(',').filter(|p| !p.is_empty()) {
-        let (key, value) = pair.split_once('=').expect("MALLOC_ENV is KEY=VALUE,...");
-        builder = builder.agent_env(2, key, value);
-    }
     if let Ok(heap) = std::env::var("WRITER_HEAP_BYTES") {
         builder = builder.env("RAGMESH_WRITER_HEAP_BYTES", heap);
     }
     let mesh = builder.start().await;
     let pids = mesh.pids();
     let agents = [pids[1], pids[2], pids[3]];
-    let names = ["keep", "release", "release+glibc"];
-    println!("agents: keep (writer kept), release (idle release after {idle_ms} ms), release+glibc (and {malloc_env})");
+    let names = ["before", "tuned", "default"];
+    println!(
+        "agents: before (glibc untuned, writer kept), tuned (allocator tuned, writer kept), default (tuned, writer released after {idle_ms} ms idle)"
+    );
 
     let empty = agents.map(memory);
 
@@ -124,9 +121,9 @@ async fn main() {
     let hwm = agents.map(|pid| status_kib(pid, "VmHWM"));
     let after_ingest = agents.map(memory);
 
-    // The release agents let their writer go between IDLE_MS and twice that after the last write.
+    // The default agent lets its writer go between IDLE_MS and twice that after the last write.
     let deadline = Instant::now() + Duration::from_millis(idle_ms as u64 * 2) + Duration::from_secs(30);
-    for name in ["agent-2", "agent-3"] {
+    for name in ["agent-3"] {
         while !mesh.log(name).contains("index writer released after idle") {
             assert!(Instant::now() < deadline, "{name} never released its writer:\n{}", mesh.log(name));
             tokio::time::sleep(Duration::from_millis(100)).await;
@@ -172,7 +169,7 @@ async fn main() {
             common::ratio(values[2].rss as f64, values[0].rss as f64)
         );
     };
-    println!("{:<30}  {:>22}  {:>22}  {:>22}  (ratios to keep)", "", names[0], names[1], names[2]);
+    println!("{:<30}  {:>22}  {:>22}  {:>22}  (ratios to before)", "", names[0], names[1], names[2]);
     row("empty", empty);
     print!("{:<30}", "peak while ingesting (VmHWM)");
     for i in 0..3 {

@@ -14,7 +14,8 @@
 //!   share them).
 //!
 //! Each is left to glibc when the operator set its environment variable (`MALLOC_MMAP_THRESHOLD_`,
-//! `MALLOC_ARENA_MAX`), which glibc reads itself. [`trim`] returns the free pages at the top of
+//! `MALLOC_ARENA_MAX`), which glibc reads itself; `RAGMESH_MALLOC_TUNING=off` leaves both to glibc
+//! (its defaults, as before this tuning). [`trim`] returns the free pages at the top of
 //! the heaps (after a large structure was dropped). On other platforms both do nothing.
 
 /// Bytes from which a block is mapped on its own (and unmapped when freed).
@@ -27,7 +28,7 @@ pub const ARENA_MAX: i32 = 2;
 pub enum Setting {
     /// Set to the value above.
     Applied,
-    /// The operator's environment variable decides.
+    /// The operator's environment variable decides (or `RAGMESH_MALLOC_TUNING=off`).
     FromEnvironment,
     /// glibc refused the value, or this is not glibc.
     NotApplied,
@@ -42,8 +43,14 @@ pub struct Tuning {
     pub arena_max: Setting,
 }
 
+/// Environment variable that turns the tuning off when set to `off`.
+pub const TUNING_VARIABLE: &str = "RAGMESH_MALLOC_TUNING";
+
 /// Tunes the allocator (see the module docs). Call it first thing in `main`.
 pub fn tune() -> Tuning {
+    if std::env::var_os(TUNING_VARIABLE).is_some_and(|v| v == "off") {
+        return Tuning { mmap_threshold: Setting::FromEnvironment, arena_max: Setting::FromEnvironment };
+    }
     Tuning {
         mmap_threshold: set("MALLOC_MMAP_THRESHOLD_", Option::MmapThreshold, MMAP_THRESHOLD_BYTES),
         arena_max: set("MALLOC_ARENA_MAX", Option::ArenaMax, ARENA_MAX),
@@ -114,7 +121,7 @@ mod tests {
     fn tuning_applies_unless_the_environment_decides() {
         let tuning = tune();
         let expected = |variable: &str| {
-            if std::env::var_os(variable).is_some() {
+            if std::env::var_os(variable).is_some() || std::env::var_os(TUNING_VARIABLE).is_some_and(|v| v == "off") {
                 Setting::FromEnvironment
             } else if cfg!(all(target_os = "linux", target_env = "gnu")) {
                 Setting::Applied
