@@ -207,6 +207,17 @@ impl ProcessMesh {
         self.master.iter().chain(&self.agents).map(Child::id).collect()
     }
 
+    /// The master's process id (for CPU and memory accounting from /proc).
+    pub fn master_pid(&self) -> Option<u32> {
+        self.master.as_ref().map(Child::id)
+    }
+
+    /// An mTLS client of the master's auth service as the operator `client` (join tokens,
+    /// access tokens).
+    pub async fn auth_client(&self) -> AuthServiceClient<Channel> {
+        AuthServiceClient::new(self.channel().await)
+    }
+
     /// The name of agent `i` (from 0).
     pub fn agent_name(&self, i: usize) -> String {
         format!("agent-{}", i + 1)

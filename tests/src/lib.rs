@@ -5,10 +5,12 @@
 //! it (its only thread blocks: sockets stay open but nothing answers, as under SIGSTOP).
 //! [`assert_outcomes`] checks every node's outcome of a search, so a test that concludes
 //! something from the hits (or from their absence) knows each node it counts on searched.
-//! [`load`] drives a closed-loop search load through the master for chaos tests.
+//! [`load`] drives a closed-loop search load through the master for chaos tests; [`sim`] runs
+//! many simulated agents in one process for scale benchmarks.
 
 pub mod daemons;
 pub mod load;
+pub mod sim;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
