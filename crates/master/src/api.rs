@@ -67,7 +67,15 @@ pub(crate) struct Context {
     pub(crate) stats_cache: crate::stats_cache::StatisticsCache,
     /// Query parsers for routing by term summaries, one per analysis profile.
     pub(crate) routing: federation::RoutingParsers,
+    /// Registrations admitted at once (see [`MAX_CONCURRENT_REGISTRATIONS`]).
+    pub(crate) registrations: Arc<tokio::sync::Semaphore>,
 }
+
+/// Registrations the master runs at once; more wait their turn. Each runs blocking work (the
+/// join token's compare-and-swap, the registry's write), all serialised on the same locks: run
+/// unbounded, a thousand agents registering together had the blocking pool start hundreds of
+/// threads (and their memory) that only queued on those locks.
+pub(crate) const MAX_CONCURRENT_REGISTRATIONS: usize = 8;
 
 impl Context {
     pub(crate) fn registry(&self) -> Result<&Registry, MasterError> {
@@ -712,6 +720,7 @@ impl MembershipService for MembershipApi {
             .into());
         }
         let access = self.0.access()?.clone();
+        let _turn = self.0.registrations.acquire().await.map_err(|_| MasterError::NotReady)?;
         self.admit(&registry, &access, &claimed, &req.advertised_address, &req.join_token).await?;
         let interval = agreed_interval(req.heartbeat_interval_ms, self.0.config.heartbeat_timeout);
         let record = NodeRecord {

@@ -238,6 +238,7 @@ pub async fn start_with_metrics(
         result_cache: result_cache::ResultCache::new(config.cache.result_bytes, master_metrics.clone()),
         stats_cache: stats_cache::StatisticsCache::new(config.cache.statistics_bytes, master_metrics.clone()),
         routing: federation::RoutingParsers::default(),
+        registrations: Arc::new(tokio::sync::Semaphore::new(api::MAX_CONCURRENT_REGISTRATIONS)),
     };
 
     let (health, health_service) = tonic_health::server::health_reporter();

@@ -239,20 +239,28 @@ struct Inner {
 }
 
 impl Inner {
-    /// Recomputes every node's sync state from its applied sequence and its group's log.
+    /// Recomputes every node's sync state from its applied sequence and its group's log
+    /// (without allocating per node: it runs on every registration and state change).
     fn resync(&mut self) {
-        let mut in_sync: BTreeMap<String, Vec<String>> = BTreeMap::new();
+        let log_of = |group: &str| self.groups.get(group).copied().unwrap_or_default();
+        // Per group, its first node (by name) holding every committed write.
+        let mut first_in_sync: BTreeMap<&str, &str> = BTreeMap::new();
         for (name, entry) in &self.nodes {
-            let log = self.groups.get(entry.record.group()).copied().unwrap_or_default();
-            if entry.applied_seq >= log.committed_seq {
-                in_sync.entry(entry.record.group().to_owned()).or_default().push(name.clone());
+            if entry.applied_seq >= log_of(entry.record.group()).committed_seq {
+                first_in_sync.entry(entry.record.group()).or_insert(name);
             }
         }
-        for (name, entry) in &mut self.nodes {
-            let group = entry.record.group().to_owned();
-            let log = self.groups.get(&group).copied().unwrap_or_default();
-            let peer = in_sync.get(&group).and_then(|peers| peers.first()).map(String::as_str);
-            entry.sync = decide::sync_state(name, &group, entry.applied_seq, &log, peer);
+        let states: Vec<SyncState> = self
+            .nodes
+            .iter()
+            .map(|(name, entry)| {
+                let group = entry.record.group();
+                let peer = first_in_sync.get(group).copied();
+                decide::sync_state(name, group, entry.applied_seq, &log_of(group), peer)
+            })
+            .collect();
+        for (entry, state) in self.nodes.values_mut().zip(states) {
+            entry.sync = state;
         }
     }
 }
