@@ -15,8 +15,8 @@
 //!
 //! Prints per mode and concurrency: n, failed, p50/p90/p99, operations/s, node calls per
 //! operation, CPU per operation of the master, of each agent and of the bench (from /proc
-//! utime+stime, summed over rounds), master and agent CPU per node call; each process's RSS
-//! after loading and after the run; then a GOALS block with the issue's ratios.
+//! utime+stime, summed over rounds), master and agent CPU per node call; each process's peak
+//! RSS while loading (VmHWM), RSS after warm-up and after the run; then a GOALS block with the issue's ratios.
 //!
 //! `cargo build --release --bins && RAGMESH_BIN_DIR=$PWD/target/release cargo bench -p ragmesh-e2e --bench perf`
 //! (an absolute path: benches run from `tests/`). `cargo build --workspace --bins && cargo test
@@ -333,9 +333,9 @@ impl Bench {
         }
     }
 
-    /// RSS in MiB: master, then each agent.
-    fn rss_mib(&self) -> Vec<f64> {
-        self.mesh.pids().into_iter().map(|pid| common::rss_kib(pid) as f64 / 1024.0).collect()
+    /// `field` of /proc/PID/status (`VmRSS`, `VmHWM`) in MiB: master, then each agent.
+    fn memory_mib(&self, field: &str) -> Vec<f64> {
+        self.mesh.pids().into_iter().map(|pid| common::status_kib(pid, field) as f64 / 1024.0).collect()
     }
 }
 
@@ -477,17 +477,23 @@ async fn main() {
         ragmesh_e2e::daemons::bin_dir().display(),
         if full { "full run" } else { "smoke run (cargo test)" }
     );
+    // A busy neighbour (another build) shows here: figures taken under load are not final.
+    println!("load average at start: {}", load_average());
     let (parts, queries) = corpus(max_docs);
     let queries = Arc::new(queries);
 
     let mut results: Vec<BTreeMap<&str, Scenario>> = concurrencies.iter().map(|_| BTreeMap::new()).collect();
+    let mut load_peak: Vec<f64> = Vec::new();
     let mut idle_rss: Vec<f64> = Vec::new();
     let mut after_rss: Vec<f64> = Vec::new();
     for epoch in 0..epochs {
         println!("epoch {}/{epochs}: starting a master and {AGENTS} agents, loading the corpus", epoch + 1);
         let bench = Bench::start(&parts, &queries).await;
+        let peak = bench.memory_mib("VmHWM");
+        println!("peak RSS up to the end of loading (MiB): master {:.1}, agents {:.1?}", peak[0], &peak[1..]);
+        load_peak = max_each(&load_peak, &peak);
         bench.warm_up().await;
-        let rss = bench.rss_mib();
+        let rss = bench.memory_mib("VmRSS");
         println!("RSS after loading and warm-up (MiB): master {:.1}, agents {:.1?}", rss[0], &rss[1..]);
         idle_rss = max_each(&idle_rss, &rss);
         for (c, &concurrency) in concurrencies.iter().enumerate() {
@@ -507,7 +513,7 @@ async fn main() {
                 }
             }
         }
-        let rss = bench.rss_mib();
+        let rss = bench.memory_mib("VmRSS");
         println!("RSS after the run (MiB): master {:.1}, agents {:.1?}", rss[0], &rss[1..]);
         after_rss = max_each(&after_rss, &rss);
     }
@@ -555,7 +561,8 @@ async fn main() {
         }
     }
 
-    goals(&concurrencies, &results, tps, cpus, &idle_rss, &after_rss);
+    goals(&concurrencies, &results, tps, cpus, [&load_peak, &idle_rss, &after_rss]);
+    println!("load average at the end: {}", load_average());
 
     for (c, concurrency) in concurrencies.iter().enumerate() {
         for mode in &modes {
@@ -569,6 +576,12 @@ async fn main() {
     }
 }
 
+/// The 1, 5 and 15 minute load averages of the machine (/proc/loadavg).
+fn load_average() -> String {
+    let text = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+    text.split_whitespace().take(3).collect::<Vec<_>>().join(" ")
+}
+
 /// The element-wise maximum (a missing element counts as 0).
 fn max_each(a: &[f64], b: &[f64]) -> Vec<f64> {
     (0..a.len().max(b.len())).map(|i| a.get(i).copied().unwrap_or(0.0).max(b.get(i).copied().unwrap_or(0.0))).collect()
@@ -580,8 +593,7 @@ fn goals(
     results: &[BTreeMap<&str, Scenario>],
     tps: f64,
     cpus: usize,
-    idle_rss: &[f64],
-    after_rss: &[f64],
+    [load_peak, idle_rss, after_rss]: [&[f64]; 3],
 ) {
     println!("\nGOALS (issue 11; this run's figures):");
     for (c, concurrency) in concurrencies.iter().enumerate() {
@@ -652,9 +664,10 @@ fn goals(
     }
     if !idle_rss.is_empty() {
         let idle = idle_rss[1..].iter().copied().fold(0.0, f64::max);
+        let peak = load_peak.get(1..).map_or(f64::NAN, |a| a.iter().copied().fold(0.0, f64::max));
         let after = after_rss.get(1..).map_or(f64::NAN, |a| a.iter().copied().fold(0.0, f64::max));
         println!(
-            "agent RSS with its quarter loaded, idle after warm-up: max {idle:.1} MiB ({}: <= 30 MB); after the run max {after:.1} MiB; master {:.1} MiB idle, {:.1} MiB after",
+            "agent RSS with its quarter loaded, idle after warm-up: max {idle:.1} MiB ({}: <= 30 MB); peak while loading max {peak:.1} MiB; after the run max {after:.1} MiB; master {:.1} MiB idle, {:.1} MiB after",
             verdict(idle, 30.0),
             idle_rss[0],
             after_rss.first().copied().unwrap_or(f64::NAN),

@@ -173,12 +173,13 @@ where
     total
 }
 
-/// Resident memory of process `pid` in KiB (`VmRSS` of /proc/PID/status; 0 if unreadable).
-pub fn rss_kib(pid: u32) -> u64 {
+/// A memory figure of process `pid` in KiB from /proc/PID/status (0 if unreadable): `VmRSS`
+/// (resident now) or `VmHWM` (peak resident since it started).
+pub fn status_kib(pid: u32, field: &str) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
     status
         .lines()
-        .find_map(|line| line.strip_prefix("VmRSS:"))
+        .find_map(|line| line.strip_prefix(field).and_then(|rest| rest.strip_prefix(':')))
         .and_then(|rest| rest.split_whitespace().next())
         .and_then(|kib| kib.parse().ok())
         .unwrap_or(0)
