@@ -6,6 +6,7 @@
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use ragmesh_proto::v1::{self, auth_service_client::AuthServiceClient, master_service_client::MasterServiceClient};
@@ -47,6 +48,17 @@ pub struct ProcessMeshBuilder {
     master_env: Vec<(String, String)>,
     agent_env: Vec<(usize, String, String)>,
     agent_toml: Option<String>,
+    before_master: Option<MasterHook>,
+}
+
+/// A function given the master's data directory before its first start.
+#[derive(Clone)]
+struct MasterHook(Arc<dyn Fn(&Path) + Send + Sync>);
+
+impl std::fmt::Debug for MasterHook {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("MasterHook")
+    }
 }
 
 impl ProcessMeshBuilder {
@@ -94,6 +106,14 @@ impl ProcessMeshBuilder {
         self
     }
 
+    /// Runs `prepare` with the master's (empty) data directory before its first start, e.g. to
+    /// provision its state store with a signing key ring the caller keeps (a benchmark that
+    /// signs request contexts as the master would).
+    pub fn before_master(mut self, prepare: impl Fn(&Path) + Send + Sync + 'static) -> Self {
+        self.before_master = Some(MasterHook(Arc::new(prepare)));
+        self
+    }
+
     /// Starts the master and the agents, and waits until every agent is up.
     pub async fn start(self) -> ProcessMesh {
         let dir = tempfile::tempdir().expect("tempdir");
@@ -126,6 +146,9 @@ impl ProcessMeshBuilder {
         ];
         master_args.extend(mesh.tls_args("master"));
         master_args.extend(mesh.builder.master_args.iter().cloned());
+        if let Some(MasterHook(prepare)) = &mesh.builder.before_master {
+            prepare(&mesh.dir.path().join("master"));
+        }
         let env = mesh.builder.master_env.clone();
         mesh.master = Some(mesh.spawn("ragmesh-master", master_args, &pairs(&env), "master"));
         mesh.master_addr = mesh.wait_addr(&addr_file).await;
@@ -241,6 +264,12 @@ impl ProcessMesh {
     /// An mTLS client of the master as the operator `client`.
     pub async fn client(&self) -> MasterServiceClient<Channel> {
         MasterServiceClient::new(self.channel().await)
+    }
+
+    /// An mTLS channel to the master as the operator `client`, for any of its services (e.g.
+    /// `grpc.health.v1`): the same client stack as [`ProcessMesh::client`].
+    pub async fn master_channel(&self) -> Channel {
+        self.channel().await
     }
 
     /// Upserts `documents` into agent `i`'s index through the master.

@@ -132,6 +132,59 @@ where
     total
 }
 
+/// [`run_load`] with an untimed step before each operation: `prepare` (worker, operation
+/// number) makes what `op` then takes, and only `op` is timed (e.g. a signature the system
+/// under test would have made before its own clock started).
+pub async fn run_load_prepared<P, Prep, F, Fut>(concurrency: usize, duration: Duration, prepare: Prep, op: F) -> Run
+where
+    P: Send,
+    Prep: Fn(usize, usize) -> P + Clone + Send + 'static,
+    F: Fn(usize, usize, P) -> Fut + Clone + Send + 'static,
+    Fut: Future<Output = Tags> + Send,
+{
+    let started = Instant::now();
+    let end = started + duration;
+    let mut workers = tokio::task::JoinSet::new();
+    for worker in 0..concurrency {
+        let (prepare, op) = (prepare.clone(), op.clone());
+        workers.spawn(async move {
+            let mut run = Run::default();
+            let mut n = 0;
+            while Instant::now() < end {
+                let prepared = prepare(worker, n);
+                let begun = Instant::now();
+                let tags = op(worker, n, prepared).await;
+                if !tags.failed {
+                    run.latencies.push(begun.elapsed());
+                }
+                run.failed += usize::from(tags.failed);
+                run.a += usize::from(tags.a);
+                run.b += usize::from(tags.b);
+                n += 1;
+            }
+            run
+        });
+    }
+    let mut total = Run::default();
+    while let Some(run) = workers.join_next().await {
+        total.merge(run.expect("load worker panicked"));
+    }
+    total.elapsed = started.elapsed();
+    total
+}
+
+/// A `kB` field of /proc/`pid`/status (`VmRSS` resident now, `VmHWM` peak resident, `RssAnon`,
+/// `RssFile`, ...), 0 when the process or the field is gone.
+pub fn status_kib(pid: u32, field: &str) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix(field).and_then(|rest| rest.strip_prefix(':')))
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|kib| kib.parse().ok())
+        .unwrap_or(0)
+}
+
 /// Clock ticks per second of /proc's utime and stime (`getconf CLK_TCK`, 100 if unknown).
 pub fn clock_ticks() -> f64 {
     std::process::Command::new("getconf")
@@ -232,18 +285,6 @@ pub fn report_first_failure(what: &str, error: &dyn std::fmt::Display) {
     if !REPORTED.swap(true, std::sync::atomic::Ordering::Relaxed) {
         eprintln!("first failure ({what}): {error}");
     }
-}
-
-/// A `kB` field (`VmRSS`, `VmHWM`, `RssAnon`, `RssFile`, ...) of /proc/`pid`/status, 0 when the
-/// process or the field is gone.
-pub fn status_kib(pid: u32, field: &str) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    for line in status.lines() {
-        if let Some(rest) = line.strip_prefix(field).and_then(|rest| rest.strip_prefix(':')) {
-            return rest.trim().trim_end_matches("kB").trim().parse().unwrap_or(0);
-        }
-    }
-    0
 }
 
 /// Resident set size of process `pid` in KiB (`VmRSS`), 0 when it is gone.
