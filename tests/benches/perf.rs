@@ -34,7 +34,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use common::{Run, Tags, env_count, env_counts, env_secs, ratio};
-use ragmesh_auth::{Capability, KeyRing, KeyRingConfig, Principal, unix_now};
+use ragmesh_auth::{Capability, ContextMemo, DEFAULT_MEMO_CAPACITY, KeyRing, KeyRingConfig, Principal, unix_now};
 use ragmesh_e2e::daemons::ProcessMesh;
 use ragmesh_proto::v1::{self, agent_service_client::AgentServiceClient, master_service_client::MasterServiceClient};
 use tonic::metadata::AsciiMetadataValue;
@@ -120,8 +120,8 @@ struct Bench {
     health: HealthClient<Channel>,
     /// The agents' services in order (`agent-1` first), dialled as the master dials them.
     agents: Arc<[AgentServiceClient<Channel>; AGENTS]>,
-    /// The master's key ring, to sign contexts as it does.
-    ring: Arc<KeyRing>,
+    /// The master's key ring and a context memo, to make contexts exactly as it does.
+    ring: Arc<Signer>,
     principal: Arc<Principal>,
     queries: Arc<Vec<String>>,
     /// Per query, the statistics summed over the agents (what the master's cache holds).
@@ -184,7 +184,7 @@ impl Bench {
             mesh,
             master,
             agents: Arc::new(agents),
-            ring,
+            ring: Arc::new(Signer { ring, contexts: ContextMemo::new(DEFAULT_MEMO_CAPACITY) }),
             principal: Arc::new(operator()),
             queries: queries.clone(),
             statistics: Arc::default(),
@@ -351,10 +351,17 @@ fn search_request(query: &str, one_node: bool) -> v1::SearchRequest {
     }
 }
 
-/// A context token for `principal`, signed as the master signs one per search.
-fn sign(ring: &KeyRing, principal: &Principal) -> AsciiMetadataValue {
-    let token = ring.sign_context(principal, TIMEOUT, unix_now()).expect("sign a context");
-    token.into_string().parse().expect("a context token is valid metadata")
+/// The master's key ring with the master's context memo.
+struct Signer {
+    ring: Arc<KeyRing>,
+    contexts: ContextMemo,
+}
+
+/// A context token for `principal`, made as the master makes one for each search: the caller's
+/// remembered context while it lives long enough, else a fresh signature (see ContextMemo).
+fn sign(signer: &Signer, principal: &Principal) -> AsciiMetadataValue {
+    let token = signer.contexts.context(&signer.ring, principal, TIMEOUT, unix_now()).expect("sign a context");
+    token.parse().expect("a context token is valid metadata")
 }
 
 /// A request to an agent as the master's node client makes it: the budget as `grpc-timeout`,
@@ -366,9 +373,9 @@ fn node_request<M>(message: M, context: &AsciiMetadataValue) -> tonic::Request<M
     request
 }
 
-/// One search's node requests: one context shared by the 4 (the master signs once per search).
+/// One search's node requests: one context shared by the 4, as the master's.
 fn direct_requests(
-    ring: &KeyRing,
+    ring: &Signer,
     principal: &Principal,
     query: &str,
     statistics: &v1::TermStatistics,
