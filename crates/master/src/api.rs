@@ -493,9 +493,10 @@ impl MasterApi {
         let cache = &self.0.stats_cache;
         let mut known = Vec::new();
         let mut ask = Vec::new();
+        let mut analysed = stats_cache::QueryTerms::new();
         for target in &search.plan.targets {
             let profile = stats_cache::group_profile(target, &search.summaries);
-            let lookup = cache.prepare(&search.scope, &query.query, target, profile, &search.freshness);
+            let lookup = cache.prepare(&search.scope, &query.query, target, profile, &search.freshness, &mut analysed);
             match cache.get(&lookup, &search.scope, target, &search.freshness).await {
                 Some(cached) => known.push((target.clone(), cached)),
                 None => ask.push((target.clone(), lookup)),

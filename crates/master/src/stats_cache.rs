@@ -254,6 +254,11 @@ pub(crate) struct Lookup {
     terms: Option<(Profile, Vec<FieldTerm>)>,
 }
 
+/// A search's query analysed per analysis profile (`None`: it does not analyse), filled by
+/// [`StatisticsCache::prepare`] so that groups of the same profile share one analysis: tantivy's
+/// query parser is the costliest step of a statistics lookup.
+pub(crate) type QueryTerms = BTreeMap<String, Option<Vec<FieldTerm>>>;
+
 /// The bounded store of statistics; cheap to clone.
 #[derive(Debug, Clone)]
 pub(crate) struct StatisticsCache {
@@ -299,9 +304,13 @@ impl StatisticsCache {
         target: &GroupTarget,
         profile: Option<Profile>,
         freshness: &Freshness,
+        analysed: &mut QueryTerms,
     ) -> Lookup {
         let query_key = statistics_key(scope, query, &target.group, &target.target, freshness);
-        let terms = profile.and_then(|profile| Some((profile, self.terms(&profile, query)?)));
+        let terms = profile.and_then(|profile| {
+            let terms = analysed.entry(profile.name()).or_insert_with(|| self.terms(&profile, query));
+            Some((profile, terms.clone()?))
+        });
         Lookup { query_key, terms }
     }
 
@@ -451,7 +460,7 @@ mod tests {
 
     async fn ask_and_store(cache: &StatisticsCache, scope: &Scope, query: &str, group: &str, fresh: &Freshness) {
         let target = target(group);
-        let lookup = cache.prepare(scope, query, &target, Some(Profile::default()), fresh);
+        let lookup = cache.prepare(scope, query, &target, Some(Profile::default()), fresh, &mut QueryTerms::new());
         let reply = answer(cache, query, 7, &["alpha", "beta"]);
         cache.insert(lookup, scope, &target, fresh, &format!("{group}1"), reply).await;
     }
@@ -465,7 +474,7 @@ mod tests {
         fresh: &Freshness,
     ) -> Option<v1::TermStatistics> {
         let target = target(group);
-        let lookup = cache.prepare(scope, query, &target, profile, fresh);
+        let lookup = cache.prepare(scope, query, &target, profile, fresh, &mut QueryTerms::new());
         cache.get(&lookup, scope, &target, fresh).await
     }
 
@@ -519,7 +528,7 @@ mod tests {
         let fresh = stamps(4, 9);
         let target = target("a");
         for query in ["alpha", "beta"] {
-            let lookup = cache.prepare(&Scope::All, query, &target, None, &fresh);
+            let lookup = cache.prepare(&Scope::All, query, &target, None, &fresh, &mut QueryTerms::new());
             assert!(cache.get(&lookup, &Scope::All, &target, &fresh).await.is_none(), "nothing yet: ask");
             let reply = answer(&cache, query, 7, &["alpha"]);
             cache.insert(lookup, &Scope::All, &target, &fresh, "a1", reply).await;
@@ -537,7 +546,7 @@ mod tests {
         let target = target("a");
         let default = Some(Profile::default());
         // A node stemming differently (or holding a second profile's fields) names other terms.
-        let lookup = cache.prepare(&Scope::All, "replicas", &target, default, &fresh);
+        let lookup = cache.prepare(&Scope::All, "replicas", &target, default, &fresh, &mut QueryTerms::new());
         let mut reply = answer(&cache, "replicas", 7, &[]);
         let stats = reply.statistics.as_mut().expect("statistics");
         stats.terms.push(v1::TermFrequency { field: "body_nostem".into(), term: "replicas".into(), doc_freq: 1 });
@@ -557,7 +566,7 @@ mod tests {
             let cache = cache.clone();
             let (target, fresh) = (target.clone(), fresh.clone());
             async move {
-                let lookup = cache.prepare(&Scope::All, query, &target, default, &fresh);
+                let lookup = cache.prepare(&Scope::All, query, &target, default, &fresh, &mut QueryTerms::new());
                 let reply = answer(&cache, query, generation, &["alpha"]);
                 cache.insert(lookup, &Scope::All, &target, &fresh, "a1", reply).await;
             }
