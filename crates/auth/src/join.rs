@@ -127,7 +127,8 @@ impl JoinTokenStore {
         Ok((JoinToken::new(token), record.info(now)))
     }
 
-    /// Spends one use of `token` to admit `node_name`; returns the token's state afterwards.
+    /// Spends one use of `token` to admit `node_name` (none if it already admitted that node);
+    /// returns the token's state afterwards.
     pub fn consume(&self, token: &str, node_name: &str, now: u64) -> Result<JoinTokenInfo, AuthError> {
         check_name("node name", node_name)?;
         let key = token_key(token).ok_or(AuthError::UnknownJoinToken)?;
@@ -138,6 +139,11 @@ impl JoinTokenStore {
             let record: JoinRecord = decode(JOIN_TREE, &current)?;
             if now >= record.expires_at {
                 return Err(AuthError::JoinTokenExpired { id: record.id, expired_at: record.expires_at });
+            }
+            // The same node retrying (its answer was lost, or it gave up waiting while the
+            // master admitted it) spends no second use: its name is certified by its certificate.
+            if record.used_by.iter().any(|name| name == node_name) {
+                return Ok(record.info(now));
             }
             if record.uses_left == 0 {
                 return Err(AuthError::JoinTokenExhausted { id: record.id });

@@ -76,6 +76,22 @@ fn multi_use_token_counts_down_even_under_races() {
 }
 
 #[test]
+fn a_node_retrying_its_join_spends_no_second_use() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let joins = JoinTokenStore::new(open(dir.path()));
+    let (token, _) = joins.create(HOUR, Some(2), NOW, "").expect("create");
+    assert_eq!(joins.consume(token.as_str(), "n0", NOW).expect("first").uses_left, 1);
+    let again = joins.consume(token.as_str(), "n0", NOW).expect("the same node again");
+    assert_eq!((again.uses_left, again.used_by.len()), (1, 1), "{again:?}");
+    assert_eq!(joins.consume(token.as_str(), "n1", NOW).expect("another node").uses_left, 0);
+    assert!(joins.consume(token.as_str(), "n0", NOW).is_ok(), "n0 may retry even now the token is spent");
+    let err = joins.consume(token.as_str(), "n2", NOW).expect_err("a third node");
+    assert!(matches!(err, AuthError::JoinTokenExhausted { .. }), "{err:?}");
+    let expired = joins.consume(token.as_str(), "n0", NOW + 2 * 3600).expect_err("expired");
+    assert!(matches!(expired, AuthError::JoinTokenExpired { .. }), "{expired:?}");
+}
+
+#[test]
 fn expired_unknown_and_revoked_tokens_fail_distinctly() {
     let dir = tempfile::tempdir().expect("tempdir");
     let joins = JoinTokenStore::new(open(dir.path()));

@@ -177,9 +177,17 @@ fn sync_message(sync: &SyncState) -> String {
     }
 }
 
-/// One shard group for `ListNodes`: its replicas (sorted, as `views` is) and its log.
-pub(crate) fn group_info(group: &str, views: &[NodeView], log: GroupLog) -> v1::ShardGroupInfo {
-    let replicas: Vec<&NodeView> = views.iter().filter(|v| v.record.group() == group).collect();
+/// Every node of `views` by shard group, in the order of `views`.
+pub(crate) fn by_group(views: &[NodeView]) -> BTreeMap<&str, Vec<&NodeView>> {
+    let mut groups: BTreeMap<&str, Vec<&NodeView>> = BTreeMap::new();
+    for view in views {
+        groups.entry(view.record.group()).or_default().push(view);
+    }
+    groups
+}
+
+/// One shard group for `ListNodes`: its `replicas` (sorted, as [`by_group`] leaves them) and its log.
+pub(crate) fn group_info(group: &str, replicas: &[&NodeView], log: GroupLog) -> v1::ShardGroupInfo {
     v1::ShardGroupInfo {
         shard: group.to_owned(),
         replicas: replicas.iter().map(|v| v.record.name.clone()).collect(),
