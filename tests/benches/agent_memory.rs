@@ -18,7 +18,6 @@
 
 mod common;
 
-use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -32,15 +31,10 @@ const GOAL_KIB: f64 = 30.0 * 1024.0;
 
 /// The corpus (the NPL quarter, else generated) and the queries.
 fn corpus() -> (Vec<v1::Document>, Vec<String>) {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/data/vaswani");
-    if let (Ok(docs), Ok(topics)) = (
-        std::fs::read_to_string(dir.join("doc-text.trec")),
-        ragmesh_eval::topics::read_topics_file(&dir.join("query-text.trec")),
-    ) {
-        let docs = ragmesh_index::ingest::parse_trec(&docs, "npl").expect("parse the NPL documents");
+    if let Some((docs, queries)) = common::npl() {
         let quarter: Vec<v1::Document> = docs.into_iter().step_by(4).map(ragmesh_e2e::wire_document).collect();
-        println!("corpus: the NPL quarter ({} documents, {} topics)", quarter.len(), topics.len());
-        return (quarter, topics.into_iter().map(|t| t.title.to_lowercase()).collect());
+        println!("corpus: the NPL quarter ({} documents, {} topics)", quarter.len(), queries.len());
+        return (quarter, queries);
     }
     println!("corpus: generated (../shared/data/vaswani is absent)");
     let docs = ragmesh_e2e::docs_for(0, 2860);

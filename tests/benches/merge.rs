@@ -19,7 +19,6 @@
 
 mod common;
 
-use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -29,15 +28,9 @@ use ragmesh_proto::v1;
 
 /// The corpus and the queries: NPL when present, else generated.
 fn corpus() -> (Vec<v1::Document>, Vec<String>) {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/data/vaswani");
-    if let (Ok(docs), Ok(topics)) = (
-        std::fs::read_to_string(dir.join("doc-text.trec")),
-        ragmesh_eval::topics::read_topics_file(&dir.join("query-text.trec")),
-    ) {
-        let docs = ragmesh_index::ingest::parse_trec(&docs, "npl").expect("parse the NPL documents");
-        let docs = docs.into_iter().map(ragmesh_e2e::wire_document).collect();
-        println!("corpus: NPL ({} topics)", topics.len());
-        return (docs, topics.into_iter().map(|t| t.title.to_lowercase()).collect());
+    if let Some((docs, queries)) = common::npl() {
+        println!("corpus: NPL ({} topics)", queries.len());
+        return (docs.into_iter().map(ragmesh_e2e::wire_document).collect(), queries);
     }
     println!("corpus: generated (../shared/data/vaswani is absent)");
     let docs = (0..3).flat_map(|i| ragmesh_e2e::docs_for(i, 300)).collect();

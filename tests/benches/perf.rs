@@ -85,13 +85,9 @@ fn env_modes() -> Vec<Mode> {
 
 /// The corpus dealt to the agents and the queries: NPL when present, else generated.
 fn corpus(max_docs: usize) -> (Vec<Vec<v1::Document>>, Vec<String>) {
-    if let Some(dir) = ragmesh_test_util::vaswani_dir() {
-        let text = std::fs::read_to_string(dir.join("doc-text.trec")).expect("read the NPL documents");
-        let mut docs = ragmesh_index::ingest::parse_trec(&text, "npl").expect("parse the NPL documents");
+    if let Some((mut docs, queries)) = common::npl() {
         docs.truncate(max_docs);
-        let topics = ragmesh_eval::topics::read_topics_file(&dir.join("query-text.trec")).expect("read the NPL topics");
-        println!("corpus: NPL, {} documents split round-robin {AGENTS} ways, {} topics", docs.len(), topics.len());
-        let queries = topics.into_iter().map(|t| t.title.to_lowercase()).collect();
+        println!("corpus: NPL, {} documents split round-robin {AGENTS} ways, {} topics", docs.len(), queries.len());
         return (ragmesh_e2e::round_robin(docs, AGENTS), queries);
     }
     println!("corpus: GENERATED (../shared/data/vaswani is absent): {AGENTS} x 300 documents, 4 queries");

@@ -11,15 +11,10 @@ use ragmesh_server::daemon;
 const PROGRAM: &str = "ragmesh-agent";
 
 fn main() -> ExitCode {
-    // Before the runtime starts its threads (see ragmesh-malloc).
-    let tuning = ragmesh_malloc::tune();
-    match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
-        Ok(runtime) => runtime.block_on(run(tuning)),
-        Err(err) => daemon::exit(PROGRAM, Err(anyhow::anyhow!("cannot start the async runtime: {err}"))),
-    }
+    daemon::main(PROGRAM, run)
 }
 
-async fn run(tuning: ragmesh_malloc::Tuning) -> ExitCode {
+async fn run(tuning: daemon::Tuning) -> ExitCode {
     let (config, process) = match AgentArgs::parse().resolve_daemon() {
         Ok(resolved) => resolved,
         Err(errors) => return daemon::config_error(PROGRAM, errors),

@@ -258,6 +258,22 @@ pub async fn shutdown_signal() {
 pub mod daemon {
     use super::*;
 
+    pub use ragmesh_malloc::Tuning;
+
+    /// A daemon's whole `main` around its `run`: tunes the allocator before any thread starts
+    /// (see ragmesh-malloc), then runs `run` on a multi-thread runtime.
+    pub fn main<F, Fut>(program: &str, run: F) -> ExitCode
+    where
+        F: FnOnce(Tuning) -> Fut,
+        Fut: std::future::Future<Output = ExitCode>,
+    {
+        let tuning = ragmesh_malloc::tune();
+        match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+            Ok(runtime) => runtime.block_on(run(tuning)),
+            Err(err) => exit(program, Err(anyhow::anyhow!("cannot start the async runtime: {err}"))),
+        }
+    }
+
     /// Exit status for an invalid configuration (`EX_USAGE`), after printing `problem`.
     pub fn config_error(program: &str, problem: impl std::fmt::Display) -> ExitCode {
         eprint!("{program}: {problem}");

@@ -101,35 +101,7 @@ where
     F: Fn(usize, usize) -> Fut + Clone + Send + 'static,
     Fut: Future<Output = Tags> + Send,
 {
-    let started = Instant::now();
-    let end = started + duration;
-    let mut workers = tokio::task::JoinSet::new();
-    for worker in 0..concurrency {
-        let op = op.clone();
-        workers.spawn(async move {
-            let mut run = Run::default();
-            let mut n = 0;
-            while Instant::now() < end {
-                let begun = Instant::now();
-                let tags = op(worker, n).await;
-                // A failure is counted, not timed: a fast refusal would flatter the percentiles.
-                if !tags.failed {
-                    run.latencies.push(begun.elapsed());
-                }
-                run.failed += usize::from(tags.failed);
-                run.a += usize::from(tags.a);
-                run.b += usize::from(tags.b);
-                n += 1;
-            }
-            run
-        });
-    }
-    let mut total = Run::default();
-    while let Some(run) = workers.join_next().await {
-        total.merge(run.expect("load worker panicked"));
-    }
-    total.elapsed = started.elapsed();
-    total
+    run_load_prepared(concurrency, duration, |_, _| (), move |worker, n, ()| op(worker, n)).await
 }
 
 /// [`run_load`] with an untimed step before each operation: `prepare` (worker, operation
@@ -154,6 +126,7 @@ where
                 let prepared = prepare(worker, n);
                 let begun = Instant::now();
                 let tags = op(worker, n, prepared).await;
+                // A failure is counted, not timed: a fast refusal would flatter the percentiles.
                 if !tags.failed {
                     run.latencies.push(begun.elapsed());
                 }
@@ -250,6 +223,16 @@ pub fn thread_cpu_nanos(prefix: &str) -> u64 {
         total += schedstat.split_whitespace().next().and_then(|ns| ns.parse::<u64>().ok()).unwrap_or(0);
     }
     total
+}
+
+/// The NPL collection (../shared/data/vaswani) parsed, with its topics' titles in lower case as
+/// queries; `None` when it is absent (a bench then says so and generates a corpus).
+pub fn npl() -> Option<(Vec<ragmesh_index::Document>, Vec<String>)> {
+    let dir = ragmesh_test_util::vaswani_dir()?;
+    let text = std::fs::read_to_string(dir.join("doc-text.trec")).expect("read the NPL documents");
+    let docs = ragmesh_index::ingest::parse_trec(&text, "npl").expect("parse the NPL documents");
+    let topics = ragmesh_eval::topics::read_topics_file(&dir.join("query-text.trec")).expect("read the NPL topics");
+    Some((docs, topics.into_iter().map(|t| t.title.to_lowercase()).collect()))
 }
 
 /// The median of `values` (NaN when empty).
