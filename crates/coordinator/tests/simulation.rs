@@ -122,6 +122,9 @@ struct World {
     log_begin: bool,
     /// A participant cut off from the network: every message to or from it is lost.
     partitioned: Option<usize>,
+    /// The decision a compaction removed from the coordinator's log: it was durable, so a
+    /// coordinator still holding the transaction in memory may keep answering with it.
+    compacted: Option<Decision>,
 }
 
 fn node_name(k: usize) -> String {
@@ -155,11 +158,26 @@ impl World {
                 PartNode { store, log, machine: None, pending: VecDeque::new(), votes_yes }
             })
             .collect();
-        World { now: 0, coord, parts, net: VecDeque::new(), violations: Vec::new(), log_begin, partitioned: None }
+        World {
+            now: 0,
+            coord,
+            parts,
+            net: VecDeque::new(),
+            violations: Vec::new(),
+            log_begin,
+            partitioned: None,
+            compacted: None,
+        }
     }
 
     fn logged_decision(&self) -> Option<Decision> {
         self.coord.log.get(TX).expect("coordinator log read").and_then(|record| record.decision)
+    }
+
+    /// The decision that is or was durable: the log's, or the one a compaction removed after the
+    /// transaction finished.
+    fn durable_decision(&self) -> Option<Decision> {
+        self.logged_decision().or(self.compacted)
     }
 
     fn feed_coord(&mut self, input: coordinator::Input) {
@@ -190,7 +208,7 @@ impl World {
                 _ => None,
             };
             if let Some(decision) = sent
-                && self.logged_decision() != Some(decision)
+                && self.durable_decision() != Some(decision)
             {
                 self.violations
                     .push(format!("{why}: emitted {decision:?} while the log holds {:?}", self.logged_decision()));
@@ -202,7 +220,7 @@ impl World {
     fn send_decision(&mut self, to: usize, decision: Decision, why: &str) {
         // Presumed abort: with no coordinator in memory, an absent decision reads as abort.
         let presumed = why == "log answer" && decision == Decision::Abort && self.logged_decision().is_none();
-        if self.logged_decision() != Some(decision) && !presumed {
+        if self.durable_decision() != Some(decision) && !presumed {
             self.violations
                 .push(format!("{why}: sent {decision:?} to p{to} while the log holds {:?}", self.logged_decision()));
         }
@@ -284,7 +302,7 @@ impl World {
             }
             participant::Effect::Vote(vote) => self.net.push_back(Msg::Vote { from: k, vote }),
             participant::Effect::ApplyCommit { payload } => {
-                if self.logged_decision() != Some(Decision::Commit) {
+                if self.durable_decision() != Some(Decision::Commit) {
                     self.violations.push(format!("p{k} applied a commit the coordinator has not logged"));
                 }
                 self.parts[k].store.put(DATA_TREE, b"doc", &payload).expect("data write");
@@ -336,7 +354,11 @@ impl World {
     fn compact(&mut self) {
         // The coordinator may forget finished transactions at once; participants keep theirs for
         // the prepare timeout (the documented bound).
+        let before = self.logged_decision();
         self.coord.log.compact(self.now, 0).expect("compact");
+        if self.logged_decision().is_none() && before.is_some() {
+            self.compacted = before;
+        }
         for node in &self.parts {
             node.log.compact(self.now, DEADLINE_MS).expect("compact");
         }
