@@ -370,13 +370,8 @@ pub struct AgentConfig {
 /// Default of `--max-concurrent-requests`: enough for bursts of federated searches from the
 /// master on a few cores, while bounding the blocking threads an overloaded agent starts.
 pub const DEFAULT_MAX_CONCURRENT_REQUESTS: usize = 64;
-/// Default of `--writer-heap-bytes` (ragmesh-index's `DEFAULT_WRITER_HEAP_BYTES`).
-pub const DEFAULT_WRITER_HEAP_BYTES: usize = 50_000_000;
-/// Smallest `--writer-heap-bytes` (ragmesh-index's `MIN_WRITER_HEAP_BYTES`: tantivy's 15 MB
-/// per indexing thread).
-pub const MIN_WRITER_HEAP_BYTES: usize = 15_000_000;
-/// Largest `--writer-heap-bytes` (ragmesh-index's `MAX_WRITER_HEAP_BYTES`).
-pub const MAX_WRITER_HEAP_BYTES: usize = 1 << 30;
+/// Bounds and default of `--writer-heap-bytes`, as ragmesh-index enforces them.
+pub use ragmesh_types::writer::{DEFAULT_WRITER_HEAP_BYTES, MAX_WRITER_HEAP_BYTES, MIN_WRITER_HEAP_BYTES};
 /// Default of `--writer-idle-release-ms`: long enough that the batches of one ingest run reuse
 /// one writer, short enough that an agent idles without the writer's memory.
 pub const DEFAULT_WRITER_IDLE_RELEASE_MS: u64 = 30_000;

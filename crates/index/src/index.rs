@@ -30,13 +30,7 @@ use crate::document::{collection_problem, validate_batch_len, validate_document,
 use crate::position::{Applied, AppliedLog, LogPosition, Step, check_position};
 use crate::{CollectionCount, DocRef, Document, IndexError, SearchHit, SearchQuery, SearchResults, Writer};
 
-/// Default memory budget of the index writer, shared by its indexing threads.
-pub const DEFAULT_WRITER_HEAP_BYTES: usize = 50_000_000;
-/// Smallest writer budget: tantivy needs 15 MB per indexing thread (and uses one thread when
-/// the budget is below twice that).
-pub const MIN_WRITER_HEAP_BYTES: usize = 15_000_000;
-/// Largest writer budget accepted.
-pub const MAX_WRITER_HEAP_BYTES: usize = 1 << 30;
+pub use ragmesh_types::writer::{DEFAULT_WRITER_HEAP_BYTES, MAX_WRITER_HEAP_BYTES, MIN_WRITER_HEAP_BYTES};
 /// The lock file this index holds for as long as it is open, whether or not its tantivy writer
 /// (which takes tantivy's own lock) exists at the moment: one owner per directory, even while
 /// the writer is released.
