@@ -37,7 +37,7 @@
 //!   and after that write are never mixed.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use prost::Message as _;
 use ragmesh_index::{AnalysisSettings, FieldTerm, Profile, QueryAnalyzer, SearchQuery, Viewer};
@@ -264,7 +264,7 @@ pub(crate) type QueryTerms = BTreeMap<String, Option<Vec<FieldTerm>>>;
 pub(crate) struct StatisticsCache {
     cache: Option<moka::future::Cache<CacheKey, Entry>>,
     /// One analyzer per profile met (at most the profiles `Profile::from_name` accepts).
-    analyzers: Arc<Mutex<BTreeMap<String, Arc<QueryAnalyzer>>>>,
+    analyzers: crate::profiles::PerProfile<QueryAnalyzer>,
     metrics: MasterMetrics,
 }
 
@@ -273,13 +273,13 @@ impl StatisticsCache {
     pub(crate) fn new(max_bytes: u64, metrics: MasterMetrics) -> Self {
         let cache =
             (max_bytes > 0).then(|| moka::future::Cache::builder().max_capacity(max_bytes).weigher(weigh).build());
-        StatisticsCache { cache, analyzers: Arc::default(), metrics }
+        StatisticsCache { cache, analyzers: Default::default(), metrics }
     }
 
     fn analyzer(&self, profile: &Profile) -> Arc<QueryAnalyzer> {
-        let mut analyzers = self.analyzers.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        let settings = AnalysisSettings { profile: *profile, ..AnalysisSettings::default() };
-        Arc::clone(analyzers.entry(profile.name()).or_insert_with(|| Arc::new(QueryAnalyzer::for_settings(&settings))))
+        self.analyzers.get(profile, |profile| {
+            QueryAnalyzer::for_settings(&AnalysisSettings { profile: *profile, ..AnalysisSettings::default() })
+        })
     }
 
     /// The distinct terms `query` analyses to under `profile`; `None` when it does not analyse

@@ -27,11 +27,13 @@
 //! answers nothing, asked or not, and reporting it `no_match` says so without the call.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::Arc;
 
 use ragmesh_index::{Profile, RoutingParser};
 use ragmesh_search::{NodeSummary, RoutingQuery};
 use ragmesh_stack::node_call::Target;
+
+use crate::profiles::PerProfile;
 
 /// Why a node was not asked.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -151,12 +153,11 @@ impl NodeTermSummary {
     }
 }
 
-/// One [`RoutingParser`] per analysis profile met, built on first use: a profile's schema,
-/// tokenizers and parser cost far more to build than a query costs to parse. Bounded by the
-/// profiles this build knows (an unknown analyzer name is never stored). Clones share the parsers.
+/// One [`RoutingParser`] per analysis profile met, built on first use (an unknown analyzer name
+/// is never stored). Clones share the parsers.
 #[derive(Debug, Default, Clone)]
 pub struct RoutingParsers {
-    parsers: Arc<Mutex<BTreeMap<String, Arc<RoutingParser>>>>,
+    parsers: PerProfile<RoutingParser>,
 }
 
 impl RoutingParsers {
@@ -164,11 +165,7 @@ impl RoutingParsers {
     /// build does not know (the router asks).
     pub fn query(&self, analyzer: &str, text: &str) -> Option<RoutingQuery> {
         let profile = Profile::from_name(analyzer)?;
-        let parser = {
-            let mut parsers = self.parsers.lock().unwrap_or_else(PoisonError::into_inner);
-            Arc::clone(parsers.entry(profile.name()).or_insert_with(|| Arc::new(RoutingParser::new(&profile))))
-        };
-        Some(parser.query(text))
+        Some(self.parsers.get(&profile, RoutingParser::new).query(text))
     }
 }
 
