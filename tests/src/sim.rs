@@ -275,7 +275,7 @@ impl SimAgent {
         *attempt = 0;
         self.stats.attached.fetch_add(1, Ordering::Relaxed);
         let _detached = Detach(&self.stats.attached);
-        let ack_timeout = (interval * 3).max(Duration::from_secs(5));
+        let ack_timeout = ragmesh_agent::link::ack_timeout(interval);
         let mut last_ack = Instant::now();
         let mut ticker = tokio::time::interval_at(Instant::now() + interval, interval);
         ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);

@@ -388,7 +388,7 @@ impl Link {
 
         self.status.send_replace(LinkStatus::Attached { session: registered.session_id.clone() });
         backoff.reset();
-        let ack_timeout = (interval * 3).max(Duration::from_secs(5));
+        let ack_timeout = ack_timeout(interval);
         let mut last_ack = Instant::now();
         let mut ticker = tokio::time::interval_at(Instant::now() + interval, interval);
         ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
@@ -439,6 +439,12 @@ impl Link {
             }
         }
     }
+}
+
+/// How long a health stream waits for an acknowledgement before it gives the session up, for
+/// heartbeats every `interval`: three intervals, and never less than 5 s.
+pub fn ack_timeout(interval: Duration) -> Duration {
+    (interval * 3).max(Duration::from_secs(5))
 }
 
 #[cfg(test)]
