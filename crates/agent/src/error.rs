@@ -93,6 +93,14 @@ pub enum AgentError {
     /// A transaction request that is malformed.
     #[error("invalid transaction request: {0}")]
     BadTransaction(String),
+    /// A decision that arrived before this node's prepare of the transaction finished.
+    #[error(
+        "the decision is not applied here yet (the transaction is {phase} on this node); it will be applied when the prepare ends: send it again"
+    )]
+    DecisionPending {
+        /// Where the transaction is on this node.
+        phase: &'static str,
+    },
     /// The participant log failed.
     #[error(transparent)]
     TxLog(#[from] ragmesh_coordinator::CoordinatorError),
@@ -127,7 +135,7 @@ impl AgentError {
             AgentError::ShardMismatch { .. } => ErrorKind::FailedPrecondition,
             AgentError::Index(err) => index_kind(err),
             AgentError::Task(_) => ErrorKind::Internal,
-            AgentError::Drained => ErrorKind::Unavailable,
+            AgentError::Drained | AgentError::DecisionPending { .. } => ErrorKind::Unavailable,
             AgentError::UnknownAction { .. } => ErrorKind::NotFound,
             AgentError::InvalidArguments { .. }
             | AgentError::NoCall

@@ -10,7 +10,11 @@
 //!   persists again before it votes yes, as the crate's rules require.
 //! - **Decide** (`DecideTransaction`, or an outcome on the health stream): commit runs the
 //!   action's commit step, abort its abort step; the outcome is persisted, then acknowledged.
-//!   Idempotent: a repeat, or a decision for a transaction never seen, is acknowledged.
+//!   Idempotent: a repeat, or a decision for a transaction never seen, is acknowledged. A
+//!   decision is answered only once acknowledged; one that arrives before this node's prepare
+//!   ended is refused as unavailable, so the coordinator sends it again.
+//! - **Cancellation**: each prepare or decision drives its machine in a task of its own, so a
+//!   caller that goes away (the master killed mid-call) never leaves a step run but unrecorded.
 //! - **Document writes**: prepare checks the documents with the index's own rules (ids, sizes,
 //!   ACLs, ownership) and votes; commit applies nothing here: the master delivers committed
 //!   writes through the shard group's write log (ordered, each once, caught up after a crash),
@@ -29,7 +33,7 @@ use prost::Message as _;
 use ragmesh_actions::{ActionSpec, RunLimits, StepRole, StepStatus, Steps, ValidArgs};
 use ragmesh_auth::{Capability, Principal};
 use ragmesh_coordinator::log::ParticipantLog;
-use ragmesh_coordinator::participant::{Effect, Input, Participant, ParticipantConfig};
+use ragmesh_coordinator::participant::{Effect, Input, Participant, ParticipantConfig, Phase};
 use ragmesh_coordinator::{Decision, Millis, TxId, Vote};
 use ragmesh_index::{DocumentIndex, Writer};
 use ragmesh_proto::v1;
@@ -67,6 +71,8 @@ struct Driven {
     applied: Option<v1::ActionResult>,
     /// Why a prepare voted no.
     message: String,
+    /// The outcome acknowledged, when the input ended with an acknowledgement.
+    acked: Option<Decision>,
 }
 
 /// Every transaction this agent takes part in.
@@ -129,9 +135,7 @@ impl Participants {
         };
         if machines.len() >= MAX_MACHINES {
             // Ended transactions answer from their log records when asked again.
-            machines.retain(|_, m| {
-                m.try_lock().map_or(true, |m| !matches!(m.phase(), ragmesh_coordinator::participant::Phase::Ended(_)))
-            });
+            machines.retain(|_, m| m.try_lock().map_or(true, |m| !matches!(m.phase(), Phase::Ended(_))));
         }
         let machine = Arc::new(tokio::sync::Mutex::new(machine));
         machines.insert(tx, Arc::clone(&machine));
@@ -140,7 +144,7 @@ impl Participants {
 
     /// `PrepareTransaction`.
     pub async fn prepare(
-        &self,
+        self: &Arc<Self>,
         principal: &Principal,
         request: v1::PrepareTransactionRequest,
     ) -> Result<v1::PrepareTransactionResponse, AgentError> {
@@ -157,10 +161,8 @@ impl Participants {
             Err(err) => return Err(err),
         };
         let payload = operation.encode_to_vec();
-        let machine = self.machine(tx)?;
-        let mut machine = machine.lock().await;
         let input = Input::Prepare { payload, deadline_ms: request.deadline_unix_ms };
-        let driven = self.drive(&mut machine, input, Some(&prepared)).await?;
+        let (driven, _) = self.feed(tx, input, Some(prepared)).await?;
         let vote_yes = driven.vote == Some(Vote::Yes);
         let message = match (vote_yes, driven.vote) {
             (true, _) => String::new(),
@@ -176,7 +178,7 @@ impl Participants {
 
     /// `DecideTransaction`, and an outcome received on the health stream.
     pub async fn decide(
-        &self,
+        self: &Arc<Self>,
         tx_id: &str,
         decision: v1::TransactionDecision,
     ) -> Result<v1::DecideTransactionResponse, AgentError> {
@@ -188,11 +190,50 @@ impl Participants {
                 return Err(AgentError::BadTransaction("the decision must be COMMIT or ABORT".to_owned()));
             }
         };
-        let machine = self.machine(tx)?;
-        let mut machine = machine.lock().await;
-        let driven = self.drive(&mut machine, Input::Decision(decision), None).await?;
-        tracing::info!(tx = %tx, decision = decision.as_str(), phase = machine.phase().as_str(), "transaction.decide");
+        let (driven, phase) = self.feed(tx, Input::Decision(decision), None).await?;
+        tracing::info!(tx = %tx, decision = decision.as_str(), phase = phase.as_str(), "transaction.decide");
+        // Only an acknowledgement may tell the coordinator it is done here: anything else (the
+        // decision arrived while this transaction's prepare had not finished) is re-sent.
+        if driven.acked.is_none() {
+            return Err(AgentError::DecisionPending { phase: phase.as_str() });
+        }
         Ok(v1::DecideTransactionResponse { result: driven.applied })
+    }
+
+    /// Feeds `input` to the machine of `tx` in a task of its own and waits for the result and
+    /// the phase it leaves. Once accepted, an input's effects all run even when the caller goes
+    /// away (a cancelled call, a master killed mid-call): a commit step whose outcome was never
+    /// persisted would otherwise run again after a restart. When an effect fails (the log cannot
+    /// be written) the machine is dropped from memory, so the next call rebuilds it from the log,
+    /// which stays the one truth.
+    async fn feed(
+        self: &Arc<Self>,
+        tx: TxId,
+        input: Input,
+        prepared: Option<Prepared>,
+    ) -> Result<(Driven, Phase), AgentError> {
+        let machine = self.machine(tx)?;
+        let this = Arc::clone(self);
+        let task = async move {
+            let mut locked = machine.lock().await;
+            match this.drive(&mut locked, input, prepared.as_ref()).await {
+                Ok(driven) => Ok((driven, locked.phase())),
+                Err(err) => {
+                    drop(locked);
+                    this.forget(tx, &machine);
+                    Err(err)
+                }
+            }
+        };
+        tokio::spawn(tracing::Instrument::in_current_span(task)).await.map_err(|e| AgentError::Task(e.to_string()))?
+    }
+
+    /// Drops `machine` from memory if it is still the one kept for `tx`.
+    fn forget(&self, tx: TxId, machine: &Arc<tokio::sync::Mutex<Participant>>) {
+        let mut machines = self.machines.lock().unwrap_or_else(PoisonError::into_inner);
+        if machines.get(&tx).is_some_and(|kept| Arc::ptr_eq(kept, machine)) {
+            machines.remove(&tx);
+        }
     }
 
     /// Admits an operation: a declared transactional action the caller may run with valid
@@ -273,7 +314,7 @@ impl Participants {
                         self.mark_in_doubt(tx, false);
                     }
                     // The answer to the RPC (or the next heartbeat) carries the acknowledgement.
-                    Effect::Ack(_) => {}
+                    Effect::Ack(decision) => driven.acked = Some(decision),
                     // Heartbeats list in-doubt transactions: that is how this agent asks.
                     Effect::AskCoordinator => {}
                 }
@@ -384,4 +425,108 @@ async fn blocking(
 ) -> Result<(), AgentError> {
     tokio::task::spawn_blocking(write).await.map_err(|e| AgentError::Task(e.to_string()))??;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+    use std::time::Instant;
+
+    use ragmesh_actions::{ArgvItem, ExecStep, Step};
+    use ragmesh_coordinator::log::ParticipantRecord;
+
+    use super::*;
+    use crate::actions::node::NodeState;
+
+    fn exec(program: &str, argv: &[&str]) -> Step {
+        Step::Exec(ExecStep {
+            program: program.into(),
+            argv: argv.iter().map(|a| ArgvItem::parse((*a).to_owned())).collect(),
+            env: BTreeMap::new(),
+            cwd: None,
+        })
+    }
+
+    /// A transactional action whose prepare and commit steps each take a second.
+    fn slow() -> ActionSpec {
+        ActionSpec {
+            name: "slow".into(),
+            description: "prepare and commit each sleep a second".into(),
+            args: Vec::new(),
+            timeout: Duration::from_secs(30),
+            capability: "actions".into(),
+            tenants: vec!["*".into()],
+            steps: Steps::Transactional {
+                prepare: exec("/bin/sleep", &["1"]),
+                commit: exec("/bin/sleep", &["1"]),
+                abort: exec("/bin/true", &[]),
+            },
+        }
+    }
+
+    fn operator() -> Principal {
+        Principal {
+            subject: "operator".into(),
+            tenant: String::new(),
+            capabilities: [Capability::Actions, Capability::Admin].into_iter().collect(),
+            token_id: "t".into(),
+            expires_at: 0,
+            issued_at: 0,
+        }
+    }
+
+    /// Polls the participant log until `tx`'s record satisfies `done` (generous: a loaded machine).
+    async fn logged(participants: &Participants, tx: TxId, done: impl Fn(&ParticipantRecord) -> bool) {
+        let give_up = Instant::now() + Duration::from_secs(30);
+        loop {
+            let record = participants.log.get(tx).expect("read the log");
+            if record.as_ref().is_some_and(&done) {
+                return;
+            }
+            assert!(Instant::now() < give_up, "the log never got there: {record:?}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn calls_that_go_away_mid_step_still_finish_their_transaction_step_exactly_once() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let actions = Arc::new(Actions::new(vec![slow()], NodeState::in_memory(BTreeMap::new()), Arc::default()));
+        let participants =
+            Arc::new(Participants::open(&dir.path().join(TX_DIR), actions, Arc::default()).expect("open the log"));
+        let operator = operator();
+        let tx_id = "0123456789abcdef0123456789abcdef";
+        let tx = TxId::parse(tx_id).expect("a transaction id");
+        let request = v1::PrepareTransactionRequest {
+            tx_id: tx_id.into(),
+            operation: Some(v1::TransactionOperation {
+                kind: Some(v1::transaction_operation::Kind::Action(v1::ActionCall {
+                    action: "slow".into(),
+                    arguments: Default::default(),
+                })),
+            }),
+            deadline_unix_ms: now_ms() + 60_000,
+        };
+
+        // The caller of the prepare gives up while the prepare step runs; the step still ends,
+        // its vote is kept, and the prepare sent again gets that vote (it does not run twice).
+        let gone = tokio::time::timeout(Duration::from_millis(200), participants.prepare(&operator, request.clone()));
+        assert!(gone.await.is_err(), "the prepare step takes a second");
+        let again = participants.prepare(&operator, request).await.expect("prepare again");
+        assert!(again.vote_yes, "{again:?}");
+        assert!(again.result.is_none(), "the step did not run again: {again:?}");
+        assert_eq!(participants.in_doubt(), [tx_id]);
+
+        // The caller of the commit gives up while the commit step runs: the outcome is still
+        // persisted, and the decision sent again is acknowledged without running the step again.
+        let gone = tokio::time::timeout(
+            Duration::from_millis(200),
+            participants.decide(tx_id, v1::TransactionDecision::Commit),
+        );
+        assert!(gone.await.is_err(), "the commit step takes a second");
+        logged(&participants, tx, |r| r.outcome == Some(Decision::Commit)).await;
+        assert!(participants.in_doubt().is_empty());
+        let again = participants.decide(tx_id, v1::TransactionDecision::Commit).await.expect("decide again");
+        assert!(again.result.is_none(), "acknowledged from the outcome, not applied again: {again:?}");
+    }
 }
