@@ -80,7 +80,13 @@ pub fn init(filter: &str, traces: Option<&TraceSettings>) -> TelemetryGuard {
             .with_target(false)
             .with_filter(Targets::new().with_target("ragmesh", tracing::Level::INFO).and(filter_fn(exported)))
     });
-    let _ = tracing_subscriber::registry().with(fmt).with(otel).try_init();
+    // Two shapes rather than `.with(otel)` of an `Option`: an absent layer (`None`) reports
+    // `Interest::always` for every callsite, which turns each disabled trace span of h2 and
+    // hyper (several per frame) into a span the registry creates and drops.
+    let _ = match otel {
+        Some(otel) => tracing_subscriber::registry().with(fmt).with(otel).try_init(),
+        None => tracing_subscriber::registry().with(fmt).try_init(),
+    };
     if let Some(err) = bad {
         eprintln!("warning: log filter {filter:?} is invalid ({err}); using \"info\"");
     }
