@@ -299,8 +299,15 @@ impl Link {
             let decision =
                 v1::TransactionDecision::try_from(outcome.decision).unwrap_or(v1::TransactionDecision::Unspecified);
             tokio::spawn(async move {
-                if let Err(err) = participants.decide(&outcome.tx_id, decision).await {
-                    tracing::error!(tx = %outcome.tx_id, error = %err, "cannot apply the master's decision; it will be listed again");
+                match participants.decide(&outcome.tx_id, decision).await {
+                    Ok(_) => {}
+                    // Its prepare is still running here: applied when it ends, listed until then.
+                    Err(err @ crate::error::AgentError::DecisionPending { .. }) => {
+                        tracing::info!(tx = %outcome.tx_id, reason = %err, "the master's decision waits for this node's prepare");
+                    }
+                    Err(err) => {
+                        tracing::error!(tx = %outcome.tx_id, error = %err, "cannot apply the master's decision; it will be listed again");
+                    }
                 }
             });
         }
