@@ -31,7 +31,7 @@ pub use document::{
 pub use error::IndexError;
 pub use index::backup::{Restored, SnapshotWritten, snapshot_path, verify_snapshot};
 pub use index::stats::{FieldTerm, MAX_STATISTICS_TERMS, QueryAnalyzer, TermStatistics};
-pub use index::summary::{RoutingParser, RoutingSummary, routing_query, routing_query_for};
+pub use index::summary::{QueryReading, RoutingParser, RoutingSummary, routing_query, routing_query_for};
 pub use index::{
     DEFAULT_LIMIT, DEFAULT_WRITER_HEAP_BYTES, DocumentIndex, IndexState, MAX_LIMIT, MAX_QUERY_BYTES,
     MAX_WRITER_HEAP_BYTES, MIN_WRITER_HEAP_BYTES, WriterOptions,

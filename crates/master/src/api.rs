@@ -299,7 +299,8 @@ impl MasterService for MasterApi {
             MasterError::UnknownNodes { unknown, known: nodes.iter().map(|n| n.record.name.clone()).collect() }
         })?;
         let summaries = registry.term_summaries();
-        federation::skip_no_match(&mut plan, &summaries, &req.collections, &self.0.routing, &req.query);
+        let readings = federation::QueryReadings::new(&self.0.routing, &req.query);
+        federation::skip_no_match(&mut plan, &summaries, &req.collections, &readings);
         let replication = self.0.replication()?;
         let considered = federation::considered(&replicas, &req.nodes).map(|r| r.group.as_str());
         let freshness = Freshness::read(epoch, &nodes, considered, |group| replication.log_state(group).last);
@@ -321,6 +322,7 @@ impl MasterService for MasterApi {
             scope,
             deadline,
             summaries,
+            readings,
         };
         let (mut response, served) =
             self.0.result_cache.serve(Some(key), req.bypass_cache, || self.fan_out(&search)).await?;
@@ -488,6 +490,9 @@ struct Search {
     /// The nodes' term summaries as the search began: they name each group's analysis profile,
     /// which the statistics cache analyses the query with.
     summaries: std::collections::BTreeMap<String, federation::NodeTermSummary>,
+    /// The query as each analysis profile reads it: routing made the first readings, the
+    /// statistics cache's term lookup reuses them.
+    readings: federation::QueryReadings,
 }
 
 impl MasterApi {
@@ -502,10 +507,10 @@ impl MasterApi {
         let cache = &self.0.stats_cache;
         let mut known = Vec::new();
         let mut ask = Vec::new();
-        let mut analysed = stats_cache::QueryTerms::new();
         for target in &search.plan.targets {
             let profile = stats_cache::group_profile(target, &search.summaries);
-            let lookup = cache.prepare(&search.scope, &query.query, target, profile, &search.freshness, &mut analysed);
+            let lookup =
+                cache.prepare(&search.scope, &query.query, target, profile, &search.freshness, &search.readings);
             match cache.get(&lookup, &search.scope, target, &search.freshness).await {
                 Some(cached) => known.push((target.clone(), cached)),
                 None => ask.push((target.clone(), lookup)),

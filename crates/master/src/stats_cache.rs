@@ -14,7 +14,8 @@
 //!
 //! # Analysis on the master
 //!
-//! A query's terms are named by [`ragmesh_index::QueryAnalyzer`] for the analysis profile the
+//! A query's terms are named as [`ragmesh_index::QueryAnalyzer`] names them (read once per
+//! search and profile, [`crate::federation::QueryReadings`]) for the analysis profile the
 //! group's replicas name in their term summaries ([`group_profile`]), exactly as an agent
 //! analyses them; `k1` and `b` play no part in statistics, so the profile alone decides the
 //! terms. A group whose readable replicas do not all have a summary, or whose summaries name
@@ -40,11 +41,11 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 use prost::Message as _;
-use ragmesh_index::{AnalysisSettings, FieldTerm, Profile, QueryAnalyzer, SearchQuery, Viewer};
+use ragmesh_index::{FieldTerm, Profile};
 use ragmesh_proto::v1;
 use ragmesh_stack::node_call::Target;
 
-use crate::federation::{GroupTarget, NodeTermSummary};
+use crate::federation::{GroupTarget, NodeTermSummary, QueryReadings};
 use crate::metrics::MasterMetrics;
 use crate::result_cache::{CacheKey, Freshness, KeyWriter, Scope};
 
@@ -254,17 +255,10 @@ pub(crate) struct Lookup {
     terms: Option<(Profile, Vec<FieldTerm>)>,
 }
 
-/// A search's query analysed per analysis profile (`None`: it does not analyse), filled by
-/// [`StatisticsCache::prepare`] so that groups of the same profile share one analysis: tantivy's
-/// query parser is the costliest step of a statistics lookup.
-pub(crate) type QueryTerms = BTreeMap<String, Option<Vec<FieldTerm>>>;
-
 /// The bounded store of statistics; cheap to clone.
 #[derive(Debug, Clone)]
 pub(crate) struct StatisticsCache {
     cache: Option<moka::future::Cache<CacheKey, Entry>>,
-    /// One analyzer per profile met (at most the profiles `Profile::from_name` accepts).
-    analyzers: crate::profiles::PerProfile<QueryAnalyzer>,
     metrics: MasterMetrics,
 }
 
@@ -273,30 +267,12 @@ impl StatisticsCache {
     pub(crate) fn new(max_bytes: u64, metrics: MasterMetrics) -> Self {
         let cache =
             (max_bytes > 0).then(|| moka::future::Cache::builder().max_capacity(max_bytes).weigher(weigh).build());
-        StatisticsCache { cache, analyzers: Default::default(), metrics }
-    }
-
-    fn analyzer(&self, profile: &Profile) -> Arc<QueryAnalyzer> {
-        self.analyzers.get(profile, |profile| {
-            QueryAnalyzer::for_settings(&AnalysisSettings { profile: *profile, ..AnalysisSettings::default() })
-        })
-    }
-
-    /// The distinct terms `query` analyses to under `profile`; `None` when it does not analyse
-    /// (the agent will refuse it too; such a query is looked up by its text).
-    pub(crate) fn terms(&self, profile: &Profile, query: &str) -> Option<Vec<FieldTerm>> {
-        let q = SearchQuery {
-            query: query.to_owned(),
-            collections: Vec::new(),
-            limit: 0,
-            min_score: 0.0,
-            viewer: Viewer::Anonymous,
-        };
-        self.analyzer(profile).terms(&q).ok()
+        StatisticsCache { cache, metrics }
     }
 
     /// Prepares the lookup of `target`'s statistics for `query`: by term when `profile` is
-    /// known (see [`group_profile`]), always also by query text.
+    /// known (see [`group_profile`]) and the query analyses under it (read once per search and
+    /// profile by `readings`), always also by query text.
     pub(crate) fn prepare(
         &self,
         scope: &Scope,
@@ -304,13 +280,10 @@ impl StatisticsCache {
         target: &GroupTarget,
         profile: Option<Profile>,
         freshness: &Freshness,
-        analysed: &mut QueryTerms,
+        readings: &QueryReadings,
     ) -> Lookup {
         let query_key = statistics_key(scope, query, &target.group, &target.target, freshness);
-        let terms = profile.and_then(|profile| {
-            let terms = analysed.entry(profile.name()).or_insert_with(|| self.terms(&profile, query));
-            Some((profile, terms.clone()?))
-        });
+        let terms = profile.and_then(|profile| Some((profile, readings.get(&profile.name())?.terms.clone()?)));
         Lookup { query_key, terms }
     }
 
@@ -431,8 +404,13 @@ mod tests {
 
     /// What node `<group>1` of a one-document-per-word index answers for `query` (under the
     /// default profile): every word of `words` in one document each, in both fields.
-    fn answer(cache: &StatisticsCache, query: &str, generation: u64, words: &[&str]) -> v1::NodeTermStatisticsResponse {
-        let terms = cache.terms(&Profile::default(), query).expect("analyses");
+    /// A search's readings of `query`, as the search handler makes them.
+    fn readings(query: &str) -> QueryReadings {
+        QueryReadings::new(&crate::federation::RoutingParsers::default(), query)
+    }
+
+    fn answer(query: &str, generation: u64, words: &[&str]) -> v1::NodeTermStatisticsResponse {
+        let terms = readings(query).get(&Profile::default().name()).and_then(|r| r.terms.clone()).expect("analyses");
         let total_docs = words.len() as u64 + 10;
         v1::NodeTermStatisticsResponse {
             statistics: Some(v1::TermStatistics {
@@ -460,8 +438,8 @@ mod tests {
 
     async fn ask_and_store(cache: &StatisticsCache, scope: &Scope, query: &str, group: &str, fresh: &Freshness) {
         let target = target(group);
-        let lookup = cache.prepare(scope, query, &target, Some(Profile::default()), fresh, &mut QueryTerms::new());
-        let reply = answer(cache, query, 7, &["alpha", "beta"]);
+        let lookup = cache.prepare(scope, query, &target, Some(Profile::default()), fresh, &readings(query));
+        let reply = answer(query, 7, &["alpha", "beta"]);
         cache.insert(lookup, scope, &target, fresh, &format!("{group}1"), reply).await;
     }
 
@@ -474,7 +452,7 @@ mod tests {
         fresh: &Freshness,
     ) -> Option<v1::TermStatistics> {
         let target = target(group);
-        let lookup = cache.prepare(scope, query, &target, profile, fresh, &mut QueryTerms::new());
+        let lookup = cache.prepare(scope, query, &target, profile, fresh, &readings(query));
         cache.get(&lookup, scope, &target, fresh).await
     }
 
@@ -488,7 +466,7 @@ mod tests {
         ask_and_store(&cache, &Scope::All, "Beta", "a", &fresh).await;
         let got = lookup(&cache, &Scope::All, "beta ALPHA", "a", default, &fresh).await.expect("every term cached");
         // Exactly what the node would answer to "alpha beta" itself.
-        assert_eq!(got, answer(&cache, "alpha beta", 7, &["alpha", "beta"]).statistics.expect("statistics"));
+        assert_eq!(got, answer("alpha beta", 7, &["alpha", "beta"]).statistics.expect("statistics"));
         assert_eq!(got.terms.len(), 4, "two terms in two fields: {got:?}");
         // Word order, case and repetition do not matter; the field syntax does.
         assert!(lookup(&cache, &Scope::All, "alpha alpha", "a", default, &fresh).await.is_some());
@@ -528,9 +506,9 @@ mod tests {
         let fresh = stamps(4, 9);
         let target = target("a");
         for query in ["alpha", "beta"] {
-            let lookup = cache.prepare(&Scope::All, query, &target, None, &fresh, &mut QueryTerms::new());
+            let lookup = cache.prepare(&Scope::All, query, &target, None, &fresh, &readings(query));
             assert!(cache.get(&lookup, &Scope::All, &target, &fresh).await.is_none(), "nothing yet: ask");
-            let reply = answer(&cache, query, 7, &["alpha"]);
+            let reply = answer(query, 7, &["alpha"]);
             cache.insert(lookup, &Scope::All, &target, &fresh, "a1", reply).await;
         }
         assert!(lookup(&cache, &Scope::All, "alpha", "a", None, &fresh).await.is_some(), "the same query text");
@@ -546,8 +524,8 @@ mod tests {
         let target = target("a");
         let default = Some(Profile::default());
         // A node stemming differently (or holding a second profile's fields) names other terms.
-        let lookup = cache.prepare(&Scope::All, "replicas", &target, default, &fresh, &mut QueryTerms::new());
-        let mut reply = answer(&cache, "replicas", 7, &[]);
+        let lookup = cache.prepare(&Scope::All, "replicas", &target, default, &fresh, &readings("replicas"));
+        let mut reply = answer("replicas", 7, &[]);
         let stats = reply.statistics.as_mut().expect("statistics");
         stats.terms.push(v1::TermFrequency { field: "body_nostem".into(), term: "replicas".into(), doc_freq: 1 });
         cache.insert(lookup, &Scope::All, &target, &fresh, "a1", reply.clone()).await;
@@ -566,8 +544,8 @@ mod tests {
             let cache = cache.clone();
             let (target, fresh) = (target.clone(), fresh.clone());
             async move {
-                let lookup = cache.prepare(&Scope::All, query, &target, default, &fresh, &mut QueryTerms::new());
-                let reply = answer(&cache, query, generation, &["alpha"]);
+                let lookup = cache.prepare(&Scope::All, query, &target, default, &fresh, &readings(query));
+                let reply = answer(query, generation, &["alpha"]);
                 cache.insert(lookup, &Scope::All, &target, &fresh, "a1", reply).await;
             }
         };

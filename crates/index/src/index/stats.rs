@@ -331,12 +331,18 @@ impl QueryAnalyzer {
     pub fn terms(&self, q: &SearchQuery) -> Result<Vec<FieldTerm>, IndexError> {
         let (text, _) = check_query(q)?;
         let parsed = any_of(self.parsers.iter().map(|parser| parse_lenient(parser, text)).collect());
-        refuse_phrase_prefix(&*parsed)?;
-        let terms = analysed_terms(&self.schema, &*parsed)?;
-        let mut terms: Vec<FieldTerm> = terms.into_iter().map(|(_, field, term)| FieldTerm { field, term }).collect();
-        terms.sort();
-        Ok(terms)
+        sorted_terms(&self.schema, &*parsed)
     }
+}
+
+/// The distinct terms of a parsed query, sorted, as [`QueryAnalyzer::terms`] reports them;
+/// refuses what collection-wide statistics cannot score.
+pub(super) fn sorted_terms(schema: &Schema, parsed: &dyn Query) -> Result<Vec<FieldTerm>, IndexError> {
+    refuse_phrase_prefix(parsed)?;
+    let terms = analysed_terms(schema, parsed)?;
+    let mut terms: Vec<FieldTerm> = terms.into_iter().map(|(_, field, term)| FieldTerm { field, term }).collect();
+    terms.sort();
+    Ok(terms)
 }
 
 /// Given statistics as tantivy's BM25 source, checked against the query before use.

@@ -18,6 +18,7 @@ use tantivy::schema::IndexRecordOption;
 use tantivy::tokenizer::TokenizerManager;
 use tantivy::{DocId, DocSet, SegmentReader, TERMINATED, TantivyError, Term};
 
+use super::stats::FieldTerm;
 use super::{DocumentIndex, Fields, MAX_QUERY_BYTES, TextPair};
 use crate::analysis::Profile;
 use crate::{AppliedLog, IndexError};
@@ -56,6 +57,7 @@ pub fn routing_query_for(analyzer: &str, text: &str) -> Option<RoutingQuery> {
 /// parsers, play no part in routing).
 pub struct RoutingParser {
     parser: QueryParser,
+    schema: tantivy::schema::Schema,
     fields: Fields,
 }
 
@@ -72,23 +74,52 @@ impl RoutingParser {
         let pair = fields.default_pair();
         let tokenizers = TokenizerManager::default();
         tokenizers.register(&profile.name(), profile.text_analyzer());
-        let parser = QueryParser::new(schema, vec![pair.title, pair.body], tokenizers);
-        RoutingParser { parser, fields }
+        let parser = QueryParser::new(schema.clone(), vec![pair.title, pair.body], tokenizers);
+        RoutingParser { parser, schema, fields }
     }
 
     /// What a term summary can decide about `text` (see [`routing_query`]).
     pub fn query(&self, text: &str) -> RoutingQuery {
-        let trimmed = text.trim();
-        // The checks of `search`: a query it refuses is asked anyway, so the node reports the error.
-        if trimmed.is_empty() || text.len() > MAX_QUERY_BYTES {
-            return RoutingQuery::Anything;
+        match self.parse(text) {
+            Some(parsed) => lower(parsed.as_ref(), &self.fields, 0),
+            None => RoutingQuery::Anything,
         }
-        if ragmesh_types::query::check(trimmed, &QueryLimits::default()).is_err() {
-            return RoutingQuery::Anything;
-        }
-        let (parsed, _errors) = self.parser.parse_query_lenient(trimmed);
-        lower(parsed.as_ref(), &self.fields, 0)
     }
+
+    /// Everything the master needs from `text` under this profile, from one parse: the routing
+    /// query ([`RoutingParser::query`]) and the distinct terms [`QueryAnalyzer::terms`] reports
+    /// for an index of this profile (`None` for a query `search` refuses: the nodes say why).
+    /// Field boosts, the one difference from the index's parser, change no term.
+    ///
+    /// [`QueryAnalyzer::terms`]: super::stats::QueryAnalyzer::terms
+    pub fn read(&self, text: &str) -> QueryReading {
+        let Some(parsed) = self.parse(text) else {
+            return QueryReading { routing: RoutingQuery::Anything, terms: None };
+        };
+        let routing = lower(parsed.as_ref(), &self.fields, 0);
+        let terms = super::stats::sorted_terms(&self.schema, parsed.as_ref()).ok();
+        QueryReading { routing, terms }
+    }
+
+    /// `text` parsed as `search` parses it, after the checks of `search` (`None`: refused, so
+    /// the node is asked anyway and reports the error).
+    fn parse(&self, text: &str) -> Option<Box<dyn Query>> {
+        let trimmed = text.trim();
+        if trimmed.is_empty() || text.len() > MAX_QUERY_BYTES {
+            return None;
+        }
+        ragmesh_types::query::check(trimmed, &QueryLimits::default()).ok()?;
+        Some(self.parser.parse_query_lenient(trimmed).0)
+    }
+}
+
+/// One query text as [`RoutingParser::read`] reads it under one analysis profile.
+#[derive(Debug, Clone, PartialEq)]
+pub struct QueryReading {
+    /// What a term summary can decide about it.
+    pub routing: RoutingQuery,
+    /// Its distinct analysed terms, sorted; `None` when the index would refuse it.
+    pub terms: Option<Vec<FieldTerm>>,
 }
 
 /// A term summary together with the write-log position of the snapshot it describes: the
@@ -589,5 +620,33 @@ mod tests {
         // "title:sun" and "cats AND NOT dogs" may match (sun is in a body; the summary ignores
         // exclusions): asked. The other four are proven absent.
         assert_eq!(skipped, 4);
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 64, ..ProptestConfig::default() })]
+
+        /// One parse serves both of the master's uses: `read` gives exactly the routing query
+        /// of `query` and the terms of a `QueryAnalyzer` for that profile, refusals included.
+        #[test]
+        fn one_reading_equals_the_routing_query_and_the_analyzers_terms(
+            text in prop_oneof![
+                4 => query(),
+                1 => (word(), word()).prop_map(|(a, b)| format!("\"{a} {b}\"*")),
+                1 => Just(String::new()),
+                1 => Just("((((((((((x))))))))))".repeat(40)),
+            ],
+            stop_words in any::<bool>(),
+        ) {
+            let profile = Profile {
+                stop_words: if stop_words { crate::analysis::StopWords::English } else { crate::analysis::StopWords::None },
+                ..Profile::default()
+            };
+            let parser = RoutingParser::new(&profile);
+            let analyzer = crate::QueryAnalyzer::for_settings(&crate::AnalysisSettings { profile, ..Default::default() });
+            let q = SearchQuery { query: text.clone(), ..SearchQuery::default() };
+            let read = parser.read(&text);
+            prop_assert_eq!(&read.routing, &parser.query(&text));
+            prop_assert_eq!(read.terms, analyzer.terms(&q).ok());
+        }
     }
 }

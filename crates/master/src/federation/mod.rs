@@ -25,8 +25,8 @@ use tracing::Instrument as _;
 use crate::merge::{HitPayload, NodeHit};
 use crate::registry::NodeView;
 pub use plan::{
-    GroupTarget, NodeTermSummary, Plan, Replica, RoutingParsers, SkipReason, Unanswerable, considered, plan,
-    skip_no_match,
+    GroupTarget, NodeTermSummary, Plan, QueryReadings, Replica, RoutingParsers, SkipReason, Unanswerable, considered,
+    plan, skip_no_match,
 };
 pub use report::{GroupEnd, GroupReport, NoAnswer, group_reports, node_results, verdict};
 

@@ -27,9 +27,9 @@
 //! answers nothing, asked or not, and reporting it `no_match` says so without the call.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 
-use ragmesh_index::{Profile, RoutingParser};
+use ragmesh_index::{Profile, QueryReading, RoutingParser};
 use ragmesh_search::{NodeSummary, RoutingQuery};
 use ragmesh_stack::node_call::Target;
 
@@ -161,25 +161,54 @@ pub struct RoutingParsers {
 }
 
 impl RoutingParsers {
-    /// `text` reduced for the collections analyzed by `analyzer`; `None` for an analyzer this
-    /// build does not know (the router asks).
-    pub fn query(&self, analyzer: &str, text: &str) -> Option<RoutingQuery> {
+    /// `text` read for the collections analyzed by `analyzer`; `None` for an analyzer this build
+    /// does not know (the router asks, the statistics cache looks the query up by its text).
+    pub fn read(&self, analyzer: &str, text: &str) -> Option<QueryReading> {
         let profile = Profile::from_name(analyzer)?;
-        Some(self.parsers.get(&profile, RoutingParser::new).query(text))
+        Some(self.parsers.get(&profile, RoutingParser::new).read(text))
     }
 }
 
-/// Marks the calls of `plan` that trusted term summaries prove useless for a search of `query`
-/// in `collections` (empty = all): see the module docs. Routing queries are computed once per
-/// analyzer named by the summaries involved, by `parsers`.
+/// One search's query as each analysis profile reads it, parsed on first use and then shared by
+/// routing ([`skip_no_match`]) and the statistics cache's term lookup: tantivy's query parser is
+/// the costliest step of either.
+#[derive(Debug)]
+pub struct QueryReadings {
+    parsers: RoutingParsers,
+    query: String,
+    /// By analyzer name (as summaries name them); `None`: unknown here. At most one entry per
+    /// name the search's summaries carry.
+    read: Mutex<BTreeMap<String, Option<Arc<QueryReading>>>>,
+}
+
+impl QueryReadings {
+    /// The readings of `query`, none made yet.
+    pub fn new(parsers: &RoutingParsers, query: &str) -> Self {
+        QueryReadings { parsers: parsers.clone(), query: query.to_owned(), read: Mutex::default() }
+    }
+
+    /// The query read for the collections analyzed by `analyzer` (`None`: unknown here).
+    pub fn get(&self, analyzer: &str) -> Option<Arc<QueryReading>> {
+        let mut read = self.read.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(reading) = read.get(analyzer) {
+            return reading.clone();
+        }
+        let reading = self.parsers.read(analyzer, &self.query).map(Arc::new);
+        read.insert(analyzer.to_owned(), reading.clone());
+        reading
+    }
+}
+
+/// Marks the calls of `plan` that trusted term summaries prove useless for a search of the
+/// query of `readings` in `collections` (empty = all): see the module docs. The query is read
+/// once per analyzer named by the summaries involved.
 pub fn skip_no_match(
     plan: &mut Plan,
     summaries: &BTreeMap<String, NodeTermSummary>,
     collections: &[String],
-    parsers: &RoutingParsers,
-    query: &str,
+    readings: &QueryReadings,
 ) {
-    skip_no_match_with(plan, summaries, collections, |analyzer| parsers.query(analyzer, query));
+    skip_no_match_with(plan, summaries, collections, |analyzer| readings.get(analyzer).map(|r| r.routing.clone()));
 }
 
 /// [`skip_no_match`] with the query reduced by `query_for(analyzer)` (`None`: that analyzer is
@@ -438,9 +467,23 @@ pub(crate) mod tests {
             [("a1".to_owned(), summary_of(&["cat"], 0, 0))].into_iter().collect();
         for (query, skipped) in [("dogs", true), ("cats", false), ("dogs OR cats", false), ("*", false)] {
             let mut plan = plan(&replicas, &[], &[]).expect("plan");
-            skip_no_match(&mut plan, &summaries, &[], &RoutingParsers::default(), query);
+            skip_no_match(&mut plan, &summaries, &[], &QueryReadings::new(&RoutingParsers::default(), query));
             assert_eq!(!plan.no_match.is_empty(), skipped, "{query}");
         }
+    }
+
+    #[test]
+    fn a_query_is_read_once_per_profile_and_unknown_analyzers_are_remembered_as_unknown() {
+        let readings = QueryReadings::new(&RoutingParsers::default(), "Cats AND dogs");
+        let name = Profile::default().name();
+        let first = readings.get(&name).expect("the default profile is known");
+        assert!(Arc::ptr_eq(&first, &readings.get(&name).expect("known")), "the second use shares the first reading");
+        assert_eq!(*first, RoutingParser::new(&Profile::default()).read("Cats AND dogs"));
+        let terms: Vec<(&str, &str)> =
+            first.terms.iter().flatten().map(|t| (t.field.as_str(), t.term.as_str())).collect();
+        assert_eq!(terms, [("body", "cat"), ("body", "dog"), ("title", "cat"), ("title", "dog")], "stemmed, sorted");
+        assert!(readings.get("no-such-analyzer").is_none());
+        assert!(readings.get("no-such-analyzer").is_none(), "asked again, still unknown");
     }
 
     fn arb_replica() -> impl Strategy<Value = Replica> {
