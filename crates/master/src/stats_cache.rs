@@ -283,7 +283,7 @@ impl StatisticsCache {
         readings: &QueryReadings,
     ) -> Lookup {
         let query_key = statistics_key(scope, query, &target.group, &target.target, freshness);
-        let terms = profile.and_then(|profile| Some((profile, readings.get(&profile.name())?.terms.clone()?)));
+        let terms = profile.and_then(|profile| Some((profile, readings.get(&profile.name())?.terms()?.to_vec())));
         Lookup { query_key, terms }
     }
 
@@ -410,7 +410,10 @@ mod tests {
     }
 
     fn answer(query: &str, generation: u64, words: &[&str]) -> v1::NodeTermStatisticsResponse {
-        let terms = readings(query).get(&Profile::default().name()).and_then(|r| r.terms.clone()).expect("analyses");
+        let terms = readings(query)
+            .get(&Profile::default().name())
+            .and_then(|r| r.terms().map(<[_]>::to_vec))
+            .expect("analyses");
         let total_docs = words.len() as u64 + 10;
         v1::NodeTermStatisticsResponse {
             statistics: Some(v1::TermStatistics {

@@ -10,6 +10,7 @@
 //! indexed term are the same bytes exactly when `search` would match one with the other.
 
 use std::collections::{BTreeMap, HashSet};
+use std::sync::{Arc, OnceLock};
 
 use ragmesh_search::{MAX_FILTER_BYTES, MAX_NODE_FILTER_BYTES, NodeSummary, RoutingQuery, TermFilter};
 use ragmesh_types::query::QueryLimits;
@@ -78,7 +79,8 @@ impl RoutingParser {
         RoutingParser { parser, schema, fields }
     }
 
-    /// What a term summary can decide about `text` (see [`routing_query`]).
+    /// What a term summary can decide about `text` (see [`routing_query`]); a one-off
+    /// [`RoutingParser::read`] that only routes.
     pub fn query(&self, text: &str) -> RoutingQuery {
         match self.parse(text) {
             Some(parsed) => lower(parsed.as_ref(), &self.fields, 0),
@@ -86,19 +88,19 @@ impl RoutingParser {
         }
     }
 
-    /// Everything the master needs from `text` under this profile, from one parse: the routing
-    /// query ([`RoutingParser::query`]) and the distinct terms [`QueryAnalyzer::terms`] reports
-    /// for an index of this profile (`None` for a query `search` refuses: the nodes say why).
-    /// Field boosts, the one difference from the index's parser, change no term.
+    /// `text` parsed once for everything the master needs from it under this profile: the
+    /// routing query ([`RoutingParser::query`]) and the distinct terms [`QueryAnalyzer::terms`]
+    /// reports for an index of this profile, each derived from that parse when first asked
+    /// for. Field boosts, the one difference from the index's parser, change no term.
     ///
     /// [`QueryAnalyzer::terms`]: super::stats::QueryAnalyzer::terms
-    pub fn read(&self, text: &str) -> QueryReading {
-        let Some(parsed) = self.parse(text) else {
-            return QueryReading { routing: RoutingQuery::Anything, terms: None };
-        };
-        let routing = lower(parsed.as_ref(), &self.fields, 0);
-        let terms = super::stats::sorted_terms(&self.schema, parsed.as_ref()).ok();
-        QueryReading { routing, terms }
+    pub fn read(self: &Arc<Self>, text: &str) -> QueryReading {
+        QueryReading {
+            parser: Arc::clone(self),
+            parsed: self.parse(text),
+            routing: OnceLock::new(),
+            terms: OnceLock::new(),
+        }
     }
 
     /// `text` parsed as `search` parses it, after the checks of `search` (`None`: refused, so
@@ -113,13 +115,36 @@ impl RoutingParser {
     }
 }
 
-/// One query text as [`RoutingParser::read`] reads it under one analysis profile.
-#[derive(Debug, Clone, PartialEq)]
+/// One query text parsed under one analysis profile by [`RoutingParser::read`]; what the
+/// master needs from it is derived from that parse on first use, so a search that never asks
+/// for the terms (reciprocal-rank fusion) never extracts them.
+#[derive(Debug)]
 pub struct QueryReading {
-    /// What a term summary can decide about it.
-    pub routing: RoutingQuery,
+    parser: Arc<RoutingParser>,
+    /// `None`: a query `search` refuses (the nodes are asked anyway and report why).
+    parsed: Option<Box<dyn Query>>,
+    routing: OnceLock<RoutingQuery>,
+    terms: OnceLock<Option<Vec<FieldTerm>>>,
+}
+
+impl QueryReading {
+    /// What a term summary can decide about the query ([`RoutingParser::query`]).
+    pub fn routing(&self) -> &RoutingQuery {
+        self.routing.get_or_init(|| match &self.parsed {
+            Some(parsed) => lower(parsed.as_ref(), &self.parser.fields, 0),
+            None => RoutingQuery::Anything,
+        })
+    }
+
     /// Its distinct analysed terms, sorted; `None` when the index would refuse it.
-    pub terms: Option<Vec<FieldTerm>>,
+    pub fn terms(&self) -> Option<&[FieldTerm]> {
+        self.terms
+            .get_or_init(|| {
+                let parsed = self.parsed.as_ref()?;
+                super::stats::sorted_terms(&self.parser.schema, parsed.as_ref()).ok()
+            })
+            .as_deref()
+    }
 }
 
 /// A term summary together with the write-log position of the snapshot it describes: the
@@ -641,12 +666,13 @@ mod tests {
                 stop_words: if stop_words { crate::analysis::StopWords::English } else { crate::analysis::StopWords::None },
                 ..Profile::default()
             };
-            let parser = RoutingParser::new(&profile);
+            let parser = Arc::new(RoutingParser::new(&profile));
             let analyzer = crate::QueryAnalyzer::for_settings(&crate::AnalysisSettings { profile, ..Default::default() });
             let q = SearchQuery { query: text.clone(), ..SearchQuery::default() };
             let read = parser.read(&text);
-            prop_assert_eq!(&read.routing, &parser.query(&text));
-            prop_assert_eq!(read.terms, analyzer.terms(&q).ok());
+            prop_assert_eq!(read.routing(), &parser.query(&text));
+            let expected = analyzer.terms(&q).ok();
+            prop_assert_eq!(read.terms(), expected.as_deref());
         }
     }
 }

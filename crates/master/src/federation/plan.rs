@@ -161,8 +161,8 @@ pub struct RoutingParsers {
 }
 
 impl RoutingParsers {
-    /// `text` read for the collections analyzed by `analyzer`; `None` for an analyzer this build
-    /// does not know (the router asks, the statistics cache looks the query up by its text).
+    /// `text` parsed for the collections analyzed by `analyzer`; `None` for an analyzer this
+    /// build does not know (the router asks, the statistics cache looks the query up by its text).
     pub fn read(&self, analyzer: &str, text: &str) -> Option<QueryReading> {
         let profile = Profile::from_name(analyzer)?;
         Some(self.parsers.get(&profile, RoutingParser::new).read(text))
@@ -208,7 +208,7 @@ pub fn skip_no_match(
     collections: &[String],
     readings: &QueryReadings,
 ) {
-    skip_no_match_with(plan, summaries, collections, |analyzer| readings.get(analyzer).map(|r| r.routing.clone()));
+    skip_no_match_with(plan, summaries, collections, |analyzer| readings.get(analyzer).map(|r| r.routing().clone()));
 }
 
 /// [`skip_no_match`] with the query reduced by `query_for(analyzer)` (`None`: that analyzer is
@@ -478,9 +478,9 @@ pub(crate) mod tests {
         let name = Profile::default().name();
         let first = readings.get(&name).expect("the default profile is known");
         assert!(Arc::ptr_eq(&first, &readings.get(&name).expect("known")), "the second use shares the first reading");
-        assert_eq!(*first, RoutingParser::new(&Profile::default()).read("Cats AND dogs"));
+        assert_eq!(first.routing(), &RoutingParser::new(&Profile::default()).query("Cats AND dogs"));
         let terms: Vec<(&str, &str)> =
-            first.terms.iter().flatten().map(|t| (t.field.as_str(), t.term.as_str())).collect();
+            first.terms().into_iter().flatten().map(|t| (t.field.as_str(), t.term.as_str())).collect();
         assert_eq!(terms, [("body", "cat"), ("body", "dog"), ("title", "cat"), ("title", "dog")], "stemmed, sorted");
         assert!(readings.get("no-such-analyzer").is_none());
         assert!(readings.get("no-such-analyzer").is_none(), "asked again, still unknown");
