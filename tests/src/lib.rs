@@ -51,6 +51,7 @@ pub struct MeshBuilder {
     access: ragmesh_config::AccessConfig,
     heartbeat_interval: Duration,
     heartbeat_timeout: Duration,
+    max_heartbeats_per_second: u32,
     advertise: BTreeMap<usize, SocketAddr>,
     master_ip: Option<std::net::IpAddr>,
     events: ragmesh_config::EventsConfig,
@@ -127,6 +128,12 @@ impl MeshBuilder {
         self
     }
 
+    /// The master's heartbeat budget for the whole fleet (`--max-heartbeats-per-second`).
+    pub fn max_heartbeats_per_second(mut self, max: u32) -> Self {
+        self.max_heartbeats_per_second = max;
+        self
+    }
+
     /// Largest message the master accepts.
     pub fn max_message_bytes(mut self, bytes: usize) -> Self {
         self.access.max_message_bytes = bytes;
@@ -163,6 +170,7 @@ impl MeshBuilder {
                 }
             }),
             heartbeat_timeout: self.heartbeat_timeout,
+            max_heartbeats_per_second: self.max_heartbeats_per_second,
             search_timeout: SEARCH_TIMEOUT,
             max_search_timeout: MAX_SEARCH_TIMEOUT,
             access: ragmesh_config::AccessConfig {
@@ -259,6 +267,7 @@ impl Mesh {
             access: ragmesh_config::AccessConfig::default(),
             heartbeat_interval: HEARTBEAT_INTERVAL,
             heartbeat_timeout: HEARTBEAT_TIMEOUT,
+            max_heartbeats_per_second: ragmesh_config::DEFAULT_MAX_HEARTBEATS_PER_SECOND,
             advertise: BTreeMap::new(),
             master_ip: None,
             events: ragmesh_config::EventsConfig::default(),

@@ -55,6 +55,7 @@ async fn master_is_not_serving_until_its_registry_loads() {
         data_dir: dir.path().to_owned(),
         tls: Some(mesh.pki.issue("master")),
         heartbeat_timeout: ragmesh_e2e::HEARTBEAT_TIMEOUT,
+        max_heartbeats_per_second: ragmesh_config::DEFAULT_MAX_HEARTBEATS_PER_SECOND,
         search_timeout: ragmesh_e2e::SEARCH_TIMEOUT,
         max_search_timeout: ragmesh_e2e::MAX_SEARCH_TIMEOUT,
         access: ragmesh_config::AccessConfig::default(),

@@ -16,8 +16,8 @@ pub use agent::{
 };
 pub use errors::{ConfigErrors, EXIT_CONFIG};
 pub use master::{
-    AccessConfig, ActionsConfig, CacheConfig, MasterArgs, MasterConfig, ReplicationConfig, ResilienceConfig,
-    WriteQuorum,
+    AccessConfig, ActionsConfig, CacheConfig, DEFAULT_MAX_HEARTBEATS_PER_SECOND, MasterArgs, MasterConfig,
+    ReplicationConfig, ResilienceConfig, WriteQuorum,
 };
 pub use trace::{TraceArgs, TraceConfig};
 pub use webhooks::{DEFAULT_OUTBOX_MAX_EVENTS, EVENT_KINDS, EventsConfig, WebhookConfig};

@@ -48,6 +48,11 @@ pub struct MasterArgs {
     /// A node whose heartbeats stop for this long is marked down [default: 2500]
     #[arg(long, env = "RAGMESH_HEARTBEAT_TIMEOUT_MS", value_name = "MS")]
     pub heartbeat_timeout_ms: Option<u64>,
+    /// Heartbeats per second the whole fleet may send: a fleet larger than this many times the
+    /// agents' interval beats more slowly (each agent is told its interval, and the timeouts
+    /// stretch in proportion); 0 turns pacing off [default: 200]
+    #[arg(long, env = "RAGMESH_MAX_HEARTBEATS_PER_SECOND", value_name = "N")]
+    pub max_heartbeats_per_second: Option<u32>,
     /// Deadline of a federated search when the caller sets none [default: 2000]
     #[arg(long, env = "RAGMESH_SEARCH_TIMEOUT_MS", value_name = "MS")]
     pub search_timeout_ms: Option<u64>,
@@ -341,6 +346,7 @@ struct MasterFile {
     key: Option<PathBuf>,
     insecure: Option<bool>,
     heartbeat_timeout_ms: Option<u64>,
+    max_heartbeats_per_second: Option<u32>,
     search_timeout_ms: Option<u64>,
     max_search_timeout_ms: Option<u64>,
     operators: Option<Vec<String>>,
@@ -377,6 +383,10 @@ struct MasterFile {
     trace_sample_ratio: Option<f64>,
 }
 
+/// Heartbeats per second a master accepts from its whole fleet unless told otherwise: 1,000
+/// agents beat every 5 s, about 2 % of a core here (README "Performance").
+pub const DEFAULT_MAX_HEARTBEATS_PER_SECOND: u32 = 200;
+
 /// Validated configuration of the master.
 #[derive(Debug, Clone)]
 pub struct MasterConfig {
@@ -386,8 +396,10 @@ pub struct MasterConfig {
     pub data_dir: PathBuf,
     /// TLS files; `None` means plaintext (`--insecure`).
     pub tls: Option<TlsFiles>,
-    /// Silence after which a node is down.
+    /// Silence after which a node beating at its agreed interval is down.
     pub heartbeat_timeout: Duration,
+    /// Heartbeats per second the fleet may send (0: unpaced).
+    pub max_heartbeats_per_second: u32,
     /// Default deadline of a federated search.
     pub search_timeout: Duration,
     /// Upper bound on a caller-supplied deadline.
@@ -447,6 +459,11 @@ impl MasterArgs {
         let tls = self.tls.resolve(file_tls, &mut problems);
         let heartbeat_timeout_ms = self.heartbeat_timeout_ms.or(file.heartbeat_timeout_ms).unwrap_or(2500);
         check_range("heartbeat-timeout-ms", heartbeat_timeout_ms, 100, 600_000, &mut problems);
+        let max_heartbeats_per_second = self
+            .max_heartbeats_per_second
+            .or(file.max_heartbeats_per_second)
+            .unwrap_or(DEFAULT_MAX_HEARTBEATS_PER_SECOND);
+        check_range("max-heartbeats-per-second", u64::from(max_heartbeats_per_second), 0, 1_000_000, &mut problems);
         let search_timeout_ms = self.search_timeout_ms.or(file.search_timeout_ms).unwrap_or(2000);
         check_range("search-timeout-ms", search_timeout_ms, 10, 600_000, &mut problems);
         let max_search_timeout_ms = self.max_search_timeout_ms.or(file.max_search_timeout_ms).unwrap_or(30_000);
@@ -513,6 +530,7 @@ impl MasterArgs {
             data_dir,
             tls,
             heartbeat_timeout: Duration::from_millis(heartbeat_timeout_ms),
+            max_heartbeats_per_second,
             search_timeout: Duration::from_millis(search_timeout_ms),
             max_search_timeout: Duration::from_millis(max_search_timeout_ms),
             access,
@@ -693,6 +711,7 @@ mod tests {
         assert_eq!(config.listen.port(), 7400);
         assert!(config.tls.is_none());
         assert_eq!(config.heartbeat_timeout, Duration::from_millis(2500));
+        assert_eq!(config.max_heartbeats_per_second, 200);
     }
 
     #[test]

@@ -23,6 +23,7 @@ use crate::federation::{self, NoAnswer, NodeQuery, Outcome};
 use crate::membership::{self, Outbound, StreamWatcher};
 use crate::merge;
 use crate::node::SessionId;
+use crate::pace::Pacing;
 use crate::registry::{NodeRecord, Registry};
 use crate::replication::log::{Write, Writer};
 use crate::replication::{Replication, WriteOutcome, WriteTarget};
@@ -620,6 +621,10 @@ impl MasterApi {
 }
 
 impl MembershipApi {
+    fn pacing(&self) -> Pacing {
+        Pacing { max_per_second: self.0.config.max_heartbeats_per_second, timeout: self.0.config.heartbeat_timeout }
+    }
+
     /// A node joins once, with a join token; after that it is known (persisted) and re-registers
     /// freely until evicted. Refused attempts are listed for operators (`ListPendingNodes`).
     async fn admit(
@@ -673,13 +678,6 @@ impl MembershipApi {
 }
 
 /// Bounds on the heartbeat interval an agent may ask for.
-fn agreed_interval(proposed_ms: u32, timeout: Duration) -> Duration {
-    let proposed =
-        if proposed_ms == 0 { Duration::from_secs(1) } else { Duration::from_millis(u64::from(proposed_ms)) };
-    // At least two heartbeats must fit in the timeout, or one lost heartbeat would mark the node down.
-    proposed.clamp(Duration::from_millis(50), timeout / 2)
-}
-
 #[tonic::async_trait]
 impl MembershipService for MembershipApi {
     async fn register(&self, request: Request<v1::RegisterRequest>) -> Result<Response<v1::RegisterResponse>, Status> {
@@ -737,7 +735,9 @@ impl MembershipService for MembershipApi {
         let access = self.0.access()?.clone();
         let _turn = self.0.registrations.acquire().await.map_err(|_| MasterError::NotReady)?;
         self.admit(&registry, &access, &claimed, &req.advertised_address, &req.join_token).await?;
-        let interval = agreed_interval(req.heartbeat_interval_ms, self.0.config.heartbeat_timeout);
+        let pacing = self.pacing();
+        let agreed = pacing.agreed(req.heartbeat_interval_ms);
+        let follows_pace = req.protocol_minor >= 1;
         let record = NodeRecord {
             name: claimed.clone(),
             address: req.advertised_address,
@@ -748,16 +748,25 @@ impl MembershipService for MembershipApi {
             labels: req.labels.into_iter().collect(),
             generation: req.generation,
             registered_at_ms: convert::now_ms(),
-            heartbeat_interval_ms: u64::try_from(interval.as_millis()).unwrap_or(u64::MAX),
+            heartbeat_interval_ms: u64::try_from(agreed.as_millis()).unwrap_or(u64::MAX),
             shard: if req.shard.is_empty() { claimed.clone() } else { req.shard },
         };
         let applied_seq = req.applied_seq;
         let address = record.address.clone();
-        let session = tokio::task::spawn_blocking(move || registry.register_at(record, applied_seq))
+        let registering = registry.clone();
+        let session = tokio::task::spawn_blocking(move || registering.register_at(record, applied_seq))
             .await
             .map_err(|e| Status::internal(format!("registration task failed: {e}")))?
             .map_err(MasterError::from)?;
-        tracing::info!(node.id = %claimed, node.address = %address, session = %session, "node registered");
+        // The fleet counted after this node joined it; a 1.0 agent keeps its agreed interval.
+        let interval = if follows_pace { pacing.pace(agreed, registry.beating()).interval } else { agreed };
+        tracing::info!(
+            node.id = %claimed,
+            node.address = %address,
+            session = %session,
+            heartbeat_interval_ms = interval.as_millis(),
+            "node registered"
+        );
         Ok(Response::new(v1::RegisterResponse {
             session_id: session.0,
             heartbeat_interval_ms: u32::try_from(interval.as_millis()).unwrap_or(u32::MAX),
@@ -811,16 +820,17 @@ impl MembershipService for MembershipApi {
         if registry.session(&first.node_name).as_ref() != Some(&session) {
             return Err(MasterError::UnknownSession { node: first.node_name }.into());
         }
-        let interval = registry
-            .get(&first.node_name)
-            .map_or(Duration::from_secs(1), |v| Duration::from_millis(v.record.heartbeat_interval_ms));
+        let (agreed, follows_pace) = registry.get(&first.node_name).map_or((Duration::from_secs(1), false), |v| {
+            (Duration::from_millis(v.record.heartbeat_interval_ms), v.record.protocol_minor >= 1)
+        });
         let (tx, done, outbound) = membership::outbound(self.0.access()?.subscribe_keys());
         let watcher = StreamWatcher {
             registry,
             node: first.node_name.clone(),
             session,
-            suspect_after: (interval * 3 / 2).min(timeout / 2),
-            timeout,
+            agreed,
+            pacing: self.pacing(),
+            follows_pace,
             tx,
             done,
             shutdown: self.0.shutdown.clone(),
@@ -845,14 +855,5 @@ mod tests {
         assert_eq!(parse_grpc_timeout(""), None);
         assert_eq!(parse_grpc_timeout("m"), None);
         assert_eq!(parse_grpc_timeout("10x"), None);
-    }
-
-    #[test]
-    fn heartbeat_interval_is_clamped_so_two_fit_in_the_timeout() {
-        let timeout = Duration::from_millis(2500);
-        assert_eq!(agreed_interval(1000, timeout), Duration::from_millis(1000));
-        assert_eq!(agreed_interval(10_000, timeout), Duration::from_millis(1250));
-        assert_eq!(agreed_interval(1, timeout), Duration::from_millis(50));
-        assert_eq!(agreed_interval(0, timeout), Duration::from_millis(1000));
     }
 }

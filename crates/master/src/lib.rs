@@ -18,6 +18,7 @@ mod membership;
 pub mod merge;
 pub mod metrics;
 pub mod node;
+mod pace;
 mod profiles;
 pub mod registry;
 pub mod replication;

@@ -8,6 +8,9 @@
 //! queue with the key `watch`, which always holds the complete current key set. The agent gets
 //! the current set when the stream opens and after every change, however full the queue is.
 //!
+//! Each acknowledgement tells the agent the interval to beat at (the fleet's pace under the
+//! master's heartbeat budget, see `pace`), and silence is judged at the pace the agent was told.
+//!
 //! A heartbeat may carry the node's term summary (routing by term summaries): decoded here and
 //! kept in the registry for this session. One that cannot be read is logged once per stream and
 //! forgotten: the node is then asked for every query, which is always correct.
@@ -25,6 +28,7 @@ use tonic::Status;
 
 use crate::convert;
 use crate::node::{LivenessEvent, SessionId};
+use crate::pace::{Pace, Pacing};
 use crate::registry::{HeartbeatInfo, Registry};
 
 /// Acknowledgements queued for one agent before new ones are dropped.
@@ -61,10 +65,13 @@ pub(crate) struct StreamWatcher {
     pub(crate) registry: Registry,
     pub(crate) node: String,
     pub(crate) session: SessionId,
-    /// Silence after which the node is suspect.
-    pub(crate) suspect_after: Duration,
-    /// Silence after which the node is down and the stream ends.
-    pub(crate) timeout: Duration,
+    /// The heartbeat interval agreed at registration.
+    pub(crate) agreed: Duration,
+    /// The master's pacing rules: they give the interval and the silences tolerated.
+    pub(crate) pacing: Pacing,
+    /// Whether the agent follows the interval in acknowledgements (protocol 1.1); one that does
+    /// not is held to its agreed interval.
+    pub(crate) follows_pace: bool,
     pub(crate) tx: mpsc::Sender<Result<v1::HealthStreamResponse, Status>>,
     /// Cancelled when the watcher ends, which ends the outbound stream's key half.
     pub(crate) done: CancellationToken,
@@ -83,24 +90,30 @@ impl StreamWatcher {
         let mut pending = Some(first);
         let mut late = false;
         let mut last_heartbeat = Instant::now();
+        let mut pace = self.pace_now();
         // An unreadable term summary is logged once per stream.
         let mut summary_warned = false;
         loop {
             if let Some(message) = pending.take() {
                 let in_doubt = message.in_doubt_transactions.clone();
-                if !self.on_heartbeat(message, &mut summary_warned) {
+                let next = self.pace_now();
+                let Some(acked) = self.on_heartbeat(message, next.interval, &mut summary_warned) else {
                     self.end(Status::failed_precondition(
                         "session is no longer valid (superseded by a newer registration, or the node was evicted): register again",
                     ))
                     .await;
                     return;
+                };
+                // A faster pace counts only once the agent can know it: from an acknowledgement.
+                if acked || next.interval >= pace.interval {
+                    pace = next;
                 }
                 late = false;
                 last_heartbeat = Instant::now();
                 self.answer_in_doubt(&in_doubt).await;
             }
             // Deadlines count from the last heartbeat, so other events never extend the silence.
-            let deadline = last_heartbeat + if late { self.timeout } else { self.suspect_after };
+            let deadline = last_heartbeat + if late { pace.timeout } else { pace.suspect_after };
             tokio::select! {
                 () = self.shutdown.cancelled() => {
                     self.down("master shutting down");
@@ -122,7 +135,7 @@ impl StreamWatcher {
                         self.registry.apply(&self.node, LivenessEvent::Late(self.session.clone()), "");
                     }
                     Err(_elapsed) => {
-                        let reason = format!("no heartbeat for {} ms", self.timeout.as_millis());
+                        let reason = format!("no heartbeat for {} ms", pace.timeout.as_millis());
                         self.down(&reason);
                         self.end(Status::deadline_exceeded(format!("{reason}: reconnect"))).await;
                         return;
@@ -132,8 +145,20 @@ impl StreamWatcher {
         }
     }
 
-    /// Applies a heartbeat; false when this stream's session was superseded.
-    fn on_heartbeat(&self, message: v1::HealthStreamRequest, summary_warned: &mut bool) -> bool {
+    /// The pace this stream is held to now, from the fleet's size.
+    fn pace_now(&self) -> Pace {
+        let fleet = if self.follows_pace { self.registry.beating() } else { 0 };
+        self.pacing.pace(self.agreed, fleet)
+    }
+
+    /// Applies a heartbeat and acknowledges it with the `interval` expected from now on; `None`
+    /// when this stream's session was superseded, else whether the acknowledgement was queued.
+    fn on_heartbeat(
+        &self,
+        message: v1::HealthStreamRequest,
+        interval: Duration,
+        summary_warned: &mut bool,
+    ) -> Option<bool> {
         let mut heartbeat = message.heartbeat.unwrap_or_default();
         let term_summary = heartbeat.term_summary.take();
         let info = HeartbeatInfo {
@@ -144,17 +169,21 @@ impl StreamWatcher {
             index_bytes: heartbeat.index_bytes,
         };
         if !self.registry.heartbeat(&self.node, &self.session, info) {
-            return false;
+            return None;
         }
         if let Some(summary) = term_summary {
             self.on_term_summary(summary, summary_warned);
         }
+        let heartbeat_interval_ms =
+            if self.follows_pace { u32::try_from(interval.as_millis()).unwrap_or(u32::MAX) } else { 0 };
         let ack = v1::HealthStreamResponse {
-            body: Some(v1::health_stream_response::Body::Ack(v1::HeartbeatAck { seq: heartbeat.seq })),
+            body: Some(v1::health_stream_response::Body::Ack(v1::HeartbeatAck {
+                seq: heartbeat.seq,
+                heartbeat_interval_ms,
+            })),
         };
         // A full queue means the agent is not reading acks; liveness is judged on heartbeats alone.
-        let _ = self.tx.try_send(Ok(ack));
-        true
+        Some(self.tx.try_send(Ok(ack)).is_ok())
     }
 
     /// Keeps a summary the node sent, or forgets the previous one when this one cannot be read.
@@ -247,8 +276,22 @@ mod tests {
 
     /// [`start`], answering in-doubt transactions from `transactions`.
     fn start_with(transactions: Option<crate::actions::transactions::Transactions>) -> Fixture {
+        start_paced(Pacing { max_per_second: 0, timeout: TIMEOUT }, true, 0, transactions)
+    }
+
+    /// Node "a" (agreed interval 100 ms) in a fleet with `others` more registered nodes, under
+    /// `pacing`; `follows_pace`: it speaks protocol 1.1.
+    fn start_paced(
+        pacing: Pacing,
+        follows_pace: bool,
+        others: usize,
+        transactions: Option<crate::actions::transactions::Transactions>,
+    ) -> Fixture {
         let dir = tempfile::tempdir().expect("tempdir");
         let registry = Registry::load(Arc::new(SledStore::open_waiting(dir.path()).expect("open"))).expect("load");
+        for i in 0..others {
+            registry.register(NodeRecord::for_tests(&format!("other-{i}"), &[])).expect("register another");
+        }
         let record = NodeRecord { heartbeat_interval_ms: 100, ..NodeRecord::for_tests("a", &[]) };
         let session = registry.register(record).expect("register");
         let keys = watch::Sender::new(Vec::new());
@@ -259,8 +302,9 @@ mod tests {
             registry: registry.clone(),
             node: "a".into(),
             session: session.clone(),
-            suspect_after: SUSPECT_AFTER,
-            timeout: TIMEOUT,
+            agreed: Duration::from_millis(100),
+            pacing,
+            follows_pace,
             tx,
             done,
             shutdown: shutdown.clone(),
@@ -414,5 +458,64 @@ mod tests {
             }
         }
         assert_eq!(last_keys, Some(vec![rotated.kid().to_owned()]), "the agent ends up with the current keys");
+    }
+
+    /// The next acknowledgement on `outbound`, skipping keys.
+    async fn next_ack(outbound: &mut Outbound) -> v1::HeartbeatAck {
+        loop {
+            let message = tokio::time::timeout(Duration::from_secs(1), outbound.next()).await;
+            match message.expect("a message in time").expect("stream open").expect("not a status").body {
+                Some(v1::health_stream_response::Body::Ack(ack)) => return ack,
+                _ => continue,
+            }
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_fleet_over_the_budget_is_told_a_slower_pace_and_judged_by_it() {
+        // 30 beating nodes at 10 heartbeats/s beat every 3 s; the 1 s timeout stretches to 2.5
+        // intervals (7.5 s) and suspicion to half of that.
+        let mut f = start_paced(Pacing { max_per_second: 10, timeout: TIMEOUT }, true, 29, None);
+        let ack = next_ack(&mut f.outbound).await;
+        assert_eq!((ack.seq, ack.heartbeat_interval_ms), (0, 3000), "the first acknowledgement sets the pace");
+        advance(Duration::from_millis(3749)).await;
+        assert_eq!(state(&f.registry), NodeState::Up, "not suspect before 1.25 paced intervals");
+        advance(Duration::from_millis(2)).await;
+        assert_eq!(state(&f.registry), NodeState::Suspect, "suspect after 1.25 paced intervals");
+        advance(Duration::from_millis(7500 - 3751 - 10)).await;
+        assert_eq!(state(&f.registry), NodeState::Suspect, "not down before the stretched timeout");
+        advance(Duration::from_millis(20)).await;
+        let a = f.registry.get("a").expect("a");
+        assert_eq!(a.state, NodeState::Down);
+        assert_eq!(a.down_reason.as_deref(), Some("no heartbeat for 7500 ms"));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_shrinking_fleet_gets_a_faster_pace_from_the_next_acknowledgement_on() {
+        let mut f = start_paced(Pacing { max_per_second: 10, timeout: TIMEOUT }, true, 29, None);
+        assert_eq!(next_ack(&mut f.outbound).await.heartbeat_interval_ms, 3000);
+        for i in 0..20 {
+            assert!(f.registry.remove(&format!("other-{i}")).expect("remove"), "other-{i} was registered");
+        }
+        // Still judged at the slow pace until an acknowledgement says otherwise.
+        advance(Duration::from_millis(3500)).await;
+        assert_eq!(state(&f.registry), NodeState::Up, "the pace the agent was told still holds");
+        f.heartbeats.send(Ok(heartbeat(&f.session, 1))).await.expect("send");
+        advance(Duration::ZERO).await;
+        let ack = next_ack(&mut f.outbound).await;
+        assert_eq!((ack.seq, ack.heartbeat_interval_ms), (1, 1000), "10 nodes at 10/s");
+        advance(Duration::from_millis(1249)).await;
+        assert_eq!(state(&f.registry), NodeState::Up);
+        advance(Duration::from_millis(2)).await;
+        assert_eq!(state(&f.registry), NodeState::Suspect, "judged at the new pace");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_agent_that_cannot_follow_a_pace_is_held_to_its_agreed_interval() {
+        let mut f = start_paced(Pacing { max_per_second: 10, timeout: TIMEOUT }, false, 29, None);
+        let ack = next_ack(&mut f.outbound).await;
+        assert_eq!(ack.heartbeat_interval_ms, 0, "a 1.0 agent is told nothing");
+        advance(SUSPECT_AFTER + Duration::from_millis(1)).await;
+        assert_eq!(state(&f.registry), NodeState::Suspect, "judged at the interval it registered with");
     }
 }

@@ -17,6 +17,7 @@
 //! [`Registry::term_summaries`], together with the node's generation and its group's log.
 
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use ragmesh_search::NodeSummary;
@@ -311,6 +312,9 @@ struct Shared {
     store: Arc<dyn StateStore>,
     inner: Mutex<Inner>,
     membership: watch::Sender<Membership>,
+    /// Nodes that are not down (those whose heartbeats the master expects), as of the latest
+    /// publish: read by every heartbeat to pace the fleet, so kept outside the lock.
+    beating: AtomicUsize,
 }
 
 /// Errors of registry operations.
@@ -342,7 +346,8 @@ impl Registry {
             inner.nodes.insert(entry.record.name.clone(), entry);
         }
         let membership = watch::Sender::new(Arc::new(BTreeMap::new()));
-        let registry = Registry { shared: Arc::new(Shared { store, inner: Mutex::new(inner), membership }) };
+        let shared = Shared { store, inner: Mutex::new(inner), membership, beating: AtomicUsize::new(0) };
+        let registry = Registry { shared: Arc::new(shared) };
         registry.publish(&mut registry.lock());
         Ok(registry)
     }
@@ -357,7 +362,14 @@ impl Registry {
     fn publish(&self, inner: &mut Inner) {
         inner.resync();
         let snapshot: BTreeMap<String, NodeView> = inner.nodes.iter().map(|(k, e)| (k.clone(), e.view())).collect();
+        let beating = snapshot.values().filter(|v| v.state != NodeState::Down).count();
+        self.shared.beating.store(beating, Ordering::Relaxed);
         self.shared.membership.send_replace(Arc::new(snapshot));
+    }
+
+    /// How many nodes are not down: the fleet whose heartbeats the master paces.
+    pub fn beating(&self) -> usize {
+        self.shared.beating.load(Ordering::Relaxed)
     }
 
     /// Records a (re-)registration durably and opens a new session, superseding any older one.

@@ -29,7 +29,9 @@ pub const TRACE_ID_METADATA: &str = "x-ragmesh-trace-id";
 /// Wire protocol major version. Peers with a different major are refused.
 pub const PROTOCOL_MAJOR: u32 = 1;
 /// Wire protocol minor version. Minor versions are backwards compatible within a major.
-pub const PROTOCOL_MINOR: u32 = 0;
+/// 1.1: heartbeat acknowledgements carry the interval the master expects (heartbeat pacing); a
+/// 1.0 agent keeps the interval it registered with, and the master never changes it.
+pub const PROTOCOL_MINOR: u32 = 1;
 
 /// gRPC server reflection for ragmesh and grpc.health.v1, in both protocol versions: v1 for
 /// current tools, v1alpha for grpcurl 1.8 and other older clients.

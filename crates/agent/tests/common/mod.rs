@@ -1,11 +1,13 @@
 //! What the agent's integration tests share: a stand-in master (a real tonic
 //! MembershipService on a loopback socket that hands out the verification keys of a key ring
-//! it holds, records registrations and heartbeats, and can send messages down every open
-//! health stream), contexts signed with that ring exactly as the master signs them, and a
+//! it holds, records registrations and heartbeats, acknowledges them with the heartbeat pace a
+//! test sets, and can send messages down every open health stream), contexts signed with that ring exactly as the master signs them, and a
 //! plaintext client of an agent. Each test file uses what it needs.
 #![allow(dead_code)]
 
 use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 use ragmesh_agent::AgentHandle;
@@ -30,6 +32,7 @@ struct StandInMaster {
     heartbeats: mpsc::UnboundedSender<v1::HealthStreamRequest>,
     registrations: mpsc::UnboundedSender<v1::RegisterRequest>,
     down: broadcast::Sender<v1::HealthStreamResponse>,
+    pace_ms: Arc<AtomicU32>,
 }
 
 type Responses = Pin<Box<dyn Stream<Item = Result<v1::HealthStreamResponse, Status>> + Send>>;
@@ -56,6 +59,7 @@ impl MembershipService for StandInMaster {
     ) -> Result<Response<Responses>, Status> {
         let mut inbound = request.into_inner();
         let heartbeats = self.heartbeats.clone();
+        let pace_ms = Arc::clone(&self.pace_ms);
         let mut down = self.down.subscribe();
         let (tx, rx) = mpsc::channel(16);
         tokio::spawn(async move {
@@ -65,7 +69,11 @@ impl MembershipService for StandInMaster {
                         let Ok(Some(message)) = message else { return };
                         let Some(heartbeat) = message.heartbeat.clone() else { continue };
                         let _ = heartbeats.send(message);
-                        let body = Some(v1::health_stream_response::Body::Ack(v1::HeartbeatAck { seq: heartbeat.seq }));
+                        let ack = v1::HeartbeatAck {
+                            seq: heartbeat.seq,
+                            heartbeat_interval_ms: pace_ms.load(Ordering::Relaxed),
+                        };
+                        let body = Some(v1::health_stream_response::Body::Ack(ack));
                         if tx.send(Ok(v1::HealthStreamResponse { body })).await.is_err() {
                             return;
                         }
@@ -93,6 +101,8 @@ pub(crate) struct Master {
     pub(crate) registrations: mpsc::UnboundedReceiver<v1::RegisterRequest>,
     /// Sends a message down every open health stream.
     pub(crate) down: broadcast::Sender<v1::HealthStreamResponse>,
+    /// The heartbeat interval every acknowledgement carries, in ms (0, the default: none).
+    pub(crate) pace_ms: Arc<AtomicU32>,
     stop: CancellationToken,
 }
 
@@ -110,8 +120,14 @@ impl Master {
         let (heartbeats_tx, heartbeats) = mpsc::unbounded_channel();
         let (registrations_tx, registrations) = mpsc::unbounded_channel();
         let (down, _) = broadcast::channel(16);
-        let service =
-            StandInMaster { keys, heartbeats: heartbeats_tx, registrations: registrations_tx, down: down.clone() };
+        let pace_ms = Arc::new(AtomicU32::new(0));
+        let service = StandInMaster {
+            keys,
+            heartbeats: heartbeats_tx,
+            registrations: registrations_tx,
+            down: down.clone(),
+            pace_ms: Arc::clone(&pace_ms),
+        };
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind the stand-in master");
         let addr = listener.local_addr().expect("local addr").to_string();
         let stop = CancellationToken::new();
@@ -121,7 +137,7 @@ impl Master {
                 .add_service(MembershipServiceServer::new(service))
                 .serve_with_incoming_shutdown(TcpListenerStream::new(listener), serving.cancelled_owned()),
         );
-        Master { addr, ring, heartbeats, registrations, down, stop }
+        Master { addr, ring, heartbeats, registrations, down, pace_ms, stop }
     }
 
     /// A context of `{tenant}-user` signed as the master signs the ones it attaches to agent calls.

@@ -2771,7 +2771,8 @@ pub struct RegisterResponse {
     /// Identifies this registration; the health stream quotes it. A newer registration supersedes older streams.
     #[prost(string, tag = "1")]
     pub session_id: ::prost::alloc::string::String,
-    /// Heartbeat interval the master expects (the agent's proposal, clamped to the master's bounds).
+    /// Heartbeat interval the master expects: the agent's proposal, clamped to the master's bounds
+    /// and stretched when the fleet is too large for its heartbeat budget.
     #[prost(uint32, tag = "2")]
     pub heartbeat_interval_ms: u32,
     /// Master software version.
@@ -2895,6 +2896,12 @@ pub struct HeartbeatAck {
     /// The seq of the acknowledged heartbeat.
     #[prost(uint64, tag = "1")]
     pub seq: u64,
+    /// The interval the master now expects heartbeats at (protocol 1.1): it changes as the fleet
+    /// grows or shrinks against the master's heartbeat budget. An agent that changes pace sends its
+    /// next heartbeat one new interval after this acknowledgement. 0: keep the current interval
+    /// (a 1.0 master, or an agent that registered with protocol 1.0, whose pace never changes).
+    #[prost(uint32, tag = "2")]
+    pub heartbeat_interval_ms: u32,
 }
 /// Generated client implementations.
 pub mod membership_service_client {
