@@ -18,6 +18,7 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use ragmesh_agent::link;
 use ragmesh_proto::v1::{
     self, agent_service_server::AgentService, agent_service_server::AgentServiceServer,
     membership_service_client::MembershipServiceClient,
@@ -27,7 +28,7 @@ use ragmesh_tls::devca::IssuedCert;
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
-use tokio::time::{Instant, MissedTickBehavior};
+use tokio::time::Instant;
 use tokio_stream::wrappers::{ReceiverStream, TcpListenerStream};
 use tonic::transport::{Certificate, ClientTlsConfig, Endpoint, Identity, Server, ServerTlsConfig};
 use tonic::{Request, Response, Status};
@@ -70,6 +71,8 @@ pub struct SimStats {
     pub heartbeats: AtomicU64,
     /// Acknowledgements received.
     pub acks: AtomicU64,
+    /// The heartbeat interval the master most recently granted any agent, in ms.
+    pub interval_ms: AtomicU64,
     /// Sessions lost or attaches that failed (each is retried with backoff).
     pub failures: AtomicU64,
     /// `NodeSearch` calls answered.
@@ -258,7 +261,8 @@ impl SimAgent {
             Err(status) => return format!("registration refused: {:?}: {}", status.code(), status.message()),
         };
         self.stats.registrations.fetch_add(1, Ordering::Relaxed);
-        let interval = Duration::from_millis(u64::from(registered.heartbeat_interval_ms.max(10)));
+        let mut interval = link::granted_interval(registered.heartbeat_interval_ms).unwrap_or(self.config.interval);
+        self.stats.interval_ms.store(duration_ms(interval), Ordering::Relaxed);
         let session = registered.session_id;
 
         let (tx, rx) = mpsc::channel::<v1::HealthStreamRequest>(4);
@@ -275,10 +279,9 @@ impl SimAgent {
         *attempt = 0;
         self.stats.attached.fetch_add(1, Ordering::Relaxed);
         let _detached = Detach(&self.stats.attached);
-        let ack_timeout = ragmesh_agent::link::ack_timeout(interval);
+        let mut ack_timeout = link::ack_timeout(interval);
         let mut last_ack = Instant::now();
-        let mut ticker = tokio::time::interval_at(Instant::now() + interval, interval);
-        ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        let mut ticker = link::heartbeat_ticker(interval);
         loop {
             tokio::select! {
                 _ = ticker.tick() => {
@@ -292,9 +295,16 @@ impl SimAgent {
                     self.stats.heartbeats.fetch_add(1, Ordering::Relaxed);
                 }
                 message = inbound.message() => match message {
-                    Ok(Some(v1::HealthStreamResponse { body: Some(v1::health_stream_response::Body::Ack(_)) })) => {
+                    Ok(Some(v1::HealthStreamResponse { body: Some(v1::health_stream_response::Body::Ack(ack)) })) => {
                         self.stats.acks.fetch_add(1, Ordering::Relaxed);
                         last_ack = Instant::now();
+                        // Paced as the real agent is, with the same helpers.
+                        if let Some(paced) = link::repaced(interval, &ack) {
+                            interval = paced;
+                            ack_timeout = link::ack_timeout(interval);
+                            ticker = link::heartbeat_ticker(interval);
+                            self.stats.interval_ms.store(duration_ms(interval), Ordering::Relaxed);
+                        }
                     }
                     // Keys (the simulated service checks no context), decisions (it has no
                     // transactions) and empty bodies need nothing.
@@ -305,6 +315,10 @@ impl SimAgent {
             }
         }
     }
+}
+
+fn duration_ms(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
 
 /// Decrements the attached count when a session ends, however it ends.

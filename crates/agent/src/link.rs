@@ -353,7 +353,7 @@ impl Link {
         self.state
             .set_keys(&registered.verification_keys)
             .map_err(|e| format!("the master sent unusable verification keys: {e}"))?;
-        let interval = Duration::from_millis(u64::from(registered.heartbeat_interval_ms.max(10)));
+        let mut interval = granted_interval(registered.heartbeat_interval_ms).unwrap_or(self.interval);
         tracing::info!(
             master = %self.master,
             session = %registered.session_id,
@@ -395,10 +395,9 @@ impl Link {
 
         self.status.send_replace(LinkStatus::Attached { session: registered.session_id.clone() });
         backoff.reset();
-        let ack_timeout = ack_timeout(interval);
+        let mut ack_timeout = ack_timeout(interval);
         let mut last_ack = Instant::now();
-        let mut ticker = tokio::time::interval_at(Instant::now() + interval, interval);
-        ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        let mut ticker = heartbeat_ticker(interval);
         loop {
             tokio::select! {
                 // Dropping `tx` on return closes our half of the stream: the master marks us down at once.
@@ -427,8 +426,14 @@ impl Link {
                     }
                 }
                 message = inbound.message() => match message {
-                    Ok(Some(v1::HealthStreamResponse { body: Some(v1::health_stream_response::Body::Ack(_)) })) => {
+                    Ok(Some(v1::HealthStreamResponse { body: Some(v1::health_stream_response::Body::Ack(ack)) })) => {
                         last_ack = Instant::now();
+                        if let Some(paced) = repaced(interval, &ack) {
+                            tracing::debug!(from_ms = interval.as_millis(), to_ms = paced.as_millis(), "the master changed the heartbeat interval");
+                            interval = paced;
+                            ack_timeout = self::ack_timeout(interval);
+                            ticker = heartbeat_ticker(interval);
+                        }
                     }
                     Ok(Some(v1::HealthStreamResponse { body: Some(v1::health_stream_response::Body::Keys(keys)) })) => {
                         match self.state.set_keys(&keys.keys) {
@@ -446,6 +451,29 @@ impl Link {
             }
         }
     }
+}
+
+/// Longest heartbeat interval an agent accepts from a master: beating faster than asked is
+/// always safe, and an acknowledgement timeout of hours would be no timeout.
+const MAX_GRANTED_INTERVAL: Duration = Duration::from_secs(600);
+
+/// The interval a master's `heartbeat_interval_ms` grants (`None` for 0: not said), bounded to
+/// 10 ms ..= 10 min.
+pub fn granted_interval(ms: u32) -> Option<Duration> {
+    (ms != 0).then(|| Duration::from_millis(u64::from(ms)).clamp(Duration::from_millis(10), MAX_GRANTED_INTERVAL))
+}
+
+/// The new interval when an acknowledgement changes the pace of a stream beating every `current`.
+pub fn repaced(current: Duration, ack: &v1::HeartbeatAck) -> Option<Duration> {
+    granted_interval(ack.heartbeat_interval_ms).filter(|granted| *granted != current)
+}
+
+/// The ticker of heartbeats every `interval`, its first tick one interval from now: started
+/// again when the pace changes, so a faster pace holds from the acknowledgement that set it.
+pub fn heartbeat_ticker(interval: Duration) -> tokio::time::Interval {
+    let mut ticker = tokio::time::interval_at(Instant::now() + interval, interval);
+    ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    ticker
 }
 
 /// How long a health stream waits for an acknowledgement before it gives the session up, for
