@@ -677,7 +677,6 @@ impl MembershipApi {
     }
 }
 
-/// Bounds on the heartbeat interval an agent may ask for.
 #[tonic::async_trait]
 impl MembershipService for MembershipApi {
     async fn register(&self, request: Request<v1::RegisterRequest>) -> Result<Response<v1::RegisterResponse>, Status> {
