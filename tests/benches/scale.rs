@@ -1,7 +1,8 @@
 //! One master, many agents (issue 11): a real master process (over mTLS, real sled) and AGENTS
 //! simulated agents in this process (`ragmesh_e2e::sim`: each with its own certificate from the
 //! mesh CA, registering with a join token and holding a real health stream, asking for a
-//! heartbeat every second and beating at the pace the master grants, each serving the agent gRPC service on its own listener with synthetic answers).
+//! heartbeat every second and beating at the pace the master grants, each serving the agent
+//! gRPC service on its own listener with synthetic answers).
 //!
 //! Prints, each against its goal as a ratio:
 //! - admission: from the first registration attempt until the master lists every agent `up`

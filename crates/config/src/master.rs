@@ -49,8 +49,8 @@ pub struct MasterArgs {
     #[arg(long, env = "RAGMESH_HEARTBEAT_TIMEOUT_MS", value_name = "MS")]
     pub heartbeat_timeout_ms: Option<u64>,
     /// Heartbeats per second the whole fleet may send: a fleet larger than this many times the
-    /// agents' interval beats more slowly (each agent is told its interval, and the timeouts
-    /// stretch in proportion); 0 turns pacing off [default: 200]
+    /// agents' interval beats more slowly (each agent is told its interval, and its timeout
+    /// stretches to at least 2.5 of them); 0 turns pacing off [default: 200]
     #[arg(long, env = "RAGMESH_MAX_HEARTBEATS_PER_SECOND", value_name = "N")]
     pub max_heartbeats_per_second: Option<u32>,
     /// Deadline of a federated search when the caller sets none [default: 2000]

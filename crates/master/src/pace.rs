@@ -16,7 +16,7 @@ use std::time::Duration;
 const STEP: Duration = Duration::from_millis(100);
 
 /// Shortest interval any agent may beat at.
-pub(crate) const MIN_INTERVAL: Duration = Duration::from_millis(50);
+const MIN_INTERVAL: Duration = Duration::from_millis(50);
 
 /// The master's pacing rules.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
