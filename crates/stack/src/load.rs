@@ -6,8 +6,11 @@
 //! a sixteenth of their calls in flight (tower's `PeakEwma` cost, with calls in flight weighted
 //! by [`PENDING_WEIGHT`]), where the age of the oldest call still in flight bounds the RTT from
 //! below (a frozen replica's estimate would otherwise only rise once its calls end, so a hedge
-//! could land on the very replica it is meant to get around). So p2c avoids a replica that just
-//! failed or is slow, and the retry of a failed read lands on another replica.
+//! could land on the very replica it is meant to get around), and so does the replica's silence
+//! (the age of the oldest call abandoned unanswered since it last answered one: a frozen
+//! replica's calls are abandoned when their hedges win). So p2c avoids a replica that just
+//! failed, is slow or has stopped answering, and the retry of a failed read lands on another
+//! replica.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -110,23 +113,24 @@ where
 
     fn call(&mut self, request: R) -> Self::Future {
         let sent = self.health.start();
-        let guard = InFlight { health: self.health.clone(), sent };
+        let guard = InFlight { health: self.health.clone(), sent, answered: false };
         MeasuredFuture { inner: self.inner.call(request), guard: Some(guard) }
     }
 }
 
-/// One call in flight; ends (with an RTT sample) when the call ends or is abandoned. An
-/// abandoned call's elapsed time counts too (as in tower's `PeakEwma`): a replica that lost a
-/// hedge race was at least that slow.
+/// One call in flight; ends when the call is answered or abandoned. An abandoned call's age
+/// counts too (tower's `PeakEwma` takes it as a sample): a replica that lost a hedge race was
+/// at least that slow, and has said nothing since (see [`NodeHealth::finish`]).
 #[derive(Debug)]
 struct InFlight {
     health: Arc<NodeHealth>,
     sent: Instant,
+    answered: bool,
 }
 
 impl Drop for InFlight {
     fn drop(&mut self) {
-        self.health.finish(self.sent);
+        self.health.finish(self.sent, self.answered);
     }
 }
 
@@ -146,7 +150,9 @@ impl<F: Future> Future for MeasuredFuture<F> {
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
         let this = self.project();
         let output = std::task::ready!(this.inner.poll(cx));
-        this.guard.take();
+        if let Some(mut guard) = this.guard.take() {
+            guard.answered = true;
+        }
         Poll::Ready(output)
     }
 }
@@ -185,6 +191,46 @@ mod tests {
         let abandoned = slow.clone().oneshot(Duration::from_secs(5));
         assert!(tokio::time::timeout(Duration::from_millis(10), abandoned).await.is_err());
         assert_eq!(book.snapshot("slow").map(|s| s.pending), Some(0), "an abandoned call is no longer in flight");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_silent_replica_looks_ever_slower_until_it_answers_or_its_silence_is_forgotten() {
+        let config = HealthConfig::default();
+        let book = HealthBook::new(config, None);
+        let node = Measured {
+            inner: tower::service_fn(|d: Duration| async move {
+                tokio::time::sleep(d).await;
+                Ok::<_, std::convert::Infallible>(())
+            }),
+            health: book.node("n"),
+        };
+        node.clone().oneshot(Duration::from_millis(20)).await.expect("answers");
+        let answered = node.load();
+        // A call abandoned at 100 ms (its hedge won): the node has said nothing since it was sent.
+        let abandoned = node.clone().oneshot(Duration::from_secs(60));
+        assert!(tokio::time::timeout(Duration::from_millis(100), abandoned).await.is_err());
+        let at_abandon = node.load();
+        assert!(at_abandon.cost >= 100e6, "at least as slow as the abandoned call: {at_abandon:?}");
+        tokio::time::advance(Duration::from_secs(1)).await;
+        let silent = node.load();
+        assert!(silent.cost >= 1.1e9, "nothing in flight, yet a second of silence counts: {silent:?}");
+        // A younger call abandoned sooner neither restarts the silence nor lowers the estimate.
+        let short = node.clone().oneshot(Duration::from_secs(60));
+        assert!(tokio::time::timeout(Duration::from_millis(1), short).await.is_err());
+        assert!(node.load().cost >= silent.cost, "{:?} after {silent:?}", node.load());
+        // The silence is forgotten after `suspect_for`: a fresh chance, at the abandoned peak.
+        tokio::time::advance(config.suspect_for).await;
+        let forgiven = node.load();
+        assert!(forgiven.cost < 100e6, "{forgiven:?}");
+        // An answer ends a silence at once.
+        let again = node.clone().oneshot(Duration::from_secs(60));
+        assert!(tokio::time::timeout(Duration::from_millis(100), again).await.is_err());
+        tokio::time::advance(Duration::from_millis(500)).await;
+        assert!(node.load().cost >= 600e6, "silent again: {:?}", node.load());
+        node.clone().oneshot(Duration::from_millis(20)).await.expect("answers");
+        let spoke = node.load();
+        assert!(spoke.cost < 200e6, "the answer ended the silence: {spoke:?}");
+        assert!(answered.cost < at_abandon.cost);
     }
 
     fn state() -> impl Strategy<Value = BreakerState> {

@@ -122,6 +122,14 @@ impl PeakEwma {
         PeakEwma { estimate: nanos(initial), stamp: now, decay_nanos: nanos(decay).max(1.0) }
     }
 
+    /// Adds a lower bound taken at `now` (the age of a call abandoned before it was answered):
+    /// it raises the estimate when above it, and says nothing when below.
+    pub fn observe_at_least(&mut self, rtt: Duration, now: Instant) {
+        if nanos(rtt) > self.estimate_at(now) {
+            self.observe(rtt, now);
+        }
+    }
+
     /// Adds a sample taken at `now`: a peak replaces the estimate, a lower sample is averaged in
     /// with a weight growing with the time since the last sample.
     pub fn observe(&mut self, rtt: Duration, now: Instant) {
@@ -182,6 +190,9 @@ struct Cell {
     pending: u32,
     /// Send times of the calls in flight (with their multiplicity).
     in_flight: BTreeMap<Instant, u32>,
+    /// Send time of the oldest call abandoned unanswered since the node last answered one: the
+    /// node has said nothing since (see [`NodeHealth::load`]).
+    silent_since: Option<Instant>,
 }
 
 #[derive(Debug)]
@@ -281,9 +292,13 @@ impl NodeHealth {
         sent
     }
 
-    /// A call sent at `sent` ended (or was abandoned): one fewer in flight, one RTT sample.
-    pub fn finish(&self, sent: Instant) {
+    /// A call sent at `sent` was answered (`answered`: with a response or an error) or
+    /// abandoned by its caller (a hedge won, the search ended): one fewer in flight. An answer
+    /// is an RTT sample and ends the node's silence; an abandoned call's age is a lower bound
+    /// only (it raises the estimate, never lowers it) and starts a silence, if none is running.
+    pub fn finish(&self, sent: Instant, answered: bool) {
         let now = Instant::now();
+        let silence_ends = self.shared.config.suspect_for;
         let mut cell = self.lock();
         cell.pending = cell.pending.saturating_sub(1);
         if let Some(count) = cell.in_flight.get_mut(&sent) {
@@ -292,7 +307,17 @@ impl NodeHealth {
                 cell.in_flight.remove(&sent);
             }
         }
-        cell.ewma.observe(now.saturating_duration_since(sent), now);
+        let age = now.saturating_duration_since(sent);
+        if answered {
+            cell.ewma.observe(age, now);
+            cell.silent_since = None;
+        } else {
+            cell.ewma.observe_at_least(age, now);
+            cell.silent_since = match cell.silent_since {
+                Some(since) if now.saturating_duration_since(since) < silence_ends => Some(since.min(sent)),
+                _ => Some(sent),
+            };
+        }
     }
 
     /// The balancer's view of the node now.
@@ -302,9 +327,18 @@ impl NodeHealth {
         let recently_failed = cell.consecutive_failures > 0
             && cell.last_failure.is_some_and(|t| now.saturating_duration_since(t) < self.shared.config.suspect_for);
         // A call still in flight is a sample not yet taken: a frozen node's estimate would only
-        // rise when its calls end, so its oldest call's age bounds the estimate from below.
-        let oldest = cell.in_flight.keys().next().map_or(0.0, |sent| nanos(now.saturating_duration_since(*sent)));
-        let rtt = cell.ewma.estimate_at(now).max(oldest);
+        // rise when its calls end, so its oldest call's age bounds the estimate from below. So
+        // does a silence: a frozen node's calls are abandoned when their hedges win, at about
+        // the hedge delay, and an estimate of that age would keep drawing reads to it (each one
+        // spending a hedge) until heartbeats call it suspect. A silence counts for as long as a
+        // failure does (`suspect_for`); then the node gets a fresh chance.
+        let age = |since: Instant| nanos(now.saturating_duration_since(since));
+        let oldest = cell.in_flight.keys().next().map_or(0.0, |sent| age(*sent));
+        let silent = cell
+            .silent_since
+            .filter(|since| now.saturating_duration_since(*since) < self.shared.config.suspect_for)
+            .map_or(0.0, age);
+        let rtt = cell.ewma.estimate_at(now).max(oldest).max(silent);
         rank(cell.breaker.state(), self.shared.clock.now(), recently_failed, rtt, cell.pending)
     }
 
@@ -361,6 +395,7 @@ impl HealthBook {
             ewma: PeakEwma::new(self.shared.config.default_rtt, self.shared.config.decay, Instant::now()),
             pending: 0,
             in_flight: BTreeMap::new(),
+            silent_since: None,
         };
         Arc::new(NodeHealth { node: node.to_owned(), shared: self.shared.clone(), cell: Mutex::new(cell) })
     }

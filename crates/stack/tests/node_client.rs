@@ -265,6 +265,23 @@ async fn a_refusing_replica_is_retried_around_and_every_call_succeeds() {
     assert!(bad.searches() >= 1);
 }
 
+/// Group reads fill the hedge histogram (one-second periods) of a client of replicas `good`
+/// and `frozen` of group `g`; reads pinned to each replica give both an RTT estimate
+/// (sequential group reads alone would stick to whichever was measured first).
+async fn warm_up(client: &NodeClient) {
+    let warm_up = Instant::now();
+    let mut warm_calls = 0;
+    while warm_up.elapsed() < Duration::from_millis(1200) {
+        for target in [Target::Node("good".into()), Target::Node("frozen".into()), Target::Group("g".into())] {
+            let mut call = search("g", Duration::from_secs(5));
+            call.target = target;
+            client.clone().oneshot(call).await.expect("healthy replicas answer");
+        }
+        warm_calls += 1;
+    }
+    assert!(warm_calls >= 40, "enough latencies for the histogram: {warm_calls}");
+}
+
 #[tokio::test]
 async fn a_frozen_replica_is_hedged_around_well_before_the_deadline() {
     let good = Agent::start(OK).await;
@@ -279,19 +296,7 @@ async fn a_frozen_replica_is_hedged_around_well_before_the_deadline() {
         HealthConfig::default(),
         config,
     );
-    // Warm up: group reads fill the hedge histogram; reads pinned to each replica give both an
-    // RTT estimate (sequential group reads alone would stick to whichever was measured first).
-    let warm_up = Instant::now();
-    let mut warm_calls = 0;
-    while warm_up.elapsed() < Duration::from_millis(1200) {
-        for target in [Target::Node("good".into()), Target::Node("frozen".into()), Target::Group("g".into())] {
-            let mut call = search("g", Duration::from_secs(5));
-            call.target = target;
-            client.clone().oneshot(call).await.expect("healthy replicas answer");
-        }
-        warm_calls += 1;
-    }
-    assert!(warm_calls >= 40, "enough latencies for the histogram: {warm_calls}");
+    warm_up(&client).await;
 
     frozen.behaviour.mode.store(FREEZE, Ordering::SeqCst);
     let before = frozen.searches();
@@ -318,6 +323,62 @@ async fn a_frozen_replica_is_hedged_around_well_before_the_deadline() {
     }
     assert!(hedged >= 1, "some first attempts went to the frozen replica and were hedged");
     assert!(frozen.searches() > before);
+}
+
+/// Regression: a frozen replica's calls were abandoned when their hedges won, at about the hedge
+/// delay, and that age became its RTT estimate: not much worse than its busy sibling, so it
+/// kept drawing first attempts, each spending a hedge from the shared budget until heartbeats
+/// called it suspect (a partition test once exhausted the budget and a read waited for its
+/// deadline). Now its silence counts, and it draws no first attempt once it has been silent
+/// for a moment.
+#[tokio::test]
+async fn regression_a_replica_that_stopped_answering_draws_no_more_first_attempts() {
+    let good = Agent::start(OK).await;
+    let frozen = Agent::start(OK).await;
+    let config = ClientConfig {
+        hedge: HedgeConfig { period: Duration::from_secs(1), ..HedgeConfig::default() },
+        ..Default::default()
+    };
+    let (_tx, client) = client(
+        directory(&[("good", &good, "g", true), ("frozen", &frozen, "g", true)]),
+        HealthConfig::default(),
+        config,
+    );
+    warm_up(&client).await;
+
+    frozen.behaviour.mode.store(FREEZE, Ordering::SeqCst);
+    let frozen_at = Instant::now();
+    let mut workers = tokio::task::JoinSet::new();
+    for _ in 0..8 {
+        let client = client.clone();
+        workers.spawn(async move {
+            let mut calls = Vec::new();
+            while frozen_at.elapsed() < Duration::from_millis(1500) {
+                let call = search("g", Duration::from_secs(5));
+                let started = Instant::now();
+                let result = client.clone().oneshot(call.clone()).await;
+                calls.push((started - frozen_at, started.elapsed(), result, call.attempts.snapshot()));
+            }
+            calls
+        });
+    }
+    let calls: Vec<_> = workers.join_all().await.into_iter().flatten().collect();
+    let mut early = 0;
+    for (started, took, result, attempts) in &calls {
+        let answer = result.as_ref().unwrap_or_else(|e| panic!("answered: {e:?} {attempts:?}"));
+        assert_eq!(answer.node, "good", "{attempts:?}");
+        assert!(*took < Duration::from_secs(1), "the frozen replica did not cost the deadline: {took:?}");
+        if attempts[0].node == "frozen" {
+            assert!(
+                *started < Duration::from_millis(500),
+                "a first attempt went to the replica silent for {started:?}: {attempts:?}"
+            );
+            early += 1;
+        }
+    }
+    assert!(calls.len() >= 100, "reads ran while the replica was frozen: {}", calls.len());
+    assert!(early >= 1, "some first attempts went to the frozen replica before it was known silent");
+    println!("{} reads, {early} first attempts on the frozen replica, all in its first 500 ms", calls.len());
 }
 
 #[tokio::test]
