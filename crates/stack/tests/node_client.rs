@@ -265,9 +265,26 @@ async fn a_refusing_replica_is_retried_around_and_every_call_succeeds() {
     assert!(bad.searches() >= 1);
 }
 
-/// Group reads fill the hedge histogram (one-second periods) of a client of replicas `good`
-/// and `frozen` of group `g`; reads pinned to each replica give both an RTT estimate
-/// (sequential group reads alone would stick to whichever was measured first).
+/// Two healthy replicas `good` and `frozen` of group `g`, and a client warmed up for hedging.
+async fn warm_pair() -> (Agent, Agent, watch::Sender<Arc<Directory>>, NodeClient) {
+    let good = Agent::start(OK).await;
+    let frozen = Agent::start(OK).await;
+    // One-second histogram periods, so that the histogram is warm after a second of calls.
+    let config = ClientConfig {
+        hedge: HedgeConfig { period: Duration::from_secs(1), ..HedgeConfig::default() },
+        ..Default::default()
+    };
+    let (tx, client) = client(
+        directory(&[("good", &good, "g", true), ("frozen", &frozen, "g", true)]),
+        HealthConfig::default(),
+        config,
+    );
+    warm_up(&client).await;
+    (good, frozen, tx, client)
+}
+
+/// Group reads fill the hedge histogram of `client`; reads pinned to each replica give both an
+/// RTT estimate (sequential group reads alone would stick to whichever was measured first).
 async fn warm_up(client: &NodeClient) {
     let warm_up = Instant::now();
     let mut warm_calls = 0;
@@ -284,19 +301,7 @@ async fn warm_up(client: &NodeClient) {
 
 #[tokio::test]
 async fn a_frozen_replica_is_hedged_around_well_before_the_deadline() {
-    let good = Agent::start(OK).await;
-    let frozen = Agent::start(OK).await;
-    // One-second histogram periods, so that the histogram is warm after a second of calls.
-    let config = ClientConfig {
-        hedge: HedgeConfig { period: Duration::from_secs(1), ..HedgeConfig::default() },
-        ..Default::default()
-    };
-    let (_tx, client) = client(
-        directory(&[("good", &good, "g", true), ("frozen", &frozen, "g", true)]),
-        HealthConfig::default(),
-        config,
-    );
-    warm_up(&client).await;
+    let (_good, frozen, _tx, client) = warm_pair().await;
 
     frozen.behaviour.mode.store(FREEZE, Ordering::SeqCst);
     let before = frozen.searches();
@@ -333,18 +338,7 @@ async fn a_frozen_replica_is_hedged_around_well_before_the_deadline() {
 /// for a moment.
 #[tokio::test]
 async fn regression_a_replica_that_stopped_answering_draws_no_more_first_attempts() {
-    let good = Agent::start(OK).await;
-    let frozen = Agent::start(OK).await;
-    let config = ClientConfig {
-        hedge: HedgeConfig { period: Duration::from_secs(1), ..HedgeConfig::default() },
-        ..Default::default()
-    };
-    let (_tx, client) = client(
-        directory(&[("good", &good, "g", true), ("frozen", &frozen, "g", true)]),
-        HealthConfig::default(),
-        config,
-    );
-    warm_up(&client).await;
+    let (_good, frozen, _tx, client) = warm_pair().await;
 
     frozen.behaviour.mode.store(FREEZE, Ordering::SeqCst);
     let frozen_at = Instant::now();
