@@ -31,7 +31,9 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
+use std::hash::BuildHasher as _;
 use std::mem;
+use std::sync::{Arc, Mutex};
 
 use tantivy::tokenizer::{
     LowerCaser, RemoveLongFilter, SimpleTokenizer, StopWordFilter, TextAnalyzer, Token, TokenFilter, TokenStream,
@@ -188,6 +190,10 @@ impl Profile {
 
     /// The tantivy analyzer of this profile (see the module docs for the chain).
     pub fn text_analyzer(&self) -> TextAnalyzer {
+        self.analyzer(true)
+    }
+
+    fn analyzer(&self, memo: bool) -> TextAnalyzer {
         let mut builder = TextAnalyzer::builder(SimpleTokenizer::default())
             .filter(RemoveLongFilter::limit(MAX_TOKEN_BYTES))
             .filter(LowerCaser)
@@ -198,7 +204,7 @@ impl Profile {
             builder = builder.filter_dynamic(filter);
         }
         if let Some(algorithm) = self.stemming.algorithm() {
-            builder = builder.filter_dynamic(SnowballFilter { algorithm });
+            builder = builder.filter_dynamic(SnowballFilter { algorithm, memo: memo.then(|| StemMemo::of(algorithm)) });
         }
         builder.build()
     }
@@ -382,58 +388,63 @@ pub(crate) fn text_field_names(profile: &Profile, default: &Profile) -> (String,
     }
 }
 
+/// Shards of a stem memo (one lock each).
+const STEM_MEMO_SHARDS: usize = 8;
+/// Words one shard remembers the stem of; it is emptied when full.
+const STEM_MEMO_SHARD_WORDS: usize = 1024;
+
 /// A token filter applying a Snowball stemmer (like tantivy's `Stemmer`, for any frostem
-/// algorithm, Porter included).
-#[derive(Clone, Copy)]
+/// algorithm, Porter included), through the process's [`StemMemo`] of that stemmer, if any.
+#[derive(Clone)]
 struct SnowballFilter {
     algorithm: frostem::Algorithm,
+    memo: Option<Arc<StemMemo>>,
 }
 
 impl TokenFilter for SnowballFilter {
     type Tokenizer<T: Tokenizer> = SnowballTokenizer<T>;
 
     fn transform<T: Tokenizer>(self, tokenizer: T) -> SnowballTokenizer<T> {
-        SnowballTokenizer { algorithm: self.algorithm, inner: tokenizer }
+        SnowballTokenizer { algorithm: self.algorithm, memo: self.memo, inner: tokenizer }
     }
 }
 
 #[derive(Clone)]
 struct SnowballTokenizer<T> {
     algorithm: frostem::Algorithm,
+    memo: Option<Arc<StemMemo>>,
     inner: T,
 }
 
 impl<T: Tokenizer> Tokenizer for SnowballTokenizer<T> {
-    type TokenStream<'a> = SnowballStream<T::TokenStream<'a>>;
+    type TokenStream<'a> = SnowballStream<'a, T::TokenStream<'a>>;
 
     fn token_stream<'a>(&'a mut self, text: &'a str) -> Self::TokenStream<'a> {
         SnowballStream {
             tail: self.inner.token_stream(text),
             stemmer: frostem::Stemmer::new(self.algorithm),
+            memo: self.memo.as_deref(),
             buffer: String::new(),
         }
     }
 }
 
-struct SnowballStream<T> {
+struct SnowballStream<'a, T> {
     tail: T,
     stemmer: frostem::Stemmer,
+    memo: Option<&'a StemMemo>,
     buffer: String,
 }
 
-impl<T: TokenStream> TokenStream for SnowballStream<T> {
+impl<T: TokenStream> TokenStream for SnowballStream<'_, T> {
     fn advance(&mut self) -> bool {
         if !self.tail.advance() {
             return false;
         }
         let token = self.tail.token_mut();
-        match self.stemmer.stem(&token.text) {
-            std::borrow::Cow::Owned(stemmed) => token.text = stemmed,
-            std::borrow::Cow::Borrowed(stemmed) => {
-                self.buffer.clear();
-                self.buffer.push_str(stemmed);
-                mem::swap(&mut token.text, &mut self.buffer);
-            }
+        match self.memo {
+            Some(memo) => memo.stem(&self.stemmer, &mut token.text),
+            None => stem_in_place(&self.stemmer, &mut token.text, &mut self.buffer),
         }
         true
     }
@@ -447,6 +458,78 @@ impl<T: TokenStream> TokenStream for SnowballStream<T> {
     }
 }
 
+/// Replaces `word` by its stem; `buffer` is spare room for a stem that borrows from `word`.
+fn stem_in_place(stemmer: &frostem::Stemmer, word: &mut String, buffer: &mut String) {
+    match stemmer.stem(word) {
+        std::borrow::Cow::Owned(stemmed) => *word = stemmed,
+        std::borrow::Cow::Borrowed(stemmed) => {
+            buffer.clear();
+            buffer.push_str(stemmed);
+            mem::swap(word, buffer);
+        }
+    }
+}
+
+/// Recent stems of one stemmer, shared by every analyzer of the process that uses it.
+///
+/// Stemming a word costs a few hundred nanoseconds, and an agent stems every word of every hit
+/// it builds a snippet for (tantivy's snippet generator analyses the hit's whole text), besides
+/// every word it indexes or reads in a query: in a profile of an agent's searches, stemming was
+/// 14 % of its CPU. Words follow Zipf's law, so a small memo answers most of them: up to
+/// [`STEM_MEMO_SHARDS`] × [`STEM_MEMO_SHARD_WORDS`] words of at most 40 bytes (tokens are cut
+/// there), well under 1 MiB, each shard forgetting all its words when full. It is one per
+/// process, not one per thread, because an agent's searches run on as many blocking threads as
+/// it has searches in flight (a memo per thread cost 8 MiB at 16 concurrent searches). The
+/// maps are seeded per process (foldhash), so text cannot be written to make lookups collide.
+struct StemMemo {
+    hasher: foldhash::fast::RandomState,
+    shards: [Mutex<foldhash::HashMap<Box<str>, Box<str>>>; STEM_MEMO_SHARDS],
+}
+
+impl StemMemo {
+    /// The process's memo of `algorithm`.
+    fn of(algorithm: frostem::Algorithm) -> Arc<StemMemo> {
+        static MEMOS: Mutex<Vec<(frostem::Algorithm, Arc<StemMemo>)>> = Mutex::new(Vec::new());
+        let mut memos = MEMOS.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        if let Some((_, memo)) = memos.iter().find(|(known, _)| *known == algorithm) {
+            return memo.clone();
+        }
+        let memo = Arc::new(StemMemo { hasher: Default::default(), shards: Default::default() });
+        memos.push((algorithm, memo.clone()));
+        memo
+    }
+
+    /// Replaces `word` by its stem under `stemmer` (this memo's algorithm).
+    fn stem(&self, stemmer: &frostem::Stemmer, word: &mut String) {
+        let shard = &self.shards[(self.hasher.hash_one(word.as_str()) % STEM_MEMO_SHARDS as u64) as usize];
+        let lock = || shard.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        if let Some(stem) = lock().get(word.as_str()) {
+            word.clear();
+            word.push_str(stem);
+            return;
+        }
+        let stem: Box<str> = stemmer.stem(word).into();
+        let original = mem::replace(word, stem.to_string());
+        let mut table = lock();
+        if table.len() >= STEM_MEMO_SHARD_WORDS {
+            table.clear();
+        }
+        table.insert(original.into_boxed_str(), stem);
+    }
+
+    /// Words remembered now.
+    #[cfg(test)]
+    fn len(&self) -> usize {
+        self.shards.iter().map(|shard| shard.lock().map_or(0, |table| table.len())).sum()
+    }
+}
+
+/// The analyzer of `profile` without the stem memo: the baseline of the `analysis` bench.
+#[doc(hidden)]
+pub fn text_analyzer_without_stem_memo(profile: &Profile) -> TextAnalyzer {
+    profile.analyzer(false)
+}
+
 #[cfg(test)]
 mod tests {
     use tantivy::tokenizer::TokenizerManager;
@@ -458,7 +541,10 @@ mod tests {
         connections généralement 42nd";
 
     fn tantivy_terms(name: &str, text: &str) -> Vec<String> {
-        let mut analyzer = TokenizerManager::default().get(name).expect("builtin tokenizer");
+        all_terms(&mut TokenizerManager::default().get(name).expect("builtin tokenizer"), text)
+    }
+
+    fn all_terms(analyzer: &mut TextAnalyzer, text: &str) -> Vec<String> {
         let mut stream = analyzer.token_stream(text);
         let mut terms = Vec::new();
         while stream.advance() {
@@ -520,6 +606,41 @@ mod tests {
         assert!(!Bm25Params::new(0.9, 0.4).expect("valid").is_tantivy_default());
         for (k1, b) in [(-0.1, 0.5), (11.0, 0.5), (f32::NAN, 0.5), (1.2, 1.5), (1.2, -0.01), (1.2, f32::INFINITY)] {
             assert!(Bm25Params::new(k1, b).is_err(), "k1={k1} b={b}");
+        }
+    }
+
+    #[test]
+    fn the_stem_memo_changes_no_term_when_full_or_shared_by_stemmers() {
+        let english = Profile::default();
+        let porter = Profile { stemming: Stemming::Snowball("porter"), stop_words: StopWords::None };
+        // More distinct words than the memo holds, so that it is emptied midway, with words
+        // whose English and Porter stems differ ("generously": "generous" and "gener").
+        let mut text = String::from("generously generously running");
+        for i in 0..(2 * STEM_MEMO_SHARDS * STEM_MEMO_SHARD_WORDS) {
+            text.push_str(&format!(" relational{i}ly connections hopefulness{i}"));
+        }
+        for profile in [english, porter] {
+            let fresh = all_terms(&mut text_analyzer_without_stem_memo(&profile), &text);
+            assert_eq!(all_terms(&mut profile.text_analyzer(), &text), fresh, "{}", profile.name());
+            // Again, now from a memo that holds the words.
+            assert_eq!(all_terms(&mut profile.text_analyzer(), &text), fresh, "{}", profile.name());
+        }
+        assert_ne!(analyze(&english, "generously"), analyze(&porter, "generously"), "the stemmers differ here");
+        for algorithm in [frostem::Algorithm::English, frostem::Algorithm::Porter] {
+            let remembered = StemMemo::of(algorithm).len();
+            assert!(remembered > 0 && remembered <= STEM_MEMO_SHARDS * STEM_MEMO_SHARD_WORDS, "bounded: {remembered}");
+        }
+        assert!(Arc::ptr_eq(&StemMemo::of(frostem::Algorithm::English), &StemMemo::of(frostem::Algorithm::English)));
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn memoized_stems_are_the_stemmers_own(words in proptest::collection::vec("[a-zA-Z\u{e0}-\u{ff}]{1,14}", 1..40)) {
+            let text = words.join(" ");
+            for profile in [Profile::default(), Profile { stemming: Stemming::Snowball("porter"), stop_words: StopWords::English }] {
+                let fresh = all_terms(&mut text_analyzer_without_stem_memo(&profile), &text);
+                proptest::prop_assert_eq!(all_terms(&mut profile.text_analyzer(), &text), fresh);
+            }
         }
     }
 }

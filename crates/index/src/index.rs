@@ -25,7 +25,7 @@ mod bm25;
 pub(crate) mod stats;
 pub(crate) mod summary;
 
-use crate::analysis::{AnalysisSettings, DEFAULT_PROFILE_NAME, IndexAnalysis, Profile, text_field_names};
+use crate::analysis::{AnalysisSettings, IndexAnalysis, Profile, text_field_names};
 use crate::document::{collection_problem, validate_batch_len, validate_document, validate_ref};
 use crate::position::{Applied, AppliedLog, LogPosition, Step, check_position};
 use crate::{CollectionCount, DocRef, Document, IndexError, SearchHit, SearchQuery, SearchResults, Writer};
@@ -395,11 +395,10 @@ impl DocumentIndex {
         let fields = Fields::from_schema(&index.schema())
             .map_err(|reason| IndexError::UnknownSchema { path: path.clone(), reason })?;
         check_pairs_exist(&path, &fields, &analysis)?;
+        // The default profile's name is tantivy's built-in `en_stem`, which ours replaces: the
+        // same terms (the `default_profile_is_tantivys_en_stem` test), with the stem memo.
         for pair in &fields.pairs {
-            let name = pair.profile.name();
-            if name != DEFAULT_PROFILE_NAME {
-                index.tokenizers().register(&name, pair.profile.text_analyzer());
-            }
+            index.tokenizers().register(&pair.profile.name(), pair.profile.text_analyzer());
         }
         let owner_lock = index
             .directory()
