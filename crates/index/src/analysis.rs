@@ -477,7 +477,7 @@ fn stem_in_place(stemmer: &frostem::Stemmer, word: &mut String, buffer: &mut Str
 /// every word it indexes or reads in a query: in a profile of an agent's searches, stemming was
 /// 14 % of its CPU. Words follow Zipf's law, so a small memo answers most of them: up to
 /// [`STEM_MEMO_SHARDS`] × [`STEM_MEMO_SHARD_WORDS`] words of at most 40 bytes (tokens are cut
-/// there), well under 1 MiB, each shard forgetting all its words when full. It is one per
+/// there), about 1 MiB per stemmer in use, each shard forgetting all its words when full. It is one per
 /// process, not one per thread, because an agent's searches run on as many blocking threads as
 /// it has searches in flight (a memo per thread cost 8 MiB at 16 concurrent searches). The
 /// maps are seeded per process (foldhash), so text cannot be written to make lookups collide.
