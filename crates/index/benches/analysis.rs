@@ -1,4 +1,4 @@
-//! Cost of analysing text with a profile's analyzer, with this thread's stem memo (what indexing,
+//! Cost of analysing text with a profile's analyzer, with the process's stem memo (what indexing,
 //! query parsing and snippets use) against the same chain stemming every word afresh, side by
 //! side in one run: rounds alternate between the two over the same documents, and the run
 //! checks first that both give the same terms.

@@ -195,6 +195,14 @@ struct Cell {
     silent_since: Option<Instant>,
 }
 
+impl Cell {
+    /// When the node's silence began, if one is still running at `now`: it is forgotten
+    /// `forget_after` its start.
+    fn silence(&self, now: Instant, forget_after: Duration) -> Option<Instant> {
+        self.silent_since.filter(|since| now.saturating_duration_since(*since) < forget_after)
+    }
+}
+
 #[derive(Debug)]
 struct Shared {
     config: HealthConfig,
@@ -313,10 +321,7 @@ impl NodeHealth {
             cell.silent_since = None;
         } else {
             cell.ewma.observe_at_least(age, now);
-            cell.silent_since = match cell.silent_since {
-                Some(since) if now.saturating_duration_since(since) < silence_ends => Some(since.min(sent)),
-                _ => Some(sent),
-            };
+            cell.silent_since = Some(cell.silence(now, silence_ends).map_or(sent, |since| since.min(sent)));
         }
     }
 
@@ -334,10 +339,7 @@ impl NodeHealth {
         // failure does (`suspect_for`); then the node gets a fresh chance.
         let age = |since: Instant| nanos(now.saturating_duration_since(since));
         let oldest = cell.in_flight.keys().next().map_or(0.0, |sent| age(*sent));
-        let silent = cell
-            .silent_since
-            .filter(|since| now.saturating_duration_since(*since) < self.shared.config.suspect_for)
-            .map_or(0.0, age);
+        let silent = cell.silence(now, self.shared.config.suspect_for).map_or(0.0, age);
         let rtt = cell.ewma.estimate_at(now).max(oldest).max(silent);
         rank(cell.breaker.state(), self.shared.clock.now(), recently_failed, rtt, cell.pending)
     }
