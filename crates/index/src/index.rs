@@ -22,6 +22,7 @@ use tantivy::{
 
 pub(crate) mod backup;
 mod bm25;
+mod idle;
 pub(crate) mod stats;
 pub(crate) mod summary;
 
@@ -477,25 +478,6 @@ impl DocumentIndex {
         self.lock_writer_uncounted().writer.is_some()
     }
 
-    /// Drops the writer, its indexing threads and the memory they hold, after waiting for its
-    /// background merges, unless a write took it after [`DocumentIndex::writer_uses`] returned
-    /// `seen` (pass `None` to release regardless). Every write commits before it lets the
-    /// writer go, so nothing is pending here and durability is untouched; the next write
-    /// creates a writer again. Returns whether a writer was released.
-    pub fn release_writer(&self, seen: Option<u64>) -> bool {
-        let mut state = self.lock_writer_uncounted();
-        if seen.is_some_and(|seen| seen != self.writer_uses()) {
-            return false; // written since: not idle
-        }
-        let Some(writer) = state.writer.take() else { return false };
-        if let Err(err) = writer.wait_merging_threads() {
-            // The segments a failed merge meant to replace are still in place and committed.
-            tracing::warn!(error = %err, "index writer merge failed while releasing the writer");
-        }
-        tracing::debug!(index.generation = state.generation, "index writer released");
-        true
-    }
-
     /// The directory this index lives in.
     pub fn path(&self) -> &Path {
         &self.path
@@ -754,10 +736,7 @@ impl DocumentIndex {
             index_writer.merge(&before).wait().map_err(IndexError::tantivy("merge segments"))?;
         }
         index_writer.garbage_collect_files().wait().map_err(IndexError::tantivy("remove unused files"))?;
-        self.reader.reload().map_err(IndexError::tantivy("reload reader after compaction"))?;
-        let mut snapshot = self.snapshot.write().unwrap_or_else(PoisonError::into_inner);
-        snapshot.searcher = self.reader.searcher();
-        drop(snapshot);
+        self.publish_merged_segments()?;
         let after = segments()?.len();
         tracing::info!(segments.before = before.len(), segments.after = after, "index compacted");
         Ok((before.len(), after))
