@@ -142,6 +142,8 @@ async fn metrics_pass_promtool_and_move_across_a_search_a_killed_agent_and_a_rat
         assert_eq!(agent.get(node_search) - agents_before[i].get(node_search), 1.0, "{node}");
         assert_eq!(agent.must("ragmesh_index_documents"), 4.0, "{node}");
         assert_eq!(agent.must("ragmesh_index_generation"), generations[i] as f64, "{node}");
+        let segments = agent.must("ragmesh_index_segments");
+        assert!((1.0..=4.0).contains(&segments), "{node}: 4 documents written in at most 4 segments, not {segments}");
         let expiry = agent.must("ragmesh_tls_certificate_expiry_seconds");
         assert!(expiry > 86_400.0, "{node}: the test certificate is valid for days, not {expiry} s");
         if let Some(promtool) = &promtool {

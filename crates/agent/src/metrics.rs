@@ -1,5 +1,6 @@
-//! The agent's own Prometheus series, read at scrape time from its index: documents and
-//! generation (`ragmesh_index_documents`, `ragmesh_index_generation`). Its request metrics are
+//! The agent's own Prometheus series, read at scrape time from its index: documents, generation
+//! and segments (`ragmesh_index_documents`, `ragmesh_index_generation`,
+//! `ragmesh_index_segments`). Its request metrics are
 //! the gRPC server series (`ragmesh_stack::metrics`), its certificate's expiry is
 //! `ragmesh_tls_certificate_expiry_seconds`.
 
@@ -25,6 +26,17 @@ impl Collector for IndexCollector {
         documents.encode(&mut encoder, "ragmesh_index_documents", "Documents in this agent's index")?;
         let generation = Gauges::default();
         generation.set(Vec::new(), index.generation() as f64);
-        generation.encode(&mut encoder, "ragmesh_index_generation", "Generation of this agent's index (one per commit)")
+        generation.encode(
+            &mut encoder,
+            "ragmesh_index_generation",
+            "Generation of this agent's index (one per commit)",
+        )?;
+        let segments = Gauges::default();
+        segments.set(Vec::new(), index.segment_count() as f64);
+        segments.encode(
+            &mut encoder,
+            "ragmesh_index_segments",
+            "Segments of this agent's index that searches go through (merged when writes stop)",
+        )
     }
 }

@@ -1,6 +1,8 @@
 //! Releases the index writer (its indexing threads and the memory they keep) once no write has
-//! taken it for a while: an idle agent then holds only its reader. The next write creates the
-//! writer again; every write still commits before it is acknowledged.
+//! taken it for a while, after the index merged its segments of similar size (see
+//! `DocumentIndex::release_writer`): an idle agent then holds only its reader, and searches go
+//! through fewer segments. The next write creates the writer again; every write still commits
+//! before it is acknowledged.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -21,7 +23,8 @@ pub async fn release_idle_writer(index: Arc<DocumentIndex>, idle: Duration, stop
         let uses = index.writer_uses();
         if uses == seen {
             let index = Arc::clone(&index);
-            // Blocking: it takes the writer lock and waits for the writer's merges to end.
+            // Blocking: it takes the writer lock, waits for the writer's merges to end and
+            // merges the segments of similar size.
             let release = move || {
                 let released = index.release_writer(Some(uses));
                 if released {

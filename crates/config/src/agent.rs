@@ -89,9 +89,10 @@ pub struct AgentArgs {
     #[arg(long, env = "RAGMESH_WRITER_HEAP_BYTES", value_name = "BYTES")]
     pub writer_heap_bytes: Option<usize>,
     /// Release the index writer (its threads and the memory they keep) after this long without
-    /// a write; the next write creates it again, in a few milliseconds. Every write is still
-    /// committed before it is acknowledged. 0 keeps the writer for the agent's life. Range 0 or
-    /// 100 to 86400000 [default: 30000]
+    /// a write, first merging the index's segments of similar size (searches then cost less);
+    /// the next write creates it again, in a few milliseconds. Every write is still committed
+    /// before it is acknowledged. 0 keeps the writer for the agent's life (and merges only as
+    /// ingest does). Range 0 or 100 to 86400000 [default: 30000]
     #[arg(long, env = "RAGMESH_WRITER_IDLE_RELEASE_MS", value_name = "MS")]
     pub writer_idle_release_ms: Option<u64>,
     /// Trace export over OTLP
