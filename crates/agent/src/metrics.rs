@@ -21,22 +21,24 @@ pub struct IndexCollector {
 impl Collector for IndexCollector {
     fn encode(&self, mut encoder: DescriptorEncoder<'_>) -> Result<(), std::fmt::Error> {
         let Some(index) = self.index.get() else { return Ok(()) };
-        let documents = Gauges::default();
-        documents.set(Vec::new(), index.doc_count() as f64);
-        documents.encode(&mut encoder, "ragmesh_index_documents", "Documents in this agent's index")?;
-        let generation = Gauges::default();
-        generation.set(Vec::new(), index.generation() as f64);
-        generation.encode(
-            &mut encoder,
-            "ragmesh_index_generation",
-            "Generation of this agent's index (one per commit)",
-        )?;
-        let segments = Gauges::default();
-        segments.set(Vec::new(), index.segment_count() as f64);
-        segments.encode(
-            &mut encoder,
-            "ragmesh_index_segments",
-            "Segments of this agent's index that searches go through (merged when writes stop)",
-        )
+        let series = [
+            ("ragmesh_index_documents", "Documents in this agent's index", index.doc_count() as f64),
+            (
+                "ragmesh_index_generation",
+                "Generation of this agent's index (one per commit)",
+                index.generation() as f64,
+            ),
+            (
+                "ragmesh_index_segments",
+                "Segments of this agent's index that searches go through (merged when writes stop)",
+                index.segment_count() as f64,
+            ),
+        ];
+        for (name, help, value) in series {
+            let gauge = Gauges::default();
+            gauge.set(Vec::new(), value);
+            gauge.encode(&mut encoder, name, help)?;
+        }
+        Ok(())
     }
 }
