@@ -116,12 +116,10 @@ async fn main() {
     let after_ingest = agents.map(memory);
 
     // The default agent lets its writer go between IDLE_MS and twice that after the last write.
-    let deadline = Instant::now() + Duration::from_millis(idle_ms as u64 * 2) + Duration::from_secs(30);
+    let within = Duration::from_millis(idle_ms as u64 * 2) + Duration::from_secs(30);
     for name in ["agent-3"] {
-        while !mesh.log(name).contains("index writer released after idle") {
-            assert!(Instant::now() < deadline, "{name} never released its writer:\n{}", mesh.log(name));
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        let released = mesh.wait_log(name, "index writer released after idle", 1, within).await;
+        assert!(released, "{name} never released its writer:\n{}", mesh.log(name));
     }
     tokio::time::sleep(Duration::from_millis(500)).await; // the release ends before it is logged
     let after_release = agents.map(memory);

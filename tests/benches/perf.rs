@@ -204,12 +204,9 @@ impl Bench {
         let deadline = Instant::now() + Duration::from_millis(idle_ms as u64 * 2) + Duration::from_secs(30);
         for i in 0..AGENTS {
             let name = self.mesh.agent_name(i);
-            while !self.mesh.log(&name).contains("index writer released after idle") {
-                if Instant::now() > deadline {
-                    println!("{name} did not report releasing its writer: measured as it is");
-                    break;
-                }
-                tokio::time::sleep(Duration::from_millis(100)).await;
+            let left = deadline.saturating_duration_since(Instant::now());
+            if !self.mesh.wait_log(&name, "index writer released after idle", 1, left).await {
+                println!("{name} did not report releasing its writer: measured as it is");
             }
         }
         let merged =

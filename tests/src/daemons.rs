@@ -251,6 +251,19 @@ impl ProcessMesh {
         std::fs::read_to_string(self.dir.path().join(format!("{name}.log"))).unwrap_or_default()
     }
 
+    /// Waits until daemon `name`'s log holds `line` at least `times` times, looking every 50 ms;
+    /// false when `within` passed first.
+    pub async fn wait_log(&self, name: &str, line: &str, times: usize, within: Duration) -> bool {
+        let deadline = Instant::now() + within;
+        while self.log(name).matches(line).count() < times {
+            if Instant::now() >= deadline {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        true
+    }
+
     /// The certificate files of `name`.
     pub fn tls(&self, name: &str) -> TlsFiles {
         let certs = self.dir.path().join("certs");

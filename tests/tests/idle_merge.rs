@@ -4,7 +4,7 @@
 //! batches leave several segments; once the agent logs the merge, a federated search gives the
 //! very same hits, scores and snippets, and the next write (on a writer created again) is found.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use ragmesh_e2e::daemons::ProcessMesh;
 use ragmesh_proto::v1;
@@ -41,11 +41,8 @@ fn documents(from: usize, to: usize) -> Vec<v1::Document> {
 
 /// Waits (bounded) until the agent's log holds `line` `times` times.
 async fn wait_log(mesh: &ProcessMesh, line: &str, times: usize) {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while mesh.log("agent-1").matches(line).count() < times {
-        assert!(Instant::now() < deadline, "agent-1 never logged {line:?} {times} times:\n{}", mesh.log("agent-1"));
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let logged = mesh.wait_log("agent-1", line, times, Duration::from_secs(60)).await;
+    assert!(logged, "agent-1 never logged {line:?} {times} times:\n{}", mesh.log("agent-1"));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -419,11 +419,8 @@ async fn a_collector_that_refuses_connections_changes_nothing_for_searches() {
     println!("20 searches with the collector down: {took:?}");
 
     // The failed exports (one batch every 100 ms here) are reported once, not once a batch.
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while !mesh.log("master").contains("cannot export spans") {
-        assert!(Instant::now() < deadline, "no export failure reported:\n{}", mesh.log("master"));
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let reported = mesh.wait_log("master", "cannot export spans", 1, Duration::from_secs(20)).await;
+    assert!(reported, "no export failure reported:\n{}", mesh.log("master"));
     let more = Instant::now() + Duration::from_millis(800);
     while Instant::now() < more {
         search(&mesh, None).await;
