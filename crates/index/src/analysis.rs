@@ -530,6 +530,18 @@ pub fn text_analyzer_without_stem_memo(profile: &Profile) -> TextAnalyzer {
     profile.analyzer(false)
 }
 
+/// Every term `analyzer` makes of `text`, uncapped (unlike [`analyze`]): how the `analysis`
+/// bench and the tests compare two analyzers.
+#[doc(hidden)]
+pub fn all_terms(analyzer: &mut TextAnalyzer, text: &str) -> Vec<String> {
+    let mut stream = analyzer.token_stream(text);
+    let mut terms = Vec::new();
+    while stream.advance() {
+        terms.push(stream.token().text.clone());
+    }
+    terms
+}
+
 #[cfg(test)]
 mod tests {
     use tantivy::tokenizer::TokenizerManager;
@@ -542,15 +554,6 @@ mod tests {
 
     fn tantivy_terms(name: &str, text: &str) -> Vec<String> {
         all_terms(&mut TokenizerManager::default().get(name).expect("builtin tokenizer"), text)
-    }
-
-    fn all_terms(analyzer: &mut TextAnalyzer, text: &str) -> Vec<String> {
-        let mut stream = analyzer.token_stream(text);
-        let mut terms = Vec::new();
-        while stream.advance() {
-            terms.push(stream.token().text.clone());
-        }
-        terms
     }
 
     #[test]
