@@ -285,10 +285,11 @@ impl ProcessMesh {
         self.channel().await
     }
 
-    /// Upserts `documents` into agent `i`'s index through the master.
-    pub async fn ingest(&self, i: usize, documents: Vec<v1::Document>) {
+    /// Upserts `documents` into agent `i`'s index through the master; returns the index
+    /// generation after the write.
+    pub async fn ingest(&self, i: usize, documents: Vec<v1::Document>) -> u64 {
         let request = v1::IngestDocumentsRequest { node: self.agent_name(i), documents, shard: String::new() };
-        self.client().await.ingest_documents(request).await.expect("ingest succeeds");
+        self.client().await.ingest_documents(request).await.expect("ingest succeeds").into_inner().generation
     }
 
     /// Issues an access token as the `client` operator; returns the access token.

@@ -27,15 +27,19 @@ pub async fn release_idle_writer(index: Arc<DocumentIndex>, idle: Duration, stop
             // merges the segments of similar size.
             let release = move || {
                 let released = index.release_writer(Some(uses));
-                if released {
+                if released.is_some() {
                     // The heaps' free tops go back to the system too (see ragmesh-malloc).
                     ragmesh_malloc::trim();
                 }
                 released
             };
             match tokio::task::spawn_blocking(release).await {
-                Ok(true) => tracing::info!(index.writer_idle_ms = idle_ms, "index writer released after idle"),
-                Ok(false) => {}
+                Ok(Some(generation)) => tracing::info!(
+                    index.generation = generation,
+                    index.writer_idle_ms = idle_ms,
+                    "index writer released after idle"
+                ),
+                Ok(None) => {}
                 Err(err) => tracing::error!(error = %err, "releasing the idle index writer failed"),
             }
         }

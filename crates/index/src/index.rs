@@ -1672,18 +1672,18 @@ mod tests {
         let (dir, index) = open_temp();
         index.upsert(vec![doc("c", "a", "", "before the release")]).expect("first write");
         let seen = index.writer_uses();
-        assert!(index.release_writer(Some(seen)), "idle since `seen`: released");
+        assert!(index.release_writer(Some(seen)).is_some(), "idle since `seen`: released");
         assert!(!index.writer_held());
-        assert!(!index.release_writer(None), "nothing left to release");
+        assert_eq!(index.release_writer(None), None, "nothing left to release");
         let err = DocumentIndex::open(dir.path()).expect_err("the owner lock outlives the writer");
         assert!(matches!(err, IndexError::Locked { .. }), "{err:?}");
 
         assert_eq!(index.upsert(vec![doc("c", "b", "", "after the release")]).expect("write again"), 2);
         assert!(index.writer_held());
-        assert!(!index.release_writer(Some(seen)), "written after `seen`: kept");
+        assert_eq!(index.release_writer(Some(seen)), None, "written after `seen`: kept");
         assert!(index.writer_held());
         assert_eq!(index.delete(vec![doc_ref("c", "a")]).expect("delete"), 3);
-        assert!(index.release_writer(None));
+        assert!(index.release_writer(None).is_some());
         assert_eq!(index.compact().expect("compact after a release").1, 1);
         drop(index);
         let reopened = DocumentIndex::open(dir.path()).expect("reopen");

@@ -35,20 +35,22 @@ impl DocumentIndex {
     /// writer, its indexing threads and the memory they hold, unless a write took the writer
     /// after [`DocumentIndex::writer_uses`] returned `seen` (pass `None` to go ahead
     /// regardless). Every write commits before it lets the writer go, so nothing is pending
-    /// here and durability is untouched; the next write creates a writer again. Returns whether
-    /// the writer was released: not when there was none, nor when a write came first.
-    pub fn release_writer(&self, seen: Option<u64>) -> bool {
-        let merges = {
+    /// here and durability is untouched; the next write creates a writer again. Returns the
+    /// generation the writer was released at; `None` when it was kept (there was none, or a
+    /// write came first).
+    pub fn release_writer(&self, seen: Option<u64>) -> Option<u64> {
+        let (merges, before, generation) = {
             let mut state = self.lock_writer_uncounted();
             if self.written_since(seen) {
-                return false;
+                return None;
             }
-            let Some(writer) = state.writer.take() else { return false };
+            let writer = state.writer.take()?;
             // The writer's own background merges end first, so the candidates below are
             // computed over settled segments and none of them is being merged already.
             finish_merges(writer);
             match start_idle_merges(&mut state) {
-                Ok(merges) if !merges.is_empty() => merges,
+                // Read under the lock: no write's segment is among them.
+                Ok(merges) if !merges.is_empty() => (merges, self.segment_count(), state.generation),
                 Ok(_) => return released(&state),
                 Err(err) => {
                     tracing::warn!(error = %err, "could not start merging the idle index's segments");
@@ -56,7 +58,6 @@ impl DocumentIndex {
                 }
             }
         };
-        let before = self.segment_count();
         let started = std::time::Instant::now();
         // Without the lock: a write may use the writer meanwhile (tantivy merges and commits
         // concurrently); it then keeps the writer below.
@@ -72,16 +73,20 @@ impl DocumentIndex {
         if let Err(err) = self.publish_merged_segments() {
             tracing::warn!(error = %err, "could not show the merged segments to searches");
         }
+        // A write during the merge keeps the writer; `segments.after` then counts its segments.
+        let written = self.written_since(seen);
         tracing::info!(
+            index.generation = generation,
             segments.before = before,
             segments.after = self.segment_count(),
             index.merge_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
+            index.written_during_merge = written,
             "idle index segments merged"
         );
-        if self.written_since(seen) {
-            return false; // a write came during the merge: it keeps the writer
+        if written {
+            return None;
         }
-        let Some(writer) = state.writer.take() else { return false };
+        let writer = state.writer.take()?;
         finish_merges(writer);
         released(&state)
     }
@@ -135,9 +140,9 @@ fn finish_merges(writer: IndexWriter) {
 }
 
 /// Logs a release; true.
-fn released(state: &WriterState) -> bool {
+fn released(state: &WriterState) -> Option<u64> {
     tracing::debug!(index.generation = state.generation, "index writer released");
-    true
+    Some(state.generation)
 }
 
 #[cfg(test)]
@@ -176,7 +181,7 @@ mod tests {
         assert!(before.iter().all(|hits| !hits.is_empty()), "{before:?}");
         let generation = index.generation();
 
-        assert!(index.release_writer(Some(index.writer_uses())), "idle: released");
+        assert_eq!(index.release_writer(Some(index.writer_uses())), Some(generation), "idle: released");
         assert!(!index.writer_held(), "the merge's writer is released too");
         assert_eq!(index.segment_count(), 1);
         assert_eq!(index.generation(), generation, "a merge changes no document");
@@ -208,14 +213,14 @@ mod tests {
         let (_dir, index) = open_temp();
         index.upsert(batch(0, 10_000)).expect("upsert");
         index.upsert(batch(10_000, 20_000)).expect("upsert");
-        assert!(index.release_writer(None));
+        assert!(index.release_writer(None).is_some());
         let large = segments(&index);
         assert_eq!(large.len(), 1, "segments of one size class are merged: {large:?}");
 
         for step in 0..3 {
             index.upsert(batch(20_000 + step * 2, 20_002 + step * 2)).expect("a small write");
         }
-        assert!(index.release_writer(None));
+        assert!(index.release_writer(None).is_some());
         let after = segments(&index);
         assert_eq!(after.len(), 2, "the small writes are merged together, not into the large one: {after:?}");
         assert_eq!(after[0], large[0], "the large segment is not rewritten");
@@ -231,7 +236,7 @@ mod tests {
         index.upsert(batch(10, 20)).expect("upsert");
         let before = segments(&index);
         assert!(before.len() > 1, "{before:?}");
-        assert!(!index.release_writer(Some(seen)), "written since: not idle");
+        assert_eq!(index.release_writer(Some(seen)), None, "written since: not idle");
         assert!(index.writer_held());
         assert_eq!(segments(&index), before, "nothing merged while writes go on");
     }
