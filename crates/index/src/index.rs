@@ -851,7 +851,7 @@ impl DocumentIndex {
             None => None,
             Some(stats) => {
                 let all = any_of(parts.iter().map(|part| part.parsed.box_clone()).collect());
-                Some(stats::GivenStatistics::for_query(stats, searcher.schema(), &*all)?)
+                Some(stats::GivenStatistics::for_query(stats, searcher.schema(), stats::starred(text), &*all)?)
             }
         };
         let scored_filters = given.is_none();

@@ -98,6 +98,7 @@ impl RoutingParser {
         QueryReading {
             parser: Arc::clone(self),
             parsed: self.parse(text),
+            starred: super::stats::starred(text),
             routing: OnceLock::new(),
             terms: OnceLock::new(),
         }
@@ -123,6 +124,8 @@ pub struct QueryReading {
     parser: Arc<RoutingParser>,
     /// `None`: a query `search` refuses (the nodes are asked anyway and report why).
     parsed: Option<Box<dyn Query>>,
+    /// Whether the text may hold a phrase prefix ([`super::stats::starred`]).
+    starred: bool,
     routing: OnceLock<RoutingQuery>,
     terms: OnceLock<Option<Vec<FieldTerm>>>,
 }
@@ -141,7 +144,7 @@ impl QueryReading {
         self.terms
             .get_or_init(|| {
                 let parsed = self.parsed.as_ref()?;
-                super::stats::sorted_terms(&self.parser.schema, parsed.as_ref()).ok()
+                super::stats::sorted_terms(&self.parser.schema, self.starred, parsed.as_ref()).ok()
             })
             .as_deref()
     }
@@ -645,6 +648,15 @@ mod tests {
         // "title:sun" and "cats AND NOT dogs" may match (sun is in a body; the summary ignores
         // exclusions): asked. The other four are proven absent.
         assert_eq!(skipped, 4);
+    }
+
+    #[test]
+    fn a_phrase_prefix_has_no_terms_to_gather_statistics_for() {
+        let parser = Arc::new(RoutingParser::new(&Profile::default()));
+        assert_eq!(parser.read(r#""radar echo"*"#).terms(), None);
+        assert_eq!(parser.read(r#"moon title:"radar echo"*"#).terms(), None);
+        let plain = parser.read(r#""radar echo" moon"#);
+        assert_eq!(plain.terms().map(<[_]>::len), Some(6), "three words in title and body: {:?}", plain.terms());
     }
 
     proptest! {
