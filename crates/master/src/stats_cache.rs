@@ -1,5 +1,5 @@
 //! The master's cache of BM25 statistics for the statistics phase of a global-BM25 search, kept
-//! per TERM: one entry per group replica, freshness stamp and caller scope,
+//! by TERM, in one entry per group replica, freshness stamp and caller scope:
 //! `(scope, group, node, profile, stamp)` → a [`Slot`] holding
 //!
 //! - the node's generation, its document count and the total tokens of every field it has
@@ -61,7 +61,8 @@ const CACHE_LABEL: &str = "statistics";
 const QUERY_KEY: u8 = 2;
 const SLOT_KEY: u8 = 5;
 
-/// Most terms one replica slot keeps (about 1 MiB at 64 bytes each).
+/// Most terms one replica slot keeps (about 1.5 MiB, at the weight of 80 bytes plus the text
+/// counted for each).
 pub(crate) const MAX_SLOT_TERMS: usize = 16_384;
 
 /// The query-text key of one target's whole statistics answer for `query`.
