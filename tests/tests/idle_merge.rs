@@ -50,6 +50,11 @@ async fn wait_log(mesh: &ProcessMesh, line: &str, times: usize) {
     assert!(logged, "agent-1 never logged {line:?} {times} times:\n{}", mesh.log("agent-1"));
 }
 
+/// The agent's log line of a writer released after idle at `generation`.
+fn released_at(generation: u64) -> String {
+    format!("index writer released after idle index.generation={generation} ")
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_agent_merges_its_segments_once_writes_stop_and_answers_the_same() {
     let mesh = ProcessMesh::builder().agents(1).agent_env(0, "RAGMESH_WRITER_IDLE_RELEASE_MS", "200").start().await;
@@ -64,11 +69,11 @@ async fn an_agent_merges_its_segments_once_writes_stop_and_answers_the_same() {
     }
     assert!(before.iter().all(|hits| !hits.is_empty()), "{before:?}");
 
-    let final_release = format!("index writer released after idle index.generation={generation} ");
+    let final_release = released_at(generation);
     wait_log(&mesh, &final_release, 1).await;
     let log = mesh.log("agent-1");
-    let released_at = log.find(&final_release).expect("the release line");
-    let merged = log[..released_at].lines().rev().find(|line| line.contains("idle index segments merged"));
+    let released = log.find(&final_release).expect("the release line");
+    let merged = log[..released].lines().rev().find(|line| line.contains("idle index segments merged"));
     let merged = merged.expect("a merge before the final release");
     assert!(
         merged.contains(&format!("index.generation={generation} "))
@@ -87,5 +92,5 @@ async fn an_agent_merges_its_segments_once_writes_stop_and_answers_the_same() {
     assert_eq!(written, generation + 1, "one more commit");
     let found = hits(&mesh, "\"run 1000\"").await;
     assert_eq!(found.iter().map(|hit| hit.2.as_str()).collect::<Vec<_>>(), ["d1000"], "{found:?}");
-    wait_log(&mesh, &format!("index writer released after idle index.generation={written} "), 1).await;
+    wait_log(&mesh, &released_at(written), 1).await;
 }

@@ -88,41 +88,17 @@ pub(crate) fn statistics_key(
     key.finish()
 }
 
-/// Where the term-level entries of one replica live.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct ReplicaSlot {
-    scope: Scope,
-    group: String,
-    node: String,
-    profile: String,
-    last: u64,
-    epoch: u64,
-}
-
-impl ReplicaSlot {
-    /// The slot of `node` of `group` for a caller of `scope` at the stamp in `freshness`.
-    pub(crate) fn new(scope: &Scope, group: &str, node: &str, profile: &Profile, freshness: &Freshness) -> Self {
-        ReplicaSlot {
-            scope: scope.clone(),
-            group: group.to_owned(),
-            node: node.to_owned(),
-            profile: profile.name(),
-            last: freshness.last(group),
-            epoch: freshness.epoch(),
-        }
-    }
-
-    /// The key of the replica's [`Slot`].
-    pub(crate) fn key(&self) -> CacheKey {
-        let mut key = KeyWriter::new(SLOT_KEY);
-        key.scope(&self.scope)
-            .text(&self.group)
-            .text(&self.node)
-            .text(&self.profile)
-            .number(self.last)
-            .number(self.epoch);
-        key.finish()
-    }
+/// The key of the [`Slot`] of `node` of `group`, under `profile`, for a caller of `scope` at
+/// the stamp in `freshness`: where that replica's term-level entries live.
+pub(crate) fn slot_key(scope: &Scope, group: &str, node: &str, profile: &Profile, freshness: &Freshness) -> CacheKey {
+    let mut key = KeyWriter::new(SLOT_KEY);
+    key.scope(scope)
+        .text(group)
+        .text(node)
+        .text(&profile.name())
+        .number(freshness.last(group))
+        .number(freshness.epoch());
+    key.finish()
 }
 
 /// A replica's document count and field lengths at one generation.
@@ -375,7 +351,7 @@ impl StatisticsCache {
     ) -> Option<v1::TermStatistics> {
         if let Some((profile, terms)) = lookup.terms() {
             for node in &target.readable {
-                let key = ReplicaSlot::new(scope, &target.group, node, profile, freshness).key();
+                let key = slot_key(scope, &target.group, node, profile, freshness);
                 if let Some(Entry::Slot(slot)) = cache.get(&key).await
                     && let Some(statistics) = slot.statistics(terms)
                 {
@@ -418,7 +394,7 @@ impl StatisticsCache {
         };
         match split {
             Some((profile, (totals, terms))) => {
-                let key = ReplicaSlot::new(scope, &target.group, node, profile, freshness).key();
+                let key = slot_key(scope, &target.group, node, profile, freshness);
                 let slot = match cache.get_with(key.clone(), async { Entry::Slot(Arc::default()) }).await {
                     Entry::Slot(slot) => slot,
                     Entry::Answer(_) => Arc::default(), // never: slot keys have their own tag
@@ -641,12 +617,7 @@ mod tests {
 
     fn split(generation: u64, terms: &[&str]) -> (Totals, Vec<(FieldTerm, TermEntry)>) {
         let totals = Totals { generation, total_docs: 100, fields: BTreeMap::from([("body".to_owned(), 1000)]) };
-        let terms = terms
-            .iter()
-            .map(|term| {
-                (FieldTerm { field: "body".into(), term: (*term).into() }, TermEntry { generation, doc_freq: 1 })
-            })
-            .collect();
+        let terms = body(terms).into_iter().map(|term| (term, TermEntry { generation, doc_freq: 1 })).collect();
         (totals, terms)
     }
 
@@ -686,9 +657,8 @@ mod tests {
     #[test]
     fn keys_differ_by_every_part() {
         let fresh = stamps(4, 9);
-        let slot = |scope: &Scope, group: &str, node: &str, profile: &Profile| {
-            ReplicaSlot::new(scope, group, node, profile, &fresh)
-        };
+        let slot =
+            |scope: &Scope, group: &str, node: &str, profile: &Profile| slot_key(scope, group, node, profile, &fresh);
         let base = slot(&Scope::All, "a", "a1", &Profile::default());
         let tenant = Scope::Subject { tenant: "t".into(), subject: "s".into() };
         let nostem = Profile::from_name("stem-none_stop-none").expect("known");
@@ -697,10 +667,10 @@ mod tests {
             slot(&Scope::All, "b", "a1", &Profile::default()),
             slot(&Scope::All, "a", "a2", &Profile::default()),
             slot(&Scope::All, "a", "a1", &nostem),
-            ReplicaSlot::new(&Scope::All, "a", "a1", &Profile::default(), &stamps(5, 9)),
+            slot_key(&Scope::All, "a", "a1", &Profile::default(), &stamps(5, 9)),
         ] {
-            assert_ne!(base.key(), other.key());
+            assert_ne!(base, other);
         }
-        assert_eq!(base.key(), ReplicaSlot::new(&Scope::All, "a", "a1", &Profile::default(), &stamps(4, 1)).key());
+        assert_eq!(base, slot_key(&Scope::All, "a", "a1", &Profile::default(), &stamps(4, 1)));
     }
 }

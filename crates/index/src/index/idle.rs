@@ -139,7 +139,7 @@ fn finish_merges(writer: IndexWriter) {
     }
 }
 
-/// Logs a release; true.
+/// Logs a release; the generation released at.
 fn released(state: &WriterState) -> Option<u64> {
     tracing::debug!(index.generation = state.generation, "index writer released");
     Some(state.generation)
